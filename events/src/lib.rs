@@ -25,6 +25,7 @@
 //! - An event is at most [`MAX_EVENT_BYTES`]; larger data travels as blobs.
 
 pub mod event;
+pub mod feed;
 pub mod hlc;
 pub mod ids;
 pub mod keys;
@@ -33,6 +34,7 @@ pub mod payload;
 pub mod sealed;
 
 pub use event::{Event, EventError, Header, MAX_EVENT_BYTES, MAX_PARENTS, UnsignedEvent};
+pub use feed::FeedWriter;
 pub use hlc::Hlc;
 pub use ids::{AuthorKey, Blake3Hash, EventId, SealingKey, WgPublicKey};
 pub use keys::{SealingSecret, SigningKey};

@@ -1,0 +1,192 @@
+//! [`Log`]: a backend plus what admission needs around it: the bounded
+//! buffer of events waiting for their feed predecessor, rejection counters,
+//! and the version vector that replication reads.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use makiatto_events::{Event, EventId};
+
+use crate::ingest::{Admission, Backend, IngestError, RejectCounts, admit};
+use crate::replication::VersionVector;
+use crate::store::StoreError;
+
+/// How many events may wait for a predecessor at once. Past it, new waiters
+/// are refused (and fetched again by anti-entropy once the gap is filled).
+pub const MAX_WAITING: usize = 10_000;
+
+/// What became of one appended event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored durably; `fork` when its (author, seq) was already taken.
+    Stored { id: EventId, fork: bool },
+    /// Held in memory until its feed predecessor `on` arrives.
+    Waiting { id: EventId, on: EventId },
+    /// Refused, and counted.
+    Rejected(IngestError),
+}
+
+/// The result of one append call.
+#[derive(Debug, Default)]
+pub struct AppendReport {
+    /// One outcome per event given, in order.
+    pub outcomes: Vec<AppendOutcome>,
+    /// Every event stored by this call, including earlier waiters that it
+    /// released, in the order they were written.
+    pub stored: Vec<Event>,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    by_prev: HashMap<EventId, Vec<Event>>,
+    ids: HashSet<EventId>,
+    order: VecDeque<EventId>,
+}
+
+/// The log: admission, storage, waiting, counting and the version vector.
+#[derive(Debug)]
+pub struct Log<B: Backend> {
+    backend: B,
+    waiting: Waiting,
+    counts: RejectCounts,
+    vv: VersionVector,
+}
+
+impl<B: Backend> Log<B> {
+    /// Wraps a backend, reading its feeds once to build the version vector.
+    pub fn open(backend: B) -> Result<Self, StoreError> {
+        let mut vv = VersionVector::default();
+        for (author, seq, id) in backend.all_feed_entries()? {
+            vv.observe(author, seq, &id);
+        }
+        Ok(Self { backend, waiting: Waiting::default(), counts: RejectCounts::default(), vv })
+    }
+
+    /// Decodes, verifies and appends raw events from outside (a peer, `maki`).
+    pub fn append_bytes(&mut self, raw: &[Vec<u8>]) -> Result<AppendReport, StoreError> {
+        let mut decoded = Vec::with_capacity(raw.len());
+        let mut invalid = Vec::new();
+        for (i, bytes) in raw.iter().enumerate() {
+            match Event::decode(bytes) {
+                Ok(e) => decoded.push(e),
+                Err(e) => invalid.push((i, e)),
+            }
+        }
+        let mut report = self.append(decoded)?;
+        for (i, error) in invalid {
+            let error = IngestError::Invalid(error);
+            self.counts.count(&error);
+            report.outcomes.insert(i, AppendOutcome::Rejected(error));
+        }
+        Ok(report)
+    }
+
+    /// Appends verified events as one durable batch (one fsync). Returns
+    /// only after everything stored is on disk; on a storage error nothing
+    /// of this call is stored.
+    pub fn append(&mut self, events: Vec<Event>) -> Result<AppendReport, StoreError> {
+        let mut report = AppendReport::default();
+        let mut work: VecDeque<(Event, bool)> = events.into_iter().map(|e| (e, true)).collect();
+        while let Some((event, reported)) = work.pop_front() {
+            let id = event.id();
+            let outcome = match admit(&self.backend, &report.stored, &event)? {
+                Ok(Admission::Store { fork }) => {
+                    if let Some(released) = self.waiting.take(&id) {
+                        work.extend(released.into_iter().map(|e| (e, false)));
+                    }
+                    report.stored.push(event);
+                    AppendOutcome::Stored { id, fork }
+                }
+                Ok(Admission::Wait { on, diverged }) => {
+                    if diverged {
+                        self.vv.mark_diverged(event.author(), true);
+                    }
+                    if self.waiting.ids.contains(&id) {
+                        AppendOutcome::Waiting { id, on }
+                    } else if self.waiting.ids.len() >= MAX_WAITING {
+                        AppendOutcome::Rejected(IngestError::WaitBufferFull { id })
+                    } else {
+                        self.waiting.put(on, event);
+                        AppendOutcome::Waiting { id, on }
+                    }
+                }
+                Err(error) => AppendOutcome::Rejected(error),
+            };
+            if let AppendOutcome::Rejected(error) = &outcome {
+                self.counts.count(error);
+            }
+            if reported {
+                report.outcomes.push(outcome);
+            }
+        }
+        self.backend.write(&report.stored)?;
+        for e in &report.stored {
+            self.vv.observe(e.author(), e.seq(), &e.id());
+        }
+        for e in &report.stored {
+            if self.vv.get(&e.author()).is_some_and(|f| f.count > f.seq) {
+                // The fork is now held here; whole-feed exchange takes over.
+                self.vv.mark_diverged(e.author(), false);
+            }
+        }
+        Ok(report)
+    }
+
+    /// The canonical bytes of every event a peer holding `remote` lacks, in
+    /// feed order per author, stopping once `max_bytes` is reached (at least
+    /// one event is always returned when any is missing).
+    pub fn missing_for(&self, remote: &VersionVector, max_bytes: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        let mut size = 0;
+        for request in self.vv.plan_for(remote) {
+            for (_, id) in self.backend.feed_from(&request.author, request.from)? {
+                if size >= max_bytes && !out.is_empty() {
+                    return Ok(out);
+                }
+                let bytes = self
+                    .backend
+                    .get(&id)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("feed names {id} but the event is missing")))?;
+                size += bytes.len();
+                out.push(bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What this log holds, per author.
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.vv
+    }
+
+    /// Refusals since the log was opened.
+    pub fn reject_counts(&self) -> RejectCounts {
+        self.counts
+    }
+
+    /// How many events wait for a predecessor.
+    pub fn waiting(&self) -> usize {
+        self.waiting.ids.len()
+    }
+
+    /// The backend, for reads.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+}
+
+impl Waiting {
+    fn put(&mut self, on: EventId, event: Event) {
+        self.ids.insert(event.id());
+        self.order.push_back(event.id());
+        self.by_prev.entry(on).or_default().push(event);
+    }
+
+    fn take(&mut self, prev: &EventId) -> Option<Vec<Event>> {
+        let released = self.by_prev.remove(prev)?;
+        for e in &released {
+            self.ids.remove(&e.id());
+        }
+        self.order.retain(|id| self.ids.contains(id));
+        Some(released)
+    }
+}

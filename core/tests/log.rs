@@ -1,0 +1,213 @@
+//! The log's admission rules, durability across reopen, and group commit.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use makiatto_core::log::AppendOutcome;
+use makiatto_core::{Backend, GroupCommitter, IngestError, Log, MemoryBackend, Store};
+use makiatto_events::payload::{Genesis, Ipv4Net, OperatorAdded};
+use makiatto_events::{Event, FeedWriter, Payload, SigningKey};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+fn writer(seed: u64) -> FeedWriter {
+    FeedWriter::new(SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(seed)))
+}
+
+fn genesis(w: &mut FeedWriter, name: &str) -> Event {
+    let operator = w.author();
+    w.write(
+        Payload::Genesis(Genesis {
+            cluster_name: name.into(),
+            operator_name: "alice".into(),
+            operator,
+            mesh_range: Ipv4Net::new(Ipv4Addr::new(10, 44, 44, 0), 24).unwrap(),
+        }),
+        &[],
+        1_000,
+    )
+    .unwrap()
+}
+
+fn op(w: &mut FeedWriter, parent: &Event, n: u64) -> Event {
+    let key = w.author();
+    w.write(
+        Payload::OperatorAdded(OperatorAdded { name: format!("op{n}"), key }),
+        &[(parent.id(), parent.hlc())],
+        1_000 + n,
+    )
+    .unwrap()
+}
+
+fn stored(outcome: &AppendOutcome) -> bool {
+    matches!(outcome, AppendOutcome::Stored { fork: false, .. })
+}
+
+#[test]
+fn appended_events_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(1);
+    let g = genesis(&mut w, "c");
+    let events: Vec<Event> = std::iter::once(g.clone()).chain((1..=20).map(|n| op(&mut w, &g, n))).collect();
+    {
+        let mut log = Log::open(Store::open(dir.path()).unwrap()).unwrap();
+        let report = log.append(events.clone()).unwrap();
+        assert!(report.outcomes.iter().all(stored));
+    }
+    let log = Log::open(Store::open(dir.path()).unwrap()).unwrap();
+    assert_eq!(log.version_vector().total(), 21);
+    assert_eq!(log.backend().cluster_id(), Some(g.id()));
+    for e in &events {
+        let bytes = log.backend().get(&e.id()).unwrap().unwrap();
+        assert_eq!(Event::decode(&bytes).unwrap(), *e);
+    }
+}
+
+#[test]
+fn duplicates_forgeries_and_broken_chains_are_refused_and_counted() {
+    let mut log = Log::open(MemoryBackend::default()).unwrap();
+    let mut w = writer(1);
+    let g = genesis(&mut w, "c");
+    let a = op(&mut w, &g, 1);
+    let b = op(&mut w, &g, 2);
+    log.append(vec![g.clone(), a.clone(), b.clone()]).unwrap();
+
+    // Replayed.
+    let r = log.append(vec![a.clone()]).unwrap();
+    assert_eq!(r.outcomes, vec![AppendOutcome::Rejected(IngestError::Duplicate(a.id()))]);
+
+    // Forged: one flipped bit in the signature.
+    let mut forged = b.to_bytes().to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let r = log.append_bytes(&[forged]).unwrap();
+    assert!(matches!(r.outcomes[0], AppendOutcome::Rejected(IngestError::Invalid(_))));
+
+    // Truncated.
+    let r = log.append_bytes(&[b.to_bytes()[..10].to_vec()]).unwrap();
+    assert!(matches!(r.outcomes[0], AppendOutcome::Rejected(IngestError::Invalid(_))));
+
+    // Reordered within the feed: seq 4 claiming the seq-1 event as prev.
+    let key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(1));
+    let bad = makiatto_events::UnsignedEvent::new(
+        key.public(),
+        4,
+        Some(g.id()),
+        makiatto_events::Hlc { millis: 5_000, counter: 0 },
+        [],
+        Payload::OperatorAdded(OperatorAdded { name: "x".into(), key: key.public() }),
+    )
+    .sign(&key)
+    .unwrap();
+    let r = log.append(vec![bad]).unwrap();
+    assert!(matches!(r.outcomes[0], AppendOutcome::Rejected(IngestError::ChainMismatch { .. })));
+
+    // Another cluster's genesis.
+    let mut other = writer(9);
+    let r = log.append(vec![genesis(&mut other, "other")]).unwrap();
+    assert!(matches!(r.outcomes[0], AppendOutcome::Rejected(IngestError::ForeignCluster { .. })));
+
+    let counts = log.reject_counts();
+    assert_eq!(
+        (counts.duplicate, counts.invalid, counts.chain_mismatch, counts.foreign_cluster),
+        (1, 2, 1, 1)
+    );
+    assert_eq!(log.version_vector().total(), 3);
+}
+
+#[test]
+fn an_event_ahead_of_its_predecessor_waits_and_is_released() {
+    let mut log = Log::open(MemoryBackend::default()).unwrap();
+    let mut w = writer(1);
+    let g = genesis(&mut w, "c");
+    let a = op(&mut w, &g, 1);
+    let b = op(&mut w, &g, 2);
+    let c = op(&mut w, &g, 3);
+    log.append(vec![g]).unwrap();
+    let r = log.append(vec![c.clone(), b.clone()]).unwrap();
+    assert_eq!(
+        r.outcomes,
+        vec![
+            AppendOutcome::Waiting { id: c.id(), on: b.id() },
+            AppendOutcome::Waiting { id: b.id(), on: a.id() },
+        ]
+    );
+    assert_eq!(log.waiting(), 2);
+    let r = log.append(vec![a.clone()]).unwrap();
+    let ids: Vec<_> = r.stored.iter().map(|e| e.id()).collect();
+    assert_eq!(ids, vec![a.id(), b.id(), c.id()]);
+    assert_eq!(log.waiting(), 0);
+    assert_eq!(log.version_vector().get(&a.author()).unwrap().seq, 4);
+}
+
+#[test]
+fn two_events_at_one_place_in_a_feed_are_both_kept_as_a_fork() {
+    let mut log = Log::open(MemoryBackend::default()).unwrap();
+    let mut w = writer(1);
+    let g = genesis(&mut w, "c");
+    let mut twin = w.clone();
+    let a = op(&mut w, &g, 1);
+    let a2 = op(&mut twin, &g, 2);
+    log.append(vec![g, a]).unwrap();
+    let r = log.append(vec![a2.clone()]).unwrap();
+    assert_eq!(r.outcomes, vec![AppendOutcome::Stored { id: a2.id(), fork: true }]);
+    let feed = log.version_vector().get(&a2.author()).unwrap();
+    assert_eq!((feed.seq, feed.count), (2, 3));
+}
+
+#[test]
+fn the_missing_suffix_is_all_a_peer_is_sent() {
+    let mut w = writer(1);
+    let g = genesis(&mut w, "c");
+    let events: Vec<Event> = std::iter::once(g.clone()).chain((1..=10).map(|n| op(&mut w, &g, n))).collect();
+    let mut full = Log::open(MemoryBackend::default()).unwrap();
+    full.append(events.clone()).unwrap();
+    let mut behind = Log::open(MemoryBackend::default()).unwrap();
+    behind.append(events[..4].to_vec()).unwrap();
+
+    let sent = full.missing_for(behind.version_vector(), usize::MAX).unwrap();
+    assert_eq!(sent.len(), 7);
+    behind.append_bytes(&sent).unwrap();
+    assert_eq!(behind.version_vector(), full.version_vector());
+    assert!(full.missing_for(behind.version_vector(), usize::MAX).unwrap().is_empty());
+
+    // A byte budget pages the transfer without losing anything.
+    let mut paged = Log::open(MemoryBackend::default()).unwrap();
+    loop {
+        let page = full.missing_for(paged.version_vector(), 1).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert_eq!(page.len(), 1);
+        paged.append_bytes(&page).unwrap();
+    }
+    assert_eq!(paged.version_vector(), full.version_vector());
+}
+
+#[test]
+fn concurrent_appenders_share_batches_through_the_group_committer() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Log::open(Store::open(dir.path()).unwrap()).unwrap()));
+    let (committer, _thread) = GroupCommitter::start(log.clone());
+    let mut w = writer(1);
+    let g = genesis(&mut w, "c");
+    committer.append(vec![g.clone()]).unwrap();
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let committer = committer.clone();
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let mut w = writer(100 + t);
+                for n in 0..50 {
+                    let e = op(&mut w, &g, n);
+                    let (outcomes, _) = committer.append(vec![e]).unwrap();
+                    assert!(stored(&outcomes[0]), "{outcomes:?}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(log.lock().unwrap().version_vector().total(), 1 + 8 * 50);
+}
