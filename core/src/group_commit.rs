@@ -45,7 +45,9 @@ impl GroupCommitter {
         self.tx
             .send(Request { events, reply })
             .map_err(|_| "the log writer has stopped".to_owned())?;
-        answer.recv().map_err(|_| "the log writer has stopped".to_owned())?
+        answer
+            .recv()
+            .map_err(|_| "the log writer has stopped".to_owned())?
     }
 }
 
@@ -54,10 +56,15 @@ fn writer<B: Backend>(log: Arc<Mutex<Log<B>>>, rx: Receiver<Request>) {
         let mut requests = vec![first];
         requests.extend(rx.try_iter());
         let sizes: Vec<usize> = requests.iter().map(|r| r.events.len()).collect();
-        let all: Vec<Event> = requests.iter_mut().flat_map(|r| std::mem::take(&mut r.events)).collect();
+        let all: Vec<Event> = requests
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.events))
+            .collect();
         let result: Result<_, StoreError> = match log.lock() {
             Ok(mut log) => log.append(all),
-            Err(_) => Err(StoreError::Corrupt("the log lock was poisoned by a crash".into())),
+            Err(_) => Err(StoreError::Corrupt(
+                "the log lock was poisoned by a crash".into(),
+            )),
         };
         match result {
             Ok(report) => {

@@ -31,11 +31,19 @@ pub enum IngestError {
     Invalid(#[from] EventError),
     #[error("event {0} is already stored")]
     Duplicate(EventId),
-    #[error("event {id} does not follow its author's feed: prev {prev} is not the author's event at seq {expected_seq}")]
-    ChainMismatch { id: EventId, prev: EventId, expected_seq: u64 },
+    #[error(
+        "event {id} does not follow its author's feed: prev {prev} is not the author's event at seq {expected_seq}"
+    )]
+    ChainMismatch {
+        id: EventId,
+        prev: EventId,
+        expected_seq: u64,
+    },
     #[error("event {id} is the genesis of another cluster (this log's genesis is {ours})")]
     ForeignCluster { id: EventId, ours: EventId },
-    #[error("event {id} waits for a feed predecessor, but the wait buffer is full; it will be fetched again")]
+    #[error(
+        "event {id} waits for a feed predecessor, but the wait buffer is full; it will be fetched again"
+    )]
     WaitBufferFull { id: EventId },
 }
 
@@ -63,7 +71,11 @@ impl RejectCounts {
 
     /// All refusals together.
     pub fn total(&self) -> u64 {
-        self.invalid + self.duplicate + self.chain_mismatch + self.foreign_cluster + self.wait_buffer_full
+        self.invalid
+            + self.duplicate
+            + self.chain_mismatch
+            + self.foreign_cluster
+            + self.wait_buffer_full
     }
 }
 
@@ -106,7 +118,10 @@ pub(crate) fn admit(
     }
     if matches!(event.payload(), Payload::Genesis(_)) {
         let ours = backend.cluster_id().or_else(|| {
-            staged.iter().find(|e| matches!(e.payload(), Payload::Genesis(_))).map(|e| e.id())
+            staged
+                .iter()
+                .find(|e| matches!(e.payload(), Payload::Genesis(_)))
+                .map(|e| e.id())
         });
         if let Some(ours) = ours
             && ours != id
@@ -118,9 +133,16 @@ pub(crate) fn admit(
         let before = ids_at(header.seq - 1)?;
         if !before.contains(&prev) {
             if is_stored(&prev)? {
-                return Ok(Err(IngestError::ChainMismatch { id, prev, expected_seq: header.seq - 1 }));
+                return Ok(Err(IngestError::ChainMismatch {
+                    id,
+                    prev,
+                    expected_seq: header.seq - 1,
+                }));
             }
-            return Ok(Ok(Admission::Wait { on: prev, diverged: !before.is_empty() }));
+            return Ok(Ok(Admission::Wait {
+                on: prev,
+                diverged: !before.is_empty(),
+            }));
         }
     }
     let fork = !ids_at(header.seq)?.is_empty();

@@ -58,7 +58,12 @@ impl<B: Backend> Log<B> {
         for (author, seq, id) in backend.all_feed_entries()? {
             vv.observe(author, seq, &id);
         }
-        Ok(Self { backend, waiting: Waiting::default(), counts: RejectCounts::default(), vv })
+        Ok(Self {
+            backend,
+            waiting: Waiting::default(),
+            counts: RejectCounts::default(),
+            vv,
+        })
     }
 
     /// Decodes, verifies and appends raw events from outside (a peer, `maki`).
@@ -134,7 +139,11 @@ impl<B: Backend> Log<B> {
     /// The canonical bytes of every event a peer holding `remote` lacks, in
     /// feed order per author, stopping once `max_bytes` is reached (at least
     /// one event is always returned when any is missing).
-    pub fn missing_for(&self, remote: &VersionVector, max_bytes: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    pub fn missing_for(
+        &self,
+        remote: &VersionVector,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
         let mut size = 0;
         for request in self.vv.plan_for(remote) {
@@ -142,10 +151,9 @@ impl<B: Backend> Log<B> {
                 if size >= max_bytes && !out.is_empty() {
                     return Ok(out);
                 }
-                let bytes = self
-                    .backend
-                    .get(&id)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("feed names {id} but the event is missing")))?;
+                let bytes = self.backend.get(&id)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("feed names {id} but the event is missing"))
+                })?;
                 size += bytes.len();
                 out.push(bytes);
             }

@@ -92,7 +92,11 @@ impl VersionVector {
         other
             .0
             .iter()
-            .map(|(a, theirs)| theirs.seq.saturating_sub(self.0.get(a).map_or(0, |ours| ours.seq)))
+            .map(|(a, theirs)| {
+                theirs
+                    .seq
+                    .saturating_sub(self.0.get(a).map_or(0, |ours| ours.seq))
+            })
             .sum()
     }
 
@@ -111,7 +115,10 @@ impl VersionVector {
                 Some(_) => None,
             };
             if let Some(from) = from {
-                plan.push(FeedRequest { author: *author, from });
+                plan.push(FeedRequest {
+                    author: *author,
+                    from,
+                });
             }
         }
         plan
@@ -139,8 +146,14 @@ mod tests {
         assert_eq!(
             local.plan_for(&remote),
             vec![
-                FeedRequest { author: AuthorKey([1; 32]), from: 3 },
-                FeedRequest { author: AuthorKey([2; 32]), from: 1 },
+                FeedRequest {
+                    author: AuthorKey([1; 32]),
+                    from: 3
+                },
+                FeedRequest {
+                    author: AuthorKey([2; 32]),
+                    from: 1
+                },
             ]
         );
         assert!(remote.plan_for(&local).is_empty());
@@ -157,7 +170,13 @@ mod tests {
     fn diverged_feeds_are_sent_whole_until_both_hold_both_branches() {
         let a = vv(&[(1, &[1, 2])]);
         let b = vv(&[(1, &[1, 9])]);
-        assert_eq!(a.plan_for(&b), vec![FeedRequest { author: AuthorKey([1; 32]), from: 1 }]);
+        assert_eq!(
+            a.plan_for(&b),
+            vec![FeedRequest {
+                author: AuthorKey([1; 32]),
+                from: 1
+            }]
+        );
         let mut both = a.clone();
         both.observe(AuthorKey([1; 32]), 2, &EventId([9; 32]));
         assert!(both.plan_for(&both.clone()).is_empty());

@@ -68,13 +68,20 @@ fn id_from(bytes: &[u8]) -> Result<EventId, StoreError> {
 
 fn parse_feed_key(key: &[u8]) -> Result<(AuthorKey, u64, EventId), StoreError> {
     if key.len() != 72 {
-        return Err(StoreError::Corrupt(format!("a feed key is {} bytes, not 72", key.len())));
+        return Err(StoreError::Corrupt(format!(
+            "a feed key is {} bytes, not 72",
+            key.len()
+        )));
     }
     let mut author = [0u8; 32];
     author.copy_from_slice(&key[..32]);
     let mut seq = [0u8; 8];
     seq.copy_from_slice(&key[32..40]);
-    Ok((AuthorKey(author), u64::from_be_bytes(seq), id_from(&key[40..])?))
+    Ok((
+        AuthorKey(author),
+        u64::from_be_bytes(seq),
+        id_from(&key[40..])?,
+    ))
 }
 
 impl Store {
@@ -114,7 +121,9 @@ impl Store {
     }
 
     /// Stored (time, id) pairs in time order.
-    pub fn iter_by_time(&self) -> impl DoubleEndedIterator<Item = Result<(Hlc, EventId), StoreError>> + '_ {
+    pub fn iter_by_time(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = Result<(Hlc, EventId), StoreError>> + '_ {
         self.time.iter().map(|guard| {
             let key = guard.key()?;
             if key.len() != 44 {
@@ -124,7 +133,10 @@ impl Store {
             millis.copy_from_slice(&key[..8]);
             let mut counter = [0u8; 4];
             counter.copy_from_slice(&key[8..12]);
-            let hlc = Hlc { millis: u64::from_be_bytes(millis), counter: u32::from_be_bytes(counter) };
+            let hlc = Hlc {
+                millis: u64::from_be_bytes(millis),
+                counter: u32::from_be_bytes(counter),
+            };
             Ok((hlc, id_from(&key[12..])?))
         })
     }
@@ -175,9 +187,15 @@ impl Backend for Store {
         for e in events {
             let id = e.id();
             batch.insert(&self.events, id.as_bytes().to_vec(), e.to_bytes().to_vec());
-            batch.insert(&self.feeds, feed_key(&e.author(), e.seq(), &id).to_vec(), Vec::new());
+            batch.insert(
+                &self.feeds,
+                feed_key(&e.author(), e.seq(), &id).to_vec(),
+                Vec::new(),
+            );
             batch.insert(&self.time, time_key(e.hlc(), &id).to_vec(), Vec::new());
-            if matches!(e.payload(), makiatto_events::Payload::Genesis(_)) && self.cluster_id.is_none() {
+            if matches!(e.payload(), makiatto_events::Payload::Genesis(_))
+                && self.cluster_id.is_none()
+            {
                 batch.insert(&self.meta, CLUSTER_ID.to_vec(), id.as_bytes().to_vec());
                 genesis = Some(id);
             }
@@ -206,6 +224,9 @@ impl Backend for Store {
     }
 
     fn all_feed_entries(&self) -> Result<Vec<(AuthorKey, u64, EventId)>, StoreError> {
-        self.feeds.iter().map(|g| parse_feed_key(&g.key()?)).collect()
+        self.feeds
+            .iter()
+            .map(|g| parse_feed_key(&g.key()?))
+            .collect()
     }
 }

@@ -32,7 +32,10 @@ fn genesis(w: &mut FeedWriter, name: &str) -> Event {
 fn op(w: &mut FeedWriter, parent: &Event, n: u64) -> Event {
     let key = w.author();
     w.write(
-        Payload::OperatorAdded(OperatorAdded { name: format!("op{n}"), key }),
+        Payload::OperatorAdded(OperatorAdded {
+            name: format!("op{n}"),
+            key,
+        }),
         &[(parent.id(), parent.hlc())],
         1_000 + n,
     )
@@ -48,7 +51,9 @@ fn appended_events_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = writer(1);
     let g = genesis(&mut w, "c");
-    let events: Vec<Event> = std::iter::once(g.clone()).chain((1..=20).map(|n| op(&mut w, &g, n))).collect();
+    let events: Vec<Event> = std::iter::once(g.clone())
+        .chain((1..=20).map(|n| op(&mut w, &g, n)))
+        .collect();
     {
         let mut log = Log::open(Store::open(dir.path()).unwrap()).unwrap();
         let report = log.append(events.clone()).unwrap();
@@ -74,18 +79,27 @@ fn duplicates_forgeries_and_broken_chains_are_refused_and_counted() {
 
     // Replayed.
     let r = log.append(vec![a.clone()]).unwrap();
-    assert_eq!(r.outcomes, vec![AppendOutcome::Rejected(IngestError::Duplicate(a.id()))]);
+    assert_eq!(
+        r.outcomes,
+        vec![AppendOutcome::Rejected(IngestError::Duplicate(a.id()))]
+    );
 
     // Forged: one flipped bit in the signature.
     let mut forged = b.to_bytes().to_vec();
     let last = forged.len() - 1;
     forged[last] ^= 1;
     let r = log.append_bytes(&[forged]).unwrap();
-    assert!(matches!(r.outcomes[0], AppendOutcome::Rejected(IngestError::Invalid(_))));
+    assert!(matches!(
+        r.outcomes[0],
+        AppendOutcome::Rejected(IngestError::Invalid(_))
+    ));
 
     // Truncated.
     let r = log.append_bytes(&[b.to_bytes()[..10].to_vec()]).unwrap();
-    assert!(matches!(r.outcomes[0], AppendOutcome::Rejected(IngestError::Invalid(_))));
+    assert!(matches!(
+        r.outcomes[0],
+        AppendOutcome::Rejected(IngestError::Invalid(_))
+    ));
 
     // Reordered within the feed: seq 4 claiming the seq-1 event as prev.
     let key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(1));
@@ -93,23 +107,40 @@ fn duplicates_forgeries_and_broken_chains_are_refused_and_counted() {
         key.public(),
         4,
         Some(g.id()),
-        makiatto_events::Hlc { millis: 5_000, counter: 0 },
+        makiatto_events::Hlc {
+            millis: 5_000,
+            counter: 0,
+        },
         [],
-        Payload::OperatorAdded(OperatorAdded { name: "x".into(), key: key.public() }),
+        Payload::OperatorAdded(OperatorAdded {
+            name: "x".into(),
+            key: key.public(),
+        }),
     )
     .sign(&key)
     .unwrap();
     let r = log.append(vec![bad]).unwrap();
-    assert!(matches!(r.outcomes[0], AppendOutcome::Rejected(IngestError::ChainMismatch { .. })));
+    assert!(matches!(
+        r.outcomes[0],
+        AppendOutcome::Rejected(IngestError::ChainMismatch { .. })
+    ));
 
     // Another cluster's genesis.
     let mut other = writer(9);
     let r = log.append(vec![genesis(&mut other, "other")]).unwrap();
-    assert!(matches!(r.outcomes[0], AppendOutcome::Rejected(IngestError::ForeignCluster { .. })));
+    assert!(matches!(
+        r.outcomes[0],
+        AppendOutcome::Rejected(IngestError::ForeignCluster { .. })
+    ));
 
     let counts = log.reject_counts();
     assert_eq!(
-        (counts.duplicate, counts.invalid, counts.chain_mismatch, counts.foreign_cluster),
+        (
+            counts.duplicate,
+            counts.invalid,
+            counts.chain_mismatch,
+            counts.foreign_cluster
+        ),
         (1, 2, 1, 1)
     );
     assert_eq!(log.version_vector().total(), 3);
@@ -128,8 +159,14 @@ fn an_event_ahead_of_its_predecessor_waits_and_is_released() {
     assert_eq!(
         r.outcomes,
         vec![
-            AppendOutcome::Waiting { id: c.id(), on: b.id() },
-            AppendOutcome::Waiting { id: b.id(), on: a.id() },
+            AppendOutcome::Waiting {
+                id: c.id(),
+                on: b.id()
+            },
+            AppendOutcome::Waiting {
+                id: b.id(),
+                on: a.id()
+            },
         ]
     );
     assert_eq!(log.waiting(), 2);
@@ -150,7 +187,13 @@ fn two_events_at_one_place_in_a_feed_are_both_kept_as_a_fork() {
     let a2 = op(&mut twin, &g, 2);
     log.append(vec![g, a]).unwrap();
     let r = log.append(vec![a2.clone()]).unwrap();
-    assert_eq!(r.outcomes, vec![AppendOutcome::Stored { id: a2.id(), fork: true }]);
+    assert_eq!(
+        r.outcomes,
+        vec![AppendOutcome::Stored {
+            id: a2.id(),
+            fork: true
+        }]
+    );
     let feed = log.version_vector().get(&a2.author()).unwrap();
     assert_eq!((feed.seq, feed.count), (2, 3));
 }
@@ -159,17 +202,25 @@ fn two_events_at_one_place_in_a_feed_are_both_kept_as_a_fork() {
 fn the_missing_suffix_is_all_a_peer_is_sent() {
     let mut w = writer(1);
     let g = genesis(&mut w, "c");
-    let events: Vec<Event> = std::iter::once(g.clone()).chain((1..=10).map(|n| op(&mut w, &g, n))).collect();
+    let events: Vec<Event> = std::iter::once(g.clone())
+        .chain((1..=10).map(|n| op(&mut w, &g, n)))
+        .collect();
     let mut full = Log::open(MemoryBackend::default()).unwrap();
     full.append(events.clone()).unwrap();
     let mut behind = Log::open(MemoryBackend::default()).unwrap();
     behind.append(events[..4].to_vec()).unwrap();
 
-    let sent = full.missing_for(behind.version_vector(), usize::MAX).unwrap();
+    let sent = full
+        .missing_for(behind.version_vector(), usize::MAX)
+        .unwrap();
     assert_eq!(sent.len(), 7);
     behind.append_bytes(&sent).unwrap();
     assert_eq!(behind.version_vector(), full.version_vector());
-    assert!(full.missing_for(behind.version_vector(), usize::MAX).unwrap().is_empty());
+    assert!(
+        full.missing_for(behind.version_vector(), usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
 
     // A byte budget pages the transfer without losing anything.
     let mut paged = Log::open(MemoryBackend::default()).unwrap();
@@ -187,7 +238,9 @@ fn the_missing_suffix_is_all_a_peer_is_sent() {
 #[test]
 fn concurrent_appenders_share_batches_through_the_group_committer() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(Mutex::new(Log::open(Store::open(dir.path()).unwrap()).unwrap()));
+    let log = Arc::new(Mutex::new(
+        Log::open(Store::open(dir.path()).unwrap()).unwrap(),
+    ));
     let (committer, _thread) = GroupCommitter::start(log.clone());
     let mut w = writer(1);
     let g = genesis(&mut w, "c");

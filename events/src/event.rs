@@ -70,13 +70,17 @@ impl Header {
             return Err(EventError::InvalidHeader("sequence numbers start at 1"));
         }
         if self.prev.is_some() != (self.seq > 1) {
-            return Err(EventError::InvalidHeader("prev must be set exactly when seq > 1"));
+            return Err(EventError::InvalidHeader(
+                "prev must be set exactly when seq > 1",
+            ));
         }
         if self.parents.len() > MAX_PARENTS {
             return Err(EventError::InvalidHeader("too many parents"));
         }
         if !self.parents.windows(2).all(|w| w[0] < w[1]) {
-            return Err(EventError::InvalidHeader("parents must be sorted and unique"));
+            return Err(EventError::InvalidHeader(
+                "parents must be sorted and unique",
+            ));
         }
         if let Some(prev) = &self.prev
             && self.parents.binary_search(prev).is_err()
@@ -85,10 +89,14 @@ impl Header {
         }
         let genesis = matches!(payload, Payload::Genesis(_));
         if genesis && (self.seq != 1 || !self.parents.is_empty()) {
-            return Err(EventError::InvalidHeader("genesis must be seq 1 with no parents"));
+            return Err(EventError::InvalidHeader(
+                "genesis must be seq 1 with no parents",
+            ));
         }
         if !genesis && self.parents.is_empty() {
-            return Err(EventError::InvalidHeader("every event but genesis needs a parent"));
+            return Err(EventError::InvalidHeader(
+                "every event but genesis needs a parent",
+            ));
         }
         Ok(())
     }
@@ -125,7 +133,16 @@ impl UnsignedEvent {
         let mut parents: Vec<EventId> = parents.into_iter().chain(prev).collect();
         parents.sort_unstable();
         parents.dedup();
-        Self { header: Header { author, seq, prev, hlc, parents }, payload }
+        Self {
+            header: Header {
+                author,
+                seq,
+                prev,
+                hlc,
+                parents,
+            },
+            payload,
+        }
     }
 
     fn body_bytes(&self) -> Vec<u8> {
@@ -152,7 +169,12 @@ impl UnsignedEvent {
             return Err(EventError::TooLarge { size: bytes.len() });
         }
         let id = EventId::of(&bytes);
-        Ok(Event { header: self.header, payload: self.payload, bytes, id })
+        Ok(Event {
+            header: self.header,
+            payload: self.payload,
+            bytes,
+            id,
+        })
     }
 }
 
@@ -216,7 +238,10 @@ impl Event {
         }
         let payload = Payload::from_body(body.kind, body.payload)
             .ok_or(EventError::Malformed("payload does not decode as its kind"))?;
-        let unsigned = UnsignedEvent { header: body.header, payload };
+        let unsigned = UnsignedEvent {
+            header: body.header,
+            payload,
+        };
         if unsigned.payload.body_bytes() != body.payload || unsigned.body_bytes() != body_bytes {
             return Err(EventError::NotCanonical);
         }
@@ -235,7 +260,8 @@ impl Event {
             .map_err(|_| EventError::BadAuthorKey)?;
         let (body, sig) = self.bytes.split_at(self.bytes.len() - SIGNATURE_LEN);
         let sig = Signature::from_slice(sig).map_err(|_| EventError::BadSignature)?;
-        key.verify_strict(&signing_message(body), &sig).map_err(|_| EventError::BadSignature)
+        key.verify_strict(&signing_message(body), &sig)
+            .map_err(|_| EventError::BadSignature)
     }
 
     pub fn id(&self) -> EventId {
@@ -298,7 +324,10 @@ mod tests {
             k.public(),
             1,
             None,
-            Hlc { millis: 1_700_000_000_000, counter: 0 },
+            Hlc {
+                millis: 1_700_000_000_000,
+                counter: 0,
+            },
             [],
             Payload::Genesis(Genesis {
                 cluster_name: "test".into(),
@@ -338,7 +367,10 @@ mod tests {
         let g = genesis(&key(1));
         let bytes = g.to_bytes();
         for len in 0..bytes.len() {
-            assert!(Event::decode(&bytes[..len]).is_err(), "prefix of {len} accepted");
+            assert!(
+                Event::decode(&bytes[..len]).is_err(),
+                "prefix of {len} accepted"
+            );
         }
         let mut longer = bytes.to_vec();
         longer.push(0);
@@ -355,11 +387,17 @@ mod tests {
             Some(EventId([1; 32])),
             Hlc::default(),
             [],
-            Payload::OperatorAdded(OperatorAdded { name: "bob".into(), key: b.public() }),
+            Payload::OperatorAdded(OperatorAdded {
+                name: "bob".into(),
+                key: b.public(),
+            }),
         );
         assert_eq!(unsigned.clone().sign(&b), Err(EventError::WrongSigner));
         unsigned.header.prev = None;
-        assert!(matches!(unsigned.sign(&a), Err(EventError::InvalidHeader(_))));
+        assert!(matches!(
+            unsigned.sign(&a),
+            Err(EventError::InvalidHeader(_))
+        ));
     }
 
     #[test]
@@ -371,9 +409,15 @@ mod tests {
             Some(EventId([1; 32])),
             Hlc::default(),
             [],
-            Payload::OperatorAdded(OperatorAdded { name: "x".repeat(MAX_EVENT_BYTES), key: k.public() }),
+            Payload::OperatorAdded(OperatorAdded {
+                name: "x".repeat(MAX_EVENT_BYTES),
+                key: k.public(),
+            }),
         );
-        assert!(matches!(unsigned.sign(&k), Err(EventError::TooLarge { .. })));
+        assert!(matches!(
+            unsigned.sign(&k),
+            Err(EventError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -385,7 +429,10 @@ mod tests {
             Some(EventId([9; 32])),
             Hlc::default(),
             [],
-            Payload::Unknown { kind: 4242, body: vec![1, 2, 3] },
+            Payload::Unknown {
+                kind: 4242,
+                body: vec![1, 2, 3],
+            },
         )
         .sign(&k)
         .unwrap();

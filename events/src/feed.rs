@@ -19,12 +19,22 @@ pub struct FeedWriter {
 impl FeedWriter {
     /// A writer for a key that has written nothing yet.
     pub fn new(key: SigningKey) -> Self {
-        Self { key, seq: 0, prev: None, last_hlc: None }
+        Self {
+            key,
+            seq: 0,
+            prev: None,
+            last_hlc: None,
+        }
     }
 
     /// A writer that continues after `last` (the author's latest event).
     pub fn resume(key: SigningKey, last: &Event) -> Self {
-        Self { key, seq: last.seq(), prev: Some(last.id()), last_hlc: Some(last.hlc()) }
+        Self {
+            key,
+            seq: last.seq(),
+            prev: Some(last.id()),
+            last_hlc: Some(last.hlc()),
+        }
     }
 
     /// The author's public key.
@@ -46,7 +56,10 @@ impl FeedWriter {
         parents: &[(EventId, Hlc)],
         now_millis: u64,
     ) -> Result<Event, EventError> {
-        let hlc = Hlc::next(now_millis, self.last_hlc.iter().chain(parents.iter().map(|(_, h)| h)));
+        let hlc = Hlc::next(
+            now_millis,
+            self.last_hlc.iter().chain(parents.iter().map(|(_, h)| h)),
+        );
         let unsigned = UnsignedEvent::new(
             self.key.public(),
             self.seq + 1,

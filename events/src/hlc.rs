@@ -56,16 +56,37 @@ mod tests {
 
     #[test]
     fn follows_the_wall_clock_when_it_is_ahead() {
-        let prev = Hlc { millis: 10, counter: 4 };
-        assert_eq!(Hlc::next(20, [&prev]), Hlc { millis: 20, counter: 0 });
+        let prev = Hlc {
+            millis: 10,
+            counter: 4,
+        };
+        assert_eq!(
+            Hlc::next(20, [&prev]),
+            Hlc {
+                millis: 20,
+                counter: 0
+            }
+        );
     }
 
     #[test]
     fn stays_after_causal_parents_when_the_wall_clock_lags() {
-        let a = Hlc { millis: 50, counter: 1 };
-        let b = Hlc { millis: 50, counter: 7 };
+        let a = Hlc {
+            millis: 50,
+            counter: 1,
+        };
+        let b = Hlc {
+            millis: 50,
+            counter: 7,
+        };
         let next = Hlc::next(30, [&a, &b]);
         assert!(next > a && next > b);
-        assert_eq!(next, Hlc { millis: 50, counter: 8 });
+        assert_eq!(
+            next,
+            Hlc {
+                millis: 50,
+                counter: 8
+            }
+        );
     }
 }

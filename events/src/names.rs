@@ -16,7 +16,11 @@ pub enum NameError {
     #[error("{what} {name:?} is empty")]
     Empty { what: &'static str, name: String },
     #[error("{what} {name:?} is longer than {max} characters")]
-    TooLong { what: &'static str, name: String, max: usize },
+    TooLong {
+        what: &'static str,
+        name: String,
+        max: usize,
+    },
     #[error(
         "{what} {name:?} may only contain lowercase letters a-z, digits and '-', and may not start or end with '-'"
     )]
@@ -28,10 +32,17 @@ pub enum NameError {
 /// Checks one DNS label: 1–63 of `[a-z0-9-]`, no leading or trailing hyphen.
 fn check_label(what: &'static str, whole: &str, label: &str) -> Result<(), NameError> {
     if label.is_empty() {
-        return Err(NameError::Empty { what, name: whole.to_owned() });
+        return Err(NameError::Empty {
+            what,
+            name: whole.to_owned(),
+        });
     }
     if label.len() > 63 {
-        return Err(NameError::TooLong { what, name: whole.to_owned(), max: 63 });
+        return Err(NameError::TooLong {
+            what,
+            name: whole.to_owned(),
+            max: 63,
+        });
     }
     let ok = label
         .bytes()
@@ -41,7 +52,10 @@ fn check_label(what: &'static str, whole: &str, label: &str) -> Result<(), NameE
     if ok {
         Ok(())
     } else {
-        Err(NameError::BadLabel { what, name: whole.to_owned() })
+        Err(NameError::BadLabel {
+            what,
+            name: whole.to_owned(),
+        })
     }
 }
 
@@ -133,10 +147,17 @@ impl DomainName {
         }
         name.make_ascii_lowercase();
         if name.is_empty() {
-            return Err(NameError::Empty { what: "domain", name });
+            return Err(NameError::Empty {
+                what: "domain",
+                name,
+            });
         }
         if name.len() > 253 {
-            return Err(NameError::TooLong { what: "domain", name, max: 253 });
+            return Err(NameError::TooLong {
+                what: "domain",
+                name,
+                max: 253,
+            });
         }
         let mut labels = 0;
         for label in name.split('.') {
@@ -210,8 +231,14 @@ mod tests {
 
     #[test]
     fn domains_are_folded_and_checked() {
-        assert_eq!(DomainName::new("Example.COM.").map(|d| d.0), Ok("example.com".into()));
-        assert!(matches!(DomainName::new("localhost"), Err(NameError::SingleLabel { .. })));
+        assert_eq!(
+            DomainName::new("Example.COM.").map(|d| d.0),
+            Ok("example.com".into())
+        );
+        assert!(matches!(
+            DomainName::new("localhost"),
+            Err(NameError::SingleLabel { .. })
+        ));
         assert!(DomainName::new("a..b").is_err());
         assert!(DomainName::new("bad_char.com").is_err());
     }
@@ -226,7 +253,12 @@ mod tests {
 
     #[test]
     fn o11y_peers_are_recognised_by_name() {
-        for (name, o11y) in [("o11y", true), ("o11y-grafana", true), ("metrics-o11y", true), ("grafana", false)] {
+        for (name, o11y) in [
+            ("o11y", true),
+            ("o11y-grafana", true),
+            ("metrics-o11y", true),
+            ("grafana", false),
+        ] {
             assert_eq!(PeerName::new(name).unwrap().is_o11y(), o11y, "{name}");
         }
     }

@@ -31,13 +31,33 @@ impl Ipv4Net {
         if prefix > 32 {
             return None;
         }
-        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
-        Some(Self { network: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        Some(Self {
+            network: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        })
     }
 
     /// Whether `addr` lies in the range.
     pub fn contains(&self, addr: Ipv4Addr) -> bool {
         Self::new(addr, self.prefix).is_some_and(|n| n.network == self.network)
+    }
+
+    /// Whether `addr` is a usable host address of the range (in it, and not
+    /// its network or broadcast address unless the range is a /31 or /32).
+    pub fn is_host(&self, addr: Ipv4Addr) -> bool {
+        if !self.contains(addr) {
+            return false;
+        }
+        if self.prefix >= 31 {
+            return true;
+        }
+        let host_bits = u32::from(addr) & !(u32::MAX << (32 - self.prefix));
+        host_bits != 0 && host_bits != !(u32::MAX << (32 - self.prefix))
     }
 
     /// The usable host addresses, network and broadcast excluded (for /31 and
@@ -68,7 +88,9 @@ impl std::str::FromStr for Ipv4Net {
         let (addr, prefix) = s
             .split_once('/')
             .ok_or_else(|| format!("{s:?} is not a CIDR range such as 10.44.44.0/24"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
         let prefix: u8 = prefix
             .parse()
             .ok()
@@ -94,7 +116,10 @@ impl Coordinates {
         if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
             return None;
         }
-        Some(Self { lat_e6: (lat * 1e6).round() as i32, lon_e6: (lon * 1e6).round() as i32 })
+        Some(Self {
+            lat_e6: (lat * 1e6).round() as i32,
+            lon_e6: (lon * 1e6).round() as i32,
+        })
     }
 
     /// Latitude in degrees.
@@ -226,7 +251,12 @@ pub struct ConfigChanged {
 
 impl fmt::Debug for ConfigChanged {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConfigChanged({} change(s): {})", self.changes.len(), self.summary)
+        write!(
+            f,
+            "ConfigChanged({} change(s): {})",
+            self.changes.len(),
+            self.summary
+        )
     }
 }
 
@@ -281,7 +311,10 @@ pub enum Payload {
     SiteRolledBack(SiteRolledBack),
     SecretResealed(SecretResealed),
     /// A kind this version does not know, kept as it came.
-    Unknown { kind: u32, body: Vec<u8> },
+    Unknown {
+        kind: u32,
+        body: Vec<u8>,
+    },
 }
 
 /// The kind of an event, as named in `makiatto log --kind`.
@@ -337,9 +370,14 @@ impl EventKind {
 
     /// Parses a kind name as printed by [`EventKind::name`].
     pub fn parse(name: &str) -> Option<EventKind> {
-        Self::KNOWN.into_iter().find(|k| k.name() == name).or_else(|| {
-            name.strip_prefix("unknown-").and_then(|n| n.parse().ok()).map(EventKind::Unknown)
-        })
+        Self::KNOWN
+            .into_iter()
+            .find(|k| k.name() == name)
+            .or_else(|| {
+                name.strip_prefix("unknown-")
+                    .and_then(|n| n.parse().ok())
+                    .map(EventKind::Unknown)
+            })
     }
 }
 
@@ -436,7 +474,10 @@ impl Payload {
             8 => Payload::SitePublished(exact(bytes)?),
             9 => Payload::SiteRolledBack(exact(bytes)?),
             10 => Payload::SecretResealed(exact(bytes)?),
-            kind => Payload::Unknown { kind, body: bytes.to_vec() },
+            kind => Payload::Unknown {
+                kind,
+                body: bytes.to_vec(),
+            },
         })
     }
 
@@ -456,19 +497,29 @@ impl Payload {
                 format!(
                     "node {} joined ({}{}, mesh {})",
                     n.name,
-                    if ips.is_empty() { "no public address".to_owned() } else { ips.join(", ") },
+                    if ips.is_empty() {
+                        "no public address".to_owned()
+                    } else {
+                        ips.join(", ")
+                    },
                     if n.nameserver { ", nameserver" } else { "" },
                     n.mesh_addr
                 )
             }
             Payload::NodeRemoved(n) => format!("node {} removed", n.name),
-            Payload::ExternalPeerAdded(p) => format!("peer {} added (endpoint {})", p.name, p.endpoint),
+            Payload::ExternalPeerAdded(p) => {
+                format!("peer {} added (endpoint {})", p.name, p.endpoint)
+            }
             Payload::ExternalPeerRemoved(p) => format!("peer {} removed", p.name),
             Payload::ConfigChanged(c) => format!("config: {}", c.summary),
             Payload::SitePublished(s) => {
                 let mut line = format!(
                     "sync {}: {} changed, {} added, {} removed ({} files)",
-                    s.domain, s.summary.changed, s.summary.added, s.summary.removed, s.summary.files
+                    s.domain,
+                    s.summary.changed,
+                    s.summary.added,
+                    s.summary.removed,
+                    s.summary.files
                 );
                 if let Some(m) = &s.message {
                     line.push_str(&format!(" — {m}"));
@@ -482,7 +533,10 @@ impl Payload {
                 r.recipient.node.short()
             ),
             Payload::Unknown { kind, body } => {
-                format!("event kind {kind} from a newer version ({} bytes)", body.len())
+                format!(
+                    "event kind {kind} from a newer version ({} bytes)",
+                    body.len()
+                )
             }
         }
     }
@@ -497,9 +551,15 @@ mod tests {
         let net: Ipv4Net = "10.44.44.7/30".parse().unwrap();
         assert_eq!(net.network, Ipv4Addr::new(10, 44, 44, 4));
         let hosts: Vec<_> = net.hosts().collect();
-        assert_eq!(hosts, [Ipv4Addr::new(10, 44, 44, 5), Ipv4Addr::new(10, 44, 44, 6)]);
+        assert_eq!(
+            hosts,
+            [Ipv4Addr::new(10, 44, 44, 5), Ipv4Addr::new(10, 44, 44, 6)]
+        );
         assert!(net.contains(Ipv4Addr::new(10, 44, 44, 7)));
         assert!(!net.contains(Ipv4Addr::new(10, 44, 44, 8)));
+        assert!(net.is_host(Ipv4Addr::new(10, 44, 44, 5)));
+        assert!(!net.is_host(Ipv4Addr::new(10, 44, 44, 4)));
+        assert!(!net.is_host(Ipv4Addr::new(10, 44, 44, 7)));
         assert!("10.0.0.0/33".parse::<Ipv4Net>().is_err());
     }
 

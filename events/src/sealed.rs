@@ -85,9 +85,19 @@ impl SealedValue {
         let mut nonce = [0u8; 12];
         rng.fill_bytes(&mut nonce);
         let ciphertext = ChaCha20Poly1305::new(Key::from_slice(&data_key))
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: VALUE_AAD })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: VALUE_AAD,
+                },
+            )
             .map_err(|_| SealError::Corrupt)?;
-        let mut value = Self { nonce, ciphertext, recipients: Vec::with_capacity(to.len()) };
+        let mut value = Self {
+            nonce,
+            ciphertext,
+            recipients: Vec::with_capacity(to.len()),
+        };
         for node in to {
             let recipient = wrap(&data_key, *node, rng);
             value.recipients.push(recipient);
@@ -110,7 +120,11 @@ impl SealedValue {
 
     /// Opens the value with a node's secret, looking for its entry among the
     /// original recipients and then among `resealed` (from resealing events).
-    pub fn open(&self, secret: &SealingSecret, resealed: &[Recipient]) -> Result<Vec<u8>, SealError> {
+    pub fn open(
+        &self,
+        secret: &SealingSecret,
+        resealed: &[Recipient],
+    ) -> Result<Vec<u8>, SealError> {
         let me = secret.public();
         let entry = self
             .recipients
@@ -122,7 +136,10 @@ impl SealedValue {
         ChaCha20Poly1305::new(Key::from_slice(&data_key))
             .decrypt(
                 Nonce::from_slice(&self.nonce),
-                Payload { msg: &self.ciphertext, aad: VALUE_AAD },
+                Payload {
+                    msg: &self.ciphertext,
+                    aad: VALUE_AAD,
+                },
             )
             .map_err(|_| SealError::Corrupt)
     }
@@ -171,7 +188,11 @@ fn wrap(data_key: &[u8; 32], node: SealingKey, rng: &mut impl CryptoRng) -> Reci
     let wrapped_key = ChaCha20Poly1305::new(Key::from_slice(&kek))
         .encrypt(Nonce::from_slice(&[0u8; 12]), data_key.as_slice())
         .unwrap_or_default();
-    Recipient { node, ephemeral: ephemeral_public, wrapped_key }
+    Recipient {
+        node,
+        ephemeral: ephemeral_public,
+        wrapped_key,
+    }
 }
 
 fn unwrap(entry: &Recipient, secret: &SealingSecret) -> Result<[u8; 32], SealError> {
@@ -199,7 +220,8 @@ mod tests {
         let a = SealingSecret::generate(&mut rng);
         let b = SealingSecret::generate(&mut rng);
         let outsider = SealingSecret::generate(&mut rng);
-        let v = SealedValue::seal(b"API_TOKEN=s3cret", &[a.public(), b.public()], &mut rng).unwrap();
+        let v =
+            SealedValue::seal(b"API_TOKEN=s3cret", &[a.public(), b.public()], &mut rng).unwrap();
         assert_eq!(v.open(&a, &[]).unwrap(), b"API_TOKEN=s3cret");
         assert_eq!(v.open(&b, &[]).unwrap(), b"API_TOKEN=s3cret");
         assert_eq!(v.open(&outsider, &[]), Err(SealError::NotARecipient));
@@ -244,6 +266,9 @@ mod tests {
 
     #[test]
     fn sealing_to_nobody_is_refused() {
-        assert_eq!(SealedValue::seal(b"v", &[], &mut rng()), Err(SealError::NoRecipients));
+        assert_eq!(
+            SealedValue::seal(b"v", &[], &mut rng()),
+            Err(SealError::NoRecipients)
+        );
     }
 }

@@ -1,0 +1,373 @@
+//! The desired configuration: an automerge document whose changes ride in
+//! `config-changed` events, and its typed view.
+//!
+//! Concurrent edits merge field by field: domains and custom records are map
+//! entries, so two operators changing different records — or different
+//! fields of one record — both win; where both change one field, automerge's
+//! rule picks the winner, and `maki log` shows both writes. Cluster-wide
+//! settings live here too (never in per-node files), with their defaults
+//! stated once in [`SETTINGS`].
+
+use std::collections::BTreeMap;
+
+use automerge::{AutoCommit, Change, transaction::CommitOptions};
+use autosurgeon::{Hydrate, Reconcile, hydrate, reconcile};
+use makiatto_events::AuthorKey;
+use serde::Serialize;
+
+/// Why a configuration change could not be read or made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("a configuration change does not decode: {0}")]
+    BadChange(String),
+    #[error("a configuration change does not apply: {0}")]
+    Apply(String),
+    #[error("the configuration document does not have the expected shape: {0}")]
+    Shape(String),
+    #[error("unknown setting {key:?}; known settings: {known}")]
+    UnknownSetting { key: String, known: String },
+    #[error("bad value {value:?} for {key}: {why}")]
+    BadSetting {
+        key: String,
+        value: String,
+        why: String,
+    },
+}
+
+/// Everything the operators want the cluster to serve.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Reconcile, Hydrate)]
+pub struct DesiredConfig {
+    /// Keyed by domain name.
+    pub domains: BTreeMap<String, DomainConfig>,
+    pub o11y: O11yConfig,
+    pub settings: Settings,
+}
+
+/// One `[[domain]]` of `makiatto.toml` (its local `path` stays with `maki`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Reconcile, Hydrate)]
+pub struct DomainConfig {
+    pub aliases: Vec<String>,
+    /// Custom records, keyed by a stable key chosen by `maki` (type, name
+    /// and position among records of that type and name).
+    pub records: BTreeMap<String, RecordConfig>,
+    pub functions: Vec<FunctionConfig>,
+    pub transforms: Vec<TransformConfig>,
+}
+
+/// A `[[domain.records]]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Reconcile, Hydrate)]
+pub struct RecordConfig {
+    #[serde(rename = "type")]
+    pub rtype: String,
+    /// Relative to the domain; `@` is the apex.
+    pub name: String,
+    pub value: String,
+    pub ttl: Option<u32>,
+    pub priority: Option<u16>,
+}
+
+/// Sealed environment values: hex of a postcard `SealedValue`, shown by name only.
+pub type SealedEnv = BTreeMap<String, String>;
+
+fn names_only<S: serde::Serializer>(env: &SealedEnv, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(env.keys())
+}
+
+/// A `[[domain.functions]]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Reconcile, Hydrate)]
+pub struct FunctionConfig {
+    #[key]
+    pub path: String,
+    pub methods: Vec<String>,
+    #[serde(serialize_with = "names_only")]
+    pub env: SealedEnv,
+    pub timeout_ms: Option<u64>,
+    pub max_memory_mb: Option<u64>,
+}
+
+/// A `[[domain.transforms]]` entry; order matters (they run in sequence).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Reconcile, Hydrate)]
+pub struct TransformConfig {
+    #[key]
+    pub path: String,
+    pub files: String,
+    #[serde(serialize_with = "names_only")]
+    pub env: SealedEnv,
+    pub timeout_ms: Option<u64>,
+    pub max_memory_mb: Option<u64>,
+    pub max_file_size_kb: Option<u64>,
+}
+
+/// The `[o11y]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Reconcile, Hydrate)]
+pub struct O11yConfig {
+    pub otlp_endpoint: Option<String>,
+    pub sampling_ratio: Option<f64>,
+    pub tracing_enabled: Option<bool>,
+    pub metrics_enabled: Option<bool>,
+    pub logging_enabled: Option<bool>,
+}
+
+/// Cluster-wide settings (`maki config set KEY VALUE`). `None` means the
+/// default of [`SETTINGS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Reconcile, Hydrate)]
+pub struct Settings {
+    pub dns_geo_ttl: Option<u32>,
+    pub dns_nearest: Option<u32>,
+    pub acme_directory: Option<String>,
+    pub acme_ca_root: Option<String>,
+    pub sites_keep_versions: Option<u32>,
+}
+
+/// One setting: its key, its default and what it does.
+pub struct SettingSpec {
+    pub key: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+/// Every setting, its default and its meaning: the one place they are stated.
+pub const SETTINGS: &[SettingSpec] = &[
+    SettingSpec {
+        key: "dns.geo_ttl",
+        default: "60",
+        doc: "TTL in seconds of geo-routed A/AAAA answers (1–86400)",
+    },
+    SettingSpec {
+        key: "dns.nearest",
+        default: "1",
+        doc: "how many nearest healthy nodes a geo answer returns (1–8)",
+    },
+    SettingSpec {
+        key: "acme.directory",
+        default: "",
+        doc: "ACME directory URL; empty means no certificate is ordered",
+    },
+    SettingSpec {
+        key: "acme.ca_root",
+        default: "",
+        doc: "PEM of a private ACME CA's root (such as pebble's)",
+    },
+    SettingSpec {
+        key: "sites.keep_versions",
+        default: "10",
+        doc: "site versions per domain kept by garbage collection (1–1000)",
+    },
+];
+
+fn ranged(key: &str, value: &str, lo: u32, hi: u32) -> Result<u32, ConfigError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|v| (lo..=hi).contains(v))
+        .ok_or_else(|| ConfigError::BadSetting {
+            key: key.into(),
+            value: value.into(),
+            why: format!("expected a whole number from {lo} to {hi}"),
+        })
+}
+
+impl Settings {
+    pub fn geo_ttl(&self) -> u32 {
+        self.dns_geo_ttl.unwrap_or(60)
+    }
+
+    pub fn nearest(&self) -> u32 {
+        self.dns_nearest.unwrap_or(1)
+    }
+
+    pub fn keep_versions(&self) -> u32 {
+        self.sites_keep_versions.unwrap_or(10)
+    }
+
+    /// Sets one setting from text, refusing unknown keys and bad values.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        match key {
+            "dns.geo_ttl" => self.dns_geo_ttl = Some(ranged(key, value, 1, 86_400)?),
+            "dns.nearest" => self.dns_nearest = Some(ranged(key, value, 1, 8)?),
+            "sites.keep_versions" => self.sites_keep_versions = Some(ranged(key, value, 1, 1000)?),
+            "acme.directory" => {
+                self.acme_directory = match value {
+                    "" => None,
+                    url if url.starts_with("https://") => Some(url.to_owned()),
+                    _ => {
+                        return Err(ConfigError::BadSetting {
+                            key: key.into(),
+                            value: value.into(),
+                            why: "expected an https:// URL, or \"\" for none".into(),
+                        });
+                    }
+                }
+            }
+            "acme.ca_root" => {
+                self.acme_ca_root = match value {
+                    "" => None,
+                    pem if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem.to_owned()),
+                    _ => {
+                        return Err(ConfigError::BadSetting {
+                            key: key.into(),
+                            value: value.into(),
+                            why: "expected a PEM certificate, or \"\" for none".into(),
+                        });
+                    }
+                }
+            }
+            _ => {
+                return Err(ConfigError::UnknownSetting {
+                    key: key.into(),
+                    known: SETTINGS
+                        .iter()
+                        .map(|s| s.key)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The automerge document behind [`DesiredConfig`].
+#[derive(Debug, Clone, Default)]
+pub struct ConfigDoc {
+    doc: AutoCommit,
+}
+
+impl ConfigDoc {
+    /// Decodes change bytes from an event; all must decode or none apply.
+    pub fn decode(changes: &[Vec<u8>]) -> Result<Vec<Change>, ConfigError> {
+        changes
+            .iter()
+            .map(|bytes| {
+                Change::from_bytes(bytes.clone()).map_err(|e| ConfigError::BadChange(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Applies decoded changes. Changes whose dependencies are missing (for
+    /// example, on a change that was not authorized) wait inside the document
+    /// and have no effect until those arrive.
+    pub fn apply(&mut self, changes: Vec<Change>) -> Result<(), ConfigError> {
+        self.doc
+            .apply_changes(changes)
+            .map_err(|e| ConfigError::Apply(e.to_string()))
+    }
+
+    /// The typed view of the document.
+    pub fn view(&self) -> Result<DesiredConfig, ConfigError> {
+        hydrate(&self.doc).map_err(|e| ConfigError::Shape(e.to_string()))
+    }
+
+    /// Turns `wanted` into changes on top of this document, authored by
+    /// `actor`, and returns their bytes for a `config-changed` event. Only
+    /// the fields that differ are written, so a stale copy does not revert
+    /// fields it did not touch.
+    pub fn edit(
+        &mut self,
+        actor: &AuthorKey,
+        wanted: &DesiredConfig,
+    ) -> Result<Vec<Vec<u8>>, ConfigError> {
+        let before = self.doc.get_heads();
+        self.doc
+            .set_actor(automerge::ActorId::from(actor.as_bytes()));
+        reconcile(&mut self.doc, wanted).map_err(|e| ConfigError::Shape(e.to_string()))?;
+        self.doc.commit_with(CommitOptions::default().with_time(0));
+        Ok(self
+            .doc
+            .get_changes(&before)
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(value: &str, ttl: Option<u32>) -> RecordConfig {
+        RecordConfig {
+            rtype: "TXT".into(),
+            name: "@".into(),
+            value: value.into(),
+            ttl,
+            priority: None,
+        }
+    }
+
+    #[test]
+    fn concurrent_edits_of_different_fields_of_one_record_both_win() {
+        let alice = AuthorKey([1; 32]);
+        let bob = AuthorKey([2; 32]);
+        let mut base = ConfigDoc::default();
+        let mut cfg = DesiredConfig::default();
+        let mut domain = DomainConfig::default();
+        domain.records.insert("TXT @ 0".into(), record("v=1", None));
+        cfg.domains.insert("example.com".into(), domain);
+        let genesis = base.edit(&alice, &cfg).unwrap();
+
+        let mut a = base.clone();
+        let mut a_cfg = cfg.clone();
+        a_cfg
+            .domains
+            .get_mut("example.com")
+            .unwrap()
+            .records
+            .get_mut("TXT @ 0")
+            .unwrap()
+            .value = "v=2".into();
+        let from_a = a.edit(&alice, &a_cfg).unwrap();
+
+        let mut b = base.clone();
+        let mut b_cfg = cfg.clone();
+        b_cfg
+            .domains
+            .get_mut("example.com")
+            .unwrap()
+            .records
+            .get_mut("TXT @ 0")
+            .unwrap()
+            .ttl = Some(300);
+        let from_b = b.edit(&bob, &b_cfg).unwrap();
+
+        for order in [[&from_a, &from_b], [&from_b, &from_a]] {
+            let mut doc = ConfigDoc::default();
+            doc.apply(ConfigDoc::decode(&genesis).unwrap()).unwrap();
+            for changes in order {
+                doc.apply(ConfigDoc::decode(changes).unwrap()).unwrap();
+            }
+            let merged = doc.view().unwrap();
+            assert_eq!(
+                merged.domains["example.com"].records["TXT @ 0"],
+                record("v=2", Some(300))
+            );
+        }
+    }
+
+    #[test]
+    fn settings_refuse_unknown_keys_and_bad_values() {
+        let mut s = Settings::default();
+        assert_eq!(s.geo_ttl(), 60);
+        s.set("dns.geo_ttl", "30").unwrap();
+        assert_eq!(s.geo_ttl(), 30);
+        assert!(matches!(
+            s.set("dns.geo_ttl", "0"),
+            Err(ConfigError::BadSetting { .. })
+        ));
+        assert!(matches!(
+            s.set("dns.ttl", "30"),
+            Err(ConfigError::UnknownSetting { .. })
+        ));
+        assert!(matches!(
+            s.set("acme.directory", "http://x"),
+            Err(ConfigError::BadSetting { .. })
+        ));
+        s.set("acme.directory", "https://localhost:14000/dir")
+            .unwrap();
+    }
+
+    #[test]
+    fn garbage_change_bytes_are_refused() {
+        assert!(ConfigDoc::decode(&[vec![1, 2, 3]]).is_err());
+    }
+}
