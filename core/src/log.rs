@@ -166,6 +166,12 @@ impl<B: Backend> Log<B> {
         &self.vv
     }
 
+    /// Counts a refusal decided outside the log (bytes that did not decode
+    /// before reaching it), so every refusal shows in one set of counters.
+    pub fn count_rejection(&mut self, error: &IngestError) {
+        self.counts.count(error);
+    }
+
     /// Refusals since the log was opened.
     pub fn reject_counts(&self) -> RejectCounts {
         self.counts

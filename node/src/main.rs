@@ -1,1 +1,248 @@
-fn main() {}
+//! `makiatto`, the node daemon, and the commands that read its data directory.
+//!
+//! # Layout
+//! - [`daemon`]: `makiatto run`, the long-running process and its control socket.
+//! - [`control`]: the control protocol, shared by the daemon and offline commands.
+//! - [`replica`]: this node's log and projections.
+//! - [`query`]: `makiatto log` lines and filters.
+//!
+//! Read commands (`log`, `show`, `verify`, `status`, `append`) go through
+//! the running daemon's socket when one answers, and otherwise open the data
+//! directory themselves (the store admits one process at a time).
+
+mod control;
+mod daemon;
+mod query;
+mod replica;
+
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use control::{Request, Response};
+
+#[derive(Parser)]
+#[command(name = "makiatto", version, about = "The Makiatto CDN node daemon")]
+struct Cli {
+    /// The node's data directory.
+    #[arg(
+        long,
+        global = true,
+        env = "MAKIATTO_DATA_DIR",
+        default_value = "/var/makiatto"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node daemon in the foreground.
+    Run,
+    /// List the events of the log, oldest first.
+    Log {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only events as of an event (id prefix: its causal past) or a time (RFC 3339).
+        #[arg(long, value_name = "ID|TIME")]
+        at: Option<String>,
+        /// Only events by this author (name or key prefix).
+        #[arg(long, value_name = "NAME|KEY")]
+        author: Option<String>,
+        /// Only events of this kind (genesis, node-joined, site-published, …).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only the last N events.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Show a projection: peers, roles, config, zones, certificates or sites.
+    Show {
+        name: String,
+        #[arg(long, value_name = "ID|TIME")]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-check every event and rebuild every projection; exit 0 only if all agree.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts of events held, waiting and rejected.
+    Status,
+    /// Append events read from standard input, one hex-encoded event per line.
+    Append,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MAKIATTO_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data_dir = cli.data_dir;
+    match cli.command {
+        Command::Run => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(daemon::run(data_dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Log {
+            json,
+            at,
+            author,
+            kind,
+            limit,
+        } => {
+            let filter = query::LogFilter {
+                at,
+                author,
+                kind,
+                limit,
+            };
+            let value = request(&data_dir, Request::Log { filter })?;
+            let lines: Vec<query::LogLine> = serde_json::from_value(value)?;
+            for line in lines {
+                if json {
+                    println!("{}", serde_json::to_string(&line)?);
+                } else {
+                    println!("{}", line.render());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { name, at, json } => {
+            let value = request(
+                &data_dir,
+                Request::Show {
+                    name: name.clone(),
+                    at,
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&value)?);
+            } else {
+                println!(
+                    "{name} (fingerprint {})",
+                    value["fingerprint"].as_str().unwrap_or("?")
+                );
+                println!("{}", serde_json::to_string_pretty(&value["state"])?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { json } => {
+            let value = request(&data_dir, Request::Verify)?;
+            let report: replica_report::Report = serde_json::from_value(value.clone())?;
+            if json {
+                println!("{}", serde_json::to_string(&value)?);
+            } else {
+                println!("checked {} events", report.events);
+                for (name, fp) in &report.fingerprints {
+                    println!("  {name:<13} {fp}");
+                }
+                for p in &report.problems {
+                    println!("PROBLEM: {p}");
+                }
+                if report.problems.is_empty() {
+                    println!(
+                        "ok: every signature, id and chain verifies, and every projection matches a rebuild"
+                    );
+                }
+            }
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Status => {
+            let value = request(&data_dir, Request::Status)?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Append => {
+            let mut input = String::new();
+            std::io::stdin()
+                .lock()
+                .read_to_string(&mut input)
+                .context("cannot read standard input")?;
+            let events: Vec<String> = input
+                .as_bytes()
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            let value = request(&data_dir, Request::Append { events })?;
+            let results = value.as_array().cloned().unwrap_or_default();
+            let mut all_ok = true;
+            for r in &results {
+                all_ok &= r["outcome"] != "rejected";
+                println!("{}", serde_json::to_string(r)?);
+            }
+            Ok(if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+/// Sends a request to the running daemon, or answers it from the data
+/// directory when no daemon runs.
+fn request(data_dir: &Path, request: Request) -> anyhow::Result<serde_json::Value> {
+    let socket = daemon::socket_path(data_dir);
+    let response = match control::call(&socket, &request) {
+        Ok(response) => response,
+        Err(_) if !data_dir.join("log").exists() && !matches!(request, Request::Append { .. }) => {
+            bail!(
+                "{} holds no Makiatto log (is this the right --data-dir?)",
+                data_dir.display()
+            )
+        }
+        Err(_) => {
+            let replica = replica::Replica::open(data_dir).with_context(|| {
+                format!(
+                    "no daemon answers on {} and the log cannot be opened",
+                    socket.display()
+                )
+            })?;
+            control::execute(&Mutex::new(replica), &control::Direct, request)
+        }
+    };
+    match response {
+        Response::Ok(value) => Ok(value),
+        Response::Error(e) => bail!("{e}"),
+    }
+}
+
+/// The verify report as the CLI reads it back.
+mod replica_report {
+    #[derive(serde::Deserialize)]
+    pub struct Report {
+        pub events: usize,
+        pub problems: Vec<String>,
+        pub fingerprints: Vec<(String, String)>,
+    }
+}

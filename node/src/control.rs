@@ -1,0 +1,230 @@
+//! The local control socket: how `makiatto` subcommands and `maki` (over
+//! SSH) talk to a running daemon. One JSON request per line, one JSON
+//! response per line. The socket is mode 0600: only root and the daemon's
+//! own user may append to the log through it.
+//!
+//! [`execute`] answers a request against a [`Replica`]; the daemon calls it
+//! for requests from the socket and the CLI calls it directly when no daemon
+//! runs, so both paths share one implementation.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use makiatto_core::IngestError;
+use makiatto_core::log::AppendOutcome;
+use makiatto_events::Event;
+use makiatto_projections::ProjectionName;
+use serde::{Deserialize, Serialize};
+
+use crate::query::LogFilter;
+use crate::replica::{AppendResult, Replica, ReplicaError};
+
+/// The largest request line accepted (a batch of events, hex-encoded).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a client asks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// Append events given as hex of their canonical bytes.
+    Append {
+        events: Vec<String>,
+    },
+    Log {
+        filter: LogFilter,
+    },
+    Show {
+        name: String,
+        at: Option<String>,
+    },
+    Verify,
+    Status,
+}
+
+/// The answer: `{"ok": …}` or `{"error": "…"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Response {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// How appends reach the log: through the daemon's group committer, or
+/// straight into the log when the CLI holds the store itself.
+pub trait Appender {
+    fn append(
+        &self,
+        replica: &std::sync::Mutex<Replica>,
+        events: Vec<Event>,
+    ) -> Result<(Vec<AppendOutcome>, Vec<Event>), String>;
+}
+
+/// Appends directly (offline use).
+pub struct Direct;
+
+impl Appender for Direct {
+    fn append(
+        &self,
+        replica: &std::sync::Mutex<Replica>,
+        events: Vec<Event>,
+    ) -> Result<(Vec<AppendOutcome>, Vec<Event>), String> {
+        let log = replica.lock().map_err(|_| "replica lock poisoned")?.log();
+        let mut log = log.lock().map_err(|_| "log lock poisoned")?;
+        let report = log.append(events).map_err(|e| e.to_string())?;
+        Ok((report.outcomes, report.stored))
+    }
+}
+
+impl Appender for makiatto_core::GroupCommitter {
+    fn append(
+        &self,
+        _replica: &std::sync::Mutex<Replica>,
+        events: Vec<Event>,
+    ) -> Result<(Vec<AppendOutcome>, Vec<Event>), String> {
+        makiatto_core::GroupCommitter::append(self, events)
+    }
+}
+
+fn fail(e: impl ToString) -> Response {
+    Response::Error(e.to_string())
+}
+
+/// Answers one request.
+pub fn execute(
+    replica: &std::sync::Mutex<Replica>,
+    appender: &dyn Appender,
+    request: Request,
+) -> Response {
+    match request {
+        Request::Append { events } => append(replica, appender, events),
+        Request::Log { filter } => {
+            if let Err(e) = filter.check() {
+                return fail(e);
+            }
+            let Ok(replica) = replica.lock() else {
+                return fail("replica lock poisoned");
+            };
+            match replica.log_lines(&filter) {
+                Ok(lines) => Response::Ok(serde_json::to_value(lines).unwrap_or_default()),
+                Err(e) => fail(e),
+            }
+        }
+        Request::Show { name, at } => {
+            let Some(projection) = ProjectionName::parse(&name) else {
+                let known: Vec<&str> = ProjectionName::ALL.iter().map(|p| p.as_str()).collect();
+                return fail(format!(
+                    "unknown projection {name:?}; projections are: {}",
+                    known.join(", ")
+                ));
+            };
+            let Ok(mut replica) = replica.lock() else {
+                return fail("replica lock poisoned");
+            };
+            match replica.state_at(at.as_deref()) {
+                Ok(state) => Response::Ok(state.to_json(projection)),
+                Err(e) => fail(e),
+            }
+        }
+        Request::Verify => {
+            let Ok(mut replica) = replica.lock() else {
+                return fail("replica lock poisoned");
+            };
+            match replica.verify() {
+                Ok(report) => Response::Ok(serde_json::to_value(report).unwrap_or_default()),
+                Err(e) => fail(e),
+            }
+        }
+        Request::Status => match replica.lock() {
+            Ok(replica) => Response::Ok(replica.status()),
+            Err(_) => fail("replica lock poisoned"),
+        },
+    }
+}
+
+fn append(
+    replica: &std::sync::Mutex<Replica>,
+    appender: &dyn Appender,
+    hex_events: Vec<String>,
+) -> Response {
+    // Decode and verify outside any lock: signatures are the expensive part.
+    let mut results: Vec<Option<AppendResult>> = Vec::with_capacity(hex_events.len());
+    let mut valid = Vec::new();
+    let mut rejected = Vec::new();
+    for text in &hex_events {
+        let decoded = hex::decode(text.trim())
+            .map_err(|_| makiatto_events::EventError::Malformed("not hexadecimal"))
+            .and_then(|bytes| Event::decode(&bytes));
+        match decoded {
+            Ok(event) => {
+                valid.push(event);
+                results.push(None);
+            }
+            Err(error) => {
+                let error = IngestError::Invalid(error);
+                results.push(Some(AppendResult::from(&AppendOutcome::Rejected(
+                    error.clone(),
+                ))));
+                rejected.push(error);
+            }
+        }
+    }
+    if let Ok(r) = replica.lock()
+        && let Ok(mut log) = r.log().lock()
+    {
+        for error in &rejected {
+            log.count_rejection(error);
+        }
+    }
+    let (outcomes, stored) = match appender.append(replica, valid) {
+        Ok(done) => done,
+        Err(e) => return fail(format!("the log could not store the events: {e}")),
+    };
+    let mut outcomes = outcomes.iter();
+    let results: Vec<AppendResult> = results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                outcomes
+                    .next()
+                    .map(AppendResult::from)
+                    .unwrap_or_else(|| AppendResult {
+                        id: None,
+                        outcome: "rejected",
+                        fork: false,
+                        error: Some("no outcome was reported".into()),
+                    })
+            })
+        })
+        .collect();
+    match replica.lock() {
+        Ok(mut r) => {
+            if let Err(e) = r.absorb(stored) {
+                return fail(format!(
+                    "events were stored but the projections could not be updated: {e}"
+                ));
+            }
+        }
+        Err(_) => return fail("replica lock poisoned"),
+    }
+    Response::Ok(serde_json::to_value(results).unwrap_or_default())
+}
+
+/// Sends one request to a running daemon's socket.
+pub fn call(socket: &Path, request: &Request) -> std::io::Result<Response> {
+    let mut stream = UnixStream::connect(socket)?;
+    let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    serde_json::from_str(&answer)
+        .map_err(|e| std::io::Error::other(format!("the daemon's answer is not valid: {e}")))
+}
+
+impl From<ReplicaError> for Response {
+    fn from(e: ReplicaError) -> Self {
+        Response::Error(e.to_string())
+    }
+}

@@ -1,0 +1,117 @@
+//! `makiatto run`: opens the replica, serves the control socket, and shuts
+//! down cleanly on SIGTERM or SIGINT (socket removed, store flushed).
+//! Later subsystems (mesh, DNS, HTTP) hang off the same runtime.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use makiatto_core::GroupCommitter;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::control::{self, MAX_REQUEST_BYTES, Request, Response};
+use crate::replica::Replica;
+
+/// Where the control socket of a data directory lives.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+/// Runs the daemon until a shutdown signal.
+pub async fn run(data_dir: PathBuf) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let socket = socket_path(&data_dir);
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            bail!(
+                "another makiatto daemon is serving {} (its control socket answers); stop it first",
+                data_dir.display()
+            );
+        }
+        std::fs::remove_file(&socket)
+            .with_context(|| format!("cannot remove the stale socket {}", socket.display()))?;
+    }
+    let mut replica = Replica::open(&data_dir)
+        .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
+    replica.save_projections()?;
+    let (committer, _writer) = GroupCommitter::start(replica.log());
+    let replica = Arc::new(Mutex::new(replica));
+
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", socket.display()))?;
+    tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), "makiatto daemon ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let replica = replica.clone();
+                    let committer = committer.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve(stream, replica, committer).await {
+                            tracing::debug!(error = %e, "control connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "accepting a control connection failed"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+async fn serve(
+    stream: UnixStream,
+    replica: Arc<Mutex<Replica>>,
+    committer: GroupCommitter,
+) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Never buffer more than one request's worth from a client.
+        let n = (&mut reader)
+            .take(MAX_REQUEST_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let too_long = line.len() > MAX_REQUEST_BYTES;
+        let response = if too_long {
+            Response::Error(format!("request is larger than {MAX_REQUEST_BYTES} bytes"))
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(request) => {
+                    let replica = replica.clone();
+                    let committer = committer.clone();
+                    tokio::task::spawn_blocking(move || {
+                        control::execute(&replica, &committer, request)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Response::Error(format!("the request failed: {e}")))
+                }
+                Err(e) => Response::Error(format!("not a valid request: {e}")),
+            }
+        };
+        let mut bytes = serde_json::to_vec(&response)?;
+        bytes.push(b'\n');
+        write.write_all(&bytes).await?;
+        if too_long {
+            return Ok(());
+        }
+    }
+}

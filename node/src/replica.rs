@@ -1,0 +1,283 @@
+//! [`Replica`]: this node's copy of the log and the projections folded from
+//! it. The daemon and the offline commands (`makiatto log` with no daemon
+//! running) both work through it, so both give the same answers.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use makiatto_core::log::AppendOutcome;
+use makiatto_core::{Backend, Log, RejectCounts, Store};
+use makiatto_events::{Event, EventId, Hlc};
+use makiatto_projections::engine::AsOfError;
+use makiatto_projections::{AsOf, Engine, ProjectionName, State};
+use serde::Serialize;
+
+use crate::query::{LogFilter, LogLine, Point};
+
+/// Why the replica could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Store(#[from] makiatto_core::StoreError),
+    #[error("stored event {id} does not decode: {error}")]
+    CorruptEvent {
+        id: EventId,
+        error: makiatto_events::EventError,
+    },
+    #[error(transparent)]
+    AsOf(#[from] AsOfError),
+    #[error("{0}")]
+    Query(String),
+}
+
+/// The outcome of one appended event, as reported to the caller.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppendResult {
+    pub id: Option<String>,
+    pub outcome: &'static str,
+    pub fork: bool,
+    pub error: Option<String>,
+}
+
+impl From<&AppendOutcome> for AppendResult {
+    fn from(o: &AppendOutcome) -> Self {
+        match o {
+            AppendOutcome::Stored { id, fork } => AppendResult {
+                id: Some(id.to_hex()),
+                outcome: "stored",
+                fork: *fork,
+                error: None,
+            },
+            AppendOutcome::Waiting { id, on } => AppendResult {
+                id: Some(id.to_hex()),
+                outcome: "waiting",
+                fork: false,
+                error: Some(format!("waiting for its feed predecessor {}", on.short())),
+            },
+            AppendOutcome::Rejected(e) => AppendResult {
+                id: None,
+                outcome: "rejected",
+                fork: false,
+                error: Some(e.to_string()),
+            },
+        }
+    }
+}
+
+/// The result of `makiatto verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub events: usize,
+    pub problems: Vec<String>,
+    pub fingerprints: Vec<(String, String)>,
+}
+
+/// The store, the log around it and the engine over it.
+pub struct Replica {
+    store: Store,
+    log: Arc<Mutex<Log<Store>>>,
+    engine: Engine,
+}
+
+impl Replica {
+    /// Opens the data directory's log and folds every stored event.
+    pub fn open(data_dir: &Path) -> Result<Replica, ReplicaError> {
+        let store = Store::open(&data_dir.join("log"))?;
+        let mut events = Vec::new();
+        for item in store.iter_events() {
+            let (id, bytes) = item?;
+            let event = Event::decode_trusted(&bytes)
+                .map_err(|error| ReplicaError::CorruptEvent { id, error })?;
+            events.push(event);
+        }
+        let mut engine = Engine::new();
+        engine.insert(events);
+        let log = Arc::new(Mutex::new(Log::open(store.clone())?));
+        Ok(Replica { store, log, engine })
+    }
+
+    /// The shared log, for the group committer.
+    pub fn log(&self) -> Arc<Mutex<Log<Store>>> {
+        self.log.clone()
+    }
+
+    /// Folds events that the log stored and saves the projections.
+    pub fn absorb(&mut self, stored: Vec<Event>) -> Result<(), ReplicaError> {
+        if stored.is_empty() {
+            return Ok(());
+        }
+        self.engine.insert(stored);
+        self.save_projections()
+    }
+
+    /// Saves every projection's canonical bytes, for `verify` to compare.
+    pub fn save_projections(&mut self) -> Result<(), ReplicaError> {
+        let state = self.engine.state();
+        for name in ProjectionName::ALL {
+            self.store
+                .put_projection(name.as_str(), &state.canonical_bytes(name))?;
+        }
+        Ok(())
+    }
+
+    /// Rejection counters since the log was opened.
+    pub fn reject_counts(&self) -> RejectCounts {
+        self.log
+            .lock()
+            .map(|l| l.reject_counts())
+            .unwrap_or_default()
+    }
+
+    /// Resolves a `--at` argument: a unique id prefix or an RFC 3339 time.
+    pub fn resolve_point(&self, text: &str) -> Result<AsOf, ReplicaError> {
+        match Point::parse(text).map_err(ReplicaError::Query)? {
+            Point::Time(hlc) => Ok(AsOf::Time(hlc)),
+            Point::IdPrefix(prefix) => Ok(AsOf::Event(self.resolve_id(&prefix)?)),
+        }
+    }
+
+    /// The one held event whose hex id starts with `prefix`.
+    pub fn resolve_id(&self, prefix: &str) -> Result<EventId, ReplicaError> {
+        let mut found = self
+            .engine
+            .ordered()
+            .map(|e| e.id())
+            .filter(|id| id.to_hex().starts_with(prefix));
+        match (found.next(), found.next()) {
+            (Some(id), None) => Ok(id),
+            (None, _) => Err(ReplicaError::Query(format!(
+                "no event id starts with {prefix:?}"
+            ))),
+            (Some(_), Some(_)) => Err(ReplicaError::Query(format!(
+                "{prefix:?} is ambiguous: give more characters of the id"
+            ))),
+        }
+    }
+
+    /// Projections now, or as of a point.
+    pub fn state_at(&mut self, at: Option<&str>) -> Result<State, ReplicaError> {
+        match at {
+            None => Ok(self.engine.state().clone()),
+            Some(text) => {
+                let point = self.resolve_point(text)?;
+                Ok(self.engine.as_of(point)?)
+            }
+        }
+    }
+
+    /// The log listing, filtered, in time order.
+    pub fn log_lines(&self, filter: &LogFilter) -> Result<Vec<LogLine>, ReplicaError> {
+        let within = match &filter.at {
+            None => None,
+            Some(text) => Some(match self.resolve_point(text)? {
+                AsOf::Event(id) => Within::Past(self.engine.causal_past(&id)?),
+                AsOf::Time(t) => Within::Until(t),
+            }),
+        };
+        let roles = self.engine.roles();
+        let mut lines = Vec::new();
+        for item in self.store.iter_by_time() {
+            let (hlc, id) = item?;
+            match &within {
+                Some(Within::Until(t)) if hlc > *t => break,
+                Some(Within::Past(set)) if !set.contains(&id) => continue,
+                _ => {}
+            }
+            let Some(event) = self.engine.event(&id) else {
+                continue;
+            };
+            let line = LogLine::new(event, roles, self.engine.verdict(&id));
+            if filter.matches(&line) {
+                lines.push(line);
+            }
+        }
+        if let Some(limit) = filter.limit {
+            let skip = lines.len().saturating_sub(limit);
+            lines.drain(..skip);
+        }
+        Ok(lines)
+    }
+
+    /// Re-checks every stored event (signature, id, feed chain), rebuilds
+    /// every projection from scratch and compares it with the incremental
+    /// state and with the stored projections.
+    pub fn verify(&mut self) -> Result<VerifyReport, ReplicaError> {
+        let mut problems = Vec::new();
+        let mut count = 0;
+        for item in self.store.iter_events() {
+            let (id, bytes) = item?;
+            count += 1;
+            match Event::decode(&bytes) {
+                Ok(e) if e.id() == id => {
+                    if let Some(prev) = e.header().prev {
+                        let before = self.store.ids_at(&e.author(), e.seq() - 1)?;
+                        if !before.contains(&prev) {
+                            problems.push(format!(
+                                "event {id}: its feed predecessor {prev} is not stored"
+                            ));
+                        }
+                    }
+                }
+                Ok(_) => problems.push(format!("event stored under {id} hashes to another id")),
+                Err(e) => problems.push(format!("event {id}: {e}")),
+            }
+        }
+        for (author, seq, id) in self.store.all_feed_entries()? {
+            if !self.store.contains(&id)? {
+                problems.push(format!(
+                    "feed of {} names event {id} at seq {seq}, which is missing",
+                    author.short()
+                ));
+            }
+        }
+        let rebuilt = self.engine.rebuild();
+        let current = self.engine.state().clone();
+        let mut fingerprints = Vec::new();
+        for name in ProjectionName::ALL {
+            let fresh = rebuilt.canonical_bytes(name);
+            if fresh != current.canonical_bytes(name) {
+                problems.push(format!(
+                    "projection {name}: incremental state differs from a rebuild"
+                ));
+            }
+            match self.store.projection(name.as_str())? {
+                Some(saved) if saved != fresh => problems.push(format!(
+                    "projection {name}: stored copy differs from a rebuild"
+                )),
+                None if count > 0 => problems.push(format!("projection {name}: no stored copy")),
+                _ => {}
+            }
+            fingerprints.push((name.as_str().to_owned(), rebuilt.fingerprint(name).to_hex()));
+        }
+        Ok(VerifyReport {
+            events: count,
+            problems,
+            fingerprints,
+        })
+    }
+
+    /// Summary numbers for `status`.
+    pub fn status(&self) -> serde_json::Value {
+        let (events, waiting, vv) = match self.log.lock() {
+            Ok(l) => (
+                l.version_vector().total(),
+                l.waiting(),
+                l.version_vector().clone(),
+            ),
+            Err(_) => (0, 0, Default::default()),
+        };
+        let not_ready = self.engine.len() as u64 - self.engine.ordered().count() as u64;
+        serde_json::json!({
+            "events": events,
+            "waiting_for_predecessor": waiting,
+            "waiting_for_causal_past": not_ready,
+            "authors": vv.iter().count(),
+            "rejected": self.reject_counts(),
+        })
+    }
+}
+
+enum Within {
+    Past(std::collections::HashSet<EventId>),
+    Until(Hlc),
+}
