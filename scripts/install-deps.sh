@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Makiatto's tests and local clusters use.
+# Idempotent: installs only what is missing. Needs root.
+set -euo pipefail
+
+packages=(
+  iproute2        # ip netns / veth / bridge for test hosts
+  openssh-server  # a real sshd per test host
+  openssh-client
+  iputils-ping
+  jq
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
