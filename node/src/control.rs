@@ -11,8 +11,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use makiatto_core::IngestError;
 use makiatto_core::log::AppendOutcome;
+use makiatto_core::{IngestError, VersionVector};
 use makiatto_events::Event;
 use makiatto_projections::ProjectionName;
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,21 @@ pub enum Request {
     },
     Verify,
     Status,
+    /// What the log holds per author.
+    VersionVector,
+    /// The events a log holding `vv` lacks (hex), about `max_bytes` at most.
+    Missing {
+        vv: VersionVector,
+        max_bytes: usize,
+    },
+    /// The current heads, to name as parents of a new event.
+    Heads,
+    /// An author's latest event (hex), or null.
+    Feed {
+        author: String,
+    },
+    /// Every applied configuration change (hex), in canonical order.
+    ConfigChanges,
 }
 
 /// The answer: `{"ok": …}` or `{"error": "…"}`.
@@ -139,6 +154,52 @@ pub fn execute(
             Ok(replica) => Response::Ok(replica.status()),
             Err(_) => fail("replica lock poisoned"),
         },
+        Request::VersionVector => reading(replica, |r| {
+            Ok(serde_json::to_value(r.version_vector()?).unwrap_or_default())
+        }),
+        Request::Missing { vv, max_bytes } => reading(replica, |r| {
+            let events: Vec<String> = r
+                .missing_for(&vv, max_bytes)?
+                .iter()
+                .map(hex::encode)
+                .collect();
+            Ok(serde_json::json!(events))
+        }),
+        Request::Heads => reading(replica, |r| {
+            let heads: Vec<_> = r
+                .heads()
+                .into_iter()
+                .map(|(id, hlc)| serde_json::json!({"id": id.to_hex(), "millis": hlc.millis, "counter": hlc.counter}))
+                .collect();
+            Ok(serde_json::json!(heads))
+        }),
+        Request::Feed { author } => reading(replica, |r| {
+            let author: makiatto_events::AuthorKey = author
+                .parse()
+                .map_err(|e| ReplicaError::Query(format!("bad author key: {e}")))?;
+            Ok(serde_json::json!(r.latest_of(&author)?.map(hex::encode)))
+        }),
+        Request::ConfigChanges => reading(replica, |r| {
+            Ok(serde_json::json!(
+                r.config_changes()
+                    .iter()
+                    .map(hex::encode)
+                    .collect::<Vec<_>>()
+            ))
+        }),
+    }
+}
+
+fn reading(
+    replica: &std::sync::Mutex<Replica>,
+    f: impl FnOnce(&Replica) -> Result<serde_json::Value, ReplicaError>,
+) -> Response {
+    match replica.lock() {
+        Ok(r) => match f(&r) {
+            Ok(v) => Response::Ok(v),
+            Err(e) => fail(e),
+        },
+        Err(_) => fail("replica lock poisoned"),
     }
 }
 

@@ -12,8 +12,10 @@
 
 mod control;
 mod daemon;
+mod keys;
 mod query;
 mod replica;
+mod service;
 
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
@@ -35,14 +37,39 @@ struct Cli {
         default_value = "/var/makiatto"
     )]
     data_dir: PathBuf,
+    /// Where pid files live.
+    #[arg(
+        long,
+        global = true,
+        env = "MAKIATTO_RUN_DIR",
+        default_value = "/run/makiatto"
+    )]
+    run_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the node daemon in the foreground.
-    Run,
+    /// Run the node daemon (in the foreground, or supervised in the background).
+    Run {
+        /// Start a supervisor in the background that keeps the daemon running.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop the supervised daemon.
+    Stop,
+    #[command(hide = true)]
+    Supervise,
+    /// The node's keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Speak the control protocol on standard input and output (one JSON
+    /// request per line), for `maki` over SSH.
+    #[command(hide = true)]
+    Control,
     /// List the events of the log, oldest first.
     Log {
         /// One JSON object per line.
@@ -80,13 +107,27 @@ enum Command {
     Append,
 }
 
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make the node's keys if they are missing, and print the public halves.
+    Init {
+        /// Replace existing keys (the node then joins as a new member).
+        #[arg(long)]
+        recreate: bool,
+    },
+    /// Print the public halves of the node's keys.
+    Show,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MAKIATTO_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
@@ -99,13 +140,49 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let data_dir = cli.data_dir;
+    let data_dir = cli.data_dir.clone();
     match cli.command {
-        Command::Run => {
+        Command::Run { detach: true } => {
+            service::start_detached(&data_dir, &cli.run_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { detach: false } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(daemon::run(data_dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Supervise => {
+            service::supervise(&data_dir, &cli.run_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop => {
+            service::stop(&cli.run_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command } => {
+            let keys = match command {
+                KeysCommand::Init { recreate } => {
+                    keys::NodeKeys::load_or_create(&data_dir, recreate)?
+                }
+                KeysCommand::Show => keys::NodeKeys::load(&data_dir)?,
+            };
+            println!("{}", serde_json::to_string(&keys.public())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Control => {
+            for line in std::io::stdin().lock().lines() {
+                let line = line.context("cannot read standard input")?;
+                let response = match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => match request(&data_dir, req) {
+                        Ok(v) => Response::Ok(v),
+                        Err(e) => Response::Error(format!("{e:#}")),
+                    },
+                    Err(e) => Response::Error(format!("not a valid request: {e}")),
+                };
+                println!("{}", serde_json::to_string(&response)?);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Log {
@@ -177,7 +254,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Status => {
-            let value = request(&data_dir, Request::Status)?;
+            let (daemon, supervisor) = service::pids(&cli.run_dir);
+            let mut value = if data_dir.join("log").exists() || daemon.is_some() {
+                request(&data_dir, Request::Status)?
+            } else {
+                serde_json::json!({"events": 0})
+            };
+            value["daemon_pid"] = serde_json::json!(daemon.map(|p| p.as_raw()));
+            value["supervisor_pid"] = serde_json::json!(supervisor.map(|p| p.as_raw()));
+            value["running"] = serde_json::json!(daemon.is_some());
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(ExitCode::SUCCESS)
         }

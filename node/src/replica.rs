@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use makiatto_core::VersionVector;
 use makiatto_core::log::AppendOutcome;
 use makiatto_core::{Backend, Log, RejectCounts, Store};
-use makiatto_events::{Event, EventId, Hlc};
+use makiatto_events::{AuthorKey, Event, EventId, Hlc, MAX_PARENTS, Payload};
 use makiatto_projections::engine::AsOfError;
 use makiatto_projections::{AsOf, Engine, ProjectionName, State};
 use serde::Serialize;
@@ -274,6 +275,70 @@ impl Replica {
             "authors": vv.iter().count(),
             "rejected": self.reject_counts(),
         })
+    }
+}
+
+impl Replica {
+    /// What this log holds, per author.
+    pub fn version_vector(&self) -> Result<VersionVector, ReplicaError> {
+        let log = self
+            .log
+            .lock()
+            .map_err(|_| ReplicaError::Query("log lock poisoned".into()))?;
+        Ok(log.version_vector().clone())
+    }
+
+    /// The events a log holding `remote` lacks, up to about `max_bytes`.
+    pub fn missing_for(
+        &self,
+        remote: &VersionVector,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, ReplicaError> {
+        let log = self
+            .log
+            .lock()
+            .map_err(|_| ReplicaError::Query("log lock poisoned".into()))?;
+        Ok(log.missing_for(remote, max_bytes)?)
+    }
+
+    /// The current heads (at most `MAX_PARENTS`, newest first).
+    pub fn heads(&self) -> Vec<(EventId, Hlc)> {
+        self.engine
+            .heads()
+            .into_iter()
+            .take(MAX_PARENTS)
+            .map(|e| (e.id(), e.hlc()))
+            .collect()
+    }
+
+    /// The author's latest event (the highest seq; the smallest id on a fork).
+    pub fn latest_of(&self, author: &AuthorKey) -> Result<Option<Vec<u8>>, ReplicaError> {
+        let log = self
+            .log
+            .lock()
+            .map_err(|_| ReplicaError::Query("log lock poisoned".into()))?;
+        let Some(feed) = log.version_vector().get(author).copied() else {
+            return Ok(None);
+        };
+        let ids = self.store.ids_at(author, feed.seq)?;
+        match ids.into_iter().min() {
+            Some(id) => Ok(self.store.get(&id)?),
+            None => Ok(None),
+        }
+    }
+
+    /// The bytes of every applied configuration change, in canonical order,
+    /// for a client to rebuild the configuration document.
+    pub fn config_changes(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for e in self.engine.ordered() {
+            if let Payload::ConfigChanged(c) = e.payload()
+                && self.engine.verdict(&e.id()).is_some_and(|v| v.is_applied())
+            {
+                out.extend(c.changes.iter().cloned());
+            }
+        }
+        out
     }
 }
 

@@ -150,6 +150,19 @@ impl Engine {
         self.order.iter().map(|(_, id)| &self.events[id])
     }
 
+    /// The ready events no ready event names as a parent: what a new event
+    /// should name as its parents. Newest first.
+    pub fn heads(&self) -> Vec<&Event> {
+        let mut named: HashSet<EventId> = HashSet::new();
+        for e in self.ordered() {
+            named.extend(e.parents().iter().copied());
+        }
+        self.ordered()
+            .rev()
+            .filter(|e| !named.contains(&e.id()))
+            .collect()
+    }
+
     /// The verdict on a folded event (`None` while it is not ready).
     pub fn verdict(&self, id: &EventId) -> Option<&Verdict> {
         self.fold.verdict(id)

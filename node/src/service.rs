@@ -1,0 +1,168 @@
+//! Supervised mode for machines without systemd: `makiatto run --detach`
+//! starts a supervisor in the background, which runs the daemon and starts
+//! it again when it crashes (with backoff), until `makiatto stop`.
+//!
+//! Pid files live in the run directory (default `/run/makiatto`):
+//! `supervisor.pid` and `makiatto.pid`.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long `start` waits for the daemon to answer, and `stop` for it to end.
+const WAIT: Duration = Duration::from_secs(30);
+/// A daemon that stayed up this long is healthy again: backoff resets.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+fn supervisor_pidfile(run_dir: &Path) -> PathBuf {
+    run_dir.join("supervisor.pid")
+}
+
+fn daemon_pidfile(run_dir: &Path) -> PathBuf {
+    run_dir.join("makiatto.pid")
+}
+
+/// The pid in a pid file, if that process is alive.
+pub fn live_pid(pidfile: &Path) -> Option<Pid> {
+    let text = std::fs::read_to_string(pidfile).ok()?;
+    let pid = Pid::from_raw(text.trim().parse().ok()?);
+    kill(pid, None).ok().map(|_| pid)
+}
+
+/// The running daemon's and supervisor's pids.
+pub fn pids(run_dir: &Path) -> (Option<Pid>, Option<Pid>) {
+    (
+        live_pid(&daemon_pidfile(run_dir)),
+        live_pid(&supervisor_pidfile(run_dir)),
+    )
+}
+
+fn self_command(data_dir: &Path, run_dir: &Path) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("cannot find the makiatto binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .arg("--run-dir")
+        .arg(run_dir);
+    Ok(cmd)
+}
+
+/// Starts the supervisor in the background and waits until the daemon answers.
+pub fn start_detached(data_dir: &Path, run_dir: &Path) -> anyhow::Result<()> {
+    if let Some(pid) = live_pid(&supervisor_pidfile(run_dir)) {
+        println!("makiatto is already running (supervisor pid {pid})");
+        return Ok(());
+    }
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let log_path = data_dir.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let mut supervisor = self_command(data_dir, run_dir)?
+        .arg("supervise")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the supervisor")?;
+    let socket = crate::daemon::socket_path(data_dir);
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            println!("makiatto started (supervisor pid {})", supervisor.id());
+            return Ok(());
+        }
+        if let Some(status) = supervisor.try_wait()? {
+            bail!(
+                "the supervisor exited ({status}); see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "the daemon did not answer within {} s; see {}",
+        WAIT.as_secs(),
+        log_path.display()
+    )
+}
+
+/// Stops the supervisor (and so the daemon) and waits for both to end.
+pub fn stop(run_dir: &Path) -> anyhow::Result<()> {
+    let (daemon, supervisor) = pids(run_dir);
+    let target = supervisor.or(daemon);
+    let Some(pid) = target else {
+        println!("makiatto is not running");
+        return Ok(());
+    };
+    kill(pid, Signal::SIGTERM).with_context(|| format!("cannot signal pid {pid}"))?;
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        let (d, s) = pids(run_dir);
+        if d.is_none() && s.is_none() {
+            println!("makiatto stopped");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("makiatto did not stop within {} s", WAIT.as_secs())
+}
+
+/// The supervisor loop (`makiatto supervise`, started by `start_detached`).
+pub fn supervise(data_dir: &Path, run_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(run_dir)?;
+    std::fs::write(supervisor_pidfile(run_dir), std::process::id().to_string())?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stopping.clone())?;
+    }
+    let mut backoff = Duration::from_millis(200);
+    while !stopping.load(Ordering::SeqCst) {
+        let started = Instant::now();
+        let mut child: Child = self_command(data_dir, run_dir)?
+            .arg("run")
+            .spawn()
+            .context("cannot start the daemon")?;
+        std::fs::write(daemon_pidfile(run_dir), child.id().to_string())?;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break Some(status);
+            }
+            if stopping.load(Ordering::SeqCst) {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let _ = std::fs::remove_file(daemon_pidfile(run_dir));
+        let Some(status) = status else { break };
+        if started.elapsed() > HEALTHY_AFTER {
+            backoff = Duration::from_millis(200);
+        }
+        eprintln!(
+            "makiatto supervisor: the daemon exited ({status}); starting it again in {backoff:?}"
+        );
+        let until = Instant::now() + backoff;
+        while Instant::now() < until && !stopping.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    let _ = std::fs::remove_file(supervisor_pidfile(run_dir));
+    Ok(())
+}
