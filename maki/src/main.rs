@@ -1,1 +1,379 @@
-fn main() {}
+//! `maki`, the Makiatto CLI: manages machines over SSH, signs the operator's
+//! events and hands them to the cluster, and runs local test clusters.
+//!
+//! # Layout
+//! - [`profile`]: the profile file (public data only).
+//! - [`operator`]: the operator key and outbox.
+//! - [`ssh`]: SSH with pinned host keys, uploads, the control protocol.
+//! - [`cluster`]: signing and delivering events; copying logs between nodes.
+//! - [`machine`]: `maki machine …`.
+//! - [`commands`]: `maki log`, `maki config`, `maki operator`.
+//! - [`local`]: `maki local …`.
+
+mod cluster;
+mod commands;
+mod local;
+mod machine;
+mod operator;
+mod profile;
+mod ssh;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use makiatto_events::payload::Ipv4Net;
+
+const ABOUT: &str = "Makiatto: a self-hosted global CDN";
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nIP geolocation by DB-IP (https://db-ip.com), DB-IP Lite City, licensed CC BY 4.0."
+);
+
+#[derive(Parser)]
+#[command(name = "maki", version, long_version = LONG_VERSION, about = ABOUT)]
+struct Cli {
+    /// The profile to use (else MAKIATTO_PROFILE, else ~/.config/makiatto/default.toml).
+    #[arg(long, global = true)]
+    profile: Option<PathBuf>,
+    /// The operator key (else MAKIATTO_OPERATOR_KEY, else ~/.config/makiatto/operator.key).
+    #[arg(long, global = true)]
+    operator_key: Option<PathBuf>,
+    /// The SSH private key to log in with (else ~/.ssh/id_ed25519).
+    #[arg(long, global = true, env = "MAKIATTO_SSH_KEY")]
+    ssh_priv_key: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Initialise, list, upgrade and remove machines.
+    Machine {
+        #[command(subcommand)]
+        command: MachineCmd,
+    },
+    /// The cluster's event log, as a node holds it.
+    Log {
+        /// Which node to ask (default: the first that answers).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "ID|TIME")]
+        at: Option<String>,
+        #[arg(long, value_name = "NAME|KEY")]
+        author: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Keep printing new events.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cluster-wide settings.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Who may operate the cluster.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCmd,
+    },
+    /// A cluster of test hosts on this machine (Linux, root).
+    Local {
+        /// Where the cluster's files live.
+        #[arg(long, global = true, default_value = "./.makiatto-local")]
+        dir: PathBuf,
+        /// The cluster's name (several can run at once).
+        #[arg(long, global = true, default_value = "local")]
+        name: String,
+        #[command(subcommand)]
+        command: LocalCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum MachineCmd {
+    /// Install the daemon on a machine and admit it to the cluster.
+    Init {
+        name: String,
+        /// user@host
+        target: String,
+        /// SSH port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// The daemon to install (default: `makiatto` beside `maki`).
+        #[arg(long)]
+        binary_path: Option<PathBuf>,
+        /// Do not make this machine a nameserver.
+        #[arg(long)]
+        skip_ns: bool,
+        /// Make this machine a nameserver even past the first three.
+        #[arg(long)]
+        force_ns: bool,
+        /// Wipe the machine's Makiatto state and initialise it again.
+        #[arg(long)]
+        recreate: bool,
+        #[arg(long, allow_hyphen_values = true, requires = "lon")]
+        lat: Option<f64>,
+        #[arg(long, allow_hyphen_values = true, requires = "lat")]
+        lon: Option<f64>,
+        /// Accept the host key with this fingerprint (SHA256:…) without asking.
+        #[arg(long, value_name = "FINGERPRINT")]
+        accept_host_key: Option<String>,
+        /// The mesh range, when this init creates the cluster.
+        #[arg(long, value_name = "CIDR")]
+        mesh_range: Option<Ipv4Net>,
+        /// The ACME CA, when this init creates the cluster: none, letsencrypt,
+        /// letsencrypt-staging or a directory URL.
+        #[arg(long)]
+        acme: Option<String>,
+        /// The cluster's name, when this init creates it.
+        #[arg(long)]
+        cluster_name: Option<String>,
+    },
+    /// List the machines and whether they are healthy.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the daemon, one machine at a time, rolling back on failure.
+    Upgrade {
+        names: Vec<String>,
+        #[arg(long)]
+        binary_path: Option<PathBuf>,
+    },
+    /// Restart the daemon.
+    Restart { names: Vec<String> },
+    /// Remove a machine from the cluster and wipe it.
+    Remove {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Show the cluster-wide settings.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.directory, acme.ca_root, sites.keep_versions).
+    Set { key: String, value: String },
+}
+
+#[derive(Subcommand)]
+enum OperatorCmd {
+    /// Print this operator's public key.
+    Key,
+    /// Allow another operator key to run the cluster.
+    Add { name: String, pubkey: String },
+    /// Revoke an operator.
+    Remove { name: String },
+    /// List the operators.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LocalCmd {
+    /// Create test hosts and initialise a node on each over SSH.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long)]
+        binary_path: Option<PathBuf>,
+    },
+    /// Remove everything `up` made.
+    Down,
+    /// Each host's addresses, namespace, daemon and state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a host.
+    Exec {
+        node: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Pull a host's cable (or, with --mesh, cut only node-to-node traffic).
+    Cut {
+        node: String,
+        #[arg(long)]
+        mesh: bool,
+    },
+    /// Reconnect one host, or all.
+    Heal { node: Option<String> },
+    /// SIGKILL a host's daemon and supervisor (it stays down).
+    Kill { node: String },
+    /// Boot a killed host's daemon again.
+    Start { node: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ctx(cli: &Cli) -> anyhow::Result<cluster::Ctx> {
+    let profile_path = profile::resolve_path(cli.profile.as_deref())?;
+    Ok(cluster::Ctx {
+        profile: profile::Profile::load(&profile_path)?,
+        profile_path,
+        operator_key_path: operator::resolve_key_path(cli.operator_key.as_deref())?,
+        ssh_key: cli.ssh_priv_key.clone(),
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Top::Machine { command } => {
+            let mut ctx = ctx(&cli)?;
+            match command {
+                MachineCmd::Init {
+                    name,
+                    target,
+                    port,
+                    binary_path,
+                    skip_ns,
+                    force_ns,
+                    recreate,
+                    lat,
+                    lon,
+                    accept_host_key,
+                    mesh_range,
+                    acme,
+                    cluster_name,
+                } => {
+                    let mut target: profile::SshTarget =
+                        target.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                    if let Some(p) = port {
+                        target.port = *p;
+                    }
+                    machine::init(
+                        &mut ctx,
+                        machine::InitArgs {
+                            name: name.clone(),
+                            target,
+                            binary_path: binary_path.clone(),
+                            skip_ns: *skip_ns,
+                            force_ns: *force_ns,
+                            recreate: *recreate,
+                            coordinates: lat.zip(*lon),
+                            accept_host_key: accept_host_key.clone(),
+                            mesh_range: *mesh_range,
+                            acme: acme.clone(),
+                            cluster_name: cluster_name.clone(),
+                        },
+                    )
+                    .await?;
+                }
+                MachineCmd::List { json } => {
+                    if !machine::list(&ctx, *json).await? {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+                MachineCmd::Upgrade { names, binary_path } => {
+                    machine::upgrade(&ctx, names, binary_path.as_deref()).await?
+                }
+                MachineCmd::Restart { names } => machine::restart(&ctx, names).await?,
+                MachineCmd::Remove { name, force } => {
+                    machine::remove(&mut ctx, name, *force).await?
+                }
+            }
+        }
+        Top::Log {
+            node,
+            json,
+            at,
+            author,
+            kind,
+            limit,
+            follow,
+        } => {
+            let ctx = ctx(&cli)?;
+            commands::log(
+                &ctx,
+                commands::LogArgs {
+                    node: node.clone(),
+                    json: *json,
+                    at: at.clone(),
+                    author: author.clone(),
+                    kind: kind.clone(),
+                    limit: *limit,
+                    follow: *follow,
+                },
+            )
+            .await?;
+        }
+        Top::Config { command } => {
+            let ctx = ctx(&cli)?;
+            match command {
+                ConfigCmd::Show { json } => commands::config_show(&ctx, *json).await?,
+                ConfigCmd::Set { key, value } => commands::config_set(&ctx, key, value).await?,
+            }
+        }
+        Top::Operator { command } => {
+            let ctx = ctx(&cli)?;
+            match command {
+                OperatorCmd::Key => commands::operator_key(&ctx)?,
+                OperatorCmd::Add { name, pubkey } => {
+                    commands::operator_change(&ctx, Some((name, pubkey)), None).await?
+                }
+                OperatorCmd::Remove { name } => {
+                    commands::operator_change(&ctx, None, Some(name)).await?
+                }
+                OperatorCmd::List { json } => commands::operator_list(&ctx, *json).await?,
+            }
+        }
+        Top::Local { dir, name, command } => {
+            let w = local::Where {
+                dir: dir.clone(),
+                name: name.clone(),
+            };
+            match command {
+                LocalCmd::Up { nodes, binary_path } => {
+                    local::up(&w, *nodes, binary_path.as_deref()).await?
+                }
+                LocalCmd::Down => local::down(&w)?,
+                LocalCmd::Status { json } => local::status(&w, *json)?,
+                LocalCmd::Exec { node, command } => {
+                    let code = local::exec(&w, node, command)?;
+                    return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+                }
+                LocalCmd::Cut { node, mesh } => local::cable(&w, Some(node), false, *mesh)?,
+                LocalCmd::Heal { node } => local::cable(&w, node.as_deref(), true, false)?,
+                LocalCmd::Kill { node } => local::kill(&w, node)?,
+                LocalCmd::Start { node } => {
+                    local::start(&w, node).context("starting the daemon")?
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -262,7 +262,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             value["daemon_pid"] = serde_json::json!(daemon.map(|p| p.as_raw()));
             value["supervisor_pid"] = serde_json::json!(supervisor.map(|p| p.as_raw()));
-            value["running"] = serde_json::json!(daemon.is_some());
+            // Running means answering, not merely having a pid.
+            let answering =
+                std::os::unix::net::UnixStream::connect(daemon::socket_path(&data_dir)).is_ok();
+            value["running"] = serde_json::json!(daemon.is_some() && answering);
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(ExitCode::SUCCESS)
         }

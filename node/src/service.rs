@@ -34,7 +34,13 @@ fn daemon_pidfile(run_dir: &Path) -> PathBuf {
 pub fn live_pid(pidfile: &Path) -> Option<Pid> {
     let text = std::fs::read_to_string(pidfile).ok()?;
     let pid = Pid::from_raw(text.trim().parse().ok()?);
-    kill(pid, None).ok().map(|_| pid)
+    kill(pid, None).ok()?;
+    // A killed process whose parent has not reaped it yet is a zombie: dead.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    (state != Some('Z')).then_some(pid)
 }
 
 /// The running daemon's and supervisor's pids.

@@ -38,19 +38,26 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Reconcile, Hydrate)]
 pub struct DesiredConfig {
     /// Keyed by domain name.
+    #[autosurgeon(missing = "Default::default")]
     pub domains: BTreeMap<String, DomainConfig>,
+    #[autosurgeon(missing = "Default::default")]
     pub o11y: O11yConfig,
+    #[autosurgeon(missing = "Default::default")]
     pub settings: Settings,
 }
 
 /// One `[[domain]]` of `makiatto.toml` (its local `path` stays with `maki`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Reconcile, Hydrate)]
 pub struct DomainConfig {
+    #[autosurgeon(missing = "Default::default")]
     pub aliases: Vec<String>,
     /// Custom records, keyed by a stable key chosen by `maki` (type, name
     /// and position among records of that type and name).
+    #[autosurgeon(missing = "Default::default")]
     pub records: BTreeMap<String, RecordConfig>,
+    #[autosurgeon(missing = "Default::default")]
     pub functions: Vec<FunctionConfig>,
+    #[autosurgeon(missing = "Default::default")]
     pub transforms: Vec<TransformConfig>,
 }
 
@@ -58,11 +65,16 @@ pub struct DomainConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Reconcile, Hydrate)]
 pub struct RecordConfig {
     #[serde(rename = "type")]
+    #[autosurgeon(missing = "Default::default")]
     pub rtype: String,
     /// Relative to the domain; `@` is the apex.
+    #[autosurgeon(missing = "Default::default")]
     pub name: String,
+    #[autosurgeon(missing = "Default::default")]
     pub value: String,
+    #[autosurgeon(missing = "Default::default")]
     pub ttl: Option<u32>,
+    #[autosurgeon(missing = "Default::default")]
     pub priority: Option<u16>,
 }
 
@@ -78,10 +90,14 @@ fn names_only<S: serde::Serializer>(env: &SealedEnv, s: S) -> Result<S::Ok, S::E
 pub struct FunctionConfig {
     #[key]
     pub path: String,
+    #[autosurgeon(missing = "Default::default")]
     pub methods: Vec<String>,
     #[serde(serialize_with = "names_only")]
+    #[autosurgeon(missing = "Default::default")]
     pub env: SealedEnv,
+    #[autosurgeon(missing = "Default::default")]
     pub timeout_ms: Option<u64>,
+    #[autosurgeon(missing = "Default::default")]
     pub max_memory_mb: Option<u64>,
 }
 
@@ -90,21 +106,31 @@ pub struct FunctionConfig {
 pub struct TransformConfig {
     #[key]
     pub path: String,
+    #[autosurgeon(missing = "Default::default")]
     pub files: String,
     #[serde(serialize_with = "names_only")]
+    #[autosurgeon(missing = "Default::default")]
     pub env: SealedEnv,
+    #[autosurgeon(missing = "Default::default")]
     pub timeout_ms: Option<u64>,
+    #[autosurgeon(missing = "Default::default")]
     pub max_memory_mb: Option<u64>,
+    #[autosurgeon(missing = "Default::default")]
     pub max_file_size_kb: Option<u64>,
 }
 
 /// The `[o11y]` table.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Reconcile, Hydrate)]
 pub struct O11yConfig {
+    #[autosurgeon(missing = "Default::default")]
     pub otlp_endpoint: Option<String>,
+    #[autosurgeon(missing = "Default::default")]
     pub sampling_ratio: Option<f64>,
+    #[autosurgeon(missing = "Default::default")]
     pub tracing_enabled: Option<bool>,
+    #[autosurgeon(missing = "Default::default")]
     pub metrics_enabled: Option<bool>,
+    #[autosurgeon(missing = "Default::default")]
     pub logging_enabled: Option<bool>,
 }
 
@@ -112,10 +138,15 @@ pub struct O11yConfig {
 /// default of [`SETTINGS`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Reconcile, Hydrate)]
 pub struct Settings {
+    #[autosurgeon(missing = "Default::default")]
     pub dns_geo_ttl: Option<u32>,
+    #[autosurgeon(missing = "Default::default")]
     pub dns_nearest: Option<u32>,
+    #[autosurgeon(missing = "Default::default")]
     pub acme_directory: Option<String>,
+    #[autosurgeon(missing = "Default::default")]
     pub acme_ca_root: Option<String>,
+    #[autosurgeon(missing = "Default::default")]
     pub sites_keep_versions: Option<u32>,
 }
 
@@ -364,6 +395,19 @@ mod tests {
         ));
         s.set("acme.directory", "https://localhost:14000/dir")
             .unwrap();
+    }
+
+    #[test]
+    fn an_empty_or_partial_document_reads_as_defaults() {
+        assert_eq!(
+            ConfigDoc::default().view().unwrap(),
+            DesiredConfig::default()
+        );
+        let mut doc = ConfigDoc::default();
+        let mut cfg = DesiredConfig::default();
+        cfg.settings.dns_geo_ttl = Some(30);
+        doc.edit(&AuthorKey([1; 32]), &cfg).unwrap();
+        assert_eq!(doc.view().unwrap(), cfg);
     }
 
     #[test]

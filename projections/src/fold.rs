@@ -94,17 +94,6 @@ impl Fold {
         let id = event.id();
         self.last = Some((event.hlc(), id));
         self.folded += 1;
-        if let Some(first) = self.feed_places.get(&(event.author(), event.seq())) {
-            if *first != id {
-                self.roles
-                    .forks
-                    .entry(event.author())
-                    .or_default()
-                    .insert(event.seq());
-            }
-        } else {
-            self.feed_places.insert((event.author(), event.seq()), id);
-        }
 
         // The role events in this event's causal past, and its clock check.
         let mut set: Option<RoleSet> = None;
@@ -129,6 +118,19 @@ impl Fold {
         let verdict = self.judge(event, &set, clock_ok);
         let mut own_set = set;
         if verdict.is_applied() {
+            // Only applied events mark a fork: an unauthorized one changes
+            // nothing, the roles projection included (the log still counts it).
+            if let Some(first) = self.feed_places.get(&(event.author(), event.seq())) {
+                if *first != id {
+                    self.roles
+                        .forks
+                        .entry(event.author())
+                        .or_default()
+                        .insert(event.seq());
+                }
+            } else {
+                self.feed_places.insert((event.author(), event.seq()), id);
+            }
             if Roles::is_role_event(event.payload()) {
                 let index = self.role_events.len() as u32;
                 self.role_events.push(event.clone());

@@ -1,0 +1,255 @@
+//! What every cluster command needs: the profile, the operator, SSH to the
+//! machines, and the way events reach the log — signed here on top of the
+//! operator's own feed, recorded in the outbox, handed to a node through
+//! its control socket.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use makiatto_events::{Event, EventId, Hlc, Payload};
+use serde_json::{Value, json};
+
+use crate::operator::Operator;
+use crate::profile::{Machine, Profile};
+use crate::ssh::{HostKeyPolicy, Remote, Target};
+
+/// The profile, operator and SSH key of one `maki` invocation.
+pub struct Ctx {
+    pub profile_path: PathBuf,
+    pub profile: Profile,
+    pub operator_key_path: PathBuf,
+    pub ssh_key: Option<PathBuf>,
+}
+
+/// Wall-clock milliseconds (the HLC keeps events ordered even if it jumps).
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Ctx {
+    pub fn operator(&self) -> anyhow::Result<Operator> {
+        Operator::load_or_create(&self.operator_key_path)
+    }
+
+    pub fn ssh_key(&self) -> anyhow::Result<PathBuf> {
+        match &self.ssh_key {
+            Some(p) => Ok(p.clone()),
+            None => crate::ssh::default_key_file(),
+        }
+    }
+
+    pub fn save_profile(&self) -> anyhow::Result<()> {
+        self.profile.save(&self.profile_path)
+    }
+
+    pub fn cluster_id(&self) -> anyhow::Result<String> {
+        self.profile.cluster_id.clone().context(
+            "the profile has no cluster yet; run `maki machine init` first (or pass --profile)",
+        )
+    }
+
+    /// Connects to a machine of the profile, its host key pinned.
+    pub async fn connect(&self, m: &Machine) -> anyhow::Result<Remote> {
+        let target = Target {
+            user: m.ssh_user.clone(),
+            host: m.ssh_host.clone(),
+            port: m.ssh_port,
+            key_file: self.ssh_key()?,
+        };
+        Remote::connect(&target, HostKeyPolicy::Pinned(&m.host_key))
+            .await
+            .with_context(|| format!("machine {}", m.name))
+    }
+
+    /// Connects to the first machine of the profile that answers.
+    pub async fn any_node(&self) -> anyhow::Result<(Machine, Remote)> {
+        self.any_node_except("").await
+    }
+
+    /// Connects to the first machine other than `skip` that answers.
+    pub async fn any_node_except(&self, skip: &str) -> anyhow::Result<(Machine, Remote)> {
+        let mut errors = Vec::new();
+        for m in self.profile.machines.iter().filter(|m| m.name != skip) {
+            match self.connect(m).await {
+                Ok(r) => return Ok((m.clone(), r)),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        if errors.is_empty() {
+            bail!(
+                "the profile {} has no machines; run `maki machine init` first",
+                self.profile_path.display()
+            );
+        }
+        bail!(
+            "no machine of the profile answers:\n  {}",
+            errors.join("\n  ")
+        )
+    }
+
+    /// Signs `payloads` in order as the operator, on top of the operator's
+    /// feed and the heads `via` knows, and records them in the outbox.
+    pub async fn sign(
+        &self,
+        via: &Remote,
+        cluster_id: &str,
+        payloads: Vec<Payload>,
+    ) -> anyhow::Result<Vec<Event>> {
+        let operator = self.operator()?;
+        let mut outbox = operator.outbox(cluster_id)?;
+        let author = operator.key().public();
+        let answers = via
+            .control(&[
+                json!({"op": "heads"}),
+                json!({"op": "feed", "author": author.to_hex()}),
+            ])
+            .await?;
+        let mut parents = parse_heads(&answers[0])?;
+        let node_latest = match answers[1].as_str() {
+            Some(h) => Some(
+                Event::decode(&hex::decode(h)?)
+                    .context("the node sent an invalid event of our feed")?,
+            ),
+            None => None,
+        };
+        let mut writer = outbox.writer(operator.key(), node_latest.as_ref());
+        let mut events = Vec::new();
+        for payload in payloads {
+            let e = writer
+                .write(payload, &parents, now_millis())
+                .context("cannot sign the event")?;
+            parents = vec![(e.id(), e.hlc())];
+            events.push(e);
+        }
+        outbox.record(&events)?;
+        Ok(events)
+    }
+
+    /// Hands `events` to a node, after whatever part of the operator's own
+    /// feed the node lacks. Fails if any event is refused.
+    pub async fn deliver(
+        &self,
+        remote: &Remote,
+        cluster_id: &str,
+        events: &[Event],
+    ) -> anyhow::Result<()> {
+        let operator = self.operator()?;
+        let outbox = operator.outbox(cluster_id)?;
+        let author = operator.key().public();
+        let ours = remote
+            .call(json!({"op": "feed", "author": author.to_hex()}))
+            .await?;
+        let seq = match ours.as_str() {
+            Some(h) => Event::decode(&hex::decode(h)?)?.seq(),
+            None => 0,
+        };
+        let mut send: Vec<Event> = outbox.after(seq);
+        for e in events {
+            if !send.iter().any(|s| s.id() == e.id()) {
+                send.push(e.clone());
+            }
+        }
+        append(remote, &send).await
+    }
+
+    /// Hands events to every machine except `skip` (before the mesh
+    /// replicates on its own). Returns the machines that could not be reached.
+    pub async fn broadcast(
+        &self,
+        cluster_id: &str,
+        events: &[Event],
+        skip: &[&str],
+    ) -> Vec<String> {
+        let mut failed = Vec::new();
+        for m in self
+            .profile
+            .machines
+            .iter()
+            .filter(|m| !skip.contains(&m.name.as_str()))
+        {
+            let result = async {
+                let remote = self.connect(m).await?;
+                self.deliver(&remote, cluster_id, events).await
+            }
+            .await;
+            if let Err(e) = result {
+                eprintln!("warning: {}: {e:#}", m.name);
+                failed.push(m.name.clone());
+            }
+        }
+        failed
+    }
+}
+
+/// Appends events to a node; duplicates are fine, any other refusal is not.
+pub async fn append(remote: &Remote, events: &[Event]) -> anyhow::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let hex_events: Vec<String> = events.iter().map(|e| hex::encode(e.to_bytes())).collect();
+    let results = remote
+        .call(json!({"op": "append", "events": hex_events}))
+        .await?;
+    for r in results.as_array().into_iter().flatten() {
+        if r["outcome"] == "rejected"
+            && !r["error"].as_str().unwrap_or("").contains("already stored")
+        {
+            bail!(
+                "{}: the node refused an event: {}",
+                remote.target(),
+                r["error"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Copies every event `from` holds that `to` lacks, by version vectors.
+pub async fn copy_log(from: &Remote, to: &Remote) -> anyhow::Result<usize> {
+    let mut copied = 0;
+    loop {
+        let vv = to.call(json!({"op": "version-vector"})).await?;
+        let missing = from
+            .call(json!({"op": "missing", "vv": vv, "max_bytes": 4 * 1024 * 1024}))
+            .await?;
+        let batch: Vec<String> = serde_json::from_value(missing)?;
+        if batch.is_empty() {
+            return Ok(copied);
+        }
+        copied += batch.len();
+        let results = to.call(json!({"op": "append", "events": batch})).await?;
+        let stored = results
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["outcome"] == "stored")
+            .count();
+        if stored == 0 {
+            bail!(
+                "{}: copying the log made no progress: {results}",
+                to.target()
+            );
+        }
+    }
+}
+
+fn parse_heads(v: &Value) -> anyhow::Result<Vec<(EventId, Hlc)>> {
+    let mut out = Vec::new();
+    for h in v.as_array().into_iter().flatten() {
+        let id: EventId = h["id"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .context("bad head id from the node")?;
+        let hlc = Hlc {
+            millis: h["millis"].as_u64().unwrap_or(0),
+            counter: h["counter"].as_u64().unwrap_or(0) as u32,
+        };
+        out.push((id, hlc));
+    }
+    Ok(out)
+}

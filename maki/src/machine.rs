@@ -1,0 +1,723 @@
+//! `maki machine`: initialise, list, restart, upgrade and remove machines.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use makiatto_events::payload::{
+    ConfigChanged, Coordinates, Genesis, Ipv4Net, NodeJoined, NodeRemoved,
+    SshTarget as EventSshTarget,
+};
+use makiatto_events::{AuthorKey, FeedWriter, NodeName, Payload, SealingKey, WgPublicKey};
+use makiatto_projections::config::{ConfigDoc, DesiredConfig};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::cluster::{Ctx, append, copy_log, now_millis};
+use crate::profile::{Machine, SshTarget};
+use crate::ssh::{HostKeyPolicy, Remote, Target, bytes_bar};
+
+/// Where the daemon is installed on a machine.
+pub const REMOTE_BINARY: &str = "/usr/local/bin/makiatto";
+/// How long a restarted daemon has to answer before it counts as failed.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(20);
+
+/// `maki machine init` arguments.
+pub struct InitArgs {
+    pub name: String,
+    pub target: SshTarget,
+    pub binary_path: Option<PathBuf>,
+    pub skip_ns: bool,
+    pub force_ns: bool,
+    pub recreate: bool,
+    pub coordinates: Option<(f64, f64)>,
+    pub accept_host_key: Option<String>,
+    pub mesh_range: Option<Ipv4Net>,
+    pub acme: Option<String>,
+    pub cluster_name: Option<String>,
+}
+
+/// The daemon binary to install: `--binary-path`, else the one beside `maki`.
+pub fn daemon_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match flag {
+        Some(p) => p.to_owned(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("maki has no directory")?
+            .join("makiatto"),
+    };
+    if !path.is_file() {
+        bail!(
+            "no makiatto daemon binary at {} (maki installs the one beside itself; build it with `cargo build --release` or pass --binary-path)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The machine architecture an ELF binary is for, as `uname -m` prints it.
+fn elf_arch(path: &Path) -> anyhow::Result<&'static str> {
+    let mut header = [0u8; 20];
+    use std::io::Read;
+    std::fs::File::open(path)?
+        .read_exact(&mut header)
+        .with_context(|| format!("{} is not an executable", path.display()))?;
+    if &header[..4] != b"\x7fELF" {
+        bail!(
+            "{} is not a Linux executable (no ELF header)",
+            path.display()
+        );
+    }
+    Ok(match u16::from_le_bytes([header[18], header[19]]) {
+        0x3e => "x86_64",
+        0xb7 => "aarch64",
+        0x28 => "armv7l",
+        0xf3 => "riscv64",
+        _ => "unknown",
+    })
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+fn spinner(prefix: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix:10} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_prefix(prefix.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// The ACME directory for `--acme`.
+fn acme_directory(choice: &str) -> anyhow::Result<Option<String>> {
+    Ok(match choice {
+        "none" => None,
+        "letsencrypt" => Some("https://acme-v02.api.letsencrypt.org/directory".into()),
+        "letsencrypt-staging" => {
+            Some("https://acme-staging-v02.api.letsencrypt.org/directory".into())
+        }
+        url if url.starts_with("https://") => Some(url.into()),
+        other => bail!(
+            "--acme {other:?}: expected none, letsencrypt, letsencrypt-staging or an https:// directory URL"
+        ),
+    })
+}
+
+/// Checks the machine can take the daemon and installs it when it differs.
+async fn install_binary(remote: &Remote, binary: &Path, name: &str) -> anyhow::Result<()> {
+    let arch = elf_arch(binary)?;
+    let remote_arch = remote.run_ok("uname -m").await?.trim().to_owned();
+    if arch != remote_arch {
+        bail!(
+            "{} is built for {arch} but {name} is {remote_arch}; pass --binary-path with a {remote_arch} build",
+            binary.display()
+        );
+    }
+    let local = sha256_file(binary)?;
+    let remote_sum = remote
+        .run(&format!("sha256sum {REMOTE_BINARY} 2>/dev/null"))
+        .await?;
+    if remote_sum.stdout.split_whitespace().next() == Some(local.as_str()) {
+        return Ok(());
+    }
+    let size = std::fs::metadata(binary)?.len();
+    let free_kb: u64 = remote
+        .run_ok("df -Pk /usr/local/bin | tail -1")
+        .await?
+        .split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    if free_kb.saturating_mul(1024) < size * 2 {
+        bail!(
+            "{name}: not enough disk space in /usr/local/bin ({free_kb} KiB free, {} KiB needed)",
+            size * 2 / 1024
+        );
+    }
+    remote.run_ok("mkdir -p /usr/local/bin").await?;
+    let bar = bytes_bar(&format!("{name}: makiatto"));
+    remote.upload(binary, REMOTE_BINARY, 0o755, &bar).await?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// The machine's global addresses as it sees them (`ip -o addr`).
+async fn public_addresses(
+    remote: &Remote,
+    ssh_host: &str,
+) -> anyhow::Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+    let out = remote.run("ip -o addr show scope global").await?.stdout;
+    let mut v4 = ssh_host.parse::<Ipv4Addr>().ok();
+    let mut v6 = ssh_host.parse::<Ipv6Addr>().ok();
+    for line in out.lines() {
+        let mut words = line.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "inet" || w == "inet6" {
+                let addr = words.next().unwrap_or("").split('/').next().unwrap_or("");
+                match addr.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(a)) if v4.is_none() => v4 = Some(a),
+                    Ok(IpAddr::V6(a)) if v6.is_none() => v6 = Some(a),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok((v4, v6))
+}
+
+/// `maki machine init`.
+pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
+    NodeName::new(args.name.as_str())
+        .with_context(|| format!("{:?} cannot be a machine name", args.name))?;
+    let existing = ctx.profile.machine(&args.name).cloned();
+    if existing.is_some() && !args.recreate {
+        bail!(
+            "machine {} is already in the profile; pass --recreate to initialise it again",
+            args.name
+        );
+    }
+    let binary = daemon_binary(args.binary_path.as_deref())?;
+    let acme = match &args.acme {
+        Some(choice) => acme_directory(choice)?,
+        None => acme_directory("letsencrypt")?,
+    };
+    let bar = spinner(&args.name);
+    bar.set_message(format!(
+        "connecting to {}@{}",
+        args.target.user, args.target.host
+    ));
+    let target = Target {
+        user: args.target.user.clone(),
+        host: args.target.host.clone(),
+        port: args.target.port,
+        key_file: ctx.ssh_key()?,
+    };
+    let policy = match &existing {
+        Some(m) if m.ssh_host == args.target.host && m.ssh_port == args.target.port => {
+            HostKeyPolicy::Pinned(&m.host_key)
+        }
+        _ => HostKeyPolicy::FirstContact {
+            accept: args.accept_host_key.as_deref(),
+        },
+    };
+    let remote = Remote::connect(&target, policy).await?;
+
+    bar.set_message("installing the daemon");
+    install_binary(&remote, &binary, &args.name).await?;
+
+    bar.set_message("preparing the machine");
+    if args.recreate {
+        remote
+            .run(&format!(
+                "{REMOTE_BINARY} stop >/dev/null 2>&1; rm -rf /var/makiatto/* /etc/makiatto/*"
+            ))
+            .await?;
+    }
+    remote
+        .run_ok(
+            "id makiatto >/dev/null 2>&1 || useradd --system --home-dir /var/makiatto --no-create-home --shell /usr/sbin/nologin makiatto; \
+             mkdir -p /etc/makiatto /var/makiatto /run/makiatto && chown makiatto:makiatto /var/makiatto && chmod 0750 /var/makiatto /etc/makiatto",
+        )
+        .await?;
+    let identity: Value = serde_json::from_str(
+        remote
+            .run_ok(&format!(
+                "{REMOTE_BINARY} keys init{}",
+                if args.recreate { " --recreate" } else { "" }
+            ))
+            .await?
+            .trim(),
+    )
+    .context("the node printed unreadable keys")?;
+    let signing_key: AuthorKey = identity["signing_key"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .context("bad node key")?;
+    let sealing_key: SealingKey = identity["sealing_key"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .context("bad sealing key")?;
+    let wg_b64 = identity["wg_public_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let wg_public_key = WgPublicKey(decode_wg_key(&wg_b64)?);
+
+    bar.set_message("starting the daemon");
+    remote
+        .run_ok(&format!("{REMOTE_BINARY} run --detach"))
+        .await?;
+
+    let (ipv4, ipv6) = public_addresses(&remote, &args.target.host).await?;
+    let Some((lat, lon)) = args.coordinates else {
+        bail!(
+            "{}: no coordinates; pass --lat and --lon (the GeoIP lookup is not available in this version)",
+            args.name
+        );
+    };
+    let coordinates = Coordinates::from_degrees(lat, lon)
+        .with_context(|| format!("--lat {lat} --lon {lon} are out of range"))?;
+    let others: Vec<Machine> = ctx
+        .profile
+        .machines
+        .iter()
+        .filter(|m| m.name != args.name)
+        .cloned()
+        .collect();
+    let nameservers = others.iter().filter(|m| m.nameserver).count();
+    let nameserver = args.force_ns || (!args.skip_ns && nameservers < 3);
+    let ssh = EventSshTarget {
+        user: args.target.user.clone(),
+        host: args.target.host.clone(),
+        port: args.target.port,
+    };
+    let joined = |mesh_addr: Ipv4Addr| {
+        Payload::NodeJoined(NodeJoined {
+            name: NodeName::new(args.name.as_str()).unwrap_or_else(|_| unreachable_name()),
+            signing_key,
+            sealing_key,
+            wg_public_key,
+            ipv4,
+            ipv6,
+            ssh: ssh.clone(),
+            coordinates,
+            nameserver,
+            mesh_addr,
+        })
+    };
+
+    let mesh_addr;
+    match ctx
+        .profile
+        .cluster_id
+        .clone()
+        .filter(|_| !others.is_empty())
+    {
+        None => {
+            // The first machine: this init creates the cluster.
+            bar.set_message("creating the cluster");
+            let operator = ctx.operator()?;
+            let range = args.mesh_range.unwrap_or(Ipv4Net {
+                network: Ipv4Addr::new(10, 44, 44, 0),
+                prefix: 24,
+            });
+            mesh_addr = range
+                .hosts()
+                .next()
+                .context("the mesh range has no host addresses")?;
+            let mut writer = FeedWriter::new(operator.key().clone());
+            let cluster_name = args
+                .cluster_name
+                .clone()
+                .unwrap_or_else(|| "makiatto".into());
+            let genesis = writer.write(
+                Payload::Genesis(Genesis {
+                    cluster_name: cluster_name.clone(),
+                    operator_name: operator_name(),
+                    operator: operator.key().public(),
+                    mesh_range: range,
+                }),
+                &[],
+                now_millis(),
+            )?;
+            let cluster_id = genesis.id().to_hex();
+            let mut events = vec![genesis.clone()];
+            let mut parents = vec![(genesis.id(), genesis.hlc())];
+            if let Some(directory) = &acme {
+                let mut doc = ConfigDoc::default();
+                let mut wanted = DesiredConfig::default();
+                wanted.settings.acme_directory = Some(directory.clone());
+                let changes = doc.edit(&operator.key().public(), &wanted)?;
+                let e = writer.write(
+                    Payload::ConfigChanged(ConfigChanged {
+                        changes,
+                        summary: format!("set acme.directory = {directory}"),
+                    }),
+                    &parents,
+                    now_millis(),
+                )?;
+                parents = vec![(e.id(), e.hlc())];
+                events.push(e);
+            }
+            events.push(writer.write(joined(mesh_addr), &parents, now_millis())?);
+            operator.outbox(&cluster_id)?.record(&events)?;
+            append(&remote, &events).await?;
+            ctx.profile.cluster_id = Some(cluster_id);
+            ctx.profile.cluster_name = Some(cluster_name);
+        }
+        Some(cluster_id) => {
+            bar.set_message("joining the cluster");
+            let (source_machine, source) = ctx.any_node_except(&args.name).await?;
+            let node_vv = remote.call(json!({"op": "version-vector"})).await?;
+            if node_vv.as_object().is_some_and(|o| !o.is_empty()) && !args.recreate {
+                // A machine with another cluster's log: refuse rather than mix.
+                let roles = remote.call(json!({"op": "show", "name": "roles"})).await?;
+                let theirs = roles["state"]["cluster"]["id"].as_str().unwrap_or("");
+                if theirs != cluster_id {
+                    bail!(
+                        "{} already holds the log of another cluster ({theirs}); pass --recreate to wipe it",
+                        args.name
+                    );
+                }
+            }
+            copy_log(&source, &remote)
+                .await
+                .with_context(|| format!("copying the log from {}", source_machine.name))?;
+            let peers = source.call(json!({"op": "show", "name": "peers"})).await?;
+            mesh_addr = free_mesh_addr(&peers["state"], &args.name)?;
+            let events = ctx
+                .sign(&source, &cluster_id, vec![joined(mesh_addr)])
+                .await?;
+            ctx.deliver(&remote, &cluster_id, &events).await?;
+            ctx.deliver(&source, &cluster_id, &events).await?;
+            ctx.broadcast(
+                &cluster_id,
+                &events,
+                &[args.name.as_str(), source_machine.name.as_str()],
+            )
+            .await;
+        }
+    }
+
+    ctx.profile.upsert(Machine {
+        name: args.name.clone(),
+        ssh_user: args.target.user.clone(),
+        ssh_host: args.target.host.clone(),
+        ssh_port: args.target.port,
+        host_key: remote.host_key.clone(),
+        ipv4: ipv4.map(|a| a.to_string()),
+        ipv6: ipv6.map(|a| a.to_string()),
+        latitude: lat,
+        longitude: lon,
+        nameserver,
+        signing_key: signing_key.to_hex(),
+        wg_public_key: wg_b64,
+        mesh_addr: Some(mesh_addr.to_string()),
+    });
+    ctx.save_profile()?;
+    bar.finish_and_clear();
+    println!(
+        "{}: initialised ({}, mesh {mesh_addr}{})",
+        args.name,
+        args.target.host,
+        if nameserver { ", nameserver" } else { "" }
+    );
+    Ok(())
+}
+
+/// The name the first operator is shown under: the local user's.
+fn operator_name() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| "operator".into())
+}
+
+fn unreachable_name() -> NodeName {
+    // Checked at the top of `init`.
+    NodeName::new("invalid").unwrap_or_else(|_| std::process::abort())
+}
+
+fn decode_wg_key(b64: &str) -> anyhow::Result<[u8; 32]> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits: u32 = 0;
+    let mut n = 0;
+    let mut out = Vec::with_capacity(32);
+    for c in b64.trim_end_matches('=').bytes() {
+        let v = ALPHABET
+            .iter()
+            .position(|a| *a == c)
+            .context("the WireGuard key is not base64")? as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    out.try_into()
+        .map_err(|_| anyhow::anyhow!("the WireGuard key is not 32 bytes"))
+}
+
+/// The lowest host address of the mesh range no member holds (the peers
+/// projection then settles conflicts between concurrent joins).
+fn free_mesh_addr(peers: &Value, joining: &str) -> anyhow::Result<Ipv4Addr> {
+    let range: Ipv4Net = peers["mesh_range"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let mut used = Vec::new();
+    for (name, n) in peers["nodes"].as_object().into_iter().flatten() {
+        if name != joining {
+            used.extend(
+                n["mesh_addr"]
+                    .as_str()
+                    .and_then(|a| a.parse::<Ipv4Addr>().ok()),
+            );
+        }
+    }
+    for p in peers["external"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, p)| p)
+    {
+        used.extend(
+            p["mesh_addr"]
+                .as_str()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok()),
+        );
+    }
+    range
+        .hosts()
+        .find(|h| !used.contains(h))
+        .context("the mesh range is full")
+}
+
+/// One row of `maki machine list`.
+#[derive(serde::Serialize)]
+struct Row {
+    name: String,
+    ssh: String,
+    ipv4: Option<String>,
+    ipv6: Option<String>,
+    mesh_addr: Option<String>,
+    nameserver: bool,
+    latitude: f64,
+    longitude: f64,
+    reachable: bool,
+    running: bool,
+    events: Option<u64>,
+    error: Option<String>,
+}
+
+/// `maki machine list`.
+pub async fn list(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
+    let checks = ctx.profile.machines.iter().map(|m| async move {
+        let status = async {
+            let remote = ctx.connect(m).await?;
+            let out = remote.run_ok(&format!("{REMOTE_BINARY} status")).await?;
+            anyhow::Ok(serde_json::from_str::<Value>(&out)?)
+        }
+        .await;
+        let (reachable, running, events, error) = match status {
+            Ok(s) => (true, s["running"] == true, s["events"].as_u64(), None),
+            Err(e) => (false, false, None, Some(format!("{e:#}"))),
+        };
+        Row {
+            name: m.name.clone(),
+            ssh: m.ssh_target(),
+            ipv4: m.ipv4.clone(),
+            ipv6: m.ipv6.clone(),
+            mesh_addr: m.mesh_addr.clone(),
+            nameserver: m.nameserver,
+            latitude: m.latitude,
+            longitude: m.longitude,
+            reachable,
+            running,
+            events,
+            error,
+        }
+    });
+    let rows = futures_join_all(checks).await;
+    let healthy = rows.iter().all(|r| r.running);
+    if json_out {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else if rows.is_empty() {
+        println!("no machines in {}", ctx.profile_path.display());
+    } else {
+        println!(
+            "{:<10} {:<24} {:<16} {:<4} {:<9} {:>7}",
+            "NAME", "SSH", "MESH", "NS", "STATE", "EVENTS"
+        );
+        for r in &rows {
+            let state = if r.running {
+                "healthy"
+            } else if r.reachable {
+                "stopped"
+            } else {
+                "unreachable"
+            };
+            println!(
+                "{:<10} {:<24} {:<16} {:<4} {:<9} {:>7}",
+                r.name,
+                r.ssh,
+                r.mesh_addr.as_deref().unwrap_or("-"),
+                if r.nameserver { "yes" } else { "no" },
+                state,
+                r.events.map_or("-".into(), |e| e.to_string())
+            );
+            if let Some(e) = &r.error {
+                println!("           {e}");
+            }
+        }
+    }
+    Ok(healthy)
+}
+
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    for f in futures {
+        out.push(f.await);
+    }
+    out
+}
+
+/// Waits until the daemon on `remote` answers, or the bound passes.
+async fn wait_healthy(remote: &Remote) -> anyhow::Result<()> {
+    let deadline = Instant::now() + HEALTHY_WITHIN;
+    loop {
+        let out = remote.run(&format!("{REMOTE_BINARY} status")).await?;
+        if out.status == 0
+            && serde_json::from_str::<Value>(&out.stdout).is_ok_and(|s| s["running"] == true)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the daemon did not come back within {} s",
+                HEALTHY_WITHIN.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `maki machine restart`.
+pub async fn restart(ctx: &Ctx, names: &[String]) -> anyhow::Result<()> {
+    for m in ctx.profile.select(names)? {
+        let remote = ctx.connect(&m).await?;
+        remote
+            .run_ok(&format!(
+                "{REMOTE_BINARY} stop && {REMOTE_BINARY} run --detach"
+            ))
+            .await?;
+        wait_healthy(&remote)
+            .await
+            .with_context(|| format!("{} after restart", m.name))?;
+        println!("{}: restarted", m.name);
+    }
+    Ok(())
+}
+
+/// `maki machine upgrade`: one machine at a time; a machine whose new
+/// daemon does not come back healthy gets its previous binary back, and the
+/// rollout stops there.
+pub async fn upgrade(ctx: &Ctx, names: &[String], binary: Option<&Path>) -> anyhow::Result<()> {
+    let binary = daemon_binary(binary)?;
+    for m in ctx.profile.select(names)? {
+        let remote = ctx.connect(&m).await?;
+        let bar = bytes_bar(&format!("{}: upload", m.name));
+        let staged = format!("{REMOTE_BINARY}.new");
+        if elf_arch(&binary)? != remote.run_ok("uname -m").await?.trim() {
+            bail!(
+                "{}: {} is for another architecture",
+                m.name,
+                binary.display()
+            );
+        }
+        remote.upload(&binary, &staged, 0o755, &bar).await?;
+        bar.finish_and_clear();
+        remote
+            .run_ok(&format!(
+                "cp -p {REMOTE_BINARY} {REMOTE_BINARY}.prev && {REMOTE_BINARY} stop && mv -f {staged} {REMOTE_BINARY} && {REMOTE_BINARY} run --detach >/dev/null 2>&1; true"
+            ))
+            .await?;
+        if let Err(e) = wait_healthy(&remote).await {
+            remote
+                .run(&format!("{REMOTE_BINARY}.prev stop >/dev/null 2>&1; mv -f {REMOTE_BINARY}.prev {REMOTE_BINARY} && {REMOTE_BINARY} run --detach"))
+                .await?;
+            wait_healthy(&remote).await.with_context(|| {
+                format!("{}: the previous binary did not come back either", m.name)
+            })?;
+            bail!(
+                "{}: the new daemon did not start ({e:#}); the previous binary was restored and the rollout stopped",
+                m.name
+            );
+        }
+        remote.run(&format!("rm -f {REMOTE_BINARY}.prev")).await?;
+        println!("{}: upgraded", m.name);
+    }
+    Ok(())
+}
+
+/// `maki machine remove`.
+pub async fn remove(ctx: &mut Ctx, name: &str, force: bool) -> anyhow::Result<()> {
+    let machine = ctx.profile.select(&[name.to_owned()])?.remove(0);
+    if !force {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            bail!("removing {name} is permanent; pass --force to confirm in a script");
+        }
+        eprint!(
+            "Remove {name} ({}) from the cluster and wipe it? This cannot be undone. [y/N] ",
+            machine.ssh_target()
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "yes") {
+            bail!("not removed");
+        }
+    }
+    let cluster_id = ctx.cluster_id()?;
+    let payload = Payload::NodeRemoved(NodeRemoved {
+        name: NodeName::new(name)?,
+    });
+    let others: Vec<Machine> = ctx
+        .profile
+        .machines
+        .iter()
+        .filter(|m| m.name != name)
+        .cloned()
+        .collect();
+    let via = match ctx.any_node_except(name).await {
+        Ok((_, r)) => r,
+        Err(_) => ctx.connect(&machine).await?,
+    };
+    let events = ctx.sign(&via, &cluster_id, vec![payload]).await?;
+    ctx.deliver(&via, &cluster_id, &events).await?;
+    let names: Vec<&str> = others.iter().map(|m| m.name.as_str()).collect();
+    if !names.is_empty() {
+        ctx.broadcast(&cluster_id, &events, &[name]).await;
+    }
+    match ctx.connect(&machine).await {
+        Ok(remote) => {
+            remote
+                .run_ok(&format!(
+                    "{REMOTE_BINARY} stop >/dev/null 2>&1; rm -rf /var/makiatto /etc/makiatto /run/makiatto {REMOTE_BINARY} {REMOTE_BINARY}.prev {REMOTE_BINARY}.new; (id makiatto >/dev/null 2>&1 && userdel makiatto) ; true"
+                ))
+                .await?;
+        }
+        Err(e) => eprintln!(
+            "warning: {name} is unreachable, so it was removed from the cluster but not wiped: {e:#}"
+        ),
+    }
+    ctx.profile.machines.retain(|m| m.name != name);
+    if ctx.profile.machines.is_empty() {
+        ctx.profile.cluster_id = None;
+    }
+    ctx.save_profile()?;
+    println!("{name}: removed");
+    Ok(())
+}

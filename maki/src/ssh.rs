@@ -1,0 +1,419 @@
+//! SSH to machines: host keys pinned at first contact, commands, uploads
+//! streamed over an exec channel, and the daemon's control protocol.
+//!
+//! On first contact the host key is read with russh, shown for confirmation
+//! (on a terminal) or compared with `--accept-host-key` (in scripts), and
+//! pinned in the profile; from then on async-ssh2-tokio refuses any other key.
+
+use std::io::IsTerminal;
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_ssh2_tokio::{AuthMethod, Client, ServerCheckMethod};
+use indicatif::{ProgressBar, ProgressStyle};
+use russh::keys::{HashAlg, PublicKey};
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+
+/// Where to connect and as whom.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub key_file: PathBuf,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+/// How to treat the host key.
+pub enum HostKeyPolicy<'a> {
+    /// Must equal this pinned key (OpenSSH form).
+    Pinned(&'a str),
+    /// First contact: accept the key with this fingerprint (`SHA256:…`), or
+    /// ask on a terminal when none is given.
+    FirstContact { accept: Option<&'a str> },
+}
+
+/// A command's result.
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+    pub status: u32,
+}
+
+/// An authenticated session to one machine.
+pub struct Remote {
+    client: Client,
+    target: Target,
+    /// Commands run through `sudo -n` when the user is not root.
+    sudo: bool,
+    /// The host key as pinned (OpenSSH form).
+    pub host_key: String,
+}
+
+/// The default private key: `~/.ssh/id_ed25519`, then `~/.ssh/id_rsa`.
+pub fn default_key_file() -> anyhow::Result<PathBuf> {
+    let home = std::env::home_dir().context("cannot find the home directory")?;
+    for name in ["id_ed25519", "id_rsa"] {
+        let p = home.join(".ssh").join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("no SSH key found in ~/.ssh (id_ed25519 or id_rsa); pass --ssh-priv-key PATH")
+}
+
+struct KeyCatcher(Arc<Mutex<Option<PublicKey>>>);
+
+impl russh::client::Handler for KeyCatcher {
+    type Error = russh::Error;
+    async fn check_server_key(&mut self, key: &PublicKey) -> Result<bool, Self::Error> {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(key.clone());
+        }
+        // Refuse: this connection only reads the key.
+        Ok(false)
+    }
+}
+
+fn socket_addr(target: &Target) -> anyhow::Result<std::net::SocketAddr> {
+    (target.host.as_str(), target.port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {}", target.host))?
+        .next()
+        .with_context(|| format!("{} has no address", target.host))
+}
+
+/// Reads the server's host key without authenticating.
+async fn read_host_key(target: &Target) -> anyhow::Result<PublicKey> {
+    let slot = Arc::new(Mutex::new(None));
+    let config = Arc::new(russh::client::Config::default());
+    let addr = socket_addr(target)?;
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(15),
+        russh::client::connect(config, addr, KeyCatcher(slot.clone())),
+    )
+    .await;
+    let key = slot.lock().ok().and_then(|s| s.clone());
+    match (key, attempt) {
+        (Some(k), _) => Ok(k),
+        (None, Err(_)) => bail!(
+            "{target}: no answer within 15 s (is the machine up and port {} open?)",
+            target.port
+        ),
+        (None, Ok(Err(e))) => bail!("{target}: cannot connect: {e}"),
+        (None, Ok(Ok(_))) => bail!("{target}: the server sent no host key"),
+    }
+}
+
+/// The SHA-256 fingerprint as OpenSSH prints it.
+pub fn fingerprint(openssh_key: &str) -> String {
+    match PublicKey::from_openssh(openssh_key) {
+        Ok(k) => k.fingerprint(HashAlg::Sha256).to_string(),
+        Err(_) => "(unreadable key)".into(),
+    }
+}
+
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+impl Remote {
+    /// Connects, checking (or pinning) the host key and checking privileges.
+    pub async fn connect(target: &Target, policy: HostKeyPolicy<'_>) -> anyhow::Result<Remote> {
+        let seen = read_host_key(target).await?;
+        let seen_openssh = seen.to_openssh().context("cannot encode the host key")?;
+        let seen_fp = seen.fingerprint(HashAlg::Sha256).to_string();
+        match policy {
+            HostKeyPolicy::Pinned(pinned) => {
+                let pinned_key = PublicKey::from_openssh(pinned)
+                    .context("the pinned host key in the profile is not readable")?;
+                if pinned_key.key_data() != seen.key_data() {
+                    bail!(
+                        "{target}: HOST KEY CHANGED. The profile pins {} but the machine now presents {seen_fp}.\n\
+                         This may be a machine reinstalled or an attack. If you are sure the machine was rebuilt, \
+                         remove it from the profile and run `maki machine init --recreate` or `maki machine add`.",
+                        fingerprint(pinned)
+                    );
+                }
+            }
+            HostKeyPolicy::FirstContact { accept: Some(fp) } => {
+                if fp != seen_fp {
+                    bail!(
+                        "{target}: the host key's fingerprint is {seen_fp}, not {fp} as given with --accept-host-key; refusing to connect"
+                    );
+                }
+            }
+            HostKeyPolicy::FirstContact { accept: None } => {
+                eprintln!("{target}: first contact; the host key fingerprint is {seen_fp}");
+                if !confirm(
+                    "Is this the machine's key? (compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on it)",
+                )? {
+                    bail!(
+                        "{target}: host key not confirmed. On a terminal answer y; in scripts pass --accept-host-key {seen_fp}"
+                    );
+                }
+            }
+        }
+        let base64 = seen_openssh
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        let client = tokio::time::timeout(
+            Duration::from_secs(20),
+            Client::connect(
+                socket_addr(target)?,
+                &target.user,
+                AuthMethod::with_key_file(&target.key_file, None),
+                ServerCheckMethod::PublicKey(base64),
+            ),
+        )
+        .await
+        .with_context(|| format!("{target}: SSH login timed out"))?
+        .map_err(|e| match e {
+            async_ssh2_tokio::Error::KeyAuthFailed => anyhow::anyhow!(
+                "{target}: the server refused the key {} (is its public half in ~{}/.ssh/authorized_keys?)",
+                target.key_file.display(),
+                target.user
+            ),
+            async_ssh2_tokio::Error::KeyInvalid(e) => {
+                anyhow::anyhow!("{}: not a usable private key: {e}", target.key_file.display())
+            }
+            other => anyhow::anyhow!("{target}: SSH failed: {other}"),
+        })?;
+        let mut remote = Remote {
+            client,
+            target: target.clone(),
+            sudo: false,
+            host_key: seen_openssh,
+        };
+        if target.user != "root" {
+            let check = remote.client.execute("sudo -n true").await?;
+            if check.exit_status != 0 {
+                bail!(
+                    "{target}: {} may not use sudo without a password here; give it passwordless sudo or connect as root",
+                    target.user
+                );
+            }
+            remote.sudo = true;
+        }
+        Ok(remote)
+    }
+
+    fn privileged(&self, command: &str) -> String {
+        if self.sudo {
+            format!("sudo -n sh -c {}", shell_quote(command))
+        } else {
+            command.to_owned()
+        }
+    }
+
+    /// Runs a command (as root) and returns what it printed.
+    pub async fn run(&self, command: &str) -> anyhow::Result<Output> {
+        let r = self
+            .client
+            .execute(&self.privileged(command))
+            .await
+            .with_context(|| format!("{}: cannot run a command", self.target))?;
+        Ok(Output {
+            stdout: r.stdout,
+            stderr: r.stderr,
+            status: r.exit_status,
+        })
+    }
+
+    /// Runs a command that must succeed; its stdout.
+    pub async fn run_ok(&self, command: &str) -> anyhow::Result<String> {
+        let out = self.run(command).await?;
+        if out.status != 0 {
+            let first_word = command.split_whitespace().next().unwrap_or(command);
+            bail!(
+                "{}: `{first_word}` failed (exit {}): {}",
+                self.target,
+                out.status,
+                out.stderr.trim()
+            );
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs a command with `input` on its standard input.
+    pub async fn run_with_input(&self, command: &str, input: Vec<u8>) -> anyhow::Result<Output> {
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let (err_tx, mut err_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let cmd = self.privileged(command);
+        let exec = self
+            .client
+            .execute_io(&cmd, out_tx, Some(err_tx), Some(in_rx), false, None);
+        let feed = async move {
+            for chunk in input.chunks(256 * 1024) {
+                if in_tx.send(chunk.to_vec()).await.is_err() {
+                    return;
+                }
+            }
+            let _ = in_tx.send(Vec::new()).await;
+        };
+        let collect_out = async move {
+            let mut v = Vec::new();
+            while let Some(c) = out_rx.recv().await {
+                v.extend(c);
+            }
+            v
+        };
+        let collect_err = async move {
+            let mut v = Vec::new();
+            while let Some(c) = err_rx.recv().await {
+                v.extend(c);
+            }
+            v
+        };
+        let (status, _, out, err) = tokio::join!(exec, feed, collect_out, collect_err);
+        let status = status.with_context(|| format!("{}: cannot run a command", self.target))?;
+        Ok(Output {
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+            status,
+        })
+    }
+
+    /// Streams a local file to `remote_path` (atomically: a temporary name,
+    /// then a rename), with a progress bar.
+    pub async fn upload(
+        &self,
+        local: &Path,
+        remote_path: &str,
+        mode: u32,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<()> {
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .with_context(|| format!("cannot read {}", local.display()))?;
+        let size = file.metadata().await?.len();
+        progress.set_length(size);
+        progress.set_position(0);
+        let tmp = format!("{remote_path}.upload");
+        let cmd = self.privileged(&format!(
+            "cat > {tmp} && chmod {mode:o} {tmp} && mv -f {tmp} {remote_path}",
+            tmp = shell_quote(&tmp),
+            remote_path = shell_quote(remote_path)
+        ));
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let (err_tx, mut err_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let exec = self
+            .client
+            .execute_io(&cmd, out_tx, Some(err_tx), Some(in_rx), false, None);
+        let feed = async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                if in_tx.send(buf[..n].to_vec()).await.is_err() {
+                    break;
+                }
+                progress.inc(n as u64);
+            }
+            let _ = in_tx.send(Vec::new()).await;
+            anyhow::Ok(())
+        };
+        let drain = async move { while out_rx.recv().await.is_some() {} };
+        let errors = async move {
+            let mut v = Vec::new();
+            while let Some(c) = err_rx.recv().await {
+                v.extend(c);
+            }
+            v
+        };
+        let (status, fed, _, err) = tokio::join!(exec, feed, drain, errors);
+        fed?;
+        let status = status.with_context(|| format!("{}: upload failed", self.target))?;
+        if status != 0 {
+            bail!(
+                "{}: cannot write {remote_path} (exit {status}): {} (is the disk full?)",
+                self.target,
+                String::from_utf8_lossy(&err).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends control requests to the node's daemon (through `makiatto
+    /// control`) and returns the answers.
+    pub async fn control(&self, requests: &[Value]) -> anyhow::Result<Vec<Value>> {
+        let mut input = Vec::new();
+        for r in requests {
+            input.extend(serde_json::to_vec(r)?);
+            input.push(b'\n');
+        }
+        let out = self.run_with_input("makiatto control", input).await?;
+        if out.status != 0 {
+            bail!(
+                "{}: makiatto control failed: {}",
+                self.target,
+                out.stderr.trim()
+            );
+        }
+        let mut answers = Vec::new();
+        for line in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line)
+                .with_context(|| format!("{}: unreadable answer {line:?}", self.target))?;
+            if let Some(e) = v.get("error") {
+                bail!("{}: {}", self.target, e.as_str().unwrap_or("error"));
+            }
+            answers.push(v.get("ok").cloned().unwrap_or(Value::Null));
+        }
+        if answers.len() != requests.len() {
+            bail!(
+                "{}: expected {} answers from makiatto control, got {}",
+                self.target,
+                requests.len(),
+                answers.len()
+            );
+        }
+        Ok(answers)
+    }
+
+    /// One control request.
+    pub async fn call(&self, request: Value) -> anyhow::Result<Value> {
+        Ok(self.control(&[request]).await?.remove(0))
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+/// Quotes a string for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A progress bar for byte transfers.
+pub fn bytes_bar(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.to_owned());
+    bar
+}

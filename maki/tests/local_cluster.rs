@@ -1,0 +1,304 @@
+//! `maki local` and `maki machine` against real test hosts: network
+//! namespaces, real OpenSSH servers, the real daemon. Needs root (as CI has).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The daemon binary built beside this test (target/debug/makiatto).
+fn daemon_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join("makiatto");
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build -p makiatto)",
+        path.display()
+    );
+    path
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+impl Cluster {
+    fn maki(&self, args: &[&str]) -> Output {
+        let d = self.dir.path().join("cluster");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_maki"));
+        cmd.env("MAKIATTO_PROFILE", d.join("profile.toml"))
+            .env("MAKIATTO_OPERATOR_KEY", d.join("operator.key"))
+            .env("MAKIATTO_SSH_KEY", d.join("ssh/id_ed25519"))
+            .env_remove("XDG_CONFIG_HOME");
+        if args.first() == Some(&"local") {
+            cmd.arg("local")
+                .arg("--dir")
+                .arg(&d)
+                .arg("--name")
+                .arg(&self.name)
+                .args(&args[1..]);
+        } else {
+            cmd.args(args);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.maki(args);
+        assert!(
+            out.status.success(),
+            "maki {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.maki(args);
+        assert!(
+            !out.status.success(),
+            "maki {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn cluster_dir(&self) -> PathBuf {
+        self.dir.path().join("cluster")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Never leave namespaces or processes behind, even when a test fails.
+        let _ = self.maki(&["local", "down"]);
+    }
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn host_fingerprint(c: &Cluster, node: &str) -> String {
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(
+            c.cluster_dir()
+                .join("hosts")
+                .join(node)
+                .join("ssh_host_ed25519_key.pub"),
+        )
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn machines_are_managed_over_ssh_on_local_test_hosts() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root (network namespaces)"
+    );
+    let binary = daemon_binary();
+    let binary = binary.to_str().unwrap();
+    let c = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        name: format!("m{}", std::process::id() % 100_000),
+    };
+
+    c.ok(&["local", "up", "--nodes", "3", "--binary-path", binary]);
+
+    // Three healthy machines, initialised over SSH.
+    let list = json_lines(&c.ok(&["machine", "list", "--json"]));
+    let names: Vec<&str> = list.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["vector", "klukai", "tololo"]);
+    assert!(
+        list.iter()
+            .all(|m| m["running"] == true && m["nameserver"] == true),
+        "{list:?}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&c.ok(&["local", "status", "--json"])).unwrap();
+    assert!(
+        status["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["state"] == "running")
+    );
+
+    // The log: genesis and three node-joined events, signed by the operator.
+    let log = json_lines(&c.ok(&["log", "--json"]));
+    let kinds: Vec<&str> = log.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["genesis", "node-joined", "node-joined", "node-joined"]
+    );
+    assert!(
+        log.iter()
+            .all(|l| l["role"] == "operator" && l["applied"] == true)
+    );
+    let operator_key = c.ok(&["operator", "key"]).trim().to_owned();
+    assert!(log.iter().all(|l| l["author_key"] == operator_key.as_str()));
+
+    // The test host is private: its user and files are not the host's.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        !passwd.contains("makiatto:"),
+        "the makiatto user leaked into the host's /etc/passwd"
+    );
+    c.ok(&["local", "exec", "vector", "--", "id", "makiatto"]);
+
+    // Cluster-wide settings.
+    c.ok(&["config", "set", "dns.geo_ttl", "30"]);
+    assert!(
+        c.ok(&["config", "show"])
+            .contains("dns.geo_ttl            30")
+    );
+    assert!(
+        c.fails(&["config", "set", "dns.ttl", "30"])
+            .contains("unknown setting")
+    );
+
+    // Restart; kill and start.
+    c.ok(&["machine", "restart", "vector"]);
+    c.ok(&["local", "kill", "klukai"]);
+    let list = json_lines(
+        &c.fails(&["machine", "list", "--json"])
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    assert_eq!(list[1]["running"], false);
+    c.ok(&["local", "start", "klukai"]);
+    c.ok(&["machine", "list"]);
+
+    // An upgrade to a binary that does not start is rolled back.
+    let broken = c.dir.path().join("broken-makiatto");
+    std::fs::copy("/bin/false", &broken).unwrap();
+    let err = c.fails(&[
+        "machine",
+        "upgrade",
+        "vector",
+        "--binary-path",
+        broken.to_str().unwrap(),
+    ]);
+    assert!(err.contains("previous binary was restored"), "{err}");
+    c.ok(&["machine", "list"]);
+    c.ok(&["machine", "upgrade", "vector", "--binary-path", binary]);
+
+    // Remove wipes the machine; init again; --recreate re-initialises in place.
+    c.ok(&["machine", "remove", "tololo", "--force"]);
+    assert_eq!(json_lines(&c.ok(&["machine", "list", "--json"])).len(), 2);
+    let wiped = Command::new(env!("CARGO_BIN_EXE_maki"))
+        .args(["local", "--dir"])
+        .arg(c.cluster_dir())
+        // /var/makiatto is a mount point on a test host, so it stays, empty.
+        .args(["--name", &c.name, "exec", "tololo", "--", "sh", "-c"])
+        .arg("test -z \"$(ls -A /var/makiatto)\" && test ! -e /etc/makiatto && test ! -e /usr/local/bin/makiatto && ! id makiatto")
+        .status()
+        .unwrap();
+    assert!(wiped.success(), "tololo was not wiped");
+    let fp = host_fingerprint(&c, "tololo");
+    let tololo_ip = status["hosts"][2]["ipv4"].as_str().unwrap().to_owned();
+    let target = format!("root@{tololo_ip}");
+    let init = [
+        "machine",
+        "init",
+        "tololo",
+        &target,
+        "--lat",
+        "-23.55",
+        "--lon",
+        "-46.63",
+        "--binary-path",
+        binary,
+    ];
+    let mut with_fp = init.to_vec();
+    with_fp.extend(["--accept-host-key", &fp]);
+    // Without the fingerprint and without a terminal, first contact is refused.
+    assert!(c.fails(&init).contains("--accept-host-key"));
+    assert!(
+        c.fails(&[&init[..], &["--accept-host-key", "SHA256:wrong"]].concat())
+            .contains("refusing")
+    );
+    c.ok(&with_fp);
+    assert!(c.fails(&with_fp).contains("--recreate"));
+    let mut recreate = with_fp.clone();
+    recreate.push("--recreate");
+    c.ok(&recreate);
+    let list = json_lines(&c.ok(&["machine", "list", "--json"]));
+    assert_eq!(list.len(), 3);
+    let kinds: Vec<String> = json_lines(&c.ok(&["log", "--json", "--node", "vector"]))
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "node-removed").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| *k == "node-joined").count(), 5);
+
+    // A changed host key is refused.
+    let profile_path = c.cluster_dir().join("profile.toml");
+    let profile = std::fs::read_to_string(&profile_path).unwrap();
+    let vector_key = std::fs::read_to_string(
+        c.cluster_dir()
+            .join("hosts/vector/ssh_host_ed25519_key.pub"),
+    )
+    .unwrap();
+    let klukai_key = std::fs::read_to_string(
+        c.cluster_dir()
+            .join("hosts/klukai/ssh_host_ed25519_key.pub"),
+    )
+    .unwrap();
+    let first = |k: &str| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    std::fs::write(
+        &profile_path,
+        profile.replacen(&first(&vector_key), &first(&klukai_key), 1),
+    )
+    .unwrap();
+    assert!(
+        c.fails(&["machine", "restart", "vector"])
+            .contains("HOST KEY CHANGED")
+    );
+    std::fs::write(&profile_path, profile).unwrap();
+
+    // A typo in the profile names the line.
+    let good = std::fs::read_to_string(&profile_path).unwrap();
+    std::fs::write(&profile_path, good.replacen("ssh_user", "ssh_usr", 1)).unwrap();
+    assert!(c.fails(&["machine", "list"]).contains("profile.toml:"));
+    std::fs::write(&profile_path, good).unwrap();
+
+    // Down leaves nothing behind, and is idempotent.
+    c.ok(&["local", "down"]);
+    let netns = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(!netns.contains(&format!("mk-{}-", c.name)), "{netns}");
+    assert!(!c.cluster_dir().exists());
+    let procs = Command::new("pgrep")
+        .args(["-f", &c.cluster_dir().display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        procs.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
+    c.ok(&["local", "down"]);
+}
