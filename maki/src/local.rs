@@ -545,8 +545,8 @@ pub fn status(w: &Where, json_out: bool) -> anyhow::Result<()> {
             state.name, state.bridge, state.host_ipv4, state.mesh_range
         );
         println!(
-            "{:<8} {:<14} {:<16} {:<20} {:<9} {:<9} {}",
-            "NODE", "CITY", "IPV4", "NETNS", "DAEMON", "STATE", "CABLE"
+            "{:<8} {:<14} {:<16} {:<20} {:<9} {:<9} CABLE",
+            "NODE", "CITY", "IPV4", "NETNS", "DAEMON", "STATE"
         );
         for r in rows {
             println!(

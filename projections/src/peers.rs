@@ -55,6 +55,11 @@ fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S:
     s.collect_str(v)
 }
 
+/// When a member joined: the (HLC, id) of its joining event.
+type JoinOrder = (Hlc, EventId);
+/// A member by name: a node (`Ok`) or an external peer (`Err`).
+type Member = Result<NodeName, PeerName>;
+
 /// Every member of the mesh.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Peers {
@@ -135,8 +140,7 @@ impl Peers {
     /// Assigns mesh addresses by the rule in the module docs.
     fn allocate(&mut self) {
         let Some(range) = self.mesh_range else { return };
-        // (joined, requested address, node name or peer name)
-        let mut order: Vec<((Hlc, EventId), Option<Ipv4Addr>, Result<NodeName, PeerName>)> = self
+        let mut order: Vec<(JoinOrder, Option<Ipv4Addr>, Member)> = self
             .nodes
             .iter()
             .map(|(name, n)| {
