@@ -306,6 +306,7 @@ async fn build(w: &Where, nodes: usize, binary: &Path) -> anyhow::Result<()> {
                 mesh_range: Some(mesh_range.parse().map_err(|e: String| anyhow::anyhow!(e))?),
                 acme: Some("none".into()),
                 cluster_name: Some(format!("local-{}", w.name)),
+                geoip_dir: crate::geoip::default_dir(),
             },
         )
         .await

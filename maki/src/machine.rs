@@ -37,6 +37,8 @@ pub struct InitArgs {
     pub mesh_range: Option<Ipv4Net>,
     pub acme: Option<String>,
     pub cluster_name: Option<String>,
+    /// Where the GeoIP database is (for coordinates, and to copy to the node).
+    pub geoip_dir: Option<PathBuf>,
 }
 
 /// The daemon binary to install: `--binary-path`, else the one beside `maki`.
@@ -148,6 +150,59 @@ async fn install_binary(remote: &Remote, binary: &Path, name: &str) -> anyhow::R
     Ok(())
 }
 
+/// Copies the GeoIP database files the node lacks (by checksum).
+async fn install_geoip(remote: &Remote, dir: &Path, name: &str) -> anyhow::Result<()> {
+    let files = crate::geoip::files(dir);
+    if files.is_empty() {
+        return Ok(());
+    }
+    remote
+        .run_ok(&format!(
+            "mkdir -p {0} && chown makiatto:makiatto {0}",
+            crate::geoip::REMOTE_DIR
+        ))
+        .await?;
+    for file in files {
+        let file_name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let remote_path = format!("{}/{file_name}", crate::geoip::REMOTE_DIR);
+        let theirs = remote
+            .run(&format!("sha256sum {remote_path} 2>/dev/null"))
+            .await?;
+        if theirs.stdout.split_whitespace().next() == Some(sha256_file(&file)?.as_str()) {
+            continue;
+        }
+        let bar = bytes_bar(&format!("{name}: {file_name}"));
+        remote.upload(&file, &remote_path, 0o644, &bar).await?;
+        bar.finish_and_clear();
+    }
+    Ok(())
+}
+
+/// Coordinates from the GeoIP database, for a machine given no --lat/--lon.
+fn locate(
+    dir: Option<&Path>,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    name: &str,
+) -> anyhow::Result<(f64, f64)> {
+    let Some(dir) = dir.filter(|d| !crate::geoip::files(d).is_empty()) else {
+        bail!(
+            "{name}: no coordinates; pass --lat and --lon, or fetch the GeoIP database with scripts/fetch-geoip.sh"
+        );
+    };
+    for ip in ipv4.map(IpAddr::V4).into_iter().chain(ipv6.map(IpAddr::V6)) {
+        if let Some((lat, lon, place)) = crate::geoip::lookup(dir, ip)? {
+            eprintln!("{name}: {ip} is in {place} ({lat:.4}, {lon:.4}) according to DB-IP");
+            return Ok((lat, lon));
+        }
+    }
+    bail!("{name}: the GeoIP database does not place {ipv4:?}/{ipv6:?}; pass --lat and --lon")
+}
+
 /// The machine's global addresses as it sees them (`ip -o addr`).
 async fn public_addresses(
     remote: &Remote,
@@ -226,6 +281,9 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
              mkdir -p /etc/makiatto /var/makiatto /run/makiatto && chown makiatto:makiatto /var/makiatto && chmod 0750 /var/makiatto /etc/makiatto",
         )
         .await?;
+    if let Some(dir) = &args.geoip_dir {
+        install_geoip(&remote, dir, &args.name).await?;
+    }
     let identity: Value = serde_json::from_str(
         remote
             .run_ok(&format!(
@@ -258,11 +316,9 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
         .await?;
 
     let (ipv4, ipv6) = public_addresses(&remote, &args.target.host).await?;
-    let Some((lat, lon)) = args.coordinates else {
-        bail!(
-            "{}: no coordinates; pass --lat and --lon (the GeoIP lookup is not available in this version)",
-            args.name
-        );
+    let (lat, lon) = match args.coordinates {
+        Some(c) => c,
+        None => locate(args.geoip_dir.as_deref(), ipv4, ipv6, &args.name)?,
     };
     let coordinates = Coordinates::from_degrees(lat, lon)
         .with_context(|| format!("--lat {lat} --lon {lon} are out of range"))?;

@@ -12,6 +12,7 @@
 
 mod cluster;
 mod commands;
+mod geoip;
 mod local;
 mod machine;
 mod operator;
@@ -135,6 +136,9 @@ enum MachineCmd {
         /// The cluster's name, when this init creates it.
         #[arg(long)]
         cluster_name: Option<String>,
+        /// The GeoIP database directory (default: ~/.cache/makiatto/geoip).
+        #[arg(long, env = "MAKIATTO_GEOIP_DIR")]
+        geoip_dir: Option<PathBuf>,
     },
     /// List the machines and whether they are healthy.
     List {
@@ -269,6 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     mesh_range,
                     acme,
                     cluster_name,
+                    geoip_dir,
                 } => {
                     let mut target: profile::SshTarget =
                         target.parse().map_err(|e: String| anyhow::anyhow!(e))?;
@@ -289,6 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             mesh_range: *mesh_range,
                             acme: acme.clone(),
                             cluster_name: cluster_name.clone(),
+                            geoip_dir: geoip_dir.clone().or_else(geoip::default_dir),
                         },
                     )
                     .await?;
