@@ -33,7 +33,9 @@ pub mod names;
 pub mod payload;
 pub mod sealed;
 
-pub use event::{Event, EventError, Header, MAX_EVENT_BYTES, MAX_PARENTS, UnsignedEvent};
+pub use event::{
+    AuthorVerifier, Event, EventError, Header, MAX_EVENT_BYTES, MAX_PARENTS, UnsignedEvent,
+};
 pub use feed::FeedWriter;
 pub use hlc::Hlc;
 pub use ids::{AuthorKey, Blake3Hash, EventId, SealingKey, WgPublicKey};

@@ -761,7 +761,7 @@ pub async fn remove(ctx: &mut Ctx, name: &str, force: bool) -> anyhow::Result<()
         Ok(remote) => {
             remote
                 .run_ok(&format!(
-                    "{REMOTE_BINARY} stop >/dev/null 2>&1; rm -rf /var/makiatto /etc/makiatto /run/makiatto {REMOTE_BINARY} {REMOTE_BINARY}.prev {REMOTE_BINARY}.new; (id makiatto >/dev/null 2>&1 && userdel makiatto) ; true"
+                    "{REMOTE_BINARY} stop >/dev/null 2>&1; rm -rf /var/makiatto /etc/makiatto /run/makiatto {REMOTE_BINARY} {REMOTE_BINARY}.prev {REMOTE_BINARY}.new; (id makiatto >/dev/null 2>&1 && userdel --force makiatto) ; true"
                 ))
                 .await?;
         }

@@ -161,6 +161,23 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
         "the makiatto user leaked into the host's /etc/passwd"
     );
     c.ok(&["local", "exec", "vector", "--", "id", "makiatto"]);
+    // The daemon dropped root for the makiatto user.
+    let owner = Command::new(env!("CARGO_BIN_EXE_maki"))
+        .args(["local", "--dir"])
+        .arg(c.cluster_dir())
+        .args([
+            "--name",
+            &c.name,
+            "exec",
+            "vector",
+            "--",
+            "sh",
+            "-c",
+            "ps -o user= -p $(cat /run/makiatto/makiatto.pid)",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), "makiatto");
 
     // Cluster-wide settings.
     c.ok(&["config", "set", "dns.geo_ttl", "30"]);

@@ -35,6 +35,14 @@ pub async fn run(data_dir: PathBuf) -> anyhow::Result<()> {
         std::fs::remove_file(&socket)
             .with_context(|| format!("cannot remove the stale socket {}", socket.display()))?;
     }
+    // Nothing privileged is opened yet (the mesh and DNS/HTTP listeners will
+    // be opened here, before the drop); from now on the daemon is unprivileged.
+    if let Some(user) = crate::privileges::drop_to_service_user(&data_dir)? {
+        tracing::info!(
+            user,
+            "running unprivileged, keeping CAP_NET_ADMIN and CAP_NET_BIND_SERVICE"
+        );
+    }
     let mut replica = Replica::open(&data_dir)
         .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
     replica.save_projections()?;

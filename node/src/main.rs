@@ -13,6 +13,7 @@
 mod control;
 mod daemon;
 mod keys;
+mod privileges;
 mod query;
 mod replica;
 mod service;
