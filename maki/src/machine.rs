@@ -777,3 +777,95 @@ pub async fn remove(ctx: &mut Ctx, name: &str, force: bool) -> anyhow::Result<()
     println!("{name}: removed");
     Ok(())
 }
+
+/// `maki machine add`: puts an existing node of this cluster into the
+/// profile (another operator's machine, or a profile rebuilt from scratch).
+pub async fn add(
+    ctx: &mut Ctx,
+    target: SshTarget,
+    accept_host_key: Option<&str>,
+) -> anyhow::Result<()> {
+    let key_file = ctx.ssh_key()?;
+    let t = Target {
+        user: target.user.clone(),
+        host: target.host.clone(),
+        port: target.port,
+        key_file,
+    };
+    let remote = Remote::connect(
+        &t,
+        HostKeyPolicy::FirstContact {
+            accept: accept_host_key,
+        },
+    )
+    .await?;
+    let identity: Value = serde_json::from_str(
+        remote
+            .run_ok(&format!("{REMOTE_BINARY} keys show"))
+            .await
+            .context("this machine does not run Makiatto (no node keys); use `maki machine init`")?
+            .trim(),
+    )?;
+    let signing_key = identity["signing_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let answers = remote
+        .control(&[
+            json!({"op": "show", "name": "peers"}),
+            json!({"op": "show", "name": "roles"}),
+        ])
+        .await?;
+    let cluster_id = answers[1]["state"]["cluster"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(ours) = &ctx.profile.cluster_id
+        && *ours != cluster_id
+    {
+        bail!(
+            "{} belongs to cluster {cluster_id}, but this profile is for {ours}",
+            target.host
+        );
+    }
+    let (name, node) = answers[0]["state"]["nodes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .find(|(_, n)| n["signing_key"] == signing_key.as_str())
+        .map(|(name, n)| (name.clone(), n.clone()))
+        .with_context(|| {
+            format!(
+                "{} has node keys but has not joined the cluster it holds",
+                target.host
+            )
+        })?;
+    if ctx.profile.machine(&name).is_some() {
+        bail!("machine {name} is already in the profile");
+    }
+    ctx.profile.cluster_id = Some(cluster_id);
+    ctx.profile.cluster_name = answers[1]["state"]["cluster"]["name"]
+        .as_str()
+        .map(str::to_owned);
+    ctx.profile.upsert(Machine {
+        name: name.clone(),
+        ssh_user: target.user.clone(),
+        ssh_host: target.host.clone(),
+        ssh_port: target.port,
+        host_key: remote.host_key.clone(),
+        ipv4: node["ipv4"].as_str().map(str::to_owned),
+        ipv6: node["ipv6"].as_str().map(str::to_owned),
+        latitude: node["latitude"].as_f64().unwrap_or_default(),
+        longitude: node["longitude"].as_f64().unwrap_or_default(),
+        nameserver: node["nameserver"].as_bool().unwrap_or_default(),
+        signing_key,
+        wg_public_key: identity["wg_public_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        mesh_addr: node["mesh_addr"].as_str().map(str::to_owned),
+    });
+    ctx.save_profile()?;
+    println!("{name}: added to the profile ({})", target.host);
+    Ok(())
+}

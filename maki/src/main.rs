@@ -140,6 +140,16 @@ enum MachineCmd {
         #[arg(long, env = "MAKIATTO_GEOIP_DIR")]
         geoip_dir: Option<PathBuf>,
     },
+    /// Add an existing node of the cluster to this profile.
+    Add {
+        /// user@host
+        target: String,
+        #[arg(long)]
+        port: Option<u16>,
+        /// Accept the host key with this fingerprint (SHA256:…) without asking.
+        #[arg(long, value_name = "FINGERPRINT")]
+        accept_host_key: Option<String>,
+    },
     /// List the machines and whether they are healthy.
     List {
         #[arg(long)]
@@ -298,6 +308,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         },
                     )
                     .await?;
+                }
+                MachineCmd::Add {
+                    target,
+                    port,
+                    accept_host_key,
+                } => {
+                    let mut target: profile::SshTarget =
+                        target.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                    if let Some(p) = port {
+                        target.port = *p;
+                    }
+                    machine::add(&mut ctx, target, accept_host_key.as_deref()).await?;
                 }
                 MachineCmd::List { json } => {
                     if !machine::list(&ctx, *json).await? {

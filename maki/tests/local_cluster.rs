@@ -267,6 +267,38 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
     assert_eq!(kinds.iter().filter(|k| *k == "node-removed").count(), 1);
     assert_eq!(kinds.iter().filter(|k| *k == "node-joined").count(), 5);
 
+    // A fresh profile learns an existing machine with `machine add`.
+    let fresh = c.dir.path().join("fresh.toml");
+    let vector_ip = status["hosts"][0]["ipv4"].as_str().unwrap().to_owned();
+    let vector_fp = host_fingerprint(&c, "vector");
+    let vector_target = format!("root@{vector_ip}");
+    c.ok(&[
+        "--profile",
+        fresh.to_str().unwrap(),
+        "machine",
+        "add",
+        &vector_target,
+        "--accept-host-key",
+        &vector_fp,
+    ]);
+    let added = std::fs::read_to_string(&fresh).unwrap();
+    assert!(
+        added.contains("name = \"vector\"") && added.contains("cluster_id"),
+        "{added}"
+    );
+    assert!(
+        c.fails(&[
+            "--profile",
+            fresh.to_str().unwrap(),
+            "machine",
+            "add",
+            &vector_target,
+            "--accept-host-key",
+            &vector_fp
+        ])
+        .contains("already in the profile")
+    );
+
     // A changed host key is refused.
     let profile_path = c.cluster_dir().join("profile.toml");
     let profile = std::fs::read_to_string(&profile_path).unwrap();
