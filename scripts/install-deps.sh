@@ -9,6 +9,7 @@ packages=(
   openssh-client
   iputils-ping
   jq
+  iptables        # maki local cut --mesh
 )
 
 missing=()

@@ -312,7 +312,9 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
 
     bar.set_message("starting the daemon");
     remote
-        .run_ok(&format!("{REMOTE_BINARY} run --detach"))
+        .run_ok(&format!(
+            "{REMOTE_BINARY} service install && {REMOTE_BINARY} run --detach"
+        ))
         .await?;
 
     let (ipv4, ipv6) = public_addresses(&remote, &args.target.host).await?;
@@ -761,7 +763,7 @@ pub async fn remove(ctx: &mut Ctx, name: &str, force: bool) -> anyhow::Result<()
         Ok(remote) => {
             remote
                 .run_ok(&format!(
-                    "{REMOTE_BINARY} stop >/dev/null 2>&1; rm -rf /var/makiatto /etc/makiatto /run/makiatto {REMOTE_BINARY} {REMOTE_BINARY}.prev {REMOTE_BINARY}.new; (id makiatto >/dev/null 2>&1 && userdel --force makiatto) ; true"
+                    "{REMOTE_BINARY} stop >/dev/null 2>&1; (systemctl disable makiatto >/dev/null 2>&1; rm -f /etc/systemd/system/makiatto.service; systemctl daemon-reload >/dev/null 2>&1); rm -rf /var/makiatto /etc/makiatto /run/makiatto {REMOTE_BINARY} {REMOTE_BINARY}.prev {REMOTE_BINARY}.new; (id makiatto >/dev/null 2>&1 && userdel --force makiatto) ; true"
                 ))
                 .await?;
         }

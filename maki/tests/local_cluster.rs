@@ -190,6 +190,17 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
             .contains("unknown setting")
     );
 
+    // Operators: add another key, see it listed, revoke it.
+    let bob = "ab".repeat(32);
+    c.ok(&["operator", "add", "bob", &bob]);
+    assert!(c.ok(&["operator", "list"]).contains(&bob));
+    c.ok(&["operator", "remove", "bob"]);
+    assert!(!c.ok(&["operator", "list"]).contains(&bob));
+    assert!(
+        c.fails(&["operator", "add", "eve", "not-a-key"])
+            .contains("64 hex")
+    );
+
     // Restart; kill and start.
     c.ok(&["machine", "restart", "vector"]);
     c.ok(&["local", "kill", "klukai"]);
@@ -266,6 +277,10 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
         .collect();
     assert_eq!(kinds.iter().filter(|k| *k == "node-removed").count(), 1);
     assert_eq!(kinds.iter().filter(|k| *k == "node-joined").count(), 5);
+    assert_eq!(
+        kinds.iter().filter(|k| k.starts_with("operator-")).count(),
+        2
+    );
 
     // A fresh profile learns an existing machine with `machine add`.
     let fresh = c.dir.path().join("fresh.toml");

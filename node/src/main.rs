@@ -58,8 +58,13 @@ enum Command {
         #[arg(long)]
         detach: bool,
     },
-    /// Stop the supervised daemon.
+    /// Stop the daemon started with `run --detach`.
     Stop,
+    /// Install the service: a hardened systemd unit where systemd runs.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
     #[command(hide = true)]
     Supervise,
     /// The node's keys.
@@ -106,6 +111,12 @@ enum Command {
     Status,
     /// Append events read from standard input, one hex-encoded event per line.
     Append,
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Write and enable the systemd unit (nothing to do without systemd).
+    Install,
 }
 
 #[derive(Subcommand)]
@@ -156,6 +167,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Supervise => {
             service::supervise(&data_dir, &cli.run_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Service {
+            command: ServiceCommand::Install,
+        } => {
+            service::install(&data_dir)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stop => {
@@ -266,7 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Running means answering, not merely having a pid.
             let answering =
                 std::os::unix::net::UnixStream::connect(daemon::socket_path(&data_dir)).is_ok();
-            value["running"] = serde_json::json!(daemon.is_some() && answering);
+            value["running"] = serde_json::json!(answering);
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -4,6 +4,9 @@
 //!
 //! Pid files live in the run directory (default `/run/makiatto`):
 //! `supervisor.pid` and `makiatto.pid`.
+//!
+//! Where systemd runs, `makiatto service install` writes a hardened unit
+//! instead, and `run --detach` / `stop` go through `systemctl`.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -61,8 +64,88 @@ fn self_command(data_dir: &Path, run_dir: &Path) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
-/// Starts the supervisor in the background and waits until the daemon answers.
+const UNIT_PATH: &str = "/etc/systemd/system/makiatto.service";
+
+fn systemd_runs() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// Whether systemd manages the daemon on this machine.
+fn under_systemd() -> bool {
+    systemd_runs() && Path::new(UNIT_PATH).exists()
+}
+
+fn systemctl(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("systemctl")
+        .args(args)
+        .status()
+        .context("cannot run systemctl")?;
+    if !status.success() {
+        bail!(
+            "systemctl {} failed ({status}); see `journalctl -u makiatto`",
+            args.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// The hardened unit: the daemon runs as `makiatto` with only the two
+/// capabilities it needs, a read-only system and its data directory writable.
+fn unit(exe: &Path, data_dir: &Path) -> String {
+    format!(
+        "[Unit]\nDescription=Makiatto CDN node\nAfter=network-online.target\nWants=network-online.target\n\n\
+         [Service]\nExecStart={exe} --data-dir {data} run\nUser=makiatto\nGroup=makiatto\n\
+         AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE\nCapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE\n\
+         NoNewPrivileges=yes\nProtectSystem=strict\nReadWritePaths={data}\nProtectHome=yes\nPrivateTmp=yes\n\
+         ProtectKernelModules=yes\nProtectKernelLogs=yes\nProtectControlGroups=yes\nProtectClock=yes\n\
+         RestrictSUIDSGID=yes\nLockPersonality=yes\nRestrictNamespaces=yes\nSystemCallArchitectures=native\n\
+         DeviceAllow=/dev/net/tun rw\nRuntimeDirectory=makiatto\nRestart=always\nRestartSec=2\nLimitNOFILE=1048576\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+        exe = exe.display(),
+        data = data_dir.display()
+    )
+}
+
+/// `makiatto service install`: a systemd unit where systemd runs; elsewhere
+/// nothing to install (the supervised mode needs none).
+pub fn install(data_dir: &Path) -> anyhow::Result<()> {
+    if !systemd_runs() {
+        println!("no systemd on this machine: makiatto runs supervised (makiatto run --detach)");
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("cannot find the makiatto binary")?;
+    std::fs::write(UNIT_PATH, unit(&exe, data_dir))
+        .with_context(|| format!("cannot write {UNIT_PATH}"))?;
+    systemctl(&["daemon-reload"])?;
+    systemctl(&["enable", "makiatto"])?;
+    println!("installed {UNIT_PATH}");
+    Ok(())
+}
+
+fn wait_for_socket(data_dir: &Path, what: &str) -> anyhow::Result<()> {
+    let socket = crate::daemon::socket_path(data_dir);
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "the daemon did not answer within {} s; see {what}",
+        WAIT.as_secs()
+    )
+}
+
+/// Starts the daemon in the background (systemd, or the supervisor) and
+/// waits until it answers.
 pub fn start_detached(data_dir: &Path, run_dir: &Path) -> anyhow::Result<()> {
+    if under_systemd() {
+        systemctl(&["start", "makiatto"])?;
+        wait_for_socket(data_dir, "`journalctl -u makiatto`")?;
+        println!("makiatto started (systemd)");
+        return Ok(());
+    }
     if let Some(pid) = live_pid(&supervisor_pidfile(run_dir)) {
         println!("makiatto is already running (supervisor pid {pid})");
         return Ok(());
@@ -107,8 +190,13 @@ pub fn start_detached(data_dir: &Path, run_dir: &Path) -> anyhow::Result<()> {
     )
 }
 
-/// Stops the supervisor (and so the daemon) and waits for both to end.
+/// Stops the daemon (through systemd, or its supervisor) and waits for it to end.
 pub fn stop(run_dir: &Path) -> anyhow::Result<()> {
+    if under_systemd() {
+        systemctl(&["stop", "makiatto"])?;
+        println!("makiatto stopped (systemd)");
+        return Ok(());
+    }
     let (daemon, supervisor) = pids(run_dir);
     let target = supervisor.or(daemon);
     let Some(pid) = target else {
