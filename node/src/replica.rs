@@ -343,6 +343,6 @@ impl Replica {
 }
 
 enum Within {
-    Past(std::collections::HashSet<EventId>),
+    Past(makiatto_projections::fast::FastSet<EventId>),
     Until(Hlc),
 }

@@ -7,8 +7,9 @@
 //! (events from a healed partition sorting earlier) the fold is rebuilt from
 //! the start. Both paths give the same bytes, which the replay tests check.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 
+use crate::fast::{FastMap, FastSet};
 use makiatto_events::{Event, EventId, Hlc};
 
 use crate::fold::{Fold, Verdict};
@@ -45,11 +46,11 @@ pub struct InsertReport {
 /// Events, readiness and the fold.
 #[derive(Debug, Default)]
 pub struct Engine {
-    events: HashMap<EventId, Event>,
+    events: FastMap<EventId, Event>,
     /// Parent id → events waiting for it to become ready.
-    waiting_on: HashMap<EventId, Vec<EventId>>,
+    waiting_on: FastMap<EventId, Vec<EventId>>,
     /// Not-ready event → how many of its parents are not ready.
-    unready: HashMap<EventId, usize>,
+    unready: FastMap<EventId, usize>,
     order: BTreeSet<(Hlc, EventId)>,
     fold: Fold,
     state: Option<State>,
@@ -159,7 +160,7 @@ impl Engine {
     /// The ready events no ready event names as a parent: what a new event
     /// should name as its parents. Newest first.
     pub fn heads(&self) -> Vec<&Event> {
-        let mut named: HashSet<EventId> = HashSet::new();
+        let mut named: FastSet<EventId> = FastSet::default();
         for e in self.ordered() {
             named.extend(e.parents().iter().copied());
         }
@@ -213,14 +214,14 @@ impl Engine {
     }
 
     /// The event and all its ancestors.
-    pub fn causal_past(&self, id: &EventId) -> Result<HashSet<EventId>, AsOfError> {
+    pub fn causal_past(&self, id: &EventId) -> Result<FastSet<EventId>, AsOfError> {
         if !self.events.contains_key(id) {
             return Err(AsOfError::UnknownEvent(*id));
         }
         if !self.is_ready(id) {
             return Err(AsOfError::NotReady(*id));
         }
-        let mut seen = HashSet::from([*id]);
+        let mut seen = FastSet::from_iter([*id]);
         let mut stack = vec![*id];
         while let Some(next) = stack.pop() {
             for p in self.events[&next].parents() {

@@ -13,14 +13,14 @@
 //! 3. **Application** to roles, config, peers and sites; zone serials move
 //!    when a zone's content changes.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use makiatto_events::{AuthorKey, DomainName, Event, EventId, Hlc, Payload};
+use crate::fast::FastMap;
+use makiatto_events::{AuthorKey, Event, EventId, Hlc, Payload};
 use serde::Serialize;
 
 use crate::certificates::Certificates;
-use crate::config::{ConfigDoc, DesiredConfig};
+use crate::config::ConfigDoc;
 use crate::peers::Peers;
 use crate::roles::Roles;
 use crate::sites::Sites;
@@ -53,17 +53,15 @@ type RoleSet = Arc<[u32]>;
 pub struct Fold {
     genesis: Option<EventId>,
     role_events: Vec<Event>,
-    past: HashMap<EventId, (Hlc, RoleSet)>,
-    roles_cache: HashMap<RoleSet, Arc<Roles>>,
-    verdicts: HashMap<EventId, Verdict>,
-    feed_places: HashMap<(AuthorKey, u64), EventId>,
+    past: FastMap<EventId, (Hlc, RoleSet)>,
+    roles_cache: FastMap<RoleSet, Arc<Roles>>,
+    verdicts: FastMap<EventId, Verdict>,
+    feed_places: FastMap<(AuthorKey, u64), EventId>,
     roles: Roles,
     config: ConfigDoc,
-    config_view: DesiredConfig,
     peers: Peers,
     sites: Sites,
-    zone_digests: BTreeMap<DomainName, [u8; 32]>,
-    zone_serials: BTreeMap<DomainName, u32>,
+    zone_serial: u32,
     last: Option<(Hlc, EventId)>,
     folded: u64,
 }
@@ -198,9 +196,6 @@ impl Fold {
                     // A change that fails to apply leaves the document as it
                     // was; the verdict was decided on decodability alone.
                     let _ = self.config.apply(changes);
-                    if let Ok(view) = self.config.view() {
-                        self.config_view = view;
-                    }
                 }
                 true
             }
@@ -223,31 +218,27 @@ impl Fold {
         }
     }
 
-    /// Moves the serial of every zone whose content changed: to the event's
-    /// time in seconds, or one past the old serial if that is not later.
+    /// Moves the zones' serial: to the event's time in seconds, or one past
+    /// the old serial if that is not later. Every event that can change a
+    /// zone moves it (moving it without a change is harmless; missing a
+    /// change is not), so the document need not be read per event.
     fn bump_serials(&mut self, at: Hlc) {
-        let built = zones::build(&self.config_view, &self.peers, &BTreeMap::new());
         let seconds = u32::try_from(at.millis / 1000).unwrap_or(u32::MAX);
-        for (domain, zone) in &built.zones {
-            let digest = zone.content_digest();
-            if self.zone_digests.get(domain) != Some(&digest) {
-                self.zone_digests.insert(domain.clone(), digest);
-                let serial = self.zone_serials.entry(domain.clone()).or_insert(0);
-                *serial = seconds.max(serial.wrapping_add(1));
-            }
-        }
-        self.zone_digests.retain(|d, _| built.zones.contains_key(d));
+        self.zone_serial = seconds.max(self.zone_serial.wrapping_add(1));
     }
 
     /// All projections as they stand.
     pub fn snapshot(&self) -> State {
+        // A document whose shape does not read (only a foreign or future
+        // writer could make one) reads as empty, the same on every node.
+        let config = self.config.view().unwrap_or_default();
         State {
             roles: self.roles.clone(),
-            config: self.config_view.clone(),
             peers: self.peers.clone(),
-            zones: zones::build(&self.config_view, &self.peers, &self.zone_serials),
+            zones: zones::build(&config, &self.peers, self.zone_serial),
             certificates: Certificates::default(),
-            sites: self.sites.with_config(&self.config_view),
+            sites: self.sites.with_config(&config),
+            config,
         }
     }
 }

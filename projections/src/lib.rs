@@ -29,6 +29,7 @@
 pub mod certificates;
 pub mod config;
 pub mod engine;
+pub mod fast;
 pub mod fold;
 pub mod peers;
 pub mod roles;

@@ -108,19 +108,9 @@ pub struct Zones {
     pub zones: BTreeMap<DomainName, Zone>,
 }
 
-impl Zone {
-    /// A digest of everything but the serial, to notice when the zone changes.
-    pub fn content_digest(&self) -> [u8; 32] {
-        let mut without_serial = self.clone();
-        without_serial.serial = 0;
-        let bytes = serde_json::to_vec(&without_serial).unwrap_or_default();
-        *blake3::hash(&bytes).as_bytes()
-    }
-}
-
-/// Builds every zone from the configuration and peers; `serials` gives each
-/// domain's serial (see `fold`), 0 where none is known yet.
-pub fn build(config: &DesiredConfig, peers: &Peers, serials: &BTreeMap<DomainName, u32>) -> Zones {
+/// Builds every zone from the configuration and peers, with the serial the
+/// fold derived from the log (see `Fold::bump_serials`).
+pub fn build(config: &DesiredConfig, peers: &Peers, serial: u32) -> Zones {
     let mut zones = BTreeMap::new();
     for (name, domain) in &config.domains {
         let Ok(apex) = DomainName::new(name.as_str()) else {
@@ -159,7 +149,7 @@ pub fn build(config: &DesiredConfig, peers: &Peers, serials: &BTreeMap<DomainNam
         aliases.sort();
         aliases.dedup();
         let zone = Zone {
-            serial: serials.get(&apex).copied().unwrap_or(0),
+            serial,
             soa: Soa {
                 mname: nameservers
                     .first()

@@ -226,7 +226,7 @@ fn joins_on_both_sides_of_a_partition_that_chose_one_address_are_resolved_alike(
 }
 
 #[test]
-fn zone_serials_move_with_zone_content_only() {
+fn zone_serials_move_with_zone_changes_not_with_site_publications() {
     let mut alice = writer(1);
     let g = genesis(&mut alice);
     let mut doc = ConfigDoc::default();
