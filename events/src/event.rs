@@ -277,6 +277,42 @@ impl Event {
         })
     }
 
+    /// [`Event::decode_trusted`] for many stored events at once, spread over
+    /// the machine's cores (a node reads its whole log when it starts). The
+    /// error names the position of the first event that does not decode.
+    pub fn decode_trusted_all<B: AsRef<[u8]> + Sync>(
+        raw: &[B],
+    ) -> Result<Vec<Event>, (usize, EventError)> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        let chunk = raw.len().div_ceil(threads).max(1024);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = raw
+                .chunks(chunk)
+                .enumerate()
+                .map(|(n, part)| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .enumerate()
+                            .map(|(i, b)| {
+                                Event::decode_trusted(b.as_ref()).map_err(|e| (n * chunk + i, e))
+                            })
+                            .collect::<Result<Vec<Event>, _>>()
+                    })
+                })
+                .collect();
+            let mut all = Vec::with_capacity(raw.len());
+            for part in parts {
+                match part.join() {
+                    Ok(events) => all.extend(events?),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            Ok(all)
+        })
+    }
+
     /// Checks the ed25519 signature (strict: rejects malleable encodings).
     pub fn verify_signature(&self) -> Result<(), EventError> {
         self.verify_signature_with(&AuthorVerifier::new(self.header.author)?)
@@ -450,6 +486,18 @@ mod tests {
             unsigned.sign(&k),
             Err(EventError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn many_stored_events_decode_at_once_and_a_bad_one_is_named() {
+        let k = key(1);
+        let g = genesis(&k);
+        let mut raw: Vec<Vec<u8>> = vec![g.to_bytes().to_vec(); 5000];
+        let all = Event::decode_trusted_all(&raw).unwrap();
+        assert_eq!(all.len(), 5000);
+        assert!(all.iter().all(|e| *e == g));
+        raw[3333].truncate(10);
+        assert!(matches!(Event::decode_trusted_all(&raw), Err((3333, _))));
     }
 
     #[test]

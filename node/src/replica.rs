@@ -84,13 +84,15 @@ impl Replica {
     /// Opens the data directory's log and folds every stored event.
     pub fn open(data_dir: &Path) -> Result<Replica, ReplicaError> {
         let store = Store::open(&data_dir.join("log"))?;
-        let mut events = Vec::new();
-        for item in store.iter_events() {
-            let (id, bytes) = item?;
-            let event = Event::decode_trusted(&bytes)
-                .map_err(|error| ReplicaError::CorruptEvent { id, error })?;
-            events.push(event);
-        }
+        let stored: Vec<(EventId, Vec<u8>)> = store.iter_events().collect::<Result<_, _>>()?;
+        let bytes: Vec<&[u8]> = stored.iter().map(|(_, b)| b.as_slice()).collect();
+        let events =
+            Event::decode_trusted_all(&bytes).map_err(|(i, error)| ReplicaError::CorruptEvent {
+                id: stored[i].0,
+                error,
+            })?;
+        drop(bytes);
+        drop(stored);
         let mut engine = Engine::new();
         engine.insert(events);
         let log = Arc::new(Mutex::new(Log::open(store.clone())?));
