@@ -55,21 +55,28 @@ pub struct Log<B: Backend> {
     vv: VersionVector,
     /// Keys of authors whose signatures verified, parsed once.
     verifiers: HashMap<AuthorKey, AuthorVerifier>,
+    /// The last event of every fork-free feed: an event that extends it is
+    /// admitted without reading the store (the common case of ingest).
+    tips: HashMap<AuthorKey, (u64, EventId)>,
 }
 
 impl<B: Backend> Log<B> {
     /// Wraps a backend, reading its feeds once to build the version vector.
     pub fn open(backend: B) -> Result<Self, StoreError> {
         let mut vv = VersionVector::default();
+        let mut tips = HashMap::new();
         for (author, seq, id) in backend.all_feed_entries()? {
             vv.observe(author, seq, &id);
+            tips.insert(author, (seq, id));
         }
+        tips.retain(|author, _| vv.get(author).is_some_and(|f| f.count == f.seq));
         Ok(Self {
             backend,
             waiting: Waiting::default(),
             counts: RejectCounts::default(),
             vv,
             verifiers: HashMap::new(),
+            tips,
         })
     }
 
@@ -114,9 +121,33 @@ impl<B: Backend> Log<B> {
     pub fn append(&mut self, events: Vec<Event>) -> Result<AppendReport, StoreError> {
         let mut report = AppendReport::default();
         let mut work: VecDeque<(Event, bool)> = events.into_iter().map(|e| (e, true)).collect();
+        // Tips moved by events of this batch, not yet written.
+        let mut batch_tips: HashMap<AuthorKey, (u64, EventId)> = HashMap::new();
+        let mut forked: HashSet<AuthorKey> = HashSet::new();
         while let Some((event, reported)) = work.pop_front() {
             let id = event.id();
-            let outcome = match admit(&self.backend, &report.stored, &event)? {
+            let admission = if self.extends_tip(&event, &batch_tips) {
+                Ok(Admission::Store { fork: false })
+            } else {
+                admit(&self.backend, &report.stored, &event)?
+            };
+            match admission {
+                // A new last event of a fork-free feed (no event held its
+                // place, so its seq is one past the feed's end).
+                Ok(Admission::Store { fork: false })
+                    if !forked.contains(&event.author())
+                        && self.vv.get(&event.author()).is_none_or(|f| f.count == f.seq) =>
+                {
+                    batch_tips.insert(event.author(), (event.seq(), id));
+                }
+                Ok(Admission::Store { fork: true }) => {
+                    forked.insert(event.author());
+                    batch_tips.remove(&event.author());
+                    self.tips.remove(&event.author());
+                }
+                _ => {}
+            }
+            let outcome = match admission {
                 Ok(Admission::Store { fork }) => {
                     if let Some(released) = self.waiting.take(&id) {
                         work.extend(released.into_iter().map(|e| (e, false)));
@@ -150,6 +181,11 @@ impl<B: Backend> Log<B> {
         for e in &report.stored {
             self.vv.observe(e.author(), e.seq(), &e.id());
         }
+        for (author, tip) in batch_tips {
+            if self.vv.get(&author).is_some_and(|f| f.count == f.seq && f.seq == tip.0) {
+                self.tips.insert(author, tip);
+            }
+        }
         for e in &report.stored {
             if self.vv.get(&e.author()).is_some_and(|f| f.count > f.seq) {
                 // The fork is now held here; whole-feed exchange takes over.
@@ -157,6 +193,21 @@ impl<B: Backend> Log<B> {
             }
         }
         Ok(report)
+    }
+
+    /// Whether `event` is the next event of a fork-free feed whose last event
+    /// is known: then it cannot be stored already, its chain is right and it
+    /// forks nothing, so the store need not be read. Genesis always takes the
+    /// full path (the cluster check).
+    fn extends_tip(&self, event: &Event, batch_tips: &HashMap<AuthorKey, (u64, EventId)>) -> bool {
+        if matches!(event.payload(), makiatto_events::Payload::Genesis(_)) {
+            return false;
+        }
+        let author = event.author();
+        match batch_tips.get(&author).or_else(|| self.tips.get(&author)) {
+            Some((seq, id)) => event.seq() == seq + 1 && event.header().prev == Some(*id),
+            None => false,
+        }
     }
 
     /// The canonical bytes of every event a peer holding `remote` lacks, in
