@@ -136,7 +136,10 @@ impl<B: Backend> Log<B> {
                 // place, so its seq is one past the feed's end).
                 Ok(Admission::Store { fork: false })
                     if !forked.contains(&event.author())
-                        && self.vv.get(&event.author()).is_none_or(|f| f.count == f.seq) =>
+                        && self
+                            .vv
+                            .get(&event.author())
+                            .is_none_or(|f| f.count == f.seq) =>
                 {
                     batch_tips.insert(event.author(), (event.seq(), id));
                 }
@@ -182,7 +185,11 @@ impl<B: Backend> Log<B> {
             self.vv.observe(e.author(), e.seq(), &e.id());
         }
         for (author, tip) in batch_tips {
-            if self.vv.get(&author).is_some_and(|f| f.count == f.seq && f.seq == tip.0) {
+            if self
+                .vv
+                .get(&author)
+                .is_some_and(|f| f.count == f.seq && f.seq == tip.0)
+            {
                 self.tips.insert(author, tip);
             }
         }
