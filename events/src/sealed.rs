@@ -125,14 +125,7 @@ impl SealedValue {
         secret: &SealingSecret,
         resealed: &[Recipient],
     ) -> Result<Vec<u8>, SealError> {
-        let me = secret.public();
-        let entry = self
-            .recipients
-            .iter()
-            .chain(resealed)
-            .find(|r| r.node == me)
-            .ok_or(SealError::NotARecipient)?;
-        let data_key = unwrap(entry, secret)?;
+        let data_key = self.data_key(secret, resealed)?;
         ChaCha20Poly1305::new(Key::from_slice(&data_key))
             .decrypt(
                 Nonce::from_slice(&self.nonce),
@@ -153,6 +146,15 @@ impl SealedValue {
         newcomer: SealingKey,
         rng: &mut impl CryptoRng,
     ) -> Result<Recipient, SealError> {
+        Ok(wrap(&self.data_key(secret, resealed)?, newcomer, rng))
+    }
+
+    /// The data key, unwrapped from this node's recipient entry.
+    fn data_key(
+        &self,
+        secret: &SealingSecret,
+        resealed: &[Recipient],
+    ) -> Result<[u8; 32], SealError> {
         let me = secret.public();
         let entry = self
             .recipients
@@ -160,8 +162,7 @@ impl SealedValue {
             .chain(resealed)
             .find(|r| r.node == me)
             .ok_or(SealError::NotARecipient)?;
-        let data_key = unwrap(entry, secret)?;
-        Ok(wrap(&data_key, newcomer, rng))
+        unwrap(entry, secret)
     }
 }
 
