@@ -282,6 +282,64 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
         2
     );
 
+    // Bad input leaves the profile as it was, with an error that says what to do.
+    let before = std::fs::read_to_string(c.cluster_dir().join("profile.toml")).unwrap();
+    let aarch64 = c.dir.path().join("makiatto-aarch64");
+    let mut elf = std::fs::read("/bin/false").unwrap();
+    elf[18..20].copy_from_slice(&0xb7u16.to_le_bytes());
+    std::fs::write(&aarch64, elf).unwrap();
+    let extra = [
+        "machine",
+        "init",
+        "extra",
+        &target,
+        "--lat",
+        "1",
+        "--lon",
+        "1",
+        "--accept-host-key",
+        &fp,
+    ];
+    let err = c.fails(&[&extra[..], &["--binary-path", aarch64.to_str().unwrap()]].concat());
+    assert!(err.contains("built for aarch64"), "{err}");
+    let stranger_key = c.dir.path().join("stranger");
+    Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger_key)
+        .status()
+        .unwrap();
+    let err = c.fails(
+        &[
+            &["--ssh-priv-key", stranger_key.to_str().unwrap()],
+            &extra[..],
+            &["--binary-path", binary],
+        ]
+        .concat(),
+    );
+    assert!(err.contains("refused the key"), "{err}");
+    let bridge: std::net::Ipv4Addr = status["host_ipv4"].as_str().unwrap().parse().unwrap();
+    let nobody = format!("root@{}", std::net::Ipv4Addr::from(u32::from(bridge) + 13));
+    let err = c.fails(&[
+        "machine",
+        "init",
+        "extra",
+        &nobody,
+        "--lat",
+        "1",
+        "--lon",
+        "1",
+        "--binary-path",
+        binary,
+    ]);
+    assert!(
+        err.contains("no answer") || err.contains("cannot connect"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.cluster_dir().join("profile.toml")).unwrap(),
+        before
+    );
+
     // A fresh profile learns an existing machine with `machine add`.
     let fresh = c.dir.path().join("fresh.toml");
     let vector_ip = status["hosts"][0]["ipv4"].as_str().unwrap().to_owned();
