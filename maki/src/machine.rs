@@ -229,7 +229,7 @@ async fn public_addresses(
 
 /// `maki machine init`.
 pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
-    NodeName::new(args.name.as_str())
+    let node_name = NodeName::new(args.name.as_str())
         .with_context(|| format!("{:?} cannot be a machine name", args.name))?;
     let existing = ctx.profile.machine(&args.name).cloned();
     if existing.is_some() && !args.recreate {
@@ -340,7 +340,7 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
     };
     let joined = |mesh_addr: Ipv4Addr| {
         Payload::NodeJoined(NodeJoined {
-            name: NodeName::new(args.name.as_str()).unwrap_or_else(|_| unreachable_name()),
+            name: node_name.clone(),
             signing_key,
             sealing_key,
             wg_public_key,
@@ -486,11 +486,6 @@ fn operator_name() -> String {
         .unwrap_or_else(|| "operator".into())
 }
 
-fn unreachable_name() -> NodeName {
-    // Checked at the top of `init`.
-    NodeName::new("invalid").unwrap_or_else(|_| std::process::abort())
-}
-
 fn decode_wg_key(b64: &str) -> anyhow::Result<[u8; 32]> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut bits: u32 = 0;
@@ -594,7 +589,8 @@ pub async fn list(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
             error,
         }
     });
-    let rows = futures_join_all(checks).await;
+    // All machines at once: one that does not answer costs its timeout once.
+    let rows = futures::future::join_all(checks).await;
     let healthy = rows.iter().all(|r| r.running);
     if json_out {
         for r in &rows {
@@ -630,16 +626,6 @@ pub async fn list(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
         }
     }
     Ok(healthy)
-}
-
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut out = Vec::new();
-    for f in futures {
-        out.push(f.await);
-    }
-    out
 }
 
 /// Waits until the daemon on `remote` answers, or the bound passes.
