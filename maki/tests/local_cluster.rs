@@ -179,6 +179,27 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), "makiatto");
 
+    // The nodes reach each other over the WireGuard mesh (boringtun).
+    let mesh: Vec<String> = list
+        .iter()
+        .map(|m| m["mesh_addr"].as_str().unwrap().to_owned())
+        .collect();
+    for target in &mesh[1..] {
+        let ping = Command::new(env!("CARGO_BIN_EXE_maki"))
+            .args(["local", "--dir"])
+            .arg(c.cluster_dir())
+            .args([
+                "--name", &c.name, "exec", "vector", "--", "ping", "-c", "1", "-W", "5", target,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            ping.status.success(),
+            "vector cannot reach {target} over the mesh: {}",
+            String::from_utf8_lossy(&ping.stdout)
+        );
+    }
+
     // Cluster-wide settings.
     c.ok(&["config", "set", "dns.geo_ttl", "30"]);
     assert!(

@@ -20,8 +20,45 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("control.sock")
 }
 
+/// What the daemon sets up before its runtime starts.
+pub struct Prepared {
+    mesh: Option<crate::mesh::Mesh>,
+    me: Option<makiatto_events::AuthorKey>,
+}
+
+/// Opens the privileged resources (the mesh device: /dev/net/tun is root's),
+/// then drops root, keeping CAP_NET_ADMIN and CAP_NET_BIND_SERVICE. Runs
+/// before the runtime's threads exist: capabilities are per thread, and
+/// threads made later inherit this one's. (The device's own threads, made
+/// before the drop, lose theirs; they need none.)
+pub fn prepare(data_dir: &Path) -> anyhow::Result<Prepared> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let identity = crate::keys::NodeKeys::load(data_dir).ok();
+    let mesh = match &identity {
+        Some(keys) => match crate::mesh::Mesh::start(&keys.wireguard) {
+            Ok(mesh) => Some(mesh),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "no mesh: this node serves alone until it is fixed");
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(user) = crate::privileges::drop_to_service_user(data_dir)? {
+        tracing::info!(
+            user,
+            "running unprivileged, keeping CAP_NET_ADMIN and CAP_NET_BIND_SERVICE"
+        );
+    }
+    Ok(Prepared {
+        mesh,
+        me: identity.map(|k| k.signing.public()),
+    })
+}
+
 /// Runs the daemon until a shutdown signal.
-pub async fn run(data_dir: PathBuf) -> anyhow::Result<()> {
+pub async fn run(data_dir: PathBuf, prepared: Prepared) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let socket = socket_path(&data_dir);
@@ -35,18 +72,12 @@ pub async fn run(data_dir: PathBuf) -> anyhow::Result<()> {
         std::fs::remove_file(&socket)
             .with_context(|| format!("cannot remove the stale socket {}", socket.display()))?;
     }
-    // Nothing privileged is opened yet (the mesh and DNS/HTTP listeners will
-    // be opened here, before the drop); from now on the daemon is unprivileged.
-    if let Some(user) = crate::privileges::drop_to_service_user(&data_dir)? {
-        tracing::info!(
-            user,
-            "running unprivileged, keeping CAP_NET_ADMIN and CAP_NET_BIND_SERVICE"
-        );
-    }
     let mut replica = Replica::open(&data_dir)
         .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
     replica.save_projections()?;
     let (committer, _writer) = GroupCommitter::start(replica.log());
+    let mesh = Arc::new(Mutex::new(prepared.mesh.zip(prepared.me)));
+    follow_peers(&mut replica, &mesh);
     let replica = Arc::new(Mutex::new(replica));
 
     let listener = UnixListener::bind(&socket)
@@ -63,8 +94,9 @@ pub async fn run(data_dir: PathBuf) -> anyhow::Result<()> {
                 Ok((stream, _)) => {
                     let replica = replica.clone();
                     let committer = committer.clone();
+                    let mesh = mesh.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, replica, committer).await {
+                        if let Err(e) = serve(stream, replica, committer, mesh).await {
                             tracing::debug!(error = %e, "control connection ended with an error");
                         }
                     });
@@ -80,10 +112,24 @@ pub async fn run(data_dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The mesh device and this node's key, when the node has a mesh.
+type MeshSlot = Arc<Mutex<Option<(crate::mesh::Mesh, makiatto_events::AuthorKey)>>>;
+
+/// Brings the mesh device in line with the peers projection.
+fn follow_peers(replica: &mut Replica, mesh: &MeshSlot) {
+    let Ok(mut slot) = mesh.lock() else { return };
+    if let Some((mesh, me)) = slot.as_mut()
+        && let Err(e) = mesh.apply(&replica.peers(), me)
+    {
+        tracing::error!(error = %format!("{e:#}"), "cannot apply the peers to the mesh");
+    }
+}
+
 async fn serve(
     stream: UnixStream,
     replica: Arc<Mutex<Replica>>,
     committer: GroupCommitter,
+    mesh: MeshSlot,
 ) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -106,8 +152,14 @@ async fn serve(
                 Ok(request) => {
                     let replica = replica.clone();
                     let committer = committer.clone();
+                    let mesh = mesh.clone();
                     tokio::task::spawn_blocking(move || {
-                        control::execute(&replica, &committer, request)
+                        let appends = matches!(request, Request::Append { .. });
+                        let response = control::execute(&replica, &committer, request);
+                        if appends && let Ok(mut r) = replica.lock() {
+                            follow_peers(&mut r, &mesh);
+                        }
+                        response
                     })
                     .await
                     .unwrap_or_else(|e| Response::Error(format!("the request failed: {e}")))

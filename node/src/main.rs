@@ -13,6 +13,7 @@
 mod control;
 mod daemon;
 mod keys;
+mod mesh;
 mod privileges;
 mod query;
 mod replica;
@@ -159,10 +160,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { detach: false } => {
+            let prepared = daemon::prepare(&data_dir)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(daemon::run(data_dir))?;
+            runtime.block_on(daemon::run(data_dir, prepared))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Supervise => {

@@ -31,6 +31,11 @@ pub fn drop_to_service_user(data_dir: &Path) -> anyhow::Result<Option<String>> {
     let kept: CapsHashSet = KEPT.into_iter().collect();
     caps::set(None, CapSet::Effective, &kept).context("cannot set effective capabilities")?;
     caps::set(None, CapSet::Permitted, &kept).context("cannot limit permitted capabilities")?;
+    // Ambient too, so that the `ip` commands the mesh runs keep them.
+    caps::set(None, CapSet::Inheritable, &kept).context("cannot set inheritable capabilities")?;
+    for cap in KEPT {
+        caps::raise(None, CapSet::Ambient, cap).context("cannot raise ambient capabilities")?;
+    }
     Ok(Some(user.name))
 }
 

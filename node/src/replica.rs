@@ -303,6 +303,11 @@ impl Replica {
         Ok(log.missing_for(remote, max_bytes)?)
     }
 
+    /// The current peers projection (for the mesh).
+    pub fn peers(&mut self) -> makiatto_projections::peers::Peers {
+        self.engine.state().peers.clone()
+    }
+
     /// The current heads (at most `MAX_PARENTS`, newest first).
     pub fn heads(&self) -> Vec<(EventId, Hlc)> {
         self.engine
