@@ -1,7 +1,7 @@
 //! `maki local`: a cluster of test hosts on this machine.
 //!
 //! Each host is a network namespace with its own mount and UTS namespace (a
-//! private /etc overlaid on the host's, private /var/makiatto, /usr/local/bin
+//! private /etc and /var overlaid on the host's, private /usr/local/bin
 //! and /run) and its own OpenSSH server, joined by a veth pair to a bridge the
 //! host also sits on. Hosts have no route but the bridge, so their traffic
 //! never leaves this machine. The real `maki machine init` then runs against
@@ -326,7 +326,13 @@ async fn build(w: &Where, nodes: usize, binary: &Path) -> anyhow::Result<()> {
 
 fn make_host(dir: &Path, slot: u8, i: usize, h: &Host, bridge: &str) -> anyhow::Result<()> {
     let root = dir.join("hosts").join(&h.node);
-    for sub in ["var-makiatto", "usr-local-bin", "etc-upper", "etc-work"] {
+    for sub in [
+        "var-upper",
+        "var-work",
+        "usr-local-bin",
+        "etc-upper",
+        "etc-work",
+    ] {
         std::fs::create_dir_all(root.join(sub))?;
     }
     let host_key = root.join("ssh_host_ed25519_key");
@@ -376,12 +382,10 @@ fn make_host(dir: &Path, slot: u8, i: usize, h: &Host, bridge: &str) -> anyhow::
     ip(&["link", "set", &h.veth, "master", bridge, "up"])?;
 
     // Mount points must exist before the private mounts cover them.
-    for p in ["/var/makiatto", "/usr/local/bin"] {
-        std::fs::create_dir_all(p)?;
-    }
+    std::fs::create_dir_all("/usr/local/bin")?;
     let script = format!(
         "set -e; hostname {node}; \
-         mount --bind {root}/var-makiatto /var/makiatto; \
+         mount -t overlay overlay -o lowerdir=/var,upperdir={root}/var-upper,workdir={root}/var-work /var; \
          mount --bind {root}/usr-local-bin /usr/local/bin; \
          mount -t tmpfs -o mode=0755 tmpfs /run; mkdir -p /run/sshd /run/makiatto; \
          mount -t overlay overlay -o lowerdir=/etc,upperdir={root}/etc-upper,workdir={root}/etc-work /etc; \
@@ -694,6 +698,8 @@ pub fn down(w: &Where) -> anyhow::Result<()> {
     if std::fs::read_to_string(&slot).is_ok_and(|o| o.trim() == state.name) {
         let _ = std::fs::remove_file(slot);
     }
+    // Gone once no cluster holds a slot.
+    let _ = std::fs::remove_dir(SLOT_DIR);
     std::fs::remove_dir_all(&w.dir)
         .with_context(|| format!("cannot remove {}", w.dir.display()))?;
     println!("local cluster {:?} removed", state.name);
