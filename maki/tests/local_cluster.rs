@@ -162,22 +162,16 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
     );
     c.ok(&["local", "exec", "vector", "--", "id", "makiatto"]);
     // The daemon dropped root for the makiatto user.
-    let owner = Command::new(env!("CARGO_BIN_EXE_maki"))
-        .args(["local", "--dir"])
-        .arg(c.cluster_dir())
-        .args([
-            "--name",
-            &c.name,
-            "exec",
-            "vector",
-            "--",
-            "sh",
-            "-c",
-            "ps -o user= -p $(cat /run/makiatto/makiatto.pid)",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), "makiatto");
+    let owner = c.ok(&[
+        "local",
+        "exec",
+        "vector",
+        "--",
+        "sh",
+        "-c",
+        "ps -o user= -p $(cat /run/makiatto/makiatto.pid)",
+    ]);
+    assert_eq!(owner.trim(), "makiatto");
 
     // The nodes reach each other over the WireGuard mesh (boringtun).
     let mesh: Vec<String> = list
@@ -185,14 +179,9 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
         .map(|m| m["mesh_addr"].as_str().unwrap().to_owned())
         .collect();
     for target in &mesh[1..] {
-        let ping = Command::new(env!("CARGO_BIN_EXE_maki"))
-            .args(["local", "--dir"])
-            .arg(c.cluster_dir())
-            .args([
-                "--name", &c.name, "exec", "vector", "--", "ping", "-c", "1", "-W", "5", target,
-            ])
-            .output()
-            .unwrap();
+        let ping = c.maki(&[
+            "local", "exec", "vector", "--", "ping", "-c", "1", "-W", "5", target,
+        ]);
         assert!(
             ping.status.success(),
             "vector cannot reach {target} over the mesh: {}",
@@ -253,14 +242,16 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
     // Remove wipes the machine; init again; --recreate re-initialises in place.
     c.ok(&["machine", "remove", "tololo", "--force"]);
     assert_eq!(json_lines(&c.ok(&["machine", "list", "--json"])).len(), 2);
-    let wiped = Command::new(env!("CARGO_BIN_EXE_maki"))
-        .args(["local", "--dir"])
-        .arg(c.cluster_dir())
-        .args(["--name", &c.name, "exec", "tololo", "--", "sh", "-c"])
-        .arg("test ! -e /var/makiatto && test ! -e /etc/makiatto && test ! -e /usr/local/bin/makiatto && ! id makiatto")
-        .status()
-        .unwrap();
-    assert!(wiped.success(), "tololo was not wiped");
+    let wiped = c.maki(&[
+        "local",
+        "exec",
+        "tololo",
+        "--",
+        "sh",
+        "-c",
+        "test ! -e /var/makiatto && test ! -e /etc/makiatto && test ! -e /usr/local/bin/makiatto && ! id makiatto",
+    ]);
+    assert!(wiped.status.success(), "tololo was not wiped");
     let fp = host_fingerprint(&c, "tololo");
     let tololo_ip = status["hosts"][2]["ipv4"].as_str().unwrap().to_owned();
     let target = format!("root@{tololo_ip}");
