@@ -122,12 +122,38 @@ impl WgPublicKey {
     pub fn to_base64(&self) -> String {
         base64_encode(&self.0)
     }
+
+    /// Parses a key as `wg` prints it (standard base64 of 32 bytes).
+    pub fn from_base64(text: &str) -> Result<Self, ParseIdError> {
+        let bad = || ParseIdError {
+            got: text.to_owned(),
+        };
+        let mut bits: u32 = 0;
+        let mut n = 0;
+        let mut out = Vec::with_capacity(32);
+        for c in text.trim_end_matches('=').bytes() {
+            let v = BASE64_ALPHABET
+                .iter()
+                .position(|a| *a == c)
+                .ok_or_else(bad)? as u32;
+            bits = (bits << 6) | v;
+            n += 6;
+            if n >= 8 {
+                n -= 8;
+                out.push((bits >> n) as u8);
+                bits &= (1 << n) - 1;
+            }
+        }
+        out.try_into().map(Self).map_err(|_| bad())
+    }
 }
+
+const BASE64_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Minimal standard base64 (with padding) for WireGuard keys; 32 bytes only
 /// ever, so a dependency would be heavier than these lines.
 fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [
@@ -138,7 +164,7 @@ fn base64_encode(bytes: &[u8]) -> String {
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                out.push(BASE64_ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
             } else {
                 out.push('=');
             }
@@ -166,5 +192,9 @@ mod tests {
         assert_eq!(key.to_base64(), format!("{}=", "A".repeat(43)));
         let key = WgPublicKey([0xff; 32]);
         assert_eq!(key.to_base64(), format!("{}8=", "/".repeat(42)));
+        let mixed = WgPublicKey(std::array::from_fn(|i| (i * 37) as u8));
+        assert_eq!(WgPublicKey::from_base64(&mixed.to_base64()), Ok(mixed));
+        assert!(WgPublicKey::from_base64("not base64!").is_err());
+        assert!(WgPublicKey::from_base64("AAAA").is_err());
     }
 }

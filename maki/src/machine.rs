@@ -308,7 +308,8 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let wg_public_key = WgPublicKey(decode_wg_key(&wg_b64)?);
+    let wg_public_key = WgPublicKey::from_base64(&wg_b64)
+        .context("the node printed an unreadable WireGuard key")?;
 
     bar.set_message("starting the daemon");
     remote
@@ -484,28 +485,6 @@ fn operator_name() -> String {
                 .map(|u| u.name)
         })
         .unwrap_or_else(|| "operator".into())
-}
-
-fn decode_wg_key(b64: &str) -> anyhow::Result<[u8; 32]> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bits: u32 = 0;
-    let mut n = 0;
-    let mut out = Vec::with_capacity(32);
-    for c in b64.trim_end_matches('=').bytes() {
-        let v = ALPHABET
-            .iter()
-            .position(|a| *a == c)
-            .context("the WireGuard key is not base64")? as u32;
-        bits = (bits << 6) | v;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-            bits &= (1 << n) - 1;
-        }
-    }
-    out.try_into()
-        .map_err(|_| anyhow::anyhow!("the WireGuard key is not 32 bytes"))
 }
 
 /// The lowest host address of the mesh range no member holds (the peers
