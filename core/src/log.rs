@@ -253,6 +253,32 @@ impl<B: Backend> Log<B> {
         Ok(out)
     }
 
+    /// The canonical bytes of `author`'s events from `from` on, about
+    /// `max_bytes` of them (at least one seq's worth, never a part of one:
+    /// both branches of a forked seq go together). Returns the next seq to
+    /// ask for, or `None` when the feed is exhausted. Replication streams a
+    /// plan ([`VersionVector::plan_for`]) with it, batch after batch.
+    pub fn feed_chunk(
+        &self,
+        author: &AuthorKey,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<Vec<u8>>, Option<u64>), StoreError> {
+        let mut out = Vec::new();
+        let mut size = 0;
+        for (seq, id) in self.backend.feed_from(author, from)? {
+            if size >= max_bytes && out.last().is_some_and(|(s, _)| *s != seq) {
+                return Ok((out.into_iter().map(|(_, b)| b).collect(), Some(seq)));
+            }
+            let bytes = self.backend.get(&id)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("feed names {id} but the event is missing"))
+            })?;
+            size += bytes.len();
+            out.push((seq, bytes));
+        }
+        Ok((out.into_iter().map(|(_, b)| b).collect(), None))
+    }
+
     /// What this log holds, per author.
     pub fn version_vector(&self) -> &VersionVector {
         &self.vv

@@ -81,6 +81,20 @@ impl VersionVector {
         self.0.iter()
     }
 
+    /// A short fingerprint of the whole vector: equal logs have equal
+    /// digests (gossiped in heartbeats, so a peer that differs is noticed
+    /// without exchanging vectors).
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        for (author, f) in &self.0 {
+            h.update(author.as_bytes());
+            h.update(&f.seq.to_le_bytes());
+            h.update(&f.count.to_le_bytes());
+            h.update(&f.digest);
+        }
+        *h.finalize().as_bytes()
+    }
+
     /// The number of events held.
     pub fn total(&self) -> u64 {
         self.0.values().map(|f| f.count).sum()

@@ -55,6 +55,9 @@ pub enum Request {
     },
     /// Every applied configuration change (hex), in canonical order.
     ConfigChanges,
+    /// The health table: peers' liveness, load, mesh handshakes and
+    /// replication (answered by the running daemon only).
+    Health,
 }
 
 /// The answer: `{"ok": …}` or `{"error": "…"}`.
@@ -179,6 +182,7 @@ pub fn execute(
                 .map_err(|e| ReplicaError::Query(format!("bad author key: {e}")))?;
             Ok(serde_json::json!(r.latest_of(&author)?.map(hex::encode)))
         }),
+        Request::Health => fail("health needs the running daemon (start it with `makiatto run`)"),
         Request::ConfigChanges => reading(replica, |r| {
             Ok(serde_json::json!(
                 r.config_changes()
@@ -208,14 +212,67 @@ fn append(
     appender: &dyn Appender,
     hex_events: Vec<String>,
 ) -> Response {
-    // Decode and verify outside any lock: signatures are the expensive part.
-    let mut results: Vec<Option<AppendResult>> = Vec::with_capacity(hex_events.len());
+    let raw: Vec<Result<Vec<u8>, makiatto_events::EventError>> = hex_events
+        .iter()
+        .map(|text| {
+            hex::decode(text.trim())
+                .map_err(|_| makiatto_events::EventError::Malformed("not hexadecimal"))
+        })
+        .collect();
+    match ingest(replica, appender, raw) {
+        Ok(ingested) => Response::Ok(serde_json::to_value(ingested.results).unwrap_or_default()),
+        Err(e) => fail(e),
+    }
+}
+
+/// What [`ingest`] did with a batch.
+pub struct Ingested {
+    /// One result per input, in order.
+    pub results: Vec<AppendResult>,
+    /// How many events this batch stored (its own; not counting others'
+    /// events that shared the commit).
+    pub stored: usize,
+    /// Why events were refused as forged, malformed or off their author's
+    /// chain: what a peer that sent them is counted and logged for (a
+    /// duplicate or a full wait buffer is nobody's fault).
+    pub bad: Vec<String>,
+}
+
+fn is_bad(e: &IngestError) -> bool {
+    matches!(
+        e,
+        IngestError::Invalid(_)
+            | IngestError::ChainMismatch { .. }
+            | IngestError::ForeignCluster { .. }
+    )
+}
+
+/// Verifies raw events (from `maki` or a peer), appends the valid ones
+/// durably and folds what was stored into the projections. Refusals are
+/// counted in the log's reject counters.
+pub fn ingest(
+    replica: &std::sync::Mutex<Replica>,
+    appender: &dyn Appender,
+    raw: Vec<Result<Vec<u8>, makiatto_events::EventError>>,
+) -> Result<Ingested, String> {
+    // Verify outside any lock, on every core: signatures are the expensive part.
+    let bytes: Vec<&[u8]> = raw
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(Vec::as_slice))
+        .collect();
+    let mut decoded = Event::decode_all(&bytes).into_iter();
+    let mut results: Vec<Option<AppendResult>> = Vec::with_capacity(raw.len());
     let mut valid = Vec::new();
     let mut rejected = Vec::new();
-    for text in &hex_events {
-        let decoded = hex::decode(text.trim())
-            .map_err(|_| makiatto_events::EventError::Malformed("not hexadecimal"))
-            .and_then(|bytes| Event::decode(&bytes));
+    for item in &raw {
+        let decoded = match item {
+            Ok(_) => decoded
+                .next()
+                .unwrap_or(Err(makiatto_events::EventError::Malformed(
+                    "lost in decoding",
+                ))),
+            Err(e) => Err(e.clone()),
+        };
         match decoded {
             Ok(event) => {
                 valid.push(event);
@@ -230,17 +287,30 @@ fn append(
             }
         }
     }
-    if let Ok(r) = replica.lock()
+    if !rejected.is_empty()
+        && let Ok(r) = replica.lock()
         && let Ok(mut log) = r.log().lock()
     {
         for error in &rejected {
             log.count_rejection(error);
         }
     }
-    let (outcomes, stored) = match appender.append(replica, valid) {
-        Ok(done) => done,
-        Err(e) => return fail(format!("the log could not store the events: {e}")),
-    };
+    let (outcomes, stored) = appender
+        .append(replica, valid)
+        .map_err(|e| format!("the log could not store the events: {e}"))?;
+    let own_stored = outcomes
+        .iter()
+        .filter(|o| matches!(o, AppendOutcome::Stored { .. }))
+        .count();
+    let bad: Vec<String> = rejected
+        .iter()
+        .chain(outcomes.iter().filter_map(|o| match o {
+            AppendOutcome::Rejected(e) => Some(e),
+            _ => None,
+        }))
+        .filter(|e| is_bad(e))
+        .map(|e| e.to_string())
+        .collect();
     let mut outcomes = outcomes.iter();
     let results: Vec<AppendResult> = results
         .into_iter()
@@ -258,17 +328,14 @@ fn append(
             })
         })
         .collect();
-    match replica.lock() {
-        Ok(mut r) => {
-            if let Err(e) = r.absorb(stored) {
-                return fail(format!(
-                    "events were stored but the projections could not be updated: {e}"
-                ));
-            }
-        }
-        Err(_) => return fail("replica lock poisoned"),
-    }
-    Response::Ok(serde_json::to_value(results).unwrap_or_default())
+    let mut r = replica.lock().map_err(|_| "replica lock poisoned")?;
+    r.absorb(stored)
+        .map_err(|e| format!("events were stored but the projections could not be updated: {e}"))?;
+    Ok(Ingested {
+        results,
+        stored: own_stored,
+        bad,
+    })
 }
 
 /// Sends one request to a running daemon's socket.

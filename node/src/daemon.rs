@@ -13,6 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::control::{self, MAX_REQUEST_BYTES, Request, Response};
+use crate::gossip::{Gossip, Topology};
 use crate::replica::Replica;
 
 /// Where the control socket of a data directory lives.
@@ -77,8 +78,11 @@ pub async fn run(data_dir: PathBuf, prepared: Prepared) -> anyhow::Result<()> {
     replica.save_projections()?;
     let (committer, _writer) = GroupCommitter::start(replica.log());
     let mesh = Arc::new(Mutex::new(prepared.mesh.zip(prepared.me)));
-    follow_peers(&mut replica, &mesh);
     let replica = Arc::new(Mutex::new(replica));
+    let gossip = Gossip::start(replica.clone(), committer.clone(), mesh.clone());
+    if let Some(t) = follow_peers(&replica, &mesh) {
+        gossip.set_topology(t);
+    }
 
     let listener = UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
@@ -95,8 +99,9 @@ pub async fn run(data_dir: PathBuf, prepared: Prepared) -> anyhow::Result<()> {
                     let replica = replica.clone();
                     let committer = committer.clone();
                     let mesh = mesh.clone();
+                    let gossip = gossip.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, replica, committer, mesh).await {
+                        if let Err(e) = serve(stream, replica, committer, mesh, gossip).await {
                             tracing::debug!(error = %e, "control connection ended with an error");
                         }
                     });
@@ -113,16 +118,21 @@ pub async fn run(data_dir: PathBuf, prepared: Prepared) -> anyhow::Result<()> {
 }
 
 /// The mesh device and this node's key, when the node has a mesh.
-type MeshSlot = Arc<Mutex<Option<(crate::mesh::Mesh, makiatto_events::AuthorKey)>>>;
+pub type MeshSlot = Arc<Mutex<Option<(crate::mesh::Mesh, makiatto_events::AuthorKey)>>>;
 
-/// Brings the mesh device in line with the peers projection.
-fn follow_peers(replica: &mut Replica, mesh: &MeshSlot) {
-    let Ok(mut slot) = mesh.lock() else { return };
-    if let Some((mesh, me)) = slot.as_mut()
-        && let Err(e) = mesh.apply(&replica.peers(), me)
-    {
+/// Brings the mesh device in line with the peers projection; returns the
+/// topology gossip should follow (none when the node has no mesh).
+pub fn follow_peers(replica: &Mutex<Replica>, mesh: &MeshSlot) -> Option<Topology> {
+    let (peers, cluster) = {
+        let mut r = replica.lock().ok()?;
+        (r.peers(), r.cluster_id())
+    };
+    let mut slot = mesh.lock().ok()?;
+    let (mesh, me) = slot.as_mut()?;
+    if let Err(e) = mesh.apply(&peers, me) {
         tracing::error!(error = %format!("{e:#}"), "cannot apply the peers to the mesh");
     }
+    Some(Topology::new(&peers, me, cluster))
 }
 
 async fn serve(
@@ -130,6 +140,7 @@ async fn serve(
     replica: Arc<Mutex<Replica>>,
     committer: GroupCommitter,
     mesh: MeshSlot,
+    gossip: Arc<Gossip>,
 ) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -149,20 +160,32 @@ async fn serve(
             Response::Error(format!("request is larger than {MAX_REQUEST_BYTES} bytes"))
         } else {
             match serde_json::from_slice::<Request>(&line) {
+                Ok(Request::Health) => Response::Ok(gossip.report()),
                 Ok(request) => {
                     let replica = replica.clone();
                     let committer = committer.clone();
                     let mesh = mesh.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let appends = matches!(request, Request::Append { .. });
+                    let appends = matches!(request, Request::Append { .. });
+                    let (response, topology) = tokio::task::spawn_blocking(move || {
                         let response = control::execute(&replica, &committer, request);
-                        if appends && let Ok(mut r) = replica.lock() {
-                            follow_peers(&mut r, &mesh);
-                        }
-                        response
+                        let topology = if appends {
+                            follow_peers(&replica, &mesh)
+                        } else {
+                            None
+                        };
+                        (response, topology)
                     })
                     .await
-                    .unwrap_or_else(|e| Response::Error(format!("the request failed: {e}")))
+                    .unwrap_or_else(|e| {
+                        (Response::Error(format!("the request failed: {e}")), None)
+                    });
+                    if let Some(t) = topology {
+                        gossip.set_topology(t);
+                    }
+                    if appends {
+                        gossip.push();
+                    }
+                    response
                 }
                 Err(e) => Response::Error(format!("not a valid request: {e}")),
             }

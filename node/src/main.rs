@@ -12,6 +12,7 @@
 
 mod control;
 mod daemon;
+mod gossip;
 mod keys;
 mod mesh;
 mod privileges;
@@ -112,6 +113,29 @@ enum Command {
     Status,
     /// Append events read from standard input, one hex-encoded event per line.
     Append,
+    /// The health table: every peer's liveness, load, mesh handshake and
+    /// replication state, as this node sees it (needs the running daemon).
+    Health {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tools for tests that play a misbehaving peer.
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// Send hex events read from standard input (one per line) to a peer's
+    /// replication port, as this node, unchecked.
+    SendEvents {
+        /// The peer's mesh address.
+        #[arg(long)]
+        to: std::net::Ipv4Addr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -289,6 +313,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Health { json } => {
+            let value = request(&data_dir, Request::Health)?;
+            if json {
+                println!("{}", serde_json::to_string(&value)?);
+            } else {
+                print_health(&value);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Debug {
+            command: DebugCommand::SendEvents { to },
+        } => {
+            let keys = keys::NodeKeys::load(&data_dir)?;
+            let status = request(&data_dir, Request::Status)?;
+            let cluster: makiatto_events::EventId = status["cluster"]
+                .as_str()
+                .context("the node has no cluster yet")?
+                .parse()
+                .context("bad cluster id")?;
+            let mut input = String::new();
+            std::io::stdin().lock().read_to_string(&mut input)?;
+            let events = input
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| hex::decode(l.trim()).context("not hexadecimal"))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let vv = serde_json::from_value(request(&data_dir, Request::VersionVector)?)?;
+            runtime.block_on(gossip::send_raw(
+                keys.signing.public(),
+                cluster,
+                vv,
+                to,
+                events,
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Append => {
             let mut input = String::new();
             std::io::stdin()
@@ -353,4 +416,41 @@ mod replica_report {
         pub problems: Vec<String>,
         pub fingerprints: Vec<(String, String)>,
     }
+}
+
+/// The health table as text.
+fn print_health(v: &serde_json::Value) {
+    println!(
+        "{} ({}): {} events",
+        v["node"].as_str().unwrap_or("?"),
+        v["mesh_addr"].as_str().unwrap_or("no mesh address"),
+        v["events"]
+    );
+    for p in v["peers"].as_array().into_iter().flatten() {
+        let state = if p["alive"].as_bool() == Some(true) {
+            "up"
+        } else {
+            "DOWN"
+        };
+        let sync = match p["in_sync"].as_bool() {
+            Some(true) => "in sync".to_owned(),
+            Some(false) => format!("{} events", p["events"]),
+            None => "not heard".to_owned(),
+        };
+        let handshake = p["handshake_age_secs"]
+            .as_u64()
+            .map_or("no handshake".to_owned(), |s| format!("handshake {s}s ago"));
+        println!(
+            "  {:<16} {:<15} {:<5} {:<18} {}",
+            p["name"].as_str().unwrap_or("?"),
+            p["mesh_addr"].as_str().unwrap_or("?"),
+            state,
+            sync,
+            handshake
+        );
+        if let Some(e) = p["last_error"].as_str() {
+            println!("    last replication error: {e}");
+        }
+    }
+    println!("  replication: {}", v["replication"]);
 }

@@ -7,6 +7,7 @@
 //! projection replaces the whole peer list, so a node that joins or leaves
 //! is added or removed on every node without a restart.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::IntoRawFd;
@@ -33,7 +34,7 @@ pub struct Mesh {
     _device: DeviceHandle,
     uapi: UnixStream,
     address: Option<(Ipv4Addr, u8)>,
-    applied: Option<String>,
+    applied: BTreeMap<[u8; 32], String>,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -64,7 +65,7 @@ impl Mesh {
             _device: device,
             uapi: ours,
             address: None,
-            applied: None,
+            applied: BTreeMap::new(),
         };
         mesh.uapi_set(&format!(
             "private_key={}\nlisten_port={PORT}\n",
@@ -115,47 +116,170 @@ impl Mesh {
             self.address = Some((addr, range.prefix));
             tracing::info!(%addr, "mesh address set");
         }
-        let mut body = String::from("replace_peers=true\n");
+        // Each peer's configuration, by public key.
+        let mut wanted: BTreeMap<[u8; 32], String> = BTreeMap::new();
         for node in peers.nodes.values().filter(|n| n.signing_key != *me) {
             let (Some(mesh), Some(endpoint)) = (node.mesh_addr, node.ipv4) else {
                 continue;
             };
-            body.push_str(&format!(
-                "public_key={}\nendpoint={endpoint}:{PORT}\npersistent_keepalive_interval={KEEPALIVE_SECS}\nreplace_allowed_ips=true\nallowed_ip={mesh}/32\n",
-                hex::encode(node.wg_public_key.as_bytes())
-            ));
+            wanted.insert(
+                *node.wg_public_key.as_bytes(),
+                format!(
+                    "endpoint={endpoint}:{PORT}\npersistent_keepalive_interval={KEEPALIVE_SECS}\nallowed_ip={mesh}/32\n"
+                ),
+            );
         }
         for peer in peers.external.values() {
             let Some(mesh) = peer.mesh_addr else { continue };
-            body.push_str(&format!(
-                "public_key={}\nreplace_allowed_ips=true\nallowed_ip={mesh}/32\n",
-                hex::encode(peer.wg_public_key.as_bytes())
-            ));
+            let mut body = format!("allowed_ip={mesh}/32\n");
             if let Some(endpoint) = endpoint_of(&peer.endpoint) {
                 body.push_str(&format!(
                     "endpoint={endpoint}\npersistent_keepalive_interval={KEEPALIVE_SECS}\n"
                 ));
             }
+            wanted.insert(*peer.wg_public_key.as_bytes(), body);
         }
-        if self.applied.as_deref() == Some(body.as_str()) {
-            return Ok(());
+        // Only what changed is touched: a peer left alone keeps its session.
+        // boringtun cannot modify a peer in place, and its replace_peers
+        // leaks the old peers' sockets (which then swallow their packets),
+        // so a changed peer is removed and added again, one `set` per peer
+        // (its parser carries settings over from one peer to the next).
+        let stale: Vec<[u8; 32]> = self
+            .applied
+            .iter()
+            .filter(|(k, body)| wanted.get(*k) != Some(*body))
+            .map(|(k, _)| *k)
+            .collect();
+        let removed = stale.len();
+        for key in stale {
+            self.uapi_set(&format!("public_key={}\nremove=true\n", hex::encode(key)))?;
+            self.applied.remove(&key);
         }
-        self.uapi_set(&body)?;
-        tracing::info!(
-            peers = body.matches("public_key=").count(),
-            "mesh peers applied"
-        );
-        self.applied = Some(body);
+        let mut added = 0;
+        for (key, body) in &wanted {
+            if self.applied.contains_key(key) {
+                continue;
+            }
+            self.uapi_set(&format!("public_key={}\n{body}", hex::encode(key)))?;
+            self.applied.insert(*key, body.clone());
+            added += 1;
+        }
+        if added + removed > 0 {
+            tracing::info!(
+                peers = self.applied.len(),
+                added,
+                removed,
+                "mesh peers applied"
+            );
+        }
         Ok(())
     }
 }
 
-/// `host` or `host:port` as an IP socket address (names are resolved by
-/// whoever added the peer; here only literal addresses are used).
+/// `host`, `host:port`, `[v6]:port` as a socket address. Literal addresses
+/// are used as they are; a host name is resolved by the system resolver
+/// when the peers are applied (an external peer's endpoint may be a name).
 fn endpoint_of(text: &str) -> Option<std::net::SocketAddr> {
-    text.parse::<std::net::SocketAddr>().ok().or_else(|| {
-        text.parse::<std::net::IpAddr>()
-            .ok()
-            .map(|ip| std::net::SocketAddr::new(ip, PORT))
-    })
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Some(addr);
+    }
+    if let Ok(ip) = text.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Some(std::net::SocketAddr::new(ip, PORT));
+    }
+    let with_port = if text.contains(':') {
+        text.to_owned()
+    } else {
+        format!("{text}:{PORT}")
+    };
+    match with_port.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next(),
+        Err(e) => {
+            tracing::warn!(endpoint = text, error = %e, "cannot resolve a mesh peer's endpoint");
+            None
+        }
+    }
+}
+
+/// One WireGuard peer as the device reports it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Link {
+    /// Seconds since the last completed handshake (boringtun reports the
+    /// age, not a time), or none yet.
+    pub handshake_age_secs: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub endpoint: Option<String>,
+}
+
+impl Mesh {
+    /// Every peer's handshake time and byte counters, by public key.
+    pub fn links(&mut self) -> anyhow::Result<std::collections::HashMap<[u8; 32], Link>> {
+        self.uapi
+            .write_all(b"get=1\n\n")
+            .context("the WireGuard device stopped")?;
+        let mut reader = BufReader::new(&self.uapi);
+        let mut links = std::collections::HashMap::new();
+        let mut current: Option<([u8; 32], Link)> = None;
+        let mut errno = None;
+        loop {
+            let mut line = String::new();
+            if reader
+                .read_line(&mut line)
+                .context("the WireGuard device did not answer")?
+                == 0
+            {
+                break;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            match key {
+                "public_key" => {
+                    if let Some((k, l)) = current.take() {
+                        links.insert(k, l);
+                    }
+                    let mut k = [0u8; 32];
+                    if hex::decode_to_slice(value, &mut k).is_ok() {
+                        current = Some((k, Link::default()));
+                    }
+                }
+                "last_handshake_time_sec" => {
+                    if let Some((_, l)) = current.as_mut() {
+                        l.handshake_age_secs = value.parse().ok();
+                    }
+                }
+                "rx_bytes" => {
+                    if let Some((_, l)) = current.as_mut() {
+                        l.rx_bytes = value.parse().unwrap_or(0);
+                    }
+                }
+                "tx_bytes" => {
+                    if let Some((_, l)) = current.as_mut() {
+                        l.tx_bytes = value.parse().unwrap_or(0);
+                    }
+                }
+                "endpoint" => {
+                    if let Some((_, l)) = current.as_mut() {
+                        l.endpoint = Some(value.to_owned());
+                    }
+                }
+                "errno" => errno = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+        if let Some((k, l)) = current.take() {
+            links.insert(k, l);
+        }
+        match errno.as_deref() {
+            Some("0") | None => Ok(links),
+            Some(other) => {
+                bail!("the WireGuard device refused to report its peers (errno {other})")
+            }
+        }
+    }
 }

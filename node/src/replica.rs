@@ -271,6 +271,7 @@ impl Replica {
         };
         let not_ready = self.engine.len() as u64 - self.engine.ordered().count() as u64;
         serde_json::json!({
+            "cluster": self.cluster_id().map(|id| id.to_hex()),
             "events": events,
             "waiting_for_predecessor": waiting,
             "waiting_for_causal_past": not_ready,
@@ -301,6 +302,11 @@ impl Replica {
             .lock()
             .map_err(|_| ReplicaError::Query("log lock poisoned".into()))?;
         Ok(log.missing_for(remote, max_bytes)?)
+    }
+
+    /// The genesis event's id, once the log holds one.
+    pub fn cluster_id(&self) -> Option<EventId> {
+        self.log.lock().ok()?.backend().cluster_id()
     }
 
     /// The current peers projection (for the mesh).

@@ -1,0 +1,765 @@
+//! Replication and liveness over the mesh (DESIGN §3).
+//!
+//! Everything here runs on the node's mesh address, port 51881, so only
+//! members of the WireGuard mesh reach it, and WireGuard's cryptokey routing
+//! ties a source address to one peer's key: a connection or datagram from a
+//! node's mesh address comes from that node. Anything else is dropped.
+//!
+//! - **Sessions (TCP)**: both ends send a `Hello` with their version vector,
+//!   then stream each other what the other lacks (the plan of
+//!   [`VersionVector::plan_for`], feed suffixes in batches of about 1 MiB),
+//!   then `Done`. Every event received is verified and appended like one
+//!   from `maki` (`control::ingest`); a peer that sends forged or broken
+//!   events is counted and logged, and its events change nothing.
+//! - **Push**: events appended through the control socket start a session
+//!   with every peer at once (only the node that took them pushes; a peer
+//!   that received them does not push again, so each crosses the wire once
+//!   per node).
+//! - **Heartbeats (UDP)**, every 500 ms to every peer: liveness, load and a
+//!   digest of the sender's version vector. A node that sees a digest other
+//!   than its own starts a session with that peer (the node holding fewer
+//!   events does, one such session at a time), which is how a node that
+//!   comes back from a partition or a crash catches up within a heartbeat.
+//!   Heartbeats are never events: they feed the health table, not history.
+//! - **Anti-entropy**: every 15 s, a session with one peer chosen at random
+//!   repairs anything the rest missed.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use makiatto_core::{GroupCommitter, VersionVector};
+use makiatto_events::{AuthorKey, EventId, NodeName, WgPublicKey};
+use makiatto_projections::peers::Peers;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
+
+use crate::control;
+use crate::replica::Replica;
+
+/// TCP (sessions) and UDP (heartbeats) port on the mesh address.
+pub const PORT: u16 = 51881;
+/// Bumped when the frames change; peers speaking another version are refused.
+const PROTOCOL: u16 = 1;
+/// How often every peer is sent a heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+/// A peer not heard from for this long is down.
+pub const DEAD_AFTER: Duration = Duration::from_secs(3);
+const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait for the next frame of a session.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_FRAME: usize = 16 << 20;
+const BATCH_BYTES: usize = 1 << 20;
+const MAX_DATAGRAM: usize = 1024;
+
+/// A node of the mesh, as gossip needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub name: NodeName,
+    pub key: AuthorKey,
+    pub mesh: Ipv4Addr,
+    pub wg: WgPublicKey,
+}
+
+/// This node and its peers, from the peers projection.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Topology {
+    pub cluster: Option<EventId>,
+    pub me: Option<Member>,
+    pub peers: Vec<Member>,
+}
+
+impl Topology {
+    /// The nodes of `peers` with a mesh address; `me` is the node whose key
+    /// is `key`.
+    pub fn new(peers: &Peers, key: &AuthorKey, cluster: Option<EventId>) -> Topology {
+        let mut t = Topology {
+            cluster,
+            ..Topology::default()
+        };
+        for (name, n) in &peers.nodes {
+            let Some(mesh) = n.mesh_addr else { continue };
+            let m = Member {
+                name: name.clone(),
+                key: n.signing_key,
+                mesh,
+                wg: n.wg_public_key,
+            };
+            if n.signing_key == *key {
+                t.me = Some(m);
+            } else {
+                t.peers.push(m);
+            }
+        }
+        t
+    }
+
+    fn peer_at(&self, ip: Ipv4Addr) -> Option<&Member> {
+        self.peers.iter().find(|m| m.mesh == ip)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    protocol: u16,
+    cluster: EventId,
+    node: AuthorKey,
+    vv: VersionVector,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Frame {
+    Hello(Hello),
+    /// Canonical event bytes, verified by the receiver.
+    Events(Vec<Vec<u8>>),
+    Done,
+}
+
+/// What one node says of itself twice a second.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    protocol: u16,
+    cluster: EventId,
+    node: AuthorKey,
+    /// Events held, and a digest of the version vector.
+    events: u64,
+    vv_digest: [u8; 32],
+    load: Load,
+}
+
+/// Load figures a node reports in its heartbeats.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Load {
+    /// The one-minute load average, in thousandths.
+    pub load1_milli: u32,
+    pub cpus: u16,
+    pub mem_available_mb: u32,
+    pub mem_total_mb: u32,
+    pub uptime_secs: u64,
+}
+
+impl Load {
+    fn read(started: Instant) -> Load {
+        let load1 = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |name: &str| -> u32 {
+            meminfo
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .map_or(0, |kb| (kb / 1024) as u32)
+        };
+        Load {
+            load1_milli: (load1 * 1000.0) as u32,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u16),
+            mem_available_mb: field("MemAvailable:"),
+            mem_total_mb: field("MemTotal:"),
+            uptime_secs: started.elapsed().as_secs(),
+        }
+    }
+}
+
+/// What this node knows of one peer.
+#[derive(Default)]
+struct PeerHealth {
+    last_heard: Option<Instant>,
+    heartbeat: Option<Heartbeat>,
+    last_sync: Option<Instant>,
+    last_error: Option<String>,
+    events_in: u64,
+    events_out: u64,
+    bad_events: u64,
+}
+
+/// Totals since the daemon started.
+#[derive(Default)]
+struct Totals {
+    sessions_ok: AtomicU64,
+    sessions_failed: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    events_in: AtomicU64,
+    events_out: AtomicU64,
+    bad_events: AtomicU64,
+    refused_connections: AtomicU64,
+}
+
+/// One session at a time per peer; a push during a session runs another.
+#[derive(Default)]
+struct PeerLock {
+    running: tokio::sync::Mutex<()>,
+    again: AtomicBool,
+}
+
+/// The replication and liveness service of one node.
+pub struct Gossip {
+    replica: Arc<Mutex<Replica>>,
+    committer: GroupCommitter,
+    mesh: crate::daemon::MeshSlot,
+    topology: watch::Sender<Topology>,
+    health: Mutex<HashMap<AuthorKey, PeerHealth>>,
+    totals: Totals,
+    locks: Mutex<HashMap<AuthorKey, Arc<PeerLock>>>,
+    /// Catch-up sessions started by heartbeats run one at a time, so a node
+    /// back from a partition fetches the difference once, not from everyone.
+    catch_up: tokio::sync::Mutex<()>,
+    started: Instant,
+}
+
+impl Gossip {
+    /// Starts the service's tasks on the current runtime.
+    pub fn start(
+        replica: Arc<Mutex<Replica>>,
+        committer: GroupCommitter,
+        mesh: crate::daemon::MeshSlot,
+    ) -> Arc<Gossip> {
+        let gossip = Arc::new(Gossip {
+            replica,
+            committer,
+            mesh,
+            topology: watch::Sender::new(Topology::default()),
+            health: Mutex::new(HashMap::new()),
+            totals: Totals::default(),
+            locks: Mutex::new(HashMap::new()),
+            catch_up: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
+        });
+        tokio::spawn(gossip.clone().endpoint());
+        tokio::spawn(gossip.clone().anti_entropy());
+        gossip
+    }
+
+    /// Follows a change of the peers projection.
+    pub fn set_topology(&self, t: Topology) {
+        self.topology.send_if_modified(|old| {
+            let changed = *old != t;
+            *old = t;
+            changed
+        });
+    }
+
+    /// Events were appended here: hand them to every peer now.
+    pub fn push(self: &Arc<Self>) {
+        for peer in self.topology.borrow().peers.clone() {
+            self.sync_soon(peer);
+        }
+    }
+
+    fn lock_for(&self, key: &AuthorKey) -> Arc<PeerLock> {
+        match self.locks.lock() {
+            Ok(mut locks) => locks.entry(*key).or_default().clone(),
+            Err(_) => Arc::new(PeerLock::default()),
+        }
+    }
+
+    /// Runs a session with `peer` soon; if one is running, once more after it.
+    fn sync_soon(self: &Arc<Self>, peer: Member) {
+        let lock = self.lock_for(&peer.key);
+        lock.again.store(true, Ordering::SeqCst);
+        let gossip = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(guard) = lock.running.try_lock() else {
+                    return;
+                };
+                while lock.again.swap(false, Ordering::SeqCst) {
+                    gossip.initiate(&peer).await;
+                }
+                drop(guard);
+                // A push that arrived between the last check and the unlock.
+                if !lock.again.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Connects to `peer` and runs one session; the outcome is recorded.
+    async fn initiate(&self, peer: &Member) {
+        let result = async {
+            let addr = SocketAddr::V4(SocketAddrV4::new(peer.mesh, PORT));
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .context("timed out connecting")?
+                .context("cannot connect")?;
+            self.session(stream, peer).await
+        }
+        .await;
+        self.record(peer, result);
+    }
+
+    fn record(&self, peer: &Member, result: anyhow::Result<(u64, u64)>) {
+        let Ok(mut health) = self.health.lock() else {
+            return;
+        };
+        let h = health.entry(peer.key).or_default();
+        match result {
+            Ok((sent, received)) => {
+                self.totals.sessions_ok.fetch_add(1, Ordering::Relaxed);
+                h.last_sync = Some(Instant::now());
+                h.last_error = None;
+                if sent + received > 0 {
+                    tracing::debug!(peer = %peer.name, sent, received, "replicated");
+                }
+            }
+            Err(e) => {
+                self.totals.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                let message = format!("{e:#}");
+                if h.last_error.as_deref() != Some(message.as_str()) {
+                    tracing::info!(peer = %peer.name, error = %message, "replication with a peer failed; will retry");
+                }
+                h.last_error = Some(message);
+            }
+        }
+    }
+
+    /// One session on an open connection: exchange version vectors, stream
+    /// each other the difference. Returns (events sent, events received).
+    async fn session(&self, stream: TcpStream, peer: &Member) -> anyhow::Result<(u64, u64)> {
+        let _ = stream.set_nodelay(true);
+        let (me, cluster) = {
+            let t = self.topology.borrow();
+            (t.me.clone(), t.cluster)
+        };
+        let (Some(me), Some(cluster)) = (me, cluster) else {
+            bail!("this node has no mesh identity yet");
+        };
+        let ours = self.read(|r| r.version_vector())?;
+        let (mut reader, mut writer) = stream.into_split();
+        let hello = Frame::Hello(Hello {
+            protocol: PROTOCOL,
+            cluster,
+            node: me.key,
+            vv: ours.clone(),
+        });
+        self.write_frame(&mut writer, &hello).await?;
+        let theirs = match self.read_frame(&mut reader).await? {
+            Frame::Hello(h) => {
+                if h.protocol != PROTOCOL {
+                    bail!(
+                        "{} speaks replication protocol {}, this node {PROTOCOL}",
+                        peer.name,
+                        h.protocol
+                    );
+                }
+                if h.cluster != cluster {
+                    bail!("{} belongs to another cluster", peer.name);
+                }
+                if h.node != peer.key {
+                    bail!(
+                        "the node at {} is not {} (another key answered)",
+                        peer.mesh,
+                        peer.name
+                    );
+                }
+                h.vv
+            }
+            _ => bail!("{} did not start with a hello", peer.name),
+        };
+        let send = async {
+            let mut sent = 0u64;
+            for request in ours.plan_for(&theirs) {
+                let mut from = Some(request.from);
+                while let Some(seq) = from {
+                    let log = self.read(|r| Ok(r.log()))?;
+                    let (batch, next) = tokio::task::spawn_blocking(move || {
+                        let log = log
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("log lock poisoned"))?;
+                        anyhow::Ok(log.feed_chunk(&request.author, seq, BATCH_BYTES)?)
+                    })
+                    .await??;
+                    from = next;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    sent += batch.len() as u64;
+                    self.write_frame(&mut writer, &Frame::Events(batch)).await?;
+                }
+            }
+            self.write_frame(&mut writer, &Frame::Done).await?;
+            writer.shutdown().await.ok();
+            anyhow::Ok(sent)
+        };
+        let receive = async {
+            let mut received = 0u64;
+            loop {
+                match self.read_frame(&mut reader).await? {
+                    Frame::Events(batch) => received += self.absorb(peer, batch).await?,
+                    Frame::Done => return anyhow::Ok(received),
+                    Frame::Hello(_) => bail!("{} sent a second hello", peer.name),
+                }
+            }
+        };
+        let (sent, received) = tokio::try_join!(send, receive)?;
+        self.totals.events_out.fetch_add(sent, Ordering::Relaxed);
+        if let Ok(mut health) = self.health.lock() {
+            let h = health.entry(peer.key).or_default();
+            h.events_out += sent;
+        }
+        Ok((sent, received))
+    }
+
+    /// Verifies and appends a batch a peer sent; returns how many it stored.
+    async fn absorb(&self, peer: &Member, batch: Vec<Vec<u8>>) -> anyhow::Result<u64> {
+        let n = batch.len() as u64;
+        self.totals.events_in.fetch_add(n, Ordering::Relaxed);
+        let replica = self.replica.clone();
+        let committer = self.committer.clone();
+        let mesh = self.mesh.clone();
+        let (ingested, topology) = tokio::task::spawn_blocking(move || {
+            let ingested =
+                control::ingest(&replica, &committer, batch.into_iter().map(Ok).collect())?;
+            let topology = (ingested.stored > 0)
+                .then(|| crate::daemon::follow_peers(&replica, &mesh))
+                .flatten();
+            Ok::<_, String>((ingested, topology))
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(t) = topology {
+            self.set_topology(t);
+        }
+        if let Ok(mut health) = self.health.lock() {
+            let h = health.entry(peer.key).or_default();
+            h.events_in += ingested.stored as u64;
+            h.bad_events += ingested.bad.len() as u64;
+        }
+        if !ingested.bad.is_empty() {
+            self.totals
+                .bad_events
+                .fetch_add(ingested.bad.len() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                peer = %peer.name,
+                count = ingested.bad.len(),
+                first = %ingested.bad[0],
+                "a peer sent events that fail verification; they were refused"
+            );
+        }
+        Ok(ingested.stored as u64)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Replica) -> Result<T, crate::replica::ReplicaError>,
+    ) -> anyhow::Result<T> {
+        let r = self
+            .replica
+            .lock()
+            .map_err(|_| anyhow::anyhow!("replica lock poisoned"))?;
+        Ok(f(&r)?)
+    }
+
+    async fn write_frame(
+        &self,
+        writer: &mut (impl AsyncWriteExt + Unpin),
+        frame: &Frame,
+    ) -> anyhow::Result<()> {
+        let body = postcard::to_allocvec(frame).context("cannot encode a frame")?;
+        let mut bytes = Vec::with_capacity(body.len() + 4);
+        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&body);
+        tokio::time::timeout(FRAME_TIMEOUT, writer.write_all(&bytes))
+            .await
+            .context("the peer stopped reading")??;
+        self.totals
+            .bytes_out
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn read_frame(&self, reader: &mut (impl AsyncReadExt + Unpin)) -> anyhow::Result<Frame> {
+        let body = tokio::time::timeout(FRAME_TIMEOUT, async {
+            let mut len = [0u8; 4];
+            reader.read_exact(&mut len).await?;
+            let len = u32::from_be_bytes(len) as usize;
+            if len > MAX_FRAME {
+                bail!("the peer sent a frame of {len} bytes (at most {MAX_FRAME})");
+            }
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).await?;
+            Ok(body)
+        })
+        .await
+        .context("the peer went silent")??;
+        self.totals
+            .bytes_in
+            .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+        postcard::from_bytes(&body).context("the peer sent a frame that does not decode")
+    }
+
+    /// Listens on the mesh address (TCP sessions, UDP heartbeats) and sends
+    /// heartbeats; rebinds when the node's mesh address changes.
+    async fn endpoint(self: Arc<Self>) {
+        let mut topology = self.topology.subscribe();
+        loop {
+            let me = topology.borrow_and_update().me.clone();
+            let Some(me) = me else {
+                if topology.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let addr = SocketAddr::V4(SocketAddrV4::new(me.mesh, PORT));
+            let bound = async {
+                let tcp = TcpListener::bind(addr).await?;
+                let udp = UdpSocket::bind(addr).await?;
+                std::io::Result::Ok((tcp, udp))
+            }
+            .await;
+            let (tcp, udp) = match bound {
+                Ok(sockets) => sockets,
+                Err(e) => {
+                    // The address appears on the device right after the
+                    // peers are applied; until then binding fails.
+                    tracing::debug!(%addr, error = %e, "cannot listen on the mesh address yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        changed = topology.changed() => if changed.is_err() { return },
+                    }
+                    continue;
+                }
+            };
+            tracing::info!(%addr, "replicating over the mesh");
+            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            loop {
+                tokio::select! {
+                    accepted = tcp.accept() => match accepted {
+                        Ok((stream, from)) => {
+                            let gossip = self.clone();
+                            tokio::spawn(async move { gossip.serve(stream, from).await });
+                        }
+                        Err(e) => tracing::warn!(error = %e, "accepting a mesh connection failed"),
+                    },
+                    got = udp.recv_from(&mut buf) => match got {
+                        Ok((n, from)) => self.heard(&buf[..n], from),
+                        Err(e) => tracing::debug!(error = %e, "receiving a heartbeat failed"),
+                    },
+                    _ = tick.tick() => self.beat(&udp).await,
+                    changed = topology.changed() => {
+                        if changed.is_err() { return }
+                        if topology.borrow().me.as_ref().map(|m| m.mesh) != Some(me.mesh) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a session a peer started.
+    async fn serve(self: Arc<Self>, stream: TcpStream, from: SocketAddr) {
+        let peer = match from {
+            SocketAddr::V4(v4) => self.topology.borrow().peer_at(*v4.ip()).cloned(),
+            SocketAddr::V6(_) => None,
+        };
+        let Some(peer) = peer else {
+            self.totals
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%from, "refused a mesh connection from an address that is no node");
+            return;
+        };
+        // A session the peer started may overlap one this node started:
+        // both only add what is missing.
+        let result = self.session(stream, &peer).await;
+        self.record(&peer, result);
+    }
+
+    async fn beat(self: &Arc<Self>, udp: &UdpSocket) {
+        let (me, cluster, peers) = {
+            let t = self.topology.borrow();
+            (t.me.clone(), t.cluster, t.peers.clone())
+        };
+        let (Some(me), Some(cluster)) = (me, cluster) else {
+            return;
+        };
+        let Ok(vv) = self.read(|r| r.version_vector()) else {
+            return;
+        };
+        let beat = Heartbeat {
+            protocol: PROTOCOL,
+            cluster,
+            node: me.key,
+            events: vv.total(),
+            vv_digest: vv.digest(),
+            load: Load::read(self.started),
+        };
+        let Ok(bytes) = postcard::to_allocvec(&beat) else {
+            return;
+        };
+        for peer in &peers {
+            let to = SocketAddr::V4(SocketAddrV4::new(peer.mesh, PORT));
+            // A peer that is down makes sends fail; that is what liveness is for.
+            let _ = udp.send_to(&bytes, to).await;
+        }
+    }
+
+    /// A heartbeat arrived: note the peer alive, and catch up if its log
+    /// differs from ours and it holds more.
+    fn heard(self: &Arc<Self>, bytes: &[u8], from: SocketAddr) {
+        let SocketAddr::V4(from) = from else { return };
+        let (peer, me, cluster) = {
+            let t = self.topology.borrow();
+            (t.peer_at(*from.ip()).cloned(), t.me.clone(), t.cluster)
+        };
+        let (Some(peer), Some(me), Some(cluster)) = (peer, me, cluster) else {
+            return;
+        };
+        let Ok(beat) = postcard::from_bytes::<Heartbeat>(bytes) else {
+            tracing::debug!(%from, "a heartbeat that does not decode");
+            return;
+        };
+        if beat.protocol != PROTOCOL || beat.cluster != cluster || beat.node != peer.key {
+            return;
+        }
+        let Ok(vv) = self.read(|r| r.version_vector()) else {
+            return;
+        };
+        let differs = beat.vv_digest != vv.digest();
+        // The node with fewer events starts the catch-up (on a tie, the
+        // smaller key), so two nodes do not both start one.
+        let ours = vv.total();
+        let starts = beat.events > ours || (beat.events == ours && me.key < peer.key);
+        if let Ok(mut health) = self.health.lock() {
+            let h = health.entry(peer.key).or_default();
+            h.last_heard = Some(Instant::now());
+            h.heartbeat = Some(beat);
+        }
+        if differs && starts {
+            let gossip = self.clone();
+            tokio::spawn(async move {
+                let Ok(_one) = gossip.catch_up.try_lock() else {
+                    return;
+                };
+                let lock = gossip.lock_for(&peer.key);
+                let Ok(_guard) = lock.running.try_lock() else {
+                    return;
+                };
+                gossip.initiate(&peer).await;
+            });
+        }
+    }
+
+    /// Every 15 s, a session with one peer at random.
+    async fn anti_entropy(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(ANTI_ENTROPY_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let peers = self.topology.borrow().peers.clone();
+            if peers.is_empty() {
+                continue;
+            }
+            let peer = peers[rand::random_range(0..peers.len())].clone();
+            self.sync_soon(peer);
+        }
+    }
+
+    /// The health table: this node, every peer's liveness, load, handshake
+    /// age and replication state, and the totals.
+    pub fn report(&self) -> serde_json::Value {
+        let t = self.topology.borrow().clone();
+        let links = match self.mesh.lock() {
+            Ok(mut slot) => slot
+                .as_mut()
+                .and_then(|(mesh, _)| mesh.links().ok())
+                .unwrap_or_default(),
+            Err(_) => HashMap::new(),
+        };
+        let vv = self.read(|r| r.version_vector()).unwrap_or_default();
+        let health = self.health.lock();
+        let mut peers = Vec::new();
+        for p in &t.peers {
+            let h = health.as_ref().ok().and_then(|h| h.get(&p.key));
+            let heard_ms = h
+                .and_then(|h| h.last_heard)
+                .map(|i| i.elapsed().as_millis() as u64);
+            let beat = h.and_then(|h| h.heartbeat.as_ref());
+            let link = links.get(p.wg.as_bytes());
+            peers.push(serde_json::json!({
+                "name": p.name.to_string(),
+                "mesh_addr": p.mesh.to_string(),
+                "alive": heard_ms.is_some_and(|ms| ms < DEAD_AFTER.as_millis() as u64),
+                "last_heard_ms": heard_ms,
+                "events": beat.map(|b| b.events),
+                "in_sync": beat.map(|b| b.vv_digest == vv.digest()),
+                "load": beat.map(|b| &b.load),
+                "handshake_age_secs": link.and_then(|l| l.handshake_age_secs),
+                "wg_rx_bytes": link.map(|l| l.rx_bytes),
+                "wg_tx_bytes": link.map(|l| l.tx_bytes),
+                "last_sync_ms": h.and_then(|h| h.last_sync).map(|i| i.elapsed().as_millis() as u64),
+                "last_error": h.and_then(|h| h.last_error.clone()),
+                "events_received": h.map_or(0, |h| h.events_in),
+                "events_sent": h.map_or(0, |h| h.events_out),
+                "bad_events": h.map_or(0, |h| h.bad_events),
+            }));
+        }
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "node": t.me.as_ref().map(|m| m.name.to_string()),
+            "mesh_addr": t.me.as_ref().map(|m| m.mesh.to_string()),
+            "events": vv.total(),
+            "vv_digest": hex::encode(vv.digest()),
+            "load": Load::read(self.started),
+            "peers": peers,
+            "replication": {
+                "sessions_ok": n(&self.totals.sessions_ok),
+                "sessions_failed": n(&self.totals.sessions_failed),
+                "bytes_in": n(&self.totals.bytes_in),
+                "bytes_out": n(&self.totals.bytes_out),
+                "events_in": n(&self.totals.events_in),
+                "events_out": n(&self.totals.events_out),
+                "bad_events": n(&self.totals.bad_events),
+                "refused_connections": n(&self.totals.refused_connections),
+            },
+        })
+    }
+}
+
+/// Sends raw bytes as events to a peer, as this node: `makiatto debug
+/// send-events`, for tests that play a peer gone bad. The peer judges them
+/// exactly as it judges any session.
+pub async fn send_raw(
+    me: AuthorKey,
+    cluster: EventId,
+    vv: VersionVector,
+    to: Ipv4Addr,
+    events: Vec<Vec<u8>>,
+) -> anyhow::Result<()> {
+    let addr = SocketAddr::V4(SocketAddrV4::new(to, PORT));
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .context("timed out connecting")?
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let frames = [
+        Frame::Hello(Hello {
+            protocol: PROTOCOL,
+            cluster,
+            node: me,
+            vv,
+        }),
+        Frame::Events(events),
+        Frame::Done,
+    ];
+    for frame in &frames {
+        let body = postcard::to_allocvec(frame)?;
+        stream.write_all(&(body.len() as u32).to_be_bytes()).await?;
+        stream.write_all(&body).await?;
+    }
+    // Read until the peer closes: its hello, what this node lacks, done.
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(FRAME_TIMEOUT, stream.read_to_end(&mut sink)).await;
+    Ok(())
+}
