@@ -247,11 +247,25 @@ impl Gossip {
         });
     }
 
-    /// Events were appended here: hand them to every peer now.
+    /// Events were appended here: hand them now to every peer that is up.
+    /// A peer that is down is left alone: when it is back, its heartbeats
+    /// show it behind and it catches up itself, in one session.
     pub fn push(self: &Arc<Self>) {
-        for peer in self.topology.borrow().peers.clone() {
-            self.sync_soon(peer);
+        let peers = self.topology.borrow().peers.clone();
+        for peer in peers {
+            if self.alive(&peer.key) {
+                self.sync_soon(peer);
+            }
         }
+    }
+
+    /// Heard from within [`DEAD_AFTER`].
+    fn alive(&self, key: &AuthorKey) -> bool {
+        self.health.lock().is_ok_and(|h| {
+            h.get(key)
+                .and_then(|p| p.last_heard)
+                .is_some_and(|t| t.elapsed() < DEAD_AFTER)
+        })
     }
 
     fn lock_for(&self, key: &AuthorKey) -> Arc<PeerLock> {
@@ -272,7 +286,12 @@ impl Gossip {
                     return;
                 };
                 while lock.again.swap(false, Ordering::SeqCst) {
-                    gossip.initiate(&peer).await;
+                    if !gossip.initiate(&peer).await {
+                        // Unreachable: drop what was pending; it catches up
+                        // by itself when it is back.
+                        lock.again.store(false, Ordering::SeqCst);
+                        return;
+                    }
                 }
                 drop(guard);
                 // A push that arrived between the last check and the unlock.
@@ -284,7 +303,8 @@ impl Gossip {
     }
 
     /// Connects to `peer` and runs one session; the outcome is recorded.
-    async fn initiate(&self, peer: &Member) {
+    /// Returns whether the session succeeded.
+    async fn initiate(&self, peer: &Member) -> bool {
         let result = async {
             let addr = SocketAddr::V4(SocketAddrV4::new(peer.mesh, PORT));
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -294,12 +314,13 @@ impl Gossip {
             self.session(stream, peer).await
         }
         .await;
-        self.record(peer, result);
+        self.record(peer, result)
     }
 
-    fn record(&self, peer: &Member, result: anyhow::Result<(u64, u64)>) {
+    fn record(&self, peer: &Member, result: anyhow::Result<(u64, u64)>) -> bool {
+        let ok = result.is_ok();
         let Ok(mut health) = self.health.lock() else {
-            return;
+            return ok;
         };
         let h = health.entry(peer.key).or_default();
         match result {
@@ -320,6 +341,7 @@ impl Gossip {
                 h.last_error = Some(message);
             }
         }
+        ok
     }
 
     /// One session on an open connection: exchange version vectors, stream

@@ -1,0 +1,392 @@
+//! `mesh`: the WireGuard mesh and replication over it, on a real local
+//! cluster of five nodes (`maki local up --nodes 5`, release binaries).
+//!
+//! 1. **Convergence after a heal.** One node's mesh is cut (`maki local cut
+//!    --mesh`); 1,000 new events (about 400 bytes each, signed here by a
+//!    key of their own) are appended on another node and replicate to the
+//!    three still connected. The cut node is healed and timed until it holds
+//!    all of them. Bytes: the replication frames every node sent during the
+//!    catch-up (from each daemon's health table), and the WireGuard bytes the
+//!    healed node received, against the anchor: the size of the 1,000 events.
+//! 2. **Mesh throughput.** A bulk TCP transfer (this binary as sender and
+//!    receiver, 256 MiB) between two test hosts over boringtun (mesh
+//!    addresses), as a ratio to the same transfer over the bare veth link
+//!    (public addresses) in the same run; best of three each, alternating.
+//!
+//! Needs root. Build everything first:
+//! `cargo build --release -p makiatto -p makiatto-cli -p makiatto-benches --bins`
+//! then `target/release/mesh` (the `maki` and `makiatto` beside it are used).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use makiatto_benches::measure::{print_json, print_table};
+use makiatto_events::{EventId, FeedWriter, Hlc, Payload, SigningKey};
+use serde_json::Value;
+
+const EVENTS: u32 = 1_000;
+const BULK_BYTES: u64 = 256 << 20;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("receive") => receive(&args[2]),
+        Some("send") => send(&args[2], args[3].parse().unwrap_or(BULK_BYTES)),
+        _ => run(),
+    }
+}
+
+/// Accepts one connection, reads it to the end, answers one byte.
+fn receive(addr: &str) {
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let (mut stream, _) = listener.accept().expect("accept");
+    let mut buf = vec![0u8; 1 << 18];
+    let mut total = 0u64;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    stream.write_all(&[1]).expect("ack");
+    println!("{total}");
+}
+
+/// Sends `bytes` and waits for the receiver's answer; prints MB/s.
+fn send(addr: &str, bytes: u64) {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let buf = vec![0x5au8; 1 << 18];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        stream.write_all(&buf[..n]).expect("write");
+        left -= n as u64;
+    }
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let mut ack = [0u8; 1];
+    stream.read_exact(&mut ack).expect("ack");
+    let secs = start.elapsed().as_secs_f64();
+    println!("{}", bytes as f64 / secs / 1e6);
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Cluster {
+    fn maki(&self, args: &[&str]) -> String {
+        let d = self.dir.path();
+        let mut cmd = Command::new(self.bin.join("maki"));
+        cmd.env("MAKIATTO_PROFILE", d.join("profile.toml"))
+            .env("MAKIATTO_OPERATOR_KEY", d.join("operator.key"))
+            .env("MAKIATTO_SSH_KEY", d.join("ssh/id_ed25519"))
+            .env("MAKIATTO_GEOIP_DIR", d.join("no-geoip"));
+        if args.first() == Some(&"local") {
+            cmd.arg("local")
+                .arg("--dir")
+                .arg(d)
+                .arg("--name")
+                .arg("bench")
+                .args(&args[1..]);
+        } else {
+            cmd.args(args);
+        }
+        let out = cmd.output().expect("maki runs");
+        assert!(
+            out.status.success(),
+            "maki {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn exec(&self, node: &str, argv: &[&str], input: Option<&[u8]>) -> String {
+        let mut args = vec!["local", "exec", node, "--"];
+        args.extend(argv);
+        match input {
+            None => self.maki(&args),
+            Some(input) => {
+                let d = self.dir.path();
+                let mut child = Command::new(self.bin.join("maki"))
+                    .env("MAKIATTO_PROFILE", d.join("profile.toml"))
+                    .arg("local")
+                    .arg("--dir")
+                    .arg(d)
+                    .arg("--name")
+                    .arg("bench")
+                    .args(&args[1..])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .expect("maki runs");
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(input)
+                    .expect("input");
+                let out = child.wait_with_output().expect("maki ends");
+                assert!(out.status.success(), "{argv:?} failed on {node}");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+        }
+    }
+
+    fn health(&self, node: &str) -> Value {
+        serde_json::from_str(&self.exec(node, &["makiatto", "health", "--json"], None))
+            .expect("health is JSON")
+    }
+
+    fn events(&self, node: &str) -> u64 {
+        let v: Value =
+            serde_json::from_str(&self.exec(node, &["makiatto", "status"], None)).expect("JSON");
+        v["events"].as_u64().unwrap_or(0)
+    }
+
+    fn state(&self) -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(self.dir.path().join("state.json")).expect("state.json"),
+        )
+        .expect("state is JSON")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(self.bin.join("maki"))
+            .arg("local")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--name")
+            .arg("bench")
+            .arg("down")
+            .output();
+    }
+}
+
+fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sum(nodes: &[String], c: &Cluster, f: impl Fn(&Value) -> u64) -> u64 {
+    nodes.iter().map(|n| f(&c.health(n))).sum()
+}
+
+fn run() {
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .expect("the binary's directory");
+    for b in ["maki", "makiatto"] {
+        assert!(
+            bin.join(b).exists(),
+            "{b} is not beside this binary: cargo build --release -p makiatto -p makiatto-cli -p makiatto-benches --bins"
+        );
+    }
+    let c = Cluster {
+        dir: tempfile::tempdir().expect("tempdir"),
+        bin: bin.clone(),
+    };
+    let daemon = bin.join("makiatto");
+    c.maki(&[
+        "local",
+        "up",
+        "--nodes",
+        "5",
+        "--binary-path",
+        daemon.to_str().expect("utf-8 path"),
+    ]);
+    let state = c.state();
+    let hosts: Vec<&Value> = state["hosts"].as_array().expect("hosts").iter().collect();
+    let nodes: Vec<String> = hosts
+        .iter()
+        .map(|h| h["node"].as_str().expect("name").to_owned())
+        .collect();
+    let (writer_node, cut_node) = (&nodes[0], &nodes[4]);
+    wait_until(Duration::from_secs(30), "every peer alive", || {
+        nodes.iter().all(|n| {
+            let h = c.health(n);
+            h["peers"]
+                .as_array()
+                .is_some_and(|p| p.len() == nodes.len() - 1 && p.iter().all(|p| p["alive"] == true))
+        })
+    });
+
+    // 1,000 events, signed here, on top of the writer's heads.
+    let heads = c.exec(
+        writer_node,
+        &["makiatto", "control"],
+        Some(b"{\"op\":\"heads\"}\n"),
+    );
+    let heads: Value = serde_json::from_str(&heads).expect("heads");
+    let head = &heads["ok"][0];
+    let parent = (
+        head["id"]
+            .as_str()
+            .and_then(|s| s.parse::<EventId>().ok())
+            .expect("head id"),
+        Hlc {
+            millis: head["millis"].as_u64().unwrap_or(0),
+            counter: head["counter"].as_u64().unwrap_or(0) as u32,
+        },
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut writer = FeedWriter::new(SigningKey::from_bytes(&[42; 32]));
+    let mut input = String::new();
+    let mut event_bytes = 0u64;
+    for i in 0..EVENTS {
+        let body = std::iter::repeat_n(i.to_le_bytes(), 64).flatten().collect();
+        let e = writer
+            .write(
+                Payload::Unknown { kind: 900, body },
+                &[parent],
+                now + u64::from(i),
+            )
+            .expect("signs");
+        event_bytes += e.to_bytes().len() as u64;
+        input.push_str(&hex::encode(e.to_bytes()));
+        input.push('\n');
+    }
+
+    c.maki(&["local", "cut", cut_node, "--mesh"]);
+    wait_until(Duration::from_secs(10), "the cut node is seen down", || {
+        c.health(writer_node)["peers"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["name"] == cut_node.as_str() && p["alive"] == false)
+        })
+    });
+    c.exec(writer_node, &["makiatto", "append"], Some(input.as_bytes()));
+    let total = c.events(writer_node);
+    let connected = &nodes[..4];
+    wait_until(
+        Duration::from_secs(30),
+        "the connected nodes converge",
+        || connected.iter().all(|n| c.events(n) == total),
+    );
+    let frames_out = |h: &Value| h["replication"]["bytes_out"].as_u64().unwrap_or(0);
+    let wg_rx = |h: &Value| {
+        h["peers"].as_array().map_or(0, |p| {
+            p.iter().filter_map(|p| p["wg_rx_bytes"].as_u64()).sum()
+        })
+    };
+    let sent_before = sum(&nodes, &c, frames_out);
+    let wg_before = wg_rx(&c.health(cut_node));
+
+    c.maki(&["local", "heal", cut_node]);
+    let healed = Instant::now();
+    // Polled through `maki local exec` (nsenter, no SSH): about 30 ms a
+    // look, so the figure is at most that much late.
+    wait_until(
+        Duration::from_secs(60),
+        "the healed node catches up",
+        || c.events(cut_node) == total,
+    );
+    let converged = healed.elapsed();
+    // Let the heartbeats settle so that any duplicate session would show.
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = sum(&nodes, &c, frames_out) - sent_before;
+    let wg = wg_rx(&c.health(cut_node)) - wg_before;
+    let frame_ratio = sent as f64 / event_bytes as f64;
+    let wg_ratio = wg as f64 / event_bytes as f64;
+
+    // Throughput: two hosts, over the mesh and over the veth link.
+    let mesh_of = |n: &str| c.health(n)["mesh_addr"].as_str().unwrap_or("").to_owned();
+    let (a, b) = (hosts[0], hosts[1]);
+    let a_ns = a["netns"].as_str().expect("netns");
+    let b_ns = b["netns"].as_str().expect("netns");
+    let b_public = b["ipv4"].as_str().expect("ipv4").to_owned();
+    let b_mesh = mesh_of(&nodes[1]);
+    let me = std::env::current_exe().expect("exe");
+    let transfer = |to: &str, port: u16| -> f64 {
+        let addr = format!("{to}:{port}");
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", b_ns])
+            .arg(&me)
+            .args(["receive", &addr])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("receiver");
+        let mut ready = [0u8; 6];
+        server
+            .stdout
+            .as_mut()
+            .expect("stdout")
+            .read_exact(&mut ready)
+            .expect("receiver ready");
+        let out = Command::new("ip")
+            .args(["netns", "exec", a_ns])
+            .arg(&me)
+            .args(["send", &addr, &BULK_BYTES.to_string()])
+            .output()
+            .expect("sender");
+        let _ = server.wait();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0.0)
+    };
+    let (mut mesh_best, mut veth_best) = (0.0f64, 0.0f64);
+    for round in 0..3u16 {
+        mesh_best = mesh_best.max(transfer(&b_mesh, 40000 + round));
+        veth_best = veth_best.max(transfer(&b_public, 40100 + round));
+    }
+    let throughput_ratio = mesh_best / veth_best;
+
+    print_table(
+        "mesh (5 nodes, release build)",
+        &[
+            ("events appended during the cut", EVENTS.to_string()),
+            ("their size (anchor)", format!("{event_bytes} bytes")),
+            (
+                "convergence after the heal",
+                format!("{:.0} ms", converged.as_secs_f64() * 1e3),
+            ),
+            (
+                "replication frames sent, all nodes",
+                format!("{sent} bytes ({frame_ratio:.3} × the events)"),
+            ),
+            (
+                "WireGuard bytes into the healed node",
+                format!("{wg} bytes ({wg_ratio:.3} × the events)"),
+            ),
+            ("bulk TCP over the mesh", format!("{mesh_best:.0} MB/s")),
+            (
+                "bulk TCP over the veth (anchor)",
+                format!("{veth_best:.0} MB/s"),
+            ),
+            ("mesh / veth", format!("{throughput_ratio:.3}")),
+        ],
+    );
+    print_json(
+        "mesh",
+        serde_json::json!({
+            "events": EVENTS,
+            "event_bytes": event_bytes,
+            "converge_ms": converged.as_millis() as u64,
+            "frame_bytes": sent,
+            "frame_ratio": frame_ratio,
+            "wg_rx_bytes": wg,
+            "wg_ratio": wg_ratio,
+            "mesh_mb_s": mesh_best,
+            "veth_mb_s": veth_best,
+            "throughput_ratio": throughput_ratio,
+        }),
+    );
+}
