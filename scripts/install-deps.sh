@@ -10,6 +10,8 @@ packages=(
   iputils-ping
   jq
   iptables        # maki local cut --mesh
+  wireguard-go    # an external mesh peer in maki's peer test (userspace WireGuard)
+  wireguard-tools # wg, wg-quick: keys and config for that peer
 )
 
 missing=()

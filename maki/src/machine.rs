@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::cluster::{Ctx, append, copy_log, now_millis};
+use crate::mesh::Mesh;
 use crate::profile::{Machine, SshTarget};
 use crate::ssh::{HostKeyPolicy, Remote, Target, bytes_bar};
 
@@ -490,37 +491,7 @@ fn operator_name() -> String {
 /// The lowest host address of the mesh range no member holds (the peers
 /// projection then settles conflicts between concurrent joins).
 fn free_mesh_addr(peers: &Value, joining: &str) -> anyhow::Result<Ipv4Addr> {
-    let range: Ipv4Net = peers["mesh_range"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!(e))?;
-    let mut used = Vec::new();
-    for (name, n) in peers["nodes"].as_object().into_iter().flatten() {
-        if name != joining {
-            used.extend(
-                n["mesh_addr"]
-                    .as_str()
-                    .and_then(|a| a.parse::<Ipv4Addr>().ok()),
-            );
-        }
-    }
-    for p in peers["external"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(_, p)| p)
-    {
-        used.extend(
-            p["mesh_addr"]
-                .as_str()
-                .and_then(|a| a.parse::<Ipv4Addr>().ok()),
-        );
-    }
-    range
-        .hosts()
-        .find(|h| !used.contains(h))
-        .context("the mesh range is full")
+    Ok(Mesh::from_state(peers)?.free_addr(Some(joining))?)
 }
 
 /// One row of `maki machine list`.
@@ -688,21 +659,14 @@ pub async fn upgrade(ctx: &Ctx, names: &[String], binary: Option<&Path>) -> anyh
 /// `maki machine remove`.
 pub async fn remove(ctx: &mut Ctx, name: &str, force: bool) -> anyhow::Result<()> {
     let machine = ctx.profile.select(&[name.to_owned()])?.remove(0);
-    if !force {
-        use std::io::IsTerminal;
-        if !std::io::stdin().is_terminal() {
-            bail!("removing {name} is permanent; pass --force to confirm in a script");
-        }
-        eprint!(
-            "Remove {name} ({}) from the cluster and wipe it? This cannot be undone. [y/N] ",
+    crate::prompt::confirm_permanent(
+        force,
+        &format!("removing {name}"),
+        &format!(
+            "Remove {name} ({}) from the cluster and wipe it?",
             machine.ssh_target()
-        );
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "yes") {
-            bail!("not removed");
-        }
-    }
+        ),
+    )?;
     let cluster_id = ctx.cluster_id()?;
     let payload = Payload::NodeRemoved(NodeRemoved {
         name: NodeName::new(name)?,

@@ -8,6 +8,9 @@
 //! - [`cluster`]: signing and delivering events; copying logs between nodes.
 //! - [`machine`]: `maki machine …`.
 //! - [`commands`]: `maki log`, `maki config`, `maki operator`.
+//! - [`mesh`]: the peers projection as a node shows it; free mesh addresses.
+//! - [`peer`]: `maki peer …`, WireGuard peers outside the cluster.
+//! - [`prompt`]: yes/no questions on a terminal.
 //! - [`local`]: `maki local …`.
 
 mod cluster;
@@ -15,16 +18,21 @@ mod commands;
 mod geoip;
 mod local;
 mod machine;
+mod mesh;
 mod operator;
+mod peer;
 mod profile;
+mod prompt;
 mod ssh;
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use makiatto_events::payload::Ipv4Net;
+use makiatto_events::{PeerName, WgPublicKey};
 
 const ABOUT: &str = "Makiatto: a self-hosted global CDN";
 const LONG_VERSION: &str = concat!(
@@ -83,6 +91,11 @@ enum Top {
     Operator {
         #[command(subcommand)]
         command: OperatorCmd,
+    },
+    /// WireGuard peers outside the cluster (an observability server, a laptop).
+    Peer {
+        #[command(subcommand)]
+        command: PeerCmd,
     },
     /// A cluster of test hosts on this machine (Linux, root).
     Local {
@@ -191,6 +204,38 @@ enum OperatorCmd {
     /// Revoke an operator.
     Remove { name: String },
     /// List the operators.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerCmd {
+    /// Register a peer and give it a mesh address.
+    Add {
+        /// Its name; one that starts or ends with "o11y" receives telemetry.
+        name: PeerName,
+        /// Its public key, as `wg pubkey` prints it.
+        #[arg(long, value_name = "KEY", value_parser = peer::parse_wg_key)]
+        wg_pubkey: WgPublicKey,
+        /// Its public address or host name, not its WireGuard address
+        /// (port 51880 unless given).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        endpoint: peer::Endpoint,
+        /// The mesh address it should hold (default: the lowest free one).
+        #[arg(long, value_name = "ADDR")]
+        wg_address: Option<Ipv4Addr>,
+    },
+    /// Print the peer's wg-quick configuration (all nodes as its peers).
+    WgConfig { name: PeerName },
+    /// Remove a peer from the mesh.
+    Remove {
+        name: PeerName,
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the peers.
     List {
         #[arg(long)]
         json: bool,
@@ -377,6 +422,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     commands::operator_change(&ctx, None, Some(name)).await?
                 }
                 OperatorCmd::List { json } => commands::operator_list(&ctx, *json).await?,
+            }
+        }
+        Top::Peer { command } => {
+            let ctx = ctx(&cli)?;
+            match command {
+                PeerCmd::Add {
+                    name,
+                    wg_pubkey,
+                    endpoint,
+                    wg_address,
+                } => {
+                    peer::add(
+                        &ctx,
+                        peer::AddArgs {
+                            name: name.clone(),
+                            key: *wg_pubkey,
+                            endpoint: endpoint.clone(),
+                            wg_address: *wg_address,
+                        },
+                    )
+                    .await?
+                }
+                PeerCmd::WgConfig { name } => peer::show_wg_config(&ctx, name).await?,
+                PeerCmd::Remove { name, force } => peer::remove(&ctx, name, *force).await?,
+                PeerCmd::List { json } => peer::list(&ctx, *json).await?,
             }
         }
         Top::Local { dir, name, command } => {

@@ -5,7 +5,6 @@
 //! (on a terminal) or compared with `--accept-host-key` (in scripts), and
 //! pinned in the profile; from then on async-ssh2-tokio refuses any other key.
 
-use std::io::IsTerminal;
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,6 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use russh::keys::{HashAlg, PublicKey};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
+
+use crate::prompt::confirm;
 
 /// Where to connect and as whom.
 #[derive(Debug, Clone)]
@@ -120,16 +121,6 @@ pub fn fingerprint(openssh_key: &str) -> String {
         Ok(k) => k.fingerprint(HashAlg::Sha256).to_string(),
         Err(_) => "(unreadable key)".into(),
     }
-}
-
-fn confirm(question: &str) -> anyhow::Result<bool> {
-    if !std::io::stdin().is_terminal() {
-        return Ok(false);
-    }
-    eprint!("{question} [y/N] ");
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 impl Remote {

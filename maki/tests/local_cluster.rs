@@ -1,92 +1,11 @@
 //! `maki local` and `maki machine` against real test hosts: network
 //! namespaces, real OpenSSH servers, the real daemon. Needs root (as CI has).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-/// The daemon binary built beside this test (target/debug/makiatto).
-fn daemon_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join("makiatto");
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace first (cargo build -p makiatto)",
-        path.display()
-    );
-    path
-}
+use std::process::Command;
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    name: String,
-}
-
-impl Cluster {
-    fn maki(&self, args: &[&str]) -> Output {
-        let d = self.dir.path().join("cluster");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_maki"));
-        cmd.env("MAKIATTO_PROFILE", d.join("profile.toml"))
-            .env("MAKIATTO_OPERATOR_KEY", d.join("operator.key"))
-            .env("MAKIATTO_SSH_KEY", d.join("ssh/id_ed25519"))
-            // No GeoIP copies here: 134 MB per node would dominate the test's time.
-            .env("MAKIATTO_GEOIP_DIR", self.dir.path().join("no-geoip"))
-            .env_remove("XDG_CONFIG_HOME");
-        if args.first() == Some(&"local") {
-            cmd.arg("local")
-                .arg("--dir")
-                .arg(&d)
-                .arg("--name")
-                .arg(&self.name)
-                .args(&args[1..]);
-        } else {
-            cmd.args(args);
-        }
-        cmd.output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.maki(args);
-        assert!(
-            out.status.success(),
-            "maki {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.maki(args);
-        assert!(
-            !out.status.success(),
-            "maki {args:?} should have failed:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
-
-    fn cluster_dir(&self) -> PathBuf {
-        self.dir.path().join("cluster")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Never leave namespaces or processes behind, even when a test fails.
-        let _ = self.maki(&["local", "down"]);
-    }
-}
-
-fn json_lines(text: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use common::{Cluster, daemon_binary, json_lines, require_root};
 
 fn host_fingerprint(c: &Cluster, node: &str) -> String {
     let out = Command::new("ssh-keygen")
@@ -108,16 +27,10 @@ fn host_fingerprint(c: &Cluster, node: &str) -> String {
 
 #[test]
 fn machines_are_managed_over_ssh_on_local_test_hosts() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "this test needs root (network namespaces)"
-    );
+    require_root();
     let binary = daemon_binary();
     let binary = binary.to_str().unwrap();
-    let c = Cluster {
-        dir: tempfile::tempdir().unwrap(),
-        name: format!("m{}", std::process::id() % 100_000),
-    };
+    let c = Cluster::new(format!("m{}", std::process::id() % 100_000));
 
     c.ok(&["local", "up", "--nodes", "3", "--binary-path", binary]);
 

@@ -1,0 +1,121 @@
+//! What the tests on local test hosts share: the daemon binary built beside
+//! them, and a cluster made with `maki local up` that is taken down when the
+//! test ends, whether it passed or not.
+
+// Each test file uses its own part of this module.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Fails the test unless it runs as root (network namespaces need it).
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root (network namespaces)"
+    );
+}
+
+/// The daemon binary built beside this test (target/debug/makiatto).
+pub fn daemon_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join("makiatto");
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build -p makiatto)",
+        path.display()
+    );
+    path
+}
+
+/// A local cluster in a temporary directory, named `name` (unique per test).
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+}
+
+impl Cluster {
+    pub fn new(name: String) -> Cluster {
+        Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            name,
+        }
+    }
+
+    /// `maki ARGS` against this cluster's profile and keys; `local …`
+    /// gets the cluster's `--dir` and `--name`.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let d = self.cluster_dir();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_maki"));
+        cmd.env("MAKIATTO_PROFILE", d.join("profile.toml"))
+            .env("MAKIATTO_OPERATOR_KEY", d.join("operator.key"))
+            .env("MAKIATTO_SSH_KEY", d.join("ssh/id_ed25519"))
+            // No GeoIP copies here: 134 MB per node would dominate the test's time.
+            .env("MAKIATTO_GEOIP_DIR", self.dir.path().join("no-geoip"))
+            .env_remove("XDG_CONFIG_HOME");
+        if args.first() == Some(&"local") {
+            cmd.arg("local")
+                .arg("--dir")
+                .arg(&d)
+                .arg("--name")
+                .arg(&self.name)
+                .args(&args[1..]);
+        } else {
+            cmd.args(args);
+        }
+        cmd
+    }
+
+    pub fn maki(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.maki(args);
+        assert!(
+            out.status.success(),
+            "maki {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.maki(args);
+        assert!(
+            !out.status.success(),
+            "maki {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    pub fn cluster_dir(&self) -> PathBuf {
+        self.dir.path().join("cluster")
+    }
+
+    /// What `maki local up` recorded: slot, bridge, hosts.
+    pub fn state(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.cluster_dir().join("state.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Never leave namespaces or processes behind, even when a test fails.
+        let _ = self.maki(&["local", "down"]);
+    }
+}
+
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
