@@ -155,34 +155,6 @@ impl Ctx {
         }
         append(remote, &send).await
     }
-
-    /// Hands events to every machine except `skip` (before the mesh
-    /// replicates on its own). Returns the machines that could not be reached.
-    pub async fn broadcast(
-        &self,
-        cluster_id: &str,
-        events: &[Event],
-        skip: &[&str],
-    ) -> Vec<String> {
-        let mut failed = Vec::new();
-        for m in self
-            .profile
-            .machines
-            .iter()
-            .filter(|m| !skip.contains(&m.name.as_str()))
-        {
-            let result = async {
-                let remote = self.connect(m).await?;
-                self.deliver(&remote, cluster_id, events).await
-            }
-            .await;
-            if let Err(e) = result {
-                eprintln!("warning: {}: {e:#}", m.name);
-                failed.push(m.name.clone());
-            }
-        }
-        failed
-    }
 }
 
 /// Appends events to a node; duplicates are fine, any other refusal is not.

@@ -169,7 +169,6 @@ pub async fn config_set(ctx: &Ctx, key: &str, value: &str) -> anyhow::Result<()>
     });
     let events = ctx.sign(&remote, &cluster_id, vec![payload]).await?;
     ctx.deliver(&remote, &cluster_id, &events).await?;
-    ctx.broadcast(&cluster_id, &events, &[]).await;
     println!("{key} = {shown}");
     Ok(())
 }
@@ -213,7 +212,6 @@ pub async fn operator_change(
     };
     let events = ctx.sign(&remote, &cluster_id, vec![payload]).await?;
     ctx.deliver(&remote, &cluster_id, &events).await?;
-    ctx.broadcast(&cluster_id, &events, &[]).await;
     println!("{}", events[0].payload().summary());
     Ok(())
 }

@@ -438,13 +438,8 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
                 .sign(&source, &cluster_id, vec![joined(mesh_addr)])
                 .await?;
             ctx.deliver(&remote, &cluster_id, &events).await?;
+            // The source's mesh hands the join to every other node.
             ctx.deliver(&source, &cluster_id, &events).await?;
-            ctx.broadcast(
-                &cluster_id,
-                &events,
-                &[args.name.as_str(), source_machine.name.as_str()],
-            )
-            .await;
         }
     }
 
@@ -671,23 +666,13 @@ pub async fn remove(ctx: &mut Ctx, name: &str, force: bool) -> anyhow::Result<()
     let payload = Payload::NodeRemoved(NodeRemoved {
         name: NodeName::new(name)?,
     });
-    let others: Vec<Machine> = ctx
-        .profile
-        .machines
-        .iter()
-        .filter(|m| m.name != name)
-        .cloned()
-        .collect();
     let via = match ctx.any_node_except(name).await {
         Ok((_, r)) => r,
         Err(_) => ctx.connect(&machine).await?,
     };
     let events = ctx.sign(&via, &cluster_id, vec![payload]).await?;
+    // The mesh hands the removal to every other node.
     ctx.deliver(&via, &cluster_id, &events).await?;
-    let names: Vec<&str> = others.iter().map(|m| m.name.as_str()).collect();
-    if !names.is_empty() {
-        ctx.broadcast(&cluster_id, &events, &[name]).await;
-    }
     match ctx.connect(&machine).await {
         Ok(remote) => {
             remote

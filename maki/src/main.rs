@@ -11,11 +11,13 @@
 //! - [`mesh`]: the peers projection as a node shows it; free mesh addresses.
 //! - [`peer`]: `maki peer …`, WireGuard peers outside the cluster.
 //! - [`prompt`]: yes/no questions on a terminal.
+//! - [`health`]: `maki health`.
 //! - [`local`]: `maki local …`.
 
 mod cluster;
 mod commands;
 mod geoip;
+mod health;
 mod local;
 mod machine;
 mod mesh;
@@ -91,6 +93,12 @@ enum Top {
     Operator {
         #[command(subcommand)]
         command: OperatorCmd,
+    },
+    /// Check every machine: SSH, daemon, mesh handshakes and liveness,
+    /// replication lag, log verification. Exits non-zero on any problem.
+    Health {
+        #[arg(long)]
+        json: bool,
     },
     /// WireGuard peers outside the cluster (an observability server, a laptop).
     Peer {
@@ -422,6 +430,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     commands::operator_change(&ctx, None, Some(name)).await?
                 }
                 OperatorCmd::List { json } => commands::operator_list(&ctx, *json).await?,
+            }
+        }
+        Top::Health { json } => {
+            let ctx = ctx(&cli)?;
+            if !health::health(&ctx, *json).await? {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Top::Peer { command } => {

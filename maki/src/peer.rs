@@ -330,7 +330,6 @@ pub async fn add(ctx: &Ctx, args: AddArgs) -> anyhow::Result<()> {
     });
     let events = ctx.sign(&remote, &cluster_id, vec![payload]).await?;
     ctx.deliver(&remote, &cluster_id, &events).await?;
-    ctx.broadcast(&cluster_id, &events, &[]).await;
     // The projection has the last word (a concurrent join may move the address).
     let held = Mesh::fetch(&remote)
         .await?
@@ -370,7 +369,6 @@ pub async fn remove(ctx: &Ctx, name: &PeerName, force: bool) -> anyhow::Result<(
     let payload = Payload::ExternalPeerRemoved(ExternalPeerRemoved { name: name.clone() });
     let events = ctx.sign(&remote, &cluster_id, vec![payload]).await?;
     ctx.deliver(&remote, &cluster_id, &events).await?;
-    ctx.broadcast(&cluster_id, &events, &[]).await;
     println!("{}", events[0].payload().summary());
     Ok(())
 }

@@ -342,12 +342,19 @@ fn run() {
             .parse()
             .unwrap_or(0.0)
     };
-    let (mut mesh_best, mut veth_best) = (0.0f64, 0.0f64);
+    // The userspace reference: wireguard-go on the same two hosts, beside
+    // the daemons, on addresses of the cluster's mesh range no node holds.
+    let wg_go = wireguard_go_pair(&c, a, b);
+    let (mut mesh_best, mut veth_best, mut go_best) = (0.0f64, 0.0f64, 0.0f64);
     for round in 0..3u16 {
         mesh_best = mesh_best.max(transfer(&b_mesh, 40000 + round));
         veth_best = veth_best.max(transfer(&b_public, 40100 + round));
+        if let Some(addr) = &wg_go {
+            go_best = go_best.max(transfer(addr, 40200 + round));
+        }
     }
     let throughput_ratio = mesh_best / veth_best;
+    let go_ratio = mesh_best / go_best;
 
     print_table(
         "mesh (5 nodes, release build)",
@@ -372,6 +379,15 @@ fn run() {
                 format!("{veth_best:.0} MB/s"),
             ),
             ("mesh / veth", format!("{throughput_ratio:.3}")),
+            (
+                "bulk TCP over wireguard-go (anchor)",
+                if wg_go.is_some() {
+                    format!("{go_best:.0} MB/s")
+                } else {
+                    "wireguard-go not installed".into()
+                },
+            ),
+            ("mesh / wireguard-go", format!("{go_ratio:.3}")),
         ],
     );
     print_json(
@@ -387,6 +403,79 @@ fn run() {
             "mesh_mb_s": mesh_best,
             "veth_mb_s": veth_best,
             "throughput_ratio": throughput_ratio,
+            "wireguard_go_mb_s": go_best,
+            "wireguard_go_ratio": go_ratio,
         }),
     );
+}
+
+/// Two wireguard-go devices, one on each host, peered over the hosts'
+/// public addresses (UDP 51990); returns the receiving side's tunnel
+/// address. The devices die with the hosts (`maki local down`).
+fn wireguard_go_pair(c: &Cluster, a: &Value, b: &Value) -> Option<String> {
+    let have = Command::new("sh")
+        .args(["-c", "command -v wireguard-go && command -v wg"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        return None;
+    }
+    let range = c.state()["mesh_range"].as_str()?.to_owned();
+    let base: std::net::Ipv4Addr = range.split('/').next()?.parse().ok()?;
+    let base = u32::from(base);
+    let addr_of = |i: u32| std::net::Ipv4Addr::from(base + i).to_string();
+    let (addr_a, addr_b) = (addr_of(13), addr_of(14));
+    let keys = || -> (String, String) {
+        let private = Command::new("wg")
+            .arg("genkey")
+            .output()
+            .expect("wg genkey");
+        let private = String::from_utf8_lossy(&private.stdout).trim().to_owned();
+        let mut child = Command::new("wg")
+            .arg("pubkey")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("wg pubkey");
+        let _ = child
+            .stdin
+            .take()
+            .map(|mut i| i.write_all(private.as_bytes()));
+        let public = child.wait_with_output().expect("wg pubkey");
+        (
+            private,
+            String::from_utf8_lossy(&public.stdout).trim().to_owned(),
+        )
+    };
+    let a_ns = a["netns"].as_str()?;
+    let b_ns = b["netns"].as_str()?;
+    let (a_key, a_pub) = keys();
+    let (b_key, b_pub) = keys();
+    let setup = |ns: &str,
+                 ifname: &str,
+                 key: &str,
+                 addr: &str,
+                 peer_pub: &str,
+                 peer_ip: &str,
+                 peer_addr: &str| {
+        let key_file = c.dir.path().join(format!("{ifname}.key"));
+        std::fs::write(&key_file, key).expect("key file");
+        let script = format!(
+            "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wireguard-go {ifname} && wg set {ifname} private-key {key} listen-port 51990 \
+             peer {peer_pub} endpoint {peer_ip}:51990 allowed-ips {peer_addr}/32 && \
+             ip addr add {addr}/32 dev {ifname} && ip link set {ifname} mtu 1420 up && \
+             ip route add {peer_addr}/32 dev {ifname}",
+            key = key_file.display()
+        );
+        let ok = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c", &script])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "wireguard-go setup failed in {ns}");
+    };
+    let a_ip = a["ipv4"].as_str()?;
+    let b_ip = b["ipv4"].as_str()?;
+    setup(a_ns, "wgbencha", &a_key, &addr_a, &b_pub, b_ip, &addr_b);
+    setup(b_ns, "wgbenchb", &b_key, &addr_b, &a_pub, a_ip, &addr_a);
+    Some(addr_b)
 }
