@@ -140,20 +140,44 @@ fn require_state(w: &Where) -> anyhow::Result<State> {
     })
 }
 
-/// Picks the lowest free slot, recording it under /run/makiatto-local.
+/// Picks the lowest free slot, recording it under /run/makiatto-local as
+/// "name pid". The record is made with O_EXCL, so clusters brought up at
+/// the same time (tests run in parallel) never take one slot twice. A slot
+/// is busy while its bridge exists or while the process that claimed it
+/// lives (it is still making the bridge); a record left by a dead process
+/// with no bridge is taken over.
 fn claim_slot(name: &str) -> anyhow::Result<u8> {
     std::fs::create_dir_all(SLOT_DIR)?;
+    let me = format!("{name} {}", std::process::id());
+    let create = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, me.as_bytes()))
+    };
     for k in 0..SLOTS {
         let path = Path::new(SLOT_DIR).join(format!("{k}"));
+        if create(&path).is_ok() {
+            return Ok(k);
+        }
+        let record = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut fields = record.split_whitespace();
+        let (owner, pid) = (fields.next().unwrap_or(""), fields.next());
+        if owner == name {
+            std::fs::write(&path, &me)?;
+            return Ok(k);
+        }
         let bridge_exists = Path::new(&format!("/sys/class/net/mk{k}br")).exists();
-        match std::fs::read_to_string(&path) {
-            Ok(owner) if owner.trim() == name => return Ok(k),
-            Ok(_) if bridge_exists => continue,
-            _ if bridge_exists => continue,
-            _ => {
-                std::fs::write(&path, name)?;
-                return Ok(k);
-            }
+        let claimer_alive = pid
+            .and_then(|p| p.parse::<i32>().ok())
+            .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if bridge_exists || claimer_alive {
+            continue;
+        }
+        // Stale: whoever removes it first and creates it again wins.
+        if std::fs::remove_file(&path).is_ok() && create(&path).is_ok() {
+            return Ok(k);
         }
     }
     bail!(
@@ -598,10 +622,11 @@ pub fn cable(w: &Where, node: Option<&str>, connect: bool, mesh_only: bool) -> a
                 .is_ok_and(|s| s.success());
             if connect && have {
                 for chain in ["INPUT", "OUTPUT"] {
+                    // Quietly: a rule already gone is what was wanted.
                     let _ = Command::new("ip")
                         .args(["netns", "exec", &h.netns, "iptables", "-D", chain])
                         .args(rule)
-                        .status();
+                        .output();
                 }
             } else if mesh_only && !connect && !have {
                 for chain in ["INPUT", "OUTPUT"] {
@@ -695,7 +720,9 @@ pub fn down(w: &Where) -> anyhow::Result<()> {
     }
     let _ = ip(&["link", "del", &state.bridge]);
     let slot = Path::new(SLOT_DIR).join(state.slot.to_string());
-    if std::fs::read_to_string(&slot).is_ok_and(|o| o.trim() == state.name) {
+    if std::fs::read_to_string(&slot)
+        .is_ok_and(|o| o.split_whitespace().next() == Some(state.name.as_str()))
+    {
         let _ = std::fs::remove_file(slot);
     }
     // Gone once no cluster holds a slot.
