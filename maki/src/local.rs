@@ -215,6 +215,20 @@ pub async fn up(w: &Where, nodes: usize, binary: Option<&Path>) -> anyhow::Resul
             w.dir.display()
         );
     }
+    // Another directory's cluster of the same name owns these namespaces:
+    // refuse before making (or, on failure, removing) anything.
+    let prefix = format!("mk-{}-", w.name);
+    let taken = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(&prefix));
+    if taken {
+        bail!(
+            "a local cluster named {:?} is already up (its namespaces {prefix}* exist); pick another --name or take that one down",
+            w.name
+        );
+    }
     let binary = machine::daemon_binary(binary)?;
     let result = build(w, nodes, &binary).await;
     if let Err(e) = result {

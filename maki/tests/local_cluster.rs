@@ -205,6 +205,21 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
         kinds.iter().filter(|k| k.starts_with("operator-")).count(),
         2
     );
+    // The rejoined node, with new keys, is in every node's mesh without a
+    // restart: `maki health` sees heartbeats and handshakes everywhere.
+    let start = std::time::Instant::now();
+    loop {
+        let out = c.maki(&["health"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the cluster did not become healthy after the rejoin:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 
     // Bad input leaves the profile as it was, with an error that says what to do.
     let before = std::fs::read_to_string(c.cluster_dir().join("profile.toml")).unwrap();

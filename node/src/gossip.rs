@@ -21,8 +21,8 @@
 //!   events does, one such session at a time), which is how a node that
 //!   comes back from a partition or a crash catches up within a heartbeat.
 //!   Heartbeats are never events: they feed the health table, not history.
-//! - **Anti-entropy**: every 15 s, a session with one peer chosen at random
-//!   repairs anything the rest missed.
+//! - **Anti-entropy**: every 15 s, a session with one live peer chosen at
+//!   random repairs anything the rest missed.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -51,7 +51,8 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 /// A peer not heard from for this long is down.
 pub const DEAD_AFTER: Duration = Duration::from_secs(3);
 const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(15);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Mesh round trips are short: a connection not made by then is a dead link.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest wait for the next frame of a session.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_FRAME: usize = 16 << 20;
@@ -329,7 +330,7 @@ impl Gossip {
                 h.last_sync = Some(Instant::now());
                 h.last_error = None;
                 if sent + received > 0 {
-                    tracing::debug!(peer = %peer.name, sent, received, "replicated");
+                    tracing::info!(peer = %peer.name, sent, received, "replicated");
                 }
             }
             Err(e) => {
@@ -654,6 +655,7 @@ impl Gossip {
         // smaller key), so two nodes do not both start one.
         let ours = vv.total();
         let starts = beat.events > ours || (beat.events == ours && me.key < peer.key);
+        let beat_events = beat.events;
         if let Ok(mut health) = self.health.lock() {
             let h = health.entry(peer.key).or_default();
             h.last_heard = Some(Instant::now());
@@ -669,18 +671,28 @@ impl Gossip {
                 let Ok(_guard) = lock.running.try_lock() else {
                     return;
                 };
+                tracing::info!(peer = %peer.name, theirs = beat_events, ours, "catching up");
                 gossip.initiate(&peer).await;
             });
         }
     }
 
-    /// Every 15 s, a session with one peer at random.
+    /// Every 15 s, a session with one live peer at random.
     async fn anti_entropy(self: Arc<Self>) {
         let mut tick = tokio::time::interval(ANTI_ENTROPY_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let peers = self.topology.borrow().peers.clone();
+            // Only live peers: a session to a dead one would hang until it
+            // times out, and might land after the peer's own catch-up.
+            let peers: Vec<Member> = self
+                .topology
+                .borrow()
+                .peers
+                .iter()
+                .filter(|p| self.alive(&p.key))
+                .cloned()
+                .collect();
             if peers.is_empty() {
                 continue;
             }

@@ -81,6 +81,7 @@ fn send(addr: &str, bytes: u64) {
 struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
+    name: String,
 }
 
 impl Cluster {
@@ -96,7 +97,7 @@ impl Cluster {
                 .arg("--dir")
                 .arg(d)
                 .arg("--name")
-                .arg("bench")
+                .arg(&self.name)
                 .args(&args[1..]);
         } else {
             cmd.args(args);
@@ -124,7 +125,7 @@ impl Cluster {
                     .arg("--dir")
                     .arg(d)
                     .arg("--name")
-                    .arg("bench")
+                    .arg(&self.name)
                     .args(&args[1..])
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
@@ -164,12 +165,21 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::env::var_os("MAKIATTO_BENCH_KEEP").is_some() {
+            eprintln!(
+                "kept the cluster: maki local --dir {} --name {} down",
+                self.dir.path().display(),
+                self.name
+            );
+            let _ = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
+            return;
+        }
         let _ = Command::new(self.bin.join("maki"))
             .arg("local")
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--name")
-            .arg("bench")
+            .arg(&self.name)
             .arg("down")
             .output();
     }
@@ -201,6 +211,7 @@ fn run() {
     let c = Cluster {
         dir: tempfile::tempdir().expect("tempdir"),
         bin: bin.clone(),
+        name: format!("b{}", std::process::id() % 100_000),
     };
     let daemon = bin.join("makiatto");
     c.maki(&[
@@ -291,6 +302,7 @@ fn run() {
 
     c.maki(&["local", "heal", cut_node]);
     let healed = Instant::now();
+    eprintln!("healed at {:?}", SystemTime::now());
     // Polled through `maki local exec` (nsenter, no SSH): about 30 ms a
     // look, so the figure is at most that much late.
     wait_until(
@@ -299,6 +311,7 @@ fn run() {
         || c.events(cut_node) == total,
     );
     let converged = healed.elapsed();
+    eprintln!("caught up at {:?}", SystemTime::now());
     // Let the heartbeats settle so that any duplicate session would show.
     std::thread::sleep(Duration::from_secs(2));
     let sent = sum(&nodes, &c, frames_out) - sent_before;
