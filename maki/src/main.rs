@@ -24,6 +24,7 @@ mod mesh;
 mod operator;
 mod peer;
 mod profile;
+mod project;
 mod prompt;
 mod ssh;
 
@@ -201,6 +202,16 @@ enum ConfigCmd {
     },
     /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.directory, acme.ca_root, sites.keep_versions).
     Set { key: String, value: String },
+    /// Validate makiatto.toml (domains, records, functions, transforms,
+    /// [o11y]) without sending anything.
+    Check {
+        /// The project file.
+        #[arg(long, default_value = project::FILE_NAME)]
+        file: PathBuf,
+        /// Print the configuration it would send (env values by name only).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -412,13 +423,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await?;
         }
-        Top::Config { command } => {
-            let ctx = ctx(&cli)?;
-            match command {
-                ConfigCmd::Show { json } => commands::config_show(&ctx, *json).await?,
-                ConfigCmd::Set { key, value } => commands::config_set(&ctx, key, value).await?,
+        Top::Config { command } => match command {
+            ConfigCmd::Check { file, json } => {
+                if !project::check(file, *json)? {
+                    return Ok(ExitCode::FAILURE);
+                }
             }
-        }
+            ConfigCmd::Show { json } => commands::config_show(&ctx(&cli)?, *json).await?,
+            ConfigCmd::Set { key, value } => commands::config_set(&ctx(&cli)?, key, value).await?,
+        },
         Top::Operator { command } => {
             let ctx = ctx(&cli)?;
             match command {

@@ -1,0 +1,1285 @@
+//! `makiatto.toml`: the project's domains, records, functions, transforms
+//! and `[o11y]`, read and validated once before anything is sent.
+//!
+//! Every problem in the file is collected (not only the first) and shown as
+//! cargo and rustc do: the file, line and column, the offending span
+//! underlined, what is wrong and how to fix it. [`Project::load`] returns
+//! either a whole valid project or every problem found.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use makiatto_projections::config::{
+    DesiredConfig, DomainConfig, FunctionConfig, O11yConfig, RecordConfig, TransformConfig,
+};
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, NamedSource, SourceSpan};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The file name `maki` looks for in the current directory.
+pub const FILE_NAME: &str = "makiatto.toml";
+
+/// The longest TTL DNS allows (RFC 2181 §8).
+const MAX_TTL: u32 = (1 << 31) - 1;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    #[serde(default)]
+    domain: Vec<Spanned<RawDomain>>,
+    o11y: Option<RawO11y>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDomain {
+    name: Spanned<String>,
+    path: Spanned<String>,
+    #[serde(default)]
+    aliases: Vec<Spanned<String>>,
+    #[serde(default)]
+    records: Vec<Spanned<RawRecord>>,
+    #[serde(default)]
+    functions: Vec<Spanned<RawFunction>>,
+    #[serde(default)]
+    transforms: Vec<Spanned<RawTransform>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    #[serde(rename = "type")]
+    rtype: Spanned<String>,
+    name: Spanned<String>,
+    value: Spanned<String>,
+    ttl: Option<Spanned<i64>>,
+    priority: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunction {
+    path: Spanned<String>,
+    #[serde(default)]
+    methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    env: BTreeMap<Spanned<String>, Spanned<String>>,
+    env_file: Option<Spanned<String>>,
+    timeout_ms: Option<Spanned<i64>>,
+    max_memory_mb: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransform {
+    path: Spanned<String>,
+    files: Spanned<String>,
+    #[serde(default)]
+    env: BTreeMap<Spanned<String>, Spanned<String>>,
+    env_file: Option<Spanned<String>>,
+    timeout_ms: Option<Spanned<i64>>,
+    max_memory_mb: Option<Spanned<i64>>,
+    max_file_size_kb: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawO11y {
+    otlp_endpoint: Option<Spanned<String>>,
+    sampling_ratio: Option<Spanned<f64>>,
+    tracing_enabled: Option<bool>,
+    metrics_enabled: Option<bool>,
+    logging_enabled: Option<bool>,
+}
+
+/// A valid project.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// The `makiatto.toml` read.
+    pub file: PathBuf,
+    pub domains: Vec<Domain>,
+    pub o11y: O11yConfig,
+}
+
+/// One `[[domain]]`.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    /// Lowercase, no trailing dot; a registrable domain.
+    pub name: String,
+    /// The directory served, absolute.
+    pub dir: PathBuf,
+    pub aliases: Vec<String>,
+    /// Keyed as the configuration document keys them: `TYPE name n`, n
+    /// counting records of the same type and name in file order.
+    pub records: BTreeMap<String, RecordConfig>,
+    pub functions: Vec<Function>,
+    pub transforms: Vec<Transform>,
+}
+
+/// A `[[domain.functions]]` entry; `env` in plain text until sealed.
+#[derive(Debug, Clone)]
+pub struct Function {
+    /// Relative to the domain directory, `/`-separated, normalised.
+    pub path: String,
+    pub methods: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub timeout_ms: Option<u64>,
+    pub max_memory_mb: Option<u64>,
+}
+
+/// A `[[domain.transforms]]` entry, in file order.
+#[derive(Debug, Clone)]
+pub struct Transform {
+    pub path: String,
+    pub files: String,
+    pub env: BTreeMap<String, String>,
+    pub timeout_ms: Option<u64>,
+    pub max_memory_mb: Option<u64>,
+    pub max_file_size_kb: Option<u64>,
+}
+
+impl Project {
+    /// The desired configuration this file asks for, on top of `base` (the
+    /// configuration as of the last sync: settings and domains this file
+    /// does not name are kept). `seal` turns each env value into its sealed
+    /// form (hex of a `SealedValue` to the nodes' keys); its arguments are
+    /// the domain, the component path, the variable and its value.
+    pub fn to_desired(
+        &self,
+        base: &DesiredConfig,
+        mut seal: impl FnMut(&str, &str, &str, &str) -> anyhow::Result<String>,
+    ) -> anyhow::Result<DesiredConfig> {
+        let mut out = base.clone();
+        out.o11y = self.o11y.clone();
+        out.domains.clear();
+        for d in &self.domains {
+            let mut sealed_env = |path: &str, env: &BTreeMap<String, String>| {
+                env.iter()
+                    .map(|(k, v)| Ok((k.clone(), seal(&d.name, path, k, v)?)))
+                    .collect::<anyhow::Result<BTreeMap<_, _>>>()
+            };
+            let functions = d
+                .functions
+                .iter()
+                .map(|f| {
+                    Ok(FunctionConfig {
+                        path: f.path.clone(),
+                        methods: f.methods.clone(),
+                        env: sealed_env(&f.path, &f.env)?,
+                        timeout_ms: f.timeout_ms,
+                        max_memory_mb: f.max_memory_mb,
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let transforms = d
+                .transforms
+                .iter()
+                .map(|t| {
+                    Ok(TransformConfig {
+                        path: t.path.clone(),
+                        files: t.files.clone(),
+                        env: sealed_env(&t.path, &t.env)?,
+                        timeout_ms: t.timeout_ms,
+                        max_memory_mb: t.max_memory_mb,
+                        max_file_size_kb: t.max_file_size_kb,
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            out.domains.insert(
+                d.name.clone(),
+                DomainConfig {
+                    aliases: d.aliases.clone(),
+                    records: d.records.clone(),
+                    functions,
+                    transforms,
+                },
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// One problem in the file.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{message}")]
+pub struct Problem {
+    message: String,
+    #[source_code]
+    src: NamedSource<Arc<String>>,
+    #[label("{label}")]
+    span: SourceSpan,
+    #[help]
+    help: Option<String>,
+    label: String,
+    /// 1-based line and column of the span's start (for tests and scripts).
+    pub line: usize,
+    pub column: usize,
+}
+
+/// Every problem found in a `makiatto.toml`.
+#[derive(Debug)]
+pub struct Problems {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::io::IsTerminal;
+        let theme = if std::io::stderr().is_terminal() {
+            GraphicalTheme::unicode()
+        } else {
+            GraphicalTheme::unicode_nocolor()
+        };
+        let handler = GraphicalReportHandler::new_themed(theme).with_width(100);
+        for p in &self.problems {
+            let mut out = String::new();
+            if handler.render_report(&mut out, p).is_err() {
+                out = format!(
+                    "{}:{}:{}: {}\n",
+                    self.file.display(),
+                    p.line,
+                    p.column,
+                    p.message
+                );
+            }
+            // A plain `file:line:col: message` first line, for editors and grep.
+            writeln!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                p.line,
+                p.column,
+                p.message
+            )?;
+            write!(f, "{out}")?;
+        }
+        write!(
+            f,
+            "{} problem{} in {}; nothing was sent",
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" },
+            self.file.display()
+        )
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Collects problems against one source text.
+struct Checker {
+    src: Arc<String>,
+    name: String,
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn problem(
+        &mut self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: Option<String>,
+    ) {
+        let start = span.start.min(self.src.len());
+        let end = span.end.clamp(start, self.src.len());
+        let (line, column) = line_col(&self.src, start);
+        self.problems.push(Problem {
+            message: message.into(),
+            src: NamedSource::new(self.name.clone(), self.src.clone()),
+            span: (start, end - start).into(),
+            label: label.into(),
+            help,
+            line,
+            column,
+        });
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+impl Project {
+    /// Reads and validates `file`. Paths in it are relative to its directory.
+    pub fn load(file: &Path) -> Result<Project, Box<Problems>> {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                let src = Arc::new(String::new());
+                let mut c = Checker {
+                    src,
+                    name: file.display().to_string(),
+                    problems: Vec::new(),
+                };
+                c.problem(
+                    0..0,
+                    format!("cannot read {}: {e}", file.display()),
+                    "here",
+                    Some(format!(
+                        "create {FILE_NAME} in your project directory (see `maki config check --help`), or name it with --file"
+                    )),
+                );
+                return Err(Box::new(Problems {
+                    file: file.to_owned(),
+                    problems: c.problems,
+                }));
+            }
+        };
+        let root = file
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        Self::parse(file, &root, text)
+    }
+
+    /// Validates `text` as the contents of `file`, paths relative to `root`.
+    pub fn parse(file: &Path, root: &Path, text: String) -> Result<Project, Box<Problems>> {
+        let mut c = Checker {
+            src: Arc::new(text),
+            name: file.display().to_string(),
+            problems: Vec::new(),
+        };
+        let raw: RawProject = match toml::from_str(&c.src.clone()) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                let message = e.message().to_owned();
+                let help = if message.starts_with("unknown field") {
+                    Some("check the spelling; the fields of each table are listed in the guide's Configuration section".to_owned())
+                } else if message.starts_with("missing field") {
+                    Some("add the field: it is required".to_owned())
+                } else {
+                    None
+                };
+                c.problem(span, message, "here", help);
+                return Err(Box::new(Problems {
+                    file: file.to_owned(),
+                    problems: c.problems,
+                }));
+            }
+        };
+        let mut domains = Vec::new();
+        let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
+        for d in &raw.domain {
+            if let Some(domain) = check_domain(&mut c, root, d.get_ref(), &mut seen) {
+                domains.push(domain);
+            }
+        }
+        if raw.domain.is_empty() {
+            c.problem(
+                0..0,
+                "no [[domain]] is configured",
+                "here",
+                Some("add one:\n[[domain]]\nname = \"example.com\"\npath = \"./dist\"".into()),
+            );
+        }
+        let o11y = raw.o11y.map(|o| check_o11y(&mut c, o)).unwrap_or_default();
+        if c.problems.is_empty() {
+            Ok(Project {
+                file: file.to_owned(),
+                domains,
+                o11y,
+            })
+        } else {
+            Err(Box::new(Problems {
+                file: file.to_owned(),
+                problems: c.problems,
+            }))
+        }
+    }
+}
+
+/// `maki config check`: prints every problem (to standard error) or a
+/// summary of what the file configures (with `json`, the configuration it
+/// would send, env values by name only); returns whether it is valid.
+pub fn check(file: &Path, json: bool) -> anyhow::Result<bool> {
+    match Project::load(file) {
+        Err(problems) => {
+            eprintln!("{problems}");
+            Ok(false)
+        }
+        Ok(p) if json => {
+            let desired = p.to_desired(&DesiredConfig::default(), |_, _, _, _| {
+                Ok("sealed at sync".to_owned())
+            })?;
+            let mut value = serde_json::to_value(&desired)?;
+            if let Some(map) = value.as_object_mut() {
+                map.remove("settings");
+            }
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(true)
+        }
+        Ok(p) => {
+            for d in &p.domains {
+                println!(
+                    "{}: {} ({} alias{}, {} record{}, {} function{}, {} transform{})",
+                    d.name,
+                    d.dir.display(),
+                    d.aliases.len(),
+                    if d.aliases.len() == 1 { "" } else { "es" },
+                    d.records.len(),
+                    if d.records.len() == 1 { "" } else { "s" },
+                    d.functions.len(),
+                    if d.functions.len() == 1 { "" } else { "s" },
+                    d.transforms.len(),
+                    if d.transforms.len() == 1 { "" } else { "s" },
+                );
+            }
+            println!("{}: valid", p.file.display());
+            Ok(true)
+        }
+    }
+}
+
+/// A DNS name made of valid labels; `underscore` allows `_` (service
+/// labels such as `_dmarc`), `wildcard` a leading `*`.
+fn valid_name(name: &str, underscore: bool, wildcard: bool) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".into());
+    }
+    if name.len() > 253 {
+        return Err("the name is longer than 253 characters".into());
+    }
+    for (i, label) in name.split('.').enumerate() {
+        if label == "*" && wildcard && i == 0 {
+            continue;
+        }
+        if label.is_empty() {
+            return Err("the name has an empty label (two dots, or a dot at an end)".into());
+        }
+        if label.len() > 63 {
+            return Err(format!("the label {label:?} is longer than 63 characters"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("the label {label:?} starts or ends with a hyphen"));
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|ch| !(ch.is_ascii_alphanumeric() || *ch == '-' || (underscore && *ch == '_')))
+        {
+            return Err(format!(
+                "the label {label:?} holds {bad:?}; use letters, digits and hyphens (internationalised names in their xn-- form)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A target host name in a record value (MX, CNAME, NS, SRV): absolute,
+/// a trailing dot allowed.
+fn valid_host(value: &str) -> Result<(), String> {
+    if value == "." {
+        return Ok(());
+    }
+    valid_name(value.trim_end_matches('.'), true, false)
+}
+
+/// A path below the domain directory: relative, no `..` above it, no NUL.
+fn inner_path(text: &str) -> Result<String, String> {
+    if text.contains('\0') {
+        return Err("the path holds a NUL byte".into());
+    }
+    let path = Path::new(text);
+    if path.is_absolute() {
+        return Err("the path is absolute; give it relative to the domain's directory".into());
+    }
+    let mut parts: Vec<String> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    return Err("the path leaves the domain's directory".into());
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(
+                    "the path is absolute; give it relative to the domain's directory".into(),
+                );
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err("the path names the domain's directory itself, not a file".into());
+    }
+    Ok(parts.join("/"))
+}
+
+fn check_domain(
+    c: &mut Checker,
+    root: &Path,
+    d: &RawDomain,
+    seen: &mut BTreeMap<String, Range<usize>>,
+) -> Option<Domain> {
+    let before = c.problems.len();
+    let name = d.name.get_ref().trim_end_matches('.').to_ascii_lowercase();
+    let name_span = d.name.span();
+    match valid_name(&name, false, false) {
+        Err(e) => c.problem(name_span.clone(), format!("{:?} is not a valid domain name: {e}", d.name.get_ref()), "this name", None),
+        Ok(()) => match psl::domain_str(&name) {
+            Some(registrable) if registrable == name => {}
+            Some(registrable) => c.problem(
+                name_span.clone(),
+                format!("{name} is a subdomain of {registrable}; each [[domain]] must be a root domain you control at the registrar"),
+                "a subdomain",
+                Some(format!(
+                    "serve {registrable} as the domain, and give {name} a record under it (or list it in `aliases`)"
+                )),
+            ),
+            None => c.problem(
+                name_span.clone(),
+                format!("{name} is a public suffix, not a domain you can register"),
+                "a public suffix",
+                Some("name a domain registered under it, such as example.co.uk".into()),
+            ),
+        },
+    }
+    if let Some(first) = seen.get(&name) {
+        let (line, _) = line_col(&c.src, first.start);
+        c.problem(
+            name_span.clone(),
+            format!("the domain {name} is configured twice"),
+            "again here",
+            Some(format!("merge this [[domain]] with the one on line {line}")),
+        );
+    } else {
+        seen.insert(name.clone(), name_span.clone());
+    }
+
+    // The directory served.
+    let path_text = d.path.get_ref();
+    let dir = if path_text.contains('\0') {
+        c.problem(
+            d.path.span(),
+            "the path holds a NUL byte",
+            "this path",
+            None,
+        );
+        root.to_owned()
+    } else {
+        root.join(path_text)
+    };
+    if !path_text.contains('\0') && !dir.is_dir() {
+        c.problem(
+            d.path.span(),
+            format!("{} is not a directory", dir.display()),
+            "relative to makiatto.toml",
+            Some("create it, or point `path` at the directory holding the site's files".into()),
+        );
+    }
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+
+    // Aliases.
+    let mut aliases = Vec::new();
+    for a in &d.aliases {
+        let alias = a.get_ref().trim_end_matches('.').to_ascii_lowercase();
+        if let Err(e) = valid_name(&alias, false, true) {
+            c.problem(
+                a.span(),
+                format!("{:?} is not a valid alias: {e}", a.get_ref()),
+                "this alias",
+                None,
+            );
+        } else if alias == name {
+            c.problem(
+                a.span(),
+                format!("{alias} is the domain itself"),
+                "not an alias",
+                Some("remove it from `aliases`".into()),
+            );
+        } else if let Some(first) = seen.get(&alias) {
+            let (line, _) = line_col(&c.src, first.start);
+            c.problem(
+                a.span(),
+                format!("{alias} is already used on line {line}"),
+                "used twice",
+                Some("a name can be one domain or one alias, once".into()),
+            );
+        } else {
+            seen.insert(alias.clone(), a.span());
+            aliases.push(alias);
+        }
+    }
+
+    let records = check_records(c, &name, &d.records);
+
+    let mut functions = Vec::new();
+    let mut routes: BTreeMap<String, Range<usize>> = BTreeMap::new();
+    for f in &d.functions {
+        let span = f.span();
+        let f = f.get_ref();
+        let Some(path) = component_path(c, &dir, &f.path) else {
+            continue;
+        };
+        let route = path.trim_end_matches(".wasm").to_owned();
+        if let Some(first) = routes.get(&route) {
+            let (line, _) = line_col(&c.src, first.start);
+            c.problem(
+                f.path.span(),
+                format!("a function on line {line} already serves /{route}"),
+                "same route",
+                None,
+            );
+        }
+        routes.insert(route, span);
+        let mut methods = Vec::new();
+        for m in &f.methods {
+            let method = m.get_ref().to_ascii_uppercase();
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
+                c.problem(
+                    m.span(),
+                    format!("{:?} is not an HTTP method", m.get_ref()),
+                    "this method",
+                    Some("use names such as GET, POST, PUT, DELETE".into()),
+                );
+            } else if !methods.contains(&method) {
+                methods.push(method);
+            }
+        }
+        let env = check_env(c, root, &f.env, f.env_file.as_ref());
+        functions.push(Function {
+            path,
+            methods,
+            env,
+            timeout_ms: positive(c, f.timeout_ms.as_ref(), "timeout_ms"),
+            max_memory_mb: positive(c, f.max_memory_mb.as_ref(), "max_memory_mb"),
+        });
+    }
+    let mut transforms = Vec::new();
+    for t in &d.transforms {
+        let t = t.get_ref();
+        let Some(path) = component_path(c, &dir, &t.path) else {
+            continue;
+        };
+        if let Err(e) = globset::Glob::new(t.files.get_ref()) {
+            c.problem(
+                t.files.span(),
+                format!("{:?} is not a valid glob: {}", t.files.get_ref(), e.kind()),
+                "this pattern",
+                Some("for example \"**/*.html\" or \"**/*.{js,css}\"".into()),
+            );
+        }
+        let env = check_env(c, root, &t.env, t.env_file.as_ref());
+        transforms.push(Transform {
+            path,
+            files: t.files.get_ref().clone(),
+            env,
+            timeout_ms: positive(c, t.timeout_ms.as_ref(), "timeout_ms"),
+            max_memory_mb: positive(c, t.max_memory_mb.as_ref(), "max_memory_mb"),
+            max_file_size_kb: positive(c, t.max_file_size_kb.as_ref(), "max_file_size_kb"),
+        });
+    }
+    (c.problems.len() == before).then_some(Domain {
+        name,
+        dir,
+        aliases,
+        records,
+        functions,
+        transforms,
+    })
+}
+
+/// A function's or transform's component: inside the domain directory, a
+/// `.wasm` file that exists.
+fn component_path(c: &mut Checker, dir: &Path, path: &Spanned<String>) -> Option<String> {
+    match inner_path(path.get_ref()) {
+        Err(e) => {
+            c.problem(
+                path.span(),
+                e,
+                "this path",
+                Some("components live inside the domain's directory".into()),
+            );
+            None
+        }
+        Ok(p) => {
+            if !p.ends_with(".wasm") {
+                c.problem(
+                    path.span(),
+                    format!("{p} is not a .wasm component"),
+                    "this path",
+                    Some(
+                        "build the component (cargo component build) and name the .wasm file"
+                            .into(),
+                    ),
+                );
+                return None;
+            }
+            let full = dir.join(&p);
+            if !full.is_file() {
+                c.problem(
+                    path.span(),
+                    format!("{} does not exist", full.display()),
+                    "not found",
+                    Some("build the component into the domain's directory first".into()),
+                );
+                return None;
+            }
+            // A symlink pointing out of the directory escapes it too.
+            if let (Ok(real), Ok(base)) = (full.canonicalize(), dir.canonicalize())
+                && !real.starts_with(&base)
+            {
+                c.problem(
+                    path.span(),
+                    format!("{p} resolves outside the domain's directory"),
+                    "a link out",
+                    None,
+                );
+                return None;
+            }
+            Some(p)
+        }
+    }
+}
+
+fn positive(c: &mut Checker, v: Option<&Spanned<i64>>, field: &str) -> Option<u64> {
+    let v = v?;
+    match u64::try_from(*v.get_ref()) {
+        Ok(n) if n > 0 => Some(n),
+        _ => {
+            c.problem(
+                v.span(),
+                format!("{field} must be a positive whole number"),
+                "this value",
+                None,
+            );
+            None
+        }
+    }
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+        && chars.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+/// `env` merged over the `env_file`'s variables (the table wins).
+fn check_env(
+    c: &mut Checker,
+    root: &Path,
+    env: &BTreeMap<Spanned<String>, Spanned<String>>,
+    env_file: Option<&Spanned<String>>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Some(file) = env_file {
+        let path = root.join(file.get_ref());
+        match std::fs::read_to_string(&path) {
+            Err(e) => c.problem(
+                file.span(),
+                format!("cannot read {}: {e}", path.display()),
+                "this env_file",
+                Some("env_file is relative to makiatto.toml".into()),
+            ),
+            Ok(text) => match parse_env_file(&text) {
+                Ok(vars) => out.extend(vars),
+                Err((line, e)) => c.problem(
+                    file.span(),
+                    format!("{}:{line}: {e}", path.display()),
+                    "in this file",
+                    Some("write one NAME=value per line; # starts a comment".into()),
+                ),
+            },
+        }
+    }
+    for (k, v) in env {
+        if !valid_env_name(k.get_ref()) {
+            c.problem(
+                k.span(),
+                format!("{:?} is not a valid environment variable name", k.get_ref()),
+                "this name",
+                Some("use letters, digits and _, not starting with a digit".into()),
+            );
+        } else {
+            out.insert(k.get_ref().clone(), v.get_ref().clone());
+        }
+    }
+    out
+}
+
+/// `NAME=value` lines; blank lines and `#` comments skipped; a value may
+/// be wrapped in single or double quotes.
+pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
+    let mut vars = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((name, value)) = line.split_once('=') else {
+            return Err((i + 1, format!("{line:?} is not NAME=value")));
+        };
+        let name = name.trim();
+        if !valid_env_name(name) {
+            return Err((i + 1, format!("{name:?} is not a valid variable name")));
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        vars.push((name.to_owned(), value.to_owned()));
+    }
+    Ok(vars)
+}
+
+fn check_records(
+    c: &mut Checker,
+    domain: &str,
+    records: &[Spanned<RawRecord>],
+) -> BTreeMap<String, RecordConfig> {
+    let mut out = BTreeMap::new();
+    let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    // Per owner name: the types present and where the first record was.
+    let mut at_name: BTreeMap<String, Vec<(String, Range<usize>)>> = BTreeMap::new();
+    for r in records {
+        let span = r.span();
+        let r = r.get_ref();
+        let rtype = r.rtype.get_ref().to_ascii_uppercase();
+        let value = r.value.get_ref();
+        let mut name = r.name.get_ref().trim().to_ascii_lowercase();
+        if name == domain || name == format!("{domain}.") {
+            name = "@".into();
+        }
+        let before = c.problems.len();
+        if name != "@" {
+            if let Some(inner) = name
+                .strip_suffix(&format!(".{domain}"))
+                .or_else(|| name.strip_suffix(&format!(".{domain}.")))
+            {
+                c.problem(
+                    r.name.span(),
+                    format!("record names are relative to {domain}"),
+                    "the domain repeated",
+                    Some(format!("write name = {inner:?}")),
+                );
+            } else if let Err(e) = valid_name(&name, true, true) {
+                c.problem(
+                    r.name.span(),
+                    format!("{:?} is not a valid record name: {e}", r.name.get_ref()),
+                    "this name",
+                    Some(
+                        "use \"@\" for the domain itself, or labels such as \"www\" or \"_dmarc\""
+                            .into(),
+                    ),
+                );
+            }
+        }
+        let value_problem: Option<(String, &str)> = match rtype.as_str() {
+            "A" => value.parse::<Ipv4Addr>().err().map(|_| (format!("{value:?} is not an IPv4 address"), "for example \"192.0.2.10\"")),
+            "AAAA" => value.parse::<Ipv6Addr>().err().map(|_| (format!("{value:?} is not an IPv6 address"), "for example \"2001:db8::10\"")),
+            "CNAME" | "NS" | "MX" => valid_host(value).err().map(|e| (format!("{value:?} is not a host name: {e}"), "name the target host, for example \"mail.example.com\"")),
+            "TXT" => (value.len() > 4000).then(|| ("the TXT value is longer than 4,000 bytes".to_owned(), "split it over several records")),
+            "SRV" => check_srv(value).err().map(|e| (e, "write \"WEIGHT PORT TARGET\", for example \"5 5060 sip.example.com\", and give `priority`")),
+            "CAA" => check_caa(value).err().map(|e| (e, "write FLAGS TAG \"VALUE\", for example: 0 issue \"letsencrypt.org\"")),
+            other => {
+                c.problem(r.rtype.span(), format!("record type {other:?} is not supported"), "this type", Some("use A, AAAA, CNAME, TXT, MX, SRV, CAA or NS".into()));
+                None
+            }
+        };
+        if let Some((message, help)) = value_problem {
+            c.problem(
+                r.value.span(),
+                message,
+                format!("not a valid {rtype} value"),
+                Some(help.into()),
+            );
+        }
+        match (rtype.as_str(), &r.priority) {
+            ("MX" | "SRV", None) => c.problem(
+                span.clone(),
+                format!(
+                    "{} {rtype} record needs a priority",
+                    if rtype == "MX" { "an" } else { "a" }
+                ),
+                "this record",
+                Some("add priority = 10 (lower is preferred)".into()),
+            ),
+            ("MX" | "SRV", Some(p)) if !(0..=65535).contains(p.get_ref()) => c.problem(
+                p.span(),
+                "priority must be from 0 to 65535",
+                "this priority",
+                None,
+            ),
+            ("MX" | "SRV", _) => {}
+            (_, Some(p)) => c.problem(
+                p.span(),
+                format!("a {rtype} record has no priority"),
+                "not used",
+                Some("remove it: only MX and SRV records have one".into()),
+            ),
+            (_, None) => {}
+        }
+        if let Some(ttl) = &r.ttl
+            && !(1..=i64::from(MAX_TTL)).contains(ttl.get_ref())
+        {
+            c.problem(
+                ttl.span(),
+                format!("ttl must be from 1 to {MAX_TTL} seconds"),
+                "this ttl",
+                None,
+            );
+        }
+        if name == "@" && matches!(rtype.as_str(), "CNAME" | "NS" | "A" | "AAAA") {
+            let why = match rtype.as_str() {
+                "CNAME" => "a CNAME cannot be at the apex: the apex holds SOA and NS records",
+                "NS" => {
+                    "the apex's NS records are the cluster's nameservers; they are made for you"
+                }
+                _ => "the apex's A and AAAA records are made by GeoDNS (the nearest healthy node)",
+            };
+            c.problem(
+                r.name.span(),
+                format!("{rtype} at {domain}: {why}"),
+                "at the apex",
+                Some("remove this record, or put it on a subdomain such as name = \"www\"".into()),
+            );
+        }
+        at_name
+            .entry(name.clone())
+            .or_default()
+            .push((rtype.clone(), r.name.span()));
+        if c.problems.len() == before {
+            let n = counts.entry((rtype.clone(), name.clone())).or_default();
+            out.insert(
+                format!("{rtype} {name} {n}"),
+                RecordConfig {
+                    rtype: rtype.clone(),
+                    name: name.clone(),
+                    value: value.clone(),
+                    ttl: r.ttl.as_ref().map(|t| *t.get_ref() as u32),
+                    priority: r.priority.as_ref().map(|p| *p.get_ref() as u16),
+                },
+            );
+            *n += 1;
+        }
+    }
+    // A CNAME owns its name alone (RFC 1034 §3.6.2).
+    for (name, entries) in &at_name {
+        if name == "@" {
+            continue; // a CNAME there is refused on its own
+        }
+        let cnames = entries.iter().filter(|(t, _)| t == "CNAME").count();
+        if cnames > 0 && entries.len() > 1 {
+            let (_, span) = entries
+                .iter()
+                .filter(|(t, _)| t == "CNAME")
+                .nth(if cnames > 1 { 1 } else { 0 })
+                .cloned()
+                .unwrap_or_else(|| entries[0].clone());
+            c.problem(
+                span,
+                format!("{name}.{domain} has a CNAME beside other records"),
+                "CNAME here",
+                Some(
+                    "a CNAME must be the only record of its name: remove the others, or the CNAME"
+                        .into(),
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn check_srv(value: &str) -> Result<(), String> {
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    let [weight, port, target] = parts.as_slice() else {
+        return Err(format!("{value:?} is not WEIGHT PORT TARGET"));
+    };
+    weight
+        .parse::<u16>()
+        .map_err(|_| format!("the weight {weight:?} is not from 0 to 65535"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("the port {port:?} is not from 0 to 65535"))?;
+    valid_host(target).map_err(|e| format!("the target {target:?}: {e}"))
+}
+
+fn check_caa(value: &str) -> Result<(), String> {
+    let mut parts = value.splitn(3, char::is_whitespace);
+    let (Some(flags), Some(tag), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("{value:?} is not FLAGS TAG \"VALUE\""));
+    };
+    flags
+        .parse::<u8>()
+        .map_err(|_| format!("the flags {flags:?} are not a number from 0 to 255"))?;
+    if tag.is_empty() || !tag.chars().all(|ch| ch.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "the tag {tag:?} is not letters and digits (issue, issuewild, iodef)"
+        ));
+    }
+    let rest = rest.trim();
+    if !(rest.len() >= 2 && rest.starts_with('"') && rest.ends_with('"')) {
+        return Err("the value must be in double quotes".into());
+    }
+    Ok(())
+}
+
+fn check_o11y(c: &mut Checker, o: RawO11y) -> O11yConfig {
+    if let Some(e) = &o.otlp_endpoint {
+        let text = e.get_ref();
+        let ok = text
+            .strip_prefix("http://")
+            .or_else(|| text.strip_prefix("https://"))
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+        if !ok {
+            c.problem(
+                e.span(),
+                format!("{text:?} is not an OTLP endpoint URL"),
+                "this endpoint",
+                Some(
+                    "for example \"http://10.44.44.5:4317\"; leave it out to use the o11y peer"
+                        .into(),
+                ),
+            );
+        }
+    }
+    if let Some(r) = &o.sampling_ratio
+        && !(0.0..=1.0).contains(r.get_ref())
+    {
+        c.problem(
+            r.span(),
+            "sampling_ratio must be from 0.0 to 1.0",
+            "this ratio",
+            Some("0.1 samples 10% of traces".into()),
+        );
+    }
+    O11yConfig {
+        otlp_endpoint: o.otlp_endpoint.map(|e| e.into_inner()),
+        sampling_ratio: o.sampling_ratio.map(|r| r.into_inner()),
+        tracing_enabled: o.tracing_enabled,
+        metrics_enabled: o.metrics_enabled,
+        logging_enabled: o.logging_enabled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(text: &str) -> (tempfile::TempDir, Result<Project, Box<Problems>>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dist/api")).unwrap();
+        std::fs::write(dir.path().join("dist/api/hello.wasm"), b"\0asm").unwrap();
+        std::fs::write(
+            dir.path().join("secrets.env"),
+            "API_KEY=\"s3cret\"\n# note\nMODE=prod\n",
+        )
+        .unwrap();
+        let file = dir.path().join(FILE_NAME);
+        std::fs::write(&file, text).unwrap();
+        let loaded = Project::load(&file);
+        (dir, loaded)
+    }
+
+    /// (line, column, message) of every problem.
+    fn problems(text: &str) -> Vec<(usize, usize, String)> {
+        let (_dir, loaded) = project(text);
+        loaded
+            .expect_err("the file should be refused")
+            .problems
+            .iter()
+            .map(|p| (p.line, p.column, p.message.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_guides_example_is_valid() {
+        let (_dir, loaded) = project(
+            r#"
+[[domain]]
+name = "example.com"
+path = "./dist"
+aliases = ["www.example.com", "old-domain.com"]
+
+[[domain.records]]
+type = "TXT"
+name = "_dmarc"
+value = "v=DMARC1; p=none; rua=mailto:dmarc@example.com"
+
+[[domain.records]]
+type = "MX"
+name = "@"
+value = "mail.example.com"
+ttl = 300
+priority = 10
+
+[[domain.functions]]
+path = "api/hello.wasm"
+methods = ["get", "POST"]
+env = { GREETING = "hi" }
+env_file = "secrets.env"
+
+[o11y]
+sampling_ratio = 0.1
+"#,
+        );
+        let p = loaded.unwrap_or_else(|e| panic!("{e}"));
+        let d = &p.domains[0];
+        assert_eq!(d.aliases, ["www.example.com", "old-domain.com"]);
+        assert_eq!(d.records["MX @ 0"].priority, Some(10));
+        assert_eq!(d.records["TXT _dmarc 0"].rtype, "TXT");
+        assert_eq!(d.functions[0].methods, ["GET", "POST"]);
+        assert_eq!(d.functions[0].env["API_KEY"], "s3cret");
+        assert_eq!(d.functions[0].env["GREETING"], "hi");
+        assert_eq!(p.o11y.sampling_ratio, Some(0.1));
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_where_they_are() {
+        let got = problems("[[domain]]\nname = \"example.com\"\npaht = \"./dist\"\n");
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0, got[0].1), (3, 1), "{got:?}");
+        assert!(got[0].2.contains("unknown field `paht`"), "{got:?}");
+    }
+
+    #[test]
+    fn subdomains_are_not_root_domains_but_co_uk_names_are() {
+        let got = problems("[[domain]]\nname = \"blog.example.com\"\npath = \"dist\"\n");
+        assert_eq!((got[0].0, got[0].1), (2, 8));
+        assert!(got[0].2.contains("subdomain of example.com"), "{got:?}");
+        let (_d, ok) = project("[[domain]]\nname = \"example.co.uk\"\npath = \"dist\"\n");
+        assert!(ok.is_ok());
+        let got = problems("[[domain]]\nname = \"co.uk\"\npath = \"dist\"\n");
+        assert!(got[0].2.contains("public suffix"), "{got:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_position() {
+        let got = problems(
+            r#"[[domain]]
+name = "example.com"
+path = "dist"
+
+[[domain.records]]
+type = "A"
+name = "www"
+value = "300.1.1.1"
+
+[[domain.records]]
+type = "CNAME"
+name = "@"
+value = "elsewhere.example.net"
+
+[[domain.records]]
+type = "MX"
+name = "@"
+value = "mail.example.com"
+
+[[domain.records]]
+type = "CNAME"
+name = "www"
+value = "example.net"
+
+[[domain]]
+name = "example.com"
+path = "missing"
+"#,
+        );
+        let at: Vec<(usize, usize)> = got.iter().map(|(l, c, _)| (*l, *c)).collect();
+        assert!(at.contains(&(8, 9)), "bad A value: {got:?}");
+        assert!(at.contains(&(12, 8)), "CNAME at the apex: {got:?}");
+        assert!(
+            got.iter().any(|(_, _, m)| m.contains("needs a priority")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|(l, _, m)| *l == 22 && m.contains("CNAME beside other records")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|(l, _, m)| *l == 26 && m.contains("configured twice")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|(l, _, m)| *l == 27 && m.contains("not a directory")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn component_paths_stay_inside_the_domain() {
+        for (path, wanted) in [
+            ("../outside.wasm", "leaves the domain"),
+            ("/etc/passwd.wasm", "absolute"),
+            ("api/../../x.wasm", "leaves the domain"),
+            ("api/missing.wasm", "does not exist"),
+            ("api/hello.txt", "not a .wasm"),
+        ] {
+            let got = problems(&format!(
+                "[[domain]]\nname = \"example.com\"\npath = \"dist\"\n[[domain.functions]]\npath = {path:?}\n"
+            ));
+            assert_eq!((got[0].0, got[0].1), (5, 8), "{path}: {got:?}");
+            assert!(got[0].2.contains(wanted), "{path}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn record_values_follow_their_types() {
+        for (rtype, value, ok) in [
+            ("AAAA", "2001:db8::1", true),
+            ("AAAA", "192.0.2.1", false),
+            ("SRV", "5 5060 sip.example.com", true),
+            ("SRV", "5 sip.example.com", false),
+            ("CAA", "0 issue \"letsencrypt.org\"", true),
+            ("CAA", "0 issue letsencrypt.org", false),
+            ("NS", "ns1.other.net.", true),
+            ("TXT", "anything at all", true),
+            ("PTR", "x.example.com", false),
+        ] {
+            let priority = if rtype == "SRV" { "priority = 1\n" } else { "" };
+            let (_d, loaded) = project(&format!(
+                "[[domain]]\nname = \"example.com\"\npath = \"dist\"\n[[domain.records]]\ntype = {rtype:?}\nname = \"sub\"\nvalue = {value:?}\n{priority}"
+            ));
+            assert_eq!(
+                loaded.is_ok(),
+                ok,
+                "{rtype} {value}: {:?}",
+                loaded.err().map(|e| e.to_string())
+            );
+        }
+    }
+
+    #[test]
+    fn the_report_names_file_line_and_column_and_says_nothing_was_sent() {
+        let (_dir, loaded) = project(
+            "[[domain]]\nname = \"example.com\"\npath = \"dist\"\naliases = [\"bad name\"]\n",
+        );
+        let text = loaded.err().unwrap().to_string();
+        assert!(
+            text.contains("makiatto.toml:4:12: \"bad name\" is not a valid alias"),
+            "{text}"
+        );
+        assert!(text.contains("nothing was sent"), "{text}");
+    }
+
+    #[test]
+    fn env_files_are_name_value_lines() {
+        assert_eq!(
+            parse_env_file("A=1\n\n# c\nexport B='two words'\n").unwrap(),
+            vec![("A".into(), "1".into()), ("B".into(), "two words".into())]
+        );
+        assert_eq!(parse_env_file("A=1\nnot a line\n").unwrap_err().0, 2);
+    }
+}
