@@ -12,6 +12,8 @@
 //! - [`peer`]: `maki peer …`, WireGuard peers outside the cluster.
 //! - [`prompt`]: yes/no questions on a terminal.
 //! - [`health`]: `maki health`.
+//! - [`project`]: `makiatto.toml`, validated (`maki config check`).
+//! - [`tree`]: a domain's files as a manifest, hashed in parallel and cached.
 //! - [`local`]: `maki local …`.
 
 mod cluster;
@@ -27,6 +29,7 @@ mod profile;
 mod project;
 mod prompt;
 mod ssh;
+mod tree;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -6,7 +6,7 @@
 //! underlined, what is wrong and how to fix it. [`Project::load`] returns
 //! either a whole valid project or every problem found.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
@@ -117,6 +117,9 @@ pub struct Domain {
     pub records: BTreeMap<String, RecordConfig>,
     pub functions: Vec<Function>,
     pub transforms: Vec<Transform>,
+    /// Files inside `dir` that are configuration, never served: the
+    /// components and any `env_file` that lives there.
+    pub config_files: BTreeSet<String>,
 }
 
 /// A `[[domain.functions]]` entry; `env` in plain text until sealed.
@@ -425,9 +428,27 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<bool> {
         }
         Ok(p) => {
             for d in &p.domains {
+                let files = crate::tree::walk(d, &d.config_files)?;
+                let cache_file = crate::tree::HashCache::file_for(&d.dir);
+                let mut cache = cache_file
+                    .as_deref()
+                    .map(crate::tree::HashCache::load)
+                    .unwrap_or_default();
+                let (manifest, _) = crate::tree::manifest(&files, &mut cache, &|_| {})?;
+                if let Some(file) = &cache_file
+                    && let Err(e) = cache.save(file)
+                {
+                    eprintln!(
+                        "warning: cannot save the hash cache {}: {e:#}",
+                        file.display()
+                    );
+                }
                 println!(
-                    "{}: {} ({} alias{}, {} record{}, {} function{}, {} transform{})",
+                    "{}: {} files, {} bytes (manifest {}) from {} ({} alias{}, {} record{}, {} function{}, {} transform{})",
                     d.name,
+                    manifest.files.len(),
+                    manifest.bytes(),
+                    manifest.hash().short(),
                     d.dir.display(),
                     d.aliases.len(),
                     if d.aliases.len() == 1 { "" } else { "es" },
@@ -684,6 +705,31 @@ fn check_domain(
             max_file_size_kb: positive(c, t.max_file_size_kb.as_ref(), "max_file_size_kb"),
         });
     }
+    let mut config_files: BTreeSet<String> = functions
+        .iter()
+        .map(|f| f.path.clone())
+        .chain(transforms.iter().map(|t| t.path.clone()))
+        .collect();
+    let env_files = d
+        .functions
+        .iter()
+        .filter_map(|f| f.get_ref().env_file.as_ref())
+        .chain(
+            d.transforms
+                .iter()
+                .filter_map(|t| t.get_ref().env_file.as_ref()),
+        );
+    for file in env_files {
+        if let (Ok(real), Ok(base)) = (root.join(file.get_ref()).canonicalize(), dir.canonicalize())
+            && let Ok(inside) = real.strip_prefix(&base)
+        {
+            config_files.insert(
+                inside
+                    .to_string_lossy()
+                    .replace(std::path::MAIN_SEPARATOR, "/"),
+            );
+        }
+    }
     (c.problems.len() == before).then_some(Domain {
         name,
         dir,
@@ -691,6 +737,7 @@ fn check_domain(
         records,
         functions,
         transforms,
+        config_files,
     })
 }
 
@@ -1141,6 +1188,11 @@ sampling_ratio = 0.1
         assert_eq!(d.functions[0].env["API_KEY"], "s3cret");
         assert_eq!(d.functions[0].env["GREETING"], "hi");
         assert_eq!(p.o11y.sampling_ratio, Some(0.1));
+        assert_eq!(
+            d.config_files.iter().collect::<Vec<_>>(),
+            ["api/hello.wasm"],
+            "the env file lives outside dist"
+        );
     }
 
     #[test]

@@ -1,0 +1,234 @@
+//! A site version's manifest: every served path with its blob's blake3
+//! hash, size and content type. It is a blob itself (too large for an
+//! event); the `site-published` event carries its hash and size.
+//!
+//! The encoding is canonical (postcard of a sorted map), so one manifest has
+//! one hash. Paths are checked on decode as well as on creation: a manifest
+//! from anywhere can never name a file outside its site (no `..`, no
+//! absolute paths, no NUL or control characters, no empty segments).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Blake3Hash;
+use crate::payload::ChangeSummary;
+
+/// The encoding version written first in every manifest.
+const VERSION: u8 = 1;
+/// The longest path accepted.
+pub const MAX_PATH_BYTES: usize = 1024;
+
+/// Why bytes are not a valid manifest, or a path not a valid site path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("the manifest does not decode: {0}")]
+    Malformed(String),
+    #[error("the manifest's encoding is not canonical")]
+    NotCanonical,
+    #[error("manifest version {0} is not known to this version of Makiatto")]
+    UnknownVersion(u8),
+    #[error("path {path:?} is not allowed: {why}")]
+    BadPath { path: String, why: &'static str },
+}
+
+/// One file of a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub hash: Blake3Hash,
+    pub size: u64,
+    pub content_type: String,
+}
+
+/// Every file of a version, by path (relative, `/`-separated).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Encoded {
+    version: u8,
+    files: BTreeMap<String, FileEntry>,
+}
+
+/// Checks a path as a manifest may hold it.
+pub fn check_path(path: &str) -> Result<(), ManifestError> {
+    let bad = |why| {
+        Err(ManifestError::BadPath {
+            path: path.chars().take(200).collect(),
+            why,
+        })
+    };
+    if path.is_empty() {
+        return bad("it is empty");
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return bad("it is longer than 1024 bytes");
+    }
+    if path.starts_with('/') {
+        return bad("it is absolute");
+    }
+    if path.chars().any(|c| c == '\0' || c.is_control()) {
+        return bad("it holds a NUL or control character");
+    }
+    if path.contains('\\') {
+        return bad("it holds a backslash");
+    }
+    for segment in path.split('/') {
+        match segment {
+            "" => return bad("it has an empty segment"),
+            "." | ".." => return bad("it has a . or .. segment"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Adds a file, checking its path.
+    pub fn insert(&mut self, path: String, entry: FileEntry) -> Result<(), ManifestError> {
+        check_path(&path)?;
+        self.files.insert(path, entry);
+        Ok(())
+    }
+
+    /// The canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(&Encoded {
+            version: VERSION,
+            files: self.files.clone(),
+        })
+        .unwrap_or_default()
+    }
+
+    /// The blob's hash: blake3 of the canonical bytes.
+    pub fn hash(&self) -> Blake3Hash {
+        Blake3Hash::of(&self.encode())
+    }
+
+    /// Decodes a manifest from anywhere: version known, canonical, every
+    /// path allowed.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let version = *bytes
+            .first()
+            .ok_or_else(|| ManifestError::Malformed("empty".into()))?;
+        if version != VERSION {
+            return Err(ManifestError::UnknownVersion(version));
+        }
+        let encoded: Encoded =
+            postcard::from_bytes(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        for path in encoded.files.keys() {
+            check_path(path)?;
+        }
+        let manifest = Manifest {
+            files: encoded.files,
+        };
+        if manifest.encode() != bytes {
+            return Err(ManifestError::NotCanonical);
+        }
+        Ok(manifest)
+    }
+
+    /// Total size of the files.
+    pub fn bytes(&self) -> u64 {
+        self.files.values().map(|f| f.size).sum()
+    }
+
+    /// What changed from `before` (an empty manifest for a first version).
+    pub fn summary_since(&self, before: &Manifest) -> ChangeSummary {
+        let mut s = ChangeSummary {
+            files: self.files.len() as u64,
+            added: 0,
+            changed: 0,
+            removed: 0,
+            bytes: self.bytes(),
+        };
+        for (path, entry) in &self.files {
+            match before.files.get(path) {
+                None => s.added += 1,
+                Some(old) if old != entry => s.changed += 1,
+                Some(_) => {}
+            }
+        }
+        s.removed = before
+            .files
+            .keys()
+            .filter(|p| !self.files.contains_key(*p))
+            .count() as u64;
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(byte: u8, size: u64) -> FileEntry {
+        FileEntry {
+            hash: Blake3Hash::of(&[byte]),
+            size,
+            content_type: "text/html; charset=utf-8".into(),
+        }
+    }
+
+    #[test]
+    fn manifests_round_trip_canonically() {
+        let mut m = Manifest::default();
+        m.insert("index.html".into(), entry(1, 10)).unwrap();
+        m.insert("css/site.css".into(), entry(2, 20)).unwrap();
+        let bytes = m.encode();
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        assert_eq!(m.hash(), Blake3Hash::of(&bytes));
+        assert!(Manifest::decode(&[2]).is_err());
+        assert!(Manifest::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn hostile_paths_are_refused_even_in_a_forged_manifest() {
+        for path in [
+            "../etc/passwd",
+            "/etc/passwd",
+            "a/../../b",
+            "a//b",
+            "a/./b",
+            "nul\0byte",
+            "back\\slash",
+            "",
+            "dir/",
+        ] {
+            assert!(check_path(path).is_err(), "{path:?}");
+            // Built by hand, bypassing `insert`.
+            let forged = Encoded {
+                version: VERSION,
+                files: [(path.to_owned(), entry(1, 1))].into(),
+            };
+            let bytes = postcard::to_allocvec(&forged).unwrap();
+            assert!(
+                matches!(Manifest::decode(&bytes), Err(ManifestError::BadPath { .. })),
+                "{path:?}"
+            );
+        }
+        for path in [".well-known/acme", "a b/c.html", "ünïcode.txt", "..hidden"] {
+            assert!(check_path(path).is_ok(), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn the_summary_counts_added_changed_and_removed() {
+        let mut old = Manifest::default();
+        old.insert("a".into(), entry(1, 1)).unwrap();
+        old.insert("b".into(), entry(2, 2)).unwrap();
+        let mut new = Manifest::default();
+        new.insert("a".into(), entry(1, 1)).unwrap();
+        new.insert("b".into(), entry(3, 5)).unwrap();
+        new.insert("c".into(), entry(4, 4)).unwrap();
+        let s = new.summary_since(&old);
+        assert_eq!(
+            (s.files, s.added, s.changed, s.removed, s.bytes),
+            (3, 1, 1, 0, 10)
+        );
+        let s = Manifest::default().summary_since(&new);
+        assert_eq!(s.removed, 3);
+    }
+}
