@@ -10,6 +10,7 @@
 //! the running daemon's socket when one answers, and otherwise open the data
 //! directory themselves (the store admits one process at a time).
 
+mod blobs;
 mod control;
 mod daemon;
 mod gossip;
@@ -119,12 +120,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The content-addressed blob store (for `maki sync`).
+    #[command(hide = true)]
+    Blobs {
+        #[command(subcommand)]
+        command: BlobsCommand,
+    },
     /// Tools for tests that play a misbehaving peer.
     #[command(hide = true)]
     Debug {
         #[command(subcommand)]
         command: DebugCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum BlobsCommand {
+    /// Store the blobs streamed on standard input (each: 32-byte blake3
+    /// hash, 8-byte big-endian size, the bytes), verifying every one;
+    /// prints a JSON report.
+    Receive,
+    /// Print which of the hex hashes on standard input (one per line) are
+    /// not stored.
+    Missing,
 }
 
 #[derive(Subcommand)]
@@ -319,6 +337,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&value)?);
             } else {
                 print_health(&value);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Blobs { command } => {
+            let store = blobs::BlobStore::open(&data_dir)
+                .with_context(|| format!("cannot open the blob store in {}", data_dir.display()))?;
+            match command {
+                BlobsCommand::Receive => {
+                    let report = store.receive(&mut std::io::stdin().lock())?;
+                    println!("{}", serde_json::to_string(&report)?);
+                    if !report.refused.is_empty() {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+                BlobsCommand::Missing => {
+                    let mut hashes = Vec::new();
+                    for line in std::io::stdin().lock().lines() {
+                        let line = line?;
+                        let line = line.trim();
+                        if line.is_empty() {
+                            continue;
+                        }
+                        let mut bytes = [0u8; 32];
+                        hex::decode_to_slice(line, &mut bytes).with_context(|| {
+                            format!("{line:?} is not a blake3 hash (64 hex digits)")
+                        })?;
+                        hashes.push(makiatto_events::Blake3Hash::from(bytes));
+                    }
+                    for h in store.missing(&hashes) {
+                        println!("{}", h.to_hex());
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,306 @@
+//! The content-addressed blob store (DESIGN §5): every file of every site
+//! version, stored once under its blake3 hash at `<data>/blobs/ab/abcd…`.
+//!
+//! A blob is written to a temporary file while it is hashed, checked
+//! against the hash and size it was announced with, made durable, and only
+//! then renamed into place: a blob that is present is complete and correct,
+//! and one whose bytes do not match its name never appears. Blobs arrive
+//! from `maki` (`makiatto blobs receive`, a stream over SSH) and later from
+//! peers over the mesh.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use makiatto_events::Blake3Hash;
+
+/// The largest blob accepted (a single file of a site).
+pub const MAX_BLOB_BYTES: u64 = 8 << 30;
+
+/// Why a blob was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {expected}: its bytes hash to {actual}, not to its name; refused")]
+    HashMismatch {
+        expected: Blake3Hash,
+        actual: Blake3Hash,
+    },
+    #[error(
+        "blob {hash}: announced as {announced} bytes, more than the {MAX_BLOB_BYTES}-byte limit"
+    )]
+    TooLarge { hash: Blake3Hash, announced: u64 },
+    #[error("blob {hash}: the stream ended after {got} of {announced} bytes")]
+    Truncated {
+        hash: Blake3Hash,
+        announced: u64,
+        got: u64,
+    },
+    #[error("blob store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The blob directory of a data directory.
+pub struct BlobStore {
+    dir: PathBuf,
+    /// Files and directories made here are handed to this owner (the
+    /// daemon's user), so that the daemon can add blobs beside them.
+    owner: Option<(u32, u32)>,
+}
+
+/// What one `blobs receive` stream did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Received {
+    pub stored: u64,
+    pub already_present: u64,
+    pub bytes: u64,
+    pub refused: Vec<String>,
+}
+
+impl BlobStore {
+    /// Opens (creating) `<data_dir>/blobs`, owned like `data_dir`.
+    pub fn open(data_dir: &Path) -> std::io::Result<BlobStore> {
+        let dir = data_dir.join("blobs");
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let owner = std::fs::metadata(data_dir).ok().map(|m| (m.uid(), m.gid()));
+        let store = BlobStore { dir, owner };
+        store.hand_over(&store.dir)?;
+        store.hand_over(&store.dir.join("tmp"))?;
+        Ok(store)
+    }
+
+    fn hand_over(&self, path: &Path) -> std::io::Result<()> {
+        if let Some((uid, gid)) = self.owner
+            && nix::unistd::geteuid().is_root()
+        {
+            nix::unistd::chown(
+                path,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(std::io::Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// Where a blob lives.
+    pub fn path(&self, hash: &Blake3Hash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.dir.join(&hex[..2]).join(hex)
+    }
+
+    pub fn contains(&self, hash: &Blake3Hash) -> bool {
+        self.path(hash).is_file()
+    }
+
+    /// Those of `hashes` not held, in the order given.
+    pub fn missing(&self, hashes: &[Blake3Hash]) -> Vec<Blake3Hash> {
+        hashes
+            .iter()
+            .filter(|h| !self.contains(h))
+            .copied()
+            .collect()
+    }
+
+    /// Stores `size` bytes read from `input` as blob `hash`, verifying them.
+    /// Exactly `size` bytes are consumed from `input` even when the blob is
+    /// refused or already held, so a stream of blobs stays in step. Returns
+    /// whether the blob is new.
+    pub fn put(
+        &self,
+        hash: Blake3Hash,
+        size: u64,
+        input: &mut impl Read,
+    ) -> Result<bool, BlobError> {
+        if size > MAX_BLOB_BYTES {
+            return Err(BlobError::TooLarge {
+                hash,
+                announced: size,
+            });
+        }
+        let present = self.contains(&hash);
+        let tmp = self.dir.join("tmp").join(format!(
+            "{}.{}.{}",
+            hash.to_hex(),
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let mut out = if present {
+            None
+        } else {
+            Some(File::create(&tmp)?)
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = size;
+        let result = (|| {
+            while left > 0 {
+                let want = left.min(buf.len() as u64) as usize;
+                let n = input.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(BlobError::Truncated {
+                        hash,
+                        announced: size,
+                        got: size - left,
+                    });
+                }
+                hasher.update(&buf[..n]);
+                if let Some(out) = out.as_mut() {
+                    out.write_all(&buf[..n])?;
+                }
+                left -= n as u64;
+            }
+            let actual = Blake3Hash::from(*hasher.finalize().as_bytes());
+            if actual != hash {
+                return Err(BlobError::HashMismatch {
+                    expected: hash,
+                    actual,
+                });
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            drop(out);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let Some(out) = out else {
+            return Ok(false);
+        };
+        out.sync_all()?;
+        drop(out);
+        let dest = self.path(&hash);
+        if let Some(parent) = dest.parent()
+            && !parent.exists()
+        {
+            std::fs::create_dir_all(parent)?;
+            self.hand_over(parent)?;
+        }
+        self.hand_over(&tmp)?;
+        std::fs::rename(&tmp, &dest)?;
+        if let Some(parent) = dest.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(true)
+    }
+
+    /// Reads a stream of blobs (each: 32-byte hash, 8-byte big-endian size,
+    /// the bytes) until it ends. A blob whose bytes do not match is refused
+    /// and the stream goes on; a stream cut in the middle of a blob keeps
+    /// every blob completed before it.
+    pub fn receive(&self, input: &mut impl Read) -> Result<Received, BlobError> {
+        let mut report = Received::default();
+        loop {
+            let mut head = [0u8; 40];
+            match read_full(input, &mut head)? {
+                0 => return Ok(report),
+                40 => {}
+                n => {
+                    report.refused.push(format!(
+                        "the stream ended inside a blob header ({n} of 40 bytes)"
+                    ));
+                    return Ok(report);
+                }
+            }
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&head[..32]);
+            let hash = Blake3Hash::from(hash);
+            let mut size = [0u8; 8];
+            size.copy_from_slice(&head[32..]);
+            let size = u64::from_be_bytes(size);
+            match self.put(hash, size, input) {
+                Ok(true) => {
+                    report.stored += 1;
+                    report.bytes += size;
+                }
+                Ok(false) => report.already_present += 1,
+                Err(e @ BlobError::HashMismatch { .. }) => report.refused.push(e.to_string()),
+                Err(e @ (BlobError::Truncated { .. } | BlobError::TooLarge { .. })) => {
+                    // The stream is out of step (or cut): nothing after can be trusted.
+                    report.refused.push(e.to_string());
+                    return Ok(report);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes one blob in the `receive` stream format.
+    fn frame(hash: &Blake3Hash, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(40 + bytes.len());
+        out.extend_from_slice(hash.as_bytes());
+        out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    #[test]
+    fn blobs_are_stored_under_their_hash_once_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let a = b"hello world".to_vec();
+        let b = vec![7u8; 300_000];
+        let (ha, hb) = (Blake3Hash::of(&a), Blake3Hash::of(&b));
+        let mut stream = frame(&ha, &a);
+        stream.extend(frame(&hb, &b));
+        stream.extend(frame(&ha, &a)); // again: already present
+        // A blob named for other bytes.
+        stream.extend(frame(&Blake3Hash::of(b"something else"), b"forged"));
+        let report = store.receive(&mut stream.as_slice()).unwrap();
+        assert_eq!((report.stored, report.already_present), (2, 1));
+        assert_eq!(report.refused.len(), 1, "{report:?}");
+        assert!(report.refused[0].contains("hash to"));
+        assert_eq!(std::fs::read(store.path(&hb)).unwrap(), b);
+        assert!(!store.contains(&Blake3Hash::of(b"something else")));
+        assert_eq!(
+            store.missing(&[ha, Blake3Hash::of(b"x")]),
+            [Blake3Hash::of(b"x")]
+        );
+        // Nothing is left half-written.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_stream_cut_inside_a_blob_keeps_the_blobs_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let a = b"complete".to_vec();
+        let b = vec![1u8; 10_000];
+        let mut stream = frame(&Blake3Hash::of(&a), &a);
+        let cut = frame(&Blake3Hash::of(&b), &b);
+        stream.extend(&cut[..5_000]);
+        let report = store.receive(&mut stream.as_slice()).unwrap();
+        assert_eq!(report.stored, 1);
+        assert!(report.refused[0].contains("ended after"), "{report:?}");
+        assert!(store.contains(&Blake3Hash::of(&a)));
+        assert!(!store.contains(&Blake3Hash::of(&b)));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}
