@@ -14,6 +14,7 @@
 //! - [`health`]: `maki health`.
 //! - [`project`]: `makiatto.toml`, validated (`maki config check`).
 //! - [`tree`]: a domain's files as a manifest, hashed in parallel and cached.
+//! - [`sync`]: `maki sync`.
 //! - [`local`]: `maki local …`.
 
 mod cluster;
@@ -29,6 +30,7 @@ mod profile;
 mod project;
 mod prompt;
 mod ssh;
+mod sync;
 mod tree;
 
 use std::net::Ipv4Addr;
@@ -97,6 +99,21 @@ enum Top {
     Operator {
         #[command(subcommand)]
         command: OperatorCmd,
+    },
+    /// Publish makiatto.toml and the domains' files to the cluster.
+    Sync {
+        /// The project file.
+        #[arg(long, default_value = project::FILE_NAME)]
+        file: PathBuf,
+        /// Only these domains (repeat for several).
+        #[arg(long = "domain", value_name = "NAME")]
+        domains: Vec<String>,
+        /// Why, shown in `maki log`.
+        #[arg(long, short)]
+        message: Option<String>,
+        /// Show what would be published and uploaded; send nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check every machine: SSH, daemon, mesh handshakes and liveness,
     /// replication lag, log verification. Exits non-zero on any problem.
@@ -447,6 +464,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 OperatorCmd::List { json } => commands::operator_list(&ctx, *json).await?,
             }
+        }
+        Top::Sync {
+            file,
+            domains,
+            message,
+            dry_run,
+        } => {
+            let ctx = ctx(&cli)?;
+            sync::sync(
+                &ctx,
+                sync::SyncArgs {
+                    file: file.clone(),
+                    domains: domains.clone(),
+                    message: message.clone(),
+                    dry_run: *dry_run,
+                },
+            )
+            .await?;
         }
         Top::Health { json } => {
             let ctx = ctx(&cli)?;

@@ -346,6 +346,88 @@ impl Remote {
         Ok(())
     }
 
+    /// Streams blobs to `makiatto blobs receive` (each: hash, size, bytes)
+    /// and returns its JSON report. Files are read as they are sent, never
+    /// held whole in memory.
+    pub async fn stream_blobs(
+        &self,
+        blobs: &[(makiatto_events::Blake3Hash, crate::sync::Source)],
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Value> {
+        let cmd = self.privileged("makiatto blobs receive");
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let (err_tx, mut err_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let exec = self
+            .client
+            .execute_io(&cmd, out_tx, Some(err_tx), Some(in_rx), false, None);
+        let feed = async move {
+            for (hash, source) in blobs {
+                let mut head = hash.as_bytes().to_vec();
+                head.extend_from_slice(&source.size().to_be_bytes());
+                if in_tx.send(head).await.is_err() {
+                    return anyhow::Ok(());
+                }
+                match source {
+                    crate::sync::Source::Bytes(b) => {
+                        if in_tx.send(b.clone()).await.is_err() {
+                            return Ok(());
+                        }
+                        progress.inc(b.len() as u64);
+                    }
+                    crate::sync::Source::File(path, size) => {
+                        let mut file = tokio::fs::File::open(path)
+                            .await
+                            .with_context(|| format!("cannot read {}", path.display()))?;
+                        let mut left = *size;
+                        let mut buf = vec![0u8; 256 * 1024];
+                        while left > 0 {
+                            let want = left.min(buf.len() as u64) as usize;
+                            let n = file.read(&mut buf[..want]).await?;
+                            if n == 0 {
+                                bail!(
+                                    "{} shrank while it was sent; run maki sync again",
+                                    path.display()
+                                );
+                            }
+                            if in_tx.send(buf[..n].to_vec()).await.is_err() {
+                                return Ok(());
+                            }
+                            progress.inc(n as u64);
+                            left -= n as u64;
+                        }
+                    }
+                }
+            }
+            let _ = in_tx.send(Vec::new()).await;
+            Ok(())
+        };
+        let collect_out = async move {
+            let mut v = Vec::new();
+            while let Some(c) = out_rx.recv().await {
+                v.extend(c);
+            }
+            v
+        };
+        let collect_err = async move {
+            let mut v = Vec::new();
+            while let Some(c) = err_rx.recv().await {
+                v.extend(c);
+            }
+            v
+        };
+        let (status, fed, out, err) = tokio::join!(exec, feed, collect_out, collect_err);
+        fed?;
+        status.with_context(|| format!("{}: the upload failed", self.target))?;
+        serde_json::from_slice(&out).with_context(|| {
+            format!(
+                "{}: makiatto blobs receive failed: {}",
+                self.target,
+                String::from_utf8_lossy(&err).trim()
+            )
+        })
+    }
+
     /// Sends control requests to the node's daemon (through `makiatto
     /// control`) and returns the answers.
     pub async fn control(&self, requests: &[Value]) -> anyhow::Result<Vec<Value>> {

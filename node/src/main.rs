@@ -21,7 +21,7 @@ mod query;
 mod replica;
 mod service;
 
-use std::io::{BufRead, Read};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -143,6 +143,13 @@ enum BlobsCommand {
     /// Print which of the hex hashes on standard input (one per line) are
     /// not stored.
     Missing,
+    /// Write a stored blob to standard output.
+    Get {
+        hash: String,
+        /// As hex (for callers that read text).
+        #[arg(long)]
+        hex: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -349,6 +356,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string(&report)?);
                     if !report.refused.is_empty() {
                         return Ok(ExitCode::FAILURE);
+                    }
+                }
+                BlobsCommand::Get { hash, hex } => {
+                    let mut bytes = [0u8; 32];
+                    hex::decode_to_slice(hash.trim(), &mut bytes).with_context(|| {
+                        format!("{hash:?} is not a blake3 hash (64 hex digits)")
+                    })?;
+                    let path = store.path(&makiatto_events::Blake3Hash::from(bytes));
+                    let data = std::fs::read(&path)
+                        .with_context(|| format!("blob {hash} is not stored here"))?;
+                    let mut stdout = std::io::stdout().lock();
+                    if hex {
+                        writeln!(stdout, "{}", hex::encode(&data))?;
+                    } else {
+                        stdout.write_all(&data)?;
                     }
                 }
                 BlobsCommand::Missing => {

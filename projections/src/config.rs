@@ -284,6 +284,19 @@ impl ConfigDoc {
             .map_err(|e| ConfigError::Apply(e.to_string()))
     }
 
+    /// The whole document, to keep on disk (`maki` keeps the configuration
+    /// as of its last sync this way).
+    pub fn save(&self) -> Vec<u8> {
+        self.doc.clone().save()
+    }
+
+    /// A document saved with [`ConfigDoc::save`].
+    pub fn load(bytes: &[u8]) -> Result<ConfigDoc, ConfigError> {
+        AutoCommit::load(bytes)
+            .map(|doc| ConfigDoc { doc })
+            .map_err(|e| ConfigError::BadChange(e.to_string()))
+    }
+
     /// The typed view of the document.
     pub fn view(&self) -> Result<DesiredConfig, ConfigError> {
         hydrate(&self.doc).map_err(|e| ConfigError::Shape(e.to_string()))

@@ -1,0 +1,488 @@
+//! `maki sync`: publish `makiatto.toml` and the domains' files.
+//!
+//! 1. Validate `makiatto.toml` (nothing is sent if anything is wrong).
+//! 2. Walk and hash each domain's tree (cached by size and mtime) into a
+//!    manifest; compare it with the live version the cluster holds.
+//! 3. Work out the configuration change (below), sealing env values.
+//! 4. Ask a node which blobs it lacks, stream only those to it (verified
+//!    there by hash), then sign one `config-changed` event for the
+//!    configuration and one `site-published` event per changed domain.
+//!
+//! The event is sent only after every blob is stored, so an interrupted
+//! sync publishes nothing, and running it again re-sends only what did not
+//! arrive. The mesh hands the events to the other nodes.
+//!
+//! Concurrent edits (DESIGN §3): `maki` keeps the configuration as of this
+//! operator's last sync (the base, beside the outbox). A field the file does
+//! not change relative to the base keeps the cluster's current value, so a
+//! stale `makiatto.toml` never reverts what another operator changed; the
+//! changes are made on top of the cluster's current document, and automerge
+//! merges them with anything concurrent.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use makiatto_events::payload::{BlobRef, ChangeSummary, ConfigChanged, SitePublished};
+use makiatto_events::{Blake3Hash, DomainName, Manifest, Payload, SealedValue, SealingKey};
+use makiatto_projections::config::{ConfigDoc, DesiredConfig, DomainConfig};
+use serde_json::{Value, json};
+
+use crate::cluster::Ctx;
+use crate::project::{Domain, Project};
+use crate::ssh::Remote;
+use crate::tree::{HashCache, manifest, walk};
+
+/// What `maki sync` was asked.
+pub struct SyncArgs {
+    pub file: PathBuf,
+    pub domains: Vec<String>,
+    pub message: Option<String>,
+    pub dry_run: bool,
+}
+
+/// One domain's new version.
+struct Planned<'a> {
+    domain: &'a Domain,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    summary: ChangeSummary,
+    /// Local files by hash, to upload from.
+    sources: BTreeMap<Blake3Hash, PathBuf>,
+}
+
+/// Where this operator keeps the base of a cluster (beside the outbox).
+fn base_paths(ctx: &Ctx, cluster_id: &str) -> (PathBuf, PathBuf) {
+    let dir = ctx
+        .operator_key_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("base");
+    (
+        dir.join(format!("{cluster_id}.automerge")),
+        dir.join(format!("{cluster_id}.secrets.json")),
+    )
+}
+
+/// Three-way merge at the level of fields: where `file` equals `base`, the
+/// cluster's `current` value stays; where it differs, the file wins.
+fn merge(base: &DesiredConfig, file: &DesiredConfig, current: &DesiredConfig) -> DesiredConfig {
+    let mut out = current.clone();
+    if file.o11y != base.o11y {
+        out.o11y = file.o11y.clone();
+    }
+    let names: BTreeSet<&String> = base.domains.keys().chain(file.domains.keys()).collect();
+    let empty = DomainConfig::default();
+    for name in names {
+        let b = base.domains.get(name);
+        let f = file.domains.get(name);
+        match (b, f) {
+            (Some(_), None) => {
+                out.domains.remove(name);
+            }
+            (None, Some(f)) => {
+                out.domains.insert(name.clone(), f.clone());
+            }
+            (Some(b), Some(f)) if b == f => {}
+            (b, Some(f)) => {
+                let b = b.unwrap_or(&empty);
+                let cur = out.domains.entry(name.clone()).or_default();
+                if f.aliases != b.aliases {
+                    cur.aliases = f.aliases.clone();
+                }
+                if f.functions != b.functions {
+                    cur.functions = f.functions.clone();
+                }
+                if f.transforms != b.transforms {
+                    cur.transforms = f.transforms.clone();
+                }
+                let keys: BTreeSet<&String> = b.records.keys().chain(f.records.keys()).collect();
+                for key in keys {
+                    match (b.records.get(key), f.records.get(key)) {
+                        (x, y) if x == y => {}
+                        (_, Some(r)) => {
+                            cur.records.insert(key.clone(), r.clone());
+                        }
+                        (_, None) => {
+                            cur.records.remove(key);
+                        }
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+fn decode_doc(changes: &Value) -> anyhow::Result<ConfigDoc> {
+    let hex_changes: Vec<String> = serde_json::from_value(changes.clone())?;
+    let bytes: Vec<Vec<u8>> = hex_changes
+        .iter()
+        .map(hex::decode)
+        .collect::<Result<_, _>>()
+        .context("the node sent a configuration change that is not hex")?;
+    let mut doc = ConfigDoc::default();
+    doc.apply(ConfigDoc::decode(&bytes)?)?;
+    Ok(doc)
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / 1e9),
+        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / 1e6),
+        b if b >= 1 << 10 => format!("{:.1} kB", b as f64 / 1e3),
+        b => format!("{b} B"),
+    }
+}
+
+/// `maki sync`.
+pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
+    let project = Project::load(&args.file).map_err(|problems| anyhow::anyhow!("{problems}"))?;
+    let selected: Vec<&Domain> = if args.domains.is_empty() {
+        project.domains.iter().collect()
+    } else {
+        let mut out = Vec::new();
+        for name in &args.domains {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            match project.domains.iter().find(|d| d.name == name) {
+                Some(d) => out.push(d),
+                None => bail!(
+                    "{name} is not configured in {} (its domains: {})",
+                    args.file.display(),
+                    project
+                        .domains
+                        .iter()
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+        out
+    };
+    let cluster_id = ctx.cluster_id()?;
+    let operator = ctx.operator()?;
+    let (machine, remote) = ctx.any_node().await?;
+
+    // The tree of every selected domain, as a manifest.
+    let hashing = crate::ssh::bytes_bar("hashing");
+    let mut plans = Vec::new();
+    let answers = remote
+        .control(&[
+            json!({"op": "show", "name": "sites"}),
+            json!({"op": "show", "name": "peers"}),
+            json!({"op": "config-changes"}),
+        ])
+        .await?;
+    let (sites, peers, changes) = (&answers[0]["state"], &answers[1]["state"], &answers[2]);
+    for d in &selected {
+        let files = walk(d, &d.config_files)?;
+        hashing.inc_length(files.iter().map(|f| f.size).sum());
+        let cache_file = HashCache::file_for(&d.dir);
+        let mut cache = cache_file
+            .as_deref()
+            .map(HashCache::load)
+            .unwrap_or_default();
+        let (m, _stats) = manifest(&files, &mut cache, &|n| hashing.inc(n))?;
+        if let Some(file) = &cache_file
+            && let Err(e) = cache.save(file)
+        {
+            eprintln!(
+                "warning: cannot save the hash cache {}: {e:#}",
+                file.display()
+            );
+        }
+        let site = &sites["domains"][&d.name];
+        let live = site["live"].as_str();
+        let live_manifest = site["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["event"].as_str() == live && live.is_some())
+            .and_then(|v| v["manifest"]["hash"].as_str())
+            .map(str::to_owned);
+        let manifest_bytes = m.encode();
+        let hash = Blake3Hash::of(&manifest_bytes);
+        if live_manifest.as_deref() == Some(hash.to_hex().as_str()) {
+            continue;
+        }
+        let before = match &live_manifest {
+            Some(h) => previous_manifest(&remote, h).await.unwrap_or_default(),
+            None => Manifest::default(),
+        };
+        let summary = m.summary_since(&before);
+        let sources = files
+            .iter()
+            .filter_map(|f| m.files.get(&f.path).map(|e| (e.hash, f.full.clone())))
+            .collect();
+        plans.push(Planned {
+            domain: d,
+            manifest: m,
+            manifest_bytes,
+            summary,
+            sources,
+        });
+    }
+    hashing.finish_and_clear();
+
+    // The configuration: the file's wishes merged field by field.
+    let mut current_doc = decode_doc(changes)?;
+    let current = current_doc.view()?;
+    let (base_file, secrets_file) = base_paths(ctx, &cluster_id);
+    let base = match std::fs::read(&base_file) {
+        Ok(bytes) => ConfigDoc::load(&bytes)
+            .and_then(|d| d.view())
+            .with_context(|| {
+                format!(
+                    "the sync base {} is damaged; remove it",
+                    base_file.display()
+                )
+            })?,
+        // No sync from here yet: the cluster's current state is the base.
+        Err(_) => current.clone(),
+    };
+    let mut secrets: BTreeMap<String, String> = std::fs::read(&secrets_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let recipients: Vec<SealingKey> = peers["nodes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, n)| n["sealing_key"].as_str()?.parse().ok())
+        .collect();
+    let mut rng = rand::rng();
+    let file_config = project.to_desired(&base, |domain, path, var, value| {
+        let key = format!("{domain}/{path}/{var}");
+        let digest = Blake3Hash::of(value.as_bytes()).to_hex();
+        let previous = base
+            .domains
+            .get(domain)
+            .and_then(|d| {
+                d.functions
+                    .iter()
+                    .find(|f| f.path == path)
+                    .map(|f| &f.env)
+                    .or_else(|| d.transforms.iter().find(|t| t.path == path).map(|t| &t.env))
+            })
+            .and_then(|env| env.get(var));
+        if let Some(sealed) = previous
+            && secrets.get(&key) == Some(&digest)
+        {
+            return Ok(sealed.clone());
+        }
+        let sealed = SealedValue::seal(value.as_bytes(), &recipients, &mut rng)
+            .with_context(|| format!("cannot seal {var} of {path}: the cluster has no nodes"))?;
+        secrets.insert(key, digest);
+        Ok(hex::encode(postcard::to_allocvec(&sealed)?))
+    })?;
+    // Only the selected domains' configuration moves with --domain.
+    let mut file_config = file_config;
+    if !args.domains.is_empty() {
+        for (name, d) in &base.domains {
+            if !selected.iter().any(|s| &s.name == name) {
+                file_config.domains.insert(name.clone(), d.clone());
+            }
+        }
+        file_config.domains.retain(|name, _| {
+            selected.iter().any(|s| &s.name == name) || base.domains.contains_key(name)
+        });
+    }
+    let others_changed = current.domains != base.domains || current.o11y != base.o11y;
+    let wanted = merge(&base, &file_config, &current);
+    let config_changes = current_doc.edit(&operator.key().public(), &wanted)?;
+
+    if plans.is_empty() && config_changes.is_empty() {
+        println!("everything is up to date on {}", machine.name);
+        return save_base(&base_file, &secrets_file, &file_config, &secrets, &operator);
+    }
+
+    // Blobs the node lacks.
+    let mut wanted_blobs: BTreeSet<Blake3Hash> = BTreeSet::new();
+    for p in &plans {
+        wanted_blobs.insert(Blake3Hash::of(&p.manifest_bytes));
+        wanted_blobs.extend(p.manifest.files.values().map(|f| f.hash));
+    }
+    let query: String = wanted_blobs
+        .iter()
+        .map(|h| format!("{}\n", h.to_hex()))
+        .collect();
+    let out = remote
+        .run_with_input("makiatto blobs missing", query.into_bytes())
+        .await?;
+    if out.status != 0 {
+        bail!(
+            "{}: cannot list its blobs: {}",
+            machine.name,
+            out.stderr.trim()
+        );
+    }
+    let missing: BTreeSet<String> = out.stdout.lines().map(str::to_owned).collect();
+    let mut upload: Vec<(Blake3Hash, Source)> = Vec::new();
+    let mut per_domain: BTreeMap<&str, u64> = BTreeMap::new();
+    for p in &plans {
+        let mhash = Blake3Hash::of(&p.manifest_bytes);
+        if missing.contains(&mhash.to_hex()) && !upload.iter().any(|(h, _)| *h == mhash) {
+            upload.push((mhash, Source::Bytes(p.manifest_bytes.clone())));
+        }
+        for entry in p.manifest.files.values() {
+            if missing.contains(&entry.hash.to_hex())
+                && !upload.iter().any(|(h, _)| *h == entry.hash)
+                && let Some(path) = p.sources.get(&entry.hash)
+            {
+                upload.push((entry.hash, Source::File(path.clone(), entry.size)));
+                *per_domain.entry(&p.domain.name).or_default() += entry.size;
+            }
+        }
+    }
+    let upload_bytes: u64 = upload.iter().map(|(_, s)| s.size()).sum();
+
+    if args.dry_run {
+        report(&plans, &per_domain, !config_changes.is_empty(), true);
+        println!(
+            "dry run: {} to upload to {}; nothing was sent",
+            human(upload_bytes),
+            machine.name
+        );
+        return Ok(());
+    }
+
+    if !upload.is_empty() {
+        let bar = crate::ssh::bytes_bar(&format!("uploading to {}", machine.name));
+        bar.set_length(upload_bytes);
+        let result = remote.stream_blobs(&upload, &bar).await?;
+        bar.finish_and_clear();
+        if !result["refused"].as_array().is_none_or(|r| r.is_empty()) {
+            bail!(
+                "{}: refused blobs (a file changed while it was sent? run maki sync again): {}",
+                machine.name,
+                result["refused"]
+            );
+        }
+    }
+
+    // Every blob is on the node: now the events.
+    let mut payloads = Vec::new();
+    if !config_changes.is_empty() {
+        payloads.push(Payload::ConfigChanged(ConfigChanged {
+            changes: config_changes,
+            summary: config_summary(&current, &wanted),
+        }));
+    }
+    for p in &plans {
+        payloads.push(Payload::SitePublished(SitePublished {
+            domain: DomainName::new(p.domain.name.as_str())?,
+            manifest: BlobRef {
+                hash: Blake3Hash::of(&p.manifest_bytes),
+                size: p.manifest_bytes.len() as u64,
+            },
+            summary: p.summary,
+            message: args.message.clone(),
+        }));
+    }
+    let events = ctx.sign(&remote, &cluster_id, payloads).await?;
+    ctx.deliver(&remote, &cluster_id, &events).await?;
+    save_base(&base_file, &secrets_file, &file_config, &secrets, &operator)?;
+    report(&plans, &per_domain, events.len() > plans.len(), false);
+    if others_changed {
+        println!(
+            "note: others changed the configuration since your last sync; their changes were kept"
+        );
+    }
+    Ok(())
+}
+
+fn config_summary(current: &DesiredConfig, wanted: &DesiredConfig) -> String {
+    let mut parts = Vec::new();
+    for (name, d) in &wanted.domains {
+        match current.domains.get(name) {
+            None => parts.push(format!("{name} added")),
+            Some(c) if c != d => parts.push(format!("{name} changed")),
+            Some(_) => {}
+        }
+    }
+    for name in current.domains.keys() {
+        if !wanted.domains.contains_key(name) {
+            parts.push(format!("{name} removed"));
+        }
+    }
+    if current.o11y != wanted.o11y {
+        parts.push("o11y changed".into());
+    }
+    format!(
+        "sync: {}",
+        if parts.is_empty() {
+            "configuration".into()
+        } else {
+            parts.join(", ")
+        }
+    )
+}
+
+fn report(plans: &[Planned], uploaded: &BTreeMap<&str, u64>, config: bool, dry: bool) {
+    let verb = if dry { "would publish" } else { "published" };
+    for p in plans {
+        let s = &p.summary;
+        println!(
+            "{}: {verb} {} files: {} changed, {} added, {} removed, {} uploaded",
+            p.domain.name,
+            s.files,
+            s.changed,
+            s.added,
+            s.removed,
+            human(uploaded.get(p.domain.name.as_str()).copied().unwrap_or(0))
+        );
+    }
+    if config {
+        println!(
+            "configuration: {}",
+            if dry { "would change" } else { "changed" }
+        );
+    }
+}
+
+fn save_base(
+    base_file: &Path,
+    secrets_file: &Path,
+    config: &DesiredConfig,
+    secrets: &BTreeMap<String, String>,
+    operator: &crate::operator::Operator,
+) -> anyhow::Result<()> {
+    let mut doc = ConfigDoc::default();
+    doc.edit(&operator.key().public(), config)?;
+    if let Some(dir) = base_file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    for (path, bytes) in [
+        (base_file, doc.save()),
+        (secrets_file, serde_json::to_vec(secrets)?),
+    ] {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    Ok(())
+}
+
+async fn previous_manifest(remote: &Remote, hash: &str) -> anyhow::Result<Manifest> {
+    let out = remote
+        .run_ok(&format!("makiatto blobs get --hex {hash}"))
+        .await?;
+    Ok(Manifest::decode(&hex::decode(out.trim())?)?)
+}
+
+/// Bytes to upload: a local file or bytes made here (a manifest).
+pub enum Source {
+    File(PathBuf, u64),
+    Bytes(Vec<u8>),
+}
+
+impl Source {
+    pub fn size(&self) -> u64 {
+        match self {
+            Source::File(_, n) => *n,
+            Source::Bytes(b) => b.len() as u64,
+        }
+    }
+}
