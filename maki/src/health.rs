@@ -1,7 +1,8 @@
 //! `maki health`: every machine of the profile checked at once: reachable
 //! over SSH, daemon up, mesh handshakes and liveness of each peer as that
 //! node sees them, replication lag (events behind the most advanced node)
-//! and log verification. Exits non-zero when anything is wrong.
+//! log verification, and whether each site's live version is deployed.
+//! Exits non-zero when anything is wrong.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -189,6 +190,19 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
                     _ => {}
                 }
                 peers.push(row);
+            }
+        }
+        if let Some(sites) = p.health.as_ref().and_then(|h| h["sites"].as_object()) {
+            for (domain, s) in sites {
+                if s["in_sync"] != true {
+                    let why = match s["error"].as_str() {
+                        Some(e) => e.to_owned(),
+                        None => format!("{} blobs still to fetch", s["missing_blobs"]),
+                    };
+                    problems.push(format!(
+                        "{domain}: the live version is not deployed here yet ({why})"
+                    ));
+                }
             }
         }
         let rejected = p

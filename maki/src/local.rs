@@ -245,6 +245,19 @@ pub async fn up(w: &Where, nodes: usize, binary: Option<&Path>) -> anyhow::Resul
     Ok(())
 }
 
+/// The profile, operator key and SSH key of a local cluster, as `maki`
+/// commands use them (what `env.sh` exports).
+pub fn ctx(w: &Where) -> anyhow::Result<Ctx> {
+    let dir = std::path::absolute(&w.dir)?;
+    let profile_path = dir.join("profile.toml");
+    Ok(Ctx {
+        profile: Profile::load(&profile_path)?,
+        profile_path,
+        operator_key_path: dir.join("operator.key"),
+        ssh_key: Some(dir.join("ssh/id_ed25519")),
+    })
+}
+
 fn env_file(w: &Where) -> PathBuf {
     w.dir.join("env.sh")
 }

@@ -289,6 +289,10 @@ enum LocalCmd {
         nodes: usize,
         #[arg(long)]
         binary_path: Option<PathBuf>,
+        /// Then `maki sync` this project to the new cluster
+        /// (scripts/demo.sh passes examples/makiatto.toml).
+        #[arg(long, value_name = "MAKIATTO_TOML")]
+        sync: Option<PathBuf>,
     },
     /// Remove everything `up` made.
     Down,
@@ -520,8 +524,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 name: name.clone(),
             };
             match command {
-                LocalCmd::Up { nodes, binary_path } => {
-                    local::up(&w, *nodes, binary_path.as_deref()).await?
+                LocalCmd::Up {
+                    nodes,
+                    binary_path,
+                    sync: project,
+                } => {
+                    local::up(&w, *nodes, binary_path.as_deref()).await?;
+                    if let Some(file) = project {
+                        let args = sync::SyncArgs {
+                            file: file.clone(),
+                            domains: Vec::new(),
+                            message: Some("maki local up".into()),
+                            dry_run: false,
+                        };
+                        sync::sync(&local::ctx(&w)?, args).await?;
+                    }
                 }
                 LocalCmd::Down => local::down(&w)?,
                 LocalCmd::Status { json } => local::status(&w, *json)?,

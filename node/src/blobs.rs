@@ -102,6 +102,36 @@ impl BlobStore {
             .collect()
     }
 
+    /// Starts writing blob `hash` of `size` bytes (see [`BlobWriter`]).
+    pub fn writer(&self, hash: Blake3Hash, size: u64) -> Result<BlobWriter<'_>, BlobError> {
+        if size > MAX_BLOB_BYTES {
+            return Err(BlobError::TooLarge {
+                hash,
+                announced: size,
+            });
+        }
+        let tmp = self.dir.join("tmp").join(format!(
+            "{}.{}.{}",
+            hash.to_hex(),
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let out = if self.contains(&hash) {
+            None
+        } else {
+            Some(File::create(&tmp)?)
+        };
+        Ok(BlobWriter {
+            store: self,
+            hash,
+            size,
+            written: 0,
+            hasher: blake3::Hasher::new(),
+            out,
+            tmp,
+        })
+    }
+
     /// Stores `size` bytes read from `input` as blob `hash`, verifying them.
     /// Exactly `size` bytes are consumed from `input` even when the blob is
     /// refused or already held, so a stream of blobs stays in step. Returns
@@ -112,76 +142,21 @@ impl BlobStore {
         size: u64,
         input: &mut impl Read,
     ) -> Result<bool, BlobError> {
-        if size > MAX_BLOB_BYTES {
-            return Err(BlobError::TooLarge {
-                hash,
-                announced: size,
-            });
-        }
-        let present = self.contains(&hash);
-        let tmp = self.dir.join("tmp").join(format!(
-            "{}.{}.{}",
-            hash.to_hex(),
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let mut out = if present {
-            None
-        } else {
-            Some(File::create(&tmp)?)
-        };
-        let mut hasher = blake3::Hasher::new();
+        let mut w = self.writer(hash, size)?;
         let mut buf = vec![0u8; 256 * 1024];
-        let mut left = size;
-        let result = (|| {
-            while left > 0 {
-                let want = left.min(buf.len() as u64) as usize;
-                let n = input.read(&mut buf[..want])?;
-                if n == 0 {
-                    return Err(BlobError::Truncated {
-                        hash,
-                        announced: size,
-                        got: size - left,
-                    });
-                }
-                hasher.update(&buf[..n]);
-                if let Some(out) = out.as_mut() {
-                    out.write_all(&buf[..n])?;
-                }
-                left -= n as u64;
-            }
-            let actual = Blake3Hash::from(*hasher.finalize().as_bytes());
-            if actual != hash {
-                return Err(BlobError::HashMismatch {
-                    expected: hash,
-                    actual,
+        while w.remaining() > 0 {
+            let want = w.remaining().min(buf.len() as u64) as usize;
+            let n = input.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(BlobError::Truncated {
+                    hash,
+                    announced: size,
+                    got: size - w.remaining(),
                 });
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            drop(out);
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+            w.write(&buf[..n])?;
         }
-        let Some(out) = out else {
-            return Ok(false);
-        };
-        out.sync_all()?;
-        drop(out);
-        let dest = self.path(&hash);
-        if let Some(parent) = dest.parent()
-            && !parent.exists()
-        {
-            std::fs::create_dir_all(parent)?;
-            self.hand_over(parent)?;
-        }
-        self.hand_over(&tmp)?;
-        std::fs::rename(&tmp, &dest)?;
-        if let Some(parent) = dest.parent() {
-            File::open(parent)?.sync_all()?;
-        }
-        Ok(true)
+        w.finish()
     }
 
     /// Reads a stream of blobs (each: 32-byte hash, 8-byte big-endian size,
@@ -222,6 +197,88 @@ impl BlobStore {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// One blob being written: bytes are hashed as they come, to a temporary
+/// file; [`BlobWriter::finish`] checks size and hash, makes the file durable
+/// and renames it into place. Dropped unfinished, it leaves nothing behind.
+pub struct BlobWriter<'a> {
+    store: &'a BlobStore,
+    hash: Blake3Hash,
+    size: u64,
+    written: u64,
+    hasher: blake3::Hasher,
+    /// None when the blob is already held (the bytes are only checked).
+    out: Option<File>,
+    tmp: PathBuf,
+}
+
+impl BlobWriter<'_> {
+    /// Bytes still expected.
+    pub fn remaining(&self) -> u64 {
+        self.size - self.written
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
+        if bytes.len() as u64 > self.remaining() {
+            return Err(BlobError::TooLarge {
+                hash: self.hash,
+                announced: self.size,
+            });
+        }
+        self.hasher.update(bytes);
+        if let Some(out) = self.out.as_mut() {
+            out.write_all(bytes)?;
+        }
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Verifies and publishes the blob; returns whether it is new.
+    pub fn finish(mut self) -> Result<bool, BlobError> {
+        if self.written != self.size {
+            return Err(BlobError::Truncated {
+                hash: self.hash,
+                announced: self.size,
+                got: self.written,
+            });
+        }
+        let actual = Blake3Hash::from(*self.hasher.finalize().as_bytes());
+        if actual != self.hash {
+            return Err(BlobError::HashMismatch {
+                expected: self.hash,
+                actual,
+            });
+        }
+        let Some(out) = self.out.take() else {
+            return Ok(false);
+        };
+        out.sync_all()?;
+        drop(out);
+        let store = self.store;
+        let dest = store.path(&self.hash);
+        if let Some(parent) = dest.parent()
+            && !parent.exists()
+        {
+            std::fs::create_dir_all(parent)?;
+            store.hand_over(parent)?;
+        }
+        store.hand_over(&self.tmp)?;
+        std::fs::rename(&self.tmp, &dest)?;
+        if let Some(parent) = dest.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for BlobWriter<'_> {
+    fn drop(&mut self) {
+        if self.out.is_some() || self.tmp.exists() {
+            self.out = None;
+            let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::content::Content;
 use crate::control::{self, MAX_REQUEST_BYTES, Request, Response};
 use crate::gossip::{Gossip, Topology};
 use crate::replica::Replica;
@@ -79,7 +80,17 @@ pub async fn run(data_dir: PathBuf, prepared: Prepared) -> anyhow::Result<()> {
     let (committer, _writer) = GroupCommitter::start(replica.log());
     let mesh = Arc::new(Mutex::new(prepared.mesh.zip(prepared.me)));
     let replica = Arc::new(Mutex::new(replica));
-    let gossip = Gossip::start(replica.clone(), committer.clone(), mesh.clone());
+    let blobs = Arc::new(
+        crate::blobs::BlobStore::open(&data_dir)
+            .with_context(|| format!("cannot open the blob store in {}", data_dir.display()))?,
+    );
+    let gossip = Gossip::start(
+        replica.clone(),
+        committer.clone(),
+        mesh.clone(),
+        blobs.clone(),
+    );
+    let content = Content::start(&data_dir, replica.clone(), blobs, gossip.clone());
     if let Some(t) = follow_peers(&replica, &mesh) {
         gossip.set_topology(t);
     }
@@ -100,8 +111,9 @@ pub async fn run(data_dir: PathBuf, prepared: Prepared) -> anyhow::Result<()> {
                     let committer = committer.clone();
                     let mesh = mesh.clone();
                     let gossip = gossip.clone();
+                    let content = content.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, replica, committer, mesh, gossip).await {
+                        if let Err(e) = serve(stream, replica, committer, mesh, gossip, content).await {
                             tracing::debug!(error = %e, "control connection ended with an error");
                         }
                     });
@@ -141,6 +153,7 @@ async fn serve(
     committer: GroupCommitter,
     mesh: MeshSlot,
     gossip: Arc<Gossip>,
+    content: Arc<Content>,
 ) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -160,7 +173,11 @@ async fn serve(
             Response::Error(format!("request is larger than {MAX_REQUEST_BYTES} bytes"))
         } else {
             match serde_json::from_slice::<Request>(&line) {
-                Ok(Request::Health) => Response::Ok(gossip.report()),
+                Ok(Request::Health) => {
+                    let mut report = gossip.report();
+                    report["sites"] = content.report();
+                    Response::Ok(report)
+                }
                 Ok(request) => {
                     let replica = replica.clone();
                     let committer = committer.clone();
@@ -184,6 +201,7 @@ async fn serve(
                     }
                     if appends {
                         gossip.push();
+                        gossip.stored.notify_one();
                     }
                     response
                 }

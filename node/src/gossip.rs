@@ -21,6 +21,10 @@
 //!   events does, one such session at a time), which is how a node that
 //!   comes back from a partition or a crash catches up within a heartbeat.
 //!   Heartbeats are never events: they feed the health table, not history.
+//! - **Blobs (TCP)**: a `Fetch` frame asks a peer for blobs by hash; the
+//!   peer answers each with a `Blob` header and the raw bytes (or `NoBlob`),
+//!   verified against the hash as they are written (`blobs::BlobWriter`).
+//!   The content follower (`content.rs`) fetches a version's blobs this way.
 //! - **Anti-entropy**: every 15 s, a session with one live peer chosen at
 //!   random repairs anything the rest missed.
 
@@ -32,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use makiatto_core::{GroupCommitter, VersionVector};
-use makiatto_events::{AuthorKey, EventId, NodeName, WgPublicKey};
+use makiatto_events::{AuthorKey, Blake3Hash, EventId, NodeName, WgPublicKey};
 use makiatto_projections::peers::Peers;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -120,7 +124,27 @@ enum Frame {
     /// Canonical event bytes, verified by the receiver.
     Events(Vec<Vec<u8>>),
     Done,
+    /// The first frame of a blob fetch: these blobs, please.
+    Fetch(Fetch),
+    /// A blob follows: exactly `size` raw bytes after this frame.
+    Blob {
+        hash: Blake3Hash,
+        size: u64,
+    },
+    /// The peer does not hold this blob.
+    NoBlob(Blake3Hash),
 }
+
+#[derive(Serialize, Deserialize)]
+struct Fetch {
+    protocol: u16,
+    cluster: EventId,
+    node: AuthorKey,
+    want: Vec<Blake3Hash>,
+}
+
+/// At most this many blobs asked for in one fetch.
+const MAX_FETCH: usize = 100_000;
 
 /// What one node says of itself twice a second.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,6 +228,9 @@ struct PeerLock {
 /// The replication and liveness service of one node.
 pub struct Gossip {
     replica: Arc<Mutex<Replica>>,
+    blobs: Arc<crate::blobs::BlobStore>,
+    /// Woken whenever events are stored (the content follower waits on it).
+    pub stored: Arc<tokio::sync::Notify>,
     committer: GroupCommitter,
     mesh: crate::daemon::MeshSlot,
     topology: watch::Sender<Topology>,
@@ -222,9 +249,12 @@ impl Gossip {
         replica: Arc<Mutex<Replica>>,
         committer: GroupCommitter,
         mesh: crate::daemon::MeshSlot,
+        blobs: Arc<crate::blobs::BlobStore>,
     ) -> Arc<Gossip> {
         let gossip = Arc::new(Gossip {
             replica,
+            blobs,
+            stored: Arc::new(tokio::sync::Notify::new()),
             committer,
             mesh,
             topology: watch::Sender::new(Topology::default()),
@@ -312,7 +342,7 @@ impl Gossip {
                 .await
                 .context("timed out connecting")?
                 .context("cannot connect")?;
-            self.session(stream, peer).await
+            self.session(stream, peer, None).await
         }
         .await;
         self.record(peer, result)
@@ -347,7 +377,12 @@ impl Gossip {
 
     /// One session on an open connection: exchange version vectors, stream
     /// each other the difference. Returns (events sent, events received).
-    async fn session(&self, stream: TcpStream, peer: &Member) -> anyhow::Result<(u64, u64)> {
+    async fn session(
+        &self,
+        stream: TcpStream,
+        peer: &Member,
+        first: Option<Frame>,
+    ) -> anyhow::Result<(u64, u64)> {
         let _ = stream.set_nodelay(true);
         let (me, cluster) = {
             let t = self.topology.borrow();
@@ -365,7 +400,11 @@ impl Gossip {
             vv: ours.clone(),
         });
         self.write_frame(&mut writer, &hello).await?;
-        let theirs = match self.read_frame(&mut reader).await? {
+        let first = match first {
+            Some(frame) => frame,
+            None => self.read_frame(&mut reader).await?,
+        };
+        let theirs = match first {
             Frame::Hello(h) => {
                 if h.protocol != PROTOCOL {
                     bail!(
@@ -419,7 +458,7 @@ impl Gossip {
                 match self.read_frame(&mut reader).await? {
                     Frame::Events(batch) => received += self.absorb(peer, batch).await?,
                     Frame::Done => return anyhow::Ok(received),
-                    Frame::Hello(_) => bail!("{} sent a second hello", peer.name),
+                    _ => bail!("{} sent a frame out of place", peer.name),
                 }
             }
         };
@@ -451,6 +490,9 @@ impl Gossip {
         .map_err(|e| anyhow::anyhow!(e))?;
         if let Some(t) = topology {
             self.set_topology(t);
+        }
+        if ingested.stored > 0 {
+            self.stored.notify_one();
         }
         if let Ok(mut health) = self.health.lock() {
             let h = health.entry(peer.key).or_default();
@@ -594,10 +636,174 @@ impl Gossip {
             tracing::debug!(%from, "refused a mesh connection from an address that is no node");
             return;
         };
+        let mut stream = stream;
+        let first = match self.read_frame(&mut stream).await {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.record(&peer, Err(e));
+                return;
+            }
+        };
+        if let Frame::Fetch(fetch) = first {
+            if let Err(e) = self.serve_fetch(stream, &peer, fetch).await {
+                tracing::info!(peer = %peer.name, error = %format!("{e:#}"), "serving blobs to a peer failed");
+            }
+            return;
+        }
         // A session the peer started may overlap one this node started:
         // both only add what is missing.
-        let result = self.session(stream, &peer).await;
+        let result = self.session(stream, &peer, Some(first)).await;
         self.record(&peer, result);
+    }
+
+    /// Sends a peer the blobs it asked for that this node holds.
+    async fn serve_fetch(
+        &self,
+        stream: TcpStream,
+        peer: &Member,
+        fetch: Fetch,
+    ) -> anyhow::Result<()> {
+        let cluster = self.topology.borrow().cluster;
+        if fetch.protocol != PROTOCOL || Some(fetch.cluster) != cluster || fetch.node != peer.key {
+            bail!(
+                "a blob fetch that is not from {} of this cluster",
+                peer.name
+            );
+        }
+        if fetch.want.len() > MAX_FETCH {
+            bail!("{} asked for {} blobs at once", peer.name, fetch.want.len());
+        }
+        let _ = stream.set_nodelay(true);
+        let (_reader, mut writer) = stream.into_split();
+        for hash in fetch.want {
+            let path = self.blobs.path(&hash);
+            let file = match tokio::fs::File::open(&path).await {
+                Ok(f) => f,
+                Err(_) => {
+                    self.write_frame(&mut writer, &Frame::NoBlob(hash)).await?;
+                    continue;
+                }
+            };
+            let size = file.metadata().await?.len();
+            self.write_frame(&mut writer, &Frame::Blob { hash, size })
+                .await?;
+            let mut file = file.take(size);
+            let copied = tokio::time::timeout(
+                FRAME_TIMEOUT + Duration::from_secs(size / (1 << 20)),
+                tokio::io::copy(&mut file, &mut writer),
+            )
+            .await
+            .context("the peer stopped reading")??;
+            if copied != size {
+                bail!("blob {hash} shrank while it was sent");
+            }
+            self.totals.bytes_out.fetch_add(size, Ordering::Relaxed);
+        }
+        self.write_frame(&mut writer, &Frame::Done).await?;
+        writer.shutdown().await.ok();
+        Ok(())
+    }
+
+    /// Fetches blobs from one peer into the store; each is verified against
+    /// its hash before it is kept. Returns how many were stored.
+    async fn fetch_from(&self, peer: &Member, want: Vec<Blake3Hash>) -> anyhow::Result<u64> {
+        let (me, cluster) = {
+            let t = self.topology.borrow();
+            (t.me.clone(), t.cluster)
+        };
+        let (Some(me), Some(cluster)) = (me, cluster) else {
+            bail!("this node has no mesh identity yet");
+        };
+        let addr = SocketAddr::V4(SocketAddrV4::new(peer.mesh, PORT));
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .context("timed out connecting")?
+            .context("cannot connect")?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let count = want.len();
+        self.write_frame(
+            &mut writer,
+            &Frame::Fetch(Fetch {
+                protocol: PROTOCOL,
+                cluster,
+                node: me.key,
+                want,
+            }),
+        )
+        .await?;
+        let mut stored = 0;
+        let mut buf = vec![0u8; 256 * 1024];
+        for _ in 0..=count {
+            match self.read_frame(&mut reader).await? {
+                Frame::Done => return Ok(stored),
+                Frame::NoBlob(_) => {}
+                Frame::Blob { hash, size } => {
+                    let blobs = self.blobs.clone();
+                    let mut w = blobs.writer(hash, size)?;
+                    while w.remaining() > 0 {
+                        let want = w.remaining().min(buf.len() as u64) as usize;
+                        let n = tokio::time::timeout(FRAME_TIMEOUT, reader.read(&mut buf[..want]))
+                            .await
+                            .context("the peer went silent")??;
+                        if n == 0 {
+                            bail!("{} closed the connection inside blob {hash}", peer.name);
+                        }
+                        tokio::task::block_in_place(|| w.write(&buf[..n]))?;
+                    }
+                    self.totals.bytes_in.fetch_add(size, Ordering::Relaxed);
+                    match tokio::task::block_in_place(|| w.finish()) {
+                        Ok(new) => stored += u64::from(new),
+                        Err(e) => {
+                            if let Ok(mut health) = self.health.lock() {
+                                health.entry(peer.key).or_default().bad_events += 1;
+                            }
+                            tracing::warn!(peer = %peer.name, error = %e, "a peer sent a blob that fails verification; refused");
+                            return Err(e.into());
+                        }
+                    }
+                }
+                _ => bail!("{} sent a frame out of place in a blob fetch", peer.name),
+            }
+        }
+        bail!("{} sent more blobs than were asked for", peer.name)
+    }
+
+    /// Fetches what of `want` this node lacks from the live peers, one
+    /// after another until nothing is missing. Returns what is still missing.
+    pub async fn fetch_blobs(&self, want: &[Blake3Hash]) -> Vec<Blake3Hash> {
+        let mut missing = self.blobs.missing(want);
+        let mut peers: Vec<Member> = self
+            .topology
+            .borrow()
+            .peers
+            .iter()
+            .filter(|p| self.alive(&p.key))
+            .cloned()
+            .collect();
+        // Spread the load: not every node asks the same peer first.
+        if !peers.is_empty() {
+            let start = rand::random_range(0..peers.len());
+            peers.rotate_left(start);
+        }
+        for peer in peers {
+            if missing.is_empty() {
+                break;
+            }
+            for chunk in missing.clone().chunks(MAX_FETCH) {
+                match self.fetch_from(&peer, chunk.to_vec()).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(peer = %peer.name, blobs = n, "fetched blobs")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::info!(peer = %peer.name, error = %format!("{e:#}"), "fetching blobs from a peer failed")
+                    }
+                }
+            }
+            missing = self.blobs.missing(&missing);
+        }
+        missing
     }
 
     async fn beat(self: &Arc<Self>, udp: &UdpSocket) {
@@ -656,10 +862,15 @@ impl Gossip {
         let ours = vv.total();
         let starts = beat.events > ours || (beat.events == ours && me.key < peer.key);
         let beat_events = beat.events;
+        let was_alive = self.alive(&peer.key);
         if let Ok(mut health) = self.health.lock() {
             let h = health.entry(peer.key).or_default();
             h.last_heard = Some(Instant::now());
             h.heartbeat = Some(beat);
+        }
+        if !was_alive {
+            // A peer (back) up may hold blobs the content follower waits for.
+            self.stored.notify_one();
         }
         if differs && starts {
             let gossip = self.clone();

@@ -11,6 +11,7 @@
 //! directory themselves (the store admits one process at a time).
 
 mod blobs;
+mod content;
 mod control;
 mod daemon;
 mod gossip;

@@ -309,6 +309,11 @@ impl Replica {
         self.log.lock().ok()?.backend().cluster_id()
     }
 
+    /// The current sites projection (for the content follower).
+    pub fn sites(&mut self) -> makiatto_projections::sites::Sites {
+        self.engine.state().sites.clone()
+    }
+
     /// The current peers projection (for the mesh).
     pub fn peers(&mut self) -> makiatto_projections::peers::Peers {
         self.engine.state().peers.clone()

@@ -1,0 +1,157 @@
+//! `maki sync` against real test hosts: validation before anything is sent,
+//! first sync, no-op, one change, a deletion, and a node cut off from the
+//! mesh that keeps its old version until it can fetch every blob of the new
+//! one. Needs root (as CI has).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, require_root};
+use serde_json::Value;
+
+const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
+
+fn exec(c: &Cluster, node: &str, argv: &[&str]) -> String {
+    let mut args = vec!["local", "exec", node, "--"];
+    args.extend(argv);
+    c.ok(&args)
+}
+
+fn sites(c: &Cluster, node: &str) -> Value {
+    let h: Value = serde_json::from_str(&exec(c, node, &["makiatto", "health", "--json"])).unwrap();
+    h["sites"]["example.test"].clone()
+}
+
+fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Every node serves `version` (deployed), with `files` files.
+fn deployed_everywhere(c: &Cluster, what: &str) -> String {
+    let mut live = String::new();
+    wait_until(Duration::from_secs(30), what, || {
+        let all: Vec<Value> = NODES.iter().map(|n| sites(c, n)).collect();
+        live = all[0]["live"].as_str().unwrap_or("").to_owned();
+        all.iter()
+            .all(|s| s["in_sync"] == true && s["live"].as_str() == Some(live.as_str()))
+    });
+    live
+}
+
+#[test]
+fn sync_publishes_atomically_on_every_node() {
+    require_root();
+    let binary = common::daemon_binary();
+    let c = Cluster::new(format!("sy{}", std::process::id() % 1000));
+    // The project: a copy of the example, to change it freely.
+    let project = c.dir.path().join("project");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"),
+        &project,
+    );
+    let file = project.join("makiatto.toml");
+    let file = file.to_str().unwrap();
+
+    // A broken file is refused with its position, before any cluster exists.
+    let good = std::fs::read_to_string(project.join("makiatto.toml")).unwrap();
+    std::fs::write(
+        project.join("makiatto.toml"),
+        good.replace("\"A\"", "\"AA\""),
+    )
+    .unwrap();
+    let err = c.fails(&["config", "check", "--file", file]);
+    assert!(
+        err.contains("makiatto.toml:27:8: record type \"AA\" is not supported"),
+        "{err}"
+    );
+    std::fs::write(project.join("makiatto.toml"), &good).unwrap();
+    c.ok(&["config", "check", "--file", file]);
+
+    c.ok(&[
+        "local",
+        "up",
+        "--nodes",
+        "3",
+        "--binary-path",
+        binary.to_str().unwrap(),
+    ]);
+    let out = c.ok(&["sync", "--file", file, "--dry-run"]);
+    assert!(out.contains("would publish 5 files"), "{out}");
+    assert!(sites(&c, "vector").is_null(), "a dry run sent something");
+
+    let out = c.ok(&["sync", "--file", file, "-m", "first"]);
+    assert!(
+        out.contains("example.test: published 5 files: 0 changed, 5 added, 0 removed"),
+        "{out}"
+    );
+    let first = deployed_everywhere(&c, "the first version reaches every node");
+    assert!(
+        c.ok(&["sync", "--file", file])
+            .contains("everything is up to date")
+    );
+
+    // The configuration went with it: the zone has the file's records.
+    let zones = exec(&c, "klukai", &["makiatto", "show", "zones", "--json"]);
+    assert!(zones.contains("v=DMARC1; p=reject"), "{zones}");
+
+    // One change and one deletion.
+    std::fs::write(project.join("site/index.html"), "<h1>changed</h1>\n").unwrap();
+    std::fs::remove_file(project.join("site/404.html")).unwrap();
+    let out = c.ok(&["sync", "--file", file]);
+    assert!(
+        out.contains("4 files: 1 changed, 0 added, 1 removed"),
+        "{out}"
+    );
+    let second = deployed_everywhere(&c, "the second version reaches every node");
+    assert_ne!(first, second);
+
+    // tololo is cut from the mesh: it learns nothing new and keeps serving
+    // the second version; after the heal it fetches the blobs and switches.
+    c.ok(&["local", "cut", "tololo", "--mesh"]);
+    std::fs::write(project.join("site/new.html"), "<p>new page</p>\n").unwrap();
+    let out = c.ok(&["sync", "--file", file]);
+    assert!(out.contains("1 added"), "{out}");
+    wait_until(
+        Duration::from_secs(20),
+        "vector and klukai deploy the third version",
+        || {
+            ["vector", "klukai"].iter().all(|n| {
+                sites(&c, n)["in_sync"] == true
+                    && sites(&c, n)["live"].as_str() != Some(second.as_str())
+            })
+        },
+    );
+    let cut = sites(&c, "tololo");
+    assert_eq!(cut["deployed"].as_str(), Some(second.as_str()), "{cut}");
+    c.ok(&["local", "heal", "tololo"]);
+    let third = deployed_everywhere(&c, "tololo catches up and switches");
+    assert_ne!(third, second);
+    let blob = exec(
+        &c,
+        "tololo",
+        &["sh", "-c", "cat /var/makiatto/deployed.json"],
+    );
+    assert!(blob.contains(&third), "{blob}");
+    let log = c.ok(&["log", "--kind", "site-published"]);
+    assert_eq!(log.lines().count(), 3, "{log}");
+    assert!(log.contains("first"), "{log}");
+}

@@ -1,0 +1,237 @@
+//! Which version of each site this node serves (DESIGN §5).
+//!
+//! The sites projection says which version is live; this node switches a
+//! domain to it only once the version's manifest and every blob it names
+//! are in the local store, fetched from peers over the mesh and verified
+//! by hash. Until then it keeps serving the version it had, so a visitor
+//! never sees a mix of two versions. The choice is node-local state (it
+//! depends on what this node holds), kept in `<data>/deployed.json` and
+//! replaced atomically (a temporary file, then a rename).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use makiatto_events::{Blake3Hash, EventId, Manifest};
+use serde::{Deserialize, Serialize};
+
+use crate::blobs::BlobStore;
+use crate::gossip::Gossip;
+use crate::replica::Replica;
+
+/// How often a domain that is not yet deployed is tried again.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// The version a domain is served at here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    /// The `site-published` event of the version.
+    pub version: EventId,
+    pub manifest: Blake3Hash,
+    pub files: u64,
+}
+
+/// What a domain is waiting for.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Pending {
+    version: Option<EventId>,
+    missing_blobs: usize,
+    error: Option<String>,
+}
+
+/// The follower: deploys live versions as their blobs arrive.
+pub struct Content {
+    replica: Arc<Mutex<Replica>>,
+    blobs: Arc<BlobStore>,
+    gossip: Arc<Gossip>,
+    file: PathBuf,
+    deployed: Mutex<BTreeMap<String, Deployed>>,
+    pending: Mutex<BTreeMap<String, Pending>>,
+}
+
+impl Content {
+    /// Loads what was deployed and starts following the projection.
+    pub fn start(
+        data_dir: &std::path::Path,
+        replica: Arc<Mutex<Replica>>,
+        blobs: Arc<BlobStore>,
+        gossip: Arc<Gossip>,
+    ) -> Arc<Content> {
+        let file = data_dir.join("deployed.json");
+        let deployed = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let content = Arc::new(Content {
+            replica,
+            blobs,
+            gossip,
+            file,
+            deployed: Mutex::new(deployed),
+            pending: Mutex::new(BTreeMap::new()),
+        });
+        tokio::spawn(content.clone().follow());
+        content
+    }
+
+    async fn follow(self: Arc<Self>) {
+        let stored = self.gossip.stored.clone();
+        loop {
+            self.step().await;
+            let waiting = self.pending.lock().is_ok_and(|p| !p.is_empty());
+            if waiting {
+                let _ = tokio::time::timeout(RETRY, stored.notified()).await;
+            } else {
+                stored.notified().await;
+            }
+        }
+    }
+
+    /// The live version of every domain, from the projection.
+    fn live(&self) -> BTreeMap<String, (EventId, Blake3Hash)> {
+        let Ok(mut replica) = self.replica.lock() else {
+            return BTreeMap::new();
+        };
+        replica
+            .sites()
+            .domains
+            .iter()
+            .filter_map(|(name, site)| {
+                let v = site.live_version()?;
+                Some((name.to_string(), (v.event, v.manifest.hash)))
+            })
+            .collect()
+    }
+
+    async fn step(&self) {
+        for (domain, (version, manifest_hash)) in self.live() {
+            let current = self
+                .deployed
+                .lock()
+                .ok()
+                .and_then(|d| d.get(&domain).map(|d| d.version));
+            if current == Some(version) {
+                if let Ok(mut p) = self.pending.lock() {
+                    p.remove(&domain);
+                }
+                continue;
+            }
+            let outcome = self.deploy(&domain, version, manifest_hash).await;
+            let Ok(mut pending) = self.pending.lock() else {
+                return;
+            };
+            match outcome {
+                Ok(None) => {
+                    pending.remove(&domain);
+                }
+                Ok(Some(missing)) => {
+                    pending.insert(
+                        domain,
+                        Pending {
+                            version: Some(version),
+                            missing_blobs: missing,
+                            error: None,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    if pending.get(&domain).and_then(|p| p.error.as_deref())
+                        != Some(message.as_str())
+                    {
+                        tracing::warn!(%domain, error = %message, "cannot deploy the live version");
+                    }
+                    pending.insert(
+                        domain,
+                        Pending {
+                            version: Some(version),
+                            missing_blobs: 0,
+                            error: Some(message),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Deploys a version if every blob is here (fetching what is not);
+    /// returns how many blobs are still missing, or none once deployed.
+    async fn deploy(
+        &self,
+        domain: &str,
+        version: EventId,
+        manifest_hash: Blake3Hash,
+    ) -> anyhow::Result<Option<usize>> {
+        if !self.blobs.contains(&manifest_hash) {
+            let missing = self.gossip.fetch_blobs(&[manifest_hash]).await;
+            if !missing.is_empty() {
+                return Ok(Some(1));
+            }
+        }
+        let bytes = std::fs::read(self.blobs.path(&manifest_hash))?;
+        let manifest = Manifest::decode(&bytes)
+            .map_err(|e| anyhow::anyhow!("the manifest {manifest_hash} is refused: {e}"))?;
+        let hashes: Vec<Blake3Hash> = {
+            let mut h: Vec<Blake3Hash> = manifest.files.values().map(|f| f.hash).collect();
+            h.sort();
+            h.dedup();
+            h
+        };
+        let mut missing = self.blobs.missing(&hashes);
+        if !missing.is_empty() {
+            missing = self.gossip.fetch_blobs(&missing).await;
+        }
+        if !missing.is_empty() {
+            return Ok(Some(missing.len()));
+        }
+        let deployed = Deployed {
+            version,
+            manifest: manifest_hash,
+            files: manifest.files.len() as u64,
+        };
+        let snapshot = {
+            let mut all = self
+                .deployed
+                .lock()
+                .map_err(|_| anyhow::anyhow!("deployed map poisoned"))?;
+            all.insert(domain.to_owned(), deployed);
+            all.clone()
+        };
+        let tmp = self.file.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&snapshot)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &self.file)?;
+        tracing::info!(
+            domain,
+            version = %version.short(),
+            files = manifest.files.len(),
+            "site version deployed"
+        );
+        Ok(None)
+    }
+
+    /// Per domain: the live version, the deployed one, what is missing.
+    pub fn report(&self) -> serde_json::Value {
+        let live = self.live();
+        let deployed = self.deployed.lock().map(|d| d.clone()).unwrap_or_default();
+        let pending = self.pending.lock().map(|p| p.clone()).unwrap_or_default();
+        let mut out = serde_json::Map::new();
+        for (domain, (version, _)) in live {
+            let d = deployed.get(&domain);
+            let p = pending.get(&domain);
+            out.insert(
+                domain,
+                serde_json::json!({
+                    "live": version.to_hex(),
+                    "deployed": d.map(|d| d.version.to_hex()),
+                    "files": d.map(|d| d.files),
+                    "in_sync": d.is_some_and(|d| d.version == version),
+                    "missing_blobs": p.map_or(0, |p| p.missing_blobs),
+                    "error": p.and_then(|p| p.error.clone()),
+                }),
+            );
+        }
+        serde_json::Value::Object(out)
+    }
+}
