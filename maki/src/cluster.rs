@@ -99,6 +99,18 @@ impl Ctx {
         cluster_id: &str,
         payloads: Vec<Payload>,
     ) -> anyhow::Result<Vec<Event>> {
+        self.sign_after(via, cluster_id, payloads, None).await
+    }
+
+    /// [`Ctx::sign`], with `also` among the first event's parents (a
+    /// rollback names its target version this way).
+    pub async fn sign_after(
+        &self,
+        via: &Remote,
+        cluster_id: &str,
+        payloads: Vec<Payload>,
+        also: Option<(EventId, Hlc)>,
+    ) -> anyhow::Result<Vec<Event>> {
         let operator = self.operator()?;
         let mut outbox = operator.outbox(cluster_id)?;
         let author = operator.key().public();
@@ -109,6 +121,12 @@ impl Ctx {
             ])
             .await?;
         let mut parents = parse_heads(&answers[0])?;
+        if let Some(extra) = also
+            && !parents.iter().any(|(id, _)| *id == extra.0)
+        {
+            parents.truncate(makiatto_events::MAX_PARENTS - 1);
+            parents.push(extra);
+        }
         let node_latest = match answers[1].as_str() {
             Some(h) => Some(
                 Event::decode(&hex::decode(h)?)

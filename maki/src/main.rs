@@ -15,6 +15,7 @@
 //! - [`project`]: `makiatto.toml`, validated (`maki config check`).
 //! - [`tree`]: a domain's files as a manifest, hashed in parallel and cached.
 //! - [`sync`]: `maki sync`.
+//! - [`sites`]: `maki sites`, `maki rollback`, `maki diff`.
 //! - [`local`]: `maki local …`.
 
 mod cluster;
@@ -29,6 +30,7 @@ mod peer;
 mod profile;
 mod project;
 mod prompt;
+mod sites;
 mod ssh;
 mod sync;
 mod tree;
@@ -114,6 +116,29 @@ enum Top {
         /// Show what would be published and uploaded; send nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Each domain's live version and its history.
+    Sites {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier version of a domain live again (a new signed event).
+    Rollback {
+        domain: String,
+        /// The version: its number in `maki sites`, an event id prefix, or
+        /// an RFC 3339 time (default: the version before the live one).
+        #[arg(long, value_name = "VERSION|EVENT-ID|TIME")]
+        to: Option<String>,
+        /// Why, shown in `maki log`.
+        #[arg(long, short)]
+        message: Option<String>,
+    },
+    /// Paths added, changed and removed between two versions (default: the
+    /// one before the live version, and the live version).
+    Diff {
+        domain: String,
+        from: Option<String>,
+        to: Option<String>,
     },
     /// Check every machine: SSH, daemon, mesh handshakes and liveness,
     /// replication lag, log verification. Exits non-zero on any problem.
@@ -486,6 +511,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             )
             .await?;
+        }
+        Top::Sites { json } => sites::list(&ctx(&cli)?, *json).await?,
+        Top::Rollback {
+            domain,
+            to,
+            message,
+        } => sites::rollback(&ctx(&cli)?, domain, to.as_deref(), message.clone()).await?,
+        Top::Diff { domain, from, to } => {
+            sites::diff(&ctx(&cli)?, domain, from.as_deref(), to.as_deref()).await?
         }
         Top::Health { json } => {
             let ctx = ctx(&cli)?;

@@ -151,6 +151,44 @@ fn sync_publishes_atomically_on_every_node() {
         &["sh", "-c", "cat /var/makiatto/deployed.json"],
     );
     assert!(blob.contains(&third), "{blob}");
+    // History, diff and rollback.
+    let listed: Value = serde_json::from_str(&c.ok(&["sites", "--json"])).unwrap();
+    let versions = listed[0]["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 3, "{listed}");
+    assert_eq!(versions[2]["live"], true);
+    assert_eq!(versions[0]["message"], "first");
+    let diff = c.ok(&["diff", "example.test"]);
+    assert!(
+        diff.contains("+ new.html") && diff.contains("1 added, 0 changed, 0 removed"),
+        "{diff}"
+    );
+    let diff = c.ok(&["diff", "example.test", "1", "2"]);
+    assert!(
+        diff.contains("~ index.html") && diff.contains("- 404.html"),
+        "{diff}"
+    );
+    c.ok(&["rollback", "example.test", "-m", "bad page"]);
+    assert_eq!(
+        deployed_everywhere(&c, "the rollback reaches every node"),
+        second
+    );
+    c.ok(&["rollback", "example.test", "--to", "1"]);
+    assert_eq!(deployed_everywhere(&c, "a rollback to version 1"), first);
+    assert!(
+        c.fails(&["rollback", "example.test", "--to", "1"])
+            .contains("already live")
+    );
+    assert!(
+        c.fails(&["rollback", "example.test", "--to", "7"])
+            .contains("no version 7")
+    );
+    assert!(
+        c.fails(&["rollback", "nope.test"])
+            .contains("no published version")
+    );
+    let rollbacks = c.ok(&["log", "--kind", "site-rolled-back"]);
+    assert_eq!(rollbacks.lines().count(), 2, "{rollbacks}");
+
     let log = c.ok(&["log", "--kind", "site-published"]);
     assert_eq!(log.lines().count(), 3, "{log}");
     assert!(log.contains("first"), "{log}");
