@@ -239,8 +239,15 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
                     base_file.display()
                 )
             })?,
-        // No sync from here yet: the cluster's current state is the base.
-        Err(_) => current.clone(),
+        // No sync from here yet: the cluster's current state of the
+        // domains this file names is the base. Domains it does not name are
+        // someone else's; a sync never removes what its operator never sent.
+        Err(_) => {
+            let mut base = current.clone();
+            base.domains
+                .retain(|name, _| project.domains.iter().any(|d| &d.name == name));
+            base
+        }
     };
     let mut secrets: BTreeMap<String, String> = std::fs::read(&secrets_file)
         .ok()
@@ -289,7 +296,13 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             selected.iter().any(|s| &s.name == name) || base.domains.contains_key(name)
         });
     }
-    let others_changed = current.domains != base.domains || current.o11y != base.o11y;
+    // Did anyone else change what this file manages since its last sync?
+    let others_changed = current.o11y != base.o11y
+        || base
+            .domains
+            .keys()
+            .chain(file_config.domains.keys())
+            .any(|name| current.domains.get(name) != base.domains.get(name));
     let wanted = merge(&base, &file_config, &current);
     let config_changes = current_doc.edit(&operator.key().public(), &wanted)?;
 

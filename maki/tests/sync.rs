@@ -113,12 +113,29 @@ fn sync_publishes_atomically_on_every_node() {
     let zones = exec(&c, "klukai", &["makiatto", "show", "zones", "--json"]);
     assert!(zones.contains("v=DMARC1; p=reject"), "{zones}");
 
-    // One change and one deletion.
-    std::fs::write(project.join("site/index.html"), "<h1>changed</h1>\n").unwrap();
+    // One change and one deletion. An earlier sync was cut off after it
+    // had sent the changed file's blob (here: sent by hand), and the live
+    // version did not move: this one sends nothing again.
+    let changed = b"<h1>changed</h1>\n";
+    let mut frame = blake3::hash(changed).as_bytes().to_vec();
+    frame.extend_from_slice(&(changed.len() as u64).to_be_bytes());
+    frame.extend_from_slice(changed);
+    let mut staged = c
+        .command(&[
+            "local", "exec", "vector", "--", "makiatto", "blobs", "receive",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut staged.stdin.take().unwrap(), &frame).unwrap();
+    assert!(staged.wait_with_output().unwrap().status.success());
+    assert_eq!(sites(&c, "vector")["live"].as_str(), Some(first.as_str()));
+    std::fs::write(project.join("site/index.html"), changed).unwrap();
     std::fs::remove_file(project.join("site/404.html")).unwrap();
     let out = c.ok(&["sync", "--file", file]);
     assert!(
-        out.contains("4 files: 1 changed, 0 added, 1 removed"),
+        out.contains("4 files: 1 changed, 0 added, 1 removed, 0 B uploaded"),
         "{out}"
     );
     let second = deployed_everywhere(&c, "the second version reaches every node");
@@ -189,7 +206,59 @@ fn sync_publishes_atomically_on_every_node() {
     let rollbacks = c.ok(&["log", "--kind", "site-rolled-back"]);
     assert_eq!(rollbacks.lines().count(), 2, "{rollbacks}");
 
+    // Two operators sync different projects at once: both land, and the
+    // newcomer's file (which does not name example.test) removes nothing.
+    let bob_key = c.dir.path().join("bob.key");
+    let bob = String::from_utf8(
+        c.command(&["operator", "key"])
+            .env("MAKIATTO_OPERATOR_KEY", &bob_key)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    c.ok(&[
+        "operator",
+        "add",
+        "bob",
+        bob.split_whitespace().last().unwrap(),
+    ]);
+    let other = c.dir.path().join("other");
+    std::fs::create_dir_all(other.join("www")).unwrap();
+    std::fs::write(other.join("www/index.html"), "<p>other</p>\n").unwrap();
+    std::fs::write(
+        other.join("makiatto.toml"),
+        "[[domain]]\nname = \"other.test\"\npath = \"www\"\n",
+    )
+    .unwrap();
+    std::fs::write(project.join("site/index.html"), "<h1>again</h1>\n").unwrap();
+    let bob_sync = c
+        .command(&[
+            "sync",
+            "--file",
+            other.join("makiatto.toml").to_str().unwrap(),
+        ])
+        .env("MAKIATTO_OPERATOR_KEY", &bob_key)
+        .spawn()
+        .unwrap();
+    let alice_sync = c.command(&["sync", "--file", file]).output().unwrap();
+    assert!(alice_sync.status.success(), "{alice_sync:?}");
+    assert!(bob_sync.wait_with_output().unwrap().status.success());
+    deployed_everywhere(&c, "alice's version everywhere");
+    wait_until(Duration::from_secs(30), "bob's site everywhere", || {
+        NODES.iter().all(|n| {
+            let h: Value =
+                serde_json::from_str(&exec(&c, n, &["makiatto", "health", "--json"])).unwrap();
+            h["sites"]["other.test"]["in_sync"] == true
+        })
+    });
+    let config = exec(&c, "tololo", &["makiatto", "show", "config", "--json"]);
+    assert!(
+        config.contains("\"example.test\"") && config.contains("\"other.test\""),
+        "{config}"
+    );
+
     let log = c.ok(&["log", "--kind", "site-published"]);
-    assert_eq!(log.lines().count(), 3, "{log}");
+    assert_eq!(log.lines().count(), 5, "{log}");
     assert!(log.contains("first"), "{log}");
 }
