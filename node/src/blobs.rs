@@ -102,6 +102,53 @@ impl BlobStore {
             .collect()
     }
 
+    /// Every stored blob with its size and last modification time.
+    pub fn list(&self) -> std::io::Result<Vec<(Blake3Hash, u64, std::time::SystemTime)>> {
+        let mut out = Vec::new();
+        for shard in std::fs::read_dir(&self.dir)? {
+            let shard = shard?;
+            let name = shard.file_name();
+            if name.len() != 2 || !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let mut bytes = [0u8; 32];
+                if hex::decode_to_slice(entry.file_name().as_encoded_bytes(), &mut bytes).is_err() {
+                    continue;
+                }
+                let meta = entry.metadata()?;
+                out.push((Blake3Hash::from(bytes), meta.len(), meta.modified()?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes blobs not in `keep` last modified before `older_than`, and
+    /// temporary files left by interrupted writes; returns (blobs, bytes)
+    /// deleted.
+    pub fn collect(
+        &self,
+        keep: &std::collections::HashSet<Blake3Hash>,
+        older_than: std::time::SystemTime,
+    ) -> std::io::Result<(u64, u64)> {
+        let (mut count, mut bytes) = (0, 0);
+        for (hash, size, modified) in self.list()? {
+            if !keep.contains(&hash) && modified < older_than {
+                std::fs::remove_file(self.path(&hash))?;
+                count += 1;
+                bytes += size;
+            }
+        }
+        for entry in std::fs::read_dir(self.dir.join("tmp"))? {
+            let entry = entry?;
+            if entry.metadata()?.modified()? < older_than {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok((count, bytes))
+    }
+
     /// Starts writing blob `hash` of `size` bytes (see [`BlobWriter`]).
     pub fn writer(&self, hash: Blake3Hash, size: u64) -> Result<BlobWriter<'_>, BlobError> {
         if size > MAX_BLOB_BYTES {
@@ -337,6 +384,25 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn collection_keeps_what_is_referenced_and_what_is_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 10]).collect();
+        let hashes: Vec<Blake3Hash> = blobs.iter().map(|b| Blake3Hash::of(b)).collect();
+        for (h, b) in hashes.iter().zip(&blobs) {
+            store.put(*h, b.len() as u64, &mut b.as_slice()).unwrap();
+        }
+        let keep = std::collections::HashSet::from([hashes[0]]);
+        // Everything is recent: nothing goes.
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        assert_eq!(store.collect(&keep, past).unwrap(), (0, 0));
+        let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        assert_eq!(store.collect(&keep, future).unwrap(), (2, 20));
+        assert!(store.contains(&hashes[0]));
+        assert_eq!(store.missing(&hashes), hashes[1..].to_vec());
     }
 
     #[test]

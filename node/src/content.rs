@@ -22,6 +22,11 @@ use crate::replica::Replica;
 
 /// How often a domain that is not yet deployed is tried again.
 const RETRY: Duration = Duration::from_secs(5);
+/// Blobs younger than this are never collected: a sync may have uploaded
+/// them and not yet published the version that names them.
+const GC_GRACE: Duration = Duration::from_secs(3600);
+/// How often unreferenced blobs are collected.
+const GC_EVERY: Duration = Duration::from_secs(600);
 
 /// The version a domain is served at here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,8 +82,15 @@ impl Content {
 
     async fn follow(self: Arc<Self>) {
         let stored = self.gossip.stored.clone();
+        let mut last_gc: Option<std::time::Instant> = None;
         loop {
             self.step().await;
+            if last_gc.is_none_or(|t| t.elapsed() > GC_EVERY) {
+                last_gc = Some(std::time::Instant::now());
+                if let Err(e) = self.collect() {
+                    tracing::warn!(error = %format!("{e:#}"), "blob collection failed");
+                }
+            }
             let waiting = self.pending.lock().is_ok_and(|p| !p.is_empty());
             if waiting {
                 let _ = tokio::time::timeout(RETRY, stored.notified()).await;
@@ -209,6 +221,52 @@ impl Content {
             "site version deployed"
         );
         Ok(None)
+    }
+
+    /// Deletes blobs no kept version references (DESIGN §5): per domain the
+    /// last `sites.keep_versions` versions, the live one and the one this
+    /// node serves are kept, with their manifests and every file they name.
+    /// If a kept version's manifest is not here, nothing is collected (what
+    /// it names is unknown).
+    fn collect(&self) -> anyhow::Result<()> {
+        let (sites, keep_versions) = {
+            let mut r = self
+                .replica
+                .lock()
+                .map_err(|_| anyhow::anyhow!("replica lock poisoned"))?;
+            (r.sites(), r.settings().keep_versions() as usize)
+        };
+        let deployed = self.deployed.lock().map(|d| d.clone()).unwrap_or_default();
+        let mut manifests: Vec<Blake3Hash> = Vec::new();
+        for (name, site) in &sites.domains {
+            let n = site.versions.len();
+            for v in &site.versions[n.saturating_sub(keep_versions.max(1))..] {
+                manifests.push(v.manifest.hash);
+            }
+            if let Some(v) = site.live_version() {
+                manifests.push(v.manifest.hash);
+            }
+            if let Some(d) = deployed.get(name.as_str()) {
+                manifests.push(d.manifest);
+            }
+        }
+        let mut keep: std::collections::HashSet<Blake3Hash> = std::collections::HashSet::new();
+        for m in manifests {
+            let Ok(bytes) = std::fs::read(self.blobs.path(&m)) else {
+                return Ok(());
+            };
+            let Ok(manifest) = Manifest::decode(&bytes) else {
+                return Ok(());
+            };
+            keep.insert(m);
+            keep.extend(manifest.files.values().map(|f| f.hash));
+        }
+        let older_than = std::time::SystemTime::now() - GC_GRACE;
+        let (count, bytes) = self.blobs.collect(&keep, older_than)?;
+        if count > 0 {
+            tracing::info!(blobs = count, bytes, "collected blobs no kept version uses");
+        }
+        Ok(())
     }
 
     /// Per domain: the live version, the deployed one, what is missing.

@@ -309,6 +309,11 @@ impl Replica {
         self.log.lock().ok()?.backend().cluster_id()
     }
 
+    /// The cluster-wide settings.
+    pub fn settings(&mut self) -> makiatto_projections::config::Settings {
+        self.engine.state().config.settings.clone()
+    }
+
     /// The current sites projection (for the content follower).
     pub fn sites(&mut self) -> makiatto_projections::sites::Sites {
         self.engine.state().sites.clone()
