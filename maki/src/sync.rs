@@ -49,6 +49,9 @@ struct Planned<'a> {
     summary: ChangeSummary,
     /// Local files by hash, to upload from.
     sources: BTreeMap<Blake3Hash, PathBuf>,
+    /// Blobs of the live version: the node holds them (it keeps the live
+    /// version's files), so they are not even asked about.
+    known: BTreeSet<Blake3Hash>,
 }
 
 /// Where this operator keeps the base of a cluster (beside the outbox).
@@ -216,12 +219,14 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             .iter()
             .filter_map(|f| m.files.get(&f.path).map(|e| (e.hash, f.full.clone())))
             .collect();
+        let known = before.files.values().map(|f| f.hash).collect();
         plans.push(Planned {
             domain: d,
             manifest: m,
             manifest_bytes,
             summary,
             sources,
+            known,
         });
     }
     hashing.finish_and_clear();
@@ -315,7 +320,13 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     let mut wanted_blobs: BTreeSet<Blake3Hash> = BTreeSet::new();
     for p in &plans {
         wanted_blobs.insert(Blake3Hash::of(&p.manifest_bytes));
-        wanted_blobs.extend(p.manifest.files.values().map(|f| f.hash));
+        wanted_blobs.extend(
+            p.manifest
+                .files
+                .values()
+                .map(|f| f.hash)
+                .filter(|h| !p.known.contains(h)),
+        );
     }
     let query: String = wanted_blobs
         .iter()

@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 
 use makiatto_events::Blake3Hash;
 
+/// A stream's staged blobs are committed at least this often.
+const COMMIT_BLOBS: usize = 2048;
+const COMMIT_BYTES: u64 = 256 << 20;
+
 /// The largest blob accepted (a single file of a site).
 pub const MAX_BLOB_BYTES: u64 = 8 << 30;
 
@@ -150,7 +154,18 @@ impl BlobStore {
     }
 
     /// Starts writing blob `hash` of `size` bytes (see [`BlobWriter`]).
-    pub fn writer(&self, hash: Blake3Hash, size: u64) -> Result<BlobWriter<'_>, BlobError> {
+    pub fn writer(&self, hash: Blake3Hash, size: u64) -> Result<BlobWriter, BlobError> {
+        self.writer_unless(hash, size, false)
+    }
+
+    /// [`BlobStore::writer`]; with `held`, the bytes are only checked (the
+    /// blob is already staged by the same stream).
+    fn writer_unless(
+        &self,
+        hash: Blake3Hash,
+        size: u64,
+        held: bool,
+    ) -> Result<BlobWriter, BlobError> {
         if size > MAX_BLOB_BYTES {
             return Err(BlobError::TooLarge {
                 hash,
@@ -163,13 +178,12 @@ impl BlobStore {
             std::process::id(),
             rand::random::<u32>()
         ));
-        let out = if self.contains(&hash) {
+        let out = if held || self.contains(&hash) {
             None
         } else {
             Some(File::create(&tmp)?)
         };
         Ok(BlobWriter {
-            store: self,
             hash,
             size,
             written: 0,
@@ -179,17 +193,35 @@ impl BlobStore {
         })
     }
 
-    /// Stores `size` bytes read from `input` as blob `hash`, verifying them.
-    /// Exactly `size` bytes are consumed from `input` even when the blob is
-    /// refused or already held, so a stream of blobs stays in step. Returns
-    /// whether the blob is new.
+    /// Stores `size` bytes read from `input` as blob `hash`, verifying them,
+    /// durably. Returns whether the blob is new.
+    #[cfg(test)]
     pub fn put(
         &self,
         hash: Blake3Hash,
         size: u64,
         input: &mut impl Read,
     ) -> Result<bool, BlobError> {
-        let mut w = self.writer(hash, size)?;
+        match self.stage(hash, size, input, false)? {
+            Some(s) => {
+                self.commit(vec![s])?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Reads `size` bytes from `input` as blob `hash` and stages it (see
+    /// [`BlobStore::commit`]). Exactly `size` bytes are consumed even when
+    /// the blob is refused or already held, so a stream stays in step.
+    pub fn stage(
+        &self,
+        hash: Blake3Hash,
+        size: u64,
+        input: &mut impl Read,
+        held: bool,
+    ) -> Result<Option<Staged>, BlobError> {
+        let mut w = self.writer_unless(hash, size, held)?;
         let mut buf = vec![0u8; 256 * 1024];
         while w.remaining() > 0 {
             let want = w.remaining().min(buf.len() as u64) as usize;
@@ -203,7 +235,7 @@ impl BlobStore {
             }
             w.write(&buf[..n])?;
         }
-        w.finish()
+        w.finish_staged()
     }
 
     /// Reads a stream of blobs (each: 32-byte hash, 8-byte big-endian size,
@@ -212,15 +244,22 @@ impl BlobStore {
     /// every blob completed before it.
     pub fn receive(&self, input: &mut impl Read) -> Result<Received, BlobError> {
         let mut report = Received::default();
+        let mut staged = Vec::new();
+        let mut staged_hashes = std::collections::HashSet::new();
+        let mut staged_bytes = 0u64;
         loop {
             let mut head = [0u8; 40];
             match read_full(input, &mut head)? {
-                0 => return Ok(report),
+                0 => {
+                    self.commit(staged)?;
+                    return Ok(report);
+                }
                 40 => {}
                 n => {
                     report.refused.push(format!(
                         "the stream ended inside a blob header ({n} of 40 bytes)"
                     ));
+                    self.commit(staged)?;
                     return Ok(report);
                 }
             }
@@ -230,16 +269,27 @@ impl BlobStore {
             let mut size = [0u8; 8];
             size.copy_from_slice(&head[32..]);
             let size = u64::from_be_bytes(size);
-            match self.put(hash, size, input) {
-                Ok(true) => {
+            let held = staged_hashes.contains(&hash);
+            match self.stage(hash, size, input, held) {
+                Ok(Some(s)) => {
+                    staged_hashes.insert(hash);
+                    staged.push(s);
+                    staged_bytes += size;
                     report.stored += 1;
                     report.bytes += size;
+                    if staged.len() >= COMMIT_BLOBS || staged_bytes >= COMMIT_BYTES {
+                        self.commit(std::mem::take(&mut staged))?;
+                        staged_hashes.clear();
+                        staged_bytes = 0;
+                    }
                 }
-                Ok(false) => report.already_present += 1,
+                Ok(None) => report.already_present += 1,
                 Err(e @ BlobError::HashMismatch { .. }) => report.refused.push(e.to_string()),
                 Err(e @ (BlobError::Truncated { .. } | BlobError::TooLarge { .. })) => {
-                    // The stream is out of step (or cut): nothing after can be trusted.
+                    // The stream is out of step (or cut): nothing after can
+                    // be trusted; what was complete before is kept.
                     report.refused.push(e.to_string());
+                    self.commit(staged)?;
                     return Ok(report);
                 }
                 Err(e) => return Err(e),
@@ -251,8 +301,7 @@ impl BlobStore {
 /// One blob being written: bytes are hashed as they come, to a temporary
 /// file; [`BlobWriter::finish`] checks size and hash, makes the file durable
 /// and renames it into place. Dropped unfinished, it leaves nothing behind.
-pub struct BlobWriter<'a> {
-    store: &'a BlobStore,
+pub struct BlobWriter {
     hash: Blake3Hash,
     size: u64,
     written: u64,
@@ -262,7 +311,7 @@ pub struct BlobWriter<'a> {
     tmp: PathBuf,
 }
 
-impl BlobWriter<'_> {
+impl BlobWriter {
     /// Bytes still expected.
     pub fn remaining(&self) -> u64 {
         self.size - self.written
@@ -283,8 +332,10 @@ impl BlobWriter<'_> {
         Ok(())
     }
 
-    /// Verifies and publishes the blob; returns whether it is new.
-    pub fn finish(mut self) -> Result<bool, BlobError> {
+    /// Verifies the blob and leaves it staged (written, not yet durable nor
+    /// in place); [`BlobStore::commit`] publishes many at once with two
+    /// file-system syncs instead of two per blob. None: already held.
+    pub fn finish_staged(mut self) -> Result<Option<Staged>, BlobError> {
         if self.written != self.size {
             return Err(BlobError::Truncated {
                 hash: self.hash,
@@ -300,28 +351,51 @@ impl BlobWriter<'_> {
             });
         }
         let Some(out) = self.out.take() else {
-            return Ok(false);
+            return Ok(None);
         };
-        out.sync_all()?;
         drop(out);
-        let store = self.store;
-        let dest = store.path(&self.hash);
-        if let Some(parent) = dest.parent()
-            && !parent.exists()
-        {
-            std::fs::create_dir_all(parent)?;
-            store.hand_over(parent)?;
-        }
-        store.hand_over(&self.tmp)?;
-        std::fs::rename(&self.tmp, &dest)?;
-        if let Some(parent) = dest.parent() {
-            File::open(parent)?.sync_all()?;
-        }
-        Ok(true)
+        let tmp = std::mem::take(&mut self.tmp);
+        Ok(Some(Staged {
+            hash: self.hash,
+            tmp,
+        }))
     }
 }
 
-impl Drop for BlobWriter<'_> {
+/// A verified blob waiting for [`BlobStore::commit`]. Dropped uncommitted,
+/// its temporary file stays until garbage collection removes it.
+pub struct Staged {
+    hash: Blake3Hash,
+    tmp: PathBuf,
+}
+
+impl BlobStore {
+    /// Publishes staged blobs: their bytes are made durable (one `syncfs`),
+    /// then they are renamed into place and the renames made durable (a
+    /// second one). A crash leaves each blob either absent or complete.
+    pub fn commit(&self, staged: Vec<Staged>) -> std::io::Result<()> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let root = File::open(&self.dir)?;
+        nix::unistd::syncfs(&root).map_err(std::io::Error::from)?;
+        for s in staged {
+            let dest = self.path(&s.hash);
+            if let Some(parent) = dest.parent()
+                && !parent.exists()
+            {
+                std::fs::create_dir_all(parent)?;
+                self.hand_over(parent)?;
+            }
+            self.hand_over(&s.tmp)?;
+            std::fs::rename(&s.tmp, &dest)?;
+        }
+        nix::unistd::syncfs(&root).map_err(std::io::Error::from)?;
+        Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
     fn drop(&mut self) {
         if self.out.is_some() || self.tmp.exists() {
             self.out = None;

@@ -732,11 +732,30 @@ impl Gossip {
             }),
         )
         .await?;
-        let mut stored = 0;
+        // Blobs are staged as they arrive and published together (two file
+        // system syncs per fetch, not two per blob), also when the fetch
+        // fails part way: what arrived whole is kept.
+        let mut staged = Vec::new();
+        let result = self
+            .receive_blobs(&mut reader, peer, count, &mut staged)
+            .await;
+        let stored = staged.len() as u64;
+        let blobs = self.blobs.clone();
+        tokio::task::block_in_place(|| blobs.commit(staged))?;
+        result.map(|()| stored)
+    }
+
+    async fn receive_blobs(
+        &self,
+        reader: &mut (impl AsyncReadExt + Unpin),
+        peer: &Member,
+        count: usize,
+        staged: &mut Vec<crate::blobs::Staged>,
+    ) -> anyhow::Result<()> {
         let mut buf = vec![0u8; 256 * 1024];
         for _ in 0..=count {
-            match self.read_frame(&mut reader).await? {
-                Frame::Done => return Ok(stored),
+            match self.read_frame(reader).await? {
+                Frame::Done => return Ok(()),
                 Frame::NoBlob(_) => {}
                 Frame::Blob { hash, size } => {
                     let blobs = self.blobs.clone();
@@ -752,8 +771,9 @@ impl Gossip {
                         tokio::task::block_in_place(|| w.write(&buf[..n]))?;
                     }
                     self.totals.bytes_in.fetch_add(size, Ordering::Relaxed);
-                    match tokio::task::block_in_place(|| w.finish()) {
-                        Ok(new) => stored += u64::from(new),
+                    match tokio::task::block_in_place(|| w.finish_staged()) {
+                        Ok(Some(s)) => staged.push(s),
+                        Ok(None) => {}
                         Err(e) => {
                             if let Ok(mut health) = self.health.lock() {
                                 health.entry(peer.key).or_default().bad_events += 1;

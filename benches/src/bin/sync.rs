@@ -1,0 +1,276 @@
+//! `sync`: `maki sync` against `rsync -a --delete` over SSH (the upstream
+//! project's method), on a real local cluster of three nodes.
+//!
+//! The tree: 10,000 files of 1–10 KB and 100 files of 1 MiB (about 155 MB),
+//! from a fixed seed. Three cases, each timed for both tools in the same
+//! run:
+//! - **initial**: rsync to one test host; `maki sync` until the version is
+//!   deployed on all three nodes (uploaded to one, fetched by the other two
+//!   over the mesh);
+//! - **no-op**: nothing changed (best of three);
+//! - **one change**: one small file rewritten (best of three); `maki sync`
+//!   again until every node serves it.
+//!
+//! Goals (issue 6): initial ≤ 1.0 × rsync, no-op and one change ≤ 0.3 ×.
+//! Needs root and rsync (`apt-get install rsync`). Build first:
+//! `cargo build --release -p makiatto -p makiatto-cli -p makiatto-benches --bins`
+//! then `target/release/sync`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use makiatto_benches::measure::{print_json, print_table};
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    name: String,
+}
+
+impl Cluster {
+    fn command(&self, args: &[&str]) -> Command {
+        let d = self.dir.path().join("cluster");
+        let mut cmd = Command::new(self.bin.join("maki"));
+        cmd.env("MAKIATTO_PROFILE", d.join("profile.toml"))
+            .env("MAKIATTO_OPERATOR_KEY", d.join("operator.key"))
+            .env("MAKIATTO_SSH_KEY", d.join("ssh/id_ed25519"))
+            .env("MAKIATTO_GEOIP_DIR", d.join("no-geoip"))
+            .env("MAKIATTO_CACHE_DIR", self.dir.path().join("cache"));
+        if args.first() == Some(&"local") {
+            cmd.arg("local")
+                .arg("--dir")
+                .arg(&d)
+                .arg("--name")
+                .arg(&self.name)
+                .args(&args[1..]);
+        } else {
+            cmd.args(args);
+        }
+        cmd
+    }
+
+    fn maki(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().expect("maki runs");
+        assert!(
+            out.status.success(),
+            "maki {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn live_everywhere(&self, nodes: &[String]) -> Option<String> {
+        let mut live = None;
+        for n in nodes {
+            let h: Value = serde_json::from_str(
+                &self.maki(&["local", "exec", n, "--", "makiatto", "health", "--json"]),
+            )
+            .ok()?;
+            let s = &h["sites"]["bench.test"];
+            if s["in_sync"] != true {
+                return None;
+            }
+            let v = s["live"].as_str()?.to_owned();
+            if live.get_or_insert(v.clone()) != &v {
+                return None;
+            }
+        }
+        live
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.command(&["local", "down"]).output();
+    }
+}
+
+fn make_tree(root: &Path) -> u64 {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2026);
+    let mut total = 0;
+    for i in 0..10_000u32 {
+        let dir = root.join(format!("d{:02}", i % 50));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let size = rng.random_range(1024..10 * 1024);
+        let mut bytes = vec![0u8; size];
+        rng.fill(&mut bytes[..]);
+        std::fs::write(dir.join(format!("f{i}.html")), &bytes).expect("file");
+        total += size as u64;
+    }
+    std::fs::create_dir_all(root.join("big")).expect("dir");
+    for i in 0..100u32 {
+        let mut bytes = vec![0u8; 1 << 20];
+        rng.fill(&mut bytes[..]);
+        std::fs::write(root.join(format!("big/b{i}.bin")), &bytes).expect("file");
+        total += 1 << 20;
+    }
+    total
+}
+
+fn timed(f: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    f();
+    start.elapsed()
+}
+
+fn main() {
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .expect("the binary's directory");
+    let have_rsync = Command::new("sh")
+        .args(["-c", "command -v rsync"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(have_rsync, "rsync is not installed: apt-get install rsync");
+    let c = Cluster {
+        dir: tempfile::tempdir().expect("tempdir"),
+        bin: bin.clone(),
+        name: format!("s{}", std::process::id() % 100_000),
+    };
+    let project = c.dir.path().join("project");
+    let site = project.join("site");
+    let bytes = make_tree(&site);
+    std::fs::write(
+        project.join("makiatto.toml"),
+        "[[domain]]\nname = \"bench.test\"\npath = \"site\"\n",
+    )
+    .expect("project");
+    let file = project.join("makiatto.toml");
+    let file = file.to_str().expect("utf-8");
+    c.maki(&[
+        "local",
+        "up",
+        "--nodes",
+        "3",
+        "--binary-path",
+        bin.join("makiatto").to_str().expect("utf-8"),
+    ]);
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(c.dir.path().join("cluster/state.json")).expect("state"),
+    )
+    .expect("json");
+    let nodes: Vec<String> = state["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| h["node"].as_str().expect("node").to_owned())
+        .collect();
+    let host = state["hosts"][0]["ipv4"].as_str().expect("ip").to_owned();
+    let key = c.dir.path().join("cluster/ssh/id_ed25519");
+    let known = c.dir.path().join("known_hosts");
+    let ssh = format!(
+        "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=accept-new -o BatchMode=yes",
+        key.display(),
+        known.display()
+    );
+    let rsync = || {
+        let out = Command::new("rsync")
+            .args(["-a", "--delete", "-e", &ssh])
+            .arg(format!("{}/", site.display()))
+            .arg(format!("root@{host}:/var/tmp/rsync-target/"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("rsync runs");
+        assert!(
+            out.status.success(),
+            "rsync: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let upload_ms = std::cell::Cell::new(0u128);
+    let sync_everywhere = |before: Option<&str>| {
+        let start = Instant::now();
+        c.maki(&["sync", "--file", file]);
+        upload_ms.set(start.elapsed().as_millis());
+        loop {
+            if let Some(v) = c.live_everywhere(&nodes)
+                && Some(v.as_str()) != before
+            {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // Initial.
+    let rsync_initial = timed(rsync);
+    let mut version = String::new();
+    let maki_initial = timed(|| version = sync_everywhere(None));
+    let initial_upload_ms = upload_ms.get();
+
+    // No-op, best of three.
+    let mut rsync_noop = Duration::MAX;
+    let mut maki_noop = Duration::MAX;
+    for _ in 0..3 {
+        rsync_noop = rsync_noop.min(timed(rsync));
+        maki_noop = maki_noop.min(timed(|| {
+            let out = c.maki(&["sync", "--file", file]);
+            assert!(out.contains("up to date"), "{out}");
+        }));
+    }
+
+    // One change, best of three.
+    let mut rsync_one = Duration::MAX;
+    let mut maki_one = Duration::MAX;
+    for round in 0..3u8 {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(site.join("d00/f0.html"))
+            .expect("file");
+        f.write_all(&[round; 100]).expect("write");
+        drop(f);
+        rsync_one = rsync_one.min(timed(rsync));
+        let before = version.clone();
+        maki_one = maki_one.min(timed(|| version = sync_everywhere(Some(&before))));
+    }
+
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
+    print_table(
+        "sync: 10,000 files of 1–10 KB + 100 of 1 MiB",
+        &[
+            ("tree", format!("{:.1} MB", bytes as f64 / 1e6)),
+            ("initial: maki sync, all 3 nodes serving", ms(maki_initial)),
+            (
+                "  of which maki sync itself (hash, upload to one node)",
+                format!("{initial_upload_ms} ms"),
+            ),
+            ("initial: rsync to one host (anchor)", ms(rsync_initial)),
+            (
+                "initial ratio (goal ≤ 1.0)",
+                format!("{:.2}", ratio(maki_initial, rsync_initial)),
+            ),
+            ("no-op: maki sync", ms(maki_noop)),
+            ("no-op: rsync (anchor)", ms(rsync_noop)),
+            (
+                "no-op ratio (goal ≤ 0.3)",
+                format!("{:.2}", ratio(maki_noop, rsync_noop)),
+            ),
+            ("one change: maki sync, all 3 nodes serving", ms(maki_one)),
+            ("one change: rsync (anchor)", ms(rsync_one)),
+            (
+                "one change ratio (goal ≤ 0.3)",
+                format!("{:.2}", ratio(maki_one, rsync_one)),
+            ),
+        ],
+    );
+    print_json(
+        "sync",
+        serde_json::json!({
+            "tree_bytes": bytes,
+            "initial_ms": maki_initial.as_millis() as u64,
+            "rsync_initial_ms": rsync_initial.as_millis() as u64,
+            "initial_upload_ms": initial_upload_ms as u64,
+            "noop_ms": maki_noop.as_millis() as u64,
+            "rsync_noop_ms": rsync_noop.as_millis() as u64,
+            "one_change_ms": maki_one.as_millis() as u64,
+            "rsync_one_change_ms": rsync_one.as_millis() as u64,
+        }),
+    );
+}
