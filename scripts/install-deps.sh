@@ -12,6 +12,7 @@ packages=(
   iptables        # maki local cut --mesh
   wireguard-go    # an external mesh peer in maki's peer test (userspace WireGuard)
   wireguard-tools # wg, wg-quick: keys and config for that peer
+  rsync           # the anchor of benches/src/bin/sync.rs
 )
 
 missing=()
