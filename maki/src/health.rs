@@ -119,13 +119,21 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
         );
     }
     let mut probes = probe_all(ctx, true).await;
-    // Lag right after a change is replication at work: give it a moment,
-    // re-reading the vectors, before calling it a problem.
+    // Lag right after a change is replication at work (and a new site
+    // version takes a moment to fetch): give it a moment, re-reading, before
+    // calling it a problem.
     let started = Instant::now();
     loop {
         let vvs: Vec<&Value> = probes.iter().filter_map(|p| p.vv.as_ref()).collect();
         let best = union(&vvs);
-        let lagging = vvs.iter().any(|vv| behind(vv, &best) > 0);
+        // Events still replicating, or a site version still being fetched.
+        let deploying = probes.iter().any(|p| {
+            p.health
+                .as_ref()
+                .and_then(|h| h["sites"].as_object())
+                .is_some_and(|sites| sites.values().any(|s| s["in_sync"] != true))
+        });
+        let lagging = deploying || vvs.iter().any(|vv| behind(vv, &best) > 0);
         if !lagging || started.elapsed() > LAG_GRACE {
             break;
         }
