@@ -260,20 +260,8 @@ impl Remote {
             }
             let _ = in_tx.send(Vec::new()).await;
         };
-        let collect_out = async move {
-            let mut v = Vec::new();
-            while let Some(c) = out_rx.recv().await {
-                v.extend(c);
-            }
-            v
-        };
-        let collect_err = async move {
-            let mut v = Vec::new();
-            while let Some(c) = err_rx.recv().await {
-                v.extend(c);
-            }
-            v
-        };
+        let collect_out = collect(&mut out_rx);
+        let collect_err = collect(&mut err_rx);
         let (status, _, out, err) = tokio::join!(exec, feed, collect_out, collect_err);
         let status = status.with_context(|| format!("{}: cannot run a command", self.target))?;
         Ok(Output {
@@ -326,13 +314,7 @@ impl Remote {
             anyhow::Ok(())
         };
         let drain = async move { while out_rx.recv().await.is_some() {} };
-        let errors = async move {
-            let mut v = Vec::new();
-            while let Some(c) = err_rx.recv().await {
-                v.extend(c);
-            }
-            v
-        };
+        let errors = collect(&mut err_rx);
         let (status, fed, _, err) = tokio::join!(exec, feed, drain, errors);
         fed?;
         let status = status.with_context(|| format!("{}: upload failed", self.target))?;
@@ -402,20 +384,8 @@ impl Remote {
             let _ = in_tx.send(Vec::new()).await;
             Ok(())
         };
-        let collect_out = async move {
-            let mut v = Vec::new();
-            while let Some(c) = out_rx.recv().await {
-                v.extend(c);
-            }
-            v
-        };
-        let collect_err = async move {
-            let mut v = Vec::new();
-            while let Some(c) = err_rx.recv().await {
-                v.extend(c);
-            }
-            v
-        };
+        let collect_out = collect(&mut out_rx);
+        let collect_err = collect(&mut err_rx);
         let (status, fed, out, err) = tokio::join!(exec, feed, collect_out, collect_err);
         fed?;
         status.with_context(|| format!("{}: the upload failed", self.target))?;
@@ -472,6 +442,15 @@ impl Remote {
     pub fn target(&self) -> &Target {
         &self.target
     }
+}
+
+/// Everything a command's output channel yields, until it closes.
+async fn collect(rx: &mut tokio::sync::mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
+    let mut v = Vec::new();
+    while let Some(c) = rx.recv().await {
+        v.extend(c);
+    }
+    v
 }
 
 /// Quotes a string for a POSIX shell.

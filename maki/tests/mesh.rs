@@ -9,9 +9,9 @@ mod common;
 
 use std::io::Write;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, json_lines, require_root};
+use common::{Cluster, exec, json_lines, require_root, wait_until};
 use makiatto_events::{EventId, FeedWriter, Hlc, Payload, SigningKey};
 use serde_json::Value;
 
@@ -19,12 +19,6 @@ const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
 const PROJECTIONS: &str = "peers roles config zones certificates sites";
 
 /// Runs a command inside a host; returns its standard output.
-fn exec(c: &Cluster, node: &str, argv: &[&str]) -> String {
-    let mut args = vec!["local", "exec", node, "--"];
-    args.extend(argv);
-    c.ok(&args)
-}
-
 fn exec_with_input(c: &Cluster, node: &str, argv: &[&str], input: &[u8]) -> String {
     let mut args = vec!["local", "exec", node, "--"];
     args.extend(argv);
@@ -68,16 +62,6 @@ fn events_on(c: &Cluster, node: &str) -> u64 {
 
 fn health(c: &Cluster, node: &str) -> Value {
     serde_json::from_str(&exec(c, node, &["makiatto", "health", "--json"])).unwrap()
-}
-
-/// Waits for a condition, checking it again and again until `within` has
-/// passed; then fails with `what`.
-fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < within, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Waits until every node holds the same events and folds them alike.

@@ -6,30 +6,16 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, require_root};
+use common::{Cluster, exec, require_root, wait_until};
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
 
-fn exec(c: &Cluster, node: &str, argv: &[&str]) -> String {
-    let mut args = vec!["local", "exec", node, "--"];
-    args.extend(argv);
-    c.ok(&args)
-}
-
 fn sites(c: &Cluster, node: &str) -> Value {
     let h: Value = serde_json::from_str(&exec(c, node, &["makiatto", "health", "--json"])).unwrap();
     h["sites"]["example.test"].clone()
-}
-
-fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < within, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

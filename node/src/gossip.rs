@@ -337,11 +337,7 @@ impl Gossip {
     /// Returns whether the session succeeded.
     async fn initiate(&self, peer: &Member) -> bool {
         let result = async {
-            let addr = SocketAddr::V4(SocketAddrV4::new(peer.mesh, PORT));
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-                .await
-                .context("timed out connecting")?
-                .context("cannot connect")?;
+            let stream = connect(peer.mesh).await?;
             self.session(stream, peer, None).await
         }
         .await;
@@ -714,11 +710,7 @@ impl Gossip {
         let (Some(me), Some(cluster)) = (me, cluster) else {
             bail!("this node has no mesh identity yet");
         };
-        let addr = SocketAddr::V4(SocketAddrV4::new(peer.mesh, PORT));
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .context("timed out connecting")?
-            .context("cannot connect")?;
+        let stream = connect(peer.mesh).await?;
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
         let count = want.len();
@@ -993,6 +985,15 @@ impl Gossip {
     }
 }
 
+/// Opens a connection to a node's replication port on the mesh.
+async fn connect(mesh: Ipv4Addr) -> anyhow::Result<TcpStream> {
+    let addr = SocketAddr::V4(SocketAddrV4::new(mesh, PORT));
+    tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("timed out connecting to {addr}"))?
+        .with_context(|| format!("cannot connect to {addr}"))
+}
+
 /// Sends raw bytes as events to a peer, as this node: `makiatto debug
 /// send-events`, for tests that play a peer gone bad. The peer judges them
 /// exactly as it judges any session.
@@ -1003,11 +1004,7 @@ pub async fn send_raw(
     to: Ipv4Addr,
     events: Vec<Vec<u8>>,
 ) -> anyhow::Result<()> {
-    let addr = SocketAddr::V4(SocketAddrV4::new(to, PORT));
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .context("timed out connecting")?
-        .with_context(|| format!("cannot connect to {addr}"))?;
+    let mut stream = connect(to).await?;
     let frames = [
         Frame::Hello(Hello {
             protocol: PROTOCOL,

@@ -119,3 +119,20 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Runs a command inside a host of `c`; returns its standard output.
+pub fn exec(c: &Cluster, node: &str, argv: &[&str]) -> String {
+    let mut args = vec!["local", "exec", node, "--"];
+    args.extend(argv);
+    c.ok(&args)
+}
+
+/// Waits for a condition, checking it again and again until `within` has
+/// passed; then fails with `what`.
+pub fn wait_until(within: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
