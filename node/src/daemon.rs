@@ -60,7 +60,11 @@ pub fn prepare(data_dir: &Path) -> anyhow::Result<Prepared> {
 }
 
 /// Runs the daemon until a shutdown signal.
-pub async fn run(data_dir: PathBuf, prepared: Prepared) -> anyhow::Result<()> {
+pub async fn run(
+    data_dir: PathBuf,
+    prepared: Prepared,
+    ports: crate::dns::server::Ports,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let socket = socket_path(&data_dir);
@@ -94,6 +98,13 @@ pub async fn run(data_dir: PathBuf, prepared: Prepared) -> anyhow::Result<()> {
     if let Some(t) = follow_peers(&replica, &mesh) {
         gossip.set_topology(t);
     }
+    let dns = crate::dns::Dns::start(
+        &data_dir.join("geoip"),
+        replica.clone(),
+        gossip.clone(),
+        ports,
+    )
+    .await;
 
     let listener = UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
@@ -112,8 +123,9 @@ pub async fn run(data_dir: PathBuf, prepared: Prepared) -> anyhow::Result<()> {
                     let mesh = mesh.clone();
                     let gossip = gossip.clone();
                     let content = content.clone();
+                    let dns = dns.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, replica, committer, mesh, gossip, content).await {
+                        if let Err(e) = serve(stream, replica, committer, mesh, gossip, content, dns).await {
                             tracing::debug!(error = %e, "control connection ended with an error");
                         }
                     });
@@ -154,6 +166,7 @@ async fn serve(
     mesh: MeshSlot,
     gossip: Arc<Gossip>,
     content: Arc<Content>,
+    dns: Arc<crate::dns::Dns>,
 ) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -176,6 +189,7 @@ async fn serve(
                 Ok(Request::Health) => {
                     let mut report = gossip.report();
                     report["sites"] = content.report();
+                    report["dns"] = dns.report();
                     Response::Ok(report)
                 }
                 Ok(request) => {
@@ -201,7 +215,7 @@ async fn serve(
                     }
                     if appends {
                         gossip.push();
-                        gossip.stored.notify_one();
+                        gossip.events_stored();
                     }
                     response
                 }

@@ -231,6 +231,8 @@ pub struct Gossip {
     blobs: Arc<crate::blobs::BlobStore>,
     /// Woken whenever events are stored (the content follower waits on it).
     pub stored: Arc<tokio::sync::Notify>,
+    /// Counts the times events were stored (the DNS follows it).
+    changes: watch::Sender<u64>,
     committer: GroupCommitter,
     mesh: crate::daemon::MeshSlot,
     topology: watch::Sender<Topology>,
@@ -255,6 +257,7 @@ impl Gossip {
             replica,
             blobs,
             stored: Arc::new(tokio::sync::Notify::new()),
+            changes: watch::Sender::new(0),
             committer,
             mesh,
             topology: watch::Sender::new(Topology::default()),
@@ -267,6 +270,33 @@ impl Gossip {
         tokio::spawn(gossip.clone().endpoint());
         tokio::spawn(gossip.clone().anti_entropy());
         gossip
+    }
+
+    /// Events were stored here: wake the content follower and whoever
+    /// follows [`Gossip::changes`].
+    pub fn events_stored(&self) {
+        self.stored.notify_one();
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that sees every time events are stored.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// This node's name, once it has joined.
+    pub fn me(&self) -> Option<NodeName> {
+        self.topology.borrow().me.as_ref().map(|m| m.name.clone())
+    }
+
+    /// The peers heard from within [`DEAD_AFTER`].
+    pub fn alive_names(&self) -> Vec<NodeName> {
+        let peers = self.topology.borrow().peers.clone();
+        peers
+            .into_iter()
+            .filter(|p| self.alive(&p.key))
+            .map(|p| p.name)
+            .collect()
     }
 
     /// Follows a change of the peers projection.
@@ -488,7 +518,7 @@ impl Gossip {
             self.set_topology(t);
         }
         if ingested.stored > 0 {
-            self.stored.notify_one();
+            self.events_stored();
         }
         if let Ok(mut health) = self.health.lock() {
             let h = health.entry(peer.key).or_default();

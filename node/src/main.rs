@@ -14,6 +14,7 @@ mod blobs;
 mod content;
 mod control;
 mod daemon;
+mod dns;
 mod gossip;
 mod keys;
 mod mesh;
@@ -50,6 +51,12 @@ struct Cli {
         default_value = "/run/makiatto"
     )]
     run_dir: PathBuf,
+    /// The DNS port (UDP and TCP); 0 serves no DNS.
+    #[arg(long, global = true, env = "MAKIATTO_DNS_PORT", default_value_t = 53)]
+    dns_port: u16,
+    /// The DNS-over-TLS port; 0 serves none.
+    #[arg(long, global = true, env = "MAKIATTO_DOT_PORT", default_value_t = 853)]
+    dot_port: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -214,7 +221,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(daemon::run(data_dir, prepared))?;
+            let ports = dns::server::Ports {
+                dns: cli.dns_port,
+                dot: cli.dot_port,
+            };
+            runtime.block_on(daemon::run(data_dir, prepared, ports))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Supervise => {

@@ -319,6 +319,11 @@ impl Replica {
         self.engine.state().sites.clone()
     }
 
+    /// The current zones projection (for the DNS server).
+    pub fn zones(&mut self) -> makiatto_projections::zones::Zones {
+        self.engine.state().zones.clone()
+    }
+
     /// The current peers projection (for the mesh).
     pub fn peers(&mut self) -> makiatto_projections::peers::Peers {
         self.engine.state().peers.clone()

@@ -111,6 +111,9 @@ pub fn operator_added(
 pub fn makiatto() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_makiatto"));
     cmd.env("MAKIATTO_LOG", "warn");
+    // These daemons run on the host, side by side: no DNS ports.
+    cmd.env("MAKIATTO_DNS_PORT", "0")
+        .env("MAKIATTO_DOT_PORT", "0");
     cmd
 }
 

@@ -1,0 +1,209 @@
+//! The authoritative GeoDNS server of a node: UDP and TCP on port 53, DNS
+//! over TLS on 853, answering for every zone of the zones projection.
+//!
+//! Layout:
+//! - `wire`: reading queries and writing responses (bytes only);
+//! - `zone`: the projection compiled into pre-rendered record sets;
+//! - `answer`: the answer to one query (pure);
+//! - `geo`: the GeoIP database, distances and the nearest-node choice;
+//! - `server`: the sockets.
+//!
+//! The compiled zones sit behind an `ArcSwap`: a projection change swaps in
+//! a new compilation and no query waits for it. Health (which nodes the
+//! liveness gossip hears) is a 64-bit mask refreshed every 250 ms; this
+//! node counts itself alive, so a node cut off from the mesh answers with
+//! itself alone.
+
+pub mod answer;
+pub mod geo;
+pub mod server;
+pub mod wire;
+pub mod zone;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use makiatto_projections::zones::Zones;
+
+use crate::gossip::Gossip;
+use crate::replica::Replica;
+
+/// Counters, one set per serving thread or transport (no shared cache
+/// line on the hot path); the report sums them.
+#[derive(Default)]
+pub struct Counters {
+    pub queries: AtomicU64,
+    pub dropped: AtomicU64,
+    pub truncated: AtomicU64,
+    pub by_rcode: [AtomicU64; 6],
+}
+
+impl Counters {
+    /// Counts one response by its rcode (BADVERS and other extended codes
+    /// count as FORMERR's neighbour slot 1 would mislead, so they go to 5+).
+    pub fn count(&self, out: &[u8], replied: bool) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        if !replied || out.len() < 4 {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if out[2] & 0x02 != 0 {
+            self.truncated.fetch_add(1, Ordering::Relaxed);
+        }
+        let rcode = (out[3] & 0x0F) as usize;
+        self.by_rcode[rcode.min(5)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The DNS service of one node.
+pub struct Dns {
+    compiled: ArcSwap<zone::Compiled>,
+    /// What `compiled` was built from (to skip rebuilding the same).
+    source: Mutex<Option<Zones>>,
+    alive: AtomicU64,
+    geoip: geo::GeoIp,
+    counters: Mutex<Vec<(&'static str, Arc<Counters>)>>,
+    tls: Arc<server::DotCerts>,
+}
+
+impl Dns {
+    /// Compiles the current zones, binds the ports and starts serving;
+    /// follows projection and health changes from then on.
+    pub async fn start(
+        geoip_dir: &Path,
+        replica: Arc<Mutex<Replica>>,
+        gossip: Arc<Gossip>,
+        ports: server::Ports,
+    ) -> Arc<Dns> {
+        let dns = Arc::new(Dns {
+            compiled: ArcSwap::from_pointee(zone::Compiled::default()),
+            source: Mutex::new(None),
+            alive: AtomicU64::new(u64::MAX),
+            geoip: geo::GeoIp::open(geoip_dir),
+            counters: Mutex::new(Vec::new()),
+            tls: Arc::new(server::DotCerts::default()),
+        });
+        dns.follow(&replica, &gossip);
+        server::serve(dns.clone(), ports).await;
+        let follower = dns.clone();
+        tokio::spawn(async move {
+            let mut changed = gossip.changes();
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    c = changed.changed() => {
+                        if c.is_err() { return }
+                        follower.follow(&replica, &gossip);
+                    }
+                    _ = tick.tick() => follower.refresh_health(&gossip),
+                }
+            }
+        });
+        dns
+    }
+
+    /// Recompiles when the zones changed.
+    fn follow(&self, replica: &Mutex<Replica>, gossip: &Gossip) {
+        let Some(zones) = replica.lock().ok().map(|mut r| r.zones()) else {
+            return;
+        };
+        self.install(&zones, gossip);
+    }
+
+    fn install(&self, zones: &Zones, gossip: &Gossip) {
+        if let Ok(mut source) = self.source.lock() {
+            if source.as_ref() == Some(zones) {
+                return;
+            }
+            *source = Some(zones.clone());
+        }
+        let compiled = zone::compile(zones);
+        for s in &compiled.skipped {
+            tracing::warn!(record = %s, "a record is not served");
+        }
+        tracing::info!(
+            zones = compiled.zones.len(),
+            serial = compiled.serial,
+            "DNS zones compiled"
+        );
+        let names: Vec<String> = compiled.apexes().map(str::to_string).collect();
+        self.compiled.store(Arc::new(compiled));
+        self.refresh_health(gossip);
+        let me = gossip.me().map(|m| m.to_string());
+        self.tls.ensure_self_signed(me.as_deref(), &names);
+    }
+
+    /// Which geo candidates are alive: this node always, peers when the
+    /// liveness gossip hears them.
+    fn refresh_health(&self, gossip: &Gossip) {
+        let compiled = self.compiled.load();
+        let alive = gossip.alive_names();
+        let me = gossip.me();
+        let mut mask = 0u64;
+        for (i, g) in compiled.geo.iter().enumerate() {
+            if Some(&g.name) == me.as_ref() || alive.contains(&g.name) {
+                mask |= 1 << i;
+            }
+        }
+        // Without a mesh identity yet, everyone counts as healthy.
+        if me.is_none() {
+            mask = u64::MAX;
+        }
+        self.alive.store(mask, Ordering::Relaxed);
+    }
+
+    /// A new set of counters for one serving thread or transport.
+    fn counters(&self, transport: &'static str) -> Arc<Counters> {
+        let c = Arc::new(Counters::default());
+        if let Ok(mut all) = self.counters.lock() {
+            all.push((transport, c.clone()));
+        }
+        c
+    }
+
+    /// For `makiatto health`: zones, serial, health mask, counters.
+    pub fn report(&self) -> serde_json::Value {
+        let compiled = self.compiled.load();
+        let alive = self.alive.load(Ordering::Relaxed);
+        let mut by: std::collections::BTreeMap<&str, [u64; 9]> = Default::default();
+        if let Ok(all) = self.counters.lock() {
+            for (t, c) in all.iter() {
+                let e = by.entry(t).or_default();
+                e[0] += c.queries.load(Ordering::Relaxed);
+                e[1] += c.dropped.load(Ordering::Relaxed);
+                e[2] += c.truncated.load(Ordering::Relaxed);
+                for (i, r) in c.by_rcode.iter().enumerate() {
+                    e[3 + i] += r.load(Ordering::Relaxed);
+                }
+            }
+        }
+        let transports: serde_json::Map<String, serde_json::Value> = by
+            .into_iter()
+            .map(|(t, e)| {
+                (
+                    t.to_string(),
+                    serde_json::json!({
+                        "queries": e[0], "dropped": e[1], "truncated": e[2],
+                        "noerror": e[3], "formerr": e[4], "servfail": e[5],
+                        "nxdomain": e[6], "notimp": e[7], "refused_or_other": e[8],
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "zones": compiled.apexes().collect::<Vec<_>>(),
+            "serial": compiled.serial,
+            "geoip": self.geoip.loaded(),
+            "geo": compiled.geo.iter().enumerate().map(|(i, g)| serde_json::json!({
+                "node": g.name.to_string(),
+                "healthy": alive & (1 << i) != 0,
+            })).collect::<Vec<_>>(),
+            "skipped_records": compiled.skipped,
+            "transports": transports,
+        })
+    }
+}

@@ -1,0 +1,306 @@
+//! The DNS sockets: UDP served by one plain thread per `SO_REUSEPORT`
+//! socket (the kernel spreads queries over them; no task or allocation per
+//! query), TCP and DNS over TLS by tokio tasks with idle timeouts and a cap
+//! on connections. All three call the same `answer::respond`.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::answer::{Client, respond};
+use super::{Counters, Dns};
+
+/// Where to listen.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub dns: u16,
+    pub dot: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports { dns: 53, dot: 853 }
+    }
+}
+
+/// A TCP or TLS connection is closed after this long without a query
+/// (RFC 7766 §6.2.3 suggests seconds, not minutes).
+const IDLE: Duration = Duration::from_secs(10);
+/// TLS handshakes must finish within this.
+const HANDSHAKE: Duration = Duration::from_secs(5);
+/// Most TCP and TLS connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 1024;
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Binds every socket and starts serving. A port that cannot be bound
+/// (IPv6 absent, port taken) is said in the log; the rest still serve.
+pub async fn serve(dns: Arc<Dns>, ports: Ports) {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    let unspecified = [
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, ports.dns)),
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, ports.dns)),
+    ];
+    for addr in unspecified.into_iter().filter(|_| ports.dns != 0) {
+        let per_family = if addr.is_ipv4() { threads } else { 1 };
+        for i in 0..per_family {
+            match udp_socket(addr) {
+                Ok(socket) => {
+                    let dns = dns.clone();
+                    let counters = dns.counters("udp");
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("dns-udp-{i}"))
+                        .spawn(move || udp_loop(&dns, &socket, &counters));
+                    if let Err(e) = spawned {
+                        tracing::error!(error = %e, "cannot start a DNS thread");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot listen for DNS over UDP");
+                    break;
+                }
+            }
+        }
+        match tcp_listener(addr) {
+            Ok(l) => {
+                tokio::spawn(accept(dns.clone(), l, None));
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "cannot listen for DNS over TCP"),
+        }
+    }
+    let tls = dns.tls.clone().server_config();
+    for port_addr in [
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, ports.dot)),
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, ports.dot)),
+    ]
+    .into_iter()
+    .filter(|_| ports.dot != 0)
+    {
+        match (tcp_listener(port_addr), &tls) {
+            (Ok(l), Ok(config)) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                tokio::spawn(accept(dns.clone(), l, Some(acceptor)));
+            }
+            (Err(e), _) => {
+                tracing::error!(addr = %port_addr, error = %e, "cannot listen for DNS over TLS")
+            }
+            (_, Err(e)) => {
+                tracing::error!(error = %e, "no TLS configuration for DNS over TLS");
+                break;
+            }
+        }
+    }
+    tracing::info!(
+        port = ports.dns,
+        dot = ports.dot,
+        udp_threads = threads,
+        "DNS serving"
+    );
+}
+
+fn udp_loop(dns: &Dns, socket: &std::net::UdpSocket, counters: &Counters) {
+    let mut buf = [0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    let mut cache = HashMap::new();
+    loop {
+        let (n, src) = match socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let compiled = dns.compiled.load();
+        let mut locate = |ip| dns.geoip.locate(ip, &mut cache);
+        let mut client = Client {
+            src: src.ip(),
+            tcp: false,
+            alive: dns.alive.load(Ordering::Relaxed),
+            locate: &mut locate,
+        };
+        let replied = respond(&compiled, &buf[..n], &mut client, &mut out);
+        counters.count(&out, replied);
+        if replied && let Err(e) = socket.send_to(&out, src) {
+            tracing::debug!(%src, error = %e, "DNS send failed");
+        }
+    }
+}
+
+async fn accept(dns: Arc<Dns>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let transport = if tls.is_some() { "tls" } else { "tcp" };
+    let counters = dns.counters(transport);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, src) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // dropping the stream closes it
+        };
+        let _ = stream.set_nodelay(true);
+        let dns = dns.clone();
+        let counters = counters.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => stream_loop(&dns, stream, src, &counters).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => stream_loop(&dns, s, src, &counters).await,
+                        Ok(Err(e)) => tracing::debug!(%src, error = %e, "DoT handshake failed"),
+                        Err(_) => tracing::debug!(%src, "DoT handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Length-prefixed messages (RFC 1035 §4.2.2) until the client closes,
+/// goes idle, or sends something unanswerable.
+async fn stream_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    dns: &Dns,
+    mut s: S,
+    src: SocketAddr,
+    counters: &Counters,
+) {
+    let mut buf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    let mut cache = HashMap::new();
+    loop {
+        let Ok(Ok(len)) = tokio::time::timeout(IDLE, s.read_u16()).await else {
+            return;
+        };
+        let len = len as usize;
+        let Ok(Ok(_)) = tokio::time::timeout(IDLE, s.read_exact(&mut buf[..len])).await else {
+            return;
+        };
+        let replied = {
+            let compiled = dns.compiled.load();
+            let mut locate = |ip| dns.geoip.locate(ip, &mut cache);
+            let mut client = Client {
+                src: src.ip(),
+                tcp: true,
+                alive: dns.alive.load(Ordering::Relaxed),
+                locate: &mut locate,
+            };
+            respond(&compiled, &buf[..len], &mut client, &mut out)
+        };
+        counters.count(&out, replied);
+        if !replied {
+            return;
+        }
+        let mut framed = Vec::with_capacity(out.len() + 2);
+        framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&out);
+        if tokio::time::timeout(IDLE, s.write_all(&framed))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The certificate DNS over TLS presents: self-signed for this node's
+/// nameserver names until the HTTPS subsystem brings issued ones. Read on
+/// every handshake, so a new one applies without a restart.
+#[derive(Debug, Default)]
+pub struct DotCerts {
+    current: RwLock<Option<(Vec<String>, Arc<CertifiedKey>)>>,
+}
+
+impl DotCerts {
+    /// Makes a self-signed certificate for `<me>.ns.<zone>` of every zone,
+    /// unless the current one already names exactly those.
+    pub fn ensure_self_signed(&self, me: Option<&str>, zones: &[String]) {
+        let mut names: Vec<String> = match me {
+            Some(me) => zones.iter().map(|z| format!("{me}.ns.{z}")).collect(),
+            None => Vec::new(),
+        };
+        if names.is_empty() {
+            names.push("localhost".into());
+        }
+        if self
+            .current
+            .read()
+            .is_ok_and(|c| c.as_ref().is_some_and(|(n, _)| *n == names))
+        {
+            return;
+        }
+        match self_signed(&names) {
+            Ok(key) => {
+                if let Ok(mut c) = self.current.write() {
+                    *c = Some((names, Arc::new(key)));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make a self-signed certificate for DNS over TLS")
+            }
+        }
+    }
+
+    fn server_config(self: Arc<Self>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        if self.current.read().is_ok_and(|c| c.is_none()) {
+            self.ensure_self_signed(None, &[]);
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self);
+        config.alpn_protocols = vec![b"dot".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+fn self_signed(names: &[String]) -> anyhow::Result<CertifiedKey> {
+    let made = rcgen::generate_simple_self_signed(names.to_vec())?;
+    let cert = CertificateDer::from(made.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    Ok(CertifiedKey::from_der(vec![cert], key, &provider)?)
+}
+
+impl ResolvesServerCert for DotCerts {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok()?.as_ref().map(|(_, k)| k.clone())
+    }
+}

@@ -1,0 +1,453 @@
+//! The zones projection compiled for answering: every name of every zone in
+//! a hash map (lowercased wire format), each with its record sets already
+//! rendered to wire bytes (type, class, TTL, RDLENGTH, RDATA), so a query
+//! costs a lookup and a few copies. Rebuilt whenever the projection changes,
+//! never per query. Record data is encoded with hickory-proto's typed
+//! records (names uncompressed, so the bytes can be copied anywhere).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, SOA, SRV, TXT};
+use hickory_proto::rr::{Name, RData};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+use makiatto_events::NodeName;
+use makiatto_projections::zones::{INFRA_TTL, RecordView, Zone, Zones};
+
+use super::wire::{encode_name, rtype};
+
+type Map<V> = HashMap<Box<[u8]>, V, foldhash::fast::FixedState>;
+
+/// Records of one type at one name, rendered.
+#[derive(Debug, Clone, Default)]
+pub struct Rrset {
+    /// How many records `tails` holds.
+    pub n: u16,
+    /// Each record without its owner: type, class, TTL, RDLENGTH, RDATA.
+    pub tails: Vec<u8>,
+}
+
+impl Rrset {
+    fn push(&mut self, rtype: u16, ttl: u32, rdata: &[u8]) {
+        self.n += 1;
+        self.tails.extend_from_slice(&rtype.to_be_bytes());
+        self.tails.extend_from_slice(&1u16.to_be_bytes());
+        self.tails.extend_from_slice(&ttl.to_be_bytes());
+        self.tails
+            .extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        self.tails.extend_from_slice(rdata);
+    }
+}
+
+/// Whole records with their owner names (glue for the additional section).
+#[derive(Debug, Clone, Default)]
+pub struct Glue {
+    pub n: u16,
+    pub bytes: Vec<u8>,
+}
+
+/// One name of a zone.
+#[derive(Debug, Clone, Default)]
+pub struct NameData {
+    /// Record sets by type, in type order.
+    pub rrsets: Vec<(u16, Rrset)>,
+    /// Answered with the nearest nodes for A and AAAA (the apex and in-zone
+    /// aliases).
+    pub geo: bool,
+    /// A CNAME here (then nothing else is), with its target lowercased.
+    pub cname: Option<(Rrset, Box<[u8]>)>,
+    /// The NS set of a delegation here (a zone cut below the apex).
+    pub cut: Option<Rrset>,
+    /// Set on names under a zone cut (their records are glue, not answers):
+    /// the cut's name.
+    pub below_cut: Option<Box<[u8]>>,
+    /// Glue for the additional section of an NS answer from here.
+    pub glue: Glue,
+}
+
+impl NameData {
+    pub fn rrset(&self, rtype: u16) -> Option<&Rrset> {
+        self.rrsets
+            .iter()
+            .find(|(t, _)| *t == rtype)
+            .map(|(_, r)| r)
+    }
+
+    /// Has this name any data (an empty non-terminal has none)?
+    pub fn has_data(&self) -> bool {
+        !self.rrsets.is_empty() || self.geo || self.cname.is_some() || self.cut.is_some()
+    }
+}
+
+/// A zone's own data.
+#[derive(Debug, Clone)]
+pub struct ZoneData {
+    pub apex: String,
+    /// The SOA for negative answers: TTL min(SOA TTL, MINIMUM) (RFC 2308).
+    pub soa_negative: Rrset,
+    /// Length of the apex in wire format (to point at it in the question).
+    pub apex_len: usize,
+}
+
+/// A node that geo answers may name.
+#[derive(Debug, Clone)]
+pub struct GeoNode {
+    pub name: NodeName,
+    pub lat: f64,
+    pub lon: f64,
+    pub a: Option<Rrset>,
+    pub aaaa: Option<Rrset>,
+}
+
+/// Everything the server answers from.
+#[derive(Debug, Default)]
+pub struct Compiled {
+    pub serial: u32,
+    names: Map<usize>,
+    apexes: Map<usize>,
+    pub nodes: Vec<NameData>,
+    pub zones: Vec<ZoneData>,
+    /// Geo candidates in node-name order; at most 64 (a health bitmask).
+    pub geo: Vec<GeoNode>,
+    /// How many nearest nodes a geo answer names.
+    pub nearest: usize,
+    /// Records that could not be compiled, said once in the log.
+    pub skipped: Vec<String>,
+}
+
+/// The most geo candidates (they share one 64-bit health mask).
+pub const MAX_GEO: usize = 64;
+
+impl Compiled {
+    /// The name, by its lowercased wire form.
+    pub fn name(&self, lower: &[u8]) -> Option<(usize, &NameData)> {
+        let i = *self.names.get(lower)?;
+        Some((i, &self.nodes[i]))
+    }
+
+    /// The zone whose apex this lowercased wire name is.
+    pub fn apex(&self, lower: &[u8]) -> Option<usize> {
+        self.apexes.get(lower).copied()
+    }
+
+    /// Every zone apex (for the DoT certificate's names and the logs).
+    pub fn apexes(&self) -> impl Iterator<Item = &str> {
+        self.zones.iter().map(|z| z.apex.as_str())
+    }
+}
+
+fn render(rdata: &RData) -> Option<Vec<u8>> {
+    let mut buf = Vec::with_capacity(64);
+    let mut enc = BinEncoder::new(&mut buf);
+    // Names inside RDATA are written whole: these bytes are copied into
+    // responses at any offset, so a pointer could never be right.
+    enc.set_name_encoding(NameEncoding::Uncompressed);
+    rdata.emit(&mut enc).ok()?;
+    Some(buf)
+}
+
+fn host(value: &str) -> Result<Name, String> {
+    let mut n =
+        Name::from_ascii(value).map_err(|e| format!("{value:?} is not a host name: {e}"))?;
+    n.set_fqdn(true);
+    Ok(n)
+}
+
+/// A custom record's type and RDATA.
+fn custom_rdata(r: &RecordView) -> Result<(u16, Vec<u8>), String> {
+    let value = r.value.trim();
+    let rdata = match r.rtype.as_str() {
+        "A" => RData::A(A(value
+            .parse()
+            .map_err(|_| format!("{value:?} is not an IPv4 address"))?)),
+        "AAAA" => RData::AAAA(AAAA(
+            value
+                .parse()
+                .map_err(|_| format!("{value:?} is not an IPv6 address"))?,
+        )),
+        "CNAME" => RData::CNAME(CNAME(host(value)?)),
+        "NS" => RData::NS(NS(host(value)?)),
+        "MX" => RData::MX(MX::new(r.priority.unwrap_or(10), host(value)?)),
+        "SRV" => {
+            let parts: Vec<&str> = value.split_whitespace().collect();
+            let [weight, port, target] = parts[..] else {
+                return Err(format!("{value:?} is not \"WEIGHT PORT TARGET\""));
+            };
+            let num = |s: &str| {
+                s.parse::<u16>()
+                    .map_err(|_| format!("{s:?} is not a number 0–65535"))
+            };
+            RData::SRV(SRV::new(
+                r.priority.unwrap_or(0),
+                num(weight)?,
+                num(port)?,
+                host(target)?,
+            ))
+        }
+        "TXT" => {
+            // One value, split into character-strings of at most 255 bytes.
+            let chunks: Vec<String> = value
+                .as_bytes()
+                .chunks(255)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect();
+            if value.len() > 4000 {
+                return Err("TXT value longer than 4000 bytes".into());
+            }
+            RData::TXT(TXT::new(if chunks.is_empty() {
+                vec![String::new()]
+            } else {
+                chunks
+            }))
+        }
+        "CAA" => return Ok((rtype::CAA, caa(value)?)),
+        other => return Err(format!("record type {other} is not served")),
+    };
+    let code = u16::from(rdata.record_type());
+    Ok((code, render(&rdata).ok_or("cannot encode")?))
+}
+
+/// `FLAGS TAG "VALUE"` to CAA RDATA (RFC 8659): flags, tag length, tag, value.
+fn caa(value: &str) -> Result<Vec<u8>, String> {
+    let mut parts = value.splitn(3, ' ');
+    let (Some(flags), Some(tag), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("{value:?} is not FLAGS TAG \"VALUE\""));
+    };
+    let flags: u8 = flags
+        .parse()
+        .map_err(|_| format!("{flags:?} is not a flags byte"))?;
+    if tag.is_empty() || tag.len() > 15 || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!("{tag:?} is not a CAA tag"));
+    }
+    let v = v
+        .trim()
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .ok_or_else(|| format!("the CAA value in {value:?} is not quoted"))?;
+    let mut out = vec![flags, tag.len() as u8];
+    out.extend_from_slice(tag.to_ascii_lowercase().as_bytes());
+    out.extend_from_slice(v.as_bytes());
+    Ok(out)
+}
+
+struct Builder {
+    c: Compiled,
+}
+
+impl Builder {
+    /// The name's entry, made (with its empty non-terminal ancestors up to
+    /// the apex) if new.
+    fn entry(&mut self, zone: usize, wire: &[u8]) -> usize {
+        let lower: Box<[u8]> = wire.to_ascii_lowercase().into();
+        if let Some(&i) = self.c.names.get(&lower) {
+            return i;
+        }
+        let i = self.c.nodes.len();
+        self.c.nodes.push(NameData::default());
+        self.c.names.insert(lower.clone(), i);
+        // Ancestors below the apex exist too (RFC 8020: NODATA, not NXDOMAIN).
+        let apex_len = self.c.zones[zone].apex_len;
+        if lower.len() > apex_len && lower[0] as usize + 1 < lower.len() {
+            let parent = lower[lower[0] as usize + 1..].to_vec();
+            if parent.len() >= apex_len {
+                self.entry(zone, &parent);
+            }
+        }
+        i
+    }
+
+    fn add(&mut self, zone: usize, wire: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) {
+        let i = self.entry(zone, wire);
+        let sets = &mut self.c.nodes[i].rrsets;
+        let at = match sets.iter().position(|(t, _)| *t == rtype) {
+            Some(p) => p,
+            None => {
+                sets.push((rtype, Rrset::default()));
+                sets.len() - 1
+            }
+        };
+        sets[at].1.push(rtype, ttl, rdata);
+    }
+}
+
+/// Compiles the zones projection. `zones.geo` (the same for every zone)
+/// gives the geo candidates.
+pub fn compile(zones: &Zones) -> Compiled {
+    let mut b = Builder {
+        c: Compiled::default(),
+    };
+    for (apex, zone) in &zones.zones {
+        b.c.serial = zone.serial;
+        b.c.nearest = zone.nearest.max(1) as usize;
+        if b.c.geo.is_empty() {
+            b.c.geo = zone
+                .geo
+                .iter()
+                .take(MAX_GEO)
+                .map(|g| GeoNode {
+                    name: g.node.clone(),
+                    lat: f64::from(g.lat_e6) / 1e6,
+                    lon: f64::from(g.lon_e6) / 1e6,
+                    a: g.ipv4.map(|ip| one(rtype::A, zone.geo_ttl, &ip.octets())),
+                    aaaa: g
+                        .ipv6
+                        .map(|ip| one(rtype::AAAA, zone.geo_ttl, &ip.octets())),
+                })
+                .collect();
+        }
+        if let Err(e) = compile_zone(&mut b, apex.as_str(), zone) {
+            b.c.skipped.push(format!("zone {apex}: {e}"));
+        }
+    }
+    // Mark names under zone cuts.
+    let cuts: Vec<Box<[u8]>> =
+        b.c.names
+            .iter()
+            .filter(|(_, i)| b.c.nodes[**i].cut.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+    let names: Vec<(Box<[u8]>, usize)> = b.c.names.iter().map(|(n, i)| (n.clone(), *i)).collect();
+    for (name, i) in names {
+        for cut in &cuts {
+            if name.len() > cut.len() && name.ends_with(cut) {
+                let node = &mut b.c.nodes[i];
+                if node.below_cut.as_ref().is_none_or(|c| c.len() > cut.len()) {
+                    node.below_cut = Some(cut.clone());
+                }
+            }
+        }
+    }
+    b.c
+}
+
+fn one(rtype: u16, ttl: u32, rdata: &[u8]) -> Rrset {
+    let mut r = Rrset::default();
+    r.push(rtype, ttl, rdata);
+    r
+}
+
+fn compile_zone(b: &mut Builder, apex: &str, zone: &Zone) -> Result<(), String> {
+    let apex_wire = encode_name(apex).ok_or("the apex is not a valid name")?;
+    let z = b.c.zones.len();
+    let soa = SOA::new(
+        host(&zone.soa.mname)?,
+        host(&zone.soa.rname)?,
+        zone.serial,
+        zone.soa.refresh as i32,
+        zone.soa.retry as i32,
+        zone.soa.expire as i32,
+        zone.soa.minimum,
+    );
+    let soa_rdata = render(&RData::SOA(soa)).ok_or("cannot encode the SOA")?;
+    b.c.zones.push(ZoneData {
+        apex: apex.to_string(),
+        soa_negative: one(rtype::SOA, zone.soa.ttl.min(zone.soa.minimum), &soa_rdata),
+        apex_len: apex_wire.len(),
+    });
+    b.c.apexes.insert(apex_wire.to_ascii_lowercase().into(), z);
+    let apex_i = b.entry(z, &apex_wire);
+    b.c.nodes[apex_i].geo = true;
+    b.add(z, &apex_wire, rtype::SOA, zone.soa.ttl, &soa_rdata);
+
+    // NS with glue; each nameserver's own name answers its addresses.
+    let mut glue = Glue::default();
+    for ns in &zone.nameservers {
+        let name = host(&ns.name)?;
+        let rdata = render(&RData::NS(NS(name))).ok_or("cannot encode NS")?;
+        b.add(z, &apex_wire, rtype::NS, INFRA_TTL, &rdata);
+        let wire = encode_name(&ns.name).ok_or("bad nameserver name")?;
+        let addrs: Vec<IpAddr> = ns
+            .ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(ns.ipv6.map(IpAddr::V6))
+            .collect();
+        for ip in addrs {
+            let (t, bytes) = match ip {
+                IpAddr::V4(a) => (rtype::A, a.octets().to_vec()),
+                IpAddr::V6(a) => (rtype::AAAA, a.octets().to_vec()),
+            };
+            b.add(z, &wire, t, INFRA_TTL, &bytes);
+            let mut rr = Rrset::default();
+            rr.push(t, INFRA_TTL, &bytes);
+            glue.n += 1;
+            glue.bytes.extend_from_slice(&wire);
+            glue.bytes.extend_from_slice(&rr.tails);
+        }
+    }
+    b.c.nodes[apex_i].glue = glue;
+
+    for c in &zone.caa {
+        let value = format!("{} {} \"{}\"", c.flags, c.tag, c.value);
+        b.add(z, &apex_wire, rtype::CAA, INFRA_TTL, &caa(&value)?);
+    }
+
+    for alias in &zone.aliases {
+        let wire = encode_name(alias).ok_or("bad alias")?;
+        let i = b.entry(z, &wire);
+        b.c.nodes[i].geo = true;
+    }
+
+    for r in &zone.records {
+        let owner = if r.name == "@" || r.name.is_empty() {
+            apex.to_string()
+        } else {
+            format!("{}.{apex}", r.name.trim_end_matches('.'))
+        };
+        let Some(wire) = encode_name(&owner) else {
+            b.c.skipped.push(format!("{owner}: not a valid name"));
+            continue;
+        };
+        match custom_rdata(r) {
+            Ok((t, rdata)) => {
+                let i = b.entry(z, &wire);
+                let node = &mut b.c.nodes[i];
+                let ok = match t {
+                    rtype::CNAME => {
+                        if node.has_data() || i == apex_i {
+                            Err("a CNAME cannot sit beside other data")
+                        } else {
+                            let target = rdata.to_ascii_lowercase().into();
+                            node.cname = Some((one(t, r.ttl, &rdata), target));
+                            Ok(())
+                        }
+                    }
+                    rtype::NS if i != apex_i => {
+                        node.cut
+                            .get_or_insert_with(Rrset::default)
+                            .push(t, r.ttl, &rdata);
+                        Ok(())
+                    }
+                    _ if node.cname.is_some() => Err("a CNAME already owns this name"),
+                    rtype::A | rtype::AAAA if node.geo => {
+                        Err("geo-answered names take no custom A/AAAA")
+                    }
+                    _ => {
+                        b.add(z, &wire, t, r.ttl, &rdata);
+                        Ok(())
+                    }
+                };
+                if let Err(e) = ok {
+                    b.c.skipped.push(format!("{owner} {}: {e}", r.rtype));
+                }
+            }
+            Err(e) => b.c.skipped.push(format!("{owner} {}: {e}", r.rtype)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caa_values_encode_as_rfc_8659_says() {
+        assert_eq!(
+            caa("0 issue \"letsencrypt.org\"").unwrap(),
+            [&[0u8, 5][..], b"issue", b"letsencrypt.org"].concat()
+        );
+        assert!(caa("0 issue letsencrypt.org").is_err());
+        assert!(caa("x issue \"a\"").is_err());
+    }
+}
