@@ -213,6 +213,27 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
                 }
             }
         }
+        if let Some(dns) = p
+            .health
+            .as_ref()
+            .map(|h| &h["dns"])
+            .filter(|d| d.is_object())
+        {
+            for t in ["udp", "tcp"] {
+                if dns["transports"].get(t).is_none() {
+                    problems.push(format!(
+                        "DNS is not served over {} (port 53 could not be bound: see the daemon's log)",
+                        t.to_uppercase()
+                    ));
+                }
+            }
+            for skipped in dns["skipped_records"].as_array().into_iter().flatten() {
+                problems.push(format!(
+                    "DNS record not served: {}",
+                    skipped.as_str().unwrap_or("?")
+                ));
+            }
+        }
         let rejected = p
             .health
             .as_ref()
