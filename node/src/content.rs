@@ -53,6 +53,8 @@ pub struct Content {
     file: PathBuf,
     deployed: Mutex<BTreeMap<String, Deployed>>,
     pending: Mutex<BTreeMap<String, Pending>>,
+    /// Bumped whenever a domain switches version (the HTTP server follows).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Content {
@@ -75,6 +77,7 @@ impl Content {
             file,
             deployed: Mutex::new(deployed),
             pending: Mutex::new(BTreeMap::new()),
+            changes: tokio::sync::watch::Sender::new(0),
         });
         tokio::spawn(content.clone().follow());
         content
@@ -214,6 +217,7 @@ impl Content {
         std::fs::write(&tmp, serde_json::to_vec_pretty(&snapshot)?)?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &self.file)?;
+        self.changes.send_modify(|n| *n += 1);
         tracing::info!(
             domain,
             version = %version.short(),
@@ -267,6 +271,21 @@ impl Content {
             tracing::info!(blobs = count, bytes, "collected blobs no kept version uses");
         }
         Ok(())
+    }
+
+    /// The version each domain is served at here.
+    pub fn deployed(&self) -> BTreeMap<String, Deployed> {
+        self.deployed.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// The blob store the deployed versions live in.
+    pub fn blobs(&self) -> &Arc<BlobStore> {
+        &self.blobs
+    }
+
+    /// A receiver that sees every version switch.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Per domain: the live version, the deployed one, what is missing.

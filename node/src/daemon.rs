@@ -64,6 +64,7 @@ pub async fn run(
     data_dir: PathBuf,
     prepared: Prepared,
     ports: crate::dns::server::Ports,
+    web: crate::http::server::Ports,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
@@ -105,6 +106,14 @@ pub async fn run(
         ports,
     )
     .await;
+    let http = crate::http::Http::start(
+        &data_dir,
+        replica.clone(),
+        content.clone(),
+        gossip.clone(),
+        web,
+    )
+    .with_context(|| format!("cannot start the HTTP server in {}", data_dir.display()))?;
 
     let listener = UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
@@ -124,8 +133,9 @@ pub async fn run(
                     let gossip = gossip.clone();
                     let content = content.clone();
                     let dns = dns.clone();
+                    let http = http.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, replica, committer, mesh, gossip, content, dns).await {
+                        if let Err(e) = serve(stream, replica, committer, mesh, gossip, content, dns, http).await {
                             tracing::debug!(error = %e, "control connection ended with an error");
                         }
                     });
@@ -167,6 +177,7 @@ async fn serve(
     gossip: Arc<Gossip>,
     content: Arc<Content>,
     dns: Arc<crate::dns::Dns>,
+    http: Arc<crate::http::Http>,
 ) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -190,6 +201,7 @@ async fn serve(
                     let mut report = gossip.report();
                     report["sites"] = content.report();
                     report["dns"] = dns.report();
+                    report["http"] = http.report();
                     Response::Ok(report)
                 }
                 Ok(request) => {

@@ -16,6 +16,7 @@ mod control;
 mod daemon;
 mod dns;
 mod gossip;
+mod http;
 mod keys;
 mod mesh;
 mod privileges;
@@ -57,6 +58,17 @@ struct Cli {
     /// The DNS-over-TLS port; 0 serves none.
     #[arg(long, global = true, env = "MAKIATTO_DOT_PORT", default_value_t = 853)]
     dot_port: u16,
+    /// The HTTP port; 0 serves none.
+    #[arg(long, global = true, env = "MAKIATTO_HTTP_PORT", default_value_t = 80)]
+    http_port: u16,
+    /// The HTTPS port; 0 serves none.
+    #[arg(
+        long,
+        global = true,
+        env = "MAKIATTO_HTTPS_PORT",
+        default_value_t = 443
+    )]
+    https_port: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -225,7 +237,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dns: cli.dns_port,
                 dot: cli.dot_port,
             };
-            runtime.block_on(daemon::run(data_dir, prepared, ports))?;
+            let web = http::server::Ports {
+                http: cli.http_port,
+                https: cli.https_port,
+            };
+            runtime.block_on(daemon::run(data_dir, prepared, ports, web))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Supervise => {

@@ -2,6 +2,7 @@
 //! it. The daemon and the offline commands (`makiatto log` with no daemon
 //! running) both work through it, so both give the same answers.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -317,6 +318,25 @@ impl Replica {
     /// The current sites projection (for the content follower).
     pub fn sites(&mut self) -> makiatto_projections::sites::Sites {
         self.engine.state().sites.clone()
+    }
+
+    /// The configured domains with their aliases, and when each site
+    /// version was published (for the HTTP server).
+    pub fn domains(&mut self) -> (BTreeMap<String, Vec<String>>, BTreeMap<EventId, Hlc>) {
+        let state = self.engine.state();
+        let domains = state
+            .config
+            .domains
+            .iter()
+            .map(|(d, c)| (d.clone(), c.aliases.clone()))
+            .collect();
+        let published = state
+            .sites
+            .domains
+            .values()
+            .flat_map(|s| s.versions.iter().map(|v| (v.event, v.at)))
+            .collect();
+        (domains, published)
     }
 
     /// The current zones projection (for the DNS server).

@@ -1,0 +1,370 @@
+//! One HTTP request against the routes snapshot: host routing, the path to
+//! a manifest entry, conditional and range requests, the encoding, and the
+//! body from the blob store (small files from memory, large ones streamed).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use makiatto_events::Blake3Hash;
+use makiatto_events::manifest::FileEntry;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::request::{self, BadPath, Coding, Ranged, Target};
+use super::routes::{Route, Routes, SiteVersion};
+use super::variants::Variants;
+use crate::blobs::BlobStore;
+
+/// The body of every response.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Files up to this size are kept in memory once read.
+const CACHED_MAX: u64 = 256 << 10;
+/// The most memory the small-file cache takes.
+const CACHE_BYTES: u64 = 64 << 20;
+/// Read size when streaming large files.
+const CHUNK: usize = 256 << 10;
+
+/// Small representations by (source hash, coding), filled until full and
+/// emptied when the routes change.
+#[derive(Default)]
+pub struct SmallCache {
+    map: RwLock<(HashMap<(Blake3Hash, Option<Coding>), Bytes>, u64)>,
+}
+
+impl SmallCache {
+    fn get(&self, key: &(Blake3Hash, Option<Coding>)) -> Option<Bytes> {
+        self.map.read().ok()?.0.get(key).cloned()
+    }
+
+    fn put(&self, key: (Blake3Hash, Option<Coding>), bytes: Bytes) {
+        if let Ok(mut m) = self.map.write()
+            && m.1 + bytes.len() as u64 <= CACHE_BYTES
+        {
+            m.1 += bytes.len() as u64;
+            m.0.insert(key, bytes);
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.map.write() {
+            *m = Default::default();
+        }
+    }
+}
+
+/// What a request is served from.
+pub struct Ctx {
+    pub routes: Arc<Routes>,
+    pub blobs: Arc<BlobStore>,
+    pub variants: Variants,
+    pub cache: Arc<SmallCache>,
+    /// Over TLS, with the SNI name the client sent.
+    pub tls: Option<Option<String>>,
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let body = message.into() + "\n";
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// The request's host: the URI authority (HTTP/2, absolute form) or the
+/// Host header, lowercased, without port or final dot.
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host().to_owned(),
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            let authority: hyper::http::uri::Authority = h.parse().ok()?;
+            authority.host().to_owned()
+        }
+    };
+    let host = raw.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+/// Answers one request.
+pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
+    let head = req.method() == Method::HEAD;
+    if req.method() != Method::GET && !head {
+        let mut r = if req.method() == Method::OPTIONS {
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        } else {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET and HEAD are served here",
+            )
+        };
+        r.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        return r;
+    }
+    let Some(host) = host_of(&req) else {
+        return text(StatusCode::BAD_REQUEST, "the request names no valid host");
+    };
+    if let Some(Some(sni)) = &ctx.tls
+        && *sni != host
+    {
+        // A connection made for one name is not reused for another.
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this connection was opened for {sni}, not {host}"),
+        );
+    }
+    let site = match ctx.routes.get(&host) {
+        Some(Route::Site(site)) => site.clone(),
+        Some(Route::Pending(domain)) => {
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{domain} has no version deployed on this node yet"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        }
+        None => {
+            let status = if ctx.tls.is_some() {
+                StatusCode::MISDIRECTED_REQUEST
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            return text(status, format!("no site named {host} is served here"));
+        }
+    };
+    let path = req.uri().path();
+    let key = match request::target(path) {
+        Ok(Target::File { key, dir }) => {
+            let index = if key.is_empty() {
+                "index.html".to_owned()
+            } else {
+                format!("{key}/index.html")
+            };
+            if dir {
+                Some(index)
+            } else if site.manifest.files.contains_key(&key) {
+                Some(key)
+            } else if site.manifest.files.contains_key(&index) {
+                // A directory named without its slash: send the visitor to
+                // the canonical URL, so relative links resolve.
+                let mut location = format!("{path}/");
+                if let Some(q) = req.uri().query() {
+                    location = format!("{location}?{q}");
+                }
+                let mut r = text(StatusCode::MOVED_PERMANENTLY, format!("see {location}"));
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=3600"),
+                );
+                return r;
+            } else {
+                None
+            }
+        }
+        Err(BadPath::TooLong) => return text(StatusCode::URI_TOO_LONG, "the path is too long"),
+        Err(BadPath::Malformed) => return text(StatusCode::BAD_REQUEST, "malformed path"),
+    };
+    match key.and_then(|k| site.manifest.files.get(&k)) {
+        Some(entry) => serve(ctx, &site, entry, StatusCode::OK, req.headers(), head).await,
+        None => match site.manifest.files.get("404.html").filter(|_| site.has_404) {
+            Some(entry) => {
+                serve(
+                    ctx,
+                    &site,
+                    entry,
+                    StatusCode::NOT_FOUND,
+                    req.headers(),
+                    head,
+                )
+                .await
+            }
+            None => text(StatusCode::NOT_FOUND, "not found"),
+        },
+    }
+}
+
+fn cache_control(content_type: &str, status: StatusCode) -> &'static str {
+    if status != StatusCode::OK {
+        "public, max-age=60"
+    } else if content_type.starts_with("text/html") {
+        // Pages change with every publish: revalidate (a cheap 304).
+        "public, max-age=0, must-revalidate"
+    } else {
+        "public, max-age=3600"
+    }
+}
+
+async fn serve(
+    ctx: &Ctx,
+    site: &SiteVersion,
+    entry: &FileEntry,
+    status: StatusCode,
+    headers: &HeaderMap,
+    head: bool,
+) -> Response<Body> {
+    let get = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let variants = site.variants.get(&entry.hash);
+    let available: Vec<Coding> =
+        variants.map_or(Vec::new(), |v| v.iter().map(|(c, _)| *c).collect());
+    let coding = request::choose_coding(get(header::ACCEPT_ENCODING), &available);
+    let len = match coding {
+        Some(c) => variants
+            .and_then(|v| v.iter().find(|(vc, _)| *vc == c))
+            .map_or(entry.size, |(_, n)| *n),
+        None => entry.size,
+    };
+    let hex = entry.hash.to_hex();
+    let etag = match coding {
+        Some(c) => format!("\"{}-{}\"", &hex[..32], c.token()),
+        None => format!("\"{}\"", &hex[..32]),
+    };
+    let last_modified = site.published;
+
+    let mut r = Response::new(empty());
+    let h = r.headers_mut();
+    let put = |h: &mut HeaderMap, name, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    };
+    put(h, header::ETAG, &etag);
+    put(
+        h,
+        header::LAST_MODIFIED,
+        &httpdate::fmt_http_date(last_modified),
+    );
+    put(
+        h,
+        header::CACHE_CONTROL,
+        cache_control(&entry.content_type, status),
+    );
+    if !available.is_empty() {
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+
+    if status == StatusCode::OK {
+        let fresh = match get(header::IF_NONE_MATCH) {
+            Some(inm) => request::none_match(inm, &etag),
+            None => get(header::IF_MODIFIED_SINCE)
+                .is_some_and(|ims| request::not_modified_since(ims, last_modified)),
+        };
+        if fresh {
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            return r;
+        }
+    }
+    put(r.headers_mut(), header::CONTENT_TYPE, &entry.content_type);
+    if let Some(c) = coding {
+        put(r.headers_mut(), header::CONTENT_ENCODING, c.token());
+    }
+    let (start, end) = if status == StatusCode::OK {
+        r.headers_mut()
+            .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        match request::range(
+            get(header::RANGE),
+            get(header::IF_RANGE),
+            &etag,
+            last_modified,
+            len,
+        ) {
+            Ranged::Full => (0, len),
+            Ranged::Part(a, b) => {
+                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                put(
+                    r.headers_mut(),
+                    header::CONTENT_RANGE,
+                    &format!("bytes {a}-{b}/{len}"),
+                );
+                (a, b + 1)
+            }
+            Ranged::Unsatisfiable => {
+                let mut e = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
+                put(
+                    e.headers_mut(),
+                    header::CONTENT_RANGE,
+                    &format!("bytes */{len}"),
+                );
+                return e;
+            }
+        }
+    } else {
+        *r.status_mut() = status;
+        (0, len)
+    };
+    put(
+        r.headers_mut(),
+        header::CONTENT_LENGTH,
+        &(end - start).to_string(),
+    );
+    if head {
+        return r;
+    }
+    let path = match coding {
+        Some(c) => ctx.variants.path(&entry.hash, c),
+        None => ctx.blobs.path(&entry.hash),
+    };
+    let body = if len <= CACHED_MAX {
+        let key = (entry.hash, coding);
+        let bytes = match ctx.cache.get(&key) {
+            Some(b) => b,
+            None => match tokio::fs::read(&path).await {
+                Ok(b) if b.len() as u64 == len => {
+                    let b = Bytes::from(b);
+                    ctx.cache.put(key, b.clone());
+                    b
+                }
+                _ => return unavailable(&path),
+            },
+        };
+        Full::new(bytes.slice(start as usize..end as usize))
+            .map_err(|e| match e {})
+            .boxed()
+    } else {
+        let Ok(mut file) = tokio::fs::File::open(&path).await else {
+            return unavailable(&path);
+        };
+        if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+            return unavailable(&path);
+        }
+        let stream = ReaderStream::with_capacity(file.take(end - start), CHUNK);
+        StreamBody::new(stream.map(|chunk| chunk.map(Frame::data))).boxed()
+    };
+    *r.body_mut() = body;
+    r
+}
+
+fn unavailable(path: &std::path::Path) -> Response<Body> {
+    tracing::error!(path = %path.display(), "a file of the deployed version cannot be read");
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this file cannot be read on this node right now",
+    )
+}

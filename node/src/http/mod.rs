@@ -1,0 +1,205 @@
+//! The edge: each node serves the deployed version of every domain on
+//! port 80 and (TLS by SNI) 443, HTTP/1.1 and HTTP/2.
+//!
+//! Layout:
+//! - `request`: the pure decisions (path → manifest key, encoding,
+//!   conditional requests, ranges);
+//! - `routes`: host → deployed site version, one immutable snapshot;
+//! - `variants`: br/zstd/gzip prepared when a version is deployed;
+//! - `handler`: one request, from the snapshot and the blob store;
+//! - `server`: sockets, TLS, hyper.
+//!
+//! The routes follow the content follower (a version switch) and the log
+//! (aliases); a request holds one snapshot, so it sees one version whole.
+
+pub mod handler;
+pub mod request;
+pub mod routes;
+pub mod server;
+pub mod variants;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use makiatto_events::{Blake3Hash, Manifest};
+
+use crate::blobs::BlobStore;
+use crate::content::Content;
+use crate::gossip::Gossip;
+use crate::replica::Replica;
+
+/// How often unused variants are deleted.
+const VARIANT_GC_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The HTTP service of one node.
+pub struct Http {
+    routes: ArcSwap<routes::Routes>,
+    blobs: Arc<BlobStore>,
+    variants: variants::Variants,
+    cache: Arc<handler::SmallCache>,
+    certs: Arc<server::SiteCerts>,
+    manifests: Mutex<HashMap<Blake3Hash, Arc<Manifest>>>,
+    /// Responses by status class (1xx … 5xx).
+    statuses: [AtomicU64; 5],
+}
+
+impl Http {
+    /// Builds the routes, binds the ports and follows changes.
+    pub fn start(
+        data_dir: &Path,
+        replica: Arc<Mutex<Replica>>,
+        content: Arc<Content>,
+        gossip: Arc<Gossip>,
+        ports: server::Ports,
+    ) -> anyhow::Result<Arc<Http>> {
+        let http = Arc::new(Http {
+            routes: ArcSwap::from_pointee(routes::Routes::default()),
+            blobs: content.blobs().clone(),
+            variants: variants::Variants::open(data_dir)?,
+            cache: Arc::new(handler::SmallCache::default()),
+            certs: Arc::new(server::SiteCerts::default()),
+            manifests: Mutex::new(HashMap::new()),
+            statuses: Default::default(),
+        });
+        http.rebuild(&replica, &content);
+        server::serve(http.clone(), ports);
+        let follower = http.clone();
+        tokio::spawn(async move {
+            let mut deployed = content.changes();
+            let mut log = gossip.changes();
+            // Variants for what is deployed at start.
+            follower
+                .clone()
+                .prepare_variants(replica.clone(), content.clone());
+            let mut gc = tokio::time::interval(VARIANT_GC_EVERY);
+            loop {
+                tokio::select! {
+                    _ = gc.tick() => follower.collect_variants(),
+                    c = deployed.changed() => {
+                        if c.is_err() { return }
+                        follower.rebuild(&replica, &content);
+                        follower.clone().prepare_variants(replica.clone(), content.clone());
+                    }
+                    c = log.changed() => {
+                        if c.is_err() { return }
+                        follower.rebuild(&replica, &content);
+                    }
+                }
+            }
+        });
+        Ok(http)
+    }
+
+    fn manifest(&self, hash: &Blake3Hash) -> Option<Arc<Manifest>> {
+        if let Some(m) = self.manifests.lock().ok()?.get(hash) {
+            return Some(m.clone());
+        }
+        let bytes = std::fs::read(self.blobs.path(hash)).ok()?;
+        let m = Arc::new(Manifest::decode(&bytes).ok()?);
+        self.manifests.lock().ok()?.insert(*hash, m.clone());
+        Some(m)
+    }
+
+    /// Makes the routes snapshot from the deployed versions and the
+    /// configured domains and aliases.
+    fn rebuild(&self, replica: &Mutex<Replica>, content: &Content) {
+        let Some((domains, published)) = replica.lock().ok().map(|mut r| r.domains()) else {
+            return;
+        };
+        let mut versions = HashMap::new();
+        for (domain, d) in content.deployed() {
+            let Some(manifest) = self.manifest(&d.manifest) else {
+                tracing::error!(%domain, manifest = %d.manifest, "the deployed manifest cannot be read");
+                continue;
+            };
+            let variants = self.variants.present(&manifest);
+            let at = published.get(&d.version).map_or(0, |h| h.millis);
+            versions.insert(
+                domain.clone(),
+                Arc::new(routes::SiteVersion::new(
+                    domain,
+                    d.version,
+                    at,
+                    (*manifest).clone(),
+                    variants,
+                )),
+            );
+        }
+        let routes = routes::Routes::build(&domains, versions);
+        self.certs.set_known(routes.hosts().cloned());
+        self.routes.store(Arc::new(routes));
+        self.cache.clear();
+    }
+
+    /// Compresses what the deployed versions lack, off the runtime; then
+    /// rebuilds the routes so the new variants are served.
+    fn prepare_variants(self: Arc<Self>, replica: Arc<Mutex<Replica>>, content: Arc<Content>) {
+        tokio::spawn(async move {
+            let this = self.clone();
+            let deployed = content.deployed();
+            let made = tokio::task::spawn_blocking(move || {
+                let mut made = 0;
+                for d in deployed.values() {
+                    if let Some(m) = this.manifest(&d.manifest) {
+                        made += this.variants.prepare(&m, |h| this.blobs.path(h));
+                    }
+                }
+                made
+            })
+            .await
+            .unwrap_or(0);
+            if made > 0 {
+                tracing::info!(variants = made, "precompressed variants prepared");
+                self.rebuild(&replica, &content);
+            }
+        });
+    }
+
+    /// Deletes variants of files no deployed version names (a rollback
+    /// prepares them again).
+    fn collect_variants(&self) {
+        let routes = self.routes.load();
+        let keep: std::collections::HashSet<Blake3Hash> = routes
+            .sites()
+            .flat_map(|s| s.manifest.files.values().map(|f| f.hash))
+            .collect();
+        let removed = self.variants.collect(&keep);
+        if removed > 0 {
+            tracing::info!(removed, "collected variants no deployed version uses");
+        }
+    }
+
+    fn count(&self, status: hyper::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.statuses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// For `makiatto health`: hosts and responses by status class.
+    pub fn report(&self) -> serde_json::Value {
+        let routes = self.routes.load();
+        let mut hosts: Vec<&String> = routes.hosts().collect();
+        hosts.sort();
+        let sites: serde_json::Map<String, serde_json::Value> = routes
+            .sites()
+            .map(|s| {
+                (
+                    s.domain.clone(),
+                    serde_json::json!({
+                        "version": s.version.to_hex(),
+                        "files": s.manifest.files.len(),
+                        "precompressed": s.variants.len(),
+                    }),
+                )
+            })
+            .collect();
+        let n = |i: usize| self.statuses[i].load(Ordering::Relaxed);
+        serde_json::json!({
+            "hosts": hosts,
+            "sites": sites,
+            "responses": {"1xx": n(0), "2xx": n(1), "3xx": n(2), "4xx": n(3), "5xx": n(4)},
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! Which site version answers which host: every configured domain and
+//! alias, lowercased, mapped to the version this node has deployed for the
+//! domain. Rebuilt when a version switches or the configuration changes;
+//! requests read one immutable snapshot (a visitor sees one version whole).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use makiatto_events::{Blake3Hash, EventId, Manifest};
+
+use super::request::Coding;
+
+/// One deployed version of a domain.
+#[derive(Debug)]
+pub struct SiteVersion {
+    pub domain: String,
+    pub version: EventId,
+    /// When the version was published: every file's Last-Modified.
+    pub published: SystemTime,
+    pub manifest: Manifest,
+    /// Prepared encodings per source blob, with their sizes.
+    pub variants: HashMap<Blake3Hash, Vec<(Coding, u64)>>,
+    /// Does the site have its own `404.html`?
+    pub has_404: bool,
+}
+
+/// What a host maps to.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// The domain's deployed version.
+    Site(Arc<SiteVersion>),
+    /// Configured, but no version is deployed here yet.
+    Pending(String),
+}
+
+/// Every host this node serves.
+#[derive(Debug, Default)]
+pub struct Routes {
+    hosts: HashMap<String, Route>,
+}
+
+impl Routes {
+    /// `domains`: domain → aliases; `versions`: domain → its deployed
+    /// version, manifest and variants.
+    pub fn build(
+        domains: &std::collections::BTreeMap<String, Vec<String>>,
+        mut versions: HashMap<String, Arc<SiteVersion>>,
+    ) -> Routes {
+        let mut hosts = HashMap::new();
+        for (domain, aliases) in domains {
+            let route = match versions.remove(domain) {
+                Some(v) => Route::Site(v),
+                None => Route::Pending(domain.clone()),
+            };
+            for host in std::iter::once(domain).chain(aliases) {
+                hosts
+                    .entry(host.trim_end_matches('.').to_ascii_lowercase())
+                    .or_insert_with(|| route.clone());
+            }
+        }
+        Routes { hosts }
+    }
+
+    /// The route of a host (lowercased, without port or final dot).
+    pub fn get(&self, host: &str) -> Option<&Route> {
+        self.hosts.get(host)
+    }
+
+    /// Every deployed version (once each).
+    pub fn sites(&self) -> impl Iterator<Item = &Arc<SiteVersion>> {
+        let mut seen = std::collections::HashSet::new();
+        self.hosts.values().filter_map(move |r| match r {
+            Route::Site(s) if seen.insert(s.version) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// Every host name (for certificates).
+    pub fn hosts(&self) -> impl Iterator<Item = &String> {
+        self.hosts.keys()
+    }
+}
+
+impl SiteVersion {
+    pub fn new(
+        domain: String,
+        version: EventId,
+        published_millis: u64,
+        manifest: Manifest,
+        variants: HashMap<Blake3Hash, Vec<(Coding, u64)>>,
+    ) -> SiteVersion {
+        let has_404 = manifest.files.contains_key("404.html");
+        SiteVersion {
+            domain,
+            version,
+            published: SystemTime::UNIX_EPOCH + Duration::from_millis(published_millis),
+            manifest,
+            variants,
+            has_404,
+        }
+    }
+}

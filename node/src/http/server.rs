@@ -1,0 +1,245 @@
+//! The HTTP sockets: port 80 (HTTP/1.1) and port 443 (TLS by SNI, HTTP/2
+//! or HTTP/1.1 by ALPN), tokio tasks per connection, hyper underneath.
+//! Limits: TLS handshakes and request heads must arrive within 10 s,
+//! request heads are at most 64 KiB (431 beyond), HTTP/2 allows 128
+//! streams per connection, and at most 4096 connections are served at once.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::Http;
+use super::handler::{Ctx, handle};
+
+/// Where to listen.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub http: u16,
+    pub https: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports {
+            http: 80,
+            https: 443,
+        }
+    }
+}
+
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE: Duration = Duration::from_secs(10);
+const MAX_HEAD: usize = 64 << 10;
+const MAX_STREAMS: u32 = 128;
+const MAX_CONNECTIONS: usize = 4096;
+
+fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Binds the ports (those not 0) and serves them.
+pub fn serve(http: Arc<Http>, ports: Ports) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let tls = match http.certs.clone().server_config() {
+        Ok(c) => Some(tokio_rustls::TlsAcceptor::from(c)),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "no TLS configuration: HTTPS is not served");
+            None
+        }
+    };
+    for (port, secure) in [(ports.http, false), (ports.https, true)] {
+        if port == 0 || (secure && tls.is_none()) {
+            continue;
+        }
+        for addr in [
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+        ] {
+            match listener(addr) {
+                Ok(l) => {
+                    tokio::spawn(accept(
+                        http.clone(),
+                        l,
+                        tls.clone().filter(|_| secure),
+                        slots.clone(),
+                    ));
+                }
+                Err(e) => tracing::error!(%addr, error = %e, "cannot listen for HTTP"),
+            }
+        }
+    }
+    tracing::info!(http = ports.http, https = ports.https, "HTTP serving");
+}
+
+async fn accept(
+    http: Arc<Http>,
+    l: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
+    loop {
+        let (stream, _) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let http = http.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            connection(http, stream, tls).await;
+        });
+    }
+}
+
+async fn connection(http: Arc<Http>, stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let Some(acceptor) = tls else {
+        let svc = service(http, None);
+        let _ = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT)
+            .max_buf_size(MAX_HEAD)
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+        return;
+    };
+    let stream = match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        _ => return,
+    };
+    let (_, conn) = stream.get_ref();
+    let h2 = conn.alpn_protocol() == Some(b"h2");
+    let sni = conn
+        .server_name()
+        .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+    let svc = service(http, Some(sni));
+    let io = TokioIo::new(stream);
+    if h2 {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS)
+            .max_header_list_size(MAX_HEAD as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .serve_connection(io, svc)
+            .await;
+    } else {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT)
+            .max_buf_size(MAX_HEAD)
+            .serve_connection(io, svc)
+            .await;
+    }
+}
+
+fn service(
+    http: Arc<Http>,
+    tls: Option<Option<String>>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<super::handler::Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> {
+    service_fn(move |req| {
+        let ctx = Ctx {
+            routes: http.routes.load_full(),
+            blobs: http.blobs.clone(),
+            variants: http.variants.clone(),
+            cache: http.cache.clone(),
+            tls: tls.clone(),
+        };
+        let http = http.clone();
+        async move {
+            let r = handle(req, &ctx).await;
+            http.count(r.status());
+            Ok(r)
+        }
+    })
+}
+
+/// Certificates by SNI name: self-signed ones made on first use, until the
+/// ACME subsystem installs issued ones. Read on every handshake.
+#[derive(Debug, Default)]
+pub struct SiteCerts {
+    by_name: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// Names we may make a self-signed certificate for (hosts we serve).
+    known: RwLock<std::collections::HashSet<String>>,
+}
+
+impl SiteCerts {
+    /// The hosts served now (self-signed certificates are made only for them).
+    pub fn set_known(&self, hosts: impl Iterator<Item = String>) {
+        if let Ok(mut k) = self.known.write() {
+            *k = hosts.collect();
+        }
+    }
+
+    fn server_config(self: Arc<Self>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    fn self_signed(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let made = rcgen::generate_simple_self_signed(vec![name.to_owned()]).ok()?;
+        let cert = CertificateDer::from(made.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let key = Arc::new(CertifiedKey::from_der(vec![cert], key, &provider).ok()?);
+        if let Ok(mut m) = self.by_name.write() {
+            m.insert(name.to_owned(), key.clone());
+        }
+        Some(key)
+    }
+}
+
+/// The name a certificate is made for when the client sent no SNI or one
+/// we do not serve (the request then gets 421).
+const FALLBACK_NAME: &str = "makiatto.invalid";
+
+impl ResolvesServerCert for SiteCerts {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let asked = hello
+            .server_name()
+            .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        let name = match asked {
+            Some(n) if self.known.read().ok()?.contains(&n) => n,
+            _ => FALLBACK_NAME.to_owned(),
+        };
+        if let Some(k) = self.by_name.read().ok()?.get(&name) {
+            return Some(k.clone());
+        }
+        self.self_signed(&name)
+    }
+}

@@ -1,0 +1,249 @@
+//! Precompressed variants of a site's files (br, zstd, gzip), prepared on
+//! the node when a version is deployed, so a request never compresses:
+//! `<data>/variants/<hash>.<br|zst|gz>`. A variant that would save less
+//! than a tenth is not kept; an empty `<hash>.<suffix>.skip` marker says so,
+//! so the work is not redone.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use makiatto_events::{Blake3Hash, Manifest};
+
+use super::request::Coding;
+
+/// Files smaller than this are sent as they are (headers would eat the gain).
+const MIN_SIZE: u64 = 256;
+/// Files larger than this are not compressed ahead (they stream as they are).
+const MAX_SIZE: u64 = 32 << 20;
+
+/// Content types worth compressing.
+pub fn compressible(content_type: &str) -> bool {
+    let t = content_type.split(';').next().unwrap_or("").trim();
+    t.starts_with("text/")
+        || t.ends_with("+json")
+        || t.ends_with("+xml")
+        || matches!(
+            t,
+            "application/javascript"
+                | "application/json"
+                | "application/xml"
+                | "application/wasm"
+                | "image/svg+xml"
+                | "image/x-icon"
+                | "font/ttf"
+                | "font/otf"
+        )
+}
+
+/// The variants directory.
+#[derive(Debug, Clone)]
+pub struct Variants {
+    dir: PathBuf,
+}
+
+impl Variants {
+    pub fn open(data_dir: &Path) -> std::io::Result<Variants> {
+        let dir = data_dir.join("variants");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Variants { dir })
+    }
+
+    pub fn path(&self, hash: &Blake3Hash, coding: Coding) -> PathBuf {
+        self.dir
+            .join(format!("{}.{}", hash.to_hex(), coding.suffix()))
+    }
+
+    fn skip_marker(&self, hash: &Blake3Hash, coding: Coding) -> PathBuf {
+        self.dir
+            .join(format!("{}.{}.skip", hash.to_hex(), coding.suffix()))
+    }
+
+    /// The variants present for each hash of `manifest`, with their sizes.
+    pub fn present(&self, manifest: &Manifest) -> HashMap<Blake3Hash, Vec<(Coding, u64)>> {
+        let mut out: HashMap<Blake3Hash, Vec<(Coding, u64)>> = HashMap::new();
+        for f in manifest.files.values() {
+            if out.contains_key(&f.hash) || !compressible(&f.content_type) {
+                continue;
+            }
+            let found: Vec<(Coding, u64)> = Coding::ALL
+                .iter()
+                .filter_map(|&c| {
+                    std::fs::metadata(self.path(&f.hash, c))
+                        .ok()
+                        .map(|m| (c, m.len()))
+                })
+                .collect();
+            if !found.is_empty() {
+                out.insert(f.hash, found);
+            }
+        }
+        out
+    }
+
+    /// Makes the missing variants of every compressible file of
+    /// `manifest`, reading sources with `source`. Returns how many were
+    /// made. Blocking: run it off the async runtime.
+    pub fn prepare(&self, manifest: &Manifest, source: impl Fn(&Blake3Hash) -> PathBuf) -> usize {
+        let mut made = 0;
+        let mut seen = std::collections::HashSet::new();
+        for f in manifest.files.values() {
+            if !compressible(&f.content_type)
+                || !(MIN_SIZE..=MAX_SIZE).contains(&f.size)
+                || !seen.insert(f.hash)
+            {
+                continue;
+            }
+            let todo: Vec<Coding> = Coding::ALL
+                .into_iter()
+                .filter(|&c| {
+                    !self.path(&f.hash, c).exists() && !self.skip_marker(&f.hash, c).exists()
+                })
+                .collect();
+            if todo.is_empty() {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(source(&f.hash)) else {
+                continue;
+            };
+            for c in todo {
+                match compress(c, &bytes) {
+                    Ok(out) if (out.len() as u64) * 10 <= (bytes.len() as u64) * 9 => {
+                        if self.write(&self.path(&f.hash, c), &out).is_ok() {
+                            made += 1;
+                        }
+                    }
+                    Ok(_) => {
+                        let _ = self.write(&self.skip_marker(&f.hash, c), &[]);
+                    }
+                    Err(e) => {
+                        tracing::warn!(hash = %f.hash, coding = c.token(), error = %e, "cannot compress")
+                    }
+                }
+            }
+        }
+        made
+    }
+
+    fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Deletes variants whose source is not in `keep`.
+    pub fn collect(&self, keep: &std::collections::HashSet<Blake3Hash>) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.split('.').next()) else {
+                continue;
+            };
+            let kept = hex.parse::<Blake3Hash>().is_ok_and(|h| keep.contains(&h));
+            if !kept && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+fn compress(coding: Coding, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len() / 3);
+    match coding {
+        Coding::Br => {
+            let params = brotli::enc::BrotliEncoderParams {
+                quality: 11,
+                lgwin: 22,
+                ..Default::default()
+            };
+            brotli::BrotliCompress(&mut &bytes[..], &mut out, &params)?;
+        }
+        Coding::Zstd => out = zstd::bulk::compress(bytes, 19)?,
+        Coding::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(out, flate2::Compression::best());
+            e.write_all(bytes)?;
+            out = e.finish()?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use makiatto_events::manifest::FileEntry;
+    use std::io::Read;
+
+    #[test]
+    fn compressible_files_get_variants_that_decode_to_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Variants::open(dir.path()).unwrap();
+        let text = "hello makiatto ".repeat(200).into_bytes();
+        let hash = Blake3Hash::of(&text);
+        let src = dir.path().join("src");
+        std::fs::write(&src, &text).unwrap();
+        let mut noise = vec![0u8; 4096];
+        blake3::Hasher::new().finalize_xof().fill(&mut noise);
+        let noise_hash = Blake3Hash::of(&noise);
+        std::fs::write(dir.path().join("noise"), &noise).unwrap();
+        let mut m = Manifest::default();
+        for (path, hash, size, ct) in [
+            ("index.html", hash, text.len(), "text/html; charset=utf-8"),
+            ("noise.txt", noise_hash, noise.len(), "text/plain"),
+            ("logo.png", hash, text.len(), "image/png"),
+        ] {
+            m.files.insert(
+                path.into(),
+                FileEntry {
+                    hash,
+                    size: size as u64,
+                    content_type: ct.into(),
+                },
+            );
+        }
+        let source = |h: &Blake3Hash| {
+            if *h == noise_hash {
+                dir.path().join("noise")
+            } else {
+                src.clone()
+            }
+        };
+        assert_eq!(v.prepare(&m, source), 3);
+        assert_eq!(
+            v.prepare(&m, source),
+            0,
+            "nothing redone, incompressible skipped"
+        );
+        let present = v.present(&m);
+        assert_eq!(present[&hash].len(), 3);
+        assert!(!present.contains_key(&noise_hash));
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(v.path(&hash, Coding::Gzip)).unwrap())
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, text);
+        let z =
+            zstd::decode_all(std::fs::File::open(v.path(&hash, Coding::Zstd)).unwrap()).unwrap();
+        assert_eq!(z, text);
+        let mut b = Vec::new();
+        brotli::BrotliDecompress(
+            &mut std::fs::File::open(v.path(&hash, Coding::Br)).unwrap(),
+            &mut b,
+        )
+        .unwrap();
+        assert_eq!(b, text);
+        assert_eq!(
+            v.collect(&std::collections::HashSet::from([hash])),
+            3,
+            "the noise markers go"
+        );
+    }
+}
