@@ -355,7 +355,7 @@ async fn serve(
             return unavailable(&path);
         }
         let stream = ReaderStream::with_capacity(file.take(end - start), CHUNK);
-        StreamBody::new(stream.map(|chunk| chunk.map(Frame::data))).boxed()
+        BodyExt::boxed(StreamBody::new(stream.map(|chunk| chunk.map(Frame::data))))
     };
     *r.body_mut() = body;
     r
