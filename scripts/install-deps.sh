@@ -17,6 +17,11 @@ packages=(
   knot-dnsutils   # kdig: DNS over TLS in the DNS tests
   dnsperf         # the DNS benchmark's load generator
   knot            # the DNS benchmark's anchor
+  curl            # the HTTP tests' client
+  openssl         # s_client / s_time in the HTTPS tests and benchmark
+  nghttp2-client  # nghttp, h2load: HTTP/2 tests and the HTTP benchmark
+  nginx-light     # the HTTP benchmark's anchor
+  pebble          # a local ACME server for the certificate tests
 )
 # npm fetches the GeoIP database (scripts/fetch-geoip.sh); a nodejs package
 # that ships its own npm conflicts with Debian's, so only when none is there.

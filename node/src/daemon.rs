@@ -127,15 +127,17 @@ pub async fn run(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let replica = replica.clone();
-                    let committer = committer.clone();
-                    let mesh = mesh.clone();
-                    let gossip = gossip.clone();
-                    let content = content.clone();
-                    let dns = dns.clone();
-                    let http = http.clone();
+                    let services = Services {
+                        replica: replica.clone(),
+                        committer: committer.clone(),
+                        mesh: mesh.clone(),
+                        gossip: gossip.clone(),
+                        content: content.clone(),
+                        dns: dns.clone(),
+                        http: http.clone(),
+                    };
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, replica, committer, mesh, gossip, content, dns, http).await {
+                        if let Err(e) = serve(stream, services).await {
                             tracing::debug!(error = %e, "control connection ended with an error");
                         }
                     });
@@ -169,8 +171,8 @@ pub fn follow_peers(replica: &Mutex<Replica>, mesh: &MeshSlot) -> Option<Topolog
     Some(Topology::new(&peers, me, cluster))
 }
 
-async fn serve(
-    stream: UnixStream,
+/// What a control connection may reach.
+struct Services {
     replica: Arc<Mutex<Replica>>,
     committer: GroupCommitter,
     mesh: MeshSlot,
@@ -178,7 +180,18 @@ async fn serve(
     content: Arc<Content>,
     dns: Arc<crate::dns::Dns>,
     http: Arc<crate::http::Http>,
-) -> anyhow::Result<()> {
+}
+
+async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
+    let Services {
+        replica,
+        committer,
+        mesh,
+        gossip,
+        content,
+        dns,
+        http,
+    } = services;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();

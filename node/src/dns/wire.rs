@@ -198,11 +198,7 @@ pub fn read(buf: &[u8]) -> Read<'_> {
             Some(Some(_)) => return error(rcode::FORMERR, Some(question), None),
             Some(None) => {}
             None => {
-                return error(
-                    rcode::FORMERR,
-                    Some(question),
-                    edns.map(Result::ok).flatten(),
-                );
+                return error(rcode::FORMERR, Some(question), edns.and_then(Result::ok));
             }
         }
     }

@@ -35,15 +35,19 @@ const CHUNK: usize = 256 << 10;
 /// emptied when the routes change.
 #[derive(Default)]
 pub struct SmallCache {
-    map: RwLock<(HashMap<(Blake3Hash, Option<Coding>), Bytes>, u64)>,
+    /// The representations and their total size.
+    map: RwLock<(HashMap<CacheKey, Bytes>, u64)>,
 }
 
+/// A representation: source blob and coding.
+type CacheKey = (Blake3Hash, Option<Coding>);
+
 impl SmallCache {
-    fn get(&self, key: &(Blake3Hash, Option<Coding>)) -> Option<Bytes> {
+    fn get(&self, key: &CacheKey) -> Option<Bytes> {
         self.map.read().ok()?.0.get(key).cloned()
     }
 
-    fn put(&self, key: (Blake3Hash, Option<Coding>), bytes: Bytes) {
+    fn put(&self, key: CacheKey, bytes: Bytes) {
         if let Ok(mut m) = self.map.write()
             && m.1 + bytes.len() as u64 <= CACHE_BYTES
         {

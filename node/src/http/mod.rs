@@ -42,6 +42,8 @@ pub struct Http {
     cache: Arc<handler::SmallCache>,
     certs: Arc<server::SiteCerts>,
     manifests: Mutex<HashMap<Blake3Hash, Arc<Manifest>>>,
+    /// Versions (by manifest) whose variants were prepared or are being.
+    prepared: Mutex<std::collections::HashSet<Blake3Hash>>,
     /// Responses by status class (1xx … 5xx).
     statuses: [AtomicU64; 5],
 }
@@ -62,30 +64,27 @@ impl Http {
             cache: Arc::new(handler::SmallCache::default()),
             certs: Arc::new(server::SiteCerts::default()),
             manifests: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(Default::default()),
             statuses: Default::default(),
         });
-        http.rebuild(&replica, &content);
+        // Subscribed before the first build, so no change falls between.
+        let mut deployed = content.changes();
+        let mut log = gossip.changes();
+        http.clone().rebuild(&replica, &content);
         server::serve(http.clone(), ports);
         let follower = http.clone();
         tokio::spawn(async move {
-            let mut deployed = content.changes();
-            let mut log = gossip.changes();
-            // Variants for what is deployed at start.
-            follower
-                .clone()
-                .prepare_variants(replica.clone(), content.clone());
             let mut gc = tokio::time::interval(VARIANT_GC_EVERY);
             loop {
                 tokio::select! {
                     _ = gc.tick() => follower.collect_variants(),
                     c = deployed.changed() => {
                         if c.is_err() { return }
-                        follower.rebuild(&replica, &content);
-                        follower.clone().prepare_variants(replica.clone(), content.clone());
+                        follower.clone().rebuild(&replica, &content);
                     }
                     c = log.changed() => {
                         if c.is_err() { return }
-                        follower.rebuild(&replica, &content);
+                        follower.clone().rebuild(&replica, &content);
                     }
                 }
             }
@@ -104,8 +103,9 @@ impl Http {
     }
 
     /// Makes the routes snapshot from the deployed versions and the
-    /// configured domains and aliases.
-    fn rebuild(&self, replica: &Mutex<Replica>, content: &Content) {
+    /// configured domains and aliases; versions seen for the first time get
+    /// their variants prepared (then the routes are made again).
+    fn rebuild(self: Arc<Self>, replica: &Arc<Mutex<Replica>>, content: &Arc<Content>) {
         let Some((domains, published)) = replica.lock().ok().map(|mut r| r.domains()) else {
             return;
         };
@@ -128,22 +128,38 @@ impl Http {
                 )),
             );
         }
+        let new: Vec<Blake3Hash> = match self.prepared.lock() {
+            Ok(mut seen) => content
+                .deployed()
+                .values()
+                .filter(|d| seen.insert(d.manifest))
+                .map(|d| d.manifest)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let routes = routes::Routes::build(&domains, versions);
         self.certs.set_known(routes.hosts().cloned());
         self.routes.store(Arc::new(routes));
         self.cache.clear();
+        if !new.is_empty() {
+            self.prepare_variants(new, replica.clone(), content.clone());
+        }
     }
 
-    /// Compresses what the deployed versions lack, off the runtime; then
-    /// rebuilds the routes so the new variants are served.
-    fn prepare_variants(self: Arc<Self>, replica: Arc<Mutex<Replica>>, content: Arc<Content>) {
+    /// Compresses what these versions lack, off the runtime; then rebuilds
+    /// the routes so the new variants are served.
+    fn prepare_variants(
+        self: Arc<Self>,
+        manifests: Vec<Blake3Hash>,
+        replica: Arc<Mutex<Replica>>,
+        content: Arc<Content>,
+    ) {
         tokio::spawn(async move {
             let this = self.clone();
-            let deployed = content.deployed();
             let made = tokio::task::spawn_blocking(move || {
                 let mut made = 0;
-                for d in deployed.values() {
-                    if let Some(m) = this.manifest(&d.manifest) {
+                for hash in &manifests {
+                    if let Some(m) = this.manifest(hash) {
                         made += this.variants.prepare(&m, |h| this.blobs.path(h));
                     }
                 }

@@ -124,6 +124,7 @@ async fn connection(http: Arc<Http>, stream: TcpStream, tls: Option<tokio_rustls
             .timer(TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
             .max_buf_size(MAX_HEAD)
+            .max_header_size(MAX_HEAD)
             .serve_connection(TokioIo::new(stream), svc)
             .await;
         return;
@@ -153,6 +154,7 @@ async fn connection(http: Arc<Http>, stream: TcpStream, tls: Option<tokio_rustls
             .timer(TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
             .max_buf_size(MAX_HEAD)
+            .max_header_size(MAX_HEAD)
             .serve_connection(io, svc)
             .await;
     }
