@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{AuthorKey, Blake3Hash, EventId, SealingKey, WgPublicKey};
 use crate::names::{DomainName, NodeName, PeerName};
-use crate::sealed::{Recipient, SecretId};
+use crate::sealed::{Recipient, SealedValue, SecretId};
 
 /// An IPv4 range in CIDR form, such as the mesh range `10.44.44.0/24`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -296,6 +296,44 @@ pub struct SecretResealed {
     pub recipient: Recipient,
 }
 
+/// An ACME challenge the ordering node opened or closed. It travels as an
+/// event so that whichever node the CA reaches can answer it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct AcmeChallenge {
+    /// The identifier being validated (`example.com`).
+    pub name: String,
+    /// HTTP-01: the token in `/.well-known/acme-challenge/<token>`;
+    /// DNS-01: the TXT owner name (`_acme-challenge.<name>`).
+    pub token: String,
+    /// HTTP-01: the key authorization; DNS-01: the TXT value.
+    pub value: String,
+    /// DNS-01 (a TXT record) rather than HTTP-01.
+    pub dns: bool,
+    /// Opened (true) or closed (false).
+    pub open: bool,
+}
+
+/// A certificate obtained from the ACME CA. Its private key is sealed to
+/// every node's sealing key: never plaintext in the log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct CertificateIssued {
+    pub domain: DomainName,
+    /// Every name the certificate covers.
+    pub names: Vec<String>,
+    /// The chain, leaf first, PEM.
+    pub chain_pem: String,
+    /// The PKCS#8 private key (PEM), sealed.
+    pub key: SealedValue,
+    pub not_after_millis: u64,
+    pub issuer: String,
+}
+
+/// An operator asks for a name's certificate to be renewed now.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct CertificateRenewalRequested {
+    pub name: String,
+}
+
 /// What an event says.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Payload {
@@ -310,6 +348,9 @@ pub enum Payload {
     SitePublished(SitePublished),
     SiteRolledBack(SiteRolledBack),
     SecretResealed(SecretResealed),
+    AcmeChallenge(AcmeChallenge),
+    CertificateIssued(CertificateIssued),
+    CertificateRenewalRequested(CertificateRenewalRequested),
     /// A kind this version does not know, kept as it came.
     Unknown {
         kind: u32,
@@ -331,12 +372,15 @@ pub enum EventKind {
     SitePublished,
     SiteRolledBack,
     SecretResealed,
+    AcmeChallenge,
+    CertificateIssued,
+    CertificateRenewalRequested,
     Unknown(u32),
 }
 
 impl EventKind {
     /// Every kind this version knows, for help texts and parsing.
-    pub const KNOWN: [EventKind; 11] = [
+    pub const KNOWN: [EventKind; 14] = [
         EventKind::Genesis,
         EventKind::OperatorAdded,
         EventKind::OperatorRemoved,
@@ -348,6 +392,9 @@ impl EventKind {
         EventKind::SitePublished,
         EventKind::SiteRolledBack,
         EventKind::SecretResealed,
+        EventKind::AcmeChallenge,
+        EventKind::CertificateIssued,
+        EventKind::CertificateRenewalRequested,
     ];
 
     /// The kind's name in listings and `--kind`.
@@ -364,6 +411,9 @@ impl EventKind {
             EventKind::SitePublished => "site-published".into(),
             EventKind::SiteRolledBack => "site-rolled-back".into(),
             EventKind::SecretResealed => "secret-resealed".into(),
+            EventKind::AcmeChallenge => "acme-challenge".into(),
+            EventKind::CertificateIssued => "certificate-issued".into(),
+            EventKind::CertificateRenewalRequested => "certificate-renewal-requested".into(),
             EventKind::Unknown(n) => format!("unknown-{n}"),
         }
     }
@@ -407,6 +457,9 @@ impl Payload {
             Payload::SitePublished(_) => 8,
             Payload::SiteRolledBack(_) => 9,
             Payload::SecretResealed(_) => 10,
+            Payload::AcmeChallenge(_) => 11,
+            Payload::CertificateIssued(_) => 12,
+            Payload::CertificateRenewalRequested(_) => 13,
             Payload::Unknown { kind, .. } => *kind,
         }
     }
@@ -425,6 +478,9 @@ impl Payload {
             Payload::SitePublished(_) => EventKind::SitePublished,
             Payload::SiteRolledBack(_) => EventKind::SiteRolledBack,
             Payload::SecretResealed(_) => EventKind::SecretResealed,
+            Payload::AcmeChallenge(_) => EventKind::AcmeChallenge,
+            Payload::CertificateIssued(_) => EventKind::CertificateIssued,
+            Payload::CertificateRenewalRequested(_) => EventKind::CertificateRenewalRequested,
             Payload::Unknown { kind, .. } => EventKind::Unknown(*kind),
         }
     }
@@ -443,6 +499,9 @@ impl Payload {
             Payload::SitePublished(p) => body(p),
             Payload::SiteRolledBack(p) => body(p),
             Payload::SecretResealed(p) => body(p),
+            Payload::AcmeChallenge(p) => body(p),
+            Payload::CertificateIssued(p) => body(p),
+            Payload::CertificateRenewalRequested(p) => body(p),
             Payload::Unknown { body, .. } => body.clone(),
         }
     }
@@ -474,6 +533,9 @@ impl Payload {
             8 => Payload::SitePublished(exact(bytes)?),
             9 => Payload::SiteRolledBack(exact(bytes)?),
             10 => Payload::SecretResealed(exact(bytes)?),
+            11 => Payload::AcmeChallenge(exact(bytes)?),
+            12 => Payload::CertificateIssued(exact(bytes)?),
+            13 => Payload::CertificateRenewalRequested(exact(bytes)?),
             kind => Payload::Unknown {
                 kind,
                 body: bytes.to_vec(),
@@ -532,6 +594,21 @@ impl Payload {
                 r.secret.short(),
                 r.recipient.node.short()
             ),
+            Payload::AcmeChallenge(c) => format!(
+                "ACME {} challenge for {} {}",
+                if c.dns { "DNS-01" } else { "HTTP-01" },
+                c.name,
+                if c.open { "opened" } else { "closed" }
+            ),
+            Payload::CertificateIssued(c) => format!(
+                "certificate for {} issued by {} (key sealed to {} nodes)",
+                c.names.join(", "),
+                c.issuer,
+                c.key.recipients().count()
+            ),
+            Payload::CertificateRenewalRequested(r) => {
+                format!("certificate renewal requested for {}", r.name)
+            }
             Payload::Unknown { kind, body } => {
                 format!(
                     "event kind {kind} from a newer version ({} bytes)",

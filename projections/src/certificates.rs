@@ -1,19 +1,115 @@
-//! Certificates per name. Empty until the ACME events exist; present now so
-//! that every node already agrees on its (empty) fingerprint.
+//! Certificates per domain, the ACME challenges that are open, and the
+//! renewals operators asked for.
+//!
+//! Order-insensitive (DESIGN §4): per domain the issued certificate with
+//! the greatest (HLC, id) wins, per challenge token its latest open/close by
+//! (HLC, id), per name the latest renewal request; so a partition that
+//! heals with older events in it folds to the same state on every node.
 
 use std::collections::BTreeMap;
 
+use makiatto_events::{Event, EventId, Hlc, Payload, SealedValue};
 use serde::Serialize;
 
-/// The current certificate of every name the cluster serves.
+/// Everything the certificates projection holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Certificates {
+    /// The current certificate of each domain.
     pub names: BTreeMap<String, CertificateEntry>,
+    /// ACME challenges by token, open or closed.
+    pub challenges: BTreeMap<String, ChallengeEntry>,
+    /// When a renewal was last asked for, by name.
+    pub renewals: BTreeMap<String, Hlc>,
 }
 
-/// One name's certificate.
+/// One domain's certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertificateEntry {
+    pub names: Vec<String>,
     pub issuer: String,
     pub not_after_millis: u64,
+    pub chain_pem: String,
+    /// Sealed to the nodes; shown as the number of recipients.
+    #[serde(skip)]
+    pub key: SealedValue,
+    pub key_sealed_to: usize,
+    pub event: EventId,
+    pub at: Hlc,
+}
+
+/// One ACME challenge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChallengeEntry {
+    pub name: String,
+    pub value: String,
+    pub dns: bool,
+    pub open: bool,
+    pub at: Hlc,
+    pub event: EventId,
+}
+
+impl Certificates {
+    /// Applies an authorized event; returns whether DNS zones may change
+    /// (a DNS-01 challenge opened or closed).
+    pub fn apply(&mut self, event: &Event) -> bool {
+        let key = (event.hlc(), event.id());
+        match event.payload() {
+            Payload::CertificateIssued(c) => {
+                let newer = self
+                    .names
+                    .get(c.domain.as_str())
+                    .is_none_or(|e| (e.at, e.event) < key);
+                if newer {
+                    self.names.insert(
+                        c.domain.to_string(),
+                        CertificateEntry {
+                            names: c.names.clone(),
+                            issuer: c.issuer.clone(),
+                            not_after_millis: c.not_after_millis,
+                            chain_pem: c.chain_pem.clone(),
+                            key_sealed_to: c.key.recipients().count(),
+                            key: c.key.clone(),
+                            event: event.id(),
+                            at: event.hlc(),
+                        },
+                    );
+                }
+                false
+            }
+            Payload::AcmeChallenge(c) => {
+                let newer = self
+                    .challenges
+                    .get(&c.token)
+                    .is_none_or(|e| (e.at, e.event) < key);
+                if newer {
+                    self.challenges.insert(
+                        c.token.clone(),
+                        ChallengeEntry {
+                            name: c.name.clone(),
+                            value: c.value.clone(),
+                            dns: c.dns,
+                            open: c.open,
+                            at: event.hlc(),
+                            event: event.id(),
+                        },
+                    );
+                }
+                c.dns
+            }
+            Payload::CertificateRenewalRequested(r) => {
+                let at = self.renewals.entry(r.name.clone()).or_insert(event.hlc());
+                *at = (*at).max(event.hlc());
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// The open HTTP-01 challenges: token → key authorization.
+    pub fn http_challenges(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.challenges
+            .iter()
+            .filter(|(_, c)| c.open && !c.dns)
+            .map(|(t, c)| (t, &c.value))
+    }
 }

@@ -61,6 +61,7 @@ pub struct Fold {
     config: ConfigDoc,
     peers: Peers,
     sites: Sites,
+    certificates: Certificates,
     zone_serial: u32,
     last: Option<(Hlc, EventId)>,
     folded: u64,
@@ -211,6 +212,9 @@ impl Fold {
                 self.sites.apply(event);
                 false
             }
+            Payload::AcmeChallenge(_)
+            | Payload::CertificateIssued(_)
+            | Payload::CertificateRenewalRequested(_) => self.certificates.apply(event),
             _ => false,
         };
         if zones_may_change {
@@ -235,8 +239,8 @@ impl Fold {
         State {
             roles: self.roles.clone(),
             peers: self.peers.clone(),
-            zones: zones::build(&config, &self.peers, self.zone_serial),
-            certificates: Certificates::default(),
+            zones: zones::build(&config, &self.peers, &self.certificates, self.zone_serial),
+            certificates: self.certificates.clone(),
             sites: self.sites.with_config(&config),
             config,
         }

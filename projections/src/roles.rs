@@ -57,6 +57,17 @@ impl Roles {
                     Err("only a node or an operator may reseal a secret".into())
                 }
             }
+            // The node that orders certificates writes these.
+            Payload::AcmeChallenge(_) | Payload::CertificateIssued(_) => {
+                if node || operator {
+                    Ok(())
+                } else {
+                    Err(
+                        "only a node or an operator may record ACME challenges and certificates"
+                            .into(),
+                    )
+                }
+            }
             Payload::Unknown { .. } => Err("this version does not know the event kind".into()),
             Payload::OperatorRemoved(r) if operator => {
                 if self.operators.len() == 1 && self.operators.contains_key(&r.key) {

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use makiatto_events::{DomainName, NodeName};
 use serde::Serialize;
 
+use crate::certificates::Certificates;
 use crate::config::{DesiredConfig, RecordConfig};
 use crate::peers::Peers;
 
@@ -77,6 +78,8 @@ pub struct Zone {
     pub caa: Vec<Caa>,
     /// Custom records, in their configuration key order.
     pub records: Vec<RecordView>,
+    /// Open ACME DNS-01 challenges in this zone: (owner name, TXT value).
+    pub acme_txt: Vec<(String, String)>,
 }
 
 /// A custom record as the zone carries it.
@@ -110,7 +113,7 @@ pub struct Zones {
 
 /// Builds every zone from the configuration and peers, with the serial the
 /// fold derived from the log (see `Fold::bump_serials`).
-pub fn build(config: &DesiredConfig, peers: &Peers, serial: u32) -> Zones {
+pub fn build(config: &DesiredConfig, peers: &Peers, certs: &Certificates, serial: u32) -> Zones {
     let mut zones = BTreeMap::new();
     for (name, domain) in &config.domains {
         let Ok(apex) = DomainName::new(name.as_str()) else {
@@ -172,6 +175,16 @@ pub fn build(config: &DesiredConfig, peers: &Peers, serial: u32) -> Zones {
                 value: "letsencrypt.org".into(),
             }],
             records: domain.records.values().map(RecordView::from).collect(),
+            acme_txt: certs
+                .challenges
+                .values()
+                .filter(|c| c.open && c.dns)
+                .filter_map(|c| {
+                    let base = c.name.trim_start_matches("*.").to_ascii_lowercase();
+                    let within = base == apex.as_str() || base.ends_with(&format!(".{apex}"));
+                    within.then(|| (format!("_acme-challenge.{base}"), c.value.clone()))
+                })
+                .collect(),
         };
         zones.insert(apex, zone);
     }

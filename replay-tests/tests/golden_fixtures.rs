@@ -11,17 +11,19 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
 use makiatto_events::payload::{
-    BlobRef, ChangeSummary, ConfigChanged, Coordinates, ExternalPeerAdded, ExternalPeerRemoved,
-    Genesis, Ipv4Net, NodeJoined, NodeRemoved, OperatorAdded, OperatorRemoved, SecretResealed,
-    SitePublished, SiteRolledBack, SshTarget,
+    AcmeChallenge, BlobRef, CertificateIssued, CertificateRenewalRequested, ChangeSummary,
+    ConfigChanged, Coordinates, ExternalPeerAdded, ExternalPeerRemoved, Genesis, Ipv4Net,
+    NodeJoined, NodeRemoved, OperatorAdded, OperatorRemoved, SecretResealed, SitePublished,
+    SiteRolledBack, SshTarget,
 };
 use makiatto_events::{
     Blake3Hash, DomainName, Event, EventId, EventKind, FeedWriter, NodeName, Payload, PeerName,
-    Recipient, SealingKey, SigningKey, WgPublicKey,
+    Recipient, SealedValue, SealingKey, SigningKey, WgPublicKey,
 };
 use makiatto_projections::Verdict;
 use makiatto_projections::config::ConfigDoc;
 use makiatto_replay_tests::replica::fold;
+use rand::SeedableRng;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/events.txt");
 const BLESS_VAR: &str = "MAKIATTO_BLESS";
@@ -207,6 +209,43 @@ fn fixture_events() -> Vec<Event> {
             body: vec![1, 2, 3, 4],
         },
     );
+    // Kinds added later follow, in the order they were added: earlier
+    // lines never move. (The node above is removed by now, so the operator
+    // writes these; nodes may too.)
+    chain.add(
+        &mut op,
+        Payload::AcmeChallenge(AcmeChallenge {
+            name: "example.com".into(),
+            token: "golden-token".into(),
+            value: "golden-token.thumbprint".into(),
+            dns: false,
+            open: true,
+        }),
+    );
+    let mut rng = rand_chacha::ChaCha20Rng::from_seed([12; 32]);
+    let key = SealedValue::seal(
+        b"-----BEGIN PRIVATE KEY-----",
+        &[SealingKey([9; 32])],
+        &mut rng,
+    )
+    .expect("one recipient");
+    chain.add(
+        &mut op,
+        Payload::CertificateIssued(CertificateIssued {
+            domain: DomainName::new("example.com").expect("a domain"),
+            names: vec!["example.com".into(), "www.example.com".into()],
+            chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+            key,
+            not_after_millis: 1_800_000_000_000,
+            issuer: "Golden CA".into(),
+        }),
+    );
+    chain.add(
+        &mut op,
+        Payload::CertificateRenewalRequested(CertificateRenewalRequested {
+            name: "example.com".into(),
+        }),
+    );
     chain.events
 }
 
@@ -223,9 +262,22 @@ fn line(event: &Event) -> String {
 /// for. Shared by both tests, so a blessing run writes the file once.
 fn fixture_lines() -> &'static Vec<String> {
     static LINES: OnceLock<Vec<String>> = OnceLock::new();
+    let bless = std::env::var(BLESS_VAR).is_ok_and(|v| v == "1");
     LINES.get_or_init(|| match std::fs::read_to_string(FIXTURE) {
-        Ok(text) => text.lines().map(str::to_owned).collect(),
-        Err(_) if std::env::var(BLESS_VAR).is_ok_and(|v| v == "1") => {
+        Ok(text) => {
+            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            // A kind added since: blessing appends its line, and only when
+            // every recorded line is still built exactly as recorded.
+            let built: Vec<String> = fixture_events().iter().map(line).collect();
+            if bless && built.len() > lines.len() && built[..lines.len()] == lines[..] {
+                lines = built;
+                std::fs::write(FIXTURE, lines.join("\n") + "\n")
+                    .expect("the fixture can be written");
+                eprintln!("appended new kinds to {FIXTURE}");
+            }
+            lines
+        }
+        Err(_) if bless => {
             let lines: Vec<String> = fixture_events().iter().map(line).collect();
             std::fs::write(FIXTURE, lines.join("\n") + "\n").expect("the fixture can be written");
             eprintln!("wrote {FIXTURE}");

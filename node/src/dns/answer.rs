@@ -386,6 +386,10 @@ mod tests {
                 record("A", "ns1.sub", "192.0.2.53", None),
                 record("CAA", "@", "0 iodef \"mailto:sec@example.test\"", None),
             ],
+            acme_txt: vec![(
+                "_acme-challenge.www.example.test".into(),
+                "dns-01-value".into(),
+            )],
         };
         Zones {
             zones: BTreeMap::from([(DomainName::new(apex).unwrap(), zone)]),

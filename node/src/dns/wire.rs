@@ -35,6 +35,7 @@ pub mod rtype {
     pub const CNAME: u16 = 5;
     pub const SOA: u16 = 6;
     pub const HINFO: u16 = 13;
+    pub const TXT: u16 = 16;
     pub const AAAA: u16 = 28;
     pub const OPT: u16 = 41;
     pub const IXFR: u16 = 251;

@@ -115,6 +115,9 @@ pub struct Compiled {
     pub skipped: Vec<String>,
 }
 
+/// TTL of ACME DNS-01 challenge records (resolvers must not keep old ones).
+const ACME_TTL: u32 = 60;
+
 /// The most geo candidates (they share one 64-bit health mask).
 pub const MAX_GEO: usize = 64;
 
@@ -386,6 +389,18 @@ fn compile_zone(b: &mut Builder, apex: &str, zone: &Zone) -> Result<(), String> 
         let wire = encode_name(alias).ok_or("bad alias")?;
         let i = b.entry(z, &wire);
         b.c.nodes[i].geo = true;
+    }
+
+    // Open ACME DNS-01 challenges: short-lived TXT records.
+    for (owner, value) in &zone.acme_txt {
+        let txt = RData::TXT(TXT::new(vec![value.clone()]));
+        match (encode_name(owner), render(&txt)) {
+            (Some(wire), Some(rdata)) => b.add(z, &wire, rtype::TXT, ACME_TTL, &rdata),
+            _ => {
+                b.c.skipped
+                    .push(format!("{owner} TXT: not a valid ACME challenge"))
+            }
+        }
     }
 
     for r in &zone.records {
