@@ -66,6 +66,19 @@ pub struct State {
     pub host_ipv4: Ipv4Addr,
     pub mesh_range: String,
     pub hosts: Vec<Host>,
+    /// The local ACME CA's test host, once started.
+    #[serde(default)]
+    pub pebble: Option<PebbleHost>,
+}
+
+/// Debian's pebble in its own test host: the local cluster's ACME CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PebbleHost {
+    pub netns: String,
+    pub ipv4: Ipv4Addr,
+    pub veth: String,
+    /// The ACME directory URL.
+    pub directory: String,
 }
 
 fn sh(cmd: &mut Command) -> anyhow::Result<String> {
@@ -291,6 +304,7 @@ async fn build(w: &Where, nodes: usize, binary: &Path) -> anyhow::Result<()> {
         host_ipv4,
         mesh_range: mesh_range.clone(),
         hosts: hosts.clone(),
+        pebble: None,
     };
     std::fs::write(state_path(w), serde_json::to_string_pretty(&state)?)?;
 
@@ -363,6 +377,18 @@ async fn build(w: &Where, nodes: usize, binary: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("initialising {}", h.node))?;
     }
+    // The cluster's own ACME CA (pebble), named in the cluster settings.
+    let pebble = start_pebble(&dir, slot, &w.name, &bridge, hosts[0].ipv4)?;
+    let mut state = state;
+    state.pebble = Some(pebble.clone());
+    std::fs::write(state_path(w), serde_json::to_string_pretty(&state)?)?;
+    crate::commands::config_set(
+        &ctx,
+        "acme.ca_root",
+        &dir.join("pebble/ca.pem").display().to_string(),
+    )
+    .await?;
+    crate::commands::config_set(&ctx, "acme.directory", &pebble.directory).await?;
     std::fs::write(
         env_file(w),
         format!(
@@ -372,6 +398,187 @@ async fn build(w: &Where, nodes: usize, binary: &Path) -> anyhow::Result<()> {
             key.display()
         ),
     )?;
+    Ok(())
+}
+
+/// Makes pebble's test host (address `.13` of the slot) and starts pebble
+/// there: its HTTPS API on :14000 with a certificate from a CA made here
+/// (`DIR/pebble/ca.pem`, which the nodes trust through `acme.ca_root`),
+/// challenges checked on ports 80 and 443, names resolved by the first node's
+/// DNS. Waits until the directory answers, then fetches the issuing root.
+fn start_pebble(
+    dir: &Path,
+    slot: u8,
+    name: &str,
+    bridge: &str,
+    resolver: Ipv4Addr,
+) -> anyhow::Result<PebbleHost> {
+    let pdir = dir.join("pebble");
+    std::fs::create_dir_all(&pdir)?;
+    let ipv4 = host_v4(slot, 13);
+    let host = PebbleHost {
+        netns: format!("mk-{name}-pebble"),
+        ipv4,
+        veth: format!("mk{slot}hp"),
+        directory: format!("https://{ipv4}:14000/dir"),
+    };
+    let openssl = |args: &[&str]| sh(Command::new("openssl").args(args).current_dir(&pdir));
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=maki local ACME listener CA",
+    ]);
+    openssl(&ca)?;
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=pebble",
+    ]);
+    openssl(&csr)?;
+    std::fs::write(
+        pdir.join("leaf.ext"),
+        format!("subjectAltName=DNS:pebble,DNS:localhost,IP:{ipv4},IP:127.0.0.1\n"),
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "3650",
+        "-extfile",
+        "leaf.ext",
+    ])?;
+    let config = serde_json::json!({"pebble": {
+        "listenAddress": format!("{ipv4}:14000"),
+        "managementListenAddress": format!("{ipv4}:15000"),
+        "certificate": pdir.join("cert.pem"),
+        "privateKey": pdir.join("key.pem"),
+        "httpPort": 80,
+        "tlsPort": 443,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false,
+    }});
+    std::fs::write(
+        pdir.join("config.json"),
+        serde_json::to_vec_pretty(&config)?,
+    )?;
+
+    let peer = format!("mk{slot}np");
+    ip(&["netns", "add", &host.netns])?;
+    ip(&[
+        "link", "add", &host.veth, "type", "veth", "peer", "name", &peer,
+    ])?;
+    ip(&["link", "set", &peer, "netns", &host.netns])?;
+    let n = |args: &[&str]| -> anyhow::Result<String> {
+        let mut all = vec!["-n", host.netns.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    };
+    n(&["link", "set", &peer, "name", "eth0"])?;
+    n(&["addr", "add", &format!("{ipv4}/28"), "dev", "eth0"])?;
+    // Both families: pebble validates over IPv6 when a name has AAAA.
+    n(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/64", host_v6(slot, 13)),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    n(&["link", "set", "lo", "up"])?;
+    n(&["link", "set", "eth0", "up"])?;
+    ip(&["link", "set", &host.veth, "master", bridge, "up"])?;
+
+    let log = std::fs::File::create(pdir.join("pebble.log"))?;
+    use std::os::unix::process::CommandExt;
+    Command::new("ip")
+        .args(["netns", "exec", &host.netns, "pebble", "-config"])
+        .arg(pdir.join("config.json"))
+        .args(["-dnsserver", &format!("{resolver}:53")])
+        // No random validation sleeps, no rejected nonces: tests stay fast
+        // and deterministic; every order validates its challenges afresh.
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .env("PEBBLE_AUTHZREUSE", "0")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start pebble")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fetch_pebble_root(dir, &host).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "pebble did not answer within 20 s; see {}",
+                pdir.join("pebble.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(host)
+}
+
+/// Fetches pebble's issuing root (new at every start) from its management
+/// API, from inside pebble's host, into `DIR/pebble/root.pem`.
+fn fetch_pebble_root(dir: &Path, p: &PebbleHost) -> anyhow::Result<PathBuf> {
+    let pdir = dir.join("pebble");
+    let out = pdir.join("root.pem");
+    sh(Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &p.netns,
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "--cacert",
+        ])
+        .arg(pdir.join("ca.pem"))
+        .arg(format!("https://{}:15000/roots/0", p.ipv4))
+        .arg("-o")
+        .arg(&out))?;
+    Ok(out)
+}
+
+/// `maki local ca`: the path of pebble's current issuing root.
+pub fn ca(w: &Where) -> anyhow::Result<()> {
+    let state = require_state(w)?;
+    let p = state
+        .pebble
+        .as_ref()
+        .context("this local cluster has no ACME CA (it was made by an older maki)")?;
+    let path = fetch_pebble_root(&std::path::absolute(&w.dir)?, p)?;
+    println!("{}", path.display());
     Ok(())
 }
 
@@ -744,6 +951,23 @@ pub fn down(w: &Where) -> anyhow::Result<()> {
         }
         let _ = ip(&["netns", "del", &h.netns]);
         let _ = ip(&["link", "del", &h.veth]);
+    }
+    if let Some(p) = &state.pebble {
+        for _ in 0..50 {
+            let pids = netns_pids(&p.netns);
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = ip(&["netns", "del", &p.netns]);
+        let _ = ip(&["link", "del", &p.veth]);
     }
     let _ = ip(&["link", "del", &state.bridge]);
     let slot = Path::new(SLOT_DIR).join(state.slot.to_string());

@@ -323,6 +323,9 @@ enum PeerCmd {
 
 #[derive(Subcommand)]
 enum LocalCmd {
+    /// Print the path of the local ACME CA's (pebble's) current issuing
+    /// root, for `curl --cacert`.
+    Ca,
     /// Create test hosts and initialise a node on each over SSH.
     Up {
         #[arg(long, default_value_t = 3)]
@@ -593,6 +596,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
                 LocalCmd::Down => local::down(&w)?,
+                LocalCmd::Ca => local::ca(&w)?,
                 LocalCmd::Status { json } => local::status(&w, *json)?,
                 LocalCmd::Exec { node, command } => {
                     let code = local::exec(&w, node, command)?;

@@ -114,6 +114,18 @@ pub async fn run(
         web,
     )
     .with_context(|| format!("cannot start the HTTP server in {}", data_dir.display()))?;
+    // Certificates need the node's keys (a node not yet initialised has none).
+    let acme = crate::keys::NodeKeys::load(&data_dir).ok().map(|keys| {
+        crate::acme::Acme::start(
+            data_dir.clone(),
+            replica.clone(),
+            committer.clone(),
+            gossip.clone(),
+            keys,
+            http.clone(),
+            dns.clone(),
+        )
+    });
 
     let listener = UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
@@ -135,6 +147,7 @@ pub async fn run(
                         content: content.clone(),
                         dns: dns.clone(),
                         http: http.clone(),
+                        acme: acme.clone(),
                     };
                     tokio::spawn(async move {
                         if let Err(e) = serve(stream, services).await {
@@ -180,6 +193,7 @@ struct Services {
     content: Arc<Content>,
     dns: Arc<crate::dns::Dns>,
     http: Arc<crate::http::Http>,
+    acme: Option<Arc<crate::acme::Acme>>,
 }
 
 async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
@@ -191,6 +205,7 @@ async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
         content,
         dns,
         http,
+        acme,
     } = services;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -215,6 +230,9 @@ async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
                     report["sites"] = content.report();
                     report["dns"] = dns.report();
                     report["http"] = http.report();
+                    report["acme"] = acme
+                        .as_ref()
+                        .map_or(serde_json::Value::Null, |a| a.report());
                     Response::Ok(report)
                 }
                 Ok(request) => {

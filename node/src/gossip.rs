@@ -289,6 +289,26 @@ impl Gossip {
         self.topology.borrow().me.as_ref().map(|m| m.name.clone())
     }
 
+    /// Do the peers heard alive hold what this node holds (their last
+    /// heartbeat carried this node's version-vector digest)?
+    pub fn peers_in_sync(&self) -> bool {
+        let Ok(vv) = self.read(|r| r.version_vector()) else {
+            return false;
+        };
+        let digest = vv.digest();
+        let peers = self.topology.borrow().peers.clone();
+        let Ok(health) = self.health.lock() else {
+            return false;
+        };
+        peers.iter().all(|p| {
+            let Some(h) = health.get(&p.key) else {
+                return true;
+            };
+            let alive = h.last_heard.is_some_and(|t| t.elapsed() < DEAD_AFTER);
+            !alive || h.heartbeat.as_ref().is_some_and(|b| b.vv_digest == digest)
+        })
+    }
+
     /// The peers heard from within [`DEAD_AFTER`].
     pub fn alive_names(&self) -> Vec<NodeName> {
         let peers = self.topology.borrow().peers.clone();

@@ -12,6 +12,7 @@ use rand::RngCore;
 use serde::Serialize;
 
 /// The node's three secrets.
+#[derive(Clone)]
 pub struct NodeKeys {
     pub signing: SigningKey,
     pub sealing: SealingSecret,

@@ -10,6 +10,7 @@
 //! the running daemon's socket when one answers, and otherwise open the data
 //! directory themselves (the store admits one process at a time).
 
+mod acme;
 mod blobs;
 mod content;
 mod control;

@@ -339,6 +339,11 @@ impl Replica {
         (domains, published)
     }
 
+    /// The current certificates projection (for ACME and the servers).
+    pub fn certificates(&mut self) -> makiatto_projections::certificates::Certificates {
+        self.engine.state().certificates.clone()
+    }
+
     /// The current zones projection (for the DNS server).
     pub fn zones(&mut self) -> makiatto_projections::zones::Zones {
         self.engine.state().zones.clone()

@@ -137,6 +137,11 @@ impl Dns {
         self.tls.ensure_self_signed(me.as_deref(), &names);
     }
 
+    /// Serves DNS over TLS with an issued certificate from now on.
+    pub fn install_certificate(&self, key: std::sync::Arc<rustls::sign::CertifiedKey>) {
+        self.tls.install(key);
+    }
+
     /// Which geo candidates are alive: this node always, peers when the
     /// liveness gossip hears them.
     fn refresh_health(&self, gossip: &Gossip) {

@@ -245,9 +245,18 @@ async fn stream_loop<S: AsyncRead + AsyncWrite + Unpin>(
 #[derive(Debug, Default)]
 pub struct DotCerts {
     current: RwLock<Option<(Vec<String>, Arc<CertifiedKey>)>>,
+    /// An issued certificate, once there is one (it wins over self-signed).
+    issued: RwLock<Option<Arc<CertifiedKey>>>,
 }
 
 impl DotCerts {
+    /// Presents this issued certificate from the next handshake on.
+    pub fn install(&self, key: Arc<CertifiedKey>) {
+        if let Ok(mut i) = self.issued.write() {
+            *i = Some(key);
+        }
+    }
+
     /// Makes a self-signed certificate for `<me>.ns.<zone>` of every zone,
     /// unless the current one already names exactly those.
     pub fn ensure_self_signed(&self, me: Option<&str>, zones: &[String]) {
@@ -301,6 +310,9 @@ fn self_signed(names: &[String]) -> anyhow::Result<CertifiedKey> {
 
 impl ResolvesServerCert for DotCerts {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(k) = self.issued.read().ok()?.as_ref() {
+            return Some(k.clone());
+        }
         self.current.read().ok()?.as_ref().map(|(_, k)| k.clone())
     }
 }

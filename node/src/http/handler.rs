@@ -71,7 +71,13 @@ pub struct Ctx {
     pub cache: Arc<SmallCache>,
     /// Over TLS, with the SNI name the client sent.
     pub tls: Option<Option<String>>,
+    /// Open ACME HTTP-01 challenges: token → key authorization.
+    pub challenges: Arc<HashMap<String, String>>,
+    pub certs: Arc<super::server::SiteCerts>,
 }
+
+/// Where the CA looks for HTTP-01 key authorizations.
+const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     let body = message.into() + "\n";
@@ -125,9 +131,34 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
         );
         return r;
     }
+    // ACME HTTP-01, for any name the cluster orders (nameserver names too),
+    // over plain HTTP only, before any redirect.
+    if ctx.tls.is_none()
+        && let Some(token) = req.uri().path().strip_prefix(ACME_PREFIX)
+    {
+        return match ctx.challenges.get(token) {
+            Some(value) => {
+                let mut r = text(StatusCode::OK, value.clone());
+                *r.body_mut() = Full::new(Bytes::from(value.clone()))
+                    .map_err(|e| match e {})
+                    .boxed();
+                r
+            }
+            None => text(StatusCode::NOT_FOUND, "no such ACME challenge is open"),
+        };
+    }
     let Some(host) = host_of(&req) else {
         return text(StatusCode::BAD_REQUEST, "the request names no valid host");
     };
+    if ctx.tls.is_none() && ctx.certs.has_issued(&host) && ctx.routes.get(&host).is_some() {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("https://{host}{path}");
+        let mut r = text(StatusCode::PERMANENT_REDIRECT, format!("see {location}"));
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return r;
+    }
     if let Some(Some(sni)) = &ctx.tls
         && *sni != host
     {

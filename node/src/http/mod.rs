@@ -41,6 +41,7 @@ pub struct Http {
     variants: variants::Variants,
     cache: Arc<handler::SmallCache>,
     certs: Arc<server::SiteCerts>,
+    challenges: ArcSwap<HashMap<String, String>>,
     manifests: Mutex<HashMap<Blake3Hash, Arc<Manifest>>>,
     /// Versions (by manifest) whose variants were prepared or are being.
     prepared: Mutex<std::collections::HashSet<Blake3Hash>>,
@@ -63,6 +64,7 @@ impl Http {
             variants: variants::Variants::open(data_dir)?,
             cache: Arc::new(handler::SmallCache::default()),
             certs: Arc::new(server::SiteCerts::default()),
+            challenges: ArcSwap::from_pointee(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
             prepared: Mutex::new(Default::default()),
             statuses: Default::default(),
@@ -90,6 +92,18 @@ impl Http {
             }
         });
         Ok(http)
+    }
+
+    /// The open ACME HTTP-01 challenges (token → key authorization).
+    pub fn set_challenges(&self, challenges: HashMap<String, String>) {
+        if **self.challenges.load() != challenges {
+            self.challenges.store(Arc::new(challenges));
+        }
+    }
+
+    /// Serves an issued certificate for these names.
+    pub fn install_certificate(&self, names: &[String], key: Arc<rustls::sign::CertifiedKey>) {
+        self.certs.install(names, key);
     }
 
     fn manifest(&self, hash: &Blake3Hash) -> Option<Arc<Manifest>> {

@@ -176,6 +176,8 @@ fn service(
             variants: http.variants.clone(),
             cache: http.cache.clone(),
             tls: tls.clone(),
+            challenges: http.challenges.load_full(),
+            certs: http.certs.clone(),
         };
         let http = http.clone();
         async move {
@@ -191,11 +193,29 @@ fn service(
 #[derive(Debug, Default)]
 pub struct SiteCerts {
     by_name: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// Names with an issued (not self-signed) certificate.
+    issued: RwLock<std::collections::HashSet<String>>,
     /// Names we may make a self-signed certificate for (hosts we serve).
     known: RwLock<std::collections::HashSet<String>>,
 }
 
 impl SiteCerts {
+    /// Serves an issued certificate for these names from the next handshake.
+    pub fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
+        if let (Ok(mut by), Ok(mut issued)) = (self.by_name.write(), self.issued.write()) {
+            for n in names {
+                let n = n.trim_end_matches('.').to_ascii_lowercase();
+                by.insert(n.clone(), key.clone());
+                issued.insert(n);
+            }
+        }
+    }
+
+    /// Does `host` have an issued certificate (so plain HTTP redirects)?
+    pub fn has_issued(&self, host: &str) -> bool {
+        self.issued.read().is_ok_and(|i| i.contains(host))
+    }
+
     /// The hosts served now (self-signed certificates are made only for them).
     pub fn set_known(&self, hosts: impl Iterator<Item = String>) {
         if let Ok(mut k) = self.known.write() {
@@ -236,7 +256,12 @@ impl ResolvesServerCert for SiteCerts {
             .server_name()
             .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
         let name = match asked {
-            Some(n) if self.known.read().ok()?.contains(&n) => n,
+            Some(n)
+                if self.known.read().ok()?.contains(&n)
+                    || self.issued.read().ok()?.contains(&n) =>
+            {
+                n
+            }
             _ => FALLBACK_NAME.to_owned(),
         };
         if let Some(k) = self.by_name.read().ok()?.get(&name) {

@@ -1,0 +1,541 @@
+//! Certificates from an ACME CA (instant-acme), for every domain, its
+//! aliases and its nameserver names (`<node>.ns.<domain>`, for DNS over TLS).
+//!
+//! - **Who orders**: one node, chosen from the log: the first by name among
+//!   the nodes this node hears alive (itself included). When it goes down,
+//!   the next takes over; an order in flight elsewhere is then simply made
+//!   again.
+//! - **Challenges** (HTTP-01) travel as `acme-challenge` events, so
+//!   whichever node the CA reaches answers; the orderer waits until its
+//!   live peers hold the event before telling the CA to validate.
+//! - **The result** is a `certificate-issued` event: the chain in clear,
+//!   the private key sealed to every node's sealing key.
+//! - **Every node** opens the key of each current certificate and installs
+//!   it for HTTPS (and DoT for its own nameserver names), without a restart.
+//! - **When**: a name without a certificate, a certificate whose names no
+//!   longer match the configuration, one within 30 days of expiry, or a
+//!   renewal asked with `maki certs renew`. Failures back off (1 min
+//!   doubling to 6 h; at least 1 h when the CA says rate limited).
+//! - With no `acme.directory` set, nothing is ordered: never a public CA by
+//!   default.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
+};
+use makiatto_core::GroupCommitter;
+use makiatto_events::payload::{AcmeChallenge, CertificateIssued};
+use makiatto_events::{DomainName, Event, FeedWriter, Payload, SealedValue};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::sign::CertifiedKey;
+
+use crate::control;
+use crate::gossip::Gossip;
+use crate::keys::NodeKeys;
+use crate::replica::Replica;
+
+/// Renew this long before expiry.
+const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often the orderer looks for work (a log change also wakes it).
+const TICK: Duration = Duration::from_secs(10);
+/// Longest wait for live peers to hold a challenge before validation.
+const REPLICATION_WAIT: Duration = Duration::from_secs(10);
+
+/// What failed for a domain, and when to try again.
+#[derive(Debug, Clone)]
+struct Backoff {
+    failures: u32,
+    next: Instant,
+    error: String,
+}
+
+/// The ACME subsystem of one node.
+pub struct Acme {
+    data_dir: PathBuf,
+    replica: Arc<Mutex<Replica>>,
+    committer: GroupCommitter,
+    gossip: Arc<Gossip>,
+    keys: NodeKeys,
+    http: Arc<crate::http::Http>,
+    dns: Arc<crate::dns::Dns>,
+    backoff: Mutex<HashMap<String, Backoff>>,
+    /// Certificate events already installed here.
+    installed: Mutex<BTreeSet<makiatto_events::EventId>>,
+    /// The domain being ordered now, if any.
+    ordering: Mutex<Option<String>>,
+}
+
+/// What one domain needs.
+struct Wanted {
+    domain: String,
+    names: Vec<String>,
+}
+
+impl Acme {
+    pub fn start(
+        data_dir: PathBuf,
+        replica: Arc<Mutex<Replica>>,
+        committer: GroupCommitter,
+        gossip: Arc<Gossip>,
+        keys: NodeKeys,
+        http: Arc<crate::http::Http>,
+        dns: Arc<crate::dns::Dns>,
+    ) -> Arc<Acme> {
+        let acme = Arc::new(Acme {
+            data_dir,
+            replica,
+            committer,
+            gossip,
+            keys,
+            http,
+            dns,
+            backoff: Mutex::new(HashMap::new()),
+            installed: Mutex::new(BTreeSet::new()),
+            ordering: Mutex::new(None),
+        });
+        // Installing follows the log on its own: an order in progress (on
+        // this node) must not hold back the challenges it opened.
+        let this = acme.clone();
+        tokio::spawn(async move {
+            let mut changes = this.gossip.changes();
+            loop {
+                this.install();
+                tokio::select! {
+                    c = changes.changed() => if c.is_err() { return },
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+            }
+        });
+        let this = acme.clone();
+        tokio::spawn(async move {
+            let mut changes = this.gossip.changes();
+            loop {
+                if let Err(e) = this.clone().order_due().await {
+                    tracing::warn!(error = %format!("{e:#}"), "certificate ordering failed");
+                }
+                tokio::select! {
+                    c = changes.changed() => if c.is_err() { return },
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+            }
+        });
+        acme
+    }
+
+    /// Installs every current certificate this node can open, and the open
+    /// HTTP-01 challenges.
+    fn install(&self) {
+        let Some(certs) = self.replica.lock().ok().map(|mut r| r.certificates()) else {
+            return;
+        };
+        let challenges: HashMap<String, String> = certs
+            .http_challenges()
+            .map(|(t, v)| (t.clone(), v.clone()))
+            .collect();
+        self.http.set_challenges(challenges);
+        let me = self.gossip.me();
+        for entry in certs.names.values() {
+            if self
+                .installed
+                .lock()
+                .is_ok_and(|i| i.contains(&entry.event))
+            {
+                continue;
+            }
+            match open(&self.keys, entry) {
+                Ok(key) => {
+                    let key = Arc::new(key);
+                    self.http.install_certificate(&entry.names, key.clone());
+                    if let Some(me) = &me {
+                        let mine = format!("{me}.ns.");
+                        if entry.names.iter().any(|n| n.starts_with(&mine)) {
+                            self.dns.install_certificate(key);
+                        }
+                    }
+                    tracing::info!(names = %entry.names.join(", "), issuer = %entry.issuer, "certificate installed");
+                }
+                Err(e) => {
+                    tracing::warn!(names = %entry.names.join(", "), error = %format!("{e:#}"), "cannot open a certificate's key")
+                }
+            }
+            if let Ok(mut i) = self.installed.lock() {
+                i.insert(entry.event);
+            }
+        }
+    }
+
+    /// Is this node the one that orders? The first by name of the nodes it
+    /// hears alive, itself included.
+    fn is_orderer(&self) -> bool {
+        let Some(me) = self.gossip.me() else {
+            return false;
+        };
+        let alive = self.gossip.alive_names();
+        let Some(peers) = self.replica.lock().ok().map(|mut r| r.peers()) else {
+            return false;
+        };
+        peers
+            .nodes
+            .keys()
+            .find(|n| **n == me || alive.contains(n))
+            .is_some_and(|first| *first == me)
+    }
+
+    /// The certificates the configuration calls for and whether each is due.
+    fn due(&self) -> (Option<(String, Option<String>)>, Vec<Wanted>) {
+        let Ok(mut r) = self.replica.lock() else {
+            return (None, Vec::new());
+        };
+        let settings = r.settings();
+        let directory = settings
+            .acme_directory
+            .clone()
+            .map(|d| (d, settings.acme_ca_root.clone()));
+        let (domains, _) = r.domains();
+        let peers = r.peers();
+        let certs = r.certificates();
+        let now = now_millis();
+        let mut wanted = Vec::new();
+        for (domain, aliases) in domains {
+            let mut names: Vec<String> = std::iter::once(domain.clone())
+                .chain(aliases.iter().cloned())
+                .chain(
+                    peers
+                        .nodes
+                        .iter()
+                        .filter(|(_, n)| n.nameserver)
+                        .map(|(name, _)| format!("{name}.ns.{domain}")),
+                )
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                .collect();
+            names.sort();
+            names.dedup();
+            let due = match certs.names.get(&domain) {
+                None => true,
+                Some(c) => {
+                    let mut have = c.names.clone();
+                    have.sort();
+                    have != names
+                        || c.not_after_millis < now + RENEW_BEFORE.as_millis() as u64
+                        || names
+                            .iter()
+                            .any(|n| certs.renewals.get(n).is_some_and(|at| *at > c.at))
+                }
+            };
+            if due {
+                wanted.push(Wanted { domain, names });
+            }
+        }
+        (directory, wanted)
+    }
+
+    async fn order_due(self: Arc<Self>) -> anyhow::Result<()> {
+        let (directory, wanted) = self.due();
+        let Some((directory, ca_root)) = directory else {
+            return Ok(());
+        };
+        if wanted.is_empty() || !self.is_orderer() {
+            return Ok(());
+        }
+        for w in wanted {
+            let waiting = self
+                .backoff
+                .lock()
+                .is_ok_and(|b| b.get(&w.domain).is_some_and(|b| b.next > Instant::now()));
+            if waiting {
+                continue;
+            }
+            if let Ok(mut o) = self.ordering.lock() {
+                *o = Some(w.domain.clone());
+            }
+            let result = self.order(&directory, ca_root.as_deref(), &w).await;
+            if let Ok(mut o) = self.ordering.lock() {
+                *o = None;
+            }
+            match result {
+                Ok(()) => {
+                    if let Ok(mut b) = self.backoff.lock() {
+                        b.remove(&w.domain);
+                    }
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    let limited = error.contains("rateLimited") || error.contains("429");
+                    if let Ok(mut b) = self.backoff.lock() {
+                        let failures = b.get(&w.domain).map_or(0, |b| b.failures) + 1;
+                        let mut wait = Duration::from_secs(60 * (1 << failures.min(9)))
+                            .min(Duration::from_secs(6 * 3600));
+                        if limited {
+                            wait = wait.max(Duration::from_secs(3600));
+                        }
+                        tracing::warn!(domain = %w.domain, %error, retry_in_secs = wait.as_secs(), "certificate order failed");
+                        b.insert(
+                            w.domain.clone(),
+                            Backoff {
+                                failures,
+                                next: Instant::now() + wait,
+                                error,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The ACME account for this directory, made once and kept in the data
+    /// directory (per node: any orderer can make its own).
+    async fn account(&self, directory: &str, ca_root: Option<&str>) -> anyhow::Result<Account> {
+        let dir = self.data_dir.join("acme");
+        std::fs::create_dir_all(&dir)?;
+        let tag = blake3::hash(directory.as_bytes()).to_hex();
+        let builder = || -> anyhow::Result<instant_acme::AccountBuilder> {
+            Ok(match ca_root {
+                Some(pem) => {
+                    let path = dir.join(format!("ca-{}.pem", &tag[..16]));
+                    std::fs::write(&path, pem)?;
+                    Account::builder_with_root(&path)?
+                }
+                None => Account::builder()?,
+            })
+        };
+        let creds_path = dir.join(format!("account-{}.json", &tag[..16]));
+        if let Ok(bytes) = std::fs::read(&creds_path)
+            && let Ok(creds) = serde_json::from_slice(&bytes)
+            && let Ok(account) = builder()?.from_credentials(creds).await
+        {
+            return Ok(account);
+        }
+        let (account, creds) = builder()?
+            .create(
+                &NewAccount {
+                    contact: &[],
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                directory.to_owned(),
+                None,
+            )
+            .await
+            .with_context(|| format!("cannot create an ACME account at {directory}"))?;
+        let tmp = creds_path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&creds)?)?;
+        std::fs::rename(&tmp, &creds_path)?;
+        Ok(account)
+    }
+
+    async fn order(
+        &self,
+        directory: &str,
+        ca_root: Option<&str>,
+        w: &Wanted,
+    ) -> anyhow::Result<()> {
+        tracing::info!(domain = %w.domain, names = %w.names.join(", "), %directory, "ordering a certificate");
+        let account = self.account(directory, ca_root).await?;
+        let identifiers: Vec<Identifier> = w.names.iter().cloned().map(Identifier::Dns).collect();
+        let mut order = account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .context("the CA refused the order")?;
+        let mut opened = Vec::new();
+        {
+            let mut authzs = order.authorizations();
+            while let Some(authz) = authzs.next().await {
+                let mut authz = authz?;
+                if authz.status == AuthorizationStatus::Valid {
+                    continue;
+                }
+                let mut challenge = authz
+                    .challenge(ChallengeType::Http01)
+                    .context("the CA offers no HTTP-01 challenge")?;
+                let name = match challenge.identifier().identifier {
+                    Identifier::Dns(d) => d.clone(),
+                    other => format!("{other:?}"),
+                };
+                let open = AcmeChallenge {
+                    name,
+                    token: challenge.token.clone(),
+                    value: challenge.key_authorization().as_str().to_owned(),
+                    dns: false,
+                    open: true,
+                };
+                self.append(vec![Payload::AcmeChallenge(open.clone())])
+                    .await?;
+                // Served here at once; the others once they hold the event.
+                self.install();
+                self.wait_replicated().await;
+                challenge.set_ready().await?;
+                opened.push(open);
+            }
+        }
+        let status = order.poll_ready(&RetryPolicy::default()).await;
+        let close: Vec<Payload> = opened
+            .iter()
+            .map(|c| {
+                Payload::AcmeChallenge(AcmeChallenge {
+                    open: false,
+                    ..c.clone()
+                })
+            })
+            .collect();
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.append(close).await;
+                return Err(e).context("the challenges did not validate");
+            }
+        };
+        if status != OrderStatus::Ready {
+            let _ = self.append(close).await;
+            bail!("the order is {status:?}, not ready");
+        }
+        let key_pem = order.finalize().await?;
+        let chain_pem = order.poll_certificate(&RetryPolicy::default()).await?;
+        let (not_after_millis, issuer) = leaf_facts(&chain_pem)?;
+        let sealing_keys: Vec<makiatto_events::SealingKey> = self
+            .replica
+            .lock()
+            .map_err(|_| anyhow::anyhow!("replica lock poisoned"))?
+            .peers()
+            .nodes
+            .values()
+            .map(|n| n.sealing_key)
+            .collect();
+        let key = SealedValue::seal(key_pem.as_bytes(), &sealing_keys, &mut rand::rng())
+            .map_err(|e| anyhow::anyhow!("cannot seal the key: {e}"))?;
+        let mut events = close;
+        events.push(Payload::CertificateIssued(CertificateIssued {
+            domain: DomainName::new(w.domain.as_str())?,
+            names: w.names.clone(),
+            chain_pem,
+            key,
+            not_after_millis,
+            issuer: issuer.clone(),
+        }));
+        self.append(events).await?;
+        tracing::info!(domain = %w.domain, %issuer, "certificate issued");
+        Ok(())
+    }
+
+    /// Waits until every live peer holds what this node holds (their
+    /// heartbeats carry the same version-vector digest), or a while.
+    async fn wait_replicated(&self) {
+        let start = Instant::now();
+        while start.elapsed() < REPLICATION_WAIT && !self.gossip.peers_in_sync() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Signs `payloads` as this node, on top of its own feed, and appends
+    /// them here; the mesh hands them to the others.
+    async fn append(&self, payloads: Vec<Payload>) -> anyhow::Result<()> {
+        let replica = self.replica.clone();
+        let committer = self.committer.clone();
+        let signing = self.keys.signing.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let (last, parents) = {
+                let r = replica
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("replica lock poisoned"))?;
+                (r.latest_of(&signing.public())?, r.heads())
+            };
+            let mut writer = match last {
+                Some(bytes) => FeedWriter::resume(signing, &Event::decode(&bytes)?),
+                None => FeedWriter::new(signing),
+            };
+            let mut parents = parents;
+            let mut raw = Vec::new();
+            for p in payloads {
+                let e = writer.write(p, &parents, now_millis())?;
+                parents = vec![(e.id(), e.hlc())];
+                raw.push(Ok(e.to_bytes().to_vec()));
+            }
+            let ingested =
+                control::ingest(&replica, &committer, raw).map_err(anyhow::Error::msg)?;
+            if let Some(bad) = ingested.bad.first() {
+                bail!("this node's own event was refused: {bad}");
+            }
+            Ok(())
+        })
+        .await??;
+        self.gossip.events_stored();
+        self.gossip.push();
+        Ok(())
+    }
+
+    /// For `makiatto health` and `maki certs`: per domain, what is wanted,
+    /// what is current, what failed.
+    pub fn report(&self) -> serde_json::Value {
+        let (directory, due) = self.due();
+        let certs = self
+            .replica
+            .lock()
+            .ok()
+            .map(|mut r| r.certificates())
+            .unwrap_or_default();
+        let backoff = self.backoff.lock().map(|b| b.clone()).unwrap_or_default();
+        let ordering = self.ordering.lock().ok().and_then(|o| o.clone());
+        let now = Instant::now();
+        serde_json::json!({
+            "directory": directory.map(|d| d.0),
+            "orderer": self.is_orderer(),
+            "ordering": ordering,
+            "due": due.iter().map(|w| serde_json::json!({"domain": w.domain, "names": w.names})).collect::<Vec<_>>(),
+            "failures": backoff.iter().map(|(d, b)| serde_json::json!({
+                "domain": d, "failures": b.failures, "error": b.error,
+                "retry_in_secs": b.next.saturating_duration_since(now).as_secs(),
+            })).collect::<Vec<_>>(),
+            "certificates": certs.names,
+        })
+    }
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Opens a certificate's sealed key with this node's sealing secret.
+fn open(
+    keys: &NodeKeys,
+    entry: &makiatto_projections::certificates::CertificateEntry,
+) -> anyhow::Result<CertifiedKey> {
+    let pem = entry
+        .key
+        .open(&keys.sealing, &[])
+        .map_err(|e| anyhow::anyhow!("the key is not sealed to this node: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(entry.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .context("the chain is not PEM")?;
+    let key = PrivateKeyDer::from_pem_slice(&pem).context("the key is not PEM")?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    CertifiedKey::from_der(chain, key, &provider).context("the key does not match the certificate")
+}
+
+/// The leaf's expiry (Unix millis) and issuer common name.
+fn leaf_facts(chain_pem: &str) -> anyhow::Result<(u64, String)> {
+    let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()
+        .context("the CA sent no certificate")?
+        .context("the CA's certificate is not PEM")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| anyhow::anyhow!("the CA's certificate does not parse: {e}"))?;
+    let not_after = cert.validity().not_after.timestamp().max(0) as u64 * 1000;
+    let issuer = cert
+        .issuer()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or("unknown CA")
+        .to_owned();
+    Ok((not_after, issuer))
+}
