@@ -18,6 +18,7 @@
 //! - [`sites`]: `maki sites`, `maki rollback`, `maki diff`.
 //! - [`local`]: `maki local …`.
 
+mod certs;
 mod cluster;
 mod commands;
 mod dns;
@@ -146,6 +147,13 @@ enum Top {
     Health {
         #[arg(long)]
         json: bool,
+    },
+    /// Certificates: names, issuer, expiry and state; force a renewal.
+    Certs {
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<CertsCmd>,
     },
     /// DNS: how to point a domain at the cluster's nameservers.
     Dns {
@@ -278,6 +286,12 @@ enum OperatorCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Order a new certificate for NAME now.
+    Renew { name: String },
 }
 
 #[derive(Subcommand)]
@@ -545,6 +559,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Top::Certs { json, command } => match command {
+            None => certs::list(&ctx(&cli)?, *json).await?,
+            Some(CertsCmd::Renew { name }) => certs::renew(&ctx(&cli)?, name).await?,
+        },
         Top::Dns {
             command: DnsCmd::NameserverSetup { json },
         } => dns::nameserver_setup(&ctx(&cli)?, *json).await?,

@@ -1,0 +1,154 @@
+//! `maki certs [--json]` and `maki certs renew NAME`: the certificates the
+//! cluster holds (from one node's ACME report: names, issuer, expiry,
+//! state) and a forced renewal (a signed `certificate-renewal-requested`
+//! event; the ordering node sees it and orders again).
+
+use anyhow::{Context, bail};
+use makiatto_events::Payload;
+use makiatto_events::payload::CertificateRenewalRequested;
+use serde_json::{Value, json};
+
+use crate::cluster::Ctx;
+
+/// One name's row.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    name: String,
+    domain: String,
+    issuer: Option<String>,
+    not_after: Option<String>,
+    state: String,
+}
+
+fn time(millis: u64) -> String {
+    jiff::Timestamp::from_millisecond(millis as i64)
+        .map(|t| format!("{t:.0}"))
+        .unwrap_or_else(|_| millis.to_string())
+}
+
+fn rows(acme: &Value) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let failures: Vec<&Value> = acme["failures"].as_array().into_iter().flatten().collect();
+    let due: Vec<&Value> = acme["due"].as_array().into_iter().flatten().collect();
+    let failing = |domain: &str| {
+        failures
+            .iter()
+            .find(|f| f["domain"] == domain)
+            .map(|f| format!("failing: {} (retry in {}s)", f["error"].as_str().unwrap_or("?"), f["retry_in_secs"]))
+    };
+    let ordering = acme["ordering"].as_str();
+    if let Some(certs) = acme["certificates"].as_object() {
+        for (domain, c) in certs {
+            let renewing = due.iter().any(|d| d["domain"] == domain.as_str());
+            for name in c["names"].as_array().into_iter().flatten() {
+                let state = if ordering == Some(domain.as_str()) {
+                    "valid, renewal in progress".to_owned()
+                } else if let Some(f) = failing(domain) {
+                    format!("valid, renewal {f}")
+                } else if renewing {
+                    "valid, renewal due".to_owned()
+                } else {
+                    "valid".to_owned()
+                };
+                rows.push(Row {
+                    name: name.as_str().unwrap_or("?").to_owned(),
+                    domain: domain.clone(),
+                    issuer: c["issuer"].as_str().map(str::to_owned),
+                    not_after: c["not_after_millis"].as_u64().map(time),
+                    state,
+                });
+            }
+        }
+    }
+    for d in due {
+        let domain = d["domain"].as_str().unwrap_or("?");
+        for name in d["names"].as_array().into_iter().flatten() {
+            let name = name.as_str().unwrap_or("?");
+            if rows.iter().any(|r| r.name == name) {
+                continue;
+            }
+            let state = if ordering == Some(domain) {
+                "self-signed; ordering now".to_owned()
+            } else if let Some(f) = failing(domain) {
+                format!("self-signed; {f}")
+            } else if acme["directory"].is_null() {
+                "self-signed; no acme.directory set".to_owned()
+            } else {
+                "self-signed; order due".to_owned()
+            };
+            rows.push(Row {
+                name: name.to_owned(),
+                domain: domain.to_owned(),
+                issuer: None,
+                not_after: None,
+                state,
+            });
+        }
+    }
+    rows.sort_by(|a, b| (&a.domain, &a.name).cmp(&(&b.domain, &b.name)));
+    rows
+}
+
+async fn acme_report(ctx: &Ctx) -> anyhow::Result<Value> {
+    let (m, remote) = ctx.any_node().await?;
+    let health = remote.call(json!({"op": "health"})).await?;
+    let acme = health["acme"].clone();
+    if acme.is_null() {
+        bail!("{} has no ACME subsystem running (is it initialised?)", m.name);
+    }
+    Ok(acme)
+}
+
+/// `maki certs [--json]`.
+pub async fn list(ctx: &Ctx, json_out: bool) -> anyhow::Result<()> {
+    let acme = acme_report(ctx).await?;
+    let rows = rows(&acme);
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"directory": acme["directory"], "names": rows}))?
+        );
+        return Ok(());
+    }
+    println!(
+        "ACME directory: {}",
+        acme["directory"].as_str().unwrap_or("(none: nothing is ordered)")
+    );
+    if rows.is_empty() {
+        println!("no domain is configured yet");
+    }
+    for r in rows {
+        println!(
+            "{:<32} {:<24} {:<22} {}",
+            r.name,
+            r.issuer.as_deref().unwrap_or("-"),
+            r.not_after.as_deref().unwrap_or("-"),
+            r.state
+        );
+    }
+    Ok(())
+}
+
+/// `maki certs renew NAME`.
+pub async fn renew(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let acme = acme_report(ctx).await?;
+    if !rows(&acme).iter().any(|r| r.name == name) {
+        bail!("no certificate covers {name}; `maki certs` lists the names the cluster serves");
+    }
+    let cluster_id = ctx.cluster_id()?;
+    let (_, remote) = ctx.any_node().await?;
+    let events = ctx
+        .sign(
+            &remote,
+            &cluster_id,
+            vec![Payload::CertificateRenewalRequested(CertificateRenewalRequested {
+                name: name.clone(),
+            })],
+        )
+        .await
+        .context("cannot sign the renewal request")?;
+    ctx.deliver(&remote, &cluster_id, &events).await?;
+    println!("{name}: renewal requested; the ordering node orders a new certificate now (see `maki certs`)");
+    Ok(())
+}
