@@ -15,6 +15,8 @@ use crate::cluster::Ctx;
 struct Row {
     name: String,
     domain: String,
+    /// The certificate's first name (a domain or a nameserver name).
+    certificate: String,
     issuer: Option<String>,
     not_after: Option<String>,
     state: String,
@@ -31,19 +33,23 @@ fn rows(acme: &Value) -> Vec<Row> {
     let failures: Vec<&Value> = acme["failures"].as_array().into_iter().flatten().collect();
     let due: Vec<&Value> = acme["due"].as_array().into_iter().flatten().collect();
     let failing = |domain: &str| {
-        failures
-            .iter()
-            .find(|f| f["domain"] == domain)
-            .map(|f| format!("failing: {} (retry in {}s)", f["error"].as_str().unwrap_or("?"), f["retry_in_secs"]))
+        failures.iter().find(|f| f["domain"] == domain).map(|f| {
+            format!(
+                "failing: {} (retry in {}s)",
+                f["error"].as_str().unwrap_or("?"),
+                f["retry_in_secs"]
+            )
+        })
     };
     let ordering = acme["ordering"].as_str();
     if let Some(certs) = acme["certificates"].as_object() {
-        for (domain, c) in certs {
-            let renewing = due.iter().any(|d| d["domain"] == domain.as_str());
+        for (cert, c) in certs {
+            let domain = c["domain"].as_str().unwrap_or(cert).to_owned();
+            let renewing = due.iter().any(|d| d["certificate"] == cert.as_str());
             for name in c["names"].as_array().into_iter().flatten() {
-                let state = if ordering == Some(domain.as_str()) {
+                let state = if ordering == Some(cert.as_str()) {
                     "valid, renewal in progress".to_owned()
-                } else if let Some(f) = failing(domain) {
+                } else if let Some(f) = failing(cert) {
                     format!("valid, renewal {f}")
                 } else if renewing {
                     "valid, renewal due".to_owned()
@@ -53,6 +59,7 @@ fn rows(acme: &Value) -> Vec<Row> {
                 rows.push(Row {
                     name: name.as_str().unwrap_or("?").to_owned(),
                     domain: domain.clone(),
+                    certificate: cert.clone(),
                     issuer: c["issuer"].as_str().map(str::to_owned),
                     not_after: c["not_after_millis"].as_u64().map(time),
                     state,
@@ -62,14 +69,15 @@ fn rows(acme: &Value) -> Vec<Row> {
     }
     for d in due {
         let domain = d["domain"].as_str().unwrap_or("?");
+        let cert = d["certificate"].as_str().unwrap_or("?");
         for name in d["names"].as_array().into_iter().flatten() {
             let name = name.as_str().unwrap_or("?");
             if rows.iter().any(|r| r.name == name) {
                 continue;
             }
-            let state = if ordering == Some(domain) {
+            let state = if ordering == Some(cert) {
                 "self-signed; ordering now".to_owned()
-            } else if let Some(f) = failing(domain) {
+            } else if let Some(f) = failing(cert) {
                 format!("self-signed; {f}")
             } else if acme["directory"].is_null() {
                 "self-signed; no acme.directory set".to_owned()
@@ -79,6 +87,7 @@ fn rows(acme: &Value) -> Vec<Row> {
             rows.push(Row {
                 name: name.to_owned(),
                 domain: domain.to_owned(),
+                certificate: cert.to_owned(),
                 issuer: None,
                 not_after: None,
                 state,
@@ -94,7 +103,10 @@ async fn acme_report(ctx: &Ctx) -> anyhow::Result<Value> {
     let health = remote.call(json!({"op": "health"})).await?;
     let acme = health["acme"].clone();
     if acme.is_null() {
-        bail!("{} has no ACME subsystem running (is it initialised?)", m.name);
+        bail!(
+            "{} has no ACME subsystem running (is it initialised?)",
+            m.name
+        );
     }
     Ok(acme)
 }
@@ -112,7 +124,9 @@ pub async fn list(ctx: &Ctx, json_out: bool) -> anyhow::Result<()> {
     }
     println!(
         "ACME directory: {}",
-        acme["directory"].as_str().unwrap_or("(none: nothing is ordered)")
+        acme["directory"]
+            .as_str()
+            .unwrap_or("(none: nothing is ordered)")
     );
     if rows.is_empty() {
         println!("no domain is configured yet");
@@ -142,13 +156,15 @@ pub async fn renew(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
         .sign(
             &remote,
             &cluster_id,
-            vec![Payload::CertificateRenewalRequested(CertificateRenewalRequested {
-                name: name.clone(),
-            })],
+            vec![Payload::CertificateRenewalRequested(
+                CertificateRenewalRequested { name: name.clone() },
+            )],
         )
         .await
         .context("cannot sign the renewal request")?;
     ctx.deliver(&remote, &cluster_id, &events).await?;
-    println!("{name}: renewal requested; the ordering node orders a new certificate now (see `maki certs`)");
+    println!(
+        "{name}: renewal requested; the ordering node orders a new certificate now (see `maki certs`)"
+    );
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Certificates from an ACME CA (instant-acme), for every domain, its
-//! aliases and its nameserver names (`<node>.ns.<domain>`, for DNS over TLS).
+//! Certificates from an ACME CA (instant-acme): one per domain (with its
+//! aliases), and one per nameserver name (`<node>.ns.<domain>`, for DNS
+//! over TLS), so a node that is down holds up only its own.
 //!
 //! - **Who orders**: one node, chosen from the log: the first by name among
 //!   the nodes this node hears alive (itself included). When it goes down,
@@ -74,6 +75,7 @@ pub struct Acme {
 /// What one domain needs.
 struct Wanted {
     domain: String,
+    /// The first name keys the certificate in the projection.
     names: Vec<String>,
 }
 
@@ -155,7 +157,7 @@ impl Acme {
                     if let Some(me) = &me {
                         let mine = format!("{me}.ns.");
                         if entry.names.iter().any(|n| n.starts_with(&mine)) {
-                            self.dns.install_certificate(key);
+                            self.dns.install_certificate(&entry.names, key);
                         }
                     }
                     tracing::info!(names = %entry.names.join(", "), issuer = %entry.issuer, "certificate installed");
@@ -202,26 +204,12 @@ impl Acme {
         let certs = r.certificates();
         let now = now_millis();
         let mut wanted = Vec::new();
-        for (domain, aliases) in domains {
-            let mut names: Vec<String> = std::iter::once(domain.clone())
-                .chain(aliases.iter().cloned())
-                .chain(
-                    peers
-                        .nodes
-                        .iter()
-                        .filter(|(_, n)| n.nameserver)
-                        .map(|(name, _)| format!("{name}.ns.{domain}")),
-                )
-                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-                .collect();
-            names.sort();
-            names.dedup();
-            let due = match certs.names.get(&domain) {
+        let mut add = |domain: &str, names: Vec<String>| {
+            let key = names[0].clone();
+            let due = match certs.names.get(&key) {
                 None => true,
                 Some(c) => {
-                    let mut have = c.names.clone();
-                    have.sort();
-                    have != names
+                    c.names != names
                         || c.not_after_millis < now + RENEW_BEFORE.as_millis() as u64
                         || names
                             .iter()
@@ -229,7 +217,29 @@ impl Acme {
                 }
             };
             if due {
-                wanted.push(Wanted { domain, names });
+                wanted.push(Wanted {
+                    domain: domain.to_owned(),
+                    names,
+                });
+            }
+        };
+        let clean = |n: &str| n.trim_end_matches('.').to_ascii_lowercase();
+        for (domain, aliases) in &domains {
+            // The site's certificate: the domain first (it names the
+            // certificate), then its aliases.
+            let mut names = vec![clean(domain)];
+            let mut rest: Vec<String> = aliases.iter().map(|a| clean(a)).collect();
+            rest.sort();
+            rest.dedup();
+            rest.retain(|a| *a != names[0]);
+            names.extend(rest);
+            add(domain, names);
+            // Each nameserver's own name has its own certificate (for DoT):
+            // a node that is down then holds up only its own.
+            for (node, n) in &peers.nodes {
+                if n.nameserver {
+                    add(domain, vec![format!("{node}.ns.{}", clean(domain))]);
+                }
             }
         }
         (directory, wanted)
@@ -247,12 +257,12 @@ impl Acme {
             let waiting = self
                 .backoff
                 .lock()
-                .is_ok_and(|b| b.get(&w.domain).is_some_and(|b| b.next > Instant::now()));
+                .is_ok_and(|b| b.get(&w.names[0]).is_some_and(|b| b.next > Instant::now()));
             if waiting {
                 continue;
             }
             if let Ok(mut o) = self.ordering.lock() {
-                *o = Some(w.domain.clone());
+                *o = Some(w.names[0].clone());
             }
             let result = self.order(&directory, ca_root.as_deref(), &w).await;
             if let Ok(mut o) = self.ordering.lock() {
@@ -261,22 +271,22 @@ impl Acme {
             match result {
                 Ok(()) => {
                     if let Ok(mut b) = self.backoff.lock() {
-                        b.remove(&w.domain);
+                        b.remove(&w.names[0]);
                     }
                 }
                 Err(e) => {
                     let error = format!("{e:#}");
                     let limited = error.contains("rateLimited") || error.contains("429");
                     if let Ok(mut b) = self.backoff.lock() {
-                        let failures = b.get(&w.domain).map_or(0, |b| b.failures) + 1;
+                        let failures = b.get(&w.names[0]).map_or(0, |b| b.failures) + 1;
                         let mut wait = Duration::from_secs(60 * (1 << failures.min(9)))
                             .min(Duration::from_secs(6 * 3600));
                         if limited {
                             wait = wait.max(Duration::from_secs(3600));
                         }
-                        tracing::warn!(domain = %w.domain, %error, retry_in_secs = wait.as_secs(), "certificate order failed");
+                        tracing::warn!(certificate = %w.names[0], %error, retry_in_secs = wait.as_secs(), "certificate order failed");
                         b.insert(
-                            w.domain.clone(),
+                            w.names[0].clone(),
                             Backoff {
                                 failures,
                                 next: Instant::now() + wait,
@@ -337,7 +347,7 @@ impl Acme {
         ca_root: Option<&str>,
         w: &Wanted,
     ) -> anyhow::Result<()> {
-        tracing::info!(domain = %w.domain, names = %w.names.join(", "), %directory, "ordering a certificate");
+        tracing::info!(certificate = %w.names[0], names = %w.names.join(", "), %directory, "ordering a certificate");
         let account = self.account(directory, ca_root).await?;
         let identifiers: Vec<Identifier> = w.names.iter().cloned().map(Identifier::Dns).collect();
         let mut order = account
@@ -420,7 +430,7 @@ impl Acme {
             issuer: issuer.clone(),
         }));
         self.append(events).await?;
-        tracing::info!(domain = %w.domain, %issuer, "certificate issued");
+        tracing::info!(certificate = %w.names[0], %issuer, "certificate issued");
         Ok(())
     }
 
@@ -487,9 +497,9 @@ impl Acme {
             "directory": directory.map(|d| d.0),
             "orderer": self.is_orderer(),
             "ordering": ordering,
-            "due": due.iter().map(|w| serde_json::json!({"domain": w.domain, "names": w.names})).collect::<Vec<_>>(),
+            "due": due.iter().map(|w| serde_json::json!({"certificate": w.names[0], "domain": w.domain, "names": w.names})).collect::<Vec<_>>(),
             "failures": backoff.iter().map(|(d, b)| serde_json::json!({
-                "domain": d, "failures": b.failures, "error": b.error,
+                "certificate": d, "failures": b.failures, "error": b.error,
                 "retry_in_secs": b.next.saturating_duration_since(now).as_secs(),
             })).collect::<Vec<_>>(),
             "certificates": certs.names,

@@ -1,7 +1,7 @@
 //! Certificates per domain, the ACME challenges that are open, and the
 //! renewals operators asked for.
 //!
-//! Order-insensitive (DESIGN §4): per domain the issued certificate with
+//! Order-insensitive (DESIGN §4): per first name the issued certificate with
 //! the greatest (HLC, id) wins, per challenge token its latest open/close by
 //! (HLC, id), per name the latest renewal request; so a partition that
 //! heals with older events in it folds to the same state on every node.
@@ -14,7 +14,8 @@ use serde::Serialize;
 /// Everything the certificates projection holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Certificates {
-    /// The current certificate of each domain.
+    /// The current certificates, by their first name (a site's domain, or
+    /// a nameserver's name).
     pub names: BTreeMap<String, CertificateEntry>,
     /// ACME challenges by token, open or closed.
     pub challenges: BTreeMap<String, ChallengeEntry>,
@@ -22,9 +23,10 @@ pub struct Certificates {
     pub renewals: BTreeMap<String, Hlc>,
 }
 
-/// One domain's certificate.
+/// One certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertificateEntry {
+    pub domain: String,
     pub names: Vec<String>,
     pub issuer: String,
     pub not_after_millis: u64,
@@ -55,14 +57,15 @@ impl Certificates {
         let key = (event.hlc(), event.id());
         match event.payload() {
             Payload::CertificateIssued(c) => {
-                let newer = self
-                    .names
-                    .get(c.domain.as_str())
-                    .is_none_or(|e| (e.at, e.event) < key);
+                let Some(first) = c.names.first() else {
+                    return false;
+                };
+                let newer = self.names.get(first).is_none_or(|e| (e.at, e.event) < key);
                 if newer {
                     self.names.insert(
-                        c.domain.to_string(),
+                        first.clone(),
                         CertificateEntry {
+                            domain: c.domain.to_string(),
                             names: c.names.clone(),
                             issuer: c.issuer.clone(),
                             not_after_millis: c.not_after_millis,

@@ -138,8 +138,12 @@ impl Dns {
     }
 
     /// Serves DNS over TLS with an issued certificate from now on.
-    pub fn install_certificate(&self, key: std::sync::Arc<rustls::sign::CertifiedKey>) {
-        self.tls.install(key);
+    pub fn install_certificate(
+        &self,
+        names: &[String],
+        key: std::sync::Arc<rustls::sign::CertifiedKey>,
+    ) {
+        self.tls.install(names, key);
     }
 
     /// Which geo candidates are alive: this node always, peers when the

@@ -245,15 +245,18 @@ async fn stream_loop<S: AsyncRead + AsyncWrite + Unpin>(
 #[derive(Debug, Default)]
 pub struct DotCerts {
     current: RwLock<Option<(Vec<String>, Arc<CertifiedKey>)>>,
-    /// An issued certificate, once there is one (it wins over self-signed).
-    issued: RwLock<Option<Arc<CertifiedKey>>>,
+    /// Issued certificates by name (they win over the self-signed one).
+    issued: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl DotCerts {
-    /// Presents this issued certificate from the next handshake on.
-    pub fn install(&self, key: Arc<CertifiedKey>) {
+    /// Presents this issued certificate for these names from the next
+    /// handshake on.
+    pub fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
         if let Ok(mut i) = self.issued.write() {
-            *i = Some(key);
+            for n in names {
+                i.insert(n.to_ascii_lowercase(), key.clone());
+            }
         }
     }
 
@@ -309,9 +312,20 @@ fn self_signed(names: &[String]) -> anyhow::Result<CertifiedKey> {
 }
 
 impl ResolvesServerCert for DotCerts {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(k) = self.issued.read().ok()?.as_ref() {
-            return Some(k.clone());
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        {
+            let issued = self.issued.read().ok()?;
+            // The certificate for the name asked (kdig +tls-hostname sends
+            // it), else any issued one (clients that send no SNI).
+            let asked = hello
+                .server_name()
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+            if let Some(k) = asked
+                .and_then(|n| issued.get(&n))
+                .or_else(|| issued.values().next())
+            {
+                return Some(k.clone());
+            }
         }
         self.current.read().ok()?.as_ref().map(|(_, k)| k.clone())
     }

@@ -1,0 +1,206 @@
+//! Certificates through the real ACME flow: `maki local up` starts Debian's
+//! pebble in its own test host; the cluster orders over HTTP-01 through its
+//! own nameservers, and every node serves the issued chain for the domain,
+//! its alias (HTTPS) and its nameserver name (DNS over TLS), verified
+//! against pebble's root. Plain HTTP redirects. The private key never
+//! appears in the log. A forced renewal gives a new certificate; with the
+//! ordering node down, the next node orders (the site's certificate; the
+//! down node's own nameserver certificate waits for it). Needs root.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Cluster, exec, require_root, wait_until};
+use serde_json::Value;
+
+fn certs(c: &Cluster) -> Vec<Value> {
+    let out: Value = serde_json::from_str(&c.ok(&["certs", "--json"])).unwrap();
+    out["names"].as_array().cloned().unwrap_or_default()
+}
+
+/// Every name of `certificate` (all of them when `None`) has a
+/// certificate from pebble expiring after `after`.
+fn all_valid(c: &Cluster, certificate: Option<&str>, after: &str) -> bool {
+    let names: Vec<Value> = certs(c)
+        .into_iter()
+        .filter(|n| certificate.is_none_or(|want| n["certificate"] == want))
+        .collect();
+    !names.is_empty()
+        && names.iter().all(|n| {
+            n["state"].as_str().is_some_and(|s| s.starts_with("valid"))
+                && n["issuer"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with("Pebble"))
+                && n["not_after"].as_str().is_some_and(|t| t > after)
+        })
+}
+
+/// When the site's certificate expires.
+fn not_after(c: &Cluster) -> String {
+    certs(c)
+        .iter()
+        .find(|n| n["certificate"] == "example.test")
+        .and_then(|n| n["not_after"].as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
+    require_root();
+    let binary = common::daemon_binary();
+    let c = Cluster::new(format!("ce{}", std::process::id() % 1000));
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/makiatto.toml");
+    c.ok(&[
+        "local",
+        "up",
+        "--nodes",
+        "2",
+        "--binary-path",
+        binary.to_str().unwrap(),
+        "--sync",
+        project.to_str().unwrap(),
+    ]);
+    wait_until(
+        Duration::from_secs(60),
+        "every name has a pebble certificate",
+        || all_valid(&c, None, ""),
+    );
+    let names: Vec<String> = certs(&c)
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "example.test",
+            "klukai.ns.example.test",
+            "vector.ns.example.test",
+            "www.example.test"
+        ]
+    );
+    let ca = c.ok(&["local", "ca"]).trim().to_owned();
+    let state = c.state();
+    let hosts: Vec<(String, String)> = state["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["node"].as_str().unwrap().to_owned(),
+                h["ipv4"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let index = std::fs::read_to_string(project.parent().unwrap().join("site/index.html")).unwrap();
+
+    // HTTPS verified against pebble's root, on every node, for the domain
+    // and its alias; DoT for each node's own nameserver name.
+    let verified = |node_ip: &str, name: &str| {
+        exec(
+            &c,
+            "klukai",
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "10",
+                "--cacert",
+                &ca,
+                "--resolve",
+                &format!("{name}:443:{node_ip}"),
+                &format!("https://{name}/"),
+            ],
+        )
+    };
+    for (node, ip) in &hosts {
+        for name in ["example.test", "www.example.test"] {
+            wait_until(
+                Duration::from_secs(20),
+                "the issued certificate is served",
+                || verified(ip, name) == index,
+            );
+        }
+        let dot = exec(
+            &c,
+            "vector",
+            &[
+                "kdig",
+                &format!("@{ip}"),
+                &format!("+tls-ca={ca}"),
+                &format!("+tls-hostname={node}.ns.example.test"),
+                "example.test",
+                "SOA",
+            ],
+        );
+        assert!(
+            dot.contains("TLS session") && dot.contains("NOERROR"),
+            "{node}: {dot}"
+        );
+        // Plain HTTP now redirects to HTTPS.
+        let redirect = exec(
+            &c,
+            "vector",
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{redirect_url}",
+                "-H",
+                "Host: example.test",
+                &format!("http://{ip}/about/"),
+            ],
+        );
+        assert_eq!(redirect, "308 https://example.test/about/");
+    }
+
+    // The key is sealed: not in `maki log`, not in any event's bytes.
+    let log = c.ok(&["log", "--json"]);
+    assert!(log.contains("certificate-issued") && log.contains("key sealed to 2 nodes"));
+    assert!(!log.contains("PRIVATE KEY"));
+    let raw = exec(
+        &c,
+        "vector",
+        &[
+            "sh",
+            "-c",
+            "echo '{\"op\":\"missing\",\"vv\":{},\"max_bytes\":100000000}' | makiatto control",
+        ],
+    );
+    let events: Value = serde_json::from_str(&raw).unwrap();
+    let mut saw_chain = false;
+    for hex_event in events["ok"].as_array().unwrap() {
+        let bytes = hex::decode(hex_event.as_str().unwrap()).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("PRIVATE KEY"), "a private key in the log");
+        saw_chain |= text.contains("BEGIN CERTIFICATE");
+    }
+    assert!(saw_chain, "the chain itself is in the log, in clear");
+
+    // A forced renewal gives a new certificate, served everywhere.
+    let first = not_after(&c);
+    std::thread::sleep(Duration::from_millis(1100)); // a new expiry second
+    c.ok(&["certs", "renew", "www.example.test"]);
+    wait_until(Duration::from_secs(60), "a renewed certificate", || {
+        all_valid(&c, Some("example.test"), &first)
+    });
+
+    // With the ordering node (klukai: first by name) down, vector takes over.
+    let second = not_after(&c);
+    c.ok(&["local", "kill", "klukai"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    c.ok(&["certs", "renew", "example.test"]);
+    wait_until(
+        Duration::from_secs(60),
+        "vector orders in klukai's place",
+        || all_valid(&c, Some("example.test"), &second),
+    );
+    let by = c.ok(&["log", "--kind", "certificate-issued"]);
+    assert!(by.lines().last().unwrap_or("").contains("vector"), "{by}");
+    let vector_ip = &hosts.iter().find(|(n, _)| n == "vector").unwrap().1;
+    assert_eq!(verified(vector_ip, "example.test"), index);
+}
