@@ -207,7 +207,7 @@ fn host_v6(slot: u8, i: u16) -> Ipv6Addr {
 }
 
 /// `maki local up`.
-pub async fn up(w: &Where, nodes: usize, binary: Option<&Path>) -> anyhow::Result<()> {
+pub async fn up(w: &Where, nodes: usize, binary: Option<&Path>, ca: bool) -> anyhow::Result<()> {
     check_prerequisites()?;
     if !(1..=NODES.len()).contains(&nodes) {
         bail!("--nodes must be from 1 to {}", NODES.len());
@@ -243,7 +243,7 @@ pub async fn up(w: &Where, nodes: usize, binary: Option<&Path>) -> anyhow::Resul
         );
     }
     let binary = machine::daemon_binary(binary)?;
-    let result = build(w, nodes, &binary).await;
+    let result = build(w, nodes, &binary, ca).await;
     if let Err(e) = result {
         eprintln!("maki local up failed; removing what it made");
         let _ = down(w);
@@ -275,7 +275,7 @@ fn env_file(w: &Where) -> PathBuf {
     w.dir.join("env.sh")
 }
 
-async fn build(w: &Where, nodes: usize, binary: &Path) -> anyhow::Result<()> {
+async fn build(w: &Where, nodes: usize, binary: &Path, ca: bool) -> anyhow::Result<()> {
     let dir = std::path::absolute(&w.dir)?;
     std::fs::create_dir_all(dir.join("ssh"))?;
     let slot = claim_slot(&w.name)?;
@@ -378,17 +378,15 @@ async fn build(w: &Where, nodes: usize, binary: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("initialising {}", h.node))?;
     }
     // The cluster's own ACME CA (pebble), named in the cluster settings.
-    let pebble = start_pebble(&dir, slot, &w.name, &bridge, hosts[0].ipv4)?;
-    let mut state = state;
-    state.pebble = Some(pebble.clone());
-    std::fs::write(state_path(w), serde_json::to_string_pretty(&state)?)?;
-    crate::commands::config_set(
-        &ctx,
-        "acme.ca_root",
-        &dir.join("pebble/ca.pem").display().to_string(),
-    )
-    .await?;
-    crate::commands::config_set(&ctx, "acme.directory", &pebble.directory).await?;
+    if ca {
+        let pebble = start_pebble(&dir, slot, &w.name, &bridge, hosts[0].ipv4)?;
+        let mut state = state;
+        state.pebble = Some(pebble.clone());
+        std::fs::write(state_path(w), serde_json::to_string_pretty(&state)?)?;
+        let root = dir.join("pebble/ca.pem").display().to_string();
+        crate::commands::config_set(&ctx, "acme.ca_root", &root).await?;
+        crate::commands::config_set(&ctx, "acme.directory", &pebble.directory).await?;
+    }
     std::fs::write(
         env_file(w),
         format!(

@@ -350,6 +350,10 @@ enum LocalCmd {
         /// (scripts/demo.sh passes examples/makiatto.toml).
         #[arg(long, value_name = "MAKIATTO_TOML")]
         sync: Option<PathBuf>,
+        /// No local ACME CA (pebble): the nodes order no certificates and
+        /// serve self-signed ones.
+        #[arg(long)]
+        no_ca: bool,
     },
     /// Remove everything `up` made.
     Down,
@@ -601,8 +605,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     nodes,
                     binary_path,
                     sync: project,
+                    no_ca,
                 } => {
-                    local::up(&w, *nodes, binary_path.as_deref()).await?;
+                    local::up(&w, *nodes, binary_path.as_deref(), !*no_ca).await?;
                     if let Some(file) = project {
                         let args = sync::SyncArgs {
                             file: file.clone(),

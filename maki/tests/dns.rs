@@ -114,6 +114,7 @@ fn every_node_answers_authoritatively_with_the_nearest_healthy_node() {
     c.ok(&[
         "local",
         "up",
+        "--no-ca",
         "--nodes",
         "3",
         "--binary-path",

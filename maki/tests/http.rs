@@ -87,6 +87,7 @@ fn every_node_serves_the_site_by_host_with_http_semantics() {
     c.ok(&[
         "local",
         "up",
+        "--no-ca",
         "--nodes",
         "2",
         "--binary-path",

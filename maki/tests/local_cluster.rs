@@ -32,7 +32,15 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
     let binary = binary.to_str().unwrap();
     let c = Cluster::new(format!("m{}", std::process::id() % 100_000));
 
-    c.ok(&["local", "up", "--nodes", "3", "--binary-path", binary]);
+    c.ok(&[
+        "local",
+        "up",
+        "--no-ca",
+        "--nodes",
+        "3",
+        "--binary-path",
+        binary,
+    ]);
 
     // Three healthy machines, initialised over SSH.
     let list = json_lines(&c.ok(&["machine", "list", "--json"]));

@@ -101,6 +101,7 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
     c.ok(&[
         "local",
         "up",
+        "--no-ca",
         "--nodes",
         "3",
         "--binary-path",

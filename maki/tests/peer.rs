@@ -192,6 +192,7 @@ fn an_external_peer_reaches_every_node_through_the_printed_wg_config() {
     c.ok(&[
         "local",
         "up",
+        "--no-ca",
         "--nodes",
         "2",
         "--binary-path",

@@ -62,6 +62,7 @@ fn sync_publishes_atomically_on_every_node() {
     c.ok(&[
         "local",
         "up",
+        "--no-ca",
         "--nodes",
         "3",
         "--binary-path",
