@@ -20,7 +20,7 @@ target/release/maki health
 # Certificates from the cluster's own ACME CA (pebble) arrive within seconds.
 M=target/release/maki
 for _ in $(seq 60); do
-  $M certs --json | grep -q '"state": "valid"' && break
+  $M certs --json | jq -e '.names[] | select(.name == "example.test") | .state | startswith("valid")' >/dev/null && break
   sleep 1
 done
 $M certs
