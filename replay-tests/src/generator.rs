@@ -22,13 +22,14 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use makiatto_events::payload::{
-    BlobRef, ChangeSummary, ConfigChanged, Coordinates, ExternalPeerAdded, ExternalPeerRemoved,
-    Genesis, Ipv4Net, NodeJoined, NodeRemoved, OperatorAdded, OperatorRemoved, SecretResealed,
-    SitePublished, SiteRolledBack, SshTarget,
+    AcmeChallenge, BlobRef, CertificateIssued, CertificateRenewalRequested, ChangeSummary,
+    ConfigChanged, Coordinates, ExternalPeerAdded, ExternalPeerRemoved, Genesis, Ipv4Net,
+    NodeJoined, NodeRemoved, OperatorAdded, OperatorRemoved, SecretResealed, SitePublished,
+    SiteRolledBack, SshTarget,
 };
 use makiatto_events::{
     AuthorKey, Blake3Hash, DomainName, Event, EventId, FeedWriter, Hlc, NodeName, Payload,
-    PeerName, Recipient, SealingKey, SigningKey, WgPublicKey,
+    PeerName, Recipient, SealedValue, SealingKey, SigningKey, WgPublicKey,
 };
 use makiatto_projections::config::{
     ConfigDoc, DesiredConfig, FunctionConfig, RecordConfig, SealedEnv,
@@ -382,9 +383,10 @@ enum Action {
     Rollback,
     ForkDevice,
     WriteUnknownKind,
+    RequestRenewal,
 }
 
-const OPERATOR_ACTIONS: [(Action, u32); 11] = [
+const OPERATOR_ACTIONS: [(Action, u32); 12] = [
     (Action::EditConfig, 20),
     (Action::Publish, 10),
     (Action::Rollback, 6),
@@ -396,6 +398,7 @@ const OPERATOR_ACTIONS: [(Action, u32); 11] = [
     (Action::RemoveOperator, 8),
     (Action::ForkDevice, 6),
     (Action::WriteUnknownKind, 1),
+    (Action::RequestRenewal, 2),
 ];
 
 struct Generator {
@@ -576,7 +579,13 @@ impl Generator {
             if self.shape.intruders && self.rng.random_bool(0.1) {
                 self.intrude(a);
             } else {
-                let payload = reseal_payload(&mut self.rng);
+                // What nodes write: reseals, and (as the ACME orderer)
+                // challenges and certificates.
+                let payload = match self.rng.random_range(0..3) {
+                    0 => reseal_payload(&mut self.rng),
+                    1 => challenge_payload(&mut self.rng),
+                    _ => certificate_payload(&mut self.rng),
+                };
                 self.write(a, payload, &[], Expected::Applied);
             }
         } else {
@@ -616,7 +625,7 @@ impl Generator {
             Action::Rollback => !seen.sites.is_empty(),
             Action::ForkDevice => self.shape.fork && !self.forked,
             Action::WriteUnknownKind => self.shape.intruders,
-            Action::AddPeer | Action::EditConfig | Action::Publish => true,
+            Action::AddPeer | Action::EditConfig | Action::Publish | Action::RequestRenewal => true,
         }
     }
 
@@ -722,6 +731,12 @@ impl Generator {
                 self.operate(a);
             }
             Action::WriteUnknownKind => self.intrude(a),
+            Action::RequestRenewal => {
+                let payload = Payload::CertificateRenewalRequested(CertificateRenewalRequested {
+                    name: format!("site{}.example", self.rng.random_range(0..4)),
+                });
+                self.write(a, payload, &[], Expected::Applied);
+            }
         }
     }
 
@@ -933,6 +948,31 @@ fn reseal_payload(rng: &mut impl Rng) -> Payload {
             ephemeral: random_bytes(rng),
             wrapped_key: random_bytes::<48>(rng).to_vec(),
         },
+    })
+}
+
+fn challenge_payload(rng: &mut impl Rng) -> Payload {
+    let token = rng.random_range(0..6);
+    Payload::AcmeChallenge(AcmeChallenge {
+        name: format!("site{}.example", rng.random_range(0..4)),
+        token: format!("token-{token}"),
+        value: format!("token-{token}.{}", rng.random_range(0..1000)),
+        dns: rng.random_bool(0.3),
+        open: rng.random_bool(0.6),
+    })
+}
+
+fn certificate_payload(rng: &mut ChaCha20Rng) -> Payload {
+    let site = rng.random_range(0..4);
+    let key =
+        SealedValue::seal(b"key", &[SealingKey(random_bytes(rng))], rng).expect("one recipient");
+    Payload::CertificateIssued(CertificateIssued {
+        domain: DomainName::new(format!("site{site}.example")).expect("a valid domain"),
+        names: vec![format!("site{site}.example")],
+        chain_pem: format!("chain {}", rng.random_range(0..1000)),
+        key,
+        not_after_millis: rng.random_range(1_700_000_000_000..1_900_000_000_000),
+        issuer: "Generated CA".into(),
     })
 }
 
