@@ -234,6 +234,21 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
                 ));
             }
         }
+        // Certificate orders that failed (only the ordering node has any).
+        let failures = p
+            .health
+            .as_ref()
+            .and_then(|h| h["acme"]["failures"].as_array().cloned())
+            .unwrap_or_default();
+        for f in failures {
+            problems.push(format!(
+                "certificate {}: the order failed {} time(s), next try in {} s: {}",
+                f["certificate"].as_str().unwrap_or("?"),
+                f["failures"],
+                f["retry_in_secs"],
+                f["error"].as_str().unwrap_or("?")
+            ));
+        }
         let rejected = p
             .health
             .as_ref()

@@ -3,16 +3,18 @@
 //! own nameservers, and every node serves the issued chain for the domain,
 //! its alias (HTTPS) and its nameserver name (DNS over TLS), verified
 //! against pebble's root. Plain HTTP redirects. The private key never
-//! appears in the log. A forced renewal gives a new certificate; with the
-//! ordering node down, the next node orders (the site's certificate; the
-//! down node's own nameserver certificate waits for it). Needs root.
+//! appears in the log. A forced renewal gives a new certificate. With
+//! `acme.challenge = dns-01` and a wildcard alias, names are proved by TXT
+//! records in our own zones, and any name under the domain is answered and
+//! served. When the ordering node dies in the middle of an order, the next
+//! node completes it. Needs root.
 
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Cluster, exec, require_root, wait_until};
+use common::{Cluster, copy_dir, exec, require_root, wait_until};
 use serde_json::Value;
 
 fn certs(c: &Cluster) -> Vec<Value> {
@@ -189,15 +191,122 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
         all_valid(&c, Some("example.test"), &first)
     });
 
-    // With the ordering node (klukai: first by name) down, vector takes over.
+    // DNS-01 through our own nameservers, and a wildcard alias (only
+    // DNS-01 can prove one): the site's certificate gains `*.example.test`,
+    // and any name under the domain is answered and served with it.
     let second = not_after(&c);
-    c.ok(&["local", "kill", "klukai"]);
-    std::thread::sleep(Duration::from_millis(1100));
-    c.ok(&["certs", "renew", "example.test"]);
+    c.ok(&["config", "set", "acme.challenge", "dns-01"]);
+    let dir = c.dir.path().join("project");
+    copy_dir(project.parent().unwrap(), &dir);
+    let toml = std::fs::read_to_string(&project).unwrap().replace(
+        r#"aliases = ["www.example.test"]"#,
+        r#"aliases = ["www.example.test", "*.example.test"]"#,
+    );
+    assert!(toml.contains("*.example.test"));
+    std::fs::write(dir.join("makiatto.toml"), toml).unwrap();
+    c.ok(&[
+        "sync",
+        "--file",
+        dir.join("makiatto.toml").to_str().unwrap(),
+    ]);
     wait_until(
         Duration::from_secs(60),
-        "vector orders in klukai's place",
-        || all_valid(&c, Some("example.test"), &second),
+        "a certificate with the wildcard, proved by DNS-01",
+        || {
+            all_valid(&c, Some("example.test"), &second)
+                && certs(&c).iter().any(|n| n["name"] == "*.example.test")
+        },
+    );
+    let challenges = c.ok(&["log", "--kind", "acme-challenge"]);
+    for name in ["*.example.test", "example.test", "www.example.test"] {
+        assert!(
+            challenges.contains(&format!("ACME DNS-01 challenge for {name} opened"))
+                && challenges.contains(&format!("ACME DNS-01 challenge for {name} closed")),
+            "{name} by DNS-01: {challenges}"
+        );
+    }
+    for (_, ip) in &hosts {
+        let answer = exec(
+            &c,
+            "vector",
+            &[
+                "dig",
+                "+short",
+                &format!("@{ip}"),
+                "anything.example.test",
+                "A",
+            ],
+        );
+        assert!(
+            !answer.trim().is_empty()
+                && answer
+                    .lines()
+                    .all(|a| hosts.iter().any(|(_, node_ip)| a == node_ip)),
+            "a wildcard answer names nodes: {answer:?}"
+        );
+        wait_until(
+            Duration::from_secs(20),
+            "the wildcard certificate is served",
+            || verified(ip, "anything.example.test") == index,
+        );
+    }
+    // Challenges are closed: no TXT record is left behind.
+    for (_, ip) in &hosts {
+        wait_until(
+            Duration::from_secs(20),
+            "closed challenges leave no TXT record",
+            || {
+                exec(
+                    &c,
+                    "vector",
+                    &[
+                        "dig",
+                        "+short",
+                        &format!("@{ip}"),
+                        "_acme-challenge.example.test",
+                        "TXT",
+                    ],
+                )
+                .trim()
+                .is_empty()
+            },
+        );
+    }
+
+    // The ordering node (klukai: first by name) dies in the middle of an
+    // order: pebble is paused so the order cannot finish before the kill;
+    // vector takes over and completes it.
+    let third = not_after(&c);
+    let pebble_config = c.cluster_dir().join("pebble/config.json");
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("pkill")
+            .args([sig, "-f", pebble_config.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "pkill {sig} pebble");
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_millis(1100)); // a new expiry second
+    c.ok(&["certs", "renew", "example.test"]);
+    wait_until(
+        Duration::from_secs(30),
+        "klukai is ordering the renewal",
+        || {
+            let health = exec(
+                &c,
+                "klukai",
+                &["sh", "-c", "echo '{\"op\":\"health\"}' | makiatto control"],
+            );
+            serde_json::from_str::<Value>(&health)
+                .is_ok_and(|h| h["ok"]["acme"]["ordering"] == "example.test")
+        },
+    );
+    c.ok(&["local", "kill", "klukai"]);
+    signal("-CONT");
+    wait_until(
+        Duration::from_secs(60),
+        "vector completes the order in klukai's place",
+        || all_valid(&c, Some("example.test"), &third),
     );
     let by = c.ok(&["log", "--kind", "certificate-issued"]);
     assert!(by.lines().last().unwrap_or("").contains("vector"), "{by}");

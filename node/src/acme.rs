@@ -1,22 +1,27 @@
 //! Certificates from an ACME CA (instant-acme): one per domain (with its
-//! aliases), and one per nameserver name (`<node>.ns.<domain>`, for DNS
+//! aliases in our zones; an alias elsewhere has its own), and one per
+//! nameserver name (`<node>.ns.<domain>`, for DNS
 //! over TLS), so a node that is down holds up only its own.
 //!
 //! - **Who orders**: one node, chosen from the log: the first by name among
 //!   the nodes this node hears alive (itself included). When it goes down,
 //!   the next takes over; an order in flight elsewhere is then simply made
 //!   again.
-//! - **Challenges** (HTTP-01) travel as `acme-challenge` events, so
-//!   whichever node the CA reaches answers; the orderer waits until its
-//!   live peers hold the event before telling the CA to validate.
+//! - **Challenges** travel as `acme-challenge` events, so whichever node
+//!   the CA reaches answers: HTTP-01 by default (the token under
+//!   `/.well-known/acme-challenge/`), DNS-01 (a TXT record at
+//!   `_acme-challenge.<name>` in our own zones) for wildcards, and for every
+//!   name in our zones when `acme.challenge = dns-01`. The orderer waits
+//!   until its live peers hold the event before telling the CA to validate.
 //! - **The result** is a `certificate-issued` event: the chain in clear,
 //!   the private key sealed to every node's sealing key.
 //! - **Every node** opens the key of each current certificate and installs
 //!   it for HTTPS (and DoT for its own nameserver names), without a restart.
 //! - **When**: a name without a certificate, a certificate whose names no
 //!   longer match the configuration, one within 30 days of expiry, or a
-//!   renewal asked with `maki certs renew`. Failures back off (1 min
-//!   doubling to 6 h; at least 1 h when the CA says rate limited).
+//!   renewal asked with `maki certs renew`. Failures back off (2 min
+//!   doubling to 6 h; at least 1 h when the CA says rate limited); a
+//!   renewal asked after a failure tries again at once.
 //! - With no `acme.directory` set, nothing is ordered: never a public CA by
 //!   default.
 
@@ -52,6 +57,9 @@ const REPLICATION_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 struct Backoff {
     failures: u32,
+    /// The latest renewal request when it failed: a newer one (`maki
+    /// certs renew`) tries again at once.
+    renewal: Option<makiatto_events::Hlc>,
     next: Instant,
     error: String,
 }
@@ -72,11 +80,24 @@ pub struct Acme {
     ordering: Mutex<Option<String>>,
 }
 
+/// Where and how to order: the cluster's ACME settings.
+#[derive(Debug, Clone)]
+struct Directory {
+    url: String,
+    ca_root: Option<String>,
+    /// `acme.challenge = dns-01`: prove names in our zones by DNS-01.
+    dns01: bool,
+    /// The zones we serve (DNS-01 works only inside them).
+    zones: Vec<String>,
+}
+
 /// What one domain needs.
 struct Wanted {
     domain: String,
     /// The first name keys the certificate in the projection.
     names: Vec<String>,
+    /// The latest `maki certs renew` of any of the names.
+    renewal: Option<makiatto_events::Hlc>,
 }
 
 impl Acme {
@@ -190,16 +211,21 @@ impl Acme {
     }
 
     /// The certificates the configuration calls for and whether each is due.
-    fn due(&self) -> (Option<(String, Option<String>)>, Vec<Wanted>) {
+    fn due(&self) -> (Option<Directory>, Vec<Wanted>) {
         let Ok(mut r) = self.replica.lock() else {
             return (None, Vec::new());
         };
         let settings = r.settings();
-        let directory = settings
-            .acme_directory
-            .clone()
-            .map(|d| (d, settings.acme_ca_root.clone()));
         let (domains, _) = r.domains();
+        let directory = settings.acme_directory.clone().map(|url| Directory {
+            url,
+            ca_root: settings.acme_ca_root.clone(),
+            dns01: settings.acme_dns01(),
+            zones: domains
+                .keys()
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+        });
         let peers = r.peers();
         let certs = r.certificates();
         let now = now_millis();
@@ -217,23 +243,38 @@ impl Acme {
                 }
             };
             if due {
+                let renewal = names
+                    .iter()
+                    .filter_map(|n| certs.renewals.get(n).copied())
+                    .max();
                 wanted.push(Wanted {
                     domain: domain.to_owned(),
                     names,
+                    renewal,
                 });
             }
         };
         let clean = |n: &str| n.trim_end_matches('.').to_ascii_lowercase();
+        let zones: Vec<String> = domains.keys().map(|d| clean(d)).collect();
         for (domain, aliases) in &domains {
             // The site's certificate: the domain first (it names the
-            // certificate), then its aliases.
+            // certificate), then its aliases inside our zones. An alias
+            // elsewhere gets a certificate of its own: it validates only
+            // once its owner's CNAME points at us, and must not hold up
+            // the site's.
             let mut names = vec![clean(domain)];
             let mut rest: Vec<String> = aliases.iter().map(|a| clean(a)).collect();
             rest.sort();
             rest.dedup();
             rest.retain(|a| *a != names[0]);
-            names.extend(rest);
+            let (ours, elsewhere): (Vec<String>, Vec<String>) = rest
+                .into_iter()
+                .partition(|a| in_zones(a.trim_start_matches("*."), &zones));
+            names.extend(ours);
             add(domain, names);
+            for alias in elsewhere {
+                add(domain, vec![alias]);
+            }
             // Each nameserver's own name has its own certificate (for DoT):
             // a node that is down then holds up only its own.
             for (node, n) in &peers.nodes {
@@ -247,24 +288,29 @@ impl Acme {
 
     async fn order_due(self: Arc<Self>) -> anyhow::Result<()> {
         let (directory, wanted) = self.due();
-        let Some((directory, ca_root)) = directory else {
+        // Failures of certificates no longer due (issued since, perhaps by
+        // another node) are history.
+        if let Ok(mut b) = self.backoff.lock() {
+            b.retain(|name, _| wanted.iter().any(|w| w.names[0] == *name));
+        }
+        let Some(directory) = directory else {
             return Ok(());
         };
         if wanted.is_empty() || !self.is_orderer() {
             return Ok(());
         }
         for w in wanted {
-            let waiting = self
-                .backoff
-                .lock()
-                .is_ok_and(|b| b.get(&w.names[0]).is_some_and(|b| b.next > Instant::now()));
+            let waiting = self.backoff.lock().is_ok_and(|b| {
+                b.get(&w.names[0])
+                    .is_some_and(|b| b.next > Instant::now() && w.renewal <= b.renewal)
+            });
             if waiting {
                 continue;
             }
             if let Ok(mut o) = self.ordering.lock() {
                 *o = Some(w.names[0].clone());
             }
-            let result = self.order(&directory, ca_root.as_deref(), &w).await;
+            let result = self.order(&directory, &w).await;
             if let Ok(mut o) = self.ordering.lock() {
                 *o = None;
             }
@@ -289,6 +335,7 @@ impl Acme {
                             w.names[0].clone(),
                             Backoff {
                                 failures,
+                                renewal: w.renewal,
                                 next: Instant::now() + wait,
                                 error,
                             },
@@ -341,14 +388,11 @@ impl Acme {
         Ok(account)
     }
 
-    async fn order(
-        &self,
-        directory: &str,
-        ca_root: Option<&str>,
-        w: &Wanted,
-    ) -> anyhow::Result<()> {
-        tracing::info!(certificate = %w.names[0], names = %w.names.join(", "), %directory, "ordering a certificate");
-        let account = self.account(directory, ca_root).await?;
+    async fn order(&self, directory: &Directory, w: &Wanted) -> anyhow::Result<()> {
+        tracing::info!(certificate = %w.names[0], names = %w.names.join(", "), directory = %directory.url, "ordering a certificate");
+        let account = self
+            .account(&directory.url, directory.ca_root.as_deref())
+            .await?;
         let identifiers: Vec<Identifier> = w.names.iter().cloned().map(Identifier::Dns).collect();
         let mut order = account
             .new_order(&NewOrder::new(&identifiers))
@@ -362,18 +406,38 @@ impl Acme {
                 if authz.status == AuthorizationStatus::Valid {
                     continue;
                 }
-                let mut challenge = authz
-                    .challenge(ChallengeType::Http01)
-                    .context("the CA offers no HTTP-01 challenge")?;
-                let name = match challenge.identifier().identifier {
-                    Identifier::Dns(d) => d.clone(),
-                    other => format!("{other:?}"),
+                let (base, wildcard) = {
+                    let id = authz.identifier();
+                    let base = match id.identifier {
+                        Identifier::Dns(d) => d.trim_end_matches('.').to_ascii_lowercase(),
+                        other => bail!("the CA asks to validate {other:?}, not a DNS name"),
+                    };
+                    (base, id.wildcard)
                 };
+                let name = if wildcard {
+                    format!("*.{base}")
+                } else {
+                    base.clone()
+                };
+                let dns = challenge_by_dns(&base, wildcard, directory)?;
+                let (kind, what) = if dns {
+                    (ChallengeType::Dns01, "DNS-01")
+                } else {
+                    (ChallengeType::Http01, "HTTP-01")
+                };
+                let mut challenge = authz
+                    .challenge(kind)
+                    .with_context(|| format!("the CA offers no {what} challenge for {name}"))?;
+                let key_authorization = challenge.key_authorization();
                 let open = AcmeChallenge {
                     name,
                     token: challenge.token.clone(),
-                    value: challenge.key_authorization().as_str().to_owned(),
-                    dns: false,
+                    value: if dns {
+                        key_authorization.dns_value()
+                    } else {
+                        key_authorization.as_str().to_owned()
+                    },
+                    dns,
                     open: true,
                 };
                 self.append(vec![Payload::AcmeChallenge(open.clone())])
@@ -494,7 +558,8 @@ impl Acme {
         let ordering = self.ordering.lock().ok().and_then(|o| o.clone());
         let now = Instant::now();
         serde_json::json!({
-            "directory": directory.map(|d| d.0),
+            "directory": directory.as_ref().map(|d| d.url.clone()),
+            "challenge": directory.as_ref().map(|d| if d.dns01 { "dns-01" } else { "http-01" }),
             "orderer": self.is_orderer(),
             "ordering": ordering,
             "due": due.iter().map(|w| serde_json::json!({"certificate": w.names[0], "domain": w.domain, "names": w.names})).collect::<Vec<_>>(),
@@ -505,6 +570,30 @@ impl Acme {
             "certificates": certs.names,
         })
     }
+}
+
+/// Is `name` one of `zones` or under one?
+fn in_zones(name: &str, zones: &[String]) -> bool {
+    zones.iter().any(|z| {
+        name == z
+            || name
+                .strip_suffix(z.as_str())
+                .is_some_and(|p| p.ends_with('.'))
+    })
+}
+
+/// Whether `base` (a wildcard's when `wildcard`) is proved by DNS-01:
+/// always for wildcards, for every name in our zones when `acme.challenge`
+/// says so; never outside our zones (the TXT record would not be ours to
+/// publish).
+fn challenge_by_dns(base: &str, wildcard: bool, directory: &Directory) -> anyhow::Result<bool> {
+    let ours = in_zones(base, &directory.zones);
+    if wildcard && !ours {
+        bail!(
+            "*.{base} can only be proved by DNS-01, and {base} is in none of the zones this cluster serves"
+        );
+    }
+    Ok(wildcard || (directory.dns01 && ours))
 }
 
 fn now_millis() -> u64 {
@@ -548,4 +637,42 @@ fn leaf_facts(chain_pem: &str) -> anyhow::Result<(u64, String)> {
         .unwrap_or("unknown CA")
         .to_owned();
     Ok((not_after, issuer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directory(dns01: bool) -> Directory {
+        Directory {
+            url: "https://ca.test/dir".into(),
+            ca_root: None,
+            dns01,
+            zones: vec!["example.test".into(), "example.co.uk".into()],
+        }
+    }
+
+    #[test]
+    fn names_in_our_zones_are_told_apart_from_names_elsewhere() {
+        let zones = directory(false).zones;
+        assert!(in_zones("example.test", &zones));
+        assert!(in_zones("www.example.test", &zones));
+        assert!(in_zones("a.b.example.co.uk", &zones));
+        assert!(!in_zones("notexample.test", &zones));
+        assert!(!in_zones("example.test.evil", &zones));
+        assert!(!in_zones("old-domain.com", &zones));
+    }
+
+    #[test]
+    fn wildcards_always_use_dns01_and_other_names_follow_the_setting() {
+        let http = directory(false);
+        let dns = directory(true);
+        assert!(!challenge_by_dns("www.example.test", false, &http).unwrap());
+        assert!(challenge_by_dns("www.example.test", false, &dns).unwrap());
+        assert!(challenge_by_dns("example.test", true, &http).unwrap());
+        // Outside our zones: HTTP-01 only, and a wildcard cannot be proved.
+        assert!(!challenge_by_dns("old-domain.com", false, &dns).unwrap());
+        let err = challenge_by_dns("old-domain.com", true, &dns).unwrap_err();
+        assert!(err.to_string().contains("only be proved by DNS-01"));
+    }
 }

@@ -147,6 +147,8 @@ pub struct Settings {
     #[autosurgeon(missing = "Default::default")]
     pub acme_ca_root: Option<String>,
     #[autosurgeon(missing = "Default::default")]
+    pub acme_challenge: Option<String>,
+    #[autosurgeon(missing = "Default::default")]
     pub sites_keep_versions: Option<u32>,
 }
 
@@ -180,6 +182,11 @@ pub const SETTINGS: &[SettingSpec] = &[
         doc: "PEM of a private ACME CA's root (such as pebble's)",
     },
     SettingSpec {
+        key: "acme.challenge",
+        default: "http-01",
+        doc: "how names are proved to the CA: http-01, or dns-01 through our nameservers (wildcards always use dns-01)",
+    },
+    SettingSpec {
         key: "sites.keep_versions",
         default: "10",
         doc: "site versions per domain kept by garbage collection (1–1000)",
@@ -207,6 +214,12 @@ impl Settings {
         self.dns_nearest.unwrap_or(1)
     }
 
+    /// Whether names are proved by DNS-01 (else HTTP-01; wildcards always
+    /// use DNS-01).
+    pub fn acme_dns01(&self) -> bool {
+        self.acme_challenge.as_deref() == Some("dns-01")
+    }
+
     pub fn keep_versions(&self) -> u32 {
         self.sites_keep_versions.unwrap_or(10)
     }
@@ -226,6 +239,19 @@ impl Settings {
                             key: key.into(),
                             value: value.into(),
                             why: "expected an https:// URL, or \"\" for none".into(),
+                        });
+                    }
+                }
+            }
+            "acme.challenge" => {
+                self.acme_challenge = match value {
+                    "" | "http-01" => None,
+                    "dns-01" => Some(value.to_owned()),
+                    _ => {
+                        return Err(ConfigError::BadSetting {
+                            key: key.into(),
+                            value: value.into(),
+                            why: "expected http-01 or dns-01".into(),
                         });
                     }
                 }
@@ -408,6 +434,15 @@ mod tests {
         ));
         s.set("acme.directory", "https://localhost:14000/dir")
             .unwrap();
+        assert!(!s.acme_dns01());
+        s.set("acme.challenge", "dns-01").unwrap();
+        assert!(s.acme_dns01());
+        assert!(matches!(
+            s.set("acme.challenge", "tls-alpn-01"),
+            Err(ConfigError::BadSetting { .. })
+        ));
+        s.set("acme.challenge", "http-01").unwrap();
+        assert!(!s.acme_dns01());
     }
 
     #[test]

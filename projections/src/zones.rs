@@ -145,9 +145,22 @@ pub fn build(config: &DesiredConfig, peers: &Peers, certs: &Certificates, serial
         let mut aliases: Vec<String> = domain
             .aliases
             .iter()
-            .filter_map(|a| DomainName::new(a.as_str()).ok())
-            .filter(|a| a.is_within(&apex) && *a != apex)
-            .map(|a| a.to_string())
+            .filter_map(|a| {
+                // A wildcard alias (`*.<name in the zone>`) is kept as such:
+                // the DNS server answers from it (RFC 4592).
+                let (wildcard, base) = match a.strip_prefix("*.") {
+                    Some(base) => (true, base),
+                    None => (false, a.as_str()),
+                };
+                let d = DomainName::new(base).ok()?;
+                (d.is_within(&apex) && (wildcard || d != apex)).then(|| {
+                    if wildcard {
+                        format!("*.{d}")
+                    } else {
+                        d.to_string()
+                    }
+                })
+            })
             .collect();
         aliases.sort();
         aliases.dedup();

@@ -11,6 +11,8 @@
 //! - a CNAME: answered, and followed inside our zones (up to 8 links);
 //! - at or below a delegation: a referral (NS in authority, glue, no AA);
 //! - ANY: one synthesized HINFO "RFC8482" (RFC 8482 §4.2);
+//! - a name that does not exist below an existing name that has a `*`
+//!   child: that wildcard's records, owned by the asked name (RFC 4592);
 //! - the apex and in-zone aliases: A/AAAA of the nearest healthy nodes,
 //!   with the ECS scope of the database network that placed the client;
 //! - an answer larger than the client's buffer: TC with the question only;
@@ -133,8 +135,8 @@ fn answer(
             answer_at(c, q, node, &qname_ptr, zone, &apex_ptr, client, r, opt, 0)
         }
         None => {
-            // The closest existing ancestor decides between a referral and
-            // NXDOMAIN.
+            // The closest existing ancestor (the closest encloser) decides
+            // between a referral, a wildcard answer and NXDOMAIN.
             for at in wire::suffixes(lower)
                 .skip(1)
                 .take_while(|&at| at <= apex_at)
@@ -145,6 +147,20 @@ fn answer(
                     }
                     if let Some(cut) = &anc.below_cut {
                         return referral(c, lower, n - cut.len(), r);
+                    }
+                    // RFC 4592: `*.<closest encloser>` answers for the
+                    // name, with the name as the owner.
+                    let mut wild = [0u8; 257];
+                    let len = n - at + 2;
+                    if len <= 255 {
+                        wild[..2].copy_from_slice(b"\x01*");
+                        wild[2..len].copy_from_slice(&lower[at..]);
+                        if let Some((_, w)) = c.name(&wild[..len]) {
+                            r.authoritative();
+                            return answer_at(
+                                c, q, w, &qname_ptr, zone, &apex_ptr, client, r, opt, 0,
+                            );
+                        }
                     }
                     break;
                 }
@@ -530,6 +546,50 @@ mod tests {
             assert!(r.answers.is_empty(), "{name}");
             assert_eq!(r.authorities[0].record_type(), RecordType::SOA, "{name}");
         }
+    }
+
+    #[test]
+    fn a_wildcard_answers_for_names_that_do_not_exist_below_its_parent() {
+        let mut z = zones();
+        if let Some(zone) = z.zones.values_mut().next() {
+            zone.aliases.push("*.example.test".into());
+        }
+        let c = compile(&z);
+        for name in ["anything.example.test.", "a.b.example.test."] {
+            let r = ask(
+                &c,
+                &query(name, RecordType::A, Some(&format!("{PARIS}/24"))),
+            );
+            assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert!(r.metadata.authoritative, "{name}");
+            assert_eq!(r.answers.len(), 1, "{name}");
+            assert_eq!(
+                r.answers[0].name.to_string(),
+                name,
+                "owned by the asked name"
+            );
+            assert_eq!(r.answers[0].ttl, 60, "a geo answer");
+        }
+        // A type the wildcard lacks: NODATA, with the SOA.
+        let r = ask(&c, &query("anything.example.test.", RecordType::MX, None));
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(r.answers.is_empty());
+        assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
+        // Names that exist keep their own data; a closest encloser without
+        // a `*` child still gives NXDOMAIN; delegations still refer.
+        let r = ask(&c, &query("mail.example.test.", RecordType::A, None));
+        assert_eq!(addrs(&r), ["192.0.2.25"]);
+        let r = ask(&c, &query("x.mail.example.test.", RecordType::A, None));
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+        let r = ask(&c, &query("x.sub.example.test.", RecordType::A, None));
+        assert!(!r.metadata.authoritative, "a referral");
+        assert_eq!(r.authorities[0].record_type(), RecordType::NS);
+        // Without the wildcard, the same name does not exist.
+        let r = ask(
+            &compile(&zones()),
+            &query("anything.example.test.", RecordType::A, None),
+        );
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
     }
 
     #[test]

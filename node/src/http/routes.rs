@@ -62,9 +62,13 @@ impl Routes {
         Routes { hosts }
     }
 
-    /// The route of a host (lowercased, without port or final dot).
+    /// The route of a host (lowercased, without port or final dot): its
+    /// own, else a wildcard alias one label up (`*.example.com` covers
+    /// `a.example.com`, not `a.b.example.com`, as in TLS).
     pub fn get(&self, host: &str) -> Option<&Route> {
-        self.hosts.get(host)
+        self.hosts
+            .get(host)
+            .or_else(|| self.hosts.get(&wildcard_of(host)?))
     }
 
     /// Every deployed version (once each).
@@ -99,5 +103,36 @@ impl SiteVersion {
             variants,
             has_404,
         }
+    }
+}
+
+/// The wildcard name that would cover `host`: `*.` and all but its first
+/// label; none for a name of one or two labels, or one that is a wildcard.
+pub fn wildcard_of(host: &str) -> Option<String> {
+    let (first, rest) = host.split_once('.')?;
+    (!first.is_empty() && first != "*" && rest.contains('.')).then(|| format!("*.{rest}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_covers_one_label() {
+        assert_eq!(
+            wildcard_of("a.example.com").as_deref(),
+            Some("*.example.com")
+        );
+        assert_eq!(wildcard_of("example.com"), None);
+        assert_eq!(wildcard_of("*.example.com"), None);
+        assert_eq!(wildcard_of(".example.com"), None);
+        let domains = [("example.com".to_owned(), vec!["*.example.com".to_owned()])]
+            .into_iter()
+            .collect();
+        let routes = Routes::build(&domains, HashMap::new());
+        assert!(routes.get("example.com").is_some());
+        assert!(routes.get("a.example.com").is_some());
+        assert!(routes.get("a.b.example.com").is_none());
+        assert!(routes.get("example.org").is_none());
     }
 }

@@ -213,7 +213,9 @@ impl SiteCerts {
 
     /// Does `host` have an issued certificate (so plain HTTP redirects)?
     pub fn has_issued(&self, host: &str) -> bool {
-        self.issued.read().is_ok_and(|i| i.contains(host))
+        self.issued.read().is_ok_and(|i| {
+            i.contains(host) || super::routes::wildcard_of(host).is_some_and(|w| i.contains(&w))
+        })
     }
 
     /// The hosts served now (self-signed certificates are made only for them).
@@ -255,15 +257,20 @@ impl ResolvesServerCert for SiteCerts {
         let asked = hello
             .server_name()
             .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
-        let name = match asked {
-            Some(n)
-                if self.known.read().ok()?.contains(&n)
-                    || self.issued.read().ok()?.contains(&n) =>
-            {
-                n
-            }
-            _ => FALLBACK_NAME.to_owned(),
+        // The name itself, else the wildcard covering it, else the
+        // fallback.
+        let ours = |n: &String| {
+            self.known.read().is_ok_and(|k| k.contains(n))
+                || self.issued.read().is_ok_and(|i| i.contains(n))
         };
+        let name = asked
+            .and_then(|n| {
+                if ours(&n) {
+                    return Some(n);
+                }
+                super::routes::wildcard_of(&n).filter(|w| ours(w))
+            })
+            .unwrap_or_else(|| FALLBACK_NAME.to_owned());
         if let Some(k) = self.by_name.read().ok()?.get(&name) {
             return Some(k.clone());
         }
