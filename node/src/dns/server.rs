@@ -56,6 +56,48 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
+/// Steers each query to the socket of the CPU that received it (CPU mod
+/// the number of sockets), instead of a hash of the client's address and
+/// port: a few busy clients then never load one thread while the other
+/// idles, and a query stays on the CPU whose cache holds it. Without it
+/// (an old kernel) the hash still spreads them.
+fn steer_by_cpu(socket: &std::net::UdpSocket, sockets: usize) {
+    let mut program = [
+        // A = the CPU the packet arrived on.
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
+        },
+        // A = A mod the number of sockets.
+        libc::sock_filter {
+            code: (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: sockets as u32,
+        },
+        // The index of the socket in the group.
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_A) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    if let Err(e) = nix::sys::socket::setsockopt(
+        socket,
+        nix::sys::socket::sockopt::AttachReusePortCbpf,
+        &fprog,
+    ) {
+        tracing::debug!(error = %e, "queries are spread by hash, not by CPU");
+    }
+}
+
 fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
@@ -81,6 +123,9 @@ pub async fn serve(dns: Arc<Dns>, ports: Ports) {
         for i in 0..per_family {
             match udp_socket(addr) {
                 Ok(socket) => {
+                    if i == 0 && per_family > 1 {
+                        steer_by_cpu(&socket, per_family);
+                    }
                     let dns = dns.clone();
                     let counters = dns.counters("udp");
                     let spawned = std::thread::Builder::new()
