@@ -11,6 +11,8 @@
 //! - a CNAME: answered, and followed inside our zones (up to 8 links);
 //! - at or below a delegation: a referral (NS in authority, glue, no AA);
 //! - ANY: one synthesized HINFO "RFC8482" (RFC 8482 §4.2);
+//! - MX and SRV: the addresses of targets we hold in additional, when
+//!   they fit;
 //! - a name that does not exist below an existing name that has a `*`
 //!   child: that wildcard's records, owned by the asked name (RFC 4592);
 //! - the apex and in-zone aliases: A/AAAA of the nearest healthy nodes,
@@ -74,17 +76,21 @@ pub fn respond(c: &Compiled, msg: &[u8], client: &mut Client<'_>, out: &mut Vec<
     let mut r = Response::start(out, q.id, q.flags, Some(q.question));
     let question_end = r.len();
     let code = answer(c, &q, client, &mut r, &mut opt);
-    let opt_len = opt.map_or(0, |o| {
-        11 + o
-            .subnet
-            .map_or(0, |(s, _)| 8 + (s.source_prefix as usize).div_ceil(8))
-            + o.ede.map_or(0, |_| 6)
-    });
-    if r.len() + opt_len > q.limit(client.tcp) {
+    if r.len() + opt_len(&opt) > q.limit(client.tcp) {
         r.truncate(question_end);
     }
     r.finish(code, opt);
     true
+}
+
+/// The bytes the OPT record will take.
+fn opt_len(opt: &Option<ResponseOpt>) -> usize {
+    opt.map_or(0, |o| {
+        11 + o
+            .subnet
+            .map_or(0, |(s, _)| 8 + (s.source_prefix as usize).div_ceil(8))
+            + o.ede.map_or(0, |_| 6)
+    })
 }
 
 fn refuse(opt: &mut Option<ResponseOpt>, ede: u16) -> u16 {
@@ -276,6 +282,14 @@ fn answer_at(
             if q.qtype == rtype::NS && node.glue.n > 0 {
                 r.section(ADDITIONAL);
                 r.whole(&node.glue.bytes, node.glue.n);
+            }
+            // Targets' addresses, only when they fit: they are a courtesy,
+            // never a reason to truncate.
+            if let Some((_, extra)) = node.additional.iter().find(|(t, _)| *t == q.qtype)
+                && r.len() + extra.bytes.len() + opt_len(opt) <= q.limit(client.tcp)
+            {
+                r.section(ADDITIONAL);
+                r.whole(&extra.bytes, extra.n);
             }
         }
         None => negative(c, zone, apex_owner, r),
@@ -590,6 +604,50 @@ mod tests {
             &query("anything.example.test.", RecordType::A, None),
         );
         assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn mx_answers_carry_the_addresses_of_targets_we_hold_when_they_fit() {
+        let c = compile(&zones());
+        let r = ask(&c, &query("example.test.", RecordType::MX, None));
+        assert_eq!(r.answers.len(), 1);
+        let extra: Vec<String> = r
+            .additionals
+            .iter()
+            .map(|a| format!("{} {}", a.name, a.data))
+            .collect();
+        assert_eq!(extra, ["mail.example.test. 192.0.2.25"]);
+        // A target we do not hold: nothing added.
+        let r = ask(&c, &query("_sip._tcp.example.test.", RecordType::SRV, None));
+        assert_eq!(r.answers.len(), 1);
+        assert!(r.additionals.is_empty());
+        // Many MX records pointing at many hosts: the answer fits in 512
+        // bytes without EDNS, so the courtesy records are left out, never TC.
+        let mut z = zones();
+        if let Some(zone) = z.zones.values_mut().next() {
+            for i in 0..12 {
+                zone.records
+                    .push(record("MX", "@", &format!("mx{i}.example.test"), Some(20)));
+                zone.records.push(record(
+                    "A",
+                    &format!("mx{i}"),
+                    &format!("192.0.2.{}", 100 + i),
+                    None,
+                ));
+            }
+        }
+        let c = compile(&z);
+        let m = query("example.test.", RecordType::MX, None);
+        let bytes = ask_bytes(&c, &m.to_vec().unwrap(), u64::MAX, false).unwrap();
+        assert!(bytes.len() <= 512);
+        let r = Message::from_vec(&bytes).unwrap();
+        assert!(!r.metadata.truncation);
+        assert_eq!(r.answers.len(), 13);
+        assert!(r.additionals.is_empty());
+        // Over TCP they fit.
+        let bytes = ask_bytes(&c, &m.to_vec().unwrap(), u64::MAX, true).unwrap();
+        let r = Message::from_vec(&bytes).unwrap();
+        assert_eq!(r.additionals.len(), 13);
     }
 
     #[test]

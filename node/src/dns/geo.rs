@@ -97,8 +97,8 @@ struct Record {
 /// every address of that family is of unknown location).
 #[derive(Default)]
 pub struct GeoIp {
-    v4: Option<maxminddb::Reader<Vec<u8>>>,
-    v6: Option<maxminddb::Reader<Vec<u8>>>,
+    v4: Option<maxminddb::Reader<maxminddb::Mmap>>,
+    v6: Option<maxminddb::Reader<maxminddb::Mmap>>,
 }
 
 /// Decoded locations by database record offset: many networks share one
@@ -114,7 +114,12 @@ impl GeoIp {
             if !path.is_file() {
                 return None;
             }
-            match maxminddb::Reader::open_readfile(&path) {
+            // Mapped, not read: only the pages lookups touch stay resident
+            // (the two files are 130 MB).
+            // SAFETY: the file must not change while mapped. `maki` never
+            // writes it in place: it uploads a new file and renames it over
+            // the old one, so this mapping keeps the old inode.
+            match unsafe { maxminddb::Reader::open_mmap(&path) } {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "cannot read the GeoIP database; its addresses have no location");

@@ -35,8 +35,10 @@ pub mod rtype {
     pub const CNAME: u16 = 5;
     pub const SOA: u16 = 6;
     pub const HINFO: u16 = 13;
+    pub const MX: u16 = 15;
     pub const TXT: u16 = 16;
     pub const AAAA: u16 = 28;
+    pub const SRV: u16 = 33;
     pub const OPT: u16 = 41;
     pub const IXFR: u16 = 251;
     pub const AXFR: u16 = 252;

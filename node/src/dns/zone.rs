@@ -63,6 +63,9 @@ pub struct NameData {
     pub below_cut: Option<Box<[u8]>>,
     /// Glue for the additional section of an NS answer from here.
     pub glue: Glue,
+    /// Additional data for MX and SRV answers from here: the addresses of
+    /// their targets that this server holds (RFC 1035 §3.3.9, RFC 2782).
+    pub additional: Vec<(u16, Glue)>,
 }
 
 impl NameData {
@@ -320,7 +323,80 @@ pub fn compile(zones: &Zones) -> Compiled {
             }
         }
     }
+    additional_for_targets(&mut b.c);
     b.c
+}
+
+/// The RDATA of each record of a set.
+fn rdatas(tails: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = tails;
+    std::iter::from_fn(move || {
+        let len = u16::from_be_bytes([*rest.get(8)?, *rest.get(9)?]) as usize;
+        let (record, tail) = rest.split_at_checked(10 + len)?;
+        rest = tail;
+        Some(&record[10..])
+    })
+}
+
+/// For every MX and SRV set, the A and AAAA records of its targets that
+/// are ours (static records; not geo names, whose answer depends on the
+/// client, nor names under a delegation), as whole records.
+fn additional_for_targets(c: &mut Compiled) {
+    let mut found = Vec::new();
+    for (i, node) in c.nodes.iter().enumerate() {
+        for (t, set) in &node.rrsets {
+            // Where the target name starts in the RDATA.
+            let skip = match *t {
+                rtype::MX => 2,
+                rtype::SRV => 6,
+                _ => continue,
+            };
+            let mut glue = Glue::default();
+            let mut seen = std::collections::HashSet::new();
+            for rdata in rdatas(&set.tails) {
+                let Some(target) = rdata.get(skip..) else {
+                    continue;
+                };
+                let lower: Box<[u8]> = target.to_ascii_lowercase().into();
+                if !seen.insert(lower.clone()) {
+                    continue;
+                }
+                let Some(&ti) = c.names.get(&lower) else {
+                    continue;
+                };
+                let tn = &c.nodes[ti];
+                if tn.below_cut.is_some() || tn.cut.is_some() {
+                    continue;
+                }
+                for at in [rtype::A, rtype::AAAA] {
+                    if let Some(addrs) = tn.rrset(at) {
+                        let mut rest = &addrs.tails[..];
+                        for _ in 0..addrs.n {
+                            let Some(len) =
+                                rest.get(8..10).map(|l| u16::from_be_bytes([l[0], l[1]]))
+                            else {
+                                break;
+                            };
+                            let Some((record, tail)) = rest.split_at_checked(10 + len as usize)
+                            else {
+                                break;
+                            };
+                            glue.bytes.extend_from_slice(target);
+                            glue.bytes.extend_from_slice(record);
+                            glue.n += 1;
+                            rest = tail;
+                        }
+                    }
+                }
+            }
+            if glue.n > 0 {
+                found.push((i, *t, glue));
+            }
+        }
+    }
+    for (i, t, glue) in found {
+        c.nodes[i].additional.push((t, glue));
+    }
 }
 
 fn one(rtype: u16, ttl: u32, rdata: &[u8]) -> Rrset {
