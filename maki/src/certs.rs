@@ -32,8 +32,18 @@ fn rows(acme: &Value) -> Vec<Row> {
     let mut rows = Vec::new();
     let failures: Vec<&Value> = acme["failures"].as_array().into_iter().flatten().collect();
     let due: Vec<&Value> = acme["due"].as_array().into_iter().flatten().collect();
-    let failing = |domain: &str| {
-        failures.iter().find(|f| f["domain"] == domain).map(|f| {
+    let failing = |cert: &str| {
+        if let Some(until) = due
+            .iter()
+            .find(|d| d["certificate"] == cert)
+            .and_then(|d| d["limited_until_millis"].as_u64())
+        {
+            return Some(format!(
+                "waiting for the CA's duplicate limit (5 certificates for these names in 7 days) until {}",
+                time(until)
+            ));
+        }
+        failures.iter().find(|f| f["certificate"] == cert).map(|f| {
             format!(
                 "failing: {} (retry in {}s)",
                 f["error"].as_str().unwrap_or("?"),
@@ -67,7 +77,7 @@ fn rows(acme: &Value) -> Vec<Row> {
             }
         }
     }
-    for d in due {
+    for d in &due {
         let domain = d["domain"].as_str().unwrap_or("?");
         let cert = d["certificate"].as_str().unwrap_or("?");
         for name in d["names"].as_array().into_iter().flatten() {
@@ -98,16 +108,39 @@ fn rows(acme: &Value) -> Vec<Row> {
     rows
 }
 
+/// The ACME report of every node that answers, merged: the certificates
+/// and what is due (the same on every node that holds the same log), the
+/// order in progress and the failures (only the ordering node has them).
 async fn acme_report(ctx: &Ctx) -> anyhow::Result<Value> {
-    let (m, remote) = ctx.any_node().await?;
-    let health = remote.call(json!({"op": "health"})).await?;
-    let acme = health["acme"].clone();
-    if acme.is_null() {
-        bail!(
-            "{} has no ACME subsystem running (is it initialised?)",
-            m.name
-        );
+    let asks = ctx.profile.machines.iter().map(|m| async move {
+        let remote = ctx.connect(m).await?;
+        let health = remote.call(json!({"op": "health"})).await?;
+        anyhow::Ok((m.name.clone(), health["acme"].clone()))
+    });
+    let mut merged: Option<Value> = None;
+    let mut errors = Vec::new();
+    let mut failures = Vec::new();
+    let mut ordering = Value::Null;
+    for answer in futures::future::join_all(asks).await {
+        match answer {
+            Ok((_, acme)) if acme.is_object() => {
+                failures.extend(acme["failures"].as_array().cloned().unwrap_or_default());
+                if !acme["ordering"].is_null() {
+                    ordering = acme["ordering"].clone();
+                }
+                merged.get_or_insert(acme);
+            }
+            Ok((name, _)) => errors.push(format!(
+                "{name} has no ACME subsystem running (is it initialised?)"
+            )),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
     }
+    let Some(mut acme) = merged else {
+        bail!("no node answered:\n  {}", errors.join("\n  "));
+    };
+    acme["failures"] = Value::Array(failures);
+    acme["ordering"] = ordering;
     Ok(acme)
 }
 
@@ -147,8 +180,15 @@ pub async fn list(ctx: &Ctx, json_out: bool) -> anyhow::Result<()> {
 pub async fn renew(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     let acme = acme_report(ctx).await?;
-    if !rows(&acme).iter().any(|r| r.name == name) {
+    let Some(row) = rows(&acme).into_iter().find(|r| r.name == name) else {
         bail!("no certificate covers {name}; `maki certs` lists the names the cluster serves");
+    };
+    if let Some(until) = acme["limited"][&row.certificate].as_u64() {
+        eprintln!(
+            "warning: {} already had 5 certificates in 7 days (the CA's duplicate limit); the renewal waits until {}",
+            row.certificate,
+            time(until)
+        );
     }
     let cluster_id = ctx.cluster_id()?;
     let (_, remote) = ctx.any_node().await?;

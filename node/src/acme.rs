@@ -19,9 +19,13 @@
 //!   it for HTTPS (and DoT for its own nameserver names), without a restart.
 //! - **When**: a name without a certificate, a certificate whose names no
 //!   longer match the configuration, one within 30 days of expiry, or a
-//!   renewal asked with `maki certs renew`. Failures back off (2 min
-//!   doubling to 6 h; at least 1 h when the CA says rate limited); a
-//!   renewal asked after a failure tries again at once.
+//!   renewal asked with `maki certs renew`. Failures back off (5 min
+//!   doubling to 6 h, so a name failing again and again stays under Let's
+//!   Encrypt's 5 failed validations per hour; at least 1 h when the CA
+//!   says rate limited); a renewal asked after a failure tries again at
+//!   once. At 5 certificates for one exact set of names in 7 days (Let's
+//!   Encrypt's duplicate limit), nothing more is ordered for it until the
+//!   oldest ages out, renewals asked included.
 //! - With no `acme.directory` set, nothing is ordered: never a public CA by
 //!   default.
 
@@ -50,6 +54,14 @@ use crate::replica::Replica;
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How often the orderer looks for work (a log change also wakes it).
 const TICK: Duration = Duration::from_secs(10);
+/// CAs limit certificates for one exact set of names (Let's Encrypt: 5
+/// per 7 days); at the limit the orderer waits for the oldest to age out.
+const DUPLICATE_LIMIT: usize = 5;
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The first wait after a failure; it doubles. Five minutes keeps a name
+/// that keeps failing under Let's Encrypt's 5 failed validations per
+/// hour.
+const FIRST_BACKOFF: Duration = Duration::from_secs(300);
 /// Longest wait for live peers to hold a challenge before validation.
 const REPLICATION_WAIT: Duration = Duration::from_secs(10);
 
@@ -98,6 +110,9 @@ struct Wanted {
     names: Vec<String>,
     /// The latest `maki certs renew` of any of the names.
     renewal: Option<makiatto_events::Hlc>,
+    /// Unix millis until which the CA's duplicate limit forbids another
+    /// certificate for exactly these names.
+    limited_until: Option<u64>,
 }
 
 impl Acme {
@@ -247,10 +262,16 @@ impl Acme {
                     .iter()
                     .filter_map(|n| certs.renewals.get(n).copied())
                     .max();
+                let issued = certs
+                    .issued
+                    .get(&makiatto_projections::certificates::names_key(&names))
+                    .map(|t| t.iter().map(|(hlc, _)| hlc.millis).collect::<Vec<_>>())
+                    .unwrap_or_default();
                 wanted.push(Wanted {
                     domain: domain.to_owned(),
                     names,
                     renewal,
+                    limited_until: duplicate_limit(&issued, now),
                 });
             }
         };
@@ -304,7 +325,7 @@ impl Acme {
                 b.get(&w.names[0])
                     .is_some_and(|b| b.next > Instant::now() && w.renewal <= b.renewal)
             });
-            if waiting {
+            if waiting || w.limited_until.is_some() {
                 continue;
             }
             if let Ok(mut o) = self.ordering.lock() {
@@ -325,7 +346,7 @@ impl Acme {
                     let limited = error.contains("rateLimited") || error.contains("429");
                     if let Ok(mut b) = self.backoff.lock() {
                         let failures = b.get(&w.names[0]).map_or(0, |b| b.failures) + 1;
-                        let mut wait = Duration::from_secs(60 * (1 << failures.min(9)))
+                        let mut wait = (FIRST_BACKOFF * (1 << (failures - 1).min(8)))
                             .min(Duration::from_secs(6 * 3600));
                         if limited {
                             wait = wait.max(Duration::from_secs(3600));
@@ -562,14 +583,45 @@ impl Acme {
             "challenge": directory.as_ref().map(|d| if d.dns01 { "dns-01" } else { "http-01" }),
             "orderer": self.is_orderer(),
             "ordering": ordering,
-            "due": due.iter().map(|w| serde_json::json!({"certificate": w.names[0], "domain": w.domain, "names": w.names})).collect::<Vec<_>>(),
+            "due": due.iter().map(|w| serde_json::json!({
+                "certificate": w.names[0], "domain": w.domain, "names": w.names,
+                "limited_until_millis": w.limited_until,
+            })).collect::<Vec<_>>(),
             "failures": backoff.iter().map(|(d, b)| serde_json::json!({
                 "certificate": d, "failures": b.failures, "error": b.error,
                 "retry_in_secs": b.next.saturating_duration_since(now).as_secs(),
             })).collect::<Vec<_>>(),
             "certificates": certs.names,
+            // Certificates at the CA's duplicate limit, and until when.
+            "limited": certs.names.iter().filter_map(|(first, c)| {
+                let issued: Vec<u64> = certs
+                    .issued
+                    .get(&makiatto_projections::certificates::names_key(&c.names))?
+                    .iter()
+                    .map(|(hlc, _)| hlc.millis)
+                    .collect();
+                duplicate_limit(&issued, now_millis()).map(|until| (first.clone(), until))
+            }).collect::<std::collections::BTreeMap<_, _>>(),
         })
     }
+}
+
+/// When the CA's duplicate limit lets the next certificate for a set of
+/// names be ordered, given when the earlier ones were issued (Unix
+/// millis): `None` when it may be ordered now.
+fn duplicate_limit(issued: &[u64], now: u64) -> Option<u64> {
+    let window = DUPLICATE_WINDOW.as_millis() as u64;
+    let mut recent: Vec<u64> = issued
+        .iter()
+        .copied()
+        .filter(|t| t + window > now)
+        .collect();
+    if recent.len() < DUPLICATE_LIMIT {
+        return None;
+    }
+    recent.sort_unstable();
+    // The oldest of the last LIMIT must age out first.
+    Some(recent[recent.len() - DUPLICATE_LIMIT] + window)
 }
 
 /// Is `name` one of `zones` or under one?
@@ -650,6 +702,25 @@ mod tests {
             dns01,
             zones: vec!["example.test".into(), "example.co.uk".into()],
         }
+    }
+
+    #[test]
+    fn the_duplicate_limit_waits_for_the_oldest_to_age_out() {
+        let day = 24 * 3600 * 1000;
+        let now = 100 * day;
+        assert_eq!(duplicate_limit(&[], now), None);
+        assert_eq!(duplicate_limit(&[now - day; 4], now), None);
+        let five = [now - 6 * day, now - 5 * day, now - 3 * day, now - day, now];
+        assert_eq!(duplicate_limit(&five, now), Some(now + day));
+        // Older ones do not count.
+        let old = [
+            now - 30 * day,
+            now - 20 * day,
+            now - 8 * day,
+            now - day,
+            now,
+        ];
+        assert_eq!(duplicate_limit(&old, now), None);
     }
 
     #[test]

@@ -21,6 +21,25 @@ pub struct Certificates {
     pub challenges: BTreeMap<String, ChallengeEntry>,
     /// When a renewal was last asked for, by name.
     pub renewals: BTreeMap<String, Hlc>,
+    /// When certificates were issued, per exact set of names (sorted,
+    /// joined by `,`): the latest [`ISSUED_KEPT`] by (HLC, id). CAs limit
+    /// duplicate certificates (Let's Encrypt: 5 per 7 days); the orderer
+    /// reads this to stay under such limits.
+    pub issued: BTreeMap<String, Vec<(Hlc, EventId)>>,
+}
+
+/// Issue times kept per set of names.
+pub const ISSUED_KEPT: usize = 16;
+
+/// The key of a set of names in [`Certificates::issued`].
+pub fn names_key(names: &[String]) -> String {
+    let mut sorted: Vec<String> = names
+        .iter()
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    sorted.sort();
+    sorted.dedup();
+    sorted.join(",")
 }
 
 /// One certificate.
@@ -60,6 +79,13 @@ impl Certificates {
                 let Some(first) = c.names.first() else {
                     return false;
                 };
+                let times = self.issued.entry(names_key(&c.names)).or_default();
+                if let Err(at) = times.binary_search(&key) {
+                    times.insert(at, key);
+                    if times.len() > ISSUED_KEPT {
+                        times.remove(0);
+                    }
+                }
                 let newer = self.names.get(first).is_none_or(|e| (e.at, e.event) < key);
                 if newer {
                     self.names.insert(
