@@ -160,6 +160,30 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
         assert_eq!(redirect, "308 https://example.test/about/");
     }
 
+    // The site's certificate covers its alias, so a connection opened for
+    // one may carry requests for the other (HTTP/2 coalescing): no 421.
+    let (_, first_ip) = &hosts[0];
+    let coalesced = exec(
+        &c,
+        "klukai",
+        &[
+            "curl",
+            "-s",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &format!("example.test:443:{first_ip}"),
+            "-H",
+            "Host: www.example.test",
+            "-w",
+            "%{http_code}",
+            "-o",
+            "/dev/null",
+            "https://example.test/",
+        ],
+    );
+    assert_eq!(coalesced, "200");
+
     // The key is sealed: not in `maki log`, not in any event's bytes.
     let log = c.ok(&["log", "--json"]);
     assert!(log.contains("certificate-issued") && log.contains("key sealed to 2 nodes"));

@@ -161,8 +161,10 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
     }
     if let Some(Some(sni)) = &ctx.tls
         && *sni != host
+        && !ctx.certs.covers(sni, &host)
     {
-        // A connection made for one name is not reused for another.
+        // A connection made for one name is not reused for another, unless
+        // the certificate it presented covers both.
         return text(
             StatusCode::MISDIRECTED_REQUEST,
             format!("this connection was opened for {sni}, not {host}"),

@@ -218,6 +218,29 @@ impl SiteCerts {
         })
     }
 
+    /// Does the issued certificate presented for `sni` also cover `host`?
+    /// Then a client may reuse the connection for it (HTTP/2 coalescing,
+    /// RFC 9113 §9.1.1); otherwise the request gets 421.
+    pub fn covers(&self, sni: &str, host: &str) -> bool {
+        let Ok(by) = self.by_name.read() else {
+            return false;
+        };
+        let issued_for = |name: &str| {
+            self.issued
+                .read()
+                .is_ok_and(|i| i.contains(name))
+                .then(|| by.get(name))
+                .flatten()
+        };
+        let find = |name: &str| {
+            issued_for(name).or_else(|| issued_for(&super::routes::wildcard_of(name)?))
+        };
+        match (find(sni), find(host)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
     /// The hosts served now (self-signed certificates are made only for them).
     pub fn set_known(&self, hosts: impl Iterator<Item = String>) {
         if let Ok(mut k) = self.known.write() {
