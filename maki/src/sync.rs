@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use crate::cluster::Ctx;
 use crate::project::{Domain, Project};
 use crate::ssh::Remote;
-use crate::tree::{HashCache, manifest, walk};
+use crate::tree::{Found, HashCache, manifest, walk};
 
 /// What `maki sync` was asked.
 pub struct SyncArgs {
@@ -166,10 +166,44 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     };
     let cluster_id = ctx.cluster_id()?;
     let operator = ctx.operator()?;
-    let (machine, remote) = ctx.any_node().await?;
 
-    // The tree of every selected domain, as a manifest.
+    // The tree of every selected domain, as a manifest: walked and hashed
+    // while the SSH connection is made and the node answers.
     let hashing = crate::ssh::bytes_bar("hashing");
+    let walking = {
+        let domains: Vec<Domain> = selected.iter().map(|d| (*d).clone()).collect();
+        let hashing = hashing.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(Vec<Found>, Manifest)>> {
+            let mut out = Vec::new();
+            for d in &domains {
+                let files = walk(d, &d.config_files)?;
+                hashing.inc_length(files.iter().map(|f| f.size).sum());
+                let cache_file = HashCache::file_for(&d.dir);
+                let mut cache = cache_file
+                    .as_deref()
+                    .map(HashCache::load)
+                    .unwrap_or_default();
+                let known = cache.known();
+                let (m, stats) = manifest(&files, &mut cache, &|n| hashing.inc(n))?;
+                // Nothing hashed, nothing added or dropped: the cache on
+                // disk is still right.
+                let unchanged =
+                    stats.hashed == 0 && cache.known() == files.len() && cache.known() == known;
+                if let Some(file) = &cache_file
+                    && !unchanged
+                    && let Err(e) = cache.save(file)
+                {
+                    eprintln!(
+                        "warning: cannot save the hash cache {}: {e:#}",
+                        file.display()
+                    );
+                }
+                out.push((files, m));
+            }
+            Ok(out)
+        })
+    };
+    let (machine, remote) = ctx.any_node().await?;
     let mut plans = Vec::new();
     let answers = remote
         .control(&[
@@ -179,23 +213,10 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         ])
         .await?;
     let (sites, peers, changes) = (&answers[0]["state"], &answers[1]["state"], &answers[2]);
-    for d in &selected {
-        let files = walk(d, &d.config_files)?;
-        hashing.inc_length(files.iter().map(|f| f.size).sum());
-        let cache_file = HashCache::file_for(&d.dir);
-        let mut cache = cache_file
-            .as_deref()
-            .map(HashCache::load)
-            .unwrap_or_default();
-        let (m, _stats) = manifest(&files, &mut cache, &|n| hashing.inc(n))?;
-        if let Some(file) = &cache_file
-            && let Err(e) = cache.save(file)
-        {
-            eprintln!(
-                "warning: cannot save the hash cache {}: {e:#}",
-                file.display()
-            );
-        }
+    let walked = walking
+        .await
+        .map_err(|e| anyhow::anyhow!("the walk stopped: {e}"))??;
+    for (d, (files, m)) in selected.iter().zip(walked) {
         let site = &sites["domains"][&d.name];
         let live = site["live"].as_str();
         let live_manifest = site["versions"]

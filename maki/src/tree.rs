@@ -109,6 +109,11 @@ struct Cached {
 }
 
 impl HashCache {
+    /// How many files it knows.
+    pub fn known(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Where the cache of `dir` lives: `MAKIATTO_CACHE_DIR`, else
     /// `~/.cache/makiatto`, under `hashes/`, named by the directory's path.
     pub fn file_for(dir: &Path) -> Option<PathBuf> {

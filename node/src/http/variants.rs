@@ -14,6 +14,8 @@ use super::request::Coding;
 
 /// Files smaller than this are sent as they are (headers would eat the gain).
 const MIN_SIZE: u64 = 256;
+/// Variants made durable together (one `syncfs` per batch).
+const PUBLISH_BATCH: usize = 512;
 /// Files larger than this are not compressed ahead (they stream as they are).
 const MAX_SIZE: u64 = 32 << 20;
 
@@ -87,6 +89,9 @@ impl Variants {
     pub fn prepare(&self, manifest: &Manifest, source: impl Fn(&Blake3Hash) -> PathBuf) -> usize {
         let mut made = 0;
         let mut seen = std::collections::HashSet::new();
+        // Written, not yet durable: (temporary, final) paths, published a
+        // batch at a time (one `syncfs`, then the renames).
+        let mut pending: Vec<(PathBuf, PathBuf)> = Vec::new();
         for f in manifest.files.values() {
             if !compressible(&f.content_type)
                 || !(MIN_SIZE..=MAX_SIZE).contains(&f.size)
@@ -106,33 +111,69 @@ impl Variants {
             let Ok(bytes) = std::fs::read(source(&f.hash)) else {
                 continue;
             };
+            // A fast probe first: what even zstd's quickest level cannot
+            // shrink by a tenth (media, archives, random bytes) is not
+            // worth the slow, strong encoders.
+            let worth = |n: usize| (n as u64) * 10 <= (bytes.len() as u64) * 9;
+            if zstd::bulk::compress(&bytes, 1).is_ok_and(|probe| !worth(probe.len())) {
+                for c in todo {
+                    let _ = std::fs::File::create(self.skip_marker(&f.hash, c));
+                }
+                continue;
+            }
             for c in todo {
                 match compress(c, &bytes) {
-                    Ok(out) if (out.len() as u64) * 10 <= (bytes.len() as u64) * 9 => {
-                        if self.write(&self.path(&f.hash, c), &out).is_ok() {
-                            made += 1;
+                    Ok(out) if worth(out.len()) => {
+                        if let Ok(tmp) = self.write_tmp(&self.path(&f.hash, c), &out) {
+                            pending.push((tmp, self.path(&f.hash, c)));
                         }
                     }
+                    // A lost marker only means the work is done again.
                     Ok(_) => {
-                        let _ = self.write(&self.skip_marker(&f.hash, c), &[]);
+                        let _ = std::fs::File::create(self.skip_marker(&f.hash, c));
                     }
                     Err(e) => {
                         tracing::warn!(hash = %f.hash, coding = c.token(), error = %e, "cannot compress")
                     }
                 }
             }
+            if pending.len() >= PUBLISH_BATCH {
+                made += self.publish(std::mem::take(&mut pending));
+            }
         }
-        made
+        made + self.publish(pending)
     }
 
-    fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    /// Writes `bytes` beside `path`, not yet durable nor in place.
+    fn write_tmp(&self, path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        Ok(tmp)
+    }
+
+    /// Makes written variants durable with one `syncfs`, then renames them
+    /// into place: a crash leaves each one absent or whole, never torn.
+    /// Returns how many were published.
+    fn publish(&self, pending: Vec<(PathBuf, PathBuf)>) -> usize {
+        if pending.is_empty() {
+            return 0;
+        }
+        let synced = std::fs::File::open(&self.dir)
+            .and_then(|dir| nix::unistd::syncfs(&dir).map_err(std::io::Error::from));
+        if let Err(e) = synced {
+            tracing::warn!(error = %e, "cannot make variants durable; they are made again later");
+            for (tmp, _) in &pending {
+                let _ = std::fs::remove_file(tmp);
+            }
+            return 0;
+        }
+        pending
+            .into_iter()
+            .filter(|(tmp, path)| std::fs::rename(tmp, path).is_ok())
+            .count()
     }
 
     /// Deletes variants whose source is not in `keep`.
