@@ -6,11 +6,11 @@
 //!    `~/.cache/makiatto/geoip` for EDNS Client Subnet lookups): one node
 //!    serving `example.test` on its host address, port 53.
 //! 2. Knot in a network namespace of its own on the cluster's bridge
-//!    (203.0.113.16k+13), serving a static zone file made from our node's
+//!    (203.0.113.16k+11), serving a static zone file made from our node's
 //!    answers (SOA, NS and glue, apex A/AAAA, MX, TXT, `_dmarc` TXT, `mail`
 //!    A, CAA, `www` A/AAAA), with `udp-workers: 2` (our daemon runs two UDP
 //!    threads on two cores) and `edns-client-subnet: on`.
-//! 3. dnsperf in a third namespace on the bridge (203.0.113.16k+14), with a
+//! 3. dnsperf in a third namespace on the bridge (203.0.113.16k+12), with a
 //!    10-query mix (nine names that exist, one NXDOMAIN), `-c 4 -T 2 -l 10`,
 //!    plain and with an EDNS Client Subnet option (81.2.69.0/24, London in
 //!    DB-IP). Rounds alternate (ours, Knot, ours, Knot, …); best of three
@@ -40,14 +40,15 @@
 //! then `target/release/dns`. Everything it made (namespaces, knotd, the
 //! cluster) is removed when it ends, also on a panic.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
+use makiatto_benches::lab::{Lab, Sample, daemon_pid, have, proc_kib, run, wait_until};
 use makiatto_benches::measure::{print_json, print_table};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The query mix: nine names that exist, one that does not.
 const MIX: [(&str, &str); 10] = [
@@ -72,234 +73,6 @@ const SECONDS: u32 = 10;
 const ROUNDS: usize = 3;
 const FIXED_QPS: u32 = 20_000;
 const FIXED_SECONDS: u32 = 5;
-
-/// Everything this run made; `Drop` removes it in reverse order.
-struct Lab {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    name: String,
-    knot: Option<Child>,
-    namespaces: Vec<String>,
-    links: Vec<String>,
-}
-
-impl Lab {
-    fn maki_command(&self, args: &[&str]) -> Command {
-        let d = self.dir.path().join("cluster");
-        let geoip = std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".cache/makiatto/geoip"))
-            .unwrap_or_else(|| PathBuf::from("/root/.cache/makiatto/geoip"));
-        let mut cmd = Command::new(self.bin.join("maki"));
-        cmd.env("MAKIATTO_PROFILE", d.join("profile.toml"))
-            .env("MAKIATTO_OPERATOR_KEY", d.join("operator.key"))
-            .env("MAKIATTO_SSH_KEY", d.join("ssh/id_ed25519"))
-            .env("MAKIATTO_GEOIP_DIR", geoip)
-            .env("MAKIATTO_CACHE_DIR", self.dir.path().join("cache"));
-        if args.first() == Some(&"local") {
-            cmd.arg("local")
-                .arg("--dir")
-                .arg(&d)
-                .arg("--name")
-                .arg(&self.name)
-                .args(&args[1..]);
-        } else {
-            cmd.args(args);
-        }
-        cmd
-    }
-
-    fn maki(&self, args: &[&str]) -> String {
-        run(&mut self.maki_command(args))
-    }
-
-    /// A namespace joined to `bridge` by a veth pair, holding `addr/28`.
-    fn namespace(&mut self, ns: &str, link: &str, addr: &str, bridge: &str) {
-        let peer = format!("{link}p");
-        run(Command::new("ip").args(["netns", "add", ns]));
-        self.namespaces.push(ns.to_owned());
-        run(Command::new("ip").args(["link", "add", link, "type", "veth", "peer", "name", &peer]));
-        self.links.push(link.to_owned());
-        run(Command::new("ip").args(["link", "set", &peer, "netns", ns]));
-        run(Command::new("ip").args([
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{addr}/28"),
-            "dev",
-            &peer,
-        ]));
-        run(Command::new("ip").args(["-n", ns, "link", "set", &peer, "up"]));
-        run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]));
-        run(Command::new("ip").args(["link", "set", link, "master", bridge, "up"]));
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(mut knot) = self.knot.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &knot.id().to_string()])
-                .status();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = knot.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = knot.kill();
-            let _ = knot.wait();
-        }
-        for ns in self.namespaces.drain(..).rev() {
-            // Only processes this run started live in these namespaces
-            // (knotd, dnsperf, dig); end any left by a failure, by pid.
-            for pid in netns_pids(&ns) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        for link in self.links.drain(..) {
-            let _ = Command::new("ip")
-                .args(["link", "del", &link])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = self.maki_command(&["local", "down"]).output();
-    }
-}
-
-/// Runs a command and returns its stdout; panics (and so cleans up) when
-/// it fails.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn netns_pids(ns: &str) -> Vec<u32> {
-    Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The `makiatto … run` process of a host (the one serving DNS), as
-/// `maki local` finds daemons: by executable name in the namespace.
-fn daemon_pid(ns: &str) -> Option<u32> {
-    netns_pids(ns).into_iter().find(|p| {
-        let exe = std::fs::read_link(format!("/proc/{p}/exe")).ok();
-        let is_makiatto = exe
-            .as_deref()
-            .and_then(Path::file_name)
-            .is_some_and(|n| n.to_string_lossy().starts_with("makiatto"));
-        let args = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        is_makiatto && args.split(|b| *b == 0).any(|a| a == b"run")
-    })
-}
-
-/// (utime, stime) of a process, all its threads, in clock ticks.
-fn cpu_ticks(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
-    let rest = stat.rsplit_once(')').expect("stat").1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    (f[11].parse().expect("utime"), f[12].parse().expect("stime"))
-}
-
-/// CPU ticks of every thread of a process, by thread id, with its name.
-fn thread_ticks(pid: u32) -> BTreeMap<u32, (String, u64)> {
-    let mut threads = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return threads;
-    };
-    for e in dir.flatten() {
-        let Ok(tid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-        threads.insert(tid, (name, ticks));
-    }
-    threads
-}
-
-/// CPU ticks of this process's waited-for children (cutime + cstime):
-/// dnsperf, which `ip netns exec` becomes.
-fn children_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("stat")
-        .1
-        .split_whitespace()
-        .collect();
-    f[13].parse::<u64>().unwrap_or(0) + f[14].parse::<u64>().unwrap_or(0)
-}
-
-/// Busy and total jiffies of the whole machine (`/proc/stat`).
-fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let f: Vec<u64> = stat
-        .lines()
-        .next()
-        .expect("cpu line")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = f.iter().take(8).sum();
-    let idle = f[3] + f[4];
-    (total - idle, total)
-}
-
-/// A `kB` field of `/proc/PID/status`, in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix(field)?
-                    .strip_prefix(':')?
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-        })
-        .unwrap_or(0)
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
 
 /// One dig answer, reduced to what the comparison looks at.
 #[derive(Debug, Default, PartialEq)]
@@ -409,7 +182,6 @@ fn dnsperf(
     t: &Target<'_>,
     ecs: bool,
     fixed_qps: Option<u32>,
-    tck: f64,
 ) -> Run {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", client_ns, "dnsperf", "-s", t.addr, "-d"])
@@ -422,38 +194,12 @@ fn dnsperf(
         Some(q) => cmd.args(["-l", &FIXED_SECONDS.to_string(), "-Q", &q.to_string(), "-v"]),
         None => cmd.args(["-l", &SECONDS.to_string()]),
     };
-    let (u0, s0) = cpu_ticks(t.pid);
-    let (b0, t0) = machine_ticks();
-    let th0 = thread_ticks(t.pid);
-    let c0 = children_ticks();
+    let before = Sample::take(&[t.pid]);
     let out = run(&mut cmd);
-    let c1 = children_ticks();
-    let (u1, s1) = cpu_ticks(t.pid);
-    let (b1, t1) = machine_ticks();
-    let th1 = thread_ticks(t.pid);
-    // Where the server's CPU went: its busiest threads, in % of one core.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let wall = (t1 - t0).max(1) as f64 / cores;
-    let mut busy: Vec<(u64, &str)> = th1
-        .iter()
-        .map(|(tid, (name, t))| {
-            (
-                t.saturating_sub(th0.get(tid).map_or(0, |x| x.1)),
-                name.as_str(),
-            )
-        })
-        .filter(|(d, _)| *d > 0)
-        .collect();
-    busy.sort_by_key(|b| std::cmp::Reverse(b.0));
-    let threads = busy
-        .iter()
-        .take(4)
-        .map(|(d, n)| format!("{n} {:.0}%", *d as f64 / wall * 100.0))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let u = Sample::take(&[t.pid]).since(&before);
     let completed = first_number(field(&out, "Queries completed:")) as u64;
     assert!(completed > 0, "dnsperf completed no queries:\n{out}");
-    let per_query = |ticks: u64| ticks as f64 / tck * 1e6 / completed as f64;
+    let per_query = |seconds: f64| seconds * 1e6 / completed as f64;
     let latencies_us = out
         .lines()
         .filter_map(|l| l.strip_prefix("> "))
@@ -470,13 +216,12 @@ fn dnsperf(
             .and_then(|s| s.split_once("response "))
             .and_then(|(_, n)| n.trim().parse().ok())
             .unwrap_or(0.0),
-        user_us: per_query(u1 - u0),
-        sys_us: per_query(s1 - s0),
-        client_us: per_query(c1 - c0),
-        machine_busy: (b1 - b0) as f64 / (t1 - t0).max(1) as f64,
-        others: (b1 - b0).saturating_sub(u1 - u0 + s1 - s0 + c1 - c0) as f64
-            / (t1 - t0).max(1) as f64,
-        threads,
+        user_us: per_query(u.user_s),
+        sys_us: per_query(u.sys_s),
+        client_us: per_query(u.client_s),
+        machine_busy: u.machine_busy,
+        others: u.others,
+        threads: u.threads,
         latencies_us,
     };
     eprintln!(
@@ -506,32 +251,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < within, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn main() {
-    let bin = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .expect("the binary's directory");
-    for b in ["maki", "makiatto"] {
-        assert!(
-            bin.join(b).exists(),
-            "{b} is not beside this binary: cargo build --release -p makiatto -p makiatto-cli -p makiatto-benches --bins"
-        );
-    }
     for tool in ["knotd", "dnsperf", "dig"] {
         assert!(
             have(tool),
@@ -541,44 +261,22 @@ fn main() {
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/makiatto.toml");
     let project = std::path::absolute(&project).expect("path");
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let tck = clock_ticks();
 
-    let mut lab = Lab {
-        dir: tempfile::tempdir().expect("tempdir"),
-        bin: bin.clone(),
-        name: format!("d{}", std::process::id() % 100_000),
-        knot: None,
-        namespaces: Vec::new(),
-        links: Vec::new(),
-    };
+    let mut lab = Lab::new("d");
     eprintln!("bringing up one node ({})", lab.name);
-    lab.maki(&[
-        "local",
-        "up",
-        "--nodes",
-        "1",
-        "--binary-path",
-        bin.join("makiatto").to_str().expect("utf-8"),
-        "--sync",
-        project.to_str().expect("utf-8"),
-    ]);
-    let state: Value = serde_json::from_str(
-        &std::fs::read_to_string(lab.dir.path().join("cluster/state.json")).expect("state"),
-    )
-    .expect("json");
-    let slot = state["slot"].as_u64().expect("slot") as u8;
-    let bridge = state["bridge"].as_str().expect("bridge").to_owned();
-    let node_ns = state["hosts"][0]["netns"]
-        .as_str()
-        .expect("netns")
-        .to_owned();
-    let ours_addr = state["hosts"][0]["ipv4"].as_str().expect("ipv4").to_owned();
-    let knot_addr = format!("203.0.113.{}", slot * 16 + 13);
-    let client_addr = format!("203.0.113.{}", slot * 16 + 14);
+    let node = lab.up(&project, &[]);
+    let (slot, node_ns, ours_addr) = (node.slot, node.netns.clone(), node.ipv4.clone());
+    let knot_addr = node.anchor_addr();
+    let client_addr = node.client_addr();
     let knot_ns = format!("mkdns-{}-knot", lab.name);
     let client_ns = format!("mkdns-{}-client", lab.name);
-    lab.namespace(&knot_ns, &format!("mk{slot}dk"), &knot_addr, &bridge);
-    lab.namespace(&client_ns, &format!("mk{slot}dc"), &client_addr, &bridge);
+    lab.namespace(&knot_ns, &format!("mk{slot}dk"), &knot_addr, &node.bridge);
+    lab.namespace(
+        &client_ns,
+        &format!("mk{slot}dc"),
+        &client_addr,
+        &node.bridge,
+    );
 
     // Our node serves the whole project once the last record answers.
     wait_until(
@@ -625,18 +323,8 @@ fn main() {
     );
     let conf_path = kdir.join("knot.conf");
     std::fs::write(&conf_path, &conf).expect("knot.conf");
-    // In the foreground, as our child: `ip netns exec` execs knotd, so the
-    // child's pid is knotd's and Drop ends exactly it.
-    let knot = Command::new("ip")
-        .args(["netns", "exec", &knot_ns, "knotd", "-c"])
-        .arg(&conf_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("knotd starts");
-    let knot_pid = knot.id();
-    lab.knot = Some(knot);
+    let conf_arg = conf_path.to_str().expect("utf-8");
+    let knot_pid = lab.spawn_anchor(&knot_ns, &["knotd", "-c", conf_arg]);
     wait_until(Duration::from_secs(20), "knotd answers", || {
         let a = dig(&client_ns, &knot_addr, "example.test", "SOA", false);
         a.status == "NOERROR" && a.aa
@@ -702,8 +390,8 @@ fn main() {
     for ecs in [false, true] {
         let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..ROUNDS {
-            runs[0].push(dnsperf(&client_ns, &queries, &ours, ecs, None, tck));
-            runs[1].push(dnsperf(&client_ns, &queries, &knot, ecs, None, tck));
+            runs[0].push(dnsperf(&client_ns, &queries, &ours, ecs, None));
+            runs[1].push(dnsperf(&client_ns, &queries, &knot, ecs, None));
         }
         let pick = |rs: &[Run]| {
             let mut b = rs
@@ -731,14 +419,19 @@ fn main() {
     // Latency at a fixed rate.
     let mut fixed = Vec::new();
     for ecs in [false, true] {
-        let mut o = dnsperf(&client_ns, &queries, &ours, ecs, Some(FIXED_QPS), tck);
-        let mut k = dnsperf(&client_ns, &queries, &knot, ecs, Some(FIXED_QPS), tck);
+        let mut o = dnsperf(&client_ns, &queries, &ours, ecs, Some(FIXED_QPS));
+        let mut k = dnsperf(&client_ns, &queries, &knot, ecs, Some(FIXED_QPS));
         o.latencies_us.sort_by(f64::total_cmp);
         k.latencies_us.sort_by(f64::total_cmp);
         fixed.push((o, k));
     }
 
-    let rss = |pid: u32| (status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"));
+    let rss = |pid: u32| {
+        (
+            proc_kib(pid, "status", "VmRSS"),
+            proc_kib(pid, "status", "VmHWM"),
+        )
+    };
     let (ours_rss, ours_hwm) = rss(ours_pid);
     let (knot_rss, knot_hwm) = rss(knot_pid);
 

@@ -1,0 +1,846 @@
+//! `http`: the node daemon's HTTPS edge against nginx, on this machine,
+//! reported as ratios (issue 8).
+//!
+//! 1. A site made from a fixed seed: `index.html`, `1k.txt` (1 KiB) and
+//!    `100k.txt` (100 KiB) of text, which the node precompresses (br, zstd,
+//!    gzip: served only to clients that ask, which h2load does not), and
+//!    `10m.bin`, 10 MiB of random bytes, streamed from disk.
+//!    `maki local up --nodes 1 --no-ca --sync` serves it as `bench.test`
+//!    from one node (the release daemon beside this binary). `--no-ca`
+//!    starts no pebble, so the node presents the self-signed certificate it
+//!    makes for the name: ECDSA P-256, like an issued one.
+//! 2. nginx in a network namespace of its own on the cluster's bridge
+//!    (203.0.113.16k+11), root = the same site directory: 2 workers,
+//!    `sendfile on`, TLS 1.3 only, a self-signed P-256 certificate made with
+//!    `openssl req`, `http2` on the listener, access log off. The rest are
+//!    nginx's defaults (ETag, Last-Modified, no Cache-Control, no
+//!    open_file_cache, gzip off), except `keepalive_requests`, raised so
+//!    that no server closes a connection during a run.
+//! 3. Clients in a third namespace (.16k+12), never on the host:
+//!    - h2load (`-t 2`, `-D 10`): 1 KiB over HTTP/1.1 keep-alive, 64
+//!      connections; 100 KiB over HTTP/1.1, 64 connections; 1 KiB over
+//!      HTTP/2, 64 connections of 10 streams each; 10 MiB over HTTP/1.1,
+//!      8 connections;
+//!    - full TLS 1.3 handshakes: two `openssl s_time -new -tls1_3` at once
+//!      (h2load resumes sessions when it reconnects). s_time sends no SNI,
+//!      so our node answers with its fallback certificate (P-256 too).
+//! 4. Rounds alternate between the servers (which one goes first swaps
+//!    every round); best of three per server and case: the highest rate
+//!    and, apart, the lowest CPU per request.
+//! 5. Server CPU per request: utime + stime of the serving processes (our
+//!    `makiatto … run` with all its threads; nginx's master and workers),
+//!    from `/proc` before and after each run, over the requests (or
+//!    handshakes) completed. The client's own CPU and how busy the machine
+//!    was ("others": neither the server nor the client) are logged on
+//!    stderr with every run.
+//! 6. Before any load, every file is fetched from both servers with curl
+//!    over HTTP/1.1 and HTTP/2 and compared with its source bytes; the
+//!    response heads of `1k.txt` are printed.
+//! 7. Resident memory of both after the runs (RSS and PSS; nginx summed
+//!    over its processes).
+//!
+//! Goals (issue 8): ≥ 1.2 × nginx's requests per second at ≤ 0.7 × its CPU
+//! per request on the small files (1 KiB, 100 KiB) and handshakes;
+//! ≥ 1.1 × its throughput on the 10 MiB file.
+//!
+//! `MAKIATTO_BENCH_PERF=DIR`: after the rounds, one more run per case and
+//! server under `perf record -g` (not counted), written to
+//! `DIR/<case>-<server>.data`.
+//!
+//! Needs root, nginx, h2load, openssl and curl (`apt-get install
+//! nginx-light nghttp2-client`). Build first:
+//! `cargo build --release -p makiatto -p makiatto-cli -p makiatto-benches --bins`
+//! then `target/release/http`. Everything it made (namespaces, nginx, the
+//! cluster) is removed when it ends, also on a panic.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use makiatto_benches::lab::{
+    Lab, Sample, Usage, daemon_pid, have, netns_pids, proc_kib, run, wait_until,
+};
+use makiatto_benches::measure::{print_json, print_table};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde_json::json;
+
+const DOMAIN: &str = "bench.test";
+const SECONDS: u32 = 10;
+const ROUNDS: usize = 3;
+/// `openssl s_time` processes at once: one alone leaves the server idle
+/// while the client works.
+const HANDSHAKE_CLIENTS: usize = 2;
+/// The files of the site, with their sizes (`index.html`: whatever its page takes).
+const FILES: [(&str, usize); 4] = [
+    ("index.html", 0),
+    ("1k.txt", 1 << 10),
+    ("100k.txt", 100 << 10),
+    ("10m.bin", 10 << 20),
+];
+/// The files the node precompresses (text over 256 bytes).
+const COMPRESSED: [&str; 3] = ["index.html", "1k.txt", "100k.txt"];
+
+/// What a case asks of a server.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    /// h2load: HTTP/1.1 or HTTP/2, connections, streams per connection.
+    H2load {
+        h1: bool,
+        conns: u32,
+        streams: u32,
+        path: &'static str,
+    },
+    /// Full TLS handshakes with `openssl s_time -new`.
+    Handshakes,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    key: &'static str,
+    label: &'static str,
+    load: Load,
+    /// Goals: rate ≥ this × nginx's …
+    rate_goal: f64,
+    /// … at CPU per request ≤ this × nginx's (none for the large file).
+    cpu_goal: Option<f64>,
+}
+
+const CASES: [Case; 5] = [
+    Case {
+        key: "1k-h1",
+        label: "1 KiB, HTTP/1.1, 64 conns",
+        load: Load::H2load {
+            h1: true,
+            conns: 64,
+            streams: 1,
+            path: "/1k.txt",
+        },
+        rate_goal: 1.2,
+        cpu_goal: Some(0.7),
+    },
+    Case {
+        key: "100k-h1",
+        label: "100 KiB, HTTP/1.1, 64 conns",
+        load: Load::H2load {
+            h1: true,
+            conns: 64,
+            streams: 1,
+            path: "/100k.txt",
+        },
+        rate_goal: 1.2,
+        cpu_goal: Some(0.7),
+    },
+    Case {
+        key: "1k-h2",
+        label: "1 KiB, HTTP/2, 64 conns × 10 streams",
+        load: Load::H2load {
+            h1: false,
+            conns: 64,
+            streams: 10,
+            path: "/1k.txt",
+        },
+        rate_goal: 1.2,
+        cpu_goal: Some(0.7),
+    },
+    Case {
+        key: "10m-h1",
+        label: "10 MiB, HTTP/1.1, 8 conns",
+        load: Load::H2load {
+            h1: true,
+            conns: 8,
+            streams: 1,
+            path: "/10m.bin",
+        },
+        rate_goal: 1.1,
+        cpu_goal: None,
+    },
+    Case {
+        key: "handshakes",
+        label: "full TLS 1.3 handshakes",
+        load: Load::Handshakes,
+        rate_goal: 1.2,
+        cpu_goal: Some(0.7),
+    },
+];
+
+/// A server under test: where it listens and the processes that serve.
+struct Server {
+    label: &'static str,
+    addr: String,
+    pids: Vec<u32>,
+}
+
+/// One run of one case against one server.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    /// Requests (or handshakes) completed.
+    done: u64,
+    seconds: f64,
+    /// Response body bytes received.
+    data_bytes: u64,
+    /// Response head bytes received (HPACK-compressed over HTTP/2).
+    header_bytes: u64,
+    usage: Usage,
+    /// TLS version, cipher, key exchange and ALPN, as h2load saw them.
+    tls: String,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.done as f64 / self.seconds
+    }
+
+    fn data_mb_s(&self) -> f64 {
+        self.data_bytes as f64 / self.seconds / 1e6
+    }
+
+    fn per_request_us(&self, seconds: f64) -> f64 {
+        seconds * 1e6 / self.done.max(1) as f64
+    }
+
+    fn user_us(&self) -> f64 {
+        self.per_request_us(self.usage.user_s)
+    }
+
+    fn sys_us(&self) -> f64 {
+        self.per_request_us(self.usage.sys_s)
+    }
+
+    fn cpu_us(&self) -> f64 {
+        self.user_us() + self.sys_us()
+    }
+
+    fn client_us(&self) -> f64 {
+        self.per_request_us(self.usage.client_s)
+    }
+}
+
+/// The leading count of each comma-separated part ("N total, N started").
+fn counts(text: &str) -> Vec<u64> {
+    text.split(',')
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn line_after<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.trim_start().strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{out}"))
+        .trim()
+}
+
+fn h2load(client_ns: &str, server: &Server, load: Load) -> Run {
+    let Load::H2load {
+        h1,
+        conns,
+        streams,
+        path,
+    } = load
+    else {
+        unreachable!("h2load runs h2load cases")
+    };
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", client_ns, "timeout", "120", "h2load"])
+        .arg(format!("--connect-to={}:443", server.addr))
+        .args(["-t", "2", "-c", &conns.to_string()])
+        .args(["-m", &streams.to_string(), "-D", &SECONDS.to_string()]);
+    if h1 {
+        cmd.arg("--h1");
+    }
+    cmd.arg(format!("https://{DOMAIN}{path}"));
+    let before = Sample::take(&server.pids);
+    let out = run(&mut cmd);
+    // What the server does as the connections close belongs to this run.
+    std::thread::sleep(Duration::from_millis(300));
+    let usage = Sample::take(&server.pids).since(&before);
+    // finished in 10.00s, 92712.30 req/s, 95.26MB/s
+    let seconds: f64 = line_after(&out, "finished in")
+        .split('s')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("h2load's duration");
+    // requests: N total, N started, N done, N succeeded, F failed, E errored, T timeout
+    // (the status codes also count responses still arriving at the end)
+    let requests = counts(line_after(&out, "requests:"));
+    // status codes: N 2xx, N 3xx, N 4xx, N 5xx
+    let statuses = counts(line_after(&out, "status codes:"));
+    // traffic: 952.60MB (998870234) total, 12.97MB (13600000) headers (space savings 0.00%), 906.60MB (950650000) data
+    let traffic = line_after(&out, "traffic:");
+    let exact: Vec<u64> = traffic
+        .split('(')
+        .skip(1)
+        .filter_map(|p| p.split(')').next()?.parse().ok())
+        .collect();
+    let succeeded = requests[3];
+    assert!(
+        succeeded > 0
+            && requests[4..].iter().all(|n| *n == 0)
+            && statuses[1..].iter().all(|n| *n == 0),
+        "{} {path}: requests failed:\n{out}",
+        server.label
+    );
+    let tls = [
+        "TLS Protocol:",
+        "Cipher:",
+        "Server Temp Key:",
+        "Application protocol:",
+    ]
+    .iter()
+    .filter_map(|p| out.lines().find_map(|l| l.strip_prefix(p)))
+    .map(str::trim)
+    .collect::<Vec<_>>()
+    .join(", ");
+    Run {
+        done: succeeded,
+        seconds,
+        data_bytes: exact.get(2).copied().unwrap_or(0),
+        header_bytes: exact.get(1).copied().unwrap_or(0),
+        usage,
+        tls,
+    }
+}
+
+fn handshakes(client_ns: &str, server: &Server) -> Run {
+    let before = Sample::take(&server.pids);
+    let start = Instant::now();
+    let clients: Vec<_> = (0..HANDSHAKE_CLIENTS)
+        .map(|_| {
+            Command::new("ip")
+                .args(["netns", "exec", client_ns, "timeout", "60", "openssl"])
+                .args(["s_time", "-new", "-tls1_3", "-connect"])
+                .arg(format!("{}:443", server.addr))
+                .args(["-time", &SECONDS.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("openssl s_time starts")
+        })
+        .collect();
+    let mut done = 0;
+    for c in clients {
+        let out = c.wait_with_output().expect("openssl s_time ends");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // 12345 connections in 4.32s; 2857.64 connections/user sec, bytes read 0
+        let n = text
+            .lines()
+            .find(|l| l.contains("connections/user sec"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok());
+        done += n.unwrap_or_else(|| {
+            panic!(
+                "{}: openssl s_time failed:\n{text}{}",
+                server.label,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let usage = Sample::take(&server.pids).since(&before);
+    Run {
+        done,
+        seconds,
+        usage,
+        tls: "TLS 1.3, no SNI".into(),
+        ..Run::default()
+    }
+}
+
+fn measure(client_ns: &str, server: &Server, case: &Case) -> Run {
+    let r = match case.load {
+        Load::H2load { .. } => h2load(client_ns, server, case.load),
+        Load::Handshakes => handshakes(client_ns, server),
+    };
+    eprintln!(
+        "{:>5} {:<12}: {:>9.0}/s ({:>7.1} MB/s), {:>7.1} µs/request (user {:.1} + sys {:.1}), client {:.1} µs/request, head {:.0} B, machine busy {:.0}% (others {:.0}%, steal {:.0}%; softirq {:.0}%) [{}] [{}] other processes: [{}]",
+        server.label,
+        case.key,
+        r.rate(),
+        r.data_mb_s(),
+        r.cpu_us(),
+        r.user_us(),
+        r.sys_us(),
+        r.client_us(),
+        r.header_bytes as f64 / r.done.max(1) as f64,
+        r.usage.machine_busy * 100.0,
+        r.usage.others * 100.0,
+        r.usage.steal * 100.0,
+        r.usage.softirq * 100.0,
+        r.usage.threads,
+        r.tls,
+        r.usage.other_processes,
+    );
+    r
+}
+
+/// Runs `f` under `perf record -g` of the server's processes when `dir`
+/// is given.
+fn profiled<T>(dir: Option<&Path>, name: &str, pids: &[u32], f: impl FnOnce() -> T) -> T {
+    let Some(dir) = dir else { return f() };
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let mut perf = Command::new("perf")
+        .args(["record", "-F", "999", "-g", "-o"])
+        .arg(dir.join(format!("{name}.data")))
+        .args(["-p", &pids.join(",")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("perf starts");
+    std::thread::sleep(Duration::from_millis(500));
+    let r = f();
+    let _ = Command::new("kill")
+        .args(["-INT", &perf.id().to_string()])
+        .status();
+    let _ = perf.wait();
+    r
+}
+
+/// Response head (from stderr) and body of `curl https://bench.test/PATH`
+/// from the client namespace, to `addr`.
+fn fetch(
+    client_ns: &str,
+    addr: &str,
+    path: &str,
+    http2: bool,
+    extra: &[&str],
+) -> (String, Vec<u8>) {
+    let resolve = format!("{DOMAIN}:443:{addr}");
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client_ns,
+            "curl",
+            "-sk",
+            "--max-time",
+            "60",
+        ])
+        .args(["--resolve", &resolve, "-D", "/dev/stderr"])
+        .arg(if http2 { "--http2" } else { "--http1.1" })
+        .args(extra)
+        .arg(format!("https://{DOMAIN}/{path}"))
+        .output()
+        .expect("curl runs");
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.stdout,
+    )
+}
+
+/// Text of `len` bytes: words from a small vocabulary, in lines.
+fn text(rng: &mut ChaCha20Rng, len: usize) -> Vec<u8> {
+    const WORDS: [&str; 24] = [
+        "node", "edge", "cache", "event", "mesh", "zone", "site", "blob", "version", "peer",
+        "signed", "replica", "served", "nearest", "health", "request", "the", "a", "of", "and",
+        "to", "from", "every", "one",
+    ];
+    let mut out = String::new();
+    let mut line = 0;
+    while out.len() < len {
+        let w = WORDS[rng.random_range(0..WORDS.len())];
+        if line + w.len() > 72 {
+            out.push('\n');
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(w);
+        line += w.len();
+    }
+    let mut bytes = out.into_bytes();
+    bytes.truncate(len - 1);
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Writes the site and its `makiatto.toml`; returns the project file.
+fn make_site(project: &Path) -> PathBuf {
+    let site = project.join("site");
+    std::fs::create_dir_all(&site).expect("site dir");
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    for (name, size) in FILES {
+        let bytes = match name {
+            "index.html" => {
+                let mut page = String::from(
+                    "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>bench.test</title></head>\n<body>\n<h1>bench.test</h1>\n<ul>\n",
+                );
+                for (f, _) in FILES.iter().skip(1) {
+                    let _ = writeln!(page, "<li><a href=\"/{f}\">{f}</a></li>");
+                }
+                page.push_str("</ul>\n<p>The files of the HTTPS benchmark of issue 8: the same bytes on the node and on nginx.</p>\n</body>\n</html>\n");
+                page.into_bytes()
+            }
+            n if n.ends_with(".txt") => text(&mut rng, size),
+            _ => {
+                let mut b = vec![0u8; size];
+                rng.fill_bytes(&mut b);
+                b
+            }
+        };
+        std::fs::write(site.join(name), bytes).expect("site file");
+    }
+    let file = project.join("makiatto.toml");
+    std::fs::write(
+        &file,
+        format!("[[domain]]\nname = \"{DOMAIN}\"\npath = \"site\"\n"),
+    )
+    .expect("makiatto.toml");
+    file
+}
+
+/// nginx's certificate, configuration and directories under `dir`;
+/// returns the configuration file.
+fn nginx_conf(dir: &Path, addr: &str, root: &Path) -> PathBuf {
+    for d in ["tmp", "logs"] {
+        std::fs::create_dir_all(dir.join(d)).expect("nginx dir");
+    }
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "30", "-subj", &format!("/CN={DOMAIN}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{DOMAIN}")])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null()));
+    let d = dir.display();
+    let root = root.display();
+    let conf = format!(
+        "user root;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log warn;\n\
+         events {{\n    worker_connections 4096;\n}}\n\
+         http {{\n    include /etc/nginx/mime.types;\n    default_type application/octet-stream;\n    \
+         charset utf-8;\n    access_log off;\n    sendfile on;\n    tcp_nopush on;\n    tcp_nodelay on;\n    \
+         keepalive_timeout 65;\n    keepalive_requests 10000000;\n    \
+         client_body_temp_path {d}/tmp/body;\n    proxy_temp_path {d}/tmp/proxy;\n    \
+         fastcgi_temp_path {d}/tmp/fastcgi;\n    uwsgi_temp_path {d}/tmp/uwsgi;\n    \
+         scgi_temp_path {d}/tmp/scgi;\n    \
+         server {{\n        listen {addr}:443 ssl http2;\n        server_name {DOMAIN};\n        \
+         ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;\n        \
+         ssl_protocols TLSv1.3;\n        root {root};\n    }}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    path
+}
+
+/// (RSS, PSS) of processes, summed, in KiB.
+fn memory_kib(pids: &[u32]) -> (u64, u64) {
+    pids.iter().fold((0, 0), |(rss, pss), &p| {
+        (
+            rss + proc_kib(p, "status", "VmRSS"),
+            pss + proc_kib(p, "smaps_rollup", "Pss"),
+        )
+    })
+}
+
+/// The best of a server's rounds: the highest rate, with the lowest CPU
+/// per request of any round.
+fn best(runs: &[Run]) -> Run {
+    let mut b = runs
+        .iter()
+        .max_by(|a, b| a.rate().total_cmp(&b.rate()))
+        .expect("runs")
+        .clone();
+    let cpu = runs
+        .iter()
+        .min_by(|a, b| a.cpu_us().total_cmp(&b.cpu_us()))
+        .expect("runs");
+    // Per request of the cheapest round, scaled to this run's count.
+    let scale = b.done as f64 / cpu.done.max(1) as f64;
+    b.usage.user_s = cpu.usage.user_s * scale;
+    b.usage.sys_s = cpu.usage.sys_s * scale;
+    b
+}
+
+fn main() {
+    for tool in ["nginx", "h2load", "openssl", "curl"] {
+        assert!(
+            have(tool),
+            "{tool} is not installed: apt-get install nginx-light nghttp2-client curl"
+        );
+    }
+    let perf_dir = std::env::var_os("MAKIATTO_BENCH_PERF").map(PathBuf::from);
+    if let Some(d) = &perf_dir {
+        assert!(
+            have("perf"),
+            "perf is not installed: apt-get install linux-perf"
+        );
+        std::fs::create_dir_all(d).expect("the perf directory");
+    }
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    let mut lab = Lab::new("h");
+    let project = lab.dir.path().join("project");
+    let file = make_site(&project);
+    let site = project.join("site");
+    eprintln!("bringing up one node ({})", lab.name);
+    let node = lab.up(&file, &["--no-ca"]);
+    let slot = node.slot;
+    let nginx_addr = node.anchor_addr();
+    let nginx_ns = format!("mkhttp-{}-nginx", lab.name);
+    let client_ns = format!("mkhttp-{}-client", lab.name);
+    lab.namespace(&nginx_ns, &format!("mk{slot}wn"), &nginx_addr, &node.bridge);
+    lab.namespace(
+        &client_ns,
+        &format!("mk{slot}wc"),
+        &node.client_addr(),
+        &node.bridge,
+    );
+    // Two s_time clients make ~5,000 connections a second: room for them.
+    for setting in [
+        "net.ipv4.ip_local_port_range=1024 65535",
+        "net.ipv4.tcp_tw_reuse=1",
+    ] {
+        run(Command::new("ip").args(["netns", "exec", &client_ns, "sysctl", "-qw", setting]));
+    }
+
+    let source: Vec<(&str, Vec<u8>)> = FILES
+        .iter()
+        .map(|(f, _)| (*f, std::fs::read(site.join(f)).expect("site file")))
+        .collect();
+    // The node serves the site, with its precompressed variants made (a
+    // rebuild after they are empties the small-file cache).
+    wait_until(Duration::from_secs(60), "the node serves the site", || {
+        fetch(&client_ns, &node.ipv4, "1k.txt", false, &[]).1 == source[1].1
+    });
+    wait_until(
+        Duration::from_secs(120),
+        "the node serves precompressed variants",
+        || {
+            COMPRESSED.iter().all(|f| {
+                let (head, _) = fetch(
+                    &client_ns,
+                    &node.ipv4,
+                    f,
+                    false,
+                    &["-H", "accept-encoding: br", "-o", "/dev/null"],
+                );
+                head.to_ascii_lowercase().contains("content-encoding: br")
+            })
+        },
+    );
+
+    let conf = nginx_conf(&lab.dir.path().join("nginx"), &nginx_addr, &site);
+    let conf_arg = conf.to_str().expect("utf-8");
+    let error_log = lab.dir.path().join("nginx/logs/error.log");
+    let nginx_pid = lab.spawn_anchor(
+        &nginx_ns,
+        &[
+            "nginx",
+            "-c",
+            conf_arg,
+            "-e",
+            error_log.to_str().expect("utf-8"),
+            "-g",
+            "daemon off;",
+        ],
+    );
+    wait_until(Duration::from_secs(20), "nginx serves the site", || {
+        fetch(&client_ns, &nginx_addr, "1k.txt", false, &[]).1 == source[1].1
+    });
+    let nginx_pids = netns_pids(&nginx_ns);
+    assert!(
+        nginx_pids.contains(&nginx_pid) && nginx_pids.len() == 3,
+        "nginx: a master and 2 workers, found {nginx_pids:?}"
+    );
+    let ours_pid = daemon_pid(&node.netns).expect("the node's `makiatto run` process");
+
+    // The same bytes from both, over both protocols.
+    for (name, bytes) in &source {
+        for (who, addr) in [("ours", &node.ipv4), ("nginx", &nginx_addr)] {
+            for http2 in [false, true] {
+                let (head, body) = fetch(&client_ns, addr, name, http2, &[]);
+                assert!(
+                    body == *bytes,
+                    "{who} {name} over {}: {} bytes, not the source's {}\n{head}",
+                    if http2 { "HTTP/2" } else { "HTTP/1.1" },
+                    body.len(),
+                    bytes.len()
+                );
+            }
+        }
+    }
+    eprintln!("both servers return the source bytes of every file, over HTTP/1.1 and HTTP/2");
+    for (who, addr) in [("ours", &node.ipv4), ("nginx", &nginx_addr)] {
+        let (head, _) = fetch(&client_ns, addr, "1k.txt", false, &["-o", "/dev/null"]);
+        eprintln!("{who}: the response head of 1k.txt:\n{}", head.trim_end());
+    }
+
+    let servers = [
+        Server {
+            label: "ours",
+            addr: node.ipv4.clone(),
+            pids: vec![ours_pid],
+        },
+        Server {
+            label: "nginx",
+            addr: nginx_addr.clone(),
+            pids: nginx_pids.clone(),
+        },
+    ];
+    let mut results = Vec::new(); // per case: (all runs of ours, of nginx)
+    for case in &CASES {
+        let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..ROUNDS {
+            for k in 0..2 {
+                let i = (k + round) % 2;
+                runs[i].push(measure(&client_ns, &servers[i], case));
+            }
+        }
+        results.push(runs);
+    }
+    if let Some(dir) = &perf_dir {
+        for case in &CASES {
+            for s in &servers {
+                let name = format!("{}-{}", case.key, s.label);
+                eprint!("profiled, not counted: ");
+                profiled(Some(dir), &name, &s.pids, || measure(&client_ns, s, case));
+            }
+        }
+    }
+
+    let ours_mem = memory_kib(&[ours_pid]);
+    let ours_hwm = proc_kib(ours_pid, "status", "VmHWM");
+    let nginx_mem = memory_kib(&nginx_pids);
+
+    let mut rows: Vec<(String, String)> = vec![
+        ("load average at start".into(), loadavg.trim().to_owned()),
+        (
+            "rounds".into(),
+            format!("best of {ROUNDS} alternating rounds of {SECONDS} s"),
+        ),
+    ];
+    let mut json_cases = serde_json::Map::new();
+    for (case, runs) in CASES.iter().zip(&results) {
+        let (o, n) = (best(&runs[0]), best(&runs[1]));
+        let large = case.cpu_goal.is_none();
+        let (ours_rate, nginx_rate, unit) = if large {
+            (o.data_mb_s(), n.data_mb_s(), "MB/s")
+        } else {
+            (o.rate(), n.rate(), "/s")
+        };
+        let rate_ratio = ours_rate / nginx_rate;
+        let cpu_ratio = o.cpu_us() / n.cpu_us();
+        let range = |rs: &[Run]| {
+            let v = |r: &Run| if large { r.data_mb_s() } else { r.rate() };
+            let lo = rs.iter().map(v).fold(f64::MAX, f64::min);
+            let hi = rs.iter().map(v).fold(0.0, f64::max);
+            format!("{lo:.0}–{hi:.0}")
+        };
+        let l = case.label;
+        rows.push((
+            format!("{l}: ours / nginx"),
+            format!("{ours_rate:.0} / {nginx_rate:.0} {unit}"),
+        ));
+        rows.push((
+            format!("{l}: ratio (goal ≥ {})", case.rate_goal),
+            format!(
+                "{rate_ratio:.2} ({})",
+                if rate_ratio >= case.rate_goal {
+                    "met"
+                } else {
+                    "not met"
+                }
+            ),
+        ));
+        rows.push((
+            format!("{l}: range of the rounds, ours / nginx"),
+            format!("{} / {}", range(&runs[0]), range(&runs[1])),
+        ));
+        rows.push((
+            format!("{l}: server CPU per request, ours / nginx"),
+            format!(
+                "{:.1} µs ({:.1} + {:.1}) / {:.1} µs ({:.1} + {:.1})",
+                o.cpu_us(),
+                o.user_us(),
+                o.sys_us(),
+                n.cpu_us(),
+                n.user_us(),
+                n.sys_us()
+            ),
+        ));
+        rows.push((
+            format!(
+                "{l}: CPU ratio{}",
+                case.cpu_goal
+                    .map_or(String::new(), |g| format!(" (goal ≤ {g})"))
+            ),
+            match case.cpu_goal {
+                Some(g) => format!(
+                    "{cpu_ratio:.2} ({})",
+                    if cpu_ratio <= g { "met" } else { "not met" }
+                ),
+                None => format!("{cpu_ratio:.2}"),
+            },
+        ));
+        rows.push((
+            format!("{l}: client CPU per request, with ours / nginx"),
+            format!("{:.1} / {:.1} µs", o.client_us(), n.client_us()),
+        ));
+        let run_json = |r: &Run, all: &[Run]| {
+            json!({
+                "rate": r.rate(),
+                "data_mb_s": r.data_mb_s(),
+                "cpu_us": r.cpu_us(),
+                "user_us": r.user_us(),
+                "sys_us": r.sys_us(),
+                "client_us": r.client_us(),
+                "head_bytes": r.header_bytes as f64 / r.done.max(1) as f64,
+                "tls": r.tls,
+                "rounds": all.iter().map(|r| json!({
+                    "rate": r.rate(),
+                    "data_mb_s": r.data_mb_s(),
+                    "cpu_us": r.cpu_us(),
+                    "machine_busy": r.usage.machine_busy,
+                    "others_busy": r.usage.others,
+                })).collect::<Vec<_>>(),
+            })
+        };
+        json_cases.insert(
+            case.key.to_owned(),
+            json!({
+                "ours": run_json(&o, &runs[0]),
+                "nginx": run_json(&n, &runs[1]),
+                "rate_ratio": rate_ratio,
+                "cpu_ratio": cpu_ratio,
+            }),
+        );
+    }
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    rows.push((
+        "memory ours (makiatto run): RSS / PSS / peak RSS".into(),
+        format!(
+            "{:.1} / {:.1} / {:.1} MiB",
+            mib(ours_mem.0),
+            mib(ours_mem.1),
+            mib(ours_hwm)
+        ),
+    ));
+    rows.push((
+        "memory nginx (master + 2 workers): RSS / PSS".into(),
+        format!("{:.1} / {:.1} MiB", mib(nginx_mem.0), mib(nginx_mem.1)),
+    ));
+    let rows_ref: Vec<(&str, String)> = rows.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    print_table("http: makiatto vs nginx 1.22 (1 node, 2 cores)", &rows_ref);
+    let mut fields = json!({
+        "rss_kib": { "ours": ours_mem.0, "nginx": nginx_mem.0 },
+        "pss_kib": { "ours": ours_mem.1, "nginx": nginx_mem.1 },
+        "peak_rss_kib": { "ours": ours_hwm },
+        "seconds": SECONDS,
+        "rounds": ROUNDS,
+    });
+    if let Some(m) = fields.as_object_mut() {
+        m.extend(json_cases);
+    }
+    print_json("http", fields);
+    drop(lab);
+}
