@@ -3,6 +3,7 @@
 //! body from the blob store (small files from memory, large ones streamed).
 
 use std::collections::HashMap;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -13,8 +14,6 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use makiatto_events::Blake3Hash;
 use makiatto_events::manifest::FileEntry;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::request::{self, BadPath, Coding, Ranged, Target};
 use super::routes::{Route, Routes, SiteVersion};
@@ -264,21 +263,25 @@ async fn serve(
     head: bool,
 ) -> Response<Body> {
     let get = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let variants = site.variants.get(&entry.hash);
-    let available: Vec<Coding> =
-        variants.map_or(Vec::new(), |v| v.iter().map(|(c, _)| *c).collect());
-    let coding = request::choose_coding(get(header::ACCEPT_ENCODING), &available);
+    let prepared = site
+        .variants
+        .get(&entry.hash)
+        .map_or(&[][..], Vec::as_slice);
+    // The codings prepared, without allocating (at most one of each).
+    let mut available = [Coding::Br; Coding::ALL.len()];
+    for (slot, (c, _)) in available.iter_mut().zip(prepared) {
+        *slot = *c;
+    }
+    let available = &available[..prepared.len().min(Coding::ALL.len())];
+    let coding = request::choose_coding(get(header::ACCEPT_ENCODING), available);
     let len = match coding {
-        Some(c) => variants
-            .and_then(|v| v.iter().find(|(vc, _)| *vc == c))
+        Some(c) => prepared
+            .iter()
+            .find(|(vc, _)| *vc == c)
             .map_or(entry.size, |(_, n)| *n),
         None => entry.size,
     };
-    let hex = entry.hash.to_hex();
-    let etag = match coding {
-        Some(c) => format!("\"{}-{}\"", &hex[..32], c.token()),
-        None => format!("\"{}\"", &hex[..32]),
-    };
+    let etag = etag_for(&entry.hash, coding);
     let last_modified = site.published;
 
     let mut r = Response::new(empty());
@@ -294,10 +297,9 @@ async fn serve(
         header::LAST_MODIFIED,
         &httpdate::fmt_http_date(last_modified),
     );
-    put(
-        h,
+    h.insert(
         header::CACHE_CONTROL,
-        cache_control(&entry.content_type, status),
+        HeaderValue::from_static(cache_control(&entry.content_type, status)),
     );
     if !available.is_empty() {
         h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
@@ -356,15 +358,13 @@ async fn serve(
         *r.status_mut() = status;
         (0, len)
     };
-    put(
-        r.headers_mut(),
-        header::CONTENT_LENGTH,
-        &(end - start).to_string(),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     if head {
         return r;
     }
-    let path = match coding {
+    // Only a file that is read needs its path (hex and allocations).
+    let path = || match coding {
         Some(c) => ctx.variants.path(&entry.hash, c),
         None => ctx.blobs.path(&entry.hash),
     };
@@ -372,30 +372,86 @@ async fn serve(
         let key = (entry.hash, coding);
         let bytes = match ctx.cache.get(&key) {
             Some(b) => b,
-            None => match tokio::fs::read(&path).await {
-                Ok(b) if b.len() as u64 == len => {
-                    let b = Bytes::from(b);
-                    ctx.cache.put(key, b.clone());
-                    b
+            None => {
+                let path = path();
+                match tokio::fs::read(&path).await {
+                    Ok(b) if b.len() as u64 == len => {
+                        let b = Bytes::from(b);
+                        ctx.cache.put(key, b.clone());
+                        b
+                    }
+                    _ => return unavailable(&path),
                 }
-                _ => return unavailable(&path),
-            },
+            }
         };
         Full::new(bytes.slice(start as usize..end as usize))
             .map_err(|e| match e {})
             .boxed()
     } else {
-        let Ok(mut file) = tokio::fs::File::open(&path).await else {
+        let path = path();
+        let opened = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut file = std::fs::File::open(path)?;
+                file.seek(SeekFrom::Start(start))?;
+                Ok::<_, io::Error>(file)
+            })
+            .await
+        };
+        let Ok(Ok(file)) = opened else {
             return unavailable(&path);
         };
-        if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-            return unavailable(&path);
-        }
-        let stream = ReaderStream::with_capacity(file.take(end - start), CHUNK);
-        BodyExt::boxed(StreamBody::new(stream.map(|chunk| chunk.map(Frame::data))))
+        BodyExt::boxed(StreamBody::new(
+            chunks(file, end - start).map(|chunk| chunk.map(Frame::data)),
+        ))
     };
     *r.body_mut() = body;
     r
+}
+
+/// The ETag of a representation: the first 128 bits of the blob's blake3
+/// in hex, plus the coding of a variant; strong, the same on every node.
+fn etag_for(hash: &Blake3Hash, coding: Option<Coding>) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut tag = String::with_capacity(40);
+    tag.push('"');
+    for b in &hash.as_bytes()[..16] {
+        tag.push(char::from(HEX[usize::from(b >> 4)]));
+        tag.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    if let Some(c) = coding {
+        tag.push('-');
+        tag.push_str(c.token());
+    }
+    tag.push('"');
+    tag
+}
+
+/// The next `len` bytes of `file`, in pieces of at most `CHUNK`, each read
+/// on the blocking pool straight into the buffer it is sent from (tokio's
+/// `File` reads into a buffer of its own and copies from there: one more
+/// pass over every byte of a large file).
+fn chunks(
+    file: std::fs::File,
+    len: u64,
+) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
+    futures_util::stream::try_unfold((file, len), |(file, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let want = left.min(CHUNK as u64);
+        let (file, buf) = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(want as usize);
+            (&file).take(want).read_to_end(&mut buf)?;
+            Ok::<_, io::Error>((file, buf))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        if buf.len() as u64 != want {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(Some((Bytes::from(buf), (file, left - want))))
+    })
 }
 
 fn unavailable(path: &std::path::Path) -> Response<Body> {
@@ -404,4 +460,44 @@ fn unavailable(path: &std::path::Path) -> Response<Body> {
         StatusCode::SERVICE_UNAVAILABLE,
         "this file cannot be read on this node right now",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_etag_is_the_first_128_bits_of_the_hash_with_the_coding() {
+        let hash = Blake3Hash::of(b"index");
+        let hex = hash.to_hex();
+        assert_eq!(etag_for(&hash, None), format!("\"{}\"", &hex[..32]));
+        assert_eq!(
+            etag_for(&hash, Some(Coding::Zstd)),
+            format!("\"{}-zstd\"", &hex[..32])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_file_streams_whole_in_chunks_from_an_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let bytes: Vec<u8> = (0..2 * CHUNK + 5).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        file.seek(SeekFrom::Start(3)).unwrap();
+        let got: Vec<Bytes> = chunks(file, bytes.len() as u64 - 3)
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        assert_eq!(got.len(), 3);
+        assert_eq!(got.concat(), bytes[3..]);
+        // A file shorter than promised is an error, not a short body.
+        let short = std::fs::File::open(&path).unwrap();
+        let last = chunks(short, bytes.len() as u64 + 1)
+            .collect::<Vec<_>>()
+            .await
+            .pop()
+            .unwrap();
+        assert!(last.is_err());
+    }
 }
