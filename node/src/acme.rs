@@ -232,14 +232,13 @@ impl Acme {
         };
         let settings = r.settings();
         let (domains, _) = r.domains();
+        let clean = |n: &str| n.trim_end_matches('.').to_ascii_lowercase();
+        let zones: Vec<String> = domains.keys().map(|d| clean(d)).collect();
         let directory = settings.acme_directory.clone().map(|url| Directory {
             url,
             ca_root: settings.acme_ca_root.clone(),
             dns01: settings.acme_dns01(),
-            zones: domains
-                .keys()
-                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
-                .collect(),
+            zones: zones.clone(),
         });
         let peers = r.peers();
         let certs = r.certificates();
@@ -262,21 +261,14 @@ impl Acme {
                     .iter()
                     .filter_map(|n| certs.renewals.get(n).copied())
                     .max();
-                let issued = certs
-                    .issued
-                    .get(&makiatto_projections::certificates::names_key(&names))
-                    .map(|t| t.iter().map(|(hlc, _)| hlc.millis).collect::<Vec<_>>())
-                    .unwrap_or_default();
                 wanted.push(Wanted {
                     domain: domain.to_owned(),
+                    limited_until: duplicate_limit(&certs, &names, now),
                     names,
                     renewal,
-                    limited_until: duplicate_limit(&issued, now),
                 });
             }
         };
-        let clean = |n: &str| n.trim_end_matches('.').to_ascii_lowercase();
-        let zones: Vec<String> = domains.keys().map(|d| clean(d)).collect();
         for (domain, aliases) in &domains {
             // The site's certificate: the domain first (it names the
             // certificate), then its aliases inside our zones. An alias
@@ -594,22 +586,31 @@ impl Acme {
             "certificates": certs.names,
             // Certificates at the CA's duplicate limit, and until when.
             "limited": certs.names.iter().filter_map(|(first, c)| {
-                let issued: Vec<u64> = certs
-                    .issued
-                    .get(&makiatto_projections::certificates::names_key(&c.names))?
-                    .iter()
-                    .map(|(hlc, _)| hlc.millis)
-                    .collect();
-                duplicate_limit(&issued, now_millis()).map(|until| (first.clone(), until))
+                duplicate_limit(&certs, &c.names, now_millis()).map(|until| (first.clone(), until))
             }).collect::<std::collections::BTreeMap<_, _>>(),
         })
     }
 }
 
-/// When the CA's duplicate limit lets the next certificate for a set of
-/// names be ordered, given when the earlier ones were issued (Unix
-/// millis): `None` when it may be ordered now.
-fn duplicate_limit(issued: &[u64], now: u64) -> Option<u64> {
+/// When the CA's duplicate limit lets the next certificate for exactly
+/// `names` be ordered (Unix millis), from when the earlier ones were
+/// issued: `None` when it may be ordered now.
+fn duplicate_limit(
+    certs: &makiatto_projections::certificates::Certificates,
+    names: &[String],
+    now: u64,
+) -> Option<u64> {
+    let issued: Vec<u64> = certs
+        .issued
+        .get(&makiatto_projections::certificates::names_key(names))?
+        .iter()
+        .map(|(hlc, _)| hlc.millis)
+        .collect();
+    limit_until(&issued, now)
+}
+
+/// The duplicate limit over issue times (Unix millis).
+fn limit_until(issued: &[u64], now: u64) -> Option<u64> {
     let window = DUPLICATE_WINDOW.as_millis() as u64;
     let mut recent: Vec<u64> = issued
         .iter()
@@ -708,10 +709,10 @@ mod tests {
     fn the_duplicate_limit_waits_for_the_oldest_to_age_out() {
         let day = 24 * 3600 * 1000;
         let now = 100 * day;
-        assert_eq!(duplicate_limit(&[], now), None);
-        assert_eq!(duplicate_limit(&[now - day; 4], now), None);
+        assert_eq!(limit_until(&[], now), None);
+        assert_eq!(limit_until(&[now - day; 4], now), None);
         let five = [now - 6 * day, now - 5 * day, now - 3 * day, now - day, now];
-        assert_eq!(duplicate_limit(&five, now), Some(now + day));
+        assert_eq!(limit_until(&five, now), Some(now + day));
         // Older ones do not count.
         let old = [
             now - 30 * day,
@@ -720,7 +721,7 @@ mod tests {
             now - day,
             now,
         ];
-        assert_eq!(duplicate_limit(&old, now), None);
+        assert_eq!(limit_until(&old, now), None);
     }
 
     #[test]

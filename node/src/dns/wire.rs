@@ -382,19 +382,10 @@ impl<'b> Response<'b> {
     /// pre-rendered records (type, class, TTL, RDLENGTH, RDATA), `n` of them,
     /// each needing the owner before it.
     pub fn records(&mut self, owner: &[u8], tails: &[u8], n: u16) {
-        let mut rest = tails;
-        for _ in 0..n {
-            if rest.len() < 10 {
-                return;
-            }
-            let len = 10 + u16::from_be_bytes([rest[8], rest[9]]) as usize;
-            let Some((one, tail)) = rest.split_at_checked(len) else {
-                return;
-            };
+        for one in split_records(tails).take(n.into()) {
             self.buf.extend_from_slice(owner);
             self.buf.extend_from_slice(one);
             self.counts[self.section] += 1;
-            rest = tail;
         }
     }
 
@@ -461,6 +452,18 @@ impl<'b> Response<'b> {
         self.counts = [0; 3];
         self.buf[2] |= (TC >> 8) as u8;
     }
+}
+
+/// Pre-rendered records without owners (type, class, TTL, RDLENGTH,
+/// RDATA), one at a time; stops at the first that is cut short.
+pub fn split_records(tails: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = tails;
+    std::iter::from_fn(move || {
+        let len = 10 + u16::from_be_bytes([*rest.get(8)?, *rest.get(9)?]) as usize;
+        let (one, tail) = rest.split_at_checked(len)?;
+        rest = tail;
+        Some(one)
+    })
 }
 
 /// A name in wire format, lowercased, into `out` (for map lookups).

@@ -14,7 +14,7 @@ use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use makiatto_events::NodeName;
 use makiatto_projections::zones::{INFRA_TTL, RecordView, Zone, Zones};
 
-use super::wire::{encode_name, rtype};
+use super::wire::{encode_name, rtype, split_records};
 
 type Map<V> = HashMap<Box<[u8]>, V, foldhash::fast::FixedState>;
 
@@ -327,17 +327,6 @@ pub fn compile(zones: &Zones) -> Compiled {
     b.c
 }
 
-/// The RDATA of each record of a set.
-fn rdatas(tails: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = tails;
-    std::iter::from_fn(move || {
-        let len = u16::from_be_bytes([*rest.get(8)?, *rest.get(9)?]) as usize;
-        let (record, tail) = rest.split_at_checked(10 + len)?;
-        rest = tail;
-        Some(&record[10..])
-    })
-}
-
 /// For every MX and SRV set, the A and AAAA records of its targets that
 /// are ours (static records; not geo names, whose answer depends on the
 /// client, nor names under a delegation), as whole records.
@@ -353,8 +342,8 @@ fn additional_for_targets(c: &mut Compiled) {
             };
             let mut glue = Glue::default();
             let mut seen = std::collections::HashSet::new();
-            for rdata in rdatas(&set.tails) {
-                let Some(target) = rdata.get(skip..) else {
+            for record in split_records(&set.tails) {
+                let Some(target) = record.get(10 + skip..) else {
                     continue;
                 };
                 let lower: Box<[u8]> = target.to_ascii_lowercase().into();
@@ -368,24 +357,14 @@ fn additional_for_targets(c: &mut Compiled) {
                 if tn.below_cut.is_some() || tn.cut.is_some() {
                     continue;
                 }
-                for at in [rtype::A, rtype::AAAA] {
-                    if let Some(addrs) = tn.rrset(at) {
-                        let mut rest = &addrs.tails[..];
-                        for _ in 0..addrs.n {
-                            let Some(len) =
-                                rest.get(8..10).map(|l| u16::from_be_bytes([l[0], l[1]]))
-                            else {
-                                break;
-                            };
-                            let Some((record, tail)) = rest.split_at_checked(10 + len as usize)
-                            else {
-                                break;
-                            };
-                            glue.bytes.extend_from_slice(target);
-                            glue.bytes.extend_from_slice(record);
-                            glue.n += 1;
-                            rest = tail;
-                        }
+                for addrs in [rtype::A, rtype::AAAA]
+                    .into_iter()
+                    .filter_map(|t| tn.rrset(t))
+                {
+                    for record in split_records(&addrs.tails).take(addrs.n.into()) {
+                        glue.bytes.extend_from_slice(target);
+                        glue.bytes.extend_from_slice(record);
+                        glue.n += 1;
                     }
                 }
             }

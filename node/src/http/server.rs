@@ -213,30 +213,29 @@ impl SiteCerts {
 
     /// Does `host` have an issued certificate (so plain HTTP redirects)?
     pub fn has_issued(&self, host: &str) -> bool {
-        self.issued.read().is_ok_and(|i| {
-            i.contains(host) || super::routes::wildcard_of(host).is_some_and(|w| i.contains(&w))
-        })
+        self.issued_for(host).is_some()
+    }
+
+    /// The issued certificate for `host`, or for the wildcard covering it.
+    fn issued_for(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        // In `install`'s order: names, then the issued set.
+        let by = self.by_name.read().ok()?;
+        let issued = self.issued.read().ok()?;
+        let get = |name: &str| {
+            issued
+                .contains(name)
+                .then(|| by.get(name).cloned())
+                .flatten()
+        };
+        get(host).or_else(|| get(&super::routes::wildcard_of(host)?))
     }
 
     /// Does the issued certificate presented for `sni` also cover `host`?
     /// Then a client may reuse the connection for it (HTTP/2 coalescing,
     /// RFC 9113 §9.1.1); otherwise the request gets 421.
     pub fn covers(&self, sni: &str, host: &str) -> bool {
-        let Ok(by) = self.by_name.read() else {
-            return false;
-        };
-        let issued_for = |name: &str| {
-            self.issued
-                .read()
-                .is_ok_and(|i| i.contains(name))
-                .then(|| by.get(name))
-                .flatten()
-        };
-        let find = |name: &str| {
-            issued_for(name).or_else(|| issued_for(&super::routes::wildcard_of(name)?))
-        };
-        match (find(sni), find(host)) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        match (self.issued_for(sni), self.issued_for(host)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(&a, &b),
             _ => false,
         }
     }

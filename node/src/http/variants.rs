@@ -124,8 +124,9 @@ impl Variants {
             for c in todo {
                 match compress(c, &bytes) {
                     Ok(out) if worth(out.len()) => {
-                        if let Ok(tmp) = self.write_tmp(&self.path(&f.hash, c), &out) {
-                            pending.push((tmp, self.path(&f.hash, c)));
+                        let path = self.path(&f.hash, c);
+                        if let Ok(tmp) = self.write_tmp(&path, &out) {
+                            pending.push((tmp, path));
                         }
                     }
                     // A lost marker only means the work is done again.
