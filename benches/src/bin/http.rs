@@ -43,6 +43,8 @@
 //! per request on the small files (1 KiB, 100 KiB) and handshakes;
 //! ≥ 1.1 × its throughput on the 10 MiB file.
 //!
+//! `MAKIATTO_BENCH_CASES=10m-h1,1k-h2`: only the cases with these keys.
+//!
 //! `MAKIATTO_BENCH_PERF=DIR`: after the rounds, one more run per case and
 //! server under `perf record -g` (not counted), written to
 //! `DIR/<case>-<server>.data`.
@@ -687,8 +689,18 @@ fn main() {
             pids: nginx_pids.clone(),
         },
     ];
+    // `MAKIATTO_BENCH_CASES=10m-h1,1k-h2`: only these cases (by key).
+    let only = std::env::var("MAKIATTO_BENCH_CASES").ok();
+    let cases: Vec<&Case> = CASES
+        .iter()
+        .filter(|c| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|k| k == c.key))
+        })
+        .collect();
+    assert!(!cases.is_empty(), "MAKIATTO_BENCH_CASES names no case");
     let mut results = Vec::new(); // per case: (all runs of ours, of nginx)
-    for case in &CASES {
+    for case in &cases {
         let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
         for round in 0..ROUNDS {
             for k in 0..2 {
@@ -699,7 +711,7 @@ fn main() {
         results.push(runs);
     }
     if let Some(dir) = &perf_dir {
-        for case in &CASES {
+        for case in &cases {
             for s in &servers {
                 let name = format!("{}-{}", case.key, s.label);
                 eprint!("profiled, not counted: ");
@@ -720,7 +732,7 @@ fn main() {
         ),
     ];
     let mut json_cases = serde_json::Map::new();
-    for (case, runs) in CASES.iter().zip(&results) {
+    for (case, runs) in cases.iter().zip(&results) {
         let (o, n) = (best(&runs[0]), best(&runs[1]));
         let large = case.cpu_goal.is_none();
         let (ours_rate, nginx_rate, unit) = if large {

@@ -3,7 +3,7 @@
 //! body from the blob store (small files from memory, large ones streamed).
 
 use std::collections::HashMap;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -391,18 +391,13 @@ async fn serve(
         let path = path();
         let opened = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut file = std::fs::File::open(path)?;
-                file.seek(SeekFrom::Start(start))?;
-                Ok::<_, io::Error>(file)
-            })
-            .await
+            tokio::task::spawn_blocking(move || std::fs::File::open(path)).await
         };
         let Ok(Ok(file)) = opened else {
             return unavailable(&path);
         };
         BodyExt::boxed(StreamBody::new(
-            chunks(file, end - start).map(|chunk| chunk.map(Frame::data)),
+            chunks(file, start, end - start).map(|chunk| chunk.map(Frame::data)),
         ))
     };
     *r.body_mut() = body;
@@ -427,31 +422,123 @@ fn etag_for(hash: &Blake3Hash, coding: Option<Coding>) -> String {
     tag
 }
 
-/// The next `len` bytes of `file`, in pieces of at most `CHUNK`, each read
-/// on the blocking pool straight into the buffer it is sent from (tokio's
-/// `File` reads into a buffer of its own and copies from there: one more
-/// pass over every byte of a large file).
+/// The `len` bytes of `file` from `offset`, in pieces of at most `CHUNK`,
+/// each read straight into the buffer it is sent from.
+///
+/// A piece whose pages are in the page cache (the usual case for a file a
+/// CDN serves often) is read on the runtime's own thread with
+/// `preadv2(RWF_NOWAIT)`, which copies from the cache and never waits for
+/// the disk. Only what is not cached goes through the blocking pool: a hop
+/// per piece there cost about 9% of the 10 MiB benchmark's samples, and
+/// its context switches more.
 fn chunks(
     file: std::fs::File,
+    offset: u64,
     len: u64,
 ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
-    futures_util::stream::try_unfold((file, len), |(file, left)| async move {
+    let file = Arc::new(file);
+    futures_util::stream::try_unfold((file, offset, len), |(file, at, left)| async move {
         if left == 0 {
             return Ok(None);
         }
-        let want = left.min(CHUNK as u64);
-        let (file, buf) = tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::with_capacity(want as usize);
-            (&file).take(want).read_to_end(&mut buf)?;
-            Ok::<_, io::Error>((file, buf))
-        })
-        .await
-        .map_err(io::Error::other)??;
-        if buf.len() as u64 != want {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+        let want = left.min(CHUNK as u64) as usize;
+        let mut buf = ChunkPool::take();
+        read_cached(&file, at, want, &mut buf);
+        if buf.len() < want {
+            let blocking = Arc::clone(&file);
+            buf = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let done = buf.len();
+                buf.resize(want, 0);
+                blocking.read_exact_at(&mut buf[done..], at + done as u64)?;
+                Ok::<_, io::Error>(buf)
+            })
+            .await
+            .map_err(io::Error::other)??;
         }
-        Ok(Some((Bytes::from(buf), (file, left - want))))
+        Ok(Some((
+            Bytes::from_owner(Pooled(buf)),
+            (file, at + want as u64, left - want as u64),
+        )))
     })
+}
+
+/// Read buffers of large files, reused once the bytes were sent: a fresh
+/// `CHUNK` for every piece costs the allocator and the kernel (page faults
+/// on memory just handed back) more than the copy out of the page cache.
+struct ChunkPool;
+
+/// At most this many idle buffers are kept (16 MiB).
+const POOL_MAX: usize = 64;
+static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+impl ChunkPool {
+    /// An empty buffer with room for `CHUNK` bytes.
+    fn take() -> Vec<u8> {
+        POOL.lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK))
+    }
+
+    fn give(mut buf: Vec<u8>) {
+        if buf.capacity() != CHUNK {
+            return;
+        }
+        buf.clear();
+        if let Ok(mut p) = POOL.lock()
+            && p.len() < POOL_MAX
+        {
+            p.push(buf);
+        }
+    }
+}
+
+/// A chunk on its way out; its buffer goes back to the pool when the bytes
+/// are dropped (written to the connection, or the connection gone).
+struct Pooled(Vec<u8>);
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        ChunkPool::give(std::mem::take(&mut self.0));
+    }
+}
+
+/// Appends to `buf` what `preadv2(RWF_NOWAIT)` can read of `want` bytes at
+/// `at` without blocking; stops at the first short read, `EAGAIN` (pages
+/// not cached), or any other error (which the blocking read then reports).
+fn read_cached(file: &std::fs::File, at: u64, want: usize, buf: &mut Vec<u8>) {
+    use std::os::fd::AsRawFd;
+    while buf.len() < want {
+        let done = buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..want - done];
+        let iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        };
+        let Ok(offset) = libc::off_t::try_from(at + done as u64) else {
+            return;
+        };
+        // SAFETY: `iov` points into `buf`'s spare capacity, which is valid
+        // for writes of `iov_len` bytes and is not otherwise borrowed; the
+        // file descriptor is open for as long as `file` is borrowed.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        let Ok(n) = usize::try_from(n) else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        // SAFETY: the kernel initialised the first `n` bytes past `done`,
+        // and `n` is at most `want - done`, within the capacity.
+        unsafe { buf.set_len(done + n) };
+    }
 }
 
 fn unavailable(path: &std::path::Path) -> Response<Body> {
@@ -483,9 +570,8 @@ mod tests {
         let path = dir.path().join("big");
         let bytes: Vec<u8> = (0..2 * CHUNK + 5).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &bytes).unwrap();
-        let mut file = std::fs::File::open(&path).unwrap();
-        file.seek(SeekFrom::Start(3)).unwrap();
-        let got: Vec<Bytes> = chunks(file, bytes.len() as u64 - 3)
+        let file = std::fs::File::open(&path).unwrap();
+        let got: Vec<Bytes> = chunks(file, 3, bytes.len() as u64 - 3)
             .map(|c| c.unwrap())
             .collect()
             .await;
@@ -493,7 +579,7 @@ mod tests {
         assert_eq!(got.concat(), bytes[3..]);
         // A file shorter than promised is an error, not a short body.
         let short = std::fs::File::open(&path).unwrap();
-        let last = chunks(short, bytes.len() as u64 + 1)
+        let last = chunks(short, 0, bytes.len() as u64 + 1)
             .collect::<Vec<_>>()
             .await
             .pop()
