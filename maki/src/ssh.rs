@@ -123,75 +123,118 @@ pub fn fingerprint(openssh_key: &str) -> String {
     }
 }
 
+/// Why a login failed: the host key, or anything else (already worded).
+enum LoginError {
+    HostKey,
+    Other(anyhow::Error),
+}
+
 impl Remote {
     /// Connects, checking (or pinning) the host key and checking privileges.
     pub async fn connect(target: &Target, policy: HostKeyPolicy<'_>) -> anyhow::Result<Remote> {
-        let seen = read_host_key(target).await?;
-        let seen_openssh = seen.to_openssh().context("cannot encode the host key")?;
-        let seen_fp = seen.fingerprint(HashAlg::Sha256).to_string();
-        match policy {
+        // A pinned key is checked inside the one connection that logs in;
+        // the key is read apart (a second key exchange) only on first
+        // contact, or to say which key a machine presents instead.
+        let seen_openssh = match policy {
             HostKeyPolicy::Pinned(pinned) => {
                 let pinned_key = PublicKey::from_openssh(pinned)
                     .context("the pinned host key in the profile is not readable")?;
-                if pinned_key.key_data() != seen.key_data() {
-                    bail!(
-                        "{target}: HOST KEY CHANGED. The profile pins {} but the machine now presents {seen_fp}.\n\
-                         This may be a machine reinstalled or an attack. If you are sure the machine was rebuilt, \
-                         remove it from the profile and run `maki machine init --recreate` or `maki machine add`.",
-                        fingerprint(pinned)
-                    );
+                let openssh = pinned_key
+                    .to_openssh()
+                    .context("cannot encode the host key")?;
+                match Self::login(target, &openssh).await {
+                    Ok(client) => return Self::finish(target, client, openssh).await,
+                    Err(LoginError::HostKey) => {
+                        let seen = read_host_key(target).await?;
+                        if pinned_key.key_data() != seen.key_data() {
+                            bail!(
+                                "{target}: HOST KEY CHANGED. The profile pins {} but the machine now presents {}.\n\
+                                 This may be a machine reinstalled or an attack. If you are sure the machine was rebuilt, \
+                                 remove it from the profile and run `maki machine init --recreate` or `maki machine add`.",
+                                fingerprint(pinned),
+                                seen.fingerprint(HashAlg::Sha256)
+                            );
+                        }
+                        bail!(
+                            "{target}: the host key check failed although the key is the pinned one"
+                        )
+                    }
+                    Err(LoginError::Other(e)) => return Err(e),
                 }
             }
-            HostKeyPolicy::FirstContact { accept: Some(fp) } => {
-                if fp != seen_fp {
-                    bail!(
+            HostKeyPolicy::FirstContact { accept } => {
+                let seen = read_host_key(target).await?;
+                let seen_fp = seen.fingerprint(HashAlg::Sha256).to_string();
+                match accept {
+                    Some(fp) if fp != seen_fp => bail!(
                         "{target}: the host key's fingerprint is {seen_fp}, not {fp} as given with --accept-host-key; refusing to connect"
-                    );
+                    ),
+                    Some(_) => {}
+                    None => {
+                        eprintln!("{target}: first contact; the host key fingerprint is {seen_fp}");
+                        if !confirm(
+                            "Is this the machine's key? (compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on it)",
+                        )? {
+                            bail!(
+                                "{target}: host key not confirmed. On a terminal answer y; in scripts pass --accept-host-key {seen_fp}"
+                            );
+                        }
+                    }
                 }
+                seen.to_openssh().context("cannot encode the host key")?
             }
-            HostKeyPolicy::FirstContact { accept: None } => {
-                eprintln!("{target}: first contact; the host key fingerprint is {seen_fp}");
-                if !confirm(
-                    "Is this the machine's key? (compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on it)",
-                )? {
-                    bail!(
-                        "{target}: host key not confirmed. On a terminal answer y; in scripts pass --accept-host-key {seen_fp}"
-                    );
-                }
+        };
+        match Self::login(target, &seen_openssh).await {
+            Ok(client) => Self::finish(target, client, seen_openssh).await,
+            Err(LoginError::HostKey) => {
+                bail!("{target}: the machine presented another host key while connecting; refusing")
             }
+            Err(LoginError::Other(e)) => Err(e),
         }
-        let base64 = seen_openssh
+    }
+
+    /// Logs in, accepting only the host key `openssh`.
+    async fn login(target: &Target, openssh: &str) -> Result<Client, LoginError> {
+        let base64 = openssh
             .split_whitespace()
             .nth(1)
             .unwrap_or_default()
             .to_owned();
+        let addr = socket_addr(target).map_err(LoginError::Other)?;
         let client = tokio::time::timeout(
             Duration::from_secs(20),
             Client::connect(
-                socket_addr(target)?,
+                addr,
                 &target.user,
                 AuthMethod::with_key_file(&target.key_file, None),
                 ServerCheckMethod::PublicKey(base64),
             ),
         )
         .await
-        .with_context(|| format!("{target}: SSH login timed out"))?
-        .map_err(|e| match e {
-            async_ssh2_tokio::Error::KeyAuthFailed => anyhow::anyhow!(
+        .map_err(|_| LoginError::Other(anyhow::anyhow!("{target}: SSH login timed out")))?;
+        client.map_err(|e| match e {
+            async_ssh2_tokio::Error::ServerCheckFailed
+            | async_ssh2_tokio::Error::SshError(russh::Error::UnknownKey) => LoginError::HostKey,
+            async_ssh2_tokio::Error::KeyAuthFailed => LoginError::Other(anyhow::anyhow!(
                 "{target}: the server refused the key {} (is its public half in ~{}/.ssh/authorized_keys?)",
                 target.key_file.display(),
                 target.user
-            ),
-            async_ssh2_tokio::Error::KeyInvalid(e) => {
-                anyhow::anyhow!("{}: not a usable private key: {e}", target.key_file.display())
-            }
-            other => anyhow::anyhow!("{target}: SSH failed: {other}"),
-        })?;
+            )),
+            async_ssh2_tokio::Error::KeyInvalid(e) => LoginError::Other(anyhow::anyhow!(
+                "{}: not a usable private key: {e}",
+                target.key_file.display()
+            )),
+            other => LoginError::Other(anyhow::anyhow!("{target}: SSH failed: {other}")),
+        })
+    }
+
+    /// The logged-in session, once privileges are checked.
+    async fn finish(target: &Target, client: Client, host_key: String) -> anyhow::Result<Remote> {
         let mut remote = Remote {
             client,
             target: target.clone(),
             sudo: false,
-            host_key: seen_openssh,
+            host_key,
         };
         if target.user != "root" {
             let check = remote.client.execute("sudo -n true").await?;

@@ -232,7 +232,9 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             continue;
         }
         let before = match &live_manifest {
-            Some(h) => previous_manifest(&remote, h).await.unwrap_or_default(),
+            Some(h) => previous_manifest(&remote, &manifest_cache(ctx, &cluster_id, &d.name), h)
+                .await
+                .unwrap_or_default(),
             None => Manifest::default(),
         };
         let summary = m.summary_since(&before);
@@ -365,16 +367,17 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     }
     let missing: BTreeSet<String> = out.stdout.lines().map(str::to_owned).collect();
     let mut upload: Vec<(Blake3Hash, Source)> = Vec::new();
+    let mut queued: BTreeSet<Blake3Hash> = BTreeSet::new();
     let mut per_domain: BTreeMap<&str, u64> = BTreeMap::new();
     for p in &plans {
         let mhash = Blake3Hash::of(&p.manifest_bytes);
-        if missing.contains(&mhash.to_hex()) && !upload.iter().any(|(h, _)| *h == mhash) {
+        if missing.contains(&mhash.to_hex()) && queued.insert(mhash) {
             upload.push((mhash, Source::Bytes(p.manifest_bytes.clone())));
         }
         for entry in p.manifest.files.values() {
             if missing.contains(&entry.hash.to_hex())
-                && !upload.iter().any(|(h, _)| *h == entry.hash)
                 && let Some(path) = p.sources.get(&entry.hash)
+                && queued.insert(entry.hash)
             {
                 upload.push((entry.hash, Source::File(path.clone(), entry.size)));
                 *per_domain.entry(&p.domain.name).or_default() += entry.size;
@@ -429,6 +432,12 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     let events = ctx.sign(&remote, &cluster_id, payloads).await?;
     ctx.deliver(&remote, &cluster_id, &events).await?;
     save_base(&base_file, &secrets_file, &file_config, &secrets, &operator)?;
+    for p in &plans {
+        keep_manifest(
+            &manifest_cache(ctx, &cluster_id, &p.domain.name),
+            &p.manifest_bytes,
+        );
+    }
     report(&plans, &per_domain, events.len() > plans.len(), false);
     if others_changed {
         println!(
@@ -510,11 +519,53 @@ fn save_base(
     Ok(())
 }
 
-async fn previous_manifest(remote: &Remote, hash: &str) -> anyhow::Result<Manifest> {
+/// Where the manifest of a domain's last version synced from here is kept
+/// (beside the base), so the next sync need not fetch it.
+fn manifest_cache(ctx: &Ctx, cluster_id: &str, domain: &str) -> PathBuf {
+    let (base, _) = base_paths(ctx, cluster_id);
+    base.with_extension("manifests")
+        .join(format!("{domain}.bin"))
+}
+
+/// The manifest `hash` (hex): the copy kept here when its hash matches,
+/// otherwise fetched from the node (about 100 bytes per file) and kept.
+async fn previous_manifest(remote: &Remote, cache: &Path, hash: &str) -> anyhow::Result<Manifest> {
+    if let Ok(bytes) = std::fs::read(cache)
+        && Blake3Hash::of(&bytes).to_hex() == hash
+    {
+        return Ok(Manifest::decode(&bytes)?);
+    }
     let out = remote
         .run_ok(&format!("makiatto blobs get --hex {hash}"))
         .await?;
-    Ok(Manifest::decode(&hex::decode(out.trim())?)?)
+    let bytes = hex::decode(out.trim())?;
+    if Blake3Hash::of(&bytes).to_hex() != hash {
+        bail!(
+            "{}: the manifest it sent does not match its hash",
+            remote.target()
+        );
+    }
+    keep_manifest(cache, &bytes);
+    Ok(Manifest::decode(&bytes)?)
+}
+
+/// Keeps a manifest for the next sync; failing to is no error (the next
+/// sync fetches it).
+fn keep_manifest(cache: &Path, bytes: &[u8]) {
+    let kept = cache
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            let tmp = cache.with_extension("tmp");
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, cache)
+        });
+    if let Err(e) = kept {
+        eprintln!(
+            "warning: cannot keep the manifest in {}: {e}",
+            cache.display()
+        );
+    }
 }
 
 /// Bytes to upload: a local file or bytes made here (a manifest).
