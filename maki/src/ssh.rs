@@ -58,6 +58,19 @@ pub struct Remote {
     sudo: bool,
     /// The host key as pinned (OpenSSH form).
     pub host_key: String,
+    /// One `makiatto control` kept open for every control request of this
+    /// connection: starting a command costs a session and a shell on the
+    /// machine (150–200 ms on the test hosts), a request on an open one a
+    /// round trip.
+    control: tokio::sync::Mutex<Option<ControlSession>>,
+}
+
+type ControlStream = russh::ChannelStream<russh::client::Msg>;
+
+/// A running `makiatto control`: requests in, one answer line each out.
+struct ControlSession {
+    reader: tokio::io::BufReader<tokio::io::ReadHalf<ControlStream>>,
+    writer: tokio::io::WriteHalf<ControlStream>,
 }
 
 /// The default private key: `~/.ssh/id_ed25519`, then `~/.ssh/id_rsa`.
@@ -235,6 +248,7 @@ impl Remote {
             target: target.clone(),
             sudo: false,
             host_key,
+            control: tokio::sync::Mutex::new(None),
         };
         if target.user != "root" {
             let check = remote.client.execute("sudo -n true").await?;
@@ -286,32 +300,45 @@ impl Remote {
         Ok(out.stdout)
     }
 
-    /// Runs a command with `input` on its standard input.
-    pub async fn run_with_input(&self, command: &str, input: Vec<u8>) -> anyhow::Result<Output> {
+    /// Runs a command (as root) with what `feed` sends on its standard
+    /// input, then end-of-file; returns its exit status, stdout and stderr.
+    ///
+    /// A sender of the input stays alive until the command ends: the SSH
+    /// library's loop polls the input channel with every message, and a
+    /// channel whose senders are all gone answers at once, forever, which
+    /// spun a core for as long as the command ran. If `feed` fails, the
+    /// channel is dropped (the command sees its input cut) and that error
+    /// is returned.
+    async fn exec_fed<F, Fut>(
+        &self,
+        command: &str,
+        feed: F,
+    ) -> anyhow::Result<(u32, Vec<u8>, Vec<u8>)>
+    where
+        F: FnOnce(tokio::sync::mpsc::Sender<Vec<u8>>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
         let (err_tx, mut err_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-        let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
         let cmd = self.privileged(command);
-        let exec = self
-            .client
-            .execute_io(&cmd, out_tx, Some(err_tx), Some(in_rx), false, None);
-        let feed = async move {
-            for chunk in input.chunks(256 * 1024) {
-                if in_tx.send(chunk.to_vec()).await.is_err() {
-                    return;
-                }
-            }
-            let _ = in_tx.send(Vec::new()).await;
+        let exec = async {
+            self.client
+                .execute_io(&cmd, out_tx, Some(err_tx), Some(in_rx), false, None)
+                .await
+                .with_context(|| format!("{}: the remote command failed", self.target))
         };
-        let collect_out = collect(&mut out_rx);
-        let collect_err = collect(&mut err_rx);
-        let (status, _, out, err) = tokio::join!(exec, feed, collect_out, collect_err);
-        let status = status.with_context(|| format!("{}: cannot run a command", self.target))?;
-        Ok(Output {
-            stdout: String::from_utf8_lossy(&out).into_owned(),
-            stderr: String::from_utf8_lossy(&err).into_owned(),
-            status,
-        })
+        let feeding = async move {
+            feed(in_tx.clone()).await?;
+            // An empty message is end-of-file; a command that already
+            // exited no longer reads, which is not an error here.
+            let _ = in_tx.send(Vec::new()).await;
+            anyhow::Ok(in_tx)
+        };
+        let out = async { anyhow::Ok(collect(&mut out_rx).await) };
+        let err = async { anyhow::Ok(collect(&mut err_rx).await) };
+        let (status, _held, out, err) = tokio::try_join!(exec, feeding, out, err)?;
+        Ok((status, out, err))
     }
 
     /// Streams a local file to `remote_path` (atomically: a temporary name,
@@ -330,37 +357,26 @@ impl Remote {
         progress.set_length(size);
         progress.set_position(0);
         let tmp = format!("{remote_path}.upload");
-        let cmd = self.privileged(&format!(
+        let cmd = format!(
             "cat > {tmp} && chmod {mode:o} {tmp} && mv -f {tmp} {remote_path}",
             tmp = shell_quote(&tmp),
             remote_path = shell_quote(remote_path)
-        ));
-        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-        let (err_tx, mut err_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-        let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-        let exec = self
-            .client
-            .execute_io(&cmd, out_tx, Some(err_tx), Some(in_rx), false, None);
-        let feed = async move {
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = file.read(&mut buf).await?;
-                if n == 0 {
-                    break;
+        );
+        let (status, _, err) = self
+            .exec_fed(&cmd, |tx| async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = file.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    if tx.send(buf[..n].to_vec()).await.is_err() {
+                        return Ok(());
+                    }
+                    progress.inc(n as u64);
                 }
-                if in_tx.send(buf[..n].to_vec()).await.is_err() {
-                    break;
-                }
-                progress.inc(n as u64);
-            }
-            let _ = in_tx.send(Vec::new()).await;
-            anyhow::Ok(())
-        };
-        let drain = async move { while out_rx.recv().await.is_some() {} };
-        let errors = collect(&mut err_rx);
-        let (status, fed, _, err) = tokio::join!(exec, feed, drain, errors);
-        fed?;
-        let status = status.with_context(|| format!("{}: upload failed", self.target))?;
+            })
+            .await?;
         if status != 0 {
             bail!(
                 "{}: cannot write {remote_path} (exit {status}): {} (is the disk full?)",
@@ -379,59 +395,48 @@ impl Remote {
         blobs: &[(makiatto_events::Blake3Hash, crate::sync::Source)],
         progress: &ProgressBar,
     ) -> anyhow::Result<Value> {
-        let cmd = self.privileged("makiatto blobs receive");
-        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-        let (err_tx, mut err_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-        let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-        let exec = self
-            .client
-            .execute_io(&cmd, out_tx, Some(err_tx), Some(in_rx), false, None);
-        let feed = async move {
-            for (hash, source) in blobs {
-                let mut head = hash.as_bytes().to_vec();
-                head.extend_from_slice(&source.size().to_be_bytes());
-                if in_tx.send(head).await.is_err() {
-                    return anyhow::Ok(());
-                }
-                match source {
-                    crate::sync::Source::Bytes(b) => {
-                        if in_tx.send(b.clone()).await.is_err() {
-                            return Ok(());
-                        }
-                        progress.inc(b.len() as u64);
+        let (_, out, err) = self
+            .exec_fed("makiatto blobs receive", |tx| async move {
+                for (hash, source) in blobs {
+                    let mut head = hash.as_bytes().to_vec();
+                    head.extend_from_slice(&source.size().to_be_bytes());
+                    if tx.send(head).await.is_err() {
+                        return Ok(());
                     }
-                    crate::sync::Source::File(path, size) => {
-                        let mut file = tokio::fs::File::open(path)
-                            .await
-                            .with_context(|| format!("cannot read {}", path.display()))?;
-                        let mut left = *size;
-                        let mut buf = vec![0u8; 256 * 1024];
-                        while left > 0 {
-                            let want = left.min(buf.len() as u64) as usize;
-                            let n = file.read(&mut buf[..want]).await?;
-                            if n == 0 {
-                                bail!(
-                                    "{} shrank while it was sent; run maki sync again",
-                                    path.display()
-                                );
-                            }
-                            if in_tx.send(buf[..n].to_vec()).await.is_err() {
+                    match source {
+                        crate::sync::Source::Bytes(b) => {
+                            if tx.send(b.clone()).await.is_err() {
                                 return Ok(());
                             }
-                            progress.inc(n as u64);
-                            left -= n as u64;
+                            progress.inc(b.len() as u64);
+                        }
+                        crate::sync::Source::File(path, size) => {
+                            let mut file = tokio::fs::File::open(path)
+                                .await
+                                .with_context(|| format!("cannot read {}", path.display()))?;
+                            let mut left = *size;
+                            let mut buf = vec![0u8; 256 * 1024];
+                            while left > 0 {
+                                let want = left.min(buf.len() as u64) as usize;
+                                let n = file.read(&mut buf[..want]).await?;
+                                if n == 0 {
+                                    bail!(
+                                        "{} shrank while it was sent; run maki sync again",
+                                        path.display()
+                                    );
+                                }
+                                if tx.send(buf[..n].to_vec()).await.is_err() {
+                                    return Ok(());
+                                }
+                                progress.inc(n as u64);
+                                left -= n as u64;
+                            }
                         }
                     }
                 }
-            }
-            let _ = in_tx.send(Vec::new()).await;
-            Ok(())
-        };
-        let collect_out = collect(&mut out_rx);
-        let collect_err = collect(&mut err_rx);
-        let (status, fed, out, err) = tokio::join!(exec, feed, collect_out, collect_err);
-        fed?;
-        status.with_context(|| format!("{}: the upload failed", self.target))?;
+                Ok(())
+            })
+            .await?;
         serde_json::from_slice(&out).with_context(|| {
             format!(
                 "{}: makiatto blobs receive failed: {}",
@@ -442,39 +447,79 @@ impl Remote {
     }
 
     /// Sends control requests to the node's daemon (through `makiatto
-    /// control`) and returns the answers.
+    /// control`, started once per connection) and returns the answers.
     pub async fn control(&self, requests: &[Value]) -> anyhow::Result<Vec<Value>> {
-        let mut input = Vec::new();
-        for r in requests {
-            input.extend(serde_json::to_vec(r)?);
-            input.push(b'\n');
-        }
-        let out = self.run_with_input("makiatto control", input).await?;
-        if out.status != 0 {
-            bail!(
-                "{}: makiatto control failed: {}",
-                self.target,
-                out.stderr.trim()
-            );
-        }
+        let mut slot = self.control.lock().await;
+        let session = match slot.as_mut() {
+            Some(s) => s,
+            None => slot.insert(self.open_control().await?),
+        };
+        let lines = match Self::exchange(session, requests).await {
+            Ok(lines) => lines,
+            Err(e) => {
+                // The session is out of step or gone: the next request
+                // starts another.
+                *slot = None;
+                return Err(e.context(format!(
+                    "{}: makiatto control stopped answering (run `maki health` or look at the node's log)",
+                    self.target
+                )));
+            }
+        };
         let mut answers = Vec::new();
-        for line in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
-            let v: Value = serde_json::from_str(line)
+        for line in lines {
+            let v: Value = serde_json::from_str(&line)
                 .with_context(|| format!("{}: unreadable answer {line:?}", self.target))?;
             if let Some(e) = v.get("error") {
                 bail!("{}: {}", self.target, e.as_str().unwrap_or("error"));
             }
             answers.push(v.get("ok").cloned().unwrap_or(Value::Null));
         }
-        if answers.len() != requests.len() {
-            bail!(
-                "{}: expected {} answers from makiatto control, got {}",
-                self.target,
-                requests.len(),
-                answers.len()
-            );
-        }
         Ok(answers)
+    }
+
+    async fn open_control(&self) -> anyhow::Result<ControlSession> {
+        let channel = self
+            .client
+            .get_channel()
+            .await
+            .with_context(|| format!("{}: cannot open a session", self.target))?;
+        channel
+            .exec(true, self.privileged("makiatto control"))
+            .await
+            .with_context(|| format!("{}: cannot start makiatto control", self.target))?;
+        let (reader, writer) = tokio::io::split(channel.into_stream());
+        Ok(ControlSession {
+            reader: tokio::io::BufReader::new(reader),
+            writer,
+        })
+    }
+
+    /// Writes the requests and reads one answer line per request, all of
+    /// them (so the session stays in step even when one is an error).
+    async fn exchange(
+        session: &mut ControlSession,
+        requests: &[Value],
+    ) -> anyhow::Result<Vec<String>> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut input = Vec::new();
+        for r in requests {
+            input.extend(serde_json::to_vec(r)?);
+            input.push(b'\n');
+        }
+        session.writer.write_all(&input).await?;
+        session.writer.flush().await?;
+        let mut lines = Vec::with_capacity(requests.len());
+        for _ in requests {
+            let mut line = String::new();
+            if session.reader.read_line(&mut line).await? == 0 {
+                bail!(
+                    "makiatto control ended (is makiatto installed and its data directory readable?)"
+                );
+            }
+            lines.push(line);
+        }
+        Ok(lines)
     }
 
     /// One control request.

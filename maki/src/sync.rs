@@ -351,21 +351,17 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
                 .filter(|h| !p.known.contains(h)),
         );
     }
-    let query: String = wanted_blobs
-        .iter()
-        .map(|h| format!("{}\n", h.to_hex()))
+    let asked: Vec<String> = wanted_blobs.iter().map(|h| h.to_hex()).collect();
+    let answer = remote
+        .call(json!({"op": "blobs-missing", "hashes": asked}))
+        .await
+        .with_context(|| format!("{}: cannot list its blobs", machine.name))?;
+    let missing: BTreeSet<String> = answer
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.as_str().map(str::to_owned))
         .collect();
-    let out = remote
-        .run_with_input("makiatto blobs missing", query.into_bytes())
-        .await?;
-    if out.status != 0 {
-        bail!(
-            "{}: cannot list its blobs: {}",
-            machine.name,
-            out.stderr.trim()
-        );
-    }
-    let missing: BTreeSet<String> = out.stdout.lines().map(str::to_owned).collect();
     let mut upload: Vec<(Blake3Hash, Source)> = Vec::new();
     let mut queued: BTreeSet<Blake3Hash> = BTreeSet::new();
     let mut per_domain: BTreeMap<&str, u64> = BTreeMap::new();
@@ -399,7 +395,13 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     if !upload.is_empty() {
         let bar = crate::ssh::bytes_bar(&format!("uploading to {}", machine.name));
         bar.set_length(upload_bytes);
-        let result = remote.stream_blobs(&upload, &bar).await?;
+        // A few small blobs (the usual edit) ride the open control
+        // session; anything larger streams through a command of its own.
+        let result = if upload_bytes <= INLINE_UPLOAD_BYTES {
+            put_inline(&remote, &upload, &bar).await?
+        } else {
+            remote.stream_blobs(&upload, &bar).await?
+        };
         bar.finish_and_clear();
         if !result["refused"].as_array().is_none_or(|r| r.is_empty()) {
             bail!(
@@ -566,6 +568,43 @@ fn keep_manifest(cache: &Path, bytes: &[u8]) {
             cache.display()
         );
     }
+}
+
+/// Uploads up to this size go inline in a control request (hex: twice
+/// the size on the wire, under the node's limit of 8 MiB).
+const INLINE_UPLOAD_BYTES: u64 = 2 << 20;
+
+/// Sends blobs as one `blobs-put` request on the control session; the
+/// node verifies each against its hash. Returns the node's report.
+async fn put_inline(
+    remote: &Remote,
+    upload: &[(Blake3Hash, Source)],
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<serde_json::Value> {
+    let mut blobs = Vec::with_capacity(upload.len());
+    for (hash, source) in upload {
+        let bytes = match source {
+            Source::Bytes(b) => b.clone(),
+            Source::File(path, size) => {
+                let b = tokio::fs::read(path)
+                    .await
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                if b.len() as u64 != *size {
+                    bail!(
+                        "{} changed while it was sent; run maki sync again",
+                        path.display()
+                    );
+                }
+                b
+            }
+        };
+        bar.inc(bytes.len() as u64);
+        blobs.push(json!({"hash": hash.to_hex(), "hex": hex::encode(bytes)}));
+    }
+    remote
+        .call(json!({"op": "blobs-put", "blobs": blobs}))
+        .await
+        .with_context(|| format!("{}: the upload failed", remote.target()))
 }
 
 /// Bytes to upload: a local file or bytes made here (a manifest).

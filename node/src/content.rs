@@ -8,7 +8,7 @@
 //! depends on what this node holds), kept in `<data>/deployed.json` and
 //! replaced atomically (a temporary file, then a rename).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +45,9 @@ struct Pending {
     error: Option<String>,
 }
 
+/// A deployed manifest's hash and the blobs it names.
+type Held = (Blake3Hash, Arc<HashSet<Blake3Hash>>);
+
 /// The follower: deploys live versions as their blobs arrive.
 pub struct Content {
     replica: Arc<Mutex<Replica>>,
@@ -55,6 +58,11 @@ pub struct Content {
     pending: Mutex<BTreeMap<String, Pending>>,
     /// Bumped whenever a domain switches version (the HTTP server follows).
     changes: tokio::sync::watch::Sender<u64>,
+    /// Per domain, the blobs of the version deployed here (filled as
+    /// versions deploy): they are in the store (collection keeps them), so
+    /// the next version checks the store only for what is new in it, not
+    /// a `stat` for each of its files.
+    held: Mutex<BTreeMap<String, Held>>,
 }
 
 impl Content {
@@ -78,6 +86,7 @@ impl Content {
             deployed: Mutex::new(deployed),
             pending: Mutex::new(BTreeMap::new()),
             changes: tokio::sync::watch::Sender::new(0),
+            held: Mutex::new(BTreeMap::new()),
         });
         tokio::spawn(content.clone().follow());
         content
@@ -187,13 +196,25 @@ impl Content {
         let bytes = std::fs::read(self.blobs.path(&manifest_hash))?;
         let manifest = Manifest::decode(&bytes)
             .map_err(|e| anyhow::anyhow!("the manifest {manifest_hash} is refused: {e}"))?;
-        let hashes: Vec<Blake3Hash> = {
-            let mut h: Vec<Blake3Hash> = manifest.files.values().map(|f| f.hash).collect();
-            h.sort();
-            h.dedup();
-            h
-        };
-        let mut missing = self.blobs.missing(&hashes);
+        let hashes: HashSet<Blake3Hash> = manifest.files.values().map(|f| f.hash).collect();
+        let deployed_manifest = self
+            .deployed
+            .lock()
+            .ok()
+            .and_then(|d| d.get(domain).map(|d| d.manifest));
+        let held = self
+            .held
+            .lock()
+            .ok()
+            .and_then(|h| h.get(domain).cloned())
+            .filter(|(m, _)| Some(*m) == deployed_manifest)
+            .map(|(_, set)| set);
+        let new: Vec<Blake3Hash> = hashes
+            .iter()
+            .filter(|h| held.as_ref().is_none_or(|set| !set.contains(h)))
+            .copied()
+            .collect();
+        let mut missing = self.blobs.missing(&new);
         if !missing.is_empty() {
             missing = self.gossip.fetch_blobs(&missing).await;
         }
@@ -217,6 +238,9 @@ impl Content {
         std::fs::write(&tmp, serde_json::to_vec_pretty(&snapshot)?)?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &self.file)?;
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(domain.to_owned(), (manifest_hash, Arc::new(hashes)));
+        }
         self.changes.send_modify(|n| *n += 1);
         tracing::info!(
             domain,

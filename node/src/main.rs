@@ -270,14 +270,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Control => {
+            // One session may carry many requests (`maki` keeps it open for
+            // a whole command): each line is answered as it arrives.
+            let mut store = None;
             for line in std::io::stdin().lock().lines() {
                 let line = line.context("cannot read standard input")?;
-                let response = match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => match request(&data_dir, req) {
+                let response = if let Ok(blob_req) = serde_json::from_str::<BlobRequest>(&line) {
+                    match blob_request(&data_dir, &mut store, blob_req) {
                         Ok(v) => Response::Ok(v),
                         Err(e) => Response::Error(format!("{e:#}")),
-                    },
-                    Err(e) => Response::Error(format!("not a valid request: {e}")),
+                    }
+                } else {
+                    match serde_json::from_str::<Request>(&line) {
+                        Ok(req) => match request(&data_dir, req) {
+                            Ok(v) => Response::Ok(v),
+                            Err(e) => Response::Error(format!("{e:#}")),
+                        },
+                        Err(e) => Response::Error(format!("not a valid request: {e}")),
+                    }
                 };
                 println!("{}", serde_json::to_string(&response)?);
             }
@@ -506,6 +516,78 @@ fn request(data_dir: &Path, request: Request) -> anyhow::Result<serde_json::Valu
     match response {
         Response::Ok(value) => Ok(value),
         Response::Error(e) => bail!("{e}"),
+    }
+}
+
+/// Requests about the blob store, answered by `makiatto control` itself
+/// (the store is files under the data directory; the daemon is not asked).
+#[derive(serde::Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+enum BlobRequest {
+    /// Which of these blobs (hex hashes) are not stored here.
+    BlobsMissing { hashes: Vec<String> },
+    /// Stores small blobs sent inline (hex), each verified against its
+    /// hash, as `makiatto blobs receive` does; answers its report.
+    BlobsPut { blobs: Vec<InlineBlob> },
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InlineBlob {
+    hash: String,
+    hex: String,
+}
+
+/// At most this many bytes of blobs in one `blobs-put` (larger uploads
+/// stream through `makiatto blobs receive`).
+const INLINE_BLOB_BYTES: usize = 8 << 20;
+
+fn parse_hash(text: &str) -> anyhow::Result<makiatto_events::Blake3Hash> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut bytes)
+        .with_context(|| format!("{text:?} is not a blake3 hash (64 hex digits)"))?;
+    Ok(makiatto_events::Blake3Hash::from(bytes))
+}
+
+fn blob_request(
+    data_dir: &Path,
+    store: &mut Option<blobs::BlobStore>,
+    req: BlobRequest,
+) -> anyhow::Result<serde_json::Value> {
+    let store = match store {
+        Some(s) => s,
+        None => store
+            .insert(blobs::BlobStore::open(data_dir).with_context(|| {
+                format!("cannot open the blob store in {}", data_dir.display())
+            })?),
+    };
+    match req {
+        BlobRequest::BlobsMissing { hashes } => {
+            let hashes = hashes
+                .iter()
+                .map(|h| parse_hash(h))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let missing: Vec<String> = store.missing(&hashes).iter().map(|h| h.to_hex()).collect();
+            Ok(serde_json::json!(missing))
+        }
+        BlobRequest::BlobsPut { blobs } => {
+            let mut stream = Vec::new();
+            for b in &blobs {
+                let hash = parse_hash(&b.hash)?;
+                let bytes = hex::decode(&b.hex)
+                    .with_context(|| format!("blob {}: its bytes are not hex", b.hash))?;
+                stream.extend_from_slice(hash.as_bytes());
+                stream.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+                stream.extend_from_slice(&bytes);
+                if stream.len() > INLINE_BLOB_BYTES {
+                    bail!(
+                        "more than {INLINE_BLOB_BYTES} bytes of blobs in one request; stream them with `makiatto blobs receive`"
+                    );
+                }
+            }
+            let report = store.receive(&mut &stream[..])?;
+            Ok(serde_json::to_value(&report)?)
+        }
     }
 }
 
