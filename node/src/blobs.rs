@@ -492,6 +492,26 @@ mod tests {
     }
 
     #[test]
+    fn a_few_blobs_and_many_are_both_committed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        for count in [1usize, SYNC_EACH_MAX, SYNC_EACH_MAX + 1, 40] {
+            let blobs: Vec<Vec<u8>> = (0..count)
+                .map(|i| format!("blob {count} {i}").into_bytes())
+                .collect();
+            let mut stream = Vec::new();
+            for b in &blobs {
+                stream.extend(frame(&Blake3Hash::of(b), b));
+            }
+            let report = store.receive(&mut &stream[..]).unwrap();
+            assert_eq!(report.stored, count as u64);
+            for b in &blobs {
+                assert_eq!(std::fs::read(store.path(&Blake3Hash::of(b))).unwrap(), *b);
+            }
+        }
+    }
+
+    #[test]
     fn collection_keeps_what_is_referenced_and_what_is_recent() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();

@@ -637,3 +637,79 @@ fn print_health(v: &serde_json::Value) {
     }
     println!("  replication: {}", v["replication"]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use makiatto_events::Blake3Hash;
+
+    fn ask(
+        dir: &Path,
+        store: &mut Option<blobs::BlobStore>,
+        line: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let req: BlobRequest = serde_json::from_str(line)?;
+        blob_request(dir, store, req)
+    }
+
+    #[test]
+    fn control_stores_inline_blobs_verified_and_lists_the_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = None;
+        let good = b"<h1>inline</h1>";
+        let h = Blake3Hash::of(good).to_hex();
+        let other = Blake3Hash::of(b"other").to_hex();
+        let missing = ask(
+            dir.path(),
+            &mut store,
+            &format!(r#"{{"op":"blobs-missing","hashes":["{h}","{other}"]}}"#),
+        )
+        .unwrap();
+        assert_eq!(missing, serde_json::json!([h, other]));
+
+        // One blob whose bytes match, one whose bytes do not: the first is
+        // kept, the second refused, and the report says so.
+        let put = format!(
+            r#"{{"op":"blobs-put","blobs":[{{"hash":"{h}","hex":"{}"}},{{"hash":"{other}","hex":"{}"}}]}}"#,
+            hex::encode(good),
+            hex::encode(b"not other")
+        );
+        let report = ask(dir.path(), &mut store, &put).unwrap();
+        assert_eq!(report["stored"], 1, "{report}");
+        assert_eq!(
+            report["refused"].as_array().map(Vec::len),
+            Some(1),
+            "{report}"
+        );
+        let missing = ask(
+            dir.path(),
+            &mut store,
+            &format!(r#"{{"op":"blobs-missing","hashes":["{h}","{other}"]}}"#),
+        )
+        .unwrap();
+        assert_eq!(missing, serde_json::json!([other]));
+
+        // Bad input is a clear error, never a panic.
+        let bad_hash = ask(
+            dir.path(),
+            &mut store,
+            r#"{"op":"blobs-missing","hashes":["xyz"]}"#,
+        );
+        assert!(format!("{:#}", bad_hash.unwrap_err()).contains("not a blake3 hash"));
+        let bad_hex = ask(
+            dir.path(),
+            &mut store,
+            &format!(r#"{{"op":"blobs-put","blobs":[{{"hash":"{h}","hex":"zz"}}]}}"#),
+        );
+        assert!(format!("{:#}", bad_hex.unwrap_err()).contains("not hex"));
+        let big = hex::encode(vec![0u8; INLINE_BLOB_BYTES + 1]);
+        let too_big = ask(
+            dir.path(),
+            &mut store,
+            &format!(r#"{{"op":"blobs-put","blobs":[{{"hash":"{h}","hex":"{big}"}}]}}"#),
+        );
+        assert!(format!("{:#}", too_big.unwrap_err()).contains("blobs receive"));
+        // Other requests are not blob requests (they go to the daemon).
+        assert!(serde_json::from_str::<BlobRequest>(r#"{"op":"heads"}"#).is_err());
+    }
+}
