@@ -136,6 +136,31 @@ pub fn fingerprint(openssh_key: &str) -> String {
     }
 }
 
+/// The SSH client's settings: AES-GCM first. Machines with AES
+/// instructions (every server CPU of the last decade) run it at several
+/// times ChaCha20-Poly1305's speed, which russh prefers by default. An
+/// upload is bound by that cipher on both ends: in maki and in sshd.
+/// ChaCha20-Poly1305 stays, for servers that offer nothing else.
+fn client_config() -> russh::client::Config {
+    use russh::cipher;
+    const CIPHERS: &[cipher::Name] = &[
+        cipher::AES_128_GCM,
+        cipher::AES_256_GCM,
+        cipher::CHACHA20_POLY1305,
+        cipher::AES_256_CTR,
+        cipher::AES_192_CTR,
+        cipher::AES_128_CTR,
+    ];
+    russh::client::Config {
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(CIPHERS),
+            ..russh::Preferred::default()
+        },
+        nodelay: true,
+        ..russh::client::Config::default()
+    }
+}
+
 /// Why a login failed: the host key, or anything else (already worded).
 enum LoginError {
     HostKey,
@@ -216,11 +241,12 @@ impl Remote {
         let addr = socket_addr(target).map_err(LoginError::Other)?;
         let client = tokio::time::timeout(
             Duration::from_secs(20),
-            Client::connect(
+            Client::connect_with_config(
                 addr,
                 &target.user,
                 AuthMethod::with_key_file(&target.key_file, None),
                 ServerCheckMethod::PublicKey(base64),
+                client_config(),
             ),
         )
         .await
