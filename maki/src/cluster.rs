@@ -60,9 +60,38 @@ impl Ctx {
             port: m.ssh_port,
             key_file: self.ssh_key()?,
         };
-        Remote::connect(&target, HostKeyPolicy::Pinned(&m.host_key))
+        // A connection kept by an earlier command (`mux.rs`) carries the
+        // control requests; otherwise this one logs in, and leaves a
+        // keeper for the commands that follow.
+        let keep = crate::mux::enabled();
+        if keep && let Some(remote) = crate::mux::attach(&target, &m.host_key).await {
+            return Ok(remote);
+        }
+        let remote = Remote::connect(&target, HostKeyPolicy::Pinned(&m.host_key))
             .await
-            .with_context(|| format!("machine {}", m.name))
+            .with_context(|| format!("machine {}", m.name))?;
+        if keep {
+            crate::mux::spawn(&m.name, &self.profile_path, &target.key_file);
+        }
+        Ok(remote)
+    }
+
+    /// `maki __keep <machine>`: keeps a connection to it for the commands
+    /// that follow (`mux.rs`).
+    pub async fn keep(&self, name: &str) -> anyhow::Result<()> {
+        let m = self
+            .profile
+            .machines
+            .iter()
+            .find(|m| m.name == name)
+            .with_context(|| format!("no machine {name} in the profile"))?;
+        let target = Target {
+            user: m.ssh_user.clone(),
+            host: m.ssh_host.clone(),
+            port: m.ssh_port,
+            key_file: self.ssh_key()?,
+        };
+        crate::mux::keep(&target, &m.host_key).await
     }
 
     /// Connects to the first machine of the profile that answers.

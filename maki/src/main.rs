@@ -27,6 +27,7 @@ mod health;
 mod local;
 mod machine;
 mod mesh;
+mod mux;
 mod operator;
 mod peer;
 mod profile;
@@ -142,6 +143,10 @@ enum Top {
         from: Option<String>,
         to: Option<String>,
     },
+    /// Keeps a connection to a machine for the commands that follow
+    /// (started by `maki` itself; see MAKIATTO_SSH_PERSIST).
+    #[command(name = "__keep", hide = true)]
+    Keep { machine: String },
     /// Check every machine: SSH, daemon, mesh handshakes and liveness,
     /// replication lag, log verification. Exits non-zero on any problem.
     Health {
@@ -557,6 +562,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Top::Diff { domain, from, to } => {
             sites::diff(&ctx(&cli)?, domain, from.as_deref(), to.as_deref()).await?
         }
+        Top::Keep { machine } => ctx(&cli)?.keep(machine).await?,
         Top::Health { json } => {
             let ctx = ctx(&cli)?;
             if !health::health(&ctx, *json).await? {

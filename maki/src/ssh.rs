@@ -52,10 +52,11 @@ pub struct Output {
 
 /// An authenticated session to one machine.
 pub struct Remote {
-    client: Client,
+    /// The SSH connection: made at once by [`Remote::connect`]; made when
+    /// first needed by a remote reached through a kept connection
+    /// (`mux.rs`), which carries control requests only.
+    link: tokio::sync::OnceCell<Link>,
     target: Target,
-    /// Commands run through `sudo -n` when the user is not root.
-    sudo: bool,
     /// The host key as pinned (OpenSSH form).
     pub host_key: String,
     /// One `makiatto control` kept open for every control request of this
@@ -65,12 +66,38 @@ pub struct Remote {
     control: tokio::sync::Mutex<Option<ControlSession>>,
 }
 
-type ControlStream = russh::ChannelStream<russh::client::Msg>;
+/// How long a kept connection (`mux.rs`) may take to answer before the
+/// command connects itself.
+const KEPT_ANSWER_WITHIN: Duration = Duration::from_secs(20);
 
-/// A running `makiatto control`: requests in, one answer line each out.
-struct ControlSession {
-    reader: tokio::io::BufReader<tokio::io::ReadHalf<ControlStream>>,
-    writer: tokio::io::WriteHalf<ControlStream>,
+/// A logged-in SSH connection.
+struct Link {
+    client: Client,
+    /// Commands run through `sudo -n` when the user is not root.
+    sudo: bool,
+}
+
+/// A running `makiatto control` (over an SSH channel, or through a kept
+/// connection's socket): requests in, one answer line each out.
+pub struct ControlSession {
+    reader: tokio::io::BufReader<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+    writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    /// Through a kept connection (which may have gone stale).
+    kept: bool,
+}
+
+impl ControlSession {
+    pub fn new(
+        reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+        writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+        kept: bool,
+    ) -> ControlSession {
+        ControlSession {
+            reader: tokio::io::BufReader::new(reader),
+            writer,
+            kept,
+        }
+    }
 }
 
 /// The default private key: `~/.ssh/id_ed25519`, then `~/.ssh/id_rsa`.
@@ -180,25 +207,8 @@ impl Remote {
                 let openssh = pinned_key
                     .to_openssh()
                     .context("cannot encode the host key")?;
-                match Self::login(target, &openssh).await {
-                    Ok(client) => return Self::finish(target, client, openssh).await,
-                    Err(LoginError::HostKey) => {
-                        let seen = read_host_key(target).await?;
-                        if pinned_key.key_data() != seen.key_data() {
-                            bail!(
-                                "{target}: HOST KEY CHANGED. The profile pins {} but the machine now presents {}.\n\
-                                 This may be a machine reinstalled or an attack. If you are sure the machine was rebuilt, \
-                                 remove it from the profile and run `maki machine init --recreate` or `maki machine add`.",
-                                fingerprint(pinned),
-                                seen.fingerprint(HashAlg::Sha256)
-                            );
-                        }
-                        bail!(
-                            "{target}: the host key check failed although the key is the pinned one"
-                        )
-                    }
-                    Err(LoginError::Other(e)) => return Err(e),
-                }
+                let link = Self::pinned_login(target, &pinned_key, pinned).await?;
+                return Ok(Self::with_link(target, link, openssh));
             }
             HostKeyPolicy::FirstContact { accept } => {
                 let seen = read_host_key(target).await?;
@@ -223,12 +233,76 @@ impl Remote {
             }
         };
         match Self::login(target, &seen_openssh).await {
-            Ok(client) => Self::finish(target, client, seen_openssh).await,
+            Ok(client) => {
+                let link = Self::finish(target, client).await?;
+                Ok(Self::with_link(target, link, seen_openssh))
+            }
             Err(LoginError::HostKey) => {
                 bail!("{target}: the machine presented another host key while connecting; refusing")
             }
             Err(LoginError::Other(e)) => Err(e),
         }
+    }
+
+    /// Logs in to a machine whose host key is pinned; a machine presenting
+    /// another key is refused, saying which.
+    async fn pinned_login(
+        target: &Target,
+        pinned_key: &PublicKey,
+        pinned: &str,
+    ) -> anyhow::Result<Link> {
+        let openssh = pinned_key
+            .to_openssh()
+            .context("cannot encode the host key")?;
+        match Self::login(target, &openssh).await {
+            Ok(client) => Self::finish(target, client).await,
+            Err(LoginError::HostKey) => {
+                let seen = read_host_key(target).await?;
+                if pinned_key.key_data() != seen.key_data() {
+                    bail!(
+                        "{target}: HOST KEY CHANGED. The profile pins {} but the machine now presents {}.\n\
+                         This may be a machine reinstalled or an attack. If you are sure the machine was rebuilt, \
+                         remove it from the profile and run `maki machine init --recreate` or `maki machine add`.",
+                        fingerprint(pinned),
+                        seen.fingerprint(HashAlg::Sha256)
+                    );
+                }
+                bail!("{target}: the host key check failed although the key is the pinned one")
+            }
+            Err(LoginError::Other(e)) => Err(e),
+        }
+    }
+
+    fn with_link(target: &Target, link: Link, host_key: String) -> Remote {
+        Remote {
+            link: tokio::sync::OnceCell::new_with(Some(link)),
+            target: target.clone(),
+            host_key,
+            control: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A remote whose control requests go through `session` (a kept
+    /// connection); anything else logs in when first needed, the host key
+    /// pinned as `host_key`.
+    pub fn kept(target: &Target, host_key: &str, session: ControlSession) -> Remote {
+        Remote {
+            link: tokio::sync::OnceCell::new(),
+            target: target.clone(),
+            host_key: host_key.to_owned(),
+            control: tokio::sync::Mutex::new(Some(session)),
+        }
+    }
+
+    /// The SSH connection, made now if this remote has none yet.
+    async fn link(&self) -> anyhow::Result<&Link> {
+        self.link
+            .get_or_try_init(|| async {
+                let pinned_key = PublicKey::from_openssh(&self.host_key)
+                    .context("the pinned host key in the profile is not readable")?;
+                Self::pinned_login(&self.target, &pinned_key, &self.host_key).await
+            })
+            .await
     }
 
     /// Logs in, accepting only the host key `openssh`.
@@ -268,27 +342,26 @@ impl Remote {
     }
 
     /// The logged-in session, once privileges are checked.
-    async fn finish(target: &Target, client: Client, host_key: String) -> anyhow::Result<Remote> {
-        let mut remote = Remote {
+    async fn finish(target: &Target, client: Client) -> anyhow::Result<Link> {
+        let mut link = Link {
             client,
-            target: target.clone(),
             sudo: false,
-            host_key,
-            control: tokio::sync::Mutex::new(None),
         };
         if target.user != "root" {
-            let check = remote.client.execute("sudo -n true").await?;
+            let check = link.client.execute("sudo -n true").await?;
             if check.exit_status != 0 {
                 bail!(
                     "{target}: {} may not use sudo without a password here; give it passwordless sudo or connect as root",
                     target.user
                 );
             }
-            remote.sudo = true;
+            link.sudo = true;
         }
-        Ok(remote)
+        Ok(link)
     }
+}
 
+impl Link {
     fn privileged(&self, command: &str) -> String {
         if self.sudo {
             format!("sudo -n sh -c {}", shell_quote(command))
@@ -296,12 +369,15 @@ impl Remote {
             command.to_owned()
         }
     }
+}
 
+impl Remote {
     /// Runs a command (as root) and returns what it printed.
     pub async fn run(&self, command: &str) -> anyhow::Result<Output> {
-        let r = self
+        let link = self.link().await?;
+        let r = link
             .client
-            .execute(&self.privileged(command))
+            .execute(&link.privileged(command))
             .await
             .with_context(|| format!("{}: cannot run a command", self.target))?;
         Ok(Output {
@@ -347,9 +423,10 @@ impl Remote {
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
         let (err_tx, mut err_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
         let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-        let cmd = self.privileged(command);
+        let link = self.link().await?;
+        let cmd = link.privileged(command);
         let exec = async {
-            self.client
+            link.client
                 .execute_io(&cmd, out_tx, Some(err_tx), Some(in_rx), false, None)
                 .await
                 .with_context(|| format!("{}: the remote command failed", self.target))
@@ -475,25 +552,12 @@ impl Remote {
     /// Sends control requests to the node's daemon (through `makiatto
     /// control`, started once per connection) and returns the answers.
     pub async fn control(&self, requests: &[Value]) -> anyhow::Result<Vec<Value>> {
-        let mut slot = self.control.lock().await;
-        let session = match slot.as_mut() {
-            Some(s) => s,
-            None => slot.insert(self.open_control().await?),
-        };
-        let lines = match Self::exchange(session, requests).await {
-            Ok(lines) => lines,
-            Err(e) => {
-                // The session is out of step or gone: the next request
-                // starts another.
-                *slot = None;
-                return Err(e.context(format!(
-                    "{}: makiatto control stopped answering (run `maki health` or look at the node's log)",
-                    self.target
-                )));
-            }
-        };
+        let mut lines = Vec::with_capacity(requests.len());
+        for r in requests {
+            lines.push(serde_json::to_string(r)?);
+        }
         let mut answers = Vec::new();
-        for line in lines {
+        for line in self.control_lines(&lines).await? {
             let v: Value = serde_json::from_str(&line)
                 .with_context(|| format!("{}: unreadable answer {line:?}", self.target))?;
             if let Some(e) = v.get("error") {
@@ -504,33 +568,76 @@ impl Remote {
         Ok(answers)
     }
 
+    /// Request lines in, one answer line each out, as `makiatto control`
+    /// speaks. A kept connection that fails is dropped and the requests
+    /// sent again over a connection of this process: every control request
+    /// is a read or idempotent (appending an event twice stores it once).
+    pub async fn control_lines(&self, requests: &[String]) -> anyhow::Result<Vec<String>> {
+        let mut slot = self.control.lock().await;
+        for attempt in 0..2 {
+            let session = match slot.as_mut() {
+                Some(s) => s,
+                None => slot.insert(self.open_control().await?),
+            };
+            let kept = session.kept;
+            // A kept connection to a machine that vanished without a word
+            // would hold the command until TCP gives up: bounded here.
+            let exchanged = if kept {
+                tokio::time::timeout(KEPT_ANSWER_WITHIN, Self::exchange(session, requests))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the kept connection did not answer")))
+            } else {
+                Self::exchange(session, requests).await
+            };
+            match exchanged {
+                Ok(lines) => return Ok(lines),
+                Err(e) => {
+                    // Out of step or gone: the next request starts another.
+                    *slot = None;
+                    if !(kept && attempt == 0) {
+                        return Err(e.context(format!(
+                            "{}: makiatto control stopped answering (run `maki health` or look at the node's log)",
+                            self.target
+                        )));
+                    }
+                }
+            }
+        }
+        bail!("{}: makiatto control stopped answering", self.target)
+    }
+
     async fn open_control(&self) -> anyhow::Result<ControlSession> {
-        let channel = self
+        let link = self.link().await?;
+        let channel = link
             .client
             .get_channel()
             .await
             .with_context(|| format!("{}: cannot open a session", self.target))?;
         channel
-            .exec(true, self.privileged("makiatto control"))
+            .exec(true, link.privileged("makiatto control"))
             .await
             .with_context(|| format!("{}: cannot start makiatto control", self.target))?;
         let (reader, writer) = tokio::io::split(channel.into_stream());
-        Ok(ControlSession {
-            reader: tokio::io::BufReader::new(reader),
-            writer,
-        })
+        Ok(ControlSession::new(
+            Box::new(reader),
+            Box::new(writer),
+            false,
+        ))
     }
 
-    /// Writes the requests and reads one answer line per request, all of
-    /// them (so the session stays in step even when one is an error).
+    /// Writes the request lines and reads one answer line per request, all
+    /// of them (so the session stays in step even when one is an error).
     async fn exchange(
         session: &mut ControlSession,
-        requests: &[Value],
+        requests: &[String],
     ) -> anyhow::Result<Vec<String>> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let mut input = Vec::new();
         for r in requests {
-            input.extend(serde_json::to_vec(r)?);
+            if r.contains('\n') {
+                bail!("a control request spans lines");
+            }
+            input.extend_from_slice(r.as_bytes());
             input.push(b'\n');
         }
         session.writer.write_all(&input).await?;
@@ -543,7 +650,7 @@ impl Remote {
                     "makiatto control ended (is makiatto installed and its data directory readable?)"
                 );
             }
-            lines.push(line);
+            lines.push(line.trim_end().to_owned());
         }
         Ok(lines)
     }

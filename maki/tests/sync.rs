@@ -235,4 +235,47 @@ fn sync_publishes_atomically_on_every_node() {
     let log = c.ok(&["log", "--kind", "site-published"]);
     assert_eq!(log.lines().count(), 5, "{log}");
     assert!(log.contains("first"), "{log}");
+
+    // A kept connection: the first command leaves a keeper, the next ones
+    // send their control requests through it and answer the same; idle
+    // for its limit, it leaves.
+    let profile = c.cluster_dir().join("profile.toml");
+    let keepers = || -> Vec<u32> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if args.contains(&&b"__keep"[..])
+                && args.contains(&profile.as_os_str().as_encoded_bytes())
+            {
+                out.push(pid);
+            }
+        }
+        out
+    };
+    let kept = |args: &[&str]| {
+        let out = c
+            .command(args)
+            .env("MAKIATTO_SSH_PERSIST", "2")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let direct = c.ok(&["sites", "--json"]);
+    assert_eq!(kept(&["sites", "--json"]), direct);
+    wait_until(Duration::from_secs(20), "a keeper runs", || {
+        keepers().len() == 1
+    });
+    for _ in 0..3 {
+        assert_eq!(kept(&["sites", "--json"]), direct);
+    }
+    assert_eq!(keepers().len(), 1, "one keeper per machine");
+    wait_until(Duration::from_secs(30), "the idle keeper leaves", || {
+        keepers().is_empty()
+    });
+    assert_eq!(c.ok(&["sites", "--json"]), direct);
 }

@@ -78,7 +78,10 @@ impl Cluster {
                     .clone()
                     .unwrap_or_else(|| self.dir.path().join("no-geoip")),
             )
-            .env_remove("XDG_CONFIG_HOME");
+            .env_remove("XDG_CONFIG_HOME")
+            // No connection kept between commands (a keeper would outlive
+            // the test's hosts); the sync test turns it on where it checks it.
+            .env("MAKIATTO_SSH_PERSIST", "0");
         if args.first() == Some(&"local") {
             cmd.arg("local")
                 .arg("--dir")
