@@ -23,7 +23,9 @@
 //! A kept connection that fails (the machine restarted, the network
 //! changed) answers nothing: the command sends the requests again over a
 //! connection of its own ([`crate::ssh::Remote::control_lines`]) and the
-//! keeper exits.
+//! keeper exits. So does a command whose request the kept `makiatto
+//! control` does not know (it was started before the machine's binary was
+//! upgraded).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -590,6 +590,16 @@ impl Remote {
                 Self::exchange(session, requests).await
             };
             match exchanged {
+                // A kept `makiatto control` started before the machine's
+                // binary was upgraded may not know a newer request: ask a
+                // fresh one.
+                Ok(lines)
+                    if kept
+                        && attempt == 0
+                        && lines.iter().any(|l| l.contains("not a valid request")) =>
+                {
+                    *slot = None;
+                }
                 Ok(lines) => return Ok(lines),
                 Err(e) => {
                     // Out of step or gone: the next request starts another.
@@ -689,4 +699,87 @@ pub fn bytes_bar(message: &str) -> ProgressBar {
     );
     bar.set_message(message.to_owned());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    /// A host key for tests (any ed25519 key in OpenSSH form).
+    const HOST_KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f";
+
+    /// A target on loopback where nothing listens: logging in fails at
+    /// once, which tells a test that the remote tried to.
+    fn nowhere() -> Target {
+        Target {
+            user: "root".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            key_file: PathBuf::from("/nonexistent/key"),
+        }
+    }
+
+    /// A kept session whose other end answers each request line with
+    /// `answer` (or hangs up at once when `answer` is empty).
+    fn kept_session(answer: &'static str) -> ControlSession {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let (r, mut w) = tokio::io::split(theirs);
+            let mut lines = tokio::io::BufReader::new(r).lines();
+            if answer.is_empty() {
+                return;
+            }
+            while let Ok(Some(_)) = lines.next_line().await {
+                w.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
+            }
+        });
+        let (r, w) = tokio::io::split(ours);
+        ControlSession::new(Box::new(r), Box::new(w), true)
+    }
+
+    #[tokio::test]
+    async fn a_kept_session_answers_without_logging_in() {
+        let remote = Remote::kept(&nowhere(), HOST_KEY, kept_session(r#"{"ok":7}"#));
+        let answers = remote
+            .control(&[
+                serde_json::json!({"op": "heads"}),
+                serde_json::json!({"op": "status"}),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(answers, vec![serde_json::json!(7), serde_json::json!(7)]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_outdated_kept_session_falls_back_to_a_login_of_its_own() {
+        for answer in [
+            "",
+            r#"{"error":"not a valid request: unknown variant `blobs-missing`"}"#,
+        ] {
+            let remote = Remote::kept(&nowhere(), HOST_KEY, kept_session(answer));
+            let err = remote
+                .control(&[serde_json::json!({"op": "blobs-missing", "hashes": []})])
+                .await
+                .unwrap_err();
+            // The fallback tried to log in (and nothing listens there).
+            assert!(format!("{err:#}").contains("127.0.0.1"), "{err:#}");
+            assert!(
+                !format!("{err:#}").contains("unknown variant"),
+                "the kept answer was not taken: {err:#}"
+            );
+        }
+        // Any other error from a kept session is the answer.
+        let remote = Remote::kept(
+            &nowhere(),
+            HOST_KEY,
+            kept_session(r#"{"error":"no such domain"}"#),
+        );
+        let err = remote
+            .control(&[serde_json::json!({"op": "show", "name": "x"})])
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("no such domain"), "{err:#}");
+    }
 }
