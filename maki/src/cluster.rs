@@ -52,14 +52,19 @@ impl Ctx {
         )
     }
 
-    /// Connects to a machine of the profile, its host key pinned.
-    pub async fn connect(&self, m: &Machine) -> anyhow::Result<Remote> {
-        let target = Target {
+    /// Where and as whom `maki` logs in to a machine of the profile.
+    fn target(&self, m: &Machine) -> anyhow::Result<Target> {
+        Ok(Target {
             user: m.ssh_user.clone(),
             host: m.ssh_host.clone(),
             port: m.ssh_port,
             key_file: self.ssh_key()?,
-        };
+        })
+    }
+
+    /// Connects to a machine of the profile, its host key pinned.
+    pub async fn connect(&self, m: &Machine) -> anyhow::Result<Remote> {
+        let target = self.target(m)?;
         // A connection kept by an earlier command (`mux.rs`) carries the
         // control requests; otherwise this one logs in, and leaves a
         // keeper for the commands that follow.
@@ -85,13 +90,7 @@ impl Ctx {
             .iter()
             .find(|m| m.name == name)
             .with_context(|| format!("no machine {name} in the profile"))?;
-        let target = Target {
-            user: m.ssh_user.clone(),
-            host: m.ssh_host.clone(),
-            port: m.ssh_port,
-            key_file: self.ssh_key()?,
-        };
-        crate::mux::keep(&target, &m.host_key).await
+        crate::mux::keep(&self.target(m)?, &m.host_key).await
     }
 
     /// Connects to the first machine of the profile that answers.

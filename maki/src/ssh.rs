@@ -77,6 +77,16 @@ struct Link {
     sudo: bool,
 }
 
+impl Link {
+    fn privileged(&self, command: &str) -> String {
+        if self.sudo {
+            format!("sudo -n sh -c {}", shell_quote(command))
+        } else {
+            command.to_owned()
+        }
+    }
+}
+
 /// A running `makiatto control` (over an SSH channel, or through a kept
 /// connection's socket): requests in, one answer line each out.
 pub struct ControlSession {
@@ -202,12 +212,7 @@ impl Remote {
         // contact, or to say which key a machine presents instead.
         let seen_openssh = match policy {
             HostKeyPolicy::Pinned(pinned) => {
-                let pinned_key = PublicKey::from_openssh(pinned)
-                    .context("the pinned host key in the profile is not readable")?;
-                let openssh = pinned_key
-                    .to_openssh()
-                    .context("cannot encode the host key")?;
-                let link = Self::pinned_login(target, &pinned_key, pinned).await?;
+                let (link, openssh) = Self::pinned_login(target, pinned).await?;
                 return Ok(Self::with_link(target, link, openssh));
             }
             HostKeyPolicy::FirstContact { accept } => {
@@ -244,18 +249,17 @@ impl Remote {
         }
     }
 
-    /// Logs in to a machine whose host key is pinned; a machine presenting
-    /// another key is refused, saying which.
-    async fn pinned_login(
-        target: &Target,
-        pinned_key: &PublicKey,
-        pinned: &str,
-    ) -> anyhow::Result<Link> {
+    /// Logs in to a machine whose host key is pinned (`pinned`, OpenSSH
+    /// form); a machine presenting another key is refused, saying which.
+    /// Returns the login and the key as OpenSSH writes it.
+    async fn pinned_login(target: &Target, pinned: &str) -> anyhow::Result<(Link, String)> {
+        let pinned_key = PublicKey::from_openssh(pinned)
+            .context("the pinned host key in the profile is not readable")?;
         let openssh = pinned_key
             .to_openssh()
             .context("cannot encode the host key")?;
         match Self::login(target, &openssh).await {
-            Ok(client) => Self::finish(target, client).await,
+            Ok(client) => Ok((Self::finish(target, client).await?, openssh)),
             Err(LoginError::HostKey) => {
                 let seen = read_host_key(target).await?;
                 if pinned_key.key_data() != seen.key_data() {
@@ -298,9 +302,8 @@ impl Remote {
     async fn link(&self) -> anyhow::Result<&Link> {
         self.link
             .get_or_try_init(|| async {
-                let pinned_key = PublicKey::from_openssh(&self.host_key)
-                    .context("the pinned host key in the profile is not readable")?;
-                Self::pinned_login(&self.target, &pinned_key, &self.host_key).await
+                let (link, _) = Self::pinned_login(&self.target, &self.host_key).await?;
+                Ok(link)
             })
             .await
     }
@@ -359,19 +362,7 @@ impl Remote {
         }
         Ok(link)
     }
-}
 
-impl Link {
-    fn privileged(&self, command: &str) -> String {
-        if self.sudo {
-            format!("sudo -n sh -c {}", shell_quote(command))
-        } else {
-            command.to_owned()
-        }
-    }
-}
-
-impl Remote {
     /// Runs a command (as root) and returns what it printed.
     pub async fn run(&self, command: &str) -> anyhow::Result<Output> {
         let link = self.link().await?;

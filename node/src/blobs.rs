@@ -362,11 +362,11 @@ impl BlobWriter {
     }
 }
 
-/// A verified blob waiting for [`BlobStore::commit`]. Dropped uncommitted,
 /// Up to this many blobs are committed with an fsync each rather than
 /// a `syncfs` of the whole file system.
 const SYNC_EACH_MAX: usize = 8;
 
+/// A verified blob waiting for [`BlobStore::commit`]. Dropped uncommitted,
 /// its temporary file stays until garbage collection removes it.
 pub struct Staged {
     hash: Blake3Hash,

@@ -576,10 +576,8 @@ impl Gossip {
         writer: &mut (impl AsyncWriteExt + Unpin),
         frame: &Frame,
     ) -> anyhow::Result<()> {
-        let body = postcard::to_allocvec(frame).context("cannot encode a frame")?;
-        let mut bytes = Vec::with_capacity(body.len() + 4);
-        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(&body);
+        let mut bytes = Vec::new();
+        frame_bytes(frame, &mut bytes)?;
         tokio::time::timeout(FRAME_TIMEOUT, writer.write_all(&bytes))
             .await
             .context("the peer stopped reading")??;
@@ -1034,6 +1032,9 @@ impl Gossip {
 
 /// About this many bytes of framed blobs go to the socket per write.
 const SEND_BATCH: usize = 1 << 20;
+/// The room a batch is made with: a batch is sent once it reaches
+/// `SEND_BATCH`, and the last read into it may overshoot by up to 64 KiB.
+const BATCH_CAPACITY: usize = SEND_BATCH + (64 << 10);
 
 /// One frame as it goes on the wire: its length, then its postcard bytes.
 fn frame_bytes(frame: &Frame, out: &mut Vec<u8>) -> anyhow::Result<()> {
@@ -1052,18 +1053,21 @@ fn frame_blobs(
     tx: &tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
 ) {
     let send = |batch: &mut Vec<u8>| {
-        let full = std::mem::replace(batch, Vec::with_capacity(SEND_BATCH + (64 << 10)));
+        let full = std::mem::replace(batch, Vec::with_capacity(BATCH_CAPACITY));
         tx.blocking_send(Ok(full)).is_ok()
     };
     let fail = |e: io::Error| {
         let _ = tx.blocking_send(Err(e));
     };
-    let mut batch = Vec::with_capacity(SEND_BATCH + (64 << 10));
+    let framed = |frame: &Frame, batch: &mut Vec<u8>| {
+        frame_bytes(frame, batch).map_err(|e| fail(io::Error::other(format!("{e:#}"))))
+    };
+    let mut batch = Vec::with_capacity(BATCH_CAPACITY);
     for hash in want {
         let mut file = match std::fs::File::open(blobs.path(&hash)) {
             Ok(f) => f,
             Err(_) => {
-                if frame_bytes(&Frame::NoBlob(hash), &mut batch).is_err() {
+                if framed(&Frame::NoBlob(hash), &mut batch).is_err() {
                     return;
                 }
                 continue;
@@ -1073,14 +1077,12 @@ fn frame_blobs(
             Ok(m) => m.len(),
             Err(e) => return fail(e),
         };
-        if frame_bytes(&Frame::Blob { hash, size }, &mut batch).is_err() {
+        if framed(&Frame::Blob { hash, size }, &mut batch).is_err() {
             return;
         }
         let mut left = size;
         while left > 0 {
-            let room = (SEND_BATCH + (64 << 10))
-                .saturating_sub(batch.len())
-                .max(64 << 10);
+            let room = BATCH_CAPACITY.saturating_sub(batch.len()).max(64 << 10);
             let take = left.min(room as u64) as usize;
             let at = batch.len();
             batch.resize(at + take, 0);
@@ -1099,7 +1101,7 @@ fn frame_blobs(
             return;
         }
     }
-    if frame_bytes(&Frame::Done, &mut batch).is_ok() {
+    if framed(&Frame::Done, &mut batch).is_ok() {
         send(&mut batch);
     }
 }
@@ -1134,11 +1136,11 @@ pub async fn send_raw(
         Frame::Events(events),
         Frame::Done,
     ];
+    let mut bytes = Vec::new();
     for frame in &frames {
-        let body = postcard::to_allocvec(frame)?;
-        stream.write_all(&(body.len() as u32).to_be_bytes()).await?;
-        stream.write_all(&body).await?;
+        frame_bytes(frame, &mut bytes)?;
     }
+    stream.write_all(&bytes).await?;
     // Read until the peer closes: its hello, what this node lacks, done.
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(FRAME_TIMEOUT, stream.read_to_end(&mut sink)).await;
@@ -1200,7 +1202,7 @@ mod tests {
         let mut batches = 0;
         while let Some(batch) = rx.blocking_recv() {
             let batch = batch.unwrap();
-            assert!(batch.len() <= SEND_BATCH + (64 << 10) + 128);
+            assert!(batch.len() <= BATCH_CAPACITY + 128);
             wire.extend(batch);
             batches += 1;
         }

@@ -398,11 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
                 BlobsCommand::Get { hash, hex } => {
-                    let mut bytes = [0u8; 32];
-                    hex::decode_to_slice(hash.trim(), &mut bytes).with_context(|| {
-                        format!("{hash:?} is not a blake3 hash (64 hex digits)")
-                    })?;
-                    let path = store.path(&makiatto_events::Blake3Hash::from(bytes));
+                    let path = store.path(&parse_hash(&hash)?);
                     let data = std::fs::read(&path)
                         .with_context(|| format!("blob {hash} is not stored here"))?;
                     let mut stdout = std::io::stdout().lock();
@@ -420,11 +416,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         if line.is_empty() {
                             continue;
                         }
-                        let mut bytes = [0u8; 32];
-                        hex::decode_to_slice(line, &mut bytes).with_context(|| {
-                            format!("{line:?} is not a blake3 hash (64 hex digits)")
-                        })?;
-                        hashes.push(makiatto_events::Blake3Hash::from(bytes));
+                        hashes.push(parse_hash(line)?);
                     }
                     for h in store.missing(&hashes) {
                         println!("{}", h.to_hex());
@@ -542,6 +534,7 @@ struct InlineBlob {
 /// stream through `makiatto blobs receive`).
 const INLINE_BLOB_BYTES: usize = 8 << 20;
 
+/// A blake3 hash written as 64 hex digits (surrounding space ignored).
 fn parse_hash(text: &str) -> anyhow::Result<makiatto_events::Blake3Hash> {
     let mut bytes = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut bytes)
