@@ -41,7 +41,7 @@ pub use feed::FeedWriter;
 pub use hlc::Hlc;
 pub use ids::{AuthorKey, Blake3Hash, EventId, SealingKey, WgPublicKey};
 pub use keys::{SealingSecret, SigningKey};
-pub use manifest::{FileEntry, Manifest, ManifestError};
+pub use manifest::{FileEntry, Manifest, ManifestDelta, ManifestError};
 pub use names::{DomainName, NameError, NodeName, PeerName};
 pub use payload::{EventKind, Payload};
 pub use sealed::{Recipient, SealError, SealedValue, SecretId};

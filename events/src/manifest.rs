@@ -160,6 +160,93 @@ impl Manifest {
     }
 }
 
+/// The encoding version written first in every manifest delta.
+const DELTA_VERSION: u8 = 1;
+
+/// What turns one manifest (the base) into another: the entries added or
+/// changed, and the paths removed. A node that holds the base rebuilds the
+/// target from it and checks the result against the target's hash, so a
+/// delta from anywhere is only trusted once it yields the announced
+/// manifest. A one-file edit of a 10,000-file site is about a hundred bytes
+/// instead of the whole manifest (about 100 bytes per file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestDelta {
+    pub upserts: BTreeMap<String, FileEntry>,
+    pub removed: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EncodedDelta<'a> {
+    version: u8,
+    delta: std::borrow::Cow<'a, ManifestDelta>,
+}
+
+impl Manifest {
+    /// The delta that turns `base` into this manifest.
+    pub fn delta_from(&self, base: &Manifest) -> ManifestDelta {
+        ManifestDelta {
+            upserts: self
+                .files
+                .iter()
+                .filter(|(path, entry)| base.files.get(*path) != Some(*entry))
+                .map(|(path, entry)| (path.clone(), entry.clone()))
+                .collect(),
+            removed: base
+                .files
+                .keys()
+                .filter(|path| !self.files.contains_key(*path))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// `base` with `delta` applied; every path is checked as a manifest's
+    /// are. The caller compares the result's hash with the one it expects.
+    pub fn apply(base: &Manifest, delta: &ManifestDelta) -> Result<Manifest, ManifestError> {
+        let mut files = base.files.clone();
+        for path in &delta.removed {
+            if files.remove(path).is_none() {
+                return Err(ManifestError::Malformed(format!(
+                    "the delta removes {:?}, which the base does not hold",
+                    path.chars().take(200).collect::<String>()
+                )));
+            }
+        }
+        for (path, entry) in &delta.upserts {
+            check_path(path)?;
+            files.insert(path.clone(), entry.clone());
+        }
+        Ok(Manifest { files })
+    }
+}
+
+impl ManifestDelta {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(&EncodedDelta {
+            version: DELTA_VERSION,
+            delta: std::borrow::Cow::Borrowed(self),
+        })
+        .unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ManifestDelta, ManifestError> {
+        let version = *bytes
+            .first()
+            .ok_or_else(|| ManifestError::Malformed("empty delta".into()))?;
+        if version != DELTA_VERSION {
+            return Err(ManifestError::UnknownVersion(version));
+        }
+        let encoded: EncodedDelta =
+            postcard::from_bytes(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        Ok(encoded.delta.into_owned())
+    }
+
+    /// The blobs the delta's new entries name.
+    pub fn hashes(&self) -> impl Iterator<Item = Blake3Hash> + '_ {
+        self.upserts.values().map(|e| e.hash)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +269,49 @@ mod tests {
         assert_eq!(m.hash(), Blake3Hash::of(&bytes));
         assert!(Manifest::decode(&[2]).is_err());
         assert!(Manifest::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_delta_rebuilds_the_target_exactly() {
+        let mut base = Manifest::default();
+        for i in 0..50u8 {
+            base.insert(format!("d/f{i}.html"), entry(i, u64::from(i)))
+                .unwrap();
+        }
+        let mut target = base.clone();
+        target.files.remove("d/f3.html");
+        target.insert("d/f4.html".into(), entry(200, 9)).unwrap();
+        target
+            .insert("new/page.html".into(), entry(201, 7))
+            .unwrap();
+        let delta = target.delta_from(&base);
+        assert_eq!(delta.upserts.len(), 2);
+        assert_eq!(delta.removed, vec!["d/f3.html".to_owned()]);
+        let bytes = delta.encode();
+        assert!(bytes.len() < 300, "{} bytes", bytes.len());
+        let rebuilt = Manifest::apply(&base, &ManifestDelta::decode(&bytes).unwrap()).unwrap();
+        assert_eq!(rebuilt.hash(), target.hash());
+        // Nothing changed: an empty delta.
+        assert_eq!(base.delta_from(&base), ManifestDelta::default());
+    }
+
+    #[test]
+    fn a_hostile_delta_is_refused() {
+        let base = Manifest::default();
+        let mut delta = ManifestDelta::default();
+        delta.upserts.insert("../etc/passwd".into(), entry(1, 1));
+        assert!(matches!(
+            Manifest::apply(&base, &delta),
+            Err(ManifestError::BadPath { .. })
+        ));
+        let gone = ManifestDelta {
+            removed: vec!["never/there".into()],
+            ..ManifestDelta::default()
+        };
+        assert!(Manifest::apply(&base, &gone).is_err());
+        assert!(ManifestDelta::decode(&[]).is_err());
+        assert!(ManifestDelta::decode(&[9, 0, 0]).is_err());
+        assert!(ManifestDelta::decode(&[DELTA_VERSION, 0xff, 0xff, 0xff]).is_err());
     }
 
     #[test]

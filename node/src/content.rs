@@ -188,8 +188,19 @@ impl Content {
         manifest_hash: Blake3Hash,
     ) -> anyhow::Result<Option<usize>> {
         if !self.blobs.contains(&manifest_hash) {
-            let missing = self.gossip.fetch_blobs(&[manifest_hash]).await;
-            if !missing.is_empty() {
+            // From the version deployed here, a peer sends only what
+            // changed (and the blobs new in it); else the whole manifest.
+            let base = self
+                .deployed
+                .lock()
+                .ok()
+                .and_then(|d| d.get(domain).map(|d| d.manifest))
+                .filter(|m| self.blobs.contains(m));
+            let delta = match base {
+                Some(base) => self.gossip.fetch_version(base, manifest_hash).await,
+                None => false,
+            };
+            if !delta && !self.gossip.fetch_blobs(&[manifest_hash]).await.is_empty() {
                 return Ok(Some(1));
             }
         }

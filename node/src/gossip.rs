@@ -25,6 +25,10 @@
 //!   peer answers each with a `Blob` header and the raw bytes (or `NoBlob`),
 //!   verified against the hash as they are written (`blobs::BlobWriter`).
 //!   The content follower (`content.rs`) fetches a version's blobs this way.
+//!   A node that serves an earlier version of the domain first asks for the
+//!   new one as a `FetchVersion`: the peer answers with the manifest's delta
+//!   from that version and the blobs new in it, on one connection; the
+//!   rebuilt manifest is kept only if it hashes to the one the event names.
 //! - **Anti-entropy**: every 15 s, a session with one live peer chosen at
 //!   random repairs anything the rest missed.
 
@@ -37,7 +41,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use makiatto_core::{GroupCommitter, VersionVector};
-use makiatto_events::{AuthorKey, Blake3Hash, EventId, NodeName, WgPublicKey};
+use makiatto_events::{
+    AuthorKey, Blake3Hash, EventId, Manifest, ManifestDelta, NodeName, WgPublicKey,
+};
 use makiatto_projections::peers::Peers;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -134,6 +140,26 @@ enum Frame {
     },
     /// The peer does not hold this blob.
     NoBlob(Blake3Hash),
+    /// The first frame of a version fetch: the manifest `target`, as a
+    /// delta from `base` (which the asking node holds), and the blobs the
+    /// delta names that `base` does not.
+    FetchVersion(FetchVersion),
+    /// The answer to `FetchVersion`: the delta (`ManifestDelta` bytes),
+    /// then a `Blob` (or `NoBlob`) for each new blob, then `Done`. A peer
+    /// that lacks either manifest answers `NoBlob(target)` and `Done`.
+    ManifestDelta {
+        target: Blake3Hash,
+        delta: Vec<u8>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct FetchVersion {
+    protocol: u16,
+    cluster: EventId,
+    node: AuthorKey,
+    base: Blake3Hash,
+    target: Blake3Hash,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -689,34 +715,48 @@ impl Gossip {
                 return;
             }
         };
-        if let Frame::Fetch(fetch) = first {
-            if let Err(e) = self.serve_fetch(stream, &peer, fetch).await {
-                tracing::info!(peer = %peer.name, error = %format!("{e:#}"), "serving blobs to a peer failed");
+        let (protocol, cluster, node, ask) = match first {
+            Frame::Fetch(f) => (f.protocol, f.cluster, f.node, Ask::Blobs(f.want)),
+            Frame::FetchVersion(f) => (
+                f.protocol,
+                f.cluster,
+                f.node,
+                Ask::Version {
+                    base: f.base,
+                    target: f.target,
+                },
+            ),
+            // A session the peer started may overlap one this node started:
+            // both only add what is missing.
+            first => {
+                let result = self.session(stream, &peer, Some(first)).await;
+                self.record(&peer, result);
+                return;
             }
-            return;
-        }
-        // A session the peer started may overlap one this node started:
-        // both only add what is missing.
-        let result = self.session(stream, &peer, Some(first)).await;
-        self.record(&peer, result);
-    }
-
-    /// Sends a peer the blobs it asked for that this node holds.
-    async fn serve_fetch(
-        &self,
-        stream: TcpStream,
-        peer: &Member,
-        fetch: Fetch,
-    ) -> anyhow::Result<()> {
-        let cluster = self.topology.borrow().cluster;
-        if fetch.protocol != PROTOCOL || Some(fetch.cluster) != cluster || fetch.node != peer.key {
-            bail!(
+        };
+        let from_peer = protocol == PROTOCOL
+            && Some(cluster) == self.topology.borrow().cluster
+            && node == peer.key;
+        let result = if from_peer {
+            self.serve_fetch(stream, &peer, ask).await
+        } else {
+            Err(anyhow::anyhow!(
                 "a blob fetch that is not from {} of this cluster",
                 peer.name
-            );
+            ))
+        };
+        if let Err(e) = result {
+            tracing::info!(peer = %peer.name, error = %format!("{e:#}"), "serving blobs to a peer failed");
         }
-        if fetch.want.len() > MAX_FETCH {
-            bail!("{} asked for {} blobs at once", peer.name, fetch.want.len());
+    }
+
+    /// Sends a peer the blobs (or the version) it asked for that this node
+    /// holds.
+    async fn serve_fetch(&self, stream: TcpStream, peer: &Member, ask: Ask) -> anyhow::Result<()> {
+        if let Ask::Blobs(want) = &ask
+            && want.len() > MAX_FETCH
+        {
+            bail!("{} asked for {} blobs at once", peer.name, want.len());
         }
         let _ = stream.set_nodelay(true);
         let (_reader, mut writer) = stream.into_split();
@@ -727,7 +767,10 @@ impl Gossip {
         // the disk is read while the network sends.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
         let blobs = self.blobs.clone();
-        let reading = tokio::task::spawn_blocking(move || frame_blobs(&blobs, fetch.want, &tx));
+        let reading = tokio::task::spawn_blocking(move || match ask {
+            Ask::Blobs(want) => frame_blobs(&blobs, want, &tx, Vec::new()),
+            Ask::Version { base, target } => frame_version(&blobs, base, target, &tx),
+        });
         while let Some(batch) = rx.recv().await {
             let batch = batch.context("cannot read a blob")?;
             tokio::time::timeout(FRAME_TIMEOUT, writer.write_all(&batch))
@@ -812,9 +855,7 @@ impl Gossip {
                         Ok(Some(s)) => staged.push(s),
                         Ok(None) => {}
                         Err(e) => {
-                            if let Ok(mut health) = self.health.lock() {
-                                health.entry(peer.key).or_default().bad_events += 1;
-                            }
+                            self.bad_blob(peer);
                             tracing::warn!(peer = %peer.name, error = %e, "a peer sent a blob that fails verification; refused");
                             return Err(e.into());
                         }
@@ -826,10 +867,121 @@ impl Gossip {
         bail!("{} sent more blobs than were asked for", peer.name)
     }
 
-    /// Fetches what of `want` this node lacks from the live peers, one
-    /// after another until nothing is missing. Returns what is still missing.
-    pub async fn fetch_blobs(&self, want: &[Blake3Hash]) -> Vec<Blake3Hash> {
-        let mut missing = self.blobs.missing(want);
+    /// Fetches the manifest `target` as a delta from `base` (a manifest
+    /// this node holds), with the blobs new in it, from the first live peer
+    /// that can send it. The rebuilt manifest is kept only if its hash is
+    /// `target`. Returns whether it is now stored; if not (no peer holds
+    /// both, or an older peer), the caller fetches the whole manifest.
+    pub async fn fetch_version(&self, base: Blake3Hash, target: Blake3Hash) -> bool {
+        let base_manifest = {
+            let blobs = self.blobs.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let bytes = std::fs::read(blobs.path(&base))?;
+                anyhow::Ok(Manifest::decode(&bytes)?)
+            })
+            .await;
+            match read {
+                Ok(Ok(m)) => m,
+                _ => return false,
+            }
+        };
+        for peer in self.live_peers() {
+            match self
+                .fetch_version_from(&peer, base, &base_manifest, target)
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(peer = %peer.name, manifest = %target.short(), "fetched a version as a delta");
+                    return true;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::info!(peer = %peer.name, error = %format!("{e:#}"), "fetching a version from a peer failed")
+                }
+            }
+        }
+        false
+    }
+
+    async fn fetch_version_from(
+        &self,
+        peer: &Member,
+        base: Blake3Hash,
+        base_manifest: &Manifest,
+        target: Blake3Hash,
+    ) -> anyhow::Result<bool> {
+        let (me, cluster) = {
+            let t = self.topology.borrow();
+            (t.me.clone(), t.cluster)
+        };
+        let (Some(me), Some(cluster)) = (me, cluster) else {
+            bail!("this node has no mesh identity yet");
+        };
+        let stream = connect(peer.mesh).await?;
+        let _ = stream.set_nodelay(true);
+        let (reader, mut writer) = stream.into_split();
+        let mut reader = tokio::io::BufReader::with_capacity(SEND_BATCH, reader);
+        self.write_frame(
+            &mut writer,
+            &Frame::FetchVersion(FetchVersion {
+                protocol: PROTOCOL,
+                cluster,
+                node: me.key,
+                base,
+                target,
+            }),
+        )
+        .await?;
+        let delta = match self.read_frame(&mut reader).await? {
+            Frame::NoBlob(_) => return Ok(false),
+            Frame::ManifestDelta { target: t, delta } if t == target => delta,
+            _ => bail!("{} sent a frame out of place in a version fetch", peer.name),
+        };
+        let rebuilt = ManifestDelta::decode(&delta)
+            .and_then(|d| Ok((Manifest::apply(base_manifest, &d)?, d)));
+        let (manifest, delta) = match rebuilt {
+            Ok(m) => m,
+            Err(e) => {
+                self.bad_blob(peer);
+                bail!(
+                    "{} sent a manifest delta that does not apply: {e}",
+                    peer.name
+                );
+            }
+        };
+        let bytes = manifest.encode();
+        if Blake3Hash::of(&bytes) != target {
+            self.bad_blob(peer);
+            bail!(
+                "{} sent a manifest delta that does not yield manifest {target}",
+                peer.name
+            );
+        }
+        let blobs = self.blobs.clone();
+        let mut staged = Vec::new();
+        if let Some(s) = tokio::task::block_in_place(|| {
+            blobs.stage(target, bytes.len() as u64, &mut &bytes[..], false)
+        })? {
+            staged.push(s);
+        }
+        let count = new_blobs(&delta, base_manifest).len();
+        let result = self
+            .receive_blobs(&mut reader, peer, count, &mut staged)
+            .await;
+        tokio::task::block_in_place(|| blobs.commit(staged))?;
+        result.map(|()| true)
+    }
+
+    /// Counts a peer's blob that failed verification.
+    fn bad_blob(&self, peer: &Member) {
+        if let Ok(mut health) = self.health.lock() {
+            health.entry(peer.key).or_default().bad_events += 1;
+        }
+    }
+
+    /// The live peers, starting at a random one: not every node asks the
+    /// same peer first.
+    fn live_peers(&self) -> Vec<Member> {
         let mut peers: Vec<Member> = self
             .topology
             .borrow()
@@ -838,12 +990,18 @@ impl Gossip {
             .filter(|p| self.alive(&p.key))
             .cloned()
             .collect();
-        // Spread the load: not every node asks the same peer first.
         if !peers.is_empty() {
             let start = rand::random_range(0..peers.len());
             peers.rotate_left(start);
         }
-        for peer in peers {
+        peers
+    }
+
+    /// Fetches what of `want` this node lacks from the live peers, one
+    /// after another until nothing is missing. Returns what is still missing.
+    pub async fn fetch_blobs(&self, want: &[Blake3Hash]) -> Vec<Blake3Hash> {
+        let mut missing = self.blobs.missing(want);
+        for peer in self.live_peers() {
             if missing.is_empty() {
                 break;
             }
@@ -1051,6 +1209,7 @@ fn frame_blobs(
     blobs: &crate::blobs::BlobStore,
     want: Vec<Blake3Hash>,
     tx: &tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
+    first: Vec<u8>,
 ) {
     let send = |batch: &mut Vec<u8>| {
         let full = std::mem::replace(batch, Vec::with_capacity(BATCH_CAPACITY));
@@ -1062,7 +1221,8 @@ fn frame_blobs(
     let framed = |frame: &Frame, batch: &mut Vec<u8>| {
         frame_bytes(frame, batch).map_err(|e| fail(io::Error::other(format!("{e:#}"))))
     };
-    let mut batch = Vec::with_capacity(BATCH_CAPACITY);
+    let mut batch = first;
+    batch.reserve(BATCH_CAPACITY.saturating_sub(batch.len()));
     for hash in want {
         let mut file = match std::fs::File::open(blobs.path(&hash)) {
             Ok(f) => f,
@@ -1103,6 +1263,67 @@ fn frame_blobs(
     }
     if framed(&Frame::Done, &mut batch).is_ok() {
         send(&mut batch);
+    }
+}
+
+/// What a peer asked for in a fetch.
+enum Ask {
+    Blobs(Vec<Blake3Hash>),
+    Version {
+        base: Blake3Hash,
+        target: Blake3Hash,
+    },
+}
+
+/// A delta larger than this is not sent (the whole manifest streams
+/// instead, as blobs do); it is far under [`MAX_FRAME`].
+const MAX_DELTA: usize = 8 << 20;
+
+/// The blobs a delta names that its base does not: what a node holding
+/// the base lacks for the target (in the delta's path order, each once).
+fn new_blobs(delta: &ManifestDelta, base: &Manifest) -> Vec<Blake3Hash> {
+    let held: std::collections::HashSet<Blake3Hash> = base.files.values().map(|f| f.hash).collect();
+    let mut seen = std::collections::HashSet::new();
+    delta
+        .hashes()
+        .filter(|h| !held.contains(h) && seen.insert(*h))
+        .collect()
+}
+
+/// Answers a `FetchVersion` (on a blocking thread): the delta from `base`
+/// to `target` and the blobs new in it, as [`frame_blobs`] sends them; or
+/// `NoBlob(target)` when this node cannot make the delta.
+fn frame_version(
+    blobs: &crate::blobs::BlobStore,
+    base: Blake3Hash,
+    target: Blake3Hash,
+    tx: &tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
+) {
+    let read = |h: &Blake3Hash| {
+        std::fs::read(blobs.path(h))
+            .ok()
+            .and_then(|b| Manifest::decode(&b).ok())
+    };
+    let mut first = Vec::new();
+    let made = match (read(&base), read(&target)) {
+        (Some(b), Some(t)) => {
+            let delta = t.delta_from(&b);
+            let bytes = delta.encode();
+            (bytes.len() <= MAX_DELTA).then(|| (new_blobs(&delta, &b), bytes))
+        }
+        _ => None,
+    };
+    let framed = match made {
+        Some((want, delta)) => {
+            frame_bytes(&Frame::ManifestDelta { target, delta }, &mut first).map(|()| want)
+        }
+        None => frame_bytes(&Frame::NoBlob(target), &mut first).map(|()| Vec::new()),
+    };
+    match framed {
+        Ok(want) => frame_blobs(blobs, want, tx, first),
+        Err(e) => {
+            let _ = tx.blocking_send(Err(io::Error::other(format!("{e:#}"))));
+        }
     }
 }
 
@@ -1175,6 +1396,78 @@ mod tests {
         }
     }
 
+    /// What `frame_version` sends, in one piece.
+    fn version_wire(
+        store: crate::blobs::BlobStore,
+        base: Blake3Hash,
+        target: Blake3Hash,
+    ) -> Vec<u8> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let sender = std::thread::spawn(move || frame_version(&store, base, target, &tx));
+        let mut wire = Vec::new();
+        while let Some(batch) = rx.blocking_recv() {
+            wire.extend(batch.unwrap());
+        }
+        sender.join().unwrap();
+        wire
+    }
+
+    #[test]
+    fn a_version_is_sent_as_its_delta_and_its_new_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::blobs::BlobStore::open(dir.path()).unwrap();
+        let put = |bytes: &[u8]| {
+            let h = Blake3Hash::of(bytes);
+            store.put(h, bytes.len() as u64, &mut &bytes[..]).unwrap();
+            h
+        };
+        let entry = |hash, size| makiatto_events::FileEntry {
+            hash,
+            size,
+            content_type: "text/plain".into(),
+        };
+        let mut base = Manifest::default();
+        for i in 0..100u32 {
+            let body = format!("file {i}");
+            let h = put(body.as_bytes());
+            base.insert(format!("f{i}.txt"), entry(h, body.len() as u64))
+                .unwrap();
+        }
+        let mut target = base.clone();
+        let changed = put(b"changed");
+        target.insert("f7.txt".into(), entry(changed, 7)).unwrap();
+        // Two paths, one new blob; one path reuses a blob of the base.
+        target.insert("copy.txt".into(), entry(changed, 7)).unwrap();
+        target
+            .insert("again.txt".into(), base.files["f1.txt"].clone())
+            .unwrap();
+        target.files.remove("f9.txt");
+        let (b, t) = (put(&base.encode()), put(&target.encode()));
+        let absent = Blake3Hash::of(b"no such manifest");
+        let wire = version_wire(crate::blobs::BlobStore::open(dir.path()).unwrap(), b, t);
+        let len = u32::from_be_bytes(wire[..4].try_into().unwrap()) as usize;
+        let Frame::ManifestDelta { target: got, delta } =
+            postcard::from_bytes(&wire[4..4 + len]).unwrap()
+        else {
+            panic!("no delta first");
+        };
+        assert_eq!(got, t);
+        let delta = ManifestDelta::decode(&delta).unwrap();
+        assert_eq!(Manifest::apply(&base, &delta).unwrap().hash(), t);
+        assert_eq!(new_blobs(&delta, &base), vec![changed]);
+        let blobs = unframe(&wire[4 + len..]);
+        assert_eq!(blobs, vec![(changed, Some(b"changed".to_vec()))]);
+        // Without the base (or the target) here: NoBlob, then Done.
+        for (base, target) in [(absent, t), (b, absent)] {
+            let wire = version_wire(
+                crate::blobs::BlobStore::open(dir.path()).unwrap(),
+                base,
+                target,
+            );
+            assert_eq!(unframe(&wire), vec![(target, None)]);
+        }
+    }
+
     #[test]
     fn blobs_are_framed_in_batches_that_parse_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -1196,7 +1489,7 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
         let reader = std::thread::spawn({
             let want = want.clone();
-            move || frame_blobs(&store, want, &tx)
+            move || frame_blobs(&store, want, &tx, Vec::new())
         });
         let mut wire = Vec::new();
         let mut batches = 0;
