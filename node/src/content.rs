@@ -204,9 +204,8 @@ impl Content {
                 return Ok(Some(1));
             }
         }
-        let bytes = std::fs::read(self.blobs.path(&manifest_hash))?;
-        let manifest = Manifest::decode(&bytes)
-            .map_err(|e| anyhow::anyhow!("the manifest {manifest_hash} is refused: {e}"))?;
+        let blobs = self.blobs.clone();
+        let manifest = tokio::task::block_in_place(|| blobs.manifest(&manifest_hash))?;
         let hashes: HashSet<Blake3Hash> = manifest.files.values().map(|f| f.hash).collect();
         let deployed_manifest = self
             .deployed

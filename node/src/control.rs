@@ -58,6 +58,16 @@ pub enum Request {
     /// The health table: peers' liveness, load, mesh handshakes and
     /// replication (answered by the running daemon only).
     Health,
+    /// Stores manifest `target` rebuilt from manifest `base` (held here)
+    /// and a `ManifestDelta` (hex), once it hashes to `target`: a one-file
+    /// edit sends about a hundred bytes, not the whole manifest. Answered
+    /// by the running daemon only (it keeps recent manifests decoded);
+    /// `maki` sends the whole manifest when this fails.
+    ManifestPut {
+        base: String,
+        target: String,
+        delta: String,
+    },
 }
 
 /// The answer: `{"ok": …}` or `{"error": "…"}`.
@@ -183,6 +193,7 @@ pub fn execute(
             Ok(serde_json::json!(r.latest_of(&author)?.map(hex::encode)))
         }),
         Request::Health => fail("health needs the running daemon (start it with `makiatto run`)"),
+        Request::ManifestPut { .. } => fail("manifest-put needs the running daemon"),
         Request::ConfigChanges => reading(replica, |r| {
             Ok(serde_json::json!(
                 r.config_changes()

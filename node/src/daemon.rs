@@ -225,6 +225,22 @@ async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
             Response::Error(format!("request is larger than {MAX_REQUEST_BYTES} bytes"))
         } else {
             match serde_json::from_slice::<Request>(&line) {
+                Ok(Request::ManifestPut {
+                    base,
+                    target,
+                    delta,
+                }) => {
+                    let blobs = content.blobs().clone();
+                    let stored = tokio::task::spawn_blocking(move || {
+                        crate::blobs::put_manifest_delta(&blobs, &base, &target, &delta)
+                    })
+                    .await;
+                    match stored {
+                        Ok(Ok(files)) => Response::Ok(serde_json::json!({ "stored": files })),
+                        Ok(Err(e)) => Response::Error(format!("{e:#}")),
+                        Err(e) => Response::Error(format!("the request failed: {e}")),
+                    }
+                }
                 Ok(Request::Health) => {
                     let mut report = gossip.report();
                     report["sites"] = content.report();

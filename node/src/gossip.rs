@@ -873,17 +873,9 @@ impl Gossip {
     /// `target`. Returns whether it is now stored; if not (no peer holds
     /// both, or an older peer), the caller fetches the whole manifest.
     pub async fn fetch_version(&self, base: Blake3Hash, target: Blake3Hash) -> bool {
-        let base_manifest = {
-            let blobs = self.blobs.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                let bytes = std::fs::read(blobs.path(&base))?;
-                anyhow::Ok(Manifest::decode(&bytes)?)
-            })
-            .await;
-            match read {
-                Ok(Ok(m)) => m,
-                _ => return false,
-            }
+        let blobs = self.blobs.clone();
+        let Ok(base_manifest) = tokio::task::block_in_place(|| blobs.manifest(&base)) else {
+            return false;
         };
         for peer in self.live_peers() {
             match self
@@ -949,7 +941,7 @@ impl Gossip {
                 );
             }
         };
-        let bytes = manifest.encode();
+        let bytes = tokio::task::block_in_place(|| manifest.encode());
         if Blake3Hash::of(&bytes) != target {
             self.bad_blob(peer);
             bail!(
@@ -969,6 +961,7 @@ impl Gossip {
             .receive_blobs(&mut reader, peer, count, &mut staged)
             .await;
         tokio::task::block_in_place(|| blobs.commit(staged))?;
+        blobs.remember_manifest(target, Arc::new(manifest));
         result.map(|()| true)
     }
 
@@ -1299,11 +1292,7 @@ fn frame_version(
     target: Blake3Hash,
     tx: &tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
 ) {
-    let read = |h: &Blake3Hash| {
-        std::fs::read(blobs.path(h))
-            .ok()
-            .and_then(|b| Manifest::decode(&b).ok())
-    };
+    let read = |h: &Blake3Hash| blobs.manifest(h).ok();
     let mut first = Vec::new();
     let made = match (read(&base), read(&target)) {
         (Some(b), Some(t)) => {

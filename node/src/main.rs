@@ -521,14 +521,6 @@ enum BlobRequest {
     /// Stores small blobs sent inline (hex), each verified against its
     /// hash, as `makiatto blobs receive` does; answers its report.
     BlobsPut { blobs: Vec<InlineBlob> },
-    /// Stores manifest `target` rebuilt from manifest `base` (held here)
-    /// and a `ManifestDelta` (hex), once it hashes to `target`: a one-file
-    /// edit sends about a hundred bytes, not the whole manifest.
-    ManifestPut {
-        base: String,
-        target: String,
-        delta: String,
-    },
 }
 
 #[derive(serde::Deserialize)]
@@ -588,31 +580,6 @@ fn blob_request(
             }
             let report = store.receive(&mut &stream[..])?;
             Ok(serde_json::to_value(&report)?)
-        }
-        BlobRequest::ManifestPut {
-            base,
-            target,
-            delta,
-        } => {
-            let (base, target) = (parse_hash(&base)?, parse_hash(&target)?);
-            let delta = hex::decode(&delta).context("the delta is not hex")?;
-            if delta.len() > INLINE_BLOB_BYTES {
-                bail!("a manifest delta of more than {INLINE_BLOB_BYTES} bytes; send the manifest");
-            }
-            let base_bytes = std::fs::read(store.path(&base))
-                .with_context(|| format!("manifest {base} is not stored here"))?;
-            let manifest = makiatto_events::Manifest::apply(
-                &makiatto_events::Manifest::decode(&base_bytes)?,
-                &makiatto_events::ManifestDelta::decode(&delta)?,
-            )?;
-            let bytes = manifest.encode();
-            if makiatto_events::Blake3Hash::of(&bytes) != target {
-                bail!("the delta applied to manifest {base} does not give manifest {target}");
-            }
-            if let Some(staged) = store.stage(target, bytes.len() as u64, &mut &bytes[..], false)? {
-                store.commit(vec![staged])?;
-            }
-            Ok(serde_json::json!({"stored": manifest.files.len()}))
         }
     }
 }
@@ -735,49 +702,6 @@ mod tests {
             &format!(r#"{{"op":"blobs-put","blobs":[{{"hash":"{h}","hex":"{big}"}}]}}"#),
         );
         assert!(format!("{:#}", too_big.unwrap_err()).contains("blobs receive"));
-        // A manifest sent as a delta from one held here.
-        let entry = |body: &[u8]| makiatto_events::FileEntry {
-            hash: Blake3Hash::of(body),
-            size: body.len() as u64,
-            content_type: "text/html".into(),
-        };
-        let mut base = makiatto_events::Manifest::default();
-        base.insert("index.html".into(), entry(good)).unwrap();
-        let base_bytes = base.encode();
-        let base_hash = Blake3Hash::of(&base_bytes);
-        let store_ref = store.as_ref().unwrap();
-        store_ref
-            .put(base_hash, base_bytes.len() as u64, &mut &base_bytes[..])
-            .unwrap();
-        let mut target = base.clone();
-        target.insert("about.html".into(), entry(b"about")).unwrap();
-        let delta = hex::encode(target.delta_from(&base).encode());
-        let put_delta = |target: &Blake3Hash| {
-            format!(
-                r#"{{"op":"manifest-put","base":"{}","target":"{}","delta":"{delta}"}}"#,
-                base_hash.to_hex(),
-                target.to_hex()
-            )
-        };
-        // One that does not give the manifest it names is refused.
-        let wrong = ask(dir.path(), &mut store, &put_delta(&Blake3Hash::of(b"x")));
-        assert!(format!("{:#}", wrong.unwrap_err()).contains("does not give"));
-        assert!(!store.as_ref().unwrap().contains(&Blake3Hash::of(b"x")));
-        let stored = ask(dir.path(), &mut store, &put_delta(&target.hash())).unwrap();
-        assert_eq!(stored["stored"], 2);
-        let kept = std::fs::read(store.as_ref().unwrap().path(&target.hash())).unwrap();
-        assert_eq!(kept, target.encode());
-        // From a base not held here: a clear error.
-        let unknown = ask(
-            dir.path(),
-            &mut store,
-            &format!(
-                r#"{{"op":"manifest-put","base":"{other}","target":"{}","delta":"{delta}"}}"#,
-                target.hash().to_hex()
-            ),
-        );
-        assert!(format!("{:#}", unknown.unwrap_err()).contains("not stored here"));
-
         // Other requests are not blob requests (they go to the daemon).
         assert!(serde_json::from_str::<BlobRequest>(r#"{"op":"heads"}"#).is_err());
     }

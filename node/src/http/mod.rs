@@ -42,7 +42,6 @@ pub struct Http {
     cache: Arc<handler::SmallCache>,
     certs: Arc<server::SiteCerts>,
     challenges: ArcSwap<HashMap<String, String>>,
-    manifests: Mutex<HashMap<Blake3Hash, Arc<Manifest>>>,
     /// Versions (by manifest) whose variants were prepared or are being.
     prepared: Mutex<std::collections::HashSet<Blake3Hash>>,
     /// Responses by status class (1xx … 5xx).
@@ -65,7 +64,6 @@ impl Http {
             cache: Arc::new(handler::SmallCache::default()),
             certs: Arc::new(server::SiteCerts::default()),
             challenges: ArcSwap::from_pointee(HashMap::new()),
-            manifests: Mutex::new(HashMap::new()),
             prepared: Mutex::new(Default::default()),
             statuses: Default::default(),
         });
@@ -107,13 +105,7 @@ impl Http {
     }
 
     fn manifest(&self, hash: &Blake3Hash) -> Option<Arc<Manifest>> {
-        if let Some(m) = self.manifests.lock().ok()?.get(hash) {
-            return Some(m.clone());
-        }
-        let bytes = std::fs::read(self.blobs.path(hash)).ok()?;
-        let m = Arc::new(Manifest::decode(&bytes).ok()?);
-        self.manifests.lock().ok()?.insert(*hash, m.clone());
-        Some(m)
+        self.blobs.manifest(hash).ok()
     }
 
     /// Makes the routes snapshot from the deployed versions and the
