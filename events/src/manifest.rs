@@ -47,9 +47,9 @@ pub struct Manifest {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Encoded {
+struct Encoded<'a> {
     version: u8,
-    files: BTreeMap<String, FileEntry>,
+    files: std::borrow::Cow<'a, BTreeMap<String, FileEntry>>,
 }
 
 /// Checks a path as a manifest may hold it.
@@ -97,7 +97,7 @@ impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(&Encoded {
             version: VERSION,
-            files: self.files.clone(),
+            files: std::borrow::Cow::Borrowed(&self.files),
         })
         .unwrap_or_default()
     }
@@ -122,7 +122,7 @@ impl Manifest {
             check_path(path)?;
         }
         let manifest = Manifest {
-            files: encoded.files,
+            files: encoded.files.into_owned(),
         };
         if manifest.encode() != bytes {
             return Err(ManifestError::NotCanonical);
@@ -331,7 +331,7 @@ mod tests {
             // Built by hand, bypassing `insert`.
             let forged = Encoded {
                 version: VERSION,
-                files: [(path.to_owned(), entry(1, 1))].into(),
+                files: std::borrow::Cow::Owned([(path.to_owned(), entry(1, 1))].into()),
             };
             let bytes = postcard::to_allocvec(&forged).unwrap();
             assert!(

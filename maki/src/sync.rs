@@ -169,6 +169,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     };
     let cluster_id = ctx.cluster_id()?;
     let operator = ctx.operator()?;
+    let timing = Timing::from_env();
 
     // The tree of every selected domain, as a manifest: walked and hashed
     // while the SSH connection is made and the node answers.
@@ -206,7 +207,9 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             Ok(out)
         })
     };
+    timing.mark("started, SSH walk begun");
     let (machine, remote) = ctx.any_node().await?;
+    timing.mark("connected");
     let mut plans = Vec::new();
     let answers = remote
         .control(&[
@@ -215,10 +218,12 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             json!({"op": "config-changes"}),
         ])
         .await?;
+    timing.mark("state asked");
     let (sites, peers, changes) = (&answers[0]["state"], &answers[1]["state"], &answers[2]);
     let walked = walking
         .await
         .map_err(|e| anyhow::anyhow!("the walk stopped: {e}"))??;
+    timing.mark("walked");
     for (d, (files, m)) in selected.iter().zip(walked) {
         let site = &sites["domains"][&d.name];
         let live = site["live"].as_str();
@@ -262,6 +267,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         });
     }
     hashing.finish_and_clear();
+    timing.mark("planned");
 
     // The configuration: the file's wishes merged field by field.
     let mut current_doc = decode_doc(changes)?;
@@ -342,6 +348,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             .any(|name| current.domains.get(name) != base.domains.get(name));
     let wanted = merge(&base, &file_config, &current);
     let config_changes = current_doc.edit(&operator.key().public(), &wanted)?;
+    timing.mark("configuration merged");
 
     if plans.is_empty() && config_changes.is_empty() {
         println!("everything is up to date on {}", machine.name);
@@ -371,8 +378,10 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         .flatten()
         .filter_map(|h| h.as_str().map(str::to_owned))
         .collect();
+    timing.mark("blobs asked");
     if !args.dry_run {
         put_deltas(&remote, &plans, &mut missing).await;
+        timing.mark("manifest deltas sent");
     }
     let mut upload: Vec<(Blake3Hash, Source)> = Vec::new();
     let mut queued: BTreeSet<Blake3Hash> = BTreeSet::new();
@@ -424,6 +433,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         }
     }
 
+    timing.mark("uploaded");
     // Every blob is on the node: now the events.
     let mut payloads = Vec::new();
     if !config_changes.is_empty() {
@@ -444,7 +454,9 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         }));
     }
     let events = ctx.sign(&remote, &cluster_id, payloads).await?;
+    timing.mark("signed");
     ctx.deliver(&remote, &cluster_id, &events).await?;
+    timing.mark("delivered");
     save_base(&base_file, &secrets_file, &file_config, &secrets, &operator)?;
     for p in &plans {
         keep_manifest(
@@ -452,6 +464,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             &p.manifest_bytes,
         );
     }
+    timing.mark("saved");
     report(&plans, &per_domain, events.len() > plans.len(), false);
     if others_changed {
         println!(
@@ -459,6 +472,36 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Phase times on standard error with `MAKIATTO_TIMINGS=1`: where a slow
+/// sync spends its time.
+struct Timing {
+    start: Option<std::time::Instant>,
+    last: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+impl Timing {
+    fn from_env() -> Timing {
+        let start = (std::env::var_os("MAKIATTO_TIMINGS").is_some_and(|v| v == "1"))
+            .then(std::time::Instant::now);
+        Timing {
+            start,
+            last: std::cell::Cell::new(start),
+        }
+    }
+
+    fn mark(&self, phase: &str) {
+        if let (Some(start), Some(last)) = (self.start, self.last.get()) {
+            let now = std::time::Instant::now();
+            eprintln!(
+                "timing: {phase}: {:.1} ms (at {:.1} ms)",
+                (now - last).as_secs_f64() * 1e3,
+                (now - start).as_secs_f64() * 1e3
+            );
+            self.last.set(Some(now));
+        }
+    }
 }
 
 fn config_summary(current: &DesiredConfig, wanted: &DesiredConfig) -> String {
