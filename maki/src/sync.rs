@@ -47,7 +47,7 @@ struct Planned<'a> {
     manifest: Manifest,
     manifest_bytes: Vec<u8>,
     summary: ChangeSummary,
-    /// Local files by hash, to upload from.
+    /// Local files by hash, to upload from (those the live version lacks).
     sources: BTreeMap<Blake3Hash, PathBuf>,
     /// Blobs of the live version: the node holds them (it keeps the live
     /// version's files), so they are not even asked about.
@@ -246,11 +246,14 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             None => Manifest::default(),
         };
         let summary = m.summary_since(&before);
+        let known: BTreeSet<Blake3Hash> = before.files.values().map(|f| f.hash).collect();
+        // Only what may be uploaded: the files the live version lacks.
         let sources = files
             .iter()
-            .filter_map(|f| m.files.get(&f.path).map(|e| (e.hash, f.full.clone())))
+            .filter_map(|f| m.files.get(&f.path).map(|e| (e.hash, f)))
+            .filter(|(h, _)| !known.contains(h))
+            .map(|(h, f)| (h, f.full.clone()))
             .collect();
-        let known = before.files.values().map(|f| f.hash).collect();
         let delta = live_manifest
             .as_deref()
             .filter(|_| !before.files.is_empty())

@@ -129,7 +129,7 @@ impl Http {
                     domain,
                     d.version,
                     at,
-                    (*manifest).clone(),
+                    manifest,
                     variants,
                 )),
             );

@@ -18,7 +18,7 @@ pub struct SiteVersion {
     pub version: EventId,
     /// When the version was published: every file's Last-Modified.
     pub published: SystemTime,
-    pub manifest: Manifest,
+    pub manifest: Arc<Manifest>,
     /// Prepared encodings per source blob, with their sizes.
     pub variants: HashMap<Blake3Hash, Vec<(Coding, u64)>>,
     /// Does the site have its own `404.html`?
@@ -91,7 +91,7 @@ impl SiteVersion {
         domain: String,
         version: EventId,
         published_millis: u64,
-        manifest: Manifest,
+        manifest: Arc<Manifest>,
         variants: HashMap<Blake3Hash, Vec<(Coding, u64)>>,
     ) -> SiteVersion {
         let has_404 = manifest.files.contains_key("404.html");
