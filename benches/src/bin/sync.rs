@@ -21,7 +21,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use makiatto_benches::measure::{print_json, print_table};
 use rand::{Rng, SeedableRng};
@@ -105,6 +105,52 @@ impl Cluster {
             .all(|v| v.as_deref() == Some(first.as_str()))
             .then_some(first)
     }
+}
+
+impl Cluster {
+    /// When the last of `nodes` switched to `version` (hex), from the
+    /// "site version deployed" lines of their logs (UTC, microseconds).
+    fn switched(&self, nodes: &[String], version: &str) -> Option<SystemTime> {
+        let short = version.get(..12)?;
+        let mut last = None;
+        for n in nodes {
+            let log = self
+                .dir
+                .path()
+                .join(format!("cluster/hosts/{n}/var-upper/makiatto/daemon.log"));
+            let text = std::fs::read_to_string(log).ok()?;
+            let line = text.lines().rev().find(|l| {
+                l.contains("site version deployed") && l.contains(&format!("version={short}"))
+            })?;
+            let at = log_time(line.split_whitespace().next()?)?;
+            last = last.max(Some(at));
+        }
+        last
+    }
+}
+
+/// A log line's time, `2026-11-26T09:05:09.250087Z`.
+fn log_time(stamp: &str) -> Option<SystemTime> {
+    let (date, time) = stamp.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + min * 60 + sec;
+    let micros: u64 = format!("{frac:0<6}").get(..6)?.parse().ok()?;
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(secs).ok()?)
+            + Duration::from_micros(micros),
+    )
 }
 
 impl Drop for Cluster {
@@ -208,14 +254,22 @@ fn main() {
         );
     };
     let upload_ms = std::cell::Cell::new(0u128);
+    // From the start of `maki sync` to the last node's switch, as its log
+    // tells it (the polled figure adds up to one round of probes).
+    let switch = std::cell::Cell::new(Duration::ZERO);
     let sync_everywhere = |before: Option<&str>| {
         let start = Instant::now();
+        let wall = SystemTime::now();
         c.maki(&["sync", "--file", file]);
         upload_ms.set(start.elapsed().as_millis());
         loop {
             if let Some(v) = c.live_everywhere(&nodes)
                 && Some(v.as_str()) != before
             {
+                let at = c
+                    .switched(&nodes, &v)
+                    .expect("every node logged its switch");
+                switch.set(at.duration_since(wall).unwrap_or_default());
                 return v;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -227,6 +281,7 @@ fn main() {
     let mut version = String::new();
     let maki_initial = timed(|| version = sync_everywhere(None));
     let initial_upload_ms = upload_ms.get();
+    let initial_switch = switch.get();
 
     // No-op and one change, best of three each, first with every `maki`
     // command connecting afresh (as rsync does), then with the connection
@@ -236,6 +291,7 @@ fn main() {
     let mut rsync_one = Duration::MAX;
     let mut maki_noop = [Duration::MAX; 2];
     let mut maki_one = [Duration::MAX; 2];
+    let mut switch_one = [Duration::MAX; 2];
     let mut round = 0u8;
     for (k, persist) in ["0", "60"].into_iter().enumerate() {
         *c.persist.lock().expect("persist") = persist;
@@ -260,6 +316,7 @@ fn main() {
             rsync_one = rsync_one.min(timed(rsync));
             let before = version.clone();
             maki_one[k] = maki_one[k].min(timed(|| version = sync_everywhere(Some(&before))));
+            switch_one[k] = switch_one[k].min(switch.get());
         }
     }
     *c.persist.lock().expect("persist") = "0";
@@ -275,6 +332,7 @@ fn main() {
                 "  of which maki sync itself (hash, upload to one node)",
                 format!("{initial_upload_ms} ms"),
             ),
+            ("  last node switched (its log)", ms(initial_switch)),
             ("initial: rsync to one host (anchor)", ms(rsync_initial)),
             (
                 "initial ratio (goal ≤ 1.0)",
@@ -299,6 +357,10 @@ fn main() {
                 "one change: maki sync, all 3 nodes serving, connection kept",
                 ms(maki_one[1]),
             ),
+            (
+                "  last node switched (its log), connecting / kept",
+                format!("{} / {}", ms(switch_one[0]), ms(switch_one[1])),
+            ),
             ("one change: rsync (anchor)", ms(rsync_one)),
             (
                 "one change ratio, connecting / kept (goal ≤ 0.3)",
@@ -306,6 +368,14 @@ fn main() {
                     "{:.2} / {:.2}",
                     ratio(maki_one[0], rsync_one),
                     ratio(maki_one[1], rsync_one)
+                ),
+            ),
+            (
+                "  by the logs' switch times, connecting / kept",
+                format!(
+                    "{:.2} / {:.2}",
+                    ratio(switch_one[0], rsync_one),
+                    ratio(switch_one[1], rsync_one)
                 ),
             ),
         ],
@@ -322,7 +392,24 @@ fn main() {
             "rsync_noop_ms": rsync_noop.as_millis() as u64,
             "one_change_ms": maki_one[0].as_millis() as u64,
             "one_change_kept_ms": maki_one[1].as_millis() as u64,
+            "initial_switch_ms": initial_switch.as_millis() as u64,
+            "one_change_switch_ms": switch_one[0].as_millis() as u64,
+            "one_change_kept_switch_ms": switch_one[1].as_millis() as u64,
             "rsync_one_change_ms": rsync_one.as_millis() as u64,
         }),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_times_are_read_as_utc() {
+        let t = super::log_time("2026-11-26T09:05:09.250087Z").unwrap();
+        let d = t.duration_since(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        // `date -u -d 2026-11-26T09:05:09Z +%s`
+        assert_eq!(d.as_secs(), 1_795_683_909);
+        assert_eq!(d.subsec_micros(), 250_087);
+        assert!(super::log_time("2026-02-29T00:00:00Z").is_some());
+        assert!(super::log_time("not a time").is_none());
+    }
 }

@@ -126,11 +126,7 @@ impl Http {
             versions.insert(
                 domain.clone(),
                 Arc::new(routes::SiteVersion::new(
-                    domain,
-                    d.version,
-                    at,
-                    manifest,
-                    variants,
+                    domain, d.version, at, manifest, variants,
                 )),
             );
         }

@@ -139,8 +139,7 @@ impl Variants {
         let mut pending: Vec<(PathBuf, PathBuf)> = Vec::new();
         let mut touched = Vec::new();
         for f in manifest.files.values() {
-            if !eligible(&f.content_type, f.size) || !seen.insert(f.hash) || self.settled(&f.hash)
-            {
+            if !eligible(&f.content_type, f.size) || !seen.insert(f.hash) || self.settled(&f.hash) {
                 continue;
             }
             // Looked at again once done (below).
