@@ -93,6 +93,20 @@ impl Manifest {
         Ok(())
     }
 
+    /// A manifest of these files, checking every path (faster than
+    /// inserting one by one when they come sorted).
+    pub fn from_files(
+        files: impl IntoIterator<Item = (String, FileEntry)>,
+    ) -> Result<Manifest, ManifestError> {
+        let files: Vec<(String, FileEntry)> = files.into_iter().collect();
+        for (path, _) in &files {
+            check_path(path)?;
+        }
+        Ok(Manifest {
+            files: files.into_iter().collect(),
+        })
+    }
+
     /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(&Encoded {
@@ -144,19 +158,53 @@ impl Manifest {
             removed: 0,
             bytes: self.bytes(),
         };
-        for (path, entry) in &self.files {
-            match before.files.get(path) {
-                None => s.added += 1,
-                Some(old) if old != entry => s.changed += 1,
-                Some(_) => {}
+        for (_, old, new) in self.changes_since(before) {
+            match (old, new) {
+                (None, Some(_)) => s.added += 1,
+                (Some(_), Some(_)) => s.changed += 1,
+                (Some(_), None) => s.removed += 1,
+                (None, None) => {}
             }
         }
-        s.removed = before
-            .files
-            .keys()
-            .filter(|p| !self.files.contains_key(*p))
-            .count() as u64;
         s
+    }
+
+    /// The paths whose entry differs from `before`'s, in path order, with
+    /// the old and the new entry (none where the path is absent): one
+    /// pass over both sorted maps, no lookups.
+    pub fn changes_since<'a>(
+        &'a self,
+        before: &'a Manifest,
+    ) -> impl Iterator<Item = (&'a str, Option<&'a FileEntry>, Option<&'a FileEntry>)> + 'a {
+        let mut old = before.files.iter().peekable();
+        let mut new = self.files.iter().peekable();
+        std::iter::from_fn(move || {
+            loop {
+                use std::cmp::Ordering;
+                let order = match (old.peek(), new.peek()) {
+                    (None, None) => return None,
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (Some((a, _)), Some((b, _))) => a.cmp(b),
+                };
+                match order {
+                    Ordering::Less => {
+                        let (p, e) = old.next()?;
+                        return Some((p.as_str(), Some(e), None));
+                    }
+                    Ordering::Greater => {
+                        let (p, e) = new.next()?;
+                        return Some((p.as_str(), None, Some(e)));
+                    }
+                    Ordering::Equal => {
+                        let ((p, a), (_, b)) = (old.next()?, new.next()?);
+                        if a != b {
+                            return Some((p.as_str(), Some(a), Some(b)));
+                        }
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -184,20 +232,16 @@ struct EncodedDelta<'a> {
 impl Manifest {
     /// The delta that turns `base` into this manifest.
     pub fn delta_from(&self, base: &Manifest) -> ManifestDelta {
-        ManifestDelta {
-            upserts: self
-                .files
-                .iter()
-                .filter(|(path, entry)| base.files.get(*path) != Some(*entry))
-                .map(|(path, entry)| (path.clone(), entry.clone()))
-                .collect(),
-            removed: base
-                .files
-                .keys()
-                .filter(|path| !self.files.contains_key(*path))
-                .cloned()
-                .collect(),
+        let mut delta = ManifestDelta::default();
+        for (path, _, new) in self.changes_since(base) {
+            match new {
+                Some(entry) => {
+                    delta.upserts.insert(path.to_owned(), entry.clone());
+                }
+                None => delta.removed.push(path.to_owned()),
+            }
         }
+        delta
     }
 
     /// `base` with `delta` applied; every path is checked as a manifest's

@@ -7,9 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use makiatto_events::{Blake3Hash, FileEntry, Manifest};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -37,114 +39,106 @@ pub struct Found {
 /// Files of the domain directory to publish, sorted by path. Hidden files
 /// are included (`.well-known/` must be served); symbolic links are not
 /// followed and are skipped with a warning, so nothing outside the
-/// directory is ever read. Directories are read on every core (a tree of
-/// 10,000 files is mostly `stat` calls).
+/// directory is ever read. `.makiattoignore` files apply to their
+/// directory and below, the deepest match winning (as `.gitignore` does).
+/// Directories are read on every core, and each file is looked at
+/// relative to its open directory (`fstatat`), not by its whole path.
 pub fn walk(domain: &Domain, skip: &BTreeSet<String>) -> anyhow::Result<Vec<Found>> {
-    let found = std::sync::Mutex::new(Vec::new());
-    let failed: std::sync::Mutex<Option<anyhow::Error>> = std::sync::Mutex::new(None);
-    ignore::WalkBuilder::new(&domain.dir)
-        .standard_filters(false)
-        .add_custom_ignore_filename(IGNORE_FILE)
-        .follow_links(false)
-        .threads(std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
-        .build_parallel()
-        .run(|| {
-            let mut mine = Batch {
-                files: Vec::new(),
-                into: &found,
-            };
-            let failed = &failed;
-            Box::new(move |item| {
-                let step = item
-                    .with_context(|| format!("cannot walk {}", domain.dir.display()))
-                    .and_then(|entry| walked(domain, skip, &entry));
-                match step {
-                    Ok(Some(f)) => mine.files.push(f),
-                    Ok(None) => {}
-                    Err(e) => {
-                        if let Ok(mut first) = failed.lock() {
-                            first.get_or_insert(e);
-                        }
-                        return ignore::WalkState::Quit;
-                    }
-                }
-                if mine.files.len() >= 256 {
-                    mine.hand_over();
-                }
-                ignore::WalkState::Continue
-            })
-        });
-    if let Some(e) = failed.into_inner().ok().flatten() {
-        return Err(e);
-    }
-    let mut found = found.into_inner().unwrap_or_default();
+    let mut found = walk_dir(domain, skip, &domain.dir, &[])?;
     found.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     Ok(found)
 }
 
-/// One walking thread's files, handed over in batches and when the thread
-/// is done (its visitor, which owns this, is dropped then).
-struct Batch<'a> {
-    files: Vec<Found>,
-    into: &'a std::sync::Mutex<Vec<Found>>,
-}
-
-impl Batch<'_> {
-    fn hand_over(&mut self) {
-        if let Ok(mut all) = self.into.lock() {
-            all.append(&mut self.files);
+fn walk_dir(
+    domain: &Domain,
+    skip: &BTreeSet<String>,
+    dir: &Path,
+    rules: &[Arc<Gitignore>],
+) -> anyhow::Result<Vec<Found>> {
+    let mut rules = rules.to_vec();
+    let ignore_file = dir.join(IGNORE_FILE);
+    if std::fs::symlink_metadata(&ignore_file).is_ok_and(|m| m.is_file()) {
+        let mut builder = GitignoreBuilder::new(dir);
+        if let Some(e) = builder.add(&ignore_file) {
+            bail!("{}: {e}", ignore_file.display());
+        }
+        let set = builder
+            .build()
+            .with_context(|| format!("{}", ignore_file.display()))?;
+        rules.push(Arc::new(set));
+    }
+    let cannot = || format!("cannot walk {}", dir.display());
+    let mut files = Vec::new();
+    let mut subdirs = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(cannot)? {
+        let entry = entry.with_context(cannot)?;
+        let kind = entry.file_type().with_context(cannot)?;
+        let full = entry.path();
+        let ignored = rules
+            .iter()
+            .rev()
+            .find_map(|set| match set.matched(&full, kind.is_dir()) {
+                ignore::Match::None => None,
+                m => Some(m.is_ignore()),
+            })
+            .unwrap_or(false);
+        if ignored {
+            continue;
+        }
+        if kind.is_dir() {
+            subdirs.push(full);
+        } else if let Some(found) = walked(domain, skip, &entry, full, kind)? {
+            files.push(found);
         }
     }
-}
-
-impl Drop for Batch<'_> {
-    fn drop(&mut self) {
-        self.hand_over();
+    let nested: Vec<anyhow::Result<Vec<Found>>> = subdirs
+        .par_iter()
+        .map(|d| walk_dir(domain, skip, d, &rules))
+        .collect();
+    for n in nested {
+        files.extend(n?);
     }
+    Ok(files)
 }
 
-/// One entry of the walk: the file to publish, or none (a directory, an
-/// ignore file, a configuration file, a symbolic link).
+/// One entry of the walk that is no directory: the file to publish, or
+/// none (an ignore file, a configuration file, a symbolic link).
 fn walked(
     domain: &Domain,
     skip: &BTreeSet<String>,
-    entry: &ignore::DirEntry,
+    entry: &std::fs::DirEntry,
+    full: PathBuf,
+    kind: std::fs::FileType,
 ) -> anyhow::Result<Option<Found>> {
-    let Some(kind) = entry.file_type() else {
-        return Ok(None);
-    };
-    if kind.is_dir() {
-        return Ok(None);
-    }
-    let rel = entry
-        .path()
+    let rel = full
         .strip_prefix(&domain.dir)
-        .with_context(|| format!("{} is outside the domain", entry.path().display()))?;
+        .with_context(|| format!("{} is outside the domain", full.display()))?;
     let Some(text) = rel.to_str() else {
         bail!(
             "{}: the file name is not UTF-8; rename it (URLs name files in UTF-8)",
-            entry.path().display()
+            full.display()
         );
     };
     let path = text.replace(std::path::MAIN_SEPARATOR, "/");
     if kind.is_symlink() {
         eprintln!(
             "warning: {}: a symbolic link, skipped (copy the file in instead)",
-            entry.path().display()
+            full.display()
         );
         return Ok(None);
     }
     if !kind.is_file() || path.ends_with(IGNORE_FILE) || skip.contains(&path) {
         return Ok(None);
     }
-    makiatto_events::manifest::check_path(&path)
-        .with_context(|| format!("{}", entry.path().display()))?;
+    makiatto_events::manifest::check_path(&path).with_context(|| format!("{}", full.display()))?;
+    // Relative to the open directory (`fstatat`), not a lookup of the
+    // whole path.
     let meta = entry
         .metadata()
-        .with_context(|| format!("cannot read {}", entry.path().display()))?;
+        .with_context(|| format!("cannot read {}", full.display()))?;
     Ok(Some(Found {
         path,
-        full: entry.path().to_owned(),
+        full,
         size: meta.len(),
         mtime_ns: mtime_ns(meta.modified().ok()),
     }))
@@ -283,9 +277,13 @@ pub fn manifest(
             Ok((hash, false))
         })
         .collect();
-    let mut manifest = Manifest::default();
     let mut stats = HashStats::default();
-    let mut fresh = BTreeMap::new();
+    // `files` is sorted by path: both maps are built in one pass from
+    // sorted entries, not by 10,000 inserts each.
+    let mut fresh = Vec::with_capacity(files.len());
+    let mut entries = Vec::with_capacity(files.len());
+    // The type depends on the extension only: guessed once per extension.
+    let mut types: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
     for (f, result) in files.iter().zip(results) {
         let (hash, cached) = result?;
         if cached {
@@ -295,26 +293,36 @@ pub fn manifest(
             stats.bytes_hashed += f.size;
         }
         if now.saturating_sub(f.mtime_ns) > RACY.as_nanos() {
-            fresh.insert(
+            fresh.push((
                 f.path.clone(),
                 Cached {
                     size: f.size,
                     mtime_ns: f.mtime_ns,
                     hash,
                 },
-            );
+            ));
         }
-        manifest.insert(
+        // The extension as mime_guess reads it (none for `.htaccess`).
+        let ext = Path::new(&f.path)
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("");
+        let content_type = types
+            .entry(ext)
+            .or_insert_with(|| content_type(&f.path))
+            .clone();
+        entries.push((
             f.path.clone(),
             FileEntry {
                 hash,
                 size: f.size,
-                content_type: content_type(&f.path),
+                content_type,
             },
-        )?;
+        ));
     }
+    let manifest = Manifest::from_files(entries)?;
     // Only files still present: the cache does not grow without bound.
-    cache.entries = fresh;
+    cache.entries = fresh.into_iter().collect();
     Ok((manifest, stats))
 }
 
@@ -394,6 +402,32 @@ mod tests {
         let file = d.join("cache/h.bin");
         cache.save(&file).unwrap();
         assert_eq!(HashCache::load(&file).entries.len(), 19);
+    }
+
+    #[test]
+    fn a_deeper_makiattoignore_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (p, body) in [
+            (".makiattoignore", "*.tmp\nbuild/\n"),
+            ("a.tmp", "x"),
+            ("keep/.makiattoignore", "!wanted.tmp\n"),
+            ("keep/wanted.tmp", "x"),
+            ("keep/other.tmp", "x"),
+            ("keep/deep/also.tmp", "x"),
+            ("build/out.html", "x"),
+            ("site/build/out.html", "x"),
+            ("index.html", "x"),
+        ] {
+            std::fs::create_dir_all(d.join(p).parent().unwrap()).unwrap();
+            std::fs::write(d.join(p), body).unwrap();
+        }
+        let found: Vec<String> = walk(&domain(d), &BTreeSet::new())
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        assert_eq!(found, ["index.html", "keep/wanted.tmp"]);
     }
 
     #[test]
