@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
 use makiatto_events::{Blake3Hash, EventId, Manifest};
 use serde::{Deserialize, Serialize};
 
@@ -244,13 +245,14 @@ impl Content {
             all.insert(domain.to_owned(), deployed);
             all.clone()
         };
-        let tmp = self.file.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&snapshot)?)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &self.file)?;
         if let Ok(mut held) = self.held.lock() {
             held.insert(domain.to_owned(), (manifest_hash, Arc::new(hashes)));
         }
+        // The switch: the HTTP server follows at once. Every blob of the
+        // version is durable already; the record of the choice is written
+        // after, off the visitors' path (after a crash before it, the node
+        // starts on the version before and deploys this one again from
+        // the blobs it holds).
         self.changes.send_modify(|n| *n += 1);
         tracing::info!(
             domain,
@@ -258,6 +260,21 @@ impl Content {
             files = manifest.files.len(),
             "site version deployed"
         );
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&snapshot)?)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &file)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("recording the deployed versions stopped: {e}"))?
+        .with_context(|| {
+            format!(
+                "cannot record the deployed versions in {}",
+                self.file.display()
+            )
+        })?;
         Ok(None)
     }
 

@@ -270,6 +270,8 @@ pub struct Gossip {
     /// back from a partition fetches the difference once, not from everyone.
     catch_up: tokio::sync::Mutex<()>,
     started: Instant,
+    /// The peer that last sent this node new events: asked first for blobs.
+    last_sender: Mutex<Option<AuthorKey>>,
 }
 
 impl Gossip {
@@ -293,6 +295,7 @@ impl Gossip {
             locks: Mutex::new(HashMap::new()),
             catch_up: tokio::sync::Mutex::new(()),
             started: Instant::now(),
+            last_sender: Mutex::new(None),
         });
         tokio::spawn(gossip.clone().endpoint());
         tokio::spawn(gossip.clone().anti_entropy());
@@ -565,6 +568,9 @@ impl Gossip {
             self.set_topology(t);
         }
         if ingested.stored > 0 {
+            if let Ok(mut last) = self.last_sender.lock() {
+                *last = Some(peer.key);
+            }
             self.events_stored();
         }
         if let Ok(mut health) = self.health.lock() {
@@ -972,8 +978,11 @@ impl Gossip {
         }
     }
 
-    /// The live peers, starting at a random one: not every node asks the
-    /// same peer first.
+    /// The live peers to fetch from: first the one that last sent this
+    /// node new events (a new version's event comes from a node that holds
+    /// its blobs: the one `maki` uploaded to, or one that fetched them
+    /// before passing it on), then the others from a random one, so not
+    /// every node asks the same peer first.
     fn live_peers(&self) -> Vec<Member> {
         let mut peers: Vec<Member> = self
             .topology
@@ -986,6 +995,11 @@ impl Gossip {
         if !peers.is_empty() {
             let start = rand::random_range(0..peers.len());
             peers.rotate_left(start);
+        }
+        let last = self.last_sender.lock().ok().and_then(|l| *l);
+        if let Some(at) = peers.iter().position(|p| Some(p.key) == last) {
+            let first = peers.remove(at);
+            peers.insert(0, first);
         }
         peers
     }
