@@ -158,17 +158,27 @@ impl Http {
     ) {
         tokio::spawn(async move {
             let this = self.clone();
-            let made = tokio::task::spawn_blocking(move || {
-                let mut made = 0;
-                for hash in &manifests {
-                    if let Some(m) = this.manifest(hash) {
-                        made += this.variants.prepare(&m, |h| this.blobs.path(h));
+            // A thread of its own at a lower priority: compressing a new
+            // version ahead is background work, and must not slow serving,
+            // replication or peers fetching the same version from here.
+            let (done, made) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name("variants".into())
+                .spawn(move || {
+                    lower_priority();
+                    let mut made = 0;
+                    for hash in &manifests {
+                        if let Some(m) = this.manifest(hash) {
+                            made += this.variants.prepare(&m, |h| this.blobs.path(h));
+                        }
                     }
-                }
-                made
-            })
-            .await
-            .unwrap_or(0);
+                    let _ = done.send(made);
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start preparing variants");
+                return;
+            }
+            let made = made.await.unwrap_or(0);
             if made > 0 {
                 tracing::info!(variants = made, "precompressed variants prepared");
                 self.rebuild(&replica, &content);
@@ -219,5 +229,18 @@ impl Http {
             "sites": sites,
             "responses": {"1xx": n(0), "2xx": n(1), "3xx": n(2), "4xx": n(3), "5xx": n(4)},
         })
+    }
+}
+
+/// Lowers the calling thread's CPU priority (nice 10): Linux keeps a nice
+/// value per thread. Failing to is no error (the work is only less polite).
+fn lower_priority() {
+    // SAFETY: gettid and setpriority only read their arguments.
+    let failed = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0
+    };
+    if failed {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the priority of variant preparation");
     }
 }
