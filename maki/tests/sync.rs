@@ -114,6 +114,19 @@ fn sync_publishes_atomically_on_every_node() {
     );
     let second = deployed_everywhere(&c, "the second version reaches every node");
     assert_ne!(first, second);
+    // The other nodes had the first version: they fetched the second as a
+    // delta of its manifest, not the whole manifest again.
+    for n in ["klukai", "tololo"] {
+        let h: Value =
+            serde_json::from_str(&exec(&c, n, &["makiatto", "health", "--json"])).unwrap();
+        let r = &h["replication"];
+        assert!(r["versions_by_delta"].as_u64() >= Some(1), "{n}: {r}");
+        assert_eq!(
+            r["manifests_whole"].as_u64(),
+            Some(1),
+            "{n}: only the first: {r}"
+        );
+    }
 
     // tololo is cut from the mesh: it learns nothing new and keeps serving
     // the second version; after the heal it fetches the blobs and switches.

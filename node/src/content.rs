@@ -201,8 +201,11 @@ impl Content {
                 Some(base) => self.gossip.fetch_version(base, manifest_hash).await,
                 None => false,
             };
-            if !delta && !self.gossip.fetch_blobs(&[manifest_hash]).await.is_empty() {
-                return Ok(Some(1));
+            if !delta {
+                if !self.gossip.fetch_blobs(&[manifest_hash]).await.is_empty() {
+                    return Ok(Some(1));
+                }
+                self.gossip.count_whole_manifest();
             }
         }
         let blobs = self.blobs.clone();

@@ -243,6 +243,9 @@ struct Totals {
     events_out: AtomicU64,
     bad_events: AtomicU64,
     refused_connections: AtomicU64,
+    /// Site versions fetched as a manifest delta, and as a whole manifest.
+    versions_by_delta: AtomicU64,
+    manifests_whole: AtomicU64,
 }
 
 /// One session at a time per peer; a push during a session runs another.
@@ -889,6 +892,9 @@ impl Gossip {
                 .await
             {
                 Ok(true) => {
+                    self.totals
+                        .versions_by_delta
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(peer = %peer.name, manifest = %target.short(), "fetched a version as a delta");
                     return true;
                 }
@@ -969,6 +975,11 @@ impl Gossip {
         tokio::task::block_in_place(|| blobs.commit(staged))?;
         blobs.remember_manifest(target, Arc::new(manifest));
         result.map(|()| true)
+    }
+
+    /// Counts a manifest fetched whole (no peer could send a delta).
+    pub fn count_whole_manifest(&self) {
+        self.totals.manifests_whole.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a peer's blob that failed verification.
@@ -1190,6 +1201,8 @@ impl Gossip {
                 "events_out": n(&self.totals.events_out),
                 "bad_events": n(&self.totals.bad_events),
                 "refused_connections": n(&self.totals.refused_connections),
+                "versions_by_delta": n(&self.totals.versions_by_delta),
+                "manifests_whole": n(&self.totals.manifests_whole),
             },
         })
     }
