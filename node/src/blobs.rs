@@ -239,13 +239,9 @@ impl BlobStore {
         Ok((count, bytes))
     }
 
-    /// Starts writing blob `hash` of `size` bytes (see [`BlobWriter`]).
-    pub fn writer(&self, hash: Blake3Hash, size: u64) -> Result<BlobWriter, BlobError> {
-        self.writer_unless(hash, size, false)
-    }
-
-    /// [`BlobStore::writer`]; with `held`, the bytes are only checked (the
-    /// blob is already staged by the same stream).
+    /// Starts writing blob `hash` of `size` bytes (see [`BlobWriter`]); with
+    /// `held`, or when the blob is stored already, the bytes are only
+    /// checked (the same stream staged it, or it is here).
     fn writer_unless(
         &self,
         hash: Blake3Hash,
@@ -308,7 +304,9 @@ impl BlobStore {
         held: bool,
     ) -> Result<Option<Staged>, BlobError> {
         let mut w = self.writer_unless(hash, size, held)?;
-        let mut buf = vec![0u8; 256 * 1024];
+        // Sized to the blob: most are a few kilobytes, and a stream of
+        // 10,000 of them must not zero 256 KiB for each.
+        let mut buf = vec![0u8; size.clamp(1, 256 * 1024) as usize];
         while w.remaining() > 0 {
             let want = w.remaining().min(buf.len() as u64) as usize;
             let n = input.read(&mut buf[..want])?;

@@ -797,78 +797,117 @@ impl Gossip {
     /// Fetches blobs from one peer into the store; each is verified against
     /// its hash before it is kept. Returns how many were stored.
     async fn fetch_from(&self, peer: &Member, want: Vec<Blake3Hash>) -> anyhow::Result<u64> {
-        let (me, cluster) = {
-            let t = self.topology.borrow();
-            (t.me.clone(), t.cluster)
-        };
-        let (Some(me), Some(cluster)) = (me, cluster) else {
-            bail!("this node has no mesh identity yet");
-        };
-        let stream = connect(peer.mesh).await?;
-        let _ = stream.set_nodelay(true);
-        let (reader, mut writer) = stream.into_split();
-        // Frames of small blobs arrive many to a segment: read them from a
-        // buffer, not a syscall each.
-        let mut reader = tokio::io::BufReader::with_capacity(SEND_BATCH, reader);
+        let (me, cluster) = self.identity()?;
         let count = want.len();
-        self.write_frame(
-            &mut writer,
-            &Frame::Fetch(Fetch {
-                protocol: PROTOCOL,
-                cluster,
-                node: me.key,
-                want,
-            }),
-        )
-        .await?;
-        // Blobs are staged as they arrive and published together (two file
-        // system syncs per fetch, not two per blob), also when the fetch
-        // fails part way: what arrived whole is kept.
-        let mut staged = Vec::new();
-        let result = self
-            .receive_blobs(&mut reader, peer, count, &mut staged)
-            .await;
-        let stored = staged.len() as u64;
-        let blobs = self.blobs.clone();
-        tokio::task::block_in_place(|| blobs.commit(staged))?;
-        result.map(|()| stored)
+        let reader = self
+            .ask(
+                peer,
+                &Frame::Fetch(Fetch {
+                    protocol: PROTOCOL,
+                    cluster,
+                    node: me,
+                    want,
+                }),
+            )
+            .await?;
+        tokio::task::block_in_place(|| {
+            let mut reader = reader;
+            // Blobs are staged as they arrive and published together (two
+            // file system syncs per fetch, not two per blob), also when the
+            // fetch fails part way: what arrived whole is kept.
+            let mut staged = Vec::new();
+            let result = self.receive_blobs(&mut reader, peer, count, &mut staged);
+            let stored = staged.len() as u64;
+            self.blobs.commit(staged)?;
+            result.map(|()| stored)
+        })
     }
 
-    async fn receive_blobs(
+    /// This node's key and cluster, once it has a mesh identity.
+    fn identity(&self) -> anyhow::Result<(AuthorKey, EventId)> {
+        let t = self.topology.borrow();
+        match (&t.me, t.cluster) {
+            (Some(me), Some(cluster)) => Ok((me.key, cluster)),
+            _ => bail!("this node has no mesh identity yet"),
+        }
+    }
+
+    /// Sends a fetch's first frame to a peer and returns the connection to
+    /// read the answer from, blocking, through a buffer (frames of small
+    /// blobs arrive many to a segment). The answer is read on one blocking
+    /// section, not a runtime handoff for every blob written.
+    async fn ask(
         &self,
-        reader: &mut (impl AsyncReadExt + Unpin),
+        peer: &Member,
+        frame: &Frame,
+    ) -> anyhow::Result<std::io::BufReader<std::net::TcpStream>> {
+        let mut stream = connect(peer.mesh).await?;
+        let _ = stream.set_nodelay(true);
+        self.write_frame(&mut stream, frame).await?;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(FRAME_TIMEOUT))?;
+        Ok(std::io::BufReader::with_capacity(SEND_BATCH, stream))
+    }
+
+    /// Reads one frame, blocking (see [`Gossip::ask`]).
+    fn read_frame_blocking(&self, reader: &mut impl Read) -> anyhow::Result<Frame> {
+        let silent = |e: io::Error| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                anyhow::anyhow!("the peer went silent")
+            }
+            _ => anyhow::Error::from(e),
+        };
+        let mut len = [0u8; 4];
+        reader.read_exact(&mut len).map_err(silent)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FRAME {
+            bail!("the peer sent a frame of {len} bytes (at most {MAX_FRAME})");
+        }
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).map_err(silent)?;
+        self.totals
+            .bytes_in
+            .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+        postcard::from_bytes(&body).context("the peer sent a frame that does not decode")
+    }
+
+    /// Reads up to `count` blobs and `Done`, each verified as it is written
+    /// and staged (blocking).
+    fn receive_blobs(
+        &self,
+        reader: &mut impl Read,
         peer: &Member,
         count: usize,
         staged: &mut Vec<crate::blobs::Staged>,
     ) -> anyhow::Result<()> {
-        let mut buf = vec![0u8; 256 * 1024];
         for _ in 0..=count {
-            match self.read_frame(reader).await? {
+            match self.read_frame_blocking(reader)? {
                 Frame::Done => return Ok(()),
                 Frame::NoBlob(_) => {}
                 Frame::Blob { hash, size } => {
-                    let blobs = self.blobs.clone();
-                    let mut w = blobs.writer(hash, size)?;
-                    while w.remaining() > 0 {
-                        let want = w.remaining().min(buf.len() as u64) as usize;
-                        let n = tokio::time::timeout(FRAME_TIMEOUT, reader.read(&mut buf[..want]))
-                            .await
-                            .context("the peer went silent")??;
-                        if n == 0 {
-                            bail!("{} closed the connection inside blob {hash}", peer.name);
-                        }
-                        tokio::task::block_in_place(|| w.write(&buf[..n]))?;
-                    }
-                    self.totals.bytes_in.fetch_add(size, Ordering::Relaxed);
-                    match tokio::task::block_in_place(|| w.finish_staged()) {
+                    match self.blobs.stage(hash, size, reader, false) {
                         Ok(Some(s)) => staged.push(s),
                         Ok(None) => {}
-                        Err(e) => {
+                        Err(e @ crate::blobs::BlobError::HashMismatch { .. }) => {
                             self.bad_blob(peer);
                             tracing::warn!(peer = %peer.name, error = %e, "a peer sent a blob that fails verification; refused");
                             return Err(e.into());
                         }
+                        Err(crate::blobs::BlobError::Truncated { .. }) => {
+                            bail!("{} closed the connection inside blob {hash}", peer.name)
+                        }
+                        Err(crate::blobs::BlobError::Io(e))
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            bail!("{} went silent inside blob {hash}", peer.name)
+                        }
+                        Err(e) => return Err(e.into()),
                     }
+                    self.totals.bytes_in.fetch_add(size, Ordering::Relaxed);
                 }
                 _ => bail!("{} sent a frame out of place in a blob fetch", peer.name),
             }
@@ -914,67 +953,59 @@ impl Gossip {
         base_manifest: &Manifest,
         target: Blake3Hash,
     ) -> anyhow::Result<bool> {
-        let (me, cluster) = {
-            let t = self.topology.borrow();
-            (t.me.clone(), t.cluster)
-        };
-        let (Some(me), Some(cluster)) = (me, cluster) else {
-            bail!("this node has no mesh identity yet");
-        };
-        let stream = connect(peer.mesh).await?;
-        let _ = stream.set_nodelay(true);
-        let (reader, mut writer) = stream.into_split();
-        let mut reader = tokio::io::BufReader::with_capacity(SEND_BATCH, reader);
-        self.write_frame(
-            &mut writer,
-            &Frame::FetchVersion(FetchVersion {
-                protocol: PROTOCOL,
-                cluster,
-                node: me.key,
-                base,
-                target,
-            }),
-        )
-        .await?;
-        let delta = match self.read_frame(&mut reader).await? {
-            Frame::NoBlob(_) => return Ok(false),
-            Frame::ManifestDelta { target: t, delta } if t == target => delta,
-            _ => bail!("{} sent a frame out of place in a version fetch", peer.name),
-        };
-        let rebuilt = ManifestDelta::decode(&delta)
-            .and_then(|d| Ok((Manifest::apply(base_manifest, &d)?, d)));
-        let (manifest, delta) = match rebuilt {
-            Ok(m) => m,
-            Err(e) => {
+        let (me, cluster) = self.identity()?;
+        let reader = self
+            .ask(
+                peer,
+                &Frame::FetchVersion(FetchVersion {
+                    protocol: PROTOCOL,
+                    cluster,
+                    node: me,
+                    base,
+                    target,
+                }),
+            )
+            .await?;
+        tokio::task::block_in_place(|| {
+            let mut reader = reader;
+            let delta = match self.read_frame_blocking(&mut reader)? {
+                Frame::NoBlob(_) => return Ok(false),
+                Frame::ManifestDelta { target: t, delta } if t == target => delta,
+                _ => bail!("{} sent a frame out of place in a version fetch", peer.name),
+            };
+            let rebuilt = ManifestDelta::decode(&delta)
+                .and_then(|d| Ok((Manifest::apply(base_manifest, &d)?, d)));
+            let (manifest, delta) = match rebuilt {
+                Ok(m) => m,
+                Err(e) => {
+                    self.bad_blob(peer);
+                    bail!(
+                        "{} sent a manifest delta that does not apply: {e}",
+                        peer.name
+                    );
+                }
+            };
+            let bytes = manifest.encode();
+            if Blake3Hash::of(&bytes) != target {
                 self.bad_blob(peer);
                 bail!(
-                    "{} sent a manifest delta that does not apply: {e}",
+                    "{} sent a manifest delta that does not yield manifest {target}",
                     peer.name
                 );
             }
-        };
-        let bytes = tokio::task::block_in_place(|| manifest.encode());
-        if Blake3Hash::of(&bytes) != target {
-            self.bad_blob(peer);
-            bail!(
-                "{} sent a manifest delta that does not yield manifest {target}",
-                peer.name
-            );
-        }
-        let blobs = self.blobs.clone();
-        let mut staged = Vec::new();
-        if let Some(s) = tokio::task::block_in_place(|| {
-            blobs.stage(target, bytes.len() as u64, &mut &bytes[..], false)
-        })? {
-            staged.push(s);
-        }
-        let count = new_blobs(&delta, base_manifest).len();
-        let result = self
-            .receive_blobs(&mut reader, peer, count, &mut staged)
-            .await;
-        tokio::task::block_in_place(|| blobs.commit(staged))?;
-        blobs.remember_manifest(target, Arc::new(manifest));
-        result.map(|()| true)
+            let mut staged = Vec::new();
+            if let Some(s) = self
+                .blobs
+                .stage(target, bytes.len() as u64, &mut &bytes[..], false)?
+            {
+                staged.push(s);
+            }
+            let count = new_blobs(&delta, base_manifest).len();
+            let result = self.receive_blobs(&mut reader, peer, count, &mut staged);
+            self.blobs.commit(staged)?;
+            self.blobs.remember_manifest(target, Arc::new(manifest));
+            result.map(|()| true)
+        })
     }
 
     /// Counts a manifest fetched whole (no peer could send a delta).
