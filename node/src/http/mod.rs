@@ -158,9 +158,9 @@ impl Http {
     ) {
         tokio::spawn(async move {
             let this = self.clone();
-            // A thread of its own at a lower priority: compressing a new
-            // version ahead is background work, and must not slow serving,
-            // replication or peers fetching the same version from here.
+            // A thread of its own that runs only on idle CPU: compressing a
+            // new version ahead is background work, and must not slow
+            // serving, replication or peers fetching the version from here.
             let (done, made) = tokio::sync::oneshot::channel();
             let spawned = std::thread::Builder::new()
                 .name("variants".into())
@@ -232,14 +232,14 @@ impl Http {
     }
 }
 
-/// Lowers the calling thread's CPU priority (nice 10): Linux keeps a nice
-/// value per thread. Failing to is no error (the work is only less polite).
+/// Makes the calling thread run only when a CPU would otherwise be idle
+/// (`SCHED_IDLE`; Linux keeps the policy per thread): compressing ahead
+/// waits for serving, replication and peers fetching from this node.
+/// Failing to is no error (the work is only less polite).
 fn lower_priority() {
-    // SAFETY: gettid and setpriority only read their arguments.
-    let failed = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0
-    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads `param`; pid 0 is this thread.
+    let failed = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0;
     if failed {
         tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the priority of variant preparation");
     }
