@@ -52,6 +52,22 @@ struct Encoded<'a> {
     files: std::borrow::Cow<'a, BTreeMap<String, FileEntry>>,
 }
 
+/// Postcard bytes whose first byte (the encoding's version) must be
+/// `version`.
+fn decode_versioned<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    version: u8,
+    empty: &str,
+) -> Result<T, ManifestError> {
+    let found = *bytes
+        .first()
+        .ok_or_else(|| ManifestError::Malformed(empty.into()))?;
+    if found != version {
+        return Err(ManifestError::UnknownVersion(found));
+    }
+    postcard::from_bytes(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))
+}
+
 /// Checks a path as a manifest may hold it.
 pub fn check_path(path: &str) -> Result<(), ManifestError> {
     let bad = |why| {
@@ -124,14 +140,7 @@ impl Manifest {
     /// Decodes a manifest from anywhere: version known, canonical, every
     /// path allowed.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-        let version = *bytes
-            .first()
-            .ok_or_else(|| ManifestError::Malformed("empty".into()))?;
-        if version != VERSION {
-            return Err(ManifestError::UnknownVersion(version));
-        }
-        let encoded: Encoded =
-            postcard::from_bytes(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        let encoded: Encoded = decode_versioned(bytes, VERSION, "empty")?;
         for path in encoded.files.keys() {
             check_path(path)?;
         }
@@ -274,14 +283,7 @@ impl ManifestDelta {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ManifestDelta, ManifestError> {
-        let version = *bytes
-            .first()
-            .ok_or_else(|| ManifestError::Malformed("empty delta".into()))?;
-        if version != DELTA_VERSION {
-            return Err(ManifestError::UnknownVersion(version));
-        }
-        let encoded: EncodedDelta =
-            postcard::from_bytes(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        let encoded: EncodedDelta = decode_versioned(bytes, DELTA_VERSION, "empty delta")?;
         Ok(encoded.delta.into_owned())
     }
 

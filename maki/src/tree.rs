@@ -342,6 +342,23 @@ mod tests {
         }
     }
 
+    /// Writes files (relative path, contents) under `d`.
+    fn write_tree(d: &Path, files: &[(&str, &str)]) {
+        for (p, body) in files {
+            std::fs::create_dir_all(d.join(p).parent().unwrap()).unwrap();
+            std::fs::write(d.join(p), body).unwrap();
+        }
+    }
+
+    /// The paths the walk finds under `d`.
+    fn paths(d: &Path, skip: &BTreeSet<String>) -> Vec<String> {
+        walk(&domain(d), skip)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect()
+    }
+
     fn set_old_mtime(path: &Path) {
         let old = SystemTime::now() - Duration::from_secs(60);
         let f = std::fs::File::options().write(true).open(path).unwrap();
@@ -352,25 +369,20 @@ mod tests {
     fn the_walk_honours_makiattoignore_and_skips_configuration() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        for (p, body) in [
-            ("index.html", "<h1>hi</h1>"),
-            (".well-known/security.txt", "Contact: x"),
-            ("drafts/wip.html", "wip"),
-            ("notes.tmp", "tmp"),
-            ("api/hello.wasm", "\0asm"),
-            (".makiattoignore", "drafts/\n*.tmp\n"),
-        ] {
-            std::fs::create_dir_all(d.join(p).parent().unwrap()).unwrap();
-            std::fs::write(d.join(p), body).unwrap();
-        }
+        write_tree(
+            d,
+            &[
+                ("index.html", "<h1>hi</h1>"),
+                (".well-known/security.txt", "Contact: x"),
+                ("drafts/wip.html", "wip"),
+                ("notes.tmp", "tmp"),
+                ("api/hello.wasm", "\0asm"),
+                (".makiattoignore", "drafts/\n*.tmp\n"),
+            ],
+        );
         std::os::unix::fs::symlink("/etc/passwd", d.join("passwd")).unwrap();
         let skip = BTreeSet::from(["api/hello.wasm".to_owned()]);
-        let found: Vec<String> = walk(&domain(d), &skip)
-            .unwrap()
-            .into_iter()
-            .map(|f| f.path)
-            .collect();
-        assert_eq!(found, [".well-known/security.txt", "index.html"]);
+        assert_eq!(paths(d, &skip), [".well-known/security.txt", "index.html"]);
     }
 
     #[test]
@@ -408,26 +420,24 @@ mod tests {
     fn a_deeper_makiattoignore_wins() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        for (p, body) in [
-            (".makiattoignore", "*.tmp\nbuild/\n"),
-            ("a.tmp", "x"),
-            ("keep/.makiattoignore", "!wanted.tmp\n"),
-            ("keep/wanted.tmp", "x"),
-            ("keep/other.tmp", "x"),
-            ("keep/deep/also.tmp", "x"),
-            ("build/out.html", "x"),
-            ("site/build/out.html", "x"),
-            ("index.html", "x"),
-        ] {
-            std::fs::create_dir_all(d.join(p).parent().unwrap()).unwrap();
-            std::fs::write(d.join(p), body).unwrap();
-        }
-        let found: Vec<String> = walk(&domain(d), &BTreeSet::new())
-            .unwrap()
-            .into_iter()
-            .map(|f| f.path)
-            .collect();
-        assert_eq!(found, ["index.html", "keep/wanted.tmp"]);
+        write_tree(
+            d,
+            &[
+                (".makiattoignore", "*.tmp\nbuild/\n"),
+                ("a.tmp", "x"),
+                ("keep/.makiattoignore", "!wanted.tmp\n"),
+                ("keep/wanted.tmp", "x"),
+                ("keep/other.tmp", "x"),
+                ("keep/deep/also.tmp", "x"),
+                ("build/out.html", "x"),
+                ("site/build/out.html", "x"),
+                ("index.html", "x"),
+            ],
+        );
+        assert_eq!(
+            paths(d, &BTreeSet::new()),
+            ["index.html", "keep/wanted.tmp"]
+        );
     }
 
     #[test]
@@ -441,12 +451,7 @@ mod tests {
             want.push(path);
         }
         want.sort();
-        let found: Vec<String> = walk(&domain(dir.path()), &BTreeSet::new())
-            .unwrap()
-            .into_iter()
-            .map(|f| f.path)
-            .collect();
-        assert_eq!(found, want);
+        assert_eq!(paths(dir.path(), &BTreeSet::new()), want);
     }
 
     #[test]
