@@ -264,20 +264,20 @@ impl Content {
             "site version deployed"
         );
         let file = self.file.clone();
-        tokio::task::spawn_blocking(move || {
+        let recorded = tokio::task::spawn_blocking(move || {
             let tmp = file.with_extension("tmp");
             std::fs::write(&tmp, serde_json::to_vec_pretty(&snapshot)?)?;
             std::fs::File::open(&tmp)?.sync_all()?;
             std::fs::rename(&tmp, &file)
         })
         .await
-        .map_err(|e| anyhow::anyhow!("recording the deployed versions stopped: {e}"))?
-        .with_context(|| {
-            format!(
-                "cannot record the deployed versions in {}",
-                self.file.display()
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!("recording the deployed versions stopped: {e}"))
+        .and_then(|r| r.with_context(|| format!("cannot write {}", self.file.display())));
+        // The version is served either way; unrecorded, it is deployed
+        // again after a restart.
+        if let Err(e) = recorded {
+            tracing::warn!(error = %format!("{e:#}"), "cannot record the deployed versions; after a restart they are deployed again");
+        }
         Ok(None)
     }
 
