@@ -30,6 +30,8 @@ pub enum ManifestError {
     UnknownVersion(u8),
     #[error("path {path:?} is not allowed: {why}")]
     BadPath { path: String, why: &'static str },
+    #[error("the delta does not give manifest {0}")]
+    NotTheTarget(Blake3Hash),
 }
 
 /// One file of a version.
@@ -287,6 +289,22 @@ impl ManifestDelta {
         Ok(encoded.delta.into_owned())
     }
 
+    /// Manifest `target` rebuilt from `base`, with its canonical bytes;
+    /// refused unless they hash to `target` (a delta from anywhere is
+    /// trusted only this way).
+    pub fn rebuild(
+        &self,
+        base: &Manifest,
+        target: Blake3Hash,
+    ) -> Result<(Manifest, Vec<u8>), ManifestError> {
+        let manifest = Manifest::apply(base, self)?;
+        let bytes = manifest.encode();
+        if Blake3Hash::of(&bytes) != target {
+            return Err(ManifestError::NotTheTarget(target));
+        }
+        Ok((manifest, bytes))
+    }
+
     /// The blobs the delta's new entries name.
     pub fn hashes(&self) -> impl Iterator<Item = Blake3Hash> + '_ {
         self.upserts.values().map(|e| e.hash)
@@ -335,8 +353,14 @@ mod tests {
         assert_eq!(delta.removed, vec!["d/f3.html".to_owned()]);
         let bytes = delta.encode();
         assert!(bytes.len() < 300, "{} bytes", bytes.len());
-        let rebuilt = Manifest::apply(&base, &ManifestDelta::decode(&bytes).unwrap()).unwrap();
-        assert_eq!(rebuilt.hash(), target.hash());
+        let delta = ManifestDelta::decode(&bytes).unwrap();
+        let (rebuilt, encoded) = delta.rebuild(&base, target.hash()).unwrap();
+        assert_eq!(rebuilt, target);
+        assert_eq!(encoded, target.encode());
+        assert_eq!(
+            delta.rebuild(&base, base.hash()),
+            Err(ManifestError::NotTheTarget(base.hash()))
+        );
         // Nothing changed: an empty delta.
         assert_eq!(base.delta_from(&base), ManifestDelta::default());
     }

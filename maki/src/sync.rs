@@ -46,6 +46,8 @@ struct Planned<'a> {
     domain: &'a Domain,
     manifest: Manifest,
     manifest_bytes: Vec<u8>,
+    /// The hash of `manifest_bytes`, the new version's manifest blob.
+    manifest_hash: Blake3Hash,
     summary: ChangeSummary,
     /// Local files by hash, to upload from (those the live version lacks).
     sources: BTreeMap<Blake3Hash, PathBuf>,
@@ -263,6 +265,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             domain: d,
             manifest: m,
             manifest_bytes,
+            manifest_hash: hash,
             summary,
             sources,
             known,
@@ -361,7 +364,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     // Blobs the node lacks.
     let mut wanted_blobs: BTreeSet<Blake3Hash> = BTreeSet::new();
     for p in &plans {
-        wanted_blobs.insert(Blake3Hash::of(&p.manifest_bytes));
+        wanted_blobs.insert(p.manifest_hash);
         wanted_blobs.extend(
             p.manifest
                 .files
@@ -385,7 +388,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     if args.dry_run {
         // A real sync would send these manifests as deltas.
         for p in plans.iter().filter(|p| p.delta.is_some()) {
-            missing.remove(&Blake3Hash::of(&p.manifest_bytes).to_hex());
+            missing.remove(&p.manifest_hash.to_hex());
         }
     } else {
         put_deltas(&remote, &plans, &mut missing).await;
@@ -395,7 +398,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     let mut queued: BTreeSet<Blake3Hash> = BTreeSet::new();
     let mut per_domain: BTreeMap<&str, u64> = BTreeMap::new();
     for p in &plans {
-        let mhash = Blake3Hash::of(&p.manifest_bytes);
+        let mhash = p.manifest_hash;
         if missing.contains(&mhash.to_hex()) && queued.insert(mhash) {
             upload.push((mhash, Source::Bytes(p.manifest_bytes.clone())));
         }
@@ -454,7 +457,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         payloads.push(Payload::SitePublished(SitePublished {
             domain: DomainName::new(p.domain.name.as_str())?,
             manifest: BlobRef {
-                hash: Blake3Hash::of(&p.manifest_bytes),
+                hash: p.manifest_hash,
                 size: p.manifest_bytes.len() as u64,
             },
             summary: p.summary,
@@ -639,7 +642,7 @@ fn keep_manifest(cache: &Path, bytes: &[u8]) {
 /// that does not take a delta (an older one) is sent the whole manifest.
 async fn put_deltas(remote: &Remote, plans: &[Planned<'_>], missing: &mut BTreeSet<String>) {
     for p in plans {
-        let target = Blake3Hash::of(&p.manifest_bytes).to_hex();
+        let target = p.manifest_hash.to_hex();
         let Some((base, delta)) = &p.delta else {
             continue;
         };

@@ -58,6 +58,15 @@ pub enum BlobError {
 /// the routes anyway.
 const MANIFESTS_KEPT: usize = 16;
 
+/// A blake3 hash written as 64 hex digits (surrounding space ignored).
+pub fn parse_hash(text: &str) -> anyhow::Result<Blake3Hash> {
+    use anyhow::Context;
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut bytes)
+        .with_context(|| format!("{text:?} is not a blake3 hash (64 hex digits)"))?;
+    Ok(Blake3Hash::from(bytes))
+}
+
 /// Stores manifest `target` (hex) rebuilt from manifest `base` (hex, held
 /// here) and a `ManifestDelta` (hex), once it hashes to `target`; keeps it
 /// decoded for the deploy that follows. Returns how many files it names.
@@ -68,22 +77,15 @@ pub fn put_manifest_delta(
     delta: &str,
 ) -> anyhow::Result<usize> {
     use anyhow::Context;
-    let hash = |text: &str| {
-        text.trim()
-            .parse::<Blake3Hash>()
-            .map_err(|_| anyhow::anyhow!("{text:?} is not a blake3 hash (64 hex digits)"))
-    };
-    let (base, target) = (hash(base)?, hash(target)?);
+    let (base, target) = (parse_hash(base)?, parse_hash(target)?);
     let delta = hex::decode(delta).context("the delta is not hex")?;
     let delta = makiatto_events::ManifestDelta::decode(&delta)?;
     let held = store
         .manifest(&base)
         .with_context(|| format!("manifest {base} is not stored here"))?;
-    let manifest = Manifest::apply(&held, &delta)?;
-    let bytes = manifest.encode();
-    if Blake3Hash::of(&bytes) != target {
-        anyhow::bail!("the delta applied to manifest {base} does not give manifest {target}");
-    }
+    let (manifest, bytes) = delta
+        .rebuild(&held, target)
+        .with_context(|| format!("applied to manifest {base}"))?;
     if let Some(staged) = store.stage(target, bytes.len() as u64, &mut &bytes[..], false)? {
         store.commit(vec![staged])?;
     }

@@ -626,20 +626,21 @@ impl Gossip {
         let body = tokio::time::timeout(FRAME_TIMEOUT, async {
             let mut len = [0u8; 4];
             reader.read_exact(&mut len).await?;
-            let len = u32::from_be_bytes(len) as usize;
-            if len > MAX_FRAME {
-                bail!("the peer sent a frame of {len} bytes (at most {MAX_FRAME})");
-            }
-            let mut body = vec![0u8; len];
+            let mut body = frame_body(len)?;
             reader.read_exact(&mut body).await?;
-            Ok(body)
+            Ok::<_, anyhow::Error>(body)
         })
         .await
         .context("the peer went silent")??;
+        self.unframe(&body)
+    }
+
+    /// Counts a frame's bytes in and decodes it.
+    fn unframe(&self, body: &[u8]) -> anyhow::Result<Frame> {
         self.totals
             .bytes_in
             .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
-        postcard::from_bytes(&body).context("the peer sent a frame that does not decode")
+        postcard::from_bytes(body).context("the peer sent a frame that does not decode")
     }
 
     /// Listens on the mesh address (TCP sessions, UDP heartbeats) and sends
@@ -852,24 +853,18 @@ impl Gossip {
 
     /// Reads one frame, blocking (see [`Gossip::ask`]).
     fn read_frame_blocking(&self, reader: &mut impl Read) -> anyhow::Result<Frame> {
-        let silent = |e: io::Error| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+        let silent = |e: io::Error| {
+            if timed_out(&e) {
                 anyhow::anyhow!("the peer went silent")
+            } else {
+                anyhow::Error::from(e)
             }
-            _ => anyhow::Error::from(e),
         };
         let mut len = [0u8; 4];
         reader.read_exact(&mut len).map_err(silent)?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_FRAME {
-            bail!("the peer sent a frame of {len} bytes (at most {MAX_FRAME})");
-        }
-        let mut body = vec![0u8; len];
+        let mut body = frame_body(len)?;
         reader.read_exact(&mut body).map_err(silent)?;
-        self.totals
-            .bytes_in
-            .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
-        postcard::from_bytes(&body).context("the peer sent a frame that does not decode")
+        self.unframe(&body)
     }
 
     /// Reads up to `count` blobs and `Done`, each verified as it is written
@@ -897,12 +892,7 @@ impl Gossip {
                         Err(crate::blobs::BlobError::Truncated { .. }) => {
                             bail!("{} closed the connection inside blob {hash}", peer.name)
                         }
-                        Err(crate::blobs::BlobError::Io(e))
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                            ) =>
-                        {
+                        Err(crate::blobs::BlobError::Io(e)) if timed_out(&e) => {
                             bail!("{} went silent inside blob {hash}", peer.name)
                         }
                         Err(e) => return Err(e.into()),
@@ -973,10 +963,12 @@ impl Gossip {
                 Frame::ManifestDelta { target: t, delta } if t == target => delta,
                 _ => bail!("{} sent a frame out of place in a version fetch", peer.name),
             };
-            let rebuilt = ManifestDelta::decode(&delta)
-                .and_then(|d| Ok((Manifest::apply(base_manifest, &d)?, d)));
-            let (manifest, delta) = match rebuilt {
-                Ok(m) => m,
+            let rebuilt = ManifestDelta::decode(&delta).and_then(|d| {
+                let (manifest, bytes) = d.rebuild(base_manifest, target)?;
+                Ok((manifest, bytes, d))
+            });
+            let (manifest, bytes, delta) = match rebuilt {
+                Ok(r) => r,
                 Err(e) => {
                     self.bad_blob(peer);
                     bail!(
@@ -985,14 +977,6 @@ impl Gossip {
                     );
                 }
             };
-            let bytes = manifest.encode();
-            if Blake3Hash::of(&bytes) != target {
-                self.bad_blob(peer);
-                bail!(
-                    "{} sent a manifest delta that does not yield manifest {target}",
-                    peer.name
-                );
-            }
             let mut staged = Vec::new();
             if let Some(s) = self
                 .blobs
@@ -1315,6 +1299,25 @@ fn frame_blobs(
     if framed(&Frame::Done, &mut batch).is_ok() {
         send(&mut batch);
     }
+}
+
+/// A buffer for the body of a frame announced as `len` (big-endian), if
+/// the length is allowed.
+fn frame_body(len: [u8; 4]) -> anyhow::Result<Vec<u8>> {
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        bail!("the peer sent a frame of {len} bytes (at most {MAX_FRAME})");
+    }
+    Ok(vec![0u8; len])
+}
+
+/// Whether a blocking read ended on its timeout (`SO_RCVTIMEO` reports
+/// either kind).
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// What a peer asked for in a fetch.

@@ -398,7 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
                 BlobsCommand::Get { hash, hex } => {
-                    let path = store.path(&parse_hash(&hash)?);
+                    let path = store.path(&blobs::parse_hash(&hash)?);
                     let data = std::fs::read(&path)
                         .with_context(|| format!("blob {hash} is not stored here"))?;
                     let mut stdout = std::io::stdout().lock();
@@ -416,7 +416,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         if line.is_empty() {
                             continue;
                         }
-                        hashes.push(parse_hash(line)?);
+                        hashes.push(blobs::parse_hash(line)?);
                     }
                     for h in store.missing(&hashes) {
                         println!("{}", h.to_hex());
@@ -534,14 +534,6 @@ struct InlineBlob {
 /// stream through `makiatto blobs receive`).
 const INLINE_BLOB_BYTES: usize = 8 << 20;
 
-/// A blake3 hash written as 64 hex digits (surrounding space ignored).
-fn parse_hash(text: &str) -> anyhow::Result<makiatto_events::Blake3Hash> {
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut bytes)
-        .with_context(|| format!("{text:?} is not a blake3 hash (64 hex digits)"))?;
-    Ok(makiatto_events::Blake3Hash::from(bytes))
-}
-
 fn blob_request(
     data_dir: &Path,
     store: &mut Option<blobs::BlobStore>,
@@ -558,7 +550,7 @@ fn blob_request(
         BlobRequest::BlobsMissing { hashes } => {
             let hashes = hashes
                 .iter()
-                .map(|h| parse_hash(h))
+                .map(|h| blobs::parse_hash(h))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let missing: Vec<String> = store.missing(&hashes).iter().map(|h| h.to_hex()).collect();
             Ok(serde_json::json!(missing))
@@ -566,7 +558,7 @@ fn blob_request(
         BlobRequest::BlobsPut { blobs } => {
             let mut stream = Vec::new();
             for b in &blobs {
-                let hash = parse_hash(&b.hash)?;
+                let hash = blobs::parse_hash(&b.hash)?;
                 let bytes = hex::decode(&b.hex)
                     .with_context(|| format!("blob {}: its bytes are not hex", b.hash))?;
                 stream.extend_from_slice(hash.as_bytes());
