@@ -1,5 +1,14 @@
 //! The HTTP sockets: port 80 (HTTP/1.1) and port 443 (TLS by SNI, HTTP/2
-//! or HTTP/1.1 by ALPN), tokio tasks per connection, hyper underneath.
+//! or HTTP/1.1 by ALPN), hyper underneath.
+//!
+//! One serving thread per CPU, each a single-threaded tokio runtime with
+//! its own `SO_REUSEPORT` listeners: the kernel spreads connections over
+//! them, and a connection (its TLS, hyper, its streams and the handler)
+//! lives on one thread from accept to close. A shared work-stealing
+//! runtime woke idle workers and moved tasks between threads on nearly
+//! every request; here no request crosses a thread, except a large file's
+//! read of uncached pages on the blocking pool.
+//!
 //! Limits: TLS handshakes and request heads must arrive within 10 s,
 //! request heads are at most 64 KiB (431 beyond), HTTP/2 allows 128
 //! streams per connection, and at most 4096 connections are served at once.
@@ -43,19 +52,27 @@ const MAX_HEAD: usize = 64 << 10;
 const MAX_STREAMS: u32 = 128;
 const MAX_CONNECTIONS: usize = 4096;
 
-fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
     s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(4096)?;
-    TcpListener::from_std(s.into())
+    Ok(s.into())
 }
 
-/// Binds the ports (those not 0) and serves them.
+/// How many serving threads: one per CPU this process may run on.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(64))
+}
+
+/// Binds the ports (those not 0), one listener per serving thread and
+/// address family, here (where the process may still bind low ports),
+/// then starts the threads.
 pub fn serve(http: Arc<Http>, ports: Ports) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let tls = match http.certs.clone().server_config() {
@@ -65,6 +82,9 @@ pub fn serve(http: Arc<Http>, ports: Ports) {
             None
         }
     };
+    let n = threads();
+    let mut per_thread: Vec<Vec<(std::net::TcpListener, bool)>> =
+        (0..n).map(|_| Vec::new()).collect();
     for (port, secure) in [(ports.http, false), (ports.https, true)] {
         if port == 0 || (secure && tls.is_none()) {
             continue;
@@ -73,20 +93,77 @@ pub fn serve(http: Arc<Http>, ports: Ports) {
             SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
             SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
         ] {
-            match listener(addr) {
+            // All of an address's listeners, or none: a group the kernel
+            // spreads over must be whole.
+            match (0..n)
+                .map(|_| listener(addr))
+                .collect::<std::io::Result<Vec<_>>>()
+            {
+                Ok(ls) => {
+                    for (t, l) in ls.into_iter().enumerate() {
+                        per_thread[t].push((l, secure));
+                    }
+                }
+                Err(e) => tracing::error!(%addr, error = %e, "cannot listen for HTTP"),
+            }
+        }
+    }
+    for (t, listeners) in per_thread.into_iter().enumerate() {
+        if listeners.is_empty() {
+            continue;
+        }
+        let http = http.clone();
+        let tls = tls.clone();
+        let slots = slots.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("makiatto-http-{t}"))
+            .spawn(move || serve_thread(http, listeners, tls, slots));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start an HTTP serving thread");
+        }
+    }
+    tracing::info!(
+        http = ports.http,
+        https = ports.https,
+        threads = n,
+        "HTTP serving"
+    );
+}
+
+/// One serving thread: its listeners, and every connection they accept.
+fn serve_thread(
+    http: Arc<Http>,
+    listeners: Vec<(std::net::TcpListener, bool)>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start an HTTP serving thread's runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut accepting = tokio::task::JoinSet::new();
+        for (l, secure) in listeners {
+            match TcpListener::from_std(l) {
                 Ok(l) => {
-                    tokio::spawn(accept(
+                    accepting.spawn(accept(
                         http.clone(),
                         l,
                         tls.clone().filter(|_| secure),
                         slots.clone(),
                     ));
                 }
-                Err(e) => tracing::error!(%addr, error = %e, "cannot listen for HTTP"),
+                Err(e) => tracing::error!(error = %e, "cannot register an HTTP listener"),
             }
         }
-    }
-    tracing::info!(http = ports.http, https = ports.https, "HTTP serving");
+        while accepting.join_next().await.is_some() {}
+    });
 }
 
 async fn accept(
