@@ -7,11 +7,13 @@
 //! - `routes`: host → deployed site version, one immutable snapshot;
 //! - `variants`: br/zstd/gzip prepared when a version is deployed;
 //! - `handler`: one request, from the snapshot and the blob store;
-//! - `server`: sockets, TLS, hyper.
+//! - `server`: sockets, TLS, hyper;
+//! - `gather`: an HTTP/2 connection's writes sent together.
 //!
 //! The routes follow the content follower (a version switch) and the log
 //! (aliases); a request holds one snapshot, so it sees one version whole.
 
+pub mod gather;
 pub mod handler;
 pub mod request;
 pub mod routes;

@@ -216,17 +216,20 @@ async fn connection(http: Arc<Http>, stream: TcpStream, tls: Option<tokio_rustls
         .server_name()
         .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
     let svc = service(http, Some(sni));
-    let io = TokioIo::new(stream);
     if h2 {
-        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        // Gathered: a round of responses leaves in one TLS record and one
+        // syscall, not one each (see `gather`).
+        let (io, sender) = super::gather::gathered(stream);
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(MAX_STREAMS)
             .max_header_list_size(MAX_HEAD as u32)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10))
-            .serve_connection(io, svc)
-            .await;
+            .serve_connection(TokioIo::new(io), svc);
+        super::gather::drive(conn, sender).await;
     } else {
+        let io = TokioIo::new(stream);
         let _ = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
