@@ -18,8 +18,6 @@ use nix::errno::Errno;
 
 use super::request::{self, BadPath, Coding, Ranged, Target};
 use super::routes::{Route, Routes, SiteVersion};
-use super::variants::Variants;
-use crate::blobs::BlobStore;
 
 /// The body of every response.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -36,7 +34,7 @@ const CHUNK: usize = 256 << 10;
 #[derive(Default)]
 pub struct SmallCache {
     /// The representations and their total size.
-    map: RwLock<(HashMap<CacheKey, Bytes>, u64)>,
+    map: RwLock<(foldhash::HashMap<CacheKey, Bytes>, u64)>,
 }
 
 /// A representation: source blob and coding.
@@ -65,15 +63,14 @@ impl SmallCache {
 
 /// What a request is served from.
 pub struct Ctx {
+    /// The node's HTTP service: blob store, variants, cache, certificates.
+    pub http: Arc<super::Http>,
+    /// The routes as this request found them (one snapshot throughout).
     pub routes: Arc<Routes>,
-    pub blobs: Arc<BlobStore>,
-    pub variants: Variants,
-    pub cache: Arc<SmallCache>,
     /// Over TLS, with the SNI name the client sent.
-    pub tls: Option<Option<String>>,
+    pub tls: Option<Option<Arc<str>>>,
     /// Open ACME HTTP-01 challenges: token → key authorization.
     pub challenges: Arc<HashMap<String, String>>,
-    pub certs: Arc<super::server::SiteCerts>,
 }
 
 /// Where the CA looks for HTTP-01 key authorizations.
@@ -99,12 +96,13 @@ fn empty() -> Body {
 /// The request's host: the URI authority (HTTP/2, absolute form) or the
 /// Host header, lowercased, without port or final dot.
 fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let parsed;
     let raw = match req.uri().authority() {
-        Some(a) => a.host().to_owned(),
+        Some(a) => a.host(),
         None => {
             let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            let authority: hyper::http::uri::Authority = h.parse().ok()?;
-            authority.host().to_owned()
+            parsed = h.parse::<hyper::http::uri::Authority>().ok()?;
+            parsed.host()
         }
     };
     let host = raw.trim_end_matches('.').to_ascii_lowercase();
@@ -150,7 +148,7 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
     let Some(host) = host_of(&req) else {
         return text(StatusCode::BAD_REQUEST, "the request names no valid host");
     };
-    if ctx.tls.is_none() && ctx.certs.has_issued(&host) && ctx.routes.get(&host).is_some() {
+    if ctx.tls.is_none() && ctx.http.certs.has_issued(&host) && ctx.routes.get(&host).is_some() {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let location = format!("https://{host}{path}");
         let mut r = text(StatusCode::PERMANENT_REDIRECT, format!("see {location}"));
@@ -160,8 +158,8 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
         return r;
     }
     if let Some(Some(sni)) = &ctx.tls
-        && *sni != host
-        && !ctx.certs.covers(sni, &host)
+        && **sni != *host
+        && !ctx.http.certs.covers(sni, &host)
     {
         // A connection made for one name is not reused for another, unless
         // the certificate it presented covers both.
@@ -193,16 +191,18 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
     let path = req.uri().path();
     let key = match request::target(path) {
         Ok(Target::File { key, dir }) => {
-            let index = if key.is_empty() {
-                "index.html".to_owned()
-            } else {
-                format!("{key}/index.html")
+            let index = || {
+                if key.is_empty() {
+                    "index.html".to_owned()
+                } else {
+                    format!("{key}/index.html")
+                }
             };
             if dir {
-                Some(index)
+                Some(index())
             } else if site.manifest.files.contains_key(&key) {
                 Some(key)
-            } else if site.manifest.files.contains_key(&index) {
+            } else if site.manifest.files.contains_key(&index()) {
                 // A directory named without its slash: send the visitor to
                 // the canonical URL, so relative links resolve.
                 let mut location = format!("{path}/");
@@ -293,11 +293,7 @@ async fn serve(
         }
     };
     put(h, header::ETAG, &etag);
-    put(
-        h,
-        header::LAST_MODIFIED,
-        &httpdate::fmt_http_date(last_modified),
-    );
+    h.insert(header::LAST_MODIFIED, site.last_modified.clone());
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static(cache_control(&entry.content_type, status)),
@@ -366,19 +362,19 @@ async fn serve(
     }
     // Only a file that is read needs its path (hex and allocations).
     let path = || match coding {
-        Some(c) => ctx.variants.path(&entry.hash, c),
-        None => ctx.blobs.path(&entry.hash),
+        Some(c) => ctx.http.variants.path(&entry.hash, c),
+        None => ctx.http.blobs.path(&entry.hash),
     };
     let body = if len <= CACHED_MAX {
         let key = (entry.hash, coding);
-        let bytes = match ctx.cache.get(&key) {
+        let bytes = match ctx.http.cache.get(&key) {
             Some(b) => b,
             None => {
                 let path = path();
                 match tokio::fs::read(&path).await {
                     Ok(b) if b.len() as u64 == len => {
                         let b = Bytes::from(b);
-                        ctx.cache.put(key, b.clone());
+                        ctx.http.cache.put(key, b.clone());
                         b
                     }
                     _ => return unavailable(&path),

@@ -18,12 +18,19 @@ pub struct SiteVersion {
     pub version: EventId,
     /// When the version was published: every file's Last-Modified.
     pub published: SystemTime,
+    /// `published` as a header value, made once.
+    pub last_modified: hyper::header::HeaderValue,
     pub manifest: Arc<Manifest>,
     /// Prepared encodings per source blob, with their sizes.
-    pub variants: HashMap<Blake3Hash, Vec<(Coding, u64)>>,
+    pub variants: Prepared,
     /// Does the site have its own `404.html`?
     pub has_404: bool,
 }
+
+/// The encodings prepared for a version's files, with their sizes, by
+/// source blob. (Hashed with foldhash: read on every request, keyed by
+/// hashes we computed, never by a visitor's input.)
+pub type Prepared = foldhash::HashMap<Blake3Hash, Vec<(Coding, u64)>>;
 
 /// What a host maps to.
 #[derive(Debug, Clone)]
@@ -37,7 +44,8 @@ pub enum Route {
 /// Every host this node serves.
 #[derive(Debug, Default)]
 pub struct Routes {
-    hosts: HashMap<String, Route>,
+    /// (foldhash: only read with a visitor's host, never filled by one.)
+    hosts: foldhash::HashMap<String, Route>,
 }
 
 impl Routes {
@@ -47,7 +55,7 @@ impl Routes {
         domains: &std::collections::BTreeMap<String, Vec<String>>,
         mut versions: HashMap<String, Arc<SiteVersion>>,
     ) -> Routes {
-        let mut hosts = HashMap::new();
+        let mut hosts = foldhash::HashMap::default();
         for (domain, aliases) in domains {
             let route = match versions.remove(domain) {
                 Some(v) => Route::Site(v),
@@ -92,13 +100,20 @@ impl SiteVersion {
         version: EventId,
         published_millis: u64,
         manifest: Arc<Manifest>,
-        variants: HashMap<Blake3Hash, Vec<(Coding, u64)>>,
+        variants: Prepared,
     ) -> SiteVersion {
         let has_404 = manifest.files.contains_key("404.html");
+        let published = SystemTime::UNIX_EPOCH + Duration::from_millis(published_millis);
+        let last_modified =
+            hyper::header::HeaderValue::from_str(&httpdate::fmt_http_date(published))
+                .unwrap_or_else(|_| {
+                    hyper::header::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")
+                });
         SiteVersion {
             domain,
             version,
-            published: SystemTime::UNIX_EPOCH + Duration::from_millis(published_millis),
+            published,
+            last_modified,
             manifest,
             variants,
             has_404,

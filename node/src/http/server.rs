@@ -214,7 +214,7 @@ async fn connection(http: Arc<Http>, stream: TcpStream, tls: Option<tokio_rustls
     let h2 = conn.alpn_protocol() == Some(b"h2");
     let sni = conn
         .server_name()
-        .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        .map(|s| Arc::from(s.trim_end_matches('.').to_ascii_lowercase()));
     let svc = service(http, Some(sni));
     if h2 {
         // Gathered: a round of responses leaves in one TLS record and one
@@ -242,7 +242,7 @@ async fn connection(http: Arc<Http>, stream: TcpStream, tls: Option<tokio_rustls
 
 fn service(
     http: Arc<Http>,
-    tls: Option<Option<String>>,
+    tls: Option<Option<Arc<str>>>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = hyper::Response<super::handler::Body>,
@@ -252,17 +252,13 @@ fn service(
     service_fn(move |req| {
         let ctx = Ctx {
             routes: http.routes.load_full(),
-            blobs: http.blobs.clone(),
-            variants: http.variants.clone(),
-            cache: http.cache.clone(),
             tls: tls.clone(),
             challenges: http.challenges.load_full(),
-            certs: http.certs.clone(),
+            http: http.clone(),
         };
-        let http = http.clone();
         async move {
             let r = handle(req, &ctx).await;
-            http.count(r.status());
+            ctx.http.count(r.status());
             Ok(r)
         }
     })

@@ -85,8 +85,8 @@ impl Variants {
     }
 
     /// The variants present for each hash of `manifest`, with their sizes.
-    pub fn present(&self, manifest: &Manifest) -> HashMap<Blake3Hash, Vec<(Coding, u64)>> {
-        let mut out: HashMap<Blake3Hash, Vec<(Coding, u64)>> = HashMap::new();
+    pub fn present(&self, manifest: &Manifest) -> super::routes::Prepared {
+        let mut out = super::routes::Prepared::default();
         let Ok(mut known) = self.known.lock() else {
             return out;
         };
