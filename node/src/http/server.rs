@@ -51,6 +51,9 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 const MAX_HEAD: usize = 64 << 10;
 const MAX_STREAMS: u32 = 128;
 const MAX_CONNECTIONS: usize = 4096;
+/// The most TLS records a connection seals ahead of what the socket took:
+/// one piece of a large file (`handler::CHUNK`).
+const SEALED_AHEAD: usize = 256 << 10;
 
 fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -206,10 +209,13 @@ async fn connection(http: Arc<Http>, stream: TcpStream, tls: Option<tokio_rustls
             .await;
         return;
     };
-    let stream = match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+    let mut stream = match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         _ => return,
     };
+    // A large file's piece is sealed whole and leaves in one `writev` of
+    // 16 records, not four of four (rustls's default limit, 64 KiB).
+    stream.get_mut().1.set_buffer_limit(Some(SEALED_AHEAD));
     let (_, conn) = stream.get_ref();
     let h2 = conn.alpn_protocol() == Some(b"h2");
     let sni = conn
