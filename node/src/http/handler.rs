@@ -483,7 +483,7 @@ impl Cached {
     /// it is not cached, or on an error (which the blocking read reports).
     fn read(&mut self, file: &std::fs::File, at: u64, want: usize, buf: &mut Vec<u8>) {
         if let Cached::Nowait = self {
-            match read_nowait(file, at, want, buf) {
+            match read_into(file, at, want, buf, libc::RWF_NOWAIT) {
                 Err(Errno::EOPNOTSUPP) if buf.is_empty() => {
                     // SAFETY: the mapping is never read or written through,
                     // only passed to `mincore`, so a file changed or cut
@@ -499,12 +499,7 @@ impl Cached {
         if let Cached::Resident(map) = self
             && resident(map, at, want)
         {
-            use std::os::unix::fs::FileExt;
-            buf.resize(want, 0);
-            match file.read_at(buf, at) {
-                Ok(n) => buf.truncate(n),
-                Err(_) => buf.clear(),
-            }
+            let _ = read_into(file, at, want, buf, 0);
         }
     }
 }
@@ -593,11 +588,17 @@ impl Drop for Pooled {
     }
 }
 
-/// Appends to `buf` what `preadv2(RWF_NOWAIT)` can read of `want` bytes at
-/// `at` without blocking; stops at the first short read or end of file
-/// (`Ok`), or an error: `EAGAIN` (pages not cached), `EOPNOTSUPP` (the
-/// file system refuses the flag), or any other.
-fn read_nowait(file: &std::fs::File, at: u64, want: usize, buf: &mut Vec<u8>) -> Result<(), Errno> {
+/// Appends to `buf` (into its spare capacity, nothing zeroed first) what
+/// `preadv2` with `flags` reads of `want` bytes at `at`; stops at end of
+/// file (`Ok`), or an error: with `RWF_NOWAIT`, `EAGAIN` (pages not cached)
+/// or `EOPNOTSUPP` (the file system refuses the flag); or any other.
+fn read_into(
+    file: &std::fs::File,
+    at: u64,
+    want: usize,
+    buf: &mut Vec<u8>,
+    flags: libc::c_int,
+) -> Result<(), Errno> {
     use std::os::fd::AsRawFd;
     while buf.len() < want {
         let done = buf.len();
@@ -610,7 +611,7 @@ fn read_nowait(file: &std::fs::File, at: u64, want: usize, buf: &mut Vec<u8>) ->
         // SAFETY: `iov` points into `buf`'s spare capacity, which is valid
         // for writes of `iov_len` bytes and is not otherwise borrowed; the
         // file descriptor is open for as long as `file` is borrowed.
-        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, flags) };
         let Ok(n) = usize::try_from(n) else {
             return Err(Errno::last());
         };
