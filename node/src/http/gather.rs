@@ -156,30 +156,36 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gathered<S> {
 }
 
 /// Runs `conn` (made on the [`Gathered`] transport of `sender`), sending
-/// what it wrote each time it has done what it can. Ends when the
-/// connection ends and what it wrote is sent, or when sending fails (the
-/// peer is gone).
-pub async fn drive<S, F>(conn: F, sender: Sender<S>)
+/// what it wrote each time it has done what it can. Ends when sending
+/// fails (the peer is gone), or when the connection has ended and what it
+/// wrote is sent, or `linger` after it ended if the peer stops reading
+/// (the connection's slot is not held forever for a peer that never
+/// reads).
+pub async fn drive<S, F>(conn: F, sender: Sender<S>, linger: std::time::Duration)
 where
     S: AsyncWrite + Unpin,
     F: Future,
 {
     let mut conn = std::pin::pin!(conn);
-    let mut ended = false;
-    std::future::poll_fn(|cx| {
-        if !ended && conn.as_mut().poll(cx).is_ready() {
-            ended = true;
-        }
+    let ended = std::future::poll_fn(|cx| {
+        let done = conn.as_mut().poll(cx).is_ready();
         let Ok(mut s) = sender.shared.lock() else {
-            return Poll::Ready(());
+            return Poll::Ready(false);
         };
         match s.poll_send(cx) {
-            Poll::Ready(Err(_)) => Poll::Ready(()),
-            Poll::Ready(Ok(())) if ended => Poll::Ready(()),
+            Poll::Ready(Err(_)) => Poll::Ready(false),
+            _ if done => Poll::Ready(true),
             _ => Poll::Pending,
         }
     })
-    .await
+    .await;
+    if ended {
+        let last = std::future::poll_fn(|cx| match sender.shared.lock() {
+            Ok(mut s) => s.poll_send(cx),
+            Err(_) => Poll::Ready(Err(poisoned())),
+        });
+        let _ = tokio::time::timeout(linger, last).await;
+    }
 }
 
 #[cfg(test)]
@@ -202,7 +208,7 @@ mod tests {
             io.write_all(b"end").await.unwrap();
             io.shutdown().await.unwrap();
         };
-        let driven = tokio::spawn(drive(conn, sender));
+        let driven = tokio::spawn(drive(conn, sender, std::time::Duration::from_secs(60)));
         // ...and what it wrote before is sent while it waits.
         let mut got = vec![0u8; 10_000];
         theirs.read_exact(&mut got).await.unwrap();
@@ -231,13 +237,27 @@ mod tests {
             io.write_all(&[7u8; GATHER + 1]).await.unwrap();
             io.shutdown().await.unwrap();
         };
-        let driven = tokio::spawn(drive(conn, sender));
+        let driven = tokio::spawn(drive(conn, sender, std::time::Duration::from_secs(60)));
         let mut got = Vec::new();
         theirs.read_to_end(&mut got).await.unwrap();
         assert_eq!(got.len(), expected.len() + GATHER + 1);
         assert_eq!(got[..expected.len()], expected[..]);
         assert!(got[expected.len()..].iter().all(|&b| b == 7));
         driven.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_reads_is_let_go_after_the_linger() {
+        // Room for 1 KiB, and nobody reads it.
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        let (mut io, sender) = gathered(ours);
+        let conn = async move {
+            // Gathered (under the limit): the connection ends at once.
+            let _ = io.write_all(&[1u8; 8 << 10]).await;
+        };
+        let linger = std::time::Duration::from_millis(50);
+        // Ends, though 7 KiB could never be sent.
+        drive(conn, sender, linger).await;
     }
 
     #[tokio::test]

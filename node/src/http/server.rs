@@ -48,6 +48,8 @@ impl Default for Ports {
 
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long an ended HTTP/2 connection may take to send its last writes.
+const LINGER: Duration = Duration::from_secs(10);
 const MAX_HEAD: usize = 64 << 10;
 const MAX_STREAMS: u32 = 128;
 const MAX_CONNECTIONS: usize = 4096;
@@ -233,7 +235,7 @@ async fn connection(http: Arc<Http>, stream: TcpStream, tls: Option<tokio_rustls
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10))
             .serve_connection(TokioIo::new(io), svc);
-        super::gather::drive(conn, sender).await;
+        super::gather::drive(conn, sender, LINGER).await;
     } else {
         let io = TokioIo::new(stream);
         let _ = hyper::server::conn::http1::Builder::new()
