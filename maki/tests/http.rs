@@ -326,6 +326,34 @@ fn every_node_serves_the_site_by_host_with_http_semantics() {
             assert!(cert.contains(&format!("DNS:{name}")), "{name}: {cert}");
         }
     }
+    // The server chooses AES-128-GCM, unless the client lists ChaCha20
+    // first (a client without AES instructions).
+    for (offered, chosen) in [
+        (
+            "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+            "TLS_AES_128_GCM_SHA256",
+        ),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+            "TLS_CHACHA20_POLY1305_SHA256",
+        ),
+    ] {
+        let out = exec(
+            &c,
+            "klukai",
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "openssl s_client -connect {s}:443 -servername example.test -ciphersuites {offered} </dev/null 2>/dev/null"
+                ),
+            ],
+        );
+        assert!(
+            out.contains(&format!("Cipher is {chosen}")),
+            "{offered}: {out}"
+        );
+    }
     let resolve = format!("example.test:443:{s}");
     let out = curl(
         &c,

@@ -304,6 +304,26 @@ fn h2load(client_ns: &str, server: &Server, load: Load) -> Run {
     }
 }
 
+/// The cipher suite a full handshake like s_time's (TLS 1.3, no SNI,
+/// OpenSSL's default order) gets from the server at `addr`.
+fn suite(client_ns: &str, addr: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", client_ns, "timeout", "20", "openssl"])
+        .args(["s_client", "-tls1_3", "-connect"])
+        .arg(format!("{addr}:443"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("openssl s_client runs");
+    // New, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.split("Cipher is ").nth(1))
+        .unwrap_or("suite unknown")
+        .trim()
+        .to_owned()
+}
+
 fn handshakes(client_ns: &str, server: &Server) -> Run {
     let before = Sample::take(&server.pids);
     let start = Instant::now();
@@ -344,7 +364,7 @@ fn handshakes(client_ns: &str, server: &Server) -> Run {
         done,
         seconds,
         usage,
-        tls: "TLS 1.3, no SNI".into(),
+        tls: format!("TLS 1.3, no SNI, {}", suite(client_ns, &server.addr)),
         ..Run::default()
     }
 }
@@ -527,7 +547,9 @@ fn nginx_conf(dir: &Path, addr: &str, root: &Path) -> PathBuf {
          scgi_temp_path {d}/tmp/scgi;\n    \
          server {{\n        listen {addr}:443 ssl http2;\n        server_name {DOMAIN};\n        \
          ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;\n        \
-         ssl_protocols TLSv1.3;\n        root {root};\n    }}\n}}\n"
+         ssl_protocols TLSv1.3;\n        \
+         ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;\n        \
+         ssl_prefer_server_ciphers on;\n        root {root};\n    }}\n}}\n"
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).expect("nginx.conf");
