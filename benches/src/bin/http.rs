@@ -12,7 +12,9 @@
 //! 2. nginx in a network namespace of its own on the cluster's bridge
 //!    (203.0.113.16k+11), root = the same site directory: 2 workers,
 //!    `sendfile on`, TLS 1.3 only, a self-signed P-256 certificate made with
-//!    `openssl req`, `http2` on the listener, access log off. The rest are
+//!    `openssl req`, `http2` on the listener, access log off, and our
+//!    TLS 1.3 suite preference (AES-128-GCM first, the server's order), so
+//!    that both run the same handshake and cipher. The rest are
 //!    nginx's defaults (ETag, Last-Modified, no Cache-Control, no
 //!    open_file_cache, gzip off), except `keepalive_requests`, raised so
 //!    that no server closes a connection during a run.
