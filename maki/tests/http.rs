@@ -20,25 +20,9 @@ fn curl(c: &Cluster, from: &str, args: &[&str]) -> String {
     exec(c, from, &argv)
 }
 
-/// Status, then the response head, then body, of one request.
-fn get(
-    c: &Cluster,
-    server: &str,
-    host: &str,
-    path: &str,
-    extra: &[&str],
-) -> (u16, String, Vec<u8>) {
-    let url = format!("http://{server}{path}");
-    let host_header = format!("Host: {host}");
-    let mut args = vec![
-        "--path-as-is",
-        "-D",
-        "/dev/stderr",
-        "-H",
-        host_header.as_str(),
-        url.as_str(),
-    ];
-    args.extend(extra);
+/// Status, response head and body of one `curl` run from the test host
+/// `vector` with `args` (the head goes to stderr with `-D`).
+fn curl_from_vector(c: &Cluster, args: &[&str]) -> (u16, String, Vec<u8>) {
     let mut cmd = c.command(&[
         "local",
         "exec",
@@ -48,8 +32,10 @@ fn get(
         "-s",
         "--max-time",
         "20",
+        "-D",
+        "/dev/stderr",
     ]);
-    cmd.args(&args);
+    cmd.args(args);
     let out = cmd.output().unwrap();
     let head = String::from_utf8_lossy(&out.stderr).into_owned();
     let status = head
@@ -61,35 +47,31 @@ fn get(
     (status, head, out.stdout)
 }
 
+/// Status, then the response head, then body, of one request.
+fn get(
+    c: &Cluster,
+    server: &str,
+    host: &str,
+    path: &str,
+    extra: &[&str],
+) -> (u16, String, Vec<u8>) {
+    let url = format!("http://{server}{path}");
+    let host_header = format!("Host: {host}");
+    let mut args = vec!["--path-as-is", "-H", host_header.as_str(), url.as_str()];
+    args.extend(extra);
+    curl_from_vector(c, &args)
+}
+
 /// Status and body of one HTTPS request over HTTP/2 for `example.test`.
 fn get_h2(c: &Cluster, server: &str, path: &str, extra: &[&str]) -> (u16, Vec<u8>) {
     let resolve = format!("example.test:443:{server}");
     let url = format!("https://example.test{path}");
-    let mut cmd = c.command(&[
-        "local",
-        "exec",
-        "vector",
-        "--",
-        "curl",
-        "-s",
-        "--max-time",
-        "20",
-        "-k",
-        "--http2",
-        "-D",
-        "/dev/stderr",
-        "--resolve",
-    ]);
-    cmd.arg(&resolve).args(extra).arg(&url);
-    let out = cmd.output().unwrap();
-    let head = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut args = vec!["-k", "--http2", "--resolve", resolve.as_str()];
+    args.extend(extra);
+    args.push(url.as_str());
+    let (status, head, body) = curl_from_vector(c, &args);
     assert!(head.starts_with("HTTP/2 "), "{head}");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, out.stdout)
+    (status, body)
 }
 
 /// A header's value (names compared without case).
