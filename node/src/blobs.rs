@@ -60,11 +60,9 @@ const MANIFESTS_KEPT: usize = 16;
 
 /// A blake3 hash written as 64 hex digits (surrounding space ignored).
 pub fn parse_hash(text: &str) -> anyhow::Result<Blake3Hash> {
-    use anyhow::Context;
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut bytes)
-        .with_context(|| format!("{text:?} is not a blake3 hash (64 hex digits)"))?;
-    Ok(Blake3Hash::from(bytes))
+    text.trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{text:?} is not a blake3 hash (64 hex digits)"))
 }
 
 /// Stores manifest `target` (hex) rebuilt from manifest `base` (hex, held

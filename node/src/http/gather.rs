@@ -49,6 +49,8 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
+    /// Makes room for `len` more bytes: what is gathered is sent first if
+    /// they would take it past [`GATHER`].
     fn poll_gather(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<()>> {
         if !self.buf.is_empty() && self.buf.len() + len > GATHER {
             ready!(self.poll_send(cx))?;
@@ -106,15 +108,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gathered<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let Ok(mut s) = self.shared.lock() else {
-            return Poll::Ready(Err(poisoned()));
-        };
-        ready!(s.poll_gather(cx, data.len()))?;
-        if s.buf.is_empty() && data.len() >= GATHER {
-            return Pin::new(&mut s.io).poll_write(cx, data);
-        }
-        s.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        self.poll_write_vectored(cx, &[io::IoSlice::new(data)])
     }
 
     fn poll_write_vectored(

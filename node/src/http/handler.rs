@@ -446,10 +446,10 @@ fn chunks(
             if buf.len() < want {
                 let blocking = Arc::clone(&file);
                 buf = tokio::task::spawn_blocking(move || {
-                    use std::os::unix::fs::FileExt;
-                    let done = buf.len();
-                    buf.resize(want, 0);
-                    blocking.read_exact_at(&mut buf[done..], at + done as u64)?;
+                    read_into(&blocking, at, want, &mut buf, 0)?;
+                    if buf.len() < want {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
                     Ok::<_, io::Error>(buf)
                 })
                 .await
@@ -592,6 +592,7 @@ impl Drop for Pooled {
 /// `preadv2` with `flags` reads of `want` bytes at `at`; stops at end of
 /// file (`Ok`), or an error: with `RWF_NOWAIT`, `EAGAIN` (pages not cached)
 /// or `EOPNOTSUPP` (the file system refuses the flag); or any other.
+/// An interrupted read is retried.
 fn read_into(
     file: &std::fs::File,
     at: u64,
@@ -613,7 +614,10 @@ fn read_into(
         // file descriptor is open for as long as `file` is borrowed.
         let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, flags) };
         let Ok(n) = usize::try_from(n) else {
-            return Err(Errno::last());
+            match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            }
         };
         if n == 0 {
             return Ok(());
