@@ -63,7 +63,7 @@ fn get(
 }
 
 /// Status and body of one HTTPS request over HTTP/2 for `example.test`.
-fn get_h2(c: &Cluster, server: &str, path: &str, extra: &[&str]) -> (u16, Vec<u8>) {
+fn get_h2(c: &Cluster, server: &str, path: &str, extra: &[&str]) -> (u16, String, Vec<u8>) {
     let resolve = format!("example.test:443:{server}");
     let url = format!("https://example.test{path}");
     let mut args = vec!["-k", "--http2", "--resolve", resolve.as_str()];
@@ -71,7 +71,7 @@ fn get_h2(c: &Cluster, server: &str, path: &str, extra: &[&str]) -> (u16, Vec<u8
     args.push(url.as_str());
     let (status, head, body) = curl_from_vector(c, &args);
     assert!(head.starts_with("HTTP/2 "), "{head}");
-    (status, body)
+    (status, head, body)
 }
 
 /// A header's value (names compared without case).
@@ -191,6 +191,7 @@ fn every_node_serves_the_site_by_host_with_http_semantics() {
     // Ranges, on a cached small file and on a streamed large one.
     let (status, head, body) = get(&c, s, "example.test", "/", &["-H", "Range: bytes=0-9"]);
     assert_eq!((status, body.as_slice()), (206, &index[..10]));
+    assert_eq!(header(&head, "content-length"), Some("10"));
     assert_eq!(
         header(&head, "content-range"),
         Some(format!("bytes 0-9/{}", index.len()).as_str())
@@ -242,6 +243,11 @@ fn every_node_serves_the_site_by_host_with_http_semantics() {
     assert_eq!(
         header(&head, "content-length"),
         Some(index.len().to_string().as_str())
+    );
+    let (status, head, _) = get(&c, s, "example.test", "/", &[]);
+    assert_eq!(
+        (status, header(&head, "content-length")),
+        (200, Some(index.len().to_string().as_str()))
     );
     assert_eq!(get(&c, s, "example.test", "/", &["-X", "POST"]).0, 405);
     // Configuration files are not content.
@@ -389,11 +395,23 @@ fn every_node_serves_the_site_by_host_with_http_semantics() {
     assert!(load.contains("400 succeeded"), "{load}");
     // A large file, whole and ranged, over HTTP/2: its frames pass the
     // connection's gathered writes intact.
-    let (status, body) = get_h2(&c, s, "/big.bin", &[]);
+    let (status, head, body) = get_h2(&c, s, "/big.bin", &[]);
     assert_eq!((status, body.len()), (200, big.len()));
     assert!(body == big);
-    let (status, body) = get_h2(&c, s, "/big.bin", &["-r", "999-1000999"]);
+    assert_eq!(
+        header(&head, "content-length"),
+        Some(big.len().to_string().as_str())
+    );
+    let (status, head, body) = get_h2(&c, s, "/big.bin", &["-r", "999-1000999"]);
     assert_eq!((status, body.as_slice()), (206, &big[999..=1_000_999]));
+    assert_eq!(header(&head, "content-length"), Some("1000001"));
+    // A small file from memory: its length comes from the body.
+    let (status, head, body) = get_h2(&c, s, "/", &[]);
+    assert_eq!((status, &body), (200, &index));
+    assert_eq!(
+        header(&head, "content-length"),
+        Some(index.len().to_string().as_str())
+    );
 
     // A client that never finishes its request head is cut off.
     let started = Instant::now();

@@ -2,13 +2,14 @@
 //! a manifest entry, conditional and range requests, the encoding, and the
 //! body from the blob store (small files from memory, large ones streamed).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Either, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -19,8 +20,13 @@ use nix::errno::Errno;
 use super::request::{self, BadPath, Coding, Ranged, Target};
 use super::routes::{Route, Routes, SiteVersion};
 
-/// The body of every response.
-pub type Body = BoxBody<Bytes, std::io::Error>;
+/// The body of every response: bytes in memory (most answers, without a
+/// box of their own), or a stream read from a large file.
+pub type Body = Either<Full<Bytes>, BoxBody<Bytes, io::Error>>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(bytes.into()))
+}
 
 /// Files up to this size are kept in memory once read.
 const CACHED_MAX: u64 = 256 << 10;
@@ -78,7 +84,7 @@ const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     let body = message.into() + "\n";
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(
@@ -90,23 +96,47 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 }
 
 fn empty() -> Body {
-    Empty::new().map_err(|e| match e {}).boxed()
+    full(Bytes::new())
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute form) or the
 /// Host header, lowercased, without port or final dot.
-fn host_of<B>(req: &Request<B>) -> Option<String> {
-    let parsed;
+fn host_of<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     let raw = match req.uri().authority() {
         Some(a) => a.host(),
-        None => {
-            let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            parsed = h.parse::<hyper::http::uri::Authority>().ok()?;
-            parsed.host()
-        }
+        None => header_host(req.headers().get(header::HOST)?.to_str().ok()?)?,
     };
-    let host = raw.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
+    let host = raw.trim_end_matches('.');
+    if host.is_empty() {
+        None
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+/// The host of a `Host` header, `uri-host [ ":" port ]` (RFC 9110 §7.2):
+/// a bracketed IPv6 address or a name of the characters RFC 3986 allows in
+/// one; `None` for anything else (userinfo, a bad port, spaces).
+fn header_host(h: &str) -> Option<&str> {
+    let (host, rest) = if h.starts_with('[') {
+        let end = h.find(']')? + 1;
+        h[1..end - 1].parse::<std::net::Ipv6Addr>().ok()?;
+        h.split_at(end)
+    } else {
+        let (host, rest) = h.split_at(h.find(':').unwrap_or(h.len()));
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+        if !host.bytes().all(allowed) {
+            return None;
+        }
+        (host, rest)
+    };
+    match rest.strip_prefix(':') {
+        _ if rest.is_empty() => Some(host),
+        Some(port) if port.bytes().all(|b| b.is_ascii_digit()) => Some(host),
+        _ => None,
+    }
 }
 
 /// Answers one request.
@@ -137,9 +167,7 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
         return match ctx.challenges.get(token) {
             Some(value) => {
                 let mut r = text(StatusCode::OK, value.clone());
-                *r.body_mut() = Full::new(Bytes::from(value.clone()))
-                    .map_err(|e| match e {})
-                    .boxed();
+                *r.body_mut() = full(value.clone());
                 r
             }
             None => text(StatusCode::NOT_FOUND, "no such ACME challenge is open"),
@@ -191,18 +219,18 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
     let path = req.uri().path();
     let key = match request::target(path) {
         Ok(Target::File { key, dir }) => {
-            let index = || {
+            let index = || -> Cow<'_, str> {
                 if key.is_empty() {
-                    "index.html".to_owned()
+                    Cow::Borrowed("index.html")
                 } else {
-                    format!("{key}/index.html")
+                    Cow::Owned(format!("{key}/index.html"))
                 }
             };
             if dir {
                 Some(index())
-            } else if site.manifest.files.contains_key(&key) {
+            } else if site.manifest.files.contains_key(key.as_ref()) {
                 Some(key)
-            } else if site.manifest.files.contains_key(&index()) {
+            } else if site.manifest.files.contains_key(index().as_ref()) {
                 // A directory named without its slash: send the visitor to
                 // the canonical URL, so relative links resolve.
                 let mut location = format!("{path}/");
@@ -225,7 +253,7 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
         Err(BadPath::TooLong) => return text(StatusCode::URI_TOO_LONG, "the path is too long"),
         Err(BadPath::Malformed) => return text(StatusCode::BAD_REQUEST, "malformed path"),
     };
-    match key.and_then(|k| site.manifest.files.get(&k)) {
+    match key.and_then(|k| site.manifest.files.get(k.as_ref())) {
         Some(entry) => serve(ctx, &site, entry, StatusCode::OK, req.headers(), head).await,
         None => match site.manifest.files.get("404.html").filter(|_| site.has_404) {
             Some(entry) => {
@@ -282,17 +310,20 @@ async fn serve(
             .map_or(entry.size, |(_, n)| *n),
         None => entry.size,
     };
-    let etag = etag_for(&entry.hash, coding);
+    let etag = Etag::new(&entry.hash, coding);
+    let etag = etag.as_str();
     let last_modified = site.published;
 
     let mut r = Response::new(empty());
+    // Room for every header below, so the map never grows.
+    *r.headers_mut() = HeaderMap::with_capacity(10);
     let h = r.headers_mut();
     let put = |h: &mut HeaderMap, name, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(name, v);
         }
     };
-    put(h, header::ETAG, &etag);
+    put(h, header::ETAG, etag);
     h.insert(header::LAST_MODIFIED, site.last_modified.clone());
     h.insert(
         header::CACHE_CONTROL,
@@ -308,7 +339,7 @@ async fn serve(
 
     if status == StatusCode::OK {
         let fresh = match get(header::IF_NONE_MATCH) {
-            Some(inm) => request::none_match(inm, &etag),
+            Some(inm) => request::none_match(inm, etag),
             None => get(header::IF_MODIFIED_SINCE)
                 .is_some_and(|ims| request::not_modified_since(ims, last_modified)),
         };
@@ -317,7 +348,12 @@ async fn serve(
             return r;
         }
     }
-    put(r.headers_mut(), header::CONTENT_TYPE, &entry.content_type);
+    match site.content_types.get(&entry.content_type) {
+        Some(v) => {
+            r.headers_mut().insert(header::CONTENT_TYPE, v.clone());
+        }
+        None => put(r.headers_mut(), header::CONTENT_TYPE, &entry.content_type),
+    }
     if let Some(c) = coding {
         put(r.headers_mut(), header::CONTENT_ENCODING, c.token());
     }
@@ -327,7 +363,7 @@ async fn serve(
         match request::range(
             get(header::RANGE),
             get(header::IF_RANGE),
-            &etag,
+            etag,
             last_modified,
             len,
         ) {
@@ -355,9 +391,9 @@ async fn serve(
         *r.status_mut() = status;
         (0, len)
     };
-    r.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     if head {
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
         return r;
     }
     // Only a file that is read needs its path (hex and allocations).
@@ -381,9 +417,7 @@ async fn serve(
                 }
             }
         };
-        Full::new(bytes.slice(start as usize..end as usize))
-            .map_err(|e| match e {})
-            .boxed()
+        full(bytes.slice(start as usize..end as usize))
     } else {
         let path = path();
         let opened = {
@@ -393,30 +427,57 @@ async fn serve(
         let Ok(Ok(file)) = opened else {
             return unavailable(&path);
         };
-        BodyExt::boxed(StreamBody::new(
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        Either::Right(BodyExt::boxed(StreamBody::new(
             chunks(file, start, end - start).map(|chunk| chunk.map(Frame::data)),
-        ))
+        )))
     };
+    // An in-memory body's length is exact: hyper writes Content-Length
+    // from it.
     *r.body_mut() = body;
     r
 }
 
 /// The ETag of a representation: the first 128 bits of the blob's blake3
 /// in hex, plus the coding of a variant; strong, the same on every node.
-fn etag_for(hash: &Blake3Hash, coding: Option<Coding>) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut tag = String::with_capacity(40);
-    tag.push('"');
-    for b in &hash.as_bytes()[..16] {
-        tag.push(char::from(HEX[usize::from(b >> 4)]));
-        tag.push(char::from(HEX[usize::from(b & 15)]));
+/// Made on the stack: it is compared, then copied once into its header.
+struct Etag {
+    bytes: [u8; Etag::MAX],
+    len: usize,
+}
+
+impl Etag {
+    /// `"` + 32 hex digits + `-` + the longest coding token + `"`.
+    const MAX: usize = 1 + 32 + 1 + 4 + 1;
+
+    fn new(hash: &Blake3Hash, coding: Option<Coding>) -> Etag {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut tag = Etag {
+            bytes: [0; Etag::MAX],
+            len: 0,
+        };
+        let mut push = |b: u8| {
+            tag.bytes[tag.len] = b;
+            tag.len += 1;
+        };
+        push(b'"');
+        for b in &hash.as_bytes()[..16] {
+            push(HEX[usize::from(b >> 4)]);
+            push(HEX[usize::from(b & 15)]);
+        }
+        if let Some(c) = coding {
+            push(b'-');
+            c.token().bytes().for_each(&mut push);
+        }
+        push(b'"');
+        tag
     }
-    if let Some(c) = coding {
-        tag.push('-');
-        tag.push_str(c.token());
+
+    fn as_str(&self) -> &str {
+        // Only ASCII was written.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
     }
-    tag.push('"');
-    tag
 }
 
 /// The `len` bytes of `file` from `offset`, in pieces of at most `CHUNK`,
@@ -645,11 +706,51 @@ mod tests {
     fn an_etag_is_the_first_128_bits_of_the_hash_with_the_coding() {
         let hash = Blake3Hash::of(b"index");
         let hex = hash.to_hex();
-        assert_eq!(etag_for(&hash, None), format!("\"{}\"", &hex[..32]));
         assert_eq!(
-            etag_for(&hash, Some(Coding::Zstd)),
-            format!("\"{}-zstd\"", &hex[..32])
+            Etag::new(&hash, None).as_str(),
+            format!("\"{}\"", &hex[..32])
         );
+        for c in Coding::ALL {
+            assert_eq!(
+                Etag::new(&hash, Some(c)).as_str(),
+                format!("\"{}-{}\"", &hex[..32], c.token())
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_header_gives_its_host_or_nothing() {
+        for (header, host) in [
+            ("example.test", Some("example.test")),
+            ("example.test:8443", Some("example.test")),
+            ("example.test:", Some("example.test")),
+            ("[2001:db8::1]:443", Some("[2001:db8::1]")),
+            ("[2001:db8::1]", Some("[2001:db8::1]")),
+            ("203.0.113.1:80", Some("203.0.113.1")),
+            ("user@example.test", None),
+            ("example.test:80x", None),
+            ("example.test:80:80", None),
+            ("exa mple.test", None),
+            ("[not-v6]:80", None),
+            ("[2001:db8::1", None),
+            ("[]", None),
+            ("a/b", None),
+        ] {
+            assert_eq!(header_host(header), host, "{header}");
+        }
+        let req = |h: &str| Request::get("/").header(header::HOST, h).body(()).unwrap();
+        assert_eq!(
+            host_of(&req("Example.TEST.:80")).as_deref(),
+            Some("example.test")
+        );
+        assert!(matches!(
+            host_of(&req("example.test")),
+            Some(Cow::Borrowed(_))
+        ));
+        assert_eq!(host_of(&req(".")), None);
+        assert_eq!(host_of(&req(":80")), None);
+        let absolute = Request::get("https://Example.test./x").body(()).unwrap();
+        assert_eq!(host_of(&absolute).as_deref(), Some("example.test"));
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! path a URL names, which encoding to send, whether a conditional request
 //! gets 304, which byte range to send. No I/O here.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use percent_encoding::percent_decode_str;
@@ -21,10 +22,11 @@ pub enum BadPath {
 
 /// What a request path asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub enum Target<'a> {
     /// A manifest path, exactly (`about/index.html`); `dir` is set when the
-    /// URL ended in `/` (so only an index file answers it).
-    File { key: String, dir: bool },
+    /// URL ended in `/` (so only an index file answers it). Borrowed from
+    /// the URL when it needs no decoding (most do not).
+    File { key: Cow<'a, str>, dir: bool },
 }
 
 /// Turns the path of a URL (without the query) into a manifest key.
@@ -32,12 +34,26 @@ pub enum Target {
 /// encoded slash can never act as a separator, and a decoded segment that
 /// is `.`/`..`, or holds `/`, `\`, NUL or a control character, is refused
 /// rather than normalised: a hostile path never reaches a lookup.
-pub fn target(path: &str) -> Result<Target, BadPath> {
+pub fn target(path: &str) -> Result<Target<'_>, BadPath> {
     if path.len() > MAX_PATH {
         return Err(BadPath::TooLong);
     }
     let rest = path.strip_prefix('/').ok_or(BadPath::Malformed)?;
     let dir = rest.is_empty() || rest.ends_with('/');
+    let bad = |seg: &str| {
+        seg == "." || seg == ".." || seg.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+    };
+    // Nothing to decode and no empty segment: the key is the path itself.
+    let plain = rest.strip_suffix('/').unwrap_or(rest);
+    if !plain.contains('%') && plain.split('/').all(|seg| !seg.is_empty()) {
+        if plain.split('/').any(bad) {
+            return Err(BadPath::Malformed);
+        }
+        return Ok(Target::File {
+            key: Cow::Borrowed(plain),
+            dir,
+        });
+    }
     let mut key = String::with_capacity(rest.len());
     for raw in rest.split('/') {
         if raw.is_empty() {
@@ -46,8 +62,7 @@ pub fn target(path: &str) -> Result<Target, BadPath> {
         let seg = percent_decode_str(raw)
             .decode_utf8()
             .map_err(|_| BadPath::Malformed)?;
-        if seg == "." || seg == ".." || seg.chars().any(|c| c == '/' || c == '\\' || c.is_control())
-        {
+        if bad(&seg) {
             return Err(BadPath::Malformed);
         }
         if !key.is_empty() {
@@ -55,7 +70,10 @@ pub fn target(path: &str) -> Result<Target, BadPath> {
         }
         key.push_str(&seg);
     }
-    Ok(Target::File { key, dir })
+    Ok(Target::File {
+        key: Cow::Owned(key),
+        dir,
+    })
 }
 
 /// Content codings we prepare, best first.
@@ -237,7 +255,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn file(key: &str, dir: bool) -> Result<Target, BadPath> {
+    fn file(key: &str, dir: bool) -> Result<Target<'_>, BadPath> {
         Ok(Target::File {
             key: key.into(),
             dir,
@@ -251,6 +269,15 @@ mod tests {
         assert_eq!(target("/css/style.css"), file("css/style.css", false));
         assert_eq!(target("/a%20b.txt"), file("a b.txt", false));
         assert_eq!(target("//css//style.css"), file("css/style.css", false));
+        assert_eq!(target("/css/"), file("css", true));
+        assert_eq!(target("/css//"), file("css", true));
+        assert!(matches!(
+            target("/css/style.css"),
+            Ok(Target::File {
+                key: Cow::Borrowed(_),
+                ..
+            })
+        ));
         for bad in [
             "/../etc/passwd",
             "/css/../../x",
@@ -261,6 +288,11 @@ mod tests {
             "/a\\b",
             "/a%00b",
             "/./x",
+            "/x/.",
+            "/x/./",
+            "/x/../",
+            "/..",
+            "/a\u{7f}b",
             "/%ff",
             "relative",
         ] {

@@ -25,6 +25,9 @@ pub struct SiteVersion {
     pub variants: Prepared,
     /// Does the site have its own `404.html`?
     pub has_404: bool,
+    /// The version's content types as header values, made once (a site
+    /// has a handful).
+    pub content_types: foldhash::HashMap<String, hyper::header::HeaderValue>,
 }
 
 /// The encodings prepared for a version's files, with their sizes, by
@@ -103,6 +106,14 @@ impl SiteVersion {
         variants: Prepared,
     ) -> SiteVersion {
         let has_404 = manifest.files.contains_key("404.html");
+        let mut content_types = foldhash::HashMap::default();
+        for entry in manifest.files.values() {
+            if !content_types.contains_key(&entry.content_type)
+                && let Ok(v) = hyper::header::HeaderValue::from_str(&entry.content_type)
+            {
+                content_types.insert(entry.content_type.clone(), v);
+            }
+        }
         let published = SystemTime::UNIX_EPOCH + Duration::from_millis(published_millis);
         let last_modified =
             hyper::header::HeaderValue::from_str(&httpdate::fmt_http_date(published))
@@ -117,6 +128,7 @@ impl SiteVersion {
             manifest,
             variants,
             has_404,
+            content_types,
         }
     }
 }
