@@ -192,17 +192,16 @@ pub async fn renew(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     }
     let cluster_id = ctx.cluster_id()?;
     let (_, remote) = ctx.any_node().await?;
-    let events = ctx
-        .sign(
-            &remote,
-            &cluster_id,
-            vec![Payload::CertificateRenewalRequested(
-                CertificateRenewalRequested { name: name.clone() },
-            )],
-        )
-        .await
-        .context("cannot sign the renewal request")?;
-    ctx.deliver(&remote, &cluster_id, &events).await?;
+    ctx.publish(
+        &remote,
+        &cluster_id,
+        vec![Payload::CertificateRenewalRequested(
+            CertificateRenewalRequested { name: name.clone() },
+        )],
+        None,
+    )
+    .await
+    .context("cannot publish the renewal request")?;
     println!(
         "{name}: renewal requested; the ordering node orders a new certificate now (see `maki certs`)"
     );

@@ -139,6 +139,35 @@ impl Ctx {
         payloads: Vec<Payload>,
         also: Option<(EventId, Hlc)>,
     ) -> anyhow::Result<Vec<Event>> {
+        Ok(self.signed(via, cluster_id, payloads, also).await?.0)
+    }
+
+    /// Signs `payloads` as [`Ctx::sign_after`] does and hands them to the
+    /// same node, after whatever part of the operator's feed it lacks: the
+    /// two round trips of signing and delivering that need the node's tip
+    /// of the feed ask for it once.
+    pub async fn publish(
+        &self,
+        via: &Remote,
+        cluster_id: &str,
+        payloads: Vec<Payload>,
+        also: Option<(EventId, Hlc)>,
+    ) -> anyhow::Result<Vec<Event>> {
+        let (events, node_seq) = self.signed(via, cluster_id, payloads, also).await?;
+        let outbox = self.operator()?.outbox(cluster_id)?;
+        append(via, &unsent(outbox.after(node_seq), &events)).await?;
+        Ok(events)
+    }
+
+    /// The signed events, and the seq of the operator's latest event that
+    /// `via` holds (0: none).
+    async fn signed(
+        &self,
+        via: &Remote,
+        cluster_id: &str,
+        payloads: Vec<Payload>,
+        also: Option<(EventId, Hlc)>,
+    ) -> anyhow::Result<(Vec<Event>, u64)> {
         let operator = self.operator()?;
         let mut outbox = operator.outbox(cluster_id)?;
         let author = operator.key().public();
@@ -172,7 +201,7 @@ impl Ctx {
             events.push(e);
         }
         outbox.record(&events)?;
-        Ok(events)
+        Ok((events, node_latest.map_or(0, |e| e.seq())))
     }
 
     /// Hands `events` to a node, after whatever part of the operator's own
@@ -193,14 +222,18 @@ impl Ctx {
             Some(h) => Event::decode(&hex::decode(h)?)?.seq(),
             None => 0,
         };
-        let mut send: Vec<Event> = outbox.after(seq);
-        for e in events {
-            if !send.iter().any(|s| s.id() == e.id()) {
-                send.push(e.clone());
-            }
-        }
-        append(remote, &send).await
+        append(remote, &unsent(outbox.after(seq), events)).await
     }
+}
+
+/// What the outbox holds after the node's tip, then `events` not among it.
+fn unsent(mut send: Vec<Event>, events: &[Event]) -> Vec<Event> {
+    for e in events {
+        if !send.iter().any(|s| s.id() == e.id()) {
+            send.push(e.clone());
+        }
+    }
+    send
 }
 
 /// Appends events to a node; duplicates are fine, any other refusal is not.

@@ -167,8 +167,8 @@ pub async fn config_set(ctx: &Ctx, key: &str, value: &str) -> anyhow::Result<()>
         changes,
         summary: format!("set {key} = {shown}"),
     });
-    let events = ctx.sign(&remote, &cluster_id, vec![payload]).await?;
-    ctx.deliver(&remote, &cluster_id, &events).await?;
+    ctx.publish(&remote, &cluster_id, vec![payload], None)
+        .await?;
     println!("{key} = {shown}");
     Ok(())
 }
@@ -210,8 +210,9 @@ pub async fn operator_change(
         }
         (None, None) => bail!("nothing to change"),
     };
-    let events = ctx.sign(&remote, &cluster_id, vec![payload]).await?;
-    ctx.deliver(&remote, &cluster_id, &events).await?;
+    let events = ctx
+        .publish(&remote, &cluster_id, vec![payload], None)
+        .await?;
     println!("{}", events[0].payload().summary());
     Ok(())
 }

@@ -670,9 +670,8 @@ pub async fn remove(ctx: &mut Ctx, name: &str, force: bool) -> anyhow::Result<()
         Ok((_, r)) => r,
         Err(_) => ctx.connect(&machine).await?,
     };
-    let events = ctx.sign(&via, &cluster_id, vec![payload]).await?;
     // The mesh hands the removal to every other node.
-    ctx.deliver(&via, &cluster_id, &events).await?;
+    ctx.publish(&via, &cluster_id, vec![payload], None).await?;
     match ctx.connect(&machine).await {
         Ok(remote) => {
             remote

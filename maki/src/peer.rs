@@ -328,8 +328,9 @@ pub async fn add(ctx: &Ctx, args: AddArgs) -> anyhow::Result<()> {
         endpoint: args.endpoint.to_string(),
         wg_address: Some(addr),
     });
-    let events = ctx.sign(&remote, &cluster_id, vec![payload]).await?;
-    ctx.deliver(&remote, &cluster_id, &events).await?;
+    let events = ctx
+        .publish(&remote, &cluster_id, vec![payload], None)
+        .await?;
     // The projection has the last word (a concurrent join may move the address).
     let held = Mesh::fetch(&remote)
         .await?
@@ -367,8 +368,9 @@ pub async fn remove(ctx: &Ctx, name: &PeerName, force: bool) -> anyhow::Result<(
         ),
     )?;
     let payload = Payload::ExternalPeerRemoved(ExternalPeerRemoved { name: name.clone() });
-    let events = ctx.sign(&remote, &cluster_id, vec![payload]).await?;
-    ctx.deliver(&remote, &cluster_id, &events).await?;
+    let events = ctx
+        .publish(&remote, &cluster_id, vec![payload], None)
+        .await?;
     println!("{}", events[0].payload().summary());
     Ok(())
 }

@@ -237,15 +237,13 @@ pub async fn rollback(
         to: to_id,
         message,
     });
-    let events = ctx
-        .sign_after(
-            &remote,
-            &cluster_id,
-            vec![payload],
-            Some((to_id, target.at)),
-        )
-        .await?;
-    ctx.deliver(&remote, &cluster_id, &events).await?;
+    ctx.publish(
+        &remote,
+        &cluster_id,
+        vec![payload],
+        Some((to_id, target.at)),
+    )
+    .await?;
     println!(
         "{domain}: version {} ({}) is live again; every node switches once it holds its files",
         target.number,

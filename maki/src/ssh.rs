@@ -543,6 +543,19 @@ impl Remote {
     /// Sends control requests to the node's daemon (through `makiatto
     /// control`, started once per connection) and returns the answers.
     pub async fn control(&self, requests: &[Value]) -> anyhow::Result<Vec<Value>> {
+        self.control_each(requests)
+            .await?
+            .into_iter()
+            .map(|a| a.map_err(|e| anyhow::anyhow!("{}: {e}", self.target)))
+            .collect()
+    }
+
+    /// Like [`Remote::control`], but a request the node refuses gives its
+    /// error in its place instead of failing the others.
+    pub async fn control_each(
+        &self,
+        requests: &[Value],
+    ) -> anyhow::Result<Vec<Result<Value, String>>> {
         let mut lines = Vec::with_capacity(requests.len());
         for r in requests {
             lines.push(serde_json::to_string(r)?);
@@ -551,10 +564,10 @@ impl Remote {
         for line in self.control_lines(&lines).await? {
             let v: Value = serde_json::from_str(&line)
                 .with_context(|| format!("{}: unreadable answer {line:?}", self.target))?;
-            if let Some(e) = v.get("error") {
-                bail!("{}: {}", self.target, e.as_str().unwrap_or("error"));
-            }
-            answers.push(v.get("ok").cloned().unwrap_or(Value::Null));
+            answers.push(match v.get("error") {
+                Some(e) => Err(e.as_str().unwrap_or("error").to_owned()),
+                None => Ok(v.get("ok").cloned().unwrap_or(Value::Null)),
+            });
         }
         Ok(answers)
     }

@@ -374,26 +374,36 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         );
     }
     let asked: Vec<String> = wanted_blobs.iter().map(|h| h.to_hex()).collect();
-    let answer = remote
-        .call(json!({"op": "blobs-missing", "hashes": asked}))
+    // New manifests go first as deltas from the live ones, in the same
+    // round trip as the question: one the node rebuilds is then not
+    // missing; one it refuses is, and is uploaded whole.
+    let mut requests = if args.dry_run {
+        Vec::new()
+    } else {
+        delta_requests(&plans)
+    };
+    requests.push(json!({"op": "blobs-missing", "hashes": asked}));
+    let mut answers = remote
+        .control_each(&requests)
         .await
         .with_context(|| format!("{}: cannot list its blobs", machine.name))?;
+    let answer = answers
+        .pop()
+        .context("no answer to the blob question")?
+        .map_err(|e| anyhow::anyhow!("{}: cannot list its blobs: {e}", machine.name))?;
     let mut missing: BTreeSet<String> = answer
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|h| h.as_str().map(str::to_owned))
         .collect();
-    timing.mark("blobs asked");
     if args.dry_run {
         // A real sync would send these manifests as deltas.
         for p in plans.iter().filter(|p| p.delta.is_some()) {
             missing.remove(&p.manifest_hash.to_hex());
         }
-    } else {
-        put_deltas(&remote, &plans, &mut missing).await;
-        timing.mark("manifest deltas sent");
     }
+    timing.mark("manifest deltas sent, blobs asked");
     let mut upload: Vec<(Blake3Hash, Source)> = Vec::new();
     let mut queued: BTreeSet<Blake3Hash> = BTreeSet::new();
     let mut per_domain: BTreeMap<&str, u64> = BTreeMap::new();
@@ -464,10 +474,8 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             message: args.message.clone(),
         }));
     }
-    let events = ctx.sign(&remote, &cluster_id, payloads).await?;
-    timing.mark("signed");
-    ctx.deliver(&remote, &cluster_id, &events).await?;
-    timing.mark("delivered");
+    let events = ctx.publish(&remote, &cluster_id, payloads, None).await?;
+    timing.mark("signed and delivered");
     save_base(&base_file, &secrets_file, &file_config, &secrets, &operator)?;
     for p in &plans {
         keep_manifest(
@@ -636,29 +644,24 @@ fn keep_manifest(cache: &Path, bytes: &[u8]) {
     }
 }
 
-/// Sends each missing manifest that has a base on the node as a delta
-/// from it (a one-file edit of a 10,000-file site: about a hundred bytes
-/// instead of a megabyte); what the node took is no longer missing. A node
-/// that does not take a delta (an older one) is sent the whole manifest.
-async fn put_deltas(remote: &Remote, plans: &[Planned<'_>], missing: &mut BTreeSet<String>) {
-    for p in plans {
-        let target = p.manifest_hash.to_hex();
-        let Some((base, delta)) = &p.delta else {
-            continue;
-        };
-        if !missing.contains(&target) {
-            continue;
-        }
-        let request = json!({
-            "op": "manifest-put",
-            "base": base.to_hex(),
-            "target": target,
-            "delta": hex::encode(delta),
-        });
-        if remote.call(request).await.is_ok() {
-            missing.remove(&target);
-        }
-    }
+/// A `manifest-put` of each new manifest that has a delta from the live
+/// one (a one-file edit of a 10,000-file site: about a hundred bytes
+/// instead of a megabyte). The node keeps a rebuilt manifest only if it
+/// hashes to `target`; one it does not take (an older node) stays missing
+/// and is uploaded whole.
+fn delta_requests(plans: &[Planned<'_>]) -> Vec<serde_json::Value> {
+    plans
+        .iter()
+        .filter_map(|p| {
+            let (base, delta) = p.delta.as_ref()?;
+            Some(json!({
+                "op": "manifest-put",
+                "base": base.to_hex(),
+                "target": p.manifest_hash.to_hex(),
+                "delta": hex::encode(delta),
+            }))
+        })
+        .collect()
 }
 
 /// Uploads up to this size go inline in a control request (hex: twice

@@ -49,7 +49,8 @@
 //!
 //! `MAKIATTO_BENCH_PERF=DIR`: after the rounds, one more run per case and
 //! server under `perf record -g` (not counted), written to
-//! `DIR/<case>-<server>.data`.
+//! `DIR/<case>-<server>.data`. `MAKIATTO_BENCH_PERF_DWARF=1` records DWARF
+//! call graphs (callers of libc's functions too; much larger files).
 //!
 //! Needs root, nginx, h2load, openssl and curl (`apt-get install
 //! nginx-light nghttp2-client`). Build first:
@@ -404,7 +405,14 @@ fn profiled<T>(dir: Option<&Path>, name: &str, pids: &[u32], f: impl FnOnce() ->
     let Some(dir) = dir else { return f() };
     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
     let mut perf = Command::new("perf")
-        .args(["record", "-F", "999", "-g", "-o"])
+        .args(["record", "-F", "999", "-o"])
+        .args(
+            match std::env::var("MAKIATTO_BENCH_PERF_DWARF").as_deref() {
+                // Call graphs through libc, which has no frame pointers.
+                Ok("1") => ["--call-graph", "dwarf,16384"],
+                _ => ["--call-graph", "fp"],
+            },
+        )
         .arg(dir.join(format!("{name}.data")))
         .args(["-p", &pids.join(",")])
         .stdout(Stdio::null())
