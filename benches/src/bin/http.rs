@@ -405,7 +405,7 @@ fn profiled<T>(dir: Option<&Path>, name: &str, pids: &[u32], f: impl FnOnce() ->
     let Some(dir) = dir else { return f() };
     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
     let mut perf = Command::new("perf")
-        .args(["record", "-F", "999", "-o"])
+        .args(["record", "-F", "999"])
         .args(
             match std::env::var("MAKIATTO_BENCH_PERF_DWARF").as_deref() {
                 // Call graphs through libc, which has no frame pointers.
@@ -413,6 +413,7 @@ fn profiled<T>(dir: Option<&Path>, name: &str, pids: &[u32], f: impl FnOnce() ->
                 _ => ["--call-graph", "fp"],
             },
         )
+        .arg("-o")
         .arg(dir.join(format!("{name}.data")))
         .args(["-p", &pids.join(",")])
         .stdout(Stdio::null())

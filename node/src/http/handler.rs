@@ -407,7 +407,9 @@ async fn serve(
             Some(b) => b,
             None => {
                 let path = path();
-                match tokio::fs::read(&path).await {
+                // Boxed, as below: the disk's futures stay out of every
+                // request's task (see `read_whole`).
+                match Box::pin(read_whole(path.clone())).await {
                     Ok(b) if b.len() as u64 == len => {
                         let b = Bytes::from(b);
                         ctx.http.cache.put(key, b.clone());
@@ -420,10 +422,11 @@ async fn serve(
         full(bytes.slice(start as usize..end as usize))
     } else {
         let path = path();
-        let opened = {
+        let opened = Box::pin(tokio::task::spawn_blocking({
             let path = path.clone();
-            tokio::task::spawn_blocking(move || std::fs::File::open(path)).await
-        };
+            move || std::fs::File::open(path)
+        }))
+        .await;
         let Ok(Ok(file)) = opened else {
             return unavailable(&path);
         };
@@ -437,6 +440,14 @@ async fn serve(
     // from it.
     *r.body_mut() = body;
     r
+}
+
+/// A small file, read whole off the runtime. Awaited boxed: a request's
+/// task (hyper spawns one per HTTP/2 stream) then holds a pointer, not
+/// this future's state, which kept the task above the size glibc serves
+/// from its per-thread cache (`malloc_consolidate` in the profiles).
+async fn read_whole(path: std::path::PathBuf) -> io::Result<Vec<u8>> {
+    tokio::fs::read(path).await
 }
 
 /// The ETag of a representation: the first 128 bits of the blob's blake3

@@ -272,7 +272,7 @@ fn service(
             http: http.clone(),
         };
         async move {
-            let r = handle(req, &ctx).await;
+            let r = Box::pin(handle(req, &ctx)).await;
             ctx.http.count(r.status());
             Ok(r)
         }
