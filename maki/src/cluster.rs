@@ -127,25 +127,14 @@ impl Ctx {
         cluster_id: &str,
         payloads: Vec<Payload>,
     ) -> anyhow::Result<Vec<Event>> {
-        self.sign_after(via, cluster_id, payloads, None).await
+        Ok(self.signed(via, cluster_id, payloads, None).await?.0)
     }
 
-    /// [`Ctx::sign`], with `also` among the first event's parents (a
-    /// rollback names its target version this way).
-    pub async fn sign_after(
-        &self,
-        via: &Remote,
-        cluster_id: &str,
-        payloads: Vec<Payload>,
-        also: Option<(EventId, Hlc)>,
-    ) -> anyhow::Result<Vec<Event>> {
-        Ok(self.signed(via, cluster_id, payloads, also).await?.0)
-    }
-
-    /// Signs `payloads` as [`Ctx::sign_after`] does and hands them to the
-    /// same node, after whatever part of the operator's feed it lacks: the
-    /// two round trips of signing and delivering that need the node's tip
-    /// of the feed ask for it once.
+    /// Signs `payloads` as [`Ctx::sign`] does, with `also` among the first
+    /// event's parents (a rollback names its target version this way), and
+    /// hands them to the same node, after whatever part of the operator's
+    /// feed it lacks: signing and delivering, which both need the node's
+    /// tip of the feed, ask for it once.
     pub async fn publish(
         &self,
         via: &Remote,
