@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use makiatto_events::{Event, EventId, Hlc, Payload};
 use serde_json::{Value, json};
 
-use crate::operator::Operator;
+use crate::operator::{Operator, Outbox};
 use crate::profile::{Machine, Profile};
 use crate::ssh::{HostKeyPolicy, Remote, Target};
 
@@ -142,21 +142,20 @@ impl Ctx {
         payloads: Vec<Payload>,
         also: Option<(EventId, Hlc)>,
     ) -> anyhow::Result<Vec<Event>> {
-        let (events, node_seq) = self.signed(via, cluster_id, payloads, also).await?;
-        let outbox = self.operator()?.outbox(cluster_id)?;
+        let (events, node_seq, outbox) = self.signed(via, cluster_id, payloads, also).await?;
         append(via, &unsent(outbox.after(node_seq), &events)).await?;
         Ok(events)
     }
 
-    /// The signed events, and the seq of the operator's latest event that
-    /// `via` holds (0: none).
+    /// The signed events, the seq of the operator's latest event that
+    /// `via` holds (0: none), and the outbox that now records them.
     async fn signed(
         &self,
         via: &Remote,
         cluster_id: &str,
         payloads: Vec<Payload>,
         also: Option<(EventId, Hlc)>,
-    ) -> anyhow::Result<(Vec<Event>, u64)> {
+    ) -> anyhow::Result<(Vec<Event>, u64, Outbox)> {
         let operator = self.operator()?;
         let mut outbox = operator.outbox(cluster_id)?;
         let author = operator.key().public();
@@ -190,7 +189,8 @@ impl Ctx {
             events.push(e);
         }
         outbox.record(&events)?;
-        Ok((events, node_latest.map_or(0, |e| e.seq())))
+        let node_seq = node_latest.map_or(0, |e| e.seq());
+        Ok((events, node_seq, outbox))
     }
 
     /// Hands `events` to a node, after whatever part of the operator's own

@@ -216,14 +216,11 @@ fn cpu_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
-/// The time spent waiting for a quiet machine, summed.
-static SETTLED: std::sync::Mutex<Duration> = std::sync::Mutex::new(Duration::ZERO);
-
 /// Waits until the machine is at most 10% busy over a quarter second (at
 /// most a minute): what a node still does for the last case (precompressed
 /// variants of 10,000 new files, on idle CPU) is not charged to the next
 /// measurement, of either tool.
-fn settle() {
+fn settle() -> Duration {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
         let (b0, t0) = cpu_jiffies();
@@ -233,7 +230,7 @@ fn settle() {
             break;
         }
     }
-    *SETTLED.lock().expect("settled") += start.elapsed();
+    start.elapsed()
 }
 
 fn main() {
@@ -331,9 +328,7 @@ fn main() {
     let maki_initial = timed(|| version = sync_everywhere(None));
     let initial_upload_ms = upload_ms.get();
     let initial_switch = switch.get();
-    let settled_before = *SETTLED.lock().expect("settled");
-    settle();
-    let quiet_after_initial = *SETTLED.lock().expect("settled") - settled_before;
+    let quiet_after_initial = settle();
 
     // No-op and one change, best of three each, first with every `maki`
     // command connecting afresh (as rsync does), then with the connection

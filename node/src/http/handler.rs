@@ -348,11 +348,9 @@ async fn serve(
             return r;
         }
     }
-    match site.content_types.get(&entry.content_type) {
-        Some(v) => {
-            r.headers_mut().insert(header::CONTENT_TYPE, v.clone());
-        }
-        None => put(r.headers_mut(), header::CONTENT_TYPE, &entry.content_type),
+    // Every valid content type of the version is there (made once).
+    if let Some(v) = site.content_types.get(&entry.content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v.clone());
     }
     if let Some(c) = coding {
         put(r.headers_mut(), header::CONTENT_ENCODING, c.token());
@@ -407,9 +405,11 @@ async fn serve(
             Some(b) => b,
             None => {
                 let path = path();
-                // Boxed, as below: the disk's futures stay out of every
-                // request's task (see `read_whole`).
-                match Box::pin(read_whole(path.clone())).await {
+                // Boxed, as the open below: a request's task (hyper spawns
+                // one per HTTP/2 stream) then holds a pointer, not the
+                // disk's future, which kept the task above the size glibc
+                // serves from its per-thread cache (`malloc_consolidate`).
+                match Box::pin(tokio::fs::read(&path)).await {
                     Ok(b) if b.len() as u64 == len => {
                         let b = Bytes::from(b);
                         ctx.http.cache.put(key, b.clone());
@@ -440,14 +440,6 @@ async fn serve(
     // from it.
     *r.body_mut() = body;
     r
-}
-
-/// A small file, read whole off the runtime. Awaited boxed: a request's
-/// task (hyper spawns one per HTTP/2 stream) then holds a pointer, not
-/// this future's state, which kept the task above the size glibc serves
-/// from its per-thread cache (`malloc_consolidate` in the profiles).
-async fn read_whole(path: std::path::PathBuf) -> io::Result<Vec<u8>> {
-    tokio::fs::read(path).await
 }
 
 /// The ETag of a representation: the first 128 bits of the blob's blake3
