@@ -131,6 +131,14 @@ fn every_node_answers_authoritatively_with_the_nearest_healthy_node() {
             dig(&c, "vector", &h.ipv4, &["example.test", "SOA"]).contains("flags: qr aa")
         });
     }
+    // A node counts a peer healthy once it has heard the peer's heartbeat
+    // over the mesh, which can come after the zone: wait until every node
+    // answers an unplaced client with all three.
+    for h in &hosts {
+        wait_until(Duration::from_secs(20), "every node is healthy", || {
+            short(&c, "vector", &h.ipv4, &["example.test", "A"]).len() == hosts.len()
+        });
+    }
 
     // Geography: each subnet gets the nearest node, from every node.
     let mut expected_nodes = std::collections::BTreeSet::new();
