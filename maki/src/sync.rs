@@ -49,8 +49,9 @@ struct Planned<'a> {
     /// The hash of `manifest_bytes`, the new version's manifest blob.
     manifest_hash: Blake3Hash,
     summary: ChangeSummary,
-    /// Local files by hash, to upload from (those the live version lacks).
-    sources: BTreeMap<Blake3Hash, PathBuf>,
+    /// Local files by hash, with their sizes, to upload from (those the
+    /// live version lacks).
+    sources: BTreeMap<Blake3Hash, (PathBuf, u64)>,
     /// Blobs of the live version: the node holds them (it keeps the live
     /// version's files), so they are not even asked about.
     known: BTreeSet<Blake3Hash>,
@@ -182,13 +183,19 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(Vec<Found>, Manifest)>> {
             let mut out = Vec::new();
             for d in &domains {
-                let files = walk(d, &d.config_files)?;
-                hashing.inc_length(files.iter().map(|f| f.size).sum());
                 let cache_file = HashCache::file_for(&d.dir);
-                let mut cache = cache_file
-                    .as_deref()
-                    .map(HashCache::load)
-                    .unwrap_or_default();
+                // The cache is read while the directories are.
+                let (files, mut cache) = rayon::join(
+                    || walk(d, &d.config_files),
+                    || {
+                        cache_file
+                            .as_deref()
+                            .map(HashCache::load)
+                            .unwrap_or_default()
+                    },
+                );
+                let files = files?;
+                hashing.inc_length(files.iter().map(|f| f.size).sum());
                 let known = cache.known();
                 let (m, stats) = manifest(&files, &mut cache, &|n| hashing.inc(n))?;
                 // Nothing hashed, nothing added or dropped: the cache on
@@ -209,6 +216,25 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             Ok(out)
         })
     };
+    // The manifests kept from this operator's last syncs, decoded beside
+    // the walk: the live version's, if it is one of them, is the base of
+    // the delta.
+    let kept = {
+        let files: Vec<(String, PathBuf)> = selected
+            .iter()
+            .map(|d| (d.name.clone(), manifest_cache(ctx, &cluster_id, &d.name)))
+            .collect();
+        tokio::task::spawn_blocking(move || -> BTreeMap<String, (String, Manifest)> {
+            files
+                .into_iter()
+                .filter_map(|(name, file)| {
+                    let bytes = std::fs::read(file).ok()?;
+                    let hash = Blake3Hash::of(&bytes).to_hex();
+                    Some((name, (hash, Manifest::decode(&bytes).ok()?)))
+                })
+                .collect()
+        })
+    };
     timing.mark("started, SSH walk begun");
     let (machine, remote) = ctx.any_node().await?;
     timing.mark("connected");
@@ -226,6 +252,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("the walk stopped: {e}"))??;
     timing.mark("walked");
+    let mut kept = kept.await.unwrap_or_default();
     for (d, (files, m)) in selected.iter().zip(walked) {
         let site = &sites["domains"][&d.name];
         let live = site["live"].as_str();
@@ -242,9 +269,12 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             continue;
         }
         let before = match &live_manifest {
-            Some(h) => previous_manifest(&remote, &manifest_cache(ctx, &cluster_id, &d.name), h)
-                .await
-                .unwrap_or_default(),
+            Some(h) => match kept.remove(&d.name) {
+                Some((hash, m)) if &hash == h => m,
+                _ => fetch_manifest(&remote, &manifest_cache(ctx, &cluster_id, &d.name), h)
+                    .await
+                    .unwrap_or_default(),
+            },
             None => Manifest::default(),
         };
         let summary = m.summary_since(&before);
@@ -254,7 +284,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             .iter()
             .filter_map(|f| m.files.get(&f.path).map(|e| (e.hash, f)))
             .filter(|(h, _)| !known.contains(h))
-            .map(|(h, f)| (h, f.full.clone()))
+            .map(|(h, f)| (h, (f.full.clone(), f.size)))
             .collect();
         let delta = live_manifest
             .as_deref()
@@ -412,13 +442,12 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         if missing.contains(&mhash.to_hex()) && queued.insert(mhash) {
             upload.push((mhash, Source::Bytes(p.manifest_bytes.clone())));
         }
-        for entry in p.manifest.files.values() {
-            if missing.contains(&entry.hash.to_hex())
-                && let Some(path) = p.sources.get(&entry.hash)
-                && queued.insert(entry.hash)
-            {
-                upload.push((entry.hash, Source::File(path.clone(), entry.size)));
-                *per_domain.entry(&p.domain.name).or_default() += entry.size;
+        // Only what the live version lacks can be missing: not a hex
+        // string made for each of the site's files.
+        for (hash, (path, size)) in &p.sources {
+            if missing.contains(&hash.to_hex()) && queued.insert(*hash) {
+                upload.push((*hash, Source::File(path.clone(), *size)));
+                *per_domain.entry(&p.domain.name).or_default() += size;
             }
         }
     }
@@ -455,6 +484,25 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     }
 
     timing.mark("uploaded");
+    // Each new manifest is kept for the next sync while the events go out.
+    // Kept even if they do not land: the copy is named by its hash, and a
+    // next sync that finds another live version fetches that one.
+    let keeping = {
+        let kept: Vec<(PathBuf, Vec<u8>)> = plans
+            .iter()
+            .map(|p| {
+                (
+                    manifest_cache(ctx, &cluster_id, &p.domain.name),
+                    p.manifest_bytes.clone(),
+                )
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            for (file, bytes) in kept {
+                keep_manifest(&file, &bytes);
+            }
+        })
+    };
     // Every blob is on the node: now the events.
     let mut payloads = Vec::new();
     if !config_changes.is_empty() {
@@ -477,12 +525,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     let events = ctx.publish(&remote, &cluster_id, payloads, None).await?;
     timing.mark("signed and delivered");
     save_base(&base_file, &secrets_file, &file_config, &secrets, &operator)?;
-    for p in &plans {
-        keep_manifest(
-            &manifest_cache(ctx, &cluster_id, &p.domain.name),
-            &p.manifest_bytes,
-        );
-    }
+    let _ = keeping.await;
     timing.mark("saved");
     report(&plans, &per_domain, events.len() > plans.len(), false);
     if others_changed {
@@ -603,14 +646,9 @@ fn manifest_cache(ctx: &Ctx, cluster_id: &str, domain: &str) -> PathBuf {
         .join(format!("{domain}.bin"))
 }
 
-/// The manifest `hash` (hex): the copy kept here when its hash matches,
-/// otherwise fetched from the node (about 100 bytes per file) and kept.
-async fn previous_manifest(remote: &Remote, cache: &Path, hash: &str) -> anyhow::Result<Manifest> {
-    if let Ok(bytes) = std::fs::read(cache)
-        && Blake3Hash::of(&bytes).to_hex() == hash
-    {
-        return Ok(Manifest::decode(&bytes)?);
-    }
+/// The manifest `hash` (hex), when the copy kept here is not it: fetched
+/// from the node (about 100 bytes per file) and kept.
+async fn fetch_manifest(remote: &Remote, cache: &Path, hash: &str) -> anyhow::Result<Manifest> {
     let out = remote
         .run_ok(&format!("makiatto blobs get --hex {hash}"))
         .await?;
