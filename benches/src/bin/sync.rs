@@ -6,7 +6,8 @@
 //! run:
 //! - **initial**: rsync to one test host; `maki sync` until the version is
 //!   deployed on all three nodes (uploaded to one, fetched by the other two
-//!   over the mesh);
+//!   over the mesh); and, as a second anchor, rsync to all three hosts at
+//!   once;
 //! - **no-op**: nothing changed (best of three), once with every `maki`
 //!   command connecting afresh and once with the connection kept between
 //!   commands (`MAKIATTO_SSH_PERSIST`, after one uncounted command);
@@ -277,7 +278,12 @@ fn main() {
         .iter()
         .map(|h| h["node"].as_str().expect("node").to_owned())
         .collect();
-    let host = state["hosts"][0]["ipv4"].as_str().expect("ip").to_owned();
+    let hosts: Vec<String> = state["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| h["ipv4"].as_str().expect("ip").to_owned())
+        .collect();
     let key = c.dir.path().join("cluster/ssh/id_ed25519");
     let known = c.dir.path().join("known_hosts");
     let ssh = format!(
@@ -285,11 +291,11 @@ fn main() {
         key.display(),
         known.display()
     );
-    let rsync = || {
+    let rsync_to = |host: &str, dir: &str| {
         let out = Command::new("rsync")
             .args(["-a", "--delete", "-e", &ssh])
             .arg(format!("{}/", site.display()))
-            .arg(format!("root@{host}:/var/tmp/rsync-target/"))
+            .arg(format!("root@{host}:{dir}"))
             .stdin(Stdio::null())
             .output()
             .expect("rsync runs");
@@ -298,6 +304,16 @@ fn main() {
             "rsync: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    };
+    let rsync = || rsync_to(&hosts[0], "/var/tmp/rsync-target/");
+    // A second reading of the initial case: rsync to every host at once,
+    // as a tool without a mesh would reach all three.
+    let rsync_everywhere = || {
+        std::thread::scope(|scope| {
+            for h in &hosts {
+                scope.spawn(|| rsync_to(h, "/var/tmp/rsync-everywhere/"));
+            }
+        });
     };
     let upload_ms = std::cell::Cell::new(0u128);
     // From the start of `maki sync` to the last node's switch, as its log
@@ -324,6 +340,7 @@ fn main() {
 
     // Initial.
     let rsync_initial = timed(rsync);
+    let rsync_initial_all = timed(rsync_everywhere);
     let mut version = String::new();
     let maki_initial = timed(|| version = sync_everywhere(None));
     let initial_upload_ms = upload_ms.get();
@@ -382,12 +399,20 @@ fn main() {
             ("  last node switched (its log)", ms(initial_switch)),
             ("initial: rsync to one host (anchor)", ms(rsync_initial)),
             (
+                "initial: rsync to all 3 hosts at once (second anchor)",
+                ms(rsync_initial_all),
+            ),
+            (
                 "  until the machine was quiet after the initial sync",
                 ms(quiet_after_initial),
             ),
             (
                 "initial ratio (goal ≤ 1.0)",
                 format!("{:.2}", ratio(maki_initial, rsync_initial)),
+            ),
+            (
+                "initial ratio to rsync reaching all 3 hosts",
+                format!("{:.2}", ratio(maki_initial, rsync_initial_all)),
             ),
             ("no-op: maki sync, connecting", ms(maki_noop[0])),
             ("no-op: maki sync, connection kept", ms(maki_noop[1])),
@@ -437,6 +462,7 @@ fn main() {
             "tree_bytes": bytes,
             "initial_ms": maki_initial.as_millis() as u64,
             "rsync_initial_ms": rsync_initial.as_millis() as u64,
+            "rsync_initial_all_ms": rsync_initial_all.as_millis() as u64,
             "initial_upload_ms": initial_upload_ms as u64,
             "noop_ms": maki_noop[0].as_millis() as u64,
             "noop_kept_ms": maki_noop[1].as_millis() as u64,
