@@ -142,6 +142,52 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// With `MAKIATTO_TIMINGS=1`: when each node heard of `version` (hex)
+    /// and switched to it, in ms from `wall`, from its log: where the time
+    /// after `maki sync` returned went.
+    fn print_timeline(&self, nodes: &[String], version: &str, wall: SystemTime) {
+        if std::env::var_os("MAKIATTO_TIMINGS").is_none_or(|v| v != "1") {
+            return;
+        }
+        let Some(short) = version.get(..12) else {
+            return;
+        };
+        for n in nodes {
+            let log = self
+                .dir
+                .path()
+                .join(format!("cluster/hosts/{n}/var-upper/makiatto/daemon.log"));
+            let Ok(text) = std::fs::read_to_string(log) else {
+                continue;
+            };
+            let after = |l: &&str| {
+                l.split_whitespace()
+                    .next()
+                    .and_then(log_time)
+                    .is_some_and(|t| t >= wall)
+            };
+            let mut line = format!("timeline: {n}:");
+            for l in text.lines().filter(after) {
+                let what = if l.contains("replicated") && l.contains("received=1") {
+                    "event received"
+                } else if l.contains("fetched a version as a delta") {
+                    "delta fetched"
+                } else if l.contains("site version deployed") && l.contains(short) {
+                    "switched"
+                } else {
+                    continue;
+                };
+                if let Some(at) = l.split_whitespace().next().and_then(log_time) {
+                    let ms = at.duration_since(wall).unwrap_or_default().as_secs_f64() * 1e3;
+                    line.push_str(&format!(" {what} {ms:.1} ms;"));
+                }
+            }
+            eprintln!("{line}");
+        }
+    }
+}
+
 /// A log line's time, `2026-11-26T09:05:09.250087Z`.
 fn log_time(stamp: &str) -> Option<SystemTime> {
     let (date, time) = stamp.strip_suffix('Z')?.split_once('T')?;
@@ -332,6 +378,7 @@ fn main() {
                     .switched(&nodes, &v)
                     .expect("every node logged its switch");
                 switch.set(at.duration_since(wall).unwrap_or_default());
+                c.print_timeline(&nodes, &v, wall);
                 return v;
             }
             std::thread::sleep(Duration::from_millis(5));
