@@ -122,7 +122,7 @@ impl Cluster {
 
 impl Cluster {
     /// When the last of `nodes` switched to `version` (hex), from the
-    /// "site version deployed" lines of their logs (UTC, microseconds).
+    /// "serving site version" lines of their logs (UTC, microseconds).
     fn switched(&self, nodes: &[String], version: &str) -> Option<SystemTime> {
         let short = version.get(..12)?;
         let mut last = None;
@@ -133,7 +133,7 @@ impl Cluster {
                 .join(format!("cluster/hosts/{n}/var-upper/makiatto/daemon.log"));
             let text = std::fs::read_to_string(log).ok()?;
             let line = text.lines().rev().find(|l| {
-                l.contains("site version deployed") && l.contains(&format!("version={short}"))
+                l.contains("serving site version") && l.contains(&format!("version={short}"))
             })?;
             let at = log_time(line.split_whitespace().next()?)?;
             last = last.max(Some(at));
@@ -143,8 +143,8 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// With `MAKIATTO_TIMINGS=1`: when each node heard of `version` (hex)
-    /// and switched to it, in ms from `wall`, from its log: where the time
+    /// With `MAKIATTO_TIMINGS=1`: when each node heard of `version` (hex),
+    /// deployed it and served it, in ms from `wall`, from its log: where the time
     /// after `maki sync` returned went.
     fn print_timeline(&self, nodes: &[String], version: &str, wall: SystemTime) {
         if std::env::var_os("MAKIATTO_TIMINGS").is_none_or(|v| v != "1") {
@@ -174,7 +174,9 @@ impl Cluster {
                 } else if l.contains("fetched a version as a delta") {
                     "delta fetched"
                 } else if l.contains("site version deployed") && l.contains(short) {
-                    "switched"
+                    "deployed"
+                } else if l.contains("serving site version") && l.contains(short) {
+                    "serving"
                 } else {
                     continue;
                 };
@@ -371,12 +373,12 @@ fn main() {
         c.maki(&["sync", "--file", file]);
         upload_ms.set(start.elapsed().as_millis());
         loop {
+            // Done when every node says it holds the version and has
+            // logged that its HTTP server serves it.
             if let Some(v) = c.live_everywhere(&nodes)
                 && Some(v.as_str()) != before
+                && let Some(at) = c.switched(&nodes, &v)
             {
-                let at = c
-                    .switched(&nodes, &v)
-                    .expect("every node logged its switch");
                 switch.set(at.duration_since(wall).unwrap_or_default());
                 c.print_timeline(&nodes, &v, wall);
                 return v;

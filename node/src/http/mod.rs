@@ -143,7 +143,22 @@ impl Http {
         };
         let routes = routes::Routes::build(&domains, versions);
         self.certs.set_known(routes.hosts().cloned());
-        self.routes.store(Arc::new(routes));
+        let before = self.routes.swap(Arc::new(routes));
+        // From here visitors get the new versions: what "switched" means
+        // for a visitor (the content follower's "deployed" comes a step
+        // before).
+        for site in self.routes.load().sites() {
+            if !before
+                .sites()
+                .any(|b| b.domain == site.domain && b.version == site.version)
+            {
+                tracing::info!(
+                    domain = %site.domain,
+                    version = %site.version.short(),
+                    "serving site version"
+                );
+            }
+        }
         self.cache.clear();
         if !new.is_empty() {
             self.prepare_variants(new, replica.clone(), content.clone());
