@@ -49,9 +49,10 @@ struct Planned<'a> {
     /// The hash of `manifest_bytes`, the new version's manifest blob.
     manifest_hash: Blake3Hash,
     summary: ChangeSummary,
-    /// Local files by hash, with their sizes, to upload from (those the
-    /// live version lacks).
-    sources: BTreeMap<Blake3Hash, (PathBuf, u64)>,
+    /// Local files with their hashes and sizes, to upload from (those the
+    /// live version lacks), in path order: the order they were written in,
+    /// so mostly the order they lie on disk.
+    sources: Vec<(Blake3Hash, PathBuf, u64)>,
     /// Blobs of the live version: the node holds them (it keeps the live
     /// version's files), so they are not even asked about.
     known: BTreeSet<Blake3Hash>,
@@ -284,7 +285,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             .iter()
             .filter_map(|f| m.files.get(&f.path).map(|e| (e.hash, f)))
             .filter(|(h, _)| !known.contains(h))
-            .map(|(h, f)| (h, (f.full.clone(), f.size)))
+            .map(|(h, f)| (h, f.full.clone(), f.size))
             .collect();
         let delta = live_manifest
             .as_deref()
@@ -444,7 +445,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         }
         // Only what the live version lacks can be missing: not a hex
         // string made for each of the site's files.
-        for (hash, (path, size)) in &p.sources {
+        for (hash, path, size) in &p.sources {
             if missing.contains(&hash.to_hex()) && queued.insert(*hash) {
                 upload.push((*hash, Source::File(path.clone(), *size)));
                 *per_domain.entry(&p.domain.name).or_default() += size;
