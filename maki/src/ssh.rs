@@ -483,52 +483,22 @@ impl Remote {
 
     /// Streams blobs to `makiatto blobs receive` (each: hash, size, bytes)
     /// and returns its JSON report. Files are read as they are sent, never
-    /// held whole in memory.
+    /// held whole in memory: a blocking thread reads them in order and
+    /// packs them into messages of about [`SEND_BATCH`] bytes, so ten
+    /// thousand small files make a few hundred SSH messages, not twenty
+    /// thousand, and no runtime handoff per file.
     pub async fn stream_blobs(
         &self,
-        blobs: &[(makiatto_events::Blake3Hash, crate::sync::Source)],
+        blobs: Vec<(makiatto_events::Blake3Hash, crate::sync::Source)>,
         progress: &ProgressBar,
+        files: &FileCount,
     ) -> anyhow::Result<Value> {
+        let (progress, files) = (progress.clone(), files.clone());
         let (_, out, err) = self
             .exec_fed("makiatto blobs receive", |tx| async move {
-                for (hash, source) in blobs {
-                    let mut head = hash.as_bytes().to_vec();
-                    head.extend_from_slice(&source.size().to_be_bytes());
-                    if tx.send(head).await.is_err() {
-                        return Ok(());
-                    }
-                    match source {
-                        crate::sync::Source::Bytes(b) => {
-                            if tx.send(b.clone()).await.is_err() {
-                                return Ok(());
-                            }
-                            progress.inc(b.len() as u64);
-                        }
-                        crate::sync::Source::File(path, size) => {
-                            let mut file = tokio::fs::File::open(path)
-                                .await
-                                .with_context(|| format!("cannot read {}", path.display()))?;
-                            let mut left = *size;
-                            let mut buf = vec![0u8; 256 * 1024];
-                            while left > 0 {
-                                let want = left.min(buf.len() as u64) as usize;
-                                let n = file.read(&mut buf[..want]).await?;
-                                if n == 0 {
-                                    bail!(
-                                        "{} shrank while it was sent; run maki sync again",
-                                        path.display()
-                                    );
-                                }
-                                if tx.send(buf[..n].to_vec()).await.is_err() {
-                                    return Ok(());
-                                }
-                                progress.inc(n as u64);
-                                left -= n as u64;
-                            }
-                        }
-                    }
-                }
-                Ok(())
+                tokio::task::spawn_blocking(move || pack_blobs(&blobs, &tx, &progress, &files))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the file reader stopped: {e}"))?
             })
             .await?;
         serde_json::from_slice(&out).with_context(|| {
@@ -691,6 +661,114 @@ async fn collect(rx: &mut tokio::sync::mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
 /// Quotes a string for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// About how many bytes [`Remote::stream_blobs`] puts in one message.
+const SEND_BATCH: usize = 256 * 1024;
+
+/// Packs blobs (hash, size, bytes each) into messages of about
+/// [`SEND_BATCH`] bytes and sends them; stops quietly when the remote
+/// command no longer reads.
+fn pack_blobs(
+    blobs: &[(makiatto_events::Blake3Hash, crate::sync::Source)],
+    tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    progress: &ProgressBar,
+    files: &FileCount,
+) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut batch: Vec<u8> = Vec::with_capacity(SEND_BATCH);
+    // False once the command stopped reading.
+    let send = |batch: &mut Vec<u8>| {
+        let full = std::mem::replace(batch, Vec::with_capacity(SEND_BATCH));
+        full.is_empty() || tx.blocking_send(full).is_ok()
+    };
+    for (hash, source) in blobs {
+        batch.extend_from_slice(hash.as_bytes());
+        batch.extend_from_slice(&source.size().to_be_bytes());
+        match source {
+            crate::sync::Source::Bytes(b) => {
+                batch.extend_from_slice(b);
+                progress.inc(b.len() as u64);
+            }
+            crate::sync::Source::File(path, size) => {
+                let mut file = std::fs::File::open(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let mut left = *size;
+                while left > 0 {
+                    if batch.len() >= SEND_BATCH && !send(&mut batch) {
+                        return Ok(());
+                    }
+                    let room = SEND_BATCH.saturating_sub(batch.len()).max(64 * 1024);
+                    let want = left.min(room as u64) as usize;
+                    let start = batch.len();
+                    batch.resize(start + want, 0);
+                    let n = file
+                        .read(&mut batch[start..])
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    batch.truncate(start + n);
+                    if n == 0 {
+                        bail!(
+                            "{} shrank while it was sent; run maki sync again",
+                            path.display()
+                        );
+                    }
+                    progress.inc(n as u64);
+                    left -= n as u64;
+                }
+            }
+        }
+        files.done(1);
+        if batch.len() >= SEND_BATCH && !send(&mut batch) {
+            return Ok(());
+        }
+    }
+    send(&mut batch);
+    Ok(())
+}
+
+/// Files done and files in all, shown by a [`files_bar`].
+#[derive(Clone, Default)]
+pub struct FileCount(Arc<[std::sync::atomic::AtomicU64; 2]>);
+
+impl FileCount {
+    pub fn add_total(&self, n: u64) {
+        self.0[1].fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn done(&self, n: u64) {
+        self.0[0].fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn show(&self, w: &mut dyn std::fmt::Write) {
+        let [done, total] = &*self.0;
+        let _ = write!(
+            w,
+            "{}/{} files",
+            done.load(std::sync::atomic::Ordering::Relaxed),
+            total.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+}
+
+/// A progress bar for a transfer of many files: bytes, files and rate.
+pub fn files_bar(message: &str, files: &FileCount) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    let files = files.clone();
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:24} [{bar:30}] {bytes}/{total_bytes} {files} {bytes_per_sec}",
+        )
+        .map(|style| {
+            style.with_key(
+                "files",
+                move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| files.show(w),
+            )
+        })
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(message.to_owned());
+    bar
 }
 
 /// A progress bar for byte transfers.

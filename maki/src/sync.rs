@@ -177,10 +177,12 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
 
     // The tree of every selected domain, as a manifest: walked and hashed
     // while the SSH connection is made and the node answers.
-    let hashing = crate::ssh::bytes_bar("hashing");
+    let hashed_files = crate::ssh::FileCount::default();
+    let hashing = crate::ssh::files_bar("hashing", &hashed_files);
     let walking = {
         let domains: Vec<Domain> = selected.iter().map(|d| (*d).clone()).collect();
         let hashing = hashing.clone();
+        let hashed_files = hashed_files.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(Vec<Found>, Manifest)>> {
             let mut out = Vec::new();
             for d in &domains {
@@ -196,9 +198,17 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
                     },
                 );
                 let files = files?;
-                hashing.inc_length(files.iter().map(|f| f.size).sum());
+                let total: u64 = files.iter().map(|f| f.size).sum();
+                hashing.inc_length(total);
+                hashed_files.add_total(files.len() as u64);
                 let known = cache.known();
-                let (m, stats) = manifest(&files, &mut cache, &|n| hashing.inc(n))?;
+                let (m, stats) = manifest(&files, &mut cache, &|n| {
+                    hashing.inc(n);
+                    hashed_files.done(1);
+                })?;
+                // Files known by the cache are done without reading them.
+                hashing.inc(total.saturating_sub(stats.bytes_hashed));
+                hashed_files.done(stats.cached as u64);
                 // Nothing hashed, nothing added or dropped: the cache on
                 // disk is still right.
                 let unchanged =
@@ -465,14 +475,16 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     }
 
     if !upload.is_empty() {
-        let bar = crate::ssh::bytes_bar(&format!("uploading to {}", machine.name));
+        let files = crate::ssh::FileCount::default();
+        files.add_total(upload.len() as u64);
+        let bar = crate::ssh::files_bar(&format!("uploading to {}", machine.name), &files);
         bar.set_length(upload_bytes);
         // A few small blobs (the usual edit) ride the open control
         // session; anything larger streams through a command of its own.
         let result = if upload_bytes <= INLINE_UPLOAD_BYTES {
-            put_inline(&remote, &upload, &bar).await?
+            put_inline(&remote, &upload, &bar, &files).await?
         } else {
-            remote.stream_blobs(&upload, &bar).await?
+            remote.stream_blobs(upload, &bar, &files).await?
         };
         bar.finish_and_clear();
         if !result["refused"].as_array().is_none_or(|r| r.is_empty()) {
@@ -713,6 +725,7 @@ async fn put_inline(
     remote: &Remote,
     upload: &[(Blake3Hash, Source)],
     bar: &indicatif::ProgressBar,
+    files: &crate::ssh::FileCount,
 ) -> anyhow::Result<serde_json::Value> {
     let mut blobs = Vec::with_capacity(upload.len());
     for (hash, source) in upload {
@@ -732,6 +745,7 @@ async fn put_inline(
             }
         };
         bar.inc(bytes.len() as u64);
+        files.done(1);
         blobs.push(json!({"hash": hash.to_hex(), "hex": hex::encode(bytes)}));
     }
     remote

@@ -132,8 +132,23 @@ fn sync_publishes_atomically_on_every_node() {
     // the second version; after the heal it fetches the blobs and switches.
     c.ok(&["local", "cut", "tololo", "--mesh"]);
     std::fs::write(project.join("site/new.html"), "<p>new page</p>\n").unwrap();
+    // With more than fits inline (a 3 MiB file between 50 small ones):
+    // streamed, many files to a message and one file over several, each
+    // blob verified by the node.
+    std::fs::create_dir_all(project.join("site/many")).unwrap();
+    for i in 0..50u32 {
+        let page = format!("<p>page {i}</p>\n").repeat(1 + i as usize);
+        std::fs::write(project.join(format!("site/many/p{i:02}.html")), page).unwrap();
+    }
+    let big: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(7919) % 251) as u8)
+        .collect();
+    std::fs::write(project.join("site/many/big.bin"), &big).unwrap();
     let out = c.ok(&["sync", "--file", file]);
-    assert!(out.contains("1 added"), "{out}");
+    assert!(
+        out.contains("52 added") && out.contains("3.2 MB uploaded"),
+        "{out}"
+    );
     wait_until(
         Duration::from_secs(20),
         "vector and klukai deploy the third version",
@@ -155,6 +170,22 @@ fn sync_publishes_atomically_on_every_node() {
         &["sh", "-c", "cat /var/makiatto/deployed.json"],
     );
     assert!(blob.contains(&third), "{blob}");
+    let big_hash = blake3::hash(&big).to_hex().to_string();
+    let stored = exec(
+        &c,
+        "tololo",
+        &[
+            "stat",
+            "-c",
+            "%s",
+            &format!("/var/makiatto/blobs/{}/{big_hash}", &big_hash[..2]),
+        ],
+    );
+    assert_eq!(
+        stored.trim(),
+        (3u32 << 20).to_string(),
+        "the big file's blob"
+    );
     // History, diff and rollback.
     let listed: Value = serde_json::from_str(&c.ok(&["sites", "--json"])).unwrap();
     let versions = listed[0]["versions"].as_array().unwrap();
@@ -163,7 +194,9 @@ fn sync_publishes_atomically_on_every_node() {
     assert_eq!(versions[0]["message"], "first");
     let diff = c.ok(&["diff", "example.test"]);
     assert!(
-        diff.contains("+ new.html") && diff.contains("1 added, 0 changed, 0 removed"),
+        diff.contains("+ new.html")
+            && diff.contains("+ many/big.bin")
+            && diff.contains("52 added, 0 changed, 0 removed"),
         "{diff}"
     );
     let diff = c.ok(&["diff", "example.test", "1", "2"]);
