@@ -143,11 +143,12 @@ impl Http {
         };
         let routes = routes::Routes::build(&domains, versions);
         self.certs.set_known(routes.hosts().cloned());
-        let before = self.routes.swap(Arc::new(routes));
+        let routes = Arc::new(routes);
+        let before = self.routes.swap(routes.clone());
         // From here visitors get the new versions: what "switched" means
         // for a visitor (the content follower's "deployed" comes a step
         // before).
-        for site in self.routes.load().sites() {
+        for site in routes.sites() {
             if !before
                 .sites()
                 .any(|b| b.domain == site.domain && b.version == site.version)
