@@ -14,7 +14,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Cluster, copy_dir, exec, require_root, wait_until};
+use common::{Cluster, copy_dir, exec, require_root, wait_seeing, wait_until};
 use serde_json::Value;
 
 fn certs(c: &Cluster) -> Vec<Value> {
@@ -250,16 +250,18 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
             && challenges.contains(&format!("ACME DNS-01 challenge for {name} closed"))
     };
     for (node, _) in &hosts {
-        let mut challenges = String::new();
-        let start = std::time::Instant::now();
-        while !names.iter().all(|n| proved(&challenges, n)) {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{node}: not every name proved by DNS-01: {challenges}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-            challenges = c.ok(&["log", "--node", node, "--kind", "acme-challenge"]);
-        }
+        wait_seeing(
+            Duration::from_secs(30),
+            &format!("{node}: every name proved by DNS-01"),
+            || {
+                let challenges = c.ok(&["log", "--node", node, "--kind", "acme-challenge"]);
+                if names.iter().all(|n| proved(&challenges, n)) {
+                    Ok(())
+                } else {
+                    Err(challenges)
+                }
+            },
+        );
     }
     for (_, ip) in &hosts {
         let answer = exec(

@@ -158,9 +158,29 @@ pub fn exec(c: &Cluster, node: &str, argv: &[&str]) -> String {
 /// Waits for a condition, checking it again and again until `within` has
 /// passed; then fails with `what`.
 pub fn wait_until(within: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
+    wait_seeing(within, what, || {
+        if check() { Ok(()) } else { Err(String::new()) }
+    });
+}
+
+/// [`wait_until`] for a check that says what it saw when it fails: the
+/// last of those ends the failure's message.
+pub fn wait_seeing(
+    within: std::time::Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<(), String>,
+) {
     let start = std::time::Instant::now();
-    while !check() {
-        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+    while let Err(seen) = check() {
+        assert!(
+            start.elapsed() < within,
+            "not within {within:?}: {what}{}{seen}",
+            if seen.is_empty() {
+                ""
+            } else {
+                "; last seen:\n"
+            }
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
