@@ -121,17 +121,21 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// A node's daemon log, as its test host wrote it.
+    fn daemon_log(&self, node: &str) -> Option<String> {
+        let log = self.dir.path().join(format!(
+            "cluster/hosts/{node}/var-upper/makiatto/daemon.log"
+        ));
+        std::fs::read_to_string(log).ok()
+    }
+
     /// When the last of `nodes` switched to `version` (hex), from the
     /// "serving site version" lines of their logs (UTC, microseconds).
     fn switched(&self, nodes: &[String], version: &str) -> Option<SystemTime> {
         let short = version.get(..12)?;
         let mut last = None;
         for n in nodes {
-            let log = self
-                .dir
-                .path()
-                .join(format!("cluster/hosts/{n}/var-upper/makiatto/daemon.log"));
-            let text = std::fs::read_to_string(log).ok()?;
+            let text = self.daemon_log(n)?;
             let line = text.lines().rev().find(|l| {
                 l.contains("serving site version") && l.contains(&format!("version={short}"))
             })?;
@@ -154,21 +158,19 @@ impl Cluster {
             return;
         };
         for n in nodes {
-            let log = self
-                .dir
-                .path()
-                .join(format!("cluster/hosts/{n}/var-upper/makiatto/daemon.log"));
-            let Ok(text) = std::fs::read_to_string(log) else {
+            let Some(text) = self.daemon_log(n) else {
                 continue;
             };
-            let after = |l: &&str| {
-                l.split_whitespace()
-                    .next()
-                    .and_then(log_time)
-                    .is_some_and(|t| t >= wall)
-            };
             let mut line = format!("timeline: {n}:");
-            for l in text.lines().filter(after) {
+            for l in text.lines() {
+                // Each line's time, read once; lines before `wall` are not
+                // this version's.
+                let Some(at) = l.split_whitespace().next().and_then(log_time) else {
+                    continue;
+                };
+                let Ok(since) = at.duration_since(wall) else {
+                    continue;
+                };
                 let what = if l.contains("replicated") && l.contains("received=1") {
                     "event received"
                 } else if l.contains("fetched a version as a delta") {
@@ -180,10 +182,7 @@ impl Cluster {
                 } else {
                     continue;
                 };
-                if let Some(at) = l.split_whitespace().next().and_then(log_time) {
-                    let ms = at.duration_since(wall).unwrap_or_default().as_secs_f64() * 1e3;
-                    line.push_str(&format!(" {what} {ms:.1} ms;"));
-                }
+                line.push_str(&format!(" {what} {:.1} ms;", since.as_secs_f64() * 1e3));
             }
             eprintln!("{line}");
         }
@@ -320,18 +319,18 @@ fn main() {
         &std::fs::read_to_string(c.dir.path().join("cluster/state.json")).expect("state"),
     )
     .expect("json");
-    let nodes: Vec<String> = state["hosts"]
+    // Each host's node name and address.
+    let (nodes, hosts): (Vec<String>, Vec<String>) = state["hosts"]
         .as_array()
         .expect("hosts")
         .iter()
-        .map(|h| h["node"].as_str().expect("node").to_owned())
-        .collect();
-    let hosts: Vec<String> = state["hosts"]
-        .as_array()
-        .expect("hosts")
-        .iter()
-        .map(|h| h["ipv4"].as_str().expect("ip").to_owned())
-        .collect();
+        .map(|h| {
+            (
+                h["node"].as_str().expect("node").to_owned(),
+                h["ipv4"].as_str().expect("ip").to_owned(),
+            )
+        })
+        .unzip();
     let key = c.dir.path().join("cluster/ssh/id_ed25519");
     let known = c.dir.path().join("known_hosts");
     let ssh = format!(
