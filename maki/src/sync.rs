@@ -28,7 +28,7 @@ use makiatto_events::{Blake3Hash, DomainName, Manifest, Payload, SealedValue, Se
 use makiatto_projections::config::{ConfigDoc, DesiredConfig, DomainConfig};
 use serde_json::{Value, json};
 
-use crate::cluster::Ctx;
+use crate::cluster::{Ctx, Tip};
 use crate::project::{Domain, Project};
 use crate::ssh::Remote;
 use crate::tree::{Found, HashCache, manifest, walk};
@@ -250,14 +250,24 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     let (machine, remote) = ctx.any_node().await?;
     timing.mark("connected");
     let mut plans = Vec::new();
-    let answers = remote
+    // With the state, the tip the events will be signed on: a small sync
+    // then needs no question of its own before it delivers them.
+    let [heads, feed] = ctx.tip_requests()?;
+    let mut answers = remote
         .control(&[
             json!({"op": "show", "name": "sites"}),
             json!({"op": "show", "name": "peers"}),
             json!({"op": "config-changes"}),
+            heads,
+            feed,
         ])
         .await?;
     timing.mark("state asked");
+    let asked_at = std::time::Instant::now();
+    let tip = match (answers.pop(), answers.pop()) {
+        (Some(feed), Some(heads)) => Some(Tip { heads, feed }),
+        _ => None,
+    };
     let (sites, peers, changes) = (&answers[0]["state"], &answers[1]["state"], &answers[2]);
     let walked = walking
         .await
@@ -402,100 +412,94 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         return save_base(&base_file, &secrets_file, &file_config, &secrets, &operator);
     }
 
-    // Blobs the node lacks.
-    let mut wanted_blobs: BTreeSet<Blake3Hash> = BTreeSet::new();
-    for p in &plans {
-        wanted_blobs.insert(p.manifest_hash);
-        wanted_blobs.extend(
-            p.manifest
-                .files
-                .values()
-                .map(|f| f.hash)
-                .filter(|h| !p.known.contains(h)),
-        );
+    // A small sync (the usual edit) sends the files the live version lacks
+    // with the manifest deltas, without first asking which the node lacks:
+    // they are nearly always new to it, and the question costs a round
+    // trip more than a few kilobytes it may already hold.
+    // After a sync that stopped midway, ask: what it sent is not sent again.
+    let markers: Vec<PathBuf> = plans
+        .iter()
+        .map(|p| unfinished_marker(ctx, &cluster_id, &p.domain.name))
+        .collect();
+    let resuming = markers.iter().any(|m| m.exists());
+    let ahead = if args.dry_run || resuming {
+        None
+    } else {
+        sent_ahead(&plans)
+    };
+    if !args.dry_run {
+        for m in &markers {
+            mark_unfinished(m);
+        }
     }
-    let asked: Vec<String> = wanted_blobs.iter().map(|h| h.to_hex()).collect();
-    // New manifests go first as deltas from the live ones, in the same
-    // round trip as the question: one the node rebuilds is then not
-    // missing; one it refuses is, and is uploaded whole.
     let mut requests = if args.dry_run {
         Vec::new()
     } else {
         delta_requests(&plans)
     };
-    requests.push(json!({"op": "blobs-missing", "hashes": asked}));
-    let mut answers = remote
-        .control_each(&requests)
-        .await
-        .with_context(|| format!("{}: cannot list its blobs", machine.name))?;
-    let answer = answers
-        .pop()
-        .context("no answer to the blob question")?
-        .map_err(|e| anyhow::anyhow!("{}: cannot list its blobs: {e}", machine.name))?;
-    let mut missing: BTreeSet<String> = answer
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|h| h.as_str().map(str::to_owned))
-        .collect();
-    if args.dry_run {
-        // A real sync would send these manifests as deltas.
-        for p in plans.iter().filter(|p| p.delta.is_some()) {
-            missing.remove(&p.manifest_hash.to_hex());
-        }
-    }
-    timing.mark("manifest deltas sent, blobs asked");
-    let mut upload: Vec<(Blake3Hash, Source)> = Vec::new();
-    let mut queued: BTreeSet<Blake3Hash> = BTreeSet::new();
     let mut per_domain: BTreeMap<&str, u64> = BTreeMap::new();
-    for p in &plans {
-        let mhash = p.manifest_hash;
-        if missing.contains(&mhash.to_hex()) && queued.insert(mhash) {
-            upload.push((mhash, Source::Bytes(p.manifest_bytes.clone())));
-        }
-        // Only what the live version lacks can be missing: not a hex
-        // string made for each of the site's files.
-        for (hash, path, size) in &p.sources {
-            if missing.contains(&hash.to_hex()) && queued.insert(*hash) {
-                upload.push((*hash, Source::File(path.clone(), *size)));
-                *per_domain.entry(&p.domain.name).or_default() += size;
-            }
-        }
-    }
-    let upload_bytes: u64 = upload.iter().map(|(_, s)| s.size()).sum();
-
-    if args.dry_run {
-        report(&plans, &per_domain, !config_changes.is_empty(), true);
-        println!(
-            "dry run: {} to upload to {}; nothing was sent",
-            human(upload_bytes),
-            machine.name
-        );
-        return Ok(());
-    }
-
-    if !upload.is_empty() {
+    let mut uploaded = false;
+    if let Some(upload) = &ahead {
         let files = crate::ssh::FileCount::default();
-        files.add_total(upload.len() as u64);
         let bar = crate::ssh::files_bar(&format!("uploading to {}", machine.name), &files);
-        bar.set_length(upload_bytes);
-        // A few small blobs (the usual edit) ride the open control
-        // session; anything larger streams through a command of its own.
-        let result = if upload_bytes <= INLINE_UPLOAD_BYTES {
-            put_inline(&remote, &upload, &bar, &files).await?
+        if !upload.is_empty() {
+            files.add_total(upload.len() as u64);
+            bar.set_length(upload.iter().map(|(_, s, _)| s.size()).sum());
+            let blobs: Vec<(Blake3Hash, &Source)> =
+                upload.iter().map(|(h, s, _)| (*h, s)).collect();
+            requests.push(inline_request(&blobs, &bar, &files).await?);
+        }
+        // (A change of configuration alone sends nothing here.)
+        let mut answers = if requests.is_empty() {
+            Vec::new()
         } else {
-            remote.stream_blobs(upload, &bar, &files).await?
+            remote
+                .control_each(&requests)
+                .await
+                .with_context(|| format!("{}: the upload failed", machine.name))?
         };
         bar.finish_and_clear();
-        if !result["refused"].as_array().is_none_or(|r| r.is_empty()) {
-            bail!(
-                "{}: refused blobs (a file changed while it was sent? run maki sync again): {}",
-                machine.name,
-                result["refused"]
+        let mut put_taken = true;
+        if !upload.is_empty() {
+            let put = answers.pop().context("no answer to the upload")?;
+            if let Ok(report) = &put {
+                refused(&machine.name, report)?;
+            }
+            put_taken = put.is_ok();
+        }
+        // A delta the node did not take (or an upload it could not read)
+        // leaves something missing: the question below finds it.
+        uploaded = put_taken && answers.iter().all(Result::is_ok);
+        for (_, source, domain) in upload.iter().filter(|_| put_taken) {
+            if let (Source::File(_, size), Some(domain)) = (source, domain) {
+                *per_domain.entry(domain).or_default() += size;
+            }
+        }
+        // Whatever happens next, the deltas are sent.
+        requests.clear();
+        timing.mark("manifest deltas and new blobs sent ahead");
+    }
+    if !uploaded {
+        let upload_bytes = ask_and_upload(
+            &remote,
+            &machine.name,
+            &plans,
+            requests,
+            args.dry_run,
+            &mut per_domain,
+            &timing,
+        )
+        .await?;
+        if args.dry_run {
+            report(&plans, &per_domain, !config_changes.is_empty(), true);
+            println!(
+                "dry run: {} to upload to {}; nothing was sent",
+                human(upload_bytes),
+                machine.name
             );
+            return Ok(());
         }
     }
-
     timing.mark("uploaded");
     // Each new manifest is kept for the next sync while the events go out.
     // Kept even if they do not land: the copy is named by its hash, and a
@@ -535,8 +539,16 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             message: args.message.clone(),
         }));
     }
-    let events = ctx.publish(&remote, &cluster_id, payloads, None).await?;
+    // The tip asked with the state, if that was a moment ago (a long
+    // upload asks again).
+    let tip = tip.filter(|_| asked_at.elapsed() < TIP_FRESH);
+    let events = ctx
+        .publish_on_tip(&remote, &cluster_id, payloads, None, tip)
+        .await?;
     timing.mark("signed and delivered");
+    for m in &markers {
+        let _ = std::fs::remove_file(m);
+    }
     save_base(&base_file, &secrets_file, &file_config, &secrets, &operator)?;
     let _ = keeping.await;
     timing.mark("saved");
@@ -659,6 +671,23 @@ fn manifest_cache(ctx: &Ctx, cluster_id: &str, domain: &str) -> PathBuf {
         .join(format!("{domain}.bin"))
 }
 
+/// Present while a sync of `domain` that has begun to upload has not
+/// delivered its events: the next sync then asks the node which blobs it
+/// lacks before sending any (it resumes; it does not send again what the
+/// cut-off sync sent).
+fn unfinished_marker(ctx: &Ctx, cluster_id: &str, domain: &str) -> PathBuf {
+    manifest_cache(ctx, cluster_id, domain).with_extension("unfinished")
+}
+
+/// Leaves the marker; a marker that cannot be written costs at most a few
+/// kilobytes sent again after an interruption.
+fn mark_unfinished(marker: &Path) {
+    if let Some(dir) = marker.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(marker, b"");
+}
+
 /// The manifest `hash` (hex), when the copy kept here is not it: fetched
 /// from the node (about 100 bytes per file) and kept.
 async fn fetch_manifest(remote: &Remote, cache: &Path, hash: &str) -> anyhow::Result<Manifest> {
@@ -715,15 +744,153 @@ fn delta_requests(plans: &[Planned<'_>]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Asks the node which blobs of the plans it lacks (after `requests`: the
+/// manifest deltas not sent yet) and uploads them, adding each domain's
+/// bytes to `per_domain`. A dry run only asks. Returns the bytes uploaded
+/// (or, in a dry run, to upload).
+async fn ask_and_upload<'p>(
+    remote: &Remote,
+    machine: &str,
+    plans: &'p [Planned<'p>],
+    mut requests: Vec<serde_json::Value>,
+    dry_run: bool,
+    per_domain: &mut BTreeMap<&'p str, u64>,
+    timing: &Timing,
+) -> anyhow::Result<u64> {
+    let mut wanted_blobs: BTreeSet<Blake3Hash> = BTreeSet::new();
+    for p in plans {
+        wanted_blobs.insert(p.manifest_hash);
+        wanted_blobs.extend(
+            p.manifest
+                .files
+                .values()
+                .map(|f| f.hash)
+                .filter(|h| !p.known.contains(h)),
+        );
+    }
+    let asked: Vec<String> = wanted_blobs.iter().map(|h| h.to_hex()).collect();
+    requests.push(json!({"op": "blobs-missing", "hashes": asked}));
+    let mut answers = remote
+        .control_each(&requests)
+        .await
+        .with_context(|| format!("{machine}: cannot list its blobs"))?;
+    let answer = answers
+        .pop()
+        .context("no answer to the blob question")?
+        .map_err(|e| anyhow::anyhow!("{machine}: cannot list its blobs: {e}"))?;
+    let mut missing: BTreeSet<String> = answer
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.as_str().map(str::to_owned))
+        .collect();
+    if dry_run {
+        // A real sync would send these manifests as deltas.
+        for p in plans.iter().filter(|p| p.delta.is_some()) {
+            missing.remove(&p.manifest_hash.to_hex());
+        }
+    }
+    let mut upload: Vec<(Blake3Hash, Source)> = Vec::new();
+    let mut queued: BTreeSet<Blake3Hash> = BTreeSet::new();
+    for p in plans {
+        let mhash = p.manifest_hash;
+        if missing.contains(&mhash.to_hex()) && queued.insert(mhash) {
+            upload.push((mhash, Source::Bytes(p.manifest_bytes.clone())));
+        }
+        // Only what the live version lacks can be missing: not a hex
+        // string made for each of the site's files.
+        for (hash, path, size) in &p.sources {
+            if missing.contains(&hash.to_hex()) && queued.insert(*hash) {
+                upload.push((*hash, Source::File(path.clone(), *size)));
+                *per_domain.entry(&p.domain.name).or_default() += size;
+            }
+        }
+    }
+    timing.mark("manifest deltas sent, blobs asked");
+    let upload_bytes: u64 = upload.iter().map(|(_, s)| s.size()).sum();
+    if dry_run || upload.is_empty() {
+        return Ok(upload_bytes);
+    }
+    let files = crate::ssh::FileCount::default();
+    files.add_total(upload.len() as u64);
+    let bar = crate::ssh::files_bar(&format!("uploading to {machine}"), &files);
+    bar.set_length(upload_bytes);
+    // A few small blobs ride the open control session; anything larger
+    // streams through a command of its own.
+    let result = if upload_bytes <= INLINE_UPLOAD_BYTES {
+        let blobs: Vec<(Blake3Hash, &Source)> = upload.iter().map(|(h, s)| (*h, s)).collect();
+        let request = inline_request(&blobs, &bar, &files).await?;
+        remote
+            .call(request)
+            .await
+            .with_context(|| format!("{machine}: the upload failed"))?
+    } else {
+        remote.stream_blobs(upload, &bar, &files).await?
+    };
+    bar.finish_and_clear();
+    refused(machine, &result)?;
+    Ok(upload_bytes)
+}
+
+/// Fails if the node refused any blob of an upload (its report).
+fn refused(machine: &str, report: &serde_json::Value) -> anyhow::Result<()> {
+    if !report["refused"].as_array().is_none_or(|r| r.is_empty()) {
+        bail!(
+            "{machine}: refused blobs (a file changed while it was sent? run maki sync again): {}",
+            report["refused"]
+        );
+    }
+    Ok(())
+}
+
+/// How long the tip asked with the state is signed on.
+const TIP_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Uploads up to this size go inline in a control request (hex: twice
 /// the size on the wire, under the node's limit of 8 MiB).
 const INLINE_UPLOAD_BYTES: u64 = 2 << 20;
 
-/// Sends blobs as one `blobs-put` request on the control session; the
-/// node verifies each against its hash. Returns the node's report.
-async fn put_inline(
-    remote: &Remote,
-    upload: &[(Blake3Hash, Source)],
+/// A sync whose new blobs come to at most this many bytes sends them
+/// without asking which the node lacks.
+const SEND_AHEAD_BYTES: u64 = 256 << 10;
+
+/// What a small sync sends without asking: every file the live versions
+/// lack (with its domain) and each new manifest no delta stands for; none
+/// when that comes to more than [`SEND_AHEAD_BYTES`].
+fn sent_ahead<'p>(plans: &'p [Planned<'p>]) -> Option<Vec<(Blake3Hash, Source, Option<&'p str>)>> {
+    let mut out = Vec::new();
+    let mut queued = BTreeSet::new();
+    let mut bytes = 0u64;
+    for p in plans {
+        if p.delta.is_none() && queued.insert(p.manifest_hash) {
+            bytes += p.manifest_bytes.len() as u64;
+            out.push((
+                p.manifest_hash,
+                Source::Bytes(p.manifest_bytes.clone()),
+                None,
+            ));
+        }
+        for (hash, path, size) in &p.sources {
+            if queued.insert(*hash) {
+                bytes += size;
+                out.push((
+                    *hash,
+                    Source::File(path.clone(), *size),
+                    Some(p.domain.name.as_str()),
+                ));
+            }
+        }
+        if bytes > SEND_AHEAD_BYTES {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// The `blobs-put` request that sends blobs inline on the control
+/// session; the node verifies each against its hash and answers a report.
+async fn inline_request(
+    upload: &[(Blake3Hash, &Source)],
     bar: &indicatif::ProgressBar,
     files: &crate::ssh::FileCount,
 ) -> anyhow::Result<serde_json::Value> {
@@ -748,10 +915,7 @@ async fn put_inline(
         files.done(1);
         blobs.push(json!({"hash": hash.to_hex(), "hex": hex::encode(bytes)}));
     }
-    remote
-        .call(json!({"op": "blobs-put", "blobs": blobs}))
-        .await
-        .with_context(|| format!("{}: the upload failed", remote.target()))
+    Ok(json!({"op": "blobs-put", "blobs": blobs}))
 }
 
 /// Bytes to upload: a local file or bytes made here (a manifest).

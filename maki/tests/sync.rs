@@ -105,6 +105,16 @@ fn sync_publishes_atomically_on_every_node() {
     std::io::Write::write_all(&mut staged.stdin.take().unwrap(), &frame).unwrap();
     assert!(staged.wait_with_output().unwrap().status.success());
     assert_eq!(sites(&c, "vector")["live"].as_str(), Some(first.as_str()));
+    // The cut-off sync also left its marker here: the next one asks the
+    // node before it sends anything.
+    let kept = std::fs::read_dir(c.cluster_dir().join("base"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "manifests"))
+        .expect("the first sync kept its manifest");
+    let marker = kept.join("example.test.unfinished");
+    std::fs::write(&marker, "").unwrap();
     std::fs::write(project.join("site/index.html"), changed).unwrap();
     std::fs::remove_file(project.join("site/404.html")).unwrap();
     let out = c.ok(&["sync", "--file", file]);
@@ -112,6 +122,7 @@ fn sync_publishes_atomically_on_every_node() {
         out.contains("4 files: 1 changed, 0 added, 1 removed, 0 B uploaded"),
         "{out}"
     );
+    assert!(!marker.exists(), "a finished sync removes its marker");
     let second = deployed_everywhere(&c, "the second version reaches every node");
     assert_ne!(first, second);
     // The other nodes had the first version: they fetched the second as a
@@ -281,6 +292,35 @@ fn sync_publishes_atomically_on_every_node() {
     let log = c.ok(&["log", "--kind", "site-published"]);
     assert_eq!(log.lines().count(), 5, "{log}");
     assert!(log.contains("first"), "{log}");
+
+    // A one-file edit, nothing cut off before: the new file goes with the
+    // manifest's delta, without a question first. (Alice's sync above
+    // brought back the files rolled back, which the node held: it asked.)
+    std::fs::write(
+        project.join("site/index.html"),
+        "<h1>edited</h1>
+",
+    )
+    .unwrap();
+    let edit = c
+        .command(&["sync", "--file", file])
+        .env("MAKIATTO_TIMINGS", "1")
+        .output()
+        .unwrap();
+    assert!(edit.status.success(), "{edit:?}");
+    let (said, timings) = (
+        String::from_utf8_lossy(&edit.stdout),
+        String::from_utf8_lossy(&edit.stderr),
+    );
+    assert!(
+        said.contains("1 changed, 0 added, 0 removed, 16 B uploaded"),
+        "{said}"
+    );
+    assert!(
+        timings.contains("sent ahead") && !timings.contains("blobs asked"),
+        "{timings}"
+    );
+    deployed_everywhere(&c, "the edit reaches every node");
 
     // A kept connection: the first command leaves a keeper, the next ones
     // send their control requests through it and answer the same; idle
