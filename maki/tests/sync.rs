@@ -125,13 +125,17 @@ fn sync_publishes_atomically_on_every_node() {
     assert!(!marker.exists(), "a finished sync removes its marker");
     let second = deployed_everywhere(&c, "the second version reaches every node");
     assert_ne!(first, second);
-    // The other nodes had the first version: they fetched the second as a
-    // delta of its manifest, not the whole manifest again.
-    for n in ["klukai", "tololo"] {
+    // The other nodes had the first version: vector sent them the second,
+    // small, ahead of its event (its manifest as a delta, with the one new
+    // blob); not the whole manifest again.
+    let replication = |n: &str| -> Value {
         let h: Value =
             serde_json::from_str(&exec(&c, n, &["makiatto", "health", "--json"])).unwrap();
-        let r = &h["replication"];
-        assert!(r["versions_by_delta"].as_u64() >= Some(1), "{n}: {r}");
+        h["replication"].clone()
+    };
+    for n in ["klukai", "tololo"] {
+        let r = replication(n);
+        assert!(r["versions_ahead"].as_u64() >= Some(1), "{n}: {r}");
         assert_eq!(
             r["manifests_whole"].as_u64(),
             Some(1),
@@ -197,6 +201,12 @@ fn sync_publishes_atomically_on_every_node() {
         (3u32 << 20).to_string(),
         "the big file's blob"
     );
+    // Too large to go ahead of its event: fetched from a peer as a delta.
+    for n in ["klukai", "tololo"] {
+        let r = replication(n);
+        assert!(r["versions_by_delta"].as_u64() >= Some(1), "{n}: {r}");
+        assert_eq!(r["manifests_whole"].as_u64(), Some(1), "{n}: {r}");
+    }
     // History, diff and rollback.
     let listed: Value = serde_json::from_str(&c.ok(&["sites", "--json"])).unwrap();
     let versions = listed[0]["versions"].as_array().unwrap();

@@ -65,31 +65,71 @@ pub fn parse_hash(text: &str) -> anyhow::Result<Blake3Hash> {
         .map_err(|_| anyhow::anyhow!("{text:?} is not a blake3 hash (64 hex digits)"))
 }
 
+/// A manifest stored from a delta: what the peers need to rebuild it too.
+#[derive(Debug)]
+pub struct PutDelta {
+    pub base: Blake3Hash,
+    pub target: Blake3Hash,
+    /// The `ManifestDelta` bytes.
+    pub delta: Vec<u8>,
+    /// How many files the manifest names.
+    pub files: usize,
+    /// The blobs it names that `base` does not, with their sizes.
+    pub new_blobs: Vec<(Blake3Hash, u64)>,
+}
+
 /// Stores manifest `target` (hex) rebuilt from manifest `base` (hex, held
 /// here) and a `ManifestDelta` (hex), once it hashes to `target`; keeps it
-/// decoded for the deploy that follows. Returns how many files it names.
+/// decoded for the deploy that follows.
 pub fn put_manifest_delta(
     store: &BlobStore,
     base: &str,
     target: &str,
     delta: &str,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<PutDelta> {
     use anyhow::Context;
     let (base, target) = (parse_hash(base)?, parse_hash(target)?);
-    let delta = hex::decode(delta).context("the delta is not hex")?;
-    let delta = makiatto_events::ManifestDelta::decode(&delta)?;
+    let bytes = hex::decode(delta).context("the delta is not hex")?;
+    let delta = makiatto_events::ManifestDelta::decode(&bytes)?;
     let held = store
         .manifest(&base)
         .with_context(|| format!("manifest {base} is not stored here"))?;
-    let (manifest, bytes) = delta
+    let (manifest, encoded) = delta
         .rebuild(&held, target)
         .with_context(|| format!("applied to manifest {base}"))?;
-    if let Some(staged) = store.stage(target, bytes.len() as u64, &mut &bytes[..], false)? {
+    if let Some(staged) = store.stage(target, encoded.len() as u64, &mut &encoded[..], false)? {
         store.commit(vec![staged])?;
+    }
+    let new: foldhash::HashSet<Blake3Hash> = new_blobs(&delta, &held).into_iter().collect();
+    let mut new_blobs = Vec::with_capacity(new.len());
+    if !new.is_empty() {
+        let mut seen = foldhash::HashSet::default();
+        for f in manifest.files.values() {
+            if new.contains(&f.hash) && seen.insert(f.hash) {
+                new_blobs.push((f.hash, f.size));
+            }
+        }
     }
     let files = manifest.files.len();
     store.remember_manifest(target, Arc::new(manifest));
-    Ok(files)
+    Ok(PutDelta {
+        base,
+        target,
+        delta: bytes,
+        files,
+        new_blobs,
+    })
+}
+
+/// The blobs a delta names that its base does not: what a node holding
+/// the base lacks for the target (in the delta's path order, each once).
+pub fn new_blobs(delta: &makiatto_events::ManifestDelta, base: &Manifest) -> Vec<Blake3Hash> {
+    let held: foldhash::HashSet<Blake3Hash> = base.files.values().map(|f| f.hash).collect();
+    let mut seen = foldhash::HashSet::default();
+    delta
+        .hashes()
+        .filter(|h| !held.contains(h) && seen.insert(*h))
+        .collect()
 }
 
 /// The blob directory of a data directory.
@@ -568,7 +608,11 @@ mod tests {
         let e = put_manifest_delta(&store, &b, &wrong.to_hex(), &delta).unwrap_err();
         assert!(format!("{e:#}").contains("does not give"), "{e:#}");
         assert!(!store.contains(&wrong));
-        assert_eq!(put_manifest_delta(&store, &b, &t, &delta).unwrap(), 2);
+        let put = put_manifest_delta(&store, &b, &t, &delta).unwrap();
+        assert_eq!(put.files, 2);
+        // The one new blob, for the peers.
+        assert_eq!(put.new_blobs, vec![(Blake3Hash::of(b"about"), 5)]);
+        assert_eq!((put.base, put.target), (base.hash(), target.hash()));
         assert_eq!(
             std::fs::read(store.path(&target.hash())).unwrap(),
             target.encode()

@@ -8,7 +8,7 @@
 //! depends on what this node holds), kept in `<data>/deployed.json` and
 //! replaced atomically (a temporary file, then a rename).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +45,10 @@ struct Pending {
     missing_blobs: usize,
     error: Option<String>,
 }
+
+/// Sets of blob hashes (foldhash: the hashes are uniform already, and a
+/// 10,000-file version fills one on every deploy).
+type HashSet<T> = foldhash::HashSet<T>;
 
 /// A deployed manifest's hash and the blobs it names.
 type Held = (Blake3Hash, Arc<HashSet<Blake3Hash>>);

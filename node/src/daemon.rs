@@ -236,7 +236,13 @@ async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
                     })
                     .await;
                     match stored {
-                        Ok(Ok(files)) => Response::Ok(serde_json::json!({ "stored": files })),
+                        Ok(Ok(put)) => {
+                            let files = put.files;
+                            // A small version goes to the peers with its
+                            // event (`Gossip::offer_version`).
+                            gossip.offer_version(put);
+                            Response::Ok(serde_json::json!({ "stored": files }))
+                        }
                         Ok(Err(e)) => Response::Error(format!("{e:#}")),
                         Err(e) => Response::Error(format!("the request failed: {e}")),
                     }

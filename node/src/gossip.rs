@@ -50,13 +50,26 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
+use crate::blobs::new_blobs;
 use crate::control;
 use crate::replica::Replica;
 
 /// TCP (sessions) and UDP (heartbeats) port on the mesh address.
 pub const PORT: u16 = 51881;
-/// Bumped when the frames change; peers speaking another version are refused.
+/// Bumped when the frames change incompatibly; peers speaking another
+/// version are refused.
 const PROTOCOL: u16 = 1;
+/// What a node can do beyond [`PROTOCOL`], as bits after its `Hello`. An
+/// older node does not read them (postcard ignores what follows a value)
+/// and announces none, so each side sends the other only what it reads.
+const FEATURE_VERSION_AHEAD: u32 = 1;
+const FEATURES: u32 = FEATURE_VERSION_AHEAD;
+/// A version sent ahead of its event carries at most this many bytes
+/// (delta and new blobs); a larger one is fetched as before.
+const AHEAD_MAX_BYTES: u64 = 1 << 20;
+/// How long a version is offered ahead, and how many at most.
+const AHEAD_FOR: Duration = Duration::from_secs(30);
+const AHEAD_KEPT: usize = 16;
 /// How often every peer is sent a heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 /// A peer not heard from for this long is down.
@@ -151,6 +164,28 @@ enum Frame {
         target: Blake3Hash,
         delta: Vec<u8>,
     },
+    /// A site version whose event follows in the same session (sent only
+    /// to a peer that announces [`FEATURE_VERSION_AHEAD`]): the manifest
+    /// `target` as a delta from `base`, with the blobs new in it, so that
+    /// a peer holding `base` deploys the version as soon as the event
+    /// lands, with no fetch of its own.
+    VersionAhead(VersionAhead),
+}
+
+#[derive(Serialize, Deserialize)]
+struct VersionAhead {
+    base: Blake3Hash,
+    target: Blake3Hash,
+    delta: Vec<u8>,
+    blobs: Vec<(Blake3Hash, Vec<u8>)>,
+}
+
+/// A version this node took from `maki` as a delta, offered to each peer
+/// once, ahead of its event.
+struct Offered {
+    put: crate::blobs::PutDelta,
+    at: Instant,
+    sent_to: Vec<AuthorKey>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -246,6 +281,8 @@ struct Totals {
     /// Site versions fetched as a manifest delta, and as a whole manifest.
     versions_by_delta: AtomicU64,
     manifests_whole: AtomicU64,
+    /// Site versions a peer sent ahead of their events, taken.
+    versions_ahead: AtomicU64,
 }
 
 /// One session at a time per peer; a push during a session runs another.
@@ -275,6 +312,8 @@ pub struct Gossip {
     started: Instant,
     /// The peer that last sent this node new events: asked first for blobs.
     last_sender: Mutex<Option<AuthorKey>>,
+    /// Versions to send ahead of their events (newest last).
+    offered: Mutex<Vec<Offered>>,
 }
 
 impl Gossip {
@@ -299,6 +338,7 @@ impl Gossip {
             catch_up: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             last_sender: Mutex::new(None),
+            offered: Mutex::new(Vec::new()),
         });
         tokio::spawn(gossip.clone().endpoint());
         tokio::spawn(gossip.clone().anti_entropy());
@@ -359,6 +399,104 @@ impl Gossip {
             *old = t;
             changed
         });
+    }
+
+    /// A site version `maki` sent here as a manifest delta: if it is small,
+    /// each peer's next session sends it ahead of the event that names it
+    /// (the delta and the new blobs, which `maki` uploads before the
+    /// event). Each peer then switches when the event lands, without
+    /// asking this node for the version: a connection and a round trip
+    /// less per peer.
+    pub fn offer_version(&self, put: crate::blobs::PutDelta) {
+        let bytes = put.delta.len() as u64 + put.new_blobs.iter().map(|(_, n)| n).sum::<u64>();
+        if bytes > AHEAD_MAX_BYTES {
+            return;
+        }
+        if let Ok(mut offered) = self.offered.lock() {
+            offered.retain(|o| o.at.elapsed() < AHEAD_FOR && o.put.target != put.target);
+            if offered.len() >= AHEAD_KEPT {
+                offered.remove(0);
+            }
+            offered.push(Offered {
+                put,
+                at: Instant::now(),
+                sent_to: Vec::new(),
+            });
+        }
+    }
+
+    /// Sends `peer` the versions offered here that it was not sent yet,
+    /// each in one frame. One whose blobs are not all here yet (`maki` is
+    /// still uploading them) waits for a later session.
+    async fn send_ahead(
+        &self,
+        writer: &mut (impl AsyncWriteExt + Unpin),
+        peer: &Member,
+    ) -> anyhow::Result<()> {
+        let offers: Vec<(Blake3Hash, Blake3Hash, Vec<u8>, Vec<(Blake3Hash, u64)>)> =
+            match self.offered.lock() {
+                Ok(mut offered) => {
+                    offered.retain(|o| o.at.elapsed() < AHEAD_FOR);
+                    offered
+                        .iter()
+                        .filter(|o| !o.sent_to.contains(&peer.key))
+                        .map(|o| {
+                            let p = &o.put;
+                            (p.base, p.target, p.delta.clone(), p.new_blobs.clone())
+                        })
+                        .collect()
+                }
+                Err(_) => Vec::new(),
+            };
+        for (base, target, delta, new) in offers {
+            let store = self.blobs.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                new.iter()
+                    .map(|(hash, size)| {
+                        let bytes = std::fs::read(store.path(hash)).ok()?;
+                        (bytes.len() as u64 == *size).then_some((*hash, bytes))
+                    })
+                    .collect::<Option<Vec<_>>>()
+            })
+            .await?;
+            let Some(blobs) = read else { continue };
+            let frame = Frame::VersionAhead(VersionAhead {
+                base,
+                target,
+                delta,
+                blobs,
+            });
+            self.write_frame(writer, &frame).await?;
+            if let Ok(mut offered) = self.offered.lock()
+                && let Some(o) = offered.iter_mut().find(|o| o.put.target == target)
+            {
+                o.sent_to.push(peer.key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a version a peer sent ahead of its event (see
+    /// [`Frame::VersionAhead`]). One this node cannot use (it lacks the
+    /// base, or holds the version already) is dropped, and the content
+    /// follower fetches as before; one that does not check out is counted
+    /// against the peer and changes nothing.
+    async fn take_ahead(&self, peer: &Member, ahead: VersionAhead) {
+        let store = self.blobs.clone();
+        let target = ahead.target;
+        let taken = tokio::task::spawn_blocking(move || take_version(&store, ahead)).await;
+        match taken {
+            Ok(Ok(true)) => {
+                self.totals.versions_ahead.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(peer = %peer.name, manifest = %target.short(), "took a version sent ahead of its event");
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                self.bad_blob(peer);
+                tracing::warn!(peer = %peer.name, error = %format!("{e:#}"), "a peer sent a version that does not check out; refused");
+            }
+            Err(e) => tracing::warn!(error = %e, "taking a version sent ahead stopped"),
+        }
     }
 
     /// Events were appended here: hand them now to every peer that is up.
@@ -460,7 +598,7 @@ impl Gossip {
         &self,
         stream: TcpStream,
         peer: &Member,
-        first: Option<Frame>,
+        first: Option<(Frame, u32)>,
     ) -> anyhow::Result<(u64, u64)> {
         let _ = stream.set_nodelay(true);
         let (me, cluster) = {
@@ -478,10 +616,10 @@ impl Gossip {
             node: me.key,
             vv: ours.clone(),
         });
-        self.write_frame(&mut writer, &hello).await?;
-        let first = match first {
-            Some(frame) => frame,
-            None => self.read_frame(&mut reader).await?,
+        self.write_frame_with(&mut writer, &hello, FEATURES).await?;
+        let (first, features) = match first {
+            Some(first) => first,
+            None => self.read_frame_with(&mut reader).await?,
         };
         let theirs = match first {
             Frame::Hello(h) => {
@@ -508,6 +646,11 @@ impl Gossip {
         };
         let send = async {
             let mut sent = 0u64;
+            // Versions first: a peer that takes one holds it whole when the
+            // event naming it arrives.
+            if features & FEATURE_VERSION_AHEAD != 0 {
+                self.send_ahead(&mut writer, peer).await?;
+            }
             for request in ours.plan_for(&theirs) {
                 let mut from = Some(request.from);
                 while let Some(seq) = from {
@@ -536,6 +679,7 @@ impl Gossip {
             loop {
                 match self.read_frame(&mut reader).await? {
                     Frame::Events(batch) => received += self.absorb(peer, batch).await?,
+                    Frame::VersionAhead(ahead) => self.take_ahead(peer, ahead).await,
                     Frame::Done => return anyhow::Ok(received),
                     _ => bail!("{} sent a frame out of place", peer.name),
                 }
@@ -613,6 +757,26 @@ impl Gossip {
     ) -> anyhow::Result<()> {
         let mut bytes = Vec::new();
         frame_bytes(frame, &mut bytes)?;
+        self.write_bytes(writer, bytes).await
+    }
+
+    /// Writes a frame with this node's feature bits after it (a `Hello`).
+    async fn write_frame_with(
+        &self,
+        writer: &mut (impl AsyncWriteExt + Unpin),
+        frame: &Frame,
+        features: u32,
+    ) -> anyhow::Result<()> {
+        let mut bytes = Vec::new();
+        frame_bytes_with(frame, Some(features), &mut bytes)?;
+        self.write_bytes(writer, bytes).await
+    }
+
+    async fn write_bytes(
+        &self,
+        writer: &mut (impl AsyncWriteExt + Unpin),
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<()> {
         tokio::time::timeout(FRAME_TIMEOUT, writer.write_all(&bytes))
             .await
             .context("the peer stopped reading")??;
@@ -623,6 +787,14 @@ impl Gossip {
     }
 
     async fn read_frame(&self, reader: &mut (impl AsyncReadExt + Unpin)) -> anyhow::Result<Frame> {
+        Ok(self.read_frame_with(reader).await?.0)
+    }
+
+    /// Reads a frame and the feature bits after it (none: 0).
+    async fn read_frame_with(
+        &self,
+        reader: &mut (impl AsyncReadExt + Unpin),
+    ) -> anyhow::Result<(Frame, u32)> {
         let body = tokio::time::timeout(FRAME_TIMEOUT, async {
             let mut len = [0u8; 4];
             reader.read_exact(&mut len).await?;
@@ -635,12 +807,13 @@ impl Gossip {
         self.unframe(&body)
     }
 
-    /// Counts a frame's bytes in and decodes it.
-    fn unframe(&self, body: &[u8]) -> anyhow::Result<Frame> {
+    /// Counts a frame's bytes in and decodes it, with the feature bits
+    /// that may follow it.
+    fn unframe(&self, body: &[u8]) -> anyhow::Result<(Frame, u32)> {
         self.totals
             .bytes_in
             .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
-        postcard::from_bytes(body).context("the peer sent a frame that does not decode")
+        unframe(body)
     }
 
     /// Listens on the mesh address (TCP sessions, UDP heartbeats) and sends
@@ -718,8 +891,8 @@ impl Gossip {
             return;
         };
         let mut stream = stream;
-        let first = match self.read_frame(&mut stream).await {
-            Ok(frame) => frame,
+        let (first, features) = match self.read_frame_with(&mut stream).await {
+            Ok(first) => first,
             Err(e) => {
                 self.record(&peer, Err(e));
                 return;
@@ -739,7 +912,7 @@ impl Gossip {
             // A session the peer started may overlap one this node started:
             // both only add what is missing.
             first => {
-                let result = self.session(stream, &peer, Some(first)).await;
+                let result = self.session(stream, &peer, Some((first, features))).await;
                 self.record(&peer, result);
                 return;
             }
@@ -864,7 +1037,7 @@ impl Gossip {
         reader.read_exact(&mut len).map_err(silent)?;
         let mut body = frame_body(len)?;
         reader.read_exact(&mut body).map_err(silent)?;
-        self.unframe(&body)
+        Ok(self.unframe(&body)?.0)
     }
 
     /// Reads up to `count` blobs and `Done`, each verified as it is written
@@ -1217,6 +1390,7 @@ impl Gossip {
                 "bad_events": n(&self.totals.bad_events),
                 "refused_connections": n(&self.totals.refused_connections),
                 "versions_by_delta": n(&self.totals.versions_by_delta),
+                "versions_ahead": n(&self.totals.versions_ahead),
                 "manifests_whole": n(&self.totals.manifests_whole),
             },
         })
@@ -1231,10 +1405,64 @@ const BATCH_CAPACITY: usize = SEND_BATCH + (64 << 10);
 
 /// One frame as it goes on the wire: its length, then its postcard bytes.
 fn frame_bytes(frame: &Frame, out: &mut Vec<u8>) -> anyhow::Result<()> {
-    let body = postcard::to_allocvec(frame).context("cannot encode a frame")?;
+    frame_bytes_with(frame, None, out)
+}
+
+/// A frame, and after it (in the same length) the feature bits if any.
+fn frame_bytes_with(frame: &Frame, features: Option<u32>, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let mut body = postcard::to_allocvec(frame).context("cannot encode a frame")?;
+    if let Some(bits) = features {
+        body.extend(postcard::to_allocvec(&bits).context("cannot encode a frame")?);
+    }
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
     Ok(())
+}
+
+/// A frame's body decoded, with the feature bits after it (0 when none
+/// follow, as from an older node).
+fn unframe(body: &[u8]) -> anyhow::Result<(Frame, u32)> {
+    let (frame, rest) =
+        postcard::take_from_bytes(body).context("the peer sent a frame that does not decode")?;
+    let features = postcard::from_bytes(rest).unwrap_or(0);
+    Ok((frame, features))
+}
+
+/// Stores a version sent ahead (blocking): the manifest rebuilt from the
+/// base held here and checked against `target`, and the blobs new in it,
+/// each verified. Returns false when this node cannot use it.
+fn take_version(store: &crate::blobs::BlobStore, ahead: VersionAhead) -> anyhow::Result<bool> {
+    if store.contains(&ahead.target) {
+        return Ok(false);
+    }
+    let Ok(base) = store.manifest(&ahead.base) else {
+        return Ok(false);
+    };
+    let delta = ManifestDelta::decode(&ahead.delta).context("the delta does not decode")?;
+    let (manifest, bytes) = delta
+        .rebuild(&base, ahead.target)
+        .context("the delta does not apply")?;
+    let wanted: foldhash::HashSet<Blake3Hash> = new_blobs(&delta, &base).into_iter().collect();
+    let mut staged = Vec::new();
+    let mut result = Ok(());
+    if let Some(s) = store.stage(ahead.target, bytes.len() as u64, &mut &bytes[..], false)? {
+        staged.push(s);
+    }
+    for (hash, blob) in ahead.blobs.iter().filter(|(h, _)| wanted.contains(h)) {
+        match store.stage(*hash, blob.len() as u64, &mut &blob[..], false) {
+            Ok(Some(s)) => staged.push(s),
+            Ok(None) => {}
+            Err(e) => {
+                result = Err(anyhow::Error::from(e));
+                break;
+            }
+        }
+    }
+    // What verified is kept, as a fetch keeps it.
+    store.commit(staged)?;
+    result?;
+    store.remember_manifest(ahead.target, Arc::new(manifest));
+    Ok(true)
 }
 
 /// Reads the blobs `want` from the store (on a blocking thread) and sends
@@ -1332,17 +1560,6 @@ enum Ask {
 /// A delta larger than this is not sent (the whole manifest streams
 /// instead, as blobs do); it is far under [`MAX_FRAME`].
 const MAX_DELTA: usize = 8 << 20;
-
-/// The blobs a delta names that its base does not: what a node holding
-/// the base lacks for the target (in the delta's path order, each once).
-fn new_blobs(delta: &ManifestDelta, base: &Manifest) -> Vec<Blake3Hash> {
-    let held: std::collections::HashSet<Blake3Hash> = base.files.values().map(|f| f.hash).collect();
-    let mut seen = std::collections::HashSet::new();
-    delta
-        .hashes()
-        .filter(|h| !held.contains(h) && seen.insert(*h))
-        .collect()
-}
 
 /// Answers a `FetchVersion` (on a blocking thread): the delta from `base`
 /// to `target` and the blobs new in it, as [`frame_blobs`] sends them; or
@@ -1516,6 +1733,108 @@ mod tests {
             );
             assert_eq!(unframe(&wire), vec![(target, None)]);
         }
+    }
+
+    #[test]
+    fn feature_bits_after_a_hello_are_invisible_to_older_nodes() {
+        let hello = || {
+            Frame::Hello(Hello {
+                protocol: PROTOCOL,
+                cluster: EventId::of(b"a cluster"),
+                node: makiatto_events::SigningKey::from_bytes(&[2; 32]).public(),
+                vv: VersionVector::default(),
+            })
+        };
+        let mut wire = Vec::new();
+        frame_bytes_with(&hello(), Some(FEATURES), &mut wire).unwrap();
+        // An older node decodes the frame alone, as it always did.
+        let old: Frame = postcard::from_bytes(&wire[4..]).unwrap();
+        assert!(matches!(old, Frame::Hello(h) if h.protocol == PROTOCOL));
+        let (frame, features) = super::unframe(&wire[4..]).unwrap();
+        assert!(matches!(frame, Frame::Hello(_)));
+        assert_eq!(features, FEATURES);
+        // An older node's hello announces nothing.
+        let mut wire = Vec::new();
+        frame_bytes(&hello(), &mut wire).unwrap();
+        assert_eq!(super::unframe(&wire[4..]).unwrap().1, 0);
+    }
+
+    #[test]
+    fn a_version_sent_ahead_is_taken_only_when_it_checks_out() {
+        let entry = |hash, size| makiatto_events::FileEntry {
+            hash,
+            size,
+            content_type: "text/plain".into(),
+        };
+        let open = || {
+            let dir = tempfile::tempdir().unwrap();
+            let store = crate::blobs::BlobStore::open(dir.path()).unwrap();
+            (dir, store)
+        };
+        let put = |store: &crate::blobs::BlobStore, bytes: &[u8]| {
+            let h = Blake3Hash::of(bytes);
+            store.put(h, bytes.len() as u64, &mut &bytes[..]).unwrap();
+            h
+        };
+        let mut base = Manifest::default();
+        for i in 0..20u32 {
+            let body = format!("file {i}");
+            base.insert(
+                format!("f{i}.txt"),
+                entry(Blake3Hash::of(body.as_bytes()), body.len() as u64),
+            )
+            .unwrap();
+        }
+        let mut target = base.clone();
+        let new = b"new page".to_vec();
+        let new_hash = Blake3Hash::of(&new);
+        target
+            .insert("new.txt".into(), entry(new_hash, new.len() as u64))
+            .unwrap();
+        let (b, t) = (Blake3Hash::of(&base.encode()), target.hash());
+        let delta = target.delta_from(&base).encode();
+        let stray = b"not named by the delta".to_vec();
+        let ahead = |blobs: Vec<(Blake3Hash, Vec<u8>)>| VersionAhead {
+            base: b,
+            target: t,
+            delta: delta.clone(),
+            blobs,
+        };
+        let sent = || {
+            vec![
+                (new_hash, new.clone()),
+                (Blake3Hash::of(&stray), stray.clone()),
+            ]
+        };
+
+        // A node that holds the base takes the manifest and the new blob,
+        // and nothing the delta does not name.
+        let (_d, store) = open();
+        put(&store, &base.encode());
+        assert!(take_version(&store, ahead(sent())).unwrap());
+        assert!(store.contains(&t) && store.contains(&new_hash));
+        assert!(!store.contains(&Blake3Hash::of(&stray)));
+        assert_eq!(store.manifest(&t).unwrap().files.len(), 21);
+        // Once held, it is not taken again.
+        assert!(!take_version(&store, ahead(sent())).unwrap());
+
+        // Without the base, nothing is stored.
+        let (_d, store) = open();
+        assert!(!take_version(&store, ahead(sent())).unwrap());
+        assert!(!store.contains(&t) && !store.contains(&new_hash));
+
+        // A blob whose bytes are not its hash is refused.
+        let (_d, store) = open();
+        put(&store, &base.encode());
+        let forged = vec![(new_hash, b"forged!!".to_vec())];
+        assert!(take_version(&store, ahead(forged)).is_err());
+        assert!(!store.contains(&new_hash));
+        // So is a delta that does not give the target.
+        let (_d, store) = open();
+        put(&store, &base.encode());
+        let mut wrong = ahead(sent());
+        wrong.target = Blake3Hash::of(b"another manifest");
+        assert!(take_version(&store, wrong).is_err());
     }
 
     #[test]

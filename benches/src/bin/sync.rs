@@ -175,6 +175,8 @@ impl Cluster {
                     "event received"
                 } else if l.contains("fetched a version as a delta") {
                     "delta fetched"
+                } else if l.contains("took a version sent ahead") {
+                    "version taken ahead of its event"
                 } else if l.contains("site version deployed") && l.contains(short) {
                     "deployed"
                 } else if l.contains("serving site version") && l.contains(short) {
@@ -430,6 +432,34 @@ fn main() {
             maki_one[k] = maki_one[k].min(timed(|| version = sync_everywhere(Some(&before))));
             switch_one[k] = switch_one[k].min(switch.get());
         }
+    }
+    // `MAKIATTO_BENCH_PERF=FILE`: a profile of the whole machine (every
+    // node, `maki`, sshd) over 15 more one-change syncs with the
+    // connection kept, after the measured ones (`perf report -i FILE`).
+    if let Some(out) = std::env::var_os("MAKIATTO_BENCH_PERF") {
+        let mut perf = Command::new("perf")
+            .args(["record", "-a", "-g", "-F", "999", "-o"])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perf runs");
+        std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..15 {
+            round += 1;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(site.join("d00/f0.html"))
+                .expect("file");
+            f.write_all(&[round; 100]).expect("write");
+            drop(f);
+            let before = version.clone();
+            version = sync_everywhere(Some(&before));
+        }
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
     }
     *c.persist.lock().expect("persist") = "0";
 

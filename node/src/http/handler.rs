@@ -292,10 +292,7 @@ async fn serve(
     head: bool,
 ) -> Response<Body> {
     let get = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let prepared = site
-        .variants
-        .get(&entry.hash)
-        .map_or(&[][..], Vec::as_slice);
+    let prepared = site.variants.get(&entry.hash).map_or(&[][..], |p| &p[..]);
     // The codings prepared, without allocating (at most one of each).
     let mut available = [Coding::Br; Coding::ALL.len()];
     for (slot, (c, _)) in available.iter_mut().zip(prepared) {

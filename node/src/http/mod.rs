@@ -118,7 +118,19 @@ impl Http {
             return;
         };
         let mut versions = HashMap::new();
+        // A version already served, with no variant made or gone since,
+        // keeps its snapshot: a rebuild for an event, or for another
+        // domain's switch, does not go over its files again.
+        let generation = self.variants.generation();
+        let current = self.routes.load();
         for (domain, d) in content.deployed() {
+            if let Some(site) = current.site(&domain)
+                && site.version == d.version
+                && site.variants_generation == generation
+            {
+                versions.insert(domain, site.clone());
+                continue;
+            }
             let Some(manifest) = self.manifest(&d.manifest) else {
                 tracing::error!(%domain, manifest = %d.manifest, "the deployed manifest cannot be read");
                 continue;
@@ -128,7 +140,7 @@ impl Http {
             versions.insert(
                 domain.clone(),
                 Arc::new(routes::SiteVersion::new(
-                    domain, d.version, at, manifest, variants,
+                    domain, d.version, at, manifest, variants, generation,
                 )),
             );
         }
@@ -142,6 +154,14 @@ impl Http {
             Err(_) => Vec::new(),
         };
         let routes = routes::Routes::build(&domains, versions);
+        if routes.same_as(&current) {
+            // Nothing a visitor sees changed (an event that is no switch
+            // and no new name): the small-file cache stays warm.
+            if !new.is_empty() {
+                self.prepare_variants(new, replica.clone(), content.clone());
+            }
+            return;
+        }
         self.certs.set_known(routes.hosts().cloned());
         let routes = Arc::new(routes);
         let before = self.routes.swap(routes.clone());

@@ -9,8 +9,6 @@ use std::time::{Duration, SystemTime};
 
 use makiatto_events::{Blake3Hash, EventId, Manifest};
 
-use super::request::Coding;
-
 /// One deployed version of a domain.
 #[derive(Debug)]
 pub struct SiteVersion {
@@ -23,6 +21,9 @@ pub struct SiteVersion {
     pub manifest: Arc<Manifest>,
     /// Prepared encodings per source blob, with their sizes.
     pub variants: Prepared,
+    /// [`super::variants::Variants::generation`] when `variants` was read:
+    /// while it is unchanged, a rebuild of the routes keeps this snapshot.
+    pub variants_generation: u64,
     /// Does the site have its own `404.html`?
     pub has_404: bool,
     /// The version's content types as header values, made once (a site
@@ -33,7 +34,7 @@ pub struct SiteVersion {
 /// The encodings prepared for a version's files, with their sizes, by
 /// source blob. (Hashed with foldhash: read on every request, keyed by
 /// hashes we computed, never by a visitor's input.)
-pub type Prepared = foldhash::HashMap<Blake3Hash, Vec<(Coding, u64)>>;
+pub type Prepared = foldhash::HashMap<Blake3Hash, super::variants::Present>;
 
 /// What a host maps to.
 #[derive(Debug, Clone)]
@@ -82,6 +83,33 @@ impl Routes {
             .or_else(|| self.hosts.get(&wildcard_of(host)?))
     }
 
+    /// The deployed version serving `domain` (a configured domain's own
+    /// name), if any.
+    pub fn site(&self, domain: &str) -> Option<&Arc<SiteVersion>> {
+        match self
+            .hosts
+            .get(&domain.trim_end_matches('.').to_ascii_lowercase())?
+        {
+            Route::Site(s) => Some(s),
+            Route::Pending(_) => None,
+        }
+    }
+
+    /// The same hosts, each to the same route (the same snapshot of a
+    /// version, not an equal one): swapping one for the other changes
+    /// nothing a visitor sees.
+    pub fn same_as(&self, other: &Routes) -> bool {
+        self.hosts.len() == other.hosts.len()
+            && self
+                .hosts
+                .iter()
+                .all(|(host, route)| match (route, other.hosts.get(host)) {
+                    (Route::Site(a), Some(Route::Site(b))) => Arc::ptr_eq(a, b),
+                    (Route::Pending(a), Some(Route::Pending(b))) => a == b,
+                    _ => false,
+                })
+    }
+
     /// Every deployed version (once each).
     pub fn sites(&self) -> impl Iterator<Item = &Arc<SiteVersion>> {
         let mut seen = std::collections::HashSet::new();
@@ -104,6 +132,7 @@ impl SiteVersion {
         published_millis: u64,
         manifest: Arc<Manifest>,
         variants: Prepared,
+        variants_generation: u64,
     ) -> SiteVersion {
         let has_404 = manifest.files.contains_key("404.html");
         let mut content_types = foldhash::HashMap::default();
@@ -127,6 +156,7 @@ impl SiteVersion {
             last_modified,
             manifest,
             variants,
+            variants_generation,
             has_404,
             content_types,
         }
@@ -161,5 +191,51 @@ mod tests {
         assert!(routes.get("a.example.com").is_some());
         assert!(routes.get("a.b.example.com").is_none());
         assert!(routes.get("example.org").is_none());
+    }
+
+    #[test]
+    fn routes_made_again_from_the_same_snapshots_are_the_same() {
+        let domains: std::collections::BTreeMap<String, Vec<String>> = [
+            ("example.com".to_owned(), vec!["www.example.com".to_owned()]),
+            ("other.com".to_owned(), vec![]),
+        ]
+        .into_iter()
+        .collect();
+        let site = |n: u8| {
+            Arc::new(SiteVersion::new(
+                "example.com".into(),
+                EventId::of(&[n]),
+                0,
+                Arc::new(Manifest::default()),
+                Prepared::default(),
+                0,
+            ))
+        };
+        let v1 = site(1);
+        let routes = |v: &Arc<SiteVersion>| {
+            Routes::build(
+                &domains,
+                [("example.com".to_owned(), v.clone())]
+                    .into_iter()
+                    .collect(),
+            )
+        };
+        let a = routes(&v1);
+        assert!(Arc::ptr_eq(a.site("Example.com.").unwrap(), &v1));
+        assert!(a.site("other.com").is_none(), "pending");
+        assert!(a.same_as(&routes(&v1)));
+        // An equal version made again, another version, another alias:
+        // not the same.
+        assert!(!a.same_as(&routes(&site(1))));
+        assert!(!a.same_as(&routes(&site(2))));
+        let mut more = domains.clone();
+        more.insert("third.com".into(), vec![]);
+        let b = Routes::build(
+            &more,
+            [("example.com".to_owned(), v1.clone())]
+                .into_iter()
+                .collect(),
+        );
+        assert!(!a.same_as(&b) && !b.same_as(&a));
     }
 }

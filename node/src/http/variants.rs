@@ -4,9 +4,9 @@
 //! than a tenth is not kept; an empty `<hash>.<suffix>.skip` marker says so,
 //! so the work is not redone.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use makiatto_events::{Blake3Hash, Manifest};
@@ -52,14 +52,22 @@ pub struct Variants {
     /// that routes are rebuilt (on every deploy and every event) and new
     /// versions prepared without a `stat` per file and coding: a
     /// 10,000-file site is 30,000 of them, 60,000 with the skip markers.
-    known: Arc<Mutex<HashMap<Blake3Hash, Known>>>,
+    /// (foldhash: keyed by blob hashes, which are uniform already.)
+    known: Arc<Mutex<foldhash::HashMap<Blake3Hash, Known>>>,
+    /// Bumped whenever variants appear or go: a version's snapshot of
+    /// what is prepared stays right while this does not change.
+    generation: Arc<AtomicU64>,
 }
 
+/// The variants of one source blob present, with their sizes (shared by
+/// every routes snapshot that names the blob).
+pub type Present = Arc<[(Coding, u64)]>;
+
 /// One source blob's variants.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Known {
     /// Present, with their sizes.
-    present: Vec<(Coding, u64)>,
+    present: Present,
     /// Every coding either present or marked not worth it: nothing to do.
     settled: bool,
 }
@@ -71,7 +79,13 @@ impl Variants {
         Ok(Variants {
             dir,
             known: Arc::default(),
+            generation: Arc::default(),
         })
+    }
+
+    /// Changes whenever variants appear or go (see [`Variants::present`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn path(&self, hash: &Blake3Hash, coding: Coding) -> PathBuf {
@@ -90,8 +104,13 @@ impl Variants {
         let Ok(mut known) = self.known.lock() else {
             return out;
         };
+        // A site has a handful of content types: each judged once.
+        let mut compressible_types: foldhash::HashMap<&str, bool> = Default::default();
         for f in manifest.files.values() {
-            if !eligible(&f.content_type, f.size) || out.contains_key(&f.hash) {
+            let worth = *compressible_types
+                .entry(f.content_type.as_str())
+                .or_insert_with(|| compressible(&f.content_type));
+            if !worth || !(MIN_SIZE..=MAX_SIZE).contains(&f.size) {
                 continue;
             }
             let k = known.entry(f.hash).or_insert_with(|| self.look(&f.hash));
@@ -104,17 +123,18 @@ impl Variants {
 
     /// What the directory holds for `hash`.
     fn look(&self, hash: &Blake3Hash) -> Known {
-        let mut k = Known {
-            settled: true,
-            ..Known::default()
-        };
+        let mut present = Vec::new();
+        let mut settled = true;
         for c in Coding::ALL {
             match std::fs::metadata(self.path(hash, c)) {
-                Ok(m) => k.present.push((c, m.len())),
-                Err(_) => k.settled &= self.skip_marker(hash, c).exists(),
+                Ok(m) => present.push((c, m.len())),
+                Err(_) => settled &= self.skip_marker(hash, c).exists(),
             }
         }
-        k
+        Known {
+            present: present.into(),
+            settled,
+        }
     }
 
     /// Whether `hash` is known to need nothing more.
@@ -200,6 +220,9 @@ impl Variants {
                 known.insert(hash, self.look(&hash));
             }
         }
+        if made > 0 {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         made
     }
 
@@ -253,6 +276,9 @@ impl Variants {
         }
         if let Ok(mut known) = self.known.lock() {
             known.retain(|h, _| keep.contains(h));
+        }
+        if removed > 0 {
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
         removed
     }
