@@ -66,7 +66,7 @@ pub fn parse_hash(text: &str) -> anyhow::Result<Blake3Hash> {
 }
 
 /// A manifest stored from a delta: what the peers need to rebuild it too.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PutDelta {
     pub base: Blake3Hash,
     pub target: Blake3Hash,

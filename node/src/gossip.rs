@@ -433,25 +433,29 @@ impl Gossip {
         writer: &mut (impl AsyncWriteExt + Unpin),
         peer: &Member,
     ) -> anyhow::Result<()> {
-        let offers: Vec<(Blake3Hash, Blake3Hash, Vec<u8>, Vec<(Blake3Hash, u64)>)> =
-            match self.offered.lock() {
-                Ok(mut offered) => {
-                    offered.retain(|o| o.at.elapsed() < AHEAD_FOR);
-                    offered
-                        .iter()
-                        .filter(|o| !o.sent_to.contains(&peer.key))
-                        .map(|o| {
-                            let p = &o.put;
-                            (p.base, p.target, p.delta.clone(), p.new_blobs.clone())
-                        })
-                        .collect()
-                }
-                Err(_) => Vec::new(),
-            };
-        for (base, target, delta, new) in offers {
+        let offers: Vec<crate::blobs::PutDelta> = match self.offered.lock() {
+            Ok(mut offered) => {
+                offered.retain(|o| o.at.elapsed() < AHEAD_FOR);
+                offered
+                    .iter()
+                    .filter(|o| !o.sent_to.contains(&peer.key))
+                    .map(|o| o.put.clone())
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for put in offers {
+            let crate::blobs::PutDelta {
+                base,
+                target,
+                delta,
+                new_blobs,
+                ..
+            } = put;
             let store = self.blobs.clone();
             let read = tokio::task::spawn_blocking(move || {
-                new.iter()
+                new_blobs
+                    .iter()
                     .map(|(hash, size)| {
                         let bytes = std::fs::read(store.path(hash)).ok()?;
                         (bytes.len() as u64 == *size).then_some((*hash, bytes))
