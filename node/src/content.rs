@@ -21,6 +21,9 @@ use crate::blobs::BlobStore;
 use crate::gossip::Gossip;
 use crate::replica::Replica;
 
+/// The longest wait for a version a peer is handing over ahead of its
+/// event before fetching it instead.
+const AHEAD_WAIT: Duration = Duration::from_secs(5);
 /// How often a domain that is not yet deployed is tried again.
 const RETRY: Duration = Duration::from_secs(5);
 /// Blobs younger than this are never collected: a sync may have uploaded
@@ -192,6 +195,10 @@ impl Content {
         version: EventId,
         manifest_hash: Blake3Hash,
     ) -> anyhow::Result<Option<usize>> {
+        if !self.blobs.contains(&manifest_hash) {
+            // A peer may be handing the version over already.
+            self.gossip.wait_for_ahead(&manifest_hash, AHEAD_WAIT).await;
+        }
         if !self.blobs.contains(&manifest_hash) {
             // From the version deployed here, a peer sends only what
             // changed (and the blobs new in it); else the whole manifest.

@@ -172,6 +172,11 @@ enum Frame {
     VersionAhead(VersionAhead),
 }
 
+/// A version sent ahead being stored (see [`Gossip::start_take`]).
+struct Take {
+    handle: tokio::task::JoinHandle<anyhow::Result<bool>>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct VersionAhead {
     base: Blake3Hash,
@@ -314,6 +319,49 @@ pub struct Gossip {
     last_sender: Mutex<Option<AuthorKey>>,
     /// Versions to send ahead of their events (newest last).
     offered: Mutex<Vec<Offered>>,
+    /// Versions a peer sent ahead that are being stored now.
+    taking: Arc<Taking>,
+}
+
+/// Manifests of versions a peer sent ahead that are being stored, and a
+/// wake-up when one is done: the content follower waits for them rather
+/// than fetch the same version again.
+#[derive(Default)]
+struct Taking {
+    manifests: Mutex<foldhash::HashSet<Blake3Hash>>,
+    done: tokio::sync::Notify,
+}
+
+impl Taking {
+    fn start(&self, manifest: Blake3Hash) {
+        if let Ok(mut manifests) = self.manifests.lock() {
+            manifests.insert(manifest);
+        }
+    }
+
+    fn end(&self, manifest: &Blake3Hash) {
+        if let Ok(mut manifests) = self.manifests.lock() {
+            manifests.remove(manifest);
+        }
+        self.done.notify_waiters();
+    }
+
+    /// Returns once `manifest` is not being taken, or after `within`.
+    async fn wait(&self, manifest: &Blake3Hash, within: Duration) {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            // Enabled before the check: an end between the two still wakes.
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !self.manifests.lock().is_ok_and(|t| t.contains(manifest)) {
+                return;
+            }
+            if tokio::time::timeout_at(until, done).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 impl Gossip {
@@ -339,6 +387,7 @@ impl Gossip {
             started: Instant::now(),
             last_sender: Mutex::new(None),
             offered: Mutex::new(Vec::new()),
+            taking: Arc::default(),
         });
         tokio::spawn(gossip.clone().endpoint());
         tokio::spawn(gossip.clone().anti_entropy());
@@ -480,27 +529,54 @@ impl Gossip {
         Ok(())
     }
 
-    /// Takes a version a peer sent ahead of its event (see
-    /// [`Frame::VersionAhead`]). One this node cannot use (it lacks the
-    /// base, or holds the version already) is dropped, and the content
-    /// follower fetches as before; one that does not check out is counted
-    /// against the peer and changes nothing.
-    async fn take_ahead(&self, peer: &Member, ahead: VersionAhead) {
+    /// Starts storing a version a peer sent ahead of its event (see
+    /// [`Frame::VersionAhead`]) on a blocking thread, while the session
+    /// reads on: the events that follow are appended meanwhile (the two
+    /// file system syncs overlap), and the content follower waits for the
+    /// version ([`Gossip::wait_for_ahead`]). One this node cannot use (it
+    /// lacks the base, or holds the version already) is dropped, and the
+    /// follower fetches as before.
+    fn start_take(&self, peer: &Member, ahead: VersionAhead) -> Take {
         let store = self.blobs.clone();
         let target = ahead.target;
-        let taken = tokio::task::spawn_blocking(move || take_version(&store, ahead)).await;
-        match taken {
-            Ok(Ok(true)) => {
-                self.totals.versions_ahead.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(peer = %peer.name, manifest = %target.short(), "took a version sent ahead of its event");
+        let taking = self.taking.clone();
+        taking.start(target);
+        let name = peer.name.clone();
+        let handle = tokio::task::spawn_blocking(move || {
+            let taken = take_version(&store, ahead);
+            taking.end(&target);
+            if taken.as_ref().is_ok_and(|t| *t) {
+                tracing::info!(peer = %name, manifest = %target.short(), "took a version sent ahead of its event");
             }
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => {
-                self.bad_blob(peer);
-                tracing::warn!(peer = %peer.name, error = %format!("{e:#}"), "a peer sent a version that does not check out; refused");
+            taken
+        });
+        Take { handle }
+    }
+
+    /// The outcome of versions taken in a session: counted, and one that
+    /// did not check out is counted against the peer (it changed nothing).
+    async fn finish_takes(&self, peer: &Member, takes: Vec<Take>) {
+        for take in takes {
+            match take.handle.await {
+                Ok(Ok(true)) => {
+                    self.totals.versions_ahead.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    self.bad_blob(peer);
+                    tracing::warn!(peer = %peer.name, error = %format!("{e:#}"), "a peer sent a version that does not check out; refused");
+                }
+                Err(e) => tracing::warn!(error = %e, "taking a version sent ahead stopped"),
             }
-            Err(e) => tracing::warn!(error = %e, "taking a version sent ahead stopped"),
         }
+    }
+
+    /// Waits (at most `within`) while the version whose manifest is
+    /// `manifest` is being stored from a peer that sent it ahead of its
+    /// event; the event can come first from another peer, and the version
+    /// should not be fetched twice.
+    pub async fn wait_for_ahead(&self, manifest: &Blake3Hash, within: Duration) {
+        self.taking.wait(manifest, within).await;
     }
 
     /// Events were appended here: hand them now to every peer that is up.
@@ -680,11 +756,19 @@ impl Gossip {
         };
         let receive = async {
             let mut received = 0u64;
+            let mut takes = Vec::new();
             loop {
                 match self.read_frame(&mut reader).await? {
-                    Frame::Events(batch) => received += self.absorb(peer, batch).await?,
-                    Frame::VersionAhead(ahead) => self.take_ahead(peer, ahead).await,
-                    Frame::Done => return anyhow::Ok(received),
+                    Frame::Events(batch) => {
+                        received += self.absorb(peer, batch).await?;
+                    }
+                    Frame::VersionAhead(ahead) => {
+                        takes.push(self.start_take(peer, ahead));
+                    }
+                    Frame::Done => {
+                        self.finish_takes(peer, takes).await;
+                        return anyhow::Ok(received);
+                    }
                     _ => bail!("{} sent a frame out of place", peer.name),
                 }
             }
@@ -1737,6 +1821,38 @@ mod tests {
             );
             assert_eq!(unframe(&wire), vec![(target, None)]);
         }
+    }
+
+    #[tokio::test]
+    async fn the_follower_waits_for_a_version_being_taken_and_no_longer() {
+        let taking = Arc::new(Taking::default());
+        let (m, other) = (Blake3Hash::of(b"m"), Blake3Hash::of(b"other"));
+        // Nothing being taken: no wait.
+        let t = Instant::now();
+        taking.wait(&m, Duration::from_secs(30)).await;
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Being taken: the wait ends when it is done, not before.
+        taking.start(m);
+        let waiter = tokio::spawn({
+            let taking = taking.clone();
+            async move { taking.wait(&m, Duration::from_secs(30)).await }
+        });
+        taking.end(&other);
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "another manifest's end is not this one's"
+        );
+        taking.end(&m);
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken when done")
+            .unwrap();
+        // A take that never ends: the wait gives up after its limit.
+        taking.start(m);
+        let t = Instant::now();
+        taking.wait(&m, Duration::from_millis(50)).await;
+        assert!(t.elapsed() >= Duration::from_millis(50));
     }
 
     #[test]

@@ -161,6 +161,9 @@ impl Cluster {
             let Some(text) = self.daemon_log(n) else {
                 continue;
             };
+            // `MAKIATTO_BENCH_LOG_LINES=1`: every line of the node's log
+            // in that time, not only the steps above.
+            let every_line = std::env::var_os("MAKIATTO_BENCH_LOG_LINES").is_some();
             let mut line = format!("timeline: {n}:");
             for l in text.lines() {
                 // Each line's time, read once; lines before `wall` are not
@@ -181,6 +184,8 @@ impl Cluster {
                     "deployed"
                 } else if l.contains("serving site version") && l.contains(short) {
                     "serving"
+                } else if every_line {
+                    l.split_once(' ').map_or(l, |(_, rest)| rest)
                 } else {
                     continue;
                 };
