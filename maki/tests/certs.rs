@@ -14,7 +14,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Cluster, copy_dir, exec, require_root, wait_seeing, wait_until};
+use common::{Cluster, copy_dir, exec, require_root, wait_seeing};
 use serde_json::Value;
 
 fn certs(c: &Cluster) -> Vec<Value> {
@@ -23,20 +23,32 @@ fn certs(c: &Cluster) -> Vec<Value> {
 }
 
 /// Every name of `certificate` (all of them when `None`) has a
-/// certificate from pebble expiring after `after`.
-fn all_valid(c: &Cluster, certificate: Option<&str>, after: &str) -> bool {
-    let names: Vec<Value> = certs(c)
-        .into_iter()
+/// certificate from pebble expiring after `after`; if not, what `maki
+/// certs` said (for [`wait_seeing`]).
+fn all_valid(c: &Cluster, certificate: Option<&str>, after: &str) -> Result<(), String> {
+    let all = certs(c);
+    let names: Vec<&Value> = all
+        .iter()
         .filter(|n| certificate.is_none_or(|want| n["certificate"] == want))
         .collect();
-    !names.is_empty()
+    let valid = !names.is_empty()
         && names.iter().all(|n| {
             n["state"].as_str().is_some_and(|s| s.starts_with("valid"))
                 && n["issuer"]
                     .as_str()
                     .is_some_and(|i| i.starts_with("Pebble"))
                 && n["not_after"].as_str().is_some_and(|t| t > after)
-        })
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(serde_json::to_string_pretty(&all).unwrap_or_default())
+    }
+}
+
+/// `got` is the site's page; if not, what came instead.
+fn the_page(got: String, index: &str) -> Result<(), String> {
+    if got == index { Ok(()) } else { Err(got) }
 }
 
 /// When the site's certificate expires.
@@ -65,7 +77,7 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
         "--sync",
         project.to_str().unwrap(),
     ]);
-    wait_until(
+    wait_seeing(
         Duration::from_secs(60),
         "every name has a pebble certificate",
         || all_valid(&c, None, ""),
@@ -119,10 +131,10 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
     };
     for (node, ip) in &hosts {
         for name in ["example.test", "www.example.test"] {
-            wait_until(
+            wait_seeing(
                 Duration::from_secs(20),
-                "the issued certificate is served",
-                || verified(ip, name) == index,
+                &format!("{node} serves the issued certificate for {name}"),
+                || the_page(verified(ip, name), &index),
             );
         }
         let dot = exec(
@@ -211,7 +223,7 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
     let first = not_after(&c);
     std::thread::sleep(Duration::from_millis(1100)); // a new expiry second
     c.ok(&["certs", "renew", "www.example.test"]);
-    wait_until(Duration::from_secs(60), "a renewed certificate", || {
+    wait_seeing(Duration::from_secs(60), "a renewed certificate", || {
         all_valid(&c, Some("example.test"), &first)
     });
 
@@ -233,12 +245,16 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
         "--file",
         dir.join("makiatto.toml").to_str().unwrap(),
     ]);
-    wait_until(
+    wait_seeing(
         Duration::from_secs(60),
         "a certificate with the wildcard, proved by DNS-01",
         || {
-            all_valid(&c, Some("example.test"), &second)
-                && certs(&c).iter().any(|n| n["name"] == "*.example.test")
+            all_valid(&c, Some("example.test"), &second)?;
+            if certs(&c).iter().any(|n| n["name"] == "*.example.test") {
+                Ok(())
+            } else {
+                Err("no *.example.test among the names".into())
+            }
         },
     );
     // Every name of the order was proved by DNS-01, as every node's log
@@ -282,19 +298,19 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
                     .all(|a| hosts.iter().any(|(_, node_ip)| a == node_ip)),
             "a wildcard answer names nodes: {answer:?}"
         );
-        wait_until(
+        wait_seeing(
             Duration::from_secs(20),
-            "the wildcard certificate is served",
-            || verified(ip, "anything.example.test") == index,
+            &format!("{ip} serves the wildcard certificate"),
+            || the_page(verified(ip, "anything.example.test"), &index),
         );
     }
     // Challenges are closed: no TXT record is left behind.
     for (_, ip) in &hosts {
-        wait_until(
+        wait_seeing(
             Duration::from_secs(20),
-            "closed challenges leave no TXT record",
+            &format!("{ip}: closed challenges leave no TXT record"),
             || {
-                exec(
+                let txt = exec(
                     &c,
                     "vector",
                     &[
@@ -304,9 +320,12 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
                         "_acme-challenge.example.test",
                         "TXT",
                     ],
-                )
-                .trim()
-                .is_empty()
+                );
+                if txt.trim().is_empty() {
+                    Ok(())
+                } else {
+                    Err(txt)
+                }
             },
         );
     }
@@ -326,7 +345,7 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
     signal("-STOP");
     std::thread::sleep(Duration::from_millis(1100)); // a new expiry second
     c.ok(&["certs", "renew", "example.test"]);
-    wait_until(
+    wait_seeing(
         Duration::from_secs(30),
         "klukai is ordering the renewal",
         || {
@@ -335,13 +354,14 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
                 "klukai",
                 &["sh", "-c", "echo '{\"op\":\"health\"}' | makiatto control"],
             );
-            serde_json::from_str::<Value>(&health)
-                .is_ok_and(|h| h["ok"]["acme"]["ordering"] == "example.test")
+            let ordering = serde_json::from_str::<Value>(&health)
+                .is_ok_and(|h| h["ok"]["acme"]["ordering"] == "example.test");
+            if ordering { Ok(()) } else { Err(health) }
         },
     );
     c.ok(&["local", "kill", "klukai"]);
     signal("-CONT");
-    wait_until(
+    wait_seeing(
         Duration::from_secs(60),
         "vector completes the order in klukai's place",
         || all_valid(&c, Some("example.test"), &third),
