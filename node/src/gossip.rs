@@ -762,8 +762,16 @@ impl Gossip {
                     Frame::Events(batch) => {
                         received += self.absorb(peer, batch).await?;
                     }
+                    // At most as many, and as large, as a node offers:
+                    // a peer cannot make this node store more unasked.
                     Frame::VersionAhead(ahead) => {
-                        takes.push(self.start_take(peer, ahead));
+                        let bytes = ahead.delta.len() as u64
+                            + ahead.blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+                        if takes.len() < AHEAD_KEPT && bytes <= AHEAD_MAX_BYTES {
+                            takes.push(self.start_take(peer, ahead));
+                        } else {
+                            tracing::warn!(peer = %peer.name, bytes, "a peer sent more ahead than a node offers; dropped");
+                        }
                     }
                     Frame::Done => {
                         self.finish_takes(peer, takes).await;
