@@ -199,6 +199,7 @@ pub async fn renew(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
             CertificateRenewalRequested { name: name.clone() },
         )],
         None,
+        None,
     )
     .await
     .context("cannot publish the renewal request")?;

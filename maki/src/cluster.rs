@@ -130,22 +130,6 @@ impl Ctx {
         Ok(self.signed(via, cluster_id, payloads, None, None).await?.0)
     }
 
-    /// Signs `payloads` as [`Ctx::sign`] does, with `also` among the first
-    /// event's parents (a rollback names its target version this way), and
-    /// hands them to the same node, after whatever part of the operator's
-    /// feed it lacks: signing and delivering, which both need the node's
-    /// tip of the feed, ask for it once.
-    pub async fn publish(
-        &self,
-        via: &Remote,
-        cluster_id: &str,
-        payloads: Vec<Payload>,
-        also: Option<(EventId, Hlc)>,
-    ) -> anyhow::Result<Vec<Event>> {
-        self.publish_on_tip(via, cluster_id, payloads, also, None)
-            .await
-    }
-
     /// The requests whose answers are the node's [`Tip`]: a command that
     /// will publish can ask them with its first question.
     pub fn tip_requests(&self) -> anyhow::Result<[Value; 2]> {
@@ -156,11 +140,15 @@ impl Ctx {
         ])
     }
 
-    /// [`Ctx::publish`], on the tip `via` answered a moment ago (the
-    /// answers to [`Ctx::tip_requests`]) instead of asking for it again:
-    /// one round trip less. Heads a little stale only make the events
+    /// Signs `payloads` as [`Ctx::sign`] does, with `also` among the first
+    /// event's parents (a rollback names its target version this way), and
+    /// hands them to the same node, after whatever part of the operator's
+    /// feed it lacks: signing and delivering, which both need the node's
+    /// tip of the feed, ask for it once. With `tip` (the answers to
+    /// [`Ctx::tip_requests`], asked a moment ago with another question)
+    /// they do not ask at all: heads a little stale only make the events
     /// concurrent with what came since, which the log merges.
-    pub async fn publish_on_tip(
+    pub async fn publish(
         &self,
         via: &Remote,
         cluster_id: &str,

@@ -167,7 +167,7 @@ pub async fn config_set(ctx: &Ctx, key: &str, value: &str) -> anyhow::Result<()>
         changes,
         summary: format!("set {key} = {shown}"),
     });
-    ctx.publish(&remote, &cluster_id, vec![payload], None)
+    ctx.publish(&remote, &cluster_id, vec![payload], None, None)
         .await?;
     println!("{key} = {shown}");
     Ok(())
@@ -211,7 +211,7 @@ pub async fn operator_change(
         (None, None) => bail!("nothing to change"),
     };
     let events = ctx
-        .publish(&remote, &cluster_id, vec![payload], None)
+        .publish(&remote, &cluster_id, vec![payload], None, None)
         .await?;
     println!("{}", events[0].payload().summary());
     Ok(())

@@ -671,7 +671,8 @@ pub async fn remove(ctx: &mut Ctx, name: &str, force: bool) -> anyhow::Result<()
         Err(_) => ctx.connect(&machine).await?,
     };
     // The mesh hands the removal to every other node.
-    ctx.publish(&via, &cluster_id, vec![payload], None).await?;
+    ctx.publish(&via, &cluster_id, vec![payload], None, None)
+        .await?;
     match ctx.connect(&machine).await {
         Ok(remote) => {
             remote

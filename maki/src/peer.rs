@@ -329,7 +329,7 @@ pub async fn add(ctx: &Ctx, args: AddArgs) -> anyhow::Result<()> {
         wg_address: Some(addr),
     });
     let events = ctx
-        .publish(&remote, &cluster_id, vec![payload], None)
+        .publish(&remote, &cluster_id, vec![payload], None, None)
         .await?;
     // The projection has the last word (a concurrent join may move the address).
     let held = Mesh::fetch(&remote)
@@ -369,7 +369,7 @@ pub async fn remove(ctx: &Ctx, name: &PeerName, force: bool) -> anyhow::Result<(
     )?;
     let payload = Payload::ExternalPeerRemoved(ExternalPeerRemoved { name: name.clone() });
     let events = ctx
-        .publish(&remote, &cluster_id, vec![payload], None)
+        .publish(&remote, &cluster_id, vec![payload], None, None)
         .await?;
     println!("{}", events[0].payload().summary());
     Ok(())

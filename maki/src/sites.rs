@@ -242,6 +242,7 @@ pub async fn rollback(
         &cluster_id,
         vec![payload],
         Some((to_id, target.at)),
+        None,
     )
     .await?;
     println!(

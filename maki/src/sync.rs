@@ -543,7 +543,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     // upload asks again).
     let tip = tip.filter(|_| asked_at.elapsed() < TIP_FRESH);
     let events = ctx
-        .publish_on_tip(&remote, &cluster_id, payloads, None, tip)
+        .publish(&remote, &cluster_id, payloads, None, tip)
         .await?;
     timing.mark("signed and delivered");
     for m in &markers {

@@ -328,20 +328,27 @@ pub struct Gossip {
 /// than fetch the same version again.
 #[derive(Default)]
 struct Taking {
-    manifests: Mutex<foldhash::HashSet<Blake3Hash>>,
+    /// How many takes of each manifest are running (two peers may send
+    /// the same version at once).
+    manifests: Mutex<foldhash::HashMap<Blake3Hash, usize>>,
     done: tokio::sync::Notify,
 }
 
 impl Taking {
     fn start(&self, manifest: Blake3Hash) {
         if let Ok(mut manifests) = self.manifests.lock() {
-            manifests.insert(manifest);
+            *manifests.entry(manifest).or_default() += 1;
         }
     }
 
     fn end(&self, manifest: &Blake3Hash) {
-        if let Ok(mut manifests) = self.manifests.lock() {
-            manifests.remove(manifest);
+        if let Ok(mut manifests) = self.manifests.lock()
+            && let Some(n) = manifests.get_mut(manifest)
+        {
+            *n -= 1;
+            if *n == 0 {
+                manifests.remove(manifest);
+            }
         }
         self.done.notify_waiters();
     }
@@ -354,7 +361,11 @@ impl Taking {
             let done = self.done.notified();
             tokio::pin!(done);
             done.as_mut().enable();
-            if !self.manifests.lock().is_ok_and(|t| t.contains(manifest)) {
+            if !self
+                .manifests
+                .lock()
+                .is_ok_and(|t| t.contains_key(manifest))
+            {
                 return;
             }
             if tokio::time::timeout_at(until, done).await.is_err() {
@@ -1839,17 +1850,19 @@ mod tests {
         let t = Instant::now();
         taking.wait(&m, Duration::from_secs(30)).await;
         assert!(t.elapsed() < Duration::from_secs(5));
-        // Being taken: the wait ends when it is done, not before.
+        // Being taken, twice: the wait ends when both are done, not before.
+        taking.start(m);
         taking.start(m);
         let waiter = tokio::spawn({
             let taking = taking.clone();
             async move { taking.wait(&m, Duration::from_secs(30)).await }
         });
         taking.end(&other);
+        taking.end(&m);
         tokio::task::yield_now().await;
         assert!(
             !waiter.is_finished(),
-            "another manifest's end is not this one's"
+            "another manifest's end, or one take of two, is not the end"
         );
         taking.end(&m);
         tokio::time::timeout(Duration::from_secs(10), waiter)

@@ -487,6 +487,14 @@ fn main() {
     let mut maki_one = [Duration::MAX; 2];
     let mut switch_one = [Duration::MAX; 2];
     let mut round = 0u8;
+    // The one change: 100 bytes more in one small file.
+    let edit_one = |round: u8| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(site.join("d00/f0.html"))
+            .expect("file");
+        f.write_all(&[round; 100]).expect("write");
+    };
     for (k, persist) in ["0", "60"].into_iter().enumerate() {
         *c.persist.lock().expect("persist") = persist;
         if persist != "0" {
@@ -501,12 +509,7 @@ fn main() {
         }
         for _ in 0..3 {
             round += 1;
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(site.join("d00/f0.html"))
-                .expect("file");
-            f.write_all(&[round; 100]).expect("write");
-            drop(f);
+            edit_one(round);
             rsync_one = rsync_one.min(timed(rsync));
             let before = version.clone();
             version = sync_everywhere(Some(&before));
@@ -528,12 +531,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
         for _ in 0..15 {
             round += 1;
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(site.join("d00/f0.html"))
-                .expect("file");
-            f.write_all(&[round; 100]).expect("write");
-            drop(f);
+            edit_one(round);
             let before = version.clone();
             version = sync_everywhere(Some(&before));
         }
