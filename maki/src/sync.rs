@@ -421,7 +421,20 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| unfinished_marker(ctx, &cluster_id, &p.domain.name))
         .collect();
-    let resuming = markers.iter().any(|m| m.exists());
+    let unfinished: Vec<&str> = plans
+        .iter()
+        .zip(&markers)
+        .filter(|(_, m)| m.exists())
+        .map(|(p, _)| p.domain.name.as_str())
+        .collect();
+    let resuming = !unfinished.is_empty();
+    if resuming && !args.dry_run {
+        println!(
+            "resuming: the last sync of {} stopped before it finished; only what {} lacks is sent",
+            unfinished.join(", "),
+            machine.name
+        );
+    }
     let ahead = if args.dry_run || resuming {
         None
     } else {

@@ -119,7 +119,8 @@ fn sync_publishes_atomically_on_every_node() {
     std::fs::remove_file(project.join("site/404.html")).unwrap();
     let out = c.ok(&["sync", "--file", file]);
     assert!(
-        out.contains("4 files: 1 changed, 0 added, 1 removed, 0 B uploaded"),
+        out.contains("resuming: the last sync of example.test stopped before it finished")
+            && out.contains("4 files: 1 changed, 0 added, 1 removed, 0 B uploaded"),
         "{out}"
     );
     assert!(!marker.exists(), "a finished sync removes its marker");
@@ -323,7 +324,7 @@ fn sync_publishes_atomically_on_every_node() {
         String::from_utf8_lossy(&edit.stderr),
     );
     assert!(
-        said.contains("1 changed, 0 added, 0 removed, 16 B uploaded"),
+        said.contains("1 changed, 0 added, 0 removed, 16 B uploaded") && !said.contains("resuming"),
         "{said}"
     );
     assert!(
