@@ -121,12 +121,16 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Where a node's test host writes its daemon log.
+    fn log_path(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!(
+            "cluster/hosts/{node}/var-upper/makiatto/daemon.log"
+        ))
+    }
+
     /// A node's daemon log, as its test host wrote it.
     fn daemon_log(&self, node: &str) -> Option<String> {
-        let log = self.dir.path().join(format!(
-            "cluster/hosts/{node}/var-upper/makiatto/daemon.log"
-        ));
-        std::fs::read_to_string(log).ok()
+        std::fs::read_to_string(self.log_path(node)).ok()
     }
 
     /// The length of each node's daemon log now: where [`Cluster::served`]
@@ -134,14 +138,7 @@ impl Cluster {
     fn log_ends(&self, nodes: &[String]) -> Vec<u64> {
         nodes
             .iter()
-            .map(|n| {
-                std::fs::metadata(
-                    self.dir
-                        .path()
-                        .join(format!("cluster/hosts/{n}/var-upper/makiatto/daemon.log")),
-                )
-                .map_or(0, |m| m.len())
-            })
+            .map(|n| std::fs::metadata(self.log_path(n)).map_or(0, |m| m.len()))
             .collect()
     }
 
@@ -161,11 +158,7 @@ impl Cluster {
     ) -> Option<(String, SystemTime)> {
         use std::io::{Read, Seek};
         for (i, n) in nodes.iter().enumerate() {
-            let path = self
-                .dir
-                .path()
-                .join(format!("cluster/hosts/{n}/var-upper/makiatto/daemon.log"));
-            let Ok(mut f) = std::fs::File::open(path) else {
+            let Ok(mut f) = std::fs::File::open(self.log_path(n)) else {
                 continue;
             };
             let mut new = Vec::new();
