@@ -66,9 +66,7 @@ impl Routes {
                 None => Route::Pending(domain.clone()),
             };
             for host in std::iter::once(domain).chain(aliases) {
-                hosts
-                    .entry(host.trim_end_matches('.').to_ascii_lowercase())
-                    .or_insert_with(|| route.clone());
+                hosts.entry(host_key(host)).or_insert_with(|| route.clone());
             }
         }
         Routes { hosts }
@@ -86,10 +84,7 @@ impl Routes {
     /// The deployed version serving `domain` (a configured domain's own
     /// name), if any.
     pub fn site(&self, domain: &str) -> Option<&Arc<SiteVersion>> {
-        match self
-            .hosts
-            .get(&domain.trim_end_matches('.').to_ascii_lowercase())?
-        {
+        match self.hosts.get(&host_key(domain))? {
             Route::Site(s) => Some(s),
             Route::Pending(_) => None,
         }
@@ -161,6 +156,12 @@ impl SiteVersion {
             content_types,
         }
     }
+}
+
+/// A configured name as the routes key it: lowercased, without a final
+/// dot.
+fn host_key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// The wildcard name that would cover `host`: `*.` and all but its first

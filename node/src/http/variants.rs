@@ -41,7 +41,12 @@ pub fn compressible(content_type: &str) -> bool {
 
 /// Files that get variants: compressible types of a size worth it.
 fn eligible(content_type: &str, size: u64) -> bool {
-    compressible(content_type) && (MIN_SIZE..=MAX_SIZE).contains(&size)
+    compressible(content_type) && worth_its_size(size)
+}
+
+/// A size worth compressing ahead.
+fn worth_its_size(size: u64) -> bool {
+    (MIN_SIZE..=MAX_SIZE).contains(&size)
 }
 
 /// The variants directory.
@@ -110,7 +115,7 @@ impl Variants {
             let worth = *compressible_types
                 .entry(f.content_type.as_str())
                 .or_insert_with(|| compressible(&f.content_type));
-            if !worth || !(MIN_SIZE..=MAX_SIZE).contains(&f.size) {
+            if !worth || !worth_its_size(f.size) {
                 continue;
             }
             let k = known.entry(f.hash).or_insert_with(|| self.look(&f.hash));
