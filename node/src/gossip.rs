@@ -707,7 +707,8 @@ impl Gossip {
             node: me.key,
             vv: ours.clone(),
         });
-        self.write_frame_with(&mut writer, &hello, FEATURES).await?;
+        self.write_frame_with(&mut writer, &hello, Some(FEATURES))
+            .await?;
         let (first, features) = match first {
             Some(first) => first,
             None => self.read_frame_with(&mut reader).await?,
@@ -862,28 +863,18 @@ impl Gossip {
         writer: &mut (impl AsyncWriteExt + Unpin),
         frame: &Frame,
     ) -> anyhow::Result<()> {
-        let mut bytes = Vec::new();
-        frame_bytes(frame, &mut bytes)?;
-        self.write_bytes(writer, bytes).await
+        self.write_frame_with(writer, frame, None).await
     }
 
-    /// Writes a frame with this node's feature bits after it (a `Hello`).
+    /// Writes a frame, with `features` after it if given (a `Hello`).
     async fn write_frame_with(
         &self,
         writer: &mut (impl AsyncWriteExt + Unpin),
         frame: &Frame,
-        features: u32,
+        features: Option<u32>,
     ) -> anyhow::Result<()> {
         let mut bytes = Vec::new();
-        frame_bytes_with(frame, Some(features), &mut bytes)?;
-        self.write_bytes(writer, bytes).await
-    }
-
-    async fn write_bytes(
-        &self,
-        writer: &mut (impl AsyncWriteExt + Unpin),
-        bytes: Vec<u8>,
-    ) -> anyhow::Result<()> {
+        frame_bytes_with(frame, features, &mut bytes)?;
         tokio::time::timeout(FRAME_TIMEOUT, writer.write_all(&bytes))
             .await
             .context("the peer stopped reading")??;
