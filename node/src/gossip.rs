@@ -172,9 +172,21 @@ enum Frame {
     VersionAhead(VersionAhead),
 }
 
-/// A version sent ahead being stored (see [`Gossip::start_take`]).
+/// A version sent ahead being stored (see [`Gossip::start_take`]); an
+/// error is this node's own (its store), not the peer's.
 struct Take {
-    handle: tokio::task::JoinHandle<anyhow::Result<bool>>,
+    handle: tokio::task::JoinHandle<anyhow::Result<Taken>>,
+}
+
+/// What became of a version sent ahead.
+#[derive(Debug)]
+enum Taken {
+    Stored,
+    /// This node lacks its base, or holds it already.
+    Unusable,
+    /// It does not check out (the peer's fault): a delta that does not
+    /// decode, apply or give the target, or a blob that is not its hash.
+    Refused(anyhow::Error),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -556,7 +568,7 @@ impl Gossip {
         let handle = tokio::task::spawn_blocking(move || {
             let taken = take_version(&store, ahead);
             taking.end(&target);
-            if taken.as_ref().is_ok_and(|t| *t) {
+            if matches!(taken, Ok(Taken::Stored)) {
                 tracing::info!(peer = %name, manifest = %target.short(), "took a version sent ahead of its event");
             }
             taken
@@ -566,16 +578,20 @@ impl Gossip {
 
     /// The outcome of versions taken in a session: counted, and one that
     /// did not check out is counted against the peer (it changed nothing).
+    /// A failure of this node's own store is not the peer's.
     async fn finish_takes(&self, peer: &Member, takes: Vec<Take>) {
         for take in takes {
             match take.handle.await {
-                Ok(Ok(true)) => {
+                Ok(Ok(Taken::Stored)) => {
                     self.totals.versions_ahead.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => {
+                Ok(Ok(Taken::Unusable)) => {}
+                Ok(Ok(Taken::Refused(e))) => {
                     self.bad_blob(peer);
                     tracing::warn!(peer = %peer.name, error = %format!("{e:#}"), "a peer sent a version that does not check out; refused");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = %peer.name, error = %format!("{e:#}"), "cannot store a version a peer sent ahead; it is fetched instead")
                 }
                 Err(e) => tracing::warn!(error = %e, "taking a version sent ahead stopped"),
             }
@@ -1528,21 +1544,30 @@ fn unframe(body: &[u8]) -> anyhow::Result<(Frame, u32)> {
 
 /// Stores a version sent ahead (blocking): the manifest rebuilt from the
 /// base held here and checked against `target`, and the blobs new in it,
-/// each verified. Returns false when this node cannot use it.
-fn take_version(store: &crate::blobs::BlobStore, ahead: VersionAhead) -> anyhow::Result<bool> {
+/// each verified. An error is this node's store failing; what the peer got
+/// wrong is [`Taken::Refused`].
+fn take_version(store: &crate::blobs::BlobStore, ahead: VersionAhead) -> anyhow::Result<Taken> {
     if store.contains(&ahead.target) {
-        return Ok(false);
+        return Ok(Taken::Unusable);
     }
     let Ok(base) = store.manifest(&ahead.base) else {
-        return Ok(false);
+        return Ok(Taken::Unusable);
     };
-    let delta = ManifestDelta::decode(&ahead.delta).context("the delta does not decode")?;
-    let (manifest, bytes) = delta
-        .rebuild(&base, ahead.target)
-        .context("the delta does not apply")?;
+    let rebuilt = ManifestDelta::decode(&ahead.delta)
+        .context("the delta does not decode")
+        .and_then(|delta| {
+            let rebuilt = delta
+                .rebuild(&base, ahead.target)
+                .context("the delta does not apply")?;
+            Ok((delta, rebuilt))
+        });
+    let (delta, (manifest, bytes)) = match rebuilt {
+        Ok(r) => r,
+        Err(e) => return Ok(Taken::Refused(e)),
+    };
     let wanted: foldhash::HashSet<Blake3Hash> = new_blobs(&delta, &base).into_iter().collect();
     let mut staged = Vec::new();
-    let mut result = Ok(());
+    let mut refused = None;
     if let Some(s) = store.stage(ahead.target, bytes.len() as u64, &mut &bytes[..], false)? {
         staged.push(s);
     }
@@ -1550,17 +1575,20 @@ fn take_version(store: &crate::blobs::BlobStore, ahead: VersionAhead) -> anyhow:
         match store.stage(*hash, blob.len() as u64, &mut &blob[..], false) {
             Ok(Some(s)) => staged.push(s),
             Ok(None) => {}
-            Err(e) => {
-                result = Err(anyhow::Error::from(e));
+            Err(e @ crate::blobs::BlobError::HashMismatch { .. }) => {
+                refused = Some(anyhow::Error::from(e));
                 break;
             }
+            Err(e) => return Err(e.into()),
         }
     }
     // What verified is kept, as a fetch keeps it.
     store.commit(staged)?;
-    result?;
+    if let Some(e) = refused {
+        return Ok(Taken::Refused(e));
+    }
     store.remember_manifest(ahead.target, Arc::new(manifest));
-    Ok(true)
+    Ok(Taken::Stored)
 }
 
 /// Reads the blobs `want` from the store (on a blocking thread) and sends
@@ -1943,30 +1971,45 @@ mod tests {
         // and nothing the delta does not name.
         let (_d, store) = open();
         put(&store, &base.encode());
-        assert!(take_version(&store, ahead(sent())).unwrap());
+        assert!(matches!(
+            take_version(&store, ahead(sent())).unwrap(),
+            Taken::Stored
+        ));
         assert!(store.contains(&t) && store.contains(&new_hash));
         assert!(!store.contains(&Blake3Hash::of(&stray)));
         assert_eq!(store.manifest(&t).unwrap().files.len(), 21);
         // Once held, it is not taken again.
-        assert!(!take_version(&store, ahead(sent())).unwrap());
+        assert!(matches!(
+            take_version(&store, ahead(sent())).unwrap(),
+            Taken::Unusable
+        ));
 
         // Without the base, nothing is stored.
         let (_d, store) = open();
-        assert!(!take_version(&store, ahead(sent())).unwrap());
+        assert!(matches!(
+            take_version(&store, ahead(sent())).unwrap(),
+            Taken::Unusable
+        ));
         assert!(!store.contains(&t) && !store.contains(&new_hash));
 
         // A blob whose bytes are not its hash is refused.
         let (_d, store) = open();
         put(&store, &base.encode());
         let forged = vec![(new_hash, b"forged!!".to_vec())];
-        assert!(take_version(&store, ahead(forged)).is_err());
+        assert!(matches!(
+            take_version(&store, ahead(forged)).unwrap(),
+            Taken::Refused(_)
+        ));
         assert!(!store.contains(&new_hash));
         // So is a delta that does not give the target.
         let (_d, store) = open();
         put(&store, &base.encode());
         let mut wrong = ahead(sent());
         wrong.target = Blake3Hash::of(b"another manifest");
-        assert!(take_version(&store, wrong).is_err());
+        assert!(matches!(
+            take_version(&store, wrong).unwrap(),
+            Taken::Refused(_)
+        ));
     }
 
     #[test]
