@@ -453,16 +453,19 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     let mut per_domain: BTreeMap<&str, u64> = BTreeMap::new();
     let mut uploaded = false;
     if let Some(upload) = &ahead {
-        let files = crate::ssh::FileCount::default();
-        let bar = crate::ssh::files_bar(&format!("uploading to {}", machine.name), &files);
+        // (A change of configuration alone sends nothing here, and shows
+        // no bar.)
+        let mut bar = None;
         if !upload.is_empty() {
+            let files = crate::ssh::FileCount::default();
             files.add_total(upload.len() as u64);
-            bar.set_length(upload.iter().map(|(_, s, _)| s.size()).sum());
+            let b = crate::ssh::files_bar(&format!("uploading to {}", machine.name), &files);
+            b.set_length(upload.iter().map(|(_, s, _)| s.size()).sum());
             let blobs: Vec<(Blake3Hash, &Source)> =
                 upload.iter().map(|(h, s, _)| (*h, s)).collect();
-            requests.push(inline_request(&blobs, &bar, &files).await?);
+            requests.push(inline_request(&blobs, &b, &files).await?);
+            bar = Some(b);
         }
-        // (A change of configuration alone sends nothing here.)
         let mut answers = if requests.is_empty() {
             Vec::new()
         } else {
@@ -471,7 +474,9 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("{}: the upload failed", machine.name))?
         };
-        bar.finish_and_clear();
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
         let mut put_taken = true;
         if !upload.is_empty() {
             let put = answers.pop().context("no answer to the upload")?;
