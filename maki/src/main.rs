@@ -33,6 +33,7 @@ mod peer;
 mod profile;
 mod project;
 mod prompt;
+mod prompt_ack;
 mod sites;
 mod ssh;
 mod sync;

@@ -75,6 +75,8 @@ struct Link {
     client: Client,
     /// Commands run through `sudo -n` when the user is not root.
     sudo: bool,
+    /// Keeps the first answers from waiting on a delayed acknowledgement.
+    _prompt_ack: Option<crate::prompt_ack::PromptAck>,
 }
 
 impl Link {
@@ -346,9 +348,11 @@ impl Remote {
 
     /// The logged-in session, once privileges are checked.
     async fn finish(target: &Target, client: Client) -> anyhow::Result<Link> {
+        let prompt_ack = crate::prompt_ack::start(*client.get_connection_address());
         let mut link = Link {
             client,
             sudo: false,
+            _prompt_ack: prompt_ack,
         };
         if target.user != "root" {
             let check = link.client.execute("sudo -n true").await?;
