@@ -391,7 +391,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot open the blob store in {}", data_dir.display()))?;
             match command {
                 BlobsCommand::Receive => {
-                    let report = store.receive(&mut std::io::stdin().lock())?;
+                    let report = store.receive(&mut blobs::stdin_stream())?;
                     println!("{}", serde_json::to_string(&report)?);
                     if !report.refused.is_empty() {
                         return Ok(ExitCode::FAILURE);
