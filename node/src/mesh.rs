@@ -28,6 +28,17 @@ const MTU: u32 = 1420;
 /// Keeps NAT mappings open and handshakes fresh.
 const KEEPALIVE_SECS: u16 = 25;
 
+/// The device's worker threads: half the CPUs, at least one, at most four.
+/// The mesh carries replication, not visitors: it should not take every
+/// core from the HTTP and DNS servers. On two cores one thread also moves
+/// more than two, which contend for the device's locks and the CPUs (bulk
+/// TCP between two test hosts: 153 MB/s with one, 116 MB/s with two;
+/// `benches/src/bin/mesh.rs`, docs/benchmarks.md).
+fn device_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / 2).clamp(1, 4)
+}
+
 /// The running device and what was last applied to it.
 pub struct Mesh {
     // Keeps the device's worker threads alive; dropping it stops them.
@@ -58,7 +69,7 @@ impl Mesh {
         let (ours, theirs) = UnixStream::pair().context("cannot make the mesh control socket")?;
         let device = DeviceHandle::new(
             INTERFACE,
-            DeviceConfig { n_threads: 2, use_connected_socket: true, use_multi_queue: true, uapi_fd: theirs.into_raw_fd() },
+            DeviceConfig { n_threads: device_threads(), use_connected_socket: true, use_multi_queue: true, uapi_fd: theirs.into_raw_fd() },
         )
         .map_err(|e| anyhow::anyhow!("cannot create the WireGuard device {INTERFACE}: {e:?} (is /dev/net/tun there, and CAP_NET_ADMIN?)"))?;
         let mut mesh = Mesh {
