@@ -46,7 +46,9 @@ pub fn start(peer: SocketAddr) -> Option<PromptAck> {
 
     let fd = linux::connected_to(peer)?;
     SockRef::from(&fd).set_tcp_quickack(true).ok()?;
-    let fd = AsyncFd::with_interest(fd, Interest::READABLE).ok()?;
+    // SAFETY: `fd` is an `OwnedFd`: open, owned by the `AsyncFd` until it
+    // is dropped, and never closed or replaced meanwhile.
+    let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()?;
     let task = tokio::spawn(async move {
         loop {
             let Ok(mut ready) = fd.readable().await else {
@@ -84,7 +86,11 @@ mod linux {
     pub fn connected_to(peer: SocketAddr) -> Option<OwnedFd> {
         let mut found: Option<(std::ffi::OsString, OwnedFd)> = None;
         for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
-            let Some(n) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(n) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
                 continue;
             };
             let Ok(link) = std::fs::read_link(entry.path()) else {
@@ -140,16 +146,21 @@ mod tests {
         let (_served, _) = listener.accept().await.unwrap();
         // The accepted end's peer is `first`'s local address, not `addr`.
         let found = linux::connected_to(addr).expect("the connection to the listener");
-        let found = socket2::SockRef::from(&found);
         assert_eq!(
-            found.local_addr().unwrap().as_socket(),
+            socket2::SockRef::from(&found)
+                .local_addr()
+                .unwrap()
+                .as_socket(),
             Some(first.local_addr().unwrap())
         );
         drop(found);
         assert!(start(addr).is_some());
 
         let second = tokio::net::TcpStream::connect(addr).await.unwrap();
-        assert!(linux::connected_to(addr).is_none(), "two connections: neither is guessed");
+        assert!(
+            linux::connected_to(addr).is_none(),
+            "two connections: neither is guessed"
+        );
         drop(second);
     }
 
@@ -166,7 +177,10 @@ mod tests {
         drop(ours);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while linux::connected_to(addr).is_some() {
-            assert!(std::time::Instant::now() < deadline, "the duplicate is still open");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the duplicate is still open"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         drop(kept);

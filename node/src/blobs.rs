@@ -794,6 +794,36 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_longer_than_a_batch_is_committed_whole_and_repeats_are_checked_once() {
+        // More blobs than one commit batch: the first batch commits on the
+        // second thread while the rest is read.
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let blobs: Vec<Vec<u8>> = (0..COMMIT_BLOBS + 50)
+            .map(|i| format!("blob number {i}").into_bytes())
+            .collect();
+        let mut stream = Vec::new();
+        for b in &blobs {
+            stream.extend(frame(&Blake3Hash::of(b), b));
+        }
+        // The first blob again, after its batch was handed over.
+        stream.extend(frame(&Blake3Hash::of(&blobs[0]), &blobs[0]));
+        let report = store.receive(&mut stream.as_slice()).unwrap();
+        assert_eq!(report.stored, blobs.len() as u64);
+        assert_eq!(report.already_present, 1, "{report:?}");
+        assert!(report.refused.is_empty(), "{report:?}");
+        for b in &blobs {
+            assert_eq!(std::fs::read(store.path(&Blake3Hash::of(b))).unwrap(), *b);
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
     fn a_stream_cut_inside_a_blob_keeps_the_blobs_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
