@@ -78,6 +78,57 @@ pub struct PutDelta {
     pub new_blobs: Vec<(Blake3Hash, u64)>,
 }
 
+/// A manifest rebuilt from a base held here and a `ManifestDelta`, checked
+/// against the hash it is to have: how a version arrives as a delta, from
+/// `maki` (`manifest-put`) or from a peer (a fetch, or sent ahead).
+pub struct Rebuilt {
+    pub target: Blake3Hash,
+    pub delta: makiatto_events::ManifestDelta,
+    pub manifest: Manifest,
+    /// The manifest's canonical bytes (the blob `target`).
+    pub encoded: Vec<u8>,
+}
+
+impl Rebuilt {
+    /// Decodes `delta` and applies it to `base`. An error means the delta
+    /// (whoever sent it) is wrong: it does not decode, does not apply, or
+    /// the result does not hash to `target`.
+    pub fn from_delta(
+        delta: &[u8],
+        base: &Manifest,
+        target: Blake3Hash,
+    ) -> anyhow::Result<Rebuilt> {
+        use anyhow::Context;
+        let delta =
+            makiatto_events::ManifestDelta::decode(delta).context("the delta does not decode")?;
+        let (manifest, encoded) = delta
+            .rebuild(base, target)
+            .context("the delta does not apply")?;
+        Ok(Rebuilt {
+            target,
+            delta,
+            manifest,
+            encoded,
+        })
+    }
+
+    /// Stages the manifest's bytes as blob `target` (none if held).
+    pub fn stage(&self, store: &BlobStore) -> Result<Option<Staged>, BlobError> {
+        store.stage(
+            self.target,
+            self.encoded.len() as u64,
+            &mut &self.encoded[..],
+            false,
+        )
+    }
+
+    /// Keeps the decoded manifest for the deploy that follows (once its
+    /// blob is committed).
+    pub fn remember(self, store: &BlobStore) {
+        store.remember_manifest(self.target, Arc::new(self.manifest));
+    }
+}
+
 /// Stores manifest `target` (hex) rebuilt from manifest `base` (hex, held
 /// here) and a `ManifestDelta` (hex), once it hashes to `target`; keeps it
 /// decoded for the deploy that follows.
@@ -90,28 +141,26 @@ pub fn put_manifest_delta(
     use anyhow::Context;
     let (base, target) = (parse_hash(base)?, parse_hash(target)?);
     let bytes = hex::decode(delta).context("the delta is not hex")?;
-    let delta = makiatto_events::ManifestDelta::decode(&bytes)?;
     let held = store
         .manifest(&base)
         .with_context(|| format!("manifest {base} is not stored here"))?;
-    let (manifest, encoded) = delta
-        .rebuild(&held, target)
+    let rebuilt = Rebuilt::from_delta(&bytes, &held, target)
         .with_context(|| format!("applied to manifest {base}"))?;
-    if let Some(staged) = store.stage(target, encoded.len() as u64, &mut &encoded[..], false)? {
+    if let Some(staged) = rebuilt.stage(store)? {
         store.commit(vec![staged])?;
     }
-    let new: foldhash::HashSet<Blake3Hash> = new_blobs(&delta, &held).into_iter().collect();
+    let new: foldhash::HashSet<Blake3Hash> = new_blobs(&rebuilt.delta, &held).into_iter().collect();
     let mut new_blobs = Vec::with_capacity(new.len());
     if !new.is_empty() {
         let mut seen = foldhash::HashSet::default();
-        for f in manifest.files.values() {
+        for f in rebuilt.manifest.files.values() {
             if new.contains(&f.hash) && seen.insert(f.hash) {
                 new_blobs.push((f.hash, f.size));
             }
         }
     }
-    let files = manifest.files.len();
-    store.remember_manifest(target, Arc::new(manifest));
+    let files = rebuilt.manifest.files.len();
+    rebuilt.remember(store);
     Ok(PutDelta {
         base,
         target,

@@ -41,9 +41,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use makiatto_core::{GroupCommitter, VersionVector};
-use makiatto_events::{
-    AuthorKey, Blake3Hash, EventId, Manifest, ManifestDelta, NodeName, WgPublicKey,
-};
+use makiatto_events::{AuthorKey, Blake3Hash, EventId, Manifest, NodeName, WgPublicKey};
 use makiatto_projections::peers::Peers;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1250,31 +1248,24 @@ impl Gossip {
                 Frame::ManifestDelta { target: t, delta } if t == target => delta,
                 _ => bail!("{} sent a frame out of place in a version fetch", peer.name),
             };
-            let rebuilt = ManifestDelta::decode(&delta).and_then(|d| {
-                let (manifest, bytes) = d.rebuild(base_manifest, target)?;
-                Ok((manifest, bytes, d))
-            });
-            let (manifest, bytes, delta) = match rebuilt {
+            let rebuilt = match crate::blobs::Rebuilt::from_delta(&delta, base_manifest, target) {
                 Ok(r) => r,
                 Err(e) => {
                     self.bad_blob(peer);
                     bail!(
-                        "{} sent a manifest delta that does not apply: {e}",
+                        "{} sent a manifest delta that does not apply: {e:#}",
                         peer.name
                     );
                 }
             };
             let mut staged = Vec::new();
-            if let Some(s) = self
-                .blobs
-                .stage(target, bytes.len() as u64, &mut &bytes[..], false)?
-            {
+            if let Some(s) = rebuilt.stage(&self.blobs)? {
                 staged.push(s);
             }
-            let count = new_blobs(&delta, base_manifest).len();
+            let count = new_blobs(&rebuilt.delta, base_manifest).len();
             let result = self.receive_blobs(&mut reader, peer, count, &mut staged);
             self.blobs.commit(staged)?;
-            self.blobs.remember_manifest(target, Arc::new(manifest));
+            rebuilt.remember(&self.blobs);
             result.map(|()| true)
         })
     }
@@ -1553,22 +1544,15 @@ fn take_version(store: &crate::blobs::BlobStore, ahead: VersionAhead) -> anyhow:
     let Ok(base) = store.manifest(&ahead.base) else {
         return Ok(Taken::Unusable);
     };
-    let rebuilt = ManifestDelta::decode(&ahead.delta)
-        .context("the delta does not decode")
-        .and_then(|delta| {
-            let rebuilt = delta
-                .rebuild(&base, ahead.target)
-                .context("the delta does not apply")?;
-            Ok((delta, rebuilt))
-        });
-    let (delta, (manifest, bytes)) = match rebuilt {
+    let rebuilt = match crate::blobs::Rebuilt::from_delta(&ahead.delta, &base, ahead.target) {
         Ok(r) => r,
         Err(e) => return Ok(Taken::Refused(e)),
     };
-    let wanted: foldhash::HashSet<Blake3Hash> = new_blobs(&delta, &base).into_iter().collect();
+    let wanted: foldhash::HashSet<Blake3Hash> =
+        new_blobs(&rebuilt.delta, &base).into_iter().collect();
     let mut staged = Vec::new();
     let mut refused = None;
-    if let Some(s) = store.stage(ahead.target, bytes.len() as u64, &mut &bytes[..], false)? {
+    if let Some(s) = rebuilt.stage(store)? {
         staged.push(s);
     }
     for (hash, blob) in ahead.blobs.iter().filter(|(h, _)| wanted.contains(h)) {
@@ -1587,7 +1571,7 @@ fn take_version(store: &crate::blobs::BlobStore, ahead: VersionAhead) -> anyhow:
     if let Some(e) = refused {
         return Ok(Taken::Refused(e));
     }
-    store.remember_manifest(ahead.target, Arc::new(manifest));
+    rebuilt.remember(store);
     Ok(Taken::Stored)
 }
 
@@ -1845,7 +1829,7 @@ mod tests {
             panic!("no delta first");
         };
         assert_eq!(got, t);
-        let delta = ManifestDelta::decode(&delta).unwrap();
+        let delta = makiatto_events::ManifestDelta::decode(&delta).unwrap();
         assert_eq!(Manifest::apply(&base, &delta).unwrap().hash(), t);
         assert_eq!(new_blobs(&delta, &base), vec![changed]);
         let blobs = unframe(&wire[4 + len..]);
