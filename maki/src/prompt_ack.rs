@@ -23,6 +23,8 @@
 use std::net::SocketAddr;
 
 /// Keeps acknowledgements prompt while it lives.
+// Elsewhere than on Linux none is ever made (see `start`).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub struct PromptAck {
     #[cfg(target_os = "linux")]
     task: tokio::task::AbortHandle,
