@@ -23,6 +23,8 @@ pub struct Node {
     pub bridge: String,
     pub netns: String,
     pub ipv4: String,
+    /// The node's (and its host's) name.
+    pub host: String,
 }
 
 impl Node {
@@ -105,12 +107,18 @@ impl Lab {
     /// `maki local up --nodes 1` with the release daemon, syncing
     /// `project`; `extra` are more flags of `up` (such as `--no-ca`).
     pub fn up(&self, project: &Path, extra: &[&str]) -> Node {
+        self.up_nodes(1, project, extra).remove(0)
+    }
+
+    /// [`Lab::up`] with `n` nodes.
+    pub fn up_nodes(&self, n: usize, project: &Path, extra: &[&str]) -> Vec<Node> {
         let daemon = self.bin.join("makiatto");
+        let n_text = n.to_string();
         let mut args = vec![
             "local",
             "up",
             "--nodes",
-            "1",
+            &n_text,
             "--binary-path",
             daemon.to_str().expect("utf-8"),
             "--sync",
@@ -123,12 +131,32 @@ impl Lab {
         )
         .expect("json");
         let text = |v: &Value| v.as_str().expect("a string in state.json").to_owned();
-        Node {
-            slot: state["slot"].as_u64().expect("slot") as u8,
-            bridge: text(&state["bridge"]),
-            netns: text(&state["hosts"][0]["netns"]),
-            ipv4: text(&state["hosts"][0]["ipv4"]),
-        }
+        (0..n)
+            .map(|i| Node {
+                slot: state["slot"].as_u64().expect("slot") as u8,
+                bridge: text(&state["bridge"]),
+                netns: text(&state["hosts"][i]["netns"]),
+                ipv4: text(&state["hosts"][i]["ipv4"]),
+                host: text(&state["hosts"][i]["node"]),
+            })
+            .collect()
+    }
+
+    /// Runs `binary` as `node`'s daemon from now on: installed in its
+    /// host's `/usr/local/bin`, the daemon killed and started again.
+    pub fn swap_daemon(&self, node: &Node, binary: &Path) {
+        let bin_dir = self
+            .dir
+            .path()
+            .join("cluster/hosts")
+            .join(&node.host)
+            .join("usr-local-bin");
+        // A new file renamed over the old: the running one stays intact.
+        let tmp = bin_dir.join("makiatto.swap");
+        std::fs::copy(binary, &tmp).expect("copy the daemon");
+        std::fs::rename(&tmp, bin_dir.join("makiatto")).expect("install the daemon");
+        self.maki(&["local", "kill", &node.host]);
+        self.maki(&["local", "start", &node.host]);
     }
 
     /// A namespace joined to `bridge` by a veth pair, holding `addr/28`.

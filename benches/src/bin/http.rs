@@ -47,6 +47,12 @@
 //!
 //! `MAKIATTO_BENCH_CASES=10m-h1,1k-h2`: only the cases with these keys.
 //!
+//! `MAKIATTO_BENCH_BASELINE=PATH`: a two-node cluster whose second node
+//! runs the daemon at PATH (another build of ours), measured as a third
+//! server in the same alternating rounds; the table adds its ratios and
+//! ours / baseline. Runs on this VM vary by up to 30% from one to the next,
+//! so two builds are compared in one run, not across runs.
+//!
 //! `MAKIATTO_BENCH_PERF=DIR`: after the rounds, one more run per case and
 //! server under `perf record -g` (not counted), written to
 //! `DIR/<case>-<server>.data`. `MAKIATTO_BENCH_PERF_DWARF=1` records DWARF
@@ -617,8 +623,23 @@ fn main() {
     let project = lab.dir.path().join("project");
     let file = make_site(&project);
     let site = project.join("site");
-    eprintln!("bringing up one node ({})", lab.name);
-    let node = lab.up(&file, &["--no-ca"]);
+    // `MAKIATTO_BENCH_BASELINE=PATH`: a second node runs that daemon, a
+    // third server in the same rounds (an A/B of two builds of ours).
+    let baseline = std::env::var_os("MAKIATTO_BENCH_BASELINE").map(PathBuf::from);
+    let nodes = if let Some(b) = &baseline {
+        eprintln!(
+            "bringing up two nodes, the second with {} ({})",
+            b.display(),
+            lab.name
+        );
+        let nodes = lab.up_nodes(2, &file, &["--no-ca"]);
+        lab.swap_daemon(&nodes[1], b);
+        nodes
+    } else {
+        eprintln!("bringing up one node ({})", lab.name);
+        lab.up_nodes(1, &file, &["--no-ca"])
+    };
+    let node = nodes[0].clone();
     let slot = node.slot;
     let nginx_addr = node.anchor_addr();
     let nginx_ns = format!("mkhttp-{}-nginx", lab.name);
@@ -642,27 +663,29 @@ fn main() {
         .iter()
         .map(|(f, _)| (*f, std::fs::read(site.join(f)).expect("site file")))
         .collect();
-    // The node serves the site, with its precompressed variants made (a
+    // Each node serves the site, with its precompressed variants made (a
     // rebuild after they are empties the small-file cache).
-    wait_until(Duration::from_secs(60), "the node serves the site", || {
-        fetch(&client_ns, &node.ipv4, "1k.txt", false, &[]).1 == source[1].1
-    });
-    wait_until(
-        Duration::from_secs(120),
-        "the node serves precompressed variants",
-        || {
-            COMPRESSED.iter().all(|f| {
-                let (head, _) = fetch(
-                    &client_ns,
-                    &node.ipv4,
-                    f,
-                    false,
-                    &["-H", "accept-encoding: br", "-o", "/dev/null"],
-                );
-                head.to_ascii_lowercase().contains("content-encoding: br")
-            })
-        },
-    );
+    for n in &nodes {
+        wait_until(Duration::from_secs(60), "the node serves the site", || {
+            fetch(&client_ns, &n.ipv4, "1k.txt", false, &[]).1 == source[1].1
+        });
+        wait_until(
+            Duration::from_secs(120),
+            "the node serves precompressed variants",
+            || {
+                COMPRESSED.iter().all(|f| {
+                    let (head, _) = fetch(
+                        &client_ns,
+                        &n.ipv4,
+                        f,
+                        false,
+                        &["-H", "accept-encoding: br", "-o", "/dev/null"],
+                    );
+                    head.to_ascii_lowercase().contains("content-encoding: br")
+                })
+            },
+        );
+    }
 
     let conf = nginx_conf(&lab.dir.path().join("nginx"), &nginx_addr, &site);
     let conf_arg = conf.to_str().expect("utf-8");
@@ -689,9 +712,31 @@ fn main() {
     );
     let ours_pid = daemon_pid(&node.netns).expect("the node's `makiatto run` process");
 
-    // The same bytes from both, over both protocols.
+    let mut servers = vec![Server {
+        label: "ours",
+        addr: node.ipv4.clone(),
+        pids: vec![ours_pid],
+    }];
+    if let Some(base) = nodes.get(1) {
+        servers.push(Server {
+            label: "base",
+            addr: base.ipv4.clone(),
+            pids: vec![daemon_pid(&base.netns).expect("the baseline's `makiatto run` process")],
+        });
+    }
+    servers.push(Server {
+        label: "nginx",
+        addr: nginx_addr.clone(),
+        pids: nginx_pids.clone(),
+    });
+    let last = servers.len() - 1;
+
+    // The same bytes from every server, over both protocols.
     for (name, bytes) in &source {
-        for (who, addr) in [("ours", &node.ipv4), ("nginx", &nginx_addr)] {
+        for Server {
+            label: who, addr, ..
+        } in &servers
+        {
             for http2 in [false, true] {
                 let (head, body) = fetch(&client_ns, addr, name, http2, &[]);
                 assert!(
@@ -705,23 +750,14 @@ fn main() {
         }
     }
     eprintln!("both servers return the source bytes of every file, over HTTP/1.1 and HTTP/2");
-    for (who, addr) in [("ours", &node.ipv4), ("nginx", &nginx_addr)] {
+    for Server {
+        label: who, addr, ..
+    } in &servers
+    {
         let (head, _) = fetch(&client_ns, addr, "1k.txt", false, &["-o", "/dev/null"]);
         eprintln!("{who}: the response head of 1k.txt:\n{}", head.trim_end());
     }
 
-    let servers = [
-        Server {
-            label: "ours",
-            addr: node.ipv4.clone(),
-            pids: vec![ours_pid],
-        },
-        Server {
-            label: "nginx",
-            addr: nginx_addr.clone(),
-            pids: nginx_pids.clone(),
-        },
-    ];
     // `MAKIATTO_BENCH_CASES=10m-h1,1k-h2`: only these cases (by key).
     let only = std::env::var("MAKIATTO_BENCH_CASES").ok();
     let cases: Vec<&Case> = CASES
@@ -732,12 +768,12 @@ fn main() {
         })
         .collect();
     assert!(!cases.is_empty(), "MAKIATTO_BENCH_CASES names no case");
-    let mut results = Vec::new(); // per case: (all runs of ours, of nginx)
+    let mut results = Vec::new(); // per case: all runs of each server
     for case in &cases {
-        let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
         for round in 0..ROUNDS {
-            for k in 0..2 {
-                let i = (k + round) % 2;
+            for k in 0..servers.len() {
+                let i = (k + round) % servers.len();
                 runs[i].push(measure(&client_ns, &servers[i], case));
             }
         }
@@ -766,7 +802,7 @@ fn main() {
     ];
     let mut json_cases = serde_json::Map::new();
     for (case, runs) in cases.iter().zip(&results) {
-        let (o, n) = (best(&runs[0]), best(&runs[1]));
+        let (o, n) = (best(&runs[0]), best(&runs[last]));
         let large = case.cpu_goal.is_none();
         let (ours_rate, nginx_rate, unit) = if large {
             (o.data_mb_s(), n.data_mb_s(), "MB/s")
@@ -799,7 +835,7 @@ fn main() {
         ));
         rows.push((
             format!("{l}: range of the rounds, ours / nginx"),
-            format!("{} / {}", range(&runs[0]), range(&runs[1])),
+            format!("{} / {}", range(&runs[0]), range(&runs[last])),
         ));
         rows.push((
             format!("{l}: server CPU per request, ours / nginx"),
@@ -831,6 +867,24 @@ fn main() {
             format!("{l}: client CPU per request, with ours / nginx"),
             format!("{:.1} / {:.1} µs", o.client_us(), n.client_us()),
         ));
+        if last == 2 {
+            let b = best(&runs[1]);
+            let v = |r: &Run| if large { r.data_mb_s() } else { r.rate() };
+            rows.push((
+                format!("{l}: baseline, rate ratio and CPU ratio to nginx"),
+                format!(
+                    "{:.2}, {:.2} ({:.1} µs; rounds {})",
+                    v(&b) / nginx_rate,
+                    b.cpu_us() / n.cpu_us(),
+                    b.cpu_us(),
+                    range(&runs[1])
+                ),
+            ));
+            rows.push((
+                format!("{l}: ours / baseline, rate and CPU"),
+                format!("{:.2}, {:.2}", ours_rate / v(&b), o.cpu_us() / b.cpu_us()),
+            ));
+        }
         let run_json = |r: &Run, all: &[Run]| {
             json!({
                 "rate": r.rate(),
@@ -854,7 +908,7 @@ fn main() {
             case.key.to_owned(),
             json!({
                 "ours": run_json(&o, &runs[0]),
-                "nginx": run_json(&n, &runs[1]),
+                "nginx": run_json(&n, &runs[last]),
                 "rate_ratio": rate_ratio,
                 "cpu_ratio": cpu_ratio,
             }),
