@@ -139,13 +139,21 @@ mod linux {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A listener, and one connection to it: (its address, the listener,
+    /// our end, the accepted end).
+    async fn connected() -> (SocketAddr, TcpListener, TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ours = TcpStream::connect(addr).await.unwrap();
+        let (served, _) = listener.accept().await.unwrap();
+        (addr, listener, ours, served)
+    }
 
     #[tokio::test]
     async fn finds_the_one_connection_to_a_peer_and_not_two() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let first = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (_served, _) = listener.accept().await.unwrap();
+        let (addr, _listener, first, _served) = connected().await;
         // The accepted end's peer is `first`'s local address, not `addr`.
         let found = linux::connected_to(addr).expect("the connection to the listener");
         assert_eq!(
@@ -158,7 +166,7 @@ mod tests {
         drop(found);
         assert!(start(addr).is_some());
 
-        let second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let second = TcpStream::connect(addr).await.unwrap();
         assert!(
             linux::connected_to(addr).is_none(),
             "two connections: neither is guessed"
@@ -168,10 +176,7 @@ mod tests {
 
     #[tokio::test]
     async fn lets_go_of_the_socket_when_the_connection_ends() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let ours = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (served, _) = listener.accept().await.unwrap();
+        let (addr, _listener, ours, served) = connected().await;
         let kept = start(addr).expect("the connection to the listener");
         // The other end closes, then ours: the task sees the end and
         // closes its duplicate, so no descriptor of that socket is left.

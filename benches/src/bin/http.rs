@@ -749,7 +749,7 @@ fn main() {
             }
         }
     }
-    eprintln!("both servers return the source bytes of every file, over HTTP/1.1 and HTTP/2");
+    eprintln!("every server returns the source bytes of every file, over HTTP/1.1 and HTTP/2");
     for Server {
         label: who, addr, ..
     } in &servers
@@ -804,17 +804,16 @@ fn main() {
     for (case, runs) in cases.iter().zip(&results) {
         let (o, n) = (best(&runs[0]), best(&runs[last]));
         let large = case.cpu_goal.is_none();
-        let (ours_rate, nginx_rate, unit) = if large {
-            (o.data_mb_s(), n.data_mb_s(), "MB/s")
-        } else {
-            (o.rate(), n.rate(), "/s")
-        };
+        // What a case is measured by: data rate for large files, else
+        // requests per second.
+        let value = |r: &Run| if large { r.data_mb_s() } else { r.rate() };
+        let unit = if large { "MB/s" } else { "/s" };
+        let (ours_rate, nginx_rate) = (value(&o), value(&n));
         let rate_ratio = ours_rate / nginx_rate;
         let cpu_ratio = o.cpu_us() / n.cpu_us();
         let range = |rs: &[Run]| {
-            let v = |r: &Run| if large { r.data_mb_s() } else { r.rate() };
-            let lo = rs.iter().map(v).fold(f64::MAX, f64::min);
-            let hi = rs.iter().map(v).fold(0.0, f64::max);
+            let lo = rs.iter().map(value).fold(f64::MAX, f64::min);
+            let hi = rs.iter().map(value).fold(0.0, f64::max);
             format!("{lo:.0}–{hi:.0}")
         };
         let l = case.label;
@@ -867,14 +866,13 @@ fn main() {
             format!("{l}: client CPU per request, with ours / nginx"),
             format!("{:.1} / {:.1} µs", o.client_us(), n.client_us()),
         ));
-        if last == 2 {
+        if baseline.is_some() {
             let b = best(&runs[1]);
-            let v = |r: &Run| if large { r.data_mb_s() } else { r.rate() };
             rows.push((
                 format!("{l}: baseline, rate ratio and CPU ratio to nginx"),
                 format!(
                     "{:.2}, {:.2} ({:.1} µs; rounds {})",
-                    v(&b) / nginx_rate,
+                    value(&b) / nginx_rate,
                     b.cpu_us() / n.cpu_us(),
                     b.cpu_us(),
                     range(&runs[1])
@@ -882,7 +880,11 @@ fn main() {
             ));
             rows.push((
                 format!("{l}: ours / baseline, rate and CPU"),
-                format!("{:.2}, {:.2}", ours_rate / v(&b), o.cpu_us() / b.cpu_us()),
+                format!(
+                    "{:.2}, {:.2}",
+                    ours_rate / value(&b),
+                    o.cpu_us() / b.cpu_us()
+                ),
             ));
         }
         let run_json = |r: &Run, all: &[Run]| {
