@@ -12,7 +12,6 @@
 //! - [`store`]: the fjall backend: events by id, feeds by (author, seq),
 //!   a time index, and stored projections.
 //! - [`memory`]: an in-memory backend with the same rules, for simulation.
-//! - [`replication`]: version vectors and "what does the peer lack".
 //! - [`group_commit`]: concurrent appenders share one fsync.
 //!
 //! # Invariants
@@ -28,12 +27,13 @@ pub mod group_commit;
 pub mod ingest;
 pub mod log;
 pub mod memory;
-pub mod replication;
 pub mod store;
 
 pub use group_commit::GroupCommitter;
 pub use ingest::{Admission, Backend, IngestError, RejectCounts};
 pub use log::{AppendOutcome, Log};
 pub use memory::MemoryBackend;
-pub use replication::{FeedSummary, VersionVector};
+// Version vectors are data every side of the wire needs: they live in
+// `events` and are re-exported here for the log's users.
+pub use makiatto_events::{FeedRequest, FeedSummary, VersionVector};
 pub use store::{Store, StoreError};

@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use makiatto_events::{AuthorKey, AuthorVerifier, Event, EventError, EventId};
 
 use crate::ingest::{Admission, Backend, IngestError, RejectCounts, admit};
-use crate::replication::VersionVector;
 use crate::store::StoreError;
+use makiatto_events::VersionVector;
 
 /// How many events may wait for a predecessor at once. Past it, new waiters
 /// are refused (and fetched again by anti-entropy once the gap is filled).

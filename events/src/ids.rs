@@ -8,13 +8,15 @@ use serde::{Deserialize, Serialize};
 
 /// Error for a hex string that is not a 32-byte identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expected 64 hexadecimal characters, got {got:?}")]
+#[error("{got:?} is not {what} (expected {form})")]
 pub struct ParseIdError {
     got: String,
+    what: &'static str,
+    form: &'static str,
 }
 
 macro_rules! id32 {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(pub [u8; 32]);
@@ -75,7 +77,11 @@ macro_rules! id32 {
             type Err = ParseIdError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 let mut out = [0u8; 32];
-                hex::decode_to_slice(s, &mut out).map_err(|_| ParseIdError { got: s.to_owned() })?;
+                hex::decode_to_slice(s, &mut out).map_err(|_| ParseIdError {
+                    got: s.to_owned(),
+                    what: $what,
+                    form: "64 hexadecimal characters",
+                })?;
                 Ok(Self(out))
             }
         }
@@ -84,23 +90,28 @@ macro_rules! id32 {
 
 id32!(
     /// The id of an event: blake3 of its canonical bytes.
-    EventId
+    EventId,
+    "an event id"
 );
 id32!(
     /// An ed25519 public key that signs events: an operator's or a node's.
-    AuthorKey
+    AuthorKey,
+    "an author key"
 );
 id32!(
     /// A blake3 hash naming a blob in the content-addressed store.
-    Blake3Hash
+    Blake3Hash,
+    "a blake3 hash"
 );
 id32!(
     /// A node's X25519 public key, to which secrets are sealed.
-    SealingKey
+    SealingKey,
+    "a sealing key"
 );
 id32!(
     /// A WireGuard (Curve25519) public key.
-    WgPublicKey
+    WgPublicKey,
+    "a WireGuard public key"
 );
 
 impl EventId {
@@ -127,6 +138,8 @@ impl WgPublicKey {
     pub fn from_base64(text: &str) -> Result<Self, ParseIdError> {
         let bad = || ParseIdError {
             got: text.to_owned(),
+            what: "a WireGuard public key",
+            form: "standard base64 of 32 bytes, as `wg pubkey` prints it",
         };
         let mut bits: u32 = 0;
         let mut n = 0;

@@ -13,6 +13,7 @@
 //! - [`event`]: the header, the canonical encoding, signing and verification.
 //! - [`keys`]: operator/node signing keys and node sealing keys.
 //! - [`sealed`]: secrets sealed to nodes' X25519 keys, never plaintext in the log.
+//! - [`version_vector`]: what a log holds per author, and what a peer lacks.
 //!
 //! # Invariants
 //! - One event has exactly one byte encoding ([`Event::to_bytes`]); decoding
@@ -33,6 +34,7 @@ pub mod manifest;
 pub mod names;
 pub mod payload;
 pub mod sealed;
+pub mod version_vector;
 
 pub use event::{
     AuthorVerifier, Event, EventError, Header, MAX_EVENT_BYTES, MAX_PARENTS, UnsignedEvent,
@@ -45,3 +47,4 @@ pub use manifest::{FileEntry, Manifest, ManifestDelta, ManifestError};
 pub use names::{DomainName, NameError, NodeName, PeerName};
 pub use payload::{EventKind, Payload};
 pub use sealed::{Recipient, SealError, SealedValue, SecretId};
+pub use version_vector::{FeedRequest, FeedSummary, VersionVector};

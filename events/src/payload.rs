@@ -157,9 +157,39 @@ impl fmt::Display for SshTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.port == 22 {
             write!(f, "{}@{}", self.user, self.host)
+        } else if self.host.contains(':') {
+            write!(f, "{}@[{}]:{}", self.user, self.host, self.port)
         } else {
             write!(f, "{}@{}:{}", self.user, self.host, self.port)
         }
+    }
+}
+
+/// `user@host[:port]` as typed on the command line (an IPv6 host with a
+/// port in brackets: `root@[2001:db8::1]:2222`); the port defaults to 22.
+impl std::str::FromStr for SshTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let not_target = || format!("{s:?} is not user@host (for example root@203.0.113.1)");
+        let (user, rest) = s.split_once('@').ok_or_else(not_target)?;
+        if user.is_empty() || rest.is_empty() {
+            return Err(not_target());
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
+                h.trim_matches(['[', ']']),
+                p.parse().map_err(|_| format!("bad port in {s:?}"))?,
+            ),
+            _ => (rest.trim_matches(['[', ']']), 22),
+        };
+        if host.is_empty() {
+            return Err(not_target());
+        }
+        Ok(SshTarget {
+            user: user.to_owned(),
+            host: host.to_owned(),
+            port,
+        })
     }
 }
 

@@ -59,6 +59,19 @@ pub struct SealedValue {
     recipients: Vec<Recipient>,
 }
 
+impl SealedValue {
+    /// A value withheld: what a projection read back from its shown JSON
+    /// holds in place of a secret (secrets never leave the log as JSON).
+    /// It has no recipients, so nobody can open it.
+    pub fn withheld() -> SealedValue {
+        SealedValue {
+            nonce: [0; 12],
+            ciphertext: Vec::new(),
+            recipients: Vec::new(),
+        }
+    }
+}
+
 impl fmt::Debug for SealedValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 
 use makiatto_events::{Event, EventId, Hlc, Payload, SealedValue};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything the certificates projection holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Certificates {
     /// The current certificates, by their first name (a site's domain, or
     /// a nameserver's name).
@@ -43,7 +43,7 @@ pub fn names_key(names: &[String]) -> String {
 }
 
 /// One certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertificateEntry {
     pub domain: String,
     pub names: Vec<String>,
@@ -51,7 +51,7 @@ pub struct CertificateEntry {
     pub not_after_millis: u64,
     pub chain_pem: String,
     /// Sealed to the nodes; shown as the number of recipients.
-    #[serde(skip)]
+    #[serde(skip, default = "SealedValue::withheld")]
     pub key: SealedValue,
     pub key_sealed_to: usize,
     pub event: EventId,
@@ -59,7 +59,7 @@ pub struct CertificateEntry {
 }
 
 /// One ACME challenge.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChallengeEntry {
     pub name: String,
     pub value: String,

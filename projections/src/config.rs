@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use automerge::{AutoCommit, Change, transaction::CommitOptions};
 use autosurgeon::{Hydrate, Reconcile, hydrate, reconcile};
 use makiatto_events::AuthorKey;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a configuration change could not be read or made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,7 +35,7 @@ pub enum ConfigError {
 }
 
 /// Everything the operators want the cluster to serve.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Reconcile, Hydrate)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Reconcile, Hydrate)]
 pub struct DesiredConfig {
     /// Keyed by domain name.
     #[autosurgeon(missing = "Default::default")]
@@ -47,7 +47,7 @@ pub struct DesiredConfig {
 }
 
 /// One `[[domain]]` of `makiatto.toml` (its local `path` stays with `maki`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Reconcile, Hydrate)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Reconcile, Hydrate)]
 pub struct DomainConfig {
     #[autosurgeon(missing = "Default::default")]
     pub aliases: Vec<String>,
@@ -62,7 +62,7 @@ pub struct DomainConfig {
 }
 
 /// A `[[domain.records]]` entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Reconcile, Hydrate)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
 pub struct RecordConfig {
     #[serde(rename = "type")]
     #[autosurgeon(missing = "Default::default")]
@@ -85,14 +85,24 @@ fn names_only<S: serde::Serializer>(env: &SealedEnv, s: S) -> Result<S::Ok, S::E
     s.collect_seq(env.keys())
 }
 
+/// The shown form read back: the names, each with no value (sealed values
+/// never leave the log as JSON).
+fn names_without_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SealedEnv, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    Ok(names.into_iter().map(|n| (n, String::new())).collect())
+}
+
 /// A `[[domain.functions]]` entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Reconcile, Hydrate)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
 pub struct FunctionConfig {
     #[key]
     pub path: String,
     #[autosurgeon(missing = "Default::default")]
     pub methods: Vec<String>,
-    #[serde(serialize_with = "names_only")]
+    #[serde(
+        serialize_with = "names_only",
+        deserialize_with = "names_without_values"
+    )]
     #[autosurgeon(missing = "Default::default")]
     pub env: SealedEnv,
     #[autosurgeon(missing = "Default::default")]
@@ -102,13 +112,16 @@ pub struct FunctionConfig {
 }
 
 /// A `[[domain.transforms]]` entry; order matters (they run in sequence).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Reconcile, Hydrate)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
 pub struct TransformConfig {
     #[key]
     pub path: String,
     #[autosurgeon(missing = "Default::default")]
     pub files: String,
-    #[serde(serialize_with = "names_only")]
+    #[serde(
+        serialize_with = "names_only",
+        deserialize_with = "names_without_values"
+    )]
     #[autosurgeon(missing = "Default::default")]
     pub env: SealedEnv,
     #[autosurgeon(missing = "Default::default")]
@@ -120,7 +133,7 @@ pub struct TransformConfig {
 }
 
 /// The `[o11y]` table.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Reconcile, Hydrate)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Reconcile, Hydrate)]
 pub struct O11yConfig {
     #[autosurgeon(missing = "Default::default")]
     pub otlp_endpoint: Option<String>,
@@ -136,7 +149,7 @@ pub struct O11yConfig {
 
 /// Cluster-wide settings (`maki config set KEY VALUE`). `None` means the
 /// default of [`SETTINGS`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Reconcile, Hydrate)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
 pub struct Settings {
     #[autosurgeon(missing = "Default::default")]
     pub dns_geo_ttl: Option<u32>,

@@ -39,4 +39,4 @@ pub mod zones;
 
 pub use engine::{AsOf, Engine};
 pub use fold::Verdict;
-pub use state::{ProjectionName, State};
+pub use state::{Projection, ProjectionName, State};

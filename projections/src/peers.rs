@@ -15,20 +15,22 @@ use makiatto_events::payload::{Coordinates, Ipv4Net, SshTarget};
 use makiatto_events::{
     AuthorKey, Event, EventId, Hlc, NodeName, Payload, PeerName, SealingKey, WgPublicKey,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A node of the cluster.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeEntry {
     pub signing_key: AuthorKey,
     pub sealing_key: SealingKey,
     pub wg_public_key: WgPublicKey,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
-    #[serde(serialize_with = "display")]
+    #[serde(serialize_with = "display", deserialize_with = "parsed")]
     pub ssh: SshTarget,
     pub latitude: f64,
     pub longitude: f64,
+    /// Not on the wire (`latitude` and `longitude` are): read back, the
+    /// default.
     #[serde(skip)]
     pub coordinates: Coordinates,
     pub nameserver: bool,
@@ -40,7 +42,7 @@ pub struct NodeEntry {
 }
 
 /// A WireGuard peer outside the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExternalPeer {
     pub wg_public_key: WgPublicKey,
     pub endpoint: String,
@@ -55,15 +57,28 @@ fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S:
     s.collect_str(v)
 }
 
+fn parsed<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
+}
+
 /// When a member joined: the (HLC, id) of its joining event.
 type JoinOrder = (Hlc, EventId);
 /// A member by name: a node (`Ok`) or an external peer (`Err`).
 type Member = Result<NodeName, PeerName>;
 
 /// Every member of the mesh.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Peers {
-    #[serde(serialize_with = "optional_range")]
+    #[serde(
+        serialize_with = "optional_range",
+        deserialize_with = "optional_range_parsed"
+    )]
     pub mesh_range: Option<Ipv4Net>,
     pub nodes: BTreeMap<NodeName, NodeEntry>,
     pub external: BTreeMap<PeerName, ExternalPeer>,
@@ -74,6 +89,14 @@ fn optional_range<S: serde::Serializer>(v: &Option<Ipv4Net>, s: S) -> Result<S::
         Some(net) => s.collect_str(net),
         None => s.serialize_none(),
     }
+}
+
+fn optional_range_parsed<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Ipv4Net>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|text| text.parse().map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 impl Peers {

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use makiatto_events::payload::Ipv4Net;
 use makiatto_events::{AuthorKey, Event, EventId, NodeName, Payload};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The cluster as its genesis describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterInfo {
     pub id: EventId,
     pub name: String,
@@ -18,7 +18,7 @@ pub struct ClusterInfo {
 }
 
 /// Who holds which role.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Roles {
     pub cluster: Option<ClusterInfo>,
     /// Operator key → name.

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 
 use makiatto_events::payload::{BlobRef, ChangeSummary};
 use makiatto_events::{AuthorKey, DomainName, Event, EventId, Hlc, Payload};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{DesiredConfig, FunctionConfig, TransformConfig};
 
 /// One published version of a site.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteVersion {
     /// The `site-published` event, which names the version.
     pub event: EventId,
@@ -22,7 +22,7 @@ pub struct SiteVersion {
 }
 
 /// One domain's site.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SiteState {
     /// The live version's event id.
     pub live: Option<EventId>,
@@ -41,7 +41,7 @@ impl SiteState {
 }
 
 /// Every domain's site.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sites {
     pub domains: BTreeMap<DomainName, SiteState>,
 }

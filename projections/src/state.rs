@@ -8,7 +8,8 @@
 use std::fmt;
 
 use makiatto_events::Blake3Hash;
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::certificates::Certificates;
 use crate::config::DesiredConfig;
@@ -52,6 +53,51 @@ impl ProjectionName {
     pub fn parse(name: &str) -> Option<ProjectionName> {
         Self::ALL.into_iter().find(|p| p.as_str() == name)
     }
+}
+
+impl Serialize for ProjectionName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ProjectionName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        ProjectionName::parse(&name).ok_or_else(|| {
+            let known: Vec<&str> = ProjectionName::ALL.iter().map(|p| p.as_str()).collect();
+            serde::de::Error::custom(format!(
+                "unknown projection {name:?}; projections are: {}",
+                known.join(", ")
+            ))
+        })
+    }
+}
+
+/// A projection's type and its name: what `show` reads back as the
+/// projection's own type (its shown JSON holds no secrets, so sealed values
+/// read back as withheld).
+pub trait Projection: Serialize + DeserializeOwned {
+    const NAME: ProjectionName;
+}
+
+impl Projection for Peers {
+    const NAME: ProjectionName = ProjectionName::Peers;
+}
+impl Projection for Roles {
+    const NAME: ProjectionName = ProjectionName::Roles;
+}
+impl Projection for DesiredConfig {
+    const NAME: ProjectionName = ProjectionName::Config;
+}
+impl Projection for Zones {
+    const NAME: ProjectionName = ProjectionName::Zones;
+}
+impl Projection for Certificates {
+    const NAME: ProjectionName = ProjectionName::Certificates;
+}
+impl Projection for Sites {
+    const NAME: ProjectionName = ProjectionName::Sites;
 }
 
 impl fmt::Display for ProjectionName {

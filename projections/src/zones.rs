@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use makiatto_events::{DomainName, NodeName};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::certificates::Certificates;
 use crate::config::{DesiredConfig, RecordConfig};
@@ -24,7 +24,7 @@ pub const SOA_EXPIRE: u32 = 1_209_600;
 pub const SOA_MINIMUM: u32 = 300;
 
 /// The SOA record's fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub struct Soa {
     pub mname: String,
     pub rname: String,
@@ -36,7 +36,7 @@ pub struct Soa {
 }
 
 /// A nameserver of the zone, `<node>.ns.<domain>`, with its glue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub struct Nameserver {
     pub name: String,
     pub node: NodeName,
@@ -45,7 +45,7 @@ pub struct Nameserver {
 }
 
 /// A node the apex may be answered with, and where it stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub struct GeoCandidate {
     pub node: NodeName,
     pub ipv4: Option<Ipv4Addr>,
@@ -55,7 +55,7 @@ pub struct GeoCandidate {
 }
 
 /// A CAA record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub struct Caa {
     pub flags: u8,
     pub tag: String,
@@ -63,7 +63,7 @@ pub struct Caa {
 }
 
 /// One domain's zone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub struct Zone {
     /// Changes whenever the content does; derived from the log, so equal on
     /// every node holding the same events.
@@ -83,7 +83,7 @@ pub struct Zone {
 }
 
 /// A custom record as the zone carries it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub struct RecordView {
     #[serde(rename = "type")]
     pub rtype: String,
@@ -106,7 +106,7 @@ impl From<&RecordConfig> for RecordView {
 }
 
 /// Every zone the cluster serves.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Zones {
     pub zones: BTreeMap<DomainName, Zone>,
 }

@@ -1,5 +1,7 @@
-//! Replication as a pure state machine: version vectors and the plan of what
-//! one log must send another so that both hold the union.
+//! Version vectors, and the plan of what one log must send another so that
+//! both hold the union: the data replication exchanges (in heartbeats, in a
+//! session's `Hello`, in `maki`'s control requests), kept here because it is
+//! pure and every side of the wire needs it.
 //!
 //! A version vector maps each author to a [`FeedSummary`]. Because stored
 //! feeds have no holes, `seq` names a whole prefix, and a peer that lacks
@@ -11,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use makiatto_events::{AuthorKey, EventId};
+use crate::{AuthorKey, EventId};
 use serde::{Deserialize, Serialize};
 
 /// One author's feed as one log holds it.

@@ -1,0 +1,217 @@
+//! `health`: the running daemon's view of itself and its peers — the mesh,
+//! replication, deployed sites, DNS, HTTP and certificates. `maki health`
+//! and `maki certs` read it from every node.
+//!
+//! Every struct reads with defaults for missing fields, so a newer `maki`
+//! reads an older daemon's report (and an older one ignores what it does
+//! not know).
+
+use std::collections::BTreeMap;
+
+use makiatto_events::EventId;
+use makiatto_projections::certificates::CertificateEntry;
+use serde::{Deserialize, Serialize};
+
+/// The whole report of one node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthReport {
+    /// This node's name, once it has joined.
+    pub node: Option<String>,
+    pub mesh_addr: Option<String>,
+    /// Events held.
+    pub events: u64,
+    /// Hex of the version vector's digest: equal logs, equal digests.
+    pub vv_digest: String,
+    pub load: Load,
+    pub peers: Vec<PeerHealth>,
+    pub replication: ReplicationTotals,
+    /// Per domain: the live version and whether this node serves it.
+    pub sites: BTreeMap<String, SiteDeployment>,
+    pub dns: DnsReport,
+    pub http: HttpReport,
+    /// None on a node that has no keys yet.
+    pub acme: Option<AcmeReport>,
+}
+
+/// Load figures a node reports in its heartbeats.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Load {
+    /// The one-minute load average, in thousandths.
+    pub load1_milli: u32,
+    pub cpus: u16,
+    pub mem_available_mb: u32,
+    pub mem_total_mb: u32,
+    pub uptime_secs: u64,
+}
+
+/// One peer as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PeerHealth {
+    pub name: String,
+    pub mesh_addr: String,
+    /// A heartbeat heard within the liveness window (3 s).
+    pub alive: bool,
+    pub last_heard_ms: Option<u64>,
+    /// Events the peer holds, from its last heartbeat.
+    pub events: Option<u64>,
+    /// Its last heartbeat carried this node's version-vector digest.
+    pub in_sync: Option<bool>,
+    pub load: Option<Load>,
+    pub handshake_age_secs: Option<u64>,
+    pub wg_rx_bytes: Option<u64>,
+    pub wg_tx_bytes: Option<u64>,
+    pub last_sync_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub events_received: u64,
+    pub events_sent: u64,
+    /// Events and blobs from this peer that failed verification.
+    pub bad_events: u64,
+}
+
+/// Replication totals since the daemon started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReplicationTotals {
+    pub sessions_ok: u64,
+    pub sessions_failed: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub events_in: u64,
+    pub events_out: u64,
+    pub bad_events: u64,
+    pub refused_connections: u64,
+    /// Site versions fetched as a manifest delta.
+    pub versions_by_delta: u64,
+    /// Site versions a peer sent ahead of their events, taken.
+    pub versions_ahead: u64,
+    /// Manifests fetched whole (no peer could send a delta).
+    pub manifests_whole: u64,
+}
+
+/// One domain's live version and what this node serves of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SiteDeployment {
+    pub live: Option<EventId>,
+    pub deployed: Option<EventId>,
+    pub files: Option<usize>,
+    /// The live version is the one served.
+    pub in_sync: bool,
+    pub missing_blobs: usize,
+    pub error: Option<String>,
+}
+
+/// The authoritative DNS server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DnsReport {
+    pub zones: Vec<String>,
+    pub serial: u32,
+    /// Whether a GeoIP database is loaded (without one, no visitor is placed).
+    pub geoip: bool,
+    pub geo: Vec<GeoHealth>,
+    /// Records no node serves, with the reason.
+    pub skipped_records: Vec<String>,
+    /// Per transport (udp, tcp, tls).
+    pub transports: BTreeMap<String, DnsCounts>,
+}
+
+/// A geo candidate and whether it is healthy, as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GeoHealth {
+    pub node: String,
+    pub healthy: bool,
+}
+
+/// Queries of one transport, by what became of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DnsCounts {
+    pub queries: u64,
+    pub dropped: u64,
+    pub truncated: u64,
+    pub noerror: u64,
+    pub formerr: u64,
+    pub servfail: u64,
+    pub nxdomain: u64,
+    pub notimp: u64,
+    pub refused_or_other: u64,
+}
+
+/// The HTTP edge.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpReport {
+    pub hosts: Vec<String>,
+    pub sites: BTreeMap<String, ServedSite>,
+    pub responses: StatusCounts,
+}
+
+/// The version of a domain the HTTP routes serve.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServedSite {
+    pub version: Option<EventId>,
+    pub files: usize,
+    pub precompressed: usize,
+}
+
+/// Responses by status class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusCounts {
+    #[serde(rename = "1xx")]
+    pub informational: u64,
+    #[serde(rename = "2xx")]
+    pub success: u64,
+    #[serde(rename = "3xx")]
+    pub redirection: u64,
+    #[serde(rename = "4xx")]
+    pub client_error: u64,
+    #[serde(rename = "5xx")]
+    pub server_error: u64,
+}
+
+/// Certificates: what is issued, what is due, what failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AcmeReport {
+    /// The ACME directory; none: nothing is ordered.
+    pub directory: Option<String>,
+    /// `http-01` or `dns-01`.
+    pub challenge: Option<String>,
+    /// This node is the one that orders.
+    pub orderer: bool,
+    /// The certificate being ordered now (on the orderer).
+    pub ordering: Option<String>,
+    pub due: Vec<DueCertificate>,
+    /// Orders that failed, and when they are tried again (on the orderer).
+    pub failures: Vec<OrderFailure>,
+    /// The certificates projection's entries, by first name.
+    pub certificates: BTreeMap<String, CertificateEntry>,
+    /// Certificates at the CA's duplicate limit, and until when (Unix ms).
+    pub limited: BTreeMap<String, u64>,
+}
+
+/// A certificate to order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DueCertificate {
+    pub certificate: String,
+    pub domain: String,
+    pub names: Vec<String>,
+    pub limited_until_millis: Option<u64>,
+}
+
+/// An order that failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OrderFailure {
+    pub certificate: String,
+    pub failures: u32,
+    pub error: String,
+    pub retry_in_secs: u64,
+}

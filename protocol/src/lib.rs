@@ -1,0 +1,38 @@
+//! What crosses the wire between `maki` and the `makiatto` daemon.
+//!
+//! `maki` reaches a node over SSH and runs `makiatto control`, which
+//! speaks this protocol on its standard input and output and forwards
+//! what only the daemon answers to its control socket; `makiatto`'s own
+//! subcommands use the socket directly. Both binaries build requests and
+//! read answers only through these types.
+//!
+//! # Layout
+//! - [`version`]: each side's [`Version`], feature bits, and the
+//!   compatibility rule of a rolling upgrade.
+//! - [`request`]: every [`Request`], each an [`Operation`] that names the
+//!   type of its answer; the [`Envelope`] that carries the client's version.
+//! - [`answer`]: [`Answer`] (`ok` or an error with an [`ErrorCode`]).
+//! - [`append`], [`log`], [`show`], [`status`], [`health`]: the answers.
+//! - [`blob_stream`]: the hash · size · bytes stream of an upload.
+//!
+//! # Invariants
+//! - One line, one request; one line, one answer, in order.
+//! - The wire form is pinned by golden fixtures (`tests/fixtures/`): a
+//!   change to a message's shape fails a test before it reaches a cluster.
+//! - Projections cross the wire as the projections' own types.
+
+pub mod answer;
+pub mod append;
+pub mod blob_stream;
+pub mod health;
+pub mod log;
+pub mod request;
+pub mod show;
+pub mod status;
+pub mod version;
+
+pub use answer::{Answer, ControlError, ErrorCode};
+pub use append::{AppendResult, Outcome, Refusal};
+pub use request::{Envelope, Operation, Request};
+pub use show::Shown;
+pub use version::{Features, PROTOCOL, Version};

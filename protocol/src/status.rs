@@ -1,0 +1,68 @@
+//! Small answers: the log's status, verification, heads, a stored manifest.
+
+use makiatto_events::{EventId, Hlc};
+use serde::{Deserialize, Serialize};
+
+/// Counts of refused events since the daemon started, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rejections {
+    pub invalid: u64,
+    pub duplicate: u64,
+    pub chain_mismatch: u64,
+    pub foreign_cluster: u64,
+    pub wait_buffer_full: u64,
+}
+
+/// What the log holds and how much it waits for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Status {
+    pub cluster: Option<EventId>,
+    pub events: u64,
+    pub waiting_for_predecessor: u64,
+    pub waiting_for_causal_past: u64,
+    pub authors: u64,
+    pub rejected: Rejections,
+}
+
+/// `verify`: every event re-checked, every projection rebuilt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub events: usize,
+    pub problems: Vec<String>,
+    /// Projection name and fingerprint, in the order `show` lists them.
+    pub fingerprints: Vec<(String, String)>,
+}
+
+/// One head of the log: an event nothing else names as a parent yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub id: EventId,
+    pub millis: u64,
+    pub counter: u32,
+}
+
+impl Head {
+    pub fn new(id: EventId, hlc: Hlc) -> Head {
+        Head {
+            id,
+            millis: hlc.millis,
+            counter: hlc.counter,
+        }
+    }
+
+    pub fn hlc(&self) -> Hlc {
+        Hlc {
+            millis: self.millis,
+            counter: self.counter,
+        }
+    }
+}
+
+/// `manifest-put`: the manifest was rebuilt, checked and stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestStored {
+    /// How many files it names.
+    pub stored: usize,
+}
