@@ -6,7 +6,8 @@
 use anyhow::{Context, bail};
 use makiatto_events::Payload;
 use makiatto_events::payload::CertificateRenewalRequested;
-use serde_json::{Value, json};
+use makiatto_protocol::health::AcmeReport;
+use makiatto_protocol::request as op;
 
 use crate::cluster::Ctx;
 
@@ -28,75 +29,66 @@ fn time(millis: u64) -> String {
         .unwrap_or_else(|_| millis.to_string())
 }
 
-fn rows(acme: &Value) -> Vec<Row> {
+fn rows(acme: &AcmeReport) -> Vec<Row> {
     let mut rows = Vec::new();
-    let failures: Vec<&Value> = acme["failures"].as_array().into_iter().flatten().collect();
-    let due: Vec<&Value> = acme["due"].as_array().into_iter().flatten().collect();
     let failing = |cert: &str| {
-        if let Some(until) = due
+        if let Some(until) = acme
+            .due
             .iter()
-            .find(|d| d["certificate"] == cert)
-            .and_then(|d| d["limited_until_millis"].as_u64())
+            .find(|d| d.certificate == cert)
+            .and_then(|d| d.limited_until_millis)
         {
             return Some(format!(
                 "waiting for the CA's duplicate limit (5 certificates for these names in 7 days) until {}",
                 time(until)
             ));
         }
-        failures.iter().find(|f| f["certificate"] == cert).map(|f| {
-            format!(
-                "failing: {} (retry in {}s)",
-                f["error"].as_str().unwrap_or("?"),
-                f["retry_in_secs"]
-            )
-        })
+        acme.failures
+            .iter()
+            .find(|f| f.certificate == cert)
+            .map(|f| format!("failing: {} (retry in {}s)", f.error, f.retry_in_secs))
     };
-    let ordering = acme["ordering"].as_str();
-    if let Some(certs) = acme["certificates"].as_object() {
-        for (cert, c) in certs {
-            let domain = c["domain"].as_str().unwrap_or(cert).to_owned();
-            let renewing = due.iter().any(|d| d["certificate"] == cert.as_str());
-            for name in c["names"].as_array().into_iter().flatten() {
-                let state = if ordering == Some(cert.as_str()) {
-                    "valid, renewal in progress".to_owned()
-                } else if let Some(f) = failing(cert) {
-                    format!("valid, renewal {f}")
-                } else if renewing {
-                    "valid, renewal due".to_owned()
-                } else {
-                    "valid".to_owned()
-                };
-                rows.push(Row {
-                    name: name.as_str().unwrap_or("?").to_owned(),
-                    domain: domain.clone(),
-                    certificate: cert.clone(),
-                    issuer: c["issuer"].as_str().map(str::to_owned),
-                    not_after: c["not_after_millis"].as_u64().map(time),
-                    state,
-                });
-            }
+    let ordering = acme.ordering.as_deref();
+    for (cert, c) in &acme.certificates {
+        let renewing = acme.due.iter().any(|d| d.certificate == *cert);
+        for name in &c.names {
+            let state = if ordering == Some(cert.as_str()) {
+                "valid, renewal in progress".to_owned()
+            } else if let Some(f) = failing(cert) {
+                format!("valid, renewal {f}")
+            } else if renewing {
+                "valid, renewal due".to_owned()
+            } else {
+                "valid".to_owned()
+            };
+            rows.push(Row {
+                name: name.clone(),
+                domain: c.domain.clone(),
+                certificate: cert.clone(),
+                issuer: Some(c.issuer.clone()),
+                not_after: Some(time(c.not_after_millis)),
+                state,
+            });
         }
     }
-    for d in &due {
-        let domain = d["domain"].as_str().unwrap_or("?");
-        let cert = d["certificate"].as_str().unwrap_or("?");
-        for name in d["names"].as_array().into_iter().flatten() {
-            let name = name.as_str().unwrap_or("?");
-            if rows.iter().any(|r| r.name == name) {
+    for d in &acme.due {
+        let cert = d.certificate.as_str();
+        for name in &d.names {
+            if rows.iter().any(|r| r.name == *name) {
                 continue;
             }
             let state = if ordering == Some(cert) {
                 "self-signed; ordering now".to_owned()
             } else if let Some(f) = failing(cert) {
                 format!("self-signed; {f}")
-            } else if acme["directory"].is_null() {
+            } else if acme.directory.is_none() {
                 "self-signed; no acme.directory set".to_owned()
             } else {
                 "self-signed; order due".to_owned()
             };
             rows.push(Row {
-                name: name.to_owned(),
-                domain: domain.to_owned(),
+                name: name.clone(),
+                domain: d.domain.clone(),
                 certificate: cert.to_owned(),
                 issuer: None,
                 not_after: None,
@@ -111,26 +103,26 @@ fn rows(acme: &Value) -> Vec<Row> {
 /// The ACME report of every node that answers, merged: the certificates
 /// and what is due (the same on every node that holds the same log), the
 /// order in progress and the failures (only the ordering node has them).
-async fn acme_report(ctx: &Ctx) -> anyhow::Result<Value> {
+async fn acme_report(ctx: &Ctx) -> anyhow::Result<AcmeReport> {
     let asks = ctx.profile.machines.iter().map(|m| async move {
         let remote = ctx.connect(m).await?;
-        let health = remote.call(json!({"op": "health"})).await?;
-        anyhow::Ok((m.name.clone(), health["acme"].clone()))
+        let health = remote.ask(op::Health {}).await?;
+        anyhow::Ok((m.name.clone(), health.acme))
     });
-    let mut merged: Option<Value> = None;
+    let mut merged: Option<AcmeReport> = None;
     let mut errors = Vec::new();
     let mut failures = Vec::new();
-    let mut ordering = Value::Null;
+    let mut ordering = None;
     for answer in futures::future::join_all(asks).await {
         match answer {
-            Ok((_, acme)) if acme.is_object() => {
-                failures.extend(acme["failures"].as_array().cloned().unwrap_or_default());
-                if !acme["ordering"].is_null() {
-                    ordering = acme["ordering"].clone();
+            Ok((_, Some(acme))) => {
+                failures.extend(acme.failures.iter().cloned());
+                if acme.ordering.is_some() {
+                    ordering = acme.ordering.clone();
                 }
                 merged.get_or_insert(acme);
             }
-            Ok((name, _)) => errors.push(format!(
+            Ok((name, None)) => errors.push(format!(
                 "{name} has no ACME subsystem running (is it initialised?)"
             )),
             Err(e) => errors.push(format!("{e:#}")),
@@ -139,8 +131,8 @@ async fn acme_report(ctx: &Ctx) -> anyhow::Result<Value> {
     let Some(mut acme) = merged else {
         bail!("no node answered:\n  {}", errors.join("\n  "));
     };
-    acme["failures"] = Value::Array(failures);
-    acme["ordering"] = ordering;
+    acme.failures = failures;
+    acme.ordering = ordering;
     Ok(acme)
 }
 
@@ -151,14 +143,16 @@ pub async fn list(ctx: &Ctx, json_out: bool) -> anyhow::Result<()> {
     if json_out {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"directory": acme["directory"], "names": rows}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"directory": acme.directory, "names": rows})
+            )?
         );
         return Ok(());
     }
     println!(
         "ACME directory: {}",
-        acme["directory"]
-            .as_str()
+        acme.directory
+            .as_deref()
             .unwrap_or("(none: nothing is ordered)")
     );
     if rows.is_empty() {
@@ -183,7 +177,7 @@ pub async fn renew(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     let Some(row) = rows(&acme).into_iter().find(|r| r.name == name) else {
         bail!("no certificate covers {name}; `maki certs` lists the names the cluster serves");
     };
-    if let Some(until) = acme["limited"][&row.certificate].as_u64() {
+    if let Some(until) = acme.limited.get(&row.certificate).copied() {
         eprintln!(
             "warning: {} already had 5 certificates in 7 days (the CA's duplicate limit); the renewal waits until {}",
             row.certificate,

@@ -8,7 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use makiatto_events::{Event, EventId, Hlc, Payload};
-use serde_json::{Value, json};
+use makiatto_protocol::append::{Outcome, hex_events};
+use makiatto_protocol::client::{Answers, Batch, Slot};
+use makiatto_protocol::request as op;
+use makiatto_protocol::status::Head;
 
 use crate::operator::{Operator, Outbox};
 use crate::profile::{Machine, Profile};
@@ -130,14 +133,14 @@ impl Ctx {
         Ok(self.signed(via, cluster_id, payloads, None, None).await?.0)
     }
 
-    /// The requests whose answers are the node's [`Tip`]: a command that
-    /// will publish can ask them with its first question.
-    pub fn tip_requests(&self) -> anyhow::Result<[Value; 2]> {
+    /// Adds to `batch` the requests whose answers are the node's [`Tip`]:
+    /// a command that will publish asks them with its first question.
+    pub fn ask_tip(&self, batch: &mut Batch) -> anyhow::Result<TipSlots> {
         let author = self.operator()?.key().public();
-        Ok([
-            json!({"op": "heads"}),
-            json!({"op": "feed", "author": author.to_hex()}),
-        ])
+        Ok(TipSlots {
+            heads: batch.push(op::Heads {}),
+            feed: batch.push(op::Feed { author }),
+        })
     }
 
     /// Signs `payloads` as [`Ctx::sign`] does, with `also` among the first
@@ -145,7 +148,7 @@ impl Ctx {
     /// hands them to the same node, after whatever part of the operator's
     /// feed it lacks: signing and delivering, which both need the node's
     /// tip of the feed, ask for it once. With `tip` (the answers to
-    /// [`Ctx::tip_requests`], asked a moment ago with another question)
+    /// [`Ctx::ask_tip`], asked a moment ago with another question)
     /// they do not ask at all: heads a little stale only make the events
     /// concurrent with what came since, which the log merges.
     pub async fn publish(
@@ -173,24 +176,26 @@ impl Ctx {
     ) -> anyhow::Result<(Vec<Event>, u64, Outbox)> {
         let operator = self.operator()?;
         let mut outbox = operator.outbox(cluster_id)?;
-        let answers = match tip {
-            Some(Tip { heads, feed }) => vec![heads, feed],
-            None => via.control(&self.tip_requests()?).await?,
+        let tip = match tip {
+            Some(tip) => tip,
+            None => {
+                let mut batch = Batch::new();
+                let slots = self.ask_tip(&mut batch)?;
+                let mut answers = via.send(batch).await?;
+                slots.take(&mut answers, via)?
+            }
         };
-        let mut parents = parse_heads(&answers[0])?;
+        let Tip {
+            heads,
+            feed: node_latest,
+        } = tip;
+        let mut parents: Vec<(EventId, Hlc)> = heads.iter().map(|h| (h.id, h.hlc())).collect();
         if let Some(extra) = also
             && !parents.iter().any(|(id, _)| *id == extra.0)
         {
             parents.truncate(makiatto_events::MAX_PARENTS - 1);
             parents.push(extra);
         }
-        let node_latest = match answers[1].as_str() {
-            Some(h) => Some(
-                Event::decode(&hex::decode(h)?)
-                    .context("the node sent an invalid event of our feed")?,
-            ),
-            None => None,
-        };
         let mut writer = outbox.writer(operator.key(), node_latest.as_ref());
         let mut events = Vec::new();
         for payload in payloads {
@@ -216,11 +221,8 @@ impl Ctx {
         let operator = self.operator()?;
         let outbox = operator.outbox(cluster_id)?;
         let author = operator.key().public();
-        let ours = remote
-            .call(json!({"op": "feed", "author": author.to_hex()}))
-            .await?;
-        let seq = match ours.as_str() {
-            Some(h) => Event::decode(&hex::decode(h)?)?.seq(),
+        let seq = match remote.ask(op::Feed { author }).await? {
+            Some(h) => feed_event(&h, remote)?.seq(),
             None => 0,
         };
         append(remote, &unsent(outbox.after(seq), events)).await
@@ -228,10 +230,43 @@ impl Ctx {
 }
 
 /// A node's heads and the operator's latest event there, as answered to
-/// [`Ctx::tip_requests`]: what signing builds on.
+/// [`Ctx::ask_tip`]: what signing builds on.
 pub struct Tip {
-    pub heads: Value,
-    pub feed: Value,
+    pub heads: Vec<Head>,
+    pub feed: Option<Event>,
+}
+
+/// Where a batch's answers hold the [`Tip`].
+pub struct TipSlots {
+    heads: Slot<op::Heads>,
+    feed: Slot<op::Feed>,
+}
+
+impl TipSlots {
+    /// The tip, from the answers of the batch these slots were made in.
+    pub fn take(self, answers: &mut Answers, via: &Remote) -> anyhow::Result<Tip> {
+        let heads = answers
+            .take(self.heads)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", via.target()))?;
+        let feed = answers
+            .take(self.feed)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", via.target()))?
+            .map(|h| feed_event(&h, via))
+            .transpose()?;
+        Ok(Tip { heads, feed })
+    }
+}
+
+/// The operator's event a node sent (hex), verified.
+fn feed_event(hex_event: &str, via: &Remote) -> anyhow::Result<Event> {
+    let bytes = hex::decode(hex_event)
+        .with_context(|| format!("{}: the node sent an event that is not hex", via.target()))?;
+    Event::decode(&bytes).with_context(|| {
+        format!(
+            "{}: the node sent an invalid event of our feed",
+            via.target()
+        )
+    })
 }
 
 /// What the outbox holds after the node's tip, then `events` not among it.
@@ -249,20 +284,17 @@ pub async fn append(remote: &Remote, events: &[Event]) -> anyhow::Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let hex_events: Vec<String> = events.iter().map(|e| hex::encode(e.to_bytes())).collect();
     let results = remote
-        .call(json!({"op": "append", "events": hex_events}))
+        .ask(op::Append {
+            events: hex_events(events),
+        })
         .await?;
-    for r in results.as_array().into_iter().flatten() {
-        if r["outcome"] == "rejected"
-            && !r["error"].as_str().unwrap_or("").contains("already stored")
-        {
-            bail!(
-                "{}: the node refused an event: {}",
-                remote.target(),
-                r["error"].as_str().unwrap_or("?")
-            );
-        }
+    if let Some(refused) = results.iter().find(|r| !r.is_accepted()) {
+        bail!(
+            "{}: the node refused an event: {}",
+            remote.target(),
+            refused.error.as_deref().unwrap_or("?")
+        );
     }
     Ok(())
 }
@@ -271,44 +303,29 @@ pub async fn append(remote: &Remote, events: &[Event]) -> anyhow::Result<()> {
 pub async fn copy_log(from: &Remote, to: &Remote) -> anyhow::Result<usize> {
     let mut copied = 0;
     loop {
-        let vv = to.call(json!({"op": "version-vector"})).await?;
-        let missing = from
-            .call(json!({"op": "missing", "vv": vv, "max_bytes": 4 * 1024 * 1024}))
+        let vv = to.ask(op::GetVersionVector {}).await?;
+        let batch = from
+            .ask(op::Missing {
+                vv,
+                max_bytes: 4 * 1024 * 1024,
+            })
             .await?;
-        let batch: Vec<String> = serde_json::from_value(missing)?;
         if batch.is_empty() {
             return Ok(copied);
         }
         copied += batch.len();
-        let results = to.call(json!({"op": "append", "events": batch})).await?;
+        let results = to.ask(op::Append { events: batch }).await?;
         let stored = results
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|r| r["outcome"] == "stored")
+            .iter()
+            .filter(|r| r.outcome == Outcome::Stored)
             .count();
         if stored == 0 {
+            let why: Vec<&str> = results.iter().filter_map(|r| r.error.as_deref()).collect();
             bail!(
-                "{}: copying the log made no progress: {results}",
-                to.target()
+                "{}: copying the log made no progress: {}",
+                to.target(),
+                why.join("; ")
             );
         }
     }
-}
-
-fn parse_heads(v: &Value) -> anyhow::Result<Vec<(EventId, Hlc)>> {
-    let mut out = Vec::new();
-    for h in v.as_array().into_iter().flatten() {
-        let id: EventId = h["id"]
-            .as_str()
-            .unwrap_or_default()
-            .parse()
-            .context("bad head id from the node")?;
-        let hlc = Hlc {
-            millis: h["millis"].as_u64().unwrap_or(0),
-            counter: h["counter"].as_u64().unwrap_or(0) as u32,
-        };
-        out.push((id, hlc));
-    }
-    Ok(out)
 }

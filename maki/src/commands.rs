@@ -6,8 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use makiatto_events::payload::{ConfigChanged, OperatorAdded, OperatorRemoved};
 use makiatto_events::{AuthorKey, Payload};
-use makiatto_projections::config::{ConfigDoc, SETTINGS};
-use serde_json::{Value, json};
+use makiatto_projections::config::{ConfigDoc, DesiredConfig, SETTINGS};
+use makiatto_projections::roles::Roles;
+use makiatto_protocol::log::LogLine;
+use makiatto_protocol::request::{self as op, ShowAs};
 
 use crate::cluster::Ctx;
 use crate::machine::REMOTE_BINARY;
@@ -55,18 +57,17 @@ pub async fn log(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
             bail!("{}", out.stderr.trim());
         }
         for line in out.stdout.lines() {
-            let v: Value =
+            let entry: LogLine =
                 serde_json::from_str(line).context("unreadable log line from the node")?;
-            let id = v["id"].as_str().unwrap_or_default().to_owned();
-            if !first && seen.contains(&id) {
+            if !first && seen.contains(&entry.id) {
                 continue;
             }
-            seen.insert(id);
             if args.json {
                 println!("{line}");
             } else {
-                println!("{}", render(&v));
+                println!("{}", entry.render());
             }
+            seen.insert(entry.id);
         }
         if !args.follow {
             return Ok(());
@@ -76,46 +77,17 @@ pub async fn log(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
     }
 }
 
-fn render(v: &Value) -> String {
-    let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
-    let who = match v["role"].as_str() {
-        Some(role) => format!("{} ({role})", s("author")),
-        None => format!("{} (unknown key)", s("author")),
-    };
-    let mut line = format!(
-        "{}  {}  {:<22} {:<16} {}",
-        s("time"),
-        &s("id")[..12.min(s("id").len())],
-        who,
-        s("kind"),
-        s("summary")
-    );
-    if v["status"] != "applied" {
-        line.push_str(&format!(
-            "  [{}: {}]",
-            s("status").to_uppercase(),
-            s("reason")
-        ));
-    }
-    if v["fork"] == true {
-        line.push_str("  [FORK]");
-    }
-    line
-}
-
 /// `maki config show`.
 pub async fn config_show(ctx: &Ctx, json_out: bool) -> anyhow::Result<()> {
     let (_, remote) = ctx.any_node().await?;
-    let config = remote.call(json!({"op": "show", "name": "config"})).await?;
-    let settings = &config["state"]["settings"];
+    let config = remote.ask(ShowAs::<DesiredConfig>::now()).await?;
     if json_out {
         println!("{}", serde_json::to_string(&config)?);
         return Ok(());
     }
     for spec in SETTINGS {
-        let field = spec.key.replace('.', "_");
-        let value = match &settings[&field] {
-            Value::Null => format!(
+        let value = match config.state.settings.get(spec.key) {
+            None => format!(
                 "{} (default)",
                 if spec.default.is_empty() {
                     "none"
@@ -123,12 +95,12 @@ pub async fn config_show(ctx: &Ctx, json_out: bool) -> anyhow::Result<()> {
                     spec.default
                 }
             ),
-            Value::String(s) if s.contains('\n') => format!(
+            Some(s) if s.contains('\n') => format!(
                 "{} (PEM, {} lines)",
                 s.lines().next().unwrap_or(""),
                 s.lines().count()
             ),
-            other => other.to_string().trim_matches('"').to_owned(),
+            Some(s) => s,
         };
         println!("{:<22} {:<50} # {}", spec.key, value, spec.doc);
     }
@@ -141,8 +113,7 @@ pub async fn config_set(ctx: &Ctx, key: &str, value: &str) -> anyhow::Result<()>
     let cluster_id = ctx.cluster_id()?;
     let operator = ctx.operator()?;
     let (_, remote) = ctx.any_node().await?;
-    let changes: Vec<String> =
-        serde_json::from_value(remote.call(json!({"op": "config-changes"})).await?)?;
+    let changes = remote.ask(op::ConfigChanges {}).await?;
     let mut doc = ConfigDoc::default();
     let decoded: Vec<Vec<u8>> = changes.iter().map(hex::decode).collect::<Result<_, _>>()?;
     doc.apply(ConfigDoc::decode(&decoded)?)?;
@@ -198,15 +169,14 @@ pub async fn operator_change(
             })
         }
         (None, Some(name)) => {
-            let roles = remote.call(json!({"op": "show", "name": "roles"})).await?;
-            let key = roles["state"]["operators"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .find(|(_, n)| n.as_str() == Some(name))
-                .map(|(k, _)| k.clone())
+            let roles = remote.ask(ShowAs::<Roles>::now()).await?.state;
+            let key = roles
+                .operators
+                .iter()
+                .find(|(_, n)| n.as_str() == name)
+                .map(|(k, _)| *k)
                 .with_context(|| format!("no operator named {name:?}"))?;
-            Payload::OperatorRemoved(OperatorRemoved { key: key.parse()? })
+            Payload::OperatorRemoved(OperatorRemoved { key })
         }
         (None, None) => bail!("nothing to change"),
     };
@@ -220,19 +190,18 @@ pub async fn operator_change(
 /// `maki operator list`.
 pub async fn operator_list(ctx: &Ctx, json_out: bool) -> anyhow::Result<()> {
     let (_, remote) = ctx.any_node().await?;
-    let roles = remote.call(json!({"op": "show", "name": "roles"})).await?;
-    let me = ctx.operator()?.key().public().to_hex();
-    for (key, name) in roles["state"]["operators"]
-        .as_object()
-        .into_iter()
-        .flatten()
-    {
+    let roles = remote.ask(ShowAs::<Roles>::now()).await?.state;
+    let me = ctx.operator()?.key().public();
+    for (key, name) in &roles.operators {
         if json_out {
-            println!("{}", json!({"name": name, "key": key, "you": *key == me}));
+            println!(
+                "{}",
+                serde_json::json!({"name": name, "key": key, "you": *key == me})
+            );
         } else {
             println!(
                 "{:<16} {key}{}",
-                name.as_str().unwrap_or(""),
+                name,
                 if *key == me { "  (you)" } else { "" }
             );
         }

@@ -3,61 +3,41 @@
 //! real names and addresses, read from one node's zones projection.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
 
-use anyhow::Context;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use makiatto_events::DomainName;
+use makiatto_projections::zones::{Nameserver, Zones};
+use makiatto_protocol::request::ShowAs;
 
 use crate::cluster::Ctx;
 
-/// The parts of a zone this command shows (the JSON of
-/// `makiatto_projections::zones::Zone`).
-#[derive(Debug, Deserialize)]
-struct Zone {
-    nameservers: Vec<Nameserver>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-struct Nameserver {
-    name: String,
-    node: String,
-    ipv4: Option<Ipv4Addr>,
-    ipv6: Option<Ipv6Addr>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Zones {
-    zones: BTreeMap<String, Zone>,
-}
+/// Per domain, its nameservers: all these steps need of a zone.
+type Nameservers = BTreeMap<DomainName, Vec<Nameserver>>;
 
 /// Prints the set-up steps for every configured domain.
 pub async fn nameserver_setup(ctx: &Ctx, json_out: bool) -> anyhow::Result<()> {
     let (_, remote) = ctx.any_node().await?;
-    let shown = remote.call(json!({"op": "show", "name": "zones"})).await?;
-    let zones =
-        Zones::deserialize(&shown["state"]).context("the node's zones projection is unreadable")?;
+    let zones = remote.ask(ShowAs::<Zones>::now()).await?.state;
+    let nameservers: Nameservers = zones
+        .zones
+        .into_iter()
+        .map(|(d, z)| (d, z.nameservers))
+        .collect();
     if json_out {
-        let out: BTreeMap<&String, &Vec<Nameserver>> = zones
-            .zones
-            .iter()
-            .map(|(d, z)| (d, &z.nameservers))
-            .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "domains": out }))?
+            serde_json::to_string_pretty(&serde_json::json!({ "domains": nameservers }))?
         );
         return Ok(());
     }
-    if zones.zones.is_empty() {
+    if nameservers.is_empty() {
         println!("No domains are configured yet: add one to makiatto.toml and run `maki sync`.");
         return Ok(());
     }
-    print!("{}", render(&zones.zones));
+    print!("{}", render(&nameservers));
     Ok(())
 }
 
-fn render(zones: &BTreeMap<String, Zone>) -> String {
+fn render(zones: &Nameservers) -> String {
     let mut s = String::from("Follow these steps to configure your custom nameservers:\n\n");
     s += ":: Step 1: Add glue records to your domain registrar\n\n";
     s += "Glue records tell the internet where to find your nameservers when they're subdomains of your own domain.\n";
@@ -65,7 +45,7 @@ fn render(zones: &BTreeMap<String, Zone>) -> String {
     s += "Add these as glue records (also called 'name server records' or 'host records') in your domain registrar's control panel.\n";
     for (domain, zone) in zones {
         s += &format!("\n:: Glue records for {domain}:\n\n");
-        for ns in &zone.nameservers {
+        for ns in zone {
             let addrs: Vec<String> = ns
                 .ipv4
                 .map(|a| a.to_string())
@@ -74,7 +54,7 @@ fn render(zones: &BTreeMap<String, Zone>) -> String {
                 .collect();
             s += &format!("  {}: {}\n", ns.name, addrs.join(", "));
         }
-        if zone.nameservers.is_empty() {
+        if zone.is_empty() {
             s += "  (no node is a nameserver: `maki machine init` makes nameservers by default)\n";
         }
     }
@@ -83,14 +63,14 @@ fn render(zones: &BTreeMap<String, Zone>) -> String {
     s += "In your domain registrar's control panel, change the nameservers for your domain to:\n";
     for (domain, zone) in zones {
         s += &format!("\n:: Nameservers for {domain}:\n\n");
-        for ns in &zone.nameservers {
+        for ns in zone {
             s += &format!("  {}\n", ns.name);
         }
     }
     s += "\n:: Step 3: Testing and verification\n";
     s += "After configuration, test your setup with:\n\n";
     for (domain, zone) in zones {
-        if let Some(ns) = zone.nameservers.first() {
+        if let Some(ns) = zone.first() {
             s += &format!("  dig @{} {domain}\n", ns.name);
         }
     }
@@ -106,23 +86,21 @@ mod tests {
     #[test]
     fn the_steps_name_every_glue_record_and_nameserver() {
         let zones = BTreeMap::from([(
-            "example.com".to_string(),
-            Zone {
-                nameservers: vec![
-                    Nameserver {
-                        name: "vector.ns.example.com".into(),
-                        node: "vector".into(),
-                        ipv4: Some("203.0.113.1".parse().unwrap()),
-                        ipv6: Some("2001:db8::1".parse().unwrap()),
-                    },
-                    Nameserver {
-                        name: "klukai.ns.example.com".into(),
-                        node: "klukai".into(),
-                        ipv4: Some("198.51.100.1".parse().unwrap()),
-                        ipv6: None,
-                    },
-                ],
-            },
+            DomainName::new("example.com").unwrap(),
+            vec![
+                Nameserver {
+                    name: "vector.ns.example.com".into(),
+                    node: makiatto_events::NodeName::new("vector").unwrap(),
+                    ipv4: Some("203.0.113.1".parse().unwrap()),
+                    ipv6: Some("2001:db8::1".parse().unwrap()),
+                },
+                Nameserver {
+                    name: "klukai.ns.example.com".into(),
+                    node: makiatto_events::NodeName::new("klukai").unwrap(),
+                    ipv4: Some("198.51.100.1".parse().unwrap()),
+                    ipv6: None,
+                },
+            ],
         )]);
         let text = render(&zones);
         assert!(text.contains("  vector.ns.example.com: 203.0.113.1, 2001:db8::1\n"));

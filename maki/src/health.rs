@@ -7,8 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use makiatto_events::{AuthorKey, VersionVector};
+use makiatto_protocol::client::Batch;
+use makiatto_protocol::health::HealthReport;
+use makiatto_protocol::request as op;
+use makiatto_protocol::status::VerifyReport;
 use serde::Serialize;
-use serde_json::{Value, json};
 
 use crate::cluster::Ctx;
 use crate::profile::Machine;
@@ -45,9 +49,9 @@ struct NodeRow {
 
 /// What one node answered.
 struct Probe {
-    health: Option<Value>,
-    vv: Option<Value>,
-    verify: Option<Value>,
+    health: Option<HealthReport>,
+    vv: Option<VersionVector>,
+    verify: Option<VerifyReport>,
     error: Option<String>,
     reachable: bool,
 }
@@ -72,36 +76,44 @@ async fn probe(ctx: &Ctx, m: &Machine, verify: bool) -> Probe {
         error: None,
         reachable: true,
     };
-    match remote.call(json!({"op": "health"})).await {
+    // One round trip: the health table, the version vector, and (when
+    // asked) a verification, each answered or refused on its own.
+    let mut batch = Batch::new();
+    let health = batch.push(op::Health {});
+    let vv = batch.push(op::GetVersionVector {});
+    let verified = verify.then(|| batch.push(op::Verify {}));
+    let mut answers = match remote.send(batch).await {
+        Ok(a) => a,
+        Err(e) => {
+            p.error = Some(format!("{e:#}"));
+            return p;
+        }
+    };
+    match answers.take(health) {
         Ok(h) => p.health = Some(h),
-        Err(e) => p.error = Some(format!("{e:#}")),
+        Err(e) => p.error = Some(format!("{}: {e}", remote.target())),
     }
-    if let Ok(vv) = remote.call(json!({"op": "version-vector"})).await {
-        p.vv = Some(vv);
-    }
-    if verify && let Ok(v) = remote.call(json!({"op": "verify"})).await {
-        p.verify = Some(v);
-    }
+    p.vv = answers.take(vv).ok();
+    p.verify = verified.and_then(|slot| answers.take(slot).ok());
     p
 }
 
 /// Per author, the highest seq any node holds.
-fn union(vvs: &[&Value]) -> BTreeMap<String, u64> {
+fn union(vvs: &[&VersionVector]) -> BTreeMap<AuthorKey, u64> {
     let mut best = BTreeMap::new();
     for vv in vvs {
-        for (author, feed) in vv.as_object().into_iter().flatten() {
-            let seq = feed["seq"].as_u64().unwrap_or(0);
-            let e = best.entry(author.clone()).or_insert(0);
-            *e = (*e).max(seq);
+        for (author, feed) in vv.iter() {
+            let e = best.entry(*author).or_insert(0);
+            *e = (*e).max(feed.seq);
         }
     }
     best
 }
 
 /// Events `vv` lacks of `best`.
-fn behind(vv: &Value, best: &BTreeMap<String, u64>) -> u64 {
+fn behind(vv: &VersionVector, best: &BTreeMap<AuthorKey, u64>) -> u64 {
     best.iter()
-        .map(|(author, seq)| seq.saturating_sub(vv[author]["seq"].as_u64().unwrap_or(0)))
+        .map(|(author, seq)| seq.saturating_sub(vv.get(author).map_or(0, |f| f.seq)))
         .sum()
 }
 
@@ -124,14 +136,13 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
     // calling it a problem.
     let started = Instant::now();
     loop {
-        let vvs: Vec<&Value> = probes.iter().filter_map(|p| p.vv.as_ref()).collect();
+        let vvs: Vec<&VersionVector> = probes.iter().filter_map(|p| p.vv.as_ref()).collect();
         let best = union(&vvs);
         // Events still replicating, or a site version still being fetched.
         let deploying = probes.iter().any(|p| {
             p.health
                 .as_ref()
-                .and_then(|h| h["sites"].as_object())
-                .is_some_and(|sites| sites.values().any(|s| s["in_sync"] != true))
+                .is_some_and(|h| h.sites.values().any(|s| !s.in_sync))
         });
         let lagging = deploying || vvs.iter().any(|vv| behind(vv, &best) > 0);
         if !lagging || started.elapsed() > LAG_GRACE {
@@ -146,7 +157,7 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
             }
         }
     }
-    let vvs: Vec<&Value> = probes.iter().filter_map(|p| p.vv.as_ref()).collect();
+    let vvs: Vec<&VersionVector> = probes.iter().filter_map(|p| p.vv.as_ref()).collect();
     let best = union(&vvs);
     let mut rows = Vec::new();
     for (m, p) in ctx.profile.machines.iter().zip(&probes) {
@@ -167,24 +178,20 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
             problems.push(format!("{n} events behind the most advanced node"));
         }
         let verified = p.verify.as_ref().map(|v| {
-            let list = v["problems"].as_array().cloned().unwrap_or_default();
-            for item in &list {
-                problems.push(format!(
-                    "log verification: {}",
-                    item.as_str().unwrap_or("?")
-                ));
+            for item in &v.problems {
+                problems.push(format!("log verification: {item}"));
             }
-            list.is_empty()
+            v.problems.is_empty()
         });
         let mut peers = Vec::new();
         if let Some(h) = &p.health {
-            for peer in h["peers"].as_array().into_iter().flatten() {
+            for peer in &h.peers {
                 let row = PeerRow {
-                    name: peer["name"].as_str().unwrap_or("?").to_owned(),
-                    alive: peer["alive"] == true,
-                    handshake_age_secs: peer["handshake_age_secs"].as_u64(),
-                    in_sync: peer["in_sync"].as_bool(),
-                    last_error: peer["last_error"].as_str().map(str::to_owned),
+                    name: peer.name.clone(),
+                    alive: peer.alive,
+                    handshake_age_secs: peer.handshake_age_secs,
+                    in_sync: peer.in_sync,
+                    last_error: peer.last_error.clone(),
                 };
                 if !row.alive {
                     problems.push(format!("no heartbeat from {} over the mesh", row.name));
@@ -200,59 +207,40 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
                 peers.push(row);
             }
         }
-        if let Some(sites) = p.health.as_ref().and_then(|h| h["sites"].as_object()) {
-            for (domain, s) in sites {
-                if s["in_sync"] != true {
-                    let why = match s["error"].as_str() {
-                        Some(e) => e.to_owned(),
-                        None => format!("{} blobs still to fetch", s["missing_blobs"]),
+        if let Some(h) = &p.health {
+            for (domain, s) in &h.sites {
+                if !s.in_sync {
+                    let why = match &s.error {
+                        Some(e) => e.clone(),
+                        None => format!("{} blobs still to fetch", s.missing_blobs),
                     };
                     problems.push(format!(
                         "{domain}: the live version is not deployed here yet ({why})"
                     ));
                 }
             }
-        }
-        if let Some(dns) = p
-            .health
-            .as_ref()
-            .map(|h| &h["dns"])
-            .filter(|d| d.is_object())
-        {
-            for t in ["udp", "tcp"] {
-                if dns["transports"].get(t).is_none() {
-                    problems.push(format!(
-                        "DNS is not served over {} (port 53 could not be bound: see the daemon's log)",
-                        t.to_uppercase()
-                    ));
+            if let Some(dns) = &h.dns {
+                for t in ["udp", "tcp"] {
+                    if !dns.transports.contains_key(t) {
+                        problems.push(format!(
+                            "DNS is not served over {} (port 53 could not be bound: see the daemon's log)",
+                            t.to_uppercase()
+                        ));
+                    }
+                }
+                for skipped in &dns.skipped_records {
+                    problems.push(format!("DNS record not served: {skipped}"));
                 }
             }
-            for skipped in dns["skipped_records"].as_array().into_iter().flatten() {
+            // Certificate orders that failed (only the ordering node has any).
+            for f in h.acme.iter().flat_map(|a| &a.failures) {
                 problems.push(format!(
-                    "DNS record not served: {}",
-                    skipped.as_str().unwrap_or("?")
+                    "certificate {}: the order failed {} time(s), next try in {} s: {}",
+                    f.certificate, f.failures, f.retry_in_secs, f.error
                 ));
             }
         }
-        // Certificate orders that failed (only the ordering node has any).
-        let failures = p
-            .health
-            .as_ref()
-            .and_then(|h| h["acme"]["failures"].as_array().cloned())
-            .unwrap_or_default();
-        for f in failures {
-            problems.push(format!(
-                "certificate {}: the order failed {} time(s), next try in {} s: {}",
-                f["certificate"].as_str().unwrap_or("?"),
-                f["failures"],
-                f["retry_in_secs"],
-                f["error"].as_str().unwrap_or("?")
-            ));
-        }
-        let rejected = p
-            .health
-            .as_ref()
-            .and_then(|h| h["replication"]["bad_events"].as_u64());
+        let rejected = p.health.as_ref().map(|h| h.replication.bad_events);
         if let Some(n) = rejected.filter(|n| *n > 0) {
             problems.push(format!(
                 "{n} events from peers failed verification and were refused (see the daemon's log)"
@@ -262,7 +250,7 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
             name: m.name.clone(),
             reachable: p.reachable,
             daemon: p.health.is_some(),
-            events: p.health.as_ref().and_then(|h| h["events"].as_u64()),
+            events: p.health.as_ref().map(|h| h.events),
             behind: lag,
             verified,
             peers,
@@ -274,7 +262,7 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
     if json_out {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"healthy": healthy, "nodes": rows}))?
+            serde_json::to_string_pretty(&serde_json::json!({"healthy": healthy, "nodes": rows}))?
         );
     } else {
         print_rows(&rows, healthy);
@@ -338,9 +326,22 @@ mod tests {
 
     #[test]
     fn lag_is_counted_against_the_most_advanced_node_per_author() {
-        let a = json!({"aa": {"seq": 5}, "bb": {"seq": 1}});
-        let b = json!({"aa": {"seq": 3}, "bb": {"seq": 4}});
-        let c = json!({"aa": {"seq": 5}});
+        let vv = |feeds: &[(u8, u64)]| {
+            let mut v = VersionVector::default();
+            for (author, seq) in feeds {
+                for s in 1..=*seq {
+                    v.observe(
+                        AuthorKey([*author; 32]),
+                        s,
+                        &makiatto_events::EventId([s as u8; 32]),
+                    );
+                }
+            }
+            v
+        };
+        let a = vv(&[(0xaa, 5), (0xbb, 1)]);
+        let b = vv(&[(0xaa, 3), (0xbb, 4)]);
+        let c = vv(&[(0xaa, 5)]);
         let best = union(&[&a, &b, &c]);
         assert_eq!(behind(&a, &best), 3);
         assert_eq!(behind(&b, &best), 2);

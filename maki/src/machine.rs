@@ -10,9 +10,14 @@ use makiatto_events::payload::{
     ConfigChanged, Coordinates, Genesis, Ipv4Net, NodeJoined, NodeRemoved,
     SshTarget as EventSshTarget,
 };
-use makiatto_events::{AuthorKey, FeedWriter, NodeName, Payload, SealingKey, WgPublicKey};
+use makiatto_events::{FeedWriter, NodeName, Payload};
 use makiatto_projections::config::{ConfigDoc, DesiredConfig};
-use serde_json::{Value, json};
+use makiatto_projections::peers::Peers;
+use makiatto_projections::roles::Roles;
+use makiatto_protocol::client::Batch;
+use makiatto_protocol::identity::NodeIdentity;
+use makiatto_protocol::request::{self as op, ShowAs};
+use makiatto_protocol::status::NodeStatus;
 use sha2::{Digest, Sha256};
 
 use crate::cluster::{Ctx, append, copy_log, now_millis};
@@ -285,7 +290,7 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.geoip_dir {
         install_geoip(&remote, dir, &args.name).await?;
     }
-    let identity: Value = serde_json::from_str(
+    let identity: NodeIdentity = serde_json::from_str(
         remote
             .run_ok(&format!(
                 "{REMOTE_BINARY} keys init{}",
@@ -295,22 +300,12 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
             .trim(),
     )
     .context("the node printed unreadable keys")?;
-    let signing_key: AuthorKey = identity["signing_key"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()
-        .context("bad node key")?;
-    let sealing_key: SealingKey = identity["sealing_key"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()
-        .context("bad sealing key")?;
-    let wg_b64 = identity["wg_public_key"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let wg_public_key = WgPublicKey::from_base64(&wg_b64)
-        .context("the node printed an unreadable WireGuard key")?;
+    let NodeIdentity {
+        signing_key,
+        sealing_key,
+        wg_public_key,
+    } = identity;
+    let wg_b64 = wg_public_key.to_base64();
 
     bar.set_message("starting the daemon");
     remote
@@ -417,11 +412,11 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
         Some(cluster_id) => {
             bar.set_message("joining the cluster");
             let (source_machine, source) = ctx.any_node_except(&args.name).await?;
-            let node_vv = remote.call(json!({"op": "version-vector"})).await?;
-            if node_vv.as_object().is_some_and(|o| !o.is_empty()) && !args.recreate {
+            let node_vv = remote.ask(op::GetVersionVector {}).await?;
+            if node_vv.iter().next().is_some() && !args.recreate {
                 // A machine with another cluster's log: refuse rather than mix.
-                let roles = remote.call(json!({"op": "show", "name": "roles"})).await?;
-                let theirs = roles["state"]["cluster"]["id"].as_str().unwrap_or("");
+                let roles = remote.ask(ShowAs::<Roles>::now()).await?.state;
+                let theirs = roles.cluster.map(|c| c.id.to_hex()).unwrap_or_default();
                 if theirs != cluster_id {
                     bail!(
                         "{} already holds the log of another cluster ({theirs}); pass --recreate to wipe it",
@@ -432,8 +427,8 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
             copy_log(&source, &remote)
                 .await
                 .with_context(|| format!("copying the log from {}", source_machine.name))?;
-            let peers = source.call(json!({"op": "show", "name": "peers"})).await?;
-            mesh_addr = free_mesh_addr(&peers["state"], &args.name)?;
+            let peers = source.ask(ShowAs::<Peers>::now()).await?.state;
+            mesh_addr = Mesh(peers).free_addr(Some(&args.name))?;
             let events = ctx
                 .sign(&source, &cluster_id, vec![joined(mesh_addr)])
                 .await?;
@@ -483,12 +478,6 @@ fn operator_name() -> String {
         .unwrap_or_else(|| "operator".into())
 }
 
-/// The lowest host address of the mesh range no member holds (the peers
-/// projection then settles conflicts between concurrent joins).
-fn free_mesh_addr(peers: &Value, joining: &str) -> anyhow::Result<Ipv4Addr> {
-    Ok(Mesh::from_state(peers)?.free_addr(Some(joining))?)
-}
-
 /// One row of `maki machine list`.
 #[derive(serde::Serialize)]
 struct Row {
@@ -512,11 +501,14 @@ pub async fn list(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
         let status = async {
             let remote = ctx.connect(m).await?;
             let out = remote.run_ok(&format!("{REMOTE_BINARY} status")).await?;
-            anyhow::Ok(serde_json::from_str::<Value>(&out)?)
+            anyhow::Ok(
+                serde_json::from_str::<NodeStatus>(&out)
+                    .context("the node printed an unreadable status")?,
+            )
         }
         .await;
         let (reachable, running, events, error) = match status {
-            Ok(s) => (true, s["running"] == true, s["events"].as_u64(), None),
+            Ok(s) => (true, s.running, Some(s.status.events), None),
             Err(e) => (false, false, None, Some(format!("{e:#}"))),
         };
         Row {
@@ -579,7 +571,7 @@ async fn wait_healthy(remote: &Remote) -> anyhow::Result<()> {
     loop {
         let out = remote.run(&format!("{REMOTE_BINARY} status")).await?;
         if out.status == 0
-            && serde_json::from_str::<Value>(&out.stdout).is_ok_and(|s| s["running"] == true)
+            && serde_json::from_str::<NodeStatus>(&out.stdout).is_ok_and(|s| s.running)
         {
             return Ok(());
         }
@@ -715,27 +707,25 @@ pub async fn add(
         },
     )
     .await?;
-    let identity: Value = serde_json::from_str(
+    let identity: NodeIdentity = serde_json::from_str(
         remote
             .run_ok(&format!("{REMOTE_BINARY} keys show"))
             .await
             .context("this machine does not run Makiatto (no node keys); use `maki machine init`")?
             .trim(),
-    )?;
-    let signing_key = identity["signing_key"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let answers = remote
-        .control(&[
-            json!({"op": "show", "name": "peers"}),
-            json!({"op": "show", "name": "roles"}),
-        ])
-        .await?;
-    let cluster_id = answers[1]["state"]["cluster"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    )
+    .context("the node printed unreadable keys")?;
+    let mut batch = Batch::new();
+    let peers = batch.push(ShowAs::<Peers>::now());
+    let roles = batch.push(ShowAs::<Roles>::now());
+    let mut answers = remote.send(batch).await?;
+    let err = |e| anyhow::anyhow!("{}: {e}", remote.target());
+    let peers = answers.take(peers).map_err(err)?.state;
+    let roles = answers.take(roles).map_err(err)?.state;
+    let cluster = roles
+        .cluster
+        .with_context(|| format!("{} holds no cluster's log", target.host))?;
+    let cluster_id = cluster.id.to_hex();
     if let Some(ours) = &ctx.profile.cluster_id
         && *ours != cluster_id
     {
@@ -744,42 +734,36 @@ pub async fn add(
             target.host
         );
     }
-    let (name, node) = answers[0]["state"]["nodes"]
-        .as_object()
+    let (name, node) = peers
+        .nodes
         .into_iter()
-        .flatten()
-        .find(|(_, n)| n["signing_key"] == signing_key.as_str())
-        .map(|(name, n)| (name.clone(), n.clone()))
+        .find(|(_, n)| n.signing_key == identity.signing_key)
         .with_context(|| {
             format!(
                 "{} has node keys but has not joined the cluster it holds",
                 target.host
             )
         })?;
+    let name = name.to_string();
     if ctx.profile.machine(&name).is_some() {
         bail!("machine {name} is already in the profile");
     }
     ctx.profile.cluster_id = Some(cluster_id);
-    ctx.profile.cluster_name = answers[1]["state"]["cluster"]["name"]
-        .as_str()
-        .map(str::to_owned);
+    ctx.profile.cluster_name = Some(cluster.name);
     ctx.profile.upsert(Machine {
         name: name.clone(),
         ssh_user: target.user.clone(),
         ssh_host: target.host.clone(),
         ssh_port: target.port,
         host_key: remote.host_key.clone(),
-        ipv4: node["ipv4"].as_str().map(str::to_owned),
-        ipv6: node["ipv6"].as_str().map(str::to_owned),
-        latitude: node["latitude"].as_f64().unwrap_or_default(),
-        longitude: node["longitude"].as_f64().unwrap_or_default(),
-        nameserver: node["nameserver"].as_bool().unwrap_or_default(),
-        signing_key,
-        wg_public_key: identity["wg_public_key"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        mesh_addr: node["mesh_addr"].as_str().map(str::to_owned),
+        ipv4: node.ipv4.map(|a| a.to_string()),
+        ipv6: node.ipv6.map(|a| a.to_string()),
+        latitude: node.latitude,
+        longitude: node.longitude,
+        nameserver: node.nameserver,
+        signing_key: identity.signing_key.to_hex(),
+        wg_public_key: identity.wg_public_key.to_base64(),
+        mesh_addr: node.mesh_addr.map(|a| a.to_string()),
     });
     ctx.save_profile()?;
     println!("{name}: added to the profile ({})", target.host);

@@ -4,14 +4,11 @@
 //! (`makiatto_projections::peers`); `maki` only picks the address a new
 //! member asks for, by the same rule as `Peers::free_mesh_addr`.
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 
-use anyhow::Context;
 use makiatto_events::payload::Ipv4Net;
-use makiatto_events::{NodeName, PeerName, WgPublicKey};
-use serde::{Deserialize, Deserializer};
-use serde_json::{Value, json};
+use makiatto_projections::peers::Peers;
+use makiatto_protocol::request::ShowAs;
 
 use crate::ssh::Remote;
 
@@ -28,51 +25,38 @@ pub enum MeshError {
     Taken { addr: Ipv4Addr, holder: String },
 }
 
-/// The fields of the peers projection `maki` reads (its JSON is the
-/// `Serialize` of `makiatto_projections::peers::Peers`).
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Mesh {
-    #[serde(rename = "mesh_range", deserialize_with = "range")]
-    pub range: Option<Ipv4Net>,
-    pub nodes: BTreeMap<NodeName, Node>,
-    pub external: BTreeMap<PeerName, Peer>,
+/// The peers projection as one node shows it, with the questions `maki`
+/// asks of it.
+#[derive(Debug, Clone, Default)]
+pub struct Mesh(pub Peers);
+
+impl std::ops::Deref for Mesh {
+    type Target = Peers;
+    fn deref(&self) -> &Peers {
+        &self.0
+    }
 }
 
-/// A node, as far as the mesh is concerned.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Node {
-    pub wg_public_key: WgPublicKey,
-    pub ipv4: Option<Ipv4Addr>,
-    pub ipv6: Option<Ipv6Addr>,
-    pub mesh_addr: Option<Ipv4Addr>,
-}
-
-/// An external WireGuard peer.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Peer {
-    pub wg_public_key: WgPublicKey,
-    /// As given to `maki peer add --endpoint` (already checked then).
-    pub endpoint: String,
-    pub mesh_addr: Option<Ipv4Addr>,
-}
-
-/// The projection writes the range as text (`198.51.100.0/28`).
-fn range<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Net>, D::Error> {
-    Option::<String>::deserialize(d)?
-        .map(|text| text.parse().map_err(serde::de::Error::custom))
-        .transpose()
+impl std::ops::DerefMut for Mesh {
+    fn deref_mut(&mut self) -> &mut Peers {
+        &mut self.0
+    }
 }
 
 impl Mesh {
     /// Reads the peers projection of the node behind `remote`.
     pub async fn fetch(remote: &Remote) -> anyhow::Result<Mesh> {
-        let shown = remote.call(json!({"op": "show", "name": "peers"})).await?;
-        Self::from_state(&shown["state"])
+        Ok(Mesh(remote.ask(ShowAs::<Peers>::now()).await?.state))
     }
 
-    /// Types the `state` of a `show peers` answer.
-    pub fn from_state(state: &Value) -> anyhow::Result<Mesh> {
-        Mesh::deserialize(state).context("the node's peers projection is unreadable")
+    /// Types the `state` of a `show peers` answer (the tests' fixtures).
+    #[cfg(test)]
+    pub fn from_state(state: &serde_json::Value) -> anyhow::Result<Mesh> {
+        use anyhow::Context;
+        use serde::Deserialize;
+        Peers::deserialize(state)
+            .map(Mesh)
+            .context("the node's peers projection is unreadable")
     }
 
     /// The member holding `addr`, described for an error message.
@@ -93,7 +77,7 @@ impl Mesh {
     /// The lowest host address of the range that no member holds; the
     /// address of node `rejoining` counts as free (it gives it up).
     pub fn free_addr(&self, rejoining: Option<&str>) -> Result<Ipv4Addr, MeshError> {
-        let range = self.range.ok_or(MeshError::NoRange)?;
+        let range = self.mesh_range.ok_or(MeshError::NoRange)?;
         let held: Vec<Ipv4Addr> = self
             .nodes
             .iter()
@@ -110,7 +94,7 @@ impl Mesh {
     /// The address a new member asks for: `wanted` if it is a free host
     /// address of the range, else the lowest free one.
     pub fn choose_addr(&self, wanted: Option<Ipv4Addr>) -> Result<Ipv4Addr, MeshError> {
-        let range = self.range.ok_or(MeshError::NoRange)?;
+        let range = self.mesh_range.ok_or(MeshError::NoRange)?;
         let Some(addr) = wanted else {
             return self.free_addr(None);
         };
@@ -127,24 +111,30 @@ impl Mesh {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     /// A projection as a node shows it: range 198.51.100.0/28, nodes
     /// vector (.1) and klukai (.2), peer o11y (.3).
     pub(crate) fn shown() -> Value {
         let key = |b: u8| hex::encode([b; 32]);
+        let hlc = json!({"millis": 1, "counter": 0});
         json!({
             "mesh_range": "198.51.100.0/28",
             "nodes": {
-                "vector": {"wg_public_key": key(1), "ipv4": "203.0.113.2", "ipv6": "2001:db8:1::2",
+                "vector": {"signing_key": key(11), "sealing_key": key(12), "wg_public_key": key(1),
+                           "ipv4": "203.0.113.2", "ipv6": "2001:db8:1::2",
+                           "ssh": "root@203.0.113.2", "latitude": 51.5, "longitude": -0.13,
                            "mesh_addr": "198.51.100.1", "requested_mesh_addr": "198.51.100.1",
-                           "nameserver": true, "ssh": "root@203.0.113.2:22"},
-                "klukai": {"wg_public_key": key(2), "ipv4": null, "ipv6": "2001:db8:1::3",
+                           "nameserver": true, "joined": key(13), "joined_at": hlc},
+                "klukai": {"signing_key": key(21), "sealing_key": key(22), "wg_public_key": key(2),
+                           "ipv4": null, "ipv6": "2001:db8:1::3",
+                           "ssh": "root@203.0.113.3", "latitude": 35.7, "longitude": 139.7,
                            "mesh_addr": "198.51.100.2", "requested_mesh_addr": "198.51.100.2",
-                           "nameserver": true, "ssh": "root@203.0.113.3:22"}
+                           "nameserver": true, "joined": key(23), "joined_at": hlc}
             },
             "external": {
                 "o11y": {"wg_public_key": key(3), "endpoint": "192.0.2.7", "mesh_addr": "198.51.100.3",
-                         "requested_mesh_addr": null, "o11y": true}
+                         "requested_mesh_addr": null, "o11y": true, "added": key(31), "added_at": hlc}
             }
         })
     }
@@ -152,7 +142,7 @@ pub(crate) mod tests {
     #[test]
     fn the_projection_json_is_typed() {
         let mesh = Mesh::from_state(&shown()).unwrap();
-        assert_eq!(mesh.range.unwrap().to_string(), "198.51.100.0/28");
+        assert_eq!(mesh.mesh_range.unwrap().to_string(), "198.51.100.0/28");
         assert_eq!(mesh.nodes.len(), 2);
         assert_eq!(
             mesh.holder("198.51.100.3".parse().unwrap()).unwrap(),
@@ -195,9 +185,9 @@ pub(crate) mod tests {
     #[test]
     fn a_full_range_or_no_range_is_an_error() {
         let mut mesh = Mesh::from_state(&shown()).unwrap();
-        mesh.range = "198.51.100.0/30".parse().ok();
+        mesh.mesh_range = "198.51.100.0/30".parse().ok();
         assert!(matches!(mesh.free_addr(None), Err(MeshError::Full(_))));
-        mesh.range = None;
+        mesh.mesh_range = None;
         assert_eq!(mesh.choose_addr(None), Err(MeshError::NoRange));
     }
 }

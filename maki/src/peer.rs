@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use makiatto_events::payload::{ExternalPeerAdded, ExternalPeerRemoved};
 use makiatto_events::{Payload, PeerName, WgPublicKey};
+use makiatto_projections::peers::ExternalPeer;
 use serde::Serialize;
 
 use crate::cluster::Ctx;
@@ -217,7 +218,7 @@ pub fn plan_add(mesh: &Mesh, args: &AddArgs) -> Result<Ipv4Addr, PeerError> {
     if let Some(holder) = holder {
         return Err(PeerError::KeyTaken { holder });
     }
-    if let (EndpointHost::Ip(IpAddr::V4(ip)), Some(range)) = (&args.endpoint.host, mesh.range)
+    if let (EndpointHost::Ip(IpAddr::V4(ip)), Some(range)) = (&args.endpoint.host, mesh.mesh_range)
         && range.contains(*ip)
     {
         return Err(PeerError::EndpointInMesh(*ip));
@@ -226,7 +227,7 @@ pub fn plan_add(mesh: &Mesh, args: &AddArgs) -> Result<Ipv4Addr, PeerError> {
 }
 
 /// The peer named `name`, or an error naming the peers there are.
-fn find<'a>(mesh: &'a Mesh, name: &PeerName) -> Result<&'a crate::mesh::Peer, PeerError> {
+fn find<'a>(mesh: &'a Mesh, name: &PeerName) -> Result<&'a ExternalPeer, PeerError> {
     mesh.external.get(name).ok_or_else(|| {
         let known = if mesh.external.is_empty() {
             "the cluster has no peers yet (add one with `maki peer add`)".to_owned()
@@ -592,10 +593,10 @@ mod tests {
     fn an_unknown_peer_is_named_with_the_known_ones() {
         let err = wg_config(&mesh(), &name("grafana")).unwrap_err();
         assert_eq!(err.to_string(), "no peer named grafana; peers: o11y");
-        let empty = Mesh {
-            range: mesh().range,
-            ..Mesh::default()
-        };
+        let empty = Mesh(makiatto_projections::peers::Peers {
+            mesh_range: mesh().mesh_range,
+            ..Default::default()
+        });
         assert!(
             wg_config(&empty, &name("o11y"))
                 .unwrap_err()

@@ -160,39 +160,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// `user@host[:port]` as typed on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SshTarget {
-    pub user: String,
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::str::FromStr for SshTarget {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (user, rest) = s
-            .split_once('@')
-            .ok_or_else(|| format!("{s:?} is not user@host (for example root@203.0.113.1)"))?;
-        if user.is_empty() || rest.is_empty() {
-            return Err(format!(
-                "{s:?} is not user@host (for example root@203.0.113.1)"
-            ));
-        }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
-                h.trim_matches(['[', ']']),
-                p.parse().map_err(|_| format!("bad port in {s:?}"))?,
-            ),
-            _ => (rest.trim_matches(['[', ']']), 22),
-        };
-        Ok(SshTarget {
-            user: user.to_owned(),
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
+/// `user@host[:port]` as typed on the command line (parsed where the
+/// event payloads define it, so the log and the CLI read it alike).
+pub use makiatto_events::payload::SshTarget;
 
 #[cfg(test)]
 mod tests {

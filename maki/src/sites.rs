@@ -7,47 +7,53 @@
 //! before it).
 
 use anyhow::{Context, bail};
-use makiatto_events::payload::SiteRolledBack;
-use makiatto_events::{DomainName, EventId, Hlc, Manifest, Payload};
-use serde_json::{Value, json};
+use makiatto_events::payload::{ChangeSummary, SiteRolledBack};
+use makiatto_events::{Blake3Hash, DomainName, EventId, Hlc, Manifest, Payload};
+use makiatto_projections::roles::Roles;
+use makiatto_projections::sites::Sites;
+use makiatto_protocol::client::Batch;
+use makiatto_protocol::request::ShowAs;
 
 use crate::cluster::Ctx;
 use crate::ssh::Remote;
 
-/// One version as the projection shows it.
+/// One version as the projection shows it, numbered and with its
+/// author's name.
 #[derive(Debug, Clone)]
 struct Version {
     number: usize,
-    event: String,
-    manifest: String,
+    event: EventId,
+    manifest: Blake3Hash,
     at: Hlc,
     author: String,
     message: Option<String>,
-    summary: Value,
+    summary: ChangeSummary,
 }
 
 struct Site {
-    live: Option<String>,
+    live: Option<EventId>,
     versions: Vec<Version>,
 }
 
-async fn load(remote: &Remote) -> anyhow::Result<(Value, Value)> {
-    let answers = remote
-        .control(&[
-            json!({"op": "show", "name": "sites"}),
-            json!({"op": "show", "name": "roles"}),
-        ])
-        .await?;
-    Ok((answers[0]["state"].clone(), answers[1]["state"].clone()))
+/// The sites and roles projections, in one round trip.
+async fn load(remote: &Remote) -> anyhow::Result<(Sites, Roles)> {
+    let mut batch = Batch::new();
+    let sites = batch.push(ShowAs::<Sites>::now());
+    let roles = batch.push(ShowAs::<Roles>::now());
+    let mut answers = remote.send(batch).await?;
+    let err = |e| anyhow::anyhow!("{}: {e}", remote.target());
+    Ok((
+        answers.take(sites).map_err(err)?.state,
+        answers.take(roles).map_err(err)?.state,
+    ))
 }
 
-fn site(sites: &Value, roles: &Value, domain: &str) -> anyhow::Result<Site> {
-    let s = &sites["domains"][domain];
-    if s.is_null() {
-        let known: Vec<&str> = sites["domains"]
-            .as_object()
-            .map(|m| m.keys().map(String::as_str).collect())
-            .unwrap_or_default();
+fn site(sites: &Sites, roles: &Roles, domain: &str) -> anyhow::Result<Site> {
+    let Some(s) = DomainName::new(domain)
+        .ok()
+        .and_then(|d| sites.domains.get(&d))
+    else {
+        let known: Vec<&str> = sites.domains.keys().map(DomainName::as_str).collect();
         bail!(
             "{domain} has no published version (published domains: {})",
             if known.is_empty() {
@@ -56,34 +62,27 @@ fn site(sites: &Value, roles: &Value, domain: &str) -> anyhow::Result<Site> {
                 known.join(", ")
             }
         );
-    }
-    let versions = s["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    };
+    let versions = s
+        .versions
+        .iter()
         .enumerate()
-        .map(|(i, v)| {
-            let author = v["author"].as_str().unwrap_or("").to_owned();
-            let name = roles["operators"][&author]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| author.chars().take(12).collect());
-            Version {
-                number: i + 1,
-                event: v["event"].as_str().unwrap_or("").to_owned(),
-                manifest: v["manifest"]["hash"].as_str().unwrap_or("").to_owned(),
-                at: Hlc {
-                    millis: v["at"]["millis"].as_u64().unwrap_or(0),
-                    counter: v["at"]["counter"].as_u64().unwrap_or(0) as u32,
-                },
-                author: name,
-                message: v["message"].as_str().map(str::to_owned),
-                summary: v["summary"].clone(),
-            }
+        .map(|(i, v)| Version {
+            number: i + 1,
+            event: v.event,
+            manifest: v.manifest.hash,
+            at: v.at,
+            author: roles
+                .operators
+                .get(&v.author)
+                .cloned()
+                .unwrap_or_else(|| v.author.short()),
+            message: v.message.clone(),
+            summary: v.summary,
         })
         .collect();
     Ok(Site {
-        live: s["live"].as_str().map(str::to_owned),
+        live: s.live,
         versions,
     })
 }
@@ -122,7 +121,7 @@ fn find<'a>(site: &'a Site, which: &str) -> anyhow::Result<&'a Version> {
     let mut found = site
         .versions
         .iter()
-        .filter(|v| v.event.starts_with(&prefix));
+        .filter(|v| v.event.to_hex().starts_with(&prefix));
     match (found.next(), found.next()) {
         (Some(v), None) if prefix.len() >= 4 => Ok(v),
         (Some(_), Some(_)) => bail!("{which:?} names several versions: give more of the id"),
@@ -136,18 +135,15 @@ fn find<'a>(site: &'a Site, which: &str) -> anyhow::Result<&'a Version> {
 pub async fn list(ctx: &Ctx, json_out: bool) -> anyhow::Result<()> {
     let (_, remote) = ctx.any_node().await?;
     let (sites, roles) = load(&remote).await?;
-    let domains: Vec<String> = sites["domains"]
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default();
+    let domains: Vec<String> = sites.domains.keys().map(|d| d.to_string()).collect();
     if json_out {
         let mut out = Vec::new();
         for d in &domains {
             let s = site(&sites, &roles, d)?;
-            out.push(json!({
+            out.push(serde_json::json!({
                 "domain": d,
                 "live": s.live,
-                "versions": s.versions.iter().map(|v| json!({
+                "versions": s.versions.iter().map(|v| serde_json::json!({
                     "version": v.number,
                     "event": v.event,
                     "manifest": v.manifest,
@@ -178,13 +174,13 @@ pub async fn list(ctx: &Ctx, json_out: bool) -> anyhow::Result<()> {
                 "  {:>3}  {:<4}  {}  {}  {:<10}  {} files (+{} ~{} -{}){}",
                 v.number,
                 live,
-                &v.event[..12.min(v.event.len())],
+                v.event.short(),
                 time(v.at),
                 v.author,
-                v.summary["files"],
-                v.summary["added"],
-                v.summary["changed"],
-                v.summary["removed"],
+                v.summary.files,
+                v.summary.added,
+                v.summary.changed,
+                v.summary.removed,
                 v.message
                     .as_ref()
                     .map(|m| format!("  — {m}"))
@@ -228,10 +224,7 @@ pub async fn rollback(
     if target.event == live.event {
         bail!("version {} is already live", target.number);
     }
-    let to_id: EventId = target
-        .event
-        .parse()
-        .context("bad event id in the projection")?;
+    let to_id = target.event;
     let payload = Payload::SiteRolledBack(SiteRolledBack {
         domain: domain.clone(),
         to: to_id,
@@ -248,12 +241,12 @@ pub async fn rollback(
     println!(
         "{domain}: version {} ({}) is live again; every node switches once it holds its files",
         target.number,
-        &target.event[..12.min(target.event.len())]
+        target.event.short()
     );
     Ok(())
 }
 
-async fn manifest(remote: &Remote, hash: &str) -> anyhow::Result<Manifest> {
+async fn manifest(remote: &Remote, hash: &Blake3Hash) -> anyhow::Result<Manifest> {
     let out = remote
         .run_ok(&format!("makiatto blobs get --hex {hash}"))
         .await?;
@@ -320,21 +313,21 @@ mod tests {
 
     fn site_of(times: &[u64]) -> Site {
         Site {
-            live: Some("ab".repeat(32)),
+            live: Some(EventId([0xab; 32])),
             versions: times
                 .iter()
                 .enumerate()
                 .map(|(i, t)| Version {
                     number: i + 1,
-                    event: format!("{:02x}", i + 10).repeat(32),
-                    manifest: String::new(),
+                    event: EventId([i as u8 + 10; 32]),
+                    manifest: Blake3Hash([0; 32]),
                     at: Hlc {
                         millis: *t,
                         counter: 0,
                     },
                     author: "alice".into(),
                     message: None,
-                    summary: Value::Null,
+                    summary: ChangeSummary::default(),
                 })
                 .collect(),
         }

@@ -13,8 +13,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use async_ssh2_tokio::{AuthMethod, Client, ServerCheckMethod};
 use indicatif::{ProgressBar, ProgressStyle};
+use makiatto_protocol::Operation;
+use makiatto_protocol::blob_stream::{self, Received};
+use makiatto_protocol::client::{self, Answers, Batch};
+use makiatto_protocol::version::Version;
 use russh::keys::{HashAlg, PublicKey};
-use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
 use crate::prompt::confirm;
@@ -96,6 +99,8 @@ pub struct ControlSession {
     writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
     /// Through a kept connection (which may have gone stale).
     kept: bool,
+    /// The daemon's version, once its `hello` was answered.
+    daemon: Option<Version>,
 }
 
 impl ControlSession {
@@ -108,6 +113,7 @@ impl ControlSession {
             reader: tokio::io::BufReader::new(reader),
             writer,
             kept,
+            daemon: None,
         }
     }
 }
@@ -496,7 +502,7 @@ impl Remote {
         blobs: Vec<(makiatto_events::Blake3Hash, crate::sync::Source)>,
         progress: &ProgressBar,
         files: &FileCount,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<Received> {
         let (progress, files) = (progress.clone(), files.clone());
         let (_, out, err) = self
             .exec_fed("makiatto blobs receive", |tx| async move {
@@ -514,42 +520,70 @@ impl Remote {
         })
     }
 
-    /// Sends control requests to the node's daemon (through `makiatto
-    /// control`, started once per connection) and returns the answers.
-    pub async fn control(&self, requests: &[Value]) -> anyhow::Result<Vec<Value>> {
-        self.control_each(requests)
-            .await?
-            .into_iter()
-            .map(|a| a.map_err(|e| anyhow::anyhow!("{}: {e}", self.target)))
-            .collect()
+    /// One control request to the node's daemon (through `makiatto
+    /// control`, started once per connection), its answer as the
+    /// operation's own output.
+    pub async fn ask<O: Operation>(&self, operation: O) -> anyhow::Result<O::Output> {
+        let mut batch = Batch::new();
+        let slot = batch.push(operation);
+        let mut answers = self.send(batch).await?;
+        answers
+            .take(slot)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.target))
     }
 
-    /// Like [`Remote::control`], but a request the node refuses gives its
-    /// error in its place instead of failing the others.
-    pub async fn control_each(
-        &self,
-        requests: &[Value],
-    ) -> anyhow::Result<Vec<Result<Value, String>>> {
-        let mut lines = Vec::with_capacity(requests.len());
-        for r in requests {
-            lines.push(serde_json::to_string(r)?);
+    /// Several control requests in one round trip; each answer is taken
+    /// from the result with its slot (a refused request gives its error
+    /// there, without failing the others).
+    ///
+    /// A kept connection that fails is dropped and the requests sent again
+    /// over a connection of this process: every control request is a read
+    /// or idempotent (appending an event twice stores it once). So is a
+    /// kept `makiatto control` started before the machine's binary was
+    /// upgraded, which may not know a newer request.
+    pub async fn send(&self, batch: Batch) -> anyhow::Result<Answers> {
+        let mut slot = self.control.lock().await;
+        for attempt in 0..2 {
+            let session = match slot.as_mut() {
+                Some(s) => s,
+                None => slot.insert(self.open_control().await?),
+            };
+            let kept = session.kept;
+            let lines = client::lines(&batch, session.daemon.as_ref())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", self.target))?;
+            let exchanged = Self::exchange_within(session, &lines).await;
+            let last_try = !(kept && attempt == 0);
+            match exchanged {
+                Ok(answer_lines) => {
+                    let answers = client::read(&batch, session.daemon.clone(), &answer_lines)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", self.target))?;
+                    if !last_try && answers.outdated() {
+                        *slot = None;
+                        continue;
+                    }
+                    session.daemon = Some(answers.daemon().clone());
+                    return Ok(answers);
+                }
+                Err(e) => {
+                    // Out of step or gone: the next request starts another.
+                    *slot = None;
+                    if last_try {
+                        return Err(e.context(format!(
+                            "{}: makiatto control stopped answering (run `maki health` or look at the node's log)",
+                            self.target
+                        )));
+                    }
+                }
+            }
         }
-        let mut answers = Vec::new();
-        for line in self.control_lines(&lines).await? {
-            let v: Value = serde_json::from_str(&line)
-                .with_context(|| format!("{}: unreadable answer {line:?}", self.target))?;
-            answers.push(match v.get("error") {
-                Some(e) => Err(e.as_str().unwrap_or("error").to_owned()),
-                None => Ok(v.get("ok").cloned().unwrap_or(Value::Null)),
-            });
-        }
-        Ok(answers)
+        bail!("{}: makiatto control stopped answering", self.target)
     }
 
     /// Request lines in, one answer line each out, as `makiatto control`
-    /// speaks. A kept connection that fails is dropped and the requests
-    /// sent again over a connection of this process: every control request
-    /// is a read or idempotent (appending an event twice stores it once).
+    /// speaks, with no `hello` of their own (the keeper of a kept
+    /// connection forwards other commands' lines this way). A kept
+    /// connection that fails is dropped and the lines sent again over a
+    /// connection of this process.
     pub async fn control_lines(&self, requests: &[String]) -> anyhow::Result<Vec<String>> {
         let mut slot = self.control.lock().await;
         for attempt in 0..2 {
@@ -558,29 +592,9 @@ impl Remote {
                 None => slot.insert(self.open_control().await?),
             };
             let kept = session.kept;
-            // A kept connection to a machine that vanished without a word
-            // would hold the command until TCP gives up: bounded here.
-            let exchanged = if kept {
-                tokio::time::timeout(KEPT_ANSWER_WITHIN, Self::exchange(session, requests))
-                    .await
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the kept connection did not answer")))
-            } else {
-                Self::exchange(session, requests).await
-            };
-            match exchanged {
-                // A kept `makiatto control` started before the machine's
-                // binary was upgraded may not know a newer request: ask a
-                // fresh one.
-                Ok(lines)
-                    if kept
-                        && attempt == 0
-                        && lines.iter().any(|l| l.contains("not a valid request")) =>
-                {
-                    *slot = None;
-                }
+            match Self::exchange_within(session, requests).await {
                 Ok(lines) => return Ok(lines),
                 Err(e) => {
-                    // Out of step or gone: the next request starts another.
                     *slot = None;
                     if !(kept && attempt == 0) {
                         return Err(e.context(format!(
@@ -592,6 +606,22 @@ impl Remote {
             }
         }
         bail!("{}: makiatto control stopped answering", self.target)
+    }
+
+    /// [`Remote::exchange`], bounded for a kept connection: one to a
+    /// machine that vanished without a word would hold the command until
+    /// TCP gives up.
+    async fn exchange_within(
+        session: &mut ControlSession,
+        requests: &[String],
+    ) -> anyhow::Result<Vec<String>> {
+        if session.kept {
+            tokio::time::timeout(KEPT_ANSWER_WITHIN, Self::exchange(session, requests))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the kept connection did not answer")))
+        } else {
+            Self::exchange(session, requests).await
+        }
     }
 
     async fn open_control(&self) -> anyhow::Result<ControlSession> {
@@ -643,11 +673,6 @@ impl Remote {
         Ok(lines)
     }
 
-    /// One control request.
-    pub async fn call(&self, request: Value) -> anyhow::Result<Value> {
-        Ok(self.control(&[request]).await?.remove(0))
-    }
-
     pub fn target(&self) -> &Target {
         &self.target
     }
@@ -687,8 +712,7 @@ fn pack_blobs(
         full.is_empty() || tx.blocking_send(full).is_ok()
     };
     for (hash, source) in blobs {
-        batch.extend_from_slice(hash.as_bytes());
-        batch.extend_from_slice(&source.size().to_be_bytes());
+        batch.extend_from_slice(&blob_stream::header(hash, source.size()));
         match source {
             crate::sync::Source::Bytes(b) => {
                 batch.extend_from_slice(b);
@@ -790,6 +814,7 @@ pub fn bytes_bar(message: &str) -> ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use makiatto_protocol::request as op;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
     /// A host key for tests (any ed25519 key in OpenSSH form).
@@ -829,13 +854,13 @@ mod tests {
     async fn a_kept_session_answers_without_logging_in() {
         let remote = Remote::kept(&nowhere(), HOST_KEY, kept_session(r#"{"ok":7}"#));
         let answers = remote
-            .control(&[
-                serde_json::json!({"op": "heads"}),
-                serde_json::json!({"op": "status"}),
+            .control_lines(&[
+                r#"{"op":"heads"}"#.to_owned(),
+                r#"{"op":"status"}"#.to_owned(),
             ])
             .await
             .unwrap();
-        assert_eq!(answers, vec![serde_json::json!(7), serde_json::json!(7)]);
+        assert_eq!(answers, vec![r#"{"ok":7}"#, r#"{"ok":7}"#]);
     }
 
     #[tokio::test]
@@ -846,7 +871,7 @@ mod tests {
         ] {
             let remote = Remote::kept(&nowhere(), HOST_KEY, kept_session(answer));
             let err = remote
-                .control(&[serde_json::json!({"op": "blobs-missing", "hashes": []})])
+                .ask(op::BlobsMissing { hashes: vec![] })
                 .await
                 .unwrap_err();
             // The fallback tried to log in (and nothing listens there).
@@ -863,7 +888,7 @@ mod tests {
             kept_session(r#"{"error":"no such domain"}"#),
         );
         let err = remote
-            .control(&[serde_json::json!({"op": "show", "name": "x"})])
+            .ask(op::ShowAs::<makiatto_projections::sites::Sites>::now())
             .await
             .unwrap_err();
         assert!(format!("{err:#}").contains("no such domain"), "{err:#}");

@@ -26,9 +26,13 @@ use anyhow::{Context, bail};
 use makiatto_events::payload::{BlobRef, ChangeSummary, ConfigChanged, SitePublished};
 use makiatto_events::{Blake3Hash, DomainName, Manifest, Payload, SealedValue, SealingKey};
 use makiatto_projections::config::{ConfigDoc, DesiredConfig, DomainConfig};
-use serde_json::{Value, json};
+use makiatto_projections::peers::Peers;
+use makiatto_projections::sites::Sites;
+use makiatto_protocol::blob_stream::{InlineBlob, Received};
+use makiatto_protocol::client::Batch;
+use makiatto_protocol::request::{self as op, ShowAs};
 
-use crate::cluster::{Ctx, Tip};
+use crate::cluster::Ctx;
 use crate::project::{Domain, Project};
 use crate::ssh::Remote;
 use crate::tree::{Found, HashCache, manifest, walk};
@@ -125,8 +129,7 @@ fn merge(base: &DesiredConfig, file: &DesiredConfig, current: &DesiredConfig) ->
     out
 }
 
-fn decode_doc(changes: &Value) -> anyhow::Result<ConfigDoc> {
-    let hex_changes: Vec<String> = serde_json::from_value(changes.clone())?;
+fn decode_doc(hex_changes: &[String]) -> anyhow::Result<ConfigDoc> {
     let bytes: Vec<Vec<u8>> = hex_changes
         .iter()
         .map(hex::decode)
@@ -235,12 +238,12 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             .iter()
             .map(|d| (d.name.clone(), manifest_cache(ctx, &cluster_id, &d.name)))
             .collect();
-        tokio::task::spawn_blocking(move || -> BTreeMap<String, (String, Manifest)> {
+        tokio::task::spawn_blocking(move || -> BTreeMap<String, (Blake3Hash, Manifest)> {
             files
                 .into_iter()
                 .filter_map(|(name, file)| {
                     let bytes = std::fs::read(file).ok()?;
-                    let hash = Blake3Hash::of(&bytes).to_hex();
+                    let hash = Blake3Hash::of(&bytes);
                     Some((name, (hash, Manifest::decode(&bytes).ok()?)))
                 })
                 .collect()
@@ -252,49 +255,47 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     let mut plans = Vec::new();
     // With the state, the tip the events will be signed on: a small sync
     // then needs no question of its own before it delivers them.
-    let [heads, feed] = ctx.tip_requests()?;
-    let mut answers = remote
-        .control(&[
-            json!({"op": "show", "name": "sites"}),
-            json!({"op": "show", "name": "peers"}),
-            json!({"op": "config-changes"}),
-            heads,
-            feed,
-        ])
-        .await?;
+    let mut batch = Batch::new();
+    let sites = batch.push(ShowAs::<Sites>::now());
+    let peers = batch.push(ShowAs::<Peers>::now());
+    let changes = batch.push(op::ConfigChanges {});
+    let tip = ctx.ask_tip(&mut batch)?;
+    let mut answers = remote.send(batch).await?;
     timing.mark("state asked");
     let asked_at = std::time::Instant::now();
-    let tip = match (answers.pop(), answers.pop()) {
-        (Some(feed), Some(heads)) => Some(Tip { heads, feed }),
-        _ => None,
-    };
-    let (sites, peers, changes) = (&answers[0]["state"], &answers[1]["state"], &answers[2]);
+    let err = |e| anyhow::anyhow!("{}: {e}", machine.name);
+    let sites = answers.take(sites).map_err(err)?.state;
+    let peers = answers.take(peers).map_err(err)?.state;
+    let changes = answers.take(changes).map_err(err)?;
+    let tip = Some(tip.take(&mut answers, &remote)?);
     let walked = walking
         .await
         .map_err(|e| anyhow::anyhow!("the walk stopped: {e}"))??;
     timing.mark("walked");
     let mut kept = kept.await.unwrap_or_default();
     for (d, (files, m)) in selected.iter().zip(walked) {
-        let site = &sites["domains"][&d.name];
-        let live = site["live"].as_str();
-        let live_manifest = site["versions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|v| v["event"].as_str() == live && live.is_some())
-            .and_then(|v| v["manifest"]["hash"].as_str())
-            .map(str::to_owned);
+        let live_manifest: Option<Blake3Hash> = DomainName::new(d.name.as_str())
+            .ok()
+            .and_then(|name| sites.domains.get(&name))
+            .and_then(|site| site.live_version())
+            .map(|v| v.manifest.hash);
         let manifest_bytes = m.encode();
         let hash = Blake3Hash::of(&manifest_bytes);
-        if live_manifest.as_deref() == Some(hash.to_hex().as_str()) {
+        if live_manifest == Some(hash) {
             continue;
         }
         let before = match &live_manifest {
             Some(h) => match kept.remove(&d.name) {
-                Some((hash, m)) if &hash == h => m,
+                Some((kept_hash, m)) if kept_hash == *h => m,
                 _ => fetch_manifest(&remote, &manifest_cache(ctx, &cluster_id, &d.name), h)
                     .await
-                    .unwrap_or_default(),
+                    .with_context(|| {
+                        format!(
+                            "cannot read the live version of {} from {} to compare with; \
+                             nothing was sent (run `maki health`, then `maki sync` again)",
+                            d.name, machine.name
+                        )
+                    })?,
             },
             None => Manifest::default(),
         };
@@ -308,9 +309,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             .map(|(h, f)| (h, f.full.clone(), f.size))
             .collect();
         let delta = live_manifest
-            .as_deref()
             .filter(|_| !before.files.is_empty())
-            .and_then(|h| h.parse::<Blake3Hash>().ok())
             .map(|h| (h, m.delta_from(&before).encode()));
         plans.push(Planned {
             domain: d,
@@ -327,7 +326,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     timing.mark("planned");
 
     // The configuration: the file's wishes merged field by field.
-    let mut current_doc = decode_doc(changes)?;
+    let mut current_doc = decode_doc(&changes)?;
     let current = current_doc.view()?;
     let (base_file, secrets_file) = base_paths(ctx, &cluster_id);
     let base = match std::fs::read(&base_file) {
@@ -353,12 +352,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let recipients: Vec<SealingKey> = peers["nodes"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(_, n)| n["sealing_key"].as_str()?.parse().ok())
-        .collect();
+    let recipients: Vec<SealingKey> = peers.nodes.values().map(|n| n.sealing_key).collect();
     let mut rng = rand::rng();
     let file_config = project.to_desired(&base, |domain, path, var, value| {
         let key = format!("{domain}/{path}/{var}");
@@ -445,17 +439,18 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             mark_unfinished(m);
         }
     }
-    let mut requests = if args.dry_run {
-        Vec::new()
-    } else {
-        delta_requests(&plans)
-    };
+    let mut deltas = Batch::new();
+    if !args.dry_run {
+        push_deltas(&mut deltas, &plans);
+    }
     let mut per_domain: BTreeMap<&str, u64> = BTreeMap::new();
     let mut uploaded = false;
     if let Some(upload) = &ahead {
         // (A change of configuration alone sends nothing here, and shows
         // no bar.)
         let mut bar = None;
+        let mut put = None;
+        let mut batch = std::mem::take(&mut deltas);
         if !upload.is_empty() {
             let files = crate::ssh::FileCount::default();
             files.add_total(upload.len() as u64);
@@ -463,38 +458,40 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             b.set_length(upload.iter().map(|(_, s, _)| s.size()).sum());
             let blobs: Vec<(Blake3Hash, &Source)> =
                 upload.iter().map(|(h, s, _)| (*h, s)).collect();
-            requests.push(inline_request(&blobs, &b, &files).await?);
+            put = Some(batch.push(inline_request(&blobs, &b, &files).await?));
             bar = Some(b);
         }
-        let mut answers = if requests.is_empty() {
-            Vec::new()
+        let delta_count = batch.len() - usize::from(put.is_some());
+        let mut answers = if batch.is_empty() {
+            None
         } else {
-            remote
-                .control_each(&requests)
-                .await
-                .with_context(|| format!("{}: the upload failed", machine.name))?
+            Some(
+                remote
+                    .send(batch)
+                    .await
+                    .with_context(|| format!("{}: the upload failed", machine.name))?,
+            )
         };
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
         let mut put_taken = true;
-        if !upload.is_empty() {
-            let put = answers.pop().context("no answer to the upload")?;
-            if let Ok(report) = &put {
+        if let (Some(slot), Some(answers)) = (put, answers.as_mut()) {
+            let report = answers.take(slot);
+            if let Ok(report) = &report {
                 refused(&machine.name, report)?;
             }
-            put_taken = put.is_ok();
+            put_taken = report.is_ok();
         }
         // A delta the node did not take (or an upload it could not read)
         // leaves something missing: the question below finds it.
-        uploaded = put_taken && answers.iter().all(Result::is_ok);
+        let deltas_taken = answers.as_mut().is_none_or(|a| a.take_all_ok(delta_count));
+        uploaded = put_taken && deltas_taken;
         for (_, source, domain) in upload.iter().filter(|_| put_taken) {
             if let (Source::File(_, size), Some(domain)) = (source, domain) {
                 *per_domain.entry(domain).or_default() += size;
             }
         }
-        // Whatever happens next, the deltas are sent.
-        requests.clear();
         timing.mark("manifest deltas and new blobs sent ahead");
     }
     if !uploaded {
@@ -502,7 +499,7 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
             &remote,
             &machine.name,
             &plans,
-            requests,
+            deltas,
             args.dry_run,
             &mut per_domain,
             &timing,
@@ -708,12 +705,16 @@ fn mark_unfinished(marker: &Path) {
 
 /// The manifest `hash` (hex), when the copy kept here is not it: fetched
 /// from the node (about 100 bytes per file) and kept.
-async fn fetch_manifest(remote: &Remote, cache: &Path, hash: &str) -> anyhow::Result<Manifest> {
+async fn fetch_manifest(
+    remote: &Remote,
+    cache: &Path,
+    hash: &Blake3Hash,
+) -> anyhow::Result<Manifest> {
     let out = remote
         .run_ok(&format!("makiatto blobs get --hex {hash}"))
         .await?;
     let bytes = hex::decode(out.trim())?;
-    if Blake3Hash::of(&bytes).to_hex() != hash {
+    if Blake3Hash::of(&bytes) != *hash {
         bail!(
             "{}: the manifest it sent does not match its hash",
             remote.target()
@@ -747,19 +748,16 @@ fn keep_manifest(cache: &Path, bytes: &[u8]) {
 /// instead of a megabyte). The node keeps a rebuilt manifest only if it
 /// hashes to `target`; one it does not take (an older node) stays missing
 /// and is uploaded whole.
-fn delta_requests(plans: &[Planned<'_>]) -> Vec<serde_json::Value> {
-    plans
-        .iter()
-        .filter_map(|p| {
-            let (base, delta) = p.delta.as_ref()?;
-            Some(json!({
-                "op": "manifest-put",
-                "base": base.to_hex(),
-                "target": p.manifest_hash.to_hex(),
-                "delta": hex::encode(delta),
-            }))
-        })
-        .collect()
+fn push_deltas(batch: &mut Batch, plans: &[Planned<'_>]) {
+    for p in plans {
+        if let Some((base, delta)) = &p.delta {
+            batch.push(op::ManifestPut {
+                base: *base,
+                target: p.manifest_hash,
+                delta: hex::encode(delta),
+            });
+        }
+    }
 }
 
 /// Asks the node which blobs of the plans it lacks (after `requests`: the
@@ -770,7 +768,7 @@ async fn ask_and_upload<'p>(
     remote: &Remote,
     machine: &str,
     plans: &'p [Planned<'p>],
-    mut requests: Vec<serde_json::Value>,
+    mut batch: Batch,
     dry_run: bool,
     per_domain: &mut BTreeMap<&'p str, u64>,
     timing: &Timing,
@@ -786,39 +784,35 @@ async fn ask_and_upload<'p>(
                 .filter(|h| !p.known.contains(h)),
         );
     }
-    let asked: Vec<String> = wanted_blobs.iter().map(|h| h.to_hex()).collect();
-    requests.push(json!({"op": "blobs-missing", "hashes": asked}));
+    let asked = batch.push(op::BlobsMissing {
+        hashes: wanted_blobs.into_iter().collect(),
+    });
     let mut answers = remote
-        .control_each(&requests)
+        .send(batch)
         .await
         .with_context(|| format!("{machine}: cannot list its blobs"))?;
-    let answer = answers
-        .pop()
-        .context("no answer to the blob question")?
-        .map_err(|e| anyhow::anyhow!("{machine}: cannot list its blobs: {e}"))?;
-    let mut missing: BTreeSet<String> = answer
-        .as_array()
+    let mut missing: BTreeSet<Blake3Hash> = answers
+        .take(asked)
+        .map_err(|e| anyhow::anyhow!("{machine}: cannot list its blobs: {e}"))?
         .into_iter()
-        .flatten()
-        .filter_map(|h| h.as_str().map(str::to_owned))
         .collect();
     if dry_run {
         // A real sync would send these manifests as deltas.
         for p in plans.iter().filter(|p| p.delta.is_some()) {
-            missing.remove(&p.manifest_hash.to_hex());
+            missing.remove(&p.manifest_hash);
         }
     }
     let mut upload: Vec<(Blake3Hash, Source)> = Vec::new();
     let mut queued: BTreeSet<Blake3Hash> = BTreeSet::new();
     for p in plans {
         let mhash = p.manifest_hash;
-        if missing.contains(&mhash.to_hex()) && queued.insert(mhash) {
+        if missing.contains(&mhash) && queued.insert(mhash) {
             upload.push((mhash, Source::Bytes(p.manifest_bytes.clone())));
         }
         // Only what the live version lacks can be missing: not a hex
         // string made for each of the site's files.
         for (hash, path, size) in &p.sources {
-            if missing.contains(&hash.to_hex()) && queued.insert(*hash) {
+            if missing.contains(hash) && queued.insert(*hash) {
                 upload.push((*hash, Source::File(path.clone(), *size)));
                 *per_domain.entry(&p.domain.name).or_default() += size;
             }
@@ -839,7 +833,7 @@ async fn ask_and_upload<'p>(
         let blobs: Vec<(Blake3Hash, &Source)> = upload.iter().map(|(h, s)| (*h, s)).collect();
         let request = inline_request(&blobs, &bar, &files).await?;
         remote
-            .call(request)
+            .ask(request)
             .await
             .with_context(|| format!("{machine}: the upload failed"))?
     } else {
@@ -851,11 +845,11 @@ async fn ask_and_upload<'p>(
 }
 
 /// Fails if the node refused any blob of an upload (its report).
-fn refused(machine: &str, report: &serde_json::Value) -> anyhow::Result<()> {
-    if !report["refused"].as_array().is_none_or(|r| r.is_empty()) {
+fn refused(machine: &str, report: &Received) -> anyhow::Result<()> {
+    if !report.refused.is_empty() {
         bail!(
             "{machine}: refused blobs (a file changed while it was sent? run maki sync again): {}",
-            report["refused"]
+            report.refused.join("; ")
         );
     }
     Ok(())
@@ -911,7 +905,7 @@ async fn inline_request(
     upload: &[(Blake3Hash, &Source)],
     bar: &indicatif::ProgressBar,
     files: &crate::ssh::FileCount,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<op::BlobsPut> {
     let mut blobs = Vec::with_capacity(upload.len());
     for (hash, source) in upload {
         let bytes = match source {
@@ -931,9 +925,12 @@ async fn inline_request(
         };
         bar.inc(bytes.len() as u64);
         files.done(1);
-        blobs.push(json!({"hash": hash.to_hex(), "hex": hex::encode(bytes)}));
+        blobs.push(InlineBlob {
+            hash: *hash,
+            hex: hex::encode(bytes),
+        });
     }
-    Ok(json!({"op": "blobs-put", "blobs": blobs}))
+    Ok(op::BlobsPut { blobs })
 }
 
 /// Bytes to upload: a local file or bytes made here (a manifest).

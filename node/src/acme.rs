@@ -42,6 +42,7 @@ use instant_acme::{
 use makiatto_core::GroupCommitter;
 use makiatto_events::payload::{AcmeChallenge, CertificateIssued};
 use makiatto_events::{DomainName, Event, FeedWriter, Payload, SealedValue};
+use makiatto_protocol::health::{AcmeReport, DueCertificate, OrderFailure};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::sign::CertifiedKey;
 
@@ -531,7 +532,13 @@ impl Acme {
                 let r = replica
                     .lock()
                     .map_err(|_| anyhow::anyhow!("replica lock poisoned"))?;
-                (r.latest_of(&signing.public())?, r.heads())
+                (
+                    r.latest_of(&signing.public())?,
+                    r.heads()
+                        .iter()
+                        .map(|h| (h.id, h.hlc()))
+                        .collect::<Vec<_>>(),
+                )
             };
             let mut writer = match last {
                 Some(bytes) => FeedWriter::resume(signing, &Event::decode(&bytes)?),
@@ -559,7 +566,7 @@ impl Acme {
 
     /// For `makiatto health` and `maki certs`: per domain, what is wanted,
     /// what is current, what failed.
-    pub fn report(&self) -> serde_json::Value {
+    pub fn report(&self) -> AcmeReport {
         let (directory, due) = self.due();
         let certs = self
             .replica
@@ -570,25 +577,42 @@ impl Acme {
         let backoff = self.backoff.lock().map(|b| b.clone()).unwrap_or_default();
         let ordering = self.ordering.lock().ok().and_then(|o| o.clone());
         let now = Instant::now();
-        serde_json::json!({
-            "directory": directory.as_ref().map(|d| d.url.clone()),
-            "challenge": directory.as_ref().map(|d| if d.dns01 { "dns-01" } else { "http-01" }),
-            "orderer": self.is_orderer(),
-            "ordering": ordering,
-            "due": due.iter().map(|w| serde_json::json!({
-                "certificate": w.names[0], "domain": w.domain, "names": w.names,
-                "limited_until_millis": w.limited_until,
-            })).collect::<Vec<_>>(),
-            "failures": backoff.iter().map(|(d, b)| serde_json::json!({
-                "certificate": d, "failures": b.failures, "error": b.error,
-                "retry_in_secs": b.next.saturating_duration_since(now).as_secs(),
-            })).collect::<Vec<_>>(),
-            "certificates": certs.names,
-            // Certificates at the CA's duplicate limit, and until when.
-            "limited": certs.names.iter().filter_map(|(first, c)| {
+        // Certificates at the CA's duplicate limit, and until when.
+        let limited = certs
+            .names
+            .iter()
+            .filter_map(|(first, c)| {
                 duplicate_limit(&certs, &c.names, now_millis()).map(|until| (first.clone(), until))
-            }).collect::<std::collections::BTreeMap<_, _>>(),
-        })
+            })
+            .collect();
+        AcmeReport {
+            directory: directory.as_ref().map(|d| d.url.clone()),
+            challenge: directory
+                .as_ref()
+                .map(|d| if d.dns01 { "dns-01" } else { "http-01" }.to_owned()),
+            orderer: self.is_orderer(),
+            ordering,
+            due: due
+                .iter()
+                .map(|w| DueCertificate {
+                    certificate: w.names.first().cloned().unwrap_or_default(),
+                    domain: w.domain.clone(),
+                    names: w.names.clone(),
+                    limited_until_millis: w.limited_until,
+                })
+                .collect(),
+            failures: backoff
+                .iter()
+                .map(|(d, b)| OrderFailure {
+                    certificate: d.clone(),
+                    failures: b.failures,
+                    error: b.error.clone(),
+                    retry_in_secs: b.next.saturating_duration_since(now).as_secs(),
+                })
+                .collect(),
+            certificates: certs.names.clone(),
+            limited,
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use makiatto_events::{Blake3Hash, EventId, Manifest};
+use makiatto_protocol::health::SiteDeployment;
 use serde::{Deserialize, Serialize};
 
 use crate::blobs::BlobStore;
@@ -354,26 +355,24 @@ impl Content {
     }
 
     /// Per domain: the live version, the deployed one, what is missing.
-    pub fn report(&self) -> serde_json::Value {
+    pub fn report(&self) -> BTreeMap<String, SiteDeployment> {
         let live = self.live();
         let deployed = self.deployed.lock().map(|d| d.clone()).unwrap_or_default();
         let pending = self.pending.lock().map(|p| p.clone()).unwrap_or_default();
-        let mut out = serde_json::Map::new();
-        for (domain, (version, _)) in live {
-            let d = deployed.get(&domain);
-            let p = pending.get(&domain);
-            out.insert(
-                domain,
-                serde_json::json!({
-                    "live": version.to_hex(),
-                    "deployed": d.map(|d| d.version.to_hex()),
-                    "files": d.map(|d| d.files),
-                    "in_sync": d.is_some_and(|d| d.version == version),
-                    "missing_blobs": p.map_or(0, |p| p.missing_blobs),
-                    "error": p.and_then(|p| p.error.clone()),
-                }),
-            );
-        }
-        serde_json::Value::Object(out)
+        live.into_iter()
+            .map(|(domain, (version, _))| {
+                let d = deployed.get(&domain);
+                let p = pending.get(&domain);
+                let site = SiteDeployment {
+                    live: Some(version),
+                    deployed: d.map(|d| d.version),
+                    files: d.map(|d| d.files),
+                    in_sync: d.is_some_and(|d| d.version == version),
+                    missing_blobs: p.map_or(0, |p| p.missing_blobs),
+                    error: p.and_then(|p| p.error.clone()),
+                };
+                (domain, site)
+            })
+            .collect()
     }
 }

@@ -2,6 +2,7 @@
 //! its event signing key, its sealing key and its WireGuard key. Each is a
 //! file of 64 hex characters, mode 0600, in `<data-dir>/keys/`.
 
+use makiatto_protocol::identity::NodeIdentity;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use makiatto_events::{SealingSecret, SigningKey, WgPublicKey};
 use rand::RngCore;
-use serde::Serialize;
 
 /// The node's three secrets.
 #[derive(Clone)]
@@ -18,14 +18,6 @@ pub struct NodeKeys {
     pub sealing: SealingSecret,
     /// The WireGuard private key (an X25519 secret, as `wg genkey` makes).
     pub wireguard: SealingSecret,
-}
-
-/// What may be shown of them.
-#[derive(Debug, Serialize)]
-pub struct PublicIdentity {
-    pub signing_key: String,
-    pub sealing_key: String,
-    pub wg_public_key: String,
 }
 
 fn dir(data_dir: &Path) -> PathBuf {
@@ -100,11 +92,12 @@ impl NodeKeys {
         })
     }
 
-    pub fn public(&self) -> PublicIdentity {
-        PublicIdentity {
-            signing_key: self.signing.public().to_hex(),
-            sealing_key: self.sealing.public().to_hex(),
-            wg_public_key: WgPublicKey(self.wireguard.public().0).to_base64(),
+    /// What may be shown of them.
+    pub fn public(&self) -> NodeIdentity {
+        NodeIdentity {
+            signing_key: self.signing.public(),
+            sealing_key: self.sealing.public(),
+            wg_public_key: WgPublicKey(self.wireguard.public().0),
         }
     }
 }

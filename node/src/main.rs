@@ -32,7 +32,11 @@ use std::sync::Mutex;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use control::{Request, Response};
+use makiatto_projections::ProjectionName;
+use makiatto_protocol::log::{LogFilter, LogLine};
+use makiatto_protocol::request as op;
+use makiatto_protocol::status::Status;
+use makiatto_protocol::{Answer, ControlError, Envelope, Operation, Request};
 
 #[derive(Parser)]
 #[command(name = "makiatto", version, about = "The Makiatto CDN node daemon")]
@@ -271,25 +275,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Control => {
             // One session may carry many requests (`maki` keeps it open for
-            // a whole command): each line is answered as it arrives.
+            // a whole command): each line is answered as it arrives. Blob
+            // requests are answered here, from the store; the rest by the
+            // daemon (or the data directory when none runs).
             let mut store = None;
             for line in std::io::stdin().lock().lines() {
                 let line = line.context("cannot read standard input")?;
-                let response = if let Ok(blob_req) = serde_json::from_str::<BlobRequest>(&line) {
-                    match blob_request(&data_dir, &mut store, blob_req) {
-                        Ok(v) => Response::Ok(v),
-                        Err(e) => Response::Error(format!("{e:#}")),
+                let answer = match control::read_request(line.as_bytes()) {
+                    Err(e) => Answer::Error(e),
+                    Ok(envelope)
+                        if matches!(
+                            envelope.request,
+                            Request::BlobsMissing(_) | Request::BlobsPut(_)
+                        ) =>
+                    {
+                        match blob_store(&data_dir, &mut store) {
+                            Ok(store) => control::answer_blobs(store, envelope.request),
+                            Err(e) => Answer::Error(ControlError::failed(format!("{e:#}"))),
+                        }
                     }
-                } else {
-                    match serde_json::from_str::<Request>(&line) {
-                        Ok(req) => match request(&data_dir, req) {
-                            Ok(v) => Response::Ok(v),
-                            Err(e) => Response::Error(format!("{e:#}")),
-                        },
-                        Err(e) => Response::Error(format!("not a valid request: {e}")),
-                    }
+                    Ok(envelope) => answer(&data_dir, envelope)
+                        .unwrap_or_else(|e| Answer::Error(ControlError::failed(format!("{e:#}")))),
                 };
-                println!("{}", serde_json::to_string(&response)?);
+                println!("{}", answer.to_line());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -300,47 +308,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kind,
             limit,
         } => {
-            let filter = query::LogFilter {
+            let filter = LogFilter {
                 at,
                 author,
                 kind,
                 limit,
             };
-            let value = request(&data_dir, Request::Log { filter })?;
-            let lines: Vec<query::LogLine> = serde_json::from_value(value)?;
-            for line in lines {
+            for line in ask(&data_dir, op::Log { filter })? {
                 if json {
                     println!("{}", serde_json::to_string(&line)?);
                 } else {
-                    println!("{}", line.render());
+                    println!("{}", LogLine::render(&line));
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { name, at, json } => {
-            let value = request(
-                &data_dir,
-                Request::Show {
-                    name: name.clone(),
-                    at,
-                },
-            )?;
+            let name = ProjectionName::parse(&name).with_context(|| {
+                let known: Vec<&str> = ProjectionName::ALL.iter().map(|p| p.as_str()).collect();
+                format!(
+                    "unknown projection {name:?}; projections are: {}",
+                    known.join(", ")
+                )
+            })?;
+            let shown = ask(&data_dir, op::Show { name, at })?;
             if json {
-                println!("{}", serde_json::to_string(&value)?);
+                println!("{}", serde_json::to_string(&shown)?);
             } else {
-                println!(
-                    "{name} (fingerprint {})",
-                    value["fingerprint"].as_str().unwrap_or("?")
-                );
-                println!("{}", serde_json::to_string_pretty(&value["state"])?);
+                println!("{name} (fingerprint {})", shown.fingerprint);
+                println!("{}", serde_json::to_string_pretty(&shown.state)?);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { json } => {
-            let value = request(&data_dir, Request::Verify)?;
-            let report: replica_report::Report = serde_json::from_value(value.clone())?;
+            let report = ask(&data_dir, op::Verify {})?;
             if json {
-                println!("{}", serde_json::to_string(&value)?);
+                println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!("checked {} events", report.events);
                 for (name, fp) in &report.fingerprints {
@@ -363,26 +366,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status => {
             let (daemon, supervisor) = service::pids(&cli.run_dir);
-            let mut value = if data_dir.join("log").exists() || daemon.is_some() {
-                request(&data_dir, Request::Status)?
+            let status = if data_dir.join("log").exists() || daemon.is_some() {
+                ask(&data_dir, op::GetStatus {})?
             } else {
-                serde_json::json!({"events": 0})
+                Status::default()
             };
-            value["daemon_pid"] = serde_json::json!(daemon.map(|p| p.as_raw()));
-            value["supervisor_pid"] = serde_json::json!(supervisor.map(|p| p.as_raw()));
             // Running means answering, not merely having a pid.
-            let answering =
+            let running =
                 std::os::unix::net::UnixStream::connect(daemon::socket_path(&data_dir)).is_ok();
-            value["running"] = serde_json::json!(answering);
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            let shown = makiatto_protocol::status::NodeStatus {
+                status,
+                daemon_pid: daemon.map(|p| p.as_raw()),
+                supervisor_pid: supervisor.map(|p| p.as_raw()),
+                running,
+            };
+            println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { json } => {
-            let value = request(&data_dir, Request::Health)?;
+            let report = ask(&data_dir, op::Health {})?;
             if json {
-                println!("{}", serde_json::to_string(&value)?);
+                println!("{}", serde_json::to_string(&report)?);
             } else {
-                print_health(&value);
+                print_health(&report);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -429,12 +435,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: DebugCommand::SendEvents { to },
         } => {
             let keys = keys::NodeKeys::load(&data_dir)?;
-            let status = request(&data_dir, Request::Status)?;
-            let cluster: makiatto_events::EventId = status["cluster"]
-                .as_str()
-                .context("the node has no cluster yet")?
-                .parse()
-                .context("bad cluster id")?;
+            let cluster = ask(&data_dir, op::GetStatus {})?
+                .cluster
+                .context("the node has no cluster yet")?;
             let mut input = String::new();
             std::io::stdin().lock().read_to_string(&mut input)?;
             let events = input
@@ -445,7 +448,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let vv = serde_json::from_value(request(&data_dir, Request::VersionVector)?)?;
+            let vv = ask(&data_dir, op::GetVersionVector {})?;
             runtime.block_on(gossip::send_raw(
                 keys.signing.public(),
                 cluster,
@@ -467,11 +470,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_while(Result::ok)
                 .filter(|l| !l.trim().is_empty())
                 .collect();
-            let value = request(&data_dir, Request::Append { events })?;
-            let results = value.as_array().cloned().unwrap_or_default();
+            let results = ask(&data_dir, op::Append { events })?;
             let mut all_ok = true;
             for r in &results {
-                all_ok &= r["outcome"] != "rejected";
+                all_ok &= r.is_accepted();
                 println!("{}", serde_json::to_string(r)?);
             }
             Ok(if all_ok {
@@ -483,13 +485,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Sends a request to the running daemon, or answers it from the data
+/// Asks the running daemon, or answers from the data directory when no
+/// daemon runs; the answer decoded as the operation's own output.
+fn ask<O: Operation>(data_dir: &Path, operation: O) -> anyhow::Result<O::Output> {
+    Ok(answer(data_dir, Envelope::ours(operation))?.decode::<O::Output>()?)
+}
+
+/// The answer to one request: from the daemon's socket, or from the data
 /// directory when no daemon runs.
-fn request(data_dir: &Path, request: Request) -> anyhow::Result<serde_json::Value> {
+fn answer(data_dir: &Path, envelope: Envelope) -> anyhow::Result<Answer> {
     let socket = daemon::socket_path(data_dir);
-    let response = match control::call(&socket, &request) {
-        Ok(response) => response,
-        Err(_) if !data_dir.join("log").exists() && !matches!(request, Request::Append { .. }) => {
+    match control::call(&socket, &envelope) {
+        Ok(answer) => Ok(answer),
+        Err(_)
+            if !data_dir.join("log").exists()
+                && !matches!(envelope.request, Request::Append(_)) =>
+        {
             bail!(
                 "{} holds no Makiatto log (is this the right --data-dir?)",
                 data_dir.display()
@@ -502,199 +513,58 @@ fn request(data_dir: &Path, request: Request) -> anyhow::Result<serde_json::Valu
                     socket.display()
                 )
             })?;
-            control::execute(&Mutex::new(replica), &control::Direct, request)
+            Ok(control::execute(
+                &Mutex::new(replica),
+                &control::Direct,
+                envelope,
+            ))
         }
-    };
-    match response {
-        Response::Ok(value) => Ok(value),
-        Response::Error(e) => bail!("{e}"),
     }
 }
 
-/// Requests about the blob store, answered by `makiatto control` itself
-/// (the store is files under the data directory; the daemon is not asked).
-#[derive(serde::Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
-enum BlobRequest {
-    /// Which of these blobs (hex hashes) are not stored here.
-    BlobsMissing { hashes: Vec<String> },
-    /// Stores small blobs sent inline (hex), each verified against its
-    /// hash, as `makiatto blobs receive` does; answers its report.
-    BlobsPut { blobs: Vec<InlineBlob> },
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InlineBlob {
-    hash: String,
-    hex: String,
-}
-
-/// At most this many bytes of blobs in one `blobs-put` (larger uploads
-/// stream through `makiatto blobs receive`).
-const INLINE_BLOB_BYTES: usize = 8 << 20;
-
-fn blob_request(
+/// The blob store, opened on first use.
+fn blob_store<'a>(
     data_dir: &Path,
-    store: &mut Option<blobs::BlobStore>,
-    req: BlobRequest,
-) -> anyhow::Result<serde_json::Value> {
-    let store = match store {
-        Some(s) => s,
-        None => store
+    store: &'a mut Option<blobs::BlobStore>,
+) -> anyhow::Result<&'a blobs::BlobStore> {
+    match store {
+        Some(s) => Ok(s),
+        None => Ok(store
             .insert(blobs::BlobStore::open(data_dir).with_context(|| {
                 format!("cannot open the blob store in {}", data_dir.display())
-            })?),
-    };
-    match req {
-        BlobRequest::BlobsMissing { hashes } => {
-            let hashes = hashes
-                .iter()
-                .map(|h| blobs::parse_hash(h))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let missing: Vec<String> = store.missing(&hashes).iter().map(|h| h.to_hex()).collect();
-            Ok(serde_json::json!(missing))
-        }
-        BlobRequest::BlobsPut { blobs } => {
-            let mut stream = Vec::new();
-            for b in &blobs {
-                let hash = blobs::parse_hash(&b.hash)?;
-                let bytes = hex::decode(&b.hex)
-                    .with_context(|| format!("blob {}: its bytes are not hex", b.hash))?;
-                stream.extend_from_slice(hash.as_bytes());
-                stream.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
-                stream.extend_from_slice(&bytes);
-                if stream.len() > INLINE_BLOB_BYTES {
-                    bail!(
-                        "more than {INLINE_BLOB_BYTES} bytes of blobs in one request; stream them with `makiatto blobs receive`"
-                    );
-                }
-            }
-            let report = store.receive(&mut &stream[..])?;
-            Ok(serde_json::to_value(&report)?)
-        }
-    }
-}
-
-/// The verify report as the CLI reads it back.
-mod replica_report {
-    #[derive(serde::Deserialize)]
-    pub struct Report {
-        pub events: usize,
-        pub problems: Vec<String>,
-        pub fingerprints: Vec<(String, String)>,
+            })?)),
     }
 }
 
 /// The health table as text.
-fn print_health(v: &serde_json::Value) {
+fn print_health(v: &makiatto_protocol::health::HealthReport) {
     println!(
         "{} ({}): {} events",
-        v["node"].as_str().unwrap_or("?"),
-        v["mesh_addr"].as_str().unwrap_or("no mesh address"),
-        v["events"]
+        v.node.as_deref().unwrap_or("?"),
+        v.mesh_addr.as_deref().unwrap_or("no mesh address"),
+        v.events
     );
-    for p in v["peers"].as_array().into_iter().flatten() {
-        let state = if p["alive"].as_bool() == Some(true) {
-            "up"
-        } else {
-            "DOWN"
-        };
-        let sync = match p["in_sync"].as_bool() {
+    for p in &v.peers {
+        let state = if p.alive { "up" } else { "DOWN" };
+        let sync = match p.in_sync {
             Some(true) => "in sync".to_owned(),
-            Some(false) => format!("{} events", p["events"]),
+            Some(false) => format!("{} events", p.events.unwrap_or(0)),
             None => "not heard".to_owned(),
         };
-        let handshake = p["handshake_age_secs"]
-            .as_u64()
+        let handshake = p
+            .handshake_age_secs
             .map_or("no handshake".to_owned(), |s| format!("handshake {s}s ago"));
         println!(
             "  {:<16} {:<15} {:<5} {:<18} {}",
-            p["name"].as_str().unwrap_or("?"),
-            p["mesh_addr"].as_str().unwrap_or("?"),
-            state,
-            sync,
-            handshake
+            p.name, p.mesh_addr, state, sync, handshake
         );
-        if let Some(e) = p["last_error"].as_str() {
+        if let Some(e) = &p.last_error {
             println!("    last replication error: {e}");
         }
     }
-    println!("  replication: {}", v["replication"]);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use makiatto_events::Blake3Hash;
-
-    fn ask(
-        dir: &Path,
-        store: &mut Option<blobs::BlobStore>,
-        line: &str,
-    ) -> anyhow::Result<serde_json::Value> {
-        let req: BlobRequest = serde_json::from_str(line)?;
-        blob_request(dir, store, req)
-    }
-
-    #[test]
-    fn control_stores_inline_blobs_verified_and_lists_the_missing() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = None;
-        let good = b"<h1>inline</h1>";
-        let h = Blake3Hash::of(good).to_hex();
-        let other = Blake3Hash::of(b"other").to_hex();
-        let missing = ask(
-            dir.path(),
-            &mut store,
-            &format!(r#"{{"op":"blobs-missing","hashes":["{h}","{other}"]}}"#),
-        )
-        .unwrap();
-        assert_eq!(missing, serde_json::json!([h, other]));
-
-        // One blob whose bytes match, one whose bytes do not: the first is
-        // kept, the second refused, and the report says so.
-        let put = format!(
-            r#"{{"op":"blobs-put","blobs":[{{"hash":"{h}","hex":"{}"}},{{"hash":"{other}","hex":"{}"}}]}}"#,
-            hex::encode(good),
-            hex::encode(b"not other")
-        );
-        let report = ask(dir.path(), &mut store, &put).unwrap();
-        assert_eq!(report["stored"], 1, "{report}");
-        assert_eq!(
-            report["refused"].as_array().map(Vec::len),
-            Some(1),
-            "{report}"
-        );
-        let missing = ask(
-            dir.path(),
-            &mut store,
-            &format!(r#"{{"op":"blobs-missing","hashes":["{h}","{other}"]}}"#),
-        )
-        .unwrap();
-        assert_eq!(missing, serde_json::json!([other]));
-
-        // Bad input is a clear error, never a panic.
-        let bad_hash = ask(
-            dir.path(),
-            &mut store,
-            r#"{"op":"blobs-missing","hashes":["xyz"]}"#,
-        );
-        assert!(format!("{:#}", bad_hash.unwrap_err()).contains("not a blake3 hash"));
-        let bad_hex = ask(
-            dir.path(),
-            &mut store,
-            &format!(r#"{{"op":"blobs-put","blobs":[{{"hash":"{h}","hex":"zz"}}]}}"#),
-        );
-        assert!(format!("{:#}", bad_hex.unwrap_err()).contains("not hex"));
-        let big = hex::encode(vec![0u8; INLINE_BLOB_BYTES + 1]);
-        let too_big = ask(
-            dir.path(),
-            &mut store,
-            &format!(r#"{{"op":"blobs-put","blobs":[{{"hash":"{h}","hex":"{big}"}}]}}"#),
-        );
-        assert!(format!("{:#}", too_big.unwrap_err()).contains("blobs receive"));
-        // Other requests are not blob requests (they go to the daemon).
-        assert!(serde_json::from_str::<BlobRequest>(r#"{"op":"heads"}"#).is_err());
-    }
+    let r = &v.replication;
+    println!(
+        "  replication: sessions {} ok, {} failed; events {} in, {} out; {} bad",
+        r.sessions_ok, r.sessions_failed, r.events_in, r.events_out, r.bad_events
+    );
 }

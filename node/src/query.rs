@@ -1,9 +1,8 @@
-//! The shapes of `makiatto log` answers and the parsing of their arguments.
+//! A point in history as typed after `--at`: a time or an event id prefix.
+//! (The `log` request and its lines are protocol types:
+//! `makiatto_protocol::log`.)
 
-use makiatto_events::{Event, EventKind, Hlc};
-use makiatto_projections::Verdict;
-use makiatto_projections::roles::Roles;
-use serde::{Deserialize, Serialize};
+use makiatto_events::Hlc;
 
 /// A point in history as typed: an RFC 3339 time or an event id prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,149 +28,6 @@ impl Point {
     }
 }
 
-/// Which events `makiatto log` lists.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct LogFilter {
-    pub at: Option<String>,
-    /// A name (`alice`, `vector`) or a prefix of the author's key.
-    pub author: Option<String>,
-    pub kind: Option<String>,
-    pub limit: Option<usize>,
-}
-
-impl LogFilter {
-    /// Checks the filter's own arguments before anything is read.
-    pub fn check(&self) -> Result<(), String> {
-        if let Some(kind) = &self.kind
-            && EventKind::parse(kind).is_none()
-        {
-            let known: Vec<String> = EventKind::KNOWN.iter().map(|k| k.name()).collect();
-            return Err(format!(
-                "unknown kind {kind:?}; kinds are: {}",
-                known.join(", ")
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn matches(&self, line: &LogLine) -> bool {
-        if let Some(kind) = &self.kind
-            && line.kind != *kind
-        {
-            return false;
-        }
-        if let Some(author) = &self.author {
-            let author = author.to_ascii_lowercase();
-            if line.author != author && !line.author_key.starts_with(&author) {
-                return false;
-            }
-        }
-        true
-    }
-}
-
-/// One line of `makiatto log`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LogLine {
-    pub id: String,
-    /// The author's name where the cluster knows it, else a short key.
-    pub author: String,
-    pub author_key: String,
-    pub role: Option<String>,
-    pub seq: u64,
-    /// RFC 3339, UTC, milliseconds.
-    pub time: String,
-    pub hlc: String,
-    pub kind: String,
-    pub summary: String,
-    /// Signature, id and chain were checked when the event was stored.
-    pub verified: bool,
-    pub applied: bool,
-    /// `applied`, `unauthorized`, `invalid`, or `pending` (causal past incomplete).
-    pub status: String,
-    pub reason: Option<String>,
-    pub fork: bool,
-}
-
-impl LogLine {
-    pub fn new(event: &Event, roles: &Roles, verdict: Option<&Verdict>) -> LogLine {
-        let key = event.author();
-        let (author, role) = match roles.describe(&key) {
-            Some((name, role)) => (name, Some(role.to_owned())),
-            None => (key.short(), None),
-        };
-        let (status, reason) = match verdict {
-            None => (
-                "pending",
-                Some("some of its causal past has not arrived".to_owned()),
-            ),
-            Some(Verdict::Applied) => ("applied", None),
-            Some(Verdict::Unauthorized(r)) => ("unauthorized", Some(r.clone())),
-            Some(Verdict::Invalid(r)) => ("invalid", Some(r.clone())),
-        };
-        let fork = roles
-            .forks
-            .get(&key)
-            .is_some_and(|seqs| seqs.contains(&event.seq()));
-        LogLine {
-            id: event.id().to_hex(),
-            author,
-            author_key: key.to_hex(),
-            role,
-            seq: event.seq(),
-            time: format_time(event.hlc()),
-            hlc: format!("{}.{}", event.hlc().millis, event.hlc().counter),
-            kind: event.kind().name(),
-            summary: event.payload().summary(),
-            verified: true,
-            applied: verdict.is_some_and(|v| v.is_applied()),
-            status: status.to_owned(),
-            reason,
-            fork,
-        }
-    }
-
-    /// The human form: time, short id, author (role), kind, summary, flags.
-    pub fn render(&self) -> String {
-        let who = match &self.role {
-            Some(role) => format!("{} ({role})", self.author),
-            None => format!("{} (unknown key)", self.author),
-        };
-        let mut line = format!(
-            "{}  {}  {:<22} {:<16} {}",
-            self.time,
-            &self.id[..12],
-            who,
-            self.kind,
-            self.summary
-        );
-        if self.status != "applied" {
-            line.push_str(&format!("  [{}", self.status.to_uppercase()));
-            if let Some(r) = &self.reason {
-                line.push_str(&format!(": {r}"));
-            }
-            line.push(']');
-        }
-        if self.fork {
-            line.push_str("  [FORK: this author signed two events at seq ");
-            line.push_str(&self.seq.to_string());
-            line.push_str(
-                "; stop using one of the devices sharing this key and add a new key for it]",
-            );
-        }
-        line
-    }
-}
-
-/// An HLC's wall-clock part as RFC 3339 UTC with milliseconds.
-pub fn format_time(hlc: Hlc) -> String {
-    i64::try_from(hlc.millis)
-        .ok()
-        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-        .map(|ts| format!("{ts:.3}"))
-        .unwrap_or_else(|| format!("@{}ms", hlc.millis))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,16 +41,5 @@ mod tests {
         assert_eq!(Point::parse("ABCD12"), Ok(Point::IdPrefix("abcd12".into())));
         assert!(Point::parse("abc").is_err());
         assert!(Point::parse("yesterday").is_err());
-    }
-
-    #[test]
-    fn times_render_as_rfc3339_utc() {
-        assert_eq!(
-            format_time(Hlc {
-                millis: 1_795_611_600_123,
-                counter: 0
-            }),
-            "2026-11-25T13:00:00.123Z"
-        );
     }
 }

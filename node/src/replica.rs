@@ -7,14 +7,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use makiatto_core::VersionVector;
-use makiatto_core::log::AppendOutcome;
 use makiatto_core::{Backend, Log, RejectCounts, Store};
 use makiatto_events::{AuthorKey, Event, EventId, Hlc, MAX_PARENTS, Payload};
 use makiatto_projections::engine::AsOfError;
 use makiatto_projections::{AsOf, Engine, ProjectionName, State};
-use serde::Serialize;
 
-use crate::query::{LogFilter, LogLine, Point};
+use makiatto_protocol::log::{LogFilter, LogLine};
+use makiatto_protocol::status::{Head, Rejections, Status, VerifyReport};
+
+use crate::query::Point;
 
 /// Why the replica could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -30,48 +31,6 @@ pub enum ReplicaError {
     AsOf(#[from] AsOfError),
     #[error("{0}")]
     Query(String),
-}
-
-/// The outcome of one appended event, as reported to the caller.
-#[derive(Debug, Clone, Serialize)]
-pub struct AppendResult {
-    pub id: Option<String>,
-    pub outcome: &'static str,
-    pub fork: bool,
-    pub error: Option<String>,
-}
-
-impl From<&AppendOutcome> for AppendResult {
-    fn from(o: &AppendOutcome) -> Self {
-        match o {
-            AppendOutcome::Stored { id, fork } => AppendResult {
-                id: Some(id.to_hex()),
-                outcome: "stored",
-                fork: *fork,
-                error: None,
-            },
-            AppendOutcome::Waiting { id, on } => AppendResult {
-                id: Some(id.to_hex()),
-                outcome: "waiting",
-                fork: false,
-                error: Some(format!("waiting for its feed predecessor {}", on.short())),
-            },
-            AppendOutcome::Rejected(e) => AppendResult {
-                id: None,
-                outcome: "rejected",
-                fork: false,
-                error: Some(e.to_string()),
-            },
-        }
-    }
-}
-
-/// The result of `makiatto verify`.
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyReport {
-    pub events: usize,
-    pub problems: Vec<String>,
-    pub fingerprints: Vec<(String, String)>,
 }
 
 /// The store, the log around it and the engine over it.
@@ -261,24 +220,31 @@ impl Replica {
     }
 
     /// Summary numbers for `status`.
-    pub fn status(&self) -> serde_json::Value {
-        let (events, waiting, vv) = match self.log.lock() {
+    pub fn status(&self) -> Status {
+        let (events, waiting, authors) = match self.log.lock() {
             Ok(l) => (
                 l.version_vector().total(),
-                l.waiting(),
-                l.version_vector().clone(),
+                l.waiting() as u64,
+                l.version_vector().iter().count() as u64,
             ),
-            Err(_) => (0, 0, Default::default()),
+            Err(_) => (0, 0, 0),
         };
         let not_ready = self.engine.len() as u64 - self.engine.ordered().count() as u64;
-        serde_json::json!({
-            "cluster": self.cluster_id().map(|id| id.to_hex()),
-            "events": events,
-            "waiting_for_predecessor": waiting,
-            "waiting_for_causal_past": not_ready,
-            "authors": vv.iter().count(),
-            "rejected": self.reject_counts(),
-        })
+        let r = self.reject_counts();
+        Status {
+            cluster: self.cluster_id(),
+            events,
+            waiting_for_predecessor: waiting,
+            waiting_for_causal_past: not_ready,
+            authors,
+            rejected: Rejections {
+                invalid: r.invalid,
+                duplicate: r.duplicate,
+                chain_mismatch: r.chain_mismatch,
+                foreign_cluster: r.foreign_cluster,
+                wait_buffer_full: r.wait_buffer_full,
+            },
+        }
     }
 }
 
@@ -355,12 +321,12 @@ impl Replica {
     }
 
     /// The current heads (at most `MAX_PARENTS`, newest first).
-    pub fn heads(&self) -> Vec<(EventId, Hlc)> {
+    pub fn heads(&self) -> Vec<Head> {
         self.engine
             .heads()
             .into_iter()
             .take(MAX_PARENTS)
-            .map(|e| (e.id(), e.hlc()))
+            .map(|e| Head::new(e.id(), e.hlc()))
             .collect()
     }
 

@@ -237,6 +237,20 @@ impl Settings {
         self.sites_keep_versions.unwrap_or(10)
     }
 
+    /// One setting's value as text (`None`: unset, so its default holds,
+    /// or no such key).
+    pub fn get(&self, key: &str) -> Option<String> {
+        match key {
+            "dns.geo_ttl" => self.dns_geo_ttl.map(|v| v.to_string()),
+            "dns.nearest" => self.dns_nearest.map(|v| v.to_string()),
+            "sites.keep_versions" => self.sites_keep_versions.map(|v| v.to_string()),
+            "acme.directory" => self.acme_directory.clone(),
+            "acme.challenge" => self.acme_challenge.clone(),
+            "acme.ca_root" => self.acme_ca_root.clone(),
+            _ => None,
+        }
+    }
+
     /// Sets one setting from text, refusing unknown keys and bad values.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {

@@ -29,8 +29,8 @@ pub struct NodeEntry {
     pub ssh: SshTarget,
     pub latitude: f64,
     pub longitude: f64,
-    /// Not on the wire (`latitude` and `longitude` are): read back, the
-    /// default.
+    /// Not in the JSON (`latitude` and `longitude` are, exactly): read
+    /// back from them.
     #[serde(skip)]
     pub coordinates: Coordinates,
     pub nameserver: bool,
@@ -67,6 +67,20 @@ where
         .map_err(serde::de::Error::custom)
 }
 
+/// The nodes read back from JSON, each with its coordinates made again
+/// from its degrees (which the JSON holds exactly).
+fn nodes_with_coordinates<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<NodeName, NodeEntry>, D::Error> {
+    let mut nodes = BTreeMap::<NodeName, NodeEntry>::deserialize(d)?;
+    for (name, n) in &mut nodes {
+        n.coordinates = Coordinates::from_degrees(n.latitude, n.longitude).ok_or_else(|| {
+            serde::de::Error::custom(format!("node {name}: coordinates out of range"))
+        })?;
+    }
+    Ok(nodes)
+}
+
 /// When a member joined: the (HLC, id) of its joining event.
 type JoinOrder = (Hlc, EventId);
 /// A member by name: a node (`Ok`) or an external peer (`Err`).
@@ -80,6 +94,7 @@ pub struct Peers {
         deserialize_with = "optional_range_parsed"
     )]
     pub mesh_range: Option<Ipv4Net>,
+    #[serde(deserialize_with = "nodes_with_coordinates")]
     pub nodes: BTreeMap<NodeName, NodeEntry>,
     pub external: BTreeMap<PeerName, ExternalPeer>,
 }

@@ -78,6 +78,25 @@ impl AppendResult {
     }
 }
 
+impl AppendResult {
+    /// The form a client without [`Features::TYPED_OUTCOMES`] reads: a
+    /// duplicate is `rejected` (its text says "already stored", which such
+    /// a client looks for), and no reason is given.
+    ///
+    /// [`Features::TYPED_OUTCOMES`]: crate::version::Features::TYPED_OUTCOMES
+    pub fn to_legacy(mut self) -> AppendResult {
+        if self.outcome == Outcome::Duplicate {
+            self.outcome = Outcome::Rejected;
+            self.id = None;
+        }
+        if self.outcome == Outcome::Rejected {
+            self.id = None;
+        }
+        self.reason = None;
+        self
+    }
+}
+
 /// The request's events, as canonical bytes in hex (one bad item is
 /// refused on its own, not the whole request).
 pub fn hex_events(events: &[Event]) -> Vec<String> {

@@ -28,7 +28,8 @@ pub struct HealthReport {
     pub replication: ReplicationTotals,
     /// Per domain: the live version and whether this node serves it.
     pub sites: BTreeMap<String, SiteDeployment>,
-    pub dns: DnsReport,
+    /// None from a daemon that does not report DNS.
+    pub dns: Option<DnsReport>,
     pub http: HttpReport,
     /// None on a node that has no keys yet.
     pub acme: Option<AcmeReport>,
@@ -96,7 +97,7 @@ pub struct ReplicationTotals {
 pub struct SiteDeployment {
     pub live: Option<EventId>,
     pub deployed: Option<EventId>,
-    pub files: Option<usize>,
+    pub files: Option<u64>,
     /// The live version is the one served.
     pub in_sync: bool,
     pub missing_blobs: usize,

@@ -13,7 +13,10 @@
 //!   type of its answer; the [`Envelope`] that carries the client's version.
 //! - [`answer`]: [`Answer`] (`ok` or an error with an [`ErrorCode`]).
 //! - [`append`], [`log`], [`show`], [`status`], [`health`]: the answers.
+//! - [`identity`]: a node's public keys, as `makiatto keys` prints them.
 //! - [`blob_stream`]: the hash · size · bytes stream of an upload.
+//! - [`client`]: a session's client side without I/O: batches of requests,
+//!   the `hello` that opens a session, answers read as each request's type.
 //!
 //! # Invariants
 //! - One line, one request; one line, one answer, in order.
@@ -24,7 +27,9 @@
 pub mod answer;
 pub mod append;
 pub mod blob_stream;
+pub mod client;
 pub mod health;
+pub mod identity;
 pub mod log;
 pub mod request;
 pub mod show;

@@ -19,13 +19,20 @@ use crate::health::HealthReport;
 use crate::log::{LogFilter, LogLine};
 use crate::show::Shown;
 use crate::status::{Head, ManifestStored, Status, VerifyReport};
-use crate::version::{LEGACY_PROTOCOL, PROTOCOL, Version};
+use crate::version::{Features, LEGACY_PROTOCOL, PROTOCOL, Version};
 
 /// A request and the type of its answer.
 pub trait Operation: Into<Request> {
-    type Output: DeserializeOwned;
+    type Output: Serialize + DeserializeOwned;
     /// The first protocol whose daemons serve it.
     const SINCE: u32 = LEGACY_PROTOCOL;
+
+    /// The output as this build reads it, from what a daemon of version
+    /// `daemon` wrote (most outputs have one form in every version).
+    fn read_from(daemon: &Version, output: Self::Output) -> Self::Output {
+        let _ = daemon;
+        output
+    }
 }
 
 /// Every request a daemon serves.
@@ -113,6 +120,23 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A request from this build: it carries our version.
+    pub fn ours(request: impl Into<Request>) -> Envelope {
+        Envelope {
+            request: request.into(),
+            client: Some(Version::ours()),
+        }
+    }
+
+    /// A request in protocol 1's form (no version), for a daemon that
+    /// did not answer `hello`.
+    pub fn bare(request: impl Into<Request>) -> Envelope {
+        Envelope {
+            request: request.into(),
+            client: None,
+        }
+    }
+
     /// The request line (without the newline).
     pub fn to_line(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string(self)
@@ -172,7 +196,25 @@ impl From<Hello> for Request {
 pub struct Append {
     pub events: Vec<String>,
 }
-operation!(Append => Vec<AppendResult>);
+
+impl Operation for Append {
+    type Output = Vec<AppendResult>;
+
+    /// A daemon without typed outcomes reports a duplicate as `rejected`.
+    fn read_from(daemon: &Version, output: Vec<AppendResult>) -> Vec<AppendResult> {
+        if daemon.features.has(Features::TYPED_OUTCOMES) {
+            output
+        } else {
+            output.into_iter().map(AppendResult::from_legacy).collect()
+        }
+    }
+}
+
+impl From<Append> for Request {
+    fn from(r: Append) -> Request {
+        Request::Append(r)
+    }
+}
 
 /// The log's events, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

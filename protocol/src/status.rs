@@ -26,6 +26,21 @@ pub struct Status {
     pub rejected: Rejections,
 }
 
+/// `makiatto status` (a command's output, which `maki` reads over SSH):
+/// the log's counts and the daemon's processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    #[serde(flatten)]
+    pub status: Status,
+    #[serde(default)]
+    pub daemon_pid: Option<i32>,
+    #[serde(default)]
+    pub supervisor_pid: Option<i32>,
+    /// The daemon answers on its control socket (not merely has a pid).
+    #[serde(default)]
+    pub running: bool,
+}
+
 /// `verify`: every event re-checked, every projection rebuilt.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {

@@ -20,6 +20,7 @@ pub mod server;
 pub mod wire;
 pub mod zone;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use makiatto_projections::zones::Zones;
+use makiatto_protocol::health::{DnsCounts, DnsReport, GeoHealth};
 
 use crate::gossip::Gossip;
 use crate::replica::Replica;
@@ -175,44 +177,41 @@ impl Dns {
     }
 
     /// For `makiatto health`: zones, serial, health mask, counters.
-    pub fn report(&self) -> serde_json::Value {
+    pub fn report(&self) -> DnsReport {
         let compiled = self.compiled.load();
         let alive = self.alive.load(Ordering::Relaxed);
-        let mut by: std::collections::BTreeMap<&str, [u64; 9]> = Default::default();
+        let mut transports: BTreeMap<String, DnsCounts> = BTreeMap::new();
         if let Ok(all) = self.counters.lock() {
             for (t, c) in all.iter() {
-                let e = by.entry(t).or_default();
-                e[0] += c.queries.load(Ordering::Relaxed);
-                e[1] += c.dropped.load(Ordering::Relaxed);
-                e[2] += c.truncated.load(Ordering::Relaxed);
-                for (i, r) in c.by_rcode.iter().enumerate() {
-                    e[3 + i] += r.load(Ordering::Relaxed);
-                }
+                let e = transports.entry(t.to_string()).or_default();
+                let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                e.queries += load(&c.queries);
+                e.dropped += load(&c.dropped);
+                e.truncated += load(&c.truncated);
+                let [noerror, formerr, servfail, nxdomain, notimp, other] = &c.by_rcode;
+                e.noerror += load(noerror);
+                e.formerr += load(formerr);
+                e.servfail += load(servfail);
+                e.nxdomain += load(nxdomain);
+                e.notimp += load(notimp);
+                e.refused_or_other += load(other);
             }
         }
-        let transports: serde_json::Map<String, serde_json::Value> = by
-            .into_iter()
-            .map(|(t, e)| {
-                (
-                    t.to_string(),
-                    serde_json::json!({
-                        "queries": e[0], "dropped": e[1], "truncated": e[2],
-                        "noerror": e[3], "formerr": e[4], "servfail": e[5],
-                        "nxdomain": e[6], "notimp": e[7], "refused_or_other": e[8],
-                    }),
-                )
-            })
-            .collect();
-        serde_json::json!({
-            "zones": compiled.apexes().collect::<Vec<_>>(),
-            "serial": compiled.serial,
-            "geoip": self.geoip.loaded(),
-            "geo": compiled.geo.iter().enumerate().map(|(i, g)| serde_json::json!({
-                "node": g.name.to_string(),
-                "healthy": alive & (1 << i) != 0,
-            })).collect::<Vec<_>>(),
-            "skipped_records": compiled.skipped,
-            "transports": transports,
-        })
+        DnsReport {
+            zones: compiled.apexes().map(str::to_owned).collect(),
+            serial: compiled.serial,
+            geoip: self.geoip.loaded(),
+            geo: compiled
+                .geo
+                .iter()
+                .enumerate()
+                .map(|(i, g)| GeoHealth {
+                    node: g.name.to_string(),
+                    healthy: alive & (1 << i) != 0,
+                })
+                .collect(),
+            skipped_records: compiled.skipped.clone(),
+            transports,
+        }
     }
 }

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use makiatto_events::{Blake3Hash, Manifest};
+use makiatto_protocol::health::{HttpReport, ServedSite, StatusCounts};
 
 use crate::blobs::BlobStore;
 use crate::content::Content;
@@ -244,29 +245,33 @@ impl Http {
     }
 
     /// For `makiatto health`: hosts and responses by status class.
-    pub fn report(&self) -> serde_json::Value {
+    pub fn report(&self) -> HttpReport {
         let routes = self.routes.load();
-        let mut hosts: Vec<&String> = routes.hosts().collect();
+        let mut hosts: Vec<String> = routes.hosts().cloned().collect();
         hosts.sort();
-        let sites: serde_json::Map<String, serde_json::Value> = routes
+        let sites = routes
             .sites()
             .map(|s| {
-                (
-                    s.domain.clone(),
-                    serde_json::json!({
-                        "version": s.version.to_hex(),
-                        "files": s.manifest.files.len(),
-                        "precompressed": s.variants.len(),
-                    }),
-                )
+                let served = ServedSite {
+                    version: Some(s.version),
+                    files: s.manifest.files.len(),
+                    precompressed: s.variants.len(),
+                };
+                (s.domain.clone(), served)
             })
             .collect();
         let n = |i: usize| self.statuses[i].load(Ordering::Relaxed);
-        serde_json::json!({
-            "hosts": hosts,
-            "sites": sites,
-            "responses": {"1xx": n(0), "2xx": n(1), "3xx": n(2), "4xx": n(3), "5xx": n(4)},
-        })
+        HttpReport {
+            hosts,
+            sites,
+            responses: StatusCounts {
+                informational: n(0),
+                success: n(1),
+                redirection: n(2),
+                client_error: n(3),
+                server_error: n(4),
+            },
+        }
     }
 }
 
