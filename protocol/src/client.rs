@@ -291,9 +291,13 @@ mod tests {
         );
         let legacy = r#"{"error":"not a valid request: unknown variant `heads`"}"#.to_owned();
         assert!(
-            read(&batch, Some(Version::legacy()), std::slice::from_ref(&legacy))
-                .unwrap()
-                .outdated()
+            read(
+                &batch,
+                Some(Version::legacy()),
+                std::slice::from_ref(&legacy)
+            )
+            .unwrap()
+            .outdated()
         );
         // From a modern daemon, words are only words.
         assert!(
