@@ -4,10 +4,11 @@
 //! Every problem in the file is collected (not only the first) and shown as
 //! cargo and rustc do: the file, line and column, the offending span
 //! underlined, what is wrong and how to fix it. [`Project::load`] returns
-//! either a whole valid project or every problem found.
+//! either a whole valid project or every problem found. DNS records are
+//! parsed by `makiatto_projections::record`, the parser the nodes' zone
+//! compiler uses, so a record that passes here is one every node serves.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -15,15 +16,15 @@ use std::sync::Arc;
 use makiatto_projections::config::{
     DesiredConfig, DomainConfig, FunctionConfig, O11yConfig, RecordConfig, TransformConfig,
 };
+use makiatto_projections::record::{
+    Field, NameKind, Record, RecordError, RecordText, check_name, normalise_name,
+};
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, NamedSource, SourceSpan};
 use serde::Deserialize;
 use toml::Spanned;
 
 /// The file name `maki` looks for in the current directory.
 pub const FILE_NAME: &str = "makiatto.toml";
-
-/// The longest TTL DNS allows (RFC 2181 §8).
-const MAX_TTL: u32 = (1 << 31) - 1;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -466,49 +467,6 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<bool> {
     }
 }
 
-/// A DNS name made of valid labels; `underscore` allows `_` (service
-/// labels such as `_dmarc`), `wildcard` a leading `*`.
-fn valid_name(name: &str, underscore: bool, wildcard: bool) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("the name is empty".into());
-    }
-    if name.len() > 253 {
-        return Err("the name is longer than 253 characters".into());
-    }
-    for (i, label) in name.split('.').enumerate() {
-        if label == "*" && wildcard && i == 0 {
-            continue;
-        }
-        if label.is_empty() {
-            return Err("the name has an empty label (two dots, or a dot at an end)".into());
-        }
-        if label.len() > 63 {
-            return Err(format!("the label {label:?} is longer than 63 characters"));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("the label {label:?} starts or ends with a hyphen"));
-        }
-        if let Some(bad) = label
-            .chars()
-            .find(|ch| !(ch.is_ascii_alphanumeric() || *ch == '-' || (underscore && *ch == '_')))
-        {
-            return Err(format!(
-                "the label {label:?} holds {bad:?}; use letters, digits and hyphens (internationalised names in their xn-- form)"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A target host name in a record value (MX, CNAME, NS, SRV): absolute,
-/// a trailing dot allowed.
-fn valid_host(value: &str) -> Result<(), String> {
-    if value == "." {
-        return Ok(());
-    }
-    valid_name(value.trim_end_matches('.'), true, false)
-}
-
 /// A path below the domain directory: relative, no `..` above it, no NUL.
 fn inner_path(text: &str) -> Result<String, String> {
     if text.contains('\0') {
@@ -550,7 +508,7 @@ fn check_domain(
     let before = c.problems.len();
     let name = d.name.get_ref().trim_end_matches('.').to_ascii_lowercase();
     let name_span = d.name.span();
-    match valid_name(&name, false, false) {
+    match check_name(&name, NameKind::Domain) {
         Err(e) => c.problem(name_span.clone(), format!("{:?} is not a valid domain name: {e}", d.name.get_ref()), "this name", None),
         Ok(()) => match psl::domain_str(&name) {
             Some(registrable) if registrable == name => {}
@@ -609,7 +567,7 @@ fn check_domain(
     let mut aliases = Vec::new();
     for a in &d.aliases {
         let alias = a.get_ref().trim_end_matches('.').to_ascii_lowercase();
-        if let Err(e) = valid_name(&alias, false, true) {
+        if let Err(e) = check_name(&alias, NameKind::Alias) {
             c.problem(
                 a.span(),
                 format!("{:?} is not a valid alias: {e}", a.get_ref()),
@@ -889,6 +847,10 @@ pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, (usize, Strin
     Ok(vars)
 }
 
+/// The records of one domain, each parsed by `makiatto_projections::record`
+/// (the parser every node's zone compiler uses, so what passes here is
+/// served), each problem pointing at the field it is in; then the rules
+/// across records.
 fn check_records(
     c: &mut Checker,
     domain: &str,
@@ -902,123 +864,50 @@ fn check_records(
         let span = r.span();
         let r = r.get_ref();
         let rtype = r.rtype.get_ref().to_ascii_uppercase();
-        let value = r.value.get_ref();
-        let mut name = r.name.get_ref().trim().to_ascii_lowercase();
-        if name == domain || name == format!("{domain}.") {
-            name = "@".into();
-        }
-        let before = c.problems.len();
-        if name != "@" {
-            if let Some(inner) = name
-                .strip_suffix(&format!(".{domain}"))
-                .or_else(|| name.strip_suffix(&format!(".{domain}.")))
-            {
-                c.problem(
-                    r.name.span(),
-                    format!("record names are relative to {domain}"),
-                    "the domain repeated",
-                    Some(format!("write name = {inner:?}")),
-                );
-            } else if let Err(e) = valid_name(&name, true, true) {
-                c.problem(
-                    r.name.span(),
-                    format!("{:?} is not a valid record name: {e}", r.name.get_ref()),
-                    "this name",
-                    Some(
-                        "use \"@\" for the domain itself, or labels such as \"www\" or \"_dmarc\""
-                            .into(),
-                    ),
-                );
-            }
-        }
-        let value_problem: Option<(String, &str)> = match rtype.as_str() {
-            "A" => value.parse::<Ipv4Addr>().err().map(|_| (format!("{value:?} is not an IPv4 address"), "for example \"192.0.2.10\"")),
-            "AAAA" => value.parse::<Ipv6Addr>().err().map(|_| (format!("{value:?} is not an IPv6 address"), "for example \"2001:db8::10\"")),
-            "CNAME" | "NS" | "MX" => valid_host(value).err().map(|e| (format!("{value:?} is not a host name: {e}"), "name the target host, for example \"mail.example.com\"")),
-            "TXT" => (value.len() > 4000).then(|| ("the TXT value is longer than 4,000 bytes".to_owned(), "split it over several records")),
-            "SRV" => check_srv(value).err().map(|e| (e, "write \"WEIGHT PORT TARGET\", for example \"5 5060 sip.example.com\", and give `priority`")),
-            "CAA" => check_caa(value).err().map(|e| (e, "write FLAGS TAG \"VALUE\", for example: 0 issue \"letsencrypt.org\"")),
-            other => {
-                c.problem(r.rtype.span(), format!("record type {other:?} is not supported"), "this type", Some("use A, AAAA, CNAME, TXT, MX, SRV, CAA or NS".into()));
-                None
-            }
+        let name = normalise_name(domain, r.name.get_ref());
+        let text = RecordText {
+            rtype: r.rtype.get_ref(),
+            name: r.name.get_ref(),
+            value: r.value.get_ref(),
+            ttl: r.ttl.as_ref().map(|t| *t.get_ref()),
+            priority: r.priority.as_ref().map(|p| *p.get_ref()),
         };
-        if let Some((message, help)) = value_problem {
-            c.problem(
-                r.value.span(),
-                message,
-                format!("not a valid {rtype} value"),
-                Some(help.into()),
-            );
-        }
-        match (rtype.as_str(), &r.priority) {
-            ("MX" | "SRV", None) => c.problem(
-                span.clone(),
-                format!(
-                    "{} {rtype} record needs a priority",
-                    if rtype == "MX" { "an" } else { "a" }
-                ),
-                "this record",
-                Some("add priority = 10 (lower is preferred)".into()),
-            ),
-            ("MX" | "SRV", Some(p)) if !(0..=65535).contains(p.get_ref()) => c.problem(
-                p.span(),
-                "priority must be from 0 to 65535",
-                "this priority",
-                None,
-            ),
-            ("MX" | "SRV", _) => {}
-            (_, Some(p)) => c.problem(
-                p.span(),
-                format!("a {rtype} record has no priority"),
-                "not used",
-                Some("remove it: only MX and SRV records have one".into()),
-            ),
-            (_, None) => {}
-        }
-        if let Some(ttl) = &r.ttl
-            && !(1..=i64::from(MAX_TTL)).contains(ttl.get_ref())
-        {
-            c.problem(
-                ttl.span(),
-                format!("ttl must be from 1 to {MAX_TTL} seconds"),
-                "this ttl",
-                None,
-            );
-        }
-        if name == "@" && matches!(rtype.as_str(), "CNAME" | "NS" | "A" | "AAAA") {
-            let why = match rtype.as_str() {
-                "CNAME" => "a CNAME cannot be at the apex: the apex holds SOA and NS records",
-                "NS" => {
-                    "the apex's NS records are the cluster's nameservers; they are made for you"
+        match Record::parse(domain, &text) {
+            Err(errors) => {
+                for e in &errors {
+                    let at = match e.field() {
+                        Field::Type => r.rtype.span(),
+                        Field::Name => r.name.span(),
+                        Field::Value => r.value.span(),
+                        Field::Ttl => r.ttl.as_ref().map_or(span.clone(), |t| t.span()),
+                        Field::Priority => r.priority.as_ref().map_or(span.clone(), |p| p.span()),
+                        Field::Entry => span.clone(),
+                    };
+                    c.problem(at, e.to_string(), label(e, &rtype), e.help());
                 }
-                _ => "the apex's A and AAAA records are made by GeoDNS (the nearest healthy node)",
-            };
-            c.problem(
-                r.name.span(),
-                format!("{rtype} at {domain}: {why}"),
-                "at the apex",
-                Some("remove this record, or put it on a subdomain such as name = \"www\"".into()),
-            );
+            }
+            Ok(record) => {
+                // The stored form keeps the value as written (the nodes
+                // parse it again); the name and type as parsed.
+                let (rtype, name) = (record.data.rtype().as_str(), record.owner.relative());
+                let n = counts.entry((rtype.into(), name.into())).or_default();
+                out.insert(
+                    format!("{rtype} {name} {n}"),
+                    RecordConfig {
+                        rtype: rtype.into(),
+                        name: name.into(),
+                        value: r.value.get_ref().clone(),
+                        ttl: record.ttl,
+                        priority: record.data.priority(),
+                    },
+                );
+                *n += 1;
+            }
         }
         at_name
-            .entry(name.clone())
+            .entry(name)
             .or_default()
-            .push((rtype.clone(), r.name.span()));
-        if c.problems.len() == before {
-            let n = counts.entry((rtype.clone(), name.clone())).or_default();
-            out.insert(
-                format!("{rtype} {name} {n}"),
-                RecordConfig {
-                    rtype: rtype.clone(),
-                    name: name.clone(),
-                    value: value.clone(),
-                    ttl: r.ttl.as_ref().map(|t| *t.get_ref() as u32),
-                    priority: r.priority.as_ref().map(|p| *p.get_ref() as u16),
-                },
-            );
-            *n += 1;
-        }
+            .push((rtype, r.name.span()));
     }
     // A CNAME owns its name alone (RFC 1034 §3.6.2).
     for (name, entries) in &at_name {
@@ -1047,37 +936,21 @@ fn check_records(
     out
 }
 
-fn check_srv(value: &str) -> Result<(), String> {
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    let [weight, port, target] = parts.as_slice() else {
-        return Err(format!("{value:?} is not WEIGHT PORT TARGET"));
-    };
-    weight
-        .parse::<u16>()
-        .map_err(|_| format!("the weight {weight:?} is not from 0 to 65535"))?;
-    port.parse::<u16>()
-        .map_err(|_| format!("the port {port:?} is not from 0 to 65535"))?;
-    valid_host(target).map_err(|e| format!("the target {target:?}: {e}"))
-}
-
-fn check_caa(value: &str) -> Result<(), String> {
-    let mut parts = value.splitn(3, char::is_whitespace);
-    let (Some(flags), Some(tag), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(format!("{value:?} is not FLAGS TAG \"VALUE\""));
-    };
-    flags
-        .parse::<u8>()
-        .map_err(|_| format!("the flags {flags:?} are not a number from 0 to 255"))?;
-    if tag.is_empty() || !tag.chars().all(|ch| ch.is_ascii_alphanumeric()) {
-        return Err(format!(
-            "the tag {tag:?} is not letters and digits (issue, issuewild, iodef)"
-        ));
+/// The underline's label for a record problem.
+fn label(e: &RecordError, rtype: &str) -> String {
+    match e {
+        RecordError::NotRelative { .. } => "the domain repeated".into(),
+        RecordError::AtApex { .. } => "at the apex".into(),
+        RecordError::NoPriority(_) => "not used".into(),
+        _ => match e.field() {
+            Field::Type => "this type".into(),
+            Field::Name => "this name".into(),
+            Field::Value => format!("not a valid {rtype} value"),
+            Field::Ttl => "this ttl".into(),
+            Field::Priority => "this priority".into(),
+            Field::Entry => "this record".into(),
+        },
     }
-    let rest = rest.trim();
-    if !(rest.len() >= 2 && rest.starts_with('"') && rest.ends_with('"')) {
-        return Err("the value must be in double quotes".into());
-    }
-    Ok(())
 }
 
 fn check_o11y(c: &mut Checker, o: RawO11y) -> O11yConfig {
@@ -1333,5 +1206,99 @@ path = "missing"
             vec![("A".into(), "1".into()), ("B".into(), "two words".into())]
         );
         assert_eq!(parse_env_file("A=1\nnot a line\n").unwrap_err().0, 2);
+    }
+
+    /// The node's zone compiler (`node/src/dns/zone.rs`) is tested on the
+    /// same rows: what this check accepts, every node serves; what it
+    /// refuses, a node skips, for the same reason.
+    #[test]
+    fn the_shared_table_of_records_is_checked_as_every_node_serves_it() {
+        use makiatto_projections::record::cases::{CASES, DOMAIN, Verdict};
+
+        for case in CASES {
+            let mut text = format!(
+                "[[domain]]\nname = {DOMAIN:?}\npath = \"dist\"\n[[domain.records]]\ntype = {}\nname = {}\nvalue = {}\n",
+                toml::Value::from(case.rtype),
+                toml::Value::from(case.name),
+                toml::Value::from(case.value),
+            );
+            if let Some(ttl) = case.ttl {
+                text.push_str(&format!("ttl = {ttl}\n"));
+            }
+            if let Some(priority) = case.priority {
+                text.push_str(&format!("priority = {priority}\n"));
+            }
+            let (_dir, loaded) = project(&text);
+            let parsed = Record::parse(DOMAIN, &case.text());
+            match (case.verdict, loaded) {
+                (Verdict::Accept, Ok(p)) => {
+                    let records = &p.domains[0].records;
+                    assert_eq!(records.len(), 1, "{case:?}");
+                    let stored = records.values().next().unwrap();
+                    assert_eq!(
+                        Record::parse(DOMAIN, &stored.text()),
+                        parsed,
+                        "{case:?}: the stored form reads back as the file's"
+                    );
+                }
+                (Verdict::Refuse(why), Err(problems)) => {
+                    let Err(errors) = parsed else {
+                        panic!("{case:?}: refused, yet the parser accepts it");
+                    };
+                    let got: Vec<String> = problems
+                        .problems
+                        .iter()
+                        .map(|p| p.message.clone())
+                        .collect();
+                    let wanted: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    assert_eq!(got, wanted, "{case:?}");
+                    assert!(got.iter().any(|m| m.contains(why)), "{case:?}: {got:?}");
+                }
+                (_, got) => panic!("{case:?}: {:?}", got.err().map(|e| e.to_string())),
+            }
+        }
+    }
+
+    #[test]
+    fn records_that_used_to_pass_are_shown_where_their_value_is() {
+        let got = problems(
+            r#"[[domain]]
+name = "example.com"
+path = "dist"
+
+[[domain.records]]
+type = "CAA"
+name = "@"
+value = "0 issuewildcardsxy \"letsencrypt.org\""
+
+[[domain.records]]
+type = "CAA"
+name = "@"
+value = "1 issue \"letsencrypt.org\""
+
+[[domain.records]]
+type = "CAA"
+name = "@"
+value = "0 iodef \"security@example.com\""
+
+[[domain.records]]
+type = "TXT"
+name = "@"
+value = "v=spf1 -all"
+ttl = 0
+"#,
+        );
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!((got[0].0, got[0].1), (8, 9), "{got:?}");
+        assert!(got[0].2.contains("is not 1 to 15 ASCII letters"), "{got:?}");
+        assert_eq!((got[1].0, got[1].1), (13, 9), "{got:?}");
+        assert!(got[1].2.contains("neither 0 nor 128"), "{got:?}");
+        assert_eq!((got[2].0, got[2].1), (18, 9), "{got:?}");
+        assert!(
+            got[2].2.contains("is not a mailto:, http: or https: URL"),
+            "{got:?}"
+        );
+        assert_eq!((got[3].0, got[3].1), (24, 7), "{got:?}");
+        assert!(got[3].2.contains("ttl must be from 1"), "{got:?}");
     }
 }

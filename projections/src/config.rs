@@ -15,6 +15,8 @@ use autosurgeon::{Hydrate, Reconcile, hydrate, reconcile};
 use makiatto_events::AuthorKey;
 use serde::{Deserialize, Serialize};
 
+use crate::record::RecordText;
+
 /// Why a configuration change could not be read or made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -61,7 +63,9 @@ pub struct DomainConfig {
     pub transforms: Vec<TransformConfig>,
 }
 
-/// A `[[domain.records]]` entry.
+/// A `[[domain.records]]` entry, stored as text: the typed form is
+/// [`Record`](crate::record::Record), parsed at each edge (see
+/// `record.rs` for why the stored form stays text).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Reconcile, Hydrate)]
 pub struct RecordConfig {
     #[serde(rename = "type")]
@@ -76,6 +80,19 @@ pub struct RecordConfig {
     pub ttl: Option<u32>,
     #[autosurgeon(missing = "Default::default")]
     pub priority: Option<u16>,
+}
+
+impl RecordConfig {
+    /// The entry's fields for [`Record::parse`](crate::record::Record::parse).
+    pub fn text(&self) -> RecordText<'_> {
+        RecordText {
+            rtype: &self.rtype,
+            name: &self.name,
+            value: &self.value,
+            ttl: self.ttl.map(i64::from),
+            priority: self.priority.map(i64::from),
+        }
+    }
 }
 
 /// Sealed environment values: hex of a postcard `SealedValue`, shown by name only.

@@ -15,6 +15,8 @@
 //! - [`config`]: the desired-configuration automerge document and its typed view.
 //! - [`peers`]: nodes, external peers, deterministic mesh addresses.
 //! - [`zones`]: per domain, the authoritative zone content.
+//! - [`record`]: the one parser of a custom DNS record's data, shared by
+//!   the CLI's checks and the node's zone compiler.
 //! - [`certificates`]: per name, the current certificate (filled by ACME later).
 //! - [`sites`]: per domain, the live site version and its history.
 //! - [`state`]: [`State`], all projections together, with canonical bytes
@@ -32,6 +34,7 @@ pub mod engine;
 pub mod fast;
 pub mod fold;
 pub mod peers;
+pub mod record;
 pub mod roles;
 pub mod sites;
 pub mod state;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::certificates::Certificates;
 use crate::config::{DesiredConfig, RecordConfig};
 use crate::peers::Peers;
+use crate::record::RecordText;
 
 /// TTL of the SOA, NS and glue records, in seconds.
 pub const INFRA_TTL: u32 = 3600;
@@ -82,7 +83,9 @@ pub struct Zone {
     pub acme_txt: Vec<(String, String)>,
 }
 
-/// A custom record as the zone carries it.
+/// A custom record as the zone carries it: text, as configured (its type
+/// uppercased, its TTL defaulted), parsed by the zone compiler with
+/// [`RecordView::text`] and [`Record::parse`](crate::record::Record::parse).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub struct RecordView {
     #[serde(rename = "type")]
@@ -101,6 +104,19 @@ impl From<&RecordConfig> for RecordView {
             value: r.value.clone(),
             ttl: r.ttl.unwrap_or(DEFAULT_RECORD_TTL),
             priority: r.priority,
+        }
+    }
+}
+
+impl RecordView {
+    /// The entry's fields for [`Record::parse`](crate::record::Record::parse).
+    pub fn text(&self) -> RecordText<'_> {
+        RecordText {
+            rtype: &self.rtype,
+            name: &self.name,
+            value: &self.value,
+            ttl: Some(i64::from(self.ttl)),
+            priority: self.priority.map(i64::from),
         }
     }
 }

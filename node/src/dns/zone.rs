@@ -2,8 +2,11 @@
 //! a hash map (lowercased wire format), each with its record sets already
 //! rendered to wire bytes (type, class, TTL, RDLENGTH, RDATA), so a query
 //! costs a lookup and a few copies. Rebuilt whenever the projection changes,
-//! never per query. Record data is encoded with hickory-proto's typed
-//! records (names uncompressed, so the bytes can be copied anywhere).
+//! never per query. Custom records are parsed by
+//! `makiatto_projections::record` (the parser `maki config check` uses, so
+//! a record the CLI accepts is served here, and one it would refuse is
+//! skipped with the same reason); their data is encoded with hickory-proto's
+//! typed records (names uncompressed, so the bytes can be copied anywhere).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,7 +15,8 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use makiatto_events::NodeName;
-use makiatto_projections::zones::{INFRA_TTL, RecordView, Zone, Zones};
+use makiatto_projections::record::{CaaData, Record, RecordData};
+use makiatto_projections::zones::{DEFAULT_RECORD_TTL, INFRA_TTL, Zone, Zones};
 
 use super::wire::{encode_name, rtype, split_records};
 
@@ -159,81 +163,50 @@ fn host(value: &str) -> Result<Name, String> {
     Ok(n)
 }
 
-/// A custom record's type and RDATA.
-fn custom_rdata(r: &RecordView) -> Result<(u16, Vec<u8>), String> {
-    let value = r.value.trim();
-    let rdata = match r.rtype.as_str() {
-        "A" => RData::A(A(value
-            .parse()
-            .map_err(|_| format!("{value:?} is not an IPv4 address"))?)),
-        "AAAA" => RData::AAAA(AAAA(
-            value
-                .parse()
-                .map_err(|_| format!("{value:?} is not an IPv6 address"))?,
-        )),
-        "CNAME" => RData::CNAME(CNAME(host(value)?)),
-        "NS" => RData::NS(NS(host(value)?)),
-        "MX" => RData::MX(MX::new(r.priority.unwrap_or(10), host(value)?)),
-        "SRV" => {
-            let parts: Vec<&str> = value.split_whitespace().collect();
-            let [weight, port, target] = parts[..] else {
-                return Err(format!("{value:?} is not \"WEIGHT PORT TARGET\""));
-            };
-            let num = |s: &str| {
-                s.parse::<u16>()
-                    .map_err(|_| format!("{s:?} is not a number 0–65535"))
-            };
-            RData::SRV(SRV::new(
-                r.priority.unwrap_or(0),
-                num(weight)?,
-                num(port)?,
-                host(target)?,
-            ))
-        }
-        "TXT" => {
+/// A parsed custom record's type and RDATA. Everything about its text was
+/// checked by [`Record::parse`], the parser `maki config check` uses too.
+fn custom_rdata(data: &RecordData) -> Result<(u16, Vec<u8>), String> {
+    let rdata = match data {
+        RecordData::A(ip) => RData::A(A(*ip)),
+        RecordData::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+        RecordData::Cname(target) => RData::CNAME(CNAME(host(target.as_str())?)),
+        RecordData::Ns(target) => RData::NS(NS(host(target.as_str())?)),
+        RecordData::Mx {
+            preference,
+            exchange,
+        } => RData::MX(MX::new(*preference, host(exchange.as_str())?)),
+        RecordData::Srv {
+            priority,
+            weight,
+            port,
+            target,
+        } => RData::SRV(SRV::new(*priority, *weight, *port, host(target.as_str())?)),
+        RecordData::Txt(text) => {
             // One value, split into character-strings of at most 255 bytes.
-            let chunks: Vec<String> = value
+            let chunks: Vec<String> = text
                 .as_bytes()
                 .chunks(255)
                 .map(|c| String::from_utf8_lossy(c).into_owned())
                 .collect();
-            if value.len() > 4000 {
-                return Err("TXT value longer than 4000 bytes".into());
-            }
             RData::TXT(TXT::new(if chunks.is_empty() {
                 vec![String::new()]
             } else {
                 chunks
             }))
         }
-        "CAA" => return Ok((rtype::CAA, caa(value)?)),
-        other => return Err(format!("record type {other} is not served")),
+        RecordData::Caa(caa) => return Ok((rtype::CAA, caa_rdata(caa))),
     };
     let code = u16::from(rdata.record_type());
     Ok((code, render(&rdata).ok_or("cannot encode")?))
 }
 
-/// `FLAGS TAG "VALUE"` to CAA RDATA (RFC 8659): flags, tag length, tag, value.
-fn caa(value: &str) -> Result<Vec<u8>, String> {
-    let mut parts = value.splitn(3, ' ');
-    let (Some(flags), Some(tag), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(format!("{value:?} is not FLAGS TAG \"VALUE\""));
-    };
-    let flags: u8 = flags
-        .parse()
-        .map_err(|_| format!("{flags:?} is not a flags byte"))?;
-    if tag.is_empty() || tag.len() > 15 || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(format!("{tag:?} is not a CAA tag"));
-    }
-    let v = v
-        .trim()
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .ok_or_else(|| format!("the CAA value in {value:?} is not quoted"))?;
-    let mut out = vec![flags, tag.len() as u8];
-    out.extend_from_slice(tag.to_ascii_lowercase().as_bytes());
-    out.extend_from_slice(v.as_bytes());
-    Ok(out)
+/// CAA RDATA (RFC 8659 §4.1): flags, tag length, tag, value.
+fn caa_rdata(caa: &CaaData) -> Vec<u8> {
+    let tag = caa.tag().as_str();
+    let mut out = vec![caa.flags(), tag.len() as u8];
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(caa.value().as_bytes());
+    out
 }
 
 struct Builder {
@@ -436,8 +409,8 @@ fn compile_zone(b: &mut Builder, apex: &str, zone: &Zone) -> Result<(), String> 
     b.c.nodes[apex_i].glue = glue;
 
     for c in &zone.caa {
-        let value = format!("{} {} \"{}\"", c.flags, c.tag, c.value);
-        b.add(z, &apex_wire, rtype::CAA, INFRA_TTL, &caa(&value)?);
+        let caa = CaaData::new(c.flags, &c.tag, &c.value).map_err(|e| e.to_string())?;
+        b.add(z, &apex_wire, rtype::CAA, INFRA_TTL, &caa_rdata(&caa));
     }
 
     for alias in &zone.aliases {
@@ -459,16 +432,25 @@ fn compile_zone(b: &mut Builder, apex: &str, zone: &Zone) -> Result<(), String> 
     }
 
     for r in &zone.records {
-        let owner = if r.name == "@" || r.name.is_empty() {
-            apex.to_string()
-        } else {
-            format!("{}.{apex}", r.name.trim_end_matches('.'))
+        let record = match Record::parse(apex, &r.text()) {
+            Ok(record) => record,
+            Err(e) => {
+                let owner = if r.name == "@" || r.name.is_empty() {
+                    apex.to_string()
+                } else {
+                    format!("{}.{apex}", r.name)
+                };
+                b.c.skipped.push(format!("{owner} {}: {e}", r.rtype));
+                continue;
+            }
         };
+        let owner = record.owner.within(apex);
+        let ttl = record.ttl.unwrap_or(DEFAULT_RECORD_TTL);
         let Some(wire) = encode_name(&owner) else {
             b.c.skipped.push(format!("{owner}: not a valid name"));
             continue;
         };
-        match custom_rdata(r) {
+        match custom_rdata(&record.data) {
             Ok((t, rdata)) => {
                 let i = b.entry(z, &wire);
                 let node = &mut b.c.nodes[i];
@@ -478,14 +460,14 @@ fn compile_zone(b: &mut Builder, apex: &str, zone: &Zone) -> Result<(), String> 
                             Err("a CNAME cannot sit beside other data")
                         } else {
                             let target = rdata.to_ascii_lowercase().into();
-                            node.cname = Some((one(t, r.ttl, &rdata), target));
+                            node.cname = Some((one(t, ttl, &rdata), target));
                             Ok(())
                         }
                     }
                     rtype::NS if i != apex_i => {
                         node.cut
                             .get_or_insert_with(Rrset::default)
-                            .push(t, r.ttl, &rdata);
+                            .push(t, ttl, &rdata);
                         Ok(())
                     }
                     _ if node.cname.is_some() => Err("a CNAME already owns this name"),
@@ -493,7 +475,7 @@ fn compile_zone(b: &mut Builder, apex: &str, zone: &Zone) -> Result<(), String> 
                         Err("geo-answered names take no custom A/AAAA")
                     }
                     _ => {
-                        b.add(z, &wire, t, r.ttl, &rdata);
+                        b.add(z, &wire, t, ttl, &rdata);
                         Ok(())
                     }
                 };
@@ -509,7 +491,16 @@ fn compile_zone(b: &mut Builder, apex: &str, zone: &Zone) -> Result<(), String> 
 
 #[cfg(test)]
 mod tests {
+    use makiatto_projections::config::RecordConfig;
+    use makiatto_projections::record::CaaError;
+    use makiatto_projections::record::cases::{CASES, DOMAIN, Verdict};
+
     use super::*;
+
+    /// The presentation form to RDATA, as a custom CAA record is compiled.
+    fn caa(value: &str) -> Result<Vec<u8>, CaaError> {
+        CaaData::parse(value).map(|c| caa_rdata(&c))
+    }
 
     #[test]
     fn caa_values_encode_as_rfc_8659_says() {
@@ -519,5 +510,96 @@ mod tests {
         );
         assert!(caa("0 issue letsencrypt.org").is_err());
         assert!(caa("x issue \"a\"").is_err());
+    }
+
+    /// Records of type `t` this compiled zone holds at `owner` (answers,
+    /// a CNAME, or a delegation's NS set).
+    fn held(c: &Compiled, owner: &str, t: u16) -> u16 {
+        let wire = encode_name(owner).unwrap().to_ascii_lowercase();
+        let Some((_, node)) = c.name(&wire) else {
+            return 0;
+        };
+        let answers = node.rrset(t).map_or(0, |r| r.n);
+        let cname = node.cname.as_ref().filter(|_| t == rtype::CNAME);
+        let cut = node.cut.as_ref().filter(|_| t == rtype::NS);
+        answers + cname.map_or(0, |(r, _)| r.n) + cut.map_or(0, |r| r.n)
+    }
+
+    /// The zone of `records`, folded the way every node folds it: from the
+    /// configuration document's records through the zones projection.
+    fn compiled_with(records: Vec<RecordConfig>) -> Compiled {
+        use makiatto_projections::certificates::Certificates;
+        use makiatto_projections::config::{DesiredConfig, DomainConfig};
+        use makiatto_projections::peers::Peers;
+
+        let mut config = DesiredConfig::default();
+        let mut domain = DomainConfig::default();
+        for (i, r) in records.into_iter().enumerate() {
+            domain
+                .records
+                .insert(format!("{} {} {i}", r.rtype, r.name), r);
+        }
+        config.domains.insert(DOMAIN.into(), domain);
+        let zones = makiatto_projections::zones::build(
+            &config,
+            &Peers::default(),
+            &Certificates::default(),
+            1,
+        );
+        compile(&zones)
+    }
+
+    /// The CLI's tests (`maki/src/project.rs`) read the same rows: what
+    /// `maki config check` accepts, every node serves; what it refuses, a
+    /// node skips, for the same reason.
+    #[test]
+    fn the_shared_table_of_records_is_served_or_skipped_as_the_cli_checks_it() {
+        let baseline = compiled_with(Vec::new());
+        assert!(baseline.skipped.is_empty(), "{:?}", baseline.skipped);
+        for case in CASES {
+            let (Ok(ttl), Ok(priority)) = (
+                case.ttl.map(u32::try_from).transpose(),
+                case.priority.map(u16::try_from).transpose(),
+            ) else {
+                // The stored form cannot hold it, so no node ever sees it.
+                assert!(matches!(case.verdict, Verdict::Refuse(_)), "{case:?}");
+                continue;
+            };
+            let config = RecordConfig {
+                rtype: case.rtype.into(),
+                name: case.name.into(),
+                value: case.value.into(),
+                ttl,
+                priority,
+            };
+            let c = compiled_with(vec![config.clone()]);
+            match case.verdict {
+                Verdict::Accept => {
+                    assert!(c.skipped.is_empty(), "{case:?}: {:?}", c.skipped);
+                    let Ok(record) = Record::parse(DOMAIN, &config.text()) else {
+                        panic!("{case:?}: accepted, yet the parser refuses it");
+                    };
+                    let owner = record.owner.within(DOMAIN);
+                    let t = custom_rdata(&record.data).unwrap().0;
+                    assert_eq!(
+                        held(&c, &owner, t),
+                        held(&baseline, &owner, t) + 1,
+                        "{case:?}: not served at {owner}"
+                    );
+                }
+                Verdict::Refuse(why) => {
+                    let Err(errors) = Record::parse(DOMAIN, &config.text()) else {
+                        panic!("{case:?}: refused, yet the parser accepts it");
+                    };
+                    assert_eq!(c.skipped.len(), 1, "{case:?}: {:?}", c.skipped);
+                    assert!(
+                        c.skipped[0].ends_with(&format!(": {errors}")),
+                        "{case:?}: {:?}",
+                        c.skipped
+                    );
+                    assert!(c.skipped[0].contains(why), "{case:?}: {:?}", c.skipped);
+                }
+            }
+        }
     }
 }
