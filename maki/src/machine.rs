@@ -8,7 +8,6 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use makiatto_events::payload::{
     ConfigChanged, Coordinates, Genesis, Ipv4Net, NodeJoined, NodeRemoved,
-    SshTarget as EventSshTarget,
 };
 use makiatto_events::{FeedWriter, NodeName, Payload};
 use makiatto_projections::config::{ConfigDoc, DesiredConfig};
@@ -233,7 +232,12 @@ async fn public_addresses(
     Ok((v4, v6))
 }
 
-/// `maki machine init`.
+/// `maki machine init`: a pipeline of steps, each with its own progress
+/// message — check the arguments, log in (pinning the host key), prepare
+/// the machine (binary, user, directories, GeoIP, node keys made on the
+/// node), start the daemon, place the machine (addresses, coordinates,
+/// nameserver role), then create the cluster with it or join it, and
+/// record it in the profile.
 pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
     let node_name = NodeName::new(args.name.as_str())
         .with_context(|| format!("{:?} cannot be a machine name", args.name))?;
@@ -245,22 +249,80 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
         );
     }
     let binary = daemon_binary(args.binary_path.as_deref())?;
-    let acme = match &args.acme {
-        Some(choice) => acme_directory(choice)?,
-        None => acme_directory("letsencrypt")?,
-    };
+    let acme = acme_directory(args.acme.as_deref().unwrap_or("letsencrypt"))?;
     let bar = spinner(&args.name);
+
     bar.set_message(format!(
         "connecting to {}@{}",
         args.target.user, args.target.host
     ));
+    let remote = login(ctx, &args, existing.as_ref()).await?;
+
+    bar.set_message("installing the daemon");
+    install_binary(&remote, &binary, &args.name).await?;
+    bar.set_message("preparing the machine");
+    let identity = prepare(&remote, &args).await?;
+    bar.set_message("starting the daemon");
+    remote
+        .run_ok(&format!(
+            "{REMOTE_BINARY} service install && {REMOTE_BINARY} run --detach"
+        ))
+        .await?;
+
+    let place = place(ctx, &remote, &args).await?;
+    let joined = |mesh_addr: Ipv4Addr| place.joined(&node_name, &identity, &args.target, mesh_addr);
+    let cluster = ctx
+        .profile
+        .cluster_id
+        .clone()
+        .filter(|_| ctx.profile.machines.iter().any(|m| m.name != args.name));
+    let mesh_addr = match cluster {
+        None => {
+            bar.set_message("creating the cluster");
+            create_cluster(ctx, &remote, &args, acme, joined).await?
+        }
+        Some(cluster_id) => {
+            bar.set_message("joining the cluster");
+            join_cluster(ctx, &remote, &args, &cluster_id, joined).await?
+        }
+    };
+
+    ctx.profile.upsert(Machine {
+        name: args.name.clone(),
+        ssh_user: args.target.user.clone(),
+        ssh_host: args.target.host.clone(),
+        ssh_port: args.target.port,
+        host_key: remote.host_key.clone(),
+        ipv4: place.ipv4.map(|a| a.to_string()),
+        ipv6: place.ipv6.map(|a| a.to_string()),
+        latitude: place.coordinates.lat(),
+        longitude: place.coordinates.lon(),
+        nameserver: place.nameserver,
+        signing_key: identity.signing_key.to_hex(),
+        wg_public_key: identity.wg_public_key.to_base64(),
+        mesh_addr: Some(mesh_addr.to_string()),
+    });
+    ctx.save_profile()?;
+    bar.finish_and_clear();
+    println!(
+        "{}: initialised ({}, mesh {mesh_addr}{})",
+        args.name,
+        args.target.host,
+        if place.nameserver { ", nameserver" } else { "" }
+    );
+    Ok(())
+}
+
+/// Logs in to the machine: its pinned host key if the profile has it at
+/// that address (a `--recreate`), else first contact.
+async fn login(ctx: &Ctx, args: &InitArgs, existing: Option<&Machine>) -> anyhow::Result<Remote> {
     let target = Target {
         user: args.target.user.clone(),
         host: args.target.host.clone(),
         port: args.target.port,
         key_file: ctx.ssh_key()?,
     };
-    let policy = match &existing {
+    let policy = match existing {
         Some(m) if m.ssh_host == args.target.host && m.ssh_port == args.target.port => {
             HostKeyPolicy::Pinned(&m.host_key)
         }
@@ -268,12 +330,12 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
             accept: args.accept_host_key.as_deref(),
         },
     };
-    let remote = Remote::connect(&target, policy).await?;
+    Remote::connect(&target, policy).await
+}
 
-    bar.set_message("installing the daemon");
-    install_binary(&remote, &binary, &args.name).await?;
-
-    bar.set_message("preparing the machine");
+/// The service user and directories, the GeoIP database, and the node's
+/// keys (made on the node; only their public halves come back).
+async fn prepare(remote: &Remote, args: &InitArgs) -> anyhow::Result<NodeIdentity> {
     if args.recreate {
         remote
             .run(&format!(
@@ -288,180 +350,170 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
         )
         .await?;
     if let Some(dir) = &args.geoip_dir {
-        install_geoip(&remote, dir, &args.name).await?;
+        install_geoip(remote, dir, &args.name).await?;
     }
-    let identity: NodeIdentity = serde_json::from_str(
-        remote
-            .run_ok(&format!(
-                "{REMOTE_BINARY} keys init{}",
-                if args.recreate { " --recreate" } else { "" }
-            ))
-            .await?
-            .trim(),
-    )
-    .context("the node printed unreadable keys")?;
-    let NodeIdentity {
-        signing_key,
-        sealing_key,
-        wg_public_key,
-    } = identity;
-    let wg_b64 = wg_public_key.to_base64();
-
-    bar.set_message("starting the daemon");
-    remote
+    let keys = remote
         .run_ok(&format!(
-            "{REMOTE_BINARY} service install && {REMOTE_BINARY} run --detach"
+            "{REMOTE_BINARY} keys init{}",
+            if args.recreate { " --recreate" } else { "" }
         ))
         .await?;
+    serde_json::from_str(keys.trim()).context("the node printed unreadable keys")
+}
 
-    let (ipv4, ipv6) = public_addresses(&remote, &args.target.host).await?;
+/// Where a machine is and what it does: what its `node-joined` event says
+/// besides its keys and mesh address.
+struct Place {
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    coordinates: Coordinates,
+    nameserver: bool,
+}
+
+impl Place {
+    fn joined(
+        &self,
+        name: &NodeName,
+        identity: &NodeIdentity,
+        ssh: &SshTarget,
+        mesh_addr: Ipv4Addr,
+    ) -> Payload {
+        Payload::NodeJoined(NodeJoined {
+            name: name.clone(),
+            signing_key: identity.signing_key,
+            sealing_key: identity.sealing_key,
+            wg_public_key: identity.wg_public_key,
+            ipv4: self.ipv4,
+            ipv6: self.ipv6,
+            ssh: ssh.clone(),
+            coordinates: self.coordinates,
+            nameserver: self.nameserver,
+            mesh_addr,
+        })
+    }
+}
+
+/// The machine's public addresses, its coordinates (`--lat/--lon`, else
+/// the GeoIP database), and whether it serves DNS (the first three
+/// machines do, unless told otherwise).
+async fn place(ctx: &Ctx, remote: &Remote, args: &InitArgs) -> anyhow::Result<Place> {
+    let (ipv4, ipv6) = public_addresses(remote, &args.target.host).await?;
     let (lat, lon) = match args.coordinates {
         Some(c) => c,
         None => locate(args.geoip_dir.as_deref(), ipv4, ipv6, &args.name)?,
     };
     let coordinates = Coordinates::from_degrees(lat, lon)
         .with_context(|| format!("--lat {lat} --lon {lon} are out of range"))?;
-    let others: Vec<Machine> = ctx
+    let nameservers = ctx
         .profile
         .machines
         .iter()
-        .filter(|m| m.name != args.name)
-        .cloned()
-        .collect();
-    let nameservers = others.iter().filter(|m| m.nameserver).count();
-    let nameserver = args.force_ns || (!args.skip_ns && nameservers < 3);
-    let ssh = EventSshTarget {
-        user: args.target.user.clone(),
-        host: args.target.host.clone(),
-        port: args.target.port,
-    };
-    let joined = |mesh_addr: Ipv4Addr| {
-        Payload::NodeJoined(NodeJoined {
-            name: node_name.clone(),
-            signing_key,
-            sealing_key,
-            wg_public_key,
-            ipv4,
-            ipv6,
-            ssh: ssh.clone(),
-            coordinates,
-            nameserver,
-            mesh_addr,
-        })
-    };
+        .filter(|m| m.name != args.name && m.nameserver)
+        .count();
+    Ok(Place {
+        ipv4,
+        ipv6,
+        coordinates,
+        nameserver: args.force_ns || (!args.skip_ns && nameservers < 3),
+    })
+}
 
-    let mesh_addr;
-    match ctx
-        .profile
-        .cluster_id
+/// The first machine: its genesis (this operator, the mesh range), the
+/// ACME directory, and its own join, appended to it. Returns its mesh
+/// address.
+async fn create_cluster(
+    ctx: &mut Ctx,
+    remote: &Remote,
+    args: &InitArgs,
+    acme: Option<String>,
+    joined: impl Fn(Ipv4Addr) -> Payload,
+) -> anyhow::Result<Ipv4Addr> {
+    let operator = ctx.operator()?;
+    let range = args.mesh_range.unwrap_or(Ipv4Net {
+        network: Ipv4Addr::new(10, 44, 44, 0),
+        prefix: 24,
+    });
+    let mesh_addr = range
+        .hosts()
+        .next()
+        .context("the mesh range has no host addresses")?;
+    let mut writer = FeedWriter::new(operator.key().clone());
+    let cluster_name = args
+        .cluster_name
         .clone()
-        .filter(|_| !others.is_empty())
-    {
-        None => {
-            // The first machine: this init creates the cluster.
-            bar.set_message("creating the cluster");
-            let operator = ctx.operator()?;
-            let range = args.mesh_range.unwrap_or(Ipv4Net {
-                network: Ipv4Addr::new(10, 44, 44, 0),
-                prefix: 24,
-            });
-            mesh_addr = range
-                .hosts()
-                .next()
-                .context("the mesh range has no host addresses")?;
-            let mut writer = FeedWriter::new(operator.key().clone());
-            let cluster_name = args
-                .cluster_name
-                .clone()
-                .unwrap_or_else(|| "makiatto".into());
-            let genesis = writer.write(
-                Payload::Genesis(Genesis {
-                    cluster_name: cluster_name.clone(),
-                    operator_name: operator_name(),
-                    operator: operator.key().public(),
-                    mesh_range: range,
-                }),
-                &[],
-                now_millis(),
-            )?;
-            let cluster_id = genesis.id().to_hex();
-            let mut events = vec![genesis.clone()];
-            let mut parents = vec![(genesis.id(), genesis.hlc())];
-            if let Some(directory) = &acme {
-                let mut doc = ConfigDoc::default();
-                let mut wanted = DesiredConfig::default();
-                wanted.settings.acme_directory = Some(directory.clone());
-                let changes = doc.edit(&operator.key().public(), &wanted)?;
-                let e = writer.write(
-                    Payload::ConfigChanged(ConfigChanged {
-                        changes,
-                        summary: format!("set acme.directory = {directory}"),
-                    }),
-                    &parents,
-                    now_millis(),
-                )?;
-                parents = vec![(e.id(), e.hlc())];
-                events.push(e);
-            }
-            events.push(writer.write(joined(mesh_addr), &parents, now_millis())?);
-            operator.outbox(&cluster_id)?.record(&events)?;
-            append(&remote, &events).await?;
-            ctx.profile.cluster_id = Some(cluster_id);
-            ctx.profile.cluster_name = Some(cluster_name);
-        }
-        Some(cluster_id) => {
-            bar.set_message("joining the cluster");
-            let (source_machine, source) = ctx.any_node_except(&args.name).await?;
-            let node_vv = remote.ask(op::GetVersionVector {}).await?;
-            if node_vv.iter().next().is_some() && !args.recreate {
-                // A machine with another cluster's log: refuse rather than mix.
-                let roles = remote.ask(ShowAs::<Roles>::now()).await?.state;
-                let theirs = roles.cluster.map(|c| c.id.to_hex()).unwrap_or_default();
-                if theirs != cluster_id {
-                    bail!(
-                        "{} already holds the log of another cluster ({theirs}); pass --recreate to wipe it",
-                        args.name
-                    );
-                }
-            }
-            copy_log(&source, &remote)
-                .await
-                .with_context(|| format!("copying the log from {}", source_machine.name))?;
-            let peers = source.ask(ShowAs::<Peers>::now()).await?.state;
-            mesh_addr = Mesh(peers).free_addr(Some(&args.name))?;
-            let events = ctx
-                .sign(&source, &cluster_id, vec![joined(mesh_addr)])
-                .await?;
-            ctx.deliver(&remote, &cluster_id, &events).await?;
-            // The source's mesh hands the join to every other node.
-            ctx.deliver(&source, &cluster_id, &events).await?;
+        .unwrap_or_else(|| "makiatto".into());
+    let genesis = writer.write(
+        Payload::Genesis(Genesis {
+            cluster_name: cluster_name.clone(),
+            operator_name: operator_name(),
+            operator: operator.key().public(),
+            mesh_range: range,
+        }),
+        &[],
+        now_millis(),
+    )?;
+    let cluster_id = genesis.id().to_hex();
+    let mut events = vec![genesis.clone()];
+    let mut parents = vec![(genesis.id(), genesis.hlc())];
+    if let Some(directory) = &acme {
+        let mut doc = ConfigDoc::default();
+        let mut wanted = DesiredConfig::default();
+        wanted.settings.acme_directory = Some(directory.clone());
+        let changes = doc.edit(&operator.key().public(), &wanted)?;
+        let e = writer.write(
+            Payload::ConfigChanged(ConfigChanged {
+                changes,
+                summary: format!("set acme.directory = {directory}"),
+            }),
+            &parents,
+            now_millis(),
+        )?;
+        parents = vec![(e.id(), e.hlc())];
+        events.push(e);
+    }
+    events.push(writer.write(joined(mesh_addr), &parents, now_millis())?);
+    operator.outbox(&cluster_id)?.record(&events)?;
+    append(remote, &events).await?;
+    ctx.profile.cluster_id = Some(cluster_id);
+    ctx.profile.cluster_name = Some(cluster_name);
+    Ok(mesh_addr)
+}
+
+/// A machine joining: the log copied to it from a member, a free mesh
+/// address chosen, and its join signed and handed to both. Returns its
+/// mesh address.
+async fn join_cluster(
+    ctx: &Ctx,
+    remote: &Remote,
+    args: &InitArgs,
+    cluster_id: &str,
+    joined: impl Fn(Ipv4Addr) -> Payload,
+) -> anyhow::Result<Ipv4Addr> {
+    let (source_machine, source) = ctx.any_node_except(&args.name).await?;
+    let node_vv = remote.ask(op::GetVersionVector {}).await?;
+    if node_vv.iter().next().is_some() && !args.recreate {
+        // A machine with another cluster's log: refuse rather than mix.
+        let roles = remote.ask(ShowAs::<Roles>::now()).await?.state;
+        let theirs = roles.cluster.map(|c| c.id.to_hex()).unwrap_or_default();
+        if theirs != cluster_id {
+            bail!(
+                "{} already holds the log of another cluster ({theirs}); pass --recreate to wipe it",
+                args.name
+            );
         }
     }
-
-    ctx.profile.upsert(Machine {
-        name: args.name.clone(),
-        ssh_user: args.target.user.clone(),
-        ssh_host: args.target.host.clone(),
-        ssh_port: args.target.port,
-        host_key: remote.host_key.clone(),
-        ipv4: ipv4.map(|a| a.to_string()),
-        ipv6: ipv6.map(|a| a.to_string()),
-        latitude: lat,
-        longitude: lon,
-        nameserver,
-        signing_key: signing_key.to_hex(),
-        wg_public_key: wg_b64,
-        mesh_addr: Some(mesh_addr.to_string()),
-    });
-    ctx.save_profile()?;
-    bar.finish_and_clear();
-    println!(
-        "{}: initialised ({}, mesh {mesh_addr}{})",
-        args.name,
-        args.target.host,
-        if nameserver { ", nameserver" } else { "" }
-    );
-    Ok(())
+    copy_log(&source, remote)
+        .await
+        .with_context(|| format!("copying the log from {}", source_machine.name))?;
+    let peers = source.ask(ShowAs::<Peers>::now()).await?.state;
+    let mesh_addr = Mesh(peers).free_addr(Some(&args.name))?;
+    let events = ctx
+        .sign(&source, cluster_id, vec![joined(mesh_addr)])
+        .await?;
+    ctx.deliver(remote, cluster_id, &events).await?;
+    // The source's mesh hands the join to every other node.
+    ctx.deliver(&source, cluster_id, &events).await?;
+    Ok(mesh_addr)
 }
 
 /// The name the first operator is shown under: the local user's.

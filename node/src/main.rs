@@ -33,6 +33,7 @@ use std::sync::Mutex;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use makiatto_projections::ProjectionName;
+use makiatto_protocol::append::Outcome;
 use makiatto_protocol::log::{LogFilter, LogLine};
 use makiatto_protocol::request as op;
 use makiatto_protocol::status::Status;
@@ -471,9 +472,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .filter(|l| !l.trim().is_empty())
                 .collect();
             let results = ask(&data_dir, op::Append { events })?;
+            // Every event newly taken, or it fails: a replay is refused
+            // here as much as a forgery (the line says which).
             let mut all_ok = true;
             for r in &results {
-                all_ok &= r.is_accepted();
+                all_ok &= matches!(r.outcome, Outcome::Stored | Outcome::Waiting);
                 println!("{}", serde_json::to_string(r)?);
             }
             Ok(if all_ok {
