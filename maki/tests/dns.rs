@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use makiatto_harness::{Cluster, GeoIp, copy_examples, example_project, require_root, wait_until};
+use makiatto_harness::{Cluster, copy_examples, example_project, require_root, wait_until};
 
 const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
 
@@ -61,7 +61,7 @@ fn serial(c: &Cluster, server: &str) -> String {
 fn every_node_answers_authoritatively_with_the_nearest_healthy_node() {
     require_root();
     let c = Cluster::with_geoip("dn");
-    let geoip = GeoIp::required();
+    let geoip = c.geoip().unwrap();
     let project = example_project();
     let hosts = c
         .up(3, &["--no-ca", "--sync", project.to_str().unwrap()])

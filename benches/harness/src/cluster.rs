@@ -70,6 +70,12 @@ impl Cluster {
         c
     }
 
+    /// The GeoIP database its nodes get, if any: what a test computes its
+    /// expectations from.
+    pub fn geoip(&self) -> Option<&GeoIp> {
+        self.geoip.as_ref()
+    }
+
     /// Leaves the cluster and its directory when dropped, and says how to
     /// take it down (to look at it after a benchmark).
     pub fn keep_when_dropped(&mut self) {
