@@ -9,9 +9,10 @@
 //!   operators, nodes, site versions, configuration edits), optionally
 //!   ending in two concurrent branches, cached under the temp directory.
 //! - [`measure`]: timing, resident memory, and the table + JSON report.
-//! - [`lab`]: a one-node local cluster with namespaces for an anchor
-//!   server and a client on its bridge, and server CPU from `/proc`.
+//!
+//! The benchmarks that run real nodes stand on the cluster test harness
+//! (`makiatto-harness`, in `harness/`): local clusters, the anchors' and
+//! clients' namespaces, and server CPU from `/proc`.
 
-pub mod lab;
 pub mod measure;
 pub mod workload;

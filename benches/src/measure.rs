@@ -82,6 +82,25 @@ pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// The fastest of a case's rounds (highest `rate`) and, apart, the
+/// cheapest (lowest `cpu` per request): a best-of-N report takes its rate
+/// from the one and its CPU from the other, each the least disturbed.
+pub fn fastest_and_cheapest<R>(
+    rounds: &[R],
+    rate: impl Fn(&R) -> f64,
+    cpu: impl Fn(&R) -> f64,
+) -> (&R, &R) {
+    let fastest = rounds
+        .iter()
+        .max_by(|a, b| rate(a).total_cmp(&rate(b)))
+        .expect("at least one round");
+    let cheapest = rounds
+        .iter()
+        .min_by(|a, b| cpu(a).total_cmp(&cpu(b)))
+        .expect("at least one round");
+    (fastest, cheapest)
+}
+
 /// Prints rows of (what, value) as an aligned two-column table.
 pub fn print_table(title: &str, rows: &[(&str, String)]) {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

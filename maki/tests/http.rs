@@ -6,19 +6,9 @@
 //! 404 page; a large file streamed and ranged; hostile paths refused; a
 //! slow client cut off. Needs root.
 
-mod common;
-
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, copy_dir, exec, require_root, wait_until};
-
-/// `curl ARGS` from test host `from`; returns stdout.
-fn curl(c: &Cluster, from: &str, args: &[&str]) -> String {
-    let mut argv = vec!["curl", "-s", "--max-time", "20"];
-    argv.extend(args);
-    exec(c, from, &argv)
-}
+use makiatto_harness::{Cluster, copy_examples, require_root, wait_until};
 
 /// Status, response head and body of one `curl` run from the test host
 /// `vector` with `args` (the head goes to stderr with `-D`).
@@ -85,35 +75,18 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 #[test]
 fn every_node_serves_the_site_by_host_with_http_semantics() {
     require_root();
-    let binary = common::daemon_binary();
-    let c = Cluster::new(format!("ht{}", std::process::id() % 1000));
+    let c = Cluster::new("ht");
     // The example project plus a large file (streamed, not cached).
     let project = c.dir.path().join("project");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"),
-        &project,
-    );
+    let file = copy_examples(&project);
     let mut big = vec![0u8; 1_500_000];
     blake3::Hasher::new().finalize_xof().fill(&mut big);
     std::fs::write(project.join("site/big.bin"), &big).unwrap();
-    let file = project.join("makiatto.toml");
-    c.ok(&[
-        "local",
-        "up",
-        "--no-ca",
-        "--nodes",
-        "2",
-        "--binary-path",
-        binary.to_str().unwrap(),
-        "--sync",
-        file.to_str().unwrap(),
-    ]);
-    let state = c.state();
-    let hosts: Vec<String> = state["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["ipv4"].as_str().unwrap().to_owned())
+    let hosts: Vec<String> = c
+        .up(2, &["--no-ca", "--sync", file.to_str().unwrap()])
+        .hosts
+        .into_iter()
+        .map(|h| h.ipv4)
         .collect();
     let index = std::fs::read(project.join("site/index.html")).unwrap();
     for server in &hosts {
@@ -285,23 +258,13 @@ fn every_node_serves_the_site_by_host_with_http_semantics() {
         for name in ["example.test", "www.example.test"] {
             let resolve = format!("{name}:443:{server}");
             let url = format!("https://{name}/");
-            let out = curl(
-                &c,
+            let out = c.curl_writes(
                 "klukai",
-                &[
-                    "-k",
-                    "--resolve",
-                    &resolve,
-                    "-w",
-                    "%{http_code} %{http_version}",
-                    "-o",
-                    "/dev/null",
-                    &url,
-                ],
+                "%{http_code} %{http_version}",
+                &["-k", "--resolve", &resolve, &url],
             );
             assert_eq!(out, "200 2", "{name} at {server}");
-            let cert = exec(
-                &c,
+            let cert = c.exec(
                 "klukai",
                 &[
                     "sh",
@@ -326,8 +289,7 @@ fn every_node_serves_the_site_by_host_with_http_semantics() {
             "TLS_CHACHA20_POLY1305_SHA256",
         ),
     ] {
-        let out = exec(
-            &c,
+        let out = c.exec(
             "klukai",
             &[
                 "sh",
@@ -343,26 +305,21 @@ fn every_node_serves_the_site_by_host_with_http_semantics() {
         );
     }
     let resolve = format!("example.test:443:{s}");
-    let out = curl(
-        &c,
+    let out = c.curl_writes(
         "klukai",
+        "%{http_code}",
         &[
             "-k",
             "--resolve",
             &resolve,
             "-H",
             "Host: www.example.test",
-            "-w",
-            "%{http_code}",
-            "-o",
-            "/dev/null",
             "https://example.test/",
         ],
     );
     assert_eq!(out, "421");
     // HTTP/2 advertises its stream limit and serves many streams at once.
-    let nghttp = exec(
-        &c,
+    let nghttp = c.exec(
         "klukai",
         &[
             "nghttp",
@@ -376,8 +333,7 @@ fn every_node_serves_the_site_by_host_with_http_semantics() {
         nghttp.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):128"),
         "{nghttp}"
     );
-    let load = exec(
-        &c,
+    let load = c.exec(
         "klukai",
         &[
             "h2load",
@@ -415,8 +371,7 @@ fn every_node_serves_the_site_by_host_with_http_semantics() {
 
     // A client that never finishes its request head is cut off.
     let started = Instant::now();
-    exec(
-        &c,
+    c.exec(
         "klukai",
         &[
             "timeout",

@@ -1,21 +1,15 @@
 //! `maki local` and `maki machine` against real test hosts: network
 //! namespaces, real OpenSSH servers, the real daemon. Needs root (as CI has).
 
-mod common;
-
 use std::process::Command;
+use std::time::Duration;
 
-use common::{Cluster, daemon_binary, json_lines, require_root};
+use makiatto_harness::{Cluster, json_lines, require_root, wait_seeing};
 
 fn host_fingerprint(c: &Cluster, node: &str) -> String {
     let out = Command::new("ssh-keygen")
         .arg("-lf")
-        .arg(
-            c.cluster_dir()
-                .join("hosts")
-                .join(node)
-                .join("ssh_host_ed25519_key.pub"),
-        )
+        .arg(c.host_dir(node).join("ssh_host_ed25519_key.pub"))
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -28,19 +22,9 @@ fn host_fingerprint(c: &Cluster, node: &str) -> String {
 #[test]
 fn machines_are_managed_over_ssh_on_local_test_hosts() {
     require_root();
-    let binary = daemon_binary();
-    let binary = binary.to_str().unwrap();
-    let c = Cluster::new(format!("m{}", std::process::id() % 100_000));
-
-    c.ok(&[
-        "local",
-        "up",
-        "--no-ca",
-        "--nodes",
-        "3",
-        "--binary-path",
-        binary,
-    ]);
+    let c = Cluster::new("m");
+    let binary = c.daemon().to_str().unwrap();
+    c.up(3, &["--no-ca"]);
 
     // Three healthy machines, initialised over SSH.
     let list = json_lines(&c.ok(&["machine", "list", "--json"]));
@@ -215,19 +199,18 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
     );
     // The rejoined node, with new keys, is in every node's mesh without a
     // restart: `maki health` sees heartbeats and handshakes everywhere.
-    let start = std::time::Instant::now();
-    loop {
-        let out = c.maki(&["health"]);
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "the cluster did not become healthy after the rejoin:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_seeing(
+        Duration::from_secs(30),
+        "the cluster becomes healthy after the rejoin",
+        || {
+            let out = c.maki(&["health"]);
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stdout).into_owned())
+            }
+        },
+    );
 
     // Bad input leaves the profile as it was, with an error that says what to do.
     let before = std::fs::read_to_string(c.cluster_dir().join("profile.toml")).unwrap();
@@ -292,7 +275,7 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
     let vector_ip = status["hosts"][0]["ipv4"].as_str().unwrap().to_owned();
     let vector_fp = host_fingerprint(&c, "vector");
     let vector_target = format!("root@{vector_ip}");
-    c.ok(&[
+    let add = [
         "--profile",
         fresh.to_str().unwrap(),
         "machine",
@@ -300,38 +283,22 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
         &vector_target,
         "--accept-host-key",
         &vector_fp,
-    ]);
+    ];
+    c.ok(&add);
     let added = std::fs::read_to_string(&fresh).unwrap();
     assert!(
         added.contains("name = \"vector\"") && added.contains("cluster_id"),
         "{added}"
     );
-    assert!(
-        c.fails(&[
-            "--profile",
-            fresh.to_str().unwrap(),
-            "machine",
-            "add",
-            &vector_target,
-            "--accept-host-key",
-            &vector_fp
-        ])
-        .contains("already in the profile")
-    );
+    assert!(c.fails(&add).contains("already in the profile"));
 
     // A changed host key is refused.
     let profile_path = c.cluster_dir().join("profile.toml");
     let profile = std::fs::read_to_string(&profile_path).unwrap();
-    let vector_key = std::fs::read_to_string(
-        c.cluster_dir()
-            .join("hosts/vector/ssh_host_ed25519_key.pub"),
-    )
-    .unwrap();
-    let klukai_key = std::fs::read_to_string(
-        c.cluster_dir()
-            .join("hosts/klukai/ssh_host_ed25519_key.pub"),
-    )
-    .unwrap();
+    let host_key =
+        |node: &str| std::fs::read_to_string(c.host_dir(node).join("ssh_host_ed25519_key.pub"));
+    let vector_key = host_key("vector").unwrap();
+    let klukai_key = host_key("klukai").unwrap();
     let first = |k: &str| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
     std::fs::write(
         &profile_path,

@@ -5,46 +5,21 @@
 //! sent by a peer are refused and counted; `maki health` tells all of it.
 //! Needs root (as CI has).
 
-mod common;
-
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Cluster, exec, json_lines, require_root, wait_until};
-use makiatto_events::{EventId, FeedWriter, Hlc, Payload, SigningKey};
+use makiatto_events::{FeedWriter, Payload, SigningKey};
+use makiatto_harness::{Cluster, json_lines, require_root, wait_until};
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
 const PROJECTIONS: &str = "peers roles config zones certificates sites";
-
-/// Runs a command inside a host; returns its standard output.
-fn exec_with_input(c: &Cluster, node: &str, argv: &[&str], input: &[u8]) -> String {
-    let mut args = vec!["local", "exec", node, "--"];
-    args.extend(argv);
-    let mut child = c
-        .command(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{argv:?} on {node} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Every projection's fingerprint on a node, in one call.
 fn fingerprints(c: &Cluster, node: &str) -> Vec<String> {
     let script =
         format!("for p in {PROJECTIONS}; do makiatto show $p --json || exit 1; echo; done");
     json_lines(
-        &exec(c, node, &["sh", "-c", &script])
+        &c.exec(node, &["sh", "-c", &script])
             .lines()
             .filter(|l| !l.trim().is_empty())
             .collect::<Vec<_>>()
@@ -53,15 +28,6 @@ fn fingerprints(c: &Cluster, node: &str) -> Vec<String> {
     .iter()
     .map(|v| v["fingerprint"].as_str().unwrap().to_owned())
     .collect()
-}
-
-fn events_on(c: &Cluster, node: &str) -> u64 {
-    let status: Value = serde_json::from_str(&exec(c, node, &["makiatto", "status"])).unwrap();
-    status["events"].as_u64().unwrap()
-}
-
-fn health(c: &Cluster, node: &str) -> Value {
-    serde_json::from_str(&exec(c, node, &["makiatto", "health", "--json"])).unwrap()
 }
 
 /// Waits until every node holds the same events and folds them alike.
@@ -96,17 +62,8 @@ fn profile_with_only(c: &Cluster, node: &str) -> std::path::PathBuf {
 #[test]
 fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
     require_root();
-    let binary = common::daemon_binary();
-    let c = Cluster::new(format!("mesh{}", std::process::id() % 1000));
-    c.ok(&[
-        "local",
-        "up",
-        "--no-ca",
-        "--nodes",
-        "3",
-        "--binary-path",
-        binary.to_str().unwrap(),
-    ]);
+    let c = Cluster::new("ms");
+    c.up(3, &["--no-ca"]);
 
     // The three nodes hear each other over the mesh and agree.
     wait_until(
@@ -114,7 +71,7 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
         "every peer alive on every node",
         || {
             NODES.iter().all(|n| {
-                let h = health(&c, n);
+                let h = c.health(n);
                 let peers = h["peers"].as_array().unwrap();
                 peers.len() == 2 && peers.iter().all(|p| p["alive"] == true)
             })
@@ -129,26 +86,18 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
     c.ok(&["config", "set", "dns.geo_ttl", "30"]);
     let before = converged(&c, Duration::from_secs(10), "a setting reaches every node");
     for n in NODES {
-        let config = exec(&c, n, &["makiatto", "show", "config", "--json"]);
+        let config = c.exec(n, &["makiatto", "show", "config", "--json"]);
         assert!(config.contains("\"dns_geo_ttl\":30"), "{n}: {config}");
     }
 
     // Two operators write on both sides of a mesh partition.
     let bob_key = c.dir.path().join("bob.key");
-    let bob = String::from_utf8(
-        c.command(&["operator", "key"])
-            .env("MAKIATTO_OPERATOR_KEY", &bob_key)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let bob = bob.split_whitespace().last().unwrap().to_owned();
+    let bob = c.operator_key(&bob_key);
     c.ok(&["operator", "add", "bob", &bob]);
     converged(&c, Duration::from_secs(10), "bob reaches every node");
     c.ok(&["local", "cut", "tololo", "--mesh"]);
     wait_until(Duration::from_secs(10), "vector sees tololo down", || {
-        health(&c, "vector")["peers"]
+        c.health("vector")["peers"]
             .as_array()
             .unwrap()
             .iter()
@@ -171,9 +120,10 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
     assert!(out.status.success(), "{out:?}");
     // Each side has its own change only: the cut holds.
     assert!(
-        exec(&c, "klukai", &["makiatto", "show", "config", "--json"]).contains("\"dns_nearest\":2")
+        c.exec("klukai", &["makiatto", "show", "config", "--json"])
+            .contains("\"dns_nearest\":2")
     );
-    let tololo = exec(&c, "tololo", &["makiatto", "show", "config", "--json"]);
+    let tololo = c.exec("tololo", &["makiatto", "show", "config", "--json"]);
     assert!(!tololo.contains("\"dns_nearest\":2"), "{tololo}");
     assert!(tololo.contains("\"sites_keep_versions\":7"), "{tololo}");
     let fails = c.maki(&["health"]);
@@ -186,7 +136,7 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
     let after = converged(&c, Duration::from_secs(15), "the partition heals");
     assert_ne!(before, after);
     for n in NODES {
-        let config = exec(&c, n, &["makiatto", "show", "config", "--json"]);
+        let config = c.exec(n, &["makiatto", "show", "config", "--json"]);
         assert!(
             config.contains("\"dns_nearest\":2") && config.contains("\"sites_keep_versions\":7"),
             "{n} lost a change made during the partition: {config}"
@@ -205,21 +155,7 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
     // that holds no role (replication carries every verified event; the
     // fold flags them unauthorized and they change nothing).
     c.ok(&["local", "kill", "klukai"]);
-    let heads = exec_with_input(
-        &c,
-        "vector",
-        &["makiatto", "control"],
-        b"{\"op\":\"heads\"}\n",
-    );
-    let head: Value = serde_json::from_str(&heads).unwrap();
-    let head = &head["ok"][0];
-    let parent = (
-        head["id"].as_str().unwrap().parse::<EventId>().unwrap(),
-        Hlc {
-            millis: head["millis"].as_u64().unwrap(),
-            counter: head["counter"].as_u64().unwrap() as u32,
-        },
-    );
+    let parent = c.head("vector");
     let mut writer = FeedWriter::new(SigningKey::from_bytes(&[7; 32]));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -242,22 +178,17 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
         batch.push('\n');
     }
     for batch in &batches {
-        exec_with_input(&c, "vector", &["makiatto", "append"], batch.as_bytes());
+        c.exec_with_input("vector", &["makiatto", "append"], batch.as_bytes());
     }
-    let total = events_on(&c, "vector");
+    let total = c.events("vector");
     wait_until(Duration::from_secs(60), "tololo gets the backlog", || {
-        events_on(&c, "tololo") == total
+        c.events("tololo") == total
     });
-    let before_restart = {
-        let status = exec(&c, "klukai", &["makiatto", "status"]);
-        serde_json::from_str::<Value>(&status).unwrap()["events"]
-            .as_u64()
-            .unwrap()
-    };
+    let before_restart = c.events("klukai");
     c.ok(&["local", "start", "klukai"]);
     let mut partial = 0;
     wait_until(Duration::from_secs(60), "klukai starts catching up", || {
-        partial = events_on(&c, "klukai");
+        partial = c.events("klukai");
         partial > before_restart
     });
     c.ok(&["local", "kill", "klukai"]);
@@ -266,7 +197,7 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
     wait_until(
         Duration::from_secs(120),
         "klukai catches up after the kill",
-        || events_on(&c, "klukai") == total,
+        || c.events("klukai") == total,
     );
     let verify = c.maki(&["local", "exec", "klukai", "--", "makiatto", "verify"]);
     assert!(
@@ -301,17 +232,13 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
         hex::encode(&forged),
         hex::encode(b"not an event")
     );
-    let vector_mesh = health(&c, "vector")["mesh_addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    exec_with_input(
-        &c,
+    let vector_mesh = c.health("vector")["mesh_addr"].as_str().unwrap().to_owned();
+    c.exec_with_input(
         "tololo",
         &["makiatto", "debug", "send-events", "--to", &vector_mesh],
         input.as_bytes(),
     );
-    let h = health(&c, "vector");
+    let h = c.health("vector");
     let from_tololo = h["peers"]
         .as_array()
         .unwrap()
@@ -320,8 +247,8 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
         .unwrap()
         .clone();
     assert_eq!(from_tololo["bad_events"], 2, "{h}");
-    assert_eq!(events_on(&c, "vector"), total, "a forged event was stored");
-    let status: Value = serde_json::from_str(&exec(&c, "vector", &["makiatto", "status"])).unwrap();
+    assert_eq!(c.events("vector"), total, "a forged event was stored");
+    let status: Value = serde_json::from_str(&c.exec("vector", &["makiatto", "status"])).unwrap();
     assert!(
         status["rejected"]["invalid"].as_u64().unwrap() >= 2,
         "{status}"

@@ -7,14 +7,15 @@
 //! Traffic stays between the test's own namespaces; every address is
 //! numeric, so nothing asks the system resolver.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::{Cluster, daemon_binary, json_lines, require_root};
+use makiatto_harness::{
+    Cluster, Namespace, Process, eventually, have, json_lines, require_root, stdout, wait_until,
+    with_input,
+};
 
 /// The daemon's replication port (TCP) on its mesh address: what the
 /// peer connects to, to show that TCP crosses the mesh.
@@ -25,65 +26,38 @@ const MESH_DEADLINE: Duration = Duration::from_secs(30);
 /// A namespace outside the cluster, on its bridge, with no default route:
 /// the external peer's machine. Removed on drop, with its wireguard-go.
 struct ExtHost {
-    netns: String,
-    veth: String,
+    // Fields drop in this order: wireguard-go, then its namespace.
+    wireguard_go: Option<Process>,
+    ns: Namespace,
     interface: String,
-    wireguard_go: Option<Child>,
-}
-
-fn sh(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn ip(args: &[&str]) -> Output {
-    sh(Command::new("ip").args(args))
 }
 
 impl ExtHost {
     /// Makes namespace `mk-<cluster>-ext` joined to `bridge` with `addr`/28.
-    fn create(cluster: &str, slot: u64, bridge: &str, addr: Ipv4Addr) -> ExtHost {
-        let host = ExtHost {
-            netns: format!("mk-{cluster}-ext"),
-            veth: format!("mk{slot}x"),
-            interface: format!("wgx{slot}"),
+    fn create(cluster: &str, slot: u8, bridge: &str, addr: Ipv4Addr) -> ExtHost {
+        ExtHost {
             wireguard_go: None,
-        };
-        let inside = format!("mk{slot}xn");
-        ip(&["netns", "add", &host.netns]);
-        ip(&[
-            "link", "add", &host.veth, "type", "veth", "peer", "name", &inside,
-        ]);
-        ip(&["link", "set", &inside, "netns", &host.netns]);
-        host.ip(&["link", "set", &inside, "name", "eth0"]);
-        host.ip(&["addr", "add", &format!("{addr}/28"), "dev", "eth0"]);
-        host.ip(&["link", "set", "lo", "up"]);
-        host.ip(&["link", "set", "eth0", "up"]);
-        ip(&["link", "set", &host.veth, "master", bridge, "up"]);
-        host
+            ns: Namespace::create(
+                &format!("mk-{cluster}-ext"),
+                &format!("mk{slot}x"),
+                addr,
+                bridge,
+            ),
+            interface: format!("wgx{slot}"),
+        }
     }
 
     /// A command run inside the namespace.
     fn command(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns]).args(argv);
-        cmd
+        self.ns.command(argv)
     }
 
     fn run(&self, argv: &[&str]) -> String {
-        String::from_utf8_lossy(&sh(&mut self.command(argv)).stdout).into_owned()
+        self.ns.run(argv)
     }
 
     fn ip(&self, args: &[&str]) -> String {
-        let mut argv = vec!["ip"];
-        argv.extend_from_slice(args);
-        self.run(&argv)
+        self.ns.ip(args)
     }
 
     fn socket(&self) -> PathBuf {
@@ -92,30 +66,28 @@ impl ExtHost {
 
     /// Starts wireguard-go on the interface and waits for its UAPI socket.
     fn start_wireguard_go(&mut self, log: &Path) {
-        let _ = std::fs::remove_file(self.socket());
+        let socket = self.socket();
+        let _ = std::fs::remove_file(&socket);
         let log = std::fs::File::create(log).unwrap();
-        let child = self
-            .command(&["wireguard-go", "-f", &self.interface])
-            // This kernel has WireGuard; the test is about the userspace one.
-            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.wireguard_go = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.socket().exists() {
-            if let Some(Ok(Some(status))) = self.wireguard_go.as_mut().map(Child::try_wait) {
-                panic!("wireguard-go exited ({status}) before opening its socket");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wireguard-go did not open {} within 10 s",
-                self.socket().display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let wireguard_go = self.wireguard_go.insert(Process::spawn(
+            self.ns
+                .command(&["wireguard-go", "-f", &self.interface])
+                // This kernel has WireGuard; the test is about the userspace one.
+                .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        ));
+        wait_until(
+            Duration::from_secs(10),
+            &format!("wireguard-go opens {}", socket.display()),
+            || {
+                if let Some(status) = wireguard_go.exited() {
+                    panic!("wireguard-go exited ({status}) before opening its socket");
+                }
+                socket.exists()
+            },
+        );
     }
 
     /// Whether one ping to `addr` is answered within a second.
@@ -128,39 +100,10 @@ impl ExtHost {
 
 impl Drop for ExtHost {
     fn drop(&mut self) {
-        if let Some(mut child) = self.wireguard_go.take() {
-            // `ip netns exec` execs, so this is wireguard-go itself.
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // wireguard-go ends first (`ip netns exec` execs, so the child is
+        // wireguard-go itself); its socket is left outside the namespace.
+        drop(self.wireguard_go.take());
         let _ = std::fs::remove_file(self.socket());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.veth])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Waits until `ok` holds, for at most `deadline`.
-fn eventually(deadline: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    loop {
-        if ok() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -175,118 +118,60 @@ fn values<'a>(config: &'a str, key: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// `maki peer add NAME --wg-pubkey KEY --endpoint ENDPOINT`.
+fn peer_add<'a>(name: &'a str, key: &'a str, endpoint: &'a str) -> [&'a str; 7] {
+    [
+        "peer",
+        "add",
+        name,
+        "--wg-pubkey",
+        key,
+        "--endpoint",
+        endpoint,
+    ]
+}
+
 #[test]
 fn an_external_peer_reaches_every_node_through_the_printed_wg_config() {
     require_root();
     for tool in ["wireguard-go", "wg", "wg-quick"] {
-        assert!(
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .is_ok_and(|o| o.status.success()),
-            "{tool} is missing: run scripts/install-deps.sh"
-        );
+        assert!(have(tool), "{tool} is missing: run scripts/install-deps.sh");
     }
-    let binary = daemon_binary();
-    let c = Cluster::new(format!("p{}", std::process::id() % 100_000));
-    c.ok(&[
-        "local",
-        "up",
-        "--no-ca",
-        "--nodes",
-        "2",
-        "--binary-path",
-        binary.to_str().unwrap(),
-    ]);
+    let c = Cluster::new("p");
+    let state = c.up(2, &["--no-ca"]);
 
     // The peer's machine: the slot's last usable address, .16k+14.
-    let state = c.state();
-    let slot = state["slot"].as_u64().unwrap();
-    let bridge = state["bridge"].as_str().unwrap();
-    let first: Ipv4Addr = state["host_ipv4"].as_str().unwrap().parse().unwrap();
-    let ext_addr = Ipv4Addr::from(u32::from(first) + 13);
-    let mut ext = ExtHost::create(&c.name, slot, bridge, ext_addr);
+    let ext_addr = state.address(14);
+    let mut ext = ExtHost::create(&c.name, state.slot, &state.bridge, ext_addr);
 
     let private = ext.run(&["wg", "genkey"]).trim().to_owned();
     let public = {
-        let mut pubkey = ext
-            .command(&["wg", "pubkey"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        pubkey
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(private.as_bytes())
-            .unwrap();
-        let out = pubkey.wait_with_output().unwrap();
+        let out = with_input(&mut ext.command(&["wg", "pubkey"]), private.as_bytes());
         assert!(out.status.success());
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
     ext.start_wireguard_go(&c.dir.path().join("wireguard-go.log"));
 
     // Register the peer; its address is the lowest free one after the nodes'.
-    let added = c.ok(&[
-        "peer",
-        "add",
-        "ext",
-        "--wg-pubkey",
-        &public,
-        "--endpoint",
-        &ext_addr.to_string(),
-    ]);
+    let added = c.ok(&peer_add("ext", &public, &ext_addr.to_string()));
     assert!(added.contains("maki peer wg-config ext"), "{added}");
-    let mesh_base: Ipv4Addr = state["mesh_range"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mesh_base = state.mesh_base();
     let expected_addr = Ipv4Addr::from(u32::from(mesh_base) + 3);
     assert!(
         added.contains(&format!("mesh address: {expected_addr}")),
         "{added}"
     );
     assert!(
-        c.fails(&[
-            "peer",
-            "add",
-            "ext",
-            "--wg-pubkey",
-            &public,
-            "--endpoint",
-            "192.0.2.1"
-        ])
-        .contains("already used by a peer")
+        c.fails(&peer_add("ext", &public, "192.0.2.1"))
+            .contains("already used by a peer")
     );
     assert!(
-        c.fails(&[
-            "peer",
-            "add",
-            "vector",
-            "--wg-pubkey",
-            &public,
-            "--endpoint",
-            "192.0.2.1"
-        ])
-        .contains("already used by a node")
+        c.fails(&peer_add("vector", &public, "192.0.2.1"))
+            .contains("already used by a node")
     );
     assert!(
-        c.fails(&[
-            "peer",
-            "add",
-            "x",
-            "--wg-pubkey",
-            "abc",
-            "--endpoint",
-            "192.0.2.1"
-        ])
-        .contains("wg pubkey")
+        c.fails(&peer_add("x", "abc", "192.0.2.1"))
+            .contains("wg pubkey")
     );
 
     // The printed configuration, with the private key filled in, drives wireguard-go.
@@ -307,7 +192,7 @@ fn an_external_peer_reaches_every_node_through_the_printed_wg_config() {
     );
     let conf = c.dir.path().join(format!("{}.conf", ext.interface));
     std::fs::write(&conf, config.replace("<private-key>", &private)).unwrap();
-    let stripped = sh(Command::new("wg-quick").arg("strip").arg(&conf)).stdout;
+    let stripped = stdout(Command::new("wg-quick").arg("strip").arg(&conf));
     let setconf = c.dir.path().join("setconf.conf");
     std::fs::write(&setconf, stripped).unwrap();
     ext.run(&["wg", "setconf", &ext.interface, setconf.to_str().unwrap()]);
@@ -388,10 +273,10 @@ fn an_external_peer_reaches_every_node_through_the_printed_wg_config() {
 
     // Nothing is left behind.
     let interface = ext.interface.clone();
-    let netns = ext.netns.clone();
+    let netns = ext.ns.name.clone();
     drop(ext);
     c.ok(&["local", "down"]);
-    let namespaces = String::from_utf8(ip(&["netns", "list"]).stdout).unwrap();
+    let namespaces = stdout(Command::new("ip").args(["netns", "list"]));
     assert!(!namespaces.contains(&netns), "{namespaces}");
     assert!(
         !namespaces.contains(&format!("mk-{}-", c.name)),

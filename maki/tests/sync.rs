@@ -3,19 +3,15 @@
 //! mesh that keeps its old version until it can fetch every blob of the new
 //! one. Needs root (as CI has).
 
-mod common;
-
-use std::path::Path;
 use std::time::Duration;
 
-use common::{Cluster, copy_dir, exec, require_root, wait_until};
+use makiatto_harness::{Cluster, copy_examples, require_root, wait_until, with_input};
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
 
 fn sites(c: &Cluster, node: &str) -> Value {
-    let h: Value = serde_json::from_str(&exec(c, node, &["makiatto", "health", "--json"])).unwrap();
-    h["sites"]["example.test"].clone()
+    c.health(node)["sites"]["example.test"].clone()
 }
 
 /// Every node serves `version` (deployed), with `files` files.
@@ -33,15 +29,10 @@ fn deployed_everywhere(c: &Cluster, what: &str) -> String {
 #[test]
 fn sync_publishes_atomically_on_every_node() {
     require_root();
-    let binary = common::daemon_binary();
-    let c = Cluster::new(format!("sy{}", std::process::id() % 1000));
+    let c = Cluster::new("sy");
     // The project: a copy of the example, to change it freely.
     let project = c.dir.path().join("project");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"),
-        &project,
-    );
-    let file = project.join("makiatto.toml");
+    let file = copy_examples(&project);
     let file = file.to_str().unwrap();
 
     // A broken file is refused with its position, before any cluster exists.
@@ -59,15 +50,7 @@ fn sync_publishes_atomically_on_every_node() {
     std::fs::write(project.join("makiatto.toml"), &good).unwrap();
     c.ok(&["config", "check", "--file", file]);
 
-    c.ok(&[
-        "local",
-        "up",
-        "--no-ca",
-        "--nodes",
-        "3",
-        "--binary-path",
-        binary.to_str().unwrap(),
-    ]);
+    c.up(3, &["--no-ca"]);
     let out = c.ok(&["sync", "--file", file, "--dry-run"]);
     assert!(out.contains("would publish 5 files"), "{out}");
     assert!(sites(&c, "vector").is_null(), "a dry run sent something");
@@ -84,7 +67,7 @@ fn sync_publishes_atomically_on_every_node() {
     );
 
     // The configuration went with it: the zone has the file's records.
-    let zones = exec(&c, "klukai", &["makiatto", "show", "zones", "--json"]);
+    let zones = c.exec("klukai", &["makiatto", "show", "zones", "--json"]);
     assert!(zones.contains("v=DMARC1; p=reject"), "{zones}");
 
     // One change and one deletion. An earlier sync was cut off after it
@@ -94,16 +77,13 @@ fn sync_publishes_atomically_on_every_node() {
     let mut frame = blake3::hash(changed).as_bytes().to_vec();
     frame.extend_from_slice(&(changed.len() as u64).to_be_bytes());
     frame.extend_from_slice(changed);
-    let mut staged = c
-        .command(&[
+    let staged = with_input(
+        &mut c.command(&[
             "local", "exec", "vector", "--", "makiatto", "blobs", "receive",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut staged.stdin.take().unwrap(), &frame).unwrap();
-    assert!(staged.wait_with_output().unwrap().status.success());
+        ]),
+        &frame,
+    );
+    assert!(staged.status.success());
     assert_eq!(sites(&c, "vector")["live"].as_str(), Some(first.as_str()));
     // The cut-off sync also left its marker here: the next one asks the
     // node before it sends anything.
@@ -129,11 +109,7 @@ fn sync_publishes_atomically_on_every_node() {
     // The other nodes had the first version: vector sent them the second,
     // small, ahead of its event (its manifest as a delta, with the one new
     // blob); not the whole manifest again.
-    let replication = |n: &str| -> Value {
-        let h: Value =
-            serde_json::from_str(&exec(&c, n, &["makiatto", "health", "--json"])).unwrap();
-        h["replication"].clone()
-    };
+    let replication = |n: &str| -> Value { c.health(n)["replication"].clone() };
     for n in ["klukai", "tololo"] {
         let r = replication(n);
         assert!(r["versions_ahead"].as_u64() >= Some(1), "{n}: {r}");
@@ -180,15 +156,10 @@ fn sync_publishes_atomically_on_every_node() {
     c.ok(&["local", "heal", "tololo"]);
     let third = deployed_everywhere(&c, "tololo catches up and switches");
     assert_ne!(third, second);
-    let blob = exec(
-        &c,
-        "tololo",
-        &["sh", "-c", "cat /var/makiatto/deployed.json"],
-    );
+    let blob = c.exec("tololo", &["sh", "-c", "cat /var/makiatto/deployed.json"]);
     assert!(blob.contains(&third), "{blob}");
     let big_hash = blake3::hash(&big).to_hex().to_string();
-    let stored = exec(
-        &c,
+    let stored = c.exec(
         "tololo",
         &[
             "stat",
@@ -251,20 +222,7 @@ fn sync_publishes_atomically_on_every_node() {
     // Two operators sync different projects at once: both land, and the
     // newcomer's file (which does not name example.test) removes nothing.
     let bob_key = c.dir.path().join("bob.key");
-    let bob = String::from_utf8(
-        c.command(&["operator", "key"])
-            .env("MAKIATTO_OPERATOR_KEY", &bob_key)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    c.ok(&[
-        "operator",
-        "add",
-        "bob",
-        bob.split_whitespace().last().unwrap(),
-    ]);
+    c.ok(&["operator", "add", "bob", &c.operator_key(&bob_key)]);
     let other = c.dir.path().join("other");
     std::fs::create_dir_all(other.join("www")).unwrap();
     std::fs::write(other.join("www/index.html"), "<p>other</p>\n").unwrap();
@@ -288,13 +246,11 @@ fn sync_publishes_atomically_on_every_node() {
     assert!(bob_sync.wait_with_output().unwrap().status.success());
     deployed_everywhere(&c, "alice's version everywhere");
     wait_until(Duration::from_secs(30), "bob's site everywhere", || {
-        NODES.iter().all(|n| {
-            let h: Value =
-                serde_json::from_str(&exec(&c, n, &["makiatto", "health", "--json"])).unwrap();
-            h["sites"]["other.test"]["in_sync"] == true
-        })
+        NODES
+            .iter()
+            .all(|n| c.health(n)["sites"]["other.test"]["in_sync"] == true)
     });
-    let config = exec(&c, "tololo", &["makiatto", "show", "config", "--json"]);
+    let config = c.exec("tololo", &["makiatto", "show", "config", "--json"]);
     assert!(
         config.contains("\"example.test\"") && config.contains("\"other.test\""),
         "{config}"

@@ -1,21 +1,12 @@
 //! `makiatto blobs receive|missing`: the blob store as `maki sync` feeds it
 //! over SSH, with the real binary.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+
+use makiatto_harness::{daemon, with_input};
 
 fn makiatto(data: &std::path::Path, args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_makiatto"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
+    with_input(daemon::on(data).args(args), input)
 }
 
 fn frame(hash: &[u8; 32], bytes: &[u8]) -> Vec<u8> {

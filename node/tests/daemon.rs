@@ -4,6 +4,8 @@
 mod common;
 
 use common::*;
+use makiatto_harness::daemon::{Daemon, append, run};
+use makiatto_harness::json_lines;
 
 #[test]
 fn a_running_daemon_appends_lists_shows_and_verifies() {
@@ -25,7 +27,7 @@ fn a_running_daemon_appends_lists_shows_and_verifies() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let results = json_lines(&out);
+    let results = json_lines(&out.stdout);
     assert!(
         results.iter().all(|r| r["outcome"] == "stored"),
         "{results:?}"
@@ -35,7 +37,7 @@ fn a_running_daemon_appends_lists_shows_and_verifies() {
     let out = append(dir.path(), &[&v1]);
     assert!(!out.status.success());
     assert!(
-        json_lines(&out)[0]["error"]
+        json_lines(&out.stdout)[0]["error"]
             .as_str()
             .unwrap()
             .contains("already stored")
@@ -51,7 +53,7 @@ fn a_running_daemon_appends_lists_shows_and_verifies() {
             .contains("not a valid request")
     );
 
-    let log = json_lines(&run(dir.path(), &["log", "--json"]));
+    let log = json_lines(&run(dir.path(), &["log", "--json"]).stdout);
     let kinds: Vec<&str> = log.iter().map(|l| l["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
@@ -79,14 +81,11 @@ fn a_running_daemon_appends_lists_shows_and_verifies() {
     );
 
     // Filters.
-    let only = json_lines(&run(
-        dir.path(),
-        &["log", "--json", "--kind", "node-joined"],
-    ));
+    let only = json_lines(&run(dir.path(), &["log", "--json", "--kind", "node-joined"]).stdout);
     assert_eq!(only.len(), 1);
-    let by_alice = json_lines(&run(dir.path(), &["log", "--json", "--author", "alice"]));
+    let by_alice = json_lines(&run(dir.path(), &["log", "--json", "--author", "alice"]).stdout);
     assert_eq!(by_alice.len(), 4);
-    let last = json_lines(&run(dir.path(), &["log", "--json", "--limit", "2"]));
+    let last = json_lines(&run(dir.path(), &["log", "--json", "--limit", "2"]).stdout);
     assert_eq!(last[1]["id"], forged_site.id().to_hex());
     let bad = run(dir.path(), &["log", "--kind", "nonsense"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown kind"));
@@ -145,7 +144,10 @@ fn a_running_daemon_appends_lists_shows_and_verifies() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
-    assert_eq!(json_lines(&run(dir.path(), &["log", "--json"])).len(), 5);
+    assert_eq!(
+        json_lines(&run(dir.path(), &["log", "--json"]).stdout).len(),
+        5
+    );
 }
 
 #[test]

@@ -9,6 +9,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
+use makiatto_harness::daemon::{Daemon, append, run};
+use makiatto_harness::json_lines;
 
 #[test]
 fn sigkill_during_appends_loses_nothing_acknowledged() {
@@ -88,7 +90,7 @@ fn sigkill_during_appends_loses_nothing_acknowledged() {
         String::from_utf8_lossy(&verify.stderr)
     );
     let stored: std::collections::HashSet<String> =
-        json_lines(&run(dir.path(), &["log", "--json"]))
+        json_lines(&run(dir.path(), &["log", "--json"]).stdout)
             .iter()
             .map(|l| l["id"].as_str().unwrap().to_owned())
             .collect();

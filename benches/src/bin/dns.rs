@@ -46,8 +46,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use makiatto_benches::lab::{Lab, Sample, daemon_pid, have, proc_kib, run, wait_until};
-use makiatto_benches::measure::{print_json, print_table};
+use makiatto_benches::measure::{fastest_and_cheapest, print_json, print_table};
+use makiatto_harness::cpu::{Sample, proc_kib};
+use makiatto_harness::netns::daemon_pid;
+use makiatto_harness::{Lab, example_project, have, stdout, wait_until};
 use serde_json::json;
 
 /// The query mix: nine names that exist, one that does not.
@@ -195,7 +197,7 @@ fn dnsperf(
         None => cmd.args(["-l", &SECONDS.to_string()]),
     };
     let before = Sample::take(&[t.pid]);
-    let out = run(&mut cmd);
+    let out = stdout(&mut cmd);
     let u = Sample::take(&[t.pid]).since(&before);
     let completed = first_number(field(&out, "Queries completed:")) as u64;
     assert!(completed > 0, "dnsperf completed no queries:\n{out}");
@@ -258,25 +260,18 @@ fn main() {
             "{tool} is not installed: apt-get install knot dnsperf bind9-dnsutils"
         );
     }
-    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/makiatto.toml");
-    let project = std::path::absolute(&project).expect("path");
+    let project = example_project();
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
     let mut lab = Lab::new("d");
-    eprintln!("bringing up one node ({})", lab.name);
-    let node = lab.up(&project, &[]);
-    let (slot, node_ns, ours_addr) = (node.slot, node.netns.clone(), node.ipv4.clone());
-    let knot_addr = node.anchor_addr();
-    let client_addr = node.client_addr();
-    let knot_ns = format!("mkdns-{}-knot", lab.name);
-    let client_ns = format!("mkdns-{}-client", lab.name);
-    lab.namespace(&knot_ns, &format!("mk{slot}dk"), &knot_addr, &node.bridge);
-    lab.namespace(
-        &client_ns,
-        &format!("mk{slot}dc"),
-        &client_addr,
-        &node.bridge,
-    );
+    let name = lab.cluster.name.clone();
+    eprintln!("bringing up one node ({name})");
+    let node = lab.up(1, &project, &[]).remove(0);
+    let (node_ns, ours_addr) = (node.netns, node.ipv4);
+    let knot_ns = format!("mkdns-{name}-knot");
+    let client_ns = format!("mkdns-{name}-client");
+    let knot_addr = lab.anchor_namespace(&knot_ns, "dk");
+    lab.client_namespace(&client_ns, "dc");
 
     // Our node serves the whole project once the last record answers.
     wait_until(
@@ -306,7 +301,7 @@ fn main() {
     for rr in rrs.iter().filter(|r| **r != soa) {
         let _ = writeln!(zone, "{rr}");
     }
-    let kdir = lab.dir.path().join("knot");
+    let kdir = lab.cluster.dir.path().join("knot");
     std::fs::create_dir_all(kdir.join("run")).expect("knot dir");
     std::fs::create_dir_all(kdir.join("db")).expect("knot dir");
     std::fs::write(kdir.join("example.test.zone"), &zone).expect("zone file");
@@ -370,7 +365,7 @@ fn main() {
         eprintln!("differs: {d}");
     }
 
-    let queries = lab.dir.path().join("queries.txt");
+    let queries = lab.cluster.dir.path().join("queries.txt");
     let mix: String = MIX.iter().map(|(n, t)| format!("{n} {t}\n")).collect();
     std::fs::write(&queries, mix).expect("query file");
     let ours = Target {
@@ -394,18 +389,12 @@ fn main() {
             runs[1].push(dnsperf(&client_ns, &queries, &knot, ecs, None));
         }
         let pick = |rs: &[Run]| {
-            let mut b = rs
-                .iter()
-                .max_by(|a, b| a.qps.total_cmp(&b.qps))
-                .expect("runs")
-                .clone();
-            let cpu = rs
-                .iter()
-                .min_by(|a, b| a.cpu_us().total_cmp(&b.cpu_us()))
-                .expect("runs");
-            b.user_us = cpu.user_us;
-            b.sys_us = cpu.sys_us;
-            b
+            let (fastest, cheapest) = fastest_and_cheapest(rs, |r| r.qps, Run::cpu_us);
+            Run {
+                user_us: cheapest.user_us,
+                sys_us: cheapest.sys_us,
+                ..fastest.clone()
+            }
         };
         let range = |rs: &[Run]| {
             let lo = rs.iter().map(|r| r.qps).fold(f64::MAX, f64::min);

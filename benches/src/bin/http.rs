@@ -69,10 +69,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use makiatto_benches::lab::{
-    Lab, Sample, Usage, daemon_pid, have, netns_pids, proc_kib, run, wait_until,
-};
-use makiatto_benches::measure::{print_json, print_table};
+use makiatto_benches::measure::{fastest_and_cheapest, print_json, print_table};
+use makiatto_harness::cpu::{Sample, Usage, proc_kib};
+use makiatto_harness::netns::{daemon_pid, netns_pids};
+use makiatto_harness::{Lab, have, stdout, wait_until};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde_json::json;
@@ -262,7 +262,7 @@ fn h2load(client_ns: &str, server: &Server, load: Load) -> Run {
     }
     cmd.arg(format!("https://{DOMAIN}{path}"));
     let before = Sample::take(&server.pids);
-    let out = run(&mut cmd);
+    let out = stdout(&mut cmd);
     // What the server does as the connections close belongs to this run.
     std::thread::sleep(Duration::from_millis(300));
     let usage = Sample::take(&server.pids).since(&before);
@@ -535,22 +535,24 @@ fn nginx_conf(dir: &Path, addr: &str, root: &Path) -> PathBuf {
     for d in ["tmp", "logs"] {
         std::fs::create_dir_all(dir.join(d)).expect("nginx dir");
     }
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "30", "-subj", &format!("/CN={DOMAIN}")])
-        .args(["-addext", &format!("subjectAltName=DNS:{DOMAIN}")])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(Stdio::null()));
+    stdout(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "30", "-subj", &format!("/CN={DOMAIN}")])
+            .args(["-addext", &format!("subjectAltName=DNS:{DOMAIN}")])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stderr(Stdio::null()),
+    );
     let d = dir.display();
     let root = root.display();
     let conf = format!(
@@ -586,15 +588,8 @@ fn memory_kib(pids: &[u32]) -> (u64, u64) {
 /// The best of a server's rounds: the highest rate, with the lowest CPU
 /// per request of any round.
 fn best(runs: &[Run]) -> Run {
-    let mut b = runs
-        .iter()
-        .max_by(|a, b| a.rate().total_cmp(&b.rate()))
-        .expect("runs")
-        .clone();
-    let cpu = runs
-        .iter()
-        .min_by(|a, b| a.cpu_us().total_cmp(&b.cpu_us()))
-        .expect("runs");
+    let (fastest, cpu) = fastest_and_cheapest(runs, Run::rate, Run::cpu_us);
+    let mut b = fastest.clone();
     // Per request of the cheapest round, scaled to this run's count.
     let scale = b.done as f64 / cpu.done.max(1) as f64;
     b.usage.user_s = cpu.usage.user_s * scale;
@@ -620,7 +615,8 @@ fn main() {
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
     let mut lab = Lab::new("h");
-    let project = lab.dir.path().join("project");
+    let name = lab.cluster.name.clone();
+    let project = lab.cluster.dir.path().join("project");
     let file = make_site(&project);
     let site = project.join("site");
     // `MAKIATTO_BENCH_BASELINE=PATH`: a second node runs that daemon, a
@@ -628,35 +624,27 @@ fn main() {
     let baseline = std::env::var_os("MAKIATTO_BENCH_BASELINE").map(PathBuf::from);
     let nodes = if let Some(b) = &baseline {
         eprintln!(
-            "bringing up two nodes, the second with {} ({})",
-            b.display(),
-            lab.name
+            "bringing up two nodes, the second with {} ({name})",
+            b.display()
         );
-        let nodes = lab.up_nodes(2, &file, &["--no-ca"]);
-        lab.swap_daemon(&nodes[1], b);
+        let nodes = lab.up(2, &file, &["--no-ca"]);
+        lab.cluster.swap_daemon(&nodes[1].node, b);
         nodes
     } else {
-        eprintln!("bringing up one node ({})", lab.name);
-        lab.up_nodes(1, &file, &["--no-ca"])
+        eprintln!("bringing up one node ({name})");
+        lab.up(1, &file, &["--no-ca"])
     };
     let node = nodes[0].clone();
-    let slot = node.slot;
-    let nginx_addr = node.anchor_addr();
-    let nginx_ns = format!("mkhttp-{}-nginx", lab.name);
-    let client_ns = format!("mkhttp-{}-client", lab.name);
-    lab.namespace(&nginx_ns, &format!("mk{slot}wn"), &nginx_addr, &node.bridge);
-    lab.namespace(
-        &client_ns,
-        &format!("mk{slot}wc"),
-        &node.client_addr(),
-        &node.bridge,
-    );
+    let nginx_ns = format!("mkhttp-{name}-nginx");
+    let client_ns = format!("mkhttp-{name}-client");
+    let nginx_addr = lab.anchor_namespace(&nginx_ns, "wn");
+    lab.client_namespace(&client_ns, "wc");
     // Two s_time clients make ~5,000 connections a second: room for them.
     for setting in [
         "net.ipv4.ip_local_port_range=1024 65535",
         "net.ipv4.tcp_tw_reuse=1",
     ] {
-        run(Command::new("ip").args(["netns", "exec", &client_ns, "sysctl", "-qw", setting]));
+        stdout(Command::new("ip").args(["netns", "exec", &client_ns, "sysctl", "-qw", setting]));
     }
 
     let source: Vec<(&str, Vec<u8>)> = FILES
@@ -687,9 +675,9 @@ fn main() {
         );
     }
 
-    let conf = nginx_conf(&lab.dir.path().join("nginx"), &nginx_addr, &site);
+    let conf = nginx_conf(&lab.cluster.dir.path().join("nginx"), &nginx_addr, &site);
     let conf_arg = conf.to_str().expect("utf-8");
-    let error_log = lab.dir.path().join("nginx/logs/error.log");
+    let error_log = lab.cluster.dir.path().join("nginx/logs/error.log");
     let nginx_pid = lab.spawn_anchor(
         &nginx_ns,
         &[

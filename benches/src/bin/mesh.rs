@@ -19,12 +19,12 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use makiatto_benches::measure::{print_json, print_table};
-use makiatto_events::{EventId, FeedWriter, Hlc, Payload, SigningKey};
+use makiatto_events::{FeedWriter, Payload, SigningKey};
+use makiatto_harness::{Cluster, Host, State, Wait, have, with_input};
 use serde_json::Value;
 
 const EVENTS: u32 = 1_000;
@@ -78,156 +78,27 @@ fn send(addr: &str, bytes: u64) {
     println!("{}", bytes as f64 / secs / 1e6);
 }
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    name: String,
-}
-
-impl Cluster {
-    fn maki(&self, args: &[&str]) -> String {
-        let d = self.dir.path();
-        let mut cmd = Command::new(self.bin.join("maki"));
-        cmd.env("MAKIATTO_PROFILE", d.join("profile.toml"))
-            .env("MAKIATTO_OPERATOR_KEY", d.join("operator.key"))
-            .env("MAKIATTO_SSH_KEY", d.join("ssh/id_ed25519"))
-            .env("MAKIATTO_GEOIP_DIR", d.join("no-geoip"));
-        if args.first() == Some(&"local") {
-            cmd.arg("local")
-                .arg("--dir")
-                .arg(d)
-                .arg("--name")
-                .arg(&self.name)
-                .args(&args[1..]);
-        } else {
-            cmd.args(args);
-        }
-        let out = cmd.output().expect("maki runs");
-        assert!(
-            out.status.success(),
-            "maki {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn exec(&self, node: &str, argv: &[&str], input: Option<&[u8]>) -> String {
-        let mut args = vec!["local", "exec", node, "--"];
-        args.extend(argv);
-        match input {
-            None => self.maki(&args),
-            Some(input) => {
-                let d = self.dir.path();
-                let mut child = Command::new(self.bin.join("maki"))
-                    .env("MAKIATTO_PROFILE", d.join("profile.toml"))
-                    .arg("local")
-                    .arg("--dir")
-                    .arg(d)
-                    .arg("--name")
-                    .arg(&self.name)
-                    .args(&args[1..])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .expect("maki runs");
-                child
-                    .stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(input)
-                    .expect("input");
-                let out = child.wait_with_output().expect("maki ends");
-                assert!(out.status.success(), "{argv:?} failed on {node}");
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            }
-        }
-    }
-
-    fn health(&self, node: &str) -> Value {
-        serde_json::from_str(&self.exec(node, &["makiatto", "health", "--json"], None))
-            .expect("health is JSON")
-    }
-
-    fn events(&self, node: &str) -> u64 {
-        let v: Value =
-            serde_json::from_str(&self.exec(node, &["makiatto", "status"], None)).expect("JSON");
-        v["events"].as_u64().unwrap_or(0)
-    }
-
-    fn state(&self) -> Value {
-        serde_json::from_str(
-            &std::fs::read_to_string(self.dir.path().join("state.json")).expect("state.json"),
-        )
-        .expect("state is JSON")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::env::var_os("MAKIATTO_BENCH_KEEP").is_some() {
-            eprintln!(
-                "kept the cluster: maki local --dir {} --name {} down",
-                self.dir.path().display(),
-                self.name
-            );
-            let _ = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
-            return;
-        }
-        let _ = Command::new(self.bin.join("maki"))
-            .arg("local")
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--name")
-            .arg(&self.name)
-            .arg("down")
-            .output();
-    }
-}
-
-fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < within, "not within {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn sum(nodes: &[String], c: &Cluster, f: impl Fn(&Value) -> u64) -> u64 {
     nodes.iter().map(|n| f(&c.health(n))).sum()
 }
 
+/// Waits for `check`, looking every 20 ms: the heal's catch-up is timed
+/// by such a wait.
+fn wait_until(within: Duration, what: &str, check: impl FnMut() -> bool) {
+    Wait::up_to(within)
+        .every(Duration::from_millis(20))
+        .until(what, check);
+}
+
 fn run() {
-    let bin = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .expect("the binary's directory");
-    for b in ["maki", "makiatto"] {
-        assert!(
-            bin.join(b).exists(),
-            "{b} is not beside this binary: cargo build --release -p makiatto -p makiatto-cli -p makiatto-benches --bins"
-        );
+    let mut c = Cluster::new("b");
+    // `MAKIATTO_BENCH_KEEP=1`: the cluster stays up, to be looked at.
+    if std::env::var_os("MAKIATTO_BENCH_KEEP").is_some() {
+        c.keep_when_dropped();
     }
-    let c = Cluster {
-        dir: tempfile::tempdir().expect("tempdir"),
-        bin: bin.clone(),
-        name: format!("b{}", std::process::id() % 100_000),
-    };
-    let daemon = bin.join("makiatto");
-    c.maki(&[
-        "local",
-        "up",
-        "--nodes",
-        "5",
-        "--binary-path",
-        daemon.to_str().expect("utf-8 path"),
-    ]);
-    let state = c.state();
-    let hosts: Vec<&Value> = state["hosts"].as_array().expect("hosts").iter().collect();
-    let nodes: Vec<String> = hosts
-        .iter()
-        .map(|h| h["node"].as_str().expect("name").to_owned())
-        .collect();
+    let state = c.up(5, &[]);
+    let hosts = &state.hosts;
+    let nodes = state.nodes();
     let (writer_node, cut_node) = (&nodes[0], &nodes[4]);
     wait_until(Duration::from_secs(30), "every peer alive", || {
         nodes.iter().all(|n| {
@@ -239,23 +110,7 @@ fn run() {
     });
 
     // 1,000 events, signed here, on top of the writer's heads.
-    let heads = c.exec(
-        writer_node,
-        &["makiatto", "control"],
-        Some(b"{\"op\":\"heads\"}\n"),
-    );
-    let heads: Value = serde_json::from_str(&heads).expect("heads");
-    let head = &heads["ok"][0];
-    let parent = (
-        head["id"]
-            .as_str()
-            .and_then(|s| s.parse::<EventId>().ok())
-            .expect("head id"),
-        Hlc {
-            millis: head["millis"].as_u64().unwrap_or(0),
-            counter: head["counter"].as_u64().unwrap_or(0) as u32,
-        },
-    );
+    let parent = c.head(writer_node);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -276,14 +131,14 @@ fn run() {
         input.push('\n');
     }
 
-    c.maki(&["local", "cut", cut_node, "--mesh"]);
+    c.ok(&["local", "cut", cut_node, "--mesh"]);
     wait_until(Duration::from_secs(10), "the cut node is seen down", || {
         c.health(writer_node)["peers"].as_array().is_some_and(|p| {
             p.iter()
                 .any(|p| p["name"] == cut_node.as_str() && p["alive"] == false)
         })
     });
-    c.exec(writer_node, &["makiatto", "append"], Some(input.as_bytes()));
+    c.exec_with_input(writer_node, &["makiatto", "append"], input.as_bytes());
     let total = c.events(writer_node);
     let connected = &nodes[..4];
     wait_until(
@@ -300,7 +155,7 @@ fn run() {
     let sent_before = sum(&nodes, &c, frames_out);
     let wg_before = wg_rx(&c.health(cut_node));
 
-    c.maki(&["local", "heal", cut_node]);
+    c.ok(&["local", "heal", cut_node]);
     let healed = Instant::now();
     eprintln!("healed at {:?}", SystemTime::now());
     // Polled through `maki local exec` (nsenter, no SSH): about 30 ms a
@@ -321,10 +176,9 @@ fn run() {
 
     // Throughput: two hosts, over the mesh and over the veth link.
     let mesh_of = |n: &str| c.health(n)["mesh_addr"].as_str().unwrap_or("").to_owned();
-    let (a, b) = (hosts[0], hosts[1]);
-    let a_ns = a["netns"].as_str().expect("netns");
-    let b_ns = b["netns"].as_str().expect("netns");
-    let b_public = b["ipv4"].as_str().expect("ipv4").to_owned();
+    let (a, b) = (&hosts[0], &hosts[1]);
+    let (a_ns, b_ns) = (&a.netns, &b.netns);
+    let b_public = b.ipv4.clone();
     let b_mesh = mesh_of(&nodes[1]);
     let me = std::env::current_exe().expect("exe");
     let transfer = |to: &str, port: u16| -> f64 {
@@ -357,7 +211,7 @@ fn run() {
     };
     // The userspace reference: wireguard-go on the same two hosts, beside
     // the daemons, on addresses of the cluster's mesh range no node holds.
-    let wg_go = wireguard_go_pair(&c, a, b);
+    let wg_go = wireguard_go_pair(&c, &state, a, b);
     let (mut mesh_best, mut veth_best, mut go_best) = (0.0f64, 0.0f64, 0.0f64);
     for round in 0..3u16 {
         mesh_best = mesh_best.max(transfer(&b_mesh, 40000 + round));
@@ -425,17 +279,11 @@ fn run() {
 /// Two wireguard-go devices, one on each host, peered over the hosts'
 /// public addresses (UDP 51990); returns the receiving side's tunnel
 /// address. The devices die with the hosts (`maki local down`).
-fn wireguard_go_pair(c: &Cluster, a: &Value, b: &Value) -> Option<String> {
-    let have = Command::new("sh")
-        .args(["-c", "command -v wireguard-go && command -v wg"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
+fn wireguard_go_pair(c: &Cluster, state: &State, a: &Host, b: &Host) -> Option<String> {
+    if !(have("wireguard-go") && have("wg")) {
         return None;
     }
-    let range = c.state()["mesh_range"].as_str()?.to_owned();
-    let base: std::net::Ipv4Addr = range.split('/').next()?.parse().ok()?;
-    let base = u32::from(base);
+    let base = u32::from(state.mesh_base());
     let addr_of = |i: u32| std::net::Ipv4Addr::from(base + i).to_string();
     let (addr_a, addr_b) = (addr_of(13), addr_of(14));
     let keys = || -> (String, String) {
@@ -444,24 +292,12 @@ fn wireguard_go_pair(c: &Cluster, a: &Value, b: &Value) -> Option<String> {
             .output()
             .expect("wg genkey");
         let private = String::from_utf8_lossy(&private.stdout).trim().to_owned();
-        let mut child = Command::new("wg")
-            .arg("pubkey")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("wg pubkey");
-        let _ = child
-            .stdin
-            .take()
-            .map(|mut i| i.write_all(private.as_bytes()));
-        let public = child.wait_with_output().expect("wg pubkey");
+        let public = with_input(Command::new("wg").arg("pubkey"), private.as_bytes());
         (
             private,
             String::from_utf8_lossy(&public.stdout).trim().to_owned(),
         )
     };
-    let a_ns = a["netns"].as_str()?;
-    let b_ns = b["netns"].as_str()?;
     let (a_key, a_pub) = keys();
     let (b_key, b_pub) = keys();
     let setup = |ns: &str,
@@ -486,9 +322,11 @@ fn wireguard_go_pair(c: &Cluster, a: &Value, b: &Value) -> Option<String> {
             .is_ok_and(|s| s.success());
         assert!(ok, "wireguard-go setup failed in {ns}");
     };
-    let a_ip = a["ipv4"].as_str()?;
-    let b_ip = b["ipv4"].as_str()?;
-    setup(a_ns, "wgbencha", &a_key, &addr_a, &b_pub, b_ip, &addr_b);
-    setup(b_ns, "wgbenchb", &b_key, &addr_b, &a_pub, a_ip, &addr_a);
+    setup(
+        &a.netns, "wgbencha", &a_key, &addr_a, &b_pub, &b.ipv4, &addr_b,
+    );
+    setup(
+        &b.netns, "wgbenchb", &b_key, &addr_b, &a_pub, &a.ipv4, &addr_a,
+    );
     Some(addr_b)
 }

@@ -24,228 +24,169 @@
 //! then `target/release/sync`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use makiatto_benches::measure::{print_json, print_table};
+use makiatto_harness::cpu::Machine;
+use makiatto_harness::{Cluster, Wait, have};
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    name: String,
-    /// `MAKIATTO_SSH_PERSIST` for `maki`: "0" (every command connects) or
-    /// the seconds a kept connection waits.
-    persist: std::sync::Mutex<&'static str>,
-}
-
-impl Cluster {
-    fn command(&self, args: &[&str]) -> Command {
-        let d = self.dir.path().join("cluster");
-        let mut cmd = Command::new(self.bin.join("maki"));
-        cmd.env("MAKIATTO_PROFILE", d.join("profile.toml"))
-            .env("MAKIATTO_OPERATOR_KEY", d.join("operator.key"))
-            .env("MAKIATTO_SSH_KEY", d.join("ssh/id_ed25519"))
-            .env("MAKIATTO_GEOIP_DIR", d.join("no-geoip"))
-            .env("MAKIATTO_CACHE_DIR", self.dir.path().join("cache"))
-            .env(
-                "MAKIATTO_SSH_PERSIST",
-                *self.persist.lock().expect("persist"),
-            );
-        if args.first() == Some(&"local") {
-            cmd.arg("local")
-                .arg("--dir")
-                .arg(&d)
-                .arg("--name")
-                .arg(&self.name)
-                .args(&args[1..]);
-        } else {
-            cmd.args(args);
-        }
-        cmd
-    }
-
-    fn maki(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().expect("maki runs");
-        assert!(
-            out.status.success(),
-            "maki {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // `MAKIATTO_TIMINGS=1`: the phase times `maki sync` printed.
-        if args.first() == Some(&"sync") {
-            for line in String::from_utf8_lossy(&out.stderr).lines() {
-                if line.starts_with("timing:") {
-                    eprintln!("{line}");
-                }
+/// `maki ARGS` against the cluster, failing unless it succeeds; its
+/// standard output. With `MAKIATTO_TIMINGS=1`, the phase times `maki
+/// sync` printed go to standard error.
+fn maki(c: &Cluster, args: &[&str]) -> String {
+    let out = c.ok_output(args);
+    if args.first() == Some(&"sync") {
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            if line.starts_with("timing:") {
+                eprintln!("{line}");
             }
         }
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
-    /// The version every node serves, if they all serve the same one. The
-    /// nodes are asked at once (one probe costs 30–70 ms here; asked one
-    /// after another they would add up to 0.2 s to every measurement).
-    fn live_everywhere(&self, nodes: &[String]) -> Option<String> {
-        let served: Vec<Option<String>> = std::thread::scope(|scope| {
-            let probes: Vec<_> = nodes
-                .iter()
-                .map(|n| {
-                    scope.spawn(move || {
-                        let h: Value = serde_json::from_str(
-                            &self.maki(&["local", "exec", n, "--", "makiatto", "health", "--json"]),
-                        )
-                        .ok()?;
-                        let s = &h["sites"]["bench.test"];
-                        if s["in_sync"] != true {
-                            return None;
-                        }
-                        s["live"].as_str().map(str::to_owned)
-                    })
+/// The version every node serves, if they all serve the same one. The
+/// nodes are asked at once (one probe costs 30–70 ms here; asked one
+/// after another they would add up to 0.2 s to every measurement).
+fn live_everywhere(c: &Cluster, nodes: &[String]) -> Option<String> {
+    let served: Vec<Option<String>> = std::thread::scope(|scope| {
+        let probes: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                scope.spawn(move || {
+                    let h = c.health(n);
+                    let s = &h["sites"]["bench.test"];
+                    if s["in_sync"] != true {
+                        return None;
+                    }
+                    s["live"].as_str().map(str::to_owned)
                 })
-                .collect();
-            probes
-                .into_iter()
-                .map(|p| p.join().ok().flatten())
-                .collect()
-        });
-        let first = served.first()?.clone()?;
-        served
-            .iter()
-            .all(|v| v.as_deref() == Some(first.as_str()))
-            .then_some(first)
-    }
-}
-
-impl Cluster {
-    /// Where a node's test host writes its daemon log.
-    fn log_path(&self, node: &str) -> PathBuf {
-        self.dir.path().join(format!(
-            "cluster/hosts/{node}/var-upper/makiatto/daemon.log"
-        ))
-    }
-
-    /// A node's daemon log, as its test host wrote it.
-    fn daemon_log(&self, node: &str) -> Option<String> {
-        std::fs::read_to_string(self.log_path(node)).ok()
-    }
-
-    /// The length of each node's daemon log now: where [`Cluster::served`]
-    /// starts reading.
-    fn log_ends(&self, nodes: &[String]) -> Vec<u64> {
-        nodes
-            .iter()
-            .map(|n| std::fs::metadata(self.log_path(n)).map_or(0, |m| m.len()))
+            })
+            .collect();
+        probes
+            .into_iter()
+            .map(|p| p.join().ok().flatten())
             .collect()
-    }
-
-    /// Reads what each node's log gained since `offsets` (whole lines
-    /// only) and adds its "serving site version" lines to `served`: per
-    /// node, (short version, when). A version every node serves, other
-    /// than `before`, is returned with the time the last node switched.
-    /// Reading a file costs the nodes nothing; probing each with a
-    /// `makiatto health` process every few milliseconds took the two
-    /// cores from them in the very window measured.
-    fn served(
-        &self,
-        nodes: &[String],
-        offsets: &mut [u64],
-        served: &mut [Vec<(String, SystemTime)>],
-        before: Option<&str>,
-    ) -> Option<(String, SystemTime)> {
-        use std::io::{Read, Seek};
-        for (i, n) in nodes.iter().enumerate() {
-            let Ok(mut f) = std::fs::File::open(self.log_path(n)) else {
-                continue;
-            };
-            let mut new = Vec::new();
-            if f.seek(std::io::SeekFrom::Start(offsets[i])).is_err()
-                || f.read_to_end(&mut new).is_err()
-            {
-                continue;
-            }
-            let Some(end) = new.iter().rposition(|b| *b == b'\n') else {
-                continue;
-            };
-            offsets[i] += end as u64 + 1;
-            for l in String::from_utf8_lossy(&new[..=end]).lines() {
-                if !l.contains("serving site version") {
-                    continue;
-                }
-                let short = l
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("version="));
-                let at = l.split_whitespace().next().and_then(log_time);
-                if let (Some(short), Some(at)) = (short, at) {
-                    served[i].push((short.to_owned(), at));
-                }
-            }
-        }
-        let (first, rest) = served.split_first()?;
-        first.iter().rev().find_map(|(short, at)| {
-            if before.is_some_and(|b| b.starts_with(short.as_str())) {
-                return None;
-            }
-            let mut last = *at;
-            for other in rest {
-                let (_, t) = other.iter().find(|(s, _)| s == short)?;
-                last = last.max(*t);
-            }
-            Some((short.clone(), last))
-        })
-    }
+    });
+    let first = served.first()?.clone()?;
+    served
+        .iter()
+        .all(|v| v.as_deref() == Some(first.as_str()))
+        .then_some(first)
 }
 
-impl Cluster {
-    /// With `MAKIATTO_TIMINGS=1`: when each node heard of `version` (hex),
-    /// deployed it and served it, in ms from `wall`, from its log: where the time
-    /// after `maki sync` returned went.
-    fn print_timeline(&self, nodes: &[String], version: &str, wall: SystemTime) {
-        if std::env::var_os("MAKIATTO_TIMINGS").is_none_or(|v| v != "1") {
-            return;
-        }
-        let Some(short) = version.get(..12) else {
-            return;
+/// The length of each node's daemon log now: where [`served_everywhere`] starts
+/// reading.
+fn log_ends(c: &Cluster, nodes: &[String]) -> Vec<u64> {
+    nodes
+        .iter()
+        .map(|n| std::fs::metadata(c.daemon_log(n)).map_or(0, |m| m.len()))
+        .collect()
+}
+
+/// Reads what each node's log gained since `offsets` (whole lines
+/// only) and adds its "serving site version" lines to `served`: per
+/// node, (short version, when). A version every node serves, other
+/// than `before`, is returned with the time the last node switched.
+/// Reading a file costs the nodes nothing; probing each with a
+/// `makiatto health` process every few milliseconds took the two
+/// cores from them in the very window measured.
+fn served_everywhere(
+    c: &Cluster,
+    nodes: &[String],
+    offsets: &mut [u64],
+    served: &mut [Vec<(String, SystemTime)>],
+    before: Option<&str>,
+) -> Option<(String, SystemTime)> {
+    use std::io::{Read, Seek};
+    for (i, n) in nodes.iter().enumerate() {
+        let Ok(mut f) = std::fs::File::open(c.daemon_log(n)) else {
+            continue;
         };
-        for n in nodes {
-            let Some(text) = self.daemon_log(n) else {
+        let mut new = Vec::new();
+        if f.seek(std::io::SeekFrom::Start(offsets[i])).is_err() || f.read_to_end(&mut new).is_err()
+        {
+            continue;
+        }
+        let Some(end) = new.iter().rposition(|b| *b == b'\n') else {
+            continue;
+        };
+        offsets[i] += end as u64 + 1;
+        for l in String::from_utf8_lossy(&new[..=end]).lines() {
+            if !l.contains("serving site version") {
+                continue;
+            }
+            let short = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("version="));
+            let at = l.split_whitespace().next().and_then(log_time);
+            if let (Some(short), Some(at)) = (short, at) {
+                served[i].push((short.to_owned(), at));
+            }
+        }
+    }
+    let (first, rest) = served.split_first()?;
+    first.iter().rev().find_map(|(short, at)| {
+        if before.is_some_and(|b| b.starts_with(short.as_str())) {
+            return None;
+        }
+        let mut last = *at;
+        for other in rest {
+            let (_, t) = other.iter().find(|(s, _)| s == short)?;
+            last = last.max(*t);
+        }
+        Some((short.clone(), last))
+    })
+}
+
+/// With `MAKIATTO_TIMINGS=1`: when each node heard of `version` (hex),
+/// deployed it and served it, in ms from `wall`, from its log: where the time
+/// after `maki sync` returned went.
+fn print_timeline(c: &Cluster, nodes: &[String], version: &str, wall: SystemTime) {
+    if std::env::var_os("MAKIATTO_TIMINGS").is_none_or(|v| v != "1") {
+        return;
+    }
+    let Some(short) = version.get(..12) else {
+        return;
+    };
+    for n in nodes {
+        let Ok(text) = std::fs::read_to_string(c.daemon_log(n)) else {
+            continue;
+        };
+        // `MAKIATTO_BENCH_LOG_LINES=1`: every line of the node's log
+        // in that time, not only the steps above.
+        let every_line = std::env::var_os("MAKIATTO_BENCH_LOG_LINES").is_some();
+        let mut line = format!("timeline: {n}:");
+        for l in text.lines() {
+            // Each line's time, read once; lines before `wall` are not
+            // this version's.
+            let Some(at) = l.split_whitespace().next().and_then(log_time) else {
                 continue;
             };
-            // `MAKIATTO_BENCH_LOG_LINES=1`: every line of the node's log
-            // in that time, not only the steps above.
-            let every_line = std::env::var_os("MAKIATTO_BENCH_LOG_LINES").is_some();
-            let mut line = format!("timeline: {n}:");
-            for l in text.lines() {
-                // Each line's time, read once; lines before `wall` are not
-                // this version's.
-                let Some(at) = l.split_whitespace().next().and_then(log_time) else {
-                    continue;
-                };
-                let Ok(since) = at.duration_since(wall) else {
-                    continue;
-                };
-                let what = if l.contains("replicated") && l.contains("received=1") {
-                    "event received"
-                } else if l.contains("fetched a version as a delta") {
-                    "delta fetched"
-                } else if l.contains("took a version sent ahead") {
-                    "version taken ahead of its event"
-                } else if l.contains("site version deployed") && l.contains(short) {
-                    "deployed"
-                } else if l.contains("serving site version") && l.contains(short) {
-                    "serving"
-                } else if every_line {
-                    l.split_once(' ').map_or(l, |(_, rest)| rest)
-                } else {
-                    continue;
-                };
-                line.push_str(&format!(" {what} {:.1} ms;", since.as_secs_f64() * 1e3));
-            }
-            eprintln!("{line}");
+            let Ok(since) = at.duration_since(wall) else {
+                continue;
+            };
+            let what = if l.contains("replicated") && l.contains("received=1") {
+                "event received"
+            } else if l.contains("fetched a version as a delta") {
+                "delta fetched"
+            } else if l.contains("took a version sent ahead") {
+                "version taken ahead of its event"
+            } else if l.contains("site version deployed") && l.contains(short) {
+                "deployed"
+            } else if l.contains("serving site version") && l.contains(short) {
+                "serving"
+            } else if every_line {
+                l.split_once(' ').map_or(l, |(_, rest)| rest)
+            } else {
+                continue;
+            };
+            line.push_str(&format!(" {what} {:.1} ms;", since.as_secs_f64() * 1e3));
         }
+        eprintln!("{line}");
     }
 }
 
@@ -271,12 +212,6 @@ fn log_time(stamp: &str) -> Option<SystemTime> {
             + Duration::from_secs(u64::try_from(secs).ok()?)
             + Duration::from_micros(micros),
     )
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.command(&["local", "down"]).output();
-    }
 }
 
 fn make_tree(root: &Path) -> u64 {
@@ -309,21 +244,6 @@ fn timed(f: impl FnOnce()) -> Duration {
     start.elapsed()
 }
 
-/// Busy and total jiffies of all CPUs, from /proc/stat.
-fn cpu_jiffies() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let line = stat.lines().next().expect("the cpu line");
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    // idle and iowait are not busy.
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
 /// Waits until the machine is at most 10% busy over a quarter second (at
 /// most a minute): what a node still does for the last case (precompressed
 /// variants of 10,000 new files, on idle CPU) is not charged to the next
@@ -331,10 +251,11 @@ fn cpu_jiffies() -> (u64, u64) {
 fn settle() -> Duration {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
-        let (b0, t0) = cpu_jiffies();
+        let m0 = Machine::now();
         std::thread::sleep(Duration::from_millis(250));
-        let (b1, t1) = cpu_jiffies();
-        if t1 > t0 && (b1 - b0) as f64 <= 0.1 * (t1 - t0) as f64 {
+        let m1 = Machine::now();
+        let (busy, total) = (m1.busy - m0.busy, m1.total - m0.total);
+        if total > 0 && busy as f64 <= 0.1 * total as f64 {
             break;
         }
     }
@@ -342,21 +263,11 @@ fn settle() -> Duration {
 }
 
 fn main() {
-    let bin = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .expect("the binary's directory");
-    let have_rsync = Command::new("sh")
-        .args(["-c", "command -v rsync"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(have_rsync, "rsync is not installed: apt-get install rsync");
-    let c = Cluster {
-        dir: tempfile::tempdir().expect("tempdir"),
-        bin: bin.clone(),
-        name: format!("s{}", std::process::id() % 100_000),
-        persist: std::sync::Mutex::new("0"),
-    };
+    assert!(
+        have("rsync"),
+        "rsync is not installed: apt-get install rsync"
+    );
+    let c = Cluster::new("s");
     let project = c.dir.path().join("project");
     let site = project.join("site");
     let bytes = make_tree(&site);
@@ -367,31 +278,14 @@ fn main() {
     .expect("project");
     let file = project.join("makiatto.toml");
     let file = file.to_str().expect("utf-8");
-    c.maki(&[
-        "local",
-        "up",
-        "--nodes",
-        "3",
-        "--binary-path",
-        bin.join("makiatto").to_str().expect("utf-8"),
-    ]);
-    let state: Value = serde_json::from_str(
-        &std::fs::read_to_string(c.dir.path().join("cluster/state.json")).expect("state"),
-    )
-    .expect("json");
     // Each host's node name and address.
-    let (nodes, hosts): (Vec<String>, Vec<String>) = state["hosts"]
-        .as_array()
-        .expect("hosts")
-        .iter()
-        .map(|h| {
-            (
-                h["node"].as_str().expect("node").to_owned(),
-                h["ipv4"].as_str().expect("ip").to_owned(),
-            )
-        })
+    let (nodes, hosts): (Vec<String>, Vec<String>) = c
+        .up(3, &[])
+        .hosts
+        .into_iter()
+        .map(|h| (h.node, h.ipv4))
         .unzip();
-    let key = c.dir.path().join("cluster/ssh/id_ed25519");
+    let key = c.ssh_key();
     let known = c.dir.path().join("known_hosts");
     let ssh = format!(
         "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=accept-new -o BatchMode=yes",
@@ -428,36 +322,36 @@ fn main() {
     let switch = std::cell::Cell::new(Duration::ZERO);
     let observed = std::cell::Cell::new(Duration::ZERO);
     let sync_everywhere = |before: Option<&str>| {
-        let mut offsets = c.log_ends(&nodes);
+        let mut offsets = log_ends(&c, &nodes);
         let mut served = vec![Vec::new(); nodes.len()];
         let start = Instant::now();
         let wall = SystemTime::now();
-        c.maki(&["sync", "--file", file]);
+        maki(&c, &["sync", "--file", file]);
         upload_ms.set(start.elapsed().as_millis());
-        let (short, at) = loop {
-            if let Some(seen) = c.served(&nodes, &mut offsets, &mut served, before) {
-                break seen;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        };
+        let mut seen = None;
+        Wait::up_to(Duration::from_secs(300))
+            .every(Duration::from_millis(2))
+            .until("every node serves the new version", || {
+                seen = served_everywhere(&c, &nodes, &mut offsets, &mut served, before);
+                seen.is_some()
+            });
+        let (short, at) = seen.expect("the version every node serves");
         observed.set(start.elapsed());
         switch.set(at.duration_since(wall).unwrap_or_default());
         // Then, untimed, each node confirms: that version is the live one
         // and deployed there.
-        let confirmed = Instant::now();
-        let v = loop {
-            if let Some(v) = c.live_everywhere(&nodes)
-                && v.starts_with(short.as_str())
-            {
-                break v;
-            }
-            assert!(
-                confirmed.elapsed() < Duration::from_secs(30),
-                "the nodes serve {short} but do not report it live and deployed"
+        let mut live = None;
+        Wait::up_to(Duration::from_secs(30))
+            .every(Duration::from_millis(20))
+            .until(
+                &format!("the nodes serve {short} and report it live and deployed"),
+                || {
+                    live = live_everywhere(&c, &nodes).filter(|v| v.starts_with(short.as_str()));
+                    live.is_some()
+                },
             );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        c.print_timeline(&nodes, &v, wall);
+        let v = live.expect("the version live everywhere");
+        print_timeline(&c, &nodes, &v, wall);
         v
     };
 
@@ -488,15 +382,15 @@ fn main() {
             .expect("file");
         f.write_all(&[round; 100]).expect("write");
     };
-    for (k, persist) in ["0", "60"].into_iter().enumerate() {
-        *c.persist.lock().expect("persist") = persist;
-        if persist != "0" {
-            c.maki(&["sync", "--file", file]);
+    for (k, persist) in [0, 60].into_iter().enumerate() {
+        c.set_ssh_persist(persist);
+        if persist != 0 {
+            maki(&c, &["sync", "--file", file]);
         }
         for _ in 0..3 {
             rsync_noop = rsync_noop.min(timed(rsync));
             maki_noop[k] = maki_noop[k].min(timed(|| {
-                let out = c.maki(&["sync", "--file", file]);
+                let out = maki(&c, &["sync", "--file", file]);
                 assert!(out.contains("up to date"), "{out}");
             }));
         }
@@ -533,10 +427,18 @@ fn main() {
             .status();
         let _ = perf.wait();
     }
-    *c.persist.lock().expect("persist") = "0";
+    c.set_ssh_persist(0);
 
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
+    // Connecting / kept, each to the anchor.
+    let ratios = |maki: [Duration; 2], anchor: Duration| {
+        format!(
+            "{:.2} / {:.2}",
+            ratio(maki[0], anchor),
+            ratio(maki[1], anchor)
+        )
+    };
     print_table(
         "sync: 10,000 files of 1–10 KB + 100 of 1 MiB",
         &[
@@ -569,11 +471,7 @@ fn main() {
             ("no-op: rsync (anchor)", ms(rsync_noop)),
             (
                 "no-op ratio, connecting / kept (goal ≤ 0.3)",
-                format!(
-                    "{:.2} / {:.2}",
-                    ratio(maki_noop[0], rsync_noop),
-                    ratio(maki_noop[1], rsync_noop)
-                ),
+                ratios(maki_noop, rsync_noop),
             ),
             (
                 "one change: maki sync, all 3 nodes serving, connecting",
@@ -590,19 +488,11 @@ fn main() {
             ("one change: rsync (anchor)", ms(rsync_one)),
             (
                 "one change ratio, connecting / kept (goal ≤ 0.3)",
-                format!(
-                    "{:.2} / {:.2}",
-                    ratio(maki_one[0], rsync_one),
-                    ratio(maki_one[1], rsync_one)
-                ),
+                ratios(maki_one, rsync_one),
             ),
             (
                 "  by the logs' switch times, connecting / kept",
-                format!(
-                    "{:.2} / {:.2}",
-                    ratio(switch_one[0], rsync_one),
-                    ratio(switch_one[1], rsync_one)
-                ),
+                ratios(switch_one, rsync_one),
             ),
         ],
     );

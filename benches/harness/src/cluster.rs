@@ -1,0 +1,342 @@
+//! A local cluster made with `maki local up` in a temporary directory,
+//! and `maki` against it: its profile, operator key and SSH key are the
+//! ones `maki local` made there. Dropped, even on a panic, it is taken
+//! down (`maki local down`: its processes, namespaces, bridge and files).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use makiatto_events::{EventId, Hlc};
+use makiatto_protocol::request::Heads;
+use makiatto_protocol::{Answer, Operation, Request};
+
+use crate::binaries::Binaries;
+use crate::geoip::GeoIp;
+use crate::host::State;
+use crate::process::with_input;
+
+/// A local cluster (once [`Cluster::up`] has made it).
+pub struct Cluster {
+    /// The temporary directory: the cluster's files are in `cluster/`, the
+    /// rest is the test's.
+    pub dir: tempfile::TempDir,
+    /// `maki local --name`: unique among the clusters up at once.
+    pub name: String,
+    maki: PathBuf,
+    makiatto: PathBuf,
+    /// The GeoIP database `maki machine init` copies to nodes, if any.
+    geoip: Option<GeoIp>,
+    /// `MAKIATTO_SSH_PERSIST` of every `maki`.
+    ssh_persist: AtomicU32,
+    /// Left up when dropped.
+    keep: bool,
+}
+
+impl Cluster {
+    /// A cluster named `prefix` (at most three characters) and this
+    /// process's id, with the `maki` and `makiatto` of this build. Its
+    /// nodes get no GeoIP database: 134 MB per node takes time.
+    pub fn new(prefix: &str) -> Cluster {
+        // `maki local` names take at most 8 characters.
+        assert!(
+            prefix.len() <= 3,
+            "a cluster prefix of 3 characters at most"
+        );
+        let binaries = Binaries::of_this_build();
+        Cluster {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            name: format!("{prefix}{}", std::process::id() % 100_000),
+            maki: binaries.maki(),
+            makiatto: binaries.makiatto(),
+            geoip: None,
+            ssh_persist: AtomicU32::new(0),
+            keep: false,
+        }
+    }
+
+    /// [`Cluster::new`] whose nodes get the GeoIP database, which must be
+    /// there.
+    pub fn with_geoip(prefix: &str) -> Cluster {
+        let mut c = Cluster::new(prefix);
+        c.geoip = Some(GeoIp::required());
+        c
+    }
+
+    /// [`Cluster::new`] whose nodes get the GeoIP database if it is there.
+    pub fn with_geoip_if_present(prefix: &str) -> Cluster {
+        let mut c = Cluster::new(prefix);
+        c.geoip = GeoIp::find();
+        c
+    }
+
+    /// The GeoIP database its nodes get, if any: what a test computes its
+    /// expectations from.
+    pub fn geoip(&self) -> Option<&GeoIp> {
+        self.geoip.as_ref()
+    }
+
+    /// Leaves the cluster and its directory when dropped, and says how to
+    /// take it down (to look at it after a benchmark).
+    pub fn keep_when_dropped(&mut self) {
+        self.keep = true;
+    }
+
+    /// How long a connection `maki` keeps waits for the next command, in
+    /// seconds. 0, the default, keeps none: a keeper would outlive the
+    /// test's hosts.
+    pub fn set_ssh_persist(&self, seconds: u32) {
+        self.ssh_persist.store(seconds, Ordering::Relaxed);
+    }
+
+    /// The daemon `up` installs on the nodes.
+    pub fn daemon(&self) -> &Path {
+        &self.makiatto
+    }
+
+    /// Where `maki local` keeps the cluster's files.
+    pub fn cluster_dir(&self) -> PathBuf {
+        self.dir.path().join("cluster")
+    }
+
+    /// A host's own files (its `/var`, `/usr/local/bin`, host keys).
+    pub fn host_dir(&self, node: &str) -> PathBuf {
+        self.cluster_dir().join("hosts").join(node)
+    }
+
+    /// Where a node's daemon writes its log, as seen from outside.
+    pub fn daemon_log(&self, node: &str) -> PathBuf {
+        self.host_dir(node).join("var-upper/makiatto/daemon.log")
+    }
+
+    /// The SSH key that logs in to every host as root.
+    pub fn ssh_key(&self) -> PathBuf {
+        self.cluster_dir().join("ssh/id_ed25519")
+    }
+
+    /// `maki ARGS` against this cluster's profile and keys; `local …`
+    /// gets the cluster's `--dir` and `--name`.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let d = self.cluster_dir();
+        let mut cmd = Command::new(&self.maki);
+        cmd.env("MAKIATTO_PROFILE", d.join("profile.toml"))
+            .env("MAKIATTO_OPERATOR_KEY", d.join("operator.key"))
+            .env("MAKIATTO_SSH_KEY", self.ssh_key())
+            .env(
+                "MAKIATTO_GEOIP_DIR",
+                self.geoip
+                    .as_ref()
+                    .map_or_else(|| self.dir.path().join("no-geoip"), |g| g.dir().to_owned()),
+            )
+            .env("MAKIATTO_CACHE_DIR", self.dir.path().join("cache"))
+            .env_remove("XDG_CONFIG_HOME")
+            .env(
+                "MAKIATTO_SSH_PERSIST",
+                self.ssh_persist.load(Ordering::Relaxed).to_string(),
+            );
+        if args.first() == Some(&"local") {
+            cmd.arg("local")
+                .arg("--dir")
+                .arg(&d)
+                .arg("--name")
+                .arg(&self.name)
+                .args(&args[1..]);
+        } else {
+            cmd.args(args);
+        }
+        cmd
+    }
+
+    /// What `maki ARGS` did.
+    pub fn maki(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+    }
+
+    /// What `maki ARGS` did; fails unless it succeeded.
+    pub fn ok_output(&self, args: &[&str]) -> Output {
+        let out = self.maki(args);
+        assert!(
+            out.status.success(),
+            "maki {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The standard output of `maki ARGS`; fails unless it succeeded.
+    pub fn ok(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.ok_output(args).stdout).into_owned()
+    }
+
+    /// What `maki ARGS` printed (both streams); fails if it succeeded.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.maki(args);
+        assert!(
+            !out.status.success(),
+            "maki {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// `maki local up --nodes N --binary-path <this build's daemon>`, with
+    /// more `flags` of `up` (`--no-ca`, `--sync FILE`); what it made.
+    pub fn up(&self, nodes: usize, flags: &[&str]) -> State {
+        let nodes = nodes.to_string();
+        let mut args = vec![
+            "local",
+            "up",
+            "--nodes",
+            &nodes,
+            "--binary-path",
+            self.makiatto.to_str().expect("a UTF-8 path"),
+        ];
+        args.extend(flags);
+        self.ok(&args);
+        self.state()
+    }
+
+    /// What `maki local up` recorded.
+    pub fn state(&self) -> State {
+        let path = self.cluster_dir().join("state.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Runs `argv` in `node`'s test host (`maki local exec`); returns its
+    /// standard output, failing unless it succeeds.
+    pub fn exec(&self, node: &str, argv: &[&str]) -> String {
+        let mut args = vec!["local", "exec", node, "--"];
+        args.extend(argv);
+        self.ok(&args)
+    }
+
+    /// [`Cluster::exec`] with `input` on the command's standard input.
+    pub fn exec_with_input(&self, node: &str, argv: &[&str], input: &[u8]) -> String {
+        let mut args = vec!["local", "exec", node, "--"];
+        args.extend(argv);
+        let out = with_input(&mut self.command(&args), input);
+        assert!(
+            out.status.success(),
+            "{argv:?} on {node} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What `curl -w FORMAT` writes of one request run in test host
+    /// `from` with `args` (the body discarded): a status code, a redirect,
+    /// a protocol version.
+    pub fn curl_writes(&self, from: &str, format: &str, args: &[&str]) -> String {
+        let mut argv = vec![
+            "curl",
+            "-s",
+            "--max-time",
+            "20",
+            "-o",
+            "/dev/null",
+            "-w",
+            format,
+        ];
+        argv.extend(args);
+        self.exec(from, &argv)
+    }
+
+    /// What `makiatto health --json` says on `node`.
+    pub fn health(&self, node: &str) -> serde_json::Value {
+        let text = self.exec(node, &["makiatto", "health", "--json"]);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("health on {node}: {e}: {text}"))
+    }
+
+    /// How many events `node`'s log holds (`makiatto status`).
+    pub fn events(&self, node: &str) -> u64 {
+        let text = self.exec(node, &["makiatto", "status"]);
+        let status: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("status on {node}: {e}: {text}"));
+        status["events"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no event count in {node}'s status: {text}"))
+    }
+
+    /// Asks `node`'s daemon one control request (through `makiatto
+    /// control` in its host) and returns the answer; fails on an error
+    /// answer.
+    pub fn control<O: Operation>(&self, node: &str, request: O) -> O::Output {
+        let request: Request = request.into();
+        let line = serde_json::to_string(&request).expect("a request encodes");
+        let answer = self.exec_with_input(
+            node,
+            &["makiatto", "control"],
+            format!("{line}\n").as_bytes(),
+        );
+        Answer::from_line(answer.trim_end())
+            .and_then(Answer::decode)
+            .unwrap_or_else(|e| panic!("{} on {node}: {e}", request.op()))
+    }
+
+    /// A head of `node`'s log, to name as the parent of an event signed
+    /// here.
+    pub fn head(&self, node: &str) -> (EventId, Hlc) {
+        let heads = self.control(node, Heads {});
+        let head = heads
+            .first()
+            .unwrap_or_else(|| panic!("{node}'s log has no head"));
+        (
+            head.id,
+            Hlc {
+                millis: head.millis,
+                counter: head.counter,
+            },
+        )
+    }
+
+    /// The public key of the operator key in `file` (made there if it is
+    /// missing): a second operator's.
+    pub fn operator_key(&self, file: &Path) -> String {
+        let out = self
+            .command(&["operator", "key"])
+            .env("MAKIATTO_OPERATOR_KEY", file)
+            .output()
+            .expect("maki operator key runs");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .last()
+            .unwrap_or_else(|| panic!("maki operator key printed no key: {out:?}"))
+            .to_owned()
+    }
+
+    /// Runs `binary` as `node`'s daemon from now on: installed in its
+    /// host's `/usr/local/bin`, the daemon killed and started again.
+    pub fn swap_daemon(&self, node: &str, binary: &Path) {
+        let bin_dir = self.host_dir(node).join("usr-local-bin");
+        // A new file renamed over the old: the running one stays intact.
+        let tmp = bin_dir.join("makiatto.swap");
+        std::fs::copy(binary, &tmp).expect("copy the daemon");
+        std::fs::rename(&tmp, bin_dir.join("makiatto")).expect("install the daemon");
+        self.ok(&["local", "kill", node]);
+        self.ok(&["local", "start", node]);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.keep {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "kept the cluster: maki local --dir {} --name {} down",
+                self.cluster_dir().display(),
+                self.name
+            );
+            return;
+        }
+        // Never leave namespaces or processes behind, even when a test fails.
+        let _ = self.command(&["local", "down"]).output();
+    }
+}

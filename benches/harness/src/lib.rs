@@ -1,0 +1,55 @@
+//! The cluster test harness: what the integration tests of `maki` and
+//! `makiatto` and the benchmarks use to make local clusters, run commands
+//! in test hosts, run daemons and wait for what they do.
+//!
+//! It drives the built binaries (`maki local up`, `makiatto run`, …), as
+//! an operator would, and links neither binary's crate.
+//!
+//! Every failure here is the failure of the test or benchmark that asked:
+//! helpers panic with what went wrong rather than return errors, so the
+//! step unwinds through the `Drop` of whatever it made ([`Cluster`],
+//! [`Lab`], [`Namespace`], [`Process`], [`Daemon`]), which leaves no
+//! namespace, process or directory behind, also when a test fails.
+//!
+//! # Layout
+//! - [`binaries`]: where the `maki` and `makiatto` of this build are
+//!   (debug beside a test, release beside a benchmark).
+//! - [`cluster`]: a local cluster made with `maki local up`, removed on
+//!   drop; `maki` against it, commands and control requests in its hosts.
+//! - [`host`]: the test hosts as `maki local` recorded them (`state.json`).
+//! - [`netns`]: network namespaces of our own on a cluster's bridge, and
+//!   the processes in a namespace.
+//! - [`lab`]: a cluster with namespaces for a benchmark's anchor server
+//!   and client.
+//! - [`cpu`]: `/proc` readings: CPU of a server, its client and the
+//!   machine over a run; resident memory.
+//! - [`daemon`]: a `makiatto` on a temporary data directory, for the
+//!   daemon's own tests.
+//! - [`geoip`]: the DB-IP database, and where it places an address.
+//! - [`process`]: running commands: checked output, input on stdin, child
+//!   processes ended on drop, tools on the PATH, root.
+//! - [`project`]: the repository's example project, and copies of it.
+//! - [`wait`]: waiting for a condition by polling it, with a deadline.
+
+pub mod binaries;
+pub mod cluster;
+pub mod cpu;
+pub mod daemon;
+pub mod geoip;
+pub mod host;
+pub mod lab;
+pub mod netns;
+pub mod process;
+pub mod project;
+pub mod wait;
+
+pub use binaries::Binaries;
+pub use cluster::Cluster;
+pub use daemon::Daemon;
+pub use geoip::GeoIp;
+pub use host::{Host, State};
+pub use lab::Lab;
+pub use netns::Namespace;
+pub use process::{Process, have, json_lines, require_root, stdout, with_input};
+pub use project::{copy_dir, copy_examples, example_project};
+pub use wait::{Wait, eventually, wait_seeing, wait_until};
