@@ -161,6 +161,12 @@ fn require_state(w: &Where) -> anyhow::Result<State> {
 /// with no bridge is taken over.
 fn claim_slot(name: &str) -> anyhow::Result<u8> {
     std::fs::create_dir_all(SLOT_DIR)?;
+    // One claimer at a time: a record is created and then written, so
+    // without the lock a second `up` could read it empty in between, take
+    // it for stale and claim the same slot.
+    let lock = std::fs::File::create(Path::new(SLOT_DIR).join(".lock"))?;
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {SLOT_DIR}/.lock: {e}"))?;
     let me = format!("{name} {}", std::process::id());
     let create = |path: &Path| {
         std::fs::OpenOptions::new()
