@@ -14,5 +14,7 @@
 //! (`makiatto-harness`, in `harness/`): local clusters, the anchors' and
 //! clients' namespaces, and server CPU from `/proc`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 pub mod measure;
 pub mod workload;

@@ -1,5 +1,7 @@
 //! The log's admission rules, durability across reopen, and group commit.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 

@@ -137,6 +137,7 @@ mod linux {
 }
 
 #[cfg(all(test, target_os = "linux"))]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests
 mod tests {
     use super::*;
     use tokio::net::{TcpListener, TcpStream};

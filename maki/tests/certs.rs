@@ -9,6 +9,8 @@
 //! served. When the ordering node dies in the middle of an order, the next
 //! node completes it. Needs root.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
 use std::time::Duration;
 
 use makiatto_harness::{Cluster, copy_examples, example_project, require_root, wait_seeing};

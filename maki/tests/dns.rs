@@ -7,6 +7,8 @@
 //! cluster-wide TTL setting, and a killed node leaving the answers and
 //! coming back. Needs root and the GeoIP database (scripts/fetch-geoip.sh).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
 use std::time::Duration;
 
 use makiatto_harness::{Cluster, copy_examples, example_project, require_root, wait_until};

@@ -6,6 +6,8 @@
 //! 404 page; a large file streamed and ranged; hostile paths refused; a
 //! slow client cut off. Needs root.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
 use std::time::{Duration, Instant};
 
 use makiatto_harness::{Cluster, copy_examples, require_root, wait_until};

@@ -1,6 +1,8 @@
 //! `maki local` and `maki machine` against real test hosts: network
 //! namespaces, real OpenSSH servers, the real daemon. Needs root (as CI has).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
 use std::process::Command;
 use std::time::Duration;
 

@@ -5,6 +5,8 @@
 //! sent by a peer are refused and counted; `maki health` tells all of it.
 //! Needs root (as CI has).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
 use std::time::Duration;
 
 use makiatto_events::{FeedWriter, Payload, SigningKey};

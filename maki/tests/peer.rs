@@ -7,6 +7,8 @@
 //! Traffic stays between the test's own namespaces; every address is
 //! numeric, so nothing asks the system resolver.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -3,6 +3,8 @@
 //! mesh that keeps its old version until it can fetch every blob of the new
 //! one. Needs root (as CI has).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
 use std::time::Duration;
 
 use makiatto_harness::{Cluster, copy_examples, require_root, wait_until, with_input};

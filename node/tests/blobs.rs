@@ -1,6 +1,8 @@
 //! `makiatto blobs receive|missing`: the blob store as `maki sync` feeds it
 //! over SSH, with the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
 use std::process::Output;
 
 use makiatto_harness::{daemon, with_input};

@@ -1,6 +1,8 @@
 //! The daemon's log over its control socket and from a stopped data directory:
 //! append, list, show, time travel, verify.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
 mod common;
 
 use common::*;

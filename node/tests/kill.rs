@@ -1,6 +1,8 @@
 //! A daemon killed with SIGKILL in the middle of appends leaves a log that
 //! opens and verifies, holds every event it acknowledged, and no partial event.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

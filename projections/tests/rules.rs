@@ -1,6 +1,8 @@
 //! The projection rules, case by case: authorization on the causal past,
 //! mesh address conflicts, zone serials, rollbacks and config merges.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
 use std::net::Ipv4Addr;
 
 use makiatto_events::payload::{

@@ -25,6 +25,8 @@
 //!   verdict is the one its causal past dictates, on every node, forever.
 //! - Tampered bytes never enter a log; replication loses nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 //!
 //! # Cases per `cargo test` (10,062 generated, plus fixtures and coverage)
 //! tampering 4,500 · verdicts against the causal past 1,500 · incremental

@@ -7,6 +7,8 @@
 //! new payload kind (or a new encoding version) instead of changing the old
 //! one. The file is written only when it is missing and `MAKIATTO_BLESS=1`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 

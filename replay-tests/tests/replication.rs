@@ -3,6 +3,8 @@
 //! corrupts and partitions, and that crash now and then, hold every event
 //! and serve identical projections after every heal.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 use makiatto_replay_tests::cases;
 use makiatto_replay_tests::generator::{History, Shape};
 use makiatto_replay_tests::simulation::{SimConfig, SimReport, Simulation};

@@ -31,6 +31,8 @@
 //! - [`project`]: the repository's example project, and copies of it.
 //! - [`wait`]: waiting for a condition by polling it, with a deadline.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 pub mod binaries;
 pub mod cluster;
 pub mod cpu;

@@ -18,6 +18,8 @@
 //! Run it pinned to one core (fjall's background threads share that core):
 //! `taskset -c 0 cargo run --release -p makiatto-benches --bin append_verify`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;

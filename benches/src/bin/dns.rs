@@ -40,6 +40,8 @@
 //! then `target/release/dns`. Everything it made (namespaces, knotd, the
 //! cluster) is removed when it ends, also on a panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;

@@ -64,6 +64,8 @@
 //! then `target/release/http`. Everything it made (namespaces, nginx, the
 //! cluster) is removed when it ends, also on a panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -17,6 +17,8 @@
 //! `cargo build --release -p makiatto -p makiatto-cli -p makiatto-benches --bins`
 //! then `target/release/mesh` (the `maki` and `makiatto` beside it are used).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};

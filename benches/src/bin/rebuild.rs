@@ -19,6 +19,8 @@
 //! (`VmHWM`) is printed with the memory held before the rebuild began.
 //! `cargo run --release -p makiatto-benches --bin rebuild`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 use makiatto_benches::measure::{
     mib, peak_rss_bytes, print_json, print_table, rss_bytes, timed, timed_cpu,
 };

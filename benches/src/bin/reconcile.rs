@@ -18,6 +18,8 @@
 //! here as at most 1.1 × the differing events.
 //! `cargo run --release -p makiatto-benches --bin reconcile`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 use makiatto_benches::measure::{print_json, print_table, timed};
 use makiatto_benches::workload::{Side, Spec, Workload};
 use makiatto_core::{Log, MemoryBackend, VersionVector};

@@ -23,6 +23,8 @@
 //! `cargo build --release -p makiatto -p makiatto-cli -p makiatto-benches --bins`
 //! then `target/release/sync`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};

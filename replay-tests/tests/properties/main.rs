@@ -6,6 +6,8 @@
 //!
 //! Cases per `cargo test` run: see each module's `CASES`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
+
 mod authorization;
 mod convergence;
 mod coverage;
