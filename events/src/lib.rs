@@ -12,6 +12,9 @@
 //! - [`payload`]: what an event says, one variant per kind, append-only.
 //! - [`event`]: the header, the canonical encoding, signing and verification.
 //! - [`keys`]: operator/node signing keys and node sealing keys.
+//! - [`feed`]: [`FeedWriter`], which signs each event on the author's last one.
+//! - [`manifest`]: a site version's [`Manifest`] (path → blob) and the
+//!   [`ManifestDelta`] from one version to the next.
 //! - [`sealed`]: secrets sealed to nodes' X25519 keys, never plaintext in the log.
 //! - [`version_vector`]: what a log holds per author, and what a peer lacks.
 //!

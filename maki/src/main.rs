@@ -5,6 +5,8 @@
 //! - [`profile`]: the profile file (public data only).
 //! - [`operator`]: the operator key and outbox.
 //! - [`ssh`]: SSH with pinned host keys, uploads, the control protocol.
+//! - [`mux`]: kept connections, so that the next command needs no login.
+//! - [`prompt_ack`]: prompt TCP acknowledgements on the SSH socket (Linux).
 //! - [`cluster`]: signing and delivering events; copying logs between nodes.
 //! - [`machine`]: `maki machine …`.
 //! - [`commands`]: `maki log`, `maki config`, `maki operator`.
@@ -12,6 +14,9 @@
 //! - [`peer`]: `maki peer …`, WireGuard peers outside the cluster.
 //! - [`prompt`]: yes/no questions on a terminal.
 //! - [`health`]: `maki health`.
+//! - [`certs`]: `maki certs`, `maki certs renew`.
+//! - [`dns`]: `maki dns nameserver-setup`.
+//! - [`geoip`]: the DB-IP database: where a machine is, copied to nodes.
 //! - [`project`]: `makiatto.toml`, validated (`maki config check`).
 //! - [`tree`]: a domain's files as a manifest, hashed in parallel and cached.
 //! - [`sync`]: `maki sync`.
@@ -268,7 +273,7 @@ enum ConfigCmd {
     /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.directory, acme.ca_root, sites.keep_versions).
     Set { key: String, value: String },
     /// Validate makiatto.toml (domains, records, functions, transforms,
-    /// [o11y]) without sending anything.
+    /// \[o11y\]) without sending anything.
     Check {
         /// The project file.
         #[arg(long, default_value = project::FILE_NAME)]

@@ -518,8 +518,9 @@ pub fn stdin_stream() -> impl Read {
 }
 
 /// One blob being written: bytes are hashed as they come, to a temporary
-/// file; [`BlobWriter::finish`] checks size and hash, makes the file durable
-/// and renames it into place. Dropped unfinished, it leaves nothing behind.
+/// file; [`BlobWriter::finish_staged`] checks size and hash and hands it to
+/// [`BlobStore::commit`], which makes it durable and renames it into place.
+/// Dropped unfinished, it leaves nothing behind.
 pub struct BlobWriter {
     hash: Blake3Hash,
     size: u64,

@@ -1,10 +1,24 @@
 //! `makiatto`, the node daemon, and the commands that read its data directory.
 //!
 //! # Layout
-//! - [`daemon`]: `makiatto run`, the long-running process and its control socket.
-//! - [`control`]: the control protocol, shared by the daemon and offline commands.
+//! - [`daemon`]: `makiatto run`, the long-running process and its control
+//!   socket; it starts and wires every subsystem below.
+//! - [`service`]: running supervised (`run --detach`, `stop`) or under systemd.
+//! - [`privileges`]: dropping root for the `makiatto` user, keeping only
+//!   CAP_NET_ADMIN and CAP_NET_BIND_SERVICE.
+//! - [`keys`]: the node's signing, sealing and WireGuard keys.
+//! - [`control`]: the control protocol's serving side, shared by the daemon
+//!   and offline commands.
 //! - [`replica`]: this node's log and projections.
-//! - [`query`]: `makiatto log` lines and filters.
+//! - [`query`]: a point in history (`--at`) as typed.
+//! - [`mesh`]: the WireGuard device (boringtun) and its peers.
+//! - [`gossip`]: replication, liveness and blob fetching over the mesh.
+//! - [`blobs`]: the content-addressed blob store.
+//! - [`content`]: follows the sites projection; switches a domain's version
+//!   once every blob is here.
+//! - [`dns`]: the authoritative GeoDNS server.
+//! - [`http`]: the HTTP and HTTPS edge.
+//! - [`acme`]: ordering and installing certificates.
 //!
 //! Read commands (`log`, `show`, `verify`, `status`, `append`) go through
 //! the running daemon's socket when one answers, and otherwise open the data

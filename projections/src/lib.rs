@@ -19,6 +19,7 @@
 //!   the CLI's checks and the node's zone compiler.
 //! - [`certificates`]: per name, the current certificate (filled by ACME later).
 //! - [`sites`]: per domain, the live site version and its history.
+//! - [`fast`]: seeded hash maps keyed by event ids, for the fold's hot paths.
 //! - [`state`]: [`State`], all projections together, with canonical bytes
 //!   and blake3 fingerprints.
 //!

@@ -34,6 +34,11 @@
 //!   escapes, so it holds no `"`, `\` or control character).
 //!
 //! # Layout
+//! - `cases`: the table of good and bad records that this crate's, the
+//!   CLI's and the node's tests all read (in tests and with the `testing`
+//!   feature only).
+//!
+//! # Contents
 //! - [`RecordType`]: the types served.
 //! - [`RecordText`]: an entry's fields as written or stored.
 //! - [`Record`], [`Owner`], [`RecordData`], [`HostName`]: a parsed record.
@@ -43,8 +48,6 @@
 //!   ([`RecordError::help`]) what would be right.
 //! - [`NameKind`], [`check_name`]: the DNS name rules, shared with the
 //!   CLI's checks of domains and aliases.
-//! - `cases` (tests and the `testing` feature): the table of good and bad
-//!   records that this crate's, the CLI's and the node's tests all read.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};

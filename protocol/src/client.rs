@@ -3,7 +3,7 @@
 //! request's own output type.
 //!
 //! A session starts knowing nothing of the daemon. Its first batch is
-//! preceded by a [`Hello`](crate::request::Hello), whose answer is the
+//! preceded by a [`Hello`], whose answer is the
 //! daemon's [`Version`] (a protocol-1 daemon answers it with an error,
 //! which reads as [`Version::legacy`]). Requests carry the client's version
 //! ([`Envelope::ours`]), except blob requests to a daemon not known to

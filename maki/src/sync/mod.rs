@@ -19,9 +19,15 @@
 //!    feed and handed to the node; the mesh hands them to the others.
 //!
 //! The events are sent only after every blob is stored, so an interrupted
-//! sync publishes nothing; run again, it sends only what did not arrive
-//! ([`kept`] marks a sync unfinished until its events are delivered).
-//! `MAKIATTO_TIMINGS=1` prints each step's time ([`timing`]).
+//! sync publishes nothing; run again, it sends only what did not arrive.
+//!
+//! # Layout
+//! - [`select`], [`walk`], [`plan`], [`config`], [`upload`]: the steps above.
+//! - [`kept`]: what is kept between syncs beside the operator key (the
+//!   base, sealed digests, manifests, and a marker while a sync is
+//!   unfinished).
+//! - [`timing`]: each step's time on standard error with
+//!   `MAKIATTO_TIMINGS=1`.
 
 mod config;
 mod kept;

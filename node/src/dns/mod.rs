@@ -1,12 +1,12 @@
 //! The authoritative GeoDNS server of a node: UDP and TCP on port 53, DNS
 //! over TLS on 853, answering for every zone of the zones projection.
 //!
-//! Layout:
-//! - `wire`: reading queries and writing responses (bytes only);
-//! - `zone`: the projection compiled into pre-rendered record sets;
-//! - `answer`: the answer to one query (pure);
-//! - `geo`: the GeoIP database, distances and the nearest-node choice;
-//! - `server`: the sockets.
+//! # Layout
+//! - [`wire`]: reading queries and writing responses (bytes only).
+//! - [`zone`]: the projection compiled into pre-rendered record sets.
+//! - [`answer`]: the answer to one query (pure).
+//! - [`geo`]: the GeoIP database, distances and the nearest-node choice.
+//! - [`server`]: the sockets.
 //!
 //! The compiled zones sit behind an `ArcSwap`: a projection change swaps in
 //! a new compilation and no query waits for it. Health (which nodes the

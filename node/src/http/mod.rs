@@ -1,14 +1,14 @@
 //! The edge: each node serves the deployed version of every domain on
 //! port 80 and (TLS by SNI) 443, HTTP/1.1 and HTTP/2.
 //!
-//! Layout:
-//! - `request`: the pure decisions (path → manifest key, encoding,
-//!   conditional requests, ranges);
-//! - `routes`: host → deployed site version, one immutable snapshot;
-//! - `variants`: br/zstd/gzip prepared when a version is deployed;
-//! - `handler`: one request, from the snapshot and the blob store;
-//! - `server`: sockets, TLS, hyper;
-//! - `gather`: an HTTP/2 connection's writes sent together.
+//! # Layout
+//! - [`request`]: the pure decisions (path → manifest key, encoding,
+//!   conditional requests, ranges).
+//! - [`routes`]: host → deployed site version, one immutable snapshot.
+//! - [`variants`]: br/zstd/gzip prepared when a version is deployed.
+//! - [`handler`]: one request, from the snapshot and the blob store.
+//! - [`server`]: sockets, TLS, hyper.
+//! - [`gather`]: an HTTP/2 connection's writes sent together.
 //!
 //! The routes follow the content follower (a version switch) and the log
 //! (aliases); a request holds one snapshot, so it sees one version whole.
