@@ -38,17 +38,23 @@ impl Cluster {
     /// process's id, with the `maki` and `makiatto` of this build. Its
     /// nodes get no GeoIP database: 134 MB per node takes time.
     pub fn new(prefix: &str) -> Cluster {
+        let binaries = Binaries::of_this_build();
+        Cluster::with_binaries(prefix, &binaries, &binaries)
+    }
+
+    /// [`Cluster::new`] with other binaries: `maki` drives the cluster and
+    /// `makiatto` is what `up` installs (another release's, say).
+    pub fn with_binaries(prefix: &str, maki: &Binaries, makiatto: &Binaries) -> Cluster {
         // `maki local` names take at most 8 characters.
         assert!(
             prefix.len() <= 3,
             "a cluster prefix of 3 characters at most"
         );
-        let binaries = Binaries::of_this_build();
         Cluster {
             dir: tempfile::tempdir().expect("a temporary directory"),
             name: format!("{prefix}{}", std::process::id() % 100_000),
-            maki: binaries.maki(),
-            makiatto: binaries.makiatto(),
+            maki: maki.maki(),
+            makiatto: makiatto.makiatto(),
             geoip: None,
             ssh_persist: AtomicU32::new(0),
             keep: false,

@@ -28,6 +28,8 @@
 //! - [`geoip`]: the DB-IP database, and where it places an address.
 //! - [`process`]: running commands: checked output, input on stdin, child
 //!   processes ended on drop, tools on the PATH, root.
+//! - [`previous`]: the previous release's binaries, built from history,
+//!   for the compatibility tests.
 //! - [`project`]: the repository's example project, and copies of it.
 //! - [`wait`]: waiting for a condition by polling it, with a deadline.
 
@@ -41,6 +43,7 @@ pub mod geoip;
 pub mod host;
 pub mod lab;
 pub mod netns;
+pub mod previous;
 pub mod process;
 pub mod project;
 pub mod wait;
@@ -52,6 +55,7 @@ pub use geoip::GeoIp;
 pub use host::{Host, State};
 pub use lab::Lab;
 pub use netns::Namespace;
+pub use previous::previous_release;
 pub use process::{Process, have, json_lines, require_root, stdout, with_input};
 pub use project::{copy_dir, copy_examples, example_project};
 pub use wait::{Wait, eventually, wait_seeing, wait_until};
