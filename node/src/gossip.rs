@@ -1996,6 +1996,149 @@ mod tests {
         ));
     }
 
+    /// The gossip frames as they go on the wire, pinned by the fixtures in
+    /// `replay-tests/fixtures/frames/` (one hex file per frame): nodes of
+    /// two builds talk during a rolling upgrade only while these bytes stay.
+    #[test]
+    fn gossip_frames_keep_their_wire_bytes() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../replay-tests/fixtures/frames");
+        let bless = std::env::var("MAKIATTO_BLESS").is_ok_and(|v| v == "1");
+        let key = |seed: u8| makiatto_events::SigningKey::from_bytes(&[seed; 32]).public();
+        let cluster = EventId::of(b"golden cluster");
+        let node = key(3);
+        let mut vv = VersionVector::default();
+        vv.observe(key(1), 1, &EventId::of(b"first"));
+        vv.observe(key(1), 2, &EventId::of(b"second"));
+        vv.observe(key(2), 1, &EventId::of(b"third"));
+        let (h1, h2) = (Blake3Hash::of(b"blob one"), Blake3Hash::of(b"blob two"));
+        let hello = || {
+            Frame::Hello(Hello {
+                protocol: PROTOCOL,
+                cluster,
+                node,
+                vv: vv.clone(),
+            })
+        };
+        let framed = |frame: &Frame, features: Option<u32>| {
+            let mut wire = Vec::new();
+            frame_bytes_with(frame, features, &mut wire).unwrap();
+            wire
+        };
+        let beat = Heartbeat {
+            protocol: PROTOCOL,
+            cluster,
+            node,
+            events: 3,
+            vv_digest: vv.digest(),
+            load: Load {
+                load1_milli: 1_250,
+                cpus: 4,
+                mem_available_mb: 2_048,
+                mem_total_mb: 4_096,
+                uptime_secs: 3_600,
+            },
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("hello", framed(&hello(), Some(FEATURES))),
+            ("hello-without-features", framed(&hello(), None)),
+            (
+                "events",
+                framed(
+                    &Frame::Events(vec![b"an event".to_vec(), vec![0, 1, 2, 255]]),
+                    None,
+                ),
+            ),
+            ("done", framed(&Frame::Done, None)),
+            (
+                "fetch",
+                framed(
+                    &Frame::Fetch(Fetch {
+                        protocol: PROTOCOL,
+                        cluster,
+                        node,
+                        want: vec![h1, h2],
+                    }),
+                    None,
+                ),
+            ),
+            (
+                "blob",
+                framed(
+                    &Frame::Blob {
+                        hash: h1,
+                        size: 1_234_567,
+                    },
+                    None,
+                ),
+            ),
+            ("no-blob", framed(&Frame::NoBlob(h2), None)),
+            (
+                "fetch-version",
+                framed(
+                    &Frame::FetchVersion(FetchVersion {
+                        protocol: PROTOCOL,
+                        cluster,
+                        node,
+                        base: h1,
+                        target: h2,
+                    }),
+                    None,
+                ),
+            ),
+            (
+                "manifest-delta",
+                framed(
+                    &Frame::ManifestDelta {
+                        target: h2,
+                        delta: b"a delta".to_vec(),
+                    },
+                    None,
+                ),
+            ),
+            (
+                "version-ahead",
+                framed(
+                    &Frame::VersionAhead(VersionAhead {
+                        base: h1,
+                        target: h2,
+                        delta: b"a delta".to_vec(),
+                        blobs: vec![(h1, b"blob one".to_vec())],
+                    }),
+                    None,
+                ),
+            ),
+            ("heartbeat", postcard::to_allocvec(&beat).unwrap()),
+        ];
+        for (name, built) in cases {
+            let path = format!("{dir}/{name}.hex");
+            let recorded = match std::fs::read_to_string(&path) {
+                Ok(hex) => hex::decode(hex.trim()).unwrap(),
+                Err(_) if bless => {
+                    std::fs::create_dir_all(dir).unwrap();
+                    std::fs::write(&path, hex::encode(&built) + "\n").unwrap();
+                    built.clone()
+                }
+                Err(e) => panic!("{path} is missing ({e}); write it with MAKIATTO_BLESS=1"),
+            };
+            assert_eq!(
+                hex::encode(&built),
+                hex::encode(&recorded),
+                "{name}: the wire bytes of a gossip frame changed"
+            );
+            // And the recorded bytes still decode to the same frame.
+            if name == "heartbeat" {
+                let back: Heartbeat = postcard::from_bytes(&recorded).unwrap();
+                assert_eq!(postcard::to_allocvec(&back).unwrap(), recorded);
+                continue;
+            }
+            let (frame, features) = super::unframe(&recorded[4..]).unwrap();
+            let expected = if name == "hello" { FEATURES } else { 0 };
+            assert_eq!(features, expected, "{name}: feature bits");
+            let features = (name == "hello").then_some(features);
+            assert_eq!(framed(&frame, features), recorded, "{name}: decodes back");
+        }
+    }
+
     #[test]
     fn blobs_are_framed_in_batches_that_parse_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
