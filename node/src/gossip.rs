@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use makiatto_core::{GroupCommitter, VersionVector};
-use makiatto_events::{AuthorKey, Blake3Hash, EventId, Manifest, NodeName, WgPublicKey};
+use makiatto_events::{AuthorKey, Blake3Hash, EventId, Load, Manifest, NodeName, WgPublicKey};
 use makiatto_projections::peers::Peers;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -235,38 +235,26 @@ pub struct Heartbeat {
     load: Load,
 }
 
-/// Load figures a node reports in its heartbeats.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Load {
-    /// The one-minute load average, in thousandths.
-    pub load1_milli: u32,
-    pub cpus: u16,
-    pub mem_available_mb: u32,
-    pub mem_total_mb: u32,
-    pub uptime_secs: u64,
-}
-
-impl Load {
-    fn read(started: Instant) -> Load {
-        let load1 = std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let field = |name: &str| -> u32 {
-            meminfo
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .map_or(0, |kb| (kb / 1024) as u32)
-        };
-        Load {
-            load1_milli: (load1 * 1000.0) as u32,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u16),
-            mem_available_mb: field("MemAvailable:"),
-            mem_total_mb: field("MemTotal:"),
-            uptime_secs: started.elapsed().as_secs(),
-        }
+/// This node's load now, from /proc (zeros where it cannot be read).
+fn read_load(started: Instant) -> Load {
+    let load1 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> u32 {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |kb| (kb / 1024) as u32)
+    };
+    Load {
+        load1_milli: (load1 * 1000.0) as u32,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u16),
+        mem_available_mb: field("MemAvailable:"),
+        mem_total_mb: field("MemTotal:"),
+        uptime_secs: started.elapsed().as_secs(),
     }
 }
 
@@ -1349,7 +1337,7 @@ impl Gossip {
             node: me.key,
             events: vv.total(),
             vv_digest: vv.digest(),
-            load: Load::read(self.started),
+            load: read_load(self.started),
         };
         let Ok(bytes) = postcard::to_allocvec(&beat) else {
             return;
@@ -1483,7 +1471,7 @@ impl Gossip {
             "mesh_addr": t.me.as_ref().map(|m| m.mesh.to_string()),
             "events": vv.total(),
             "vv_digest": hex::encode(vv.digest()),
-            "load": Load::read(self.started),
+            "load": read_load(self.started),
             "peers": peers,
             "replication": {
                 "sessions_ok": n(&self.totals.sessions_ok),
@@ -2001,7 +1989,10 @@ mod tests {
     /// two builds talk during a rolling upgrade only while these bytes stay.
     #[test]
     fn gossip_frames_keep_their_wire_bytes() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../replay-tests/fixtures/frames");
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../replay-tests/fixtures/frames"
+        );
         let bless = std::env::var("MAKIATTO_BLESS").is_ok_and(|v| v == "1");
         let key = |seed: u8| makiatto_events::SigningKey::from_bytes(&[seed; 32]).public();
         let cluster = EventId::of(b"golden cluster");
