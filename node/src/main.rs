@@ -12,6 +12,7 @@
 
 mod acme;
 mod blobs;
+mod changes;
 mod content;
 mod control;
 mod daemon;
@@ -19,11 +20,14 @@ mod dns;
 mod gossip;
 mod http;
 mod keys;
+mod liveness;
 mod mesh;
+mod peer_blobs;
 mod privileges;
 mod query;
 mod replica;
 mod service;
+mod topology;
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};

@@ -20,6 +20,13 @@ pub const MAX_FETCH: usize = 100_000;
 pub enum Opening {
     /// A session; the frame is its first (a hello, if all is well).
     Session(Frame, Features),
+    /// A fetch from this member of the cluster.
+    Fetch(Ask),
+}
+
+/// What a peer asked for in a fetch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ask {
     /// These blobs.
     Blobs(Vec<Blake3Hash>),
     /// The manifest `target` as a delta from `base`, and its new blobs.
@@ -64,14 +71,14 @@ pub fn open(
                     count: f.want.len(),
                 });
             }
-            Ok(Opening::Blobs(f.want))
+            Ok(Opening::Fetch(Ask::Blobs(f.want)))
         }
         Frame::FetchVersion(f) => {
             from_peer(f.protocol, f.cluster, f.node)?;
-            Ok(Opening::Version {
+            Ok(Opening::Fetch(Ask::Version {
                 base: f.base,
                 target: f.target,
-            })
+            }))
         }
         // A session the peer started may overlap one this node started:
         // both only add what is missing.
@@ -130,7 +137,9 @@ mod tests {
             })
         };
         let open = |frame| open(frame, Features::NONE, &peer, Some(cluster));
-        assert!(matches!(open(fetch(peer.key, cluster, 2)), Ok(Opening::Blobs(w)) if w.len() == 2));
+        assert!(
+            matches!(open(fetch(peer.key, cluster, 2)), Ok(Opening::Fetch(Ask::Blobs(w))) if w.len() == 2)
+        );
         assert_eq!(
             open(fetch(member(3).key, cluster, 1))
                 .unwrap_err()

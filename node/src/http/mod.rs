@@ -29,8 +29,8 @@ use arc_swap::ArcSwap;
 use makiatto_events::{Blake3Hash, Manifest};
 
 use crate::blobs::BlobStore;
+use crate::changes::Changes;
 use crate::content::Content;
-use crate::gossip::Gossip;
 use crate::replica::Replica;
 
 /// How often unused variants are deleted.
@@ -56,7 +56,7 @@ impl Http {
         data_dir: &Path,
         replica: Arc<Mutex<Replica>>,
         content: Arc<Content>,
-        gossip: Arc<Gossip>,
+        log: Changes,
         ports: server::Ports,
     ) -> anyhow::Result<Arc<Http>> {
         let http = Arc::new(Http {
@@ -71,7 +71,7 @@ impl Http {
         });
         // Subscribed before the first build, so no change falls between.
         let mut deployed = content.changes();
-        let mut log = gossip.changes();
+        let mut log = log.watch();
         http.clone().rebuild(&replica, &content);
         server::serve(http.clone(), ports);
         let follower = http.clone();
