@@ -43,7 +43,7 @@ pub use frame::{Features, Fetch, FetchVersion, Frame, FrameError, Hello, PROTOCO
 pub use liveness::{DEAD_AFTER, HEARTBEAT_EVERY, Hearing, Heartbeat, Liveness, Moment};
 pub use schedule::Schedule;
 pub use session::{
-    AHEAD_KEPT, AHEAD_MAX_BYTES, BATCH_BYTES, FeedRead, Handshake, Inbound, Outbound, Received,
-    Session, SessionError, Step,
+    AHEAD_KEPT, AHEAD_MAX_BYTES, BATCH_BYTES, FRAME_TIMEOUT, FeedRead, Handshake, Inbound,
+    Outbound, Received, Session, SessionError, Step,
 };
 pub use topology::{Identity, Member, Topology};

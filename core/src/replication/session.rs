@@ -15,12 +15,16 @@
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use makiatto_events::{AuthorKey, FeedRequest, NodeName, VersionVector};
 
 use super::frame::{Features, Frame, Hello, PROTOCOL, VersionAhead};
 use super::topology::{Identity, Member};
 
+/// The longest wait for the next frame of a session (or for a frame to
+/// be taken): a peer silent longer is gone, and the session fails.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// About this many bytes of events go in one `Events` frame.
 pub const BATCH_BYTES: usize = 1 << 20;
 /// A version sent ahead of its event carries at most this many bytes

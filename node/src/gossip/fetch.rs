@@ -17,13 +17,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use makiatto_core::replication::fetch::{Ask, MAX_FETCH, order};
 use makiatto_core::replication::frame::{self, Fetch, FetchVersion, Frame, PROTOCOL};
-use makiatto_core::replication::{Identity, Member};
+use makiatto_core::replication::{FRAME_TIMEOUT, Identity, Member};
 use makiatto_events::{Blake3Hash, Manifest};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::Gossip;
-use super::wire::{FRAME_TIMEOUT, connect, timed_out};
+use super::wire::{connect, timed_out};
 use crate::blobs::{BlobError, BlobStore, Rebuilt, Staged, new_blobs};
 use crate::peer_blobs::{PeerBlobs, Pending};
 

@@ -12,13 +12,13 @@ use anyhow::bail;
 use makiatto_core::VersionVector;
 use makiatto_core::replication::fetch::{self, Opening};
 use makiatto_core::replication::frame::{self, Features, Frame, Hello, PROTOCOL};
-use makiatto_core::replication::{Handshake, Member, Received, Session, Step};
+use makiatto_core::replication::{FRAME_TIMEOUT, Handshake, Member, Received, Session, Step};
 use makiatto_events::{AuthorKey, EventId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::Gossip;
-use super::wire::{FRAME_TIMEOUT, connect};
+use super::wire::connect;
 use crate::control;
 
 impl Gossip {

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
+use makiatto_core::replication::FRAME_TIMEOUT;
 use makiatto_core::replication::frame::{self, Features, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,8 +19,6 @@ use super::{Gossip, PORT};
 
 /// Mesh round trips are short: a connection not made by then is a dead link.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// The longest wait for the next frame of a session.
-pub(super) const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Gossip {
     pub(super) async fn write_frame(
