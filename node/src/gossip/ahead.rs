@@ -42,7 +42,7 @@ struct Offered {
     sent_to: Vec<AuthorKey>,
 }
 
-/// A version sent ahead being stored (see [`Gossip::start_take`]); an
+/// A version sent ahead being stored (see `Gossip::start_take`); an
 /// error is this node's own (its store), not the peer's.
 pub(super) struct Take {
     handle: tokio::task::JoinHandle<anyhow::Result<Taken>>,

@@ -1,4 +1,4 @@
-//! Replication and liveness over the mesh (DESIGN §3): the async shell.
+//! Replication and liveness over the mesh (docs/design.md, Replication): the async shell.
 //!
 //! Everything here runs on the node's mesh address, port [`PORT`], so only
 //! members of the WireGuard mesh reach it, and WireGuard's cryptokey routing
