@@ -13,6 +13,8 @@
 //! - [`replica`]: one simulated node: a `Log<MemoryBackend>` (admission)
 //!   feeding an `Engine` (projections), and comparisons of their states.
 //! - [`network`]: a lossy, duplicating, reordering, partitionable network.
+//! - [`stream`]: a connection's frames over that network, in order and
+//!   once each, as TCP delivers them.
 //! - [`simulation`]: replicas running the node's own replication state
 //!   machine (`makiatto_core::replication`: sessions, heartbeats, catch-up,
 //!   anti-entropy) over that network, with crashes, partitions and heals.
@@ -38,3 +40,4 @@ pub mod generator;
 pub mod network;
 pub mod replica;
 pub mod simulation;
+pub mod stream;

@@ -49,6 +49,7 @@ use rand_chacha::ChaCha20Rng;
 use crate::generator::{Expected, History};
 use crate::network::{Faults, Network, NetworkStats, Sent};
 use crate::replica::{Replica, assert_same_state, fingerprints};
+use crate::stream::{Incoming, Outgoing};
 
 /// Rounds of sessions allowed after a heal before convergence is declared
 /// failed. Each round every replica runs a session with every other.
@@ -141,11 +142,8 @@ struct Node {
 /// One end of a connection.
 struct End {
     state: EndState,
-    /// The next seq this end sends, and the next it takes.
-    sent: u64,
-    expected: u64,
-    /// Segments that came ahead of their turn.
-    early: BTreeMap<u64, Vec<u8>>,
+    outgoing: Outgoing,
+    incoming: Incoming,
     /// The tick a frame was last taken (or the end made).
     progress: u64,
     /// Its session completed: everything sent, `Done` received.
@@ -276,8 +274,7 @@ impl Simulation {
         }
     }
 
-    /// The replica whose mesh address is `member`'s (how a node knows who
-    /// a datagram or connection is from).
+    /// Every replica but `node`, as members of its mesh.
     fn peers(&self, node: usize) -> Vec<Member> {
         (0..self.nodes.len())
             .filter(|p| *p != node)
@@ -285,6 +282,8 @@ impl Simulation {
             .collect()
     }
 
+    /// The replica that is `member` (a node knows a sender by its mesh
+    /// address).
     fn index_of(&self, member: &Member) -> usize {
         self.nodes
             .iter()
@@ -412,9 +411,8 @@ impl Simulation {
     fn end(&self, state: EndState) -> End {
         End {
             state,
-            sent: 0,
-            expected: 0,
-            early: BTreeMap::new(),
+            outgoing: Outgoing::default(),
+            incoming: Incoming::default(),
             progress: self.network.now(),
             finished: false,
         }
@@ -433,8 +431,7 @@ impl Simulation {
     ) {
         let mut bytes = Vec::new();
         frame::encode_with(frame, features, &mut bytes).expect("a frame encodes");
-        let seq = end.sent;
-        end.sent += 1;
+        let seq = end.outgoing.number();
         loop {
             let packet = Packet::Segment {
                 connection,
@@ -484,14 +481,11 @@ impl Simulation {
             self.send_frame(id, to, from, &mut end, &hello, Some(features));
             connection.ends[1] = Some(end);
         }
-        let Some(mut end) = connection.ends[side].take() else {
-            return;
-        };
-        if seq >= end.expected {
-            end.early.entry(seq).or_insert(bytes);
-        }
-        while let Some(bytes) = end.early.remove(&end.expected) {
-            end.expected += 1;
+        let mut end = connection.ends[side]
+            .take()
+            .expect("the initiator's end is made with the connection, the peer's just now");
+        end.incoming.arrived(seq, bytes);
+        while let Some(bytes) = end.incoming.take() {
             end.progress = self.network.now();
             // Nothing in the simulation breaks a frame's bytes or the order
             // of a stream: a session that fails on a frame is a bug.
