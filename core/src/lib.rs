@@ -13,6 +13,9 @@
 //!   a time index, and stored projections.
 //! - [`memory`]: an in-memory backend with the same rules, for simulation.
 //! - [`group_commit`]: concurrent appenders share one fsync.
+//! - [`replication`]: what nodes exchange and decide, as a sans-I/O state
+//!   machine (frames, sessions, heartbeats, liveness, scheduling), run by
+//!   the daemon's gossip and by the seeded simulation alike.
 //!
 //! # Invariants
 //! - Nothing is stored that did not verify (signature, canonical bytes, id,
@@ -27,6 +30,7 @@ pub mod group_commit;
 pub mod ingest;
 pub mod log;
 pub mod memory;
+pub mod replication;
 pub mod store;
 
 pub use group_commit::GroupCommitter;

@@ -17,6 +17,8 @@
 //!   [`ManifestDelta`] from one version to the next.
 //! - [`sealed`]: secrets sealed to nodes' X25519 keys, never plaintext in the log.
 //! - [`version_vector`]: what a log holds per author, and what a peer lacks.
+//! - [`load`]: a node's load figures, which heartbeats and the health
+//!   report both carry (not an event: the one value here that is not).
 //!
 //! # Invariants
 //! - One event has exactly one byte encoding ([`Event::to_bytes`]); decoding
@@ -33,6 +35,7 @@ pub mod feed;
 pub mod hlc;
 pub mod ids;
 pub mod keys;
+pub mod load;
 pub mod manifest;
 pub mod names;
 pub mod payload;
@@ -46,6 +49,7 @@ pub use feed::FeedWriter;
 pub use hlc::Hlc;
 pub use ids::{AuthorKey, Blake3Hash, EventId, SealingKey, WgPublicKey};
 pub use keys::{SealingSecret, SigningKey};
+pub use load::Load;
 pub use manifest::{FileEntry, Manifest, ManifestDelta, ManifestError};
 pub use names::{DomainName, NameError, NodeName, PeerName};
 pub use payload::{EventKind, Payload};

@@ -46,9 +46,10 @@ use makiatto_protocol::health::{AcmeReport, DueCertificate, OrderFailure};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::sign::CertifiedKey;
 
+use crate::changes::Changes;
 use crate::control;
-use crate::gossip::Gossip;
 use crate::keys::NodeKeys;
+use crate::liveness::Liveness;
 use crate::replica::Replica;
 
 /// Renew this long before expiry.
@@ -82,7 +83,11 @@ pub struct Acme {
     data_dir: PathBuf,
     replica: Arc<Mutex<Replica>>,
     committer: GroupCommitter,
-    gossip: Arc<Gossip>,
+    /// Who is alive (the orderer is the first), and whether the peers
+    /// hold what this node holds.
+    liveness: Liveness,
+    /// The log changed; events this node appends go to the peers.
+    log: Changes,
     keys: NodeKeys,
     http: Arc<crate::http::Http>,
     dns: Arc<crate::dns::Dns>,
@@ -117,11 +122,14 @@ struct Wanted {
 }
 
 impl Acme {
+    // One argument per subsystem it works with, each a narrow handle.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         data_dir: PathBuf,
         replica: Arc<Mutex<Replica>>,
         committer: GroupCommitter,
-        gossip: Arc<Gossip>,
+        liveness: Liveness,
+        log: Changes,
         keys: NodeKeys,
         http: Arc<crate::http::Http>,
         dns: Arc<crate::dns::Dns>,
@@ -130,7 +138,8 @@ impl Acme {
             data_dir,
             replica,
             committer,
-            gossip,
+            liveness,
+            log,
             keys,
             http,
             dns,
@@ -142,7 +151,7 @@ impl Acme {
         // this node) must not hold back the challenges it opened.
         let this = acme.clone();
         tokio::spawn(async move {
-            let mut changes = this.gossip.changes();
+            let mut changes = this.log.watch();
             loop {
                 this.install();
                 tokio::select! {
@@ -153,7 +162,7 @@ impl Acme {
         });
         let this = acme.clone();
         tokio::spawn(async move {
-            let mut changes = this.gossip.changes();
+            let mut changes = this.log.watch();
             loop {
                 if let Err(e) = this.clone().order_due().await {
                     tracing::warn!(error = %format!("{e:#}"), "certificate ordering failed");
@@ -178,7 +187,7 @@ impl Acme {
             .map(|(t, v)| (t.clone(), v.clone()))
             .collect();
         self.http.set_challenges(challenges);
-        let me = self.gossip.me();
+        let me = self.liveness.me();
         for entry in certs.names.values() {
             if self
                 .installed
@@ -212,10 +221,10 @@ impl Acme {
     /// Is this node the one that orders? The first by name of the nodes it
     /// hears alive, itself included.
     fn is_orderer(&self) -> bool {
-        let Some(me) = self.gossip.me() else {
+        let Some(me) = self.liveness.me() else {
             return false;
         };
-        let alive = self.gossip.alive_names();
+        let alive = self.liveness.alive_names();
         let Some(peers) = self.replica.lock().ok().map(|mut r| r.peers()) else {
             return false;
         };
@@ -516,7 +525,7 @@ impl Acme {
     /// heartbeats carry the same version-vector digest), or a while.
     async fn wait_replicated(&self) {
         let start = Instant::now();
-        while start.elapsed() < REPLICATION_WAIT && !self.gossip.peers_in_sync() {
+        while start.elapsed() < REPLICATION_WAIT && !self.liveness.peers_in_sync() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -559,8 +568,7 @@ impl Acme {
             Ok(())
         })
         .await??;
-        self.gossip.events_stored();
-        self.gossip.push();
+        self.log.appended();
         Ok(())
     }
 

@@ -19,7 +19,8 @@ use makiatto_protocol::health::SiteDeployment;
 use serde::{Deserialize, Serialize};
 
 use crate::blobs::BlobStore;
-use crate::gossip::Gossip;
+use crate::changes::Changes;
+use crate::peer_blobs::PeerBlobs;
 use crate::replica::Replica;
 
 /// The longest wait for a version a peer is handing over ahead of its
@@ -61,7 +62,10 @@ type Held = (Blake3Hash, Arc<HashSet<Blake3Hash>>);
 pub struct Content {
     replica: Arc<Mutex<Replica>>,
     blobs: Arc<BlobStore>,
-    gossip: Arc<Gossip>,
+    /// The peers, through gossip: where missing blobs come from.
+    peers: Arc<dyn PeerBlobs>,
+    /// Wakes the follower when events are stored or a peer is back up.
+    log: Changes,
     file: PathBuf,
     deployed: Mutex<BTreeMap<String, Deployed>>,
     pending: Mutex<BTreeMap<String, Pending>>,
@@ -80,7 +84,8 @@ impl Content {
         data_dir: &std::path::Path,
         replica: Arc<Mutex<Replica>>,
         blobs: Arc<BlobStore>,
-        gossip: Arc<Gossip>,
+        peers: Arc<dyn PeerBlobs>,
+        log: Changes,
     ) -> Arc<Content> {
         let file = data_dir.join("deployed.json");
         let deployed = std::fs::read(&file)
@@ -90,7 +95,8 @@ impl Content {
         let content = Arc::new(Content {
             replica,
             blobs,
-            gossip,
+            peers,
+            log,
             file,
             deployed: Mutex::new(deployed),
             pending: Mutex::new(BTreeMap::new()),
@@ -102,7 +108,6 @@ impl Content {
     }
 
     async fn follow(self: Arc<Self>) {
-        let stored = self.gossip.stored.clone();
         let mut last_gc: Option<std::time::Instant> = None;
         loop {
             self.step().await;
@@ -114,9 +119,9 @@ impl Content {
             }
             let waiting = self.pending.lock().is_ok_and(|p| !p.is_empty());
             if waiting {
-                let _ = tokio::time::timeout(RETRY, stored.notified()).await;
+                let _ = tokio::time::timeout(RETRY, self.log.follower_woken()).await;
             } else {
-                stored.notified().await;
+                self.log.follower_woken().await;
             }
         }
     }
@@ -198,7 +203,7 @@ impl Content {
     ) -> anyhow::Result<Option<usize>> {
         if !self.blobs.contains(&manifest_hash) {
             // A peer may be handing the version over already.
-            self.gossip.wait_for_ahead(&manifest_hash, AHEAD_WAIT).await;
+            self.peers.wait_for_ahead(&manifest_hash, AHEAD_WAIT).await;
         }
         if !self.blobs.contains(&manifest_hash) {
             // From the version deployed here, a peer sends only what
@@ -210,14 +215,14 @@ impl Content {
                 .and_then(|d| d.get(domain).map(|d| d.manifest))
                 .filter(|m| self.blobs.contains(m));
             let delta = match base {
-                Some(base) => self.gossip.fetch_version(base, manifest_hash).await,
+                Some(base) => self.peers.fetch_version(base, manifest_hash).await,
                 None => false,
             };
             if !delta {
-                if !self.gossip.fetch_blobs(&[manifest_hash]).await.is_empty() {
+                if !self.peers.fetch_blobs(&[manifest_hash]).await.is_empty() {
                     return Ok(Some(1));
                 }
-                self.gossip.count_whole_manifest();
+                self.peers.count_whole_manifest();
             }
         }
         let blobs = self.blobs.clone();
@@ -242,7 +247,7 @@ impl Content {
             .collect();
         let mut missing = self.blobs.missing(&new);
         if !missing.is_empty() {
-            missing = self.gossip.fetch_blobs(&missing).await;
+            missing = self.peers.fetch_blobs(&missing).await;
         }
         if !missing.is_empty() {
             return Ok(Some(missing.len()));

@@ -12,14 +12,17 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::changes::Changes;
 use crate::content::Content;
 use makiatto_protocol::request as op;
 use makiatto_protocol::status::ManifestStored;
 use makiatto_protocol::{Answer, ControlError, Envelope, ErrorCode, Request};
 
 use crate::control::{self, MAX_REQUEST_BYTES};
-use crate::gossip::{Gossip, Topology};
+use crate::gossip::Gossip;
+use crate::liveness::Liveness;
 use crate::replica::Replica;
+use crate::topology::{MeshSlot, follow_peers};
 
 /// Where the control socket of a data directory lives.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -93,20 +96,31 @@ pub async fn run(
         crate::blobs::BlobStore::open(&data_dir)
             .with_context(|| format!("cannot open the blob store in {}", data_dir.display()))?,
     );
+    let liveness = Liveness::new(replica.clone());
+    let changes = Changes::default();
     let gossip = Gossip::start(
         replica.clone(),
         committer.clone(),
         mesh.clone(),
         blobs.clone(),
+        liveness.clone(),
+        changes.clone(),
     );
-    let content = Content::start(&data_dir, replica.clone(), blobs, gossip.clone());
+    let content = Content::start(
+        &data_dir,
+        replica.clone(),
+        blobs,
+        gossip.clone(),
+        changes.clone(),
+    );
     if let Some(t) = follow_peers(&replica, &mesh) {
         gossip.set_topology(t);
     }
     let dns = crate::dns::Dns::start(
         &data_dir.join("geoip"),
         replica.clone(),
-        gossip.clone(),
+        liveness.clone(),
+        changes.clone(),
         ports,
     )
     .await;
@@ -114,7 +128,7 @@ pub async fn run(
         &data_dir,
         replica.clone(),
         content.clone(),
-        gossip.clone(),
+        changes.clone(),
         web,
     )
     .with_context(|| format!("cannot start the HTTP server in {}", data_dir.display()))?;
@@ -124,7 +138,8 @@ pub async fn run(
             data_dir.clone(),
             replica.clone(),
             committer.clone(),
-            gossip.clone(),
+            liveness.clone(),
+            changes.clone(),
             keys,
             http.clone(),
             dns.clone(),
@@ -148,6 +163,7 @@ pub async fn run(
                         committer: committer.clone(),
                         mesh: mesh.clone(),
                         gossip: gossip.clone(),
+                        changes: changes.clone(),
                         content: content.clone(),
                         dns: dns.clone(),
                         http: http.clone(),
@@ -170,30 +186,13 @@ pub async fn run(
     Ok(())
 }
 
-/// The mesh device and this node's key, when the node has a mesh.
-pub type MeshSlot = Arc<Mutex<Option<(crate::mesh::Mesh, makiatto_events::AuthorKey)>>>;
-
-/// Brings the mesh device in line with the peers projection; returns the
-/// topology gossip should follow (none when the node has no mesh).
-pub fn follow_peers(replica: &Mutex<Replica>, mesh: &MeshSlot) -> Option<Topology> {
-    let (peers, cluster) = {
-        let mut r = replica.lock().ok()?;
-        (r.peers(), r.cluster_id())
-    };
-    let mut slot = mesh.lock().ok()?;
-    let (mesh, me) = slot.as_mut()?;
-    if let Err(e) = mesh.apply(&peers, me) {
-        tracing::error!(error = %format!("{e:#}"), "cannot apply the peers to the mesh");
-    }
-    Some(Topology::new(&peers, me, cluster))
-}
-
 /// What a control connection may reach.
 struct Services {
     replica: Arc<Mutex<Replica>>,
     committer: GroupCommitter,
     mesh: MeshSlot,
     gossip: Arc<Gossip>,
+    changes: Changes,
     content: Arc<Content>,
     dns: Arc<crate::dns::Dns>,
     http: Arc<crate::http::Http>,
@@ -243,6 +242,7 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
         committer,
         mesh,
         gossip,
+        changes,
         content,
         dns,
         http,
@@ -272,17 +272,7 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
             })
         }
         Request::Health(_) => {
-            // The gossip part is still JSON (its typing lands with the
-            // gossip split); read as the protocol's type here.
-            let mut report: makiatto_protocol::health::HealthReport =
-                match serde_json::from_value(gossip.report()) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return Answer::Error(ControlError::failed(format!(
-                            "the health table does not have the protocol's shape: {e}"
-                        )));
-                    }
-                };
+            let mut report = gossip.report();
             report.sites = content.report();
             report.dns = Some(dns.report());
             report.http = http.report();
@@ -322,8 +312,7 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
                 gossip.set_topology(t);
             }
             if appends {
-                gossip.push();
-                gossip.events_stored();
+                changes.appended();
             }
             answer
         }

@@ -12,7 +12,13 @@
 //! - [`replica`]: this node's log and projections.
 //! - [`query`]: a point in history (`--at`) as typed.
 //! - [`mesh`]: the WireGuard device (boringtun) and its peers.
-//! - [`gossip`]: replication, liveness and blob fetching over the mesh.
+//! - [`topology`]: the mesh device and gossip's view of the members,
+//!   brought in line with the peers projection after every append.
+//! - [`gossip`]: replication, liveness and blob fetching over the mesh
+//!   (the async shell around `makiatto_core::replication`).
+//! - [`changes`], [`liveness`], [`peer_blobs`]: the narrow handles through
+//!   which DNS, HTTP, ACME and content see gossip: the log changed, who is
+//!   alive, fetch blobs from peers.
 //! - [`blobs`]: the content-addressed blob store.
 //! - [`content`]: follows the sites projection; switches a domain's version
 //!   once every blob is here.
@@ -26,6 +32,7 @@
 
 mod acme;
 mod blobs;
+mod changes;
 mod content;
 mod control;
 mod daemon;
@@ -33,11 +40,14 @@ mod dns;
 mod gossip;
 mod http;
 mod keys;
+mod liveness;
 mod mesh;
+mod peer_blobs;
 mod privileges;
 mod query;
 mod replica;
 mod service;
+mod topology;
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};

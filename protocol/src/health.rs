@@ -35,16 +35,9 @@ pub struct HealthReport {
     pub acme: Option<AcmeReport>,
 }
 
-/// Load figures a node reports in its heartbeats.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Load {
-    /// The one-minute load average, in thousandths.
-    pub load1_milli: u32,
-    pub cpus: u16,
-    pub mem_available_mb: u32,
-    pub mem_total_mb: u32,
-    pub uptime_secs: u64,
-}
+/// Load figures a node reports in its heartbeats (defined beside the
+/// events, where the heartbeat's crate sees it too).
+pub use makiatto_events::Load;
 
 /// One peer as this node sees it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

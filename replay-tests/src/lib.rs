@@ -13,8 +13,11 @@
 //! - [`replica`]: one simulated node: a `Log<MemoryBackend>` (admission)
 //!   feeding an `Engine` (projections), and comparisons of their states.
 //! - [`network`]: a lossy, duplicating, reordering, partitionable network.
-//! - [`simulation`]: the replication protocol over that network: push on
-//!   append, anti-entropy by version vectors, crashes, partitions and heals.
+//! - [`stream`]: a connection's frames over that network, in order and
+//!   once each, as TCP delivers them.
+//! - [`simulation`]: replicas running the node's own replication state
+//!   machine (`makiatto_core::replication`: sessions, heartbeats, catch-up,
+//!   anti-entropy) over that network, with crashes, partitions and heals.
 //! - [`cases`]: runs a property over many seeds, printing the failing one.
 //!
 //! # Invariants the tests hold the other crates to
@@ -39,3 +42,4 @@ pub mod generator;
 pub mod network;
 pub mod replica;
 pub mod simulation;
+pub mod stream;

@@ -19,6 +19,17 @@ pub struct Faults {
     pub max_delay: u64,
 }
 
+/// What became of a message handed to [`Network::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// On its way (maybe twice).
+    Queued,
+    /// Lost at random: a transport that retransmits sends it again.
+    Dropped,
+    /// Its link is cut by a partition.
+    Cut,
+}
+
 /// A message in flight.
 #[derive(Debug, Clone)]
 pub struct Envelope<M> {
@@ -66,22 +77,24 @@ impl<M: Clone> Network<M> {
         }
     }
 
-    /// Sends `message`; it may be lost, delayed or duplicated.
-    pub fn send(&mut self, from: usize, to: usize, message: M) {
+    /// Sends `message`; it may be lost, delayed or duplicated. A message
+    /// in flight when a partition cuts its link is lost too, silently.
+    pub fn send(&mut self, from: usize, to: usize, message: M) -> Sent {
         self.stats.sent += 1;
         if !self.connected(from, to) {
             self.stats.cut += 1;
-            return;
+            return Sent::Cut;
         }
         if self.rng.random_bool(self.faults.drop) {
             self.stats.dropped += 1;
-            return;
+            return Sent::Dropped;
         }
         if self.rng.random_bool(self.faults.duplicate) {
             self.stats.duplicated += 1;
             self.enqueue(from, to, message.clone());
         }
         self.enqueue(from, to, message);
+        Sent::Queued
     }
 
     fn enqueue(&mut self, from: usize, to: usize, message: M) {
@@ -103,6 +116,16 @@ impl<M: Clone> Network<M> {
             }
             self.stats.cut += 1;
         }
+    }
+
+    /// The clock, in ticks.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Whether nothing is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_empty()
     }
 
     /// Advances the clock by one tick without delivering anything.

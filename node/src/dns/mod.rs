@@ -30,7 +30,8 @@ use arc_swap::ArcSwap;
 use makiatto_projections::zones::Zones;
 use makiatto_protocol::health::{DnsCounts, DnsReport, GeoHealth};
 
-use crate::gossip::Gossip;
+use crate::changes::Changes;
+use crate::liveness::Liveness;
 use crate::replica::Replica;
 
 /// Counters, one set per serving thread or transport (no shared cache
@@ -77,7 +78,8 @@ impl Dns {
     pub async fn start(
         geoip_dir: &Path,
         replica: Arc<Mutex<Replica>>,
-        gossip: Arc<Gossip>,
+        liveness: Liveness,
+        log: Changes,
         ports: server::Ports,
     ) -> Arc<Dns> {
         let dns = Arc::new(Dns {
@@ -88,20 +90,20 @@ impl Dns {
             counters: Mutex::new(Vec::new()),
             tls: Arc::new(server::DotCerts::default()),
         });
-        dns.follow(&replica, &gossip);
+        dns.follow(&replica, &liveness);
         server::serve(dns.clone(), ports).await;
         let follower = dns.clone();
         tokio::spawn(async move {
-            let mut changed = gossip.changes();
+            let mut changed = log.watch();
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     c = changed.changed() => {
                         if c.is_err() { return }
-                        follower.follow(&replica, &gossip);
+                        follower.follow(&replica, &liveness);
                     }
-                    _ = tick.tick() => follower.refresh_health(&gossip),
+                    _ = tick.tick() => follower.refresh_health(&liveness),
                 }
             }
         });
@@ -109,14 +111,14 @@ impl Dns {
     }
 
     /// Recompiles when the zones changed.
-    fn follow(&self, replica: &Mutex<Replica>, gossip: &Gossip) {
+    fn follow(&self, replica: &Mutex<Replica>, liveness: &Liveness) {
         let Some(zones) = replica.lock().ok().map(|mut r| r.zones()) else {
             return;
         };
-        self.install(&zones, gossip);
+        self.install(&zones, liveness);
     }
 
-    fn install(&self, zones: &Zones, gossip: &Gossip) {
+    fn install(&self, zones: &Zones, liveness: &Liveness) {
         if let Ok(mut source) = self.source.lock() {
             if source.as_ref() == Some(zones) {
                 return;
@@ -134,8 +136,8 @@ impl Dns {
         );
         let names: Vec<String> = compiled.apexes().map(str::to_string).collect();
         self.compiled.store(Arc::new(compiled));
-        self.refresh_health(gossip);
-        let me = gossip.me().map(|m| m.to_string());
+        self.refresh_health(liveness);
+        let me = liveness.me().map(|m| m.to_string());
         self.tls.ensure_self_signed(me.as_deref(), &names);
     }
 
@@ -150,10 +152,10 @@ impl Dns {
 
     /// Which geo candidates are alive: this node always, peers when the
     /// liveness gossip hears them.
-    fn refresh_health(&self, gossip: &Gossip) {
+    fn refresh_health(&self, liveness: &Liveness) {
         let compiled = self.compiled.load();
-        let alive = gossip.alive_names();
-        let me = gossip.me();
+        let alive = liveness.alive_names();
+        let me = liveness.me();
         let mut mask = 0u64;
         for (i, g) in compiled.geo.iter().enumerate() {
             if Some(&g.name) == me.as_ref() || alive.contains(&g.name) {

@@ -30,8 +30,8 @@ use makiatto_events::{Blake3Hash, Manifest};
 use makiatto_protocol::health::{HttpReport, ServedSite, StatusCounts};
 
 use crate::blobs::BlobStore;
+use crate::changes::Changes;
 use crate::content::Content;
-use crate::gossip::Gossip;
 use crate::replica::Replica;
 
 /// How often unused variants are deleted.
@@ -57,7 +57,7 @@ impl Http {
         data_dir: &Path,
         replica: Arc<Mutex<Replica>>,
         content: Arc<Content>,
-        gossip: Arc<Gossip>,
+        log: Changes,
         ports: server::Ports,
     ) -> anyhow::Result<Arc<Http>> {
         let http = Arc::new(Http {
@@ -72,7 +72,7 @@ impl Http {
         });
         // Subscribed before the first build, so no change falls between.
         let mut deployed = content.changes();
-        let mut log = gossip.changes();
+        let mut log = log.watch();
         http.clone().rebuild(&replica, &content);
         server::serve(http.clone(), ports);
         let follower = http.clone();

@@ -1,0 +1,283 @@
+//! Sessions: started by this node (a push, a catch-up, anti-entropy) or
+//! by a peer, each driving `replication::session` over one TCP
+//! connection: the hellos, then the plan sent (feed chunks read from the
+//! log on a blocking thread) while what the peer sends is absorbed. When
+//! to start one is `replication::schedule`'s decision.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::bail;
+use makiatto_core::VersionVector;
+use makiatto_core::replication::fetch::{self, Opening};
+use makiatto_core::replication::frame::{self, Features, Frame, Hello, PROTOCOL};
+use makiatto_core::replication::{FRAME_TIMEOUT, Handshake, Member, Received, Session, Step};
+use makiatto_events::{AuthorKey, EventId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::Gossip;
+use super::wire::connect;
+use crate::control;
+
+impl Gossip {
+    /// Events were appended here: hand them now to every peer that is up.
+    /// A peer that is down is left alone: when it is back, its heartbeats
+    /// show it behind and it catches up itself, in one session.
+    pub(super) fn push(self: &Arc<Self>) {
+        for peer in self.liveness.topology().peers {
+            if self.liveness.alive(&peer.key) {
+                self.sync_soon(peer);
+            }
+        }
+    }
+
+    /// Runs a session with `peer` soon; if one is running, once more after it.
+    pub(super) fn sync_soon(self: &Arc<Self>, peer: Member) {
+        let start = self.schedule.lock().is_ok_and(|mut s| s.want(peer.key));
+        if start {
+            self.run_sessions(peer);
+        }
+    }
+
+    /// A heartbeat showed this node behind `peer`: one catch-up session,
+    /// unless another catch-up or a session with that peer is running.
+    pub(super) fn catch_up(self: &Arc<Self>, peer: Member, theirs: u64, ours: u64) {
+        let start = self.schedule.lock().is_ok_and(|mut s| s.catch_up(peer.key));
+        if start {
+            tracing::info!(peer = %peer.name, theirs, ours, "catching up");
+            self.run_sessions(peer);
+        }
+    }
+
+    /// Runs sessions with `peer` for as long as the schedule wants more.
+    fn run_sessions(self: &Arc<Self>, peer: Member) {
+        let gossip = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let ok = gossip.initiate(&peer).await;
+                // Unreachable: the schedule drops what was pending; the
+                // peer catches up by itself when it is back.
+                let again = gossip
+                    .schedule
+                    .lock()
+                    .is_ok_and(|mut s| s.ended(peer.key, ok));
+                if !again {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Connects to `peer` and runs one session; the outcome is recorded.
+    /// Returns whether the session succeeded.
+    async fn initiate(&self, peer: &Member) -> bool {
+        let result = async {
+            let stream = connect(peer.mesh).await?;
+            self.session(stream, peer, None).await
+        }
+        .await;
+        self.record(peer, result)
+    }
+
+    /// Answers a connection a peer opened: a session or a fetch.
+    pub(super) async fn serve(self: Arc<Self>, stream: TcpStream, from: SocketAddr) {
+        let topology = self.liveness.topology();
+        let peer = match from {
+            SocketAddr::V4(v4) => topology.peer_at(*v4.ip()).cloned(),
+            SocketAddr::V6(_) => None,
+        };
+        let Some(peer) = peer else {
+            self.health
+                .totals
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%from, "refused a mesh connection from an address that is no node");
+            return;
+        };
+        let mut stream = stream;
+        let (first, features) = match self.read_frame_with(&mut stream).await {
+            Ok(first) => first,
+            Err(e) => {
+                self.record(&peer, Err(e));
+                return;
+            }
+        };
+        let result = match fetch::open(first, features, &peer, topology.cluster) {
+            Ok(Opening::Session(first, features)) => {
+                let result = self.session(stream, &peer, Some((first, features))).await;
+                self.record(&peer, result);
+                return;
+            }
+            Ok(Opening::Fetch(ask)) => self.serve_fetch(stream, ask).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = result {
+            tracing::info!(peer = %peer.name, error = %format!("{e:#}"), "serving blobs to a peer failed");
+        }
+    }
+
+    /// One session on an open connection: exchange version vectors, stream
+    /// each other the difference. Returns (events sent, events received).
+    async fn session(
+        &self,
+        stream: TcpStream,
+        peer: &Member,
+        first: Option<(Frame, Features)>,
+    ) -> anyhow::Result<(u64, u64)> {
+        let _ = stream.set_nodelay(true);
+        let Some(identity) = self.liveness.topology().identity() else {
+            bail!("this node has no mesh identity yet");
+        };
+        let ours = self.read(|r| r.version_vector())?;
+        let (mut reader, mut writer) = stream.into_split();
+        let handshake = Handshake::new(identity, peer.clone(), ours, Features::OURS);
+        let (hello, features) = handshake.hello();
+        self.write_frame_with(&mut writer, &hello, Some(features))
+            .await?;
+        let (first, features) = match first {
+            Some(first) => first,
+            None => self.read_frame_with(&mut reader).await?,
+        };
+        let Session {
+            mut outbound,
+            mut inbound,
+        } = handshake.on_hello(first, features)?;
+        let send = async {
+            loop {
+                match outbound.step() {
+                    Step::SendAhead => self.send_ahead(&mut writer, peer).await?,
+                    Step::Read(read) => {
+                        let log = self.read(|r| Ok(r.log()))?;
+                        let (batch, next) = tokio::task::spawn_blocking(move || {
+                            let log = log
+                                .lock()
+                                .map_err(|_| anyhow::anyhow!("log lock poisoned"))?;
+                            anyhow::Ok(log.feed_chunk(&read.author, read.from, read.max_bytes)?)
+                        })
+                        .await??;
+                        outbound.read(batch, next);
+                    }
+                    Step::Send(frame) => self.write_frame(&mut writer, &frame).await?,
+                    Step::Finished => break,
+                }
+            }
+            writer.shutdown().await.ok();
+            anyhow::Ok(outbound.events_sent())
+        };
+        let receive = async {
+            let mut received = 0u64;
+            let mut takes = Vec::new();
+            loop {
+                match inbound.on_frame(self.read_frame(&mut reader).await?)? {
+                    Received::Events(batch) => received += self.absorb(peer, batch).await?,
+                    Received::TakeAhead(ahead) => takes.push(self.start_take(peer, ahead)),
+                    Received::DropAhead { bytes } => {
+                        tracing::warn!(peer = %peer.name, bytes, "a peer sent more ahead than a node offers; dropped");
+                    }
+                    Received::Done => {
+                        self.finish_takes(peer, takes).await;
+                        return anyhow::Ok(received);
+                    }
+                }
+            }
+        };
+        let (sent, received) = tokio::try_join!(send, receive)?;
+        self.health.sent(peer, sent);
+        Ok((sent, received))
+    }
+
+    /// Verifies and appends a batch a peer sent; returns how many it stored.
+    async fn absorb(&self, peer: &Member, batch: Vec<Vec<u8>>) -> anyhow::Result<u64> {
+        self.health
+            .totals
+            .events_in
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let replica = self.replica.clone();
+        let committer = self.committer.clone();
+        let mesh = self.mesh.clone();
+        let (ingested, topology) = tokio::task::spawn_blocking(move || {
+            let ingested =
+                control::ingest(&replica, &committer, batch.into_iter().map(Ok).collect())?;
+            let topology = (ingested.stored > 0)
+                .then(|| crate::topology::follow_peers(&replica, &mesh))
+                .flatten();
+            Ok::<_, String>((ingested, topology))
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(t) = topology {
+            self.set_topology(t);
+        }
+        if ingested.stored > 0 {
+            if let Ok(mut last) = self.last_sender.lock() {
+                *last = Some(peer.key);
+            }
+            self.changes.stored();
+        }
+        self.health
+            .received(peer, ingested.stored as u64, ingested.bad.len() as u64);
+        if let Some(first) = ingested.bad.first() {
+            tracing::warn!(
+                peer = %peer.name,
+                count = ingested.bad.len(),
+                first = %first,
+                "a peer sent events that fail verification; they were refused"
+            );
+        }
+        Ok(ingested.stored as u64)
+    }
+
+    /// Records a session's outcome; returns whether it succeeded.
+    fn record(&self, peer: &Member, result: anyhow::Result<(u64, u64)>) -> bool {
+        let ok = result.is_ok();
+        match result {
+            Ok((sent, received)) => {
+                self.health.session_ok(peer);
+                if sent + received > 0 {
+                    tracing::info!(peer = %peer.name, sent, received, "replicated");
+                }
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                if self.health.session_failed(peer, &message) {
+                    tracing::info!(peer = %peer.name, error = %message, "replication with a peer failed; will retry");
+                }
+            }
+        }
+        ok
+    }
+}
+
+/// Sends raw bytes as events to a peer, as this node: `makiatto debug
+/// send-events`, for tests that play a peer gone bad. The peer judges them
+/// exactly as it judges any session.
+pub async fn send_raw(
+    me: AuthorKey,
+    cluster: EventId,
+    vv: VersionVector,
+    to: Ipv4Addr,
+    events: Vec<Vec<u8>>,
+) -> anyhow::Result<()> {
+    let mut stream = connect(to).await?;
+    let frames = [
+        Frame::Hello(Hello {
+            protocol: PROTOCOL,
+            cluster,
+            node: me,
+            vv,
+        }),
+        Frame::Events(events),
+        Frame::Done,
+    ];
+    let mut bytes = Vec::new();
+    for f in &frames {
+        frame::encode(f, &mut bytes)?;
+    }
+    stream.write_all(&bytes).await?;
+    // Read until the peer closes: its hello, what this node lacks, done.
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(FRAME_TIMEOUT, stream.read_to_end(&mut sink)).await;
+    Ok(())
+}
