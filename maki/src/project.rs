@@ -506,10 +506,40 @@ fn check_domain(
     seen: &mut BTreeMap<String, Range<usize>>,
 ) -> Option<Domain> {
     let before = c.problems.len();
+    let name = check_domain_name(c, d, seen);
+    let dir = check_dir(c, root, d);
+    let aliases = check_aliases(c, &name, d, seen);
+    let records = check_records(c, &name, &d.records);
+    let functions = check_functions(c, root, &dir, d);
+    let transforms = check_transforms(c, root, &dir, d);
+    let config_files = config_files(root, &dir, d, &functions, &transforms);
+    (c.problems.len() == before).then_some(Domain {
+        name,
+        dir,
+        aliases,
+        records,
+        functions,
+        transforms,
+        config_files,
+    })
+}
+
+/// The domain's name, lowercased: a valid, registrable domain, configured
+/// once.
+fn check_domain_name(
+    c: &mut Checker,
+    d: &RawDomain,
+    seen: &mut BTreeMap<String, Range<usize>>,
+) -> String {
     let name = d.name.get_ref().trim_end_matches('.').to_ascii_lowercase();
     let name_span = d.name.span();
     match check_name(&name, NameKind::Domain) {
-        Err(e) => c.problem(name_span.clone(), format!("{:?} is not a valid domain name: {e}", d.name.get_ref()), "this name", None),
+        Err(e) => c.problem(
+            name_span.clone(),
+            format!("{:?} is not a valid domain name: {e}", d.name.get_ref()),
+            "this name",
+            None,
+        ),
         Ok(()) => match psl::domain_str(&name) {
             Some(registrable) if registrable == name => {}
             Some(registrable) => c.problem(
@@ -537,10 +567,13 @@ fn check_domain(
             Some(format!("merge this [[domain]] with the one on line {line}")),
         );
     } else {
-        seen.insert(name.clone(), name_span.clone());
+        seen.insert(name.clone(), name_span);
     }
+    name
+}
 
-    // The directory served.
+/// The directory served: it must exist; absolute.
+fn check_dir(c: &mut Checker, root: &Path, d: &RawDomain) -> PathBuf {
     let path_text = d.path.get_ref();
     let dir = if path_text.contains('\0') {
         c.problem(
@@ -561,9 +594,17 @@ fn check_domain(
             Some("create it, or point `path` at the directory holding the site's files".into()),
         );
     }
-    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    std::path::absolute(&dir).unwrap_or(dir)
+}
 
-    // Aliases.
+/// The aliases: valid names, not the domain itself, each name used once
+/// in the file.
+fn check_aliases(
+    c: &mut Checker,
+    name: &str,
+    d: &RawDomain,
+    seen: &mut BTreeMap<String, Range<usize>>,
+) -> Vec<String> {
     let mut aliases = Vec::new();
     for a in &d.aliases {
         let alias = a.get_ref().trim_end_matches('.').to_ascii_lowercase();
@@ -594,15 +635,18 @@ fn check_domain(
             aliases.push(alias);
         }
     }
+    aliases
+}
 
-    let records = check_records(c, &name, &d.records);
-
+/// The functions: components inside the directory, one per route, HTTP
+/// method names, env values, positive limits.
+fn check_functions(c: &mut Checker, root: &Path, dir: &Path, d: &RawDomain) -> Vec<Function> {
     let mut functions = Vec::new();
     let mut routes: BTreeMap<String, Range<usize>> = BTreeMap::new();
     for f in &d.functions {
         let span = f.span();
         let f = f.get_ref();
-        let Some(path) = component_path(c, &dir, &f.path) else {
+        let Some(path) = component_path(c, dir, &f.path) else {
             continue;
         };
         let route = path.trim_end_matches(".wasm").to_owned();
@@ -639,10 +683,16 @@ fn check_domain(
             max_memory_mb: positive(c, f.max_memory_mb.as_ref(), "max_memory_mb"),
         });
     }
+    functions
+}
+
+/// The transforms: components inside the directory, valid globs, env
+/// values, positive limits.
+fn check_transforms(c: &mut Checker, root: &Path, dir: &Path, d: &RawDomain) -> Vec<Transform> {
     let mut transforms = Vec::new();
     for t in &d.transforms {
         let t = t.get_ref();
-        let Some(path) = component_path(c, &dir, &t.path) else {
+        let Some(path) = component_path(c, dir, &t.path) else {
             continue;
         };
         if let Err(e) = globset::Glob::new(t.files.get_ref()) {
@@ -663,7 +713,19 @@ fn check_domain(
             max_file_size_kb: positive(c, t.max_file_size_kb.as_ref(), "max_file_size_kb"),
         });
     }
-    let mut config_files: BTreeSet<String> = functions
+    transforms
+}
+
+/// Files inside the directory that are configuration, never served: the
+/// components and any `env_file` that lives there.
+fn config_files(
+    root: &Path,
+    dir: &Path,
+    d: &RawDomain,
+    functions: &[Function],
+    transforms: &[Transform],
+) -> BTreeSet<String> {
+    let mut files: BTreeSet<String> = functions
         .iter()
         .map(|f| f.path.clone())
         .chain(transforms.iter().map(|t| t.path.clone()))
@@ -681,22 +743,14 @@ fn check_domain(
         if let (Ok(real), Ok(base)) = (root.join(file.get_ref()).canonicalize(), dir.canonicalize())
             && let Ok(inside) = real.strip_prefix(&base)
         {
-            config_files.insert(
+            files.insert(
                 inside
                     .to_string_lossy()
                     .replace(std::path::MAIN_SEPARATOR, "/"),
             );
         }
     }
-    (c.problems.len() == before).then_some(Domain {
-        name,
-        dir,
-        aliases,
-        records,
-        functions,
-        transforms,
-        config_files,
-    })
+    files
 }
 
 /// A function's or transform's component: inside the domain directory, a

@@ -66,7 +66,9 @@ pub fn prepare(data_dir: &Path) -> anyhow::Result<Prepared> {
     })
 }
 
-/// Runs the daemon until a shutdown signal.
+/// Runs the daemon until a shutdown signal: claims the control socket,
+/// starts every subsystem ([`Services::start`]), then answers control
+/// connections until SIGTERM or SIGINT.
 pub async fn run(
     data_dir: PathBuf,
     prepared: Prepared,
@@ -75,7 +77,24 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let socket = socket_path(&data_dir);
+    let socket = claim_socket(&data_dir)?;
+    let services = Services::start(&data_dir, prepared, ports, web).await?;
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", socket.display()))?;
+    tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), "makiatto daemon ready");
+    let served = serve_until_signal(&listener, &services).await;
+    tracing::info!("shutting down");
+    let _ = std::fs::remove_file(&socket);
+    served
+}
+
+/// The control socket's path, free to bind: a socket left by a daemon
+/// that died is removed; one that answers belongs to a running daemon,
+/// which this one must not displace.
+fn claim_socket(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let socket = socket_path(data_dir);
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             bail!(
@@ -86,89 +105,19 @@ pub async fn run(
         std::fs::remove_file(&socket)
             .with_context(|| format!("cannot remove the stale socket {}", socket.display()))?;
     }
-    let mut replica = Replica::open(&data_dir)
-        .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
-    replica.save_projections()?;
-    let (committer, _writer) = GroupCommitter::start(replica.log());
-    let mesh = Arc::new(Mutex::new(prepared.mesh.zip(prepared.me)));
-    let replica = Arc::new(Mutex::new(replica));
-    let blobs = Arc::new(
-        crate::blobs::BlobStore::open(&data_dir)
-            .with_context(|| format!("cannot open the blob store in {}", data_dir.display()))?,
-    );
-    let liveness = Liveness::new(replica.clone());
-    let changes = Changes::default();
-    let gossip = Gossip::start(
-        replica.clone(),
-        committer.clone(),
-        mesh.clone(),
-        blobs.clone(),
-        liveness.clone(),
-        changes.clone(),
-    );
-    let content = Content::start(
-        &data_dir,
-        replica.clone(),
-        blobs,
-        gossip.clone(),
-        changes.clone(),
-    );
-    if let Some(t) = follow_peers(&replica, &mesh) {
-        gossip.set_topology(t);
-    }
-    let dns = crate::dns::Dns::start(
-        &data_dir.join("geoip"),
-        replica.clone(),
-        liveness.clone(),
-        changes.clone(),
-        ports,
-    )
-    .await;
-    let http = crate::http::Http::start(
-        &data_dir,
-        replica.clone(),
-        content.clone(),
-        changes.clone(),
-        web,
-    )
-    .with_context(|| format!("cannot start the HTTP server in {}", data_dir.display()))?;
-    // Certificates need the node's keys (a node not yet initialised has none).
-    let acme = crate::keys::NodeKeys::load(&data_dir).ok().map(|keys| {
-        crate::acme::Acme::start(
-            data_dir.clone(),
-            replica.clone(),
-            committer.clone(),
-            liveness.clone(),
-            changes.clone(),
-            keys,
-            http.clone(),
-            dns.clone(),
-        )
-    });
+    Ok(socket)
+}
 
-    let listener = UnixListener::bind(&socket)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", socket.display()))?;
-    tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), "makiatto daemon ready");
-
+/// Answers control connections, each on a task of its own, until SIGTERM
+/// or SIGINT.
+async fn serve_until_signal(listener: &UnixListener, services: &Services) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let services = Services {
-                        replica: replica.clone(),
-                        committer: committer.clone(),
-                        mesh: mesh.clone(),
-                        gossip: gossip.clone(),
-                        changes: changes.clone(),
-                        content: content.clone(),
-                        dns: dns.clone(),
-                        http: http.clone(),
-                        acme: acme.clone(),
-                    };
+                    let services = services.clone();
                     tokio::spawn(async move {
                         if let Err(e) = serve(stream, services).await {
                             tracing::debug!(error = %e, "control connection ended with an error");
@@ -177,16 +126,14 @@ pub async fn run(
                 }
                 Err(e) => tracing::warn!(error = %e, "accepting a control connection failed"),
             },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
         }
     }
-    tracing::info!("shutting down");
-    let _ = std::fs::remove_file(&socket);
-    Ok(())
 }
 
-/// What a control connection may reach.
+/// The running subsystems: what a control connection may reach.
+#[derive(Clone)]
 struct Services {
     replica: Arc<Mutex<Replica>>,
     committer: GroupCommitter,
@@ -197,6 +144,89 @@ struct Services {
     dns: Arc<crate::dns::Dns>,
     http: Arc<crate::http::Http>,
     acme: Option<Arc<crate::acme::Acme>>,
+}
+
+impl Services {
+    /// Opens the log and starts every subsystem, wired through the narrow
+    /// handles (`Changes`, `Liveness`): replication, the content follower,
+    /// DNS, HTTP and, on a node with keys, ACME.
+    async fn start(
+        data_dir: &Path,
+        prepared: Prepared,
+        ports: crate::dns::server::Ports,
+        web: crate::http::server::Ports,
+    ) -> anyhow::Result<Services> {
+        let mut replica = Replica::open(data_dir)
+            .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
+        replica.save_projections()?;
+        let (committer, _writer) = GroupCommitter::start(replica.log());
+        let mesh = Arc::new(Mutex::new(prepared.mesh.zip(prepared.me)));
+        let replica = Arc::new(Mutex::new(replica));
+        let blobs =
+            Arc::new(crate::blobs::BlobStore::open(data_dir).with_context(|| {
+                format!("cannot open the blob store in {}", data_dir.display())
+            })?);
+        let liveness = Liveness::new(replica.clone());
+        let changes = Changes::default();
+        let gossip = Gossip::start(
+            replica.clone(),
+            committer.clone(),
+            mesh.clone(),
+            blobs.clone(),
+            liveness.clone(),
+            changes.clone(),
+        );
+        let content = Content::start(
+            data_dir,
+            replica.clone(),
+            blobs,
+            gossip.clone(),
+            changes.clone(),
+        );
+        if let Some(t) = follow_peers(&replica, &mesh) {
+            gossip.set_topology(t);
+        }
+        let dns = crate::dns::Dns::start(
+            &data_dir.join("geoip"),
+            replica.clone(),
+            liveness.clone(),
+            changes.clone(),
+            ports,
+        )
+        .await;
+        let http = crate::http::Http::start(
+            data_dir,
+            replica.clone(),
+            content.clone(),
+            changes.clone(),
+            web,
+        )
+        .with_context(|| format!("cannot start the HTTP server in {}", data_dir.display()))?;
+        // Certificates need the node's keys (a node not yet initialised has none).
+        let acme = crate::keys::NodeKeys::load(data_dir).ok().map(|keys| {
+            crate::acme::Acme::start(
+                data_dir.to_owned(),
+                replica.clone(),
+                committer.clone(),
+                liveness.clone(),
+                changes.clone(),
+                keys,
+                http.clone(),
+                dns.clone(),
+            )
+        });
+        Ok(Services {
+            replica,
+            committer,
+            mesh,
+            gossip,
+            changes,
+            content,
+            dns,
+            http,
+            acme,
+        })
+    }
 }
 
 async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
