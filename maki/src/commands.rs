@@ -8,7 +8,7 @@ use makiatto_events::payload::{ConfigChanged, OperatorAdded, OperatorRemoved};
 use makiatto_events::{AuthorKey, Payload};
 use makiatto_projections::config::{ConfigDoc, DesiredConfig, SETTINGS};
 use makiatto_projections::roles::Roles;
-use makiatto_protocol::log::LogLine;
+use makiatto_protocol::log::{LogFilter, LogLine};
 use makiatto_protocol::request::{self as op, ShowAs};
 
 use crate::cluster::Ctx;
@@ -19,10 +19,7 @@ use crate::ssh::shell_quote;
 pub struct LogArgs {
     pub node: Option<String>,
     pub json: bool,
-    pub at: Option<String>,
-    pub author: Option<String>,
-    pub kind: Option<String>,
-    pub limit: Option<usize>,
+    pub filter: LogFilter,
     pub follow: bool,
 }
 
@@ -37,9 +34,9 @@ pub async fn log(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
     };
     let mut flags = String::from(" --json");
     for (flag, value) in [
-        ("--at", &args.at),
-        ("--author", &args.author),
-        ("--kind", &args.kind),
+        ("--at", &args.filter.at),
+        ("--author", &args.filter.author),
+        ("--kind", &args.filter.kind),
     ] {
         if let Some(v) = value {
             flags.push_str(&format!(" {flag} {}", shell_quote(v)));
@@ -49,7 +46,7 @@ pub async fn log(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
     let mut first = true;
     loop {
         let mut cmd = format!("{REMOTE_BINARY} log{flags}");
-        if first && let Some(n) = args.limit {
+        if first && let Some(n) = args.filter.limit {
             cmd.push_str(&format!(" --limit {n}"));
         }
         let out = remote.run(&cmd).await?;

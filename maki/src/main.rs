@@ -52,6 +52,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use makiatto_events::payload::Ipv4Net;
 use makiatto_events::{PeerName, WgPublicKey};
+use makiatto_protocol::log::LogFilter;
 
 const ABOUT: &str = "Makiatto: a self-hosted global CDN";
 const LONG_VERSION: &str = concat!(
@@ -87,16 +88,11 @@ enum Top {
         /// Which node to ask (default: the first that answers).
         #[arg(long)]
         node: Option<String>,
+        /// One JSON object per line.
         #[arg(long)]
         json: bool,
-        #[arg(long, value_name = "ID|TIME")]
-        at: Option<String>,
-        #[arg(long, value_name = "NAME|KEY")]
-        author: Option<String>,
-        #[arg(long)]
-        kind: Option<String>,
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
+        #[command(flatten)]
+        filter: LogFilter,
         /// Keep printing new events.
         #[arg(long)]
         follow: bool,
@@ -498,10 +494,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Top::Log {
             node,
             json,
-            at,
-            author,
-            kind,
-            limit,
+            filter,
             follow,
         } => {
             let ctx = ctx(&cli)?;
@@ -510,10 +503,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commands::LogArgs {
                     node: node.clone(),
                     json: *json,
-                    at: at.clone(),
-                    author: author.clone(),
-                    kind: kind.clone(),
-                    limit: *limit,
+                    filter: filter.clone(),
                     follow: *follow,
                 },
             )

@@ -123,6 +123,23 @@ pub struct Domain {
     pub config_files: BTreeSet<String>,
 }
 
+#[cfg(test)]
+impl Domain {
+    /// A domain with no records, functions or transforms, served from
+    /// `/site` (the sync tests' plans).
+    pub(crate) fn for_test(name: &str) -> Domain {
+        Domain {
+            name: name.to_owned(),
+            dir: PathBuf::from("/site"),
+            aliases: vec![],
+            records: Default::default(),
+            functions: vec![],
+            transforms: vec![],
+            config_files: Default::default(),
+        }
+    }
+}
+
 /// A `[[domain.functions]]` entry; `env` in plain text until sealed.
 #[derive(Debug, Clone)]
 pub struct Function {

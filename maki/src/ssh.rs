@@ -13,10 +13,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use async_ssh2_tokio::{AuthMethod, Client, ServerCheckMethod};
 use indicatif::{ProgressBar, ProgressStyle};
-use makiatto_protocol::Operation;
 use makiatto_protocol::blob_stream::{self, Received};
 use makiatto_protocol::client::{self, Answers, Batch};
 use makiatto_protocol::version::Version;
+use makiatto_protocol::{ControlError, Operation};
 use russh::keys::{HashAlg, PublicKey};
 use tokio::io::AsyncReadExt;
 
@@ -67,6 +67,13 @@ pub struct Remote {
     /// machine (150–200 ms on the test hosts), a request on an open one a
     /// round trip.
     control: tokio::sync::Mutex<Option<ControlSession>>,
+}
+
+/// What reading an exchange's answers gave: the result (and the daemon's
+/// version, once known), or a request to try again over a fresh connection.
+enum Exchanged<T> {
+    Done(T, Option<Version>),
+    Again,
 }
 
 /// How long a kept connection (`mux.rs`) may take to answer before the
@@ -542,61 +549,69 @@ impl Remote {
     /// kept `makiatto control` started before the machine's binary was
     /// upgraded, which may not know a newer request.
     pub async fn send(&self, batch: Batch) -> anyhow::Result<Answers> {
-        let mut slot = self.control.lock().await;
-        for attempt in 0..2 {
-            let session = match slot.as_mut() {
-                Some(s) => s,
-                None => slot.insert(self.open_control().await?),
-            };
-            let kept = session.kept;
-            let lines = client::lines(&batch, session.daemon.as_ref())
-                .map_err(|e| anyhow::anyhow!("{}: {e}", self.target))?;
-            let exchanged = Self::exchange_within(session, &lines).await;
-            let last_try = !(kept && attempt == 0);
-            match exchanged {
-                Ok(answer_lines) => {
-                    let answers = client::read(&batch, session.daemon.clone(), &answer_lines)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", self.target))?;
-                    if !last_try && answers.outdated() {
-                        *slot = None;
-                        continue;
-                    }
-                    session.daemon = Some(answers.daemon().clone());
-                    return Ok(answers);
+        self.exchange_retrying(
+            |daemon| client::lines(&batch, daemon).map_err(anyhow::Error::from),
+            |daemon, lines, may_retry| {
+                let answers = client::read(&batch, daemon, &lines)?;
+                if may_retry && answers.outdated() {
+                    return Ok(Exchanged::Again);
                 }
-                Err(e) => {
-                    // Out of step or gone: the next request starts another.
-                    *slot = None;
-                    if last_try {
-                        return Err(e.context(format!(
-                            "{}: makiatto control stopped answering (run `maki health` or look at the node's log)",
-                            self.target
-                        )));
-                    }
-                }
-            }
-        }
-        bail!("{}: makiatto control stopped answering", self.target)
+                let daemon = answers.daemon().clone();
+                Ok(Exchanged::Done(answers, Some(daemon)))
+            },
+        )
+        .await
+        .map_err(|e| match e.downcast::<ControlError>() {
+            Ok(e) => anyhow::anyhow!("{}: {e}", self.target),
+            Err(e) => e,
+        })
     }
 
     /// Request lines in, one answer line each out, as `makiatto control`
     /// speaks, with no `hello` of their own (the keeper of a kept
-    /// connection forwards other commands' lines this way). A kept
-    /// connection that fails is dropped and the lines sent again over a
-    /// connection of this process.
+    /// connection forwards other commands' lines this way).
     pub async fn control_lines(&self, requests: &[String]) -> anyhow::Result<Vec<String>> {
+        self.exchange_retrying(
+            |_| Ok(requests.to_vec()),
+            |_, lines, _| Ok(Exchanged::Done(lines, None)),
+        )
+        .await
+    }
+
+    /// One exchange of lines over this remote's `makiatto control`, started
+    /// when there is none. `lines` makes the request lines from what the
+    /// session knows of the daemon; `read` reads the answer lines (told
+    /// whether it may ask for another try). A kept connection that fails,
+    /// or whose answers `read` turns down, is dropped and the lines sent
+    /// again over a connection of this process: every control request is
+    /// a read or idempotent (appending an event twice stores it once).
+    async fn exchange_retrying<T>(
+        &self,
+        lines: impl Fn(Option<&Version>) -> anyhow::Result<Vec<String>>,
+        read: impl Fn(Option<Version>, Vec<String>, bool) -> anyhow::Result<Exchanged<T>>,
+    ) -> anyhow::Result<T> {
         let mut slot = self.control.lock().await;
         for attempt in 0..2 {
             let session = match slot.as_mut() {
                 Some(s) => s,
                 None => slot.insert(self.open_control().await?),
             };
-            let kept = session.kept;
-            match Self::exchange_within(session, requests).await {
-                Ok(lines) => return Ok(lines),
+            let may_retry = session.kept && attempt == 0;
+            let requests = lines(session.daemon.as_ref())?;
+            match Self::exchange_within(session, &requests).await {
+                Ok(answers) => match read(session.daemon.clone(), answers, may_retry)? {
+                    Exchanged::Done(out, daemon) => {
+                        if daemon.is_some() {
+                            session.daemon = daemon;
+                        }
+                        return Ok(out);
+                    }
+                    Exchanged::Again => *slot = None,
+                },
                 Err(e) => {
+                    // Out of step or gone: the next request starts another.
                     *slot = None;
-                    if !(kept && attempt == 0) {
+                    if !may_retry {
                         return Err(e.context(format!(
                             "{}: makiatto control stopped answering (run `maki health` or look at the node's log)",
                             self.target

@@ -267,24 +267,14 @@ async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
 /// Answers one request: what needs the daemon's own parts here, the rest
 /// through [`control::execute`] on a blocking thread.
 async fn answer(envelope: Envelope, services: &Services) -> Answer {
-    let Services {
-        replica,
-        committer,
-        mesh,
-        gossip,
-        changes,
-        content,
-        dns,
-        http,
-        acme,
-    } = services;
+    let s = services;
     match envelope.request {
         Request::ManifestPut(op::ManifestPut {
             base,
             target,
             delta,
         }) => {
-            let blobs = content.blobs().clone();
+            let blobs = s.content.blobs().clone();
             let stored = tokio::task::spawn_blocking(move || {
                 crate::blobs::put_manifest_delta(&blobs, &base, &target, &delta)
             })
@@ -294,7 +284,7 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
                     let files = put.files;
                     // A small version goes to the peers with its event
                     // (`Gossip::offer_version`).
-                    gossip.offer_version(put);
+                    s.gossip.offer_version(put);
                     Ok(ManifestStored { stored: files })
                 }
                 Ok(Err(e)) => Err(ControlError::failed(format!("{e:#}"))),
@@ -302,15 +292,15 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
             })
         }
         Request::Health(_) => {
-            let mut report = gossip.report();
-            report.sites = content.report();
-            report.dns = Some(dns.report());
-            report.http = http.report();
-            report.acme = acme.as_ref().map(|a| a.report());
+            let mut report = s.gossip.report();
+            report.sites = s.content.report();
+            report.dns = Some(s.dns.report());
+            report.http = s.http.report();
+            report.acme = s.acme.as_ref().map(|a| a.report());
             control::reply::<op::Health>(Ok(report))
         }
         Request::BlobsMissing(_) | Request::BlobsPut(_) => {
-            let blobs = content.blobs().clone();
+            let blobs = s.content.blobs().clone();
             tokio::task::spawn_blocking(move || control::answer_blobs(&blobs, envelope.request))
                 .await
                 .unwrap_or_else(|e| {
@@ -318,9 +308,8 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
                 })
         }
         _ => {
-            let replica = replica.clone();
-            let committer = committer.clone();
-            let mesh = mesh.clone();
+            let (replica, committer, mesh) =
+                (s.replica.clone(), s.committer.clone(), s.mesh.clone());
             let appends = matches!(envelope.request, Request::Append(_));
             let (answer, topology) = tokio::task::spawn_blocking(move || {
                 let answer = control::execute(&replica, &committer, envelope);
@@ -339,10 +328,10 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
                 )
             });
             if let Some(t) = topology {
-                gossip.set_topology(t);
+                s.gossip.set_topology(t);
             }
             if appends {
-                changes.appended();
+                s.changes.appended();
             }
             answer
         }

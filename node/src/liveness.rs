@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use makiatto_core::replication::{self, Moment, Topology};
+use makiatto_core::replication::{self, Member, Moment, Topology};
 use makiatto_events::{AuthorKey, NodeName};
 use tokio::sync::watch;
 
@@ -86,6 +86,15 @@ impl Liveness {
     }
 
     /// The members of the mesh as gossip follows them.
+    /// The peers heard within the liveness window.
+    pub fn live_peers(&self) -> Vec<Member> {
+        self.topology()
+            .peers
+            .into_iter()
+            .filter(|p| self.alive(&p.key))
+            .collect()
+    }
+
     pub fn topology(&self) -> Topology {
         self.0.topology.borrow().clone()
     }

@@ -134,18 +134,8 @@ enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
-        /// Only events as of an event (id prefix: its causal past) or a time (RFC 3339).
-        #[arg(long, value_name = "ID|TIME")]
-        at: Option<String>,
-        /// Only events by this author (name or key prefix).
-        #[arg(long, value_name = "NAME|KEY")]
-        author: Option<String>,
-        /// Only events of this kind (genesis, node-joined, site-published, …).
-        #[arg(long)]
-        kind: Option<String>,
-        /// Only the last N events.
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
+        #[command(flatten)]
+        filter: LogFilter,
     },
     /// Show a projection: peers, roles, config, zones, certificates or sites.
     Show {
@@ -326,19 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Log {
-            json,
-            at,
-            author,
-            kind,
-            limit,
-        } => {
-            let filter = LogFilter {
-                at,
-                author,
-                kind,
-                limit,
-            };
+        Command::Log { json, filter } => {
             for line in ask(&data_dir, op::Log { filter })? {
                 if json {
                     println!("{}", serde_json::to_string(&line)?);

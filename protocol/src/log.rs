@@ -5,15 +5,22 @@ use makiatto_projections::Verdict;
 use makiatto_projections::roles::Roles;
 use serde::{Deserialize, Serialize};
 
-/// Which events a `log` request lists.
+/// Which events a `log` request lists; also the arguments of `maki log`
+/// and `makiatto log` (feature `clap`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct LogFilter {
-    /// As of an event (id prefix: its causal past) or a time (RFC 3339).
+    /// Only events as of an event (id prefix: its causal past) or a time (RFC 3339).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "ID|TIME"))]
     pub at: Option<String>,
-    /// A name (`alice`, `vector`) or a prefix of the author's key.
+    /// Only events by this author (name or key prefix).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "NAME|KEY"))]
     pub author: Option<String>,
+    /// Only events of this kind (genesis, node-joined, site-published, …).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub kind: Option<String>,
-    /// Only the last N.
+    /// Only the last N events.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub limit: Option<usize>,
 }
 

@@ -111,17 +111,10 @@ pub fn order(
 mod tests {
     use super::*;
     use crate::replication::frame::Fetch;
-    use makiatto_events::{SigningKey, WgPublicKey};
     use rand::SeedableRng;
-    use std::net::Ipv4Addr;
 
     fn member(seed: u8) -> Member {
-        Member {
-            name: NodeName::new(format!("n{seed}")).unwrap(),
-            key: SigningKey::from_bytes(&[seed; 32]).public(),
-            mesh: Ipv4Addr::new(198, 51, 100, seed),
-            wg: WgPublicKey([seed; 32]),
-        }
+        Member::of_seed(seed)
     }
 
     #[test]

@@ -169,16 +169,9 @@ impl Liveness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use makiatto_events::{NodeName, SigningKey, WgPublicKey};
-    use std::net::Ipv4Addr;
 
     fn member(seed: u8) -> Member {
-        Member {
-            name: NodeName::new(format!("n{seed}")).unwrap(),
-            key: SigningKey::from_bytes(&[seed; 32]).public(),
-            mesh: Ipv4Addr::new(198, 51, 100, seed),
-            wg: WgPublicKey([seed; 32]),
-        }
+        Member::of_seed(seed)
     }
 
     fn identity(m: &Member) -> Identity {

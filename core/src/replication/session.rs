@@ -294,15 +294,10 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use makiatto_events::{Blake3Hash, EventId, SigningKey, WgPublicKey};
+    use makiatto_events::{Blake3Hash, EventId, SigningKey};
 
     fn member(seed: u8) -> Member {
-        Member {
-            name: NodeName::new(format!("n{seed}")).unwrap(),
-            key: SigningKey::from_bytes(&[seed; 32]).public(),
-            mesh: Ipv4Addr::new(198, 51, 100, seed),
-            wg: WgPublicKey([seed; 32]),
-        }
+        Member::of_seed(seed)
     }
 
     fn identity(seed: u8) -> Identity {

@@ -17,6 +17,20 @@ pub struct Member {
     pub wg: WgPublicKey,
 }
 
+#[cfg(test)]
+impl Member {
+    /// A member made from one byte: name `n{seed}`, keys and mesh address
+    /// derived from it (the replication tests' peers).
+    pub(crate) fn of_seed(seed: u8) -> Member {
+        Member {
+            name: NodeName::new(format!("n{seed}")).unwrap(),
+            key: makiatto_events::SigningKey::from_bytes(&[seed; 32]).public(),
+            mesh: Ipv4Addr::new(198, 51, 100, seed),
+            wg: WgPublicKey([seed; 32]),
+        }
+    }
+}
+
 /// This node and its peers.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Topology {

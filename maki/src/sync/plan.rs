@@ -100,15 +100,7 @@ mod tests {
     use makiatto_events::FileEntry;
 
     fn domain() -> Domain {
-        Domain {
-            name: "example.com".into(),
-            dir: PathBuf::from("/site"),
-            aliases: vec![],
-            records: Default::default(),
-            functions: vec![],
-            transforms: vec![],
-            config_files: Default::default(),
-        }
+        Domain::for_test("example.com")
     }
 
     fn tree(files: &[(&str, &[u8])]) -> Walked {

@@ -363,15 +363,7 @@ mod tests {
     }
 
     fn domain() -> Domain {
-        Domain {
-            name: "example.com".into(),
-            dir: PathBuf::from("/site"),
-            aliases: vec![],
-            records: Default::default(),
-            functions: vec![],
-            transforms: vec![],
-            config_files: Default::default(),
-        }
+        Domain::for_test("example.com")
     }
 
     #[test]

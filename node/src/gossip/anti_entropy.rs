@@ -15,13 +15,7 @@ impl Gossip {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let live: Vec<Member> = self
-                .liveness
-                .topology()
-                .peers
-                .into_iter()
-                .filter(|p| self.liveness.alive(&p.key))
-                .collect();
+            let live: Vec<Member> = self.liveness.live_peers();
             if let Some(peer) = pick(&live, &mut rand::rng()) {
                 self.sync_soon(peer.clone());
             }

@@ -109,13 +109,7 @@ impl Gossip {
 
     /// The live peers, in the order a fetch asks them.
     fn fetch_order(&self) -> Vec<Member> {
-        let live: Vec<Member> = self
-            .liveness
-            .topology()
-            .peers
-            .into_iter()
-            .filter(|p| self.liveness.alive(&p.key))
-            .collect();
+        let live: Vec<Member> = self.liveness.live_peers();
         let last = self.last_sender.lock().ok().and_then(|l| *l);
         order(live, last, &mut rand::rng())
     }
