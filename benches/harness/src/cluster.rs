@@ -331,6 +331,35 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The command-line prefix that runs a command in `node`'s test host
+    /// (`maki local exec NODE --`), for tools that take one.
+    pub fn exec_prefix(&self, node: &str) -> Vec<String> {
+        vec![
+            self.maki.to_string_lossy().into_owned(),
+            "local".into(),
+            "--dir".into(),
+            self.cluster_dir().to_string_lossy().into_owned(),
+            "--name".into(),
+            self.name.clone(),
+            "exec".into(),
+            node.into(),
+            "--".into(),
+        ]
+    }
+
+    /// Starts `node`'s daemon again, its command line prefixed by
+    /// `prefix` (`taskset -c 0`: the daemon then sizes its threads to the
+    /// CPUs it may use). The old process is killed first.
+    pub fn restart_daemon(&self, node: &str, prefix: &[&str]) {
+        self.ok(&["local", "kill", node]);
+        let mut argv = vec!["local", "exec", node, "--"];
+        argv.extend(prefix);
+        argv.extend(["/usr/local/bin/makiatto", "run", "--detach"]);
+        self.ok(&argv);
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.keep {
