@@ -23,10 +23,7 @@ pub fn callgrind_prefix(dir: &Path) -> Vec<String> {
         "--tool=callgrind".into(),
         "--collect-atstart=no".into(),
         "--vgdb=yes".into(),
-        format!(
-            "--callgrind-out-file={}/callgrind.out.%p",
-            dir.display()
-        ),
+        format!("--callgrind-out-file={}/callgrind.out.%p", dir.display()),
     ]
 }
 

@@ -536,24 +536,30 @@ fn count_per_request(
         .netns
         .clone();
     let mut valgrind_pid = None;
-    wait_until(Duration::from_secs(120), "our daemon serves under callgrind", || {
-        valgrind_pid = netns_pids(&ns).into_iter().find(|p| {
-            let args = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            let args = String::from_utf8_lossy(&args);
-            args.contains("callgrind") && args.contains("makiatto")
-        });
-        valgrind_pid.is_some() && fetch(&client.ns, &ours.addr, "1k.txt", false, &[]).1.len() == 1024
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "our daemon serves under callgrind",
+        || {
+            valgrind_pid = netns_pids(&ns).into_iter().find(|p| {
+                let args = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                let args = String::from_utf8_lossy(&args);
+                args.contains("callgrind") && args.contains("makiatto")
+            });
+            valgrind_pid.is_some()
+                && fetch(&client.ns, &ours.addr, "1k.txt", false, &[]).1.len() == 1024
+        },
+    );
     let ours_pid = valgrind_pid.expect("the daemon under callgrind");
     let within = lab.cluster.exec_prefix(node);
     for case in &counted {
-        let ((), ir) = makiatto_harness::instructions::count_instructions(
-            &within,
-            ours_pid,
-            &dumps,
-            || fixed_requests(client, ours, case, COUNTED_REQUESTS),
-        );
-        if let Some(c) = out.iter_mut().find(|c| c.server == "ours" && c.case == case.key) {
+        let ((), ir) =
+            makiatto_harness::instructions::count_instructions(&within, ours_pid, &dumps, || {
+                fixed_requests(client, ours, case, COUNTED_REQUESTS)
+            });
+        if let Some(c) = out
+            .iter_mut()
+            .find(|c| c.server == "ours" && c.case == case.key)
+        {
             c.instructions = ir as f64 / n;
         }
     }
@@ -570,18 +576,31 @@ fn count_per_request(
         "daemon off; master_process off;",
     ]);
     let nginx_pid = lab.spawn_anchor(ns, &argv);
-    wait_until(Duration::from_secs(60), "nginx serves under callgrind", || {
-        fetch(&client.ns, &nginx_server.addr, "1k.txt", false, &[]).1.len() == 1024
-    });
-    let within = vec!["ip".to_owned(), "netns".into(), "exec".into(), ns.to_owned()];
+    wait_until(
+        Duration::from_secs(60),
+        "nginx serves under callgrind",
+        || {
+            fetch(&client.ns, &nginx_server.addr, "1k.txt", false, &[])
+                .1
+                .len()
+                == 1024
+        },
+    );
+    let within = vec![
+        "ip".to_owned(),
+        "netns".into(),
+        "exec".into(),
+        ns.to_owned(),
+    ];
     for case in &counted {
-        let ((), ir) = makiatto_harness::instructions::count_instructions(
-            &within,
-            nginx_pid,
-            &dumps,
-            || fixed_requests(client, nginx_server, case, COUNTED_REQUESTS),
-        );
-        if let Some(c) = out.iter_mut().find(|c| c.server == "nginx" && c.case == case.key) {
+        let ((), ir) =
+            makiatto_harness::instructions::count_instructions(&within, nginx_pid, &dumps, || {
+                fixed_requests(client, nginx_server, case, COUNTED_REQUESTS)
+            });
+        if let Some(c) = out
+            .iter_mut()
+            .find(|c| c.server == "nginx" && c.case == case.key)
+        {
             c.instructions = ir as f64 / n;
         }
     }

@@ -312,13 +312,13 @@ fn main() {
             .status()
             .expect("tc runs");
         assert!(status.success(), "tc could not shape {}", state.bridge);
-        eprintln!("the operator's uplink ({}) is shaped to {rate}", state.bridge);
+        eprintln!(
+            "the operator's uplink ({}) is shaped to {rate}",
+            state.bridge
+        );
     }
-    let (nodes, hosts): (Vec<String>, Vec<String>) = state
-        .hosts
-        .into_iter()
-        .map(|h| (h.node, h.ipv4))
-        .unzip();
+    let (nodes, hosts): (Vec<String>, Vec<String>) =
+        state.hosts.into_iter().map(|h| (h.node, h.ipv4)).unzip();
     let key = c.ssh_key();
     let known = c.dir.path().join("known_hosts");
     let ssh = format!(
@@ -485,7 +485,10 @@ fn main() {
     print_table(
         "sync: 10,000 files of 1–10 KB + 100 of 1 MiB",
         &[
-            ("tree", format!("{:.1} MB (seed {seed})", bytes as f64 / 1e6)),
+            (
+                "tree",
+                format!("{:.1} MB (seed {seed})", bytes as f64 / 1e6),
+            ),
             ("network", network),
             ("initial: maki sync, all 3 nodes serving", ms(maki_initial)),
             (
@@ -534,7 +537,10 @@ fn main() {
                 "  last node switched (its log), connecting / kept",
                 format!("{} / {}", ms(switch_one[0]), ms(switch_one[1])),
             ),
-            ("one change: rsync to all 3 hosts (anchor)", ms(rsync_one_all)),
+            (
+                "one change: rsync to all 3 hosts (anchor)",
+                ms(rsync_one_all),
+            ),
             ("one change: rsync to one host", ms(rsync_one)),
             (
                 "one change ratio to all 3, connecting / kept (goal ≤ 0.3)",
