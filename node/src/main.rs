@@ -7,6 +7,7 @@
 //! - [`privileges`]: dropping root for the `makiatto` user, keeping only
 //!   CAP_NET_ADMIN and CAP_NET_BIND_SERVICE.
 //! - [`keys`]: the node's signing, sealing and WireGuard keys.
+//! - [`clock`]: the node's wall clock, read in one place.
 //! - [`control`]: the control protocol's serving side, shared by the daemon
 //!   and offline commands.
 //! - [`replica`]: this node's log and projections.
@@ -33,6 +34,7 @@
 mod acme;
 mod blobs;
 mod changes;
+mod clock;
 mod content;
 mod control;
 mod daemon;
