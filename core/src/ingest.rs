@@ -48,8 +48,8 @@ pub enum IngestError {
     #[error(
         "event {id} is stamped {} s ahead of this node's clock, past the cluster's bound of {} s \
          (log.max_clock_skew): fix the clock of the machine that signed it (or this node's) and send it again",
-        ahead_millis / 1000,
-        max_ahead_millis / 1000
+        .ahead_millis / 1000,
+        .max_ahead_millis / 1000
     )]
     AheadOfClock {
         id: EventId,

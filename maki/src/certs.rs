@@ -30,7 +30,7 @@ fn time(millis: u64) -> String {
 }
 
 /// How a failed order stands: what failed, who tries again, and when.
-fn failing(f: &OrderFailure) -> String {
+fn failing_state(f: &OrderFailure) -> String {
     let on = f.node.as_deref().map(|n| format!(" on {n}")).unwrap_or_default();
     if f.ca_unreached {
         format!(
@@ -59,7 +59,7 @@ fn rows(acme: &AcmeReport) -> Vec<Row> {
         acme.failures
             .iter()
             .find(|f| f.certificate == cert)
-            .map(failing)
+            .map(failing_state)
     };
     let ordering = acme.ordering.as_deref();
     for (cert, c) in &acme.certificates {

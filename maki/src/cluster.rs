@@ -15,7 +15,7 @@ use makiatto_protocol::status::{Head, NodeClock};
 
 use crate::operator::{Operator, Outbox};
 use crate::profile::{Machine, Profile};
-use crate::ssh::{ANSWER_WITHIN, HostKeyPolicy, LOGIN_WITHIN, Remote, Target};
+use crate::ssh::{ANSWER_WITHIN, HostKeyPolicy, Remote, Target};
 
 /// How long a kept connection may take to answer a `hello` before the
 /// command logs in itself: a kept connection is one round trip from an
@@ -82,7 +82,7 @@ impl Ctx {
     /// control requests if it answers a `hello` within
     /// [`KEPT_PROBE_WITHIN`]; one that does not (the machine went away
     /// since, and the keeper has not noticed yet) is skipped, and this
-    /// command logs in itself (within [`LOGIN_WITHIN`]), leaving a keeper
+    /// command logs in itself (within [`crate::ssh::LOGIN_WITHIN`]), leaving a keeper
     /// for the commands that follow.
     pub async fn connect(&self, m: &Machine) -> anyhow::Result<Remote> {
         let target = self.target(m)?;
@@ -102,8 +102,8 @@ impl Ctx {
     }
 
     /// [`Ctx::connect`], and the machine's `makiatto control` answered: a
-    /// node a command can work through, reached within [`LOGIN_WITHIN`]
-    /// and [`ANSWER_WITHIN`].
+    /// node a command can work through, reached within
+    /// [`crate::ssh::LOGIN_WITHIN`] and [`ANSWER_WITHIN`].
     pub async fn reach(&self, m: &Machine) -> anyhow::Result<Remote> {
         let remote = self.connect(m).await?;
         remote

@@ -200,7 +200,8 @@ impl Acme {
                 let nap = match unreached {
                     Some(next) => TICK
                         .min(PROBE_EVERY)
-                        .min(next.saturating_duration_since(Instant::now())),
+                        .min(next.saturating_duration_since(Instant::now()))
+                        .max(Duration::from_millis(500)),
                     None => TICK,
                 };
                 tokio::select! {
