@@ -160,7 +160,10 @@ impl<B: Backend> Log<B> {
     /// event stamped past the bound is held, not admitted.
     pub fn append(&mut self, events: Vec<Event>) -> Result<AppendReport, StoreError> {
         let mut report = AppendReport::default();
-        let now = self.skew.as_ref().map(|s| ((s.clock)(), s.max_ahead_millis));
+        let now = self
+            .skew
+            .as_ref()
+            .map(|s| ((s.clock)(), s.max_ahead_millis));
         let due = match now {
             Some((now, _)) if !self.held.is_empty() => self.held.take_due(now),
             _ => Vec::new(),

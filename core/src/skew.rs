@@ -59,7 +59,10 @@ pub enum Timeliness {
     OnTime,
     /// Stamped `ahead_millis` past `now_millis`; admissible once the clock
     /// reads `due_millis`.
-    Ahead { ahead_millis: u64, due_millis: u64 },
+    Ahead {
+        ahead_millis: u64,
+        due_millis: u64,
+    },
 }
 
 /// Judges a stamp against a clock reading and a bound.
@@ -97,7 +100,9 @@ impl Held {
 
     /// Takes every event due at `now_millis`, earliest first.
     pub fn take_due(&mut self, now_millis: u64) -> Vec<Event> {
-        let later = self.by_due.split_off(&(now_millis.saturating_add(1), EventId([0; 32])));
+        let later = self
+            .by_due
+            .split_off(&(now_millis.saturating_add(1), EventId([0; 32])));
         let due = std::mem::replace(&mut self.by_due, later);
         due.into_values()
             .inspect(|e| {

@@ -268,7 +268,12 @@ fn concurrent_appenders_share_batches_through_the_group_committer() {
 }
 
 /// A clock for the skew bound that a test moves by hand.
-fn manual_clock(start: u64) -> (Arc<std::sync::atomic::AtomicU64>, makiatto_core::skew::Clock) {
+fn manual_clock(
+    start: u64,
+) -> (
+    Arc<std::sync::atomic::AtomicU64>,
+    makiatto_core::skew::Clock,
+) {
     let now = Arc::new(std::sync::atomic::AtomicU64::new(start));
     let read = now.clone();
     (
@@ -320,7 +325,10 @@ fn an_event_stamped_past_the_skew_bound_is_held_until_the_clock_reaches_it() {
     now.store(500, Ordering::SeqCst);
     let r = log.append(vec![]).unwrap();
     assert_eq!(r.stored, vec![g.clone()]);
-    assert!(r.outcomes.is_empty(), "released events were reported already");
+    assert!(
+        r.outcomes.is_empty(),
+        "released events were reported already"
+    );
     // A later event of the feed waits for the held one, in the gap buffer.
     now.store(10_000, Ordering::SeqCst);
     let r = log.append(vec![b.clone()]).unwrap();

@@ -31,7 +31,11 @@ fn time(millis: u64) -> String {
 
 /// How a failed order stands: what failed, who tries again, and when.
 fn failing_state(f: &OrderFailure) -> String {
-    let on = f.node.as_deref().map(|n| format!(" on {n}")).unwrap_or_default();
+    let on = f
+        .node
+        .as_deref()
+        .map(|n| format!(" on {n}"))
+        .unwrap_or_default();
     if f.ca_unreached {
         format!(
             "failing{on}: {} (the CA was not reached: retry in {}s, or as soon as it answers)",

@@ -87,10 +87,11 @@ impl Ctx {
     pub async fn connect(&self, m: &Machine) -> anyhow::Result<Remote> {
         let target = self.target(m)?;
         let keep = crate::mux::enabled();
-        if keep && let Some(remote) = crate::mux::attach(&target, &m.host_key).await {
-            if remote.probe(KEPT_PROBE_WITHIN).await.is_ok() {
-                return Ok(remote);
-            }
+        if keep
+            && let Some(remote) = crate::mux::attach(&target, &m.host_key).await
+            && remote.probe(KEPT_PROBE_WITHIN).await.is_ok()
+        {
+            return Ok(remote);
         }
         let remote = Remote::connect(&target, HostKeyPolicy::Pinned(&m.host_key))
             .await
@@ -155,12 +156,8 @@ impl Ctx {
         let mut errors: Vec<Option<String>> = vec![None; machines.len()];
         let mut waiting = machines.iter().enumerate();
         let mut attempts = futures::stream::FuturesUnordered::new();
-        let attempt = |(i, m): (usize, &&Machine)| {
-            let m: &Machine = m;
-            async move { (i, m, self.reach(m).await) }
-        };
-        if let Some(first) = waiting.next() {
-            attempts.push(attempt(first));
+        if let Some((i, m)) = waiting.next() {
+            attempts.push(reach_nth(self, i, m));
         }
         while !attempts.is_empty() {
             let more = waiting.len() > 0;
@@ -169,14 +166,14 @@ impl Ctx {
                     Ok(remote) => return Ok((m.clone(), remote)),
                     Err(e) => {
                         errors[i] = Some(format!("{e:#}"));
-                        if let Some(next) = waiting.next() {
-                            attempts.push(attempt(next));
+                        if let Some((i, m)) = waiting.next() {
+                            attempts.push(reach_nth(self, i, m));
                         }
                     }
                 },
                 () = tokio::time::sleep(NEXT_MACHINE_AFTER), if more => {
-                    if let Some(next) = waiting.next() {
-                        attempts.push(attempt(next));
+                    if let Some((i, m)) = waiting.next() {
+                        attempts.push(reach_nth(self, i, m));
                     }
                 }
             }
@@ -302,6 +299,15 @@ impl Ctx {
     }
 }
 
+/// [`Ctx::reach`] of the `i`-th machine tried, told apart by `i`.
+async fn reach_nth<'a>(
+    ctx: &'a Ctx,
+    i: usize,
+    m: &'a Machine,
+) -> (usize, &'a Machine, anyhow::Result<Remote>) {
+    (i, m, ctx.reach(m).await)
+}
+
 /// A node's heads and the operator's latest event there, as answered to
 /// [`Ctx::ask_tip`]: what signing builds on.
 pub struct Tip {
@@ -347,7 +353,10 @@ fn check_clock(now: u64, node: &NodeClock, via: impl std::fmt::Display) -> anyho
     if off.unsigned_abs() <= node.max_skew_millis {
         return Ok(());
     }
-    let (secs, way) = (off.unsigned_abs() / 1000, if off > 0 { "ahead of" } else { "behind" });
+    let (secs, way) = (
+        off.unsigned_abs() / 1000,
+        if off > 0 { "ahead of" } else { "behind" },
+    );
     bail!(
         "this machine's clock is {secs} s {way} the clock of {} (the cluster allows {} s, \
          `log.max_clock_skew`); nothing was signed. Set the wrong clock right (NTP: `timedatectl`, \
@@ -445,7 +454,9 @@ mod tests {
         }
         let ahead = check_clock(1_000_600_000, &node, "vector").unwrap_err();
         assert!(
-            ahead.to_string().contains("600 s ahead of the clock of vector"),
+            ahead
+                .to_string()
+                .contains("600 s ahead of the clock of vector"),
             "{ahead}"
         );
         assert!(ahead.to_string().contains("log.max_clock_skew"), "{ahead}");

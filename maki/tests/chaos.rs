@@ -56,7 +56,6 @@ struct Figures {
     dns_faulted: [u64; 3],
     dns_others: [u64; 3],
     events_lost: u64,
-    converge_ms: u64,
     verified: bool,
 }
 
@@ -88,7 +87,9 @@ impl Chaos {
         let only = std::env::var("MAKIATTO_CHAOS")
             .ok()
             .map(|s| s.split(',').map(str::to_owned).collect());
-        eprintln!("chaos: seed {seed}, faults of {fault:?} (MAKIATTO_SEED, MAKIATTO_CHAOS_SECONDS)");
+        eprintln!(
+            "chaos: seed {seed}, faults of {fault:?} (MAKIATTO_SEED, MAKIATTO_CHAOS_SECONDS)"
+        );
         let c = Cluster::new("ch");
         let project = c.dir.path().join("project");
         let file = copy_examples(&project);
@@ -198,7 +199,6 @@ impl Chaos {
         let seconds = load.stop();
         let mut f = Figures {
             events_lost: self.lost(),
-            converge_ms,
             verified: self.verify(),
             ..Figures::default()
         };
@@ -353,11 +353,15 @@ fn chaos_on_five_nodes_under_load() {
                     for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
                         ch.iptables(
                             n,
-                            &[op, chain, dir, &ip, "-p", "udp", "--dport", "51880", "-j", "DROP"],
+                            &[
+                                op, chain, dir, &ip, "-p", "udp", "--dport", "51880", "-j", "DROP",
+                            ],
                         );
                         ch.iptables(
                             n,
-                            &[op, chain, dir, &ip, "-p", "udp", "--sport", "51880", "-j", "DROP"],
+                            &[
+                                op, chain, dir, &ip, "-p", "udp", "--sport", "51880", "-j", "DROP",
+                            ],
                         );
                     }
                 }
@@ -400,8 +404,20 @@ fn chaos_on_five_nodes_under_load() {
                     ch.iptables(
                         &n,
                         &[
-                            op, chain, "-p", "udp", "--dport", "51880", "-m", "statistic",
-                            "--mode", "random", "--probability", "0.3", "-j", "DROP",
+                            op,
+                            chain,
+                            "-p",
+                            "udp",
+                            "--dport",
+                            "51880",
+                            "-m",
+                            "statistic",
+                            "--mode",
+                            "random",
+                            "--probability",
+                            "0.3",
+                            "-j",
+                            "DROP",
                         ],
                     );
                 }
@@ -422,17 +438,18 @@ fn chaos_on_five_nodes_under_load() {
         let site = ch.project.join("site/chaos");
         std::fs::create_dir_all(&site).unwrap();
         for i in 0..300 {
-            let body: String = (0..2000).map(|_| ch.rng.random_range(b'a'..=b'z') as char).collect();
+            let body: String = (0..2000)
+                .map(|_| ch.rng.random_range(b'a'..=b'z') as char)
+                .collect();
             std::fs::write(site.join(format!("{i}.txt")), body).unwrap();
         }
         let file = ch.project.join("makiatto.toml");
-        let mut sync = ch
-            .c
-            .command(&["sync", "--file", file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut sync =
+            ch.c.command(&["sync", "--file", file.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
         std::thread::sleep(Duration::from_millis(ch.rng.random_range(100..1500)));
         ch.c.ok(&["local", "kill", &first]);
         let _ = sync.wait();
@@ -467,7 +484,11 @@ fn chaos_on_five_nodes_under_load() {
                     n["certificate"] == "example.test"
                         && n["state"].as_str().is_some_and(|s| s != "valid")
                 });
-                if renewing { Err(out.to_string()) } else { Ok(()) }
+                if renewing {
+                    Err(out.to_string())
+                } else {
+                    Ok(())
+                }
             },
         );
         ch.hold();
@@ -485,7 +506,11 @@ fn chaos_on_five_nodes_under_load() {
         let node = ch.pick();
         ch.exec(
             &node,
-            &["sh", "-c", "find /var/makiatto/blobs -type f -exec touch -d '2 hours ago' {} +"],
+            &[
+                "sh",
+                "-c",
+                "find /var/makiatto/blobs -type f -exec touch -d '2 hours ago' {} +",
+            ],
         );
         ch.c.ok(&["local", "kill", &node]);
         ch.c.ok(&["local", "start", &node]);
@@ -513,20 +538,30 @@ fn chaos_on_five_nodes_under_load() {
         ch.c.ok(&["local", "start", &node]);
         ch.exec(
             &node,
-            &["sh", "-c", "dd if=/dev/zero of=/var/makiatto/fill bs=1M 2>/dev/null; true"],
+            &[
+                "sh",
+                "-c",
+                "dd if=/dev/zero of=/var/makiatto/fill bs=1M 2>/dev/null; true",
+            ],
         );
-        std::fs::write(ch.project.join("site/full-disk.txt"), "published while a disk was full\n")
-            .unwrap();
+        std::fs::write(
+            ch.project.join("site/full-disk.txt"),
+            "published while a disk was full\n",
+        )
+        .unwrap();
         let file = ch.project.join("makiatto.toml");
         let via = ch.names().into_iter().find(|n| *n != node).unwrap();
         let profile = ch.profile_first(&via);
-        let out = ch
-            .c
-            .command(&["sync", "--file", file.to_str().unwrap()])
-            .env("MAKIATTO_PROFILE", &profile)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out =
+            ch.c.command(&["sync", "--file", file.to_str().unwrap()])
+                .env("MAKIATTO_PROFILE", &profile)
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         ch.hold();
         ch.exec(&node, &["rm", "-f", "/var/makiatto/fill"]);
         vec![node]
@@ -539,7 +574,11 @@ fn chaos_on_five_nodes_under_load() {
             let node = ch.pick();
             ch.c.ok(&["local", "kill", &node]);
             let mut argv: Vec<String> = vec!["env".into()];
-            argv.extend(clock_offset_env(offset).into_iter().map(|(k, v)| format!("{k}={v}")));
+            argv.extend(
+                clock_offset_env(offset)
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}")),
+            );
             argv.extend(["makiatto", "run", "--detach"].map(String::from));
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             ch.exec(&node, &argv);
@@ -556,7 +595,17 @@ fn chaos_on_five_nodes_under_load() {
     chaos.scenario("restored-backup", |ch| {
         let node = ch.pick();
         ch.c.ok(&["local", "kill", &node]);
-        ch.exec(&node, &["tar", "-C", "/var", "-cf", "/root/chaos-backup.tar", "makiatto"]);
+        ch.exec(
+            &node,
+            &[
+                "tar",
+                "-C",
+                "/var",
+                "-cf",
+                "/root/chaos-backup.tar",
+                "makiatto",
+            ],
+        );
         ch.c.ok(&["local", "start", &node]);
         let via = ch.names().into_iter().find(|n| *n != node).unwrap();
         assert!(ch.publish(&via));
@@ -565,7 +614,11 @@ fn chaos_on_five_nodes_under_load() {
         ch.c.ok(&["local", "kill", &node]);
         ch.exec(
             &node,
-            &["sh", "-c", "rm -rf /var/makiatto && tar -C /var -xpf /root/chaos-backup.tar"],
+            &[
+                "sh",
+                "-c",
+                "rm -rf /var/makiatto && tar -C /var -xpf /root/chaos-backup.tar",
+            ],
         );
         ch.c.ok(&["local", "start", &node]);
         vec![node]
@@ -578,10 +631,10 @@ fn chaos_on_five_nodes_under_load() {
             ch.c.ok(&["local", "kill", n]);
             ch.c.ok(&["local", "start", n]);
             let first = &names[0];
-            makiatto_harness::Wait::up_to(Duration::from_secs(60)).until(
-                &format!("{n} is back in step"),
-                || ch.c.health(n)["vv_digest"] == ch.c.health(first)["vv_digest"],
-            );
+            makiatto_harness::Wait::up_to(Duration::from_secs(60))
+                .until(&format!("{n} is back in step"), || {
+                    ch.c.health(n)["vv_digest"] == ch.c.health(first)["vv_digest"]
+                });
         }
         names
     });

@@ -61,7 +61,10 @@ fn stamps_past_the_clock_bound_are_refused_from_maki_and_held_from_peers() {
     }
     let out = skewed.output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "maki signed with its clock 600 s ahead");
+    assert!(
+        !out.status.success(),
+        "maki signed with its clock 600 s ahead"
+    );
     assert!(
         said.contains("s ahead of the clock of") && said.contains("log.max_clock_skew"),
         "{said}"
@@ -71,9 +74,9 @@ fn stamps_past_the_clock_bound_are_refused_from_maki_and_held_from_peers() {
     // A tight bound, so that the held events below come due in seconds.
     c.ok(&["config", "set", "log.max_clock_skew", "5"]);
     wait_until(Duration::from_secs(30), "every node has the bound", || {
-        NODES.iter().all(|n| {
-            status(&c, n)["clock"]["max_skew_millis"] == 5000
-        })
+        NODES
+            .iter()
+            .all(|n| status(&c, n)["clock"]["max_skew_millis"] == 5000)
     });
 
     // Handed over directly (as `maki` would), an event a minute ahead is
@@ -159,7 +162,10 @@ fn stamps_past_the_clock_bound_are_refused_from_maki_and_held_from_peers() {
                     .collect()
             };
             let tololo = problems("tololo");
-            let others: Vec<String> = ["vector", "klukai"].iter().flat_map(|n| problems(n)).collect();
+            let others: Vec<String> = ["vector", "klukai"]
+                .iter()
+                .flat_map(|n| problems(n))
+                .collect();
             if tololo.iter().any(|p| p.contains("ahead of its peers'")) && others.is_empty() {
                 Ok(())
             } else {

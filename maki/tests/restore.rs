@@ -21,9 +21,11 @@ fn all_issued(c: &Cluster) -> Result<(), String> {
     let out: Value = serde_json::from_str(&c.ok(&["certs", "--json"])).unwrap();
     let names = out["names"].as_array().cloned().unwrap_or_default();
     let issued = !names.is_empty()
-        && names
-            .iter()
-            .all(|n| n["issuer"].as_str().is_some_and(|i| i.starts_with("Pebble")));
+        && names.iter().all(|n| {
+            n["issuer"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("Pebble"))
+        });
     if issued {
         Ok(())
     } else {
@@ -110,12 +112,18 @@ fn a_node_restored_from_an_old_backup_learns_its_feed_before_it_signs() {
         "every name has a certificate",
         || all_issued(&c),
     );
-    wait_seeing(Duration::from_secs(30), "every node holds the same events", || {
-        converged(&c)
-    });
+    wait_seeing(
+        Duration::from_secs(30),
+        "every node holds the same events",
+        || converged(&c),
+    );
     let signed = feed_of(&c, "vector", &klukai_key);
     assert!(!signed.is_empty(), "klukai signed nothing");
-    let last_seq = signed.iter().map(|l| l["seq"].as_u64().unwrap()).max().unwrap();
+    let last_seq = signed
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .max()
+        .unwrap();
 
     // klukai is restored from the backup, cut off from its peers: it holds
     // the configuration and none of its own events, so every certificate
@@ -170,16 +178,22 @@ fn a_node_restored_from_an_old_backup_learns_its_feed_before_it_signs() {
         || {
             let feed = feed_of(&c, "vector", &klukai_key);
             let newest = feed.iter().filter_map(|l| l["seq"].as_u64()).max();
-            if newest.is_some_and(|s| s > last_seq) && feed.iter().any(|l| l["kind"] == "certificate-issued" && l["seq"].as_u64() > Some(last_seq)) {
+            if newest.is_some_and(|s| s > last_seq)
+                && feed.iter().any(|l| {
+                    l["kind"] == "certificate-issued" && l["seq"].as_u64() > Some(last_seq)
+                })
+            {
                 Ok(())
             } else {
                 Err(format!("{feed:#?}"))
             }
         },
     );
-    wait_seeing(Duration::from_secs(30), "every node holds the same events", || {
-        converged(&c)
-    });
+    wait_seeing(
+        Duration::from_secs(30),
+        "every node holds the same events",
+        || converged(&c),
+    );
     for node in NODES {
         let forks: Vec<Value> = json_lines(&c.exec(node, &["makiatto", "log", "--json"]))
             .into_iter()

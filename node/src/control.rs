@@ -142,11 +142,7 @@ pub fn execute(replica: &Mutex<Replica>, appender: &dyn Appender, envelope: Enve
                         if !clock_bound && r.reason == Some(Refusal::AheadOfClock) {
                             r.reason = None;
                         }
-                        if typed_outcomes {
-                            r
-                        } else {
-                            r.to_legacy()
-                        }
+                        if typed_outcomes { r } else { r.to_legacy() }
                     })
                     .collect()
             }))

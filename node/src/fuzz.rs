@@ -46,7 +46,11 @@ fn compiled() -> &'static Compiled {
 
 fn zones() -> Zones {
     let apex = "example.test";
-    let nodes = [("klukai", 35.67, 139.65, 2u8), ("tololo", -23.55, -46.63, 3), ("vector", 51.50, -0.12, 1)];
+    let nodes = [
+        ("klukai", 35.67, 139.65, 2u8),
+        ("tololo", -23.55, -46.63, 3),
+        ("vector", 51.50, -0.12, 1),
+    ];
     let record = |rtype: &str, name: &str, value: &str, priority: Option<u16>| RecordView {
         rtype: rtype.into(),
         name: name.into(),
@@ -72,7 +76,11 @@ fn zones() -> Zones {
                 name: format!("{n}.ns.{apex}"),
                 node: name(n),
                 ipv4: Some(Ipv4Addr::new(203, 0, 113, *i)),
-                ipv6: Some(format!("2001:db8::{i}").parse().unwrap_or(std::net::Ipv6Addr::LOCALHOST)),
+                ipv6: Some(
+                    format!("2001:db8::{i}")
+                        .parse()
+                        .unwrap_or(std::net::Ipv6Addr::LOCALHOST),
+                ),
             })
             .collect(),
         geo: nodes
@@ -107,7 +115,10 @@ fn zones() -> Zones {
             record("A", "ns1.sub", "192.0.2.53", None),
             record("A", "*.wild", "192.0.2.80", None),
         ],
-        acme_txt: vec![("_acme-challenge.www.example.test".into(), "dns-01-value".into())],
+        acme_txt: vec![(
+            "_acme-challenge.www.example.test".into(),
+            "dns-01-value".into(),
+        )],
     };
     let domain = DomainName::new(apex).unwrap_or_else(|_| unreachable!("a fixed domain"));
     Zones {
@@ -143,7 +154,11 @@ pub fn dns_message(data: &[u8]) {
         return;
     }
     assert!(out.len() >= 12, "a reply shorter than a header");
-    assert_eq!(out[..2], msg[..2], "the reply does not carry the query's id");
+    assert_eq!(
+        out[..2],
+        msg[..2],
+        "the reply does not carry the query's id"
+    );
     let reply = hickory_proto::op::Message::from_vec(&out)
         .unwrap_or_else(|e| panic!("the reply does not parse: {e}"));
     let limit = if tcp {
@@ -153,7 +168,11 @@ pub fn dns_message(data: &[u8]) {
     } else {
         512
     };
-    assert!(out.len() <= limit, "a reply of {} bytes over {limit}", out.len());
+    assert!(
+        out.len() <= limit,
+        "a reply of {} bytes over {limit}",
+        out.len()
+    );
 }
 
 /// The routes of three sites: one plain, one with an alias, one wildcard.
@@ -161,7 +180,10 @@ fn routes() -> &'static Routes {
     static ROUTES: OnceLock<Routes> = OnceLock::new();
     ROUTES.get_or_init(|| {
         let domains = [
-            ("example.test".to_owned(), vec!["www.example.test".to_owned()]),
+            (
+                "example.test".to_owned(),
+                vec!["www.example.test".to_owned()],
+            ),
             ("shop.test".to_owned(), vec!["*.shop.test".to_owned()]),
             ("blog.test".to_owned(), Vec::new()),
         ]
@@ -187,7 +209,12 @@ pub fn http_request(data: &[u8]) {
     };
     // The host names a route, or none; a wildcard covers one label.
     if let Some(host) = header("host") {
-        let host = host.split(':').next().unwrap_or("").trim_end_matches('.').to_ascii_lowercase();
+        let host = host
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         let _ = routes().get(&host);
         if let Some(w) = wildcard_of(&host) {
             assert!(w.starts_with("*.") && w.len() < host.len() + 2);
@@ -197,7 +224,10 @@ pub fn http_request(data: &[u8]) {
     match request::target(path) {
         Ok(Target::File { key, .. }) => {
             for seg in key.split('/') {
-                assert!(seg != "." && seg != "..", "a dot segment reached a lookup: {key:?}");
+                assert!(
+                    seg != "." && seg != "..",
+                    "a dot segment reached a lookup: {key:?}"
+                );
                 assert!(
                     !seg.chars().any(|c| c == '\\' || c.is_control()),
                     "a backslash or control character reached a lookup: {key:?}"
@@ -234,8 +264,12 @@ pub fn event(data: &[u8]) {
     use makiatto_core::{Log, MemoryBackend};
     use makiatto_events::Event;
     if let Ok(e) = Event::decode(data) {
-        assert_eq!(&e.to_bytes()[..], data, "a decoded event re-encodes otherwise");
-        assert_eq!(e.id(), makiatto_events::EventId::of(data), "an event's id is not its hash");
+        assert_eq!(e.to_bytes(), data, "a decoded event re-encodes otherwise");
+        assert_eq!(
+            e.id(),
+            makiatto_events::EventId::of(data),
+            "an event's id is not its hash"
+        );
     }
     if let Ok(mut log) = Log::open(MemoryBackend::default()) {
         let _ = log.append_bytes(&[data.to_vec()]);
@@ -244,7 +278,9 @@ pub fn event(data: &[u8]) {
     if let Ok(m) = makiatto_events::Manifest::decode(data) {
         for path in m.files.keys() {
             assert!(
-                !path.split('/').any(|s| s.is_empty() || s == "." || s == ".."),
+                !path
+                    .split('/')
+                    .any(|s| s.is_empty() || s == "." || s == ".."),
                 "a manifest path escapes its site: {path:?}"
             );
         }
@@ -259,7 +295,10 @@ pub fn frames(data: &[u8]) {
         let mut wire = Vec::new();
         if frame::encode(&f, &mut wire).is_ok() {
             let again = frame::decode(&wire[4..]).map(|(f, _)| f);
-            assert!(again.is_ok_and(|g| g == f), "a frame does not survive its own encoding");
+            assert!(
+                again.is_ok_and(|g| g == f),
+                "a frame does not survive its own encoding"
+            );
         }
     }
     let _ = Heartbeat::decode_with_clock(data);

@@ -12,8 +12,8 @@ use makiatto_events::{AuthorKey, Event, EventId, Hlc, MAX_PARENTS, Payload};
 use makiatto_projections::engine::AsOfError;
 use makiatto_projections::{AsOf, Engine, ProjectionName, State};
 
-use makiatto_protocol::log::{LogFilter, LogLine};
 use makiatto_core::skew::SkewBound;
+use makiatto_protocol::log::{LogFilter, LogLine};
 use makiatto_protocol::status::{Head, NodeClock, Rejections, Status, VerifyReport};
 
 use crate::query::Point;

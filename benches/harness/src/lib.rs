@@ -59,8 +59,6 @@ pub use host::{Host, State};
 pub use lab::Lab;
 pub use netns::Namespace;
 pub use previous::previous_release;
-pub use process::{
-    Process, clock_offset_env, have, json_lines, require_root, stdout, with_input,
-};
+pub use process::{Process, clock_offset_env, have, json_lines, require_root, stdout, with_input};
 pub use project::{copy_dir, copy_examples, example_project};
 pub use wait::{Wait, eventually, wait_seeing, wait_until};

@@ -102,8 +102,7 @@ impl Load {
         let mut threads = Vec::new();
         for t in &self.targets {
             for protocol in ["https", "dns"] {
-                let (t, nodes, tls, stop) =
-                    (t.clone(), nodes.clone(), tls.clone(), stop.clone());
+                let (t, nodes, tls, stop) = (t.clone(), nodes.clone(), tls.clone(), stop.clone());
                 let (domain, path, rate) = (self.domain.clone(), self.path.clone(), self.rate);
                 threads.push(std::thread::spawn(move || {
                     let ask = |id: u16| match protocol {
@@ -181,8 +180,7 @@ fn https(tls: &Arc<rustls::ClientConfig>, addr: Ipv4Addr, domain: &str, path: &s
         let name = rustls::pki_types::ServerName::try_from(domain.to_owned()).ok()?;
         let conn = rustls::ClientConnection::new(tls.clone(), name).ok()?;
         let mut stream = rustls::StreamOwned::new(conn, sock);
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {domain}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {domain}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).ok()?;
         let mut response = Vec::new();
         let mut buf = [0u8; 16 * 1024];
@@ -364,10 +362,7 @@ mod tests {
         reply[2] = 0x84;
         reply[7] = 1;
         reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 203, 0, 113, 2]);
-        assert_eq!(
-            addresses(&reply),
-            Some(vec![Ipv4Addr::new(203, 0, 113, 2)])
-        );
+        assert_eq!(addresses(&reply), Some(vec![Ipv4Addr::new(203, 0, 113, 2)]));
         reply[3] = 3;
         assert_eq!(addresses(&reply), None);
     }

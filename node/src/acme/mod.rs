@@ -449,7 +449,11 @@ impl Acme {
             }
         }
         if retried > 0 {
-            tracing::info!(orders = retried, reason = why, "retrying certificate orders that never reached the CA");
+            tracing::info!(
+                orders = retried,
+                reason = why,
+                "retrying certificate orders that never reached the CA"
+            );
         }
     }
 
@@ -519,7 +523,10 @@ impl Acme {
         let no_answer = || {
             std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("no answer from the CA within {} s", FIRST_CONTACT_WITHIN.as_secs()),
+                format!(
+                    "no answer from the CA within {} s",
+                    FIRST_CONTACT_WITHIN.as_secs()
+                ),
             )
         };
         let account = tokio::time::timeout(
@@ -702,9 +709,8 @@ impl Acme {
                 parents = vec![(e.id(), e.hlc())];
                 raw.push(Ok(e.to_bytes().to_vec()));
             }
-            let ingested =
-                control::ingest(&replica, &committer, raw, control::Arrival::Replicated)
-                    .map_err(anyhow::Error::msg)?;
+            let ingested = control::ingest(&replica, &committer, raw, control::Arrival::Replicated)
+                .map_err(anyhow::Error::msg)?;
             if let Some(bad) = ingested.bad.first() {
                 bail!("this node's own event was refused: {bad}");
             }

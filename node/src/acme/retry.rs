@@ -160,23 +160,34 @@ mod tests {
     #[test]
     fn answers_from_the_ca_keep_the_slow_schedule_whatever_came_between() {
         let f = Failures::default();
-        let (f, wait) = f.after(Failure::Answered { rate_limited: false });
+        let (f, wait) = f.after(Failure::Answered {
+            rate_limited: false,
+        });
         assert_eq!(wait, Duration::from_secs(300));
         // The network fails meanwhile: seconds, not the slow schedule.
         let (f, wait) = f.after(Failure::Unreached);
         assert_eq!(wait, Duration::from_secs(2));
         // The CA answers again: its schedule goes on where it was.
-        let (f, wait) = f.after(Failure::Answered { rate_limited: false });
+        let (f, wait) = f.after(Failure::Answered {
+            rate_limited: false,
+        });
         assert_eq!(wait, Duration::from_secs(600));
         assert_eq!((f.total, f.answered, f.unreached_in_a_row), (3, 2, 0));
         let (_, wait) = f.after(Failure::Answered { rate_limited: true });
         assert_eq!(wait, Duration::from_secs(3600));
         let mut f = Failures::default();
         for _ in 0..20 {
-            f = f.after(Failure::Answered { rate_limited: false }).0;
+            f = f
+                .after(Failure::Answered {
+                    rate_limited: false,
+                })
+                .0;
         }
         assert_eq!(
-            f.after(Failure::Answered { rate_limited: false }).1,
+            f.after(Failure::Answered {
+                rate_limited: false
+            })
+            .1,
             ANSWERED_LONGEST
         );
     }
@@ -191,12 +202,9 @@ mod tests {
             r#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many","status":429}"#,
         )
         .unwrap();
-        let limited =
-            anyhow::Error::new(instant_acme::Error::Api(problem)).context("the CA refused the order");
-        assert_eq!(
-            classify(&limited),
-            Failure::Answered { rate_limited: true }
-        );
+        let limited = anyhow::Error::new(instant_acme::Error::Api(problem))
+            .context("the CA refused the order");
+        assert_eq!(classify(&limited), Failure::Answered { rate_limited: true });
         let invalid = anyhow::anyhow!("the order is Invalid, not ready");
         assert_eq!(
             classify(&invalid),

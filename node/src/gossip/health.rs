@@ -176,9 +176,7 @@ impl Gossip {
             .liveness
             .with_table(|table| table.clock_ahead_of_peers(&t.peers, now))
             .flatten();
-        let held_ahead_of_clock = self
-            .read(|r| Ok(r.held_ahead_of_clock()))
-            .unwrap_or(0);
+        let held_ahead_of_clock = self.read(|r| Ok(r.held_ahead_of_clock())).unwrap_or(0);
         HealthReport {
             node: t.me.as_ref().map(|m| m.name.to_string()),
             mesh_addr: t.me.as_ref().map(|m| m.mesh.to_string()),

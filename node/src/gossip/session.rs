@@ -243,8 +243,12 @@ impl Gossip {
         let committer = self.committer.clone();
         let mesh = self.mesh.clone();
         let (committed, topology) = tokio::task::spawn_blocking(move || {
-            let ingested =
-                control::ingest(&replica, &committer, Vec::new(), control::Arrival::Replicated)?;
+            let ingested = control::ingest(
+                &replica,
+                &committer,
+                Vec::new(),
+                control::Arrival::Replicated,
+            )?;
             let topology = (ingested.committed > 0)
                 .then(|| crate::topology::follow_peers(&replica, &mesh))
                 .flatten();
@@ -256,7 +260,10 @@ impl Gossip {
             self.set_topology(t);
         }
         if committed > 0 {
-            tracing::info!(events = committed, "events held for their stamp are admitted: the clock reached them");
+            tracing::info!(
+                events = committed,
+                "events held for their stamp are admitted: the clock reached them"
+            );
             self.changes.stored();
         }
         Ok(committed)
