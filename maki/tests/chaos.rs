@@ -163,6 +163,12 @@ impl Chaos {
             .env("MAKIATTO_PROFILE", &profile)
             .output()
             .unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "chaos: publishing through {via} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         out.status.success()
     }
 

@@ -4,8 +4,9 @@
 //!
 //! Every target gets its own thread per protocol, which sends on a fixed
 //! schedule (the `n`-th request at `start + n / rate`, skipped when late
-//! rather than sent in a burst), waits at most [`TIMEOUT`] for the answer,
-//! and counts it per second: ok, failed (no answer, a broken connection),
+//! rather than sent in a burst, and counted failed), waits at most
+//! [`TIMEOUT`] for the answer, and counts it per second: ok, failed (no
+//! answer, a broken connection, or skipped while waiting on one),
 //! wrong (an HTTP status that is not 200; a DNS answer that is not
 //! NOERROR with addresses of nodes only). It runs until stopped.
 
@@ -145,8 +146,22 @@ fn schedule(
         if now < due {
             std::thread::sleep(due - now);
         } else if now > due + every {
-            // Late (the last request took its timeout): skip to now.
-            n = (now.as_nanos() / every.as_nanos().max(1)) as u32 + 1;
+            // Late (the last request took its timeout): the requests that
+            // were due meanwhile count as failed (a visitor's would have
+            // waited on the same dead server), and the schedule goes on
+            // from now.
+            let caught_up = (now.as_nanos() / every.as_nanos().max(1)) as u32 + 1;
+            let second = now.as_secs();
+            while seconds.len() as u64 <= second {
+                seconds.push(Second {
+                    target: target.to_owned(),
+                    protocol: protocol.to_owned(),
+                    at: seconds.len() as u64,
+                    ..Second::default()
+                });
+            }
+            seconds[second as usize].failed += u64::from(caught_up - n);
+            n = caught_up;
             continue;
         }
         let second = start.elapsed().as_secs();
