@@ -333,6 +333,9 @@ fn tally(f: &mut Figures, seconds: &[Second], struck: &[String], from: u64) {
 fn chaos_on_five_nodes_under_load() {
     require_root();
     let mut chaos = Chaos::new();
+    // Every node serves the site before the first fault (it deploys after
+    // `up` returns).
+    assert!(chaos.converge(), "the cluster did not settle after up");
 
     // One node cut off (its cable pulled), a change published meanwhile.
     chaos.scenario("isolated", |ch| {
