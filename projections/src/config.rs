@@ -180,6 +180,11 @@ pub struct Settings {
     pub acme_challenge: Option<String>,
     #[autosurgeon(missing = "Default::default")]
     pub sites_keep_versions: Option<u32>,
+    /// Added after the others: left out of the JSON while unset, so the
+    /// fingerprints of logs that never set it stay what they were.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_max_clock_skew: Option<u32>,
 }
 
 /// One setting: its key, its default and what it does.
@@ -221,6 +226,11 @@ pub const SETTINGS: &[SettingSpec] = &[
         default: "10",
         doc: "site versions per domain kept by garbage collection (1–1000)",
     },
+    SettingSpec {
+        key: "log.max_clock_skew",
+        default: "60",
+        doc: "seconds an event may be stamped ahead of a node's clock: past it, events from peers wait for the clock, from maki are refused (5–86400)",
+    },
 ];
 
 fn ranged(key: &str, value: &str, lo: u32, hi: u32) -> Result<u32, ConfigError> {
@@ -254,6 +264,11 @@ impl Settings {
         self.sites_keep_versions.unwrap_or(10)
     }
 
+    /// How far ahead of a node's clock an event may be stamped.
+    pub fn max_clock_skew_millis(&self) -> u64 {
+        u64::from(self.log_max_clock_skew.unwrap_or(60)) * 1000
+    }
+
     /// One setting's value as text (`None`: unset, so its default holds,
     /// or no such key).
     pub fn get(&self, key: &str) -> Option<String> {
@@ -261,6 +276,7 @@ impl Settings {
             "dns.geo_ttl" => self.dns_geo_ttl.map(|v| v.to_string()),
             "dns.nearest" => self.dns_nearest.map(|v| v.to_string()),
             "sites.keep_versions" => self.sites_keep_versions.map(|v| v.to_string()),
+            "log.max_clock_skew" => self.log_max_clock_skew.map(|v| v.to_string()),
             "acme.directory" => self.acme_directory.clone(),
             "acme.challenge" => self.acme_challenge.clone(),
             "acme.ca_root" => self.acme_ca_root.clone(),
@@ -274,6 +290,7 @@ impl Settings {
             "dns.geo_ttl" => self.dns_geo_ttl = Some(ranged(key, value, 1, 86_400)?),
             "dns.nearest" => self.dns_nearest = Some(ranged(key, value, 1, 8)?),
             "sites.keep_versions" => self.sites_keep_versions = Some(ranged(key, value, 1, 1000)?),
+            "log.max_clock_skew" => self.log_max_clock_skew = Some(ranged(key, value, 5, 86_400)?),
             "acme.directory" => {
                 self.acme_directory = match value {
                     "" => None,

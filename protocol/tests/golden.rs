@@ -188,6 +188,7 @@ fn health() -> HealthReport {
             events_received: 3,
             events_sent: 4,
             bad_events: 0,
+            clock_offset_ms: None,
         }],
         replication: ReplicationTotals {
             sessions_ok: 1,
@@ -271,6 +272,8 @@ fn health() -> HealthReport {
                 failures: 1,
                 error: "no route to host".into(),
                 retry_in_secs: 300,
+                ca_unreached: false,
+                node: None,
             }],
             certificates: BTreeMap::from([(
                 "example.test".into(),
@@ -288,6 +291,9 @@ fn health() -> HealthReport {
             )]),
             limited: BTreeMap::new(),
         }),
+        clock_ahead_of_peers_ms: None,
+        held_ahead_of_clock: 0,
+        own_feed: None,
     }
 }
 
@@ -377,7 +383,11 @@ fn answers() -> Vec<(&'static str, Answer)> {
                     chain_mismatch: 3,
                     foreign_cluster: 4,
                     wait_buffer_full: 5,
+                    ahead_of_clock: 0,
                 },
+                held_ahead_of_clock: 0,
+                held_ahead_of_clock_total: 0,
+                clock: None,
             }),
         ),
         ("answer version-vector", ok(vv())),

@@ -23,6 +23,8 @@
 //!   server spends on a fixed amount of work: the noise-free A/B.
 //! - [`lab`]: a cluster with namespaces for a benchmark's anchor server
 //!   and client.
+//! - [`load`]: HTTPS and DNS clients at a fixed rate against every node,
+//!   with timeouts, counting per second (the chaos tests' load).
 //! - [`cpu`]: `/proc` readings: CPU of a server, its client and the
 //!   machine over a run; resident memory.
 //! - [`daemon`]: a `makiatto` on a temporary data directory, for the
@@ -46,6 +48,7 @@ pub mod geoip;
 pub mod host;
 pub mod instructions;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod placement;
 pub mod previous;
@@ -62,6 +65,6 @@ pub use lab::Lab;
 pub use netns::Namespace;
 pub use placement::Placement;
 pub use previous::previous_release;
-pub use process::{Process, have, json_lines, require_root, stdout, with_input};
+pub use process::{Process, clock_offset_env, have, json_lines, require_root, stdout, with_input};
 pub use project::{copy_dir, copy_examples, example_project};
 pub use wait::{Wait, eventually, wait_seeing, wait_until};
