@@ -24,6 +24,10 @@
 //!   once every blob is here.
 //! - [`dns`]: the authoritative GeoDNS server.
 //! - [`http`]: the HTTP and HTTPS edge.
+//! - [`images`]: images on the fly (`?w&h&fit&fmt&q&dpr`): parameters,
+//!   geometry, decoding, encoding, the rendition cache.
+//! - [`work_pool`]: the one bounded pool for CPU-heavy work (images, and
+//!   WebAssembly later), with the queue limit that answers 503.
 //! - [`acme`]: ordering and installing certificates.
 //!
 //! Read commands (`log`, `show`, `verify`, `status`, `append`) go through
@@ -39,6 +43,7 @@ mod daemon;
 mod dns;
 mod gossip;
 mod http;
+mod images;
 mod keys;
 mod liveness;
 mod mesh;
@@ -48,6 +53,7 @@ mod query;
 mod replica;
 mod service;
 mod topology;
+mod work_pool;
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -165,6 +171,19 @@ enum Command {
     Blobs {
         #[command(subcommand)]
         command: BlobsCommand,
+    },
+    /// Make one rendition of an image file as the edge would for these
+    /// parameters (`w=800&fmt=webp&q=85`), with the default limits; writes
+    /// it to standard output, or with `--repeat`, times that many and
+    /// prints the time per image (the image benchmark uses this).
+    Image {
+        file: PathBuf,
+        query: String,
+        /// As the request's Accept header (for fmt=auto).
+        #[arg(long)]
+        accept: Option<String>,
+        #[arg(long)]
+        repeat: Option<u32>,
     },
     /// Tools for tests that play a misbehaving peer.
     #[command(hide = true)]
@@ -432,6 +451,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image {
+            file,
+            query,
+            accept,
+            repeat,
+        } => {
+            images::render_file(&file, &query, accept.as_deref(), repeat)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Debug {
