@@ -11,7 +11,7 @@
 //!    child) and wall time per image; three alternating rounds, best of
 //!    each. Goal: ≤ 1.0 × vips' time.
 //! 2. **Quality**: both outputs decoded and scored with SSIMULACRA2 (PyPI's
-//!    `ssimulacra2`, if installed) against a reference: the source resized
+//!    `ssimulacra2` in `MAKIATTO_BENCH_PYTHON`, if installed) against a reference: the source resized
 //!    to 800 wide by Pillow's Lanczos in floating point. Reported, with
 //!    byte sizes.
 //! 3. **Cache hits against a static file**: one node (`maki local up
@@ -97,13 +97,13 @@ const CASES: [Case; 2] = [
     Case {
         key: "webp",
         query: "w=800&fmt=webp&q=80",
-        vips_out: "%s.webp[Q=80,strip]",
+        vips_out: "%s_out.webp[Q=80,strip]",
         ext: "webp",
     },
     Case {
         key: "jpeg",
         query: "w=800&fmt=jpg&q=80",
-        vips_out: "%s.jpg[Q=80,strip]",
+        vips_out: "%s_out.jpg[Q=80,strip]",
         ext: "jpg",
     },
 ];
@@ -165,11 +165,15 @@ fn pipeline(makiatto: &Path, dir: &Path, source: &Path) -> serde_json::Value {
 }
 
 fn quality(makiatto: &Path, dir: &Path, source: &Path) -> serde_json::Value {
-    let probe = Command::new("/usr/bin/python3")
+    let python = std::env::var("MAKIATTO_BENCH_PYTHON").unwrap_or("/usr/bin/python3".into());
+    let probe = Command::new(&python)
         .args(["-c", "import ssimulacra2"])
         .status();
     if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("quality: skipped (pip install ssimulacra2 for /usr/bin/python3)");
+        eprintln!(
+            "quality: skipped (no ssimulacra2 for {python}: make a venv with \
+             --system-site-packages, pip install ssimulacra2, set MAKIATTO_BENCH_PYTHON)"
+        );
         return json!(null);
     }
     let reference = dir.join("reference.png");
@@ -197,15 +201,10 @@ fn quality(makiatto: &Path, dir: &Path, source: &Path) -> serde_json::Value {
         run(Command::new("vipsthumbnail")
             .args(["--size", "800x", "-o", case.vips_out])
             .arg(&src));
-        let theirs = vips_dir.join(format!("v.{}", case.ext));
+        let theirs = vips_dir.join(format!("v_out.{}", case.ext));
         let score = |p: &Path| -> f64 {
-            let s = "import sys\nfrom PIL import Image\nimport numpy as np\nfrom ssimulacra2 import compute_ssimulacra2\na = Image.open(sys.argv[1]).convert('RGB')\nb = Image.open(sys.argv[2]).convert('RGB')\nprint(compute_ssimulacra2(a, b))\n";
-            let out = stdout(
-                Command::new("/usr/bin/python3")
-                    .args(["-c", s])
-                    .arg(&reference)
-                    .arg(p),
-            );
+            let s = "import sys\nfrom ssimulacra2 import compute_ssimulacra2\nprint(compute_ssimulacra2(sys.argv[1], sys.argv[2]))\n";
+            let out = stdout(Command::new(&python).args(["-c", s]).arg(&reference).arg(p));
             out.trim().lines().last().unwrap().parse().unwrap()
         };
         let (so, sv) = (score(&ours), score(&theirs));

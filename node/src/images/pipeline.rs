@@ -351,6 +351,49 @@ mod tests {
         assert!(p.iter().all(|c| *c > 245), "the band above is white: {p:?}");
     }
 
+    /// A profile with sRGB's primaries and white but a linear tone curve:
+    /// linear 128 is sRGB 188.
+    fn linear_rgb_profile() -> Vec<u8> {
+        let xy = |x, y| lcms2::CIExyY { x, y, Y: 1.0 };
+        let primaries = lcms2::CIExyYTRIPLE {
+            Red: xy(0.64, 0.33),
+            Green: xy(0.30, 0.60),
+            Blue: xy(0.15, 0.06),
+        };
+        let linear = lcms2::ToneCurve::new(1.0);
+        lcms2::Profile::new_rgb(
+            &xy(0.3127, 0.3290),
+            &primaries,
+            &[&linear, &linear, &linear],
+        )
+        .unwrap()
+        .icc()
+        .unwrap()
+    }
+
+    #[test]
+    fn an_icc_profile_is_converted_to_srgb_and_not_sent() {
+        let img = image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
+        let mut png = Vec::new();
+        let mut encoder = image::codecs::png::PngEncoder::new(&mut png);
+        image::ImageEncoder::set_icc_profile(&mut encoder, linear_rgb_profile()).unwrap();
+        image::ImageEncoder::write_image(
+            encoder,
+            img.as_raw(),
+            64,
+            64,
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+        assert!(png.windows(4).any(|w| w == b"iCCP"));
+        let s = spec(Some(32), None, Fit::Max, Format::Png);
+        let out = render(&png, &s, &Limits::default(), later()).unwrap();
+        assert!(!out.windows(4).any(|w| w == b"iCCP"), "no profile goes out");
+        let px = image::load_from_memory(&out).unwrap().into_rgb8();
+        let p = px.get_pixel(16, 16).0;
+        assert!(p.iter().all(|c| (186..=190).contains(c)), "{p:?}");
+    }
+
     #[test]
     fn a_source_over_the_pixel_limit_is_refused_from_its_header() {
         // A PNG header declaring 100,000 × 100,000 and no data at all.
