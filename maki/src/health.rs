@@ -44,6 +44,9 @@ struct NodeRow {
     verified: Option<bool>,
     peers: Vec<PeerRow>,
     rejected_from_peers: Option<u64>,
+    /// Images on the fly (from daemons that have them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    images: Option<makiatto_protocol::health::ImagesReport>,
     problems: Vec<String>,
 }
 
@@ -258,6 +261,7 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
             verified,
             peers,
             rejected_from_peers: rejected,
+            images: p.health.as_ref().and_then(|h| h.http.images.clone()),
             problems,
         });
     }
@@ -337,6 +341,18 @@ fn print_rows(rows: &[NodeRow], healthy: bool) {
                     Some(false) => "replicating",
                     None => "",
                 }
+            );
+        }
+        if let Some(i) = &r.images {
+            println!(
+                "    images: {} made, {} from cache ({} of {} MiB), {} refused when busy, {} timed out, {} pool threads",
+                i.made,
+                i.cache_hits,
+                i.cache_bytes >> 20,
+                i.cache_limit >> 20,
+                i.busy,
+                i.timed_out,
+                i.pool_threads
             );
         }
         for problem in &r.problems {

@@ -33,6 +33,10 @@
 //!   once every blob is here.
 //! - [`dns`]: the authoritative GeoDNS server.
 //! - [`http`]: the HTTP and HTTPS edge.
+//! - [`images`]: images on the fly (`?w&h&fit&fmt&q&dpr`): parameters,
+//!   geometry, decoding, encoding, the rendition cache.
+//! - [`work_pool`]: the one bounded pool for CPU-heavy work (images, and
+//!   WebAssembly later), with the queue limit that answers 503.
 //! - [`acme`]: ordering and installing certificates.
 //!
 //! Read commands (`log`, `show`, `verify`, `status`, `append`) go through
@@ -49,6 +53,7 @@ mod daemon;
 mod dns;
 mod gossip;
 mod http;
+mod images;
 mod keys;
 mod liveness;
 mod mesh;
@@ -58,6 +63,7 @@ mod query;
 mod replica;
 mod service;
 mod topology;
+mod work_pool;
 
 pub mod cli;
 pub mod fuzz;

@@ -176,6 +176,39 @@ pub struct HttpReport {
     pub hosts: Vec<String>,
     pub sites: BTreeMap<String, ServedSite>,
     pub responses: StatusCounts,
+    /// Images on the fly (absent from daemons before them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImagesReport>,
+}
+
+/// Images on the fly on one node: what was asked, what the cache and the
+/// CPU pool hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImagesReport {
+    /// Renditions made (decoded, resized, encoded).
+    pub made: u64,
+    /// Requests answered from the rendition cache.
+    pub cache_hits: u64,
+    /// Requests that waited for a rendition another request was making.
+    pub coalesced: u64,
+    /// Sources served unchanged (not a still raster image).
+    pub unchanged: u64,
+    /// 422: sources over a limit.
+    pub too_large: u64,
+    /// 503: the CPU pool's queue was full.
+    pub busy: u64,
+    /// 503: not made within images.timeout_ms.
+    pub timed_out: u64,
+    /// 429: too many new renditions of one source per minute.
+    pub rate_limited: u64,
+    pub cache_bytes: u64,
+    pub cache_limit: u64,
+    pub cache_entries: u64,
+    pub evictions: u64,
+    pub pool_threads: u64,
+    pub pool_waiting: u64,
+    pub pool_queue_limit: u64,
 }
 
 /// The version of a domain the HTTP routes serve.

@@ -248,6 +248,7 @@ fn health() -> HealthReport {
                     precompressed: 3,
                 },
             )]),
+            images: None,
             responses: StatusCounts {
                 informational: 0,
                 success: 10,
