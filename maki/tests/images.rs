@@ -590,6 +590,18 @@ fn hostile_sources_and_floods_get_the_right_status_and_serving_goes_on() {
     wait_until(Duration::from_secs(60), "the site is served", || {
         get(&c, s, "/", &[]).2 == index
     });
+    // What is tested here is limits and statuses, not speed: on a machine
+    // shared with builds, a large decode may take longer than the default
+    // deadline, whose 503 is not what this test is about.
+    c.ok(&["config", "set", "images.timeout_ms", "300000"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the deadline setting reaches the node",
+        || {
+            c.exec(&host.node, &["makiatto", "show", "config", "--json"])
+                .contains("\"images_timeout_ms\":300000")
+        },
+    );
 
     // Over the limits, from the header: 422 with the reason.
     for (name, why) in [

@@ -367,7 +367,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot open the blob store in {}", data_dir.display()))?;
             match command {
                 BlobsCommand::Receive => {
-                    let report = store.receive(&mut blobs::stdin_stream())?;
+                    let announce = announcer(daemon::socket_path(&data_dir));
+                    let report =
+                        store.receive_announcing(&mut blobs::stdin_stream(), |hashes| {
+                            let _ = announce.0.send(hashes);
+                        })?;
+                    drop(announce.0);
+                    let _ = announce.1.join();
                     println!("{}", serde_json::to_string(&report)?);
                     if !report.refused.is_empty() {
                         return Ok(ExitCode::FAILURE);
@@ -468,6 +474,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Asks the running daemon, or answers from the data directory when no
 /// daemon runs; the answer decoded as the operation's own output.
+/// Tells the running daemon (on `socket`) of each batch of blobs as
+/// `makiatto blobs receive` commits it, on a thread of its own so the
+/// stream never waits for it; the daemon has its peers fetch them while
+/// the upload goes on. No daemon (or an older one): the blobs reach the
+/// peers after their event, as before, so failures are only logged.
+fn announcer(
+    socket: PathBuf,
+) -> (
+    std::sync::mpsc::Sender<Vec<makiatto_events::Blake3Hash>>,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<makiatto_events::Blake3Hash>>();
+    let thread = std::thread::spawn(move || {
+        let mut answering = true;
+        for hashes in rx {
+            if !answering {
+                continue;
+            }
+            let call = control::call(&socket, &Envelope::ours(op::BlobsArrived { hashes }));
+            if let Err(e) = call
+                .map_err(anyhow::Error::from)
+                .and_then(|a| a.decode::<u64>().map_err(anyhow::Error::from))
+            {
+                tracing::debug!(error = %format!("{e:#}"), "the daemon was not told of blobs received; its peers fetch them after the event");
+                answering = false;
+            }
+        }
+    });
+    (tx, thread)
+}
+
 fn ask<O: Operation>(data_dir: &Path, operation: O) -> anyhow::Result<O::Output> {
     Ok(answer(data_dir, Envelope::ours(operation))?.decode::<O::Output>()?)
 }

@@ -183,6 +183,7 @@ pub fn execute(replica: &Mutex<Replica>, appender: &dyn Appender, envelope: Enve
         })),
         Request::Health(_) => Answer::Error(needs_daemon("health")),
         Request::ManifestPut(_) => Answer::Error(needs_daemon("manifest-put")),
+        Request::BlobsArrived(_) => Answer::Error(needs_daemon("blobs-arrived")),
         Request::BlobsMissing(_) | Request::BlobsPut(_) => Answer::Error(ControlError::new(
             ErrorCode::NeedsDaemon,
             "blob requests are answered by `makiatto control` or the daemon, which hold the blob store",

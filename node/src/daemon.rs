@@ -297,6 +297,11 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
                 Err(e) => Err(ControlError::failed(format!("the request failed: {e}"))),
             })
         }
+        Request::BlobsArrived(op::BlobsArrived { hashes }) => {
+            let offered = hashes.len() as u64;
+            s.gossip.offer_blobs(hashes);
+            control::reply::<op::BlobsArrived>(Ok(offered))
+        }
         Request::Health(_) => {
             let mut report = s.gossip.report();
             report.sites = s.content.report();

@@ -360,7 +360,7 @@ pub fn session(data: &[u8]) {
         match session.outbound.step() {
             Step::Read(_) => session.outbound.read(Vec::new(), None),
             Step::Finished => break,
-            Step::Send(_) | Step::SendAhead => {}
+            Step::Send(_) | Step::SendAhead | Step::SendBlobsAhead => {}
         }
     }
     while let Some((f, _)) = next() {

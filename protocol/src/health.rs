@@ -62,10 +62,6 @@ pub enum OwnFeedState {
     Unconfirmed,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
 /// Load figures a node reports in its heartbeats (defined beside the
 /// events, where the heartbeat's crate sees it too).
 pub use makiatto_events::Load;
@@ -116,6 +112,15 @@ pub struct ReplicationTotals {
     pub versions_ahead: u64,
     /// Manifests fetched whole (no peer could send a delta).
     pub manifests_whole: u64,
+    /// Blobs fetched while `maki sync` was still uploading them to a peer
+    /// (announced ahead of their version). Left out while zero, as a
+    /// build before it wrote the totals.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub blobs_ahead: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One domain's live version and what this node serves of it.

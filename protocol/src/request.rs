@@ -54,11 +54,12 @@ pub enum Request {
     ManifestPut(ManifestPut),
     BlobsMissing(BlobsMissing),
     BlobsPut(BlobsPut),
+    BlobsArrived(BlobsArrived),
 }
 
 impl Request {
     /// Every `op`, as the wire spells them.
-    pub const OPS: [&'static str; 15] = [
+    pub const OPS: [&'static str; 16] = [
         "hello",
         "append",
         "log",
@@ -74,6 +75,7 @@ impl Request {
         "manifest-put",
         "blobs-missing",
         "blobs-put",
+        "blobs-arrived",
     ];
 
     /// The `op` as the wire spells it.
@@ -94,6 +96,7 @@ impl Request {
             Request::ManifestPut(_) => 12,
             Request::BlobsMissing(_) => 13,
             Request::BlobsPut(_) => 14,
+            Request::BlobsArrived(_) => 15,
         };
         Self::OPS[i]
     }
@@ -101,7 +104,7 @@ impl Request {
     /// The first protocol that serves it.
     pub fn since(&self) -> u32 {
         match self {
-            Request::Hello(_) => PROTOCOL,
+            Request::Hello(_) | Request::BlobsArrived(_) => PROTOCOL,
             _ => LEGACY_PROTOCOL,
         }
     }
@@ -332,6 +335,17 @@ pub struct BlobsPut {
 }
 operation!(BlobsPut => Received);
 
+/// Blobs `makiatto blobs receive` has just committed for a sync that is
+/// still uploading (the running daemon only): the daemon tells its peers,
+/// which fetch them now rather than after the version is published.
+/// Answers how many it offered. A daemon that does not know the request
+/// answers an error, and the blobs go to the peers after the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobsArrived {
+    pub hashes: Vec<Blake3Hash>,
+}
+operation!(BlobsArrived => u64);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +387,7 @@ mod tests {
             .into(),
             BlobsMissing { hashes: vec![] }.into(),
             BlobsPut { blobs: vec![] }.into(),
+            BlobsArrived { hashes: vec![] }.into(),
         ];
         assert_eq!(requests.len(), Request::OPS.len());
         for r in requests {

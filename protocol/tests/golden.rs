@@ -155,6 +155,13 @@ fn requests() -> Vec<(&'static str, Request)> {
             }
             .into(),
         ),
+        (
+            "blobs-arrived",
+            op::BlobsArrived {
+                hashes: vec![hash(6)],
+            }
+            .into(),
+        ),
     ]
 }
 
@@ -202,6 +209,7 @@ fn health() -> HealthReport {
             versions_by_delta: 9,
             versions_ahead: 10,
             manifests_whole: 11,
+            blobs_ahead: 0,
         },
         sites: BTreeMap::from([(
             "example.test".into(),
@@ -409,6 +417,7 @@ fn answers() -> Vec<(&'static str, Answer)> {
                 refused: vec!["hash mismatch".into()],
             }),
         ),
+        ("answer blobs-arrived", ok(1u64)),
         (
             "answer error",
             Answer::Error(ControlError::new(
