@@ -192,15 +192,18 @@ impl Images {
             }
         };
         let done = tokio::time::timeout(config.timeout, waiting.wait_for(Option::is_some)).await;
-        match done {
+        let outcome = match done {
             Ok(Ok(outcome)) => outcome.clone().unwrap_or(Outcome::Busy),
             // The job was lost (its thread panicked): serve the file.
             Ok(Err(_)) => Outcome::Unchanged,
-            Err(_) => {
-                self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                Outcome::TimedOut
-            }
+            Err(_) => Outcome::TimedOut,
+        };
+        // Counted per request answered so (the job that passed its
+        // deadline may end after its waiters gave up, or before).
+        if matches!(outcome, Outcome::TimedOut) {
+            self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
         }
+        outcome
     }
 
     /// Queues the making of `key`; its outcome is cached and sent to the
@@ -264,10 +267,8 @@ impl Images {
                 c.too_large.fetch_add(1, Ordering::Relaxed);
                 (Outcome::TooLarge(why.into()), None)
             }
-            Err(Refused::TimedOut) => {
-                c.timed_out.fetch_add(1, Ordering::Relaxed);
-                (Outcome::TimedOut, None)
-            }
+            // Counted by the requests it answers (`get`).
+            Err(Refused::TimedOut) => (Outcome::TimedOut, None),
         };
         if let Some(entry) = keep
             && let Ok(mut cache) = self.cache.lock()
