@@ -258,12 +258,14 @@ fn cache(makiatto: &Path, dir: &Path, source: &Path) -> serde_json::Value {
     let mut lab = Lab::new("bi");
     let hosts = lab.up(1, &project.join("makiatto.toml"), &["--no-ca"]);
     let node = hosts[0].ipv4.clone();
-    let client = lab.client_namespace("mkbi-client", "bic");
-    let _ = client;
+    // Named for this run, so a namespace left by a killed run is no
+    // obstacle.
+    let ns = format!("mkbi{}-client", std::process::id());
+    lab.client_namespace(&ns, "bic");
     let url = |path: &str| format!("http://bench.test{path}");
     let curl = |path: &str| -> Vec<u8> {
         Command::new("ip")
-            .args(["netns", "exec", "mkbi-client", "curl", "-s", "--connect-to"])
+            .args(["netns", "exec", ns.as_str(), "curl", "-s", "--connect-to"])
             .arg(format!("bench.test:80:{node}:80"))
             .arg(url(path))
             .output()
@@ -285,7 +287,7 @@ fn cache(makiatto: &Path, dir: &Path, source: &Path) -> serde_json::Value {
                 .args([
                     "netns",
                     "exec",
-                    "mkbi-client",
+                    ns.as_str(),
                     "timeout",
                     "120",
                     "h2load",

@@ -152,9 +152,15 @@ impl Images {
         self.config.load().limits.max_output
     }
 
-    /// The rendition `spec` of the blob `source` (at `path`): from the
-    /// cache, from a request already making it, or made now on the pool.
-    pub async fn get(self: &Arc<Self>, source: Blake3Hash, path: PathBuf, spec: Spec) -> Outcome {
+    /// The rendition `spec` of the blob `source` (stored at `path()`,
+    /// asked only on a miss): from the cache, from a request already
+    /// making it, or made now on the pool.
+    pub async fn get(
+        self: &Arc<Self>,
+        source: Blake3Hash,
+        path: impl FnOnce() -> PathBuf,
+        spec: Spec,
+    ) -> Outcome {
         let key = (source, spec);
         let cached = self.cache.lock().ok().and_then(|mut c| c.get(&key));
         match cached {
@@ -182,7 +188,7 @@ impl Images {
                     return Outcome::Limited(after);
                 }
                 let (tx, rx) = watch::channel(None);
-                if let Err(busy) = self.start(key, path, config, tx) {
+                if let Err(busy) = self.start(key, path(), config, tx) {
                     self.counters.busy.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %busy, "image request refused");
                     return Outcome::Busy;
@@ -249,6 +255,7 @@ impl Images {
                 let r = Arc::new(Rendition {
                     bytes: Bytes::from(bytes),
                     format: key.1.format,
+                    etag: Bytes::from(etag(&key.0, &key.1)),
                 });
                 (Outcome::Made(r.clone()), Some(Entry::Made(r)))
             }
@@ -448,7 +455,7 @@ mod tests {
         let asks: Vec<_> = (0..8)
             .map(|_| {
                 let (images, path) = (images.clone(), path.clone());
-                tokio::spawn(async move { images.get(source, path, spec(100)).await })
+                tokio::spawn(async move { images.get(source, || path, spec(100)).await })
             })
             .collect();
         for ask in asks {
@@ -459,7 +466,7 @@ mod tests {
         assert_eq!(report.made, 1);
         assert_eq!(report.coalesced, 7);
         assert!(matches!(
-            images.get(source, path.clone(), spec(100)).await,
+            images.get(source, || path.clone(), spec(100)).await,
             Outcome::Made(_)
         ));
         assert_eq!(images.report().cache_hits, 1);
@@ -468,12 +475,12 @@ mod tests {
         std::fs::write(&html, "<!doctype html>").unwrap();
         let other = Blake3Hash::of(b"html");
         assert!(matches!(
-            images.get(other, html.clone(), spec(100)).await,
+            images.get(other, || html.clone(), spec(100)).await,
             Outcome::Unchanged
         ));
         std::fs::remove_file(&html).unwrap();
         assert!(matches!(
-            images.get(other, html, spec(100)).await,
+            images.get(other, || html, spec(100)).await,
             Outcome::Unchanged
         ));
     }
