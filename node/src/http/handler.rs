@@ -265,9 +265,18 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
     };
     match key.and_then(|k| site.manifest.files.get(k.as_ref())) {
         Some(entry) => {
+            // Boxed: its state stays out of the static path's future,
+            // which every request moves and polls.
             if let Some(p) = &params
-                && let Some(r) =
-                    super::rendition::respond(ctx, &site, entry, p, req.headers(), head).await
+                && let Some(r) = Box::pin(super::rendition::respond(
+                    ctx,
+                    &site,
+                    entry,
+                    p,
+                    req.headers(),
+                    head,
+                ))
+                .await
             {
                 return r;
             }
