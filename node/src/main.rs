@@ -25,6 +25,8 @@
 //! - [`dns`]: the authoritative GeoDNS server.
 //! - [`http`]: the HTTP and HTTPS edge.
 //! - [`acme`]: ordering and installing certificates.
+//! - [`telemetry`]: OpenTelemetry traces, metrics and logs over OTLP to
+//!   the mesh's `o11y` peer; the hooks the request paths call.
 //!
 //! Read commands (`log`, `show`, `verify`, `status`, `append`) go through
 //! the running daemon's socket when one answers, and otherwise open the data
@@ -47,6 +49,7 @@ mod privileges;
 mod query;
 mod replica;
 mod service;
+mod telemetry;
 mod topology;
 
 use std::io::{BufRead, Read, Write};
@@ -224,13 +227,21 @@ enum KeysCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The console, and beside it the OTLP log export (off until the
+    // daemon finds a collector).
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_env("MAKIATTO_LOG")
                 .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
+        .with(telemetry::logs::Layer)
         .init();
     match run(cli) {
         Ok(code) => code,
