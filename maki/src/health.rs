@@ -48,6 +48,9 @@ struct NodeRow {
     rejected_from_peers: Option<u64>,
     /// OTLP export: where to, and what was sent or dropped.
     telemetry: Option<TelemetryReport>,
+    /// Images on the fly (from daemons that have them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    images: Option<makiatto_protocol::health::ImagesReport>,
     problems: Vec<String>,
 }
 
@@ -248,6 +251,9 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
         if let Some(t) = &telemetry {
             problems.extend(telemetry_problem(t));
         }
+        if let Some(h) = &p.health {
+            problems.extend(clock_problems(h));
+        }
         let rejected = p.health.as_ref().map(|h| h.replication.bad_events);
         if let Some(n) = rejected.filter(|n| *n > 0) {
             problems.push(format!(
@@ -264,6 +270,7 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
             peers,
             rejected_from_peers: rejected,
             telemetry,
+            images: p.health.as_ref().and_then(|h| h.http.images.clone()),
             problems,
         });
     }
@@ -277,6 +284,36 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
         print_rows(&rows, healthy);
     }
     Ok(healthy)
+}
+
+/// A node's clock this far from its peers' median is a problem: clocks
+/// kept by NTP agree within milliseconds, and stamps a node signs, TLS
+/// validity and logs all read it.
+const CLOCK_OFF_AFTER_MS: u64 = 5_000;
+
+/// What a node's clock says is wrong: far from its peers', or events held
+/// for a stamp ahead of it (someone's clock runs ahead).
+fn clock_problems(h: &HealthReport) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(ms) = h
+        .clock_ahead_of_peers_ms
+        .filter(|ms| ms.unsigned_abs() > CLOCK_OFF_AFTER_MS)
+    {
+        problems.push(format!(
+            "its clock is {} s {} its peers' (their median): set it right (NTP); \
+             events it signs are held by its peers past log.max_clock_skew",
+            ms.unsigned_abs() / 1000,
+            if ms > 0 { "ahead of" } else { "behind" }
+        ));
+    }
+    if h.held_ahead_of_clock > 0 {
+        problems.push(format!(
+            "{} events from peers are stamped ahead of this node's clock past log.max_clock_skew \
+             and wait for it (a clock runs ahead somewhere: see which node's is off)",
+            h.held_ahead_of_clock
+        ));
+    }
+    problems
 }
 
 fn print_rows(rows: &[NodeRow], healthy: bool) {
@@ -317,6 +354,18 @@ fn print_rows(rows: &[NodeRow], healthy: bool) {
         }
         if let Some(t) = &r.telemetry {
             println!("    {}", telemetry_line(t));
+        }
+        if let Some(i) = &r.images {
+            println!(
+                "    images: {} made, {} from cache ({} of {} MiB), {} refused when busy, {} timed out, {} pool threads",
+                i.made,
+                i.cache_hits,
+                i.cache_bytes >> 20,
+                i.cache_limit >> 20,
+                i.busy,
+                i.timed_out,
+                i.pool_threads
+            );
         }
         for problem in &r.problems {
             println!("    ! {problem}");
@@ -399,5 +448,26 @@ mod tests {
         assert_eq!(behind(&a, &best), 3);
         assert_eq!(behind(&b, &best), 2);
         assert_eq!(behind(&c, &best), 4);
+    }
+
+    #[test]
+    fn a_clock_far_from_the_peers_median_or_held_events_are_problems() {
+        let fine = HealthReport {
+            clock_ahead_of_peers_ms: Some(-1_200),
+            ..HealthReport::default()
+        };
+        assert!(clock_problems(&fine).is_empty());
+        let ahead = HealthReport {
+            clock_ahead_of_peers_ms: Some(600_000),
+            held_ahead_of_clock: 0,
+            ..HealthReport::default()
+        };
+        let p = clock_problems(&ahead);
+        assert!(p[0].contains("600 s ahead of its peers'"), "{p:?}");
+        let holding = HealthReport {
+            held_ahead_of_clock: 3,
+            ..HealthReport::default()
+        };
+        assert!(clock_problems(&holding)[0].contains("3 events from peers"));
     }
 }

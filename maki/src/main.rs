@@ -266,7 +266,7 @@ enum ConfigCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.directory, acme.ca_root, sites.keep_versions).
+    /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.*, sites.keep_versions, images.*, work.queue; `maki config show` lists them).
     Set { key: String, value: String },
     /// Validate makiatto.toml (domains, records, functions, transforms,
     /// \[o11y\]) without sending anything.

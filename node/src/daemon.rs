@@ -194,12 +194,18 @@ impl Services {
             ports,
         )
         .await;
+        // The one pool for CPU-heavy work (images; its queue limit follows
+        // `work.queue`, set by the image service from the settings).
+        let pool = Arc::new(
+            crate::work_pool::WorkPool::start(64).context("cannot start the CPU work pool")?,
+        );
         let http = crate::http::Http::start(
             data_dir,
             replica.clone(),
             content.clone(),
             changes.clone(),
             web,
+            pool,
         )
         .with_context(|| format!("cannot start the HTTP server in {}", data_dir.display()))?;
         // Certificates need the node's keys (a node not yet initialised has none).

@@ -44,8 +44,12 @@ impl Features {
     /// [`Refusal`](crate::append::Refusal) reason for each refused event.
     pub const TYPED_OUTCOMES: Features = Features(1);
 
+    /// The client reads the `ahead-of-clock` refusal (an event stamped
+    /// further ahead of the node's clock than the cluster allows).
+    pub const CLOCK_BOUND: Features = Features(2);
+
     /// Everything this build can do.
-    pub const ALL: Features = Features(Self::TYPED_OUTCOMES.0);
+    pub const ALL: Features = Features(Self::TYPED_OUTCOMES.0 | Self::CLOCK_BOUND.0);
 
     /// Whether every bit of `other` is set.
     pub fn has(self, other: Features) -> bool {

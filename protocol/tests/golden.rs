@@ -188,6 +188,7 @@ fn health() -> HealthReport {
             events_received: 3,
             events_sent: 4,
             bad_events: 0,
+            clock_offset_ms: None,
         }],
         replication: ReplicationTotals {
             sessions_ok: 1,
@@ -247,6 +248,7 @@ fn health() -> HealthReport {
                     precompressed: 3,
                 },
             )]),
+            images: None,
             responses: StatusCounts {
                 informational: 0,
                 success: 10,
@@ -271,6 +273,8 @@ fn health() -> HealthReport {
                 failures: 1,
                 error: "no route to host".into(),
                 retry_in_secs: 300,
+                ca_unreached: false,
+                node: None,
             }],
             certificates: BTreeMap::from([(
                 "example.test".into(),
@@ -288,6 +292,10 @@ fn health() -> HealthReport {
             )]),
             limited: BTreeMap::new(),
         }),
+        clock_ahead_of_peers_ms: None,
+        held_ahead_of_clock: 0,
+        own_feed: None,
+        telemetry: None,
     }
 }
 
@@ -377,7 +385,11 @@ fn answers() -> Vec<(&'static str, Answer)> {
                     chain_mismatch: 3,
                     foreign_cluster: 4,
                     wait_buffer_full: 5,
+                    ahead_of_clock: 0,
                 },
+                held_ahead_of_clock: 0,
+                held_ahead_of_clock_total: 0,
+                clock: None,
             }),
         ),
         ("answer version-vector", ok(vv())),
