@@ -58,7 +58,11 @@ pub async fn respond(
         return Some(r);
     }
     let path = ctx.http.blobs.path(&entry.hash);
-    let rendition = match service.get(entry.hash, path, spec).await {
+    // Telemetry: timed by outcome; a rendition not from the cache is a span.
+    let render = crate::telemetry::images::begin();
+    let (outcome, cached) = service.get_from(entry.hash, path, spec).await;
+    render.end(&ctx.served, &spec, &outcome, cached);
+    let rendition = match outcome {
         Outcome::Made(r) => r,
         Outcome::Unchanged => return None,
         Outcome::TooLarge(why) => {

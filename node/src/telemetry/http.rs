@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -26,12 +26,14 @@ use opentelemetry::trace::SpanKind;
 
 use super::context::{self, SpanId, TraceId};
 use super::metrics::{self, Example, HttpKey};
+use super::sampler::Kept;
 use super::span::{LIVE, SPANS, Started, took};
 
 /// Where the representation served came from: an in-memory cache, or
-/// disk (or computed). Set by the handler; read when the exchange ends.
+/// disk (or computed); and whether a child span needs this request's span
+/// kept. Set by the handler; read when the exchange ends.
 #[derive(Debug, Default)]
-pub struct Served(AtomicU8);
+pub struct Served(AtomicU8, AtomicBool);
 
 impl Served {
     /// From an in-memory representation cache (`cdn.cache.hit = true`).
@@ -42,6 +44,12 @@ impl Served {
     /// Read from disk, or computed (`cdn.cache.hit = false`).
     pub fn served_from_disk(&self) {
         self.0.store(2, Ordering::Relaxed);
+    }
+
+    /// A child span was kept (an image made for this request): keep the
+    /// request's span too.
+    pub fn keep(&self) {
+        self.1.store(true, Ordering::Relaxed);
     }
 
     /// `None` when no representation was served (a redirect, a 304, an
@@ -143,12 +151,14 @@ impl Exchange {
     pub fn respond<B>(self, response: Response<B>, served: &Served) -> Response<Measured<B>> {
         let status = response.status().as_u16();
         let cached = served.cache_hit();
+        let child_kept = served.1.load(Ordering::Relaxed);
         response.map(|inner| Measured {
             inner,
             done: Some(Ending {
                 exchange: self,
                 status,
                 cached,
+                child_kept,
                 sent: 0,
                 complete: false,
             }),
@@ -161,6 +171,8 @@ struct Ending {
     exchange: Exchange,
     status: u16,
     cached: Option<bool>,
+    /// A child span was kept: so is this one.
+    child_kept: bool,
     sent: u64,
     complete: bool,
 }
@@ -172,12 +184,13 @@ impl Ending {
         let duration = took(x.at, end);
         let seconds = duration.as_secs_f64();
         let error = self.status >= 500;
+        let child_kept = self.child_kept;
         let kept = x.started.and_then(|s| {
-            Some((
-                s,
-                LIVE.rules()
-                    .decide(s.trace, error, duration, s.parent_sampled())?,
-            ))
+            let rules = LIVE.rules();
+            let kept = rules
+                .decide(s.trace, error, duration, s.parent_sampled())
+                .or(child_kept.then_some(Kept::Child))?;
+            Some((s, kept))
         });
         let example = kept.map(|(s, _)| Example {
             value: seconds,

@@ -95,6 +95,12 @@ pub const CATALOGUE: &[Spec] = &[
         "bytes held by an in-memory cache, by cdn.cache.name",
     ),
     spec(
+        "makiatto.image.duration",
+        "s",
+        Kind::Histogram,
+        "time to answer a rendition request, by makiatto.image.outcome (cache, made, unchanged, too_large, busy, timed_out, limited)",
+    ),
+    spec(
         "dns.server.queries",
         "{query}",
         Kind::Counter,
@@ -231,7 +237,7 @@ pub struct Hist<const N: usize> {
 }
 
 impl<const N: usize> Hist<N> {
-    fn record(&mut self, bounds: &[f64; N], v: f64) {
+    pub fn record(&mut self, bounds: &[f64; N], v: f64) {
         if self.buckets.is_empty() {
             self.buckets = vec![0; N + 1];
             self.min = v;
@@ -590,6 +596,7 @@ pub fn collect(
     if let Some(h) = health {
         health_points(&mut c, h, now);
     }
+    image_points(&mut c);
     process_points(&mut c);
     for (signal, exported, dropped, queued) in [
         (
@@ -692,6 +699,24 @@ fn http_points(c: &mut Collected) {
     }
 }
 
+fn image_points(c: &mut Collected) {
+    let durations = super::images::DURATIONS
+        .lock()
+        .map(|d| d.clone())
+        .unwrap_or_default();
+    for (outcome, h) in super::images::OUTCOMES.iter().zip(&durations) {
+        if let Some(h) = h {
+            c.histogram(
+                "makiatto.image.duration",
+                vec![attr("makiatto.image.outcome", *outcome)],
+                &DURATION_BOUNDS,
+                h,
+                None,
+            );
+        }
+    }
+}
+
 fn dns_points(c: &mut Collected) {
     let shards: Vec<_> = REGISTRY.dns.lock().map(|v| v.clone()).unwrap_or_default();
     let mut all = [0u64; DNS_SLOTS];
@@ -787,6 +812,13 @@ fn health_points(c: &mut Collected, h: &HealthReport, now: SystemTime) {
             );
         }
     }
+    if let Some(images) = &h.http.images {
+        c.gauge(
+            "makiatto.cache.size",
+            vec![attr("cdn.cache.name", "images")],
+            images.cache_bytes as f64,
+        );
+    }
     for (domain, site) in &h.sites {
         c.gauge(
             "makiatto.site.deployed",
@@ -876,6 +908,22 @@ mod tests {
         const WORDS: [&str; 8] = [
             "by", "without", "on", "ignoring", "bool", "and", "or", "unless",
         ];
+        // Aggregations may put `by (…)` between their name and their
+        // parenthesis: `sum by (job) (rate(x[5m]))`.
+        const AGGREGATIONS: [&str; 12] = [
+            "sum",
+            "min",
+            "max",
+            "avg",
+            "count",
+            "group",
+            "stddev",
+            "stdvar",
+            "topk",
+            "bottomk",
+            "quantile",
+            "count_values",
+        ];
         let b = expr.as_bytes();
         let mut names = Vec::new();
         let (mut i, mut braces, mut label_list) = (0, 0, false);
@@ -907,7 +955,11 @@ mod tests {
                 let next = expr[i..].trim_start().bytes().next();
                 if WORDS.contains(&word) {
                     label_list = matches!(word, "by" | "without" | "on" | "ignoring");
-                } else if braces == 0 && !label_list && next != Some(b'(') {
+                } else if braces == 0
+                    && !label_list
+                    && next != Some(b'(')
+                    && !AGGREGATIONS.contains(&word)
+                {
                     names.push(word.to_owned());
                 }
             } else {
@@ -960,6 +1012,10 @@ mod tests {
         assert_eq!(
             metric_names(r#"sum by (a, le) (rate(x_total{b="c d", e=~"5.."}[5m])) / y"#),
             ["x_total", "y"]
+        );
+        assert_eq!(
+            metric_names("count by (d) (z == 0) + max without (e) (w)"),
+            ["z", "w"]
         );
     }
 

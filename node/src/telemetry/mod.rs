@@ -21,12 +21,14 @@
 //! - [`logs`]: `tracing` events as OTLP log records.
 //! - [`export`]: the exporter task: gRPC to the collector, backoff, the
 //!   configuration followed live; the report for `makiatto health`.
-//! - [`http`], [`dns`]: the hooks on the HTTP and DNS request paths.
+//! - [`http`], [`dns`], [`images`]: the hooks on the HTTP, DNS and image
+//!   request paths.
 
 pub mod context;
 pub mod dns;
 pub mod export;
 pub mod http;
+pub mod images;
 pub mod logs;
 pub mod metrics;
 pub mod queue;

@@ -22,6 +22,8 @@ pub enum Kept {
     Slow,
     Parent,
     Ratio,
+    /// A span inside it was kept (an image made for the request).
+    Child,
 }
 
 impl Kept {
@@ -32,6 +34,7 @@ impl Kept {
             Kept::Slow => "slow",
             Kept::Parent => "parent",
             Kept::Ratio => "ratio",
+            Kept::Child => "child",
         }
     }
 }
