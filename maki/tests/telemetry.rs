@@ -167,6 +167,9 @@ fn the_o11y_peer_receives_every_nodes_traces_metrics_and_logs_live() {
         ],
     );
     assert!(!head.to_ascii_lowercase().contains("traceparent"), "{head}");
+    // An image made, then answered from the rendition cache.
+    let photo = "/photos/springfield.jpg?w=64&fmt=png";
+    assert_eq!(requests(&c, b, &addr_a, photo, 2, ""), [200, 200]);
     // DNS, with a client subnet.
     for n in &nodes {
         c.exec(
@@ -223,6 +226,34 @@ fn the_o11y_peer_receives_every_nodes_traces_metrics_and_logs_live() {
         .collect();
     assert_eq!(continued.len(), 1, "{continued:?}");
     assert_eq!(continued[0]["parent_span_id"], "00f067aa0ba902b7");
+
+    // The image: made once (a span of its own inside the request's),
+    // then from the rendition cache.
+    wait_until(DEADLINE, "the image spans arrive", || {
+        spans_of(&receiver, &service_a, "/photos/springfield.jpg").len() == 2
+    });
+    let photos = spans_of(&receiver, &service_a, "/photos/springfield.jpg");
+    let hits: Vec<bool> = photos
+        .iter()
+        .map(|s| attr(s, "cdn.cache.hit").as_bool().unwrap())
+        .collect();
+    assert_eq!(
+        hits.iter().filter(|h| **h).count(),
+        1,
+        "made once, then from the rendition cache: {photos:?}"
+    );
+    let made = photos
+        .iter()
+        .find(|s| attr(s, "cdn.cache.hit") == false)
+        .unwrap();
+    let render: Vec<Value> = receiver
+        .of("span")
+        .into_iter()
+        .filter(|s| s["name"] == "image.render" && s["trace_id"] == made["trace_id"])
+        .collect();
+    assert_eq!(render.len(), 1, "{render:?}");
+    assert_eq!(render[0]["parent_span_id"], made["span_id"]);
+    assert_eq!(attr(&render[0], "makiatto.image.outcome"), "made");
 
     wait_until(DEADLINE, "DNS spans arrive", || {
         receiver
@@ -335,13 +366,41 @@ fn the_o11y_peer_receives_every_nodes_traces_metrics_and_logs_live() {
         "makiatto.mesh.handshake.age",
         "makiatto.site.deployed",
         "makiatto.telemetry.exported",
+        "makiatto.image.duration",
     ] {
         assert!(!named(name).is_empty(), "{name} is exported");
     }
 
-    // Live: a quarter of traces, without a restart; every error kept.
+    // Live: a quarter of traces, without a restart; every error kept. The
+    // same sync uploads a new version: its upload and every node's switch
+    // are spans, and every node logs the switch.
     set_o11y(&file, "sampling_ratio = 0.25\nmetrics_interval_secs = 1");
+    std::fs::write(project.join("site").join("e.txt"), "e.txt\n").unwrap();
     c.ok(&["sync", "--file", file.to_str().unwrap()]);
+    wait_until(DEADLINE, "every node's deployment span arrives", || {
+        let got: BTreeSet<String> = receiver
+            .of("span")
+            .iter()
+            .filter(|s| s["name"] == "site.version.deploy" && s["status"] != 2)
+            .filter_map(|s| s["service"].as_str().map(str::to_owned))
+            .collect();
+        services.is_subset(&got)
+    });
+    assert!(
+        receiver
+            .of("span")
+            .iter()
+            .any(|s| s["name"] == "sync.manifest_put"),
+        "the upload of maki sync is a span"
+    );
+    wait_until(DEADLINE, "every node's log records arrive", || {
+        let got: BTreeSet<String> = receiver
+            .of("log")
+            .iter()
+            .filter_map(|l| l["service"].as_str().map(str::to_owned))
+            .collect();
+        services.is_subset(&got)
+    });
     for n in &nodes {
         wait_until(DEADLINE, "sampling_ratio 0.25 applies", || {
             telemetry(&c, n)["sampling_ratio"] == 0.25
