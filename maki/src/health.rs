@@ -470,4 +470,31 @@ mod tests {
         };
         assert!(clock_problems(&holding)[0].contains("3 events from peers"));
     }
+
+    #[test]
+    fn a_collector_that_takes_nothing_is_a_problem_and_the_line_says_what_went() {
+        let off = TelemetryReport::default();
+        assert!(telemetry_line(&off).contains("not exported"));
+        assert_eq!(telemetry_problem(&off), None);
+        let mut t = TelemetryReport {
+            endpoint: Some("http://198.51.100.9:4317".into()),
+            source: Some("peer o11y".into()),
+            traces: true,
+            metrics: true,
+            logs: false,
+            sampling_ratio: 0.1,
+            ..TelemetryReport::default()
+        };
+        t.spans.dropped = 7;
+        let line = telemetry_line(&t);
+        assert!(line.contains("peer o11y") && line.contains("traces at 0.1"));
+        assert!(line.contains("no logs") && line.contains("7 dropped"));
+        // Failing, but the collector took something within the minute.
+        t.last_error = Some("span: connection refused".into());
+        t.last_export_secs = Some(5);
+        assert_eq!(telemetry_problem(&t), None);
+        t.last_export_secs = None;
+        let problem = telemetry_problem(&t).unwrap();
+        assert!(problem.contains("7 spans") && problem.contains("connection refused"));
+    }
 }
