@@ -22,6 +22,7 @@ packages=(
   nghttp2-client  # nghttp, h2load: HTTP/2 tests and the HTTP benchmark
   nginx-light     # the HTTP benchmark's anchor
   pebble          # a local ACME server for the certificate tests
+  python3-venv    # the OTLP receiver of the telemetry test (scripts/install-otlp-receiver.sh)
   valgrind        # instruction counts of the benchmarks (callgrind)
   linux-perf      # system calls per request of the benchmarks (perf stat)
   faketime        # a clock set ahead for one process (the clock skew tests, chaos)
@@ -49,3 +50,7 @@ if ((${#missing[@]})); then
   apt-get -o DPkg::Lock::Timeout=600 update -q
   apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# The telemetry test's OTLP/gRPC receiver: PyPI's grpcio and
+# opentelemetry-proto in a virtual environment of their own.
+"$(dirname "$0")/install-otlp-receiver.sh"

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use makiatto_events::{AuthorKey, VersionVector};
 use makiatto_protocol::client::Batch;
-use makiatto_protocol::health::HealthReport;
+use makiatto_protocol::health::{HealthReport, TelemetryReport};
 use makiatto_protocol::request as op;
 use makiatto_protocol::status::VerifyReport;
 use serde::Serialize;
@@ -24,6 +24,8 @@ const STALE_HANDSHAKE_SECS: u64 = 180;
 /// How long lagging nodes are given to catch up before lag counts as a
 /// problem (replication normally closes it within a heartbeat or two).
 const LAG_GRACE: Duration = Duration::from_secs(5);
+/// Telemetry not taken by the collector for this long is a problem.
+const TELEMETRY_STALE_SECS: u64 = 60;
 
 #[derive(Debug, Serialize)]
 struct PeerRow {
@@ -44,6 +46,8 @@ struct NodeRow {
     verified: Option<bool>,
     peers: Vec<PeerRow>,
     rejected_from_peers: Option<u64>,
+    /// OTLP export: where to, and what was sent or dropped.
+    telemetry: Option<TelemetryReport>,
     /// Images on the fly (from daemons that have them).
     #[serde(skip_serializing_if = "Option::is_none")]
     images: Option<makiatto_protocol::health::ImagesReport>,
@@ -243,6 +247,10 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
                 ));
             }
         }
+        let telemetry = p.health.as_ref().and_then(|h| h.telemetry.clone());
+        if let Some(t) = &telemetry {
+            problems.extend(telemetry_problem(t));
+        }
         if let Some(h) = &p.health {
             problems.extend(clock_problems(h));
         }
@@ -261,6 +269,7 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
             verified,
             peers,
             rejected_from_peers: rejected,
+            telemetry,
             images: p.health.as_ref().and_then(|h| h.http.images.clone()),
             problems,
         });
@@ -343,6 +352,9 @@ fn print_rows(rows: &[NodeRow], healthy: bool) {
                 }
             );
         }
+        if let Some(t) = &r.telemetry {
+            println!("    {}", telemetry_line(t));
+        }
         if let Some(i) = &r.images {
             println!(
                 "    images: {} made, {} from cache ({} of {} MiB), {} refused when busy, {} timed out, {} pool threads",
@@ -367,6 +379,47 @@ fn print_rows(rows: &[NodeRow], healthy: bool) {
             "cluster has problems (see above)"
         }
     );
+}
+
+/// One line on a node's telemetry export.
+fn telemetry_line(t: &TelemetryReport) -> String {
+    let Some(endpoint) = &t.endpoint else {
+        return "telemetry: not exported (no o11y peer, no [o11y] otlp_endpoint)".into();
+    };
+    let on = |b: bool, what: &str| {
+        if b {
+            what.to_owned()
+        } else {
+            format!("no {what}")
+        }
+    };
+    format!(
+        "telemetry → {endpoint} ({}): {}, {}, {}; spans {} sent, {} dropped; log records {} sent, {} dropped; metric exports {} ok, {} failed",
+        t.source.as_deref().unwrap_or("?"),
+        on(t.traces, &format!("traces at {}", t.sampling_ratio)),
+        on(t.metrics, "metrics"),
+        on(t.logs, "logs"),
+        t.spans.exported,
+        t.spans.dropped,
+        t.log_records.exported,
+        t.log_records.dropped,
+        t.metric_exports,
+        t.metric_exports_failed,
+    )
+}
+
+/// The collector has not taken an export for a while, and the last one
+/// failed.
+fn telemetry_problem(t: &TelemetryReport) -> Option<String> {
+    let endpoint = t.endpoint.as_ref()?;
+    let error = t.last_error.as_ref()?;
+    let stale = t.last_export_secs.is_none_or(|s| s > TELEMETRY_STALE_SECS);
+    stale.then(|| {
+        format!(
+            "the collector at {endpoint} is not taking telemetry ({} spans, {} log records dropped so far): {error}",
+            t.spans.dropped, t.log_records.dropped
+        )
+    })
 }
 
 #[cfg(test)]
@@ -416,5 +469,32 @@ mod tests {
             ..HealthReport::default()
         };
         assert!(clock_problems(&holding)[0].contains("3 events from peers"));
+    }
+
+    #[test]
+    fn a_collector_that_takes_nothing_is_a_problem_and_the_line_says_what_went() {
+        let off = TelemetryReport::default();
+        assert!(telemetry_line(&off).contains("not exported"));
+        assert_eq!(telemetry_problem(&off), None);
+        let mut t = TelemetryReport {
+            endpoint: Some("http://198.51.100.9:4317".into()),
+            source: Some("peer o11y".into()),
+            traces: true,
+            metrics: true,
+            logs: false,
+            sampling_ratio: 0.1,
+            ..TelemetryReport::default()
+        };
+        t.spans.dropped = 7;
+        let line = telemetry_line(&t);
+        assert!(line.contains("peer o11y") && line.contains("traces at 0.1"));
+        assert!(line.contains("no logs") && line.contains("7 dropped"));
+        // Failing, but the collector took something within the minute.
+        t.last_error = Some("span: connection refused".into());
+        t.last_export_secs = Some(5);
+        assert_eq!(telemetry_problem(&t), None);
+        t.last_export_secs = None;
+        let problem = telemetry_problem(&t).unwrap();
+        assert!(problem.contains("7 spans") && problem.contains("connection refused"));
     }
 }

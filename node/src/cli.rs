@@ -191,13 +191,21 @@ enum KeysCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The console, and beside it the OTLP log export (off until the
+    // daemon finds a collector).
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_env("MAKIATTO_LOG")
                 .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
+        .with(crate::telemetry::logs::Layer)
         .init();
     match run(cli) {
         Ok(code) => code,

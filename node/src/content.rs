@@ -155,7 +155,12 @@ impl Content {
                 }
                 continue;
             }
-            let outcome = self.deploy(&domain, version, manifest_hash).await;
+            // Telemetry: each attempt to fetch and switch is a span.
+            let outcome = crate::telemetry::Operation::new("site.version.deploy")
+                .attr("makiatto.domain", domain.clone())
+                .attr("makiatto.version", version.short().to_string())
+                .run(self.deploy(&domain, version, manifest_hash))
+                .await;
             let Ok(mut pending) = self.pending.lock() else {
                 return;
             };

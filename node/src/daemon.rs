@@ -221,7 +221,7 @@ impl Services {
                 dns.clone(),
             )
         });
-        Ok(Services {
+        let services = Services {
             replica,
             committer,
             mesh,
@@ -231,7 +231,27 @@ impl Services {
             dns,
             http,
             acme,
-        })
+        };
+        // Telemetry follows the configuration and the peers from here on;
+        // its metrics read the health report.
+        let health = services.clone();
+        crate::telemetry::spawn(crate::telemetry::Source {
+            replica: services.replica.clone(),
+            changes: services.changes.clone(),
+            me: prepared.me,
+            health: Box::new(move || health.health()),
+        });
+        Ok(services)
+    }
+
+    /// This node's health report (without telemetry's own part).
+    fn health(&self) -> makiatto_protocol::health::HealthReport {
+        let mut report = self.gossip.report();
+        report.sites = self.content.report();
+        report.dns = Some(self.dns.report());
+        report.http = self.http.report();
+        report.acme = self.acme.as_ref().map(|a| a.report());
+        report
     }
 }
 
@@ -281,20 +301,32 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
             delta,
         }) => {
             let blobs = s.content.blobs().clone();
-            let stored = tokio::task::spawn_blocking(move || {
-                crate::blobs::put_manifest_delta(&blobs, &base, &target, &delta)
-            })
-            .await;
+            let manifest = target.to_hex();
+            let put = async move {
+                match tokio::task::spawn_blocking(move || {
+                    crate::blobs::put_manifest_delta(&blobs, &base, &target, &delta)
+                })
+                .await
+                {
+                    Ok(Ok(put)) => Ok(put),
+                    Ok(Err(e)) => Err(format!("{e:#}")),
+                    Err(e) => Err(format!("the request failed: {e}")),
+                }
+            };
+            // Telemetry: `maki sync`'s upload of a version is a span.
+            let stored = crate::telemetry::Operation::new("sync.manifest_put")
+                .attr("makiatto.manifest", manifest)
+                .run(put)
+                .await;
             control::reply::<op::ManifestPut>(match stored {
-                Ok(Ok(put)) => {
+                Ok(put) => {
                     let files = put.files;
                     // A small version goes to the peers with its event
                     // (`Gossip::offer_version`).
                     s.gossip.offer_version(put);
                     Ok(ManifestStored { stored: files })
                 }
-                Ok(Err(e)) => Err(ControlError::failed(format!("{e:#}"))),
-                Err(e) => Err(ControlError::failed(format!("the request failed: {e}"))),
+                Err(e) => Err(ControlError::failed(e)),
             })
         }
         Request::BlobsArrived(op::BlobsArrived { hashes }) => {
@@ -303,11 +335,8 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
             control::reply::<op::BlobsArrived>(Ok(offered))
         }
         Request::Health(_) => {
-            let mut report = s.gossip.report();
-            report.sites = s.content.report();
-            report.dns = Some(s.dns.report());
-            report.http = s.http.report();
-            report.acme = s.acme.as_ref().map(|a| a.report());
+            let mut report = s.health();
+            report.telemetry = Some(crate::telemetry::report());
             control::reply::<op::Health>(Ok(report))
         }
         Request::BlobsMissing(_) | Request::BlobsPut(_) => {

@@ -148,6 +148,7 @@ pub fn dns_message(data: &[u8]) {
         tcp,
         alive,
         locate: &mut locate,
+        geo: None,
     };
     let mut out = Vec::new();
     if !respond(compiled(), msg, &mut client, &mut out) {

@@ -38,6 +38,8 @@
 //! - [`work_pool`]: the one bounded pool for CPU-heavy work (images, and
 //!   WebAssembly later), with the queue limit that answers 503.
 //! - [`acme`]: ordering and installing certificates.
+//! - [`telemetry`]: OpenTelemetry traces, metrics and logs over OTLP to
+//!   the mesh's `o11y` peer; the hooks the request paths call.
 //!
 //! Read commands (`log`, `show`, `verify`, `status`, `append`) go through
 //! the running daemon's socket when one answers, and otherwise open the data
@@ -62,6 +64,7 @@ mod privileges;
 mod query;
 mod replica;
 mod service;
+mod telemetry;
 mod topology;
 mod work_pool;
 

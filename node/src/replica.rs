@@ -362,6 +362,15 @@ impl Replica {
         self.engine.state().zones.clone()
     }
 
+    /// The `[o11y]` table and the cluster's name (for telemetry).
+    pub fn o11y(&mut self) -> (makiatto_projections::config::O11yConfig, Option<String>) {
+        let state = self.engine.state();
+        (
+            state.config.o11y.clone(),
+            state.roles.cluster.as_ref().map(|c| c.name.clone()),
+        )
+    }
+
     /// The current peers projection (for the mesh).
     pub fn peers(&mut self) -> makiatto_projections::peers::Peers {
         self.engine.state().peers.clone()

@@ -162,6 +162,16 @@ pub struct O11yConfig {
     pub metrics_enabled: Option<bool>,
     #[autosurgeon(missing = "Default::default")]
     pub logging_enabled: Option<bool>,
+    /// Requests slower than this are always traced (milliseconds; default
+    /// 1000). Left out of the JSON when unset, so documents written before
+    /// it existed keep their fingerprints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub slow_threshold_ms: Option<u64>,
+    /// How often metrics are exported (seconds; default 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub metrics_interval_secs: Option<u64>,
 }
 
 /// Cluster-wide settings (`maki config set KEY VALUE`). `None` means the

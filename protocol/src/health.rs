@@ -33,6 +33,9 @@ pub struct HealthReport {
     pub http: HttpReport,
     /// None on a node that has no keys yet.
     pub acme: Option<AcmeReport>,
+    /// OTLP export (telemetry); none from a daemon that predates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetryReport>,
     /// How far this node's clock is ahead of its live peers' median
     /// (milliseconds; negative: behind), from the clocks their heartbeats
     /// carry. None without such a peer (or from an older daemon).
@@ -287,4 +290,38 @@ pub struct OrderFailure {
     /// The node that tries again (the orderer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+}
+
+/// Telemetry export: where to, what is on, and what was sent or lost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TelemetryReport {
+    /// The OTLP/gRPC endpoint; none: nothing is exported.
+    pub endpoint: Option<String>,
+    /// Why that endpoint: `override` (`[o11y] otlp_endpoint`) or
+    /// `peer NAME` (the o11y peer on the mesh).
+    pub source: Option<String>,
+    pub traces: bool,
+    pub metrics: bool,
+    pub logs: bool,
+    pub sampling_ratio: f64,
+    pub slow_threshold_ms: u64,
+    pub spans: SignalCounts,
+    pub log_records: SignalCounts,
+    pub metric_exports: u64,
+    pub metric_exports_failed: u64,
+    /// The last export that failed, and why.
+    pub last_error: Option<String>,
+    /// Seconds since the collector last took an export.
+    pub last_export_secs: Option<u64>,
+}
+
+/// One signal's items: sent, dropped (queue full or collector away) and
+/// waiting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SignalCounts {
+    pub exported: u64,
+    pub dropped: u64,
+    pub queued: u64,
 }

@@ -303,6 +303,7 @@ fn health() -> HealthReport {
         clock_ahead_of_peers_ms: None,
         held_ahead_of_clock: 0,
         own_feed: None,
+        telemetry: None,
     }
 }
 

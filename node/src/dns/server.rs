@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 
 use super::answer::{Client, respond};
 use super::{Counters, Dns};
+use crate::telemetry::dns::{self as telemetry, Transport};
 
 /// Where to listen.
 #[derive(Debug, Clone, Copy)]
@@ -185,6 +186,23 @@ const BATCH: usize = 32;
 /// with EDNS options and padding, is far smaller).
 const MAX_QUERY: usize = 4096;
 
+/// A geo answer's choice as telemetry names it: the node and how far the
+/// client is from it (computed only for a span that is kept).
+fn geo_detail(
+    compiled: &super::zone::Compiled,
+    geo: Option<super::answer::GeoChoice>,
+) -> Option<telemetry::GeoDetail<'_>> {
+    let g = geo?;
+    let node = compiled.geo.get(usize::from(g.node))?;
+    Some(telemetry::GeoDetail {
+        node: node.name.as_str(),
+        distance_km: g
+            .client
+            .map(|c| super::geo::distance_km(c, (node.lat, node.lon))),
+        ecs: g.ecs,
+    })
+}
+
 /// Where a datagram came from, as the standard library says it.
 fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
@@ -241,9 +259,17 @@ fn udp_loop(dns: &Dns, socket: &std::net::UdpSocket, counters: &Counters) {
                 tcp: false,
                 alive,
                 locate: &mut locate,
+                geo: None,
             };
+            let began = telemetry::begin();
             let replied = respond(&compiled, &bufs[i][..*n], &mut client, &mut outs[i]);
             counters.count(&outs[i], replied);
+            let geo = client.geo;
+            if let Some(kept) =
+                telemetry::answered(Transport::Udp, &outs[i], replied, geo.is_some(), began)
+            {
+                kept.record(geo_detail(&compiled, geo));
+            }
             if replied {
                 due.push((i, *src));
             }
@@ -296,10 +322,10 @@ async fn accept(dns: Arc<Dns>, listener: TcpListener, tls: Option<tokio_rustls::
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => stream_loop(&dns, stream, src, &counters).await,
+                None => stream_loop(&dns, stream, src, &counters, Transport::Tcp).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => stream_loop(&dns, s, src, &counters).await,
+                        Ok(Ok(s)) => stream_loop(&dns, s, src, &counters, Transport::Tls).await,
                         Ok(Err(e)) => tracing::debug!(%src, error = %e, "DoT handshake failed"),
                         Err(_) => tracing::debug!(%src, "DoT handshake timed out"),
                     }
@@ -316,6 +342,7 @@ async fn stream_loop<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     src: SocketAddr,
     counters: &Counters,
+    transport: Transport,
 ) {
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(4096);
@@ -336,8 +363,16 @@ async fn stream_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 tcp: true,
                 alive: dns.alive.load(Ordering::Relaxed),
                 locate: &mut locate,
+                geo: None,
             };
-            respond(&compiled, &buf[..len], &mut client, &mut out)
+            let began = telemetry::begin();
+            let replied = respond(&compiled, &buf[..len], &mut client, &mut out);
+            let geo = client.geo;
+            if let Some(kept) = telemetry::answered(transport, &out, replied, geo.is_some(), began)
+            {
+                kept.record(geo_detail(&compiled, geo));
+            }
+            replied
         };
         counters.count(&out, replied);
         if !replied {

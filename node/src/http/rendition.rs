@@ -66,10 +66,13 @@ pub async fn respond(
         }
     }
     let blobs = &ctx.http.blobs;
-    let rendition = match service
-        .get(entry.hash, || blobs.path(&entry.hash), spec)
-        .await
-    {
+    // Telemetry: timed by outcome; a rendition not from the cache is a span.
+    let render = crate::telemetry::images::begin();
+    let (outcome, cached) = service
+        .get_from(entry.hash, || blobs.path(&entry.hash), spec)
+        .await;
+    render.end(&ctx.served, &spec, &outcome, cached);
+    let rendition = match outcome {
         Outcome::Made(r) => r,
         Outcome::Unchanged => return None,
         Outcome::TooLarge(why) => {

@@ -260,21 +260,33 @@ fn service(
     tls: Option<Option<Arc<str>>>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
-    Response = hyper::Response<super::handler::Body>,
+    Response = hyper::Response<crate::telemetry::http::Measured<super::handler::Body>>,
     Error = Infallible,
     Future: Send + 'static,
 > {
     service_fn(move |req| {
+        let routes = http.routes.load_full();
+        // Telemetry: begun with the head; `server.address` only for a
+        // configured domain or alias.
+        let address = super::handler::host_of(&req).filter(|h| routes.get(h).is_some());
+        let exchange = crate::telemetry::http::begin(&req, tls.is_some(), address.as_deref());
+        drop(address);
         let ctx = Ctx {
-            routes: http.routes.load_full(),
+            routes,
             tls: tls.clone(),
             challenges: http.challenges.load_full(),
             http: http.clone(),
+            served: Default::default(),
         };
         async move {
-            let r = Box::pin(handle(req, &ctx)).await;
+            let handled = Box::pin(handle(req, &ctx));
+            let r = match exchange.ids() {
+                Some(ids) => crate::telemetry::context::InSpan::new(ids, handled).await,
+                None => handled.await,
+            };
             ctx.http.count(r.status());
-            Ok(r)
+            // The exchange ends when hyper drops the body (last byte sent).
+            Ok(exchange.respond(r, &ctx.served))
         }
     })
 }

@@ -154,23 +154,43 @@ impl Images {
 
     /// The rendition `spec` of the blob `source` (stored at `path()`,
     /// asked only on a miss): from the cache, from a request already
-    /// making it, or made now on the pool.
+    /// making it, or made now on the pool. (The edge calls
+    /// [`Images::get_from`], which also says whether it came from the
+    /// cache.)
+    #[cfg(test)]
     pub async fn get(
         self: &Arc<Self>,
         source: Blake3Hash,
         path: impl FnOnce() -> PathBuf,
         spec: Spec,
     ) -> Outcome {
+        self.get_from(source, path, spec).await.0
+    }
+
+    /// As [`Images::get`], and whether the answer came from the cache
+    /// (telemetry's `cdn.cache.hit`).
+    pub async fn get_from(
+        self: &Arc<Self>,
+        source: Blake3Hash,
+        path: impl FnOnce() -> PathBuf,
+        spec: Spec,
+    ) -> (Outcome, bool) {
         let key = (source, spec);
         let cached = self.cache.lock().ok().and_then(|mut c| c.get(&key));
         match cached {
             Some(Entry::Made(r)) => {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                return Outcome::Made(r);
+                return (Outcome::Made(r), true);
             }
-            Some(Entry::Unchanged) => return Outcome::Unchanged,
+            Some(Entry::Unchanged) => return (Outcome::Unchanged, true),
             None => {}
         }
+        (self.make(key, path).await, false)
+    }
+
+    /// A rendition not in the cache: waited for, or made now.
+    async fn make(self: &Arc<Self>, key: Key, path: impl FnOnce() -> PathBuf) -> Outcome {
+        let source = key.0;
         let config = **self.config.load();
         let mut waiting = {
             let Ok(mut inflight) = self.inflight.lock() else {
