@@ -125,6 +125,7 @@ mod tests {
         let r = std::sync::Arc::new(crate::images::cache::Rendition {
             bytes: bytes::Bytes::from_static(b"x"),
             format: crate::images::params::Format::Png,
+            etag: bytes::Bytes::from_static(b"\"i1\""),
         });
         let hit = Served::default();
         begin().end(&hit, &"w=1", &Outcome::Made(r.clone()), true);
