@@ -20,7 +20,8 @@
 //!   cargo nextest run -p makiatto-cli --test chaos --no-capture
 //! ```
 //!
-//! `MAKIATTO_CHAOS=name,name` runs only those scenarios. The seed picks
+//! `MAKIATTO_CHAOS=name,name` runs only those scenarios; `MAKIATTO_KEEP=1`
+//! leaves the cluster up afterwards. The seed picks
 //! which node each fault strikes and when, and the flapping link's rhythm.
 //! Needs root (as CI has), iptables and faketime.
 
@@ -90,7 +91,11 @@ impl Chaos {
         eprintln!(
             "chaos: seed {seed}, faults of {fault:?} (MAKIATTO_SEED, MAKIATTO_CHAOS_SECONDS)"
         );
-        let c = Cluster::new("ch");
+        let mut c = Cluster::new("ch");
+        if std::env::var_os("MAKIATTO_KEEP").is_some() {
+            // Left up after the test, to look at (`maki local … down`).
+            c.keep_when_dropped();
+        }
         let project = c.dir.path().join("project");
         let file = copy_examples(&project);
         let state = c.up(5, &["--sync", file.to_str().unwrap()]);
@@ -251,14 +256,27 @@ impl Chaos {
         makiatto_harness::Wait::up_to(CONVERGE_WITHIN)
             .every(Duration::from_millis(250))
             .holds(|| {
-                let health: Vec<Value> = names.iter().map(|n| self.c.health(n)).collect();
+                let health: Vec<Value> = names.iter().map(|n| self.health_or_null(n)).collect();
                 let digest = health[0]["vv_digest"].clone();
                 health.iter().all(|h| {
-                    h["vv_digest"] == digest
+                    !h.is_null()
+                        && h["vv_digest"] == digest
                         && h["sites"]["example.test"]["in_sync"] == true
                         && h["held_ahead_of_clock"].is_null()
                 })
             })
+    }
+
+    /// `makiatto health --json` on `node`, or null while its daemon does
+    /// not answer (a node restarting on its own, as after a full disk).
+    fn health_or_null(&self, node: &str) -> Value {
+        let out = self
+            .c
+            .maki(&["local", "exec", node, "--", "makiatto", "health", "--json"]);
+        if !out.status.success() {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
     /// Each node's version vector: the last sequence number it holds of
