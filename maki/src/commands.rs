@@ -113,7 +113,8 @@ pub async fn config_set(ctx: &Ctx, key: &str, value: &str) -> anyhow::Result<()>
     let changes = remote.ask(op::ConfigChanges {}).await?;
     let mut doc = ConfigDoc::default();
     let decoded: Vec<Vec<u8>> = changes.iter().map(hex::decode).collect::<Result<_, _>>()?;
-    doc.apply(ConfigDoc::decode(&decoded)?)?;
+    // As the nodes folded them: a change they refused is skipped.
+    doc.apply_as_folded(ConfigDoc::decode(&decoded)?);
     let mut wanted = doc.view()?;
     let value = if key == "acme.ca_root" && std::path::Path::new(value).is_file() {
         std::fs::read_to_string(value).with_context(|| format!("cannot read {value}"))?
@@ -121,7 +122,7 @@ pub async fn config_set(ctx: &Ctx, key: &str, value: &str) -> anyhow::Result<()>
         value.to_owned()
     };
     wanted.settings.set(key, &value)?;
-    let changes = doc.edit(&operator.key().public(), &wanted)?;
+    let changes = doc.edit(&operator.key().public(), rand::random(), &wanted)?;
     if changes.is_empty() {
         println!("{key} is already {value}");
         return Ok(());

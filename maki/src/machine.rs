@@ -459,7 +459,7 @@ async fn create_cluster(
         let mut doc = ConfigDoc::default();
         let mut wanted = DesiredConfig::default();
         wanted.settings.acme_directory = Some(directory.clone());
-        let changes = doc.edit(&operator.key().public(), &wanted)?;
+        let changes = doc.edit(&operator.key().public(), rand::random(), &wanted)?;
         let e = writer.write(
             Payload::ConfigChanged(ConfigChanged {
                 changes,

@@ -1,6 +1,14 @@
 //! `makiatto run`: opens the replica, serves the control socket, and shuts
 //! down cleanly on SIGTERM or SIGINT (socket removed, store flushed).
 //! Later subsystems (mesh, DNS, HTTP) hang off the same runtime.
+//!
+//! When the store fails to write (a full disk), the log writer stops and
+//! the store refuses every later write until it is opened again. The
+//! daemon goes on serving what it holds, looks every second whether the
+//! data directory takes writes again ([`STORE_PROBE_BYTES`]), and then
+//! exits with an error, so that its supervisor (systemd, or
+//! `makiatto run --detach`) starts it again on a reopened store, which
+//! catches up from its peers.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -85,6 +93,9 @@ pub async fn run(
         .with_context(|| format!("cannot restrict {}", socket.display()))?;
     tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), "makiatto daemon ready");
     let served = serve_until_signal(&listener, &services).await;
+    if let Err(e) = &served {
+        tracing::error!(error = %format!("{e:#}"), "makiatto daemon stops");
+    }
     tracing::info!("shutting down");
     let _ = std::fs::remove_file(&socket);
     served
@@ -113,8 +124,16 @@ fn claim_socket(data_dir: &Path) -> anyhow::Result<PathBuf> {
 async fn serve_until_signal(listener: &UnixListener, services: &Services) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut store_failed = services.store_failed.clone();
     loop {
         tokio::select! {
+            // (A writer that stopped without a failure, at shutdown, closes
+            // the channel: `None`, and the branch is off.)
+            Some(why) = async {
+                store_failed.wait_for(Option::is_some).await.ok().and_then(|m| m.clone())
+            } => {
+                bail!("{why}: restarting to reopen the event store");
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let services = services.clone();
@@ -144,6 +163,54 @@ struct Services {
     dns: Arc<crate::dns::Dns>,
     http: Arc<crate::http::Http>,
     acme: Option<Arc<crate::acme::Acme>>,
+    /// Why the store stopped taking writes, once the data directory takes
+    /// them again (see the module's notes).
+    store_failed: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+/// The size of the file written to see whether the data directory takes
+/// writes again after the store failed: room for a batch of events.
+pub const STORE_PROBE_BYTES: usize = 1 << 20;
+
+/// Waits (on a thread of its own) for the log writer to stop on a store
+/// failure (or a panic), then until the data directory takes a [`STORE_PROBE_BYTES`]
+/// write again, and then says so on the returned channel.
+fn watch_store(
+    writer: std::thread::JoinHandle<Result<(), makiatto_core::StoreError>>,
+    data_dir: PathBuf,
+) -> tokio::sync::watch::Receiver<Option<String>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let spawned = std::thread::Builder::new()
+        .name("makiatto-store-watch".into())
+        .spawn(move || {
+            // A failed write, or a panic on one (its message may be lost
+            // with the log file on a full disk).
+            let e = match writer.join() {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the log writer panicked".to_owned(),
+            };
+            tracing::error!(error = %e, "the event store failed to write; serving what it holds, \
+                 and restarting as soon as the data directory takes writes again");
+            let probe = data_dir.join("store-probe");
+            let takes_writes = || {
+                use std::io::Write;
+                let wrote = std::fs::File::create(&probe).and_then(|mut f| {
+                    f.write_all(&vec![0u8; STORE_PROBE_BYTES])?;
+                    f.sync_all()
+                });
+                let _ = std::fs::remove_file(&probe);
+                wrote.is_ok()
+            };
+            while !takes_writes() {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            let _ = tx.send(Some(format!("the event store failed to write ({e})")));
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the store watch: a store failure will need a restart by hand");
+    }
+    rx
 }
 
 impl Services {
@@ -159,7 +226,8 @@ impl Services {
         let mut replica = Replica::open(data_dir)
             .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
         replica.save_projections()?;
-        let (committer, _writer) = GroupCommitter::start(replica.log());
+        let (committer, writer) = GroupCommitter::start(replica.log());
+        let store_failed = watch_store(writer, data_dir.to_owned());
         let mesh = Arc::new(Mutex::new(prepared.mesh.zip(prepared.me)));
         let replica = Arc::new(Mutex::new(replica));
         let blobs =
@@ -231,6 +299,7 @@ impl Services {
             dns,
             http,
             acme,
+            store_failed,
         };
         // Telemetry follows the configuration and the peers from here on;
         // its metrics read the health report.

@@ -550,18 +550,40 @@ impl ConfigDoc {
         hydrate(&self.doc).map_err(|e| ConfigError::Shape(e.to_string()))
     }
 
+    /// Applies changes the way every node's fold does: one at a time, in
+    /// the log's order, skipping any the document refuses (such as a
+    /// second change with an automerge actor's sequence number taken).
+    /// How many were refused. `maki` rebuilds the document this way, so it
+    /// sees what the nodes see and can still edit on top of it.
+    pub fn apply_as_folded(&mut self, changes: Vec<Change>) -> usize {
+        changes
+            .into_iter()
+            .filter(|c| self.doc.apply_changes([c.clone()]).is_err())
+            .count()
+    }
+
     /// Turns `wanted` into changes on top of this document, authored by
     /// `actor`, and returns their bytes for a `config-changed` event. Only
     /// the fields that differ are written, so a stale copy does not revert
     /// fields it did not touch.
+    ///
+    /// The automerge actor is the operator's key followed by `nonce`, a
+    /// value new to every edit (`maki` draws it at random): automerge
+    /// numbers each actor's changes 1, 2, 3…, so two edits one operator
+    /// makes concurrently from the same copy (two sides of a partition,
+    /// two devices) under one actor would both take the next number, and
+    /// every document holding both would refuse the second — and every
+    /// later edit on top of it.
     pub fn edit(
         &mut self,
         actor: &AuthorKey,
+        nonce: [u8; 16],
         wanted: &DesiredConfig,
     ) -> Result<Vec<Vec<u8>>, ConfigError> {
         let before = self.doc.get_heads();
-        self.doc
-            .set_actor(automerge::ActorId::from(actor.as_bytes()));
+        let mut id = actor.as_bytes().to_vec();
+        id.extend_from_slice(&nonce);
+        self.doc.set_actor(automerge::ActorId::from(id));
         reconcile(&mut self.doc, wanted).map_err(|e| ConfigError::Shape(e.to_string()))?;
         self.doc.commit_with(CommitOptions::default().with_time(0));
         Ok(self
@@ -627,7 +649,7 @@ mod tests {
         let mut domain = DomainConfig::default();
         domain.records.insert("TXT @ 0".into(), record("v=1", None));
         cfg.domains.insert("example.com".into(), domain);
-        let genesis = base.edit(&alice, &cfg).unwrap();
+        let genesis = base.edit(&alice, [0; 16], &cfg).unwrap();
 
         let mut a = base.clone();
         let mut a_cfg = cfg.clone();
@@ -639,7 +661,7 @@ mod tests {
             .get_mut("TXT @ 0")
             .unwrap()
             .value = "v=2".into();
-        let from_a = a.edit(&alice, &a_cfg).unwrap();
+        let from_a = a.edit(&alice, [1; 16], &a_cfg).unwrap();
 
         let mut b = base.clone();
         let mut b_cfg = cfg.clone();
@@ -651,7 +673,7 @@ mod tests {
             .get_mut("TXT @ 0")
             .unwrap()
             .ttl = Some(300);
-        let from_b = b.edit(&bob, &b_cfg).unwrap();
+        let from_b = b.edit(&bob, [2; 16], &b_cfg).unwrap();
 
         for order in [[&from_a, &from_b], [&from_b, &from_a]] {
             let mut doc = ConfigDoc::default();
@@ -665,6 +687,80 @@ mod tests {
                 record("v=2", Some(300))
             );
         }
+    }
+
+    #[test]
+    fn one_operators_concurrent_edits_from_one_copy_both_apply_and_later_edits_too() {
+        // Two sides of a partition, one operator: each side's copy of the
+        // document is the same, each gets an edit.
+        let alice = AuthorKey([1; 32]);
+        let mut base = ConfigDoc::default();
+        let genesis = base
+            .edit(&alice, [0; 16], &DesiredConfig::default())
+            .unwrap();
+        let edit = |nonce: u8, key: &str, value: &str| {
+            let mut side = base.clone();
+            let mut wanted = side.view().unwrap();
+            wanted.settings.set(key, value).unwrap();
+            side.edit(&alice, [nonce; 16], &wanted).unwrap()
+        };
+        let a = edit(1, "dns.geo_ttl", "101");
+        let b = edit(2, "sites.keep_versions", "3");
+        for order in [[&a, &b], [&b, &a]] {
+            let mut doc = ConfigDoc::default();
+            let mut all = genesis.clone();
+            all.extend(order.iter().flat_map(|c| c.iter().cloned()));
+            doc.apply(ConfigDoc::decode(&all).unwrap()).unwrap();
+            let mut wanted = doc.view().unwrap();
+            assert_eq!(wanted.settings.get("dns.geo_ttl").as_deref(), Some("101"));
+            assert_eq!(
+                wanted.settings.get("sites.keep_versions").as_deref(),
+                Some("3")
+            );
+            // And the next edit, on top of both, applies too.
+            wanted.settings.set("dns.geo_ttl", "102").unwrap();
+            let next = doc.edit(&alice, [3; 16], &wanted).unwrap();
+            let mut again = ConfigDoc::default();
+            all.extend(next);
+            again.apply(ConfigDoc::decode(&all).unwrap()).unwrap();
+            assert_eq!(
+                again.view().unwrap().settings.get("dns.geo_ttl").as_deref(),
+                Some("102")
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_the_document_refuses_is_skipped_as_the_fold_skips_it() {
+        // Two edits under one actor and sequence number (as `maki` made
+        // them before each edit had an actor of its own): the second is
+        // refused, the document still takes edits on top.
+        let alice = AuthorKey([1; 32]);
+        let mut base = ConfigDoc::default();
+        let genesis = base
+            .edit(&alice, [0; 16], &DesiredConfig::default())
+            .unwrap();
+        let edit = |key: &str, value: &str| {
+            let mut side = base.clone();
+            let mut wanted = side.view().unwrap();
+            wanted.settings.set(key, value).unwrap();
+            side.edit(&alice, [9; 16], &wanted).unwrap()
+        };
+        let a = edit("dns.geo_ttl", "101");
+        let b = edit("sites.keep_versions", "3");
+        let all: Vec<Vec<u8>> = [genesis, a, b].concat();
+        assert!(
+            ConfigDoc::default()
+                .apply(ConfigDoc::decode(&all).unwrap())
+                .is_err()
+        );
+        let mut doc = ConfigDoc::default();
+        assert_eq!(doc.apply_as_folded(ConfigDoc::decode(&all).unwrap()), 1);
+        let mut wanted = doc.view().unwrap();
+        assert_eq!(wanted.settings.get("dns.geo_ttl").as_deref(), Some("101"));
+        assert_eq!(wanted.settings.get("sites.keep_versions"), None);
+        wanted.settings.set("sites.keep_versions", "4").unwrap();
+        assert_eq!(doc.edit(&alice, [10; 16], &wanted).unwrap().len(), 1);
     }
 
     #[test]
@@ -707,7 +803,7 @@ mod tests {
         let mut doc = ConfigDoc::default();
         let mut cfg = DesiredConfig::default();
         cfg.settings.dns_geo_ttl = Some(30);
-        doc.edit(&AuthorKey([1; 32]), &cfg).unwrap();
+        doc.edit(&AuthorKey([1; 32]), [0; 16], &cfg).unwrap();
         assert_eq!(doc.view().unwrap(), cfg);
     }
 

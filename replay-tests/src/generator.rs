@@ -753,11 +753,14 @@ impl Generator {
     }
 
     fn config_payload(&mut self, a: usize, wanted: DesiredConfig, summary: String) -> Payload {
+        // Unique to the edit (one per event) without drawing from the rng,
+        // so that every seed's history stays as it was.
+        let nonce = (self.history.events.len() as u128).to_le_bytes();
         let author = &mut self.authors[a];
         let key = author.key();
         let changes = author
             .merged_config()
-            .edit(&key, &wanted)
+            .edit(&key, nonce, &wanted)
             .expect("a typed configuration always reconciles");
         Payload::ConfigChanged(ConfigChanged { changes, summary })
     }
