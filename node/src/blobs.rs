@@ -1,4 +1,4 @@
-//! The content-addressed blob store (DESIGN §5): every file of every site
+//! The content-addressed blob store (docs/design.md, Content addressing): every file of every site
 //! version, stored once under its blake3 hash at `<data>/blobs/ab/abcd…`.
 //!
 //! A blob is written to a temporary file while it is hashed, checked

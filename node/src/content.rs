@@ -1,4 +1,4 @@
-//! Which version of each site this node serves (DESIGN §5).
+//! Which version of each site this node serves (docs/design.md, Content addressing).
 //!
 //! The sites projection says which version is live; this node switches a
 //! domain to it only once the version's manifest and every blob it names
@@ -303,7 +303,7 @@ impl Content {
         Ok(None)
     }
 
-    /// Deletes blobs no kept version references (DESIGN §5): per domain the
+    /// Deletes blobs no kept version references (docs/design.md, Content addressing): per domain the
     /// last `sites.keep_versions` versions, the live one and the one this
     /// node serves are kept, with their manifests and every file they name.
     /// If a kept version's manifest is not here, nothing is collected (what

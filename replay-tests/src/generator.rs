@@ -44,7 +44,7 @@ pub const DOMAINS: [&str; 3] = ["example.com", "example.org", "shop.example.net"
 /// Where every generated cluster's clock starts (2025-10-09 UTC).
 pub const EPOCH_MILLIS: u64 = 1_760_000_000_000;
 
-/// The first octets of the mesh range (198.51.100.0/N, DESIGN §8).
+/// The first octets of the mesh range (198.51.100.0/N, docs/design.md, Testing on one machine).
 const MESH_NETWORK: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 0);
 
 const NODE_WORDS: [&str; 8] = [
