@@ -303,9 +303,10 @@ impl Content {
         Ok(None)
     }
 
-    /// Deletes blobs no kept version references (docs/design.md, Content addressing): per domain the
-    /// last `sites.keep_versions` versions, the live one and the one this
-    /// node serves are kept, with their manifests and every file they name.
+    /// Deletes blobs no kept version references (docs/design.md, Content
+    /// addressing): per domain the last `sites.keep_versions` versions, the
+    /// live one and the one this node serves are kept, with their manifests
+    /// and every file they name.
     /// If a kept version's manifest is not here, nothing is collected (what
     /// it names is unknown).
     fn collect(&self) -> anyhow::Result<()> {
