@@ -402,13 +402,19 @@ fn health_images(c: &Cluster, node: &str) -> serde_json::Value {
 /// is not what they are about. Sets a long one and waits until `node`
 /// has it.
 fn patient(c: &Cluster, node: &str) {
-    c.ok(&["config", "set", "images.timeout_ms", "300000"]);
+    setting(c, node, "images.timeout_ms", "300000");
+}
+
+/// Sets a whole-number setting and waits until `node` has it.
+fn setting(c: &Cluster, node: &str, key: &str, value: &str) {
+    c.ok(&["config", "set", key, value]);
+    let field = format!("\"{}\":{value}", key.replace('.', "_"));
     wait_until(
         Duration::from_secs(30),
-        "the deadline setting reaches the node",
+        "the setting reaches the node",
         || {
             c.exec(node, &["makiatto", "show", "config", "--json"])
-                .contains("\"images_timeout_ms\":300000")
+                .contains(&field)
         },
     );
 }
@@ -749,20 +755,8 @@ fn hostile_sources_and_floods_get_the_right_status_and_serving_goes_on() {
     wait_until(Duration::from_secs(60), "the site is served", || {
         get(&c, s, "/", &[]).2 == index
     });
-    patient(&c, &host.node);
 
-    let set = |key: &str, value: &str| {
-        c.ok(&["config", "set", key, value]);
-        let field = format!("\"{}\":{value}", key.replace('.', "_"));
-        wait_until(
-            Duration::from_secs(30),
-            "the setting reaches the node",
-            || {
-                c.exec(&host.node, &["makiatto", "show", "config", "--json"])
-                    .contains(&field)
-            },
-        );
-    };
+    let set = |key: &str, value: &str| setting(&c, &host.node, key, value);
     // Time enough for the 49-megapixel decodes below in a debug build on
     // a machine shared with builds: the time bound is tested on its own.
     set("images.timeout_ms", "300000");
