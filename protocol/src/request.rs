@@ -17,6 +17,7 @@ use crate::append::AppendResult;
 use crate::blob_stream::{InlineBlob, Received};
 use crate::health::HealthReport;
 use crate::log::{LogFilter, LogLine};
+use crate::probe::{ClockReading, ProbeReport};
 use crate::show::Shown;
 use crate::status::{Head, ManifestStored, Status, VerifyReport};
 use crate::version::{Features, LEGACY_PROTOCOL, PROTOCOL, Version};
@@ -54,11 +55,14 @@ pub enum Request {
     ManifestPut(ManifestPut),
     BlobsMissing(BlobsMissing),
     BlobsPut(BlobsPut),
+    Probe(Probe),
+    Clock(Clock),
+    Handover(Handover),
 }
 
 impl Request {
     /// Every `op`, as the wire spells them.
-    pub const OPS: [&'static str; 15] = [
+    pub const OPS: [&'static str; 18] = [
         "hello",
         "append",
         "log",
@@ -74,6 +78,9 @@ impl Request {
         "manifest-put",
         "blobs-missing",
         "blobs-put",
+        "probe",
+        "clock",
+        "handover",
     ];
 
     /// The `op` as the wire spells it.
@@ -94,6 +101,9 @@ impl Request {
             Request::ManifestPut(_) => 12,
             Request::BlobsMissing(_) => 13,
             Request::BlobsPut(_) => 14,
+            Request::Probe(_) => 15,
+            Request::Clock(_) => 16,
+            Request::Handover(_) => 17,
         };
         Self::OPS[i]
     }
@@ -332,6 +342,34 @@ pub struct BlobsPut {
 }
 operation!(BlobsPut => Received);
 
+/// Checks every node of the cluster from this one (the running daemon
+/// only; a daemon without `Features::PROBE` does not know it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    /// Client subnets whose geo answers are asked with EDNS Client Subnet
+    /// (`probe::SAMPLE_SUBNETS`).
+    pub subnets: Vec<String>,
+}
+operation!(Probe => ProbeReport);
+
+/// This machine's wall clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {}
+operation!(Clock => ClockReading);
+
+/// Hands the daemon's sockets over to `binary` (default: the path it was
+/// started from, so a restart runs what is there now) without closing
+/// them: the running daemon drains and replaces its image (the running
+/// daemon only; one without `Features::HANDOVER` does not know it). The
+/// answer comes before the drain; the new image reports itself in
+/// `health` (`daemon`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+}
+operation!(Handover => crate::health::HandoverStarted);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +411,9 @@ mod tests {
             .into(),
             BlobsMissing { hashes: vec![] }.into(),
             BlobsPut { blobs: vec![] }.into(),
+            Probe { subnets: vec![] }.into(),
+            Clock {}.into(),
+            Handover { binary: None }.into(),
         ];
         assert_eq!(requests.len(), Request::OPS.len());
         for r in requests {

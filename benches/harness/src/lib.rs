@@ -25,7 +25,10 @@
 //!   machine over a run; resident memory.
 //! - [`daemon`]: a `makiatto` on a temporary data directory, for the
 //!   daemon's own tests.
-//! - [`geoip`]: the DB-IP database, and where it places an address.
+//! - [`geoip`]: the DB-IP database, and where it places an address (and
+//!   a copy of it with another build date).
+//! - [`load`]: HTTPS and DNS clients against every node at once, from a
+//!   namespace, counting failures and keeping latencies.
 //! - [`process`]: running commands: checked output, input on stdin, child
 //!   processes ended on drop, tools on the PATH, root.
 //! - [`previous`]: the previous release's binaries, built from history,
@@ -42,6 +45,7 @@ pub mod daemon;
 pub mod geoip;
 pub mod host;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod previous;
 pub mod process;

@@ -32,6 +32,7 @@ use makiatto_protocol::health::{HttpReport, ServedSite, StatusCounts};
 use crate::blobs::BlobStore;
 use crate::changes::Changes;
 use crate::content::Content;
+use crate::handover::Handover;
 use crate::replica::Replica;
 
 /// How often unused variants are deleted.
@@ -59,6 +60,7 @@ impl Http {
         content: Arc<Content>,
         log: Changes,
         ports: server::Ports,
+        handover: &Handover,
     ) -> anyhow::Result<Arc<Http>> {
         let http = Arc::new(Http {
             routes: ArcSwap::from_pointee(routes::Routes::default()),
@@ -74,7 +76,7 @@ impl Http {
         let mut deployed = content.changes();
         let mut log = log.watch();
         http.clone().rebuild(&replica, &content);
-        server::serve(http.clone(), ports);
+        server::serve(http.clone(), ports, handover);
         let follower = http.clone();
         tokio::spawn(async move {
             let mut gc = tokio::time::interval(VARIANT_GC_EVERY);

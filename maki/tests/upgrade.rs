@@ -1,0 +1,206 @@
+//! Upgrades and restarts that drop nothing, on a local cluster under load:
+//! HTTPS clients (keep-alive over HTTP/1.1 and HTTP/2, and a new
+//! connection per request) and a DNS client ask every node throughout,
+//! from a namespace of their own, while `maki machine upgrade` replaces
+//! all three nodes with a new build (each hands its sockets over, passes
+//! the health gate), `maki machine restart` restarts them, and a broken
+//! binary is refused with the cluster serving on. Not one request may
+//! fail. Needs root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use makiatto_harness::load::{Kind, Latency, Load, Plan, Tally};
+use makiatto_harness::{Cluster, Namespace, example_project, require_root, wait_until};
+use serde_json::Value;
+
+const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
+
+/// Runs load until `during` is done, with some answered before and after
+/// (a baseline to compare the latencies with); returns the clients' tallies
+/// and when `during` began and ended (since the load started).
+fn under_load(
+    client: &Namespace,
+    plan: &Plan,
+    during: impl FnOnce(),
+) -> (Vec<Tally>, Duration, Duration) {
+    let load = Load::start(&client.name, plan);
+    let some = |load: &Load, from: u64| {
+        wait_until(Duration::from_secs(30), "the clients are answered", || {
+            load.answered() >= from + 300
+        })
+    };
+    some(&load, 0);
+    let began = load.elapsed();
+    during();
+    let ended = load.elapsed();
+    let after = load.answered();
+    some(&load, after);
+    (load.stop(), began, ended)
+}
+
+/// Prints what the clients saw, and fails on any failure.
+fn no_failures(what: &str, tallies: &[Tally], began: Duration, ended: Duration) {
+    println!("{what}: during {:.1} s", (ended - began).as_secs_f64());
+    for kind in Kind::ALL {
+        let of: Vec<&Tally> = tallies.iter().filter(|t| t.kind == kind).collect();
+        let ok: u64 = of.iter().map(|t| t.ok).sum();
+        let failures: u64 = of.iter().map(|t| t.failures).sum();
+        let retried: u64 = of.iter().map(|t| t.retried).sum();
+        let reconnects: u64 = of.iter().map(|t| t.reconnects).sum();
+        let before = Latency::of(&of, Duration::ZERO, began);
+        let amid = Latency::of(&of, began, ended);
+        println!(
+            "  {:<34} {ok:>7} answered, {failures} failed, {retried} retried, {reconnects} reconnects; p50/p99/max before {:?}/{:?}/{:?}, during {:?}/{:?}/{:?}",
+            kind.name(),
+            before.p50,
+            before.p99,
+            before.max,
+            amid.p50,
+            amid.p99,
+            amid.max
+        );
+    }
+    let failed: Vec<String> = tallies
+        .iter()
+        .filter(|t| t.failures > 0)
+        .map(|t| {
+            format!(
+                "{} at {}: {} failed: {:?}",
+                t.kind.name(),
+                t.node,
+                t.failures,
+                t.errors
+            )
+        })
+        .collect();
+    assert!(failed.is_empty(), "{what}: requests failed:\n{}", failed.join("\n"));
+}
+
+fn daemon(c: &Cluster, node: &str) -> Value {
+    c.health(node)["daemon"].clone()
+}
+
+#[test]
+fn upgrading_and_restarting_every_node_under_load_drops_nothing() {
+    require_root();
+    let c = Cluster::new("up");
+    let project = example_project();
+    let state = c.up(3, &["--no-ca", "--sync", project.to_str().unwrap()]);
+    for h in &state.hosts {
+        wait_until(Duration::from_secs(30), "every node serves the site", || {
+            c.curl_writes(
+                "vector",
+                "%{http_code}",
+                &[
+                    "-k",
+                    "--resolve",
+                    &format!("example.test:443:{}", h.ipv4),
+                    "https://example.test/",
+                ],
+            ) == "200"
+        });
+    }
+    let client = Namespace::create(
+        &format!("mk-{}-load", c.name),
+        &format!("mk{}ld", state.slot),
+        state.address(12),
+        &state.bridge,
+    );
+    let plan = Plan {
+        nodes: state
+            .hosts
+            .iter()
+            .map(|h| (h.node.clone(), h.ipv4.parse::<IpAddr>().unwrap()))
+            .collect(),
+        host: "example.test".into(),
+        path: "/".into(),
+        dns_name: "example.test".into(),
+        pause: Duration::from_millis(2),
+    };
+    let pids: Vec<Value> = NODES.iter().map(|n| daemon(&c, n)["pid"].clone()).collect();
+
+    // A new build: the same program in another file (a few bytes more).
+    let new_build = c.dir.path().join("makiatto-new");
+    let mut bytes = std::fs::read(c.daemon()).unwrap();
+    bytes.extend_from_slice(b"\0a new build\0");
+    std::fs::write(&new_build, bytes).unwrap();
+    std::fs::set_permissions(
+        &new_build,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (tallies, began, ended) = under_load(&client, &plan, || {
+        let out = c.ok(&[
+            "machine",
+            "upgrade",
+            "--binary-path",
+            new_build.to_str().unwrap(),
+        ]);
+        for n in NODES {
+            assert!(
+                out.contains(&format!("{n}: upgraded")) && out.contains("no socket closed"),
+                "{out}"
+            );
+        }
+    });
+    no_failures("maki machine upgrade", &tallies, began, ended);
+    for (n, pid) in NODES.iter().zip(&pids) {
+        let d = daemon(&c, n);
+        assert_eq!(&d["pid"], pid, "{n}: the same process serves");
+        assert_eq!(d["last_handover"]["outcome"], "done", "{n}: {d}");
+    }
+
+    // A restart, the same way.
+    let (tallies, began, ended) = under_load(&client, &plan, || {
+        let out = c.ok(&["machine", "restart"]);
+        for n in NODES {
+            assert!(out.contains(&format!("{n}: restarted (handed over")), "{out}");
+        }
+    });
+    no_failures("maki machine restart", &tallies, began, ended);
+
+    // A broken binary (an executable of the right architecture that is
+    // no makiatto): refused on the first node, nothing changed, the
+    // cluster serving throughout.
+    let broken = c.dir.path().join("makiatto-broken");
+    std::fs::copy("/bin/false", &broken).unwrap();
+    let installed: Vec<String> = NODES
+        .iter()
+        .map(|n| c.exec(n, &["sha256sum", "/usr/local/bin/makiatto"]))
+        .collect();
+    let (tallies, began, ended) = under_load(&client, &plan, || {
+        let out = c.fails(&[
+            "machine",
+            "upgrade",
+            "--binary-path",
+            broken.to_str().unwrap(),
+        ]);
+        assert!(
+            out.contains("does not run there as makiatto") && out.contains("rollout stopped"),
+            "{out}"
+        );
+    });
+    no_failures("a broken binary refused", &tallies, began, ended);
+    for (n, before) in NODES.iter().zip(&installed) {
+        assert_eq!(
+            &c.exec(n, &["sha256sum", "/usr/local/bin/makiatto"]),
+            before,
+            "{n} keeps its binary"
+        );
+        assert_eq!(
+            c.exec(n, &["sh", "-c", "ls /usr/local/bin/makiatto.new /usr/local/bin/makiatto.prev 2>/dev/null | wc -l"])
+                .trim(),
+            "0",
+            "{n}: nothing left behind"
+        );
+    }
+    let health = c.maki(&["health"]);
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stdout)
+    );
+}
