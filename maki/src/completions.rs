@@ -20,8 +20,7 @@ pub fn man(command: clap::Command) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     clap_mangen::Man::new(command.clone()).render(&mut out)?;
     for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let name = format!("maki-{}", sub.get_name());
-        let page = sub.clone().name(name.clone());
+        let page = sub.clone().display_name(format!("maki-{}", sub.get_name()));
         writeln!(out)?;
         clap_mangen::Man::new(page).render(&mut out)?;
     }

@@ -222,8 +222,10 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
 
 /// A Unix time as a date (`2026-12-01`).
 pub fn date(unix_secs: u64) -> String {
-    jiff::Timestamp::from_second(unix_secs as i64)
-        .map_or_else(|_| "an unknown date".into(), |t| t.strftime("%Y-%m-%d").to_string())
+    jiff::Timestamp::from_second(unix_secs as i64).map_or_else(
+        |_| "an unknown date".into(),
+        |t| t.strftime("%Y-%m-%d").to_string(),
+    )
 }
 
 /// The database the cluster names now (`geoip.database`), as `remote` holds it.

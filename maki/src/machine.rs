@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -318,7 +318,10 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
         if place.nameserver { ", nameserver" } else { "" }
     );
     if args.warn_geoip && cluster_geoip.is_none() && (geoip_in_log || local_geoip.is_none()) {
-        eprintln!("warning: the cluster has no GeoIP database. {}", crate::geoip::MISSING);
+        eprintln!(
+            "warning: the cluster has no GeoIP database. {}",
+            crate::geoip::MISSING
+        );
     }
     Ok(())
 }

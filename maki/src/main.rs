@@ -46,8 +46,8 @@ mod peer;
 mod profile;
 mod project;
 mod prompt;
-mod rollout;
 mod prompt_ack;
+mod rollout;
 mod sites;
 mod ssh;
 mod sync;
@@ -205,9 +205,7 @@ enum Top {
     },
     /// Shell completions (bash, zsh, fish, elvish, powershell) on
     /// standard output.
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
     /// The manual page (roff) on standard output: `maki man | man -l -`.
     Man,
     /// A cluster of test hosts on this machine (Linux, root).

@@ -121,45 +121,22 @@ async fn upgrade_one(
         ))
         .await?;
     let inode = installed_inode(remote).await?;
-    let how = switch(m, remote, &daemon, new.features.has(Features::HANDOVER)).await;
-    let gated = match how {
-        Ok(_) => gate(ctx, m, remote, &daemon, Some(inode)).await,
+    let switched = switch(m, remote, &daemon, new.features.has(Features::HANDOVER)).await;
+    let gated = match switched {
+        Ok(how) => gate(ctx, m, remote, &daemon, Some(inode))
+            .await
+            .map(|()| how),
         Err(e) => Err(e),
     };
-    if let Err(e) = gated {
-        eprintln!("{name}: the new daemon failed its health gate ({e:#}); restoring the previous binary");
-        remote
-            .run_ok(&format!("mv -f {REMOTE_BINARY}.prev {REMOTE_BINARY}"))
-            .await?;
-        let inode = installed_inode(remote).await?;
-        let takes = checked(remote, REMOTE_BINARY)
-            .await?
-            .is_ok_and(|v| v.features.has(Features::HANDOVER));
-        let now = match running(remote).await {
-            Ok(now) => {
-                switch(m, remote, &now, takes).await?;
-                now
-            }
-            // Down (the new binary crashed): started afresh.
-            Err(_) => {
-                remote
-                    .run(&format!(
-                        "{REMOTE_BINARY} stop >/dev/null 2>&1; {REMOTE_BINARY} run --detach >/dev/null"
-                    ))
-                    .await?;
-                Running {
-                    version: Version::legacy(),
-                    started: None,
-                }
-            }
-        };
-        gate(ctx, m, remote, &now, Some(inode)).await.with_context(|| {
-            format!("{name}: the previous binary did not come back healthy either")
-        })?;
-        bail!(
-            "{name}: the new daemon failed its health gate ({e:#}); the previous binary serves again and the rollout stopped"
-        );
-    }
+    let how = match gated {
+        Ok(how) => how,
+        Err(e) => {
+            rollback(ctx, m, remote, &e).await?;
+            bail!(
+                "{name}: the new daemon failed its health gate ({e:#}); the previous binary serves again and the rollout stopped"
+            );
+        }
+    };
     remote.run(&format!("rm -f {REMOTE_BINARY}.prev")).await?;
     if new.features.has(Features::GEOIP_FROM_LOG) {
         carry_geoip(remote, ctx, name).await?;
@@ -168,12 +145,49 @@ async fn upgrade_one(
     remote
         .run(&format!("{REMOTE_BINARY} service install >/dev/null"))
         .await?;
-    println!(
-        "{name}: upgraded to makiatto {} ({})",
-        new.software,
-        how.unwrap_or("restarted")
-    );
+    println!("{name}: upgraded to makiatto {} ({how})", new.software);
     Ok(())
+}
+
+/// Puts the previous binary back in service after a failed gate.
+async fn rollback(
+    ctx: &Ctx,
+    m: &Machine,
+    remote: &Remote,
+    why: &anyhow::Error,
+) -> anyhow::Result<()> {
+    let name = &m.name;
+    eprintln!(
+        "{name}: the new daemon failed its health gate ({why:#}); restoring the previous binary"
+    );
+    remote
+        .run_ok(&format!("mv -f {REMOTE_BINARY}.prev {REMOTE_BINARY}"))
+        .await?;
+    let inode = installed_inode(remote).await?;
+    let takes = checked(remote, REMOTE_BINARY)
+        .await?
+        .is_ok_and(|v| v.features.has(Features::HANDOVER));
+    let now = match running(remote).await {
+        Ok(now) => {
+            switch(m, remote, &now, takes).await?;
+            now
+        }
+        // Down (the new binary crashed): started afresh.
+        Err(_) => {
+            remote
+                .run(&format!(
+                    "{REMOTE_BINARY} stop >/dev/null 2>&1; {REMOTE_BINARY} run --detach >/dev/null"
+                ))
+                .await?;
+            Running {
+                version: Version::legacy(),
+                started: None,
+            }
+        }
+    };
+    gate(ctx, m, remote, &now, Some(inode))
+        .await
+        .with_context(|| format!("{name}: the previous binary did not come back healthy either"))
 }
 
 /// A cluster that had its GeoIP database as copies on each node (an older
@@ -184,7 +198,10 @@ async fn carry_geoip(remote: &Remote, ctx: &Ctx, name: &str) -> anyhow::Result<(
         return Ok(());
     }
     let Some(db) = crate::geoip::Database::find_default()? else {
-        eprintln!("warning: the cluster's log names no GeoIP database. {}", crate::geoip::MISSING);
+        eprintln!(
+            "warning: the cluster's log names no GeoIP database. {}",
+            crate::geoip::MISSING
+        );
         return Ok(());
     };
     db.upload(remote, name).await?;
@@ -257,8 +274,7 @@ fn first_line(stderr: &str, stdout: &str) -> String {
     stderr
         .lines()
         .chain(stdout.lines())
-        .filter(|l| !l.trim().is_empty())
-        .next_back()
+        .rfind(|l| !l.trim().is_empty())
         .unwrap_or("no output")
         .trim()
         .to_owned()
@@ -333,7 +349,11 @@ async fn passes(
     }
     // Answering: DNS and HTTPS, as the node's own probe reaches itself.
     if version.features.has(Features::PROBE) {
-        let probe = remote.ask(op::Probe { subnets: Vec::new() }).await?;
+        let probe = remote
+            .ask(op::ProbeCluster {
+                subnets: Vec::new(),
+            })
+            .await?;
         for t in probe.targets.iter().filter(|t| t.node == m.name) {
             for d in &t.dns {
                 if let Some(e) = &d.error {

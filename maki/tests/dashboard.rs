@@ -75,20 +75,31 @@ fn the_dashboard_shows_the_cluster_in_a_browser() {
     );
     let printed = c.dir.path().join("dashboard.out");
     let _dashboard = Process::spawn(
-        maki_in(&c, &ns.name, &["dashboard", "--listen", LISTEN, "--refresh", "2"])
-            .stdout(Stdio::from(std::fs::File::create(&printed).unwrap()))
-            .stderr(Stdio::null()),
+        maki_in(
+            &c,
+            &ns.name,
+            &["dashboard", "--listen", LISTEN, "--refresh", "2"],
+        )
+        .stdout(Stdio::from(std::fs::File::create(&printed).unwrap()))
+        .stderr(Stdio::null()),
     );
     let mut url = String::new();
-    wait_until(Duration::from_secs(20), "the dashboard prints its URL", || {
-        url = std::fs::read_to_string(&printed)
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("maki dashboard: ").map(str::to_owned))
-            .unwrap_or_default();
-        !url.is_empty()
-    });
-    assert!(url.starts_with(&format!("http://{LISTEN}/?token=")), "{url}");
+    wait_until(
+        Duration::from_secs(20),
+        "the dashboard prints its URL",
+        || {
+            url = std::fs::read_to_string(&printed)
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("maki dashboard: ").map(str::to_owned))
+                .unwrap_or_default();
+            !url.is_empty()
+        },
+    );
+    assert!(
+        url.starts_with(&format!("http://{LISTEN}/?token=")),
+        "{url}"
+    );
     let token = url.rsplit('=').next().unwrap().to_owned();
     // Without the token, nothing; with another Host (a rebound name), nothing.
     let refused = ns.run(&[
@@ -143,19 +154,31 @@ fn the_dashboard_shows_the_cluster_in_a_browser() {
             &format!("http://{LISTEN}/api/state"),
         ]) == "200"
     };
-    wait_until(Duration::from_secs(60), "the dashboard has read the cluster", state_ready);
+    wait_until(
+        Duration::from_secs(60),
+        "the dashboard has read the cluster",
+        state_ready,
+    );
 
     // The nodes, on the map and listed.
-    wait_seeing(Duration::from_secs(60), "the page shows every node up", || {
-        let page = dom(&ns.name, &url);
-        let all = ["vector", "klukai", "tololo"]
-            .iter()
-            .all(|n| page.contains(&format!("class=\"node ok\" data-node=\"{n}\"")));
-        if all { Ok(()) } else { Err(page) }
-    });
+    wait_seeing(
+        Duration::from_secs(60),
+        "the page shows every node up",
+        || {
+            let page = dom(&ns.name, &url);
+            let all = ["vector", "klukai", "tololo"]
+                .iter()
+                .all(|n| page.contains(&format!("class=\"node ok\" data-node=\"{n}\"")));
+            if all { Ok(()) } else { Err(page) }
+        },
+    );
 
     // The latest event, after a sync.
-    std::fs::write(project_dir.join("site/index.html"), "<h1>seen in a browser</h1>\n").unwrap();
+    std::fs::write(
+        project_dir.join("site/index.html"),
+        "<h1>seen in a browser</h1>\n",
+    )
+    .unwrap();
     c.ok(&[
         "sync",
         "--file",
@@ -163,25 +186,33 @@ fn the_dashboard_shows_the_cluster_in_a_browser() {
         "-m",
         "a change the dashboard shows",
     ]);
-    wait_seeing(Duration::from_secs(60), "the page shows the new version", || {
-        let page = dom(&ns.name, &url);
-        if page.contains("a change the dashboard shows") && page.contains("site-published") {
-            Ok(())
-        } else {
-            Err(page)
-        }
-    });
+    wait_seeing(
+        Duration::from_secs(60),
+        "the page shows the new version",
+        || {
+            let page = dom(&ns.name, &url);
+            if page.contains("a change the dashboard shows") && page.contains("site-published") {
+                Ok(())
+            } else {
+                Err(page)
+            }
+        },
+    );
 
     // A node cut off: shown unreachable.
     c.ok(&["local", "cut", "tololo"]);
-    wait_seeing(Duration::from_secs(90), "the page shows tololo cut off", || {
-        let page = dom(&ns.name, &url);
-        if page.contains("class=\"node unreachable\" data-node=\"tololo\"") {
-            Ok(())
-        } else {
-            Err(page)
-        }
-    });
+    wait_seeing(
+        Duration::from_secs(90),
+        "the page shows tololo cut off",
+        || {
+            let page = dom(&ns.name, &url);
+            if page.contains("class=\"node unreachable\" data-node=\"tololo\"") {
+                Ok(())
+            } else {
+                Err(page)
+            }
+        },
+    );
 
     // A screenshot, kept beside the test's other output.
     let shot = std::env::temp_dir().join(format!("maki-dashboard-{}.png", c.name));
@@ -189,10 +220,18 @@ fn the_dashboard_shows_the_cluster_in_a_browser() {
         .args(["netns", "exec", &ns.name, "chromium"])
         .args(CHROMIUM)
         .arg(format!("--screenshot={}", shot.display()))
-        .args(["--window-size=1280,1100", "--virtual-time-budget=8000", &url])
+        .args([
+            "--window-size=1280,1100",
+            "--virtual-time-budget=8000",
+            &url,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     println!("screenshot: {}", shot.display());

@@ -61,11 +61,7 @@ fn every_node_loads(c: &Cluster, built: u64, what: &str) -> String {
                     && g["problem"].is_null()
             });
         manifest = wanted;
-        if ok {
-            Ok(())
-        } else {
-            Err(format!("{all:#?}"))
-        }
+        if ok { Ok(()) } else { Err(format!("{all:#?}")) }
     });
     manifest
 }
@@ -98,8 +94,7 @@ fn a_cluster_without_the_database_says_so_everywhere_and_takes_one_live() {
 
     // Every node says it, in its status and its health.
     for n in NODES {
-        let status: Value =
-            serde_json::from_str(&c.exec(n, &["makiatto", "status"])).unwrap();
+        let status: Value = serde_json::from_str(&c.exec(n, &["makiatto", "status"])).unwrap();
         assert!(status["geoip"]["loaded"].is_null(), "{n}: {status}");
         assert!(
             status["geoip"]["problem"]
@@ -148,7 +143,10 @@ fn a_cluster_without_the_database_says_so_everywhere_and_takes_one_live() {
     }
     // Twice the same database is nothing new.
     let again = c.ok(&["geoip", "update", "--dir", geoip.dir().to_str().unwrap()]);
-    assert!(again.contains("already answers from this GeoIP database"), "{again}");
+    assert!(
+        again.contains("already answers from this GeoIP database"),
+        "{again}"
+    );
 
     // A newer release: every node switches to it without a restart.
     let pids: Vec<String> = NODES.iter().map(|n| daemon_pid(&c, n)).collect();
@@ -169,7 +167,10 @@ fn a_cluster_without_the_database_says_so_everywhere_and_takes_one_live() {
         .to_string();
     let health = c.maki(&["health"]);
     let text = String::from_utf8_lossy(&health.stdout);
-    assert!(text.contains(&date), "health names the database's date {date}:\n{text}");
+    assert!(
+        text.contains(&date),
+        "health names the database's date {date}:\n{text}"
+    );
 }
 
 /// The pid of `node`'s daemon (`makiatto status`).

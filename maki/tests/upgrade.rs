@@ -76,7 +76,11 @@ fn no_failures(what: &str, tallies: &[Tally], began: Duration, ended: Duration) 
             )
         })
         .collect();
-    assert!(failed.is_empty(), "{what}: requests failed:\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{what}: requests failed:\n{}",
+        failed.join("\n")
+    );
 }
 
 fn daemon(c: &Cluster, node: &str) -> Value {
@@ -90,18 +94,22 @@ fn upgrading_and_restarting_every_node_under_load_drops_nothing() {
     let project = example_project();
     let state = c.up(3, &["--no-ca", "--sync", project.to_str().unwrap()]);
     for h in &state.hosts {
-        wait_until(Duration::from_secs(30), "every node serves the site", || {
-            c.curl_writes(
-                "vector",
-                "%{http_code}",
-                &[
-                    "-k",
-                    "--resolve",
-                    &format!("example.test:443:{}", h.ipv4),
-                    "https://example.test/",
-                ],
-            ) == "200"
-        });
+        wait_until(
+            Duration::from_secs(30),
+            "every node serves the site",
+            || {
+                c.curl_writes(
+                    "vector",
+                    "%{http_code}",
+                    &[
+                        "-k",
+                        "--resolve",
+                        &format!("example.test:443:{}", h.ipv4),
+                        "https://example.test/",
+                    ],
+                ) == "200"
+            },
+        );
     }
     let client = Namespace::create(
         &format!("mk-{}-load", c.name),
@@ -157,7 +165,10 @@ fn upgrading_and_restarting_every_node_under_load_drops_nothing() {
     let (tallies, began, ended) = under_load(&client, &plan, || {
         let out = c.ok(&["machine", "restart"]);
         for n in NODES {
-            assert!(out.contains(&format!("{n}: restarted (handed over")), "{out}");
+            assert!(
+                out.contains(&format!("{n}: restarted (handed over")),
+                "{out}"
+            );
         }
     });
     no_failures("maki machine restart", &tallies, began, ended);

@@ -173,6 +173,7 @@ pub fn execute(replica: &Mutex<Replica>, appender: &dyn Appender, envelope: Enve
         Request::Health(_) => Answer::Error(needs_daemon("health")),
         Request::ManifestPut(_) => Answer::Error(needs_daemon("manifest-put")),
         Request::Probe(_) => Answer::Error(needs_daemon("probe")),
+        Request::Handover(_) => Answer::Error(needs_daemon("handover")),
         Request::Clock(_) => reply::<op::Clock>(Ok(makiatto_protocol::probe::ClockReading {
             unix_millis: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

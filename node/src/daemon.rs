@@ -16,8 +16,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::changes::Changes;
 use crate::content::Content;
-use makiatto_protocol::request as op;
 use makiatto_protocol::health::{DaemonInfo, HandoverStarted};
+use makiatto_protocol::request as op;
 use makiatto_protocol::status::ManifestStored;
 use makiatto_protocol::{Answer, ControlError, Envelope, ErrorCode, Request};
 
@@ -231,8 +231,9 @@ impl Services {
             dns_port: ports.dns,
             https_port: web.https,
         });
-        let dns = crate::dns::Dns::start(geoip, liveness.clone(), changes.clone(), ports, &handover)
-            .await;
+        let dns =
+            crate::dns::Dns::start(geoip, liveness.clone(), changes.clone(), ports, &handover)
+                .await;
         let http = crate::http::Http::start(
             data_dir,
             replica.clone(),
@@ -433,8 +434,8 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
             control::reply::<op::Health>(Ok(report))
         }
         Request::Handover(op::Handover { binary }) => begin_handover(s, binary).await,
-        Request::Probe(op::Probe { subnets }) => {
-            control::reply::<op::Probe>(Ok(s.prober.probe(&subnets).await))
+        Request::Probe(op::ProbeCluster { subnets }) => {
+            control::reply::<op::ProbeCluster>(Ok(s.prober.probe(&subnets).await))
         }
         Request::BlobsMissing(_) | Request::BlobsPut(_) => {
             let blobs = s.content.blobs().clone();

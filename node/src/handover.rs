@@ -152,7 +152,11 @@ impl Sockets {
             let is_socket = nix::sys::stat::fstat(unsafe { BorrowedFd::borrow_raw(fd) })
                 .is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFSOCK);
             if !is_socket {
-                tracing::warn!(fd, role = role.name(), "a handed-over descriptor is not a socket; ignored");
+                tracing::warn!(
+                    fd,
+                    role = role.name(),
+                    "a handed-over descriptor is not a socket; ignored"
+                );
                 continue;
             }
             // SAFETY: the previous image of this process named `fd` in
@@ -165,7 +169,10 @@ impl Sockets {
             inherited.push((role, owned, false));
         }
         if !inherited.is_empty() {
-            tracing::info!(sockets = inherited.len(), "listening sockets handed over by the previous image");
+            tracing::info!(
+                sockets = inherited.len(),
+                "listening sockets handed over by the previous image"
+            );
         }
         Sockets {
             inherited: Mutex::new(inherited),
@@ -187,7 +194,9 @@ impl Sockets {
                                 .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
                         })
                 })
-                .is_some_and(|bound| bound.is_ipv4() == addr.is_ipv4() && bound.port() == addr.port())
+                .is_some_and(|bound| {
+                    bound.is_ipv4() == addr.is_ipv4() && bound.port() == addr.port()
+                })
         })
     }
 
@@ -223,7 +232,9 @@ impl Sockets {
                     s.push((role, dup));
                 }
             }
-            Err(e) => tracing::warn!(error = %e, role = role.name(), "cannot keep a socket for the next image: a handover will rebind it"),
+            Err(e) => {
+                tracing::warn!(error = %e, role = role.name(), "cannot keep a socket for the next image: a handover will rebind it")
+            }
         }
     }
 
@@ -233,7 +244,10 @@ impl Sockets {
     pub fn serving_now(&self) {
         if let Ok(mut inherited) = self.inherited.lock() {
             for (role, _, _) in inherited.iter().filter(|(_, _, taken)| !*taken) {
-                tracing::info!(role = role.name(), "a handed-over socket is not served any more; closed");
+                tracing::info!(
+                    role = role.name(),
+                    "a handed-over socket is not served any more; closed"
+                );
             }
             inherited.clear();
         }
@@ -487,10 +501,7 @@ fn environment(set: &[(&str, String)]) -> Vec<CString> {
             kv.extend_from_slice(v.as_bytes());
             kv
         })
-        .chain(
-            set.iter()
-                .map(|(k, v)| format!("{k}={v}").into_bytes()),
-        )
+        .chain(set.iter().map(|(k, v)| format!("{k}={v}").into_bytes()))
         .filter_map(|kv| CString::new(kv).ok())
         .collect()
 }
@@ -502,7 +513,9 @@ pub enum HandoverError {
     Unrunnable { binary: String, error: String },
     #[error("{binary} failed its check ({why}); nothing changed")]
     Check { binary: String, why: String },
-    #[error("{binary} is makiatto {software}, which cannot take sockets over (no handover feature); restart it instead (`makiatto stop` and `makiatto run --detach`)")]
+    #[error(
+        "{binary} is makiatto {software}, which cannot take sockets over (no handover feature); restart it instead (`makiatto stop` and `makiatto run --detach`)"
+    )]
     Unable { binary: String, software: String },
     #[error("a handover is already under way")]
     Busy,
@@ -538,10 +551,7 @@ pub fn check(binary: &Path) -> Result<makiatto_protocol::Version, HandoverError>
             binary: name.clone(),
             why: format!("it printed no version: {e}"),
         })?;
-    if !version
-        .features
-        .has(makiatto_protocol::Features::HANDOVER)
-    {
+    if !version.features.has(makiatto_protocol::Features::HANDOVER) {
         return Err(HandoverError::Unable {
             binary: name,
             software: version.software,
@@ -591,7 +601,10 @@ impl Handover {
     pub async fn drain(&self) -> (usize, usize) {
         let cut = self.drains.connections.run(DRAIN_WITHIN).await;
         if cut > 0 {
-            tracing::warn!(connections = cut, "handover: connections still busy after the drain are cut");
+            tracing::warn!(
+                connections = cut,
+                "handover: connections still busy after the drain are cut"
+            );
         }
         let left = self.drains.datagrams.run(Duration::from_secs(2)).await;
         (cut, left)
@@ -644,7 +657,10 @@ impl Handover {
         let again = environment(&[
             (SOCKETS_VAR, sockets_value(&sockets)),
             (FROM_VAR, format!("{from},{at}")),
-            (FAILED_VAR, format!("execve of {} failed: {err:?}", binary.display())),
+            (
+                FAILED_VAR,
+                format!("execve of {} failed: {err:?}", binary.display()),
+            ),
         ]);
         let own_argv: Vec<CString> = self
             .argv
@@ -652,7 +668,9 @@ impl Handover {
             .filter_map(|a| CString::new(a.as_bytes()).ok())
             .collect();
         let err2 = nix::unistd::fexecve(own.as_fd(), &own_argv, &again);
-        std::io::Error::other(format!("execve failed ({err:?}), and so did restarting ({err2:?})"))
+        std::io::Error::other(format!(
+            "execve failed ({err:?}), and so did restarting ({err2:?})"
+        ))
     }
 
     /// What `makiatto health` says of this image.

@@ -638,10 +638,14 @@ fn print_health(v: &makiatto_protocol::health::HealthReport) {
                 } else {
                     &l.database_type
                 },
-                jiff::Timestamp::from_second(l.built_unix_secs as i64)
-                    .map_or_else(|_| "at an unknown time".to_owned(), |t| t.strftime("%Y-%m-%d").to_string()),
-                l.manifest
-                    .map_or_else(|| " (this node's own copy)".to_owned(), |m| format!(" (manifest {})", m.short()))
+                jiff::Timestamp::from_second(l.built_unix_secs as i64).map_or_else(
+                    |_| "at an unknown time".to_owned(),
+                    |t| t.strftime("%Y-%m-%d").to_string()
+                ),
+                l.manifest.map_or_else(
+                    || " (this node's own copy)".to_owned(),
+                    |m| format!(" (manifest {})", m.short())
+                )
             ),
             None => println!("  GeoIP: none loaded"),
         }

@@ -176,7 +176,6 @@ impl Prober {
             certificates: r.certificates(),
         }
     }
-
 }
 
 /// What one target's probe needs.
@@ -286,7 +285,9 @@ async fn ask(
         edns.options_mut().insert(EdnsOption::Subnet(s));
     }
     query.set_edns(edns);
-    let bytes = query.to_vec().map_err(|e| format!("cannot encode a query: {e}"))?;
+    let bytes = query
+        .to_vec()
+        .map_err(|e| format!("cannot encode a query: {e}"))?;
     let local: SocketAddr = if at.is_ipv4() {
         "0.0.0.0:0".parse().map_err(|_| "no local address")?
     } else {
@@ -311,7 +312,10 @@ async fn ask(
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, socket.recv(&mut buf)).await {
                 Err(_) => {
-                    last = format!("no answer within {} ms", (DEADLINE / TRIES as u32).as_millis());
+                    last = format!(
+                        "no answer within {} ms",
+                        (DEADLINE / TRIES as u32).as_millis()
+                    );
                     break;
                 }
                 Ok(Err(e)) => {
@@ -534,8 +538,8 @@ impl rustls::client::danger::ServerCertVerifier for Observer {
 /// This node's disk, memory and deployed blobs.
 fn local_report(content: &Content, data_dir: &std::path::Path) -> LocalReport {
     let disk = nix::sys::statvfs::statvfs(data_dir).ok().map(|s| Space {
-        free_bytes: s.blocks_available() as u64 * s.fragment_size() as u64,
-        total_bytes: s.blocks() as u64 * s.fragment_size() as u64,
+        free_bytes: s.blocks_available() * s.fragment_size(),
+        total_bytes: s.blocks() * s.fragment_size(),
     });
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -599,7 +603,8 @@ mod tests {
 
     #[test]
     fn memory_is_read_from_meminfo() {
-        let m = memory("MemTotal:        2048 kB\nMemFree: 1 kB\nMemAvailable:    1024 kB\n").unwrap();
+        let m =
+            memory("MemTotal:        2048 kB\nMemFree: 1 kB\nMemAvailable:    1024 kB\n").unwrap();
         assert_eq!((m.free_bytes, m.total_bytes), (1024 * 1024, 2048 * 1024));
         assert!(memory("MemTotal: 5 kB\n").is_none());
     }

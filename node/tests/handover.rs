@@ -224,13 +224,19 @@ fn a_new_binary_that_fails_to_start_gives_the_sockets_back() {
         .unwrap();
     assert!(!out.status.success(), "the reload reports the failure");
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("did not take") && said.contains("serves on"), "{said}");
+    assert!(
+        said.contains("did not take") && said.contains("serves on"),
+        "{said}"
+    );
     clients.answered_more(200);
     let failures = clients.stop();
     assert!(failures.is_empty(), "unanswered meanwhile: {failures:#?}");
     let after = health(dir.path())["daemon"].clone();
     assert_eq!(after["pid"], before["pid"]);
-    let outcome = after["last_handover"]["outcome"].as_str().unwrap().to_owned();
+    let outcome = after["last_handover"]["outcome"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(outcome.starts_with("fell back:"), "{after}");
     assert!(outcome.contains("makiatto-cannot-be-here"), "{outcome}");
 }
@@ -246,7 +252,10 @@ fn a_binary_that_is_not_makiatto_is_refused_before_anything_changes() {
         .unwrap();
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("failed its check") && said.contains("nothing changed"), "{said}");
+    assert!(
+        said.contains("failed its check") && said.contains("nothing changed"),
+        "{said}"
+    );
     let after = health(dir.path())["daemon"].clone();
     assert_eq!(after["started_unix_millis"], before["started_unix_millis"]);
 }

@@ -55,7 +55,7 @@ pub enum Request {
     ManifestPut(ManifestPut),
     BlobsMissing(BlobsMissing),
     BlobsPut(BlobsPut),
-    Probe(Probe),
+    Probe(ProbeCluster),
     Clock(Clock),
     Handover(Handover),
 }
@@ -345,12 +345,12 @@ operation!(BlobsPut => Received);
 /// Checks every node of the cluster from this one (the running daemon
 /// only; a daemon without `Features::PROBE` does not know it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Probe {
+pub struct ProbeCluster {
     /// Client subnets whose geo answers are asked with EDNS Client Subnet
     /// (`probe::SAMPLE_SUBNETS`).
     pub subnets: Vec<String>,
 }
-operation!(Probe => ProbeReport);
+operation!(ProbeCluster as Probe => ProbeReport);
 
 /// This machine's wall clock.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,7 +411,7 @@ mod tests {
             .into(),
             BlobsMissing { hashes: vec![] }.into(),
             BlobsPut { blobs: vec![] }.into(),
-            Probe { subnets: vec![] }.into(),
+            ProbeCluster { subnets: vec![] }.into(),
             Clock {}.into(),
             Handover { binary: None }.into(),
         ];

@@ -31,12 +31,12 @@ use makiatto_protocol::health::{
     GeoIpReport, HandoverRecord, HandoverStarted, HealthReport, HttpReport, Load, OrderFailure,
     PeerHealth, ReplicationTotals, ServedSite, SiteDeployment, StatusCounts,
 };
+use makiatto_protocol::identity::NodeIdentity;
+use makiatto_protocol::log::{LogFilter, LogLine};
 use makiatto_protocol::probe::{
     ClockReading, DnsCheck, HttpsCheck, LocalReport, ProbeReport, SeenCertificate, Space,
     TargetReport, VersionBlobs,
 };
-use makiatto_protocol::identity::NodeIdentity;
-use makiatto_protocol::log::{LogFilter, LogLine};
 use makiatto_protocol::request::{self as op, Envelope, Request};
 use makiatto_protocol::show::Shown;
 use makiatto_protocol::status::{
@@ -560,7 +560,7 @@ fn added() -> Vec<(&'static str, Line)> {
         (
             "request probe",
             Line::Request(
-                op::Probe {
+                op::ProbeCluster {
                     subnets: vec!["81.2.69.0/24".into()],
                 }
                 .into(),
@@ -636,10 +636,7 @@ fn probe_report() -> ProbeReport {
                 authoritative: true,
                 rtt_ms: Some(1),
                 error: None,
-                geo: BTreeMap::from([(
-                    "81.2.69.0/24".into(),
-                    vec!["203.0.113.2".into()],
-                )]),
+                geo: BTreeMap::from([("81.2.69.0/24".into(), vec!["203.0.113.2".into()])]),
             }],
             https: vec![HttpsCheck {
                 name: "example.test".into(),

@@ -387,12 +387,19 @@ async fn request(sender: &mut Sender, plan: &Plan, h2: bool) -> Result<(), Faile
     if !h2 {
         req.headers_mut().insert(
             hyper::header::HOST,
-            plan.host.parse().map_err(|_| Failed::Other("a bad host".into()))?,
+            plan.host
+                .parse()
+                .map_err(|_| Failed::Other("a bad host".into()))?,
         );
     }
     let sent = tokio::time::timeout(DEADLINE, sender.send(req)).await;
     let response = match sent {
-        Err(_) => return Err(Failed::Other(format!("no response within {} s", DEADLINE.as_secs()))),
+        Err(_) => {
+            return Err(Failed::Other(format!(
+                "no response within {} s",
+                DEADLINE.as_secs()
+            )));
+        }
         Ok(Err(e)) => return Err(Failed::BeforeResponse(e.to_string())),
         Ok(Ok(r)) => r,
     };

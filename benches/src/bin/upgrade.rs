@@ -53,12 +53,16 @@ fn main() {
         ("maki machine restart (3 nodes)", vec!["machine", "restart"]),
     ] {
         let load = Load::start(&client.name, &plan);
-        wait_until(Duration::from_secs(30), "a baseline", || load.answered() > 3_000);
+        wait_until(Duration::from_secs(30), "a baseline", || {
+            load.answered() > 3_000
+        });
         let began = load.elapsed();
         c.ok(&args);
         let ended = load.elapsed();
         let after = load.answered();
-        wait_until(Duration::from_secs(30), "after", || load.answered() > after + 3_000);
+        wait_until(Duration::from_secs(30), "after", || {
+            load.answered() > after + 3_000
+        });
         let tallies = load.stop();
         report(what, &tallies, began, ended);
     }
@@ -69,7 +73,9 @@ fn report(what: &str, tallies: &[Tally], began: Duration, ended: Duration) {
         "\n{what}: {:.1} s under load (the machine is shared: figures are indicative)",
         (ended - began).as_secs_f64()
     );
-    println!("| client | answered | failed | sent again | p50 before / during | p99 before / during | max during | p99 ratio |");
+    println!(
+        "| client | answered | failed | sent again | p50 before / during | p99 before / during | max during | p99 ratio |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for kind in Kind::ALL {
         let of: Vec<&Tally> = tallies.iter().filter(|t| t.kind == kind).collect();

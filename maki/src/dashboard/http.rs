@@ -141,13 +141,14 @@ impl Server {
     }
 
     async fn connection(&self, mut stream: TcpStream) -> std::io::Result<()> {
-        let response = match tokio::time::timeout(Duration::from_secs(10), read_head(&mut stream))
-            .await
-        {
-            Ok(Ok(Some(request))) => self.answer(&request),
-            Ok(Ok(None)) => Response::text("400 Bad Request", "a request this server does not read"),
-            _ => return Ok(()),
-        };
+        let response =
+            match tokio::time::timeout(Duration::from_secs(10), read_head(&mut stream)).await {
+                Ok(Ok(Some(request))) => self.answer(&request),
+                Ok(Ok(None)) => {
+                    Response::text("400 Bad Request", "a request this server does not read")
+                }
+                _ => return Ok(()),
+            };
         stream.write_all(&encode(response)).await?;
         stream.shutdown().await
     }
@@ -163,9 +164,9 @@ impl Server {
                 "this server answers only to the address it listens on",
             );
         }
-        if r.header("origin").is_some_and(|o| !self.origins.iter().any(|ours| ours == o))
-            || r
-                .header("sec-fetch-site")
+        if r.header("origin")
+            .is_some_and(|o| !self.origins.iter().any(|ours| ours == o))
+            || r.header("sec-fetch-site")
                 .is_some_and(|s| s == "cross-site" || s == "same-site")
         {
             return Response::text("403 Forbidden", "requests from other sites are refused");
@@ -182,7 +183,10 @@ impl Server {
             .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
         {
             if !self.token.matches(given) {
-                return Response::text("403 Forbidden", "wrong token: use the URL `maki dashboard` printed");
+                return Response::text(
+                    "403 Forbidden",
+                    "wrong token: use the URL `maki dashboard` printed",
+                );
             }
             let mut resp = Response::text("303 See Other", "");
             resp.extra.push(("Location", r.path.clone()));
@@ -235,7 +239,10 @@ impl Server {
                     extra: Vec::new(),
                     body: json.as_bytes().to_vec(),
                 },
-                None => Response::text("503 Service Unavailable", "reading the cluster; ask again in a moment"),
+                None => Response::text(
+                    "503 Service Unavailable",
+                    "reading the cluster; ask again in a moment",
+                ),
             },
             _ => Response::text("404 Not Found", "no such page"),
         }
@@ -349,17 +356,28 @@ mod tests {
         assert_eq!(r.status, "421 Misdirected Request");
         let r = s.answer(&request(
             "/api/state",
-            &[("Host", "127.0.0.1:7878"), ("Cookie", &c), ("Origin", "http://evil.test")],
+            &[
+                ("Host", "127.0.0.1:7878"),
+                ("Cookie", &c),
+                ("Origin", "http://evil.test"),
+            ],
         ));
         assert_eq!(r.status, "403 Forbidden");
         let r = s.answer(&request(
             "/api/state",
-            &[("Host", "localhost:7878"), ("Cookie", &c), ("Sec-Fetch-Site", "cross-site")],
+            &[
+                ("Host", "localhost:7878"),
+                ("Cookie", &c),
+                ("Sec-Fetch-Site", "cross-site"),
+            ],
         ));
         assert_eq!(r.status, "403 Forbidden");
         let r = s.answer(&request("/", &[("Host", "127.0.0.1:7878")]));
         assert_eq!(r.status, "401 Unauthorized", "no token, no page");
-        let r = s.answer(&request("/", &[("Host", "127.0.0.1:7878"), ("Cookie", "maki_dashboard=00")]));
+        let r = s.answer(&request(
+            "/",
+            &[("Host", "127.0.0.1:7878"), ("Cookie", "maki_dashboard=00")],
+        ));
         assert_eq!(r.status, "401 Unauthorized");
     }
 
@@ -369,8 +387,11 @@ mod tests {
         let url = format!("/?token={}", "ab".repeat(32));
         let r = s.answer(&request(&url, &[("Host", "127.0.0.1:7878")]));
         assert_eq!(r.status, "303 See Other");
-        let cookie = &r.extra.iter().find(|(n, _)| *n == "Set-Cookie").unwrap().1;
-        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+        let set = &r.extra.iter().find(|(n, _)| *n == "Set-Cookie").unwrap().1;
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
         let r = s.answer(&request("/?token=00", &[("Host", "127.0.0.1:7878")]));
         assert_eq!(r.status, "403 Forbidden");
         let c = cookie();
@@ -395,7 +416,9 @@ mod tests {
 
     #[test]
     fn request_heads_are_parsed_or_refused() {
-        let r = parse(b"GET /api/state?x=1 HTTP/1.1\r\nHost: 127.0.0.1:7878\r\nCookie: a=b\r\n\r\n").unwrap();
+        let r =
+            parse(b"GET /api/state?x=1 HTTP/1.1\r\nHost: 127.0.0.1:7878\r\nCookie: a=b\r\n\r\n")
+                .unwrap();
         assert_eq!(r.path, "/api/state");
         assert_eq!(r.query.as_deref(), Some("x=1"));
         assert_eq!(r.header("host"), Some("127.0.0.1:7878"));

@@ -124,9 +124,9 @@ async fn read(ctx: &Ctx) -> State {
         .nodes
         .iter()
         .map(|row| {
-            let m = ctx.profile.machine(&row.name);
+            let m = ctx.profile.machine(row.name());
             Node {
-                name: row.name.clone(),
+                name: row.name().to_owned(),
                 latitude: m.map_or(0.0, |m| m.latitude),
                 longitude: m.map_or(0.0, |m| m.longitude),
                 state: row.state(),
@@ -215,7 +215,13 @@ fn site_list(sites: &Sites) -> Vec<Site> {
             Site {
                 domain: domain.to_string(),
                 live: s.live_version().map(version),
-                history: s.versions.iter().rev().take(VERSIONS).map(version).collect(),
+                history: s
+                    .versions
+                    .iter()
+                    .rev()
+                    .take(VERSIONS)
+                    .map(version)
+                    .collect(),
             }
         })
         .collect()

@@ -250,12 +250,7 @@ pub fn evaluate(nodes: &[Observed], now: i64) -> Vec<Finding> {
 }
 
 /// What one node says of itself and its peers.
-fn node_checks(
-    f: &mut Findings,
-    n: &Observed,
-    best: &BTreeMap<AuthorKey, u64>,
-    now: i64,
-) {
+fn node_checks(f: &mut Findings, n: &Observed, best: &BTreeMap<AuthorKey, u64>, now: i64) {
     use Severity::*;
     let name = n.name.as_str();
     if let Some(e) = &n.unreachable {
@@ -603,9 +598,19 @@ fn headroom(f: &mut Findings, node: &str, check: &'static str, what: &str, space
     );
     let disk_floor = check == "disk" && s.free_bytes < DISK_FAIL_BYTES;
     if share < HEADROOM_FAIL || disk_floor {
-        f.add(node, Severity::Failure, check, format!("{text}: nearly exhausted"));
+        f.add(
+            node,
+            Severity::Failure,
+            check,
+            format!("{text}: nearly exhausted"),
+        );
     } else if share < HEADROOM_WARN {
-        f.add(node, Severity::Warning, check, format!("{text}: running low"));
+        f.add(
+            node,
+            Severity::Warning,
+            check,
+            format!("{text}: running low"),
+        );
     }
 }
 
@@ -664,8 +669,10 @@ fn geo_checks(f: &mut Findings, nodes: &[Observed]) {
                 .and_then(geoip)
                 .and_then(|g| g.loaded.as_ref())
                 .map(|l| {
-                    l.manifest
-                        .map_or_else(|| format!("copy built {}", l.built_unix_secs), |m| m.to_hex())
+                    l.manifest.map_or_else(
+                        || format!("copy built {}", l.built_unix_secs),
+                        |m| m.to_hex(),
+                    )
                 });
             standing.insert(n.name.clone(), (r.view.clone(), db));
         }
@@ -903,7 +910,10 @@ mod tests {
         assert_eq!(findings.len(), 1, "{findings:#?}");
         assert_eq!(findings[0].node, "b");
         assert_eq!(findings[0].severity, Severity::Failure);
-        assert!(findings[0].message.ends_with("(seen from a, b, c)"), "{findings:?}");
+        assert!(
+            findings[0].message.ends_with("(seen from a, b, c)"),
+            "{findings:?}"
+        );
         assert_eq!(worst(&findings), 2);
     }
 
@@ -922,7 +932,11 @@ mod tests {
         foreign.issued = false;
         probe_of(&mut nodes[0]).targets[0].https[0].certificate = Some(foreign);
         let findings = evaluate(&nodes, NOW);
-        assert!(findings.iter().any(|f| f.message.contains("other than the one the log issued")));
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.message.contains("other than the one the log issued"))
+        );
     }
 
     #[test]
@@ -953,9 +967,11 @@ mod tests {
         }
         let findings = evaluate(&nodes, NOW);
         assert!(
-            findings.iter().any(|f| f.message.contains("different serials")
-                && f.message.contains("7 at a, b")
-                && f.message.contains("8 at c")),
+            findings
+                .iter()
+                .any(|f| f.message.contains("different serials")
+                    && f.message.contains("7 at a, b")
+                    && f.message.contains("8 at c")),
             "{findings:#?}"
         );
         let mut nodes = cluster();
@@ -1007,6 +1023,7 @@ mod tests {
         let dns = nodes[0].health.as_mut().unwrap().dns.as_mut().unwrap();
         dns.geoip_database = None;
         assert_eq!(worst(&evaluate(&nodes, NOW)), 2);
+        let dns = nodes[0].health.as_mut().unwrap().dns.as_mut().unwrap();
         dns.geoip = true;
         assert_eq!(worst(&evaluate(&nodes, NOW)), 0);
     }
@@ -1025,7 +1042,11 @@ mod tests {
         });
         assert_eq!(worst(&evaluate(&nodes, NOW)), 2);
         let mut nodes = cluster();
-        let v = probe_of(&mut nodes[1]).local.blobs.get_mut("example.test").unwrap();
+        let v = probe_of(&mut nodes[1])
+            .local
+            .blobs
+            .get_mut("example.test")
+            .unwrap();
         v.missing = 1;
         v.missing_paths = vec!["index.html".into()];
         let findings = evaluate(&nodes, NOW);

@@ -230,7 +230,7 @@ async fn observe(m: &Machine, remote: Result<&Remote, &String>, full: bool) -> O
 
 async fn probe(remote: &Remote) -> Probed {
     let subnets = SAMPLE_SUBNETS.iter().map(|s| (*s).to_owned()).collect();
-    match remote.ask(op::Probe { subnets }).await {
+    match remote.ask(op::ProbeCluster { subnets }).await {
         Ok(r) => Probed::Report(Box::new(r)),
         Err(e) => Probed::Failed(format!("{e:#}")),
     }

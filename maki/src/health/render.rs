@@ -42,6 +42,10 @@ pub struct NodeRow {
 }
 
 impl NodeRow {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `ok`, `problems`, `down` (the daemon does not answer) or
     /// `unreachable`.
     pub fn state(&self) -> &'static str {
@@ -194,7 +198,9 @@ pub fn print(report: &Report) {
             );
         }
         if let Some((answered, checks)) = r.probed {
-            println!("    probed every node from here: {answered} of {checks} DNS and HTTPS checks answered");
+            println!(
+                "    probed every node from here: {answered} of {checks} DNS and HTTPS checks answered"
+            );
         }
         for p in &r.peers {
             println!(
@@ -214,7 +220,11 @@ pub fn print(report: &Report) {
             println!("    {} {}", marks.mark(f.severity), f.message);
         }
     }
-    let cluster: Vec<&Finding> = report.findings.iter().filter(|f| f.node.is_empty()).collect();
+    let cluster: Vec<&Finding> = report
+        .findings
+        .iter()
+        .filter(|f| f.node.is_empty())
+        .collect();
     if !cluster.is_empty() {
         println!("cluster");
         for f in cluster {

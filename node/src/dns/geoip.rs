@@ -421,7 +421,10 @@ mod tests {
 
     #[test]
     fn a_manifest_without_the_files_or_a_missing_file_is_an_error_not_a_panic() {
-        assert!(matches!(GeoIp::open(None, None, None), Err(OpenError::NoFiles)));
+        assert!(matches!(
+            GeoIp::open(None, None, None),
+            Err(OpenError::NoFiles)
+        ));
         let dir = tempfile::tempdir().unwrap();
         let bogus = dir.path().join(FILES[0]);
         std::fs::write(&bogus, b"not a database").unwrap();

@@ -27,9 +27,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::answer::{Client, respond};
-use crate::handover::{Drain, Handover, Role};
 use super::geoip::Cache;
 use super::{Counters, Dns};
+use crate::handover::{Drain, Handover, Role};
 
 /// Where to listen.
 #[derive(Debug, Clone, Copy)]
