@@ -266,11 +266,15 @@ impl Sockets {
             .unwrap_or_default()
     }
 
-    /// The descriptors inherited (for a fallback).
-    fn inherited_fds(&self) -> Vec<(Role, RawFd)> {
+    /// Duplicates of the descriptors inherited (for a fallback).
+    fn inherited_dups(&self) -> Vec<(Role, OwnedFd)> {
         self.inherited
             .lock()
-            .map(|s| s.iter().map(|(r, fd, _)| (*r, fd.as_raw_fd())).collect())
+            .map(|s| {
+                s.iter()
+                    .filter_map(|(r, fd, _)| Some((*r, fd.try_clone().ok()?)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -388,7 +392,9 @@ impl Origin {
 struct Fallback {
     binary: OwnedFd,
     argv: Vec<CString>,
-    sockets: Vec<(Role, RawFd)>,
+    /// Duplicates of the sockets handed over: open whatever this image
+    /// has dropped meanwhile.
+    sockets: Vec<(Role, OwnedFd)>,
     from: String,
 }
 
@@ -421,7 +427,7 @@ pub fn arm_fallback(sockets: &Sockets) {
     let fallback = Fallback {
         binary,
         argv,
-        sockets: sockets.inherited_fds(),
+        sockets: sockets.inherited_dups(),
         from: std::env::var(FROM_VAR).unwrap_or_default(),
     };
     if let Ok(mut f) = FALLBACK.lock() {
@@ -471,12 +477,17 @@ pub fn fall_back(why: &str) {
         return;
     };
     eprintln!("makiatto: handing the sockets back to the previous binary: {why}");
+    let fds: Vec<(Role, RawFd)> = f
+        .sockets
+        .iter()
+        .map(|(r, fd)| (*r, fd.as_raw_fd()))
+        .collect();
     let env = environment(&[
-        (SOCKETS_VAR, sockets_value(&f.sockets)),
+        (SOCKETS_VAR, sockets_value(&fds)),
         (FROM_VAR, f.from.clone()),
         (FAILED_VAR, why.replace('\n', " ")),
     ]);
-    for (_, fd) in &f.sockets {
+    for (_, fd) in &fds {
         clear_cloexec(*fd);
     }
     let err = nix::unistd::fexecve(f.binary.as_fd(), &f.argv, &env);
