@@ -613,10 +613,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sites::diff(&ctx(&cli)?, domain, from.as_deref(), to.as_deref()).await?
         }
         Top::Keep { machine } => ctx(&cli)?.keep(machine).await?,
-        Top::Completions { shell } => {
-            completions::completions(*shell, &mut <Cli as clap::CommandFactory>::command())
-        }
-        Top::Man => completions::man(<Cli as clap::CommandFactory>::command())?,
+        Top::Completions { shell } => completions::completions(
+            *shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            &mut std::io::stdout(),
+        ),
+        Top::Man => completions::man(
+            <Cli as clap::CommandFactory>::command(),
+            &mut std::io::stdout().lock(),
+        )?,
         Top::Dashboard { listen, refresh } => {
             let args = dashboard::Args {
                 listen: *listen,

@@ -20,6 +20,10 @@
 //!    the same way, and stops the rollout.
 //!
 //! A restart is step 3 with the installed binary, then the gate.
+//!
+//! A cluster whose nodes had the GeoIP database as copies (an older
+//! `maki` put them there) gets it named in the log, from this machine's
+//! database, once a node that reads it from there serves.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
