@@ -22,6 +22,17 @@ packages=(
   nghttp2-client  # nghttp, h2load: HTTP/2 tests and the HTTP benchmark
   nginx-light     # the HTTP benchmark's anchor
   pebble          # a local ACME server for the certificate tests
+  valgrind        # instruction counts of the benchmarks (callgrind)
+  linux-perf      # system calls per request of the benchmarks (perf stat)
+  faketime        # a clock set ahead for one process (the clock skew tests, chaos)
+  cmake           # builds libjpeg-turbo 3 for the turbojpeg crate (images)
+  nasm            # libjpeg-turbo's and rav1e's SIMD code (images)
+  webp            # dwebp: the image tests' independent WebP decoder
+  libjpeg-turbo-progs # djpeg: ... JPEG decoder
+  pngcheck        # ... PNG checker
+  libavif-bin     # avifdec: ... AVIF decoder
+  python3-pil     # Pillow: PNG samples in the image tests, the example photo
+  libvips-tools   # vipsthumbnail: the image benchmark's anchor
   systemd         # systemd-analyze: checks the daemon's unit (verify, security); never run as init here
   chromium        # headless, in a namespace with no route out: the dashboard's test
 )

@@ -45,6 +45,21 @@ pub enum IngestError {
         "event {id} waits for a feed predecessor, but the wait buffer is full; it will be fetched again"
     )]
     WaitBufferFull { id: EventId },
+    #[error(
+        "event {id} is stamped {} s ahead of this node's clock, past the cluster's bound of {} s \
+         (log.max_clock_skew): fix the clock of the machine that signed it (or this node's) and send it again",
+        .ahead_millis / 1000,
+        .max_ahead_millis / 1000
+    )]
+    AheadOfClock {
+        id: EventId,
+        ahead_millis: u64,
+        max_ahead_millis: u64,
+    },
+    #[error(
+        "event {id} is stamped ahead of this node's clock and too many such events are held already; it will be fetched again"
+    )]
+    HoldFull { id: EventId },
 }
 
 /// Counters of refused events, by reason, since the log was opened.
@@ -55,6 +70,9 @@ pub struct RejectCounts {
     pub chain_mismatch: u64,
     pub foreign_cluster: u64,
     pub wait_buffer_full: u64,
+    /// Stamped too far ahead of this node's clock: refused from `maki`,
+    /// or from a peer when the hold was full.
+    pub ahead_of_clock: u64,
 }
 
 impl RejectCounts {
@@ -65,6 +83,9 @@ impl RejectCounts {
             IngestError::ChainMismatch { .. } => &mut self.chain_mismatch,
             IngestError::ForeignCluster { .. } => &mut self.foreign_cluster,
             IngestError::WaitBufferFull { .. } => &mut self.wait_buffer_full,
+            IngestError::AheadOfClock { .. } | IngestError::HoldFull { .. } => {
+                &mut self.ahead_of_clock
+            }
         };
         *slot += 1;
     }
@@ -76,6 +97,7 @@ impl RejectCounts {
             + self.chain_mismatch
             + self.foreign_cluster
             + self.wait_buffer_full
+            + self.ahead_of_clock
     }
 }
 

@@ -9,6 +9,8 @@
 //!   gap), shared by every backend.
 //! - [`log`]: [`Log`], a backend plus the gap buffer, rejection counters
 //!   and the version vector; appends are atomic and durable per batch.
+//! - [`skew`]: how far ahead of the node's clock an event may be stamped,
+//!   and the events held until the clock reaches them.
 //! - [`store`]: the fjall backend: events by id, feeds by (author, seq),
 //!   a time index, and stored projections.
 //! - [`memory`]: an in-memory backend with the same rules, for simulation.
@@ -20,6 +22,8 @@
 //! # Invariants
 //! - Nothing is stored that did not verify (signature, canonical bytes, id,
 //!   feed chain, size). Rejections are typed and counted.
+//! - Under a skew bound, nothing is stored whose stamp is further ahead of
+//!   the node's clock than the bound: it is held until the clock gets there.
 //! - A stored event's feed predecessor is stored: feeds have no holes, so a
 //!   version vector entry (author → highest seq) describes a whole prefix.
 //! - The store judges no roles: authorization is folded in `projections`.
@@ -31,6 +35,7 @@ pub mod ingest;
 pub mod log;
 pub mod memory;
 pub mod replication;
+pub mod skew;
 pub mod store;
 
 pub use group_commit::GroupCommitter;

@@ -1,12 +1,14 @@
 //! [`Log`]: a backend plus what admission needs around it: the bounded
-//! buffer of events waiting for their feed predecessor, rejection counters,
-//! and the version vector that replication reads.
+//! buffer of events waiting for their feed predecessor, the events held
+//! until the clock reaches their stamp (`skew`), rejection counters, and
+//! the version vector that replication reads.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use makiatto_events::{AuthorKey, AuthorVerifier, Event, EventError, EventId};
 
 use crate::ingest::{Admission, Backend, IngestError, RejectCounts, admit};
+use crate::skew::{Held, SkewBound, Timeliness, judge};
 use crate::store::StoreError;
 use makiatto_events::VersionVector;
 
@@ -25,6 +27,9 @@ pub enum AppendOutcome {
     Stored { id: EventId, fork: bool },
     /// Held in memory until its feed predecessor `on` arrives.
     Waiting { id: EventId, on: EventId },
+    /// Stamped further ahead of this node's clock than the bound: held in
+    /// memory until the clock reads `due_millis` (`skew`).
+    Held { id: EventId, due_millis: u64 },
     /// Refused, and counted.
     Rejected(IngestError),
 }
@@ -58,6 +63,13 @@ pub struct Log<B: Backend> {
     /// The last event of every fork-free feed: an event that extends it is
     /// admitted without reading the store (the common case of ingest).
     tips: HashMap<AuthorKey, (u64, EventId)>,
+    /// The clock and how far ahead of it an event may be stamped; `None`
+    /// admits any stamp (the simulation, tests of other rules).
+    skew: Option<SkewBound>,
+    /// Events stamped past the bound, until the clock reaches them.
+    held: Held,
+    /// Events ever held (each counted once when it first arrived).
+    held_total: u64,
 }
 
 impl<B: Backend> Log<B> {
@@ -77,7 +89,31 @@ impl<B: Backend> Log<B> {
             vv,
             verifiers: HashMap::new(),
             tips,
+            skew: None,
+            held: Held::default(),
+            held_total: 0,
         })
+    }
+
+    /// Judges every event's stamp against `bound` from now on: one stamped
+    /// further ahead of the clock is held until the clock reaches it.
+    pub fn bound_skew(&mut self, bound: SkewBound) {
+        self.skew = Some(bound);
+    }
+
+    /// The bound in force, if any.
+    pub fn skew(&self) -> Option<&SkewBound> {
+        self.skew.as_ref()
+    }
+
+    /// How many events are held for their stamp now, and how many ever were.
+    pub fn held(&self) -> (usize, u64) {
+        (self.held.len(), self.held_total)
+    }
+
+    /// When the earliest held event comes due (Unix millis).
+    pub fn next_due(&self) -> Option<u64> {
+        self.held.next_due()
     }
 
     /// Decodes, verifies and appends raw events from outside (a peer, `maki`).
@@ -118,14 +154,47 @@ impl<B: Backend> Log<B> {
     /// Appends verified events as one durable batch (one fsync). Returns
     /// only after everything stored is on disk; on a storage error nothing
     /// of this call is stored.
+    ///
+    /// Under a skew bound, held events that have come due go first (not
+    /// reported: their outcome was reported when they arrived), and an
+    /// event stamped past the bound is held, not admitted.
     pub fn append(&mut self, events: Vec<Event>) -> Result<AppendReport, StoreError> {
         let mut report = AppendReport::default();
-        let mut work: VecDeque<(Event, bool)> = events.into_iter().map(|e| (e, true)).collect();
+        let now = self
+            .skew
+            .as_ref()
+            .map(|s| ((s.clock)(), s.max_ahead_millis));
+        let due = match now {
+            Some((now, _)) if !self.held.is_empty() => self.held.take_due(now),
+            _ => Vec::new(),
+        };
+        let mut work: VecDeque<(Event, bool)> = due
+            .into_iter()
+            .map(|e| (e, false))
+            .chain(events.into_iter().map(|e| (e, true)))
+            .collect();
         // Tips moved by events of this batch, not yet written.
         let mut batch_tips: HashMap<AuthorKey, (u64, EventId)> = HashMap::new();
         let mut forked: HashSet<AuthorKey> = HashSet::new();
         while let Some((event, reported)) = work.pop_front() {
             let id = event.id();
+            if let Some((now, max_ahead)) = now
+                && let Timeliness::Ahead { due_millis, .. } = judge(event.hlc(), now, max_ahead)
+            {
+                let fresh = !self.held.contains(&id);
+                let outcome = if self.held.put(due_millis, event) {
+                    self.held_total += u64::from(fresh);
+                    AppendOutcome::Held { id, due_millis }
+                } else {
+                    let error = IngestError::HoldFull { id };
+                    self.counts.count(&error);
+                    AppendOutcome::Rejected(error)
+                };
+                if reported {
+                    report.outcomes.push(outcome);
+                }
+                continue;
+            }
             let admission = if self.extends_tip(&event, &batch_tips) {
                 Ok(Admission::Store { fork: false })
             } else {

@@ -266,3 +266,85 @@ fn concurrent_appenders_share_batches_through_the_group_committer() {
     }
     assert_eq!(log.lock().unwrap().version_vector().total(), 1 + 8 * 50);
 }
+
+/// A clock for the skew bound that a test moves by hand.
+fn manual_clock(
+    start: u64,
+) -> (
+    Arc<std::sync::atomic::AtomicU64>,
+    makiatto_core::skew::Clock,
+) {
+    let now = Arc::new(std::sync::atomic::AtomicU64::new(start));
+    let read = now.clone();
+    (
+        now,
+        Arc::new(move || read.load(std::sync::atomic::Ordering::SeqCst)),
+    )
+}
+
+#[test]
+fn an_event_stamped_past_the_skew_bound_is_held_until_the_clock_reaches_it() {
+    use makiatto_core::skew::SkewBound;
+    use std::sync::atomic::Ordering;
+    let mut log = Log::open(MemoryBackend::default()).unwrap();
+    // The events are stamped at 1_000 + n ms; the node's clock reads 0 and
+    // allows 500 ms ahead.
+    let (now, clock) = manual_clock(0);
+    log.bound_skew(SkewBound {
+        clock,
+        max_ahead_millis: 500,
+    });
+    let mut w = writer(1);
+    let g = genesis(&mut w, "c");
+    let a = op(&mut w, &g, 1);
+    let b = op(&mut w, &g, 2);
+    let r = log.append(vec![g.clone(), a.clone()]).unwrap();
+    assert_eq!(
+        r.outcomes,
+        vec![
+            AppendOutcome::Held {
+                id: g.id(),
+                due_millis: 500
+            },
+            AppendOutcome::Held {
+                id: a.id(),
+                due_millis: 501
+            },
+        ]
+    );
+    assert!(r.stored.is_empty());
+    assert_eq!(log.held(), (2, 2));
+    assert_eq!(log.next_due(), Some(500));
+    // Sent again meanwhile (anti-entropy): still held, counted once.
+    log.append(vec![a.clone()]).unwrap();
+    assert_eq!(log.held(), (2, 2));
+    assert_eq!(log.version_vector().total(), 0);
+
+    // The clock reaches the first: it is admitted with the next append
+    // (an empty one will do), the second still waits.
+    now.store(500, Ordering::SeqCst);
+    let r = log.append(vec![]).unwrap();
+    assert_eq!(r.stored, vec![g.clone()]);
+    assert!(
+        r.outcomes.is_empty(),
+        "released events were reported already"
+    );
+    // A later event of the feed waits for the held one, in the gap buffer.
+    now.store(10_000, Ordering::SeqCst);
+    let r = log.append(vec![b.clone()]).unwrap();
+    let ids: Vec<_> = r.stored.iter().map(|e| e.id()).collect();
+    assert_eq!(ids, vec![a.id(), b.id()], "the held one goes first");
+    assert_eq!(log.held(), (0, 2));
+    assert_eq!(log.version_vector().total(), 3);
+    // Nothing was refused: holding is no rejection.
+    assert_eq!(log.reject_counts().total(), 0);
+}
+
+#[test]
+fn without_a_skew_bound_any_stamp_is_admitted() {
+    let mut log = Log::open(MemoryBackend::default()).unwrap();
+    let mut w = writer(1);
+    let g = genesis(&mut w, "c");
+    let r = log.append(vec![g]).unwrap();
+    assert!(stored(&r.outcomes[0]));
+}

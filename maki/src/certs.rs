@@ -6,7 +6,7 @@
 use anyhow::{Context, bail};
 use makiatto_events::Payload;
 use makiatto_events::payload::CertificateRenewalRequested;
-use makiatto_protocol::health::AcmeReport;
+use makiatto_protocol::health::{AcmeReport, OrderFailure};
 use makiatto_protocol::request as op;
 
 use crate::cluster::Ctx;
@@ -29,6 +29,23 @@ fn time(millis: u64) -> String {
         .unwrap_or_else(|_| millis.to_string())
 }
 
+/// How a failed order stands: what failed, who tries again, and when.
+fn failing_state(f: &OrderFailure) -> String {
+    let on = f
+        .node
+        .as_deref()
+        .map(|n| format!(" on {n}"))
+        .unwrap_or_default();
+    if f.ca_unreached {
+        format!(
+            "failing{on}: {} (the CA was not reached: retry in {}s, or as soon as it answers)",
+            f.error, f.retry_in_secs
+        )
+    } else {
+        format!("failing{on}: {} (retry in {}s)", f.error, f.retry_in_secs)
+    }
+}
+
 fn rows(acme: &AcmeReport) -> Vec<Row> {
     let mut rows = Vec::new();
     let failing = |cert: &str| {
@@ -46,7 +63,7 @@ fn rows(acme: &AcmeReport) -> Vec<Row> {
         acme.failures
             .iter()
             .find(|f| f.certificate == cert)
-            .map(|f| format!("failing: {} (retry in {}s)", f.error, f.retry_in_secs))
+            .map(failing_state)
     };
     let ordering = acme.ordering.as_deref();
     for (cert, c) in &acme.certificates {

@@ -4,18 +4,29 @@
 //! its control socket.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use makiatto_events::{Event, EventId, Hlc, Payload};
 use makiatto_protocol::append::{Outcome, hex_events};
 use makiatto_protocol::client::{Answers, Batch, Slot};
 use makiatto_protocol::request as op;
-use makiatto_protocol::status::Head;
+use makiatto_protocol::status::{Head, NodeClock};
 
 use crate::operator::{Operator, Outbox};
 use crate::profile::{Machine, Profile};
-use crate::ssh::{HostKeyPolicy, Remote, Target};
+use crate::ssh::{ANSWER_WITHIN, HostKeyPolicy, Remote, Target};
+
+/// How long a kept connection may take to answer a `hello` before the
+/// command logs in itself: a kept connection is one round trip from an
+/// answer, so a dead one is told apart quickly.
+const KEPT_PROBE_WITHIN: Duration = Duration::from_secs(3);
+
+/// How long [`Ctx::any_node`] waits on one machine before it tries the
+/// next one as well (a machine that fails sooner is passed over sooner):
+/// long enough for a login over a slow link, short enough that a machine
+/// that is down costs a command little.
+const NEXT_MACHINE_AFTER: Duration = Duration::from_secs(1);
 
 /// The profile, operator and SSH key of one `maki` invocation.
 pub struct Ctx {
@@ -66,13 +77,20 @@ impl Ctx {
     }
 
     /// Connects to a machine of the profile, its host key pinned.
+    ///
+    /// A connection kept by an earlier command (`mux.rs`) carries the
+    /// control requests if it answers a `hello` within
+    /// [`KEPT_PROBE_WITHIN`]; one that does not (the machine went away
+    /// since, and the keeper has not noticed yet) is skipped, and this
+    /// command logs in itself (within [`crate::ssh::LOGIN_WITHIN`]), leaving a keeper
+    /// for the commands that follow.
     pub async fn connect(&self, m: &Machine) -> anyhow::Result<Remote> {
         let target = self.target(m)?;
-        // A connection kept by an earlier command (`mux.rs`) carries the
-        // control requests; otherwise this one logs in, and leaves a
-        // keeper for the commands that follow.
         let keep = crate::mux::enabled();
-        if keep && let Some(remote) = crate::mux::attach(&target, &m.host_key).await {
+        if keep
+            && let Some(remote) = crate::mux::attach(&target, &m.host_key).await
+            && remote.probe(KEPT_PROBE_WITHIN).await.is_ok()
+        {
             return Ok(remote);
         }
         let remote = Remote::connect(&target, HostKeyPolicy::Pinned(&m.host_key))
@@ -81,6 +99,18 @@ impl Ctx {
         if keep {
             crate::mux::spawn(&m.name, &self.profile_path, &target.key_file);
         }
+        Ok(remote)
+    }
+
+    /// [`Ctx::connect`], and the machine's `makiatto control` answered: a
+    /// node a command can work through, reached within
+    /// [`crate::ssh::LOGIN_WITHIN`] and [`ANSWER_WITHIN`].
+    pub async fn reach(&self, m: &Machine) -> anyhow::Result<Remote> {
+        let remote = self.connect(m).await?;
+        remote
+            .probe(ANSWER_WITHIN)
+            .await
+            .with_context(|| format!("machine {}", m.name))?;
         Ok(remote)
     }
 
@@ -101,23 +131,57 @@ impl Ctx {
         self.any_node_except("").await
     }
 
-    /// Connects to the first machine other than `skip` that answers.
+    /// Reaches a machine other than `skip` whose `makiatto control`
+    /// answers, trying them in the profile's order without waiting on one
+    /// that does not answer: the next starts when the one before fails, or
+    /// [`NEXT_MACHINE_AFTER`] after it started, whichever comes first, and
+    /// the first to answer is the one used (the others are dropped). A
+    /// machine that is down or cut off therefore costs a command about
+    /// [`NEXT_MACHINE_AFTER`], not a login timeout; when none answers, the
+    /// error lists why for each, in the profile's order.
     pub async fn any_node_except(&self, skip: &str) -> anyhow::Result<(Machine, Remote)> {
-        let mut errors = Vec::new();
-        for m in self.profile.machines.iter().filter(|m| m.name != skip) {
-            match self.connect(m).await {
-                Ok(r) => return Ok((m.clone(), r)),
-                Err(e) => errors.push(format!("{e:#}")),
-            }
-        }
-        if errors.is_empty() {
+        use futures::StreamExt;
+        let machines: Vec<&Machine> = self
+            .profile
+            .machines
+            .iter()
+            .filter(|m| m.name != skip)
+            .collect();
+        if machines.is_empty() {
             bail!(
                 "the profile {} has no machines; run `maki machine init` first",
                 self.profile_path.display()
             );
         }
+        let mut errors: Vec<Option<String>> = vec![None; machines.len()];
+        let mut waiting = machines.iter().enumerate();
+        let mut attempts = futures::stream::FuturesUnordered::new();
+        if let Some((i, m)) = waiting.next() {
+            attempts.push(reach_nth(self, i, m));
+        }
+        while !attempts.is_empty() {
+            let more = waiting.len() > 0;
+            tokio::select! {
+                Some((i, m, reached)) = attempts.next() => match reached {
+                    Ok(remote) => return Ok((m.clone(), remote)),
+                    Err(e) => {
+                        errors[i] = Some(format!("{e:#}"));
+                        if let Some((i, m)) = waiting.next() {
+                            attempts.push(reach_nth(self, i, m));
+                        }
+                    }
+                },
+                () = tokio::time::sleep(NEXT_MACHINE_AFTER), if more => {
+                    if let Some((i, m)) = waiting.next() {
+                        attempts.push(reach_nth(self, i, m));
+                    }
+                }
+            }
+        }
+        // Every machine was tried (each names itself in its error).
+        let errors: Vec<String> = errors.into_iter().flatten().collect();
         bail!(
-            "no machine of the profile answers:\n  {}",
+            "no machine of the profile answers (run `maki health` to see each):\n  {}",
             errors.join("\n  ")
         )
     }
@@ -140,6 +204,7 @@ impl Ctx {
         Ok(TipSlots {
             heads: batch.push(op::Heads {}),
             feed: batch.push(op::Feed { author }),
+            status: batch.push(op::GetStatus {}),
         })
     }
 
@@ -188,7 +253,12 @@ impl Ctx {
         let Tip {
             heads,
             feed: node_latest,
+            clock,
         } = tip;
+        let now = now_millis();
+        if let Some(clock) = clock {
+            check_clock(now, &clock, via.target())?;
+        }
         let mut parents: Vec<(EventId, Hlc)> = heads.iter().map(|h| (h.id, h.hlc())).collect();
         if let Some(extra) = also
             && !parents.iter().any(|(id, _)| *id == extra.0)
@@ -200,7 +270,7 @@ impl Ctx {
         let mut events = Vec::new();
         for payload in payloads {
             let e = writer
-                .write(payload, &parents, now_millis())
+                .write(payload, &parents, now)
                 .context("cannot sign the event")?;
             parents = vec![(e.id(), e.hlc())];
             events.push(e);
@@ -229,17 +299,30 @@ impl Ctx {
     }
 }
 
+/// [`Ctx::reach`] of the `i`-th machine tried, told apart by `i`.
+async fn reach_nth<'a>(
+    ctx: &'a Ctx,
+    i: usize,
+    m: &'a Machine,
+) -> (usize, &'a Machine, anyhow::Result<Remote>) {
+    (i, m, ctx.reach(m).await)
+}
+
 /// A node's heads and the operator's latest event there, as answered to
 /// [`Ctx::ask_tip`]: what signing builds on.
 pub struct Tip {
     pub heads: Vec<Head>,
     pub feed: Option<Event>,
+    /// The node's clock and the cluster's bound on stamps (`None` from an
+    /// older daemon, which checks nothing).
+    pub clock: Option<NodeClock>,
 }
 
 /// Where a batch's answers hold the [`Tip`].
 pub struct TipSlots {
     heads: Slot<op::Heads>,
     feed: Slot<op::Feed>,
+    status: Slot<op::GetStatus>,
 }
 
 impl TipSlots {
@@ -253,8 +336,34 @@ impl TipSlots {
             .map_err(|e| anyhow::anyhow!("{}: {e}", via.target()))?
             .map(|h| feed_event(&h, via))
             .transpose()?;
-        Ok(Tip { heads, feed })
+        // A daemon that cannot say (an older one) is not held against us.
+        let clock = answers.take(self.status).ok().and_then(|s| s.clock);
+        Ok(Tip { heads, feed, clock })
     }
+}
+
+/// Refuses to sign when this machine's clock (`now`, Unix ms) is further
+/// from the node's than the cluster's bound on stamps: ahead, the node
+/// would refuse the events (and hold back everything after them on
+/// every peer); behind, their times would lie in `maki log` and `--at`.
+/// The node's clock was read during the round trip that brought it, a
+/// moment ago: well within the bound's seconds.
+fn check_clock(now: u64, node: &NodeClock, via: impl std::fmt::Display) -> anyhow::Result<()> {
+    let off = now as i64 - node.now_millis as i64;
+    if off.unsigned_abs() <= node.max_skew_millis {
+        return Ok(());
+    }
+    let (secs, way) = (
+        off.unsigned_abs() / 1000,
+        if off > 0 { "ahead of" } else { "behind" },
+    );
+    bail!(
+        "this machine's clock is {secs} s {way} the clock of {} (the cluster allows {} s, \
+         `log.max_clock_skew`); nothing was signed. Set the wrong clock right (NTP: `timedatectl`, \
+         `chronyc tracking`) and run the command again",
+        via,
+        node.max_skew_millis / 1000
+    )
 }
 
 /// The operator's event a node sent (hex), verified.
@@ -327,5 +436,31 @@ pub async fn copy_log(from: &Remote, to: &Remote) -> anyhow::Result<usize> {
                 why.join("; ")
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maki_signs_only_with_a_clock_within_the_bound_of_the_nodes() {
+        let node = NodeClock {
+            now_millis: 1_000_000_000,
+            max_skew_millis: 60_000,
+        };
+        for off in [0i64, 60_000, -60_000, 59_999] {
+            check_clock((1_000_000_000 + off) as u64, &node, "vector").unwrap();
+        }
+        let ahead = check_clock(1_000_600_000, &node, "vector").unwrap_err();
+        assert!(
+            ahead
+                .to_string()
+                .contains("600 s ahead of the clock of vector"),
+            "{ahead}"
+        );
+        assert!(ahead.to_string().contains("log.max_clock_skew"), "{ahead}");
+        let behind = check_clock(999_000_000, &node, "vector").unwrap_err();
+        assert!(behind.to_string().contains("1000 s behind"), "{behind}");
     }
 }

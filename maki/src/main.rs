@@ -306,7 +306,7 @@ enum ConfigCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.directory, acme.ca_root, acme.challenge, sites.keep_versions, geoip.database).
+    /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.*, sites.keep_versions, log.max_clock_skew, images.*, work.queue, geoip.database; `maki config show` lists them).
     Set { key: String, value: String },
     /// Validate makiatto.toml (domains, records, functions, transforms,
     /// \[o11y\]) without sending anything.

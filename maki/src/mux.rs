@@ -23,7 +23,10 @@
 //! A kept connection that fails (the machine restarted, the network
 //! changed) answers nothing: the command sends the requests again over a
 //! connection of its own ([`crate::ssh::Remote::control_lines`]) and the
-//! keeper exits. So does a command whose request the kept `makiatto
+//! keeper exits. A command first asks a kept connection for a `hello`
+//! and skips it unless it answers within a few seconds
+//! (`Ctx::connect`); the keeper's SSH keepalives find a machine that
+//! vanished within about 15 s, and it then leaves, its socket with it. So does a command whose request the kept `makiatto
 //! control` does not know (it was started before the machine's binary was
 //! upgraded).
 
@@ -38,6 +41,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::ssh::{ControlSession, HostKeyPolicy, Remote, Target};
+
+/// How often a keeper looks whether its connection has ended.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a kept connection waits for the next command.
 pub fn idle_limit() -> Duration {
@@ -165,6 +171,13 @@ pub async fn keep(target: &Target, host_key: &str) -> anyhow::Result<()> {
                 });
             }
             _ = failed.recv() => break Ok(()),
+            // Keepalives unanswered: the machine is gone. Leaving removes
+            // the socket, so the next command does not even try it.
+            _ = tokio::time::sleep(CHECK_EVERY) => {
+                if remote.is_closed() {
+                    break Ok(());
+                }
+            }
             _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {
                 let quiet_for = started.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
                 if clients.load(Ordering::SeqCst) == 0 && quiet_for >= idle {

@@ -80,6 +80,23 @@ enum Exchanged<T> {
 /// command connects itself.
 const KEPT_ANSWER_WITHIN: Duration = Duration::from_secs(20);
 
+/// How long a login may take: the TCP connection, the key exchange and
+/// the authentication together. A machine that is down, or cut off
+/// without a word (its packets dropped, so no refusal ever comes), is
+/// given up after this, not after TCP's minutes of retries.
+pub const LOGIN_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a machine's `makiatto control` may take to answer a `hello`
+/// on a connection just made (starting it costs a session and a shell).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// How often an idle connection sends an SSH keepalive, and how many may
+/// go unanswered before it counts as dead: a connection to a machine that
+/// vanished (a kept one above all, which no command watches) fails within
+/// about 15 s instead of hanging until TCP gives up.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
+const KEEPALIVES_UNANSWERED: usize = 2;
+
 /// A logged-in SSH connection.
 struct Link {
     client: Client,
@@ -209,6 +226,8 @@ fn client_config() -> russh::client::Config {
             ..russh::Preferred::default()
         },
         nodelay: true,
+        keepalive_interval: Some(KEEPALIVE_EVERY),
+        keepalive_max: KEEPALIVES_UNANSWERED,
         ..russh::client::Config::default()
     }
 }
@@ -313,6 +332,13 @@ impl Remote {
         }
     }
 
+    /// Whether this remote's own SSH connection has ended (keepalives
+    /// unanswered, or the machine closed it). A remote with no connection
+    /// of its own yet is not closed.
+    pub fn is_closed(&self) -> bool {
+        self.link.get().is_some_and(|l| l.client.is_closed())
+    }
+
     /// The SSH connection, made now if this remote has none yet.
     async fn link(&self) -> anyhow::Result<&Link> {
         self.link
@@ -332,7 +358,7 @@ impl Remote {
             .to_owned();
         let addr = socket_addr(target).map_err(LoginError::Other)?;
         let client = tokio::time::timeout(
-            Duration::from_secs(20),
+            LOGIN_WITHIN,
             Client::connect_with_config(
                 addr,
                 &target.user,
@@ -342,7 +368,13 @@ impl Remote {
             ),
         )
         .await
-        .map_err(|_| LoginError::Other(anyhow::anyhow!("{target}: SSH login timed out")))?;
+        .map_err(|_| {
+            LoginError::Other(anyhow::anyhow!(
+                "{target}: no SSH login within {} s (is the machine up, and port {} reachable from here?)",
+                LOGIN_WITHIN.as_secs(),
+                target.port
+            ))
+        })?;
         client.map_err(|e| match e {
             async_ssh2_tokio::Error::ServerCheckFailed
             | async_ssh2_tokio::Error::SshError(russh::Error::UnknownKey) => LoginError::HostKey,
@@ -537,6 +569,25 @@ impl Remote {
         answers
             .take(slot)
             .map_err(|e| anyhow::anyhow!("{}: {e}", self.target))
+    }
+
+    /// Whether the machine's `makiatto control` answers a `hello` within
+    /// `within`, on a remote just connected (whose session has not met the
+    /// daemon yet); the version learnt spares the next batch its `hello`.
+    /// A kept connection that went dead, a machine cut off, a node whose
+    /// control does not start: each fails here, promptly, so a command can
+    /// go to another machine.
+    pub async fn probe(&self, within: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(within, self.send(Batch::new()))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: makiatto control did not answer within {} s",
+                    self.target,
+                    within.as_secs()
+                )
+            })?
+            .map(|_| ())
     }
 
     /// Several control requests in one round trip; each answer is taken

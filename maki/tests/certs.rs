@@ -7,7 +7,8 @@
 //! `acme.challenge = dns-01` and a wildcard alias, names are proved by TXT
 //! records in our own zones, and any name under the domain is answered and
 //! served. When the ordering node dies in the middle of an order, the next
-//! node completes it. Needs root.
+//! node completes it. An order that could not reach the CA is made again
+//! as soon as the route is back. Needs root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
 
@@ -343,4 +344,74 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
     assert!(by.lines().last().unwrap_or("").contains("vector"), "{by}");
     let vector_ip = &hosts.iter().find(|(n, _)| n == "vector").unwrap().1;
     assert_eq!(verified(vector_ip, "example.test"), index);
+}
+
+/// The fault this holds down: an order that failed because the CA could
+/// not be reached waited five minutes (the schedule for the CA's own
+/// refusals) although it cost the CA nothing, and every name stayed on
+/// the self-signed fallback that long after the route came back.
+#[test]
+fn an_order_that_could_not_reach_the_ca_is_made_again_as_soon_as_the_route_is_back() {
+    require_root();
+    let c = Cluster::new("cr");
+    let state = c.up(3, &[]);
+    // The orderer is the first node by name that is alive: klukai. Its
+    // route to the CA is gone (a host-unreachable answer to every packet,
+    // as a dead link gives); the mesh stays, so it stays the orderer.
+    let pebble = state.address(13).to_string();
+    let block = [
+        "OUTPUT",
+        "-d",
+        pebble.as_str(),
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp-host-unreachable",
+    ];
+    let iptables = |op: &str| {
+        let mut argv = vec!["iptables", op];
+        argv.extend(block);
+        c.exec("klukai", &argv);
+    };
+    iptables("-A");
+    let project = example_project();
+    c.ok(&["sync", "--file", project.to_str().unwrap()]);
+
+    // `maki certs` says what failed, that the CA was not reached, and the
+    // schedule the orderer keeps: seconds, not minutes.
+    wait_seeing(
+        Duration::from_secs(60),
+        "maki certs shows an order that did not reach the CA, retried within seconds",
+        || {
+            let all = certs(&c);
+            let unreached = all.iter().find(|n| {
+                n["state"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("failing on klukai") && s.contains("not reached"))
+            });
+            match unreached.and_then(|n| n["state"].as_str()) {
+                Some(s) if retry_within(s, 300) => Ok(()),
+                _ => Err(serde_json::to_string_pretty(&all).unwrap_or_default()),
+            }
+        },
+    );
+
+    // The route is back: every name gets its certificate within seconds
+    // (a five-minute wait would fail this).
+    iptables("-D");
+    wait_seeing(
+        Duration::from_secs(60),
+        "every name has a pebble certificate soon after the route came back",
+        || all_valid(&c, None, ""),
+    );
+}
+
+/// Whether a `maki certs` state says "retry in Ns" with N under `secs`.
+fn retry_within(state: &str, secs: u64) -> bool {
+    state
+        .split("retry in ")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| n < secs)
 }

@@ -54,12 +54,12 @@ fn sync_publishes_atomically_on_every_node() {
 
     c.up(3, &["--no-ca"]);
     let out = c.ok(&["sync", "--file", file, "--dry-run"]);
-    assert!(out.contains("would publish 5 files"), "{out}");
+    assert!(out.contains("would publish 6 files"), "{out}");
     assert!(sites(&c, "vector").is_null(), "a dry run sent something");
 
     let out = c.ok(&["sync", "--file", file, "-m", "first"]);
     assert!(
-        out.contains("example.test: published 5 files: 0 changed, 5 added, 0 removed"),
+        out.contains("example.test: published 6 files: 0 changed, 6 added, 0 removed"),
         "{out}"
     );
     let first = deployed_everywhere(&c, "the first version reaches every node");
@@ -102,7 +102,7 @@ fn sync_publishes_atomically_on_every_node() {
     let out = c.ok(&["sync", "--file", file]);
     assert!(
         out.contains("resuming: the last sync of example.test stopped before it finished")
-            && out.contains("4 files: 1 changed, 0 added, 1 removed, 0 B uploaded"),
+            && out.contains("5 files: 1 changed, 0 added, 1 removed, 0 B uploaded"),
         "{out}"
     );
     assert!(!marker.exists(), "a finished sync removes its marker");

@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use makiatto_harness::load::{Kind, Latency, Load, Plan, Tally};
+use makiatto_harness::traffic::{Kind, Latency, Load, Plan, Tally};
 use makiatto_harness::{Cluster, Namespace, example_project, require_root, wait_until};
 use serde_json::Value;
 

@@ -20,6 +20,9 @@ struct Inner {
     follower: Notify,
     /// Events were appended here: gossip hands them to the live peers.
     push: Notify,
+    /// Counts the times a peer came (back) up: ACME retries at once an
+    /// order that could not reach the CA (the network is likely back).
+    peers_up: watch::Sender<u64>,
 }
 
 impl Default for Changes {
@@ -28,6 +31,7 @@ impl Default for Changes {
             count: watch::Sender::new(0),
             follower: Notify::new(),
             push: Notify::new(),
+            peers_up: watch::Sender::new(0),
         }))
     }
 }
@@ -52,6 +56,12 @@ impl Changes {
     /// blobs the follower waits for).
     pub fn peer_up(&self) {
         self.0.follower.notify_one();
+        self.0.peers_up.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that sees every time a peer comes (back) up.
+    pub fn watch_peers_up(&self) -> watch::Receiver<u64> {
+        self.0.peers_up.subscribe()
     }
 
     /// A receiver that sees every time events are stored.

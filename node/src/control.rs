@@ -19,6 +19,7 @@ use std::sync::Mutex;
 
 use makiatto_core::IngestError;
 use makiatto_core::log::AppendOutcome;
+use makiatto_core::skew::{Timeliness, judge};
 use makiatto_events::{Event, EventError};
 use makiatto_protocol::append::{AppendResult, Outcome, Refusal};
 use makiatto_protocol::request::{self as op, Probe};
@@ -125,15 +126,25 @@ pub fn execute(replica: &Mutex<Replica>, appender: &dyn Appender, envelope: Enve
         .client
         .as_ref()
         .is_some_and(|c| c.features.has(Features::TYPED_OUTCOMES));
+    let clock_bound = envelope
+        .client
+        .as_ref()
+        .is_some_and(|c| c.features.has(Features::CLOCK_BOUND));
     match envelope.request {
         Request::Hello(_) => reply::<op::Hello>(Ok(Version::ours())),
         Request::Append(op::Append { events }) => {
             reply::<op::Append>(append(replica, appender, &events).map(|results| {
-                if typed_outcomes {
-                    results
-                } else {
-                    results.into_iter().map(AppendResult::to_legacy).collect()
-                }
+                results
+                    .into_iter()
+                    .map(|mut r| {
+                        // A client that does not know this reason reads
+                        // the refusal in words.
+                        if !clock_bound && r.reason == Some(Refusal::AheadOfClock) {
+                            r.reason = None;
+                        }
+                        if typed_outcomes { r } else { r.to_legacy() }
+                    })
+                    .collect()
             }))
         }
         Request::Log(op::Log { filter }) => reply::<op::Log>(
@@ -222,7 +233,7 @@ fn append(
         .iter()
         .map(|text| hex::decode(text.trim()).map_err(|_| EventError::Malformed("not hexadecimal")))
         .collect();
-    ingest(replica, appender, raw)
+    ingest(replica, appender, raw, Arrival::FromClient)
         .map(|ingested| ingested.results)
         .map_err(ControlError::failed)
 }
@@ -236,6 +247,15 @@ fn result_of(outcome: &AppendOutcome) -> AppendResult {
             Outcome::Waiting,
             false,
             Some(format!("waiting for its feed predecessor {}", on.short())),
+            None,
+        ),
+        AppendOutcome::Held { id, due_millis } => (
+            Some(*id),
+            Outcome::Waiting,
+            false,
+            Some(format!(
+                "stamped ahead of this node's clock: held until the clock reads {due_millis} (Unix ms)"
+            )),
             None,
         ),
         AppendOutcome::Rejected(e @ IngestError::Duplicate(id)) => (
@@ -270,8 +290,23 @@ fn refusal(e: &IngestError) -> Option<Refusal> {
         IngestError::Duplicate(_) => None,
         IngestError::ChainMismatch { .. } => Some(Refusal::ChainMismatch),
         IngestError::ForeignCluster { .. } => Some(Refusal::ForeignCluster),
-        IngestError::WaitBufferFull { .. } => Some(Refusal::WaitBufferFull),
+        IngestError::WaitBufferFull { .. } | IngestError::HoldFull { .. } => {
+            Some(Refusal::WaitBufferFull)
+        }
+        IngestError::AheadOfClock { .. } => Some(Refusal::AheadOfClock),
     }
+}
+
+/// Where events come from, which decides what a stamp too far ahead of
+/// this node's clock gets (`makiatto_core::skew`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// `maki` (or `makiatto append`) handing over events: one stamped past
+    /// the bound is refused outright, and the operator told why.
+    FromClient,
+    /// A peer's session, or this node's own: held until the clock gets
+    /// there, so every node ends up with the same events.
+    Replicated,
 }
 
 /// What [`ingest`] did with a batch.
@@ -281,6 +316,9 @@ pub struct Ingested {
     /// How many events this batch stored (its own; not counting others'
     /// events that shared the commit).
     pub stored: usize,
+    /// How many events the commit stored in all: this batch's, others'
+    /// that shared it, and held events that came due.
+    pub committed: usize,
     /// Why events were refused as forged, malformed or off their author's
     /// chain: what a peer that sent them is counted and logged for (a
     /// duplicate or a full wait buffer is nobody's fault).
@@ -294,7 +332,14 @@ pub fn ingest(
     replica: &Mutex<Replica>,
     appender: &dyn Appender,
     raw: Vec<Result<Vec<u8>, EventError>>,
+    arrival: Arrival,
 ) -> Result<Ingested, String> {
+    // From a client, the bound on stamps is checked here, before the log
+    // (which would hold the event): the clock now, the bound in force.
+    let bound = match arrival {
+        Arrival::FromClient => replica.lock().ok().map(|r| r.clock()),
+        Arrival::Replicated => None,
+    };
     // Verify outside any lock, on every core: signatures are the expensive part.
     let bytes: Vec<&[u8]> = raw
         .iter()
@@ -310,14 +355,25 @@ pub fn ingest(
                 .next()
                 .unwrap_or(Err(EventError::Malformed("lost in decoding"))),
             Err(e) => Err(e.clone()),
-        };
+        }
+        .map_err(IngestError::Invalid);
+        let decoded = decoded.and_then(|event| match bound {
+            Some(clock) => match judge(event.hlc(), clock.now_millis, clock.max_skew_millis) {
+                Timeliness::OnTime => Ok(event),
+                Timeliness::Ahead { ahead_millis, .. } => Err(IngestError::AheadOfClock {
+                    id: event.id(),
+                    ahead_millis,
+                    max_ahead_millis: clock.max_skew_millis,
+                }),
+            },
+            None => Ok(event),
+        });
         match decoded {
             Ok(event) => {
                 valid.push(event);
                 results.push(None);
             }
             Err(error) => {
-                let error = IngestError::Invalid(error);
                 results.push(Some(result_of(&AppendOutcome::Rejected(error.clone()))));
                 rejected.push(error);
             }
@@ -362,12 +418,14 @@ pub fn ingest(
             })
         })
         .collect();
+    let committed = stored.len();
     let mut r = replica.lock().map_err(|_| "replica lock poisoned")?;
     r.absorb(stored)
         .map_err(|e| format!("events were stored but the projections could not be updated: {e}"))?;
     Ok(Ingested {
         results,
         stored: own_stored,
+        committed,
         bad,
     })
 }

@@ -234,12 +234,18 @@ impl Services {
         let dns =
             crate::dns::Dns::start(geoip, liveness.clone(), changes.clone(), ports, &handover)
                 .await;
+        // The one pool for CPU-heavy work (images; its queue limit follows
+        // `work.queue`, set by the image service from the settings).
+        let pool = Arc::new(
+            crate::work_pool::WorkPool::start(64).context("cannot start the CPU work pool")?,
+        );
         let http = crate::http::Http::start(
             data_dir,
             replica.clone(),
             content.clone(),
             changes.clone(),
             web,
+            pool,
             &handover,
         )
         .with_context(|| format!("cannot start the HTTP server in {}", data_dir.display()))?;

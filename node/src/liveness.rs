@@ -1,7 +1,8 @@
 //! [`Liveness`]: who is up now. The narrow handle through which DNS (geo
 //! answers only with live nodes) and ACME (the orderer is the first node
-//! alive; certificates wait for the peers to hold the same log) read what
-//! gossip hears, without holding the replication service itself.
+//! alive; certificates wait for the peers to hold the same log; nothing is
+//! signed before a peer confirmed this node's own feed, `OwnFeed`) read
+//! what gossip hears, without holding the replication service itself.
 //!
 //! Gossip writes it: the topology it follows and every heartbeat
 //! (`makiatto_core::replication::Liveness` decides what a heartbeat means);
@@ -10,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use makiatto_core::replication::{self, Member, Moment, Topology};
+use makiatto_core::replication::{self, Member, Moment, OwnFeed, SignGate, Topology};
 use makiatto_events::{AuthorKey, NodeName};
 use tokio::sync::watch;
 
@@ -24,6 +25,8 @@ struct Inner {
     origin: Instant,
     topology: watch::Sender<Topology>,
     table: Mutex<replication::Liveness>,
+    /// Whether a peer has confirmed this node's own feed since it started.
+    own_feed: Mutex<OwnFeed>,
     replica: Arc<Mutex<Replica>>,
 }
 
@@ -34,6 +37,7 @@ impl Liveness {
             origin: Instant::now(),
             topology: watch::Sender::new(Topology::default()),
             table: Mutex::new(replication::Liveness::default()),
+            own_feed: Mutex::new(OwnFeed::started(Moment::default())),
             replica,
         }))
     }
@@ -111,6 +115,32 @@ impl Liveness {
             *old = t;
             changed
         });
+    }
+
+    /// May this node sign its own events yet (`OwnFeed`): a peer has
+    /// confirmed its feed's tip since it started, it has no peer, or none
+    /// answered in time.
+    pub fn sign_gate(&self) -> SignGate {
+        let peers = self.topology().peers.len();
+        let now = self.now();
+        self.0
+            .own_feed
+            .lock()
+            .map_or(SignGate::Unconfirmed, |f| f.gate(peers, now))
+    }
+
+    /// A peer's heartbeat carried this node's digest (`equal`) or another.
+    pub fn heard_digest(&self, equal: bool) {
+        if let Ok(mut f) = self.0.own_feed.lock() {
+            f.heard_digest(equal);
+        }
+    }
+
+    /// A session with a peer ran to the end.
+    pub fn session_completed(&self) {
+        if let Ok(mut f) = self.0.own_feed.lock() {
+            f.session_completed();
+        }
     }
 
     /// Runs `f` on the table of what was heard (gossip writes through

@@ -12,8 +12,9 @@ use makiatto_events::{AuthorKey, Event, EventId, Hlc, MAX_PARENTS, Payload};
 use makiatto_projections::engine::AsOfError;
 use makiatto_projections::{AsOf, Engine, ProjectionName, State};
 
+use makiatto_core::skew::SkewBound;
 use makiatto_protocol::log::{LogFilter, LogLine};
-use makiatto_protocol::status::{Head, Rejections, Status, VerifyReport};
+use makiatto_protocol::status::{Head, NodeClock, Rejections, Status, VerifyReport};
 
 use crate::query::Point;
 
@@ -56,7 +57,47 @@ impl Replica {
         let mut engine = Engine::new();
         engine.insert(events);
         let log = Arc::new(Mutex::new(Log::open(store.clone())?));
-        Ok(Replica { store, log, engine })
+        let mut replica = Replica { store, log, engine };
+        replica.follow_skew_bound();
+        Ok(replica)
+    }
+
+    /// Bounds the stamps the log admits by this node's clock and the
+    /// cluster's `log.max_clock_skew`, as the configuration now says.
+    fn follow_skew_bound(&mut self) {
+        let max_ahead_millis = self.engine.state().config.settings.max_clock_skew_millis();
+        if let Ok(mut log) = self.log.lock()
+            && log.skew().map(|s| s.max_ahead_millis) != Some(max_ahead_millis)
+        {
+            log.bound_skew(SkewBound {
+                clock: Arc::new(crate::clock::now_millis),
+                max_ahead_millis,
+            });
+        }
+    }
+
+    /// How many events from peers are held for their stamp now.
+    pub fn held_ahead_of_clock(&self) -> u64 {
+        self.log.lock().map_or(0, |l| l.held().0 as u64)
+    }
+
+    /// When the earliest event held for its stamp comes due (Unix ms).
+    pub fn next_held_due(&self) -> Option<u64> {
+        self.log.lock().ok()?.next_due()
+    }
+
+    /// The bound on stamps in force, and this node's clock now.
+    pub fn clock(&self) -> NodeClock {
+        let max_skew_millis = self
+            .log
+            .lock()
+            .ok()
+            .and_then(|l| l.skew().map(|s| s.max_ahead_millis))
+            .unwrap_or(makiatto_core::skew::DEFAULT_MAX_AHEAD_MILLIS);
+        NodeClock {
+            now_millis: crate::clock::now_millis(),
+            max_skew_millis,
+        }
     }
 
     /// The shared log, for the group committer.
@@ -70,6 +111,7 @@ impl Replica {
             return Ok(());
         }
         self.engine.insert(stored);
+        self.follow_skew_bound();
         self.save_projections()
     }
 
@@ -227,13 +269,14 @@ impl Replica {
 
     /// Summary numbers for `status`.
     pub fn status(&self) -> Status {
-        let (events, waiting, authors) = match self.log.lock() {
+        let (events, waiting, authors, (held, held_total)) = match self.log.lock() {
             Ok(l) => (
                 l.version_vector().total(),
                 l.waiting() as u64,
                 l.version_vector().iter().count() as u64,
+                l.held(),
             ),
-            Err(_) => (0, 0, 0),
+            Err(_) => (0, 0, 0, (0, 0)),
         };
         let not_ready = self.engine.len() as u64 - self.engine.ordered().count() as u64;
         let r = self.reject_counts();
@@ -249,7 +292,11 @@ impl Replica {
                 chain_mismatch: r.chain_mismatch,
                 foreign_cluster: r.foreign_cluster,
                 wait_buffer_full: r.wait_buffer_full,
+                ahead_of_clock: r.ahead_of_clock,
             },
+            held_ahead_of_clock: held as u64,
+            held_ahead_of_clock_total: held_total,
+            clock: Some(self.clock()),
         }
     }
 }

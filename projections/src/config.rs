@@ -180,6 +180,35 @@ pub struct Settings {
     pub acme_challenge: Option<String>,
     #[autosurgeon(missing = "Default::default")]
     pub sites_keep_versions: Option<u32>,
+    /// Added after the others: left out of the JSON while unset, so the
+    /// fingerprints of logs that never set it stay what they were.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_max_clock_skew: Option<u32>,
+    // The settings below came with images on the fly. Unset, they are left
+    // out of the JSON, so a projection's bytes (and fingerprint) stay those
+    // of a build that never knew them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub images_cache_mb: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub images_max_megapixels: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub images_max_output: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub images_max_decode_mb: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub images_timeout_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub images_renditions_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub work_queue: Option<u32>,
     /// The GeoIP database every node answers with: the blake3 hash of its
     /// manifest blob (`maki geoip update`). Unset, it is left out of the
     /// canonical form, so a log without it keeps its fingerprint.
@@ -187,6 +216,56 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub geoip_database: Option<String>,
 }
+
+/// A whole-number setting: its key, its field, its range and its default
+/// (the default is stated in [`SETTINGS`] too; a test checks they agree).
+struct Number {
+    key: &'static str,
+    field: fn(&Settings) -> Option<u32>,
+    field_mut: fn(&mut Settings) -> &mut Option<u32>,
+    lo: u32,
+    hi: u32,
+    default: u32,
+}
+
+macro_rules! number {
+    ($key:literal, $field:ident, $lo:expr, $hi:expr, $default:expr) => {
+        Number {
+            key: $key,
+            field: |s| s.$field,
+            field_mut: |s| &mut s.$field,
+            lo: $lo,
+            hi: $hi,
+            default: $default,
+        }
+    };
+}
+
+const NUMBERS: &[Number] = &[
+    number!("dns.geo_ttl", dns_geo_ttl, 1, 86_400, 60),
+    number!("dns.nearest", dns_nearest, 1, 8, 1),
+    number!("sites.keep_versions", sites_keep_versions, 1, 1000, 10),
+    number!("log.max_clock_skew", log_max_clock_skew, 5, 86_400, 60),
+    number!("images.cache_mb", images_cache_mb, 0, 65_536, 500),
+    number!("images.max_megapixels", images_max_megapixels, 1, 1000, 50),
+    number!("images.max_output", images_max_output, 16, 16_384, 4096),
+    number!(
+        "images.max_decode_mb",
+        images_max_decode_mb,
+        16,
+        16_384,
+        256
+    ),
+    number!("images.timeout_ms", images_timeout_ms, 100, 600_000, 10_000),
+    number!(
+        "images.renditions_per_minute",
+        images_renditions_per_minute,
+        1,
+        1_000_000,
+        100
+    ),
+    number!("work.queue", work_queue, 1, 100_000, 64),
+];
 
 /// One setting: its key, its default and what it does.
 pub struct SettingSpec {
@@ -228,6 +307,46 @@ pub const SETTINGS: &[SettingSpec] = &[
         doc: "site versions per domain kept by garbage collection (1–1000)",
     },
     SettingSpec {
+        key: "log.max_clock_skew",
+        default: "60",
+        doc: "seconds an event may be stamped ahead of a node's clock: past it, events from peers wait for the clock, from maki are refused (5–86400)",
+    },
+    SettingSpec {
+        key: "images.cache_mb",
+        default: "500",
+        doc: "memory per node for resized images, in MiB of encoded bytes (0–65536; 0 keeps none)",
+    },
+    SettingSpec {
+        key: "images.max_megapixels",
+        default: "50",
+        doc: "largest source image processed, in megapixels, read from its header (1–1000); larger gets 422",
+    },
+    SettingSpec {
+        key: "images.max_output",
+        default: "4096",
+        doc: "largest width or height of a resized image, after dpr (16–16384); larger gets 400",
+    },
+    SettingSpec {
+        key: "images.max_decode_mb",
+        default: "256",
+        doc: "most memory one image's decoded pixels may take, in MiB (16–16384); more gets 422",
+    },
+    SettingSpec {
+        key: "images.timeout_ms",
+        default: "10000",
+        doc: "longest wait for one resize, queue included (100–600000); longer gets 503",
+    },
+    SettingSpec {
+        key: "images.renditions_per_minute",
+        default: "100",
+        doc: "new renditions of one source image a node makes per minute (1–1000000); more gets 429",
+    },
+    SettingSpec {
+        key: "work.queue",
+        default: "64",
+        doc: "jobs waiting for the CPU pool (image resizing) beyond which requests get 503 (1–100000)",
+    },
+    SettingSpec {
         key: "geoip.database",
         default: "",
         doc: "the GeoIP database's manifest (blake3), set by `maki geoip update`; empty: none, and GeoDNS places no visitor",
@@ -247,12 +366,55 @@ fn ranged(key: &str, value: &str, lo: u32, hi: u32) -> Result<u32, ConfigError> 
 }
 
 impl Settings {
+    /// A whole-number setting's value, or its default.
+    fn number(&self, key: &str) -> u32 {
+        NUMBERS
+            .iter()
+            .find(|n| n.key == key)
+            .map_or(0, |n| (n.field)(self).unwrap_or(n.default))
+    }
+
     pub fn geo_ttl(&self) -> u32 {
-        self.dns_geo_ttl.unwrap_or(60)
+        self.number("dns.geo_ttl")
     }
 
     pub fn nearest(&self) -> u32 {
-        self.dns_nearest.unwrap_or(1)
+        self.number("dns.nearest")
+    }
+
+    /// `images.cache_mb`.
+    pub fn images_cache_mb(&self) -> u32 {
+        self.number("images.cache_mb")
+    }
+
+    /// `images.max_megapixels`.
+    pub fn images_max_megapixels(&self) -> u32 {
+        self.number("images.max_megapixels")
+    }
+
+    /// `images.max_output`.
+    pub fn images_max_output(&self) -> u32 {
+        self.number("images.max_output")
+    }
+
+    /// `images.max_decode_mb`.
+    pub fn images_max_decode_mb(&self) -> u32 {
+        self.number("images.max_decode_mb")
+    }
+
+    /// `images.timeout_ms`.
+    pub fn images_timeout_ms(&self) -> u32 {
+        self.number("images.timeout_ms")
+    }
+
+    /// `images.renditions_per_minute`.
+    pub fn images_renditions_per_minute(&self) -> u32 {
+        self.number("images.renditions_per_minute")
+    }
+
+    /// `work.queue`.
+    pub fn work_queue(&self) -> u32 {
+        self.number("work.queue")
     }
 
     /// Whether names are proved by DNS-01 (else HTTP-01; wildcards always
@@ -262,7 +424,12 @@ impl Settings {
     }
 
     pub fn keep_versions(&self) -> u32 {
-        self.sites_keep_versions.unwrap_or(10)
+        self.number("sites.keep_versions")
+    }
+
+    /// How far ahead of a node's clock an event may be stamped.
+    pub fn max_clock_skew_millis(&self) -> u64 {
+        u64::from(self.number("log.max_clock_skew")) * 1000
     }
 
     /// The manifest of the GeoIP database every node should answer with.
@@ -275,10 +442,10 @@ impl Settings {
     /// One setting's value as text (`None`: unset, so its default holds,
     /// or no such key).
     pub fn get(&self, key: &str) -> Option<String> {
+        if let Some(n) = NUMBERS.iter().find(|n| n.key == key) {
+            return (n.field)(self).map(|v| v.to_string());
+        }
         match key {
-            "dns.geo_ttl" => self.dns_geo_ttl.map(|v| v.to_string()),
-            "dns.nearest" => self.dns_nearest.map(|v| v.to_string()),
-            "sites.keep_versions" => self.sites_keep_versions.map(|v| v.to_string()),
             "acme.directory" => self.acme_directory.clone(),
             "acme.challenge" => self.acme_challenge.clone(),
             "acme.ca_root" => self.acme_ca_root.clone(),
@@ -289,10 +456,11 @@ impl Settings {
 
     /// Sets one setting from text, refusing unknown keys and bad values.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        if let Some(n) = NUMBERS.iter().find(|n| n.key == key) {
+            *(n.field_mut)(self) = Some(ranged(key, value, n.lo, n.hi)?);
+            return Ok(());
+        }
         match key {
-            "dns.geo_ttl" => self.dns_geo_ttl = Some(ranged(key, value, 1, 86_400)?),
-            "dns.nearest" => self.dns_nearest = Some(ranged(key, value, 1, 8)?),
-            "sites.keep_versions" => self.sites_keep_versions = Some(ranged(key, value, 1, 1000)?),
             "acme.directory" => {
                 self.acme_directory = match value {
                     "" => None,
@@ -430,6 +598,37 @@ impl ConfigDoc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_whole_number_setting_is_documented_with_its_default_and_range() {
+        for n in NUMBERS {
+            let spec = SETTINGS.iter().find(|s| s.key == n.key).unwrap();
+            assert_eq!(spec.default, n.default.to_string(), "{}", n.key);
+            assert!(spec.doc.contains(&format!("{}–", n.lo)), "{}", n.key);
+            let mut s = Settings::default();
+            assert_eq!(s.number(n.key), n.default);
+            assert_eq!(s.get(n.key), None);
+            s.set(n.key, &n.hi.to_string()).unwrap();
+            assert_eq!(s.number(n.key), n.hi);
+            assert_eq!(s.get(n.key), Some(n.hi.to_string()));
+            assert!(s.set(n.key, &(u64::from(n.hi) + 1).to_string()).is_err());
+            if n.lo > 0 {
+                assert!(s.set(n.key, &(n.lo - 1).to_string()).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn unset_image_settings_leave_the_json_as_before() {
+        let json = serde_json::to_string(&Settings::default()).unwrap();
+        assert!(!json.contains("images"), "{json}");
+        assert!(!json.contains("work_queue"), "{json}");
+        let mut s = Settings::default();
+        s.set("images.cache_mb", "1").unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains("\"images_cache_mb\":1"), "{json}");
+        assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
+    }
 
     fn record(value: &str, ttl: Option<u32>) -> RecordConfig {
         RecordConfig {

@@ -30,13 +30,18 @@ pub enum Refusal {
     /// Its predecessor is missing and the wait buffer is full; sent again
     /// later, it is taken.
     WaitBufferFull,
+    /// Stamped further ahead of the node's clock than the cluster allows
+    /// (`log.max_clock_skew`): a clock is wrong. Sent only to a client
+    /// announcing [`Features::CLOCK_BOUND`](crate::version::Features::CLOCK_BOUND).
+    AheadOfClock,
 }
 
 impl Refusal {
     /// Whether the sender is at fault (a peer sending such events is
-    /// counted and logged); a full wait buffer is nobody's fault.
+    /// counted and logged); a full wait buffer is nobody's fault, and a
+    /// clock off is told to the operator, not held against a peer.
     pub fn is_fault(self) -> bool {
-        !matches!(self, Refusal::WaitBufferFull)
+        !matches!(self, Refusal::WaitBufferFull | Refusal::AheadOfClock)
     }
 }
 

@@ -38,6 +38,20 @@ pub struct HealthReport {
     /// before 0.3 does not say).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daemon: Option<DaemonInfo>,
+    /// How far this node's clock is ahead of its live peers' median
+    /// (milliseconds; negative: behind), from the clocks their heartbeats
+    /// carry. None without such a peer (or from an older daemon).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_ahead_of_peers_ms: Option<i64>,
+    /// Events from peers stamped past `log.max_clock_skew` ahead of this
+    /// node's clock, held until it reaches them.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub held_ahead_of_clock: u64,
+    /// Whether this node may sign its own events yet: after a start, not
+    /// before a peer confirmed its feed's tip (a node restored from an old
+    /// backup would fork its feed). None from an older daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own_feed: Option<OwnFeedState>,
 }
 
 /// The running daemon's process and image.
@@ -71,6 +85,23 @@ pub struct HandoverRecord {
     pub outcome: String,
 }
 
+/// See [`HealthReport::own_feed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum OwnFeedState {
+    /// A peer confirmed its feed's tip (or it has no peer): it signs.
+    Learnt,
+    /// No peer has answered since it started; it signs nothing for now,
+    /// and on its own word after `left_secs`.
+    Waiting { left_secs: u64 },
+    /// No peer answered in time: it signs on what it holds.
+    Unconfirmed,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Load figures a node reports in its heartbeats (defined beside the
 /// events, where the heartbeat's crate sees it too).
 pub use makiatto_events::Load;
@@ -98,6 +129,9 @@ pub struct PeerHealth {
     pub events_sent: u64,
     /// Events and blobs from this peer that failed verification.
     pub bad_events: u64,
+    /// Its clock less this node's, from its last heartbeat (milliseconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// Replication totals since the daemon started.
@@ -182,6 +216,39 @@ pub struct HttpReport {
     pub hosts: Vec<String>,
     pub sites: BTreeMap<String, ServedSite>,
     pub responses: StatusCounts,
+    /// Images on the fly (absent from daemons before them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImagesReport>,
+}
+
+/// Images on the fly on one node: what was asked, what the cache and the
+/// CPU pool hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImagesReport {
+    /// Renditions made (decoded, resized, encoded).
+    pub made: u64,
+    /// Requests answered from the rendition cache.
+    pub cache_hits: u64,
+    /// Requests that waited for a rendition another request was making.
+    pub coalesced: u64,
+    /// Sources served unchanged (not a still raster image).
+    pub unchanged: u64,
+    /// 422: sources over a limit.
+    pub too_large: u64,
+    /// 503: the CPU pool's queue was full.
+    pub busy: u64,
+    /// 503: not made within images.timeout_ms.
+    pub timed_out: u64,
+    /// 429: too many new renditions of one source per minute.
+    pub rate_limited: u64,
+    pub cache_bytes: u64,
+    pub cache_limit: u64,
+    pub cache_entries: u64,
+    pub evictions: u64,
+    pub pool_threads: u64,
+    pub pool_waiting: u64,
+    pub pool_queue_limit: u64,
 }
 
 /// The version of a domain the HTTP routes serve.
@@ -248,6 +315,13 @@ pub struct OrderFailure {
     pub failures: u32,
     pub error: String,
     pub retry_in_secs: u64,
+    /// The last attempt never reached the CA (no route, refused, timed
+    /// out): tried again within seconds, and at once when the CA answers.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ca_unreached: bool,
+    /// The node that tries again (the orderer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The GeoIP database a node places visitors with.

@@ -12,6 +12,24 @@ pub struct Rejections {
     pub chain_mismatch: u64,
     pub foreign_cluster: u64,
     pub wait_buffer_full: u64,
+    /// Stamped too far ahead of the node's clock (`log.max_clock_skew`):
+    /// refused from `maki`, or from a peer when too many were held.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ahead_of_clock: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The node's clock when it answered, and the cluster's bound on how far
+/// ahead of it an event may be stamped: what `maki` compares its own
+/// clock with before it signs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeClock {
+    /// Unix milliseconds.
+    pub now_millis: u64,
+    pub max_skew_millis: u64,
 }
 
 /// What the log holds and how much it waits for.
@@ -24,6 +42,15 @@ pub struct Status {
     pub waiting_for_causal_past: u64,
     pub authors: u64,
     pub rejected: Rejections,
+    /// Events from peers stamped ahead of this node's clock, held until
+    /// it reaches them: now, and since the daemon started.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub held_ahead_of_clock: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub held_ahead_of_clock_total: u64,
+    /// This node's clock (absent from older nodes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock: Option<NodeClock>,
 }
 
 /// `makiatto status` (a command's output, which `maki` reads over SSH):

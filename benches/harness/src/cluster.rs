@@ -93,9 +93,30 @@ impl Cluster {
 
     /// How long a connection `maki` keeps waits for the next command, in
     /// seconds. 0, the default, keeps none: a keeper would outlive the
-    /// test's hosts.
+    /// test's hosts. Keepers put their sockets in this cluster's own
+    /// runtime directory ([`Cluster::kept_sockets`]).
     pub fn set_ssh_persist(&self, seconds: u32) {
         self.ssh_persist.store(seconds, Ordering::Relaxed);
+    }
+
+    /// `XDG_RUNTIME_DIR` of every `maki`: this cluster's, so its kept
+    /// connections are its own.
+    fn runtime_dir(&self) -> PathBuf {
+        let dir = self.dir.path().join("runtime");
+        std::fs::create_dir_all(&dir).expect("a runtime directory");
+        dir
+    }
+
+    /// The sockets of the connections `maki` keeps to this cluster's
+    /// machines now (one per machine, once a command connected to it and
+    /// its keeper logged in).
+    pub fn kept_sockets(&self) -> usize {
+        std::fs::read_dir(self.runtime_dir().join("makiatto")).map_or(0, |entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
+                .count()
+        })
     }
 
     /// The daemon `up` installs on the nodes.
@@ -139,6 +160,7 @@ impl Cluster {
             )
             .env("MAKIATTO_CACHE_DIR", self.dir.path().join("cache"))
             .env_remove("XDG_CONFIG_HOME")
+            .env("XDG_RUNTIME_DIR", self.runtime_dir())
             .env(
                 "MAKIATTO_SSH_PERSIST",
                 self.ssh_persist.load(Ordering::Relaxed).to_string(),
@@ -344,6 +366,35 @@ impl Cluster {
         std::fs::rename(&tmp, bin_dir.join("makiatto")).expect("install the daemon");
         self.ok(&["local", "kill", node]);
         self.ok(&["local", "start", node]);
+    }
+}
+
+impl Cluster {
+    /// The command-line prefix that runs a command in `node`'s test host
+    /// (`maki local exec NODE --`), for tools that take one.
+    pub fn exec_prefix(&self, node: &str) -> Vec<String> {
+        vec![
+            self.maki.to_string_lossy().into_owned(),
+            "local".into(),
+            "--dir".into(),
+            self.cluster_dir().to_string_lossy().into_owned(),
+            "--name".into(),
+            self.name.clone(),
+            "exec".into(),
+            node.into(),
+            "--".into(),
+        ]
+    }
+
+    /// Starts `node`'s daemon again, its command line prefixed by
+    /// `prefix` (`taskset -c 0`: the daemon then sizes its threads to the
+    /// CPUs it may use). The old process is killed first.
+    pub fn restart_daemon(&self, node: &str, prefix: &[&str]) {
+        self.ok(&["local", "kill", node]);
+        let mut argv = vec!["local", "exec", node, "--"];
+        argv.extend(prefix);
+        argv.extend(["/usr/local/bin/makiatto", "run", "--detach"]);
+        self.ok(&argv);
     }
 }
 

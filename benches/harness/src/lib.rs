@@ -19,18 +19,24 @@
 //! - [`host`]: the test hosts as `maki local` recorded them (`state.json`).
 //! - [`netns`]: network namespaces of our own on a cluster's bridge, and
 //!   the processes in a namespace.
+//! - [`instructions`]: instructions (callgrind) and system calls (perf) a
+//!   server spends on a fixed amount of work: the noise-free A/B.
 //! - [`lab`]: a cluster with namespaces for a benchmark's anchor server
 //!   and client.
+//! - [`load`]: HTTPS and DNS clients at a fixed rate against every node,
+//!   with timeouts, counting per second (the chaos tests' load).
 //! - [`cpu`]: `/proc` readings: CPU of a server, its client and the
 //!   machine over a run; resident memory.
 //! - [`daemon`]: a `makiatto` on a temporary data directory, for the
 //!   daemon's own tests.
 //! - [`geoip`]: the DB-IP database, and where it places an address (and
 //!   a copy of it with another build date).
-//! - [`load`]: HTTPS and DNS clients against every node at once, from a
-//!   namespace, counting failures and keeping latencies.
+//! - [`traffic`]: keep-alive and new-connection HTTPS clients and DNS
+//!   clients against every node at once, from a namespace, counting
+//!   failures and keeping latencies (the upgrade tests' load).
 //! - [`process`]: running commands: checked output, input on stdin, child
 //!   processes ended on drop, tools on the PATH, root.
+//! - [`placement`]: benchmarks' servers and load pinned to a core each, or free.
 //! - [`previous`]: the previous release's binaries, built from history,
 //!   for the compatibility tests.
 //! - [`project`]: the repository's example project, and copies of it.
@@ -44,12 +50,15 @@ pub mod cpu;
 pub mod daemon;
 pub mod geoip;
 pub mod host;
+pub mod instructions;
 pub mod lab;
 pub mod load;
 pub mod netns;
+pub mod placement;
 pub mod previous;
 pub mod process;
 pub mod project;
+pub mod traffic;
 pub mod wait;
 
 pub use binaries::Binaries;
@@ -59,7 +68,8 @@ pub use geoip::GeoIp;
 pub use host::{Host, State};
 pub use lab::Lab;
 pub use netns::Namespace;
+pub use placement::Placement;
 pub use previous::previous_release;
-pub use process::{Process, have, json_lines, require_root, stdout, with_input};
+pub use process::{Process, clock_offset_env, have, json_lines, require_root, stdout, with_input};
 pub use project::{copy_dir, copy_examples, example_project};
 pub use wait::{Wait, eventually, wait_seeing, wait_until};

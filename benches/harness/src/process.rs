@@ -27,6 +27,26 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Debian's libfaketime (package `faketime`), which sets one process's
+/// wall clock apart from the machine's.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The environment that runs a process with its wall clock `offset_secs`
+/// ahead of the machine's (behind when negative), its monotonic clock
+/// untouched (timers and timeouts keep their pace). Panics when
+/// libfaketime is missing (`scripts/install-deps.sh` installs it).
+pub fn clock_offset_env(offset_secs: i64) -> Vec<(&'static str, String)> {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: run scripts/install-deps.sh (package faketime)"
+    );
+    vec![
+        ("LD_PRELOAD", LIBFAKETIME.to_owned()),
+        ("FAKETIME", format!("{offset_secs:+}")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ]
+}
+
 /// Runs a command and returns its standard output; panics (and so cleans
 /// up) when it fails, with what it printed.
 pub fn stdout(cmd: &mut Command) -> String {

@@ -25,6 +25,11 @@
 //!    differences and response sizes are printed (rcode or answer
 //!    differences matter, the rest is noted).
 //!
+//! `MAKIATTO_BENCH_PINNED=1`: both servers on CPU 0 with one worker (our
+//! daemon restarted under `taskset -c 0`: one UDP thread; Knot with
+//! `udp-workers: 1`), dnsperf (`-T 1`) on CPU 1
+//! (`makiatto_harness::Placement`).
+//!
 //! Each run is also logged on stderr: dnsperf's own CPU per query, how
 //! busy the machine was and how much of that was neither the server nor
 //! dnsperf ("others": another build on the same cores spoils the run), and
@@ -51,7 +56,7 @@ use std::time::Duration;
 use makiatto_benches::measure::{fastest_and_cheapest, print_json, print_table};
 use makiatto_harness::cpu::{Sample, proc_kib};
 use makiatto_harness::netns::daemon_pid;
-use makiatto_harness::{Lab, example_project, have, stdout, wait_until};
+use makiatto_harness::{Lab, Placement, example_project, have, stdout, wait_until};
 use serde_json::json;
 
 /// The query mix: nine names that exist, one that does not.
@@ -181,16 +186,18 @@ struct Target<'a> {
 }
 
 fn dnsperf(
-    client_ns: &str,
+    client: &Client,
     queries: &Path,
     t: &Target<'_>,
     ecs: bool,
     fixed_qps: Option<u32>,
 ) -> Run {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", client_ns, "dnsperf", "-s", t.addr, "-d"])
+    cmd.args(["netns", "exec", &client.ns])
+        .args(client.placement.client())
+        .args(["dnsperf", "-s", t.addr, "-d"])
         .arg(queries)
-        .args(["-c", "4", "-T", "2"]);
+        .args(["-c", "4", "-T", &client.placement.workers().to_string()]);
     if ecs {
         cmd.args(["-E", &format!("8:{ECS_HEX}")]);
     }
@@ -247,6 +254,12 @@ fn dnsperf(
     r
 }
 
+/// dnsperf's namespace and where it runs.
+struct Client {
+    ns: String,
+    placement: Placement,
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -269,11 +282,21 @@ fn main() {
     let name = lab.cluster.name.clone();
     eprintln!("bringing up one node ({name})");
     let node = lab.up(1, &project, &[]).remove(0);
+    // `MAKIATTO_BENCH_PINNED=1`: both servers on CPU 0 with one worker,
+    // dnsperf (one thread) on CPU 1.
+    let placement = Placement::from_env();
+    if placement.pinned() {
+        lab.cluster.restart_daemon(&node.node, &placement.server());
+    }
     let (node_ns, ours_addr) = (node.netns, node.ipv4);
     let knot_ns = format!("mkdns-{name}-knot");
     let client_ns = format!("mkdns-{name}-client");
     let knot_addr = lab.anchor_namespace(&knot_ns, "dk");
     lab.client_namespace(&client_ns, "dc");
+    let client = Client {
+        ns: client_ns.clone(),
+        placement,
+    };
 
     // Our node serves the whole project once the last record answers.
     wait_until(
@@ -308,9 +331,10 @@ fn main() {
     std::fs::create_dir_all(kdir.join("db")).expect("knot dir");
     std::fs::write(kdir.join("example.test.zone"), &zone).expect("zone file");
     let kd = kdir.display();
+    let workers = placement.workers();
     let conf = format!(
         "server:\n    rundir: \"{kd}/run\"\n    pidfile: \"{kd}/run/knot.pid\"\n    user: root:root\n    \
-         listen: {knot_addr}@53\n    udp-workers: 2\n    tcp-workers: 1\n    background-workers: 1\n    \
+         listen: {knot_addr}@53\n    udp-workers: {workers}\n    tcp-workers: 1\n    background-workers: 1\n    \
          edns-client-subnet: on\n\
          database:\n    storage: \"{kd}/db\"\n\
          log:\n  - target: \"{kd}/knot.log\"\n    any: info\n\
@@ -321,7 +345,9 @@ fn main() {
     let conf_path = kdir.join("knot.conf");
     std::fs::write(&conf_path, &conf).expect("knot.conf");
     let conf_arg = conf_path.to_str().expect("utf-8");
-    let knot_pid = lab.spawn_anchor(&knot_ns, &["knotd", "-c", conf_arg]);
+    let mut argv = placement.server();
+    argv.extend(["knotd", "-c", conf_arg]);
+    let knot_pid = lab.spawn_anchor(&knot_ns, &argv);
     wait_until(Duration::from_secs(20), "knotd answers", || {
         let a = dig(&client_ns, &knot_addr, "example.test", "SOA", false);
         a.status == "NOERROR" && a.aa
@@ -387,8 +413,8 @@ fn main() {
     for ecs in [false, true] {
         let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..ROUNDS {
-            runs[0].push(dnsperf(&client_ns, &queries, &ours, ecs, None));
-            runs[1].push(dnsperf(&client_ns, &queries, &knot, ecs, None));
+            runs[0].push(dnsperf(&client, &queries, &ours, ecs, None));
+            runs[1].push(dnsperf(&client, &queries, &knot, ecs, None));
         }
         let pick = |rs: &[Run]| {
             let (fastest, cheapest) = fastest_and_cheapest(rs, |r| r.qps, Run::cpu_us);
@@ -410,8 +436,8 @@ fn main() {
     // Latency at a fixed rate.
     let mut fixed = Vec::new();
     for ecs in [false, true] {
-        let mut o = dnsperf(&client_ns, &queries, &ours, ecs, Some(FIXED_QPS));
-        let mut k = dnsperf(&client_ns, &queries, &knot, ecs, Some(FIXED_QPS));
+        let mut o = dnsperf(&client, &queries, &ours, ecs, Some(FIXED_QPS));
+        let mut k = dnsperf(&client, &queries, &knot, ecs, Some(FIXED_QPS));
         o.latencies_us.sort_by(f64::total_cmp);
         k.latencies_us.sort_by(f64::total_cmp);
         fixed.push((o, k));
@@ -430,8 +456,12 @@ fn main() {
         ("load average at start".into(), loadavg.trim().to_owned()),
         (
             "dnsperf".into(),
-            format!("-c 4 -T 2 -l {SECONDS}, 10-query mix, best of {ROUNDS} alternating rounds"),
+            format!(
+                "-c 4 -T {} -l {SECONDS}, 10-query mix, best of {ROUNDS} alternating rounds",
+                placement.workers()
+            ),
         ),
+        ("placement".into(), placement.label().to_owned()),
     ];
     let mut json_variants = serde_json::Map::new();
     for (i, (o, k)) in best.iter().enumerate() {
@@ -577,6 +607,7 @@ fn main() {
         "response_sizes": sizes,
         "seconds": SECONDS,
         "rounds": ROUNDS,
+        "pinned": placement.pinned(),
     });
     if let Some(m) = fields.as_object_mut() {
         m.extend(json_variants);

@@ -10,7 +10,8 @@
 //!    starts no pebble, so the node presents the self-signed certificate it
 //!    makes for the name: ECDSA P-256, like an issued one.
 //! 2. nginx in a network namespace of its own on the cluster's bridge
-//!    (203.0.113.16k+11), root = the same site directory: 2 workers,
+//!    (203.0.113.16k+11), root = the same site directory: 2 workers (1
+//!    pinned),
 //!    `sendfile on`, TLS 1.3 only, a self-signed P-256 certificate made with
 //!    `openssl req`, `http2` on the listener, access log off, and our
 //!    TLS 1.3 suite preference (AES-128-GCM first, the server's order), so
@@ -47,6 +48,19 @@
 //!
 //! `MAKIATTO_BENCH_CASES=10m-h1,1k-h2`: only the cases with these keys.
 //!
+//! `MAKIATTO_BENCH_PINNED=1`: every server on CPU 0 with one worker (our
+//! daemon restarted under `taskset -c 0`, so it runs one serving thread;
+//! nginx with one worker), h2load (`-t 1`) and one `s_time` on CPU 1
+//! (`makiatto_harness::Placement`). Without it, servers and clients share
+//! both cores (two workers, `-t 2`, two `s_time`).
+//!
+//! `MAKIATTO_BENCH_INSTRUCTIONS=1`: after the rounds, per request of 1 KiB
+//! over HTTP/1.1 and HTTP/2 (20,000 requests, 8 connections),
+//! the system calls of each server as it runs (perf), then each restarted
+//! under valgrind's callgrind and its user-space instructions counted
+//! (`makiatto_harness::instructions`): figures that do not move with the
+//! machine's load, for judging changes of a few percent.
+//!
 //! `MAKIATTO_BENCH_BASELINE=PATH`: a two-node cluster whose second node
 //! runs the daemon at PATH (another build of ours), measured as a third
 //! server in the same alternating rounds; the table adds its ratios and
@@ -74,7 +88,7 @@ use std::time::{Duration, Instant};
 use makiatto_benches::measure::{fastest_and_cheapest, print_json, print_table};
 use makiatto_harness::cpu::{Sample, Usage, proc_kib};
 use makiatto_harness::netns::{daemon_pid, netns_pids};
-use makiatto_harness::{Lab, have, stdout, wait_until};
+use makiatto_harness::{Lab, Placement, have, stdout, wait_until};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde_json::json;
@@ -82,9 +96,6 @@ use serde_json::json;
 const DOMAIN: &str = "bench.test";
 const SECONDS: u32 = 10;
 const ROUNDS: usize = 3;
-/// `openssl s_time` processes at once: one alone leaves the server idle
-/// while the client works.
-const HANDSHAKE_CLIENTS: usize = 2;
 /// The files of the site, with their sizes (`index.html`: whatever its page takes).
 const FILES: [(&str, usize); 4] = [
     ("index.html", 0),
@@ -185,6 +196,23 @@ struct Server {
     pids: Vec<u32>,
 }
 
+/// The load generators' namespace and where they run.
+struct Client {
+    ns: String,
+    placement: Placement,
+}
+
+impl Client {
+    /// `ip netns exec NS [taskset -c 1] ARGV…`.
+    fn command(&self, argv: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns])
+            .args(self.placement.client())
+            .args(argv);
+        cmd
+    }
+}
+
 /// One run of one case against one server.
 #[derive(Debug, Clone, Default)]
 struct Run {
@@ -244,7 +272,7 @@ fn line_after<'a>(out: &'a str, prefix: &str) -> &'a str {
         .trim()
 }
 
-fn h2load(client_ns: &str, server: &Server, load: Load) -> Run {
+fn h2load(client: &Client, server: &Server, load: Load) -> Run {
     let Load::H2load {
         h1,
         conns,
@@ -254,10 +282,10 @@ fn h2load(client_ns: &str, server: &Server, load: Load) -> Run {
     else {
         unreachable!("h2load runs h2load cases")
     };
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", client_ns, "timeout", "120", "h2load"])
-        .arg(format!("--connect-to={}:443", server.addr))
-        .args(["-t", "2", "-c", &conns.to_string()])
+    let mut cmd = client.command(&["timeout", "120", "h2load"]);
+    cmd.arg(format!("--connect-to={}:443", server.addr))
+        .args(["-t", &client.placement.workers().to_string()])
+        .args(["-c", &conns.to_string()])
         .args(["-m", &streams.to_string(), "-D", &SECONDS.to_string()]);
     if h1 {
         cmd.arg("--h1");
@@ -335,13 +363,13 @@ fn suite(client_ns: &str, addr: &str) -> String {
         .to_owned()
 }
 
-fn handshakes(client_ns: &str, server: &Server) -> Run {
+fn handshakes(client: &Client, server: &Server) -> Run {
     let before = Sample::take(&server.pids);
     let start = Instant::now();
-    let clients: Vec<_> = (0..HANDSHAKE_CLIENTS)
+    let clients: Vec<_> = (0..client.placement.workers())
         .map(|_| {
-            Command::new("ip")
-                .args(["netns", "exec", client_ns, "timeout", "60", "openssl"])
+            client
+                .command(&["timeout", "60", "openssl"])
                 .args(["s_time", "-new", "-tls1_3", "-connect"])
                 .arg(format!("{}:443", server.addr))
                 .args(["-time", &SECONDS.to_string()])
@@ -375,15 +403,15 @@ fn handshakes(client_ns: &str, server: &Server) -> Run {
         done,
         seconds,
         usage,
-        tls: format!("TLS 1.3, no SNI, {}", suite(client_ns, &server.addr)),
+        tls: format!("TLS 1.3, no SNI, {}", suite(&client.ns, &server.addr)),
         ..Run::default()
     }
 }
 
-fn measure(client_ns: &str, server: &Server, case: &Case) -> Run {
+fn measure(client: &Client, server: &Server, case: &Case) -> Run {
     let r = match case.load {
-        Load::H2load { .. } => h2load(client_ns, server, case.load),
-        Load::Handshakes => handshakes(client_ns, server),
+        Load::H2load { .. } => h2load(client, server, case.load),
+        Load::Handshakes => handshakes(client, server),
     };
     eprintln!(
         "{:>5} {:<12}: {:>9.0}/s ({:>7.1} MB/s), {:>7.1} µs/request (user {:.1} + sys {:.1}), client {:.1} µs/request, head {:.0} B, machine busy {:.0}% (others {:.0}%, steal {:.0}%; softirq {:.0}%) [{}] [{}] other processes: [{}]",
@@ -405,6 +433,178 @@ fn measure(client_ns: &str, server: &Server, case: &Case) -> Run {
         r.usage.other_processes,
     );
     r
+}
+
+/// Requests per server and case in the instruction counts: enough that a
+/// request's share of fixed costs is small, few enough for valgrind.
+const COUNTED_REQUESTS: u32 = 20_000;
+
+/// h2load sending exactly `n` requests of `case` (HTTP/1.1 or HTTP/2,
+/// 8 connections) to `server`.
+fn fixed_requests(client: &Client, server: &Server, case: &Case, n: u32) {
+    let Load::H2load {
+        h1, streams, path, ..
+    } = case.load
+    else {
+        unreachable!("counted cases are h2load cases")
+    };
+    let mut cmd = client.command(&["timeout", "600", "h2load"]);
+    cmd.arg(format!("--connect-to={}:443", server.addr))
+        .args(["-t", "1", "-c", "8", "-m", &streams.to_string()])
+        .args(["-n", &n.to_string()]);
+    if h1 {
+        cmd.arg("--h1");
+    }
+    cmd.arg(format!("https://{DOMAIN}{path}"));
+    let out = stdout(&mut cmd);
+    let requests = counts(line_after(&out, "requests:"));
+    assert_eq!(
+        requests[3],
+        u64::from(n),
+        "{}: not every counted request succeeded:\n{out}",
+        server.label
+    );
+}
+
+/// Per server and case: user-space instructions (callgrind) and system
+/// calls (perf) per request, over [`COUNTED_REQUESTS`] requests.
+struct Counted {
+    server: &'static str,
+    case: &'static str,
+    instructions: f64,
+    syscalls: f64,
+}
+
+/// `MAKIATTO_BENCH_INSTRUCTIONS=1`: system calls per request on the servers
+/// as they run, then each server restarted under callgrind and its
+/// instructions per request counted. Runs last: it leaves the servers under
+/// valgrind.
+fn count_per_request(
+    lab: &mut Lab,
+    client: &Client,
+    servers: &[Server],
+    node: &str,
+    nginx: (&str, &str, &str),
+    cases: &[&Case],
+) -> Vec<Counted> {
+    let counted: Vec<&&Case> = cases
+        .iter()
+        .filter(|c| matches!(c.key, "1k-h1" | "1k-h2"))
+        .collect();
+    let mut out = Vec::new();
+    let n = f64::from(COUNTED_REQUESTS);
+    let (ours, nginx_server) = (&servers[0], &servers[servers.len() - 1]);
+    for s in [ours, nginx_server] {
+        for case in &counted {
+            let pid = if s.label == "nginx" {
+                // The master does not serve; the workers do.
+                *s.pids.iter().max().expect("an nginx worker")
+            } else {
+                s.pids[0]
+            };
+            let ((), calls) = makiatto_harness::instructions::count_syscalls(pid, || {
+                fixed_requests(client, s, case, COUNTED_REQUESTS)
+            });
+            out.push(Counted {
+                server: s.label,
+                case: case.key,
+                instructions: 0.0,
+                syscalls: calls as f64 / n,
+            });
+        }
+    }
+    let dumps = lab.cluster.dir.path().join("callgrind");
+    std::fs::create_dir_all(&dumps).expect("the dump directory");
+    let prefix = makiatto_harness::instructions::callgrind_prefix(&dumps);
+    // Ours: the daemon again, in the foreground under callgrind.
+    lab.cluster.ok(&["local", "kill", node]);
+    let mut argv: Vec<&str> = vec!["local", "exec", node, "--"];
+    argv.extend(prefix.iter().map(String::as_str));
+    argv.extend(["/usr/local/bin/makiatto", "run"]);
+    let _ours = makiatto_harness::Process::spawn(
+        lab.cluster
+            .command(&argv)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let host = lab.cluster.state();
+    let ns = host
+        .hosts
+        .iter()
+        .find(|h| h.node == node)
+        .expect("the node's host")
+        .netns
+        .clone();
+    let mut valgrind_pid = None;
+    wait_until(
+        Duration::from_secs(120),
+        "our daemon serves under callgrind",
+        || {
+            valgrind_pid = netns_pids(&ns).into_iter().find(|p| {
+                let args = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                let args = String::from_utf8_lossy(&args);
+                args.contains("callgrind") && args.contains("makiatto")
+            });
+            valgrind_pid.is_some()
+                && fetch(&client.ns, &ours.addr, "1k.txt", false, &[]).1.len() == 1024
+        },
+    );
+    let ours_pid = valgrind_pid.expect("the daemon under callgrind");
+    let within = lab.cluster.exec_prefix(node);
+    for case in &counted {
+        let ((), ir) =
+            makiatto_harness::instructions::count_instructions(&within, ours_pid, &dumps, || {
+                fixed_requests(client, ours, case, COUNTED_REQUESTS)
+            });
+        if let Some(c) = out
+            .iter_mut()
+            .find(|c| c.server == "ours" && c.case == case.key)
+        {
+            c.instructions = ir as f64 / n;
+        }
+    }
+    // nginx: one process (no master) under callgrind, in its namespace.
+    let (ns, conf, error_log) = nginx;
+    let mut argv: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    argv.extend([
+        "nginx",
+        "-c",
+        conf,
+        "-e",
+        error_log,
+        "-g",
+        "daemon off; master_process off;",
+    ]);
+    let nginx_pid = lab.spawn_anchor(ns, &argv);
+    wait_until(
+        Duration::from_secs(60),
+        "nginx serves under callgrind",
+        || {
+            fetch(&client.ns, &nginx_server.addr, "1k.txt", false, &[])
+                .1
+                .len()
+                == 1024
+        },
+    );
+    let within = vec![
+        "ip".to_owned(),
+        "netns".into(),
+        "exec".into(),
+        ns.to_owned(),
+    ];
+    for case in &counted {
+        let ((), ir) =
+            makiatto_harness::instructions::count_instructions(&within, nginx_pid, &dumps, || {
+                fixed_requests(client, nginx_server, case, COUNTED_REQUESTS)
+            });
+        if let Some(c) = out
+            .iter_mut()
+            .find(|c| c.server == "nginx" && c.case == case.key)
+        {
+            c.instructions = ir as f64 / n;
+        }
+    }
+    out
 }
 
 /// Runs `f` under `perf record -g` of the server's processes when `dir`
@@ -533,7 +733,7 @@ fn make_site(project: &Path) -> PathBuf {
 
 /// nginx's certificate, configuration and directories under `dir`;
 /// returns the configuration file.
-fn nginx_conf(dir: &Path, addr: &str, root: &Path) -> PathBuf {
+fn nginx_conf(dir: &Path, addr: &str, root: &Path, workers: usize) -> PathBuf {
     for d in ["tmp", "logs"] {
         std::fs::create_dir_all(dir.join(d)).expect("nginx dir");
     }
@@ -558,7 +758,7 @@ fn nginx_conf(dir: &Path, addr: &str, root: &Path) -> PathBuf {
     let d = dir.display();
     let root = root.display();
     let conf = format!(
-        "user root;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log warn;\n\
+        "user root;\nworker_processes {workers};\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log warn;\n\
          events {{\n    worker_connections 4096;\n}}\n\
          http {{\n    include /etc/nginx/mime.types;\n    default_type application/octet-stream;\n    \
          charset utf-8;\n    access_log off;\n    sendfile on;\n    tcp_nopush on;\n    tcp_nodelay on;\n    \
@@ -636,11 +836,23 @@ fn main() {
         eprintln!("bringing up one node ({name})");
         lab.up(1, &file, &["--no-ca"])
     };
+    // `MAKIATTO_BENCH_PINNED=1`: every server on CPU 0 with one worker,
+    // the load on CPU 1 (ours restarted under taskset, so it sizes itself).
+    let placement = Placement::from_env();
+    if placement.pinned() {
+        for n in &nodes {
+            lab.cluster.restart_daemon(&n.node, &placement.server());
+        }
+    }
     let node = nodes[0].clone();
     let nginx_ns = format!("mkhttp-{name}-nginx");
     let client_ns = format!("mkhttp-{name}-client");
     let nginx_addr = lab.anchor_namespace(&nginx_ns, "wn");
     lab.client_namespace(&client_ns, "wc");
+    let client = Client {
+        ns: client_ns.clone(),
+        placement,
+    };
     // Two s_time clients make ~5,000 connections a second: room for them.
     for setting in [
         "net.ipv4.ip_local_port_range=1024 65535",
@@ -677,28 +889,33 @@ fn main() {
         );
     }
 
-    let conf = nginx_conf(&lab.cluster.dir.path().join("nginx"), &nginx_addr, &site);
+    let conf = nginx_conf(
+        &lab.cluster.dir.path().join("nginx"),
+        &nginx_addr,
+        &site,
+        placement.workers(),
+    );
     let conf_arg = conf.to_str().expect("utf-8");
     let error_log = lab.cluster.dir.path().join("nginx/logs/error.log");
-    let nginx_pid = lab.spawn_anchor(
-        &nginx_ns,
-        &[
-            "nginx",
-            "-c",
-            conf_arg,
-            "-e",
-            error_log.to_str().expect("utf-8"),
-            "-g",
-            "daemon off;",
-        ],
-    );
+    let mut argv = placement.server();
+    argv.extend([
+        "nginx",
+        "-c",
+        conf_arg,
+        "-e",
+        error_log.to_str().expect("utf-8"),
+        "-g",
+        "daemon off;",
+    ]);
+    let nginx_pid = lab.spawn_anchor(&nginx_ns, &argv);
     wait_until(Duration::from_secs(20), "nginx serves the site", || {
         fetch(&client_ns, &nginx_addr, "1k.txt", false, &[]).1 == source[1].1
     });
     let nginx_pids = netns_pids(&nginx_ns);
     assert!(
-        nginx_pids.contains(&nginx_pid) && nginx_pids.len() == 3,
-        "nginx: a master and 2 workers, found {nginx_pids:?}"
+        nginx_pids.contains(&nginx_pid) && nginx_pids.len() == 1 + placement.workers(),
+        "nginx: a master and {} workers, found {nginx_pids:?}",
+        placement.workers()
     );
     let ours_pid = daemon_pid(&node.netns).expect("the node's `makiatto run` process");
 
@@ -764,7 +981,7 @@ fn main() {
         for round in 0..ROUNDS {
             for k in 0..servers.len() {
                 let i = (k + round) % servers.len();
-                runs[i].push(measure(&client_ns, &servers[i], case));
+                runs[i].push(measure(&client, &servers[i], case));
             }
         }
         results.push(runs);
@@ -774,7 +991,7 @@ fn main() {
             for s in &servers {
                 let name = format!("{}-{}", case.key, s.label);
                 eprint!("profiled, not counted: ");
-                profiled(Some(dir), &name, &s.pids, || measure(&client_ns, s, case));
+                profiled(Some(dir), &name, &s.pids, || measure(&client, s, case));
             }
         }
     }
@@ -782,9 +999,22 @@ fn main() {
     let ours_mem = memory_kib(&[ours_pid]);
     let ours_hwm = proc_kib(ours_pid, "status", "VmHWM");
     let nginx_mem = memory_kib(&nginx_pids);
+    let counted = if std::env::var("MAKIATTO_BENCH_INSTRUCTIONS").as_deref() == Ok("1") {
+        count_per_request(
+            &mut lab,
+            &client,
+            &servers,
+            &node.node,
+            (&nginx_ns, conf_arg, error_log.to_str().expect("utf-8")),
+            &cases,
+        )
+    } else {
+        Vec::new()
+    };
 
     let mut rows: Vec<(String, String)> = vec![
         ("load average at start".into(), loadavg.trim().to_owned()),
+        ("placement".into(), placement.label().to_owned()),
         (
             "rounds".into(),
             format!("best of {ROUNDS} alternating rounds of {SECONDS} s"),
@@ -920,6 +1150,37 @@ fn main() {
         "memory nginx (master + 2 workers): RSS / PSS".into(),
         format!("{:.1} / {:.1} MiB", mib(nginx_mem.0), mib(nginx_mem.1)),
     ));
+    let mut json_counted = Vec::new();
+    for key in ["1k-h1", "1k-h2"] {
+        let of = |server: &str| counted.iter().find(|c| c.case == key && c.server == server);
+        if let (Some(o), Some(n)) = (of("ours"), of("nginx")) {
+            rows.push((
+                format!("{key}: user-space instructions per request, ours / nginx"),
+                format!(
+                    "{:.0} / {:.0} (ratio {:.2})",
+                    o.instructions,
+                    n.instructions,
+                    o.instructions / n.instructions
+                ),
+            ));
+            rows.push((
+                format!("{key}: system calls per request, ours / nginx"),
+                format!(
+                    "{:.2} / {:.2} (ratio {:.2})",
+                    o.syscalls,
+                    n.syscalls,
+                    o.syscalls / n.syscalls
+                ),
+            ));
+        }
+        for c in counted.iter().filter(|c| c.case == key) {
+            json_counted.push(json!({
+                "server": c.server, "case": c.case,
+                "instructions_per_request": c.instructions,
+                "syscalls_per_request": c.syscalls,
+            }));
+        }
+    }
     let rows_ref: Vec<(&str, String)> = rows.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     print_table("http: makiatto vs nginx 1.22 (1 node, 2 cores)", &rows_ref);
     let mut fields = json!({
@@ -928,6 +1189,8 @@ fn main() {
         "peak_rss_kib": { "ours": ours_hwm },
         "seconds": SECONDS,
         "rounds": ROUNDS,
+        "pinned": placement.pinned(),
+        "per_request_counts": json_counted,
     });
     if let Some(m) = fields.as_object_mut() {
         m.extend(json_cases);

@@ -3,7 +3,7 @@
 //! load throughout: HTTPS keep-alive over HTTP/1.1 and HTTP/2, HTTPS with a
 //! new connection (a full TLS handshake) per request, and DNS over UDP,
 //! one client of each against every node, from a namespace of their own
-//! (`makiatto_harness::load`).
+//! (`makiatto_harness::traffic`).
 //!
 //! The anchor is the same clients' latency before the rollout, in the
 //! same run: reported are failures (the goal is 0), requests sent again
@@ -19,7 +19,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use makiatto_harness::load::{Kind, Latency, Load, Plan, Tally};
+use makiatto_harness::traffic::{Kind, Latency, Load, Plan, Tally};
 use makiatto_harness::{Cluster, Namespace, example_project, require_root, wait_until};
 
 fn main() {

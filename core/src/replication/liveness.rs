@@ -73,8 +73,24 @@ impl Heartbeat {
         postcard::to_allocvec(self).map_err(FrameError::Encode)
     }
 
+    /// The datagram's bytes with the sender's wall clock (Unix ms) after
+    /// the heartbeat: an older node decodes the heartbeat alone (postcard
+    /// ignores what follows a value), a newer one learns the sender's
+    /// clock from it.
+    pub fn encode_with_clock(&self, clock_millis: u64) -> Result<Vec<u8>, FrameError> {
+        let mut bytes = self.encode()?;
+        bytes.extend(postcard::to_allocvec(&clock_millis).map_err(FrameError::Encode)?);
+        Ok(bytes)
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Heartbeat, FrameError> {
         postcard::from_bytes(bytes).map_err(FrameError::Decode)
+    }
+
+    /// The heartbeat and the sender's clock, when it sent one.
+    pub fn decode_with_clock(bytes: &[u8]) -> Result<(Heartbeat, Option<u64>), FrameError> {
+        let (beat, rest) = postcard::take_from_bytes(bytes).map_err(FrameError::Decode)?;
+        Ok((beat, postcard::from_bytes(rest).ok()))
     }
 }
 
@@ -83,6 +99,10 @@ impl Heartbeat {
 pub struct LastHeard {
     pub at: Option<Moment>,
     pub heartbeat: Option<Heartbeat>,
+    /// The peer's clock less this node's when its last heartbeat that
+    /// carried a clock arrived (milliseconds; the time in flight, well
+    /// under a second on a mesh, counts against the peer).
+    pub clock_offset_millis: Option<i64>,
 }
 
 /// What a heartbeat asks of this node.
@@ -133,6 +153,40 @@ impl Liveness {
             theirs,
             ours: held,
         })
+    }
+
+    /// A heartbeat from `key` carried its clock, `theirs`, which arrived
+    /// when this node's read `ours` (both Unix ms).
+    pub fn clock_heard(&mut self, key: &AuthorKey, theirs: u64, ours: u64) {
+        if let Some(last) = self.peers.get_mut(key) {
+            last.clock_offset_millis = Some(theirs as i64 - ours as i64);
+        }
+    }
+
+    /// How far this node's clock is ahead of the cluster's (milliseconds):
+    /// the median of the clocks of this node and its live peers that send
+    /// theirs, taken from this node's, negated; `None` with no such peer.
+    /// One clock gone wrong among three moves the median little, so a node
+    /// is told its own clock is off, not its neighbour's.
+    pub fn clock_ahead_of_peers(&self, peers: &[Member], now: Moment) -> Option<i64> {
+        let mut offsets: Vec<i64> = peers
+            .iter()
+            .filter(|p| self.alive(&p.key, now))
+            .filter_map(|p| self.peers.get(&p.key)?.clock_offset_millis)
+            .collect();
+        if offsets.is_empty() {
+            return None;
+        }
+        // This node's own clock, offset nothing from itself.
+        offsets.push(0);
+        offsets.sort_unstable();
+        let n = offsets.len();
+        let median = if n % 2 == 1 {
+            offsets[n / 2]
+        } else {
+            (offsets[n / 2 - 1] + offsets[n / 2]) / 2
+        };
+        Some(-median)
     }
 
     /// Heard from within [`DEAD_AFTER`].
@@ -279,6 +333,48 @@ mod tests {
         table.heard(identity(&me), &b, beat(&b, &ours), &ours, at(2_000));
         assert!(table.in_sync(&peers, &ours.digest(), at(3_500)));
         assert_eq!(table.live(&peers, at(3_500)), vec![&b]);
+    }
+
+    #[test]
+    fn a_clock_after_a_heartbeat_is_read_by_new_nodes_and_ignored_by_old_ones() {
+        let beat = Heartbeat::new(identity(&member(2)), &vv(3), Load::default());
+        let bytes = beat.encode_with_clock(1_700_000_000_123).unwrap();
+        // An older node reads the heartbeat alone, as it always did.
+        assert_eq!(Heartbeat::decode(&bytes).unwrap(), beat);
+        assert_eq!(
+            Heartbeat::decode_with_clock(&bytes).unwrap(),
+            (beat.clone(), Some(1_700_000_000_123))
+        );
+        // An older node's heartbeat carries no clock.
+        assert_eq!(
+            Heartbeat::decode_with_clock(&beat.encode().unwrap()).unwrap(),
+            (beat, None)
+        );
+    }
+
+    #[test]
+    fn a_node_far_from_its_peers_median_clock_is_told_apart_from_one_skewed_peer() {
+        let (me, b, c, d) = (member(1), member(2), member(3), member(4));
+        let peers = [b.clone(), c.clone(), d.clone()];
+        let mut table = Liveness::default();
+        assert_eq!(table.clock_ahead_of_peers(&peers, at(0)), None);
+        for p in &peers {
+            let beat = Heartbeat::new(identity(p), &vv(1), Load::default());
+            table.heard(identity(&me), p, beat, &vv(1), at(0));
+        }
+        // One peer ten minutes ahead, the others right: this node is fine
+        // (the median of 0, 20, -10 and ten minutes is 10 ms).
+        table.clock_heard(&b.key, 1_000_000 + 600_000, 1_000_000);
+        table.clock_heard(&c.key, 1_000_020, 1_000_000);
+        table.clock_heard(&d.key, 999_990, 1_000_000);
+        assert_eq!(table.clock_ahead_of_peers(&peers, at(100)), Some(-10));
+        // This node ten minutes ahead: every peer is behind it.
+        for p in &peers {
+            table.clock_heard(&p.key, 1_000_000, 1_600_000);
+        }
+        assert_eq!(table.clock_ahead_of_peers(&peers, at(100)), Some(600_000));
+        // Peers no longer heard do not count.
+        assert_eq!(table.clock_ahead_of_peers(&peers, at(10_000)), None);
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! - [`schedule`]: one session per peer at a time (a push meanwhile runs
 //!   one more), one catch-up at a time.
 //! - [`anti_entropy`]: the peer of the periodic session.
+//! - [`own_feed`]: after a restart, whether the node has learnt its own
+//!   feed's tip from a peer and may sign.
 //! - [`fetch`]: blob and version fetches: what a connection's first frame
 //!   opens, and which peer is asked first.
 //!
@@ -35,12 +37,14 @@ pub mod anti_entropy;
 pub mod fetch;
 pub mod frame;
 pub mod liveness;
+pub mod own_feed;
 pub mod schedule;
 pub mod session;
 pub mod topology;
 
 pub use frame::{Features, Fetch, FetchVersion, Frame, FrameError, Hello, PROTOCOL, VersionAhead};
 pub use liveness::{DEAD_AFTER, HEARTBEAT_EVERY, Hearing, Heartbeat, Liveness, Moment};
+pub use own_feed::{OwnFeed, SignGate};
 pub use schedule::Schedule;
 pub use session::{
     AHEAD_KEPT, AHEAD_MAX_BYTES, BATCH_BYTES, FRAME_TIMEOUT, FeedRead, Handshake, Inbound,

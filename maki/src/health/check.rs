@@ -354,6 +354,9 @@ fn node_checks(f: &mut Findings, n: &Observed, best: &BTreeMap<AuthorKey, u64>, 
             ),
         );
     }
+    for (severity, message) in clock_problems(h) {
+        f.add(name, severity, "clock", message);
+    }
     if h.replication.bad_events > 0 {
         f.add(
             name,
@@ -726,6 +729,43 @@ fn geo_checks(f: &mut Findings, nodes: &[Observed]) {
     }
 }
 
+/// A node's clock this far from its peers' median (as their heartbeats
+/// carry it) is wrong: clocks kept by NTP agree within milliseconds, and
+/// stamps a node signs, TLS validity and logs all read it.
+const CLOCK_OFF_AFTER_MS: u64 = 5_000;
+
+/// What a node's clock says is wrong: far from its peers', or events held
+/// for a stamp ahead of it (someone's clock runs ahead). Warnings: the node
+/// still answers; what it cannot apply yet shows as lag.
+fn clock_problems(h: &HealthReport) -> Vec<(Severity, String)> {
+    let mut problems = Vec::new();
+    if let Some(ms) = h
+        .clock_ahead_of_peers_ms
+        .filter(|ms| ms.unsigned_abs() > CLOCK_OFF_AFTER_MS)
+    {
+        problems.push((
+            Severity::Warning,
+            format!(
+                "its clock is {} s {} its peers' (their median): set it right (NTP); \
+                 events it signs are held by its peers past log.max_clock_skew",
+                ms.unsigned_abs() / 1000,
+                if ms > 0 { "ahead of" } else { "behind" }
+            ),
+        ));
+    }
+    if h.held_ahead_of_clock > 0 {
+        problems.push((
+            Severity::Warning,
+            format!(
+                "{} events from peers are stamped ahead of this node's clock past log.max_clock_skew \
+                 and wait for it (a clock runs ahead somewhere: see which node's is off)",
+                h.held_ahead_of_clock
+            ),
+        ));
+    }
+    problems
+}
+
 /// Clocks within a second of each other (beyond what the round trips
 /// leave uncertain).
 fn clock_checks(f: &mut Findings, nodes: &[Observed]) {
@@ -985,6 +1025,31 @@ mod tests {
         // Node c hears only itself: its answer may differ.
         probe_of(&mut nodes[2]).view = vec!["c".into()];
         assert!(evaluate(&nodes, NOW).is_empty());
+    }
+
+    #[test]
+    fn a_clock_far_from_the_peers_median_or_held_events_are_problems() {
+        let fine = HealthReport {
+            clock_ahead_of_peers_ms: Some(-1_200),
+            ..HealthReport::default()
+        };
+        assert!(clock_problems(&fine).is_empty());
+        let ahead = HealthReport {
+            clock_ahead_of_peers_ms: Some(600_000),
+            held_ahead_of_clock: 0,
+            ..HealthReport::default()
+        };
+        let p = clock_problems(&ahead);
+        assert!(p[0].1.contains("600 s ahead of its peers'"), "{p:?}");
+        let holding = HealthReport {
+            held_ahead_of_clock: 3,
+            ..HealthReport::default()
+        };
+        assert!(
+            clock_problems(&holding)[0]
+                .1
+                .contains("3 events from peers")
+        );
     }
 
     #[test]

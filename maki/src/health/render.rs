@@ -33,6 +33,9 @@ pub struct NodeRow {
     rejected_from_peers: Option<u64>,
     /// The GeoIP database it places visitors with.
     geoip: Option<GeoIpLoaded>,
+    /// Images on the fly (from daemons that have them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    images: Option<makiatto_protocol::health::ImagesReport>,
     /// How many nodes its probe reached over DNS and HTTPS, of how many
     /// checks (none when it was not probed from).
     probed: Option<(usize, usize)>,
@@ -106,6 +109,7 @@ pub fn rows(observed: &[Observed], findings: &[Finding]) -> Vec<NodeRow> {
                     .and_then(|h| h.dns.as_ref())
                     .and_then(|d| d.geoip_database.as_ref())
                     .and_then(|g| g.loaded.clone()),
+                images: h.and_then(|h| h.http.images.clone()),
                 probed: match &o.probe {
                     Probed::Report(r) => {
                         let checks = r.targets.iter().map(|t| t.dns.len() + t.https.len()).sum();
@@ -200,6 +204,18 @@ pub fn print(report: &Report) {
         if let Some((answered, checks)) = r.probed {
             println!(
                 "    probed every node from here: {answered} of {checks} DNS and HTTPS checks answered"
+            );
+        }
+        if let Some(i) = &r.images {
+            println!(
+                "    images: {} made, {} from cache ({} of {} MiB), {} refused when busy, {} timed out, {} pool threads",
+                i.made,
+                i.cache_hits,
+                i.cache_bytes >> 20,
+                i.cache_limit >> 20,
+                i.busy,
+                i.timed_out,
+                i.pool_threads
             );
         }
         for p in &r.peers {

@@ -7,9 +7,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use makiatto_core::replication::{DEAD_AFTER, Member};
+use makiatto_core::replication::{DEAD_AFTER, Member, SignGate};
 use makiatto_events::AuthorKey;
-use makiatto_protocol::health::{HealthReport, PeerHealth, ReplicationTotals};
+use makiatto_protocol::health::{HealthReport, OwnFeedState, PeerHealth, ReplicationTotals};
 
 use super::Gossip;
 use super::liveness::read_load;
@@ -148,6 +148,7 @@ impl Gossip {
                 .as_ref()
                 .and_then(|l| l.at)
                 .map(|at| now.since(at).as_millis() as u64);
+            let clock_offset_ms = heard.as_ref().and_then(|l| l.clock_offset_millis);
             let beat = heard.and_then(|l| l.heartbeat);
             let link = links.get(p.wg.as_bytes());
             peers.push(PeerHealth {
@@ -168,8 +169,14 @@ impl Gossip {
                 events_received: h.map_or(0, |h| h.events_in),
                 events_sent: h.map_or(0, |h| h.events_out),
                 bad_events: h.map_or(0, |h| h.bad_events),
+                clock_offset_ms,
             });
         }
+        let clock_ahead_of_peers_ms = self
+            .liveness
+            .with_table(|table| table.clock_ahead_of_peers(&t.peers, now))
+            .flatten();
+        let held_ahead_of_clock = self.read(|r| Ok(r.held_ahead_of_clock())).unwrap_or(0);
         HealthReport {
             node: t.me.as_ref().map(|m| m.name.to_string()),
             mesh_addr: t.me.as_ref().map(|m| m.mesh.to_string()),
@@ -178,6 +185,15 @@ impl Gossip {
             load: read_load(self.started),
             peers,
             replication: self.health.totals(),
+            clock_ahead_of_peers_ms,
+            held_ahead_of_clock,
+            own_feed: Some(match self.liveness.sign_gate() {
+                SignGate::Learnt => OwnFeedState::Learnt,
+                SignGate::Waiting { left } => OwnFeedState::Waiting {
+                    left_secs: left.as_secs(),
+                },
+                SignGate::Unconfirmed => OwnFeedState::Unconfirmed,
+            }),
             ..HealthReport::default()
         }
     }

@@ -27,7 +27,7 @@ impl Gossip {
             return;
         };
         let beat = Heartbeat::new(identity, &vv, read_load(self.started));
-        let Ok(bytes) = beat.encode() else {
+        let Ok(bytes) = beat.encode_with_clock(crate::clock::now_millis()) else {
             return;
         };
         for peer in &topology.peers {
@@ -46,7 +46,8 @@ impl Gossip {
         else {
             return;
         };
-        let Ok(beat) = Heartbeat::decode(bytes) else {
+        let received_at = crate::clock::now_millis();
+        let Ok((beat, clock)) = Heartbeat::decode_with_clock(bytes) else {
             tracing::debug!(%from, "a heartbeat that does not decode");
             return;
         };
@@ -54,12 +55,17 @@ impl Gossip {
             return;
         };
         let now = self.liveness.now();
-        let Some(Some(hearing)) = self
-            .liveness
-            .with_table(|t| t.heard(identity, peer, beat, &vv, now))
-        else {
+        let same_log = beat.vv_digest == vv.digest();
+        let Some(Some(hearing)) = self.liveness.with_table(|t| {
+            let hearing = t.heard(identity, peer, beat, &vv, now);
+            if let (Some(_), Some(theirs)) = (&hearing, clock) {
+                t.clock_heard(&peer.key, theirs, received_at);
+            }
+            hearing
+        }) else {
             return;
         };
+        self.liveness.heard_digest(same_log);
         if hearing.back_up {
             // A peer (back) up may hold blobs the content follower waits for.
             self.changes.peer_up();

@@ -24,6 +24,10 @@
 //! - **Blobs (TCP)**: `Fetch` and `FetchVersion` connections, for the
 //!   content follower ([`PeerBlobs`]).
 //! - **Anti-entropy**: every 15 s, a session with one live peer at random.
+//! - **Held events**: events a peer sent stamped further ahead of this
+//!   node's clock than `log.max_clock_skew` wait in the log
+//!   (`makiatto_core::skew`); every second, those the clock has reached
+//!   are admitted.
 //!
 //! # Layout
 //! - `wire`: frames read and written on the mesh's connections (timeouts,
@@ -108,7 +112,27 @@ impl Gossip {
         tokio::spawn(gossip.clone().endpoint());
         tokio::spawn(gossip.clone().anti_entropy());
         tokio::spawn(gossip.clone().pushes());
+        tokio::spawn(gossip.clone().releases());
         gossip
+    }
+
+    /// Every second, admits the events held for their stamp that the
+    /// clock has reached (`makiatto_core::skew`).
+    async fn releases(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = crate::clock::now_millis();
+            let due = self
+                .read(|r| Ok(r.next_held_due()))
+                .ok()
+                .flatten()
+                .is_some_and(|due| due <= now);
+            if due && let Err(e) = self.release_held().await {
+                tracing::warn!(error = %format!("{e:#}"), "admitting held events failed");
+            }
+        }
     }
 
     /// Follows a change of the peers projection.

@@ -178,6 +178,9 @@ impl Gossip {
                     }
                     Received::Done => {
                         self.finish_takes(peer, takes).await;
+                        // Everything the peer held is here now, this
+                        // node's own feed included.
+                        self.liveness.session_completed();
                         return anyhow::Ok(received);
                     }
                 }
@@ -198,8 +201,12 @@ impl Gossip {
         let committer = self.committer.clone();
         let mesh = self.mesh.clone();
         let (ingested, topology) = tokio::task::spawn_blocking(move || {
-            let ingested =
-                control::ingest(&replica, &committer, batch.into_iter().map(Ok).collect())?;
+            let ingested = control::ingest(
+                &replica,
+                &committer,
+                batch.into_iter().map(Ok).collect(),
+                control::Arrival::Replicated,
+            )?;
             let topology = (ingested.stored > 0)
                 .then(|| crate::topology::follow_peers(&replica, &mesh))
                 .flatten();
@@ -227,6 +234,39 @@ impl Gossip {
             );
         }
         Ok(ingested.stored as u64)
+    }
+
+    /// Admits the events held for their stamp that the clock has reached
+    /// (`makiatto_core::skew`): an empty commit releases them.
+    pub(super) async fn release_held(&self) -> anyhow::Result<usize> {
+        let replica = self.replica.clone();
+        let committer = self.committer.clone();
+        let mesh = self.mesh.clone();
+        let (committed, topology) = tokio::task::spawn_blocking(move || {
+            let ingested = control::ingest(
+                &replica,
+                &committer,
+                Vec::new(),
+                control::Arrival::Replicated,
+            )?;
+            let topology = (ingested.committed > 0)
+                .then(|| crate::topology::follow_peers(&replica, &mesh))
+                .flatten();
+            Ok::<_, String>((ingested.committed, topology))
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(t) = topology {
+            self.set_topology(t);
+        }
+        if committed > 0 {
+            tracing::info!(
+                events = committed,
+                "events held for their stamp are admitted: the clock reached them"
+            );
+            self.changes.stored();
+        }
+        Ok(committed)
     }
 
     /// Records a session's outcome; returns whether it succeeded.

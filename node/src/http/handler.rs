@@ -19,12 +19,13 @@ use nix::errno::Errno;
 
 use super::request::{self, BadPath, Coding, Ranged, Target};
 use super::routes::{Route, Routes, SiteVersion};
+use crate::images::params::Params;
 
 /// The body of every response: bytes in memory (most answers, without a
 /// box of their own), or a stream read from a large file.
 pub type Body = Either<Full<Bytes>, BoxBody<Bytes, io::Error>>;
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub(super) fn full(bytes: impl Into<Bytes>) -> Body {
     Either::Left(Full::new(bytes.into()))
 }
 
@@ -82,7 +83,7 @@ pub struct Ctx {
 /// Where the CA looks for HTTP-01 key authorizations.
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 
-fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+pub(super) fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     let body = message.into() + "\n";
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
@@ -95,7 +96,7 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     r
 }
 
-fn empty() -> Body {
+pub(super) fn empty() -> Body {
     full(Bytes::new())
 }
 
@@ -216,6 +217,15 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
             return text(status, format!("no site named {host} is served here"));
         }
     };
+    // Image parameters: a bad value is 400 whatever the file; none of
+    // ours (no query, `?v=3`) is a plain static request.
+    let params = match req.uri().query() {
+        None => None,
+        Some(q) => match Params::parse(q, ctx.http.images.max_output()) {
+            Ok(p) => p,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+    };
     let path = req.uri().path();
     let key = match request::target(path) {
         Ok(Target::File { key, dir }) => {
@@ -254,7 +264,15 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
         Err(BadPath::Malformed) => return text(StatusCode::BAD_REQUEST, "malformed path"),
     };
     match key.and_then(|k| site.manifest.files.get(k.as_ref())) {
-        Some(entry) => serve(ctx, &site, entry, StatusCode::OK, req.headers(), head).await,
+        Some(entry) => {
+            if let Some(p) = &params
+                && let Some(r) =
+                    super::rendition::respond(ctx, &site, entry, p, req.headers(), head).await
+            {
+                return r;
+            }
+            serve(ctx, &site, entry, StatusCode::OK, req.headers(), head).await
+        }
         None => match site.manifest.files.get("404.html").filter(|_| site.has_404) {
             Some(entry) => {
                 serve(
@@ -272,7 +290,7 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
     }
 }
 
-fn cache_control(content_type: &str, status: StatusCode) -> &'static str {
+pub(super) fn cache_control(content_type: &str, status: StatusCode) -> &'static str {
     if status != StatusCode::OK {
         "public, max-age=60"
     } else if content_type.starts_with("text/html") {

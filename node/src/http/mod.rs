@@ -7,6 +7,8 @@
 //! - [`routes`]: host → deployed site version, one immutable snapshot.
 //! - [`variants`]: br/zstd/gzip prepared when a version is deployed.
 //! - [`handler`]: one request, from the snapshot and the blob store.
+//! - [`rendition`]: a file asked with image parameters (`?w=…`), from
+//!   the image service (`crate::images`).
 //! - [`server`]: sockets, TLS, hyper.
 //! - [`gather`]: an HTTP/2 connection's writes sent together.
 //!
@@ -15,6 +17,7 @@
 
 pub mod gather;
 pub mod handler;
+pub mod rendition;
 pub mod request;
 pub mod routes;
 pub mod server;
@@ -33,7 +36,9 @@ use crate::blobs::BlobStore;
 use crate::changes::Changes;
 use crate::content::Content;
 use crate::handover::Handover;
+use crate::images::{self, Images};
 use crate::replica::Replica;
+use crate::work_pool::WorkPool;
 
 /// How often unused variants are deleted.
 const VARIANT_GC_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -50,6 +55,8 @@ pub struct Http {
     prepared: Mutex<std::collections::HashSet<Blake3Hash>>,
     /// Responses by status class (1xx … 5xx).
     statuses: [AtomicU64; 5],
+    /// Images on the fly: renditions, their cache, the CPU pool.
+    pub images: Arc<Images>,
 }
 
 impl Http {
@@ -60,8 +67,11 @@ impl Http {
         content: Arc<Content>,
         log: Changes,
         ports: server::Ports,
+        pool: Arc<WorkPool>,
         handover: &Handover,
     ) -> anyhow::Result<Arc<Http>> {
+        let settings = replica.lock().map(|mut r| r.settings()).unwrap_or_default();
+        let images = Arc::new(Images::new(pool, images::Config::from_settings(&settings)));
         let http = Arc::new(Http {
             routes: ArcSwap::from_pointee(routes::Routes::default()),
             blobs: content.blobs().clone(),
@@ -71,6 +81,7 @@ impl Http {
             challenges: ArcSwap::from_pointee(HashMap::new()),
             prepared: Mutex::new(Default::default()),
             statuses: Default::default(),
+            images,
         });
         // Subscribed before the first build, so no change falls between.
         let mut deployed = content.changes();
@@ -117,9 +128,16 @@ impl Http {
     /// configured domains and aliases; versions seen for the first time get
     /// their variants prepared (then the routes are made again).
     fn rebuild(self: Arc<Self>, replica: &Arc<Mutex<Replica>>, content: &Arc<Content>) {
-        let Some((domains, published)) = replica.lock().ok().map(|mut r| r.domains()) else {
+        let Some((domains, published, settings)) = replica.lock().ok().map(|mut r| {
+            let (d, p) = r.domains();
+            (d, p, r.settings())
+        }) else {
             return;
         };
+        // The image settings follow the log; the rendition cache is not
+        // emptied by a rebuild (its keys are content hashes).
+        self.images
+            .configure(images::Config::from_settings(&settings));
         let mut versions = HashMap::new();
         // A version already served, with no variant made or gone since,
         // keeps its snapshot: a rebuild for an event, or for another
@@ -264,6 +282,7 @@ impl Http {
             .collect();
         let n = |i: usize| self.statuses[i].load(Ordering::Relaxed);
         HttpReport {
+            images: Some(self.images.report()),
             hosts,
             sites,
             responses: StatusCounts {

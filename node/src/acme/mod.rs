@@ -19,18 +19,31 @@
 //!   it for HTTPS (and DoT for its own nameserver names), without a restart.
 //! - **When**: a name without a certificate, a certificate whose names no
 //!   longer match the configuration, one within 30 days of expiry, or a
-//!   renewal asked with `maki certs renew`. Failures back off (5 min
+//!   renewal asked with `maki certs renew`. Failures back off (`retry`):
+//!   an order that never reached the CA is tried again within seconds
+//!   (2 s doubling to 5 min) and at once when the CA answers again or a
+//!   peer comes back; an answer from the CA keeps the slow schedule (5 min
 //!   doubling to 6 h, so a name failing again and again stays under Let's
 //!   Encrypt's 5 failed validations per hour; at least 1 h when the CA
-//!   says rate limited); a renewal asked after a failure tries again at
+//!   says rate limited). A renewal asked after a failure tries again at
 //!   once. At 5 certificates for one exact set of names in 7 days (Let's
 //!   Encrypt's duplicate limit), nothing more is ordered for it until the
 //!   oldest ages out, renewals asked included.
+//! - **Signing**: an order signs events, so none starts before a peer
+//!   confirmed this node's own feed since it started
+//!   (`makiatto_core::replication::own_feed`).
 //! - With no `acme.directory` set, nothing is ordered: never a public CA by
 //!   default.
+//!
+//! # Layout
+//! - `retry`: why an order failed (the CA answered, or was never reached)
+//!   and when it is tried again.
+
+mod retry;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +53,8 @@ use instant_acme::{
     RetryPolicy,
 };
 use makiatto_core::GroupCommitter;
+use makiatto_core::replication::SignGate;
+use makiatto_core::replication::own_feed::LEARN_WITHIN;
 use makiatto_events::payload::{AcmeChallenge, CertificateIssued};
 use makiatto_events::{DomainName, Event, FeedWriter, Payload, SealedValue};
 use makiatto_protocol::health::{AcmeReport, DueCertificate, OrderFailure};
@@ -47,10 +62,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::sign::CertifiedKey;
 
 use crate::changes::Changes;
+use crate::clock::now_millis;
 use crate::control;
 use crate::keys::NodeKeys;
 use crate::liveness::Liveness;
 use crate::replica::Replica;
+use retry::{Failure, Failures};
 
 /// Renew this long before expiry.
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -60,17 +77,23 @@ const TICK: Duration = Duration::from_secs(10);
 /// per 7 days); at the limit the orderer waits for the oldest to age out.
 const DUPLICATE_LIMIT: usize = 5;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
-/// The first wait after a failure; it doubles. Five minutes keeps a name
-/// that keeps failing under Let's Encrypt's 5 failed validations per
-/// hour.
-const FIRST_BACKOFF: Duration = Duration::from_secs(300);
+/// How long the CA may take to answer the first requests of an order
+/// (the account, the new order) before the attempt counts as not
+/// reaching it.
+const FIRST_CONTACT_WITHIN: Duration = Duration::from_secs(30);
+/// While an order waits after failing to reach the CA, how often its
+/// address is tried (a TCP connection, which costs the CA nothing): when
+/// it answers, the order is made at once.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// Longest wait for live peers to hold a challenge before validation.
 const REPLICATION_WAIT: Duration = Duration::from_secs(10);
 
 /// What failed for a domain, and when to try again.
 #[derive(Debug, Clone)]
 struct Backoff {
-    failures: u32,
+    failures: Failures,
+    /// Why the last attempt failed.
+    last: Failure,
     /// The latest renewal request when it failed: a newer one (`maki
     /// certs renew`) tries again at once.
     renewal: Option<makiatto_events::Hlc>,
@@ -96,6 +119,8 @@ pub struct Acme {
     installed: Mutex<BTreeSet<makiatto_events::EventId>>,
     /// The domain being ordered now, if any.
     ordering: Mutex<Option<String>>,
+    /// Said in the log that it signs without a peer's word.
+    unconfirmed_said: AtomicBool,
 }
 
 /// Where and how to order: the cluster's ACME settings.
@@ -146,6 +171,7 @@ impl Acme {
             backoff: Mutex::new(HashMap::new()),
             installed: Mutex::new(BTreeSet::new()),
             ordering: Mutex::new(None),
+            unconfirmed_said: AtomicBool::new(false),
         });
         // Installing follows the log on its own: an order in progress (on
         // this node) must not hold back the challenges it opened.
@@ -163,13 +189,33 @@ impl Acme {
         let this = acme.clone();
         tokio::spawn(async move {
             let mut changes = this.log.watch();
+            let mut peers_up = this.log.watch_peers_up();
             loop {
                 if let Err(e) = this.clone().order_due().await {
                     tracing::warn!(error = %format!("{e:#}"), "certificate ordering failed");
                 }
+                let unreached = this.waiting_unreached();
+                // The next try of an order that never reached the CA, or
+                // the next look at the CA's address, if sooner than a tick.
+                let nap = match unreached {
+                    Some(next) => TICK
+                        .min(PROBE_EVERY)
+                        .min(next.saturating_duration_since(Instant::now()))
+                        .max(Duration::from_millis(500)),
+                    None => TICK,
+                };
                 tokio::select! {
                     c = changes.changed() => if c.is_err() { return },
-                    _ = tokio::time::sleep(TICK) => {}
+                    c = peers_up.changed() => {
+                        if c.is_err() { return }
+                        // The mesh is back: so, likely, is the route.
+                        this.retry_unreached_now("a peer is back up");
+                    }
+                    _ = tokio::time::sleep(nap) => {
+                        if unreached.is_some() && this.ca_answers().await {
+                            this.retry_unreached_now("the CA answers again");
+                        }
+                    }
                 }
             }
         });
@@ -322,6 +368,11 @@ impl Acme {
         if wanted.is_empty() || !self.is_orderer() {
             return Ok(());
         }
+        // An order signs events: not before a peer confirmed this node's
+        // feed (a node restored from an old backup would fork it).
+        if !self.may_sign() {
+            return Ok(());
+        }
         for w in wanted {
             let waiting = self.backoff.lock().is_ok_and(|b| {
                 b.get(&w.names[0])
@@ -344,20 +395,23 @@ impl Acme {
                     }
                 }
                 Err(e) => {
+                    let failure = retry::classify(&e);
                     let error = format!("{e:#}");
-                    let limited = error.contains("rateLimited") || error.contains("429");
                     if let Ok(mut b) = self.backoff.lock() {
-                        let failures = b.get(&w.names[0]).map_or(0, |b| b.failures) + 1;
-                        let mut wait = (FIRST_BACKOFF * (1 << (failures - 1).min(8)))
-                            .min(Duration::from_secs(6 * 3600));
-                        if limited {
-                            wait = wait.max(Duration::from_secs(3600));
-                        }
-                        tracing::warn!(certificate = %w.names[0], %error, retry_in_secs = wait.as_secs(), "certificate order failed");
+                        let before = b.get(&w.names[0]).map(|b| b.failures).unwrap_or_default();
+                        let (failures, wait) = before.after(failure);
+                        tracing::warn!(
+                            certificate = %w.names[0],
+                            %error,
+                            ca_reached = failure != Failure::Unreached,
+                            retry_in_secs = wait.as_secs(),
+                            "certificate order failed"
+                        );
                         b.insert(
                             w.names[0].clone(),
                             Backoff {
                                 failures,
+                                last: failure,
                                 renewal: w.renewal,
                                 next: Instant::now() + wait,
                                 error,
@@ -368,6 +422,56 @@ impl Acme {
             }
         }
         Ok(())
+    }
+
+    /// When the earliest order that never reached the CA is tried again,
+    /// if one waits.
+    fn waiting_unreached(&self) -> Option<Instant> {
+        self.backoff
+            .lock()
+            .ok()?
+            .values()
+            .filter(|b| b.last == Failure::Unreached)
+            .map(|b| b.next)
+            .min()
+    }
+
+    /// Tries every order that never reached the CA again now.
+    fn retry_unreached_now(&self, why: &str) {
+        let now = Instant::now();
+        let mut retried = 0;
+        if let Ok(mut b) = self.backoff.lock() {
+            for entry in b.values_mut() {
+                if entry.last == Failure::Unreached && entry.next > now {
+                    entry.next = now;
+                    retried += 1;
+                }
+            }
+        }
+        if retried > 0 {
+            tracing::info!(
+                orders = retried,
+                reason = why,
+                "retrying certificate orders that never reached the CA"
+            );
+        }
+    }
+
+    /// Whether the CA's address takes a TCP connection now (within
+    /// [`PROBE_EVERY`]): nothing is sent, so it costs the CA nothing.
+    async fn ca_answers(&self) -> bool {
+        let Some(directory) = self.due().0 else {
+            return false;
+        };
+        let Some((host, port)) = retry::ca_address(&directory.url) else {
+            return false;
+        };
+        tokio::time::timeout(
+            PROBE_EVERY,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .is_ok_and(|c| c.is_ok())
     }
 
     /// The ACME account for this directory, made once and kept in the data
@@ -413,14 +517,34 @@ impl Acme {
 
     async fn order(&self, directory: &Directory, w: &Wanted) -> anyhow::Result<()> {
         tracing::info!(certificate = %w.names[0], names = %w.names.join(", "), directory = %directory.url, "ordering a certificate");
-        let account = self
-            .account(&directory.url, directory.ca_root.as_deref())
-            .await?;
+        // The first contact is bounded: a CA that does not answer at all
+        // (its packets dropped) would otherwise hold the orderer for as
+        // long as TCP retries.
+        let no_answer = || {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer from the CA within {} s",
+                    FIRST_CONTACT_WITHIN.as_secs()
+                ),
+            )
+        };
+        let account = tokio::time::timeout(
+            FIRST_CONTACT_WITHIN,
+            self.account(&directory.url, directory.ca_root.as_deref()),
+        )
+        .await
+        .map_err(|_| anyhow::Error::new(no_answer()))
+        .with_context(|| format!("cannot reach the ACME directory {}", directory.url))??;
         let identifiers: Vec<Identifier> = w.names.iter().cloned().map(Identifier::Dns).collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .context("the CA refused the order")?;
+        let mut order = tokio::time::timeout(
+            FIRST_CONTACT_WITHIN,
+            account.new_order(&NewOrder::new(&identifiers)),
+        )
+        .await
+        .map_err(|_| anyhow::Error::new(no_answer()))
+        .context("the CA did not answer the order")?
+        .context("the CA refused the order")?;
         let mut opened = Vec::new();
         {
             let mut authzs = order.authorizations();
@@ -530,9 +654,34 @@ impl Acme {
         }
     }
 
+    /// Whether this node may sign now (`makiatto_core::replication::own_feed`):
+    /// once a peer confirmed its feed's tip since it started, or it has no
+    /// peer, or none answered within the wait (said once in the log).
+    fn may_sign(&self) -> bool {
+        match self.liveness.sign_gate() {
+            SignGate::Learnt => true,
+            SignGate::Waiting { .. } => false,
+            SignGate::Unconfirmed => {
+                if !self.unconfirmed_said.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        waited_secs = LEARN_WITHIN.as_secs(),
+                        "no peer confirmed this node's own feed since it started; signing on what it holds \
+                         (if its data directory was restored from an old backup, its feed forks)"
+                    );
+                }
+                true
+            }
+        }
+    }
+
     /// Signs `payloads` as this node, on top of its own feed, and appends
     /// them here; the mesh hands them to the others.
     async fn append(&self, payloads: Vec<Payload>) -> anyhow::Result<()> {
+        if !self.may_sign() {
+            bail!(
+                "this node has not learnt its own feed's tip from a peer since it started; nothing is signed yet"
+            );
+        }
         let replica = self.replica.clone();
         let committer = self.committer.clone();
         let signing = self.keys.signing.clone();
@@ -560,8 +709,8 @@ impl Acme {
                 parents = vec![(e.id(), e.hlc())];
                 raw.push(Ok(e.to_bytes().to_vec()));
             }
-            let ingested =
-                control::ingest(&replica, &committer, raw).map_err(anyhow::Error::msg)?;
+            let ingested = control::ingest(&replica, &committer, raw, control::Arrival::Replicated)
+                .map_err(anyhow::Error::msg)?;
             if let Some(bad) = ingested.bad.first() {
                 bail!("this node's own event was refused: {bad}");
             }
@@ -584,6 +733,7 @@ impl Acme {
             .unwrap_or_default();
         let backoff = self.backoff.lock().map(|b| b.clone()).unwrap_or_default();
         let ordering = self.ordering.lock().ok().and_then(|o| o.clone());
+        let orderer = self.is_orderer();
         let now = Instant::now();
         // Certificates at the CA's duplicate limit, and until when.
         let limited = certs
@@ -598,7 +748,7 @@ impl Acme {
             challenge: directory
                 .as_ref()
                 .map(|d| if d.dns01 { "dns-01" } else { "http-01" }.to_owned()),
-            orderer: self.is_orderer(),
+            orderer,
             ordering,
             due: due
                 .iter()
@@ -609,13 +759,18 @@ impl Acme {
                     limited_until_millis: w.limited_until,
                 })
                 .collect(),
+            // Only the orderer tries again: another node's failures (from
+            // when it ordered) have no schedule.
             failures: backoff
                 .iter()
+                .filter(|_| orderer)
                 .map(|(d, b)| OrderFailure {
                     certificate: d.clone(),
-                    failures: b.failures,
+                    failures: b.failures.total,
                     error: b.error.clone(),
                     retry_in_secs: b.next.saturating_duration_since(now).as_secs(),
+                    ca_unreached: b.last == Failure::Unreached,
+                    node: self.liveness.me().map(|n| n.to_string()),
                 })
                 .collect(),
             certificates: certs.names.clone(),
@@ -679,12 +834,6 @@ fn challenge_by_dns(base: &str, wildcard: bool, directory: &Directory) -> anyhow
         );
     }
     Ok(wildcard || (directory.dns01 && ours))
-}
-
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Opens a certificate's sealed key with this node's sealing secret.

@@ -1,0 +1,108 @@
+//! Instruction counts: what a server executes in user space for a fixed
+//! amount of work, the same whatever else the machine does (valgrind's
+//! callgrind counts instructions; it does not time them). Wall-clock A/B
+//! runs of two builds differ by 9–13% here, so a change of a few percent is
+//! judged by these counts instead.
+//!
+//! The server runs under `valgrind --tool=callgrind --collect-atstart=no`
+//! ([`callgrind_prefix`]); around the work, collection is switched on and
+//! off with `callgrind_control` (through vgdb, run where the server runs:
+//! test hosts have a private `/tmp`), and the dump's total `Ir` is read.
+//! System calls are counted apart, on the server running normally
+//! ([`count_syscalls`], perf's `raw_syscalls:sys_enter` tracepoint): under
+//! valgrind a server makes system calls of valgrind's own.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// The command-line prefix that runs a server under callgrind, collecting
+/// nothing until told to, its dumps written as `DIR/callgrind.out.<pid>`.
+pub fn callgrind_prefix(dir: &Path) -> Vec<String> {
+    vec![
+        "valgrind".into(),
+        "--tool=callgrind".into(),
+        "--collect-atstart=no".into(),
+        "--vgdb=yes".into(),
+        format!("--callgrind-out-file={}/callgrind.out.%p", dir.display()),
+    ]
+}
+
+/// `callgrind_control ARGS PID`, run by `within` (a command prefix that
+/// enters the server's namespaces, such as `ip netns exec NS`, or
+/// `maki local exec NODE --`).
+fn control(within: &[String], args: &[&str], pid: u32) {
+    let mut cmd = Command::new(&within[0]);
+    cmd.args(&within[1..])
+        .arg("callgrind_control")
+        .args(args)
+        .arg(pid.to_string())
+        .stdout(Stdio::null());
+    let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed");
+}
+
+/// The instructions (`Ir`) server `pid` (running under callgrind, see
+/// [`callgrind_prefix`]) executes while `work` runs, and work's result.
+/// Its dumps are in `dir`.
+pub fn count_instructions<T>(
+    within: &[String],
+    pid: u32,
+    dir: &Path,
+    work: impl FnOnce() -> T,
+) -> (T, u64) {
+    control(within, &["--zero"], pid);
+    control(within, &["--instr=on"], pid);
+    let out = work();
+    control(within, &["--instr=off"], pid);
+    control(within, &["--dump=counted"], pid);
+    let total = latest_total(dir, pid);
+    (out, total)
+}
+
+/// The total `Ir` of the newest dump of `pid` in `dir` (`summary:` or
+/// `totals:` line).
+fn latest_total(dir: &Path, pid: u32) -> u64 {
+    let prefix = format!("callgrind.out.{pid}");
+    let newest = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| panic!("no callgrind dump of {pid} in {}", dir.display()));
+    let text = std::fs::read_to_string(newest.path()).expect("the dump");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|n| n.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{}: no total", newest.path().display()))
+}
+
+/// The system calls the threads of `pid` make while `work` runs, and
+/// work's result (perf's `raw_syscalls:sys_enter`, counted per process).
+pub fn count_syscalls<T>(pid: u32, work: impl FnOnce() -> T) -> (T, u64) {
+    let perf = Command::new("perf")
+        .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p"])
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("perf starts (apt-get install linux-perf)");
+    // perf attaches before counting; a short wait keeps the first requests
+    // from slipping past it (they would only be undercounted).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = work();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(perf.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let report = perf.wait_with_output().expect("perf ends");
+    let text = String::from_utf8_lossy(&report.stderr);
+    let calls = text
+        .lines()
+        .find(|l| l.contains("raw_syscalls:sys_enter"))
+        .and_then(|l| l.split(',').next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("perf counted nothing:\n{text}"));
+    (out, calls)
+}
