@@ -4,8 +4,9 @@
 //! from a namespace of their own, while `maki machine upgrade` replaces
 //! all three nodes with a new build (each hands its sockets over, passes
 //! the health gate), `maki machine restart` restarts them, and a broken
-//! binary is refused with the cluster serving on. Not one request may
-//! fail. Needs root.
+//! binary is refused with the cluster serving on, and a broken build that
+//! passes its check but cannot start is rolled back. Not one request may
+//! fail. Needs root (and `cc`, for the broken build).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
 
@@ -208,10 +209,92 @@ fn upgrading_and_restarting_every_node_under_load_drops_nothing() {
             "{n}: nothing left behind"
         );
     }
-    let health = c.maki(&["health"]);
-    assert!(
-        health.status.success(),
-        "{}",
-        String::from_utf8_lossy(&health.stdout)
-    );
+
+    // A broken build that passes its check and then cannot start (a
+    // program that answers `handover-check` as this build does, and
+    // otherwise runs the kept previous binary on a data directory that
+    // cannot exist): the node's new image fails, its previous image takes
+    // the sockets back, `maki` rolls the binary back, and the cluster
+    // serves throughout.
+    let doomed = broken_build(&c);
+    let (tallies, began, ended) = under_load(&client, &plan, || {
+        let out = c.fails(&[
+            "machine",
+            "upgrade",
+            "--binary-path",
+            doomed.to_str().unwrap(),
+        ]);
+        assert!(
+            out.contains("failed its health gate")
+                && out.contains("the previous binary serves again")
+                && out.contains("rollout stopped"),
+            "{out}"
+        );
+    });
+    no_failures("a broken build rolled back", &tallies, began, ended);
+    for (n, before) in NODES.iter().zip(&installed) {
+        assert_eq!(
+            &c.exec(n, &["sha256sum", "/usr/local/bin/makiatto"]),
+            before,
+            "{n} has its binary back"
+        );
+    }
+    let first = daemon(&c, NODES[0]);
+    assert_eq!(first["pid"], pids[0], "the same process serves: {first}");
+    assert_eq!(first["last_handover"]["outcome"], "done", "{first}");
+    // Healthy, but for what depends on this machine rather than on the
+    // rollouts (its free disk and memory, the age of its GeoIP copy).
+    let health = c.maki(&["health", "--json"]);
+    let report: Value = serde_json::from_slice(&health.stdout).unwrap();
+    let wrong: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] != "note")
+        .filter(|f| !["disk", "memory"].contains(&f["check"].as_str().unwrap()))
+        .filter(|f| !(f["check"] == "geoip" && f["severity"] == "warning"))
+        .collect();
+    assert!(wrong.is_empty(), "after the rollouts: {wrong:#?}");
+}
+
+/// A build that passes `handover-check` (it answers as this build does)
+/// and cannot start: it runs the kept previous binary
+/// (`/usr/local/bin/makiatto.prev`, there while an upgrade is gated) on a
+/// data directory that cannot be made. An ELF of this machine, compiled
+/// with `cc`, as `maki` takes only executables of the node's architecture.
+fn broken_build(c: &Cluster) -> std::path::PathBuf {
+    let check = std::process::Command::new(c.daemon())
+        .arg("handover-check")
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let check = String::from_utf8(check.stdout).unwrap();
+    let literal = check.trim().replace('\\', "\\\\").replace('"', "\\\"");
+    let source = c.dir.path().join("broken.c");
+    std::fs::write(
+        &source,
+        format!(
+            r#"#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "handover-check") == 0) {{ puts("{literal}"); return 0; }}
+    execl("/usr/local/bin/makiatto.prev", "makiatto", "--data-dir",
+          "/proc/makiatto-cannot-be-here", "run", (char *)0);
+    return 1;
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let binary = c.dir.path().join("makiatto-doomed");
+    let cc = std::process::Command::new("cc")
+        .arg("-o")
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(cc.success(), "cc compiles the broken build");
+    binary
 }
