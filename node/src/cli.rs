@@ -1,7 +1,7 @@
 //! The `makiatto` command line: every subcommand, parsed (clap) and
 //! carried out by the modules it names. `main.rs` only calls [`main`].
 
-use crate::{blobs, control, daemon, dns, gossip, http, images, keys, replica, service};
+use crate::{blobs, control, daemon, dns, gossip, handover, http, images, keys, replica, service};
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -66,6 +66,19 @@ enum Command {
     },
     /// Stop the daemon started with `run --detach`.
     Stop,
+    /// Hand the running daemon's sockets over to a binary (default: the
+    /// one at the path it was started from, so a restart runs what is
+    /// there now) without closing any: an upgrade or restart that drops
+    /// nothing. Waits until the new image serves.
+    Reload {
+        /// The binary to run from now on.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
+    /// Print this binary's version and whether it takes sockets over (the
+    /// check a handover makes of the binary it hands over to).
+    #[command(hide = true)]
+    HandoverCheck,
     /// Install the service: a hardened systemd unit where systemd runs.
     Service {
         #[command(subcommand)]
@@ -172,7 +185,11 @@ enum DebugCommand {
 #[derive(Subcommand)]
 enum ServiceCommand {
     /// Write and enable the systemd unit (nothing to do without systemd).
-    Install,
+    Install {
+        /// Print the unit instead of installing it.
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -224,19 +241,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { detach: false } => {
-            let prepared = daemon::prepare(&data_dir)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let ports = dns::server::Ports {
-                dns: cli.dns_port,
-                dot: cli.dot_port,
-            };
-            let web = http::server::Ports {
-                http: cli.http_port,
-                https: cli.https_port,
-            };
-            runtime.block_on(daemon::run(data_dir, prepared, ports, web))?;
+            // Sockets an earlier image of this process handed over, and
+            // the way back to it should this binary fail to start.
+            let sockets = std::sync::Arc::new(handover::Sockets::inherit());
+            handover::arm_fallback(&sockets);
+            let origin = handover::Origin::from_env();
+            let started = (|| {
+                let prepared = daemon::prepare(&data_dir)?;
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                let ports = dns::server::Ports {
+                    dns: cli.dns_port,
+                    dot: cli.dot_port,
+                };
+                let web = http::server::Ports {
+                    http: cli.http_port,
+                    https: cli.https_port,
+                };
+                let handover = std::sync::Arc::new(handover::Handover::new(sockets, origin));
+                runtime.block_on(daemon::run(data_dir, prepared, ports, web, handover))
+            })();
+            if let Err(e) = &started {
+                handover::fall_back(&format!("{e:#}"));
+            }
+            started?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { binary } => {
+            service::reload(&data_dir, binary.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HandoverCheck => {
+            println!(
+                "{}",
+                serde_json::to_string(&makiatto_protocol::Version::ours())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Supervise => {
@@ -244,9 +284,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Service {
-            command: ServiceCommand::Install,
+            command: ServiceCommand::Install { print },
         } => {
-            service::install(&data_dir)?;
+            service::install(&data_dir, print)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stop => {
@@ -352,11 +392,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Running means answering, not merely having a pid.
             let running =
                 std::os::unix::net::UnixStream::connect(daemon::socket_path(&data_dir)).is_ok();
+            // What the daemon places visitors with (only it knows).
+            let geoip = running
+                .then(|| ask(&data_dir, op::Health {}).ok())
+                .flatten()
+                .and_then(|h| h.dns)
+                .and_then(|d| d.geoip_database);
+            if let Some(p) = geoip.as_ref().and_then(|g| g.problem.as_deref()) {
+                eprintln!("warning: {p}");
+            }
             let shown = makiatto_protocol::status::NodeStatus {
                 status,
                 daemon_pid: daemon.map(|p| p.as_raw()),
                 supervisor_pid: supervisor.map(|p| p.as_raw()),
                 running,
+                geoip,
             };
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(ExitCode::SUCCESS)
@@ -593,4 +643,28 @@ fn print_health(v: &makiatto_protocol::health::HealthReport) {
         "  replication: sessions {} ok, {} failed; events {} in, {} out; {} bad",
         r.sessions_ok, r.sessions_failed, r.events_in, r.events_out, r.bad_events
     );
+    if let Some(g) = v.dns.as_ref().and_then(|d| d.geoip_database.as_ref()) {
+        match &g.loaded {
+            Some(l) => println!(
+                "  GeoIP: {} built {}{}",
+                if l.database_type.is_empty() {
+                    "database"
+                } else {
+                    &l.database_type
+                },
+                jiff::Timestamp::from_second(l.built_unix_secs as i64).map_or_else(
+                    |_| "at an unknown time".to_owned(),
+                    |t| t.strftime("%Y-%m-%d").to_string()
+                ),
+                l.manifest.map_or_else(
+                    || " (this node's own copy)".to_owned(),
+                    |m| format!(" (manifest {})", m.short())
+                )
+            ),
+            None => println!("  GeoIP: none loaded"),
+        }
+        if let Some(p) = &g.problem {
+            println!("    {p}");
+        }
+    }
 }

@@ -306,17 +306,19 @@ impl Content {
     /// Deletes blobs no kept version references (docs/design.md, Content
     /// addressing): per domain the last `sites.keep_versions` versions, the
     /// live one and the one this node serves are kept, with their manifests
-    /// and every file they name.
+    /// and every file they name,
+    /// and so is the GeoIP database the log names.
     /// If a kept version's manifest is not here, nothing is collected (what
     /// it names is unknown).
     fn collect(&self) -> anyhow::Result<()> {
-        let (sites, keep_versions) = {
+        let (sites, settings) = {
             let mut r = self
                 .replica
                 .lock()
                 .map_err(|_| anyhow::anyhow!("replica lock poisoned"))?;
-            (r.sites(), r.settings().keep_versions() as usize)
+            (r.sites(), r.settings())
         };
+        let keep_versions = settings.keep_versions() as usize;
         let deployed = self.deployed.lock().map(|d| d.clone()).unwrap_or_default();
         let mut manifests: Vec<Blake3Hash> = Vec::new();
         for (name, site) in &sites.domains {
@@ -339,6 +341,17 @@ impl Content {
             let Ok(manifest) = Manifest::decode(&bytes) else {
                 return Ok(());
             };
+            keep.insert(m);
+            keep.extend(manifest.files.values().map(|f| f.hash));
+        }
+        // The GeoIP database the log names is content too (`dns::geoip`);
+        // while its manifest is still being fetched, none of its files is
+        // here to lose.
+        if let Some(m) = settings.geoip_database()
+            && let Ok(manifest) = std::fs::read(self.blobs.path(&m))
+                .map_err(|_| ())
+                .and_then(|b| Manifest::decode(&b).map_err(|_| ()))
+        {
             keep.insert(m);
             keep.extend(manifest.files.values().map(|f| f.hash));
         }

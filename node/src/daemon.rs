@@ -1,6 +1,7 @@
 //! `makiatto run`: opens the replica, serves the control socket, and shuts
-//! down cleanly on SIGTERM or SIGINT (socket removed, store flushed).
-//! Later subsystems (mesh, DNS, HTTP) hang off the same runtime.
+//! down cleanly on SIGTERM or SIGINT (socket removed, store flushed), or
+//! hands its sockets over to a new binary (`handover`) without closing
+//! them. Later subsystems (mesh, DNS, HTTP) hang off the same runtime.
 //!
 //! When the store fails to write (a full disk), the log writer stops and
 //! the store refuses every later write until it is opened again. The
@@ -10,6 +11,7 @@
 //! `makiatto run --detach`) starts it again on a reopened store, which
 //! catches up from its peers.
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,12 +24,14 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::changes::Changes;
 use crate::content::Content;
+use makiatto_protocol::health::{DaemonInfo, HandoverStarted};
 use makiatto_protocol::request as op;
 use makiatto_protocol::status::ManifestStored;
 use makiatto_protocol::{Answer, ControlError, Envelope, ErrorCode, Request};
 
 use crate::control::{self, MAX_REQUEST_BYTES};
 use crate::gossip::Gossip;
+use crate::handover::{Handover, Role};
 use crate::liveness::Liveness;
 use crate::replica::Replica;
 use crate::topology::{MeshSlot, follow_peers};
@@ -74,24 +78,43 @@ pub fn prepare(data_dir: &Path) -> anyhow::Result<Prepared> {
     })
 }
 
-/// Runs the daemon until a shutdown signal: claims the control socket,
-/// starts every subsystem ([`Services::start`]), then answers control
-/// connections until SIGTERM or SIGINT.
+/// Runs the daemon until a shutdown signal: claims the control socket
+/// (or takes the one an earlier image handed over), starts every
+/// subsystem ([`Services::start`]), then answers control connections
+/// until SIGTERM or SIGINT, or until a handover replaces this image.
 pub async fn run(
     data_dir: PathBuf,
     prepared: Prepared,
     ports: crate::dns::server::Ports,
     web: crate::http::server::Ports,
+    handover: Arc<Handover>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let socket = claim_socket(&data_dir)?;
-    let services = Services::start(&data_dir, prepared, ports, web).await?;
-    let listener = UnixListener::bind(&socket)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", socket.display()))?;
-    tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), "makiatto daemon ready");
+    let socket = socket_path(&data_dir);
+    let inherited = handover.sockets.take_one(Role::Control);
+    if inherited.is_none() {
+        claim_socket(&data_dir)?;
+    }
+    let services = Services::start(&data_dir, prepared, ports, web, handover.clone()).await?;
+    let listener = match inherited {
+        // Connections made meanwhile waited in its queue.
+        Some(fd) => {
+            let l = std::os::unix::net::UnixListener::from(fd);
+            l.set_nonblocking(true)?;
+            UnixListener::from_std(l)?
+        }
+        None => {
+            let l = UnixListener::bind(&socket)
+                .with_context(|| format!("cannot listen on {}", socket.display()))?;
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", socket.display()))?;
+            l
+        }
+    };
+    handover.sockets.keep(Role::Control, listener.as_fd());
+    crate::handover::ready(&handover.sockets);
+    tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), sockets = handover.sockets.count(), "makiatto daemon ready");
     let served = serve_until_signal(&listener, &services).await;
     if let Err(e) = &served {
         tracing::error!(error = %format!("{e:#}"), "makiatto daemon stops");
@@ -104,7 +127,7 @@ pub async fn run(
 /// The control socket's path, free to bind: a socket left by a daemon
 /// that died is removed; one that answers belongs to a running daemon,
 /// which this one must not displace.
-fn claim_socket(data_dir: &Path) -> anyhow::Result<PathBuf> {
+fn claim_socket(data_dir: &Path) -> anyhow::Result<()> {
     let socket = socket_path(data_dir);
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
@@ -116,15 +139,17 @@ fn claim_socket(data_dir: &Path) -> anyhow::Result<PathBuf> {
         std::fs::remove_file(&socket)
             .with_context(|| format!("cannot remove the stale socket {}", socket.display()))?;
     }
-    Ok(socket)
+    Ok(())
 }
 
 /// Answers control connections, each on a task of its own, until SIGTERM
-/// or SIGINT.
+/// or SIGINT; once a handover drains, it accepts no more (they wait in
+/// the socket's queue for the next image) and waits for a signal.
 async fn serve_until_signal(listener: &UnixListener, services: &Services) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut store_failed = services.store_failed.clone();
+    let drain = services.handover.drains.connections.clone();
     loop {
         tokio::select! {
             // (A writer that stopped without a failure, at shutdown, closes
@@ -134,7 +159,7 @@ async fn serve_until_signal(listener: &UnixListener, services: &Services) -> any
             } => {
                 bail!("{why}: restarting to reopen the event store");
             }
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if !drain.started() => match accepted {
                 Ok((stream, _)) => {
                     let services = services.clone();
                     tokio::spawn(async move {
@@ -145,6 +170,7 @@ async fn serve_until_signal(listener: &UnixListener, services: &Services) -> any
                 }
                 Err(e) => tracing::warn!(error = %e, "accepting a control connection failed"),
             },
+            _ = drain.wait(), if !drain.started() => {}
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
         }
@@ -166,6 +192,10 @@ struct Services {
     /// Why the store stopped taking writes, once the data directory takes
     /// them again (see the module's notes).
     store_failed: tokio::sync::watch::Receiver<Option<String>>,
+    prober: Arc<crate::probe::Prober>,
+    handover: Arc<Handover>,
+    /// When this image started serving (Unix millis).
+    started: u64,
 }
 
 /// The size of the file written to see whether the data directory takes
@@ -222,6 +252,7 @@ impl Services {
         prepared: Prepared,
         ports: crate::dns::server::Ports,
         web: crate::http::server::Ports,
+        handover: Arc<Handover>,
     ) -> anyhow::Result<Services> {
         let mut replica = Replica::open(data_dir)
             .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
@@ -247,21 +278,30 @@ impl Services {
         let content = Content::start(
             data_dir,
             replica.clone(),
-            blobs,
+            blobs.clone(),
             gossip.clone(),
             changes.clone(),
         );
         if let Some(t) = follow_peers(&replica, &mesh) {
             gossip.set_topology(t);
         }
-        let dns = crate::dns::Dns::start(
-            &data_dir.join("geoip"),
-            replica.clone(),
-            liveness.clone(),
-            changes.clone(),
-            ports,
-        )
-        .await;
+        let geoip = crate::dns::geoip::Sources {
+            replica: replica.clone(),
+            blobs,
+            peers: gossip.clone(),
+            copy: data_dir.join("geoip"),
+        };
+        let prober = Arc::new(crate::probe::Prober {
+            replica: replica.clone(),
+            liveness: liveness.clone(),
+            content: content.clone(),
+            data_dir: data_dir.to_owned(),
+            dns_port: ports.dns,
+            https_port: web.https,
+        });
+        let dns =
+            crate::dns::Dns::start(geoip, liveness.clone(), changes.clone(), ports, &handover)
+                .await;
         // The one pool for CPU-heavy work (images; its queue limit follows
         // `work.queue`, set by the image service from the settings).
         let pool = Arc::new(
@@ -274,6 +314,7 @@ impl Services {
             changes.clone(),
             web,
             pool,
+            &handover,
         )
         .with_context(|| format!("cannot start the HTTP server in {}", data_dir.display()))?;
         // Certificates need the node's keys (a node not yet initialised has none).
@@ -300,6 +341,9 @@ impl Services {
             http,
             acme,
             store_failed,
+            prober,
+            handover,
+            started: crate::handover::now_millis(),
         };
         // Telemetry follows the configuration and the peers from here on;
         // its metrics read the health report.
@@ -324,6 +368,91 @@ impl Services {
     }
 }
 
+/// Begins a handover to `binary` (default: the path this process was
+/// started from): checks the binary, answers, then drains and replaces
+/// this image on a task of its own.
+async fn begin_handover(s: &Services, binary: Option<String>) -> Answer {
+    let binary = binary.map(PathBuf::from).unwrap_or_else(own_path);
+    if let Err(e) = s.handover.claim() {
+        return control::reply::<op::Handover>(Err(ControlError::failed(e.to_string())));
+    }
+    let checked = {
+        let binary = binary.clone();
+        tokio::task::spawn_blocking(move || crate::handover::check(&binary)).await
+    };
+    let to = match checked {
+        Ok(Ok(version)) => version,
+        Ok(Err(e)) => {
+            s.handover.release();
+            return control::reply::<op::Handover>(Err(ControlError::failed(e.to_string())));
+        }
+        Err(e) => {
+            s.handover.release();
+            return control::reply::<op::Handover>(Err(ControlError::failed(format!(
+                "checking the binary stopped: {e}"
+            ))));
+        }
+    };
+    tracing::info!(binary = %binary.display(), to = %to.software, "handing over: draining");
+    let started = HandoverStarted {
+        pid: std::process::id(),
+        from: makiatto_protocol::version::SOFTWARE.to_owned(),
+        from_started_unix_millis: s.started,
+        binary: binary.display().to_string(),
+        to: to.software.clone(),
+    };
+    tokio::spawn(hand_over(s.clone(), binary));
+    control::reply::<op::Handover>(Ok(started))
+}
+
+/// The path this process was started from: a restart runs what is there
+/// now (`/proc/self/exe` would be the running binary, even replaced).
+fn own_path() -> PathBuf {
+    let argv0 = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/bin/makiatto"));
+    std::path::absolute(&argv0).unwrap_or(argv0)
+}
+
+/// Drains, then replaces this image with `binary`, the log's locks held
+/// (no append half done) and the store made durable.
+async fn hand_over(s: Services, binary: PathBuf) {
+    let (cut, _) = s.handover.drain().await;
+    tracing::info!(cut, binary = %binary.display(), "handing over: replacing this image");
+    let replica = s.replica.clone();
+    let handover = s.handover.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let held = replica.lock();
+        let log = held.as_ref().ok().map(|r| r.log());
+        let _appending = log.as_ref().map(|l| l.lock());
+        if let Ok(r) = &held
+            && let Err(e) = r.persist()
+        {
+            tracing::warn!(error = %e, "cannot make the store durable before the handover; its journal recovers it");
+        }
+        let err = handover.exec(&binary, makiatto_protocol::version::SOFTWARE);
+        // Neither the new binary nor this one could be started again:
+        // the supervisor (or systemd) starts the daemon afresh.
+        eprintln!("makiatto: the handover failed: {err}");
+        std::process::exit(70);
+    })
+    .await;
+}
+
+/// This image, for `makiatto health`.
+fn daemon_info(s: &Services) -> DaemonInfo {
+    use std::os::unix::fs::MetadataExt;
+    DaemonInfo {
+        pid: std::process::id(),
+        started_unix_millis: s.started,
+        software: makiatto_protocol::version::SOFTWARE.to_owned(),
+        exe_inode: std::fs::metadata("/proc/self/exe").map_or(0, |m| m.ino()),
+        sockets: s.handover.sockets.count(),
+        last_handover: s.handover.record(),
+    }
+}
+
 async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -339,6 +468,9 @@ async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
             return Ok(());
         }
         let too_long = line.len() > MAX_REQUEST_BYTES;
+        // A request in hand is answered before a handover replaces this
+        // image.
+        let busy = services.handover.drains.connections.busy();
         let answer = if too_long {
             Answer::Error(ControlError::new(
                 ErrorCode::TooLarge,
@@ -353,6 +485,7 @@ async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
         let mut bytes = answer.to_line().into_bytes();
         bytes.push(b'\n');
         write.write_all(&bytes).await?;
+        drop(busy);
         if too_long {
             return Ok(());
         }
@@ -406,7 +539,12 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
         Request::Health(_) => {
             let mut report = s.health();
             report.telemetry = Some(crate::telemetry::report());
+            report.daemon = Some(daemon_info(s));
             control::reply::<op::Health>(Ok(report))
+        }
+        Request::Handover(op::Handover { binary }) => begin_handover(s, binary).await,
+        Request::Probe(op::ProbeCluster { subnets }) => {
+            control::reply::<op::ProbeCluster>(Ok(s.prober.probe(&subnets).await))
         }
         Request::BlobsMissing(_) | Request::BlobsPut(_) => {
             let blobs = s.content.blobs().clone();

@@ -125,6 +125,12 @@ impl Replica {
         Ok(())
     }
 
+    /// Makes everything written durable (before a handover replaces the
+    /// process's image).
+    pub fn persist(&self) -> Result<(), ReplicaError> {
+        Ok(self.store.persist()?)
+    }
+
     /// Rejection counters since the log was opened.
     pub fn reject_counts(&self) -> RejectCounts {
         self.log

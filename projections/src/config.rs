@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use automerge::{AutoCommit, Change, transaction::CommitOptions};
 use autosurgeon::{Hydrate, Reconcile, hydrate, reconcile};
-use makiatto_events::AuthorKey;
+use makiatto_events::{AuthorKey, Blake3Hash};
 use serde::{Deserialize, Serialize};
 
 use crate::record::RecordText;
@@ -219,6 +219,12 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[autosurgeon(missing = "Default::default")]
     pub work_queue: Option<u32>,
+    /// The GeoIP database every node answers with: the blake3 hash of its
+    /// manifest blob (`maki geoip update`). Unset, it is left out of the
+    /// canonical form, so a log without it keeps its fingerprint.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geoip_database: Option<String>,
 }
 
 /// A whole-number setting: its key, its field, its range and its default
@@ -350,6 +356,11 @@ pub const SETTINGS: &[SettingSpec] = &[
         default: "64",
         doc: "jobs waiting for the CPU pool (image resizing) beyond which requests get 503 (1–100000)",
     },
+    SettingSpec {
+        key: "geoip.database",
+        default: "",
+        doc: "the GeoIP database's manifest (blake3), set by `maki geoip update`; empty: none, and GeoDNS places no visitor",
+    },
 ];
 
 fn ranged(key: &str, value: &str, lo: u32, hi: u32) -> Result<u32, ConfigError> {
@@ -431,6 +442,13 @@ impl Settings {
         u64::from(self.number("log.max_clock_skew")) * 1000
     }
 
+    /// The manifest of the GeoIP database every node should answer with.
+    /// A value that is not a hash (set by hand around `maki config set`'s
+    /// check) names nothing.
+    pub fn geoip_database(&self) -> Option<Blake3Hash> {
+        self.geoip_database.as_deref()?.parse().ok()
+    }
+
     /// One setting's value as text (`None`: unset, so its default holds,
     /// or no such key).
     pub fn get(&self, key: &str) -> Option<String> {
@@ -441,6 +459,7 @@ impl Settings {
             "acme.directory" => self.acme_directory.clone(),
             "acme.challenge" => self.acme_challenge.clone(),
             "acme.ca_root" => self.acme_ca_root.clone(),
+            "geoip.database" => self.geoip_database.clone(),
             _ => None,
         }
     }
@@ -487,6 +506,19 @@ impl Settings {
                             key: key.into(),
                             value: value.into(),
                             why: "expected a PEM certificate, or \"\" for none".into(),
+                        });
+                    }
+                }
+            }
+            "geoip.database" => {
+                self.geoip_database = match value {
+                    "" => None,
+                    hash if hash.parse::<Blake3Hash>().is_ok() => Some(hash.to_ascii_lowercase()),
+                    _ => {
+                        return Err(ConfigError::BadSetting {
+                            key: key.into(),
+                            value: value.into(),
+                            why: "expected a blake3 hash (64 hexadecimal characters), or \"\" for none; `maki geoip update` sets it".into(),
                         });
                     }
                 }
@@ -792,6 +824,22 @@ mod tests {
         ));
         s.set("acme.challenge", "http-01").unwrap();
         assert!(!s.acme_dns01());
+        assert!(matches!(
+            s.set("geoip.database", "dbip-2026-12"),
+            Err(ConfigError::BadSetting { .. })
+        ));
+        let hash = "AB".repeat(32);
+        s.set("geoip.database", &hash).unwrap();
+        assert_eq!(s.geoip_database(), Some(Blake3Hash([0xab; 32])));
+        assert_eq!(s.get("geoip.database"), Some(hash.to_ascii_lowercase()));
+        s.set("geoip.database", "").unwrap();
+        assert_eq!(s.geoip_database(), None);
+    }
+
+    #[test]
+    fn an_unset_geoip_database_leaves_the_canonical_form_as_before() {
+        let json = serde_json::to_string(&Settings::default()).unwrap();
+        assert!(!json.contains("geoip"), "{json}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::append::AppendResult;
 use crate::blob_stream::{InlineBlob, Received};
 use crate::health::HealthReport;
 use crate::log::{LogFilter, LogLine};
+use crate::probe::{ClockReading, ProbeReport};
 use crate::show::Shown;
 use crate::status::{Head, ManifestStored, Status, VerifyReport};
 use crate::version::{Features, LEGACY_PROTOCOL, PROTOCOL, Version};
@@ -55,11 +56,14 @@ pub enum Request {
     BlobsMissing(BlobsMissing),
     BlobsPut(BlobsPut),
     BlobsArrived(BlobsArrived),
+    Probe(ProbeCluster),
+    Clock(Clock),
+    Handover(Handover),
 }
 
 impl Request {
     /// Every `op`, as the wire spells them.
-    pub const OPS: [&'static str; 16] = [
+    pub const OPS: [&'static str; 19] = [
         "hello",
         "append",
         "log",
@@ -76,6 +80,9 @@ impl Request {
         "blobs-missing",
         "blobs-put",
         "blobs-arrived",
+        "probe",
+        "clock",
+        "handover",
     ];
 
     /// The `op` as the wire spells it.
@@ -97,6 +104,9 @@ impl Request {
             Request::BlobsMissing(_) => 13,
             Request::BlobsPut(_) => 14,
             Request::BlobsArrived(_) => 15,
+            Request::Probe(_) => 16,
+            Request::Clock(_) => 17,
+            Request::Handover(_) => 18,
         };
         Self::OPS[i]
     }
@@ -346,6 +356,34 @@ pub struct BlobsArrived {
 }
 operation!(BlobsArrived => u64);
 
+/// Checks every node of the cluster from this one (the running daemon
+/// only; a daemon without `Features::PROBE` does not know it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeCluster {
+    /// Client subnets whose geo answers are asked with EDNS Client Subnet
+    /// (`probe::SAMPLE_SUBNETS`).
+    pub subnets: Vec<String>,
+}
+operation!(ProbeCluster as Probe => ProbeReport);
+
+/// This machine's wall clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {}
+operation!(Clock => ClockReading);
+
+/// Hands the daemon's sockets over to `binary` (default: the path it was
+/// started from, so a restart runs what is there now) without closing
+/// them: the running daemon drains and replaces its image (the running
+/// daemon only; one without `Features::HANDOVER` does not know it). The
+/// answer comes before the drain; the new image reports itself in
+/// `health` (`daemon`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+}
+operation!(Handover => crate::health::HandoverStarted);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +426,9 @@ mod tests {
             BlobsMissing { hashes: vec![] }.into(),
             BlobsPut { blobs: vec![] }.into(),
             BlobsArrived { hashes: vec![] }.into(),
+            ProbeCluster { subnets: vec![] }.into(),
+            Clock {}.into(),
+            Handover { binary: None }.into(),
         ];
         assert_eq!(requests.len(), Request::OPS.len());
         for r in requests {

@@ -29,7 +29,11 @@
 //!   machine over a run; resident memory.
 //! - [`daemon`]: a `makiatto` on a temporary data directory, for the
 //!   daemon's own tests.
-//! - [`geoip`]: the DB-IP database, and where it places an address.
+//! - [`geoip`]: the DB-IP database, and where it places an address (and
+//!   a copy of it with another build date).
+//! - [`traffic`]: keep-alive and new-connection HTTPS clients and DNS
+//!   clients against every node at once, from a namespace, counting
+//!   failures and keeping latencies (the upgrade tests' load).
 //! - [`process`]: running commands: checked output, input on stdin, child
 //!   processes ended on drop, tools on the PATH, root.
 //! - [`placement`]: benchmarks' servers and load pinned to a core each, or free.
@@ -59,6 +63,7 @@ pub mod placement;
 pub mod previous;
 pub mod process;
 pub mod project;
+pub mod traffic;
 pub mod wait;
 pub mod wg_peer;
 
