@@ -18,7 +18,7 @@ use makiatto_protocol::client::Batch;
 use makiatto_protocol::identity::NodeIdentity;
 use makiatto_protocol::request::{self as op, ShowAs};
 use makiatto_protocol::status::NodeStatus;
-use makiatto_protocol::version::{Features, Version};
+use makiatto_protocol::version::Features;
 use sha2::{Digest, Sha256};
 
 use crate::cluster::{Ctx, append, copy_log, now_millis};
