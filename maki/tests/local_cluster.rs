@@ -213,14 +213,7 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
     wait_seeing(
         Duration::from_secs(30),
         "the cluster becomes healthy after the rejoin",
-        || {
-            let out = c.maki(&["health"]);
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(String::from_utf8_lossy(&out.stdout).into_owned())
-            }
-        },
+        || c.healthy(),
     );
 
     // Bad input leaves the profile as it was, with an error that says what to do.

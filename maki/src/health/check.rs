@@ -5,8 +5,8 @@
 //! Each finding has a severity, and the worst one is the exit status:
 //! 0 healthy (notes only), 1 warnings (the cluster answers correctly, but
 //! something needs an operator soon: a certificate under 14 days, clocks
-//! more than a second apart, a GeoIP database older than a year (a note
-//! past 60 days) or not the one the log names yet, little disk or memory left, refused events),
+//! more than a second apart, a GeoIP database older than 60 days or not
+//! the one the log names yet, little disk or memory left, refused events),
 //! 2 failures (a node answers wrongly or not at all: unreachable, down,
 //! behind, a zone or geo decision differing between nodes, DNS or HTTPS
 //! unanswered, a certificate expired, for other names or not the issued
@@ -28,12 +28,8 @@ pub const STALE_HANDSHAKE_SECS: u64 = 180;
 pub const CERTIFICATE_WARN_DAYS: i64 = 14;
 /// Clocks further apart are a warning: the log's clocks depend on them.
 pub const CLOCK_WARN_MS: i64 = 1000;
-/// A GeoIP database older than this is noted (DB-IP releases monthly, and
-/// addresses move between networks slowly: a release a few months old
-/// still places nearly every visitor where a new one would) …
-pub const GEOIP_NOTE_DAYS: i64 = 60;
-/// … and one older than this is a warning.
-pub const GEOIP_WARN_DAYS: i64 = 365;
+/// A GeoIP database older than this is a warning (DB-IP releases monthly).
+pub const GEOIP_WARN_DAYS: i64 = 60;
 /// Less free disk or memory than these shares is a warning, then a failure.
 pub const HEADROOM_WARN: f64 = 0.10;
 pub const HEADROOM_FAIL: f64 = 0.02;
@@ -424,15 +420,10 @@ fn geoip_checks(
                 f.add(name, Warning, "geoip", p.clone());
             }
             let days = (now - l.built_unix_secs as i64) / 86_400;
-            if days > GEOIP_NOTE_DAYS {
-                let severity = if days > GEOIP_WARN_DAYS {
-                    Warning
-                } else {
-                    Note
-                };
+            if days > GEOIP_WARN_DAYS {
                 f.add(
                     name,
-                    severity,
+                    Warning,
                     "geoip",
                     format!(
                         "the GeoIP database was built {} ({days} days ago): fetch this month's release (scripts/fetch-geoip.sh) and run `maki geoip update`",
@@ -1104,13 +1095,8 @@ mod tests {
         let mut nodes = cluster();
         nodes[0].health.as_mut().unwrap().dns = Some(healthy_dns(NOW - 61 * DAY));
         let findings = evaluate(&nodes, NOW);
-        assert_eq!(worst(&findings), 0);
-        assert_eq!(findings[0].severity, Severity::Note);
-        assert!(findings[0].message.contains("61 days ago"), "{findings:?}");
-        nodes[0].health.as_mut().unwrap().dns = Some(healthy_dns(NOW - 366 * DAY));
-        let findings = evaluate(&nodes, NOW);
         assert_eq!(worst(&findings), 1);
-        assert!(findings[0].message.contains("366 days ago"), "{findings:?}");
+        assert!(findings[0].message.contains("61 days ago"), "{findings:?}");
         let dns = nodes[0].health.as_mut().unwrap().dns.as_mut().unwrap();
         dns.geoip = false;
         dns.geoip_database = Some(GeoIpReport {
