@@ -582,18 +582,43 @@ fn answer(data_dir: &Path, envelope: Envelope) -> anyhow::Result<Answer> {
                 data_dir.display()
             )
         }
-        Err(_) => {
-            let replica = replica::Replica::open(data_dir).with_context(|| {
-                format!(
-                    "no daemon answers on {} and the log cannot be opened",
-                    socket.display()
-                )
-            })?;
-            Ok(control::execute(
+        Err(_) => match replica::Replica::open(data_dir) {
+            Ok(replica) => Ok(control::execute(
                 &Mutex::new(replica),
                 &control::Direct,
                 envelope,
-            ))
+            )),
+            // Held by a daemon that is starting (it opens the log before
+            // its socket) or restarting on its own, as after a full disk:
+            // its answer is the one wanted.
+            Err(e) => wait_for_daemon(&socket, &envelope, DAEMON_STARTING).with_context(|| {
+                format!(
+                    "no daemon answers on {} and the log cannot be opened ({e:#})",
+                    socket.display()
+                )
+            }),
+        },
+    }
+}
+
+/// How long a read command waits for a daemon that holds the log but does
+/// not answer yet.
+const DAEMON_STARTING: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Asks the daemon on `socket` until it answers, for `within` at most.
+fn wait_for_daemon(
+    socket: &Path,
+    envelope: &Envelope,
+    within: std::time::Duration,
+) -> anyhow::Result<Answer> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match control::call(socket, envelope) {
+            Ok(answer) => return Ok(answer),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                bail!("no daemon answered within {} s: {e}", within.as_secs())
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
         }
     }
 }

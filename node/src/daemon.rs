@@ -202,16 +202,23 @@ struct Services {
 /// writes again after the store failed: room for a batch of events.
 pub const STORE_PROBE_BYTES: usize = 1 << 20;
 
-/// Waits (on a thread of its own) for the log writer to stop on a store
-/// failure (or a panic), then until the data directory takes a [`STORE_PROBE_BYTES`]
-/// write again, and then says so on the returned channel.
+/// Waits (on threads of their own) for a store failure — the log writer
+/// stopping on a failed write (or a panic), or a failure told on the
+/// returned sender (the projections' save) — then until the data
+/// directory takes a [`STORE_PROBE_BYTES`] write again, and then says so
+/// on the returned channel.
 fn watch_store(
     writer: std::thread::JoinHandle<Result<(), makiatto_core::StoreError>>,
     data_dir: PathBuf,
-) -> tokio::sync::watch::Receiver<Option<String>> {
+) -> (
+    tokio::sync::watch::Receiver<Option<String>>,
+    std::sync::mpsc::Sender<String>,
+) {
     let (tx, rx) = tokio::sync::watch::channel(None);
-    let spawned = std::thread::Builder::new()
-        .name("makiatto-store-watch".into())
+    let (failed, failures) = std::sync::mpsc::channel::<String>();
+    let from_writer = failed.clone();
+    let joined = std::thread::Builder::new()
+        .name("makiatto-store-writer".into())
         .spawn(move || {
             // A failed write, or a panic on one (its message may be lost
             // with the log file on a full disk).
@@ -220,6 +227,13 @@ fn watch_store(
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "the log writer panicked".to_owned(),
             };
+            let _ = from_writer.send(e);
+        });
+    let spawned = joined.and_then(|_| {
+        std::thread::Builder::new()
+        .name("makiatto-store-watch".into())
+        .spawn(move || {
+            let Ok(e) = failures.recv() else { return };
             tracing::error!(error = %e, "the event store failed to write; serving what it holds, \
                  and restarting as soon as the data directory takes writes again");
             let probe = data_dir.join("store-probe");
@@ -236,11 +250,12 @@ fn watch_store(
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
             let _ = tx.send(Some(format!("the event store failed to write ({e})")));
-        });
+        })
+    });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the store watch: a store failure will need a restart by hand");
     }
-    rx
+    (rx, failed)
 }
 
 impl Services {
@@ -258,7 +273,8 @@ impl Services {
             .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
         replica.save_projections()?;
         let (committer, writer) = GroupCommitter::start(replica.log());
-        let store_failed = watch_store(writer, data_dir.to_owned());
+        let (store_failed, store_failures) = watch_store(writer, data_dir.to_owned());
+        replica.on_store_failure(store_failures);
         let mesh = Arc::new(Mutex::new(prepared.mesh.zip(prepared.me)));
         let replica = Arc::new(Mutex::new(replica));
         let blobs =

@@ -39,6 +39,12 @@ pub struct Replica {
     store: Store,
     log: Arc<Mutex<Log<Store>>>,
     engine: Engine,
+    /// Why the last save of the projections failed (their stored copies
+    /// are older than the log then), until a save succeeds.
+    unsaved: Option<String>,
+    /// Told of a failed save (the daemon restarts on a reopened store once
+    /// its data directory takes writes again).
+    on_store_failure: Option<std::sync::mpsc::Sender<String>>,
 }
 
 impl Replica {
@@ -57,7 +63,13 @@ impl Replica {
         let mut engine = Engine::new();
         engine.insert(events);
         let log = Arc::new(Mutex::new(Log::open(store.clone())?));
-        let mut replica = Replica { store, log, engine };
+        let mut replica = Replica {
+            store,
+            log,
+            engine,
+            unsaved: None,
+            on_store_failure: None,
+        };
         replica.follow_skew_bound();
         Ok(replica)
     }
@@ -116,13 +128,32 @@ impl Replica {
     }
 
     /// Saves every projection's canonical bytes, for `verify` to compare.
+    /// A save that fails (a full disk) is remembered: `verify` saves again
+    /// before it compares, and the first failure is told to
+    /// [`Replica::on_store_failure`]'s channel.
     pub fn save_projections(&mut self) -> Result<(), ReplicaError> {
         let state = self.engine.state();
-        for name in ProjectionName::ALL {
+        let saved = ProjectionName::ALL.into_iter().try_for_each(|name| {
             self.store
-                .put_projection(name.as_str(), &state.canonical_bytes(name))?;
+                .put_projection(name.as_str(), &state.canonical_bytes(name))
+        });
+        match &saved {
+            Ok(()) => self.unsaved = None,
+            Err(e) => {
+                if self.unsaved.is_none()
+                    && let Some(tx) = &self.on_store_failure
+                {
+                    let _ = tx.send(format!("saving the projections failed: {e}"));
+                }
+                self.unsaved = Some(e.to_string());
+            }
         }
-        Ok(())
+        Ok(saved?)
+    }
+
+    /// Where a failed save of the projections is told.
+    pub fn on_store_failure(&mut self, tx: std::sync::mpsc::Sender<String>) {
+        self.on_store_failure = Some(tx);
     }
 
     /// Makes everything written durable (before a handover replaces the
@@ -214,6 +245,17 @@ impl Replica {
     /// state and with the stored projections.
     pub fn verify(&mut self) -> Result<VerifyReport, ReplicaError> {
         let mut problems = Vec::new();
+        // Stored copies left behind by a failed save are saved again first:
+        // stale is not corrupt, but a store that still refuses is a problem.
+        let mut stale = false;
+        if self.unsaved.is_some()
+            && let Err(e) = self.save_projections()
+        {
+            stale = true;
+            problems.push(format!(
+                "the projections' stored copies are older than the log: saving them failed ({e}); is the disk full?"
+            ));
+        }
         let mut count = 0;
         for item in self.store.iter_events() {
             let (id, bytes) = item?;
@@ -252,6 +294,7 @@ impl Replica {
                 ));
             }
             match self.store.projection(name.as_str())? {
+                _ if stale => {}
                 Some(saved) if saved != fresh => problems.push(format!(
                     "projection {name}: stored copy differs from a rebuild"
                 )),
