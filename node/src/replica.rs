@@ -71,7 +71,17 @@ impl Replica {
     pub fn open(data_dir: &Path) -> Result<Replica, ReplicaError> {
         let store = Store::open(&data_dir.join("log"))?;
         let log = Log::open(store.clone())?;
-        let mut engine = Engine::open(StoreSource::new(store.clone()), Settings::NODE)?;
+        let mut engine = match Engine::open(StoreSource::new(store.clone()), Settings::NODE) {
+            Ok(engine) => engine,
+            // A save that does not read back (damaged, or of another
+            // build's format) costs a fold from the start, never the node.
+            Err(SourceError::Corrupt(what)) => {
+                tracing::warn!(problem = %what, "the fold's save does not read back; folding the log from the start");
+                store.clear_fold()?;
+                Engine::open(StoreSource::new(store.clone()), Settings::NODE)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         catch_up(&mut engine, &store, log.version_vector())?;
         let folded = engine.unsaved() > 0;
         let log = Arc::new(Mutex::new(log));

@@ -31,8 +31,9 @@
 //!
 //! Goals at 1M events: full fold ≤ 10 s, start-up from the checkpoint
 //! ≤ 2 s, node RSS ≤ 256 MB.
-//! `cargo run --release -p makiatto-benches --bin rebuild [EVENTS]` (a
-//! release build of `makiatto` beside it; EVENTS defaults to 1,000,000).
+//! `cargo run --release -p makiatto-benches --bin rebuild [EVENTS]
+//! [--store-only]` (a release build of `makiatto` beside it; EVENTS
+//! defaults to 1,000,000; `--store-only` skips the in-memory part).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
 
@@ -54,8 +55,11 @@ const START_GOAL_SECONDS: f64 = 2.0;
 const RSS_GOAL_BYTES: u64 = 256 * 1024 * 1024;
 
 fn main() {
-    let events: usize = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let store_only = args.iter().any(|a| a == "--store-only");
+    let events: usize = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
         .map(|n| n.parse().expect("EVENTS is a whole number"))
         .unwrap_or(1_000_000);
     let spec = Spec {
@@ -64,6 +68,11 @@ fn main() {
     };
     let (workload, loaded) =
         timed(|| Workload::load_or_generate(spec).expect("the history is generated or read"));
+    if store_only {
+        let node = node_start_up(spec, workload);
+        print_json("rebuild", serde_json::json!({ "node": node }));
+        return;
+    }
     let bytes_total = workload.bytes();
     let mut stored = workload.events.clone();
     stored.sort_by_cached_key(|bytes| EventId::of(bytes));
