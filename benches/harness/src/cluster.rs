@@ -25,7 +25,7 @@ pub struct Cluster {
     pub name: String,
     maki: PathBuf,
     makiatto: PathBuf,
-    /// The GeoIP database `maki machine init` copies to nodes, if any.
+    /// The GeoIP database `maki machine init` hands the cluster, if any.
     geoip: Option<GeoIp>,
     /// `MAKIATTO_SSH_PERSIST` of every `maki`.
     ssh_persist: AtomicU32,
@@ -35,11 +35,21 @@ pub struct Cluster {
 
 impl Cluster {
     /// A cluster named `prefix` (at most three characters) and this
-    /// process's id, with the `maki` and `makiatto` of this build. Its
-    /// nodes get no GeoIP database: 134 MB per node takes time.
+    /// process's id, with the `maki` and `makiatto` of this build. It gets
+    /// the GeoIP database when it is where `maki` looks (as
+    /// `scripts/test.sh` makes sure): a cluster without one is not healthy.
+    /// The first node receives it; the others fetch it over the mesh.
     pub fn new(prefix: &str) -> Cluster {
         let binaries = Binaries::of_this_build();
         Cluster::with_binaries(prefix, &binaries, &binaries)
+    }
+
+    /// [`Cluster::new`] whose nodes get no GeoIP database: what a test of
+    /// a cluster without one starts from.
+    pub fn without_geoip(prefix: &str) -> Cluster {
+        let mut c = Cluster::new(prefix);
+        c.geoip = None;
+        c
     }
 
     /// [`Cluster::new`] with other binaries: `maki` drives the cluster and
@@ -55,7 +65,7 @@ impl Cluster {
             name: format!("{prefix}{}", std::process::id() % 100_000),
             maki: maki.maki(),
             makiatto: makiatto.makiatto(),
-            geoip: None,
+            geoip: GeoIp::find(),
             ssh_persist: AtomicU32::new(0),
             keep: false,
         }
@@ -66,13 +76,6 @@ impl Cluster {
     pub fn with_geoip(prefix: &str) -> Cluster {
         let mut c = Cluster::new(prefix);
         c.geoip = Some(GeoIp::required());
-        c
-    }
-
-    /// [`Cluster::new`] whose nodes get the GeoIP database if it is there.
-    pub fn with_geoip_if_present(prefix: &str) -> Cluster {
-        let mut c = Cluster::new(prefix);
-        c.geoip = GeoIp::find();
         c
     }
 
@@ -227,7 +230,59 @@ impl Cluster {
         ];
         args.extend(flags);
         self.ok(&args);
-        self.state()
+        let state = self.state();
+        // The first node was handed the GeoIP database; the others fetch it
+        // over the mesh. Tests and benchmarks start once every node places
+        // visitors with it, as the cluster will from then on.
+        if self.geoip.is_some() {
+            for h in &state.hosts {
+                crate::wait_until(
+                    std::time::Duration::from_secs(90),
+                    &format!("{} loads the GeoIP database", h.node),
+                    || self.health(&h.node)["dns"]["geoip"] == true,
+                );
+            }
+        }
+        state
+    }
+
+    /// Whether `maki health` finds the cluster healthy; otherwise what it
+    /// found. Healthy is exit status 0, or warnings that are all the age of
+    /// this machine's GeoIP database (the newest release the registry
+    /// gives may be older than the 60 days after which health warns: that
+    /// is the machine's, not the cluster's).
+    pub fn healthy(&self) -> Result<(), String> {
+        let out = self.maki(&["health", "--json"]);
+        if out.status.success() {
+            return Ok(());
+        }
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "maki health --json: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        let findings = report["findings"].as_array().cloned().unwrap_or_default();
+        let wrong: Vec<&serde_json::Value> = findings
+            .iter()
+            .filter(|f| f["severity"] != "note")
+            .filter(|f| {
+                !(f["check"] == "geoip"
+                    && f["severity"] == "warning"
+                    && f["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("days ago")))
+            })
+            .collect();
+        if wrong.is_empty() && out.status.code() == Some(1) {
+            return Ok(());
+        }
+        Err(format!(
+            "exit {:?}: {}",
+            out.status.code(),
+            serde_json::to_string_pretty(&wrong).unwrap_or_default()
+        ))
     }
 
     /// What `maki local up` recorded.
