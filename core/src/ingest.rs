@@ -20,8 +20,12 @@ pub trait Backend {
     fn get(&self, id: &EventId) -> Result<Option<Vec<u8>>, StoreError>;
     /// The (seq, id) pairs of an author's feed with seq ≥ `from`, in order.
     fn feed_from(&self, author: &AuthorKey, from: u64) -> Result<Vec<(u64, EventId)>, StoreError>;
-    /// Every stored (author, seq, id), in (author, seq, id) order.
-    fn all_feed_entries(&self) -> Result<Vec<(AuthorKey, u64, EventId)>, StoreError>;
+    /// Visits every stored (author, seq, id), in (author, seq, id) order,
+    /// without holding them all at once.
+    fn each_feed_entry(
+        &self,
+        visit: &mut dyn FnMut(AuthorKey, u64, EventId),
+    ) -> Result<(), StoreError>;
 }
 
 /// Why an event was refused. Each is counted in [`RejectCounts`].

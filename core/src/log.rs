@@ -77,10 +77,10 @@ impl<B: Backend> Log<B> {
     pub fn open(backend: B) -> Result<Self, StoreError> {
         let mut vv = VersionVector::default();
         let mut tips = HashMap::new();
-        for (author, seq, id) in backend.all_feed_entries()? {
+        backend.each_feed_entry(&mut |author, seq, id| {
             vv.observe(author, seq, &id);
             tips.insert(author, (seq, id));
-        }
+        })?;
         tips.retain(|author, _| vv.get(author).is_some_and(|f| f.count == f.seq));
         Ok(Self {
             backend,

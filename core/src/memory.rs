@@ -75,7 +75,13 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
-    fn all_feed_entries(&self) -> Result<Vec<(AuthorKey, u64, EventId)>, StoreError> {
-        Ok(self.feeds.keys().copied().collect())
+    fn each_feed_entry(
+        &self,
+        visit: &mut dyn FnMut(AuthorKey, u64, EventId),
+    ) -> Result<(), StoreError> {
+        for (author, seq, id) in self.feeds.keys() {
+            visit(*author, *seq, *id);
+        }
+        Ok(())
     }
 }

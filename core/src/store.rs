@@ -1,17 +1,39 @@
 //! The fjall backend of the log.
 //!
 //! Keyspaces and keys (all integers big-endian, so byte order is numeric order):
-//! - `events`: id → canonical event bytes.
+//! - `log`: hlc millis(8) · counter(4) · id(32) → canonical event bytes.
+//!   Keyed by canonical position, so folding the log from any point is one
+//!   sequential read: reading a million events one by one in canonical
+//!   order through an id-keyed keyspace took 10 s here (~10 µs a read),
+//!   scanning them in key order half a second.
+//! - `ids`: id → hlc millis(8) · counter(4): where an event is in `log`.
 //! - `feeds`: author(32) · seq(8) · id(32) → empty. Forks are two keys.
-//! - `time`: hlc millis(8) · counter(4) · id(32) → empty (time travel, listing).
-//! - `meta`: `cluster_id` → the genesis id.
-//! - `projections`: name → the projection's canonical bytes as last folded,
+//! - `meta`: `cluster_id` → the genesis id; `layout` → this layout's number;
+//!   `fold` → the fold's record of what it has taken in ([`FoldWrite`]).
+//! - `projections`: name → the projection's canonical bytes as last saved,
 //!   which `makiatto verify` compares with a rebuild.
+//! - `index`: id → what the fold decided about a folded event (its time,
+//!   the role events in its causal past, its verdict), in the fold's own
+//!   encoding: the per-event facts the fold needs, kept out of memory.
+//! - `checkpoints`: hlc millis(8) · counter(4) · id(32) → the fold's whole
+//!   state after every event up to that point, in the fold's own encoding.
+//!
+//! Layout 1 (releases up to 0.2) kept `events` (id → bytes) and `time`
+//! (hlc · id → empty); [`Store::open`] moves such a log to this layout once,
+//! in batches, and removes the old keyspaces.
 //!
 //! One batch of events is one fjall write batch committed with `SyncAll`, so
 //! a batch is on disk, whole, before an append returns; a process killed
-//! mid-batch leaves either all of it or none of it after recovery.
+//! mid-batch leaves either all of it or none of it after recovery. What the
+//! fold writes ([`Store::write_fold`]) is one batch too, not fsynced (all of
+//! it can be folded again from the events), so its index, checkpoints and
+//! record always agree with each other.
+//!
+//! Memory: the block cache, each keyspace's memtable and the journals are
+//! bounded ([`CACHE_BYTES`], [`MEMTABLE_BYTES`], [`JOURNAL_BYTES`]), so
+//! what the store holds in memory does not grow with the log.
 
+use std::ops::Bound;
 use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -29,17 +51,49 @@ pub enum StoreError {
 }
 
 const CLUSTER_ID: &[u8] = b"cluster_id";
+const FOLD: &[u8] = b"fold";
+const LAYOUT: &[u8] = b"layout";
+/// The layout this build writes (see the module's documentation).
+const LAYOUT_NOW: u8 = 2;
+/// Events moved per batch when a layout 1 log is migrated.
+const MIGRATE_BATCH: usize = 16_384;
+
+/// The block cache shared by every keyspace.
+pub const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// One keyspace's memtable, flushed to disk when it reaches this.
+pub const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// The journals together: past this the oldest memtables are flushed so
+/// their journals can go (a journal is replayed into memory at start-up).
+pub const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A point in canonical order: the key of the `log` and `checkpoints`
+/// keyspaces.
+pub type Position = (Hlc, EventId);
+
+/// What the fold writes, as one batch: new per-event entries, a checkpoint
+/// of its state, checkpoints it no longer trusts, its record and the
+/// projections' canonical bytes.
+#[derive(Debug, Default)]
+pub struct FoldWrite {
+    pub entries: Vec<(EventId, Vec<u8>)>,
+    pub checkpoint: Option<(Position, Vec<u8>)>,
+    pub drop_checkpoints: Vec<Position>,
+    pub record: Option<Vec<u8>>,
+    pub projections: Vec<(String, Vec<u8>)>,
+}
 
 /// The on-disk log. Cloning is cheap and clones share the database, so
 /// readers can hold their own handle while one writer appends.
 #[derive(Clone)]
 pub struct Store {
     db: Database,
-    events: Keyspace,
+    log: Keyspace,
+    ids: Keyspace,
     feeds: Keyspace,
-    time: Keyspace,
     meta: Keyspace,
     projections: Keyspace,
+    index: Keyspace,
+    checkpoints: Keyspace,
     cluster_id: Option<EventId>,
 }
 
@@ -51,10 +105,16 @@ fn feed_key(author: &AuthorKey, seq: u64, id: &EventId) -> [u8; 72] {
     key
 }
 
-fn time_key(hlc: Hlc, id: &EventId) -> [u8; 44] {
+fn hlc_bytes(hlc: Hlc) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[..8].copy_from_slice(&hlc.millis.to_be_bytes());
+    out[8..].copy_from_slice(&hlc.counter.to_be_bytes());
+    out
+}
+
+fn position_key(hlc: Hlc, id: &EventId) -> [u8; 44] {
     let mut key = [0u8; 44];
-    key[..8].copy_from_slice(&hlc.millis.to_be_bytes());
-    key[8..12].copy_from_slice(&hlc.counter.to_be_bytes());
+    key[..12].copy_from_slice(&hlc_bytes(hlc));
     key[12..].copy_from_slice(id.as_bytes());
     key
 }
@@ -64,6 +124,41 @@ fn id_from(bytes: &[u8]) -> Result<EventId, StoreError> {
         .try_into()
         .map(EventId)
         .map_err(|_| StoreError::Corrupt(format!("a stored id is {} bytes, not 32", bytes.len())))
+}
+
+fn hlc_from(bytes: &[u8]) -> Result<Hlc, StoreError> {
+    let (Some(millis), Some(counter)) = (bytes.get(..8), bytes.get(8..12)) else {
+        return Err(StoreError::Corrupt(format!(
+            "a stored time is {} bytes, not 12",
+            bytes.len()
+        )));
+    };
+    let mut m = [0u8; 8];
+    m.copy_from_slice(millis);
+    let mut c = [0u8; 4];
+    c.copy_from_slice(counter);
+    Ok(Hlc {
+        millis: u64::from_be_bytes(m),
+        counter: u32::from_be_bytes(c),
+    })
+}
+
+fn position_from(key: &[u8]) -> Result<Position, StoreError> {
+    if key.len() != 44 {
+        return Err(StoreError::Corrupt(format!(
+            "a position key is {} bytes, not 44",
+            key.len()
+        )));
+    }
+    Ok((hlc_from(&key[..12])?, id_from(&key[12..])?))
+}
+
+fn position_bound(bound: Bound<Position>) -> Bound<[u8; 44]> {
+    match bound {
+        Bound::Included((hlc, id)) => Bound::Included(position_key(hlc, &id)),
+        Bound::Excluded((hlc, id)) => Bound::Excluded(position_key(hlc, &id)),
+        Bound::Unbounded => Bound::Unbounded,
+    }
 }
 
 fn parse_feed_key(key: &[u8]) -> Result<(AuthorKey, u64, EventId), StoreError> {
@@ -85,60 +180,202 @@ fn parse_feed_key(key: &[u8]) -> Result<(AuthorKey, u64, EventId), StoreError> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`. Fails if another process has it open.
+    /// Opens (or creates) the store in `dir`, moving a log of an older
+    /// layout to this one first. Fails if another process has it open.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = Database::builder(dir).open()?;
-        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let db = Database::builder(dir)
+            .cache_size(CACHE_BYTES)
+            .max_journaling_size(JOURNAL_BYTES)
+            .open()?;
+        let open = |name: &str| {
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+        };
         let meta = open("meta")?;
         let cluster_id = meta.get(CLUSTER_ID)?.map(|v| id_from(&v)).transpose()?;
-        Ok(Store {
-            events: open("events")?,
+        let store = Store {
+            log: open("log")?,
+            ids: open("ids")?,
             feeds: open("feeds")?,
-            time: open("time")?,
             projections: open("projections")?,
+            index: open("index")?,
+            checkpoints: open("checkpoints")?,
             meta,
             cluster_id,
             db,
-        })
+        };
+        store.migrate()?;
+        Ok(store)
     }
 
-    /// How many events are stored.
+    /// Moves a layout 1 log (`events`: id → bytes, `time`: hlc · id) into
+    /// `log` and `ids`, then removes the old keyspaces. A migration cut
+    /// short starts again at the next open: every write is idempotent and
+    /// the layout is recorded only once all of it is done.
+    fn migrate(&self) -> Result<(), StoreError> {
+        let done = self
+            .meta
+            .get(LAYOUT)?
+            .is_some_and(|v| v.first() == Some(&LAYOUT_NOW));
+        if !done {
+            if self.db.keyspace_exists("events") {
+                let events = self.db.keyspace("events", KeyspaceCreateOptions::default)?;
+                let mut chunk: Vec<(EventId, Vec<u8>)> = Vec::with_capacity(MIGRATE_BATCH);
+                for guard in events.iter() {
+                    let (k, v) = guard.into_inner()?;
+                    chunk.push((id_from(&k)?, v.to_vec()));
+                    if chunk.len() == MIGRATE_BATCH {
+                        self.migrate_chunk(&chunk)?;
+                        chunk.clear();
+                    }
+                }
+                self.migrate_chunk(&chunk)?;
+            }
+            let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+            batch.insert(&self.meta, LAYOUT.to_vec(), vec![LAYOUT_NOW]);
+            batch.commit()?;
+        }
+        for old in ["events", "time"] {
+            if self.db.keyspace_exists(old) {
+                let handle = self.db.keyspace(old, KeyspaceCreateOptions::default)?;
+                self.db.delete_keyspace(handle)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn migrate_chunk(&self, chunk: &[(EventId, Vec<u8>)]) -> Result<(), StoreError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let bytes: Vec<&[u8]> = chunk.iter().map(|(_, b)| b.as_slice()).collect();
+        let events = Event::decode_trusted_all(&bytes).map_err(|(i, e)| {
+            StoreError::Corrupt(format!("stored event {} does not decode: {e}", chunk[i].0))
+        })?;
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        for (e, (id, raw)) in events.iter().zip(chunk) {
+            batch.insert(&self.log, position_key(e.hlc(), id).to_vec(), raw.clone());
+            batch.insert(
+                &self.ids,
+                id.as_bytes().to_vec(),
+                hlc_bytes(e.hlc()).to_vec(),
+            );
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// How many events are stored (counts every id: for tests and tools).
     pub fn len(&self) -> Result<usize, StoreError> {
-        Ok(self.events.len()?)
+        Ok(self.ids.len()?)
     }
 
     /// Whether no event is stored.
     pub fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.events.is_empty()?)
+        Ok(self.ids.is_empty()?)
     }
 
-    /// Every stored event's bytes, in id order.
-    pub fn iter_events(&self) -> impl Iterator<Item = Result<(EventId, Vec<u8>), StoreError>> + '_ {
-        self.events.iter().map(|guard| {
-            let (k, v) = guard.into_inner()?;
-            Ok((id_from(&k)?, v.to_vec()))
-        })
-    }
-
-    /// Stored (time, id) pairs in time order.
-    pub fn iter_by_time(
+    /// Every stored event's position and bytes, in canonical order.
+    pub fn iter_events(
         &self,
-    ) -> impl DoubleEndedIterator<Item = Result<(Hlc, EventId), StoreError>> + '_ {
-        self.time.iter().map(|guard| {
-            let key = guard.key()?;
-            if key.len() != 44 {
-                return Err(StoreError::Corrupt("a time key is not 44 bytes".into()));
-            }
-            let mut millis = [0u8; 8];
-            millis.copy_from_slice(&key[..8]);
-            let mut counter = [0u8; 4];
-            counter.copy_from_slice(&key[8..12]);
-            let hlc = Hlc {
-                millis: u64::from_be_bytes(millis),
-                counter: u32::from_be_bytes(counter),
-            };
-            Ok((hlc, id_from(&key[12..])?))
-        })
+    ) -> impl DoubleEndedIterator<Item = Result<(Position, Vec<u8>), StoreError>> + '_ {
+        self.range_events(Bound::Unbounded, Bound::Unbounded)
+    }
+
+    /// Stored events between two points, in canonical order (reversible).
+    pub fn range_events(
+        &self,
+        from: Bound<Position>,
+        to: Bound<Position>,
+    ) -> impl DoubleEndedIterator<Item = Result<(Position, Vec<u8>), StoreError>> + '_ {
+        self.log
+            .range((position_bound(from), position_bound(to)))
+            .map(|guard| {
+                let (k, v) = guard.into_inner()?;
+                Ok((position_from(&k)?, v.to_vec()))
+            })
+    }
+
+    /// Where a stored event is in canonical order.
+    pub fn position_of(&self, id: &EventId) -> Result<Option<Position>, StoreError> {
+        self.ids
+            .get(id.as_bytes())?
+            .map(|v| Ok((hlc_from(&v)?, *id)))
+            .transpose()
+    }
+
+    /// The bytes of the event at a position.
+    pub fn get_at(&self, at: &Position) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.log.get(position_key(at.0, &at.1))?.map(|v| v.to_vec()))
+    }
+
+    /// Stored ids that start with `prefix` (whole bytes), in id order.
+    pub fn ids_with_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<EventId, StoreError>> + '_ {
+        self.ids.prefix(prefix).map(|guard| id_from(&guard.key()?))
+    }
+
+    /// The fold's entry for an event, as the fold wrote it.
+    pub fn index_entry(&self, id: &EventId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.index.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// How many events the fold has entries for (counts them all).
+    pub fn index_len(&self) -> Result<usize, StoreError> {
+        Ok(self.index.len()?)
+    }
+
+    /// The fold's record, as last written.
+    pub fn fold_record(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(FOLD)?.map(|v| v.to_vec()))
+    }
+
+    /// The checkpoint at `at`, if one is saved there.
+    pub fn checkpoint(&self, at: &Position) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .checkpoints
+            .get(position_key(at.0, &at.1))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Writes what the fold decided, as one batch (see [`FoldWrite`]). Not
+    /// fsynced: all of it can be folded again from the events.
+    pub fn write_fold(&self, write: FoldWrite) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        for (id, entry) in write.entries {
+            batch.insert(&self.index, id.as_bytes().to_vec(), entry);
+        }
+        for at in write.drop_checkpoints {
+            batch.remove(&self.checkpoints, position_key(at.0, &at.1).to_vec());
+        }
+        if let Some((at, bytes)) = write.checkpoint {
+            batch.insert(&self.checkpoints, position_key(at.0, &at.1).to_vec(), bytes);
+        }
+        if let Some(record) = write.record {
+            batch.insert(&self.meta, FOLD.to_vec(), record);
+        }
+        for (name, bytes) in write.projections {
+            batch.insert(&self.projections, name.into_bytes(), bytes);
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Forgets everything the fold wrote (its index, checkpoints and
+    /// record): the next start-up folds the log from the start.
+    pub fn clear_fold(&self) -> Result<(), StoreError> {
+        self.index.clear()?;
+        self.checkpoints.clear()?;
+        self.meta.remove(FOLD)?;
+        Ok(())
+    }
+
+    /// Bytes on disk: every keyspace, journals included.
+    pub fn disk_space(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
     }
 
     /// Saves a projection's canonical bytes (derivable, so not fsynced).
@@ -161,7 +398,7 @@ impl Store {
 
 impl Backend for Store {
     fn contains(&self, id: &EventId) -> Result<bool, StoreError> {
-        Ok(self.events.contains_key(id.as_bytes())?)
+        Ok(self.ids.contains_key(id.as_bytes())?)
     }
 
     fn ids_at(&self, author: &AuthorKey, seq: u64) -> Result<Vec<EventId>, StoreError> {
@@ -186,13 +423,21 @@ impl Backend for Store {
         let mut genesis = None;
         for e in events {
             let id = e.id();
-            batch.insert(&self.events, id.as_bytes().to_vec(), e.to_bytes().to_vec());
+            batch.insert(
+                &self.log,
+                position_key(e.hlc(), &id).to_vec(),
+                e.to_bytes().to_vec(),
+            );
+            batch.insert(
+                &self.ids,
+                id.as_bytes().to_vec(),
+                hlc_bytes(e.hlc()).to_vec(),
+            );
             batch.insert(
                 &self.feeds,
                 feed_key(&e.author(), e.seq(), &id).to_vec(),
                 Vec::new(),
             );
-            batch.insert(&self.time, time_key(e.hlc(), &id).to_vec(), Vec::new());
             if matches!(e.payload(), makiatto_events::Payload::Genesis(_))
                 && self.cluster_id.is_none()
             {
@@ -208,7 +453,10 @@ impl Backend for Store {
     }
 
     fn get(&self, id: &EventId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.events.get(id.as_bytes())?.map(|v| v.to_vec()))
+        match self.position_of(id)? {
+            Some(at) => self.get_at(&at),
+            None => Ok(None),
+        }
     }
 
     fn feed_from(&self, author: &AuthorKey, from: u64) -> Result<Vec<(u64, EventId)>, StoreError> {
@@ -223,10 +471,14 @@ impl Backend for Store {
             .collect()
     }
 
-    fn all_feed_entries(&self) -> Result<Vec<(AuthorKey, u64, EventId)>, StoreError> {
-        self.feeds
-            .iter()
-            .map(|g| parse_feed_key(&g.key()?))
-            .collect()
+    fn each_feed_entry(
+        &self,
+        visit: &mut dyn FnMut(AuthorKey, u64, EventId),
+    ) -> Result<(), StoreError> {
+        for guard in self.feeds.iter() {
+            let (author, seq, id) = parse_feed_key(&guard.key()?)?;
+            visit(author, seq, id);
+        }
+        Ok(())
     }
 }

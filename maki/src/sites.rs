@@ -68,7 +68,9 @@ fn site(sites: &Sites, roles: &Roles, domain: &str) -> anyhow::Result<Site> {
         .iter()
         .enumerate()
         .map(|(i, v)| Version {
-            number: i + 1,
+            // The projection keeps the latest versions and counts the
+            // earlier ones, so numbers stay those of the whole history.
+            number: s.earlier as usize + i + 1,
             event: v.event,
             manifest: v.manifest.hash,
             at: v.at,
@@ -104,8 +106,9 @@ fn find<'a>(site: &'a Site, which: &str) -> anyhow::Result<&'a Version> {
             .find(|v| v.number == n)
             .with_context(|| {
                 format!(
-                    "there is no version {n} (versions 1 to {})",
-                    site.versions.len()
+                    "there is no version {n} (versions {} to {} are kept)",
+                    site.versions.first().map_or(1, |v| v.number),
+                    site.versions.last().map_or(0, |v| v.number)
                 )
             });
     }

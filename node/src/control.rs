@@ -179,7 +179,7 @@ pub fn execute(replica: &Mutex<Replica>, appender: &dyn Appender, envelope: Enve
             Ok(r.latest_of(&author)?.map(hex::encode))
         })),
         Request::ConfigChanges(_) => reply::<op::ConfigChanges>(reading(replica, |r| {
-            Ok(r.config_changes().iter().map(hex::encode).collect())
+            Ok(r.config_changes()?.iter().map(hex::encode).collect())
         })),
         Request::Health(_) => Answer::Error(needs_daemon("health")),
         Request::ManifestPut(_) => Answer::Error(needs_daemon("manifest-put")),

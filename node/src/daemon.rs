@@ -120,6 +120,14 @@ pub async fn run(
         tracing::error!(error = %format!("{e:#}"), "makiatto daemon stops");
     }
     tracing::info!("shutting down");
+    // The fold's state saved, the next start folds nothing.
+    match services.replica.lock().map(|mut r| r.save()) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot save the fold at shutdown; the next start re-folds from the last checkpoint")
+        }
+        Err(_) => tracing::warn!("replica lock poisoned at shutdown; the fold is not saved"),
+    }
     let _ = std::fs::remove_file(&socket);
     served
 }

@@ -22,6 +22,8 @@
 //! - [`control`]: the control protocol's serving side, shared by the daemon
 //!   and offline commands.
 //! - [`replica`]: this node's log and projections.
+//! - [`fold_source`]: the store as the fold's source of events, and where
+//!   it saves its per-event entries and checkpoints.
 //! - [`query`]: a point in history (`--at`) as typed.
 //! - [`mesh`]: the WireGuard device (boringtun) and its peers.
 //! - [`topology`]: the mesh device and gossip's view of the members,
@@ -58,6 +60,7 @@ mod content;
 mod control;
 mod daemon;
 mod dns;
+mod fold_source;
 mod gossip;
 mod handover;
 mod http;

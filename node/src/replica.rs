@@ -1,22 +1,43 @@
 //! [`Replica`]: this node's copy of the log and the projections folded from
 //! it. The daemon and the offline commands (`makiatto log` with no daemon
 //! running) both work through it, so both give the same answers.
+//!
+//! The events stay in the store: the engine reads them through
+//! [`StoreSource`] and keeps in memory only its indexes and the fold's
+//! state. Opening starts from the fold's last save (its newest checkpoint
+//! and record) and folds only the events stored after it; a store with no
+//! save (a new node, or one written by an older build) is folded from the
+//! start, a batch at a time. The fold saves every
+//! [`Settings::NODE`]`.checkpoint_every` events, at least every
+//! [`SAVE_EVERY`] while events arrive, and when the daemon stops.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use makiatto_core::VersionVector;
 use makiatto_core::{Backend, Log, RejectCounts, Store};
 use makiatto_events::{AuthorKey, Event, EventId, Hlc, MAX_PARENTS, Payload};
-use makiatto_projections::engine::AsOfError;
-use makiatto_projections::{AsOf, Engine, ProjectionName, State};
+use makiatto_projections::engine::{AsOfError, Settings};
+use makiatto_projections::{AsOf, Engine, ProjectionName, Source, SourceError, State};
 
 use makiatto_core::skew::SkewBound;
 use makiatto_protocol::log::{LogFilter, LogLine};
 use makiatto_protocol::status::{Head, NodeClock, Rejections, Status, VerifyReport};
 
+use crate::fold_source::StoreSource;
 use crate::query::Point;
+
+/// The fold saves (entries, a checkpoint, its record) at least this often
+/// while events arrive, so a node killed without a clean stop re-folds at
+/// most this much of its log when it starts again.
+pub const SAVE_EVERY: Duration = Duration::from_secs(60);
+
+/// Stored events decoded and folded at once when the log is folded from
+/// the start.
+const FOLD_BATCH: usize = 16_384;
 
 /// Why the replica could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +51,8 @@ pub enum ReplicaError {
     },
     #[error(transparent)]
     AsOf(#[from] AsOfError),
+    #[error("the fold cannot read its store: {0}")]
+    Fold(#[from] SourceError),
     #[error("{0}")]
     Query(String),
 }
@@ -38,7 +61,8 @@ pub enum ReplicaError {
 pub struct Replica {
     store: Store,
     log: Arc<Mutex<Log<Store>>>,
-    engine: Engine,
+    engine: Engine<StoreSource>,
+    last_save: Instant,
     /// Why the last save of the projections failed (their stored copies
     /// are older than the log then), until a save succeeds.
     unsaved: Option<String>,
@@ -48,28 +72,40 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Opens the data directory's log and folds every stored event.
+    /// Opens the data directory's log and the fold as last saved, and
+    /// folds the events stored since.
     pub fn open(data_dir: &Path) -> Result<Replica, ReplicaError> {
         let store = Store::open(&data_dir.join("log"))?;
-        let stored: Vec<(EventId, Vec<u8>)> = store.iter_events().collect::<Result<_, _>>()?;
-        let bytes: Vec<&[u8]> = stored.iter().map(|(_, b)| b.as_slice()).collect();
-        let events =
-            Event::decode_trusted_all(&bytes).map_err(|(i, error)| ReplicaError::CorruptEvent {
-                id: stored[i].0,
-                error,
-            })?;
-        drop(bytes);
-        drop(stored);
-        let mut engine = Engine::new();
-        engine.insert(events);
-        let log = Arc::new(Mutex::new(Log::open(store.clone())?));
+        let log = Log::open(store.clone())?;
+        let mut engine = match Engine::open(StoreSource::new(store.clone()), Settings::NODE) {
+            Ok(engine) => engine,
+            // A save that does not read back (damaged, or of another
+            // build's format) costs a fold from the start, never the node.
+            Err(SourceError::Corrupt(what)) => {
+                tracing::warn!(problem = %what, "the fold's save does not read back; folding the log from the start");
+                store.clear_fold()?;
+                Engine::open(StoreSource::new(store.clone()), Settings::NODE)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        catch_up(&mut engine, &store, log.version_vector())?;
+        let folded = engine.unsaved() > 0;
+        let log = Arc::new(Mutex::new(log));
         let mut replica = Replica {
             store,
             log,
             engine,
+            last_save: Instant::now(),
             unsaved: None,
             on_store_failure: None,
         };
+        if folded {
+            // What was folded is saved at once, so the next start (an
+            // offline command's, too) begins from here. The projections'
+            // stored copies are left as they are: `verify` compares them
+            // with a rebuild, and the daemon saves them once it runs.
+            replica.engine.try_flush()?;
+        }
         replica.follow_skew_bound();
         Ok(replica)
     }
@@ -118,12 +154,40 @@ impl Replica {
     }
 
     /// Folds events that the log stored and saves the projections.
+    ///
+    /// A store that fails to write here (a full disk) is told as a failed
+    /// save of the projections is (see [`Replica::save_projections`]).
     pub fn absorb(&mut self, stored: Vec<Event>) -> Result<(), ReplicaError> {
         if stored.is_empty() {
             return Ok(());
         }
-        self.engine.insert(stored);
+        let folded = self
+            .engine
+            .try_insert(stored)
+            .map(drop)
+            .map_err(ReplicaError::from);
         self.follow_skew_bound();
+        let flushed = folded.and_then(|()| {
+            if self.engine.unsaved() > 0 && self.last_save.elapsed() >= SAVE_EVERY {
+                self.engine.try_flush()?;
+                self.last_save = Instant::now();
+            }
+            Ok(())
+        });
+        if let Err(e) = &flushed {
+            self.failed_to_save(e.to_string());
+        }
+        flushed?;
+        self.save_projections()
+    }
+
+    /// Saves the fold (its new entries, a checkpoint and its record) and
+    /// the projections: at a clean stop, so the next start folds nothing.
+    pub fn save(&mut self) -> Result<(), ReplicaError> {
+        if self.engine.unsaved() > 0 {
+            self.engine.try_flush()?;
+        }
+        self.last_save = Instant::now();
         self.save_projections()
     }
 
@@ -139,16 +203,20 @@ impl Replica {
         });
         match &saved {
             Ok(()) => self.unsaved = None,
-            Err(e) => {
-                if self.unsaved.is_none()
-                    && let Some(tx) = &self.on_store_failure
-                {
-                    let _ = tx.send(format!("saving the projections failed: {e}"));
-                }
-                self.unsaved = Some(e.to_string());
-            }
+            Err(e) => self.failed_to_save(e.to_string()),
         }
         Ok(saved?)
+    }
+
+    /// Remembers that the stored copies are older than the log, and tells
+    /// the first such failure to [`Replica::on_store_failure`]'s channel.
+    fn failed_to_save(&mut self, why: String) {
+        if self.unsaved.is_none()
+            && let Some(tx) = &self.on_store_failure
+        {
+            let _ = tx.send(format!("saving the fold or the projections failed: {why}"));
+        }
+        self.unsaved = Some(why);
     }
 
     /// Where a failed save of the projections is told.
@@ -178,14 +246,23 @@ impl Replica {
         }
     }
 
-    /// The one held event whose hex id starts with `prefix`.
+    /// The one folded event whose hex id starts with `prefix` (read from
+    /// the store's id index, so only ids sharing the prefix are visited).
     pub fn resolve_id(&self, prefix: &str) -> Result<EventId, ReplicaError> {
-        let mut found = self
-            .engine
-            .ordered()
-            .map(|e| e.id())
-            .filter(|id| id.to_hex().starts_with(prefix));
-        match (found.next(), found.next()) {
+        let prefix = prefix.to_ascii_lowercase();
+        let whole_bytes = hex::decode(&prefix[..prefix.len() - prefix.len() % 2])
+            .map_err(|_| ReplicaError::Query(format!("{prefix:?} is not hexadecimal")))?;
+        let mut found = Vec::new();
+        for id in self.store.ids_with_prefix(&whole_bytes) {
+            let id = id?;
+            if id.to_hex().starts_with(&prefix) && self.engine.try_is_ready(&id)? {
+                found.push(id);
+                if found.len() == 2 {
+                    break;
+                }
+            }
+        }
+        match (found.first().copied(), found.get(1)) {
             (Some(id), None) => Ok(id),
             (None, _) => Err(ReplicaError::Query(format!(
                 "no event id starts with {prefix:?}"
@@ -207,35 +284,64 @@ impl Replica {
         }
     }
 
-    /// The log listing, filtered, in time order.
+    /// The log listing, filtered, in time order. Read from the store
+    /// newest first when a limit is given, so `--limit` costs what it
+    /// lists, not the length of the log.
     pub fn log_lines(&self, filter: &LogFilter) -> Result<Vec<LogLine>, ReplicaError> {
-        let within = match &filter.at {
-            None => None,
-            Some(text) => Some(match self.resolve_point(text)? {
-                AsOf::Event(id) => Within::Past(self.engine.causal_past(&id)?),
-                AsOf::Time(t) => Within::Until(t),
-            }),
-        };
+        let limit = filter.limit.unwrap_or(usize::MAX);
         let roles = self.engine.roles();
         let mut lines = Vec::new();
-        for item in self.store.iter_by_time() {
-            let (hlc, id) = item?;
-            match &within {
-                Some(Within::Until(t)) if hlc > *t => break,
-                Some(Within::Past(set)) if !set.contains(&id) => continue,
-                _ => {}
+        let take = |event: &Event, lines: &mut Vec<LogLine>| -> Result<bool, ReplicaError> {
+            let id = event.id();
+            if !self.engine.try_contains(&id)? {
+                // Stored, but not yet given to the engine.
+                return Ok(true);
             }
-            let Some(event) = self.engine.event(&id) else {
-                continue;
-            };
-            let line = LogLine::new(event, roles, self.engine.verdict(&id));
+            let verdict = self.engine.try_verdict(&id)?;
+            let line = LogLine::new(event, roles, verdict);
             if filter.matches(&line) {
                 lines.push(line);
             }
-        }
-        if let Some(limit) = filter.limit {
-            let skip = lines.len().saturating_sub(limit);
-            lines.drain(..skip);
+            Ok(lines.len() < limit)
+        };
+        let point = match &filter.at {
+            None => None,
+            Some(text) => Some(self.resolve_point(text)?),
+        };
+        match point {
+            Some(AsOf::Event(id)) => {
+                let mut past = Vec::new();
+                self.engine.try_walk_past(id, |e, _| past.push(e.clone()))?;
+                for e in &past {
+                    if !take(e, &mut lines)? {
+                        break;
+                    }
+                }
+                lines.reverse();
+            }
+            time => {
+                let last = match time {
+                    Some(AsOf::Time(t)) => t,
+                    _ => Hlc {
+                        millis: u64::MAX,
+                        counter: u32::MAX,
+                    },
+                };
+                let last = (last, EventId([0xff; 32]));
+                let source = self.engine.source();
+                if filter.limit.is_some() {
+                    for e in source.backward(last) {
+                        if !take(&e?, &mut lines)? {
+                            break;
+                        }
+                    }
+                    lines.reverse();
+                } else {
+                    for e in source.forward(Bound::Unbounded, Bound::Included(last)) {
+                        take(&e?, &mut lines)?;
+                    }
+                }
+            }
         }
         Ok(lines)
     }
@@ -257,33 +363,50 @@ impl Replica {
             ));
         }
         let mut count = 0;
-        for item in self.store.iter_events() {
-            let (id, bytes) = item?;
-            count += 1;
-            match Event::decode(&bytes) {
-                Ok(e) if e.id() == id => {
-                    if let Some(prev) = e.header().prev {
-                        let before = self.store.ids_at(&e.author(), e.seq() - 1)?;
-                        if !before.contains(&prev) {
-                            problems.push(format!(
-                                "event {id}: its feed predecessor {prev} is not stored"
-                            ));
+        let mut events = self.store.iter_events();
+        loop {
+            // Signatures are checked a batch at a time over every core.
+            let batch: Vec<_> = events.by_ref().take(FOLD_BATCH).collect::<Result<_, _>>()?;
+            if batch.is_empty() {
+                break;
+            }
+            count += batch.len();
+            let bytes: Vec<&[u8]> = batch.iter().map(|(_, b)| b.as_slice()).collect();
+            for (((hlc, id), _), decoded) in batch.iter().zip(Event::decode_all(&bytes)) {
+                match decoded {
+                    Ok(e) if e.id() == *id && e.hlc() == *hlc => {
+                        if let Some(prev) = e.header().prev {
+                            let before = self.store.ids_at(&e.author(), e.seq() - 1)?;
+                            if !before.contains(&prev) {
+                                problems.push(format!(
+                                    "event {id}: its feed predecessor {prev} is not stored"
+                                ));
+                            }
                         }
                     }
+                    Ok(_) => problems.push(format!(
+                        "event stored under {id} hashes to another id or time"
+                    )),
+                    Err(e) => problems.push(format!("event {id}: {e}")),
                 }
-                Ok(_) => problems.push(format!("event stored under {id} hashes to another id")),
-                Err(e) => problems.push(format!("event {id}: {e}")),
             }
         }
-        for (author, seq, id) in self.store.all_feed_entries()? {
-            if !self.store.contains(&id)? {
-                problems.push(format!(
+        let mut feed_problem = None;
+        self.store
+            .each_feed_entry(&mut |author, seq, id| match self.store.contains(&id) {
+                Ok(true) => {}
+                Ok(false) => problems.push(format!(
                     "feed of {} names event {id} at seq {seq}, which is missing",
                     author.short()
-                ));
-            }
+                )),
+                Err(e) => feed_problem = Some(e),
+            })?;
+        if let Some(e) = feed_problem {
+            return Err(e.into());
         }
-        let rebuilt = self.engine.rebuild();
+        let rebuilt = self.engine.try_rebuild()?;
+        problems.extend(rebuilt.problems);
+        let rebuilt = rebuilt.state;
         let current = self.engine.state().clone();
         let mut fingerprints = Vec::new();
         for name in ProjectionName::ALL {
@@ -321,7 +444,7 @@ impl Replica {
             ),
             Err(_) => (0, 0, 0, (0, 0)),
         };
-        let not_ready = self.engine.len() as u64 - self.engine.ordered().count() as u64;
+        let not_ready = self.engine.unready() as u64;
         let r = self.reject_counts();
         Status {
             cluster: self.cluster_id(),
@@ -431,7 +554,7 @@ impl Replica {
             .heads()
             .into_iter()
             .take(MAX_PARENTS)
-            .map(|e| Head::new(e.id(), e.hlc()))
+            .map(|(hlc, id)| Head::new(id, hlc))
             .collect()
     }
 
@@ -453,20 +576,65 @@ impl Replica {
 
     /// The bytes of every applied configuration change, in canonical order,
     /// for a client to rebuild the configuration document.
-    pub fn config_changes(&self) -> Vec<Vec<u8>> {
+    pub fn config_changes(&self) -> Result<Vec<Vec<u8>>, ReplicaError> {
         let mut out = Vec::new();
-        for e in self.engine.ordered() {
-            if let Payload::ConfigChanged(c) = e.payload()
-                && self.engine.verdict(&e.id()).is_some_and(|v| v.is_applied())
-            {
+        for id in self.engine.config_events() {
+            let Some(e) = self.engine.source().event(id)? else {
+                return Err(SourceError::Corrupt(format!(
+                    "configuration change {id} was folded but is not stored"
+                ))
+                .into());
+            };
+            if let Payload::ConfigChanged(c) = e.payload() {
                 out.extend(c.changes.iter().cloned());
             }
         }
-        out
+        Ok(out)
     }
 }
 
-enum Within {
-    Past(makiatto_projections::fast::FastSet<EventId>),
-    Until(Hlc),
+/// Gives the engine every stored event its last save does not cover: all
+/// of them, a batch at a time in canonical order, when there is no save;
+/// otherwise, per author, the part of the feed the save had not seen
+/// (the whole feed where either side saw a fork).
+fn catch_up(
+    engine: &mut Engine<StoreSource>,
+    store: &Store,
+    stored: &VersionVector,
+) -> Result<(), ReplicaError> {
+    if engine.known().total() == 0 {
+        let mut events = store.iter_events();
+        loop {
+            let batch: Vec<_> = events.by_ref().take(FOLD_BATCH).collect::<Result<_, _>>()?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let bytes: Vec<&[u8]> = batch.iter().map(|(_, b)| b.as_slice()).collect();
+            let decoded = Event::decode_trusted_all(&bytes).map_err(|(i, error)| {
+                ReplicaError::CorruptEvent {
+                    id: batch[i].0.1,
+                    error,
+                }
+            })?;
+            drop(bytes);
+            drop(batch);
+            engine.try_insert(decoded)?;
+        }
+    }
+    for request in stored.plan_for(engine.known()) {
+        let mut events = Vec::new();
+        for (_, id) in store.feed_from(&request.author, request.from)? {
+            if engine.try_contains(&id)? {
+                continue;
+            }
+            if let Some(bytes) = store.get(&id)? {
+                events.push(
+                    Event::decode_trusted(&bytes)
+                        .map_err(|error| ReplicaError::CorruptEvent { id, error })?,
+                );
+            }
+        }
+        engine.try_insert(events)?;
+    }
+    Ok(())
 }

@@ -1,34 +1,42 @@
-//! The fold: events in canonical order in, projections and one verdict per
-//! event out.
+//! The fold: events in canonical order in, projections and one [`Entry`]
+//! per event out.
 //!
 //! For each event, in order:
 //! 1. **Validity.** Its clock must be later than each parent's (so the
 //!    canonical order is causal); only the first genesis counts, and only if
 //!    its author is the operator it names.
 //! 2. **Authorization** against the roles *as of its causal past*. Each
-//!    event carries the set of applied role events among its ancestors (a
-//!    small sorted list, shared between events); the roles for a set are
-//!    folded from those role events alone and cached. So a verdict never
-//!    depends on concurrent events that sort before it.
-//! 3. **Application** to roles, config, peers and sites; zone serials move
-//!    when a zone's content changes.
+//!    event's entry names the set of applied role events among its
+//!    ancestors (a [`RoleSetId`]); the roles of a set are folded from those
+//!    role events alone and cached. So a verdict never depends on
+//!    concurrent events that sort before it.
+//! 3. **Application** to roles, config, peers, sites and certificates;
+//!    zone serials move when a zone's content can change.
+//!
+//! Everything in an entry depends on the event's causal past alone, so an
+//! event already folded can be folded again from its entry
+//! ([`Fold::reapply`]) without judging it anew. The fold's state without
+//! the entries is small (the projections, and which feed places hold an
+//! applied event), and is what a checkpoint saves.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
-use crate::fast::FastMap;
-use makiatto_events::{AuthorKey, Event, EventId, Hlc, Payload};
-use serde::Serialize;
+use makiatto_events::{AuthorKey, DomainName, Event, EventId, Payload};
+use serde::{Deserialize, Serialize};
 
 use crate::certificates::Certificates;
 use crate::config::ConfigDoc;
+use crate::index::{Entry, RoleSetId, Verdicts};
 use crate::peers::Peers;
+use crate::role_sets::RoleSets;
 use crate::roles::Roles;
-use crate::sites::Sites;
+use crate::sites::{SiteHistory, SiteVersion};
+use crate::source::{Position, SourceError};
 use crate::state::State;
 use crate::zones;
 
 /// What the fold made of an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "verdict", content = "reason", rename_all = "kebab-case")]
 pub enum Verdict {
     /// It took effect.
@@ -45,31 +53,73 @@ impl Verdict {
     }
 }
 
-/// Indices of applied role events in an event's causal past, ascending.
-type RoleSet = Arc<[u32]>;
+/// Where folding again reads another event (a rollback's target, when it
+/// is older than the versions the sites projection keeps).
+pub trait Lookup {
+    /// A held event.
+    fn event(&mut self, id: &EventId) -> Result<Option<Event>, SourceError>;
+}
 
-/// The fold's accumulator.
+/// What the fold needs to know about other events while it judges one:
+/// their entries (parents, a rollback's target) and the tables entries
+/// point into.
+pub trait Facts: Lookup {
+    /// The entry of an event folded before (`None`: not folded).
+    fn entry(&mut self, id: &EventId) -> Result<Option<Entry>, SourceError>;
+    fn sets(&mut self) -> &mut RoleSets;
+    fn verdicts(&mut self) -> &mut Verdicts;
+}
+
+/// The sequence numbers of one author that hold an applied event, as
+/// sorted, disjoint, inclusive runs (a fork-free feed is one run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runs(Vec<(u64, u64)>);
+
+impl Runs {
+    /// Adds `seq`; false when it was there already.
+    pub fn insert(&mut self, seq: u64) -> bool {
+        let at = self.0.partition_point(|(_, end)| *end < seq);
+        if self.0.get(at).is_some_and(|(start, _)| *start <= seq) {
+            return false;
+        }
+        let joins_before = at > 0 && self.0[at - 1].1 + 1 == seq;
+        let joins_after = self.0.get(at).is_some_and(|(start, _)| *start == seq + 1);
+        match (joins_before, joins_after) {
+            (true, true) => {
+                self.0[at - 1].1 = self.0[at].1;
+                self.0.remove(at);
+            }
+            (true, false) => self.0[at - 1].1 = seq,
+            (false, true) => self.0[at].0 = seq,
+            (false, false) => self.0.insert(at, (seq, seq)),
+        }
+        true
+    }
+}
+
+/// The fold's accumulator: every projection as it stands, and what the
+/// rules need beyond them.
 #[derive(Debug, Clone, Default)]
 pub struct Fold {
-    genesis: Option<EventId>,
-    role_events: Vec<Event>,
-    past: FastMap<EventId, (Hlc, RoleSet)>,
-    roles_cache: FastMap<RoleSet, Arc<Roles>>,
-    verdicts: FastMap<EventId, Verdict>,
-    feed_places: FastMap<(AuthorKey, u64), EventId>,
-    roles: Roles,
-    config: ConfigDoc,
-    peers: Peers,
-    sites: Sites,
-    certificates: Certificates,
-    zone_serial: u32,
-    last: Option<(Hlc, EventId)>,
-    folded: u64,
+    pub(crate) genesis: Option<EventId>,
+    pub(crate) roles: Roles,
+    pub(crate) config: ConfigDoc,
+    pub(crate) peers: Peers,
+    pub(crate) sites: SiteHistory,
+    pub(crate) certificates: Certificates,
+    pub(crate) zone_serial: u32,
+    pub(crate) last: Option<Position>,
+    pub(crate) folded: u64,
+    /// Per author, the feed places that hold an applied event: a second
+    /// applied event at one place is a fork.
+    pub(crate) places: BTreeMap<AuthorKey, Runs>,
+    /// The applied `config-changed` events, in canonical order.
+    pub(crate) config_events: Vec<EventId>,
 }
 
 impl Fold {
     /// The last event folded, in canonical order.
-    pub fn last(&self) -> Option<(Hlc, EventId)> {
+    pub fn last(&self) -> Option<Position> {
         self.last
     }
 
@@ -78,119 +128,199 @@ impl Fold {
         self.folded
     }
 
-    /// The verdict on a folded event.
-    pub fn verdict(&self, id: &EventId) -> Option<&Verdict> {
-        self.verdicts.get(id)
-    }
-
     /// The current roles (every applied role event, in canonical order).
     pub fn roles(&self) -> &Roles {
         &self.roles
     }
 
-    /// Folds one event. Events must come in canonical order.
-    pub fn apply(&mut self, event: &Event) {
-        let id = event.id();
-        self.last = Some((event.hlc(), id));
-        self.folded += 1;
-
-        // The role events in this event's causal past, and its clock check.
-        let mut set: Option<RoleSet> = None;
-        let mut clock_ok = true;
-        for parent in event.parents() {
-            match self.past.get(parent) {
-                Some((hlc, parent_set)) => {
-                    clock_ok &= *hlc < event.hlc();
-                    set = Some(match set {
-                        None => parent_set.clone(),
-                        Some(s) if Arc::ptr_eq(&s, parent_set) || *s == **parent_set => s,
-                        Some(s) => union(&s, parent_set),
-                    });
-                }
-                // Present (the engine only folds ready events) but not yet
-                // folded: it sorts after us, so our clock is not after it.
-                None => clock_ok = false,
-            }
-        }
-        let set = set.unwrap_or_else(|| Arc::from(Vec::new()));
-
-        let verdict = self.judge(event, &set, clock_ok);
-        let mut own_set = set;
-        if verdict.is_applied() {
-            // Only applied events mark a fork: an unauthorized one changes
-            // nothing, the roles projection included (the log still counts it).
-            if let Some(first) = self.feed_places.get(&(event.author(), event.seq())) {
-                if *first != id {
-                    self.roles
-                        .forks
-                        .entry(event.author())
-                        .or_default()
-                        .insert(event.seq());
-                }
-            } else {
-                self.feed_places.insert((event.author(), event.seq()), id);
-            }
-            if Roles::is_role_event(event.payload()) {
-                let index = self.role_events.len() as u32;
-                self.role_events.push(event.clone());
-                let mut with_me = own_set.to_vec();
-                with_me.push(index);
-                own_set = Arc::from(with_me);
-                self.roles.apply(event);
-            }
-            self.apply_effects(event);
-        }
-        self.past.insert(id, (event.hlc(), own_set));
-        self.verdicts.insert(id, verdict);
+    /// The applied `config-changed` events, in canonical order.
+    pub fn config_events(&self) -> &[EventId] {
+        &self.config_events
     }
 
-    fn judge(&mut self, event: &Event, past: &RoleSet, clock_ok: bool) -> Verdict {
+    /// Folds an event not folded before and returns its entry. Events must
+    /// come in canonical order, each after its ready parents.
+    pub fn apply(&mut self, event: &Event, facts: &mut impl Facts) -> Result<Entry, SourceError> {
+        let position = (event.hlc(), event.id());
+        // The role events in this event's causal past, and its clock
+        // check. A parent folded before it sorts before it; one that sorts
+        // after it (its clock is not after the parent's) is left out of
+        // its set, as if not yet folded.
+        let mut set: Option<RoleSetId> = None;
+        let mut clock_ok = true;
+        for parent in event.parents() {
+            match facts.entry(parent)? {
+                Some(p) if (p.hlc, *parent) < position => {
+                    clock_ok &= p.hlc < event.hlc();
+                    set = Some(match set {
+                        None => p.roles,
+                        Some(s) => facts.sets().union(s, p.roles),
+                    });
+                }
+                _ => clock_ok = false,
+            }
+        }
+        let set = set.unwrap_or(RoleSets::EMPTY);
+        let (verdict, target) = self.judge(event, set, clock_ok, facts)?;
+        let mut own = set;
+        let applied = verdict.is_applied();
+        if applied && Roles::is_role_event(event.payload()) {
+            own = facts.sets().with(set, event);
+        }
+        let entry = Entry {
+            hlc: event.hlc(),
+            roles: own,
+            verdict: facts.verdicts().intern(verdict),
+        };
+        self.take(event, applied, target, facts)?;
+        Ok(entry)
+    }
+
+    /// Folds again an event whose entry a fold made before.
+    pub fn reapply(
+        &mut self,
+        event: &Event,
+        entry: Entry,
+        lookup: &mut impl Lookup,
+    ) -> Result<(), SourceError> {
+        let applied = entry.verdict.is_applied();
+        if applied && matches!(event.payload(), Payload::Genesis(_)) {
+            self.genesis = Some(event.id());
+        }
+        self.take(event, applied, None, lookup)
+    }
+
+    /// What folding an event does once it is judged.
+    fn take(
+        &mut self,
+        event: &Event,
+        applied: bool,
+        target: Option<SiteVersion>,
+        lookup: &mut impl Lookup,
+    ) -> Result<(), SourceError> {
+        self.last = Some((event.hlc(), event.id()));
+        self.folded += 1;
+        if !applied {
+            return Ok(());
+        }
+        // Only applied events mark a fork: an unauthorized one changes
+        // nothing, the roles projection included (the log still counts it).
+        if !self
+            .places
+            .entry(event.author())
+            .or_default()
+            .insert(event.seq())
+        {
+            self.roles
+                .forks
+                .entry(event.author())
+                .or_default()
+                .insert(event.seq());
+        }
+        if Roles::is_role_event(event.payload()) {
+            self.roles.apply(event);
+        }
+        let target = match (event.payload(), target) {
+            (Payload::SiteRolledBack(r), None) if !self.sites.keeps(&r.domain, &r.to) => lookup
+                .event(&r.to)?
+                .as_ref()
+                .and_then(SiteVersion::of)
+                .map(|(_, v)| v),
+            (_, target) => target,
+        };
+        self.apply_effects(event, target);
+        Ok(())
+    }
+
+    /// The verdict, and for a rollback to a version older than those the
+    /// sites projection keeps, that version (read to check it).
+    fn judge(
+        &mut self,
+        event: &Event,
+        past: RoleSetId,
+        clock_ok: bool,
+        facts: &mut impl Facts,
+    ) -> Result<(Verdict, Option<SiteVersion>), SourceError> {
         if !clock_ok {
-            return Verdict::Invalid("its timestamp is not later than its parents'".into());
+            return Ok((
+                Verdict::Invalid("its timestamp is not later than its parents'".into()),
+                None,
+            ));
         }
         if let Payload::Genesis(g) = event.payload() {
             if self.genesis.is_some() {
-                return Verdict::Invalid("a cluster has exactly one genesis".into());
+                return Ok((
+                    Verdict::Invalid("a cluster has exactly one genesis".into()),
+                    None,
+                ));
             }
             if g.operator != event.author() {
-                return Verdict::Invalid(
-                    "the genesis must be signed by the operator it names".into(),
-                );
+                return Ok((
+                    Verdict::Invalid("the genesis must be signed by the operator it names".into()),
+                    None,
+                ));
             }
             self.genesis = Some(event.id());
-            return Verdict::Applied;
+            return Ok((Verdict::Applied, None));
         }
-        let roles = self.roles_for(past);
+        let roles = facts.sets().roles(past);
         if let Err(reason) = roles.authorize(event) {
-            return Verdict::Unauthorized(reason);
+            return Ok((Verdict::Unauthorized(reason), None));
         }
-        match event.payload() {
+        Ok(match event.payload() {
             Payload::ConfigChanged(c) => match ConfigDoc::decode(&c.changes) {
-                Ok(_) => Verdict::Applied,
-                Err(e) => Verdict::Invalid(e.to_string()),
+                Ok(_) => (Verdict::Applied, None),
+                Err(e) => (Verdict::Invalid(e.to_string()), None),
             },
-            Payload::SiteRolledBack(_) => match self.sites.check(event) {
-                Ok(()) => Verdict::Applied,
-                Err(e) => Verdict::Invalid(e),
-            },
-            _ => Verdict::Applied,
-        }
+            Payload::SiteRolledBack(r) => {
+                if !event.parents().contains(&r.to) {
+                    (
+                        Verdict::Invalid(
+                            "a rollback must name its target version among its parents".into(),
+                        ),
+                        None,
+                    )
+                } else if self.sites.keeps(&r.domain, &r.to) {
+                    (Verdict::Applied, None)
+                } else {
+                    match self.published_version(&r.domain, &r.to, facts)? {
+                        Some(v) => (Verdict::Applied, Some(v)),
+                        None => (
+                            Verdict::Invalid(format!(
+                                "{} is not a published version of {}",
+                                r.to.short(),
+                                r.domain
+                            )),
+                            None,
+                        ),
+                    }
+                }
+            }
+            _ => (Verdict::Applied, None),
+        })
     }
 
-    fn roles_for(&mut self, set: &RoleSet) -> Arc<Roles> {
-        if let Some(roles) = self.roles_cache.get(set) {
-            return roles.clone();
+    /// `id`, when it is an applied `site-published` of `domain` folded
+    /// before: the version it published.
+    fn published_version(
+        &self,
+        domain: &DomainName,
+        id: &EventId,
+        facts: &mut impl Facts,
+    ) -> Result<Option<SiteVersion>, SourceError> {
+        let applied = facts.entry(id)?.is_some_and(|e| e.verdict.is_applied());
+        if !applied {
+            return Ok(None);
         }
-        let mut roles = Roles::default();
-        for i in set.iter() {
-            roles.apply(&self.role_events[*i as usize]);
-        }
-        let roles = Arc::new(roles);
-        self.roles_cache.insert(set.clone(), roles.clone());
-        roles
+        Ok(facts
+            .event(id)?
+            .as_ref()
+            .and_then(SiteVersion::of)
+            .filter(|(d, _)| d == domain)
+            .map(|(_, v)| v))
     }
 
-    fn apply_effects(&mut self, event: &Event) {
+    fn apply_effects(&mut self, event: &Event, target: Option<SiteVersion>) {
         let zones_may_change = match event.payload() {
             Payload::ConfigChanged(c) => {
                 if let Ok(changes) = ConfigDoc::decode(&c.changes) {
@@ -199,6 +329,7 @@ impl Fold {
                     // `maki` rebuilds the document the same way.
                     self.config.apply_as_folded(changes);
                 }
+                self.config_events.push(event.id());
                 true
             }
             Payload::Genesis(_)
@@ -210,7 +341,7 @@ impl Fold {
                 true
             }
             Payload::SitePublished(_) | Payload::SiteRolledBack(_) => {
-                self.sites.apply(event);
+                self.sites.apply(event, target);
                 false
             }
             Payload::AcmeChallenge(_)
@@ -227,7 +358,7 @@ impl Fold {
     /// the old serial if that is not later. Every event that can change a
     /// zone moves it (moving it without a change is harmless; missing a
     /// change is not), so the document need not be read per event.
-    fn bump_serials(&mut self, at: Hlc) {
+    fn bump_serials(&mut self, at: makiatto_events::Hlc) {
         let seconds = u32::try_from(at.millis / 1000).unwrap_or(u32::MAX);
         self.zone_serial = seconds.max(self.zone_serial.wrapping_add(1));
     }
@@ -242,40 +373,26 @@ impl Fold {
             peers: self.peers.clone(),
             zones: zones::build(&config, &self.peers, &self.certificates, self.zone_serial),
             certificates: self.certificates.clone(),
-            sites: self.sites.with_config(&config),
+            sites: self.sites.view(&config),
             config,
         }
     }
 }
 
-fn union(a: &[u32], b: &[u32]) -> RoleSet {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) if x == y => {
-                out.push(*x);
-                i += 1;
-                j += 1;
-            }
-            (Some(x), Some(y)) if x < y => {
-                out.push(*x);
-                i += 1;
-            }
-            (Some(_), Some(y)) => {
-                out.push(*y);
-                j += 1;
-            }
-            (Some(x), None) => {
-                out.push(*x);
-                i += 1;
-            }
-            (None, Some(y)) => {
-                out.push(*y);
-                j += 1;
-            }
-            (None, None) => break,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_merge_and_refuse_a_taken_place() {
+        let mut r = Runs::default();
+        for seq in [1, 2, 4, 3, 7, 6] {
+            assert!(r.insert(seq), "{seq}");
         }
+        assert_eq!(r.0, vec![(1, 4), (6, 7)]);
+        assert!(!r.insert(3));
+        assert!(!r.insert(7));
+        assert!(r.insert(5));
+        assert_eq!(r.0, vec![(1, 7)]);
     }
-    Arc::from(out)
 }

@@ -1,13 +1,25 @@
-//! Per domain: every published site version and the one that is live.
-//! Manifests are blobs; the projection holds their hashes, never their bytes.
+//! Per domain: the site versions published, which one is live, and the
+//! latest [`VERSIONS_KEPT`] of them in full.
+//!
+//! Manifests are blobs; the projection holds their hashes, never their
+//! bytes. Every version stays in the log (`makiatto log --kind
+//! site-published`); the projection keeps the latest [`VERSIONS_KEPT`],
+//! which is the most `sites.keep_versions` lets garbage collection keep
+//! the files of, and counts the earlier ones so that versions keep their
+//! numbers. A history of a million publications therefore costs the
+//! projection no more memory than one of a thousand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use makiatto_events::payload::{BlobRef, ChangeSummary};
 use makiatto_events::{AuthorKey, DomainName, Event, EventId, Hlc, Payload};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DesiredConfig, FunctionConfig, TransformConfig};
+
+/// Versions kept per domain in the projection: the most
+/// `sites.keep_versions` can be set to.
+pub const VERSIONS_KEPT: usize = 1000;
 
 /// One published version of a site.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,13 +33,46 @@ pub struct SiteVersion {
     pub at: Hlc,
 }
 
+impl SiteVersion {
+    /// The version a `site-published` event publishes.
+    pub fn of(event: &Event) -> Option<(DomainName, SiteVersion)> {
+        let Payload::SitePublished(p) = event.payload() else {
+            return None;
+        };
+        Some((
+            p.domain.clone(),
+            SiteVersion {
+                event: event.id(),
+                manifest: p.manifest,
+                summary: p.summary,
+                message: p.message.clone(),
+                author: event.author(),
+                at: event.hlc(),
+            },
+        ))
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One domain's site.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SiteState {
     /// The live version's event id.
     pub live: Option<EventId>,
-    /// Every version, oldest first (canonical order).
+    /// The latest versions, oldest first (canonical order): all of them
+    /// while there are at most [`VERSIONS_KEPT`].
     pub versions: Vec<SiteVersion>,
+    /// How many versions were published before `versions[0]`: version
+    /// `versions[i]` is number `earlier + i + 1`. Absent when zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub earlier: u64,
+    /// The live version when a rollback made one older than `versions`
+    /// live again. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_earlier: Option<SiteVersion>,
     pub functions: Vec<FunctionConfig>,
     pub transforms: Vec<TransformConfig>,
 }
@@ -36,7 +81,10 @@ impl SiteState {
     /// The live version.
     pub fn live_version(&self) -> Option<&SiteVersion> {
         let live = self.live?;
-        self.versions.iter().find(|v| v.event == live)
+        self.versions
+            .iter()
+            .find(|v| v.event == live)
+            .or(self.live_earlier.as_ref().filter(|v| v.event == live))
     }
 }
 
@@ -46,58 +94,84 @@ pub struct Sites {
     pub domains: BTreeMap<DomainName, SiteState>,
 }
 
-impl Sites {
-    /// Checks an authorized event before it is applied: a rollback must name
-    /// a published version of the same domain, among its parents (so the
-    /// verdict depends on the causal past alone).
-    pub fn check(&self, event: &Event) -> Result<(), String> {
-        if let Payload::SiteRolledBack(r) = event.payload() {
-            if !event.parents().contains(&r.to) {
-                return Err("a rollback must name its target version among its parents".into());
-            }
-            let known = self
-                .domains
-                .get(&r.domain)
-                .is_some_and(|s| s.versions.iter().any(|v| v.event == r.to));
-            if !known {
-                return Err(format!(
-                    "{} is not a published version of {}",
-                    r.to.short(),
-                    r.domain
-                ));
-            }
-        }
-        Ok(())
-    }
+/// One domain's history as the fold keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DomainHistory {
+    live: Option<EventId>,
+    versions: VecDeque<SiteVersion>,
+    earlier: u64,
+    live_earlier: Option<SiteVersion>,
+}
 
-    /// Applies an authorized, checked event.
-    pub fn apply(&mut self, event: &Event) {
+/// The fold's accumulator for the sites projection: per domain the latest
+/// [`VERSIONS_KEPT`] versions, how many came before, and the live one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SiteHistory {
+    domains: BTreeMap<DomainName, DomainHistory>,
+}
+
+impl SiteHistory {
+    /// Applies an authorized `site-published` or a checked
+    /// `site-rolled-back`; for a rollback, `target` is the version it
+    /// names (read from the log when it is older than those kept).
+    pub fn apply(&mut self, event: &Event, target: Option<SiteVersion>) {
         match event.payload() {
-            Payload::SitePublished(p) => {
-                let site = self.domains.entry(p.domain.clone()).or_default();
-                site.versions.push(SiteVersion {
-                    event: event.id(),
-                    manifest: p.manifest,
-                    summary: p.summary,
-                    message: p.message.clone(),
-                    author: event.author(),
-                    at: event.hlc(),
-                });
-                site.live = Some(event.id());
+            Payload::SitePublished(_) => {
+                let Some((domain, version)) = SiteVersion::of(event) else {
+                    return;
+                };
+                let site = self.domains.entry(domain).or_default();
+                site.live = Some(version.event);
+                site.live_earlier = None;
+                site.versions.push_back(version);
+                if site.versions.len() > VERSIONS_KEPT {
+                    site.versions.pop_front();
+                    site.earlier += 1;
+                }
             }
             Payload::SiteRolledBack(r) => {
                 if let Some(site) = self.domains.get_mut(&r.domain) {
                     site.live = Some(r.to);
+                    site.live_earlier = if site.versions.iter().any(|v| v.event == r.to) {
+                        None
+                    } else {
+                        target.filter(|v| v.event == r.to)
+                    };
                 }
             }
             _ => {}
         }
     }
 
-    /// The projection with each domain's functions and transforms from the
-    /// configuration.
-    pub fn with_config(&self, config: &DesiredConfig) -> Sites {
-        let mut sites = self.clone();
+    /// Whether `id` is one of the versions of `domain` kept here.
+    pub fn keeps(&self, domain: &DomainName, id: &EventId) -> bool {
+        self.domains
+            .get(domain)
+            .is_some_and(|s| s.versions.iter().any(|v| v.event == *id))
+    }
+
+    /// The projection, with each domain's functions and transforms from
+    /// the configuration.
+    pub fn view(&self, config: &DesiredConfig) -> Sites {
+        let mut sites = Sites {
+            domains: self
+                .domains
+                .iter()
+                .map(|(name, h)| {
+                    (
+                        name.clone(),
+                        SiteState {
+                            live: h.live,
+                            versions: h.versions.iter().cloned().collect(),
+                            earlier: h.earlier,
+                            live_earlier: h.live_earlier.clone(),
+                            functions: Vec::new(),
+                            transforms: Vec::new(),
+                        },
+                    )
+                })
+                .collect(),
+        };
         for (name, domain) in &config.domains {
             let Ok(name) = DomainName::new(name.as_str()) else {
                 continue;

@@ -7,6 +7,7 @@
 use makiatto_core::log::AppendReport;
 use makiatto_core::{Backend, Log, MemoryBackend, VersionVector};
 use makiatto_events::{Blake3Hash, Event, EventId};
+use makiatto_projections::engine::Settings;
 use makiatto_projections::{Engine, ProjectionName, State, Verdict};
 
 /// A node of the simulation: what it stores and what it serves.
@@ -42,11 +43,15 @@ impl Replica {
         report
     }
 
-    /// A crash and restart: the log's waiting buffer and the engine are lost
-    /// (they live in memory); stored events survive and are folded again.
+    /// A crash and restart: the log's waiting buffer and the engine's
+    /// memory are lost; stored events survive, and so does what the engine
+    /// last saved (its entries, checkpoints and record, as a node's store
+    /// keeps them). The engine reopens from its save, as a node starts up,
+    /// and is given every stored event again (those it folded are skipped).
     pub fn crash_and_restart(&mut self) {
         let backend = self.log.backend().clone();
-        let mut engine = Engine::new();
+        let mut engine = Engine::open(self.engine.source().clone(), Settings::TESTS)
+            .expect("the memory source never fails");
         engine.insert(
             backend.events().into_iter().map(|(_, bytes)| {
                 Event::decode_trusted(&bytes).expect("stored events were verified")
@@ -86,6 +91,7 @@ impl Replica {
         let mut all: Vec<(EventId, Verdict)> = self
             .engine
             .ordered()
+            .into_iter()
             .filter_map(|e| Some((e.id(), self.engine.verdict(&e.id())?.clone())))
             .collect();
         all.sort_by_key(|(id, _)| *id);
