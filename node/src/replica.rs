@@ -351,10 +351,16 @@ impl Replica {
     /// state and with the stored projections.
     pub fn verify(&mut self) -> Result<VerifyReport, ReplicaError> {
         let mut problems = Vec::new();
-        // Stored copies left behind by a failed save are saved again first:
-        // stale is not corrupt, but a store that still refuses is a problem.
+        // Stored copies left behind by a failed save, or never made (a
+        // store only offline commands have opened: they fold, and leave the
+        // copies to the daemon), are saved first: stale or absent is not
+        // corrupt, but a store that refuses the save is a problem.
+        let mut absent = false;
+        for name in ProjectionName::ALL {
+            absent |= self.store.projection(name.as_str())?.is_none();
+        }
         let mut stale = false;
-        if self.unsaved.is_some()
+        if (self.unsaved.is_some() || absent)
             && let Err(e) = self.save_projections()
         {
             stale = true;
