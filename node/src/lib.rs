@@ -35,8 +35,10 @@
 //! - [`http`]: the HTTP and HTTPS edge.
 //! - [`images`]: images on the fly (`?w&h&fit&fmt&q&dpr`): parameters,
 //!   geometry, decoding, encoding, the rendition cache.
-//! - [`work_pool`]: the one bounded pool for CPU-heavy work (images, and
-//!   WebAssembly later), with the queue limit that answers 503.
+//! - [`wasm`]: WebAssembly functions and transforms (wasmtime
+//!   components): compiled once per blob hash, sandboxed, run on the pool.
+//! - [`work_pool`]: the one bounded pool for CPU-heavy work (images,
+//!   WebAssembly), with the queue limit that answers 503.
 //! - [`acme`]: ordering and installing certificates.
 //!
 //! Read commands (`log`, `show`, `verify`, `status`, `append`) go through
@@ -63,6 +65,7 @@ mod query;
 mod replica;
 mod service;
 mod topology;
+mod wasm;
 mod work_pool;
 
 pub mod cli;

@@ -352,6 +352,14 @@ impl Replica {
         (domains, published)
     }
 
+    /// Every configured domain's configuration (functions and transforms,
+    /// for WebAssembly).
+    pub fn domain_configs(
+        &mut self,
+    ) -> BTreeMap<String, makiatto_projections::config::DomainConfig> {
+        self.engine.state().config.domains.clone()
+    }
+
     /// The current certificates projection (for ACME and the servers).
     pub fn certificates(&mut self) -> makiatto_projections::certificates::Certificates {
         self.engine.state().certificates.clone()

@@ -9,18 +9,24 @@
 //! - [`handler`]: one request, from the snapshot and the blob store.
 //! - [`rendition`]: a file asked with image parameters (`?w=…`), from
 //!   the image service (`crate::images`).
+//! - [`transformed`]: a file run through its domain's transforms, a
+//!   representation of its own (cached, ETag, 304, Range).
+//! - [`function`]: a request answered by a WebAssembly handler
+//!   (`crate::wasm`): methods, body limits, statuses, request ids.
 //! - [`server`]: sockets, TLS, hyper.
 //! - [`gather`]: an HTTP/2 connection's writes sent together.
 //!
 //! The routes follow the content follower (a version switch) and the log
 //! (aliases); a request holds one snapshot, so it sees one version whole.
 
+pub mod function;
 pub mod gather;
 pub mod handler;
 pub mod rendition;
 pub mod request;
 pub mod routes;
 pub mod server;
+pub mod transformed;
 pub mod variants;
 
 use std::collections::HashMap;
@@ -37,6 +43,7 @@ use crate::changes::Changes;
 use crate::content::Content;
 use crate::images::{self, Images};
 use crate::replica::Replica;
+use crate::wasm::{NodeInfo, Wasm};
 use crate::work_pool::WorkPool;
 
 /// How often unused variants are deleted.
@@ -56,6 +63,13 @@ pub struct Http {
     statuses: [AtomicU64; 5],
     /// Images on the fly: renditions, their cache, the CPU pool.
     pub images: Arc<Images>,
+    /// WebAssembly functions and transforms.
+    pub wasm: Arc<Wasm>,
+    /// Transformed files, by (input, chain, node).
+    transformed: transformed::Cache,
+    /// This node's signing key (which node of the peers it is), if it has
+    /// keys yet.
+    me: Option<makiatto_events::AuthorKey>,
 }
 
 impl Http {
@@ -69,7 +83,17 @@ impl Http {
         pool: Arc<WorkPool>,
     ) -> anyhow::Result<Arc<Http>> {
         let settings = replica.lock().map(|mut r| r.settings()).unwrap_or_default();
-        let images = Arc::new(Images::new(pool, images::Config::from_settings(&settings)));
+        let images = Arc::new(Images::new(
+            pool.clone(),
+            images::Config::from_settings(&settings),
+        ));
+        let keys = crate::keys::NodeKeys::load(data_dir).ok();
+        let wasm = Wasm::start(
+            data_dir,
+            content.blobs().clone(),
+            pool,
+            keys.as_ref().map(|k| k.sealing.clone()),
+        )?;
         let http = Arc::new(Http {
             routes: ArcSwap::from_pointee(routes::Routes::default()),
             blobs: content.blobs().clone(),
@@ -80,6 +104,9 @@ impl Http {
             prepared: Mutex::new(Default::default()),
             statuses: Default::default(),
             images,
+            wasm,
+            transformed: transformed::Cache::default(),
+            me: keys.map(|k| k.signing.public()),
         });
         // Subscribed before the first build, so no change falls between.
         let mut deployed = content.changes();
@@ -126,16 +153,30 @@ impl Http {
     /// configured domains and aliases; versions seen for the first time get
     /// their variants prepared (then the routes are made again).
     fn rebuild(self: Arc<Self>, replica: &Arc<Mutex<Replica>>, content: &Arc<Content>) {
-        let Some((domains, published, settings)) = replica.lock().ok().map(|mut r| {
-            let (d, p) = r.domains();
-            (d, p, r.settings())
-        }) else {
+        let Some((domains, published, settings, configs, peers)) =
+            replica.lock().ok().map(|mut r| {
+                let (d, p) = r.domains();
+                (d, p, r.settings(), r.domain_configs(), r.peers())
+            })
+        else {
             return;
         };
         // The image settings follow the log; the rendition cache is not
         // emptied by a rebuild (its keys are content hashes).
         self.images
             .configure(images::Config::from_settings(&settings));
+        let node = peers
+            .nodes
+            .iter()
+            .find(|(_, n)| Some(n.signing_key) == self.me)
+            .map(|(name, n)| NodeInfo {
+                name: name.to_string(),
+                latitude: n.latitude,
+                longitude: n.longitude,
+            })
+            .unwrap_or_default();
+        self.wasm
+            .configure(node, &settings, peers.mesh_range, &configs);
         let mut versions = HashMap::new();
         // A version already served, with no variant made or gone since,
         // keeps its snapshot: a rebuild for an event, or for another
@@ -159,7 +200,7 @@ impl Http {
             versions.insert(
                 domain.clone(),
                 Arc::new(routes::SiteVersion::new(
-                    domain, d.version, at, manifest, variants, generation,
+                    domain, d.version, at, manifest, d.manifest, variants, generation,
                 )),
             );
         }
@@ -200,6 +241,9 @@ impl Http {
             }
         }
         self.cache.clear();
+        for site in routes.sites() {
+            self.wasm.warm(&site.manifest, &site.domain);
+        }
         if !new.is_empty() {
             self.prepare_variants(new, replica.clone(), content.clone());
         }
@@ -252,6 +296,11 @@ impl Http {
             .flat_map(|s| s.manifest.files.values().map(|f| f.hash))
             .collect();
         let removed = self.variants.collect(&keep);
+        let deployed: Vec<(Blake3Hash, Arc<Manifest>)> = routes
+            .sites()
+            .map(|s| (s.manifest_hash, s.manifest.clone()))
+            .collect();
+        self.wasm.collect(&deployed);
         if removed > 0 {
             tracing::info!(removed, "collected variants no deployed version uses");
         }

@@ -1,0 +1,183 @@
+//! WebAssembly components on real test hosts: `maki sync` carries them in
+//! the version's manifest (a section never served), every node fetches
+//! them, and a rollback brings back the components of the version it
+//! returns to; the example's handler answers on every node with that
+//! node's name, and its transform marks every HTML page. Needs root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
+
+use std::time::Duration;
+
+use makiatto_harness::{
+    Cluster, copy_examples, copy_examples_with_wasm, require_root, wait_until,
+};
+use serde_json::Value;
+
+const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
+
+/// The live manifest every node serves once they agree, with its bytes
+/// (fetched from `vector`'s blob store).
+fn live_everywhere(c: &Cluster, what: &str) -> String {
+    let mut live = String::new();
+    wait_until(Duration::from_secs(30), what, || {
+        let all: Vec<Value> = NODES
+            .iter()
+            .map(|n| c.health(n)["sites"]["example.test"].clone())
+            .collect();
+        live = all[0]["live"].as_str().unwrap_or("").to_owned();
+        all.iter()
+            .all(|s| s["in_sync"] == true && s["live"].as_str() == Some(live.as_str()))
+    });
+    live
+}
+
+/// The blob `hash` as `node` holds it, if it does.
+fn blob(c: &Cluster, node: &str, hash: &str) -> Option<Vec<u8>> {
+    let out = c
+        .command(&[
+            "local", "exec", node, "--", "makiatto", "blobs", "get", hash, "--hex",
+        ])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| hex::decode(String::from_utf8_lossy(&out.stdout).trim()).unwrap())
+}
+
+#[test]
+fn components_travel_with_their_version_and_come_back_on_rollback() {
+    require_root();
+    let c = Cluster::new("wc");
+    let project = c.dir.path().join("project");
+    let file = copy_examples(&project);
+    let file = file.to_str().unwrap();
+    let toml = std::fs::read_to_string(&file).unwrap();
+    std::fs::create_dir_all(project.join("site/api")).unwrap();
+    let first: &[u8] = b"\0asm component one";
+    std::fs::write(project.join("site/api/hello.wasm"), first).unwrap();
+    std::fs::write(
+        file,
+        format!("{toml}\n[[domain.functions]]\npath = \"api/hello.wasm\"\n"),
+    )
+    .unwrap();
+
+    c.up(3, &["--no-ca"]);
+    c.ok(&["sync", "--file", file, "-m", "first"]);
+    let v1 = live_everywhere(&c, "the first version reaches every node");
+    let manifest = makiatto_events::Manifest::decode(&blob(&c, "vector", &v1).unwrap()).unwrap();
+    let entry = &manifest.components["api/hello.wasm"];
+    assert!(
+        !manifest.files.contains_key("api/hello.wasm"),
+        "a component is never a served file"
+    );
+    let one = entry.hash.to_hex();
+    for n in NODES {
+        assert_eq!(blob(&c, n, &one).as_deref(), Some(first), "{n}");
+    }
+    // Not served as a static file.
+    let host = &c.state().hosts[0].ipv4;
+    let status = c.curl_writes(
+        "vector",
+        "%{http_code}",
+        &[
+            "-H",
+            "Host: example.test",
+            &format!("http://{host}/api/hello.wasm"),
+        ],
+    );
+    assert_eq!(status, "404");
+
+    // A new component: a new version, whose component every node fetches.
+    let second: &[u8] = b"\0asm component two";
+    std::fs::write(project.join("site/api/hello.wasm"), second).unwrap();
+    let out = c.ok(&["sync", "--file", file, "-m", "second"]);
+    assert!(out.contains("published"), "{out}");
+    let v2 = live_everywhere(&c, "the second version reaches every node");
+    assert_ne!(v1, v2);
+    let manifest = makiatto_events::Manifest::decode(&blob(&c, "klukai", &v2).unwrap()).unwrap();
+    let two = manifest.components["api/hello.wasm"].hash.to_hex();
+    for n in NODES {
+        assert_eq!(blob(&c, n, &two).as_deref(), Some(second), "{n}");
+    }
+
+    // A rollback returns to the first version, its component included.
+    c.ok(&["rollback", "example.test", "-m", "back"]);
+    assert_eq!(live_everywhere(&c, "the rollback reaches every node"), v1);
+    for n in NODES {
+        assert_eq!(blob(&c, n, &one).as_deref(), Some(first), "{n}");
+    }
+}
+
+/// Status line and head (stderr) and body of one `curl` from `node`.
+fn curl(c: &Cluster, node: &str, args: &[&str]) -> (String, String) {
+    let mut cmd = c.command(&[
+        "local", "exec", node, "--", "curl", "-s", "--max-time", "200", "-D", "/dev/stderr",
+    ]);
+    cmd.args(args);
+    let out = cmd.output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn the_example_handler_answers_on_every_node_and_pages_carry_the_comment() {
+    require_root();
+    let c = Cluster::new("wh");
+    let project = c.dir.path().join("project");
+    let file = copy_examples_with_wasm(&project);
+    let state = c.up(3, &["--no-ca", "--sync", file.to_str().unwrap()]);
+    live_everywhere(&c, "the example reaches every node");
+    for h in &state.hosts {
+        let url = |p: &str| format!("http://{}{p}", h.ipv4);
+        // The first request compiles the component (a Python interpreter).
+        let mut answer = (String::new(), String::new());
+        wait_until(Duration::from_secs(400), "the hello function answers", || {
+            answer = curl(&c, &h.node, &["-H", "Host: example.test", &url("/api/hello")]);
+            answer.0.starts_with("HTTP/1.1 200")
+        });
+        let (head, body) = &answer;
+        assert!(
+            body.starts_with(&format!("hello from node {} at (", h.node)),
+            "{}: {head}{body}",
+            h.node
+        );
+        assert!(head.to_ascii_lowercase().contains("x-request-id: "), "{head}");
+        // Below the route too; a method the function does not allow: 405
+        // with Allow, before the static method check.
+        let (head, _) = curl(&c, &h.node, &["-H", "Host: example.test", &url("/api/hello/x")]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let (head, _) = curl(&c, &h.node, &["-X", "POST", "-H", "Host: example.test", &url("/api/hello")]);
+        assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("allow: get, head"), "{head}");
+        // Every HTML page carries the transformer's comment, with an ETag
+        // of its own that revalidates; other files are untouched.
+        let mut page = (String::new(), String::new());
+        wait_until(Duration::from_secs(400), "the transform runs", || {
+            page = curl(&c, &h.node, &["-H", "Host: example.test", &url("/")]);
+            page.1.contains("<!-- served by")
+        });
+        assert!(
+            page.1.contains(&format!("<!-- served by {} via Makiatto -->", h.node)),
+            "{}",
+            page.1
+        );
+        let etag = page
+            .0
+            .lines()
+            .find_map(|l| l.strip_prefix("etag: ").or_else(|| l.strip_prefix("ETag: ")))
+            .unwrap()
+            .trim()
+            .to_owned();
+        assert!(etag.starts_with("\"t"), "{etag}");
+        let (head, _) = curl(
+            &c,
+            &h.node,
+            &["-H", "Host: example.test", "-H", &format!("If-None-Match: {etag}"), &url("/")],
+        );
+        assert!(head.starts_with("HTTP/1.1 304"), "{head}");
+        let (_, css) = curl(&c, &h.node, &["-H", "Host: example.test", &url("/css/style.css")]);
+        assert!(!css.contains("served by"), "{css}");
+    }
+}
