@@ -8,9 +8,7 @@
 
 use std::time::Duration;
 
-use makiatto_harness::{
-    Cluster, copy_examples, copy_examples_with_wasm, require_root, wait_until,
-};
+use makiatto_harness::{Cluster, copy_examples, copy_examples_with_wasm, require_root, wait_until};
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
@@ -51,7 +49,7 @@ fn components_travel_with_their_version_and_come_back_on_rollback() {
     let project = c.dir.path().join("project");
     let file = copy_examples(&project);
     let file = file.to_str().unwrap();
-    let toml = std::fs::read_to_string(&file).unwrap();
+    let toml = std::fs::read_to_string(file).unwrap();
     std::fs::create_dir_all(project.join("site/api")).unwrap();
     let first: &[u8] = b"\0asm component one";
     std::fs::write(project.join("site/api/hello.wasm"), first).unwrap();
@@ -111,7 +109,16 @@ fn components_travel_with_their_version_and_come_back_on_rollback() {
 /// Status line and head (stderr) and body of one `curl` from `node`.
 fn curl(c: &Cluster, node: &str, args: &[&str]) -> (String, String) {
     let mut cmd = c.command(&[
-        "local", "exec", node, "--", "curl", "-s", "--max-time", "200", "-D", "/dev/stderr",
+        "local",
+        "exec",
+        node,
+        "--",
+        "curl",
+        "-s",
+        "--max-time",
+        "200",
+        "-D",
+        "/dev/stderr",
     ]);
     cmd.args(args);
     let out = cmd.output().unwrap();
@@ -133,24 +140,46 @@ fn the_example_handler_answers_on_every_node_and_pages_carry_the_comment() {
         let url = |p: &str| format!("http://{}{p}", h.ipv4);
         // The first request compiles the component (a Python interpreter).
         let mut answer = (String::new(), String::new());
-        wait_until(Duration::from_secs(400), "the hello function answers", || {
-            answer = curl(&c, &h.node, &["-H", "Host: example.test", &url("/api/hello")]);
-            answer.0.starts_with("HTTP/1.1 200")
-        });
+        wait_until(
+            Duration::from_secs(400),
+            "the hello function answers",
+            || {
+                answer = curl(
+                    &c,
+                    &h.node,
+                    &["-H", "Host: example.test", &url("/api/hello")],
+                );
+                answer.0.starts_with("HTTP/1.1 200")
+            },
+        );
         let (head, body) = &answer;
         assert!(
             body.starts_with(&format!("hello from node {} at (", h.node)),
             "{}: {head}{body}",
             h.node
         );
-        assert!(head.to_ascii_lowercase().contains("x-request-id: "), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("x-request-id: "),
+            "{head}"
+        );
         // Below the route too; a method the function does not allow: 405
         // with Allow, before the static method check.
-        let (head, _) = curl(&c, &h.node, &["-H", "Host: example.test", &url("/api/hello/x")]);
+        let (head, _) = curl(
+            &c,
+            &h.node,
+            &["-H", "Host: example.test", &url("/api/hello/x")],
+        );
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let (head, _) = curl(&c, &h.node, &["-X", "POST", "-H", "Host: example.test", &url("/api/hello")]);
+        let (head, _) = curl(
+            &c,
+            &h.node,
+            &["-X", "POST", "-H", "Host: example.test", &url("/api/hello")],
+        );
         assert!(head.starts_with("HTTP/1.1 405"), "{head}");
-        assert!(head.to_ascii_lowercase().contains("allow: get, head"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("allow: get, head"),
+            "{head}"
+        );
         // Every HTML page carries the transformer's comment, with an ETag
         // of its own that revalidates; other files are untouched.
         let mut page = (String::new(), String::new());
@@ -159,14 +188,18 @@ fn the_example_handler_answers_on_every_node_and_pages_carry_the_comment() {
             page.1.contains("<!-- served by")
         });
         assert!(
-            page.1.contains(&format!("<!-- served by {} via Makiatto -->", h.node)),
+            page.1
+                .contains(&format!("<!-- served by {} via Makiatto -->", h.node)),
             "{}",
             page.1
         );
         let etag = page
             .0
             .lines()
-            .find_map(|l| l.strip_prefix("etag: ").or_else(|| l.strip_prefix("ETag: ")))
+            .find_map(|l| {
+                l.strip_prefix("etag: ")
+                    .or_else(|| l.strip_prefix("ETag: "))
+            })
             .unwrap()
             .trim()
             .to_owned();
@@ -174,10 +207,20 @@ fn the_example_handler_answers_on_every_node_and_pages_carry_the_comment() {
         let (head, _) = curl(
             &c,
             &h.node,
-            &["-H", "Host: example.test", "-H", &format!("If-None-Match: {etag}"), &url("/")],
+            &[
+                "-H",
+                "Host: example.test",
+                "-H",
+                &format!("If-None-Match: {etag}"),
+                &url("/"),
+            ],
         );
         assert!(head.starts_with("HTTP/1.1 304"), "{head}");
-        let (_, css) = curl(&c, &h.node, &["-H", "Host: example.test", &url("/css/style.css")]);
+        let (_, css) = curl(
+            &c,
+            &h.node,
+            &["-H", "Host: example.test", &url("/css/style.css")],
+        );
         assert!(!css.contains("served by"), "{css}");
     }
 }
