@@ -47,6 +47,9 @@ struct NodeRow {
     /// Images on the fly (from daemons that have them).
     #[serde(skip_serializing_if = "Option::is_none")]
     images: Option<makiatto_protocol::health::ImagesReport>,
+    /// WebAssembly functions and transforms (from daemons that have them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wasm: Option<makiatto_protocol::health::WasmReport>,
     problems: Vec<String>,
 }
 
@@ -262,6 +265,7 @@ pub async fn health(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
             peers,
             rejected_from_peers: rejected,
             images: p.health.as_ref().and_then(|h| h.http.images.clone()),
+            wasm: p.health.as_ref().and_then(|h| h.http.wasm.clone()),
             problems,
         });
     }
@@ -353,6 +357,18 @@ fn print_rows(rows: &[NodeRow], healthy: bool) {
                 i.busy,
                 i.timed_out,
                 i.pool_threads
+            );
+        }
+        if let Some(w) = r.wasm.as_ref().filter(|w| w.functions + w.transforms > 0) {
+            println!(
+                "    wasm: {} functions, {} transforms, {} components ready; {} calls, {} failed ({} timed out), {} refused when busy",
+                w.functions,
+                w.transforms,
+                w.components_ready,
+                w.calls,
+                w.failed,
+                w.timeouts,
+                w.refused
             );
         }
         for problem in &r.problems {

@@ -22,6 +22,7 @@
 //! - [`sync`]: `maki sync`.
 //! - [`sites`]: `maki sites`, `maki rollback`, `maki diff`.
 //! - [`local`]: `maki local …`.
+//! - [`wit`]: `maki wasm fetch`, the WIT packages embedded in the CLI.
 
 mod certs;
 mod cluster;
@@ -43,6 +44,7 @@ mod sites;
 mod ssh;
 mod sync;
 mod tree;
+mod wit;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -172,6 +174,11 @@ enum Top {
         #[command(subcommand)]
         command: PeerCmd,
     },
+    /// WebAssembly components: the interfaces they are built against.
+    Wasm {
+        #[command(subcommand)]
+        command: WasmCmd,
+    },
     /// A cluster of test hosts on this machine (Linux, root).
     Local {
         /// Where the cluster's files live.
@@ -299,6 +306,17 @@ enum OperatorCmd {
 enum CertsCmd {
     /// Order a new certificate for NAME now.
     Renew { name: String },
+}
+
+#[derive(Subcommand)]
+enum WasmCmd {
+    /// Write the WIT packages of this maki's version (makiatto:http,
+    /// makiatto:transform) to a directory; nothing is downloaded.
+    Fetch {
+        /// Where to write them.
+        #[arg(long, default_value = "./wit")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -569,6 +587,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             None => certs::list(&ctx(&cli)?, *json).await?,
             Some(CertsCmd::Renew { name }) => certs::renew(&ctx(&cli)?, name).await?,
         },
+        Top::Wasm {
+            command: WasmCmd::Fetch { dir },
+        } => wit::fetch(dir)?,
         Top::Dns {
             command: DnsCmd::NameserverSetup { json },
         } => dns::nameserver_setup(&ctx(&cli)?, *json).await?,

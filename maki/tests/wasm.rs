@@ -162,6 +162,12 @@ fn the_example_handler_answers_on_every_node_and_pages_carry_the_comment() {
             head.to_ascii_lowercase().contains("x-request-id: "),
             "{head}"
         );
+        // `maki health` counts what the node runs.
+        let wasm = c.health(&h.node)["http"]["wasm"].clone();
+        assert_eq!(wasm["functions"], 1, "{wasm}");
+        assert!(wasm["transforms"].as_u64() >= Some(1), "{wasm}");
+        assert!(wasm["components_ready"].as_u64() >= Some(1), "{wasm}");
+        assert!(wasm["calls"].as_u64() >= Some(1), "{wasm}");
         // Below the route too; a method the function does not allow: 405
         // with Allow, before the static method check.
         let (head, _) = curl(

@@ -19,9 +19,9 @@ use crate::wasm::bindings::http as wit;
 use crate::wasm::route::{self, HandlerMethod};
 use crate::wasm::{CallError, Function};
 
-/// Bodies up to this size are compressed on the serving thread (larger
-/// ones go out as the guest made them).
-const COMPRESS_MAX: usize = 256 << 10;
+/// Bodies up to this size are compressed on the serving thread; larger
+/// ones on the work pool (sent as the guest made them when it is full).
+const COMPRESS_INLINE_MAX: usize = 256 << 10;
 
 /// A request id: 16 hex digits, random.
 fn request_id() -> String {
@@ -129,7 +129,7 @@ where
         .call_handler(&site.domain, &site.manifest, site.manifest_hash, f, request)
         .await;
     match called {
-        Ok(response) => build(response, accept.as_deref(), id, site, f),
+        Ok(response) => build(ctx, response, accept.as_deref(), id, site, f).await,
         Err(e) => failed(e, id, site, f),
     }
 }
@@ -164,7 +164,8 @@ fn reserved(name: &HeaderName) -> bool {
     )
 }
 
-fn build(
+async fn build(
+    ctx: &Ctx,
     response: wit::Response,
     accept: Option<&str>,
     id: &str,
@@ -200,23 +201,44 @@ fn build(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let coding = (body.len() >= 256
-        && body.len() <= COMPRESS_MAX
         && !h.contains_key(header::CONTENT_ENCODING)
         && super::variants::compressible(content_type))
     .then(|| request::choose_coding(accept, &Coding::ALL))
     .flatten();
     h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    let body = match coding.map(|c| (c, super::variants::compress_dynamic(c, &body))) {
-        Some((c, Ok(compressed))) => {
-            if let Ok(v) = HeaderValue::from_str(c.token()) {
-                h.insert(header::CONTENT_ENCODING, v);
+    let body = Bytes::from(body);
+    let body = match coding {
+        Some(c) => match compress(ctx, c, body.clone()).await {
+            Some(compressed) => {
+                if let Ok(v) = HeaderValue::from_str(c.token()) {
+                    r.headers_mut().insert(header::CONTENT_ENCODING, v);
+                }
+                Bytes::from(compressed)
             }
-            compressed
-        }
-        _ => body,
+            None => body,
+        },
+        None => body,
     };
     *r.body_mut() = full(body);
     r
+}
+
+/// A function's body compressed with `coding`: on this thread when it is
+/// small, else on the work pool; `None` when the pool
+/// is full or the coder failed (the body then goes out as it is).
+async fn compress(ctx: &Ctx, coding: Coding, body: Bytes) -> Option<Vec<u8>> {
+    if body.len() <= COMPRESS_INLINE_MAX {
+        return super::variants::compress_dynamic(coding, &body).ok();
+    }
+    let job = ctx
+        .http
+        .wasm
+        .pool()
+        .submit(move || super::variants::compress_dynamic(coding, &body).ok());
+    match job {
+        Ok(rx) => rx.await.ok().flatten(),
+        Err(_) => None,
+    }
 }
 
 fn failed(e: CallError, id: &str, site: &SiteVersion, f: &Function) -> Response<Body> {

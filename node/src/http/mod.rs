@@ -330,6 +330,7 @@ impl Http {
         let n = |i: usize| self.statuses[i].load(Ordering::Relaxed);
         HttpReport {
             images: Some(self.images.report()),
+            wasm: Some(self.wasm.report()),
             hosts,
             sites,
             responses: StatusCounts {

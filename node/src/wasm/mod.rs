@@ -31,7 +31,7 @@ pub mod route;
 pub mod sandbox;
 pub mod tree;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use makiatto_events::{Blake3Hash, SealedValue, SealingSecret};
-use makiatto_projections::config::{DomainConfig, Settings};
+use makiatto_projections::config::{DomainConfig, FunctionConfig, Settings, TransformConfig};
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store};
 
@@ -103,6 +103,19 @@ impl Limits {
     }
 }
 
+/// A component's env values, opened: held in memory only, and never
+/// printed (`Debug` shows the names).
+#[derive(Clone, Default)]
+pub struct Env(Arc<[(String, String)]>);
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, _)| (k, "<redacted>")))
+            .finish()
+    }
+}
+
 /// A configured function, its env opened.
 #[derive(Debug)]
 pub struct Function {
@@ -111,7 +124,7 @@ pub struct Function {
     pub path: String,
     pub route: String,
     pub methods: Vec<HandlerMethod>,
-    env: Arc<[(String, String)]>,
+    env: Env,
     timeout: Duration,
     memory: usize,
 }
@@ -129,7 +142,7 @@ impl Function {
 pub struct Transform {
     pub path: String,
     glob: globset::GlobMatcher,
-    env: Arc<[(String, String)]>,
+    env: Env,
     timeout: Duration,
     memory: usize,
     max_file_size: Option<u64>,
@@ -171,9 +184,20 @@ impl DomainWasm {
     }
 }
 
+/// What the service's configuration is made from: a rebuild with the
+/// same inputs changes nothing (and opens no env value again).
+#[derive(Debug, Clone, PartialEq)]
+struct Inputs {
+    node: NodeInfo,
+    limits: Limits,
+    mesh: Option<makiatto_events::payload::Ipv4Net>,
+    domains: BTreeMap<String, (Vec<FunctionConfig>, Vec<TransformConfig>)>,
+}
+
 /// What the service knows of the cluster.
 #[derive(Debug, Default)]
 struct Configured {
+    inputs: Option<Inputs>,
     node: NodeInfo,
     limits: Option<Limits>,
     destinations: Destinations,
@@ -220,6 +244,7 @@ pub struct Counts {
     pub calls: AtomicU64,
     pub failed: AtomicU64,
     pub timeouts: AtomicU64,
+    pub refused: AtomicU64,
 }
 
 /// The service.
@@ -275,34 +300,31 @@ impl Wasm {
         node: NodeInfo,
         settings: &Settings,
         mesh: Option<makiatto_events::payload::Ipv4Net>,
-        domains: &std::collections::BTreeMap<String, DomainConfig>,
+        domains: &BTreeMap<String, DomainConfig>,
     ) {
         let limits = Limits::from_settings(settings);
-        let current = self.configured.load();
-        let mut out = HashMap::new();
-        for (name, d) in domains {
-            if d.functions.is_empty() && d.transforms.is_empty() {
-                continue;
-            }
-            out.insert(name.clone(), Arc::new(self.domain(name, d, &limits)));
-        }
-        let unchanged = current.node == node
-            && current.limits == Some(limits)
-            && current.destinations.mesh == mesh
-            && format!(
-                "{:?}",
-                current
-                    .domains
-                    .iter()
-                    .collect::<std::collections::BTreeMap<_, _>>()
-            ) == format!(
-                "{:?}",
-                out.iter().collect::<std::collections::BTreeMap<_, _>>()
-            );
-        if unchanged {
+        let inputs = Inputs {
+            node: node.clone(),
+            limits,
+            mesh,
+            domains: domains
+                .iter()
+                .filter(|(_, d)| !d.functions.is_empty() || !d.transforms.is_empty())
+                .map(|(n, d)| (n.clone(), (d.functions.clone(), d.transforms.clone())))
+                .collect(),
+        };
+        if self.configured.load().inputs.as_ref() == Some(&inputs) {
             return;
         }
+        let mut out = HashMap::new();
+        for (name, (functions, transforms)) in &inputs.domains {
+            out.insert(
+                name.clone(),
+                Arc::new(self.domain(name, functions, transforms, &limits)),
+            );
+        }
         self.configured.store(Arc::new(Configured {
+            inputs: Some(inputs),
             node,
             limits: Some(limits),
             destinations: Destinations { mesh },
@@ -310,9 +332,14 @@ impl Wasm {
         }));
     }
 
-    fn domain(&self, domain: &str, d: &DomainConfig, limits: &Limits) -> DomainWasm {
-        let mut functions: Vec<Function> = d
-            .functions
+    fn domain(
+        &self,
+        domain: &str,
+        functions: &[FunctionConfig],
+        transforms: &[TransformConfig],
+        limits: &Limits,
+    ) -> DomainWasm {
+        let mut functions: Vec<Function> = functions
             .iter()
             .map(|f| Function {
                 route: route::route_of(&f.path),
@@ -327,9 +354,8 @@ impl Wasm {
                 memory: limits.memory(f.max_memory_mb),
             })
             .collect();
-        functions.sort_by(|a, b| b.route.len().cmp(&a.route.len()));
-        let transforms = d
-            .transforms
+        functions.sort_by_key(|f| std::cmp::Reverse(f.route.len()));
+        let transforms = transforms
             .iter()
             .filter_map(|t| {
                 let glob = match globset::Glob::new(&t.files) {
@@ -343,7 +369,7 @@ impl Wasm {
                 let timeout = limits.timeout(t.timeout_ms);
                 let memory = limits.memory(t.max_memory_mb);
                 let mut h = blake3::Hasher::new();
-                for (k, v) in env.iter() {
+                for (k, v) in env.0.iter() {
                     h.update(&(k.len() as u64).to_le_bytes());
                     h.update(k.as_bytes());
                     h.update(&(v.len() as u64).to_le_bytes());
@@ -372,12 +398,7 @@ impl Wasm {
 
     /// Opens a component's sealed env values; one this node cannot open
     /// is left out, and logged (by name only).
-    fn open_env(
-        &self,
-        domain: &str,
-        path: &str,
-        env: &std::collections::BTreeMap<String, String>,
-    ) -> Arc<[(String, String)]> {
+    fn open_env(&self, domain: &str, path: &str, env: &BTreeMap<String, String>) -> Env {
         let mut out = Vec::with_capacity(env.len());
         for (name, sealed) in env {
             let opened = self
@@ -400,7 +421,12 @@ impl Wasm {
                 }
             }
         }
-        out.into()
+        Env(out.into())
+    }
+
+    /// The CPU pool the calls run on (also for compressing their answers).
+    pub fn pool(&self) -> &Arc<WorkPool> {
+        &self.pool
     }
 
     /// The functions and transforms of `domain`.
@@ -512,7 +538,7 @@ impl Wasm {
             .hash;
         let _running = self
             .enter(domain, &f.path, limits.concurrency)
-            .ok_or(CallError::Concurrency)?;
+            .ok_or_else(|| self.refuse(CallError::Concurrency))?;
         let Ready::Handler(pre) = self.ready(hash, Kind::Handler).await? else {
             return Err(CallError::Unusable("linked as another world".into()));
         };
@@ -534,7 +560,7 @@ impl Wasm {
                 let deadline = Instant::now() + timeout;
                 let sandbox = Sandbox::new(Grant {
                     root: root.as_deref().map(|p| p.as_path()),
-                    env: &env,
+                    env: &env.0,
                     max_memory: memory,
                     destinations,
                     outgoing_calls,
@@ -548,7 +574,7 @@ impl Wasm {
                 });
                 run.map_err(|e| classify(e, &store, timeout))
             })
-            .map_err(|_| CallError::Busy)?;
+            .map_err(|_| self.refuse(CallError::Busy))?;
         let out = rx_within(job, timeout).await;
         self.count(&out);
         out
@@ -593,7 +619,7 @@ impl Wasm {
                 .hash;
             let _running = self
                 .enter(domain, &t.path, limits.concurrency)
-                .ok_or(CallError::Concurrency)?;
+                .ok_or_else(|| self.refuse(CallError::Concurrency))?;
             let Ready::Transformer(pre) = self.ready(hash, Kind::Transformer).await? else {
                 return Err(CallError::Unusable("linked as another world".into()));
             };
@@ -617,7 +643,7 @@ impl Wasm {
                     let deadline = Instant::now() + timeout;
                     let sandbox = Sandbox::new(Grant {
                         root: root.as_deref().map(|p| p.as_path()),
-                        env: &env,
+                        env: &env.0,
                         max_memory: memory,
                         destinations,
                         outgoing_calls,
@@ -634,7 +660,7 @@ impl Wasm {
                         .map_err(|e| classify(e, &store, timeout))?;
                     Ok((out, input))
                 })
-                .map_err(|_| CallError::Busy)?;
+                .map_err(|_| self.refuse(CallError::Busy))?;
             let out = rx_within(job, timeout).await;
             self.count(&out);
             let (result, input) = out?;
@@ -651,6 +677,40 @@ impl Wasm {
             }
         }
         Ok(changed.then_some(current))
+    }
+
+    /// Counts a call refused for want of room (503).
+    fn refuse(&self, e: CallError) -> CallError {
+        self.counts.refused.fetch_add(1, Ordering::Relaxed);
+        e
+    }
+
+    /// What `makiatto health` shows of the service.
+    pub fn report(&self) -> makiatto_protocol::health::WasmReport {
+        let configured = self.configured.load();
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let components_ready = self.ready.lock().map_or(0, |r| {
+            r.values()
+                .filter(|cell| cell.get().is_some_and(Result::is_ok))
+                .count() as u64
+        });
+        makiatto_protocol::health::WasmReport {
+            functions: configured
+                .domains
+                .values()
+                .map(|d| d.functions.len() as u64)
+                .sum(),
+            transforms: configured
+                .domains
+                .values()
+                .map(|d| d.transforms.len() as u64)
+                .sum(),
+            components_ready,
+            calls: n(&self.counts.calls),
+            failed: n(&self.counts.failed),
+            timeouts: n(&self.counts.timeouts),
+            refused: n(&self.counts.refused),
+        }
     }
 
     fn count<T>(&self, out: &Result<T, CallError>) {
@@ -803,7 +863,6 @@ fn prepare(
 mod tests {
     use super::*;
     use makiatto_events::manifest::FileEntry;
-    use makiatto_projections::config::FunctionConfig;
 
     /// A service over a temporary data directory holding the test
     /// components (built from `node/tests/components/*.wat`), each a
@@ -949,6 +1008,14 @@ mod tests {
             )
             .await;
         assert!(matches!(out, Err(CallError::NotDeployed(_))));
+    }
+
+    #[test]
+    fn env_values_are_never_printed() {
+        let env = Env(vec![("TOKEN".to_owned(), "hunter2".to_owned())].into());
+        let shown = format!("{env:?}");
+        assert!(shown.contains("TOKEN"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]
