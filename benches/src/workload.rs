@@ -384,7 +384,7 @@ impl Generator {
         let actor: AuthorKey = self.operators[author].writer.author();
         let changes = self
             .config
-            .edit(&actor, &self.wanted)
+            .edit(&actor, (version as u128).to_le_bytes(), &self.wanted)
             .expect("the generated configuration reconciles");
         Payload::ConfigChanged(ConfigChanged { changes, summary })
     }

@@ -2,6 +2,12 @@
 //! thread, which takes everything queued while the previous fsync ran and
 //! writes it as one batch with one fsync. Under load, the fsync cost is
 //! shared; alone, an append costs exactly one fsync.
+//!
+//! A batch the store failed to write (a full disk, an I/O error) leaves the
+//! store in doubt: fjall refuses every later write ("poisoned") until it is
+//! opened again. So the writer answers that batch's appenders with the
+//! failure and stops; its thread's result is the failure, which the daemon
+//! waits on to restart and reopen the store (`node/src/daemon.rs`).
 
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -27,8 +33,12 @@ pub struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Starts the writer thread over a shared log.
-    pub fn start<B: Backend + Send + 'static>(log: Arc<Mutex<Log<B>>>) -> (Self, JoinHandle<()>) {
+    /// Starts the writer thread over a shared log. The thread ends when
+    /// every handle is dropped (`Ok`), or at the first batch the store
+    /// failed to write (that failure).
+    pub fn start<B: Backend + Send + 'static>(
+        log: Arc<Mutex<Log<B>>>,
+    ) -> (Self, JoinHandle<Result<(), StoreError>>) {
         let (tx, rx) = mpsc::channel::<Request>();
         let handle = std::thread::Builder::new()
             .name("makiatto-commit".into())
@@ -44,14 +54,15 @@ impl GroupCommitter {
         let (reply, answer) = mpsc::channel();
         self.tx
             .send(Request { events, reply })
-            .map_err(|_| "the log writer has stopped".to_owned())?;
-        answer
-            .recv()
-            .map_err(|_| "the log writer has stopped".to_owned())?
+            .map_err(|_| STOPPED.to_owned())?;
+        answer.recv().map_err(|_| STOPPED.to_owned())?
     }
 }
 
-fn writer<B: Backend>(log: Arc<Mutex<Log<B>>>, rx: Receiver<Request>) {
+const STOPPED: &str = "the log writer stopped after the store failed to write; \
+     the daemon restarts to reopen it (if the disk is full, free space)";
+
+fn writer<B: Backend>(log: Arc<Mutex<Log<B>>>, rx: Receiver<Request>) -> Result<(), StoreError> {
     while let Ok(first) = rx.recv() {
         let mut requests = vec![first];
         requests.extend(rx.try_iter());
@@ -79,7 +90,9 @@ fn writer<B: Backend>(log: Arc<Mutex<Log<B>>>, rx: Receiver<Request>) {
                 for request in requests {
                     let _ = request.reply.send(Err(message.clone()));
                 }
+                return Err(e);
             }
         }
     }
+    Ok(())
 }

@@ -245,7 +245,7 @@ pub struct NodeJoined {
     /// Whether the node answers as `<name>.ns.<domain>`.
     pub nameserver: bool,
     /// The mesh address the operator chose; the peers projection keeps it
-    /// unless an earlier member already holds it (DESIGN §4).
+    /// unless an earlier member already holds it (docs/design.md, Projections).
     pub mesh_addr: Ipv4Addr,
 }
 

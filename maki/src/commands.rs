@@ -107,38 +107,59 @@ pub async fn config_show(ctx: &Ctx, json_out: bool) -> anyhow::Result<()> {
 /// `maki config set KEY VALUE`: a configuration change on top of the
 /// cluster's current document, touching only that setting.
 pub async fn config_set(ctx: &Ctx, key: &str, value: &str) -> anyhow::Result<()> {
-    let cluster_id = ctx.cluster_id()?;
-    let operator = ctx.operator()?;
     let (_, remote) = ctx.any_node().await?;
-    let changes = remote.ask(op::ConfigChanges {}).await?;
-    let mut doc = ConfigDoc::default();
-    let decoded: Vec<Vec<u8>> = changes.iter().map(hex::decode).collect::<Result<_, _>>()?;
-    doc.apply(ConfigDoc::decode(&decoded)?)?;
-    let mut wanted = doc.view()?;
     let value = if key == "acme.ca_root" && std::path::Path::new(value).is_file() {
         std::fs::read_to_string(value).with_context(|| format!("cannot read {value}"))?
     } else {
         value.to_owned()
     };
-    wanted.settings.set(key, &value)?;
-    let changes = doc.edit(&operator.key().public(), &wanted)?;
-    if changes.is_empty() {
-        println!("{key} is already {value}");
-        return Ok(());
+    let shown = shown(&value);
+    if set_setting(ctx, &remote, key, &value).await? {
+        println!("{key} = {shown}");
+    } else {
+        println!("{key} is already {shown}");
     }
-    let shown = if value.contains('\n') {
+    Ok(())
+}
+
+/// A value as `maki log` and the output show it (a PEM by its kind).
+fn shown(value: &str) -> String {
+    if value.contains('\n') {
         "(PEM)".to_owned()
     } else {
-        value.clone()
-    };
+        value.to_owned()
+    }
+}
+
+/// Sets one cluster-wide setting through `remote`: a change on top of the
+/// cluster's current document, touching only that setting. Returns
+/// whether anything changed (a setting already at `value` signs nothing).
+pub async fn set_setting(
+    ctx: &Ctx,
+    remote: &crate::ssh::Remote,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<bool> {
+    let cluster_id = ctx.cluster_id()?;
+    let operator = ctx.operator()?;
+    let changes = remote.ask(op::ConfigChanges {}).await?;
+    let mut doc = ConfigDoc::default();
+    let decoded: Vec<Vec<u8>> = changes.iter().map(hex::decode).collect::<Result<_, _>>()?;
+    // As the nodes folded them: a change they refused is skipped.
+    doc.apply_as_folded(ConfigDoc::decode(&decoded)?);
+    let mut wanted = doc.view()?;
+    wanted.settings.set(key, value)?;
+    let changes = doc.edit(&operator.key().public(), rand::random(), &wanted)?;
+    if changes.is_empty() {
+        return Ok(false);
+    }
     let payload = Payload::ConfigChanged(ConfigChanged {
         changes,
-        summary: format!("set {key} = {shown}"),
+        summary: format!("set {key} = {}", shown(value)),
     });
-    ctx.publish(&remote, &cluster_id, vec![payload], None, None)
+    ctx.publish(remote, &cluster_id, vec![payload], None, None)
         .await?;
-    println!("{key} = {shown}");
-    Ok(())
+    Ok(true)
 }
 
 /// `maki operator key`.

@@ -287,6 +287,12 @@ pub async fn up(w: &Where, nodes: usize, binary: Option<&Path>, ca: bool) -> any
         w.name,
         env.display()
     );
+    if crate::geoip::default_dir().is_none_or(|d| crate::geoip::files(&d).is_empty()) {
+        eprintln!(
+            "warning: the cluster has no GeoIP database. {}",
+            crate::geoip::MISSING
+        );
+    }
     Ok(())
 }
 
@@ -404,6 +410,7 @@ async fn build(w: &Where, nodes: usize, binary: &Path, ca: bool) -> anyhow::Resu
                 acme: Some("none".into()),
                 cluster_name: Some(format!("local-{}", w.name)),
                 geoip_dir: crate::geoip::default_dir(),
+                warn_geoip: false,
             },
         )
         .await

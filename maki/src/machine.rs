@@ -1,15 +1,16 @@
-//! `maki machine`: initialise, list, restart, upgrade and remove machines.
+//! `maki machine`: initialise, list, add and remove machines (`rollout`
+//! upgrades and restarts them).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use makiatto_events::payload::{
     ConfigChanged, Coordinates, Genesis, Ipv4Net, NodeJoined, NodeRemoved,
 };
-use makiatto_events::{FeedWriter, NodeName, Payload};
+use makiatto_events::{Blake3Hash, FeedWriter, NodeName, Payload};
 use makiatto_projections::config::{ConfigDoc, DesiredConfig};
 use makiatto_projections::peers::Peers;
 use makiatto_projections::roles::Roles;
@@ -17,6 +18,7 @@ use makiatto_protocol::client::Batch;
 use makiatto_protocol::identity::NodeIdentity;
 use makiatto_protocol::request::{self as op, ShowAs};
 use makiatto_protocol::status::NodeStatus;
+use makiatto_protocol::version::{Features, Version};
 use sha2::{Digest, Sha256};
 
 use crate::cluster::{Ctx, append, copy_log, now_millis};
@@ -26,8 +28,6 @@ use crate::ssh::{HostKeyPolicy, Remote, Target, bytes_bar};
 
 /// Where the daemon is installed on a machine.
 pub const REMOTE_BINARY: &str = "/usr/local/bin/makiatto";
-/// How long a restarted daemon has to answer before it counts as failed.
-const HEALTHY_WITHIN: Duration = Duration::from_secs(20);
 
 /// `maki machine init` arguments.
 pub struct InitArgs {
@@ -42,8 +42,12 @@ pub struct InitArgs {
     pub mesh_range: Option<Ipv4Net>,
     pub acme: Option<String>,
     pub cluster_name: Option<String>,
-    /// Where the GeoIP database is (for coordinates, and to copy to the node).
+    /// Where the GeoIP database is (for coordinates, and for the cluster
+    /// this init creates).
     pub geoip_dir: Option<PathBuf>,
+    /// Say so when the cluster ends up without a GeoIP database (`maki
+    /// local up` says it once for all its machines instead).
+    pub warn_geoip: bool,
 }
 
 /// The daemon binary to install: `--binary-path`, else the one beside `maki`.
@@ -65,7 +69,7 @@ pub fn daemon_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// The machine architecture an ELF binary is for, as `uname -m` prints it.
-fn elf_arch(path: &Path) -> anyhow::Result<&'static str> {
+pub fn elf_arch(path: &Path) -> anyhow::Result<&'static str> {
     let mut header = [0u8; 20];
     use std::io::Read;
     std::fs::File::open(path)?
@@ -155,38 +159,6 @@ async fn install_binary(remote: &Remote, binary: &Path, name: &str) -> anyhow::R
     Ok(())
 }
 
-/// Copies the GeoIP database files the node lacks (by checksum).
-async fn install_geoip(remote: &Remote, dir: &Path, name: &str) -> anyhow::Result<()> {
-    let files = crate::geoip::files(dir);
-    if files.is_empty() {
-        return Ok(());
-    }
-    remote
-        .run_ok(&format!(
-            "mkdir -p {0} && chown makiatto:makiatto {0}",
-            crate::geoip::REMOTE_DIR
-        ))
-        .await?;
-    for file in files {
-        let file_name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        let remote_path = format!("{}/{file_name}", crate::geoip::REMOTE_DIR);
-        let theirs = remote
-            .run(&format!("sha256sum {remote_path} 2>/dev/null"))
-            .await?;
-        if theirs.stdout.split_whitespace().next() == Some(sha256_file(&file)?.as_str()) {
-            continue;
-        }
-        let bar = bytes_bar(&format!("{name}: {file_name}"));
-        remote.upload(&file, &remote_path, 0o644, &bar).await?;
-        bar.finish_and_clear();
-    }
-    Ok(())
-}
-
 /// Coordinates from the GeoIP database, for a machine given no --lat/--lon.
 fn locate(
     dir: Option<&Path>,
@@ -234,10 +206,12 @@ async fn public_addresses(
 
 /// `maki machine init`: a pipeline of steps, each with its own progress
 /// message — check the arguments, log in (pinning the host key), prepare
-/// the machine (binary, user, directories, GeoIP, node keys made on the
-/// node), start the daemon, place the machine (addresses, coordinates,
-/// nameserver role), then create the cluster with it or join it, and
-/// record it in the profile.
+/// the machine (binary, user, directories, node keys made on the node),
+/// start the daemon, place the machine (addresses, coordinates,
+/// nameserver role), then create the cluster with it (its GeoIP database
+/// stored there and named in the log) or join it (the node fetches the
+/// database from its peers), and record it in the profile. A cluster left
+/// without a GeoIP database is said loudly, with how to fix it.
 pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
     let node_name = NodeName::new(args.name.as_str())
         .with_context(|| format!("{:?} cannot be a machine name", args.name))?;
@@ -268,6 +242,23 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
             "{REMOTE_BINARY} service install && {REMOTE_BINARY} run --detach"
         ))
         .await?;
+    let daemon = remote.ask(op::Hello(Version::ours())).await?;
+    let geoip_in_log = daemon.features.has(Features::GEOIP_FROM_LOG);
+    let local_geoip = match &args.geoip_dir {
+        Some(dir) => crate::geoip::Database::find(dir)?,
+        None => None,
+    };
+    if !geoip_in_log && let Some(db) = &local_geoip {
+        // A daemon older than the database in the log reads only a copy
+        // in its data directory, at start.
+        bar.set_message("copying the GeoIP database (an older daemon)");
+        db.copy_to(&remote, &args.name).await?;
+        remote
+            .run_ok(&format!(
+                "{REMOTE_BINARY} stop >/dev/null && {REMOTE_BINARY} run --detach >/dev/null"
+            ))
+            .await?;
+    }
 
     let place = place(ctx, &remote, &args).await?;
     let joined = |mesh_addr: Ipv4Addr| place.joined(&node_name, &identity, &args.target, mesh_addr);
@@ -276,14 +267,30 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
         .cluster_id
         .clone()
         .filter(|_| ctx.profile.machines.iter().any(|m| m.name != args.name));
-    let mesh_addr = match cluster {
+    let (mesh_addr, cluster_geoip) = match cluster {
         None => {
             bar.set_message("creating the cluster");
-            create_cluster(ctx, &remote, &args, acme, joined).await?
+            // The cluster answers from the local GeoIP database from its
+            // first event on: stored here, named in the log.
+            let geoip = match local_geoip.as_ref().filter(|_| geoip_in_log) {
+                Some(db) => {
+                    bar.set_message("storing the GeoIP database");
+                    db.upload(&remote, &args.name).await?;
+                    Some(db.hash)
+                }
+                None => None,
+            };
+            bar.set_message("creating the cluster");
+            let settings = Initial { acme, geoip };
+            (
+                create_cluster(ctx, &remote, &args, settings, joined).await?,
+                geoip,
+            )
         }
         Some(cluster_id) => {
             bar.set_message("joining the cluster");
-            join_cluster(ctx, &remote, &args, &cluster_id, joined).await?
+            let mesh_addr = join_cluster(ctx, &remote, &args, &cluster_id, joined).await?;
+            (mesh_addr, crate::geoip::cluster_database(&remote).await?)
         }
     };
 
@@ -310,7 +317,34 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
         args.target.host,
         if place.nameserver { ", nameserver" } else { "" }
     );
+    if args.warn_geoip && cluster_geoip.is_none() && (geoip_in_log || local_geoip.is_none()) {
+        eprintln!(
+            "warning: the cluster has no GeoIP database. {}",
+            crate::geoip::MISSING
+        );
+    }
     Ok(())
+}
+
+/// The settings a new cluster starts with.
+struct Initial {
+    acme: Option<String>,
+    /// The GeoIP database's manifest, stored on the first node already.
+    geoip: Option<Blake3Hash>,
+}
+
+impl Initial {
+    /// What `maki log` says of them.
+    fn summary(&self) -> String {
+        let mut set = Vec::new();
+        if let Some(d) = &self.acme {
+            set.push(format!("acme.directory = {d}"));
+        }
+        if let Some(h) = &self.geoip {
+            set.push(format!("geoip.database = {}", h.to_hex()));
+        }
+        format!("set {}", set.join(", "))
+    }
 }
 
 /// Logs in to the machine: its pinned host key if the profile has it at
@@ -333,8 +367,8 @@ async fn login(ctx: &Ctx, args: &InitArgs, existing: Option<&Machine>) -> anyhow
     Remote::connect(&target, policy).await
 }
 
-/// The service user and directories, the GeoIP database, and the node's
-/// keys (made on the node; only their public halves come back).
+/// The service user and directories, and the node's keys (made on the
+/// node; only their public halves come back).
 async fn prepare(remote: &Remote, args: &InitArgs) -> anyhow::Result<NodeIdentity> {
     if args.recreate {
         remote
@@ -349,9 +383,6 @@ async fn prepare(remote: &Remote, args: &InitArgs) -> anyhow::Result<NodeIdentit
              mkdir -p /etc/makiatto /var/makiatto /run/makiatto && chown makiatto:makiatto /var/makiatto && chmod 0750 /var/makiatto /etc/makiatto",
         )
         .await?;
-    if let Some(dir) = &args.geoip_dir {
-        install_geoip(remote, dir, &args.name).await?;
-    }
     let keys = remote
         .run_ok(&format!(
             "{REMOTE_BINARY} keys init{}",
@@ -419,13 +450,13 @@ async fn place(ctx: &Ctx, remote: &Remote, args: &InitArgs) -> anyhow::Result<Pl
 }
 
 /// The first machine: its genesis (this operator, the mesh range), the
-/// ACME directory, and its own join, appended to it. Returns its mesh
-/// address.
+/// ACME directory and GeoIP database, and its own join, appended to it.
+/// Returns its mesh address.
 async fn create_cluster(
     ctx: &mut Ctx,
     remote: &Remote,
     args: &InitArgs,
-    acme: Option<String>,
+    settings: Initial,
     joined: impl Fn(Ipv4Addr) -> Payload,
 ) -> anyhow::Result<Ipv4Addr> {
     let operator = ctx.operator()?;
@@ -455,15 +486,16 @@ async fn create_cluster(
     let cluster_id = genesis.id().to_hex();
     let mut events = vec![genesis.clone()];
     let mut parents = vec![(genesis.id(), genesis.hlc())];
-    if let Some(directory) = &acme {
+    if settings.acme.is_some() || settings.geoip.is_some() {
         let mut doc = ConfigDoc::default();
         let mut wanted = DesiredConfig::default();
-        wanted.settings.acme_directory = Some(directory.clone());
-        let changes = doc.edit(&operator.key().public(), &wanted)?;
+        wanted.settings.acme_directory = settings.acme.clone();
+        wanted.settings.geoip_database = settings.geoip.map(|h| h.to_hex());
+        let changes = doc.edit(&operator.key().public(), rand::random(), &wanted)?;
         let e = writer.write(
             Payload::ConfigChanged(ConfigChanged {
                 changes,
-                summary: format!("set acme.directory = {directory}"),
+                summary: settings.summary(),
             }),
             &parents,
             now_millis(),
@@ -615,84 +647,6 @@ pub async fn list(ctx: &Ctx, json_out: bool) -> anyhow::Result<bool> {
         }
     }
     Ok(healthy)
-}
-
-/// Waits until the daemon on `remote` answers, or the bound passes.
-async fn wait_healthy(remote: &Remote) -> anyhow::Result<()> {
-    let deadline = Instant::now() + HEALTHY_WITHIN;
-    loop {
-        let out = remote.run(&format!("{REMOTE_BINARY} status")).await?;
-        if out.status == 0
-            && serde_json::from_str::<NodeStatus>(&out.stdout).is_ok_and(|s| s.running)
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the daemon did not come back within {} s",
-                HEALTHY_WITHIN.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// `maki machine restart`.
-pub async fn restart(ctx: &Ctx, names: &[String]) -> anyhow::Result<()> {
-    for m in ctx.profile.select(names)? {
-        let remote = ctx.connect(&m).await?;
-        remote
-            .run_ok(&format!(
-                "{REMOTE_BINARY} stop && {REMOTE_BINARY} run --detach"
-            ))
-            .await?;
-        wait_healthy(&remote)
-            .await
-            .with_context(|| format!("{} after restart", m.name))?;
-        println!("{}: restarted", m.name);
-    }
-    Ok(())
-}
-
-/// `maki machine upgrade`: one machine at a time; a machine whose new
-/// daemon does not come back healthy gets its previous binary back, and the
-/// rollout stops there.
-pub async fn upgrade(ctx: &Ctx, names: &[String], binary: Option<&Path>) -> anyhow::Result<()> {
-    let binary = daemon_binary(binary)?;
-    for m in ctx.profile.select(names)? {
-        let remote = ctx.connect(&m).await?;
-        let bar = bytes_bar(&format!("{}: upload", m.name));
-        let staged = format!("{REMOTE_BINARY}.new");
-        if elf_arch(&binary)? != remote.run_ok("uname -m").await?.trim() {
-            bail!(
-                "{}: {} is for another architecture",
-                m.name,
-                binary.display()
-            );
-        }
-        remote.upload(&binary, &staged, 0o755, &bar).await?;
-        bar.finish_and_clear();
-        remote
-            .run_ok(&format!(
-                "cp -p {REMOTE_BINARY} {REMOTE_BINARY}.prev && {REMOTE_BINARY} stop && mv -f {staged} {REMOTE_BINARY} && {REMOTE_BINARY} run --detach >/dev/null 2>&1; true"
-            ))
-            .await?;
-        if let Err(e) = wait_healthy(&remote).await {
-            remote
-                .run(&format!("{REMOTE_BINARY}.prev stop >/dev/null 2>&1; mv -f {REMOTE_BINARY}.prev {REMOTE_BINARY} && {REMOTE_BINARY} run --detach"))
-                .await?;
-            wait_healthy(&remote).await.with_context(|| {
-                format!("{}: the previous binary did not come back either", m.name)
-            })?;
-            bail!(
-                "{}: the new daemon did not start ({e:#}); the previous binary was restored and the rollout stopped",
-                m.name
-            );
-        }
-        remote.run(&format!("rm -f {REMOTE_BINARY}.prev")).await?;
-        println!("{}: upgraded", m.name);
-    }
-    Ok(())
 }
 
 /// `maki machine remove`.

@@ -8,15 +8,21 @@
 //! - [`mux`]: kept connections, so that the next command needs no login.
 //! - [`prompt_ack`]: prompt TCP acknowledgements on the SSH socket (Linux).
 //! - [`cluster`]: signing and delivering events; copying logs between nodes.
-//! - [`machine`]: `maki machine …`.
+//! - [`machine`]: `maki machine init|list|add|remove`.
+//! - [`rollout`]: `maki machine upgrade|restart`: one machine at a time,
+//!   handed over without dropping a connection, behind a health gate,
+//!   rolled back when it fails.
 //! - [`commands`]: `maki log`, `maki config`, `maki operator`.
+//! - [`completions`]: `maki completions SHELL` and `maki man`.
+//! - [`dashboard`]: `maki dashboard`, a read-only status page on this machine.
 //! - [`mesh`]: the peers projection as a node shows it; free mesh addresses.
 //! - [`peer`]: `maki peer …`, WireGuard peers outside the cluster.
 //! - [`prompt`]: yes/no questions on a terminal.
-//! - [`health`]: `maki health`.
+//! - [`health`]: `maki health`: every node checked, and from every node.
 //! - [`certs`]: `maki certs`, `maki certs renew`.
 //! - [`dns`]: `maki dns nameserver-setup`.
-//! - [`geoip`]: the DB-IP database: where a machine is, copied to nodes.
+//! - [`geoip`]: the DB-IP database: where a machine is; `maki geoip
+//!   update`, which hands it to the cluster as content.
 //! - [`project`]: `makiatto.toml`, validated (`maki config check`).
 //! - [`tree`]: a domain's files as a manifest, hashed in parallel and cached.
 //! - [`sync`]: `maki sync`.
@@ -27,6 +33,8 @@
 mod certs;
 mod cluster;
 mod commands;
+mod completions;
+mod dashboard;
 mod dns;
 mod geoip;
 mod health;
@@ -40,6 +48,7 @@ mod profile;
 mod project;
 mod prompt;
 mod prompt_ack;
+mod rollout;
 mod sites;
 mod ssh;
 mod sync;
@@ -151,11 +160,17 @@ enum Top {
     /// (started by `maki` itself; see MAKIATTO_SSH_PERSIST).
     #[command(name = "__keep", hide = true)]
     Keep { machine: String },
-    /// Check every machine: SSH, daemon, mesh handshakes and liveness,
-    /// replication lag, log verification. Exits non-zero on any problem.
+    /// Check every machine, and every node from every node: SSH, daemon,
+    /// mesh, replication lag, log verification, DNS (serials, geo
+    /// decisions), HTTPS and certificates, blobs, disk, memory, clocks and
+    /// the GeoIP database. Exit status: 0 healthy, 1 warnings, 2 failures.
     Health {
         #[arg(long)]
         json: bool,
+        /// Check again every SECS seconds (default 5), redrawing, until
+        /// interrupted.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5")]
+        watch: Option<u64>,
     },
     /// Certificates: names, issuer, expiry and state; force a renewal.
     Certs {
@@ -163,6 +178,11 @@ enum Top {
         json: bool,
         #[command(subcommand)]
         command: Option<CertsCmd>,
+    },
+    /// The GeoIP database the cluster places visitors with.
+    Geoip {
+        #[command(subcommand)]
+        command: GeoipCmd,
     },
     /// DNS: how to point a domain at the cluster's nameservers.
     Dns {
@@ -179,6 +199,22 @@ enum Top {
         #[command(subcommand)]
         command: WasmCmd,
     },
+    /// A read-only status page of the cluster, served on this machine
+    /// (127.0.0.1 by default): nodes on a world map, the last events,
+    /// sites, certificates. Prints its URL, with the token it needs.
+    Dashboard {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: std::net::SocketAddr,
+        /// Read the cluster again every SECS seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 5)]
+        refresh: u64,
+    },
+    /// Shell completions (bash, zsh, fish, elvish, powershell) on
+    /// standard output.
+    Completions { shell: clap_complete::Shell },
+    /// The manual page (roff) on standard output: `maki man | man -l -`.
+    Man,
     /// A cluster of test hosts on this machine (Linux, root).
     Local {
         /// Where the cluster's files live.
@@ -250,13 +286,17 @@ enum MachineCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Replace the daemon, one machine at a time, rolling back on failure.
+    /// Replace the daemon, one machine at a time: each hands its sockets
+    /// over to the new binary (no connection dropped), must pass a health
+    /// gate (DNS, HTTPS, caught up), and gets its previous binary back if
+    /// it does not (the rollout stops there).
     Upgrade {
         names: Vec<String>,
         #[arg(long)]
         binary_path: Option<PathBuf>,
     },
-    /// Restart the daemon.
+    /// Restart the daemon, one machine at a time, handing its sockets
+    /// over (no connection dropped), each behind the health gate.
     Restart { names: Vec<String> },
     /// Remove a machine from the cluster and wipe it.
     Remove {
@@ -273,7 +313,7 @@ enum ConfigCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.*, sites.keep_versions, images.*, work.queue, wasm.*; `maki config show` lists them).
+    /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.*, sites.keep_versions, log.max_clock_skew, images.*, work.queue, wasm.*, geoip.database; `maki config show` lists them).
     Set { key: String, value: String },
     /// Validate makiatto.toml (domains, records, functions, transforms,
     /// \[o11y\]) without sending anything.
@@ -316,6 +356,19 @@ enum WasmCmd {
         /// Where to write them.
         #[arg(long, default_value = "./wit")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum GeoipCmd {
+    /// Hand the local DB-IP database (scripts/fetch-geoip.sh) to the
+    /// cluster: stored on one node, named in the log, fetched by every
+    /// other node over the mesh and swapped in live.
+    Update {
+        /// Where the database is (default: MAKIATTO_GEOIP_DIR, else
+        /// ~/.cache/makiatto/geoip).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -479,6 +532,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             acme: acme.clone(),
                             cluster_name: cluster_name.clone(),
                             geoip_dir: geoip_dir.clone().or_else(geoip::default_dir),
+                            warn_geoip: true,
                         },
                     )
                     .await?;
@@ -501,9 +555,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
                 MachineCmd::Upgrade { names, binary_path } => {
-                    machine::upgrade(&ctx, names, binary_path.as_deref()).await?
+                    rollout::upgrade(&ctx, names, binary_path.as_deref()).await?
                 }
-                MachineCmd::Restart { names } => machine::restart(&ctx, names).await?,
+                MachineCmd::Restart { names } => rollout::restart(&ctx, names).await?,
                 MachineCmd::Remove { name, force } => {
                     machine::remove(&mut ctx, name, *force).await?
                 }
@@ -577,11 +631,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sites::diff(&ctx(&cli)?, domain, from.as_deref(), to.as_deref()).await?
         }
         Top::Keep { machine } => ctx(&cli)?.keep(machine).await?,
-        Top::Health { json } => {
+        Top::Completions { shell } => completions::completions(
+            *shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            &mut std::io::stdout(),
+        ),
+        Top::Man => completions::man(
+            <Cli as clap::CommandFactory>::command(),
+            &mut std::io::stdout().lock(),
+        )?,
+        Top::Dashboard { listen, refresh } => {
+            let args = dashboard::Args {
+                listen: *listen,
+                refresh: std::time::Duration::from_secs((*refresh).max(1)),
+            };
+            dashboard::dashboard(ctx(&cli)?, args).await?
+        }
+        Top::Health { json, watch } => {
             let ctx = ctx(&cli)?;
-            if !health::health(&ctx, *json).await? {
-                return Ok(ExitCode::FAILURE);
-            }
+            let args = health::Args {
+                json: *json,
+                watch: watch.map(|s| std::time::Duration::from_secs(s.max(1))),
+            };
+            return Ok(ExitCode::from(health::health(&ctx, args).await?));
         }
         Top::Certs { json, command } => match command {
             None => certs::list(&ctx(&cli)?, *json).await?,
@@ -590,6 +662,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Top::Wasm {
             command: WasmCmd::Fetch { dir },
         } => wit::fetch(dir)?,
+        Top::Geoip {
+            command: GeoipCmd::Update { dir },
+        } => geoip::update(&ctx(&cli)?, dir.as_deref()).await?,
         Top::Dns {
             command: DnsCmd::NameserverSetup { json },
         } => dns::nameserver_setup(&ctx(&cli)?, *json).await?,

@@ -94,6 +94,8 @@ struct RawO11y {
     tracing_enabled: Option<bool>,
     metrics_enabled: Option<bool>,
     logging_enabled: Option<bool>,
+    slow_threshold_ms: Option<Spanned<i64>>,
+    metrics_interval_secs: Option<Spanned<i64>>,
 }
 
 /// A valid project.
@@ -1053,7 +1055,36 @@ fn check_o11y(c: &mut Checker, o: RawO11y) -> O11yConfig {
             Some("0.1 samples 10% of traces".into()),
         );
     }
+    let mut ranged = |v: &Option<Spanned<i64>>, lo: i64, hi: i64, what: &str, hint: &str| {
+        let value = v.as_ref()?;
+        if !(lo..=hi).contains(value.get_ref()) {
+            c.problem(
+                value.span(),
+                format!("{what} must be from {lo} to {hi}"),
+                "this value",
+                Some(hint.into()),
+            );
+            return None;
+        }
+        u64::try_from(*value.get_ref()).ok()
+    };
+    let slow_threshold_ms = ranged(
+        &o.slow_threshold_ms,
+        1,
+        3_600_000,
+        "slow_threshold_ms",
+        "requests slower than this many milliseconds are always traced (default 1000)",
+    );
+    let metrics_interval_secs = ranged(
+        &o.metrics_interval_secs,
+        1,
+        3600,
+        "metrics_interval_secs",
+        "how often metrics are exported, in seconds (default 15)",
+    );
     O11yConfig {
+        slow_threshold_ms,
+        metrics_interval_secs,
         otlp_endpoint: o.otlp_endpoint.map(|e| e.into_inner()),
         sampling_ratio: o.sampling_ratio.map(|r| r.into_inner()),
         tracing_enabled: o.tracing_enabled,

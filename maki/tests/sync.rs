@@ -334,3 +334,58 @@ fn sync_publishes_atomically_on_every_node() {
     });
     assert_eq!(c.ok(&["sites", "--json"]), direct);
 }
+
+/// A large upload fans out while it runs: blobs streamed to one node reach
+/// the others before any event names them (here none ever does), each
+/// fetched from the node that took the upload, as it announced them.
+#[test]
+fn blobs_uploaded_to_one_node_reach_the_others_before_their_version() {
+    require_root();
+    let c = Cluster::new("fo");
+    c.up(3, &[]);
+    // More blobs than one commit batch, so that some are announced while
+    // the stream still runs; new bytes every run.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let blobs: Vec<Vec<u8>> = (0..3000)
+        .map(|i| {
+            format!("fan-out blob {i} of run {nonce}\n")
+                .repeat(40)
+                .into_bytes()
+        })
+        .collect();
+    let mut stream = Vec::new();
+    for b in &blobs {
+        stream.extend_from_slice(blake3::hash(b).as_bytes());
+        stream.extend_from_slice(&(b.len() as u64).to_be_bytes());
+        stream.extend_from_slice(b);
+    }
+    let report: Value = serde_json::from_str(&c.exec_with_input(
+        "vector",
+        &["makiatto", "blobs", "receive"],
+        &stream,
+    ))
+    .unwrap();
+    assert_eq!(report["stored"].as_u64(), Some(3000), "{report}");
+    for n in ["klukai", "tololo"] {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{n} fetches the announced blobs"),
+            || c.health(n)["replication"]["blobs_ahead"].as_u64() >= Some(3000),
+        );
+        // The bytes are the uploaded ones (a few, read back on the peer).
+        for b in [&blobs[0], &blobs[1500], &blobs[2999]] {
+            let hash = blake3::hash(b).to_hex().to_string();
+            let got = c.exec(n, &["makiatto", "blobs", "get", &hash]);
+            assert_eq!(got.as_bytes(), &b[..], "{n}: blob {hash}");
+        }
+    }
+    // The node that took the upload fetched nothing.
+    assert_eq!(
+        c.health("vector")["replication"]["blobs_ahead"].as_u64(),
+        None,
+        "left out while zero"
+    );
+}

@@ -1,4 +1,4 @@
-//! The content-addressed blob store (DESIGN §5): every file of every site
+//! The content-addressed blob store (docs/design.md, Content addressing): every file of every site
 //! version, stored once under its blake3 hash at `<data>/blobs/ab/abcd…`.
 //!
 //! A blob is written to a temporary file while it is hashed, checked
@@ -18,9 +18,13 @@ use std::sync::Arc;
 use makiatto_events::{Blake3Hash, Manifest};
 use makiatto_protocol::blob_stream;
 
-/// A stream's staged blobs are committed at least this often.
+/// A stream's staged blobs are committed at least this often: every
+/// this many blobs, bytes or this long (whichever comes first). Each
+/// commit is announced to the peers, which fetch it while the stream goes
+/// on (`makiatto blobs receive`), so a batch is also a unit of fan-out.
 const COMMIT_BLOBS: usize = 2048;
-const COMMIT_BYTES: u64 = 256 << 20;
+const COMMIT_BYTES: u64 = 32 << 20;
+const COMMIT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The largest blob accepted (a single file of a site).
 pub const MAX_BLOB_BYTES: u64 = 8 << 30;
@@ -415,13 +419,26 @@ impl BlobStore {
     /// longer stops the reading, and with it the sender. The report is
     /// given only once every batch is committed.
     pub fn receive(&self, input: &mut impl Read) -> Result<Received, BlobError> {
+        self.receive_announcing(input, |_| {})
+    }
+
+    /// [`BlobStore::receive`], calling `committed` with the hashes of each
+    /// batch once it is durable (on the committing thread).
+    pub fn receive_announcing(
+        &self,
+        input: &mut impl Read,
+        committed: impl FnMut(Vec<Blake3Hash>) + Send,
+    ) -> Result<Received, BlobError> {
+        let mut committed = committed;
         std::thread::scope(|scope| {
             // One batch committing, one waiting: the reader runs at most
             // two batches ahead of what is durable.
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Staged>>(1);
             let committer = scope.spawn(move || -> std::io::Result<()> {
                 for batch in rx {
+                    let hashes: Vec<Blake3Hash> = batch.iter().map(|s| s.hash).collect();
                     self.commit(batch)?;
+                    committed(hashes);
                 }
                 Ok(())
             });
@@ -459,6 +476,7 @@ impl BlobStore {
         // of one is only checked.
         let mut staged_hashes = std::collections::HashSet::new();
         let mut staged_bytes = 0u64;
+        let mut staged_since = std::time::Instant::now();
         loop {
             let mut head = [0u8; blob_stream::HEADER_BYTES];
             match read_full(input, &mut head)? {
@@ -481,11 +499,17 @@ impl BlobStore {
             match self.stage(hash, size, input, held) {
                 Ok(Some(s)) => {
                     staged_hashes.insert(hash);
+                    if staged.is_empty() {
+                        staged_since = std::time::Instant::now();
+                    }
                     staged.push(s);
                     staged_bytes += size;
                     report.stored += 1;
                     report.bytes += size;
-                    if staged.len() >= COMMIT_BLOBS || staged_bytes >= COMMIT_BYTES {
+                    if staged.len() >= COMMIT_BLOBS
+                        || staged_bytes >= COMMIT_BYTES
+                        || staged_since.elapsed() >= COMMIT_AFTER
+                    {
                         hand_over(std::mem::take(&mut staged))?;
                         staged_bytes = 0;
                     }
@@ -858,6 +882,32 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn each_batch_is_announced_once_it_is_durable_and_every_blob_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let blobs: Vec<Vec<u8>> = (0..2 * COMMIT_BLOBS + 7)
+            .map(|i| format!("announced blob {i}").into_bytes())
+            .collect();
+        let mut stream = Vec::new();
+        for b in &blobs {
+            stream.extend(frame(&Blake3Hash::of(b), b));
+        }
+        let mut batches: Vec<Vec<Blake3Hash>> = Vec::new();
+        let report = store
+            .receive_announcing(&mut stream.as_slice(), |hashes| {
+                // Announced only once the whole batch is in place.
+                assert!(hashes.iter().all(|h| store.contains(h)));
+                batches.push(hashes);
+            })
+            .unwrap();
+        assert_eq!(report.stored, blobs.len() as u64);
+        assert!(batches.len() >= 3, "{} batches", batches.len());
+        let announced: Vec<Blake3Hash> = batches.into_iter().flatten().collect();
+        let expected: Vec<Blake3Hash> = blobs.iter().map(|b| Blake3Hash::of(b)).collect();
+        assert_eq!(announced, expected, "every blob once, in stream order");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `makiatto` command line: every subcommand, parsed (clap) and
 //! carried out by the modules it names. `main.rs` only calls [`main`].
 
-use crate::{blobs, control, daemon, dns, gossip, http, images, keys, replica, service};
+use crate::{blobs, control, daemon, dns, gossip, handover, http, images, keys, replica, service};
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -66,6 +66,19 @@ enum Command {
     },
     /// Stop the daemon started with `run --detach`.
     Stop,
+    /// Hand the running daemon's sockets over to a binary (default: the
+    /// one at the path it was started from, so a restart runs what is
+    /// there now) without closing any: an upgrade or restart that drops
+    /// nothing. Waits until the new image serves.
+    Reload {
+        /// The binary to run from now on.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
+    /// Print this binary's version and whether it takes sockets over (the
+    /// check a handover makes of the binary it hands over to).
+    #[command(hide = true)]
+    HandoverCheck,
     /// Install the service: a hardened systemd unit where systemd runs.
     Service {
         #[command(subcommand)]
@@ -172,7 +185,11 @@ enum DebugCommand {
 #[derive(Subcommand)]
 enum ServiceCommand {
     /// Write and enable the systemd unit (nothing to do without systemd).
-    Install,
+    Install {
+        /// Print the unit instead of installing it.
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -191,13 +208,21 @@ enum KeysCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The console, and beside it the OTLP log export (off until the
+    // daemon finds a collector).
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_env("MAKIATTO_LOG")
                 .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
+        .with(crate::telemetry::logs::Layer)
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -216,19 +241,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { detach: false } => {
-            let prepared = daemon::prepare(&data_dir)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let ports = dns::server::Ports {
-                dns: cli.dns_port,
-                dot: cli.dot_port,
-            };
-            let web = http::server::Ports {
-                http: cli.http_port,
-                https: cli.https_port,
-            };
-            runtime.block_on(daemon::run(data_dir, prepared, ports, web))?;
+            // Sockets an earlier image of this process handed over, and
+            // the way back to it should this binary fail to start.
+            let sockets = std::sync::Arc::new(handover::Sockets::inherit());
+            handover::arm_fallback(&sockets);
+            let origin = handover::Origin::from_env();
+            let started = (|| {
+                let prepared = daemon::prepare(&data_dir)?;
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                let ports = dns::server::Ports {
+                    dns: cli.dns_port,
+                    dot: cli.dot_port,
+                };
+                let web = http::server::Ports {
+                    http: cli.http_port,
+                    https: cli.https_port,
+                };
+                let handover = std::sync::Arc::new(handover::Handover::new(sockets, origin));
+                runtime.block_on(daemon::run(data_dir, prepared, ports, web, handover))
+            })();
+            if let Err(e) = &started {
+                handover::fall_back(&format!("{e:#}"));
+            }
+            started?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { binary } => {
+            service::reload(&data_dir, binary.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HandoverCheck => {
+            println!(
+                "{}",
+                serde_json::to_string(&makiatto_protocol::Version::ours())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Supervise => {
@@ -236,9 +284,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Service {
-            command: ServiceCommand::Install,
+            command: ServiceCommand::Install { print },
         } => {
-            service::install(&data_dir)?;
+            service::install(&data_dir, print)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stop => {
@@ -344,11 +392,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Running means answering, not merely having a pid.
             let running =
                 std::os::unix::net::UnixStream::connect(daemon::socket_path(&data_dir)).is_ok();
+            // What the daemon places visitors with (only it knows).
+            let geoip = running
+                .then(|| ask(&data_dir, op::Health {}).ok())
+                .flatten()
+                .and_then(|h| h.dns)
+                .and_then(|d| d.geoip_database);
+            if let Some(p) = geoip.as_ref().and_then(|g| g.problem.as_deref()) {
+                eprintln!("warning: {p}");
+            }
             let shown = makiatto_protocol::status::NodeStatus {
                 status,
                 daemon_pid: daemon.map(|p| p.as_raw()),
                 supervisor_pid: supervisor.map(|p| p.as_raw()),
                 running,
+                geoip,
             };
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(ExitCode::SUCCESS)
@@ -367,7 +425,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot open the blob store in {}", data_dir.display()))?;
             match command {
                 BlobsCommand::Receive => {
-                    let report = store.receive(&mut blobs::stdin_stream())?;
+                    let announce = announcer(daemon::socket_path(&data_dir));
+                    let report =
+                        store.receive_announcing(&mut blobs::stdin_stream(), |hashes| {
+                            let _ = announce.0.send(hashes);
+                        })?;
+                    drop(announce.0);
+                    let _ = announce.1.join();
                     println!("{}", serde_json::to_string(&report)?);
                     if !report.refused.is_empty() {
                         return Ok(ExitCode::FAILURE);
@@ -468,6 +532,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Asks the running daemon, or answers from the data directory when no
 /// daemon runs; the answer decoded as the operation's own output.
+/// Tells the running daemon (on `socket`) of each batch of blobs as
+/// `makiatto blobs receive` commits it, on a thread of its own so the
+/// stream never waits for it; the daemon has its peers fetch them while
+/// the upload goes on. No daemon (or an older one): the blobs reach the
+/// peers after their event, as before, so failures are only logged.
+fn announcer(
+    socket: PathBuf,
+) -> (
+    std::sync::mpsc::Sender<Vec<makiatto_events::Blake3Hash>>,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<makiatto_events::Blake3Hash>>();
+    let thread = std::thread::spawn(move || {
+        let mut answering = true;
+        for hashes in rx {
+            if !answering {
+                continue;
+            }
+            let call = control::call(&socket, &Envelope::ours(op::BlobsArrived { hashes }));
+            if let Err(e) = call
+                .map_err(anyhow::Error::from)
+                .and_then(|a| a.decode::<u64>().map_err(anyhow::Error::from))
+            {
+                tracing::debug!(error = %format!("{e:#}"), "the daemon was not told of blobs received; its peers fetch them after the event");
+                answering = false;
+            }
+        }
+    });
+    (tx, thread)
+}
+
 fn ask<O: Operation>(data_dir: &Path, operation: O) -> anyhow::Result<O::Output> {
     Ok(answer(data_dir, Envelope::ours(operation))?.decode::<O::Output>()?)
 }
@@ -548,4 +643,28 @@ fn print_health(v: &makiatto_protocol::health::HealthReport) {
         "  replication: sessions {} ok, {} failed; events {} in, {} out; {} bad",
         r.sessions_ok, r.sessions_failed, r.events_in, r.events_out, r.bad_events
     );
+    if let Some(g) = v.dns.as_ref().and_then(|d| d.geoip_database.as_ref()) {
+        match &g.loaded {
+            Some(l) => println!(
+                "  GeoIP: {} built {}{}",
+                if l.database_type.is_empty() {
+                    "database"
+                } else {
+                    &l.database_type
+                },
+                jiff::Timestamp::from_second(l.built_unix_secs as i64).map_or_else(
+                    |_| "at an unknown time".to_owned(),
+                    |t| t.strftime("%Y-%m-%d").to_string()
+                ),
+                l.manifest.map_or_else(
+                    || " (this node's own copy)".to_owned(),
+                    |m| format!(" (manifest {})", m.short())
+                )
+            ),
+            None => println!("  GeoIP: none loaded"),
+        }
+        if let Some(p) = &g.problem {
+            println!("    {p}");
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Which version of each site this node serves (DESIGN §5).
+//! Which version of each site this node serves (docs/design.md, Content addressing).
 //!
 //! The sites projection says which version is live; this node switches a
 //! domain to it only once the version's manifest and every blob it names
@@ -155,7 +155,12 @@ impl Content {
                 }
                 continue;
             }
-            let outcome = self.deploy(&domain, version, manifest_hash).await;
+            // Telemetry: each attempt to fetch and switch is a span.
+            let outcome = crate::telemetry::Operation::new("site.version.deploy")
+                .attr("makiatto.domain", domain.clone())
+                .attr("makiatto.version", version.short().to_string())
+                .run(self.deploy(&domain, version, manifest_hash))
+                .await;
             let Ok(mut pending) = self.pending.lock() else {
                 return;
             };
@@ -298,19 +303,22 @@ impl Content {
         Ok(None)
     }
 
-    /// Deletes blobs no kept version references (DESIGN §5): per domain the
-    /// last `sites.keep_versions` versions, the live one and the one this
-    /// node serves are kept, with their manifests and every file they name.
+    /// Deletes blobs no kept version references (docs/design.md, Content
+    /// addressing): per domain the last `sites.keep_versions` versions, the
+    /// live one and the one this node serves are kept, with their manifests
+    /// and every file they name,
+    /// and so is the GeoIP database the log names.
     /// If a kept version's manifest is not here, nothing is collected (what
     /// it names is unknown).
     fn collect(&self) -> anyhow::Result<()> {
-        let (sites, keep_versions) = {
+        let (sites, settings) = {
             let mut r = self
                 .replica
                 .lock()
                 .map_err(|_| anyhow::anyhow!("replica lock poisoned"))?;
-            (r.sites(), r.settings().keep_versions() as usize)
+            (r.sites(), r.settings())
         };
+        let keep_versions = settings.keep_versions() as usize;
         let deployed = self.deployed.lock().map(|d| d.clone()).unwrap_or_default();
         let mut manifests: Vec<Blake3Hash> = Vec::new();
         for (name, site) in &sites.domains {
@@ -335,6 +343,17 @@ impl Content {
             };
             keep.insert(m);
             keep.extend(manifest.blobs().map(|f| f.hash));
+        }
+        // The GeoIP database the log names is content too (`dns::geoip`);
+        // while its manifest is still being fetched, none of its files is
+        // here to lose.
+        if let Some(m) = settings.geoip_database()
+            && let Ok(manifest) = std::fs::read(self.blobs.path(&m))
+                .map_err(|_| ())
+                .and_then(|b| Manifest::decode(&b).map_err(|_| ()))
+        {
+            keep.insert(m);
+            keep.extend(manifest.files.values().map(|f| f.hash));
         }
         let older_than = std::time::SystemTime::now() - GC_GRACE;
         let (count, bytes) = self.blobs.collect(&keep, older_than)?;

@@ -183,6 +183,14 @@ pub fn execute(replica: &Mutex<Replica>, appender: &dyn Appender, envelope: Enve
         })),
         Request::Health(_) => Answer::Error(needs_daemon("health")),
         Request::ManifestPut(_) => Answer::Error(needs_daemon("manifest-put")),
+        Request::BlobsArrived(_) => Answer::Error(needs_daemon("blobs-arrived")),
+        Request::Probe(_) => Answer::Error(needs_daemon("probe")),
+        Request::Handover(_) => Answer::Error(needs_daemon("handover")),
+        Request::Clock(_) => reply::<op::Clock>(Ok(makiatto_protocol::probe::ClockReading {
+            unix_millis: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        })),
         Request::BlobsMissing(_) | Request::BlobsPut(_) => Answer::Error(ControlError::new(
             ErrorCode::NeedsDaemon,
             "blob requests are answered by `makiatto control` or the daemon, which hold the blob store",
@@ -465,7 +473,18 @@ fn put_inline(store: &BlobStore, blobs: &[InlineBlob]) -> Result<Received, Contr
 
 /// Sends one request to a running daemon's socket and reads its answer.
 pub fn call(socket: &Path, envelope: &Envelope) -> std::io::Result<Answer> {
+    call_within(socket, envelope, None)
+}
+
+/// [`call`], the answer awaited at most `within` (none: as long as it
+/// takes).
+pub fn call_within(
+    socket: &Path,
+    envelope: &Envelope,
+    within: Option<std::time::Duration>,
+) -> std::io::Result<Answer> {
     let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(within)?;
     let mut line = envelope.to_line().map_err(std::io::Error::other)?;
     line.push('\n');
     stream.write_all(line.as_bytes())?;

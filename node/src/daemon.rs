@@ -1,7 +1,17 @@
 //! `makiatto run`: opens the replica, serves the control socket, and shuts
-//! down cleanly on SIGTERM or SIGINT (socket removed, store flushed).
-//! Later subsystems (mesh, DNS, HTTP) hang off the same runtime.
+//! down cleanly on SIGTERM or SIGINT (socket removed, store flushed), or
+//! hands its sockets over to a new binary (`handover`) without closing
+//! them. Later subsystems (mesh, DNS, HTTP) hang off the same runtime.
+//!
+//! When the store fails to write (a full disk), the log writer stops and
+//! the store refuses every later write until it is opened again. The
+//! daemon goes on serving what it holds, looks every second whether the
+//! data directory takes writes again ([`STORE_PROBE_BYTES`]), and then
+//! exits with an error, so that its supervisor (systemd, or
+//! `makiatto run --detach`) starts it again on a reopened store, which
+//! catches up from its peers.
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,12 +24,14 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::changes::Changes;
 use crate::content::Content;
+use makiatto_protocol::health::{DaemonInfo, HandoverStarted};
 use makiatto_protocol::request as op;
 use makiatto_protocol::status::ManifestStored;
 use makiatto_protocol::{Answer, ControlError, Envelope, ErrorCode, Request};
 
 use crate::control::{self, MAX_REQUEST_BYTES};
 use crate::gossip::Gossip;
+use crate::handover::{Handover, Role};
 use crate::liveness::Liveness;
 use crate::replica::Replica;
 use crate::topology::{MeshSlot, follow_peers};
@@ -66,25 +78,47 @@ pub fn prepare(data_dir: &Path) -> anyhow::Result<Prepared> {
     })
 }
 
-/// Runs the daemon until a shutdown signal: claims the control socket,
-/// starts every subsystem ([`Services::start`]), then answers control
-/// connections until SIGTERM or SIGINT.
+/// Runs the daemon until a shutdown signal: claims the control socket
+/// (or takes the one an earlier image handed over), starts every
+/// subsystem ([`Services::start`]), then answers control connections
+/// until SIGTERM or SIGINT, or until a handover replaces this image.
 pub async fn run(
     data_dir: PathBuf,
     prepared: Prepared,
     ports: crate::dns::server::Ports,
     web: crate::http::server::Ports,
+    handover: Arc<Handover>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let socket = claim_socket(&data_dir)?;
-    let services = Services::start(&data_dir, prepared, ports, web).await?;
-    let listener = UnixListener::bind(&socket)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", socket.display()))?;
-    tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), "makiatto daemon ready");
+    let socket = socket_path(&data_dir);
+    let inherited = handover.sockets.take_one(Role::Control);
+    if inherited.is_none() {
+        claim_socket(&data_dir)?;
+    }
+    let services = Services::start(&data_dir, prepared, ports, web, handover.clone()).await?;
+    let listener = match inherited {
+        // Connections made meanwhile waited in its queue.
+        Some(fd) => {
+            let l = std::os::unix::net::UnixListener::from(fd);
+            l.set_nonblocking(true)?;
+            UnixListener::from_std(l)?
+        }
+        None => {
+            let l = UnixListener::bind(&socket)
+                .with_context(|| format!("cannot listen on {}", socket.display()))?;
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", socket.display()))?;
+            l
+        }
+    };
+    handover.sockets.keep(Role::Control, listener.as_fd());
+    crate::handover::ready(&handover.sockets);
+    tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), sockets = handover.sockets.count(), "makiatto daemon ready");
     let served = serve_until_signal(&listener, &services).await;
+    if let Err(e) = &served {
+        tracing::error!(error = %format!("{e:#}"), "makiatto daemon stops");
+    }
     tracing::info!("shutting down");
     let _ = std::fs::remove_file(&socket);
     served
@@ -93,7 +127,7 @@ pub async fn run(
 /// The control socket's path, free to bind: a socket left by a daemon
 /// that died is removed; one that answers belongs to a running daemon,
 /// which this one must not displace.
-fn claim_socket(data_dir: &Path) -> anyhow::Result<PathBuf> {
+fn claim_socket(data_dir: &Path) -> anyhow::Result<()> {
     let socket = socket_path(data_dir);
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
@@ -105,17 +139,27 @@ fn claim_socket(data_dir: &Path) -> anyhow::Result<PathBuf> {
         std::fs::remove_file(&socket)
             .with_context(|| format!("cannot remove the stale socket {}", socket.display()))?;
     }
-    Ok(socket)
+    Ok(())
 }
 
 /// Answers control connections, each on a task of its own, until SIGTERM
-/// or SIGINT.
+/// or SIGINT; once a handover drains, it accepts no more (they wait in
+/// the socket's queue for the next image) and waits for a signal.
 async fn serve_until_signal(listener: &UnixListener, services: &Services) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut store_failed = services.store_failed.clone();
+    let drain = services.handover.drains.connections.clone();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            // (A writer that stopped without a failure, at shutdown, closes
+            // the channel: `None`, and the branch is off.)
+            Some(why) = async {
+                store_failed.wait_for(Option::is_some).await.ok().and_then(|m| m.clone())
+            } => {
+                bail!("{why}: restarting to reopen the event store");
+            }
+            accepted = listener.accept(), if !drain.started() => match accepted {
                 Ok((stream, _)) => {
                     let services = services.clone();
                     tokio::spawn(async move {
@@ -126,6 +170,7 @@ async fn serve_until_signal(listener: &UnixListener, services: &Services) -> any
                 }
                 Err(e) => tracing::warn!(error = %e, "accepting a control connection failed"),
             },
+            _ = drain.wait(), if !drain.started() => {}
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
         }
@@ -144,6 +189,58 @@ struct Services {
     dns: Arc<crate::dns::Dns>,
     http: Arc<crate::http::Http>,
     acme: Option<Arc<crate::acme::Acme>>,
+    /// Why the store stopped taking writes, once the data directory takes
+    /// them again (see the module's notes).
+    store_failed: tokio::sync::watch::Receiver<Option<String>>,
+    prober: Arc<crate::probe::Prober>,
+    handover: Arc<Handover>,
+    /// When this image started serving (Unix millis).
+    started: u64,
+}
+
+/// The size of the file written to see whether the data directory takes
+/// writes again after the store failed: room for a batch of events.
+pub const STORE_PROBE_BYTES: usize = 1 << 20;
+
+/// Waits (on a thread of its own) for the log writer to stop on a store
+/// failure (or a panic), then until the data directory takes a [`STORE_PROBE_BYTES`]
+/// write again, and then says so on the returned channel.
+fn watch_store(
+    writer: std::thread::JoinHandle<Result<(), makiatto_core::StoreError>>,
+    data_dir: PathBuf,
+) -> tokio::sync::watch::Receiver<Option<String>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let spawned = std::thread::Builder::new()
+        .name("makiatto-store-watch".into())
+        .spawn(move || {
+            // A failed write, or a panic on one (its message may be lost
+            // with the log file on a full disk).
+            let e = match writer.join() {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the log writer panicked".to_owned(),
+            };
+            tracing::error!(error = %e, "the event store failed to write; serving what it holds, \
+                 and restarting as soon as the data directory takes writes again");
+            let probe = data_dir.join("store-probe");
+            let takes_writes = || {
+                use std::io::Write;
+                let wrote = std::fs::File::create(&probe).and_then(|mut f| {
+                    f.write_all(&vec![0u8; STORE_PROBE_BYTES])?;
+                    f.sync_all()
+                });
+                let _ = std::fs::remove_file(&probe);
+                wrote.is_ok()
+            };
+            while !takes_writes() {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            let _ = tx.send(Some(format!("the event store failed to write ({e})")));
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the store watch: a store failure will need a restart by hand");
+    }
+    rx
 }
 
 impl Services {
@@ -155,11 +252,13 @@ impl Services {
         prepared: Prepared,
         ports: crate::dns::server::Ports,
         web: crate::http::server::Ports,
+        handover: Arc<Handover>,
     ) -> anyhow::Result<Services> {
         let mut replica = Replica::open(data_dir)
             .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
         replica.save_projections()?;
-        let (committer, _writer) = GroupCommitter::start(replica.log());
+        let (committer, writer) = GroupCommitter::start(replica.log());
+        let store_failed = watch_store(writer, data_dir.to_owned());
         let mesh = Arc::new(Mutex::new(prepared.mesh.zip(prepared.me)));
         let replica = Arc::new(Mutex::new(replica));
         let blobs =
@@ -179,21 +278,30 @@ impl Services {
         let content = Content::start(
             data_dir,
             replica.clone(),
-            blobs,
+            blobs.clone(),
             gossip.clone(),
             changes.clone(),
         );
         if let Some(t) = follow_peers(&replica, &mesh) {
             gossip.set_topology(t);
         }
-        let dns = crate::dns::Dns::start(
-            &data_dir.join("geoip"),
-            replica.clone(),
-            liveness.clone(),
-            changes.clone(),
-            ports,
-        )
-        .await;
+        let geoip = crate::dns::geoip::Sources {
+            replica: replica.clone(),
+            blobs,
+            peers: gossip.clone(),
+            copy: data_dir.join("geoip"),
+        };
+        let prober = Arc::new(crate::probe::Prober {
+            replica: replica.clone(),
+            liveness: liveness.clone(),
+            content: content.clone(),
+            data_dir: data_dir.to_owned(),
+            dns_port: ports.dns,
+            https_port: web.https,
+        });
+        let dns =
+            crate::dns::Dns::start(geoip, liveness.clone(), changes.clone(), ports, &handover)
+                .await;
         // The one pool for CPU-heavy work (images; its queue limit follows
         // `work.queue`, set by the image service from the settings).
         let pool = Arc::new(
@@ -206,6 +314,7 @@ impl Services {
             changes.clone(),
             web,
             pool,
+            &handover,
         )
         .with_context(|| format!("cannot start the HTTP server in {}", data_dir.display()))?;
         // Certificates need the node's keys (a node not yet initialised has none).
@@ -221,7 +330,7 @@ impl Services {
                 dns.clone(),
             )
         });
-        Ok(Services {
+        let services = Services {
             replica,
             committer,
             mesh,
@@ -231,7 +340,116 @@ impl Services {
             dns,
             http,
             acme,
-        })
+            store_failed,
+            prober,
+            handover,
+            started: crate::handover::now_millis(),
+        };
+        // Telemetry follows the configuration and the peers from here on;
+        // its metrics read the health report.
+        let health = services.clone();
+        crate::telemetry::spawn(crate::telemetry::Source {
+            replica: services.replica.clone(),
+            changes: services.changes.clone(),
+            me: prepared.me,
+            health: Box::new(move || health.health()),
+        });
+        Ok(services)
+    }
+
+    /// This node's health report (without telemetry's own part).
+    fn health(&self) -> makiatto_protocol::health::HealthReport {
+        let mut report = self.gossip.report();
+        report.sites = self.content.report();
+        report.dns = Some(self.dns.report());
+        report.http = self.http.report();
+        report.acme = self.acme.as_ref().map(|a| a.report());
+        report
+    }
+}
+
+/// Begins a handover to `binary` (default: the path this process was
+/// started from): checks the binary, answers, then drains and replaces
+/// this image on a task of its own.
+async fn begin_handover(s: &Services, binary: Option<String>) -> Answer {
+    let binary = binary.map(PathBuf::from).unwrap_or_else(own_path);
+    if let Err(e) = s.handover.claim() {
+        return control::reply::<op::Handover>(Err(ControlError::failed(e.to_string())));
+    }
+    let checked = {
+        let binary = binary.clone();
+        tokio::task::spawn_blocking(move || crate::handover::check(&binary)).await
+    };
+    let to = match checked {
+        Ok(Ok(version)) => version,
+        Ok(Err(e)) => {
+            s.handover.release();
+            return control::reply::<op::Handover>(Err(ControlError::failed(e.to_string())));
+        }
+        Err(e) => {
+            s.handover.release();
+            return control::reply::<op::Handover>(Err(ControlError::failed(format!(
+                "checking the binary stopped: {e}"
+            ))));
+        }
+    };
+    tracing::info!(binary = %binary.display(), to = %to.software, "handing over: draining");
+    let started = HandoverStarted {
+        pid: std::process::id(),
+        from: makiatto_protocol::version::SOFTWARE.to_owned(),
+        from_started_unix_millis: s.started,
+        binary: binary.display().to_string(),
+        to: to.software.clone(),
+    };
+    tokio::spawn(hand_over(s.clone(), binary));
+    control::reply::<op::Handover>(Ok(started))
+}
+
+/// The path this process was started from: a restart runs what is there
+/// now (`/proc/self/exe` would be the running binary, even replaced).
+fn own_path() -> PathBuf {
+    let argv0 = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/bin/makiatto"));
+    std::path::absolute(&argv0).unwrap_or(argv0)
+}
+
+/// Drains, then replaces this image with `binary`, the log's locks held
+/// (no append half done) and the store made durable.
+async fn hand_over(s: Services, binary: PathBuf) {
+    let (cut, _) = s.handover.drain().await;
+    tracing::info!(cut, binary = %binary.display(), "handing over: replacing this image");
+    let replica = s.replica.clone();
+    let handover = s.handover.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let held = replica.lock();
+        let log = held.as_ref().ok().map(|r| r.log());
+        let _appending = log.as_ref().map(|l| l.lock());
+        if let Ok(r) = &held
+            && let Err(e) = r.persist()
+        {
+            tracing::warn!(error = %e, "cannot make the store durable before the handover; its journal recovers it");
+        }
+        let err = handover.exec(&binary, makiatto_protocol::version::SOFTWARE);
+        // Neither the new binary nor this one could be started again:
+        // the supervisor (or systemd) starts the daemon afresh.
+        eprintln!("makiatto: the handover failed: {err}");
+        std::process::exit(70);
+    })
+    .await;
+}
+
+/// This image, for `makiatto health`.
+fn daemon_info(s: &Services) -> DaemonInfo {
+    use std::os::unix::fs::MetadataExt;
+    DaemonInfo {
+        pid: std::process::id(),
+        started_unix_millis: s.started,
+        software: makiatto_protocol::version::SOFTWARE.to_owned(),
+        exe_inode: std::fs::metadata("/proc/self/exe").map_or(0, |m| m.ino()),
+        sockets: s.handover.sockets.count(),
+        last_handover: s.handover.record(),
     }
 }
 
@@ -250,6 +468,9 @@ async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
             return Ok(());
         }
         let too_long = line.len() > MAX_REQUEST_BYTES;
+        // A request in hand is answered before a handover replaces this
+        // image.
+        let busy = services.handover.drains.connections.busy();
         let answer = if too_long {
             Answer::Error(ControlError::new(
                 ErrorCode::TooLarge,
@@ -264,6 +485,7 @@ async fn serve(stream: UnixStream, services: Services) -> anyhow::Result<()> {
         let mut bytes = answer.to_line().into_bytes();
         bytes.push(b'\n');
         write.write_all(&bytes).await?;
+        drop(busy);
         if too_long {
             return Ok(());
         }
@@ -281,29 +503,48 @@ async fn answer(envelope: Envelope, services: &Services) -> Answer {
             delta,
         }) => {
             let blobs = s.content.blobs().clone();
-            let stored = tokio::task::spawn_blocking(move || {
-                crate::blobs::put_manifest_delta(&blobs, &base, &target, &delta)
-            })
-            .await;
+            let manifest = target.to_hex();
+            let put = async move {
+                match tokio::task::spawn_blocking(move || {
+                    crate::blobs::put_manifest_delta(&blobs, &base, &target, &delta)
+                })
+                .await
+                {
+                    Ok(Ok(put)) => Ok(put),
+                    Ok(Err(e)) => Err(format!("{e:#}")),
+                    Err(e) => Err(format!("the request failed: {e}")),
+                }
+            };
+            // Telemetry: `maki sync`'s upload of a version is a span.
+            let stored = crate::telemetry::Operation::new("sync.manifest_put")
+                .attr("makiatto.manifest", manifest)
+                .run(put)
+                .await;
             control::reply::<op::ManifestPut>(match stored {
-                Ok(Ok(put)) => {
+                Ok(put) => {
                     let files = put.files;
                     // A small version goes to the peers with its event
                     // (`Gossip::offer_version`).
                     s.gossip.offer_version(put);
                     Ok(ManifestStored { stored: files })
                 }
-                Ok(Err(e)) => Err(ControlError::failed(format!("{e:#}"))),
-                Err(e) => Err(ControlError::failed(format!("the request failed: {e}"))),
+                Err(e) => Err(ControlError::failed(e)),
             })
         }
+        Request::BlobsArrived(op::BlobsArrived { hashes }) => {
+            let offered = hashes.len() as u64;
+            s.gossip.offer_blobs(hashes);
+            control::reply::<op::BlobsArrived>(Ok(offered))
+        }
         Request::Health(_) => {
-            let mut report = s.gossip.report();
-            report.sites = s.content.report();
-            report.dns = Some(s.dns.report());
-            report.http = s.http.report();
-            report.acme = s.acme.as_ref().map(|a| a.report());
+            let mut report = s.health();
+            report.telemetry = Some(crate::telemetry::report());
+            report.daemon = Some(daemon_info(s));
             control::reply::<op::Health>(Ok(report))
+        }
+        Request::Handover(op::Handover { binary }) => begin_handover(s, binary).await,
+        Request::Probe(op::ProbeCluster { subnets }) => {
+            control::reply::<op::ProbeCluster>(Ok(s.prober.probe(&subnets).await))
         }
         Request::BlobsMissing(_) | Request::BlobsPut(_) => {
             let blobs = s.content.blobs().clone();

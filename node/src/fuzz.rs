@@ -23,6 +23,11 @@
 //!   answer line as `maki` reads it.
 //! - [`record`]: a custom DNS record through the one parser of record
 //!   data.
+//! - [`image_params`]: an image request's query and `Accept` through
+//!   `images::params` (parse, resolve) and `images::geometry::plan` over a
+//!   source size: the output is at least 1×1 and never past the cluster's
+//!   limit, the resized image sits inside it, the source region inside the
+//!   source.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
@@ -148,6 +153,7 @@ pub fn dns_message(data: &[u8]) {
         tcp,
         alive,
         locate: &mut locate,
+        geo: None,
     };
     let mut out = Vec::new();
     if !respond(compiled(), msg, &mut client, &mut out) {
@@ -360,7 +366,7 @@ pub fn session(data: &[u8]) {
         match session.outbound.step() {
             Step::Read(_) => session.outbound.read(Vec::new(), None),
             Step::Finished => break,
-            Step::Send(_) | Step::SendAhead => {}
+            Step::Send(_) | Step::SendAhead | Step::SendBlobsAhead => {}
         }
     }
     while let Some((f, _)) = next() {
@@ -407,4 +413,69 @@ pub fn record(data: &[u8]) {
             priority: Some(10),
         },
     );
+}
+
+/// The output limit the image cases are parsed against.
+const IMAGE_MAX_OUTPUT: u32 = 4096;
+
+/// An image request: two bytes of source width, two of height, one of the
+/// source's kind, then the query string and, after a newline, `Accept`.
+pub fn image_params(data: &[u8]) {
+    use crate::images::geometry::{Size, plan};
+    use crate::images::params::{Params, SourceKind};
+    let [w0, w1, h0, h1, kind, rest @ ..] = data else {
+        return;
+    };
+    let source = Size {
+        w: u32::from(u16::from_le_bytes([*w0, *w1])).max(1),
+        h: u32::from(u16::from_le_bytes([*h0, *h1])).max(1),
+    };
+    let kind = [
+        SourceKind::Jpeg,
+        SourceKind::Png,
+        SourceKind::Webp,
+        SourceKind::Gif,
+    ][usize::from(*kind % 4)];
+    let text = String::from_utf8_lossy(rest);
+    let (query, accept) = text.split_once('\n').unwrap_or((&text, ""));
+    let Ok(Some(params)) = Params::parse(query, IMAGE_MAX_OUTPUT) else {
+        return;
+    };
+    let accept = (!accept.is_empty()).then_some(accept);
+    let Ok(spec) = params.resolve(kind, accept, IMAGE_MAX_OUTPUT) else {
+        return;
+    };
+    assert!(
+        spec.width
+            .is_none_or(|w| (1..=IMAGE_MAX_OUTPUT).contains(&w))
+    );
+    assert!(
+        spec.height
+            .is_none_or(|h| (1..=IMAGE_MAX_OUTPUT).contains(&h))
+    );
+    let p = plan(source, &spec, IMAGE_MAX_OUTPUT);
+    let within = |s: Size| s.w >= 1 && s.h >= 1;
+    assert!(within(p.canvas) && within(p.resized), "{p:?}");
+    assert!(
+        p.canvas.w <= IMAGE_MAX_OUTPUT.max(source.w)
+            && p.canvas.h <= IMAGE_MAX_OUTPUT.max(source.h),
+        "{p:?} for {source:?}"
+    );
+    assert!(
+        u64::from(p.offset.0) + u64::from(p.resized.w) <= u64::from(p.canvas.w)
+            && u64::from(p.offset.1) + u64::from(p.resized.h) <= u64::from(p.canvas.h),
+        "{p:?}"
+    );
+    let r = p.region;
+    let eps = 1e-6;
+    assert!(
+        r.x >= -eps
+            && r.y >= -eps
+            && r.w > 0.0
+            && r.h > 0.0
+            && r.x + r.w <= f64::from(source.w) + eps
+            && r.y + r.h <= f64::from(source.h) + eps,
+        "{p:?} for {source:?}"
+    );
+    assert!([1, 2, 4, 8].contains(&p.shrink_on_load()));
 }

@@ -11,7 +11,10 @@
 //!   the request decisions and the router).
 //! - [`daemon`]: `makiatto run`, the long-running process and its control
 //!   socket; it starts and wires every subsystem below.
-//! - [`service`]: running supervised (`run --detach`, `stop`) or under systemd.
+//! - [`service`]: running supervised (`run --detach`, `stop`) or under
+//!   systemd, and `reload` (a handover, asked of the running daemon).
+//! - [`handover`]: handing the listening sockets to a new binary without
+//!   closing them (the drain, the `execve` in place, the way back).
 //! - [`privileges`]: dropping root for the `makiatto` user, keeping only
 //!   CAP_NET_ADMIN and CAP_NET_BIND_SERVICE.
 //! - [`keys`]: the node's signing, sealing and WireGuard keys.
@@ -40,6 +43,10 @@
 //! - [`work_pool`]: the one bounded pool for CPU-heavy work (images,
 //!   WebAssembly), with the queue limit that answers 503.
 //! - [`acme`]: ordering and installing certificates.
+//! - [`telemetry`]: OpenTelemetry traces, metrics and logs over OTLP to
+//!   the mesh's `o11y` peer; the hooks the request paths call.
+//! - [`probe`]: checking every node from this one (DNS, HTTPS) and this
+//!   node's own headroom, for `maki health`.
 //!
 //! Read commands (`log`, `show`, `verify`, `status`, `append`) go through
 //! the running daemon's socket when one answers, and otherwise open the data
@@ -54,6 +61,7 @@ mod control;
 mod daemon;
 mod dns;
 mod gossip;
+mod handover;
 mod http;
 mod images;
 mod keys;
@@ -61,9 +69,11 @@ mod liveness;
 mod mesh;
 mod peer_blobs;
 mod privileges;
+mod probe;
 mod query;
 mod replica;
 mod service;
+mod telemetry;
 mod topology;
 mod wasm;
 mod work_pool;

@@ -1,6 +1,6 @@
 //! Dropping root: the daemon starts as root (to open its TUN device and low
 //! ports), then runs as the `makiatto` user keeping only CAP_NET_ADMIN and
-//! CAP_NET_BIND_SERVICE (DESIGN §6). Where no `makiatto` user exists (a
+//! CAP_NET_BIND_SERVICE (docs/design.md, The daemon). Where no `makiatto` user exists (a
 //! development run), it keeps running as whoever started it.
 
 use std::os::unix::fs::{MetadataExt, chown};

@@ -125,6 +125,12 @@ impl Replica {
         Ok(())
     }
 
+    /// Makes everything written durable (before a handover replaces the
+    /// process's image).
+    pub fn persist(&self) -> Result<(), ReplicaError> {
+        Ok(self.store.persist()?)
+    }
+
     /// Rejection counters since the log was opened.
     pub fn reject_counts(&self) -> RejectCounts {
         self.log
@@ -368,6 +374,15 @@ impl Replica {
     /// The current zones projection (for the DNS server).
     pub fn zones(&mut self) -> makiatto_projections::zones::Zones {
         self.engine.state().zones.clone()
+    }
+
+    /// The `[o11y]` table and the cluster's name (for telemetry).
+    pub fn o11y(&mut self) -> (makiatto_projections::config::O11yConfig, Option<String>) {
+        let state = self.engine.state();
+        (
+            state.config.o11y.clone(),
+            state.roles.cluster.as_ref().map(|c| c.name.clone()),
+        )
     }
 
     /// The current peers projection (for the mesh).

@@ -121,8 +121,13 @@ impl WorkPool {
                 waiting: queue.len(),
             });
         }
+        // Counted before the result is sent: a caller that has the result
+        // sees the job among the done.
+        let shared = self.shared.clone();
         queue.push_back(Box::new(move || {
-            let _ = tx.send(job());
+            let out = job();
+            shared.finished();
+            let _ = tx.send(out);
         }));
         drop(queue);
         self.shared.ready.notify_one();
@@ -165,10 +170,16 @@ impl Shared {
             // A panicking job (a decoder bug on a hostile file) loses its
             // result, not the thread: its sender is dropped, so the waiter
             // learns of it.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-            self.running.fetch_sub(1, Ordering::Relaxed);
-            self.done.fetch_add(1, Ordering::Relaxed);
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                self.finished();
+            }
         }
+    }
+
+    /// A job ended (it returned, or it panicked).
+    fn finished(&self) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        self.done.fetch_add(1, Ordering::Relaxed);
     }
 }
 

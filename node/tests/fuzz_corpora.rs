@@ -114,6 +114,11 @@ fn control_lines_both_ways() {
 }
 
 #[test]
+fn image_requests_through_the_parameter_parser_and_the_plan() {
+    run_target("image", makiatto::fuzz::image_params);
+}
+
+#[test]
 fn dns_records_through_the_record_parser() {
     run_target("record", makiatto::fuzz::record);
 }

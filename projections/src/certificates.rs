@@ -1,7 +1,7 @@
 //! Certificates per domain, the ACME challenges that are open, and the
 //! renewals operators asked for.
 //!
-//! Order-insensitive (DESIGN §4): per first name the issued certificate with
+//! Order-insensitive (docs/design.md, Projections): per first name the issued certificate with
 //! the greatest (HLC, id) wins, per challenge token its latest open/close by
 //! (HLC, id), per name the latest renewal request; so a partition that
 //! heals with older events in it folds to the same state on every node.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use automerge::{AutoCommit, Change, transaction::CommitOptions};
 use autosurgeon::{Hydrate, Reconcile, hydrate, reconcile};
-use makiatto_events::AuthorKey;
+use makiatto_events::{AuthorKey, Blake3Hash};
 use serde::{Deserialize, Serialize};
 
 use crate::record::RecordText;
@@ -162,6 +162,16 @@ pub struct O11yConfig {
     pub metrics_enabled: Option<bool>,
     #[autosurgeon(missing = "Default::default")]
     pub logging_enabled: Option<bool>,
+    /// Requests slower than this are always traced (milliseconds; default
+    /// 1000). Left out of the JSON when unset, so documents written before
+    /// it existed keep their fingerprints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub slow_threshold_ms: Option<u64>,
+    /// How often metrics are exported (seconds; default 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub metrics_interval_secs: Option<u64>,
 }
 
 /// Cluster-wide settings (`maki config set KEY VALUE`). `None` means the
@@ -235,6 +245,12 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[autosurgeon(missing = "Default::default")]
     pub wasm_body_timeout_ms: Option<u32>,
+    /// The GeoIP database every node answers with: the blake3 hash of its
+    /// manifest blob (`maki geoip update`). Unset, it is left out of the
+    /// canonical form, so a log without it keeps its fingerprint.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geoip_database: Option<String>,
 }
 
 /// A whole-number setting: its key, its field, its range and its default
@@ -420,6 +436,11 @@ pub const SETTINGS: &[SettingSpec] = &[
         default: "10000",
         doc: "how long reading a function's request body may take, in milliseconds (100–600000); longer gets 408",
     },
+    SettingSpec {
+        key: "geoip.database",
+        default: "",
+        doc: "the GeoIP database's manifest (blake3), set by `maki geoip update`; empty: none, and GeoDNS places no visitor",
+    },
 ];
 
 fn ranged(key: &str, value: &str, lo: u32, hi: u32) -> Result<u32, ConfigError> {
@@ -501,6 +522,13 @@ impl Settings {
         u64::from(self.number("log.max_clock_skew")) * 1000
     }
 
+    /// The manifest of the GeoIP database every node should answer with.
+    /// A value that is not a hash (set by hand around `maki config set`'s
+    /// check) names nothing.
+    pub fn geoip_database(&self) -> Option<Blake3Hash> {
+        self.geoip_database.as_deref()?.parse().ok()
+    }
+
     /// One setting's value as text (`None`: unset, so its default holds,
     /// or no such key).
     pub fn get(&self, key: &str) -> Option<String> {
@@ -511,6 +539,7 @@ impl Settings {
             "acme.directory" => self.acme_directory.clone(),
             "acme.challenge" => self.acme_challenge.clone(),
             "acme.ca_root" => self.acme_ca_root.clone(),
+            "geoip.database" => self.geoip_database.clone(),
             _ => None,
         }
     }
@@ -557,6 +586,19 @@ impl Settings {
                             key: key.into(),
                             value: value.into(),
                             why: "expected a PEM certificate, or \"\" for none".into(),
+                        });
+                    }
+                }
+            }
+            "geoip.database" => {
+                self.geoip_database = match value {
+                    "" => None,
+                    hash if hash.parse::<Blake3Hash>().is_ok() => Some(hash.to_ascii_lowercase()),
+                    _ => {
+                        return Err(ConfigError::BadSetting {
+                            key: key.into(),
+                            value: value.into(),
+                            why: "expected a blake3 hash (64 hexadecimal characters), or \"\" for none; `maki geoip update` sets it".into(),
                         });
                     }
                 }
@@ -620,18 +662,40 @@ impl ConfigDoc {
         hydrate(&self.doc).map_err(|e| ConfigError::Shape(e.to_string()))
     }
 
+    /// Applies changes the way every node's fold does: one at a time, in
+    /// the log's order, skipping any the document refuses (such as a
+    /// second change with an automerge actor's sequence number taken).
+    /// How many were refused. `maki` rebuilds the document this way, so it
+    /// sees what the nodes see and can still edit on top of it.
+    pub fn apply_as_folded(&mut self, changes: Vec<Change>) -> usize {
+        changes
+            .into_iter()
+            .filter(|c| self.doc.apply_changes([c.clone()]).is_err())
+            .count()
+    }
+
     /// Turns `wanted` into changes on top of this document, authored by
     /// `actor`, and returns their bytes for a `config-changed` event. Only
     /// the fields that differ are written, so a stale copy does not revert
     /// fields it did not touch.
+    ///
+    /// The automerge actor is the operator's key followed by `nonce`, a
+    /// value new to every edit (`maki` draws it at random): automerge
+    /// numbers each actor's changes 1, 2, 3…, so two edits one operator
+    /// makes concurrently from the same copy (two sides of a partition,
+    /// two devices) under one actor would both take the next number, and
+    /// every document holding both would refuse the second — and every
+    /// later edit on top of it.
     pub fn edit(
         &mut self,
         actor: &AuthorKey,
+        nonce: [u8; 16],
         wanted: &DesiredConfig,
     ) -> Result<Vec<Vec<u8>>, ConfigError> {
         let before = self.doc.get_heads();
-        self.doc
-            .set_actor(automerge::ActorId::from(actor.as_bytes()));
+        let mut id = actor.as_bytes().to_vec();
+        id.extend_from_slice(&nonce);
+        self.doc.set_actor(automerge::ActorId::from(id));
         reconcile(&mut self.doc, wanted).map_err(|e| ConfigError::Shape(e.to_string()))?;
         self.doc.commit_with(CommitOptions::default().with_time(0));
         Ok(self
@@ -697,7 +761,7 @@ mod tests {
         let mut domain = DomainConfig::default();
         domain.records.insert("TXT @ 0".into(), record("v=1", None));
         cfg.domains.insert("example.com".into(), domain);
-        let genesis = base.edit(&alice, &cfg).unwrap();
+        let genesis = base.edit(&alice, [0; 16], &cfg).unwrap();
 
         let mut a = base.clone();
         let mut a_cfg = cfg.clone();
@@ -709,7 +773,7 @@ mod tests {
             .get_mut("TXT @ 0")
             .unwrap()
             .value = "v=2".into();
-        let from_a = a.edit(&alice, &a_cfg).unwrap();
+        let from_a = a.edit(&alice, [1; 16], &a_cfg).unwrap();
 
         let mut b = base.clone();
         let mut b_cfg = cfg.clone();
@@ -721,7 +785,7 @@ mod tests {
             .get_mut("TXT @ 0")
             .unwrap()
             .ttl = Some(300);
-        let from_b = b.edit(&bob, &b_cfg).unwrap();
+        let from_b = b.edit(&bob, [2; 16], &b_cfg).unwrap();
 
         for order in [[&from_a, &from_b], [&from_b, &from_a]] {
             let mut doc = ConfigDoc::default();
@@ -735,6 +799,80 @@ mod tests {
                 record("v=2", Some(300))
             );
         }
+    }
+
+    #[test]
+    fn one_operators_concurrent_edits_from_one_copy_both_apply_and_later_edits_too() {
+        // Two sides of a partition, one operator: each side's copy of the
+        // document is the same, each gets an edit.
+        let alice = AuthorKey([1; 32]);
+        let mut base = ConfigDoc::default();
+        let genesis = base
+            .edit(&alice, [0; 16], &DesiredConfig::default())
+            .unwrap();
+        let edit = |nonce: u8, key: &str, value: &str| {
+            let mut side = base.clone();
+            let mut wanted = side.view().unwrap();
+            wanted.settings.set(key, value).unwrap();
+            side.edit(&alice, [nonce; 16], &wanted).unwrap()
+        };
+        let a = edit(1, "dns.geo_ttl", "101");
+        let b = edit(2, "sites.keep_versions", "3");
+        for order in [[&a, &b], [&b, &a]] {
+            let mut doc = ConfigDoc::default();
+            let mut all = genesis.clone();
+            all.extend(order.iter().flat_map(|c| c.iter().cloned()));
+            doc.apply(ConfigDoc::decode(&all).unwrap()).unwrap();
+            let mut wanted = doc.view().unwrap();
+            assert_eq!(wanted.settings.get("dns.geo_ttl").as_deref(), Some("101"));
+            assert_eq!(
+                wanted.settings.get("sites.keep_versions").as_deref(),
+                Some("3")
+            );
+            // And the next edit, on top of both, applies too.
+            wanted.settings.set("dns.geo_ttl", "102").unwrap();
+            let next = doc.edit(&alice, [3; 16], &wanted).unwrap();
+            let mut again = ConfigDoc::default();
+            all.extend(next);
+            again.apply(ConfigDoc::decode(&all).unwrap()).unwrap();
+            assert_eq!(
+                again.view().unwrap().settings.get("dns.geo_ttl").as_deref(),
+                Some("102")
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_the_document_refuses_is_skipped_as_the_fold_skips_it() {
+        // Two edits under one actor and sequence number (as `maki` made
+        // them before each edit had an actor of its own): the second is
+        // refused, the document still takes edits on top.
+        let alice = AuthorKey([1; 32]);
+        let mut base = ConfigDoc::default();
+        let genesis = base
+            .edit(&alice, [0; 16], &DesiredConfig::default())
+            .unwrap();
+        let edit = |key: &str, value: &str| {
+            let mut side = base.clone();
+            let mut wanted = side.view().unwrap();
+            wanted.settings.set(key, value).unwrap();
+            side.edit(&alice, [9; 16], &wanted).unwrap()
+        };
+        let a = edit("dns.geo_ttl", "101");
+        let b = edit("sites.keep_versions", "3");
+        let all: Vec<Vec<u8>> = [genesis, a, b].concat();
+        assert!(
+            ConfigDoc::default()
+                .apply(ConfigDoc::decode(&all).unwrap())
+                .is_err()
+        );
+        let mut doc = ConfigDoc::default();
+        assert_eq!(doc.apply_as_folded(ConfigDoc::decode(&all).unwrap()), 1);
+        let mut wanted = doc.view().unwrap();
+        assert_eq!(wanted.settings.get("dns.geo_ttl").as_deref(), Some("101"));
+        assert_eq!(wanted.settings.get("sites.keep_versions"), None);
+        wanted.settings.set("sites.keep_versions", "4").unwrap();
+        assert_eq!(doc.edit(&alice, [10; 16], &wanted).unwrap().len(), 1);
     }
 
     #[test]
@@ -766,6 +904,22 @@ mod tests {
         ));
         s.set("acme.challenge", "http-01").unwrap();
         assert!(!s.acme_dns01());
+        assert!(matches!(
+            s.set("geoip.database", "dbip-2026-12"),
+            Err(ConfigError::BadSetting { .. })
+        ));
+        let hash = "AB".repeat(32);
+        s.set("geoip.database", &hash).unwrap();
+        assert_eq!(s.geoip_database(), Some(Blake3Hash([0xab; 32])));
+        assert_eq!(s.get("geoip.database"), Some(hash.to_ascii_lowercase()));
+        s.set("geoip.database", "").unwrap();
+        assert_eq!(s.geoip_database(), None);
+    }
+
+    #[test]
+    fn an_unset_geoip_database_leaves_the_canonical_form_as_before() {
+        let json = serde_json::to_string(&Settings::default()).unwrap();
+        assert!(!json.contains("geoip"), "{json}");
     }
 
     #[test]
@@ -777,7 +931,7 @@ mod tests {
         let mut doc = ConfigDoc::default();
         let mut cfg = DesiredConfig::default();
         cfg.settings.dns_geo_ttl = Some(30);
-        doc.edit(&AuthorKey([1; 32]), &cfg).unwrap();
+        doc.edit(&AuthorKey([1; 32]), [0; 16], &cfg).unwrap();
         assert_eq!(doc.view().unwrap(), cfg);
     }
 

@@ -196,7 +196,8 @@ impl Fold {
                 if let Ok(changes) = ConfigDoc::decode(&c.changes) {
                     // A change that fails to apply leaves the document as it
                     // was; the verdict was decided on decodability alone.
-                    let _ = self.config.apply(changes);
+                    // `maki` rebuilds the document the same way.
+                    self.config.apply_as_folded(changes);
                 }
                 true
             }

@@ -1,7 +1,7 @@
 //! Members of the mesh: nodes and external peers, with their keys, addresses,
 //! coordinates and roles, and the mesh address each one holds.
 //!
-//! Mesh addresses (DESIGN §4): members are taken in the order they joined
+//! Mesh addresses (docs/design.md, Projections): members are taken in the order they joined
 //! (HLC, then id, of their joining event); each keeps the address it asked
 //! for if that is in the mesh range and still free, and otherwise takes the
 //! lowest free one. Joins made on both sides of a partition that chose the

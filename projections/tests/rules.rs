@@ -235,7 +235,7 @@ fn zone_serials_move_with_zone_changes_not_with_site_publications() {
     let mut cfg = DesiredConfig::default();
     cfg.domains
         .insert("example.com".into(), DomainConfig::default());
-    let changes = doc.edit(&alice.author(), &cfg).unwrap();
+    let changes = doc.edit(&alice.author(), [0; 16], &cfg).unwrap();
     let configured = alice
         .write(
             Payload::ConfigChanged(ConfigChanged {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use makiatto_events::EventId;
+use makiatto_events::{Blake3Hash, EventId};
 use makiatto_projections::certificates::CertificateEntry;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,14 @@ pub struct HealthReport {
     pub http: HttpReport,
     /// None on a node that has no keys yet.
     pub acme: Option<AcmeReport>,
+    /// OTLP export (telemetry); none from a daemon that predates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetryReport>,
+    /// The daemon's process: since when this image serves, from which
+    /// binary, and how the handover that started it went (a daemon
+    /// before 0.3 does not say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonInfo>,
     /// How far this node's clock is ahead of its live peers' median
     /// (milliseconds; negative: behind), from the clocks their heartbeats
     /// carry. None without such a peer (or from an older daemon).
@@ -49,6 +57,37 @@ pub struct HealthReport {
     pub own_feed: Option<OwnFeedState>,
 }
 
+/// The running daemon's process and image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    /// When this image started serving (a handover keeps the pid and
+    /// changes this).
+    pub started_unix_millis: u64,
+    pub software: String,
+    /// The inode of the executable this image runs: a binary renamed over
+    /// its path has another, so `maki` can tell which one serves.
+    pub exe_inode: u64,
+    /// The listening sockets it would hand over.
+    pub sockets: usize,
+    /// The handover that started this image, if one did.
+    pub last_handover: Option<HandoverRecord>,
+}
+
+/// How a handover went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HandoverRecord {
+    pub at_unix_millis: u64,
+    /// The software handing over, and the one taking over.
+    pub from: String,
+    pub to: String,
+    /// `done`, or `fell back: …` (the new binary did not start, and the
+    /// previous one serves on).
+    pub outcome: String,
+}
+
 /// See [`HealthReport::own_feed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "state")]
@@ -60,10 +99,6 @@ pub enum OwnFeedState {
     Waiting { left_secs: u64 },
     /// No peer answered in time: it signs on what it holds.
     Unconfirmed,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// Load figures a node reports in its heartbeats (defined beside the
@@ -116,6 +151,15 @@ pub struct ReplicationTotals {
     pub versions_ahead: u64,
     /// Manifests fetched whole (no peer could send a delta).
     pub manifests_whole: u64,
+    /// Blobs fetched while `maki sync` was still uploading them to a peer
+    /// (announced ahead of their version). Left out while zero, as a
+    /// build before it wrote the totals.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub blobs_ahead: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One domain's live version and what this node serves of it.
@@ -139,6 +183,10 @@ pub struct DnsReport {
     pub serial: u32,
     /// Whether a GeoIP database is loaded (without one, no visitor is placed).
     pub geoip: bool,
+    /// Which GeoIP database, from where, of when; and why the one the log
+    /// names is not loaded (a daemon before 0.3 does not say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geoip_database: Option<GeoIpReport>,
     pub geo: Vec<GeoHealth>,
     /// Records no node serves, with the reason.
     pub skipped_records: Vec<String>,
@@ -306,4 +354,93 @@ pub struct OrderFailure {
     /// The node that tries again (the orderer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+}
+
+/// Telemetry export: where to, what is on, and what was sent or lost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TelemetryReport {
+    /// The OTLP/gRPC endpoint; none: nothing is exported.
+    pub endpoint: Option<String>,
+    /// Why that endpoint: `override` (`[o11y] otlp_endpoint`) or
+    /// `peer NAME` (the o11y peer on the mesh).
+    pub source: Option<String>,
+    pub traces: bool,
+    pub metrics: bool,
+    pub logs: bool,
+    pub sampling_ratio: f64,
+    pub slow_threshold_ms: u64,
+    pub spans: SignalCounts,
+    pub log_records: SignalCounts,
+    pub metric_exports: u64,
+    pub metric_exports_failed: u64,
+    /// The last export that failed, and why.
+    pub last_error: Option<String>,
+    /// Seconds since the collector last took an export.
+    pub last_export_secs: Option<u64>,
+}
+
+/// One signal's items: sent, dropped (queue full or collector away) and
+/// waiting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SignalCounts {
+    pub exported: u64,
+    pub dropped: u64,
+    pub queued: u64,
+}
+
+/// The GeoIP database a node places visitors with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GeoIpReport {
+    /// The database the log names (`geoip.database`: its manifest's hash).
+    pub wanted: Option<Blake3Hash>,
+    /// The database loaded now, if any.
+    pub loaded: Option<GeoIpLoaded>,
+    /// Why the database is not (or not the wanted one): being fetched,
+    /// missing everywhere, unreadable. None when all is well.
+    pub problem: Option<String>,
+}
+
+impl GeoIpReport {
+    /// Whether visitors are placed with the database the log names (or,
+    /// where the log names none, with one at all).
+    pub fn serving_wanted(&self) -> bool {
+        match (&self.wanted, &self.loaded) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(w), Some(l)) => l.manifest.as_ref() == Some(w),
+        }
+    }
+}
+
+/// A loaded GeoIP database.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GeoIpLoaded {
+    /// The manifest it came from, when it is the log's; none for a copy
+    /// made by an older `maki` in the node's `geoip/` directory.
+    pub manifest: Option<Blake3Hash>,
+    /// When the database was built (its metadata's build epoch, Unix
+    /// seconds; the older of its two files).
+    pub built_unix_secs: u64,
+    /// Its type as the file says (`DBIP-City-Lite`, …).
+    pub database_type: String,
+    /// The address families it places (`ipv4`, `ipv6`).
+    pub families: Vec<String>,
+}
+
+/// A handover begun: who hands over, to what.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HandoverStarted {
+    pub pid: u32,
+    /// The image handing over: its software and when it started serving
+    /// (the next image's `DaemonInfo::started_unix_millis` differs).
+    pub from: String,
+    pub from_started_unix_millis: u64,
+    /// The binary taking over, and its software (from its check).
+    pub binary: String,
+    pub to: String,
 }

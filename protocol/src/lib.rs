@@ -13,6 +13,8 @@
 //!   type of its answer; the [`Envelope`] that carries the client's version.
 //! - [`answer`]: [`Answer`] (`ok` or an error with an [`ErrorCode`]).
 //! - [`append`], [`log`], [`show`], [`status`], [`health`]: the answers.
+//! - [`probe`]: what a node finds checking every node from where it
+//!   stands, and its clock (for `maki health`).
 //! - [`identity`]: a node's public keys, as `makiatto keys` prints them.
 //! - [`blob_stream`]: the hash · size · bytes stream of an upload.
 //! - [`client`]: a session's client side without I/O: batches of requests,
@@ -31,6 +33,7 @@ pub mod client;
 pub mod health;
 pub mod identity;
 pub mod log;
+pub mod probe;
 pub mod request;
 pub mod show;
 pub mod status;

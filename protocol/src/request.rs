@@ -17,6 +17,7 @@ use crate::append::AppendResult;
 use crate::blob_stream::{InlineBlob, Received};
 use crate::health::HealthReport;
 use crate::log::{LogFilter, LogLine};
+use crate::probe::{ClockReading, ProbeReport};
 use crate::show::Shown;
 use crate::status::{Head, ManifestStored, Status, VerifyReport};
 use crate::version::{Features, LEGACY_PROTOCOL, PROTOCOL, Version};
@@ -54,11 +55,15 @@ pub enum Request {
     ManifestPut(ManifestPut),
     BlobsMissing(BlobsMissing),
     BlobsPut(BlobsPut),
+    BlobsArrived(BlobsArrived),
+    Probe(ProbeCluster),
+    Clock(Clock),
+    Handover(Handover),
 }
 
 impl Request {
     /// Every `op`, as the wire spells them.
-    pub const OPS: [&'static str; 15] = [
+    pub const OPS: [&'static str; 19] = [
         "hello",
         "append",
         "log",
@@ -74,6 +79,10 @@ impl Request {
         "manifest-put",
         "blobs-missing",
         "blobs-put",
+        "blobs-arrived",
+        "probe",
+        "clock",
+        "handover",
     ];
 
     /// The `op` as the wire spells it.
@@ -94,6 +103,10 @@ impl Request {
             Request::ManifestPut(_) => 12,
             Request::BlobsMissing(_) => 13,
             Request::BlobsPut(_) => 14,
+            Request::BlobsArrived(_) => 15,
+            Request::Probe(_) => 16,
+            Request::Clock(_) => 17,
+            Request::Handover(_) => 18,
         };
         Self::OPS[i]
     }
@@ -101,7 +114,7 @@ impl Request {
     /// The first protocol that serves it.
     pub fn since(&self) -> u32 {
         match self {
-            Request::Hello(_) => PROTOCOL,
+            Request::Hello(_) | Request::BlobsArrived(_) => PROTOCOL,
             _ => LEGACY_PROTOCOL,
         }
     }
@@ -332,6 +345,45 @@ pub struct BlobsPut {
 }
 operation!(BlobsPut => Received);
 
+/// Blobs `makiatto blobs receive` has just committed for a sync that is
+/// still uploading (the running daemon only): the daemon tells its peers,
+/// which fetch them now rather than after the version is published.
+/// Answers how many it offered. A daemon that does not know the request
+/// answers an error, and the blobs go to the peers after the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobsArrived {
+    pub hashes: Vec<Blake3Hash>,
+}
+operation!(BlobsArrived => u64);
+
+/// Checks every node of the cluster from this one (the running daemon
+/// only; a daemon without `Features::PROBE` does not know it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeCluster {
+    /// Client subnets whose geo answers are asked with EDNS Client Subnet
+    /// (`probe::SAMPLE_SUBNETS`).
+    pub subnets: Vec<String>,
+}
+operation!(ProbeCluster as Probe => ProbeReport);
+
+/// This machine's wall clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {}
+operation!(Clock => ClockReading);
+
+/// Hands the daemon's sockets over to `binary` (default: the path it was
+/// started from, so a restart runs what is there now) without closing
+/// them: the running daemon drains and replaces its image (the running
+/// daemon only; one without `Features::HANDOVER` does not know it). The
+/// answer comes before the drain; the new image reports itself in
+/// `health` (`daemon`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+}
+operation!(Handover => crate::health::HandoverStarted);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +425,10 @@ mod tests {
             .into(),
             BlobsMissing { hashes: vec![] }.into(),
             BlobsPut { blobs: vec![] }.into(),
+            BlobsArrived { hashes: vec![] }.into(),
+            ProbeCluster { subnets: vec![] }.into(),
+            Clock {}.into(),
+            Handover { binary: None }.into(),
         ];
         assert_eq!(requests.len(), Request::OPS.len());
         for r in requests {

@@ -66,6 +66,10 @@ pub struct NodeStatus {
     /// The daemon answers on its control socket (not merely has a pid).
     #[serde(default)]
     pub running: bool,
+    /// The GeoIP database the running daemon places visitors with, and
+    /// what is wrong with it (from its health report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geoip: Option<crate::health::GeoIpReport>,
 }
 
 /// `verify`: every event re-checked, every projection rebuilt.

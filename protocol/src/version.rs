@@ -46,10 +46,30 @@ impl Features {
 
     /// The client reads the `ahead-of-clock` refusal (an event stamped
     /// further ahead of the node's clock than the cluster allows).
-    pub const CLOCK_BOUND: Features = Features(2);
+    pub const CLOCK_BOUND: Features = Features(1 << 1);
+
+    /// The daemon places visitors with the GeoIP database the log names
+    /// (`geoip.database`), fetched over the mesh; an older one reads only
+    /// a copy in its data directory.
+    pub const GEOIP_FROM_LOG: Features = Features(1 << 2);
+
+    /// The daemon answers `probe` (checks every node from where it
+    /// stands) and `clock`.
+    pub const PROBE: Features = Features(1 << 3);
+
+    /// The daemon hands its sockets over to a new binary without closing
+    /// them (`handover`, `makiatto reload`), and a binary with this bit
+    /// takes them (`makiatto handover-check`).
+    pub const HANDOVER: Features = Features(1 << 4);
 
     /// Everything this build can do.
-    pub const ALL: Features = Features(Self::TYPED_OUTCOMES.0 | Self::CLOCK_BOUND.0);
+    pub const ALL: Features = Features(
+        Self::TYPED_OUTCOMES.0
+            | Self::CLOCK_BOUND.0
+            | Self::GEOIP_FROM_LOG.0
+            | Self::PROBE.0
+            | Self::HANDOVER.0,
+    );
 
     /// Whether every bit of `other` is set.
     pub fn has(self, other: Features) -> bool {

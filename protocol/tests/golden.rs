@@ -27,11 +27,16 @@ use makiatto_protocol::append::{AppendResult, Outcome, Refusal};
 use makiatto_protocol::blob_stream::{InlineBlob, Received};
 use makiatto_protocol::client::{self, Batch};
 use makiatto_protocol::health::{
-    AcmeReport, DnsCounts, DnsReport, DueCertificate, GeoHealth, HealthReport, HttpReport, Load,
-    OrderFailure, PeerHealth, ReplicationTotals, ServedSite, SiteDeployment, StatusCounts,
+    AcmeReport, DaemonInfo, DnsCounts, DnsReport, DueCertificate, GeoHealth, GeoIpLoaded,
+    GeoIpReport, HandoverRecord, HandoverStarted, HealthReport, HttpReport, Load, OrderFailure,
+    PeerHealth, ReplicationTotals, ServedSite, SiteDeployment, StatusCounts,
 };
 use makiatto_protocol::identity::NodeIdentity;
 use makiatto_protocol::log::{LogFilter, LogLine};
+use makiatto_protocol::probe::{
+    ClockReading, DnsCheck, HttpsCheck, LocalReport, ProbeReport, SeenCertificate, Space,
+    TargetReport, VersionBlobs,
+};
 use makiatto_protocol::request::{self as op, Envelope, Request};
 use makiatto_protocol::show::Shown;
 use makiatto_protocol::status::{
@@ -155,6 +160,13 @@ fn requests() -> Vec<(&'static str, Request)> {
             }
             .into(),
         ),
+        (
+            "blobs-arrived",
+            op::BlobsArrived {
+                hashes: vec![hash(6)],
+            }
+            .into(),
+        ),
     ]
 }
 
@@ -202,6 +214,7 @@ fn health() -> HealthReport {
             versions_by_delta: 9,
             versions_ahead: 10,
             manifests_whole: 11,
+            blobs_ahead: 0,
         },
         sites: BTreeMap::from([(
             "example.test".into(),
@@ -218,6 +231,7 @@ fn health() -> HealthReport {
             zones: vec!["example.test".into()],
             serial: 42,
             geoip: true,
+            geoip_database: None,
             geo: vec![GeoHealth {
                 node: "vector".into(),
                 healthy: true,
@@ -293,9 +307,11 @@ fn health() -> HealthReport {
             )]),
             limited: BTreeMap::new(),
         }),
+        daemon: None,
         clock_ahead_of_peers_ms: None,
         held_ahead_of_clock: 0,
         own_feed: None,
+        telemetry: None,
     }
 }
 
@@ -410,6 +426,7 @@ fn answers() -> Vec<(&'static str, Answer)> {
                 refused: vec!["hash mismatch".into()],
             }),
         ),
+        ("answer blobs-arrived", ok(1u64)),
         (
             "answer error",
             Answer::Error(ControlError::new(
@@ -431,6 +448,7 @@ fn outputs() -> Vec<(&'static str, String)> {
         daemon_pid: Some(100),
         supervisor_pid: Some(99),
         running: true,
+        geoip: None,
     };
     let identity = NodeIdentity {
         signing_key: AuthorKey([1; 32]),
@@ -463,7 +481,203 @@ fn current() -> Vec<(String, String)> {
     for (name, output) in outputs() {
         out.push((name.to_owned(), output));
     }
+    for (name, line) in added() {
+        out.push((name.to_owned(), line.to_line()));
+    }
     out
+}
+
+/// A message added after the fixture was first written.
+enum Line {
+    Request(Request),
+    Answer(Answer),
+    Status(Box<NodeStatus>),
+}
+
+impl Line {
+    fn to_line(&self) -> String {
+        match self {
+            Line::Request(r) => Envelope {
+                request: r.clone(),
+                client: Some(client()),
+            }
+            .to_line()
+            .unwrap(),
+            Line::Answer(a) => a.to_line(),
+            Line::Status(s) => line(s.as_ref()),
+        }
+    }
+
+    /// Reads `text` back as this kind of message and compares.
+    fn reads_back(&self, name: &str, text: &str) {
+        match self {
+            Line::Request(r) => {
+                let envelope: Envelope = serde_json::from_str(text).unwrap();
+                assert_eq!(&envelope.request, r, "{name}");
+                assert_eq!(envelope.client, Some(client()), "{name}");
+            }
+            Line::Answer(a) => assert_eq!(&Answer::from_line(text).unwrap(), a, "{name}"),
+            Line::Status(s) => round_trip(s.as_ref(), text),
+        }
+    }
+}
+
+fn geoip_report() -> GeoIpReport {
+    GeoIpReport {
+        wanted: Some(hash(30)),
+        loaded: Some(GeoIpLoaded {
+            manifest: Some(hash(29)),
+            built_unix_secs: 1_764_547_200,
+            database_type: "DBIP-City-Lite".into(),
+            families: vec!["ipv4".into(), "ipv6".into()],
+        }),
+        problem: Some(
+            "fetching the GeoIP database 1e1e1e1e1e1e: 1 of its 2 files not here yet".into(),
+        ),
+    }
+}
+
+/// Messages added since the fixture was first written, in the order
+/// they were added: their lines follow the first ones, which never change.
+fn added() -> Vec<(&'static str, Line)> {
+    let mut with_geoip = health();
+    if let Some(dns) = with_geoip.dns.as_mut() {
+        dns.geoip_database = Some(geoip_report());
+    }
+    let status = NodeStatus {
+        status: Status {
+            cluster: Some(id(8)),
+            events: 3,
+            ..Status::default()
+        },
+        daemon_pid: Some(100),
+        supervisor_pid: None,
+        running: true,
+        geoip: Some(GeoIpReport {
+            wanted: None,
+            loaded: None,
+            problem: Some("no GeoIP database".into()),
+        }),
+    };
+    let mut with_daemon = health();
+    with_daemon.daemon = Some(DaemonInfo {
+        pid: 100,
+        started_unix_millis: 1_760_000_001_000,
+        software: "0.3.0".into(),
+        exe_inode: 1234,
+        sockets: 9,
+        last_handover: Some(HandoverRecord {
+            at_unix_millis: 1_760_000_000_500,
+            from: "0.2.0".into(),
+            to: "0.3.0".into(),
+            outcome: "done".into(),
+        }),
+    });
+    vec![
+        (
+            "answer health with geoip",
+            Line::Answer(Answer::of::<HealthReport>(Ok(with_geoip))),
+        ),
+        ("output status with geoip", Line::Status(Box::new(status))),
+        (
+            "request probe",
+            Line::Request(
+                op::ProbeCluster {
+                    subnets: vec!["81.2.69.0/24".into()],
+                }
+                .into(),
+            ),
+        ),
+        ("request clock", Line::Request(op::Clock {}.into())),
+        (
+            "answer probe",
+            Line::Answer(Answer::of::<ProbeReport>(Ok(probe_report()))),
+        ),
+        (
+            "answer clock",
+            Line::Answer(Answer::of::<ClockReading>(Ok(ClockReading {
+                unix_millis: 1_760_000_000_123,
+            }))),
+        ),
+        (
+            "request handover",
+            Line::Request(
+                op::Handover {
+                    binary: Some("/usr/local/bin/makiatto".into()),
+                }
+                .into(),
+            ),
+        ),
+        (
+            "answer handover",
+            Line::Answer(Answer::of::<HandoverStarted>(Ok(HandoverStarted {
+                pid: 100,
+                from: "0.2.0".into(),
+                from_started_unix_millis: 1_760_000_000_000,
+                binary: "/usr/local/bin/makiatto".into(),
+                to: "0.3.0".into(),
+            }))),
+        ),
+        (
+            "answer health with daemon",
+            Line::Answer(Answer::of::<HealthReport>(Ok(with_daemon))),
+        ),
+    ]
+}
+
+fn probe_report() -> ProbeReport {
+    ProbeReport {
+        node: Some("vector".into()),
+        view: vec!["klukai".into(), "vector".into()],
+        local: LocalReport {
+            disk: Some(Space {
+                free_bytes: 10 << 30,
+                total_bytes: 100 << 30,
+            }),
+            memory: Some(Space {
+                free_bytes: 1 << 30,
+                total_bytes: 2 << 30,
+            }),
+            blobs: BTreeMap::from([(
+                "example.test".into(),
+                VersionBlobs {
+                    version: Some(id(20)),
+                    files: 12,
+                    missing: 1,
+                    missing_paths: vec!["index.html".into()],
+                    error: None,
+                },
+            )]),
+        },
+        targets: vec![TargetReport {
+            node: "klukai".into(),
+            dns: vec![DnsCheck {
+                zone: "example.test".into(),
+                address: "203.0.113.3".into(),
+                serial: Some(42),
+                authoritative: true,
+                rtt_ms: Some(1),
+                error: None,
+                geo: BTreeMap::from([("81.2.69.0/24".into(), vec!["203.0.113.2".into()])]),
+            }],
+            https: vec![HttpsCheck {
+                name: "example.test".into(),
+                address: "203.0.113.3".into(),
+                status: Some(200),
+                certificate: Some(SeenCertificate {
+                    not_before_unix_secs: 1_760_000_000,
+                    not_after_unix_secs: 1_767_776_000,
+                    issuer: "Pebble Intermediate CA".into(),
+                    names: vec!["example.test".into()],
+                    covers: true,
+                    issued: true,
+                    issued_exists: true,
+                }),
+                rtt_ms: Some(3),
+                error: None,
+            }],
+        }],
+    }
 }
 
 fn read_fixture(path: &str) -> Vec<(String, String)> {
@@ -501,7 +715,11 @@ fn every_message_has_the_wire_form_of_the_fixture() {
         assert_eq!(ours, theirs, "{name}: the wire form changed");
     }
     // Every request kind is covered.
-    assert_eq!(requests().len(), Request::OPS.len());
+    let added_requests = added()
+        .iter()
+        .filter(|(_, l)| matches!(l, Line::Request(_)))
+        .count();
+    assert_eq!(requests().len() + added_requests, Request::OPS.len());
 }
 
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: &T, line: &str) {
@@ -533,6 +751,9 @@ fn every_fixture_line_reads_back_as_its_value() {
     round_trip(&status, &fixture["output status"]);
     let identity: NodeIdentity = serde_json::from_str(&outputs["output keys"]).unwrap();
     round_trip(&identity, &fixture["output keys"]);
+    for (name, line) in added() {
+        line.reads_back(name, &fixture[name]);
+    }
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub const DOMAINS: [&str; 3] = ["example.com", "example.org", "shop.example.net"
 /// Where every generated cluster's clock starts (2025-10-09 UTC).
 pub const EPOCH_MILLIS: u64 = 1_760_000_000_000;
 
-/// The first octets of the mesh range (198.51.100.0/N, DESIGN §8).
+/// The first octets of the mesh range (198.51.100.0/N, docs/design.md, Testing on one machine).
 const MESH_NETWORK: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 0);
 
 const NODE_WORDS: [&str; 8] = [
@@ -753,11 +753,14 @@ impl Generator {
     }
 
     fn config_payload(&mut self, a: usize, wanted: DesiredConfig, summary: String) -> Payload {
+        // Unique to the edit (one per event) without drawing from the rng,
+        // so that every seed's history stays as it was.
+        let nonce = (self.history.events.len() as u128).to_le_bytes();
         let author = &mut self.authors[a];
         let key = author.key();
         let changes = author
             .merged_config()
-            .edit(&key, &wanted)
+            .edit(&key, nonce, &wanted)
             .expect("a typed configuration always reconciles");
         Payload::ConfigChanged(ConfigChanged { changes, summary })
     }

@@ -533,9 +533,12 @@ impl Simulation {
                 end.state = EndState::Open(inbound);
                 match asked? {
                     Received::Events(batch) => self.absorb(to, batch),
-                    // No versions are offered here, so none come.
-                    Received::TakeAhead(_) | Received::DropAhead { .. } => {
-                        return Err("a version ahead that nobody offered".into());
+                    // No versions or blobs are offered here, so none come.
+                    Received::TakeAhead(_)
+                    | Received::DropAhead { .. }
+                    | Received::FetchAhead(_)
+                    | Received::DropBlobsAhead { .. } => {
+                        return Err("a version or blobs ahead that nobody offered".into());
                     }
                     Received::Done => {
                         end.finished = true;
@@ -564,7 +567,7 @@ impl Simulation {
         loop {
             match outbound.step() {
                 // Nothing is offered ahead in the simulation.
-                Step::SendAhead => {}
+                Step::SendAhead | Step::SendBlobsAhead => {}
                 Step::Read(read) => {
                     let (batch, next) = self.nodes[node]
                         .replica

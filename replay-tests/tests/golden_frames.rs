@@ -57,7 +57,18 @@ fn cases() -> Vec<(&'static str, Wire)> {
     };
     let frame = |f| Wire::Frame(f, None);
     vec![
-        ("hello", Wire::Frame(hello(), Some(Features::OURS))),
+        // The features of the build that recorded it (versions ahead);
+        // later bits have fixtures of their own.
+        ("hello", Wire::Frame(hello(), Some(Features::VERSION_AHEAD))),
+        (
+            "hello-blobs-ahead",
+            Wire::Frame(
+                hello(),
+                Some(Features::from_bits(
+                    Features::VERSION_AHEAD.bits() | Features::BLOBS_AHEAD.bits(),
+                )),
+            ),
+        ),
         ("hello-without-features", frame(hello())),
         (
             "events",
@@ -110,6 +121,7 @@ fn cases() -> Vec<(&'static str, Wire)> {
                 blobs: vec![(h1, b"blob one".to_vec())],
             })),
         ),
+        ("blobs-ahead", frame(Frame::BlobsAhead(vec![h1, h2]))),
         (
             "heartbeat",
             Wire::Heartbeat(Heartbeat {

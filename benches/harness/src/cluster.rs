@@ -25,7 +25,7 @@ pub struct Cluster {
     pub name: String,
     maki: PathBuf,
     makiatto: PathBuf,
-    /// The GeoIP database `maki machine init` copies to nodes, if any.
+    /// The GeoIP database `maki machine init` hands the cluster, if any.
     geoip: Option<GeoIp>,
     /// `MAKIATTO_SSH_PERSIST` of every `maki`.
     ssh_persist: AtomicU32,
@@ -35,11 +35,21 @@ pub struct Cluster {
 
 impl Cluster {
     /// A cluster named `prefix` (at most three characters) and this
-    /// process's id, with the `maki` and `makiatto` of this build. Its
-    /// nodes get no GeoIP database: 134 MB per node takes time.
+    /// process's id, with the `maki` and `makiatto` of this build. It gets
+    /// the GeoIP database when it is where `maki` looks (as
+    /// `scripts/test.sh` makes sure): a cluster without one is not healthy.
+    /// The first node receives it; the others fetch it over the mesh.
     pub fn new(prefix: &str) -> Cluster {
         let binaries = Binaries::of_this_build();
         Cluster::with_binaries(prefix, &binaries, &binaries)
+    }
+
+    /// [`Cluster::new`] whose nodes get no GeoIP database: what a test of
+    /// a cluster without one starts from.
+    pub fn without_geoip(prefix: &str) -> Cluster {
+        let mut c = Cluster::new(prefix);
+        c.geoip = None;
+        c
     }
 
     /// [`Cluster::new`] with other binaries: `maki` drives the cluster and
@@ -55,7 +65,7 @@ impl Cluster {
             name: format!("{prefix}{}", std::process::id() % 100_000),
             maki: maki.maki(),
             makiatto: makiatto.makiatto(),
-            geoip: None,
+            geoip: GeoIp::find(),
             ssh_persist: AtomicU32::new(0),
             keep: false,
         }
@@ -66,13 +76,6 @@ impl Cluster {
     pub fn with_geoip(prefix: &str) -> Cluster {
         let mut c = Cluster::new(prefix);
         c.geoip = Some(GeoIp::required());
-        c
-    }
-
-    /// [`Cluster::new`] whose nodes get the GeoIP database if it is there.
-    pub fn with_geoip_if_present(prefix: &str) -> Cluster {
-        let mut c = Cluster::new(prefix);
-        c.geoip = GeoIp::find();
         c
     }
 
@@ -227,7 +230,20 @@ impl Cluster {
         ];
         args.extend(flags);
         self.ok(&args);
-        self.state()
+        let state = self.state();
+        // The first node was handed the GeoIP database; the others fetch it
+        // over the mesh. Tests and benchmarks start once every node places
+        // visitors with it, as the cluster will from then on.
+        if self.geoip.is_some() {
+            for h in &state.hosts {
+                crate::wait_until(
+                    std::time::Duration::from_secs(90),
+                    &format!("{} loads the GeoIP database", h.node),
+                    || self.health(&h.node)["dns"]["geoip"] == true,
+                );
+            }
+        }
+        state
     }
 
     /// What `maki local up` recorded.

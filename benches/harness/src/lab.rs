@@ -30,7 +30,7 @@ impl Lab {
         Lab {
             anchor: None,
             namespaces: Vec::new(),
-            cluster: Cluster::with_geoip_if_present(prefix),
+            cluster: Cluster::new(prefix),
         }
     }
 

@@ -29,7 +29,11 @@
 //!   machine over a run; resident memory.
 //! - [`daemon`]: a `makiatto` on a temporary data directory, for the
 //!   daemon's own tests.
-//! - [`geoip`]: the DB-IP database, and where it places an address.
+//! - [`geoip`]: the DB-IP database, and where it places an address (and
+//!   a copy of it with another build date).
+//! - [`traffic`]: keep-alive and new-connection HTTPS clients and DNS
+//!   clients against every node at once, from a namespace, counting
+//!   failures and keeping latencies (the upgrade tests' load).
 //! - [`process`]: running commands: checked output, input on stdin, child
 //!   processes ended on drop, tools on the PATH, root.
 //! - [`placement`]: benchmarks' servers and load pinned to a core each, or free.
@@ -37,6 +41,10 @@
 //!   for the compatibility tests.
 //! - [`project`]: the repository's example project, and copies of it.
 //! - [`wait`]: waiting for a condition by polling it, with a deadline.
+//! - [`wg_peer`]: an external WireGuard peer added with `maki peer add`
+//!   and configured from `maki peer wg-config`, on wireguard-go.
+//! - [`otlp`]: a real OTLP/gRPC receiver in a namespace, recording what
+//!   the nodes export.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
 
@@ -50,11 +58,14 @@ pub mod instructions;
 pub mod lab;
 pub mod load;
 pub mod netns;
+pub mod otlp;
 pub mod placement;
 pub mod previous;
 pub mod process;
 pub mod project;
+pub mod traffic;
 pub mod wait;
+pub mod wg_peer;
 
 pub use binaries::Binaries;
 pub use cluster::Cluster;
@@ -63,6 +74,7 @@ pub use geoip::GeoIp;
 pub use host::{Host, State};
 pub use lab::Lab;
 pub use netns::Namespace;
+pub use otlp::OtlpReceiver;
 pub use placement::Placement;
 pub use previous::previous_release;
 pub use process::{Process, clock_offset_env, have, json_lines, require_root, stdout, with_input};
@@ -71,3 +83,4 @@ pub use project::{
     example_project_with_wasm,
 };
 pub use wait::{Wait, eventually, wait_seeing, wait_until};
+pub use wg_peer::WgPeer;

@@ -22,7 +22,17 @@
 //!    on `/same.webp`; three alternating rounds, best. Goal: ≥ 0.9 × the
 //!    static file's requests per second.
 //!
-//! `MAKIATTO_BENCH_PARTS=pipeline,quality,cache`: only these parts.
+//! 4. **Choices**: the libraries the pipeline was chosen among, each step
+//!    timed alone on this thread with the same source (best of five):
+//!    JPEG decoding by `image` (zune-jpeg) at full size against
+//!    libjpeg-turbo at full size and at ¼ (shrink-on-load); resizing
+//!    1000×750 → 800×600 by `fast_image_resize` against `image`'s
+//!    `imageops::resize` (both Lanczos-3); encoding 800×600 by
+//!    libjpeg-turbo against `image`'s JPEG encoder (q80), by libwebp lossy
+//!    (q80) against `image`'s WebP encoder (lossless only), and AVIF by
+//!    rav1e through `ravif` at speeds 6, 8 and 10 (q80). Time and bytes.
+//!
+//! `MAKIATTO_BENCH_PARTS=pipeline,quality,cache,choices`: only these parts.
 //!
 //! Needs root (part 3), libvips-tools, python3-pil, h2load. Build first:
 //! `cargo build --release -p makiatto -p makiatto-cli -p makiatto-benches --bins`
@@ -248,12 +258,14 @@ fn cache(makiatto: &Path, dir: &Path, source: &Path) -> serde_json::Value {
     let mut lab = Lab::new("bi");
     let hosts = lab.up(1, &project.join("makiatto.toml"), &["--no-ca"]);
     let node = hosts[0].ipv4.clone();
-    let client = lab.client_namespace("mkbi-client", "bic");
-    let _ = client;
+    // Named for this run, so a namespace left by a killed run is no
+    // obstacle.
+    let ns = format!("mkbi{}-client", std::process::id());
+    lab.client_namespace(&ns, "bic");
     let url = |path: &str| format!("http://bench.test{path}");
     let curl = |path: &str| -> Vec<u8> {
         Command::new("ip")
-            .args(["netns", "exec", "mkbi-client", "curl", "-s", "--connect-to"])
+            .args(["netns", "exec", ns.as_str(), "curl", "-s", "--connect-to"])
             .arg(format!("bench.test:80:{node}:80"))
             .arg(url(path))
             .output()
@@ -275,7 +287,7 @@ fn cache(makiatto: &Path, dir: &Path, source: &Path) -> serde_json::Value {
                 .args([
                     "netns",
                     "exec",
-                    "mkbi-client",
+                    ns.as_str(),
                     "timeout",
                     "120",
                     "h2load",
@@ -331,6 +343,159 @@ fn cache(makiatto: &Path, dir: &Path, source: &Path) -> serde_json::Value {
     json!({"hit_rps": ours, "static_rps": stat, "ratio": ours / stat, "bytes": rendition.len()})
 }
 
+/// The best of five timings of `f` on this thread, in milliseconds, and
+/// what it made last.
+fn best<T>(mut f: impl FnMut() -> T) -> (f64, T) {
+    let mut best = f64::MAX;
+    let mut last = None;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let out = f();
+        best = best.min(t.elapsed().as_secs_f64() * 1000.0);
+        last = Some(out);
+    }
+    (best, last.unwrap())
+}
+
+fn turbo_decode(bytes: &[u8], shrink: usize) -> image::RgbImage {
+    let mut d = turbojpeg::Decompressor::new().unwrap();
+    let factor = turbojpeg::ScalingFactor::new(1, shrink);
+    let header = d.read_header(bytes).unwrap().scaled(factor);
+    d.set_scaling_factor(factor).unwrap();
+    let mut out = turbojpeg::Image {
+        pixels: vec![0u8; header.width * header.height * 3],
+        width: header.width,
+        pitch: header.width * 3,
+        height: header.height,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    d.decompress(bytes, out.as_deref_mut()).unwrap();
+    image::RgbImage::from_raw(header.width as u32, header.height as u32, out.pixels).unwrap()
+}
+
+fn choices(source: &Path) -> serde_json::Value {
+    use fast_image_resize as fr;
+    use image::ImageEncoder;
+    let bytes = std::fs::read(source).unwrap();
+    let mut rows = Vec::new();
+    let mut report = serde_json::Map::new();
+    let mut row = |key: &'static str, ms: f64, out_bytes: Option<usize>, what: &str| {
+        let size = out_bytes.map_or(String::new(), |b| format!(", {b} B"));
+        rows.push((key, format!("{ms:.1} ms{size} ({what})")));
+        report.insert(key.into(), json!({"ms": ms, "bytes": out_bytes}));
+    };
+    // Decoding.
+    let (ms, full) = best(|| {
+        image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+            .unwrap()
+            .into_rgb8()
+    });
+    row(
+        "decode image",
+        ms,
+        None,
+        &format!("{}×{}", full.width(), full.height()),
+    );
+    let (ms, full) = best(|| turbo_decode(&bytes, 1));
+    row(
+        "decode turbo 1/1",
+        ms,
+        None,
+        &format!("{}×{}", full.width(), full.height()),
+    );
+    let (ms, quarter) = best(|| turbo_decode(&bytes, 4));
+    row(
+        "decode turbo 1/4",
+        ms,
+        None,
+        &format!("{}×{}", quarter.width(), quarter.height()),
+    );
+    // Resizing the quarter to 800 wide.
+    let (w, h) = (800, 800 * quarter.height() / quarter.width());
+    let (ms, small) = best(|| {
+        let from = fr::images::Image::from_vec_u8(
+            quarter.width(),
+            quarter.height(),
+            quarter.as_raw().clone(),
+            fr::PixelType::U8x3,
+        )
+        .unwrap();
+        let mut to = fr::images::Image::new(w, h, fr::PixelType::U8x3);
+        let options = fr::ResizeOptions::new()
+            .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3));
+        fr::Resizer::new().resize(&from, &mut to, &options).unwrap();
+        image::RgbImage::from_raw(w, h, to.into_vec()).unwrap()
+    });
+    row("resize fast_image_resize", ms, None, &format!("{w}×{h}"));
+    let (ms, _) =
+        best(|| image::imageops::resize(&quarter, w, h, image::imageops::FilterType::Lanczos3));
+    row("resize image::imageops", ms, None, &format!("{w}×{h}"));
+    // Encoding 800 wide.
+    let (ms, out) = best(|| {
+        let mut c = turbojpeg::Compressor::new().unwrap();
+        c.set_quality(80).unwrap();
+        c.set_subsamp(turbojpeg::Subsamp::Sub2x2).unwrap();
+        c.compress_to_vec(turbojpeg::Image {
+            pixels: &small.as_raw()[..],
+            width: w as usize,
+            pitch: w as usize * 3,
+            height: h as usize,
+            format: turbojpeg::PixelFormat::RGB,
+        })
+        .unwrap()
+    });
+    row("jpeg turbo q80", ms, Some(out.len()), "4:2:0");
+    let (ms, out) = best(|| {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
+            .write_image(&small, w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    });
+    row("jpeg image q80", ms, Some(out.len()), "image's encoder");
+    let (ms, out) = best(|| {
+        webp::Encoder::from_rgb(&small, w, h)
+            .encode_simple(false, 80.0)
+            .unwrap()
+            .to_vec()
+    });
+    row("webp libwebp q80", ms, Some(out.len()), "lossy, method 4");
+    let (ms, out) = best(|| {
+        let mut out = Vec::new();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut out)
+            .write_image(&small, w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    });
+    row("webp image lossless", ms, Some(out.len()), "its only mode");
+    let px: Vec<ravif::RGB8> = small
+        .as_raw()
+        .chunks_exact(3)
+        .map(|c| ravif::RGB8::new(c[0], c[1], c[2]))
+        .collect();
+    for (key, speed) in [
+        ("avif ravif speed 6", 6),
+        ("avif ravif speed 8", 8),
+        ("avif ravif speed 10", 10),
+    ] {
+        let (ms, out) = best(|| {
+            ravif::Encoder::new()
+                .with_quality(80.0)
+                .with_speed(speed)
+                .with_num_threads(Some(1))
+                .encode_rgb(ravif::Img::new(&px[..], w as usize, h as usize))
+                .unwrap()
+                .avif_file
+        });
+        row(key, ms, Some(out.len()), "q80, one thread");
+    }
+    print_table(
+        "choices: each step alone, one thread, best of five (4000×3000 JPEG → 800 wide)",
+        &rows,
+    );
+    serde_json::Value::Object(report)
+}
+
 fn main() {
     let bins = Binaries::of_this_build();
     let makiatto = bins.makiatto();
@@ -346,6 +511,9 @@ fn main() {
     }
     if wanted("quality") {
         report.insert("quality".into(), quality(&makiatto, dir.path(), &source));
+    }
+    if wanted("choices") {
+        report.insert("choices".into(), choices(&source));
     }
     if wanted("cache") {
         report.insert("cache".into(), cache(&makiatto, dir.path(), &source));

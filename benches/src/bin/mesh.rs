@@ -93,7 +93,7 @@ fn wait_until(within: Duration, what: &str, check: impl FnMut() -> bool) {
 }
 
 fn run() {
-    let mut c = Cluster::new("b");
+    let mut c = Cluster::without_geoip("b");
     // `MAKIATTO_BENCH_KEEP=1`: the cluster stays up, to be looked at.
     if std::env::var_os("MAKIATTO_BENCH_KEEP").is_some() {
         c.keep_when_dropped();

@@ -277,7 +277,7 @@ fn main() {
         have("rsync"),
         "rsync is not installed: apt-get install rsync"
     );
-    let c = Cluster::new("s");
+    let c = Cluster::without_geoip("s");
     let project = c.dir.path().join("project");
     let site = project.join("site");
     // New bytes every run (`MAKIATTO_BENCH_SEED` repeats one).

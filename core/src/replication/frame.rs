@@ -31,8 +31,11 @@ impl Features {
     /// It takes a site version sent ahead of its event
     /// ([`Frame::VersionAhead`]).
     pub const VERSION_AHEAD: Features = Features(1);
+    /// It takes notice of blobs that arrived ahead of their version
+    /// ([`Frame::BlobsAhead`]) and fetches them while the upload goes on.
+    pub const BLOBS_AHEAD: Features = Features(2);
     /// What this build announces.
-    pub const OURS: Features = Features::VERSION_AHEAD;
+    pub const OURS: Features = Features(Features::VERSION_AHEAD.0 | Features::BLOBS_AHEAD.0);
 
     pub fn from_bits(bits: u32) -> Features {
         Features(bits)
@@ -90,6 +93,12 @@ pub enum Frame {
     /// a peer holding `base` deploys the version as soon as the event
     /// lands, with no fetch of its own.
     VersionAhead(VersionAhead),
+    /// Blobs that arrived on the sender from `maki` while a sync is still
+    /// uploading, before any event names them (sent only to a peer that
+    /// announces [`Features::BLOBS_AHEAD`]): the peer fetches those it
+    /// lacks from the sender now, so a large sync fans out to every node
+    /// while the operator's upload runs, not after it.
+    BlobsAhead(Vec<Blake3Hash>),
 }
 
 /// See [`Frame::VersionAhead`].

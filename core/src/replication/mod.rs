@@ -47,7 +47,7 @@ pub use liveness::{DEAD_AFTER, HEARTBEAT_EVERY, Hearing, Heartbeat, Liveness, Mo
 pub use own_feed::{OwnFeed, SignGate};
 pub use schedule::Schedule;
 pub use session::{
-    AHEAD_KEPT, AHEAD_MAX_BYTES, BATCH_BYTES, FRAME_TIMEOUT, FeedRead, Handshake, Inbound,
-    Outbound, Received, Session, SessionError, Step,
+    AHEAD_KEPT, AHEAD_MAX_BYTES, BATCH_BYTES, BLOBS_AHEAD_FRAMES, BLOBS_AHEAD_MAX, FRAME_TIMEOUT,
+    FeedRead, Handshake, Inbound, Outbound, Received, Session, SessionError, Step,
 };
 pub use topology::{Identity, Member, Topology};

@@ -5,7 +5,8 @@
 //! of [`VersionVector::plan_for`], feed by feed, in batches of about
 //! [`BATCH_BYTES`] — then `Done`. A peer that announced
 //! [`Features::VERSION_AHEAD`] is first sent the site versions offered
-//! ahead of their events.
+//! ahead of their events, and one that announced
+//! [`Features::BLOBS_AHEAD`] the blobs that arrived ahead of theirs.
 //!
 //! After the hellos the two directions are independent, so a session
 //! splits into an [`Outbound`] (what to send next: the caller reads feed
@@ -18,6 +19,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use makiatto_events::{AuthorKey, FeedRequest, NodeName, VersionVector};
+
+use makiatto_events::Blake3Hash;
 
 use super::frame::{Features, Frame, Hello, PROTOCOL, VersionAhead};
 use super::topology::{Identity, Member};
@@ -33,6 +36,12 @@ pub const AHEAD_MAX_BYTES: u64 = 1 << 20;
 /// At most this many versions are offered ahead at once, and taken from
 /// one session.
 pub const AHEAD_KEPT: usize = 16;
+/// A `BlobsAhead` frame names at most this many blobs (32 bytes each: a
+/// frame of 2 MiB at most); a node sends a longer list as several.
+pub const BLOBS_AHEAD_MAX: usize = 65_536;
+/// At most this many `BlobsAhead` frames are taken from one session; more
+/// are dropped, so a peer cannot make this node queue fetches unbounded.
+pub const BLOBS_AHEAD_FRAMES: usize = 64;
 
 /// Why a session ended before both sides said `Done`.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +137,7 @@ impl Handshake {
         Ok(Session {
             outbound: Outbound {
                 ahead: features.has(Features::VERSION_AHEAD),
+                blobs_ahead: features.has(Features::BLOBS_AHEAD),
                 plan: self.ours.plan_for(&hello.vv).into(),
                 reading: None,
                 pending: None,
@@ -138,6 +148,7 @@ impl Handshake {
             inbound: Inbound {
                 peer,
                 taken: 0,
+                blobs_taken: 0,
                 done: false,
             },
         })
@@ -149,6 +160,8 @@ impl Handshake {
 pub struct Outbound {
     /// Versions offered ahead still to go (the peer reads them).
     ahead: bool,
+    /// Blobs offered ahead still to go (the peer fetches them).
+    blobs_ahead: bool,
     plan: VecDeque<FeedRequest>,
     /// The feed being read, and the next seq of it.
     reading: Option<(AuthorKey, u64)>,
@@ -165,6 +178,10 @@ pub enum Step {
     /// as `VersionAhead` frames, before any event: a peer that takes one
     /// holds it whole when the event naming it arrives.
     SendAhead,
+    /// Send the blobs that arrived ahead of their version and that this
+    /// peer was not told of yet, as `BlobsAhead` frames of at most
+    /// [`BLOBS_AHEAD_MAX`] hashes.
+    SendBlobsAhead,
     /// Read a chunk of a feed from the log (`Log::feed_chunk`) and hand
     /// it to [`Outbound::read`].
     Read(FeedRead),
@@ -188,6 +205,9 @@ impl Outbound {
     pub fn step(&mut self) -> Step {
         if std::mem::take(&mut self.ahead) {
             return Step::SendAhead;
+        }
+        if std::mem::take(&mut self.blobs_ahead) {
+            return Step::SendBlobsAhead;
         }
         if let Some(frame) = self.pending.take() {
             return Step::Send(frame);
@@ -235,6 +255,7 @@ impl Outbound {
 pub struct Inbound {
     peer: NodeName,
     taken: usize,
+    blobs_taken: usize,
     done: bool,
 }
 
@@ -250,6 +271,11 @@ pub enum Received {
     /// More, or larger, than a node offers: dropped, so a peer cannot make
     /// this node store more unasked.
     DropAhead { bytes: u64 },
+    /// Fetch what of these blobs this node lacks from the peer, now: a
+    /// sync is uploading them to it.
+    FetchAhead(Vec<Blake3Hash>),
+    /// More blob notices than a node sends: dropped.
+    DropBlobsAhead { blobs: usize },
     /// The peer sent everything; finish what was taken.
     Done,
 }
@@ -269,6 +295,14 @@ impl Inbound {
                     Ok(Received::TakeAhead(ahead))
                 } else {
                     Ok(Received::DropAhead { bytes })
+                }
+            }
+            Frame::BlobsAhead(blobs) => {
+                if self.blobs_taken < BLOBS_AHEAD_FRAMES && blobs.len() <= BLOBS_AHEAD_MAX {
+                    self.blobs_taken += 1;
+                    Ok(Received::FetchAhead(blobs))
+                } else {
+                    Ok(Received::DropBlobsAhead { blobs: blobs.len() })
                 }
             }
             Frame::Done => {
@@ -413,6 +447,46 @@ mod tests {
         assert!(matches!(s.outbound.step(), Step::Read(_)));
         let mut s = session(vv(&[]), vv(&[]), Features::NONE);
         assert_eq!(s.outbound.step(), Step::Send(Frame::Done));
+    }
+
+    #[test]
+    fn blobs_ahead_go_before_events_and_only_to_a_peer_that_announced_them() {
+        let mut s = session(vv(&[(5, 1)]), vv(&[]), Features::OURS);
+        assert_eq!(s.outbound.step(), Step::SendAhead);
+        assert_eq!(s.outbound.step(), Step::SendBlobsAhead);
+        assert!(matches!(s.outbound.step(), Step::Read(_)));
+        let mut s = session(vv(&[]), vv(&[]), Features::VERSION_AHEAD);
+        assert_eq!(s.outbound.step(), Step::SendAhead);
+        assert_eq!(s.outbound.step(), Step::Send(Frame::Done));
+    }
+
+    #[test]
+    fn blob_notices_are_taken_within_what_a_node_sends() {
+        let mut s = session(vv(&[]), vv(&[]), Features::OURS);
+        let inbound = &mut s.inbound;
+        let hashes = |n: usize| vec![Blake3Hash::of(b"blob"); n];
+        assert_eq!(
+            inbound.on_frame(Frame::BlobsAhead(hashes(2))).unwrap(),
+            Received::FetchAhead(hashes(2))
+        );
+        assert_eq!(
+            inbound
+                .on_frame(Frame::BlobsAhead(hashes(BLOBS_AHEAD_MAX + 1)))
+                .unwrap(),
+            Received::DropBlobsAhead {
+                blobs: BLOBS_AHEAD_MAX + 1
+            }
+        );
+        for _ in 1..BLOBS_AHEAD_FRAMES {
+            assert!(matches!(
+                inbound.on_frame(Frame::BlobsAhead(hashes(1))).unwrap(),
+                Received::FetchAhead(_)
+            ));
+        }
+        assert_eq!(
+            inbound.on_frame(Frame::BlobsAhead(hashes(1))).unwrap(),
+            Received::DropBlobsAhead { blobs: 1 }
+        );
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub fn configure(
     }
     let others_changed = others_changed(&base, &file_config, &current);
     let wanted = merge(&base, &file_config, &current);
-    let changes = current_doc.edit(&operator.key().public(), &wanted)?;
+    let changes = current_doc.edit(&operator.key().public(), rand::random(), &wanted)?;
     Ok(ConfigChange {
         current,
         wanted,
@@ -195,7 +195,8 @@ fn decode_doc(hex_changes: &[String]) -> anyhow::Result<ConfigDoc> {
         .collect::<Result<_, _>>()
         .context("the node sent a configuration change that is not hex")?;
     let mut doc = ConfigDoc::default();
-    doc.apply(ConfigDoc::decode(&bytes)?)?;
+    // As the nodes folded them: a change they refused is skipped.
+    doc.apply_as_folded(ConfigDoc::decode(&bytes)?);
     Ok(doc)
 }
 

@@ -80,7 +80,7 @@ impl Kept {
         operator: &Operator,
     ) -> anyhow::Result<()> {
         let mut doc = ConfigDoc::default();
-        doc.edit(&operator.key().public(), config)?;
+        doc.edit(&operator.key().public(), rand::random(), config)?;
         if let Some(dir) = self.base.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;

@@ -384,7 +384,13 @@ impl Acme {
             if let Ok(mut o) = self.ordering.lock() {
                 *o = Some(w.names[0].clone());
             }
-            let result = self.order(&directory, &w).await;
+            // Telemetry: an order is a span, kept whatever it ends with.
+            let result = crate::telemetry::Operation::new("acme.order")
+                .attr("acme.certificate", w.names[0].clone())
+                .attr("acme.names", w.names.join(", "))
+                .attr("acme.renewal", w.renewal.is_some())
+                .run(self.order(&directory, &w))
+                .await;
             if let Ok(mut o) = self.ordering.lock() {
                 *o = None;
             }

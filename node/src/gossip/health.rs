@@ -47,6 +47,8 @@ pub(super) struct Totals {
     pub(super) manifests_whole: AtomicU64,
     /// Site versions a peer sent ahead of their events, taken.
     pub(super) versions_ahead: AtomicU64,
+    /// Blobs fetched ahead of their version, as a peer announced them.
+    pub(super) blobs_ahead: AtomicU64,
 }
 
 impl Health {
@@ -111,6 +113,7 @@ impl Health {
             refused_connections: n(&t.refused_connections),
             versions_by_delta: n(&t.versions_by_delta),
             versions_ahead: n(&t.versions_ahead),
+            blobs_ahead: n(&t.blobs_ahead),
             manifests_whole: n(&t.manifests_whole),
         }
     }

@@ -22,7 +22,8 @@
 //! - **Heartbeats (UDP)**, every 500 ms to every peer: liveness, load and a
 //!   digest of the version vector; one that differs starts a catch-up.
 //! - **Blobs (TCP)**: `Fetch` and `FetchVersion` connections, for the
-//!   content follower ([`PeerBlobs`]).
+//!   content follower ([`PeerBlobs`]), and for blobs announced ahead of
+//!   their version while `maki sync` uploads them (`BlobsAhead`).
 //! - **Anti-entropy**: every 15 s, a session with one live peer at random.
 //! - **Held events**: events a peer sent stamped further ahead of this
 //!   node's clock than `log.max_clock_skew` wait in the log
@@ -38,10 +39,13 @@
 //! - `anti_entropy`: the periodic session.
 //! - `fetch`: blob and version fetches, asked and answered.
 //! - `ahead`: site versions sent ahead of their events, offered and taken.
+//! - `blobs_ahead`: blobs a sync is uploading, announced to the peers,
+//!   which fetch them while the upload goes on.
 //! - `health`: per-peer counters, totals, and the health table.
 
 mod ahead;
 mod anti_entropy;
+mod blobs_ahead;
 mod fetch;
 mod health;
 mod liveness;
@@ -84,6 +88,7 @@ pub struct Gossip {
     /// The peer that last sent this node new events: asked first for blobs.
     last_sender: Mutex<Option<AuthorKey>>,
     ahead: ahead::Ahead,
+    blobs_ahead: blobs_ahead::BlobsAhead,
 }
 
 impl Gossip {
@@ -108,11 +113,15 @@ impl Gossip {
             started: Instant::now(),
             last_sender: Mutex::new(None),
             ahead: ahead::Ahead::default(),
+            blobs_ahead: blobs_ahead::BlobsAhead::default(),
         });
         tokio::spawn(gossip.clone().endpoint());
         tokio::spawn(gossip.clone().anti_entropy());
         tokio::spawn(gossip.clone().pushes());
         tokio::spawn(gossip.clone().releases());
+        for _ in 0..blobs_ahead::FETCHERS {
+            tokio::spawn(gossip.clone().fetching_ahead());
+        }
         gossip
     }
 

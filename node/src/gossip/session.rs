@@ -148,6 +148,7 @@ impl Gossip {
             loop {
                 match outbound.step() {
                     Step::SendAhead => self.send_ahead(&mut writer, peer).await?,
+                    Step::SendBlobsAhead => self.send_blobs_ahead(&mut writer, peer).await?,
                     Step::Read(read) => {
                         let log = self.read(|r| Ok(r.log()))?;
                         let (batch, next) = tokio::task::spawn_blocking(move || {
@@ -175,6 +176,10 @@ impl Gossip {
                     Received::TakeAhead(ahead) => takes.push(self.start_take(peer, ahead)),
                     Received::DropAhead { bytes } => {
                         tracing::warn!(peer = %peer.name, bytes, "a peer sent more ahead than a node offers; dropped");
+                    }
+                    Received::FetchAhead(blobs) => self.fetch_ahead_soon(peer, blobs),
+                    Received::DropBlobsAhead { blobs } => {
+                        tracing::warn!(peer = %peer.name, blobs, "a peer announced more blobs ahead than a node sends; dropped");
                     }
                     Received::Done => {
                         self.finish_takes(peer, takes).await;

@@ -58,12 +58,16 @@ impl SmallCache {
         {
             m.1 += bytes.len() as u64;
             m.0.insert(key, bytes);
+            crate::telemetry::metrics::SMALL_CACHE_BYTES
+                .store(m.1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
     pub fn clear(&self) {
         if let Ok(mut m) = self.map.write() {
             *m = Default::default();
+            crate::telemetry::metrics::SMALL_CACHE_BYTES
+                .store(0, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -78,6 +82,9 @@ pub struct Ctx {
     pub tls: Option<Option<Arc<str>>>,
     /// Open ACME HTTP-01 challenges: token → key authorization.
     pub challenges: Arc<HashMap<String, String>>,
+    /// Telemetry: whether the representation came from memory
+    /// (`cdn.cache.hit`).
+    pub served: crate::telemetry::http::Served,
 }
 
 /// Where the CA looks for HTTP-01 key authorizations.
@@ -102,7 +109,7 @@ pub(super) fn empty() -> Body {
 
 /// The request's host: the URI authority (HTTP/2, absolute form) or the
 /// Host header, lowercased, without port or final dot.
-fn host_of<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
+pub(super) fn host_of<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     let raw = match req.uri().authority() {
         Some(a) => a.host(),
         None => header_host(req.headers().get(header::HOST)?.to_str().ok()?)?,
@@ -282,16 +289,34 @@ where
     };
     match key.and_then(|k| site.manifest.files.get_key_value(k.as_ref())) {
         Some((path, entry)) => {
+            // Boxed, as the rendition below: its state stays out of the
+            // static path's future, which every request moves and polls.
             if let Some(wasm) = ctx.http.wasm.domain_of(&site.domain)
-                && let Some(r) =
-                    super::transformed::respond(ctx, &site, &wasm, path, entry, req.headers(), head)
-                        .await
+                && let Some(r) = Box::pin(super::transformed::respond(
+                    ctx,
+                    &site,
+                    &wasm,
+                    path,
+                    entry,
+                    req.headers(),
+                    head,
+                ))
+                .await
             {
                 return r;
             }
+            // Boxed: its state stays out of the static path's future,
+            // which every request moves and polls.
             if let Some(p) = &params
-                && let Some(r) =
-                    super::rendition::respond(ctx, &site, entry, p, req.headers(), head).await
+                && let Some(r) = Box::pin(super::rendition::respond(
+                    ctx,
+                    &site,
+                    entry,
+                    p,
+                    req.headers(),
+                    head,
+                ))
+                .await
             {
                 return r;
             }
@@ -453,8 +478,12 @@ async fn serve(
     let body = if len <= CACHED_MAX {
         let key = (entry.hash, coding);
         let bytes = match ctx.http.cache.get(&key) {
-            Some(b) => b,
+            Some(b) => {
+                ctx.served.served_from_memory();
+                b
+            }
             None => {
+                ctx.served.served_from_disk();
                 let path = path();
                 // Boxed, as the open below: a request's task (hyper spawns
                 // one per HTTP/2 stream) then holds a pointer, not the
@@ -481,6 +510,7 @@ async fn serve(
         let Ok(Ok(file)) = opened else {
             return unavailable(&path);
         };
+        ctx.served.served_from_disk();
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
         Either::Right(BodyExt::boxed(StreamBody::new(

@@ -41,6 +41,7 @@ use makiatto_protocol::health::{HttpReport, ServedSite, StatusCounts};
 use crate::blobs::BlobStore;
 use crate::changes::Changes;
 use crate::content::Content;
+use crate::handover::Handover;
 use crate::images::{self, Images};
 use crate::replica::Replica;
 use crate::wasm::{NodeInfo, Wasm};
@@ -81,6 +82,7 @@ impl Http {
         log: Changes,
         ports: server::Ports,
         pool: Arc<WorkPool>,
+        handover: &Handover,
     ) -> anyhow::Result<Arc<Http>> {
         let settings = replica.lock().map(|mut r| r.settings()).unwrap_or_default();
         let images = Arc::new(Images::new(
@@ -112,7 +114,7 @@ impl Http {
         let mut deployed = content.changes();
         let mut log = log.watch();
         http.clone().rebuild(&replica, &content);
-        server::serve(http.clone(), ports);
+        server::serve(http.clone(), ports, handover);
         let follower = http.clone();
         tokio::spawn(async move {
             let mut gc = tokio::time::interval(VARIANT_GC_EVERY);

@@ -29,13 +29,12 @@ pub async fn respond(
         Ok(spec) => spec,
         Err(e) => return Some(text(StatusCode::BAD_REQUEST, e.to_string())),
     };
-    let etag = images::etag(&entry.hash, &spec);
     let vary = params.varies_by_accept();
-    let common = |r: &mut Response<Body>| {
+    let common = |r: &mut Response<Body>, etag: HeaderValue| {
+        // Room for every header, so the map never grows.
+        *r.headers_mut() = HeaderMap::with_capacity(10);
         let h = r.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&etag) {
-            h.insert(header::ETAG, v);
-        }
+        h.insert(header::ETAG, etag);
         h.insert(header::LAST_MODIFIED, site.last_modified.clone());
         h.insert(
             header::CACHE_CONTROL,
@@ -45,20 +44,35 @@ pub async fn respond(
             h.insert(header::VARY, HeaderValue::from_static("accept"));
         }
     };
-    // The ETag names the rendition, so a revalidation needs no pixels.
-    let fresh = match get(header::IF_NONE_MATCH) {
-        Some(inm) => request::none_match(inm, &etag),
-        None => get(header::IF_MODIFIED_SINCE)
-            .is_some_and(|ims| request::not_modified_since(ims, site.published)),
-    };
-    if fresh {
-        let mut r = Response::new(empty());
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        common(&mut r);
-        return Some(r);
+    // The ETag names the rendition, so a revalidation needs no pixels
+    // (and a plain request takes the one made with the rendition).
+    let conditional = [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE]
+        .into_iter()
+        .any(|h| headers.contains_key(h));
+    if conditional {
+        let etag = images::etag(&entry.hash, &spec);
+        let fresh = match get(header::IF_NONE_MATCH) {
+            Some(inm) => request::none_match(inm, &etag),
+            None => get(header::IF_MODIFIED_SINCE)
+                .is_some_and(|ims| request::not_modified_since(ims, site.published)),
+        };
+        if fresh {
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                common(&mut r, v);
+            }
+            return Some(r);
+        }
     }
-    let path = ctx.http.blobs.path(&entry.hash);
-    let rendition = match service.get(entry.hash, path, spec).await {
+    let blobs = &ctx.http.blobs;
+    // Telemetry: timed by outcome; a rendition not from the cache is a span.
+    let render = crate::telemetry::images::begin();
+    let (outcome, cached) = service
+        .get_from(entry.hash, || blobs.path(&entry.hash), spec)
+        .await;
+    render.end(&ctx.served, &spec, &outcome, cached);
+    let rendition = match outcome {
         Outcome::Made(r) => r,
         Outcome::Unchanged => return None,
         Outcome::TooLarge(why) => {
@@ -86,8 +100,12 @@ pub async fn respond(
             ));
         }
     };
+    let Ok(etag) = HeaderValue::from_maybe_shared(rendition.etag.clone()) else {
+        return None;
+    };
     let mut r = Response::new(empty());
-    common(&mut r);
+    common(&mut r, etag.clone());
+    let etag = etag.to_str().unwrap_or_default();
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -102,7 +120,7 @@ pub async fn respond(
     let (start, end) = match request::range(
         get(header::RANGE),
         get(header::IF_RANGE),
-        &etag,
+        etag,
         site.published,
         len,
     ) {

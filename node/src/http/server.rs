@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::Http;
 use super::handler::{Ctx, handle};
+use crate::handover::{Drain, Handover, IDLE_CLOSE_AFTER, Role};
 
 /// Where to listen.
 #[derive(Debug, Clone, Copy)]
@@ -76,9 +78,10 @@ fn threads() -> usize {
 }
 
 /// Binds the ports (those not 0), one listener per serving thread and
-/// address family, here (where the process may still bind low ports),
-/// then starts the threads.
-pub fn serve(http: Arc<Http>, ports: Ports) {
+/// address family, here (where the process may still bind low ports), or
+/// takes those an earlier image handed over; keeps them for the next
+/// image; then starts the threads.
+pub fn serve(http: Arc<Http>, ports: Ports, handover: &Handover) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let tls = match http.certs.clone().server_configs() {
         Ok(c) => Some(Arc::new(c)),
@@ -94,25 +97,39 @@ pub fn serve(http: Arc<Http>, ports: Ports) {
         if port == 0 || (secure && tls.is_none()) {
             continue;
         }
+        let role = if secure { Role::Https } else { Role::Http };
         for addr in [
             SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
             SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
         ] {
+            let inherited: Vec<std::net::TcpListener> = handover
+                .sockets
+                .take(role, addr)
+                .into_iter()
+                .map(std::net::TcpListener::from)
+                .collect();
             // All of an address's listeners, or none: a group the kernel
             // spreads over must be whole.
-            match (0..n)
-                .map(|_| listener(addr))
-                .collect::<std::io::Result<Vec<_>>>()
-            {
+            let group = if inherited.is_empty() {
+                (0..n)
+                    .map(|_| listener(addr))
+                    .collect::<std::io::Result<Vec<_>>>()
+            } else {
+                Ok(inherited)
+            };
+            match group {
                 Ok(ls) => {
                     for (t, l) in ls.into_iter().enumerate() {
-                        per_thread[t].push((l, secure));
+                        let _ = l.set_nonblocking(true);
+                        handover.sockets.keep(role, l.as_fd());
+                        per_thread[t % n].push((l, secure));
                     }
                 }
                 Err(e) => tracing::error!(%addr, error = %e, "cannot listen for HTTP"),
             }
         }
     }
+    let drain = handover.drains.connections.clone();
     for (t, listeners) in per_thread.into_iter().enumerate() {
         if listeners.is_empty() {
             continue;
@@ -120,9 +137,10 @@ pub fn serve(http: Arc<Http>, ports: Ports) {
         let http = http.clone();
         let tls = tls.clone();
         let slots = slots.clone();
+        let drain = drain.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("makiatto-http-{t}"))
-            .spawn(move || serve_thread(http, listeners, tls, slots));
+            .spawn(move || serve_thread(http, listeners, tls, slots, drain));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start an HTTP serving thread");
         }
@@ -141,6 +159,7 @@ fn serve_thread(
     listeners: Vec<(std::net::TcpListener, bool)>,
     tls: Option<Arc<TlsConfigs>>,
     slots: Arc<tokio::sync::Semaphore>,
+    drain: Drain,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -162,23 +181,34 @@ fn serve_thread(
                         l,
                         tls.clone().filter(|_| secure),
                         slots.clone(),
+                        drain.clone(),
                     ));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot register an HTTP listener"),
             }
         }
         while accepting.join_next().await.is_some() {}
+        // Drained: the connections still open finish here, until the
+        // process's image is replaced.
+        std::future::pending::<()>().await;
     });
 }
 
+/// Accepts connections until a handover drains (the listener stays open
+/// for the next image: new connections wait in its queue).
 async fn accept(
     http: Arc<Http>,
     l: TcpListener,
     tls: Option<Arc<TlsConfigs>>,
     slots: Arc<tokio::sync::Semaphore>,
+    drain: Drain,
 ) {
     loop {
-        let (stream, _) = match l.accept().await {
+        let accepted = tokio::select! {
+            a = l.accept() => a,
+            _ = drain.wait() => return,
+        };
+        let (stream, _) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "HTTP accept failed");
@@ -192,23 +222,56 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         let http = http.clone();
         let tls = tls.clone();
+        let busy = drain.busy();
+        let drain = drain.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            connection(http, stream, tls).await;
+            let _busy = busy;
+            connection(http, stream, tls, drain).await;
         });
     }
 }
 
-async fn connection(http: Arc<Http>, stream: TcpStream, tls: Option<Arc<TlsConfigs>>) {
+/// An HTTP/1.1 connection, closed gracefully when a handover drains: its
+/// next response says `Connection: close` (the service adds it), and if
+/// it sends no request within `IDLE_CLOSE_AFTER`, it is closed idle.
+async fn h1<I, S>(io: I, svc: S, drain: &Drain)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<
+            hyper::body::Incoming,
+            ResBody = crate::telemetry::http::Measured<super::handler::Body>,
+        >,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .max_header_size(MAX_HEAD)
+        .serve_connection(io, svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drain.wait() => {}
+    }
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = tokio::time::sleep(IDLE_CLOSE_AFTER) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+async fn connection(
+    http: Arc<Http>,
+    stream: TcpStream,
+    tls: Option<Arc<TlsConfigs>>,
+    drain: Drain,
+) {
     let Some(configs) = tls else {
-        let svc = service(http, None);
-        let _ = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
-            .max_buf_size(MAX_HEAD)
-            .max_header_size(MAX_HEAD)
-            .serve_connection(TokioIo::new(stream), svc)
-            .await;
+        let svc = service(http, None, Some(drain.clone()));
+        h1(TokioIo::new(stream), svc, &drain).await;
         return;
     };
     let handshake = async {
@@ -230,8 +293,8 @@ async fn connection(http: Arc<Http>, stream: TcpStream, tls: Option<Arc<TlsConfi
     let sni = conn
         .server_name()
         .map(|s| Arc::from(s.trim_end_matches('.').to_ascii_lowercase()));
-    let svc = service(http, Some(sni));
     if h2 {
+        let svc = service(http, Some(sni), None);
         // Gathered: a round of responses leaves in one TLS record and one
         // syscall, not one each (see `gather`).
         let (io, sender) = super::gather::gathered(stream);
@@ -242,39 +305,66 @@ async fn connection(http: Arc<Http>, stream: TcpStream, tls: Option<Arc<TlsConfi
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10))
             .serve_connection(TokioIo::new(io), svc);
+        // A handover drains it with GOAWAY: streams begun are answered,
+        // the client opens new ones on a new connection.
+        let conn = async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => return r,
+                _ = drain.wait() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        };
         super::gather::drive(conn, sender, LINGER).await;
     } else {
-        let io = TokioIo::new(stream);
-        let _ = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
-            .max_buf_size(MAX_HEAD)
-            .max_header_size(MAX_HEAD)
-            .serve_connection(io, svc)
-            .await;
+        let svc = service(http, Some(sni), Some(drain.clone()));
+        h1(TokioIo::new(stream), svc, &drain).await;
     }
 }
 
+/// The service of a connection; an HTTP/1.1 one (`h1_drain`) answers with
+/// `Connection: close` once a handover drains.
 fn service(
     http: Arc<Http>,
     tls: Option<Option<Arc<str>>>,
+    h1_drain: Option<Drain>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
-    Response = hyper::Response<super::handler::Body>,
+    Response = hyper::Response<crate::telemetry::http::Measured<super::handler::Body>>,
     Error = Infallible,
     Future: Send + 'static,
 > {
     service_fn(move |req| {
+        let routes = http.routes.load_full();
+        // Telemetry: begun with the head; `server.address` only for a
+        // configured domain or alias.
+        let address = super::handler::host_of(&req).filter(|h| routes.get(h).is_some());
+        let exchange = crate::telemetry::http::begin(&req, tls.is_some(), address.as_deref());
+        drop(address);
         let ctx = Ctx {
-            routes: http.routes.load_full(),
+            routes,
             tls: tls.clone(),
             challenges: http.challenges.load_full(),
             http: http.clone(),
+            served: Default::default(),
         };
+        let closing = h1_drain.as_ref().is_some_and(Drain::started);
         async move {
-            let r = Box::pin(handle(req, &ctx)).await;
+            let handled = Box::pin(handle(req, &ctx));
+            let mut r = match exchange.ids() {
+                Some(ids) => crate::telemetry::context::InSpan::new(ids, handled).await,
+                None => handled.await,
+            };
             ctx.http.count(r.status());
-            Ok(r)
+            if closing {
+                r.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            // The exchange ends when hyper drops the body (last byte sent).
+            Ok(exchange.respond(r, &ctx.served))
         }
     })
 }

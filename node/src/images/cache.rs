@@ -23,6 +23,9 @@ pub type Key = (Blake3Hash, Spec);
 pub struct Rendition {
     pub bytes: Bytes,
     pub format: Format,
+    /// Its ETag ([`super::etag`]), made once with it, so that a cache hit
+    /// computes none.
+    pub etag: Bytes,
 }
 
 /// What is remembered of a key.
@@ -151,6 +154,7 @@ mod tests {
         Entry::Made(Arc::new(Rendition {
             bytes: Bytes::from(vec![0; len]),
             format: Format::Webp,
+            etag: Bytes::new(),
         }))
     }
 

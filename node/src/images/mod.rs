@@ -152,19 +152,45 @@ impl Images {
         self.config.load().limits.max_output
     }
 
-    /// The rendition `spec` of the blob `source` (at `path`): from the
-    /// cache, from a request already making it, or made now on the pool.
-    pub async fn get(self: &Arc<Self>, source: Blake3Hash, path: PathBuf, spec: Spec) -> Outcome {
+    /// The rendition `spec` of the blob `source` (stored at `path()`,
+    /// asked only on a miss): from the cache, from a request already
+    /// making it, or made now on the pool. (The edge calls
+    /// [`Images::get_from`], which also says whether it came from the
+    /// cache.)
+    #[cfg(test)]
+    pub async fn get(
+        self: &Arc<Self>,
+        source: Blake3Hash,
+        path: impl FnOnce() -> PathBuf,
+        spec: Spec,
+    ) -> Outcome {
+        self.get_from(source, path, spec).await.0
+    }
+
+    /// As [`Images::get`], and whether the answer came from the cache
+    /// (telemetry's `cdn.cache.hit`).
+    pub async fn get_from(
+        self: &Arc<Self>,
+        source: Blake3Hash,
+        path: impl FnOnce() -> PathBuf,
+        spec: Spec,
+    ) -> (Outcome, bool) {
         let key = (source, spec);
         let cached = self.cache.lock().ok().and_then(|mut c| c.get(&key));
         match cached {
             Some(Entry::Made(r)) => {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                return Outcome::Made(r);
+                return (Outcome::Made(r), true);
             }
-            Some(Entry::Unchanged) => return Outcome::Unchanged,
+            Some(Entry::Unchanged) => return (Outcome::Unchanged, true),
             None => {}
         }
+        (self.make(key, path).await, false)
+    }
+
+    /// A rendition not in the cache: waited for, or made now.
+    async fn make(self: &Arc<Self>, key: Key, path: impl FnOnce() -> PathBuf) -> Outcome {
+        let source = key.0;
         let config = **self.config.load();
         let mut waiting = {
             let Ok(mut inflight) = self.inflight.lock() else {
@@ -182,7 +208,7 @@ impl Images {
                     return Outcome::Limited(after);
                 }
                 let (tx, rx) = watch::channel(None);
-                if let Err(busy) = self.start(key, path, config, tx) {
+                if let Err(busy) = self.start(key, path(), config, tx) {
                     self.counters.busy.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %busy, "image request refused");
                     return Outcome::Busy;
@@ -192,15 +218,18 @@ impl Images {
             }
         };
         let done = tokio::time::timeout(config.timeout, waiting.wait_for(Option::is_some)).await;
-        match done {
+        let outcome = match done {
             Ok(Ok(outcome)) => outcome.clone().unwrap_or(Outcome::Busy),
             // The job was lost (its thread panicked): serve the file.
             Ok(Err(_)) => Outcome::Unchanged,
-            Err(_) => {
-                self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                Outcome::TimedOut
-            }
+            Err(_) => Outcome::TimedOut,
+        };
+        // Counted per request answered so (the job that passed its
+        // deadline may end after its waiters gave up, or before).
+        if matches!(outcome, Outcome::TimedOut) {
+            self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
         }
+        outcome
     }
 
     /// Queues the making of `key`; its outcome is cached and sent to the
@@ -246,6 +275,7 @@ impl Images {
                 let r = Arc::new(Rendition {
                     bytes: Bytes::from(bytes),
                     format: key.1.format,
+                    etag: Bytes::from(etag(&key.0, &key.1)),
                 });
                 (Outcome::Made(r.clone()), Some(Entry::Made(r)))
             }
@@ -264,10 +294,8 @@ impl Images {
                 c.too_large.fetch_add(1, Ordering::Relaxed);
                 (Outcome::TooLarge(why.into()), None)
             }
-            Err(Refused::TimedOut) => {
-                c.timed_out.fetch_add(1, Ordering::Relaxed);
-                (Outcome::TimedOut, None)
-            }
+            // Counted by the requests it answers (`get`).
+            Err(Refused::TimedOut) => (Outcome::TimedOut, None),
         };
         if let Some(entry) = keep
             && let Ok(mut cache) = self.cache.lock()
@@ -447,7 +475,7 @@ mod tests {
         let asks: Vec<_> = (0..8)
             .map(|_| {
                 let (images, path) = (images.clone(), path.clone());
-                tokio::spawn(async move { images.get(source, path, spec(100)).await })
+                tokio::spawn(async move { images.get(source, || path, spec(100)).await })
             })
             .collect();
         for ask in asks {
@@ -458,7 +486,7 @@ mod tests {
         assert_eq!(report.made, 1);
         assert_eq!(report.coalesced, 7);
         assert!(matches!(
-            images.get(source, path.clone(), spec(100)).await,
+            images.get(source, || path.clone(), spec(100)).await,
             Outcome::Made(_)
         ));
         assert_eq!(images.report().cache_hits, 1);
@@ -467,12 +495,12 @@ mod tests {
         std::fs::write(&html, "<!doctype html>").unwrap();
         let other = Blake3Hash::of(b"html");
         assert!(matches!(
-            images.get(other, html.clone(), spec(100)).await,
+            images.get(other, || html.clone(), spec(100)).await,
             Outcome::Unchanged
         ));
         std::fs::remove_file(&html).unwrap();
         assert!(matches!(
-            images.get(other, html, spec(100)).await,
+            images.get(other, || html, spec(100)).await,
             Outcome::Unchanged
         ));
     }

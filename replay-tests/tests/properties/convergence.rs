@@ -84,7 +84,7 @@ fn assert_holds_everything(replica: &Replica, history: &History, what: &str) {
     }
 }
 
-/// DESIGN §4: no two live members of the mesh ever hold one address, even
+/// docs/design.md, Projections: no two live members of the mesh ever hold one address, even
 /// when joins on both sides of a partition asked for the same one.
 fn assert_no_address_held_twice(state: &State) {
     let peers = &state.peers;
