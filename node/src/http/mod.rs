@@ -68,6 +68,10 @@ pub struct Http {
     pub wasm: Arc<Wasm>,
     /// Transformed files, by (input, chain, node).
     transformed: transformed::Cache,
+    /// Versions (by domain and manifest) whose components are being
+    /// compiled (false) or are (true): a version is switched to once they
+    /// are, so that its first request pays no compile.
+    compiled: Mutex<HashMap<(String, Blake3Hash), bool>>,
     /// This node's signing key (which node of the peers it is), if it has
     /// keys yet.
     me: Option<makiatto_events::AuthorKey>,
@@ -108,6 +112,7 @@ impl Http {
             images,
             wasm,
             transformed: transformed::Cache::default(),
+            compiled: Mutex::new(HashMap::new()),
             me: keys.map(|k| k.signing.public()),
         });
         // Subscribed before the first build, so no change falls between.
@@ -177,7 +182,8 @@ impl Http {
                 longitude: n.longitude,
             })
             .unwrap_or_default();
-        self.wasm
+        let wasm_changed = self
+            .wasm
             .configure(node, &settings, peers.mesh_range, &configs);
         let mut versions = HashMap::new();
         // A version already served, with no variant made or gone since,
@@ -197,6 +203,15 @@ impl Http {
                 tracing::error!(%domain, manifest = %d.manifest, "the deployed manifest cannot be read");
                 continue;
             };
+            // A new version whose components are not compiled yet: the
+            // version served until now stays while they compile (none:
+            // the domain answers 503 as while its files are fetched).
+            if !self.components_compiled(&domain, d.manifest, &manifest, replica, content) {
+                if let Some(old) = current.site(&domain) {
+                    versions.insert(domain, old.clone());
+                }
+                continue;
+            }
             let variants = self.variants.present(&manifest);
             let at = published.get(&d.version).map_or(0, |h| h.millis);
             versions.insert(
@@ -215,7 +230,19 @@ impl Http {
                 .collect(),
             Err(_) => Vec::new(),
         };
+        self.forget_compiled(&versions);
         let routes = routes::Routes::build(&domains, versions);
+        if wasm_changed {
+            // Functions or transforms configured anew for versions
+            // already served: compiled now, not at their first request.
+            for site in current.sites() {
+                tokio::spawn(self.wasm.clone().prepare_version(
+                    site.manifest_hash,
+                    site.manifest.clone(),
+                    site.domain.clone(),
+                ));
+            }
+        }
         if routes.same_as(&current) {
             // Nothing a visitor sees changed (an event that is no switch
             // and no new name): the small-file cache stays warm.
@@ -243,11 +270,60 @@ impl Http {
             }
         }
         self.cache.clear();
-        for site in routes.sites() {
-            self.wasm.warm(&site.manifest, &site.domain);
-        }
         if !new.is_empty() {
             self.prepare_variants(new, replica.clone(), content.clone());
+        }
+    }
+
+    /// Whether the components `domain`'s version `manifest_hash` runs are
+    /// compiled; if they are not, and are not being, starts compiling
+    /// them on the work pool, and rebuilds the routes when they are.
+    fn components_compiled(
+        self: &Arc<Self>,
+        domain: &str,
+        manifest_hash: Blake3Hash,
+        manifest: &Arc<Manifest>,
+        replica: &Arc<Mutex<Replica>>,
+        content: &Arc<Content>,
+    ) -> bool {
+        let Ok(mut compiled) = self.compiled.lock() else {
+            return true;
+        };
+        let key = (domain.to_owned(), manifest_hash);
+        if let Some(done) = compiled.get(&key) {
+            return *done;
+        }
+        if !self.wasm.runs_components(manifest, domain) {
+            return true;
+        }
+        compiled.insert(key.clone(), false);
+        drop(compiled);
+        tracing::info!(%domain, manifest = %manifest_hash, "compiling the version's components before serving it");
+        let (this, replica, content) = (self.clone(), replica.clone(), content.clone());
+        let prepare =
+            self.wasm
+                .clone()
+                .prepare_version(manifest_hash, manifest.clone(), domain.to_owned());
+        tokio::spawn(async move {
+            prepare.await;
+            if let Ok(mut compiled) = this.compiled.lock() {
+                compiled.insert(key, true);
+            }
+            this.rebuild(&replica, &content);
+        });
+        false
+    }
+
+    /// Forgets the versions compiled that are no longer served (a rollback
+    /// to one looks again: its components may have been collected).
+    fn forget_compiled(&self, served: &HashMap<String, Arc<routes::SiteVersion>>) {
+        if let Ok(mut compiled) = self.compiled.lock() {
+            compiled.retain(|(domain, manifest), done| {
+                !*done
+                    || served
+                        .get(domain)
+                        .is_some_and(|s| s.manifest_hash == *manifest)
+            });
         }
     }
 

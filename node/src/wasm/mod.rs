@@ -14,9 +14,11 @@
 //! - [`tree`]: a version's files as a tree of hard links, the sandbox's `/`.
 //!
 //! [`Wasm`] is the service the HTTP edge asks. A component is compiled
-//! once per blob hash (at first need, on the [`WorkPool`]; kept on disk),
-//! then linked once ([`InstancePre`](wasmtime::component::InstancePre)), so
-//! a request pays an instantiation from the pool and its own run. No
+//! once per blob hash, on the [`WorkPool`], when a version that runs it
+//! arrives ([`Wasm::prepare_version`]; the edge switches to the version
+//! once that is done) or when it is configured anew; kept on disk, and
+//! linked once ([`InstancePre`](wasmtime::component::InstancePre)), so a
+//! request pays an instantiation from the pool and its own run. No
 //! component code runs on a serving thread: every call is a job of the
 //! work pool, whose queue limit answers 503. A guest that loops is stopped
 //! by epoch interruption, one that asks for too much memory by the store's
@@ -294,14 +296,15 @@ impl Wasm {
 
     /// Follows the configuration: this node's name and place, the limits,
     /// the mesh range, each domain's functions and transforms (env values
-    /// opened with this node's sealing key, kept in memory only).
+    /// opened with this node's sealing key, kept in memory only). Says
+    /// whether anything changed.
     pub fn configure(
         &self,
         node: NodeInfo,
         settings: &Settings,
         mesh: Option<makiatto_events::payload::Ipv4Net>,
         domains: &BTreeMap<String, DomainConfig>,
-    ) {
+    ) -> bool {
         let limits = Limits::from_settings(settings);
         let inputs = Inputs {
             node: node.clone(),
@@ -314,7 +317,7 @@ impl Wasm {
                 .collect(),
         };
         if self.configured.load().inputs.as_ref() == Some(&inputs) {
-            return;
+            return false;
         }
         let mut out = HashMap::new();
         for (name, (functions, transforms)) in &inputs.domains {
@@ -330,6 +333,7 @@ impl Wasm {
             destinations: Destinations { mesh },
             domains: out,
         }));
+        true
     }
 
     fn domain(
@@ -482,26 +486,62 @@ impl Wasm {
         made.map_err(CallError::Unusable)
     }
 
-    /// Compiles (or loads) the components of a version ahead of its first
-    /// request, in the background.
-    pub fn warm(self: &Arc<Self>, manifest: &makiatto_events::Manifest, domain: &str) {
+    /// The components `domain`'s configuration runs from this version,
+    /// with the world each is linked as.
+    fn wanted(
+        &self,
+        manifest: &makiatto_events::Manifest,
+        domain: &str,
+    ) -> Vec<(Blake3Hash, Kind)> {
         let Some(d) = self.domain_of(domain) else {
-            return;
+            return Vec::new();
         };
-        let wanted: Vec<(Blake3Hash, Kind)> = d
-            .functions
+        d.functions
             .iter()
             .map(|f| (&f.path, Kind::Handler))
             .chain(d.transforms.iter().map(|t| (&t.path, Kind::Transformer)))
             .filter_map(|(p, k)| Some((manifest.components.get(p)?.hash, k)))
-            .collect();
-        for (hash, kind) in wanted {
+            .collect()
+    }
+
+    /// Whether the version runs any component here.
+    pub fn runs_components(&self, manifest: &makiatto_events::Manifest, domain: &str) -> bool {
+        !self.wanted(manifest, domain).is_empty()
+    }
+
+    /// Gets a version ready before it is served: compiles (or loads from
+    /// disk) and links every component it runs, on the work pool, and
+    /// makes its tree. Ends when each is ready or has failed (a component
+    /// that cannot run is logged, and answers 500 once served: it does not
+    /// hold the version back).
+    pub async fn prepare_version(
+        self: Arc<Self>,
+        manifest_hash: Blake3Hash,
+        manifest: Arc<makiatto_events::Manifest>,
+        domain: String,
+    ) {
+        let wanted = self.wanted(&manifest, &domain);
+        let started = Instant::now();
+        let mut compiles = tokio::task::JoinSet::new();
+        for &(hash, kind) in &wanted {
             let this = self.clone();
-            tokio::spawn(async move {
+            let domain = domain.clone();
+            compiles.spawn(async move {
                 if let Err(e) = this.ready(hash, kind).await {
-                    tracing::warn!(component = %hash, error = %e, "a component of the deployed version cannot run");
+                    tracing::warn!(%domain, component = %hash, error = %e, "a component of the version cannot run");
                 }
             });
+        }
+        while compiles.join_next().await.is_some() {}
+        if !wanted.is_empty() {
+            let _ = self.tree(manifest_hash, &manifest).await;
+            tracing::info!(
+                domain = %domain,
+                manifest = %manifest_hash,
+                components = wanted.len(),
+                millis = started.elapsed().as_millis() as u64,
+                "the version's components are compiled"
+            );
         }
     }
 
