@@ -4,6 +4,7 @@
 #   examples/components/hello   (Python)  -> examples/site/api/hello.wasm
 #   examples/components/comment (Python)  -> examples/site/transforms/comment.wasm
 #   node/tests/components/*.wat (WAT)     -> target/components/*.wasm
+#   node/tests/components/*/app.py (Python) -> target/components/*.wasm
 # Tools: componentize-py and wasm-tools from the venv that
 # scripts/install-deps.sh makes (MAKIATTO_WASM_VENV, default
 # /opt/makiatto-wasm/venv). A component newer than its sources is not
@@ -33,9 +34,9 @@ stale() {
   return 1
 }
 
-# python NAME WIT WORLD OUT
+# python DIR WIT WORLD OUT
 python_component() {
-  local dir="$root/examples/components/$1" wit="$root/wit/$2" world="$3" out="$4"
+  local dir="$1" wit="$root/wit/$2" world="$3" out="$4"
   if stale "$out" "$dir/app.py" "$wit"/*.wit; then
     mkdir -p "$(dirname "$out")"
     local tmp="$out.tmp.$$"
@@ -45,12 +46,20 @@ python_component() {
   fi
 }
 
-python_component hello http http "$root/examples/site/api/hello.wasm"
-python_component comment transform transform "$root/examples/site/transforms/comment.wasm"
+python_component "$root/examples/components/hello" http http "$root/examples/site/api/hello.wasm"
+python_component "$root/examples/components/comment" transform transform "$root/examples/site/transforms/comment.wasm"
 
-# Hand-written core modules in WAT, made components against our WIT.
+# The tests' components: Python ones (a directory with app.py, whose
+# docstring's first line names the world: "(world: http)"), and
+# hand-written core modules in WAT, made components against our WIT.
 out_dir="$root/target/components"
 mkdir -p "$out_dir"
+for app in "$root"/node/tests/components/*/app.py; do
+  [[ -e "$app" ]] || continue
+  dir="$(dirname "$app")"
+  world="$(sed -n '1s/.*(world: *\([a-z]*\)).*/\1/p' "$app")"
+  python_component "$dir" "$world" "$world" "$out_dir/$(basename "$dir").wasm"
+done
 for wat in "$root"/node/tests/components/*.wat; do
   [[ -e "$wat" ]] || continue
   name="$(basename "$wat" .wat)"

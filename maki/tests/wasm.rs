@@ -2,13 +2,17 @@
 //! the version's manifest (a section never served), every node fetches
 //! them, and a rollback brings back the components of the version it
 //! returns to; the example's handler answers on every node with that
-//! node's name, and its transform marks every HTML page. Needs root.
+//! node's name, and its transform marks every HTML page; hostile
+//! components are refused what the sandbox forbids while static files
+//! are served. Needs root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
 
 use std::time::Duration;
 
-use makiatto_harness::{Cluster, copy_examples, copy_examples_with_wasm, require_root, wait_until};
+use makiatto_harness::{
+    Cluster, copy_examples, copy_examples_with_wasm, require_root, test_component, wait_until,
+};
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
@@ -263,4 +267,299 @@ fn the_example_handler_answers_on_every_node_and_pages_carry_the_comment() {
         );
         assert!(!css.contains("served by"), "{css}");
     }
+}
+
+/// The hostile component's answer to `query` on `node` (its own public
+/// address): status line and body.
+fn hostile(c: &Cluster, node: &str, ip: &str, query: &str) -> (String, String) {
+    let (head, body) = curl(
+        c,
+        node,
+        &[
+            "-H",
+            "Host: example.test",
+            &format!("http://{ip}/api/hostile?{query}"),
+        ],
+    );
+    (head.lines().next().unwrap_or("").trim().to_owned(), body)
+}
+
+/// The version of `domain` whose manifest `maki sites` lists as live.
+fn live_manifest(c: &Cluster, domain: &str) -> String {
+    let listed: Value = serde_json::from_str(&c.ok(&["sites", "--json"])).unwrap();
+    let site = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["domain"] == domain)
+        .unwrap();
+    site["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["live"] == true)
+        .and_then(|v| v["manifest"].as_str())
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn hostile_components_are_refused_and_static_files_are_served_meanwhile() {
+    require_root();
+    let c = Cluster::new("wx");
+    let project = c.dir.path().join("project");
+    let file = copy_examples(&project);
+    let toml = std::fs::read_to_string(&file).unwrap();
+    std::fs::create_dir_all(project.join("site/api")).unwrap();
+    for name in ["hostile", "loop", "memory"] {
+        std::fs::copy(
+            test_component(name),
+            project.join(format!("site/api/{name}.wasm")),
+        )
+        .unwrap();
+    }
+    // Another domain, whose file the component must not reach.
+    std::fs::create_dir_all(project.join("other")).unwrap();
+    std::fs::write(project.join("other/secret.txt"), "other.test's own\n").unwrap();
+    std::fs::write(project.join("other/index.html"), "<p>other</p>\n").unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "{toml}
+[[domain.functions]]
+path = \"api/hostile.wasm\"
+
+[[domain.functions]]
+path = \"api/loop.wasm\"
+timeout_ms = 5000
+
+[[domain.functions]]
+path = \"api/memory.wasm\"
+
+[[domain]]
+name = \"other.test\"
+path = \"./other\"
+"
+        ),
+    )
+    .unwrap();
+    let state = c.up(3, &["--no-ca"]);
+    c.ok(&["sync", "--file", file.to_str().unwrap(), "-m", "hostile"]);
+    let live = live_everywhere(&c, "the version reaches every node");
+    let (me, other) = (&state.hosts[0], &state.hosts[1]);
+    wait_until(
+        Duration::from_secs(400),
+        "vector serves the version, its components compiled",
+        || {
+            c.health(&me.node)["http"]["sites"]["example.test"]["version"].as_str()
+                == Some(live.as_str())
+        },
+    );
+    let machines: Vec<Value> = c
+        .ok(&["machine", "list", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mesh_of_other = machines
+        .iter()
+        .find(|m| m["name"] == other.node.as_str())
+        .and_then(|m| m["mesh_addr"].as_str())
+        .unwrap()
+        .to_owned();
+    let page = |path: &str| {
+        curl(
+            &c,
+            &me.node,
+            &[
+                "-H",
+                "Host: example.test",
+                &format!("http://{}{path}", me.ipv4),
+            ],
+        )
+    };
+    let (_, index) = page("/index.html");
+    assert!(index.contains("<html"), "{index}");
+    let static_ok = || {
+        let (head, body) = page("/index.html");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, index, "the static file is served unchanged");
+    };
+
+    // Outgoing: a public address (another node's HTTP port) is reached,
+    // which shows the component can connect at all; loopback, private,
+    // link-local (cloud metadata), the mesh and a name for loopback are
+    // refused by the sandbox's rule, before any packet.
+    let (status, body) = hostile(
+        &c,
+        &me.node,
+        &me.ipv4,
+        &format!("connect={}:80", other.ipv4),
+    );
+    assert_eq!(
+        (status.as_str(), body.trim()),
+        (
+            "HTTP/1.1 200 OK",
+            format!("done: connected to {}:80", other.ipv4).as_str()
+        )
+    );
+    for target in [
+        "127.0.0.1:80".to_owned(),
+        "10.0.0.1:80".to_owned(),
+        "169.254.169.254:80".to_owned(),
+        format!("{mesh_of_other}:80"),
+        "localhost:80".to_owned(),
+    ] {
+        let (status, body) = hostile(&c, &me.node, &me.ipv4, &format!("connect={target}"));
+        assert!(
+            status.starts_with("HTTP/1.1 403"),
+            "{target}: {status} {body}"
+        );
+        assert!(
+            body.starts_with("refused: PermissionError"),
+            "{target}: {body}"
+        );
+        static_ok();
+    }
+    // An IPv4-mapped IPv6 address: WASI refuses it on an IPv6 socket before
+    // the rule sees it (which refuses it too: destination.rs's tests).
+    let (status, body) = hostile(&c, &me.node, &me.ipv4, "connect=%5B::ffff:127.0.0.1%5D:80");
+    assert!(status.starts_with("HTTP/1.1 403"), "{status} {body}");
+    assert!(body.starts_with("refused: "), "{body}");
+    let log = c.exec(&me.node, &["cat", "/var/makiatto/daemon.log"]);
+    for why in [
+        "127.0.0.1 is not a public address",
+        "10.0.0.1 is not a public address",
+        "169.254.169.254 is not a public address",
+        &format!("{mesh_of_other} is in the cluster's mesh range"),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("a component's connection was refused")
+                    && l.contains("domain=example.test")
+                    && l.contains(why)),
+            "no log line for {why}"
+        );
+    }
+
+    // Files: its own version's, read-only; nothing above its root, not
+    // another domain's, no write.
+    let (status, body) = hostile(&c, &me.node, &me.ipv4, "read=/index.html");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert_eq!(
+        body.trim(),
+        format!("done: read {} bytes of /index.html", index.len())
+    );
+    let other_manifest = live_manifest(&c, "other.test");
+    for (query, refused) in [
+        (
+            "read=/../../../daemon.log".to_owned(),
+            "refused: PermissionError",
+        ),
+        ("list=/..".to_owned(), "refused: PermissionError"),
+        (
+            "read=/../../../../etc/hostname".to_owned(),
+            "refused: PermissionError",
+        ),
+        ("read=/secret.txt".to_owned(), "refused: FileNotFoundError"),
+        (
+            format!("read=/../{other_manifest}/secret.txt"),
+            "refused: PermissionError",
+        ),
+        ("write=/index.html".to_owned(), "refused: PermissionError"),
+        ("write=/new.txt".to_owned(), "refused: PermissionError"),
+    ] {
+        let (status, body) = hostile(&c, &me.node, &me.ipv4, &query);
+        assert!(
+            status.starts_with("HTTP/1.1 403"),
+            "{query}: {status} {body}"
+        );
+        assert!(body.starts_with(refused), "{query}: {body}");
+        static_ok();
+    }
+    let (_, listing) = hostile(&c, &me.node, &me.ipv4, "list=/");
+    assert!(
+        listing.contains("index.html") && !listing.contains("new.txt"),
+        "{listing}"
+    );
+
+    // A body over wasm.max_request_kb (1024 KiB by default): 413, before
+    // the component runs; one under it is given whole.
+    let post = |bytes: usize| {
+        c.exec(
+            &me.node,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "head -c {bytes} /dev/zero | curl -s -w ' %{{http_code}}' -X POST --data-binary @- -H 'Host: example.test' http://{}/api/hostile",
+                    me.ipv4
+                ),
+            ],
+        )
+    };
+    let big = post(2 << 20);
+    assert!(big.ends_with(" 413"), "{big}");
+    assert_eq!(post(100_000), "body of 100000 bytes\n 200");
+
+    // Two loops fill the work pool until their timeout (504), one that
+    // grows its memory gets 500; static files are served meanwhile.
+    let calls = |c: &Cluster| {
+        c.health(&me.node)["http"]["wasm"]["calls"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = calls(&c);
+    let url = format!("http://{}/api/loop", me.ipv4);
+    let mut loops: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            c.command(&[
+                "local",
+                "exec",
+                &me.node,
+                "--",
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Host: example.test",
+                &url,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    wait_until(Duration::from_secs(5), "both loops run", || {
+        calls(&c) >= before + 2
+    });
+    static_ok();
+    assert!(
+        loops.iter_mut().all(|l| l.try_wait().unwrap().is_none()),
+        "the static file was served while both loops ran"
+    );
+    for l in loops {
+        let out = l.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "504");
+    }
+    let (head, _) = curl(
+        &c,
+        &me.node,
+        &[
+            "-H",
+            "Host: example.test",
+            &format!("http://{}/api/memory", me.ipv4),
+        ],
+    );
+    assert!(head.starts_with("HTTP/1.1 500"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id: "),
+        "{head}"
+    );
+    static_ok();
+    let wasm = c.health(&me.node)["http"]["wasm"].clone();
+    assert!(wasm["timeouts"].as_u64() >= Some(2), "{wasm}");
+    assert!(wasm["failed"].as_u64() >= Some(3), "{wasm}");
 }

@@ -29,6 +29,16 @@ pub fn build_components() {
     });
 }
 
+/// The tests' component `name` (`node/tests/components/NAME.wat` or
+/// `NAME/app.py`), built first.
+pub fn test_component(name: &str) -> PathBuf {
+    build_components();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/components")
+        .join(format!("{name}.wasm"));
+    std::fs::canonicalize(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// The example project without its WebAssembly parts (their components
 /// compile a Python interpreter on first use, which the tests of other
 /// subsystems should not pay, and the transform changes every page): a

@@ -593,12 +593,14 @@ impl Wasm {
         let destinations = configured.destinations;
         let outgoing_calls = limits.outgoing_calls;
         let engine = self.engine.clone();
+        let caller: (Arc<str>, Arc<str>) = (domain.into(), f.path.as_str().into());
         self.counts.calls.fetch_add(1, Ordering::Relaxed);
         let job = self
             .pool
             .submit(move || {
                 let deadline = Instant::now() + timeout;
                 let sandbox = Sandbox::new(Grant {
+                    caller,
                     root: root.as_deref().map(|p| p.as_path()),
                     env: &env.0,
                     max_memory: memory,
@@ -676,12 +678,14 @@ impl Wasm {
             let engine = self.engine.clone();
             let root = root.clone();
             let ctx = ctx.clone();
+            let caller: (Arc<str>, Arc<str>) = (domain.into(), t.path.as_str().into());
             self.counts.calls.fetch_add(1, Ordering::Relaxed);
             let job = self
                 .pool
                 .submit(move || {
                     let deadline = Instant::now() + timeout;
                     let sandbox = Sandbox::new(Grant {
+                        caller,
                         root: root.as_deref().map(|p| p.as_path()),
                         env: &env.0,
                         max_memory: memory,

@@ -21,6 +21,8 @@ use super::destination::Destinations;
 /// One call's outgoing budget and rule, shared by its sockets and requests.
 #[derive(Clone)]
 pub struct Outgoing {
+    /// Whose calls these are, for the log: (domain, component path).
+    caller: Arc<(Arc<str>, Arc<str>)>,
     rule: Destinations,
     left: Arc<AtomicU32>,
     deadline: Instant,
@@ -35,8 +37,14 @@ type Sent = Result<
 >;
 
 impl Outgoing {
-    pub fn new(rule: Destinations, calls: u32, deadline: Instant) -> Outgoing {
+    pub fn new(
+        caller: (Arc<str>, Arc<str>),
+        rule: Destinations,
+        calls: u32,
+        deadline: Instant,
+    ) -> Outgoing {
         Outgoing {
+            caller: Arc::new(caller),
             rule,
             left: Arc::new(AtomicU32::new(calls)),
             deadline,
@@ -47,7 +55,8 @@ impl Outgoing {
     /// call's budget is spent).
     pub fn allow(&self, ip: IpAddr) -> bool {
         if let Err(why) = self.rule.check(ip) {
-            tracing::warn!(%why, "a component's connection was refused");
+            let (domain, component) = &*self.caller;
+            tracing::warn!(%domain, %component, %why, "a component's connection was refused");
             return false;
         }
         self.spend()
@@ -59,7 +68,8 @@ impl Outgoing {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok();
         if !spent {
-            tracing::warn!("a component made more outgoing calls than wasm.outgoing_calls allows");
+            let (domain, component) = &*self.caller;
+            tracing::warn!(%domain, %component, "a component made more outgoing calls than wasm.outgoing_calls allows");
         }
         spent
     }
@@ -106,7 +116,8 @@ impl Outgoing {
             .copied()
             .find(|a| self.rule.check(a.ip()).is_ok())
         else {
-            tracing::warn!(%host, addresses = ?addrs, "a component's request to a non-public address was refused");
+            let (domain, component) = &*self.caller;
+            tracing::warn!(%domain, %component, %host, addresses = ?addrs, "a component's request to a non-public address was refused");
             return Err(Error::DestinationIpProhibited);
         };
         if !self.spend() {

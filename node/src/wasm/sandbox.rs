@@ -6,6 +6,7 @@
 //! addresses only (`destination`), no UDP, and a memory limit.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::sockets::SocketAddrUse;
@@ -62,6 +63,8 @@ pub struct Sandbox {
 
 /// What a call is given.
 pub struct Grant<'a> {
+    /// Whose call it is (domain, component path), for the log.
+    pub caller: (Arc<str>, Arc<str>),
     /// The live version's tree, mounted read-only at `/` (none: no files).
     pub root: Option<&'a Path>,
     pub env: &'a [(String, String)],
@@ -81,7 +84,12 @@ impl Sandbox {
         if let Some(root) = grant.root {
             b.preopened_dir(root, "/", FsPerms::ReadOnly)?;
         }
-        let outgoing = Outgoing::new(grant.destinations, grant.outgoing_calls, grant.deadline);
+        let outgoing = Outgoing::new(
+            grant.caller,
+            grant.destinations,
+            grant.outgoing_calls,
+            grant.deadline,
+        );
         let check = outgoing.clone();
         b.allow_udp(false)
             .allow_tcp(true)
