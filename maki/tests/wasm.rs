@@ -563,3 +563,133 @@ path = \"./other\"
     assert!(wasm["timeouts"].as_u64() >= Some(2), "{wasm}");
     assert!(wasm["failed"].as_u64() >= Some(3), "{wasm}");
 }
+
+/// The SHA-256 fingerprint of `node`'s SSH host key, as `maki machine
+/// init --accept-host-key` takes it.
+fn host_fingerprint(c: &Cluster, node: &str) -> String {
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(c.host_dir(node).join("ssh_host_ed25519_key.pub"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn an_env_value_is_resealed_to_a_node_that_joins_later() {
+    require_root();
+    let c = Cluster::new("wr");
+    let project = c.dir.path().join("project");
+    let file = copy_examples(&project);
+    let toml = std::fs::read_to_string(&file).unwrap();
+    std::fs::create_dir_all(project.join("site/api")).unwrap();
+    std::fs::copy(
+        test_component("hostile"),
+        project.join("site/api/hostile.wasm"),
+    )
+    .unwrap();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let secret = format!("resealed-value-{nonce}");
+    std::fs::write(
+        &file,
+        format!(
+            "{toml}\n[[domain.functions]]\npath = \"api/hostile.wasm\"\nenv = {{ SECRET_VALUE = \"{secret}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let state = c.up(4, &["--no-ca"]);
+    let newcomer = state.hosts[3].clone();
+    // The fourth machine leaves before the sync, so the value is sealed
+    // to three nodes; it then joins again, with new keys.
+    c.ok(&["machine", "remove", &newcomer.node, "--force"]);
+    c.ok(&["sync", "--file", file.to_str().unwrap(), "-m", "env"]);
+    let live = live_everywhere(&c, "the version reaches the three nodes");
+    let fp = host_fingerprint(&c, &newcomer.node);
+    let (lat, lon) = (
+        newcomer.latitude.to_string(),
+        newcomer.longitude.to_string(),
+    );
+    c.ok(&[
+        "machine",
+        "init",
+        &newcomer.node,
+        &format!("root@{}", newcomer.ipv4),
+        "--lat",
+        &lat,
+        "--lon",
+        &lon,
+        "--binary-path",
+        c.daemon().to_str().unwrap(),
+        "--accept-host-key",
+        &fp,
+    ]);
+    let ask = |h: &makiatto_harness::Host| {
+        curl(
+            &c,
+            &h.node,
+            &[
+                "-H",
+                "Host: example.test",
+                &format!("http://{}/api/hostile?env=SECRET_VALUE", h.ipv4),
+            ],
+        )
+    };
+    // A node there at the sync opens its own entry.
+    wait_until(
+        Duration::from_secs(400),
+        "vector serves the version",
+        || {
+            c.health(&state.hosts[0].node)["http"]["sites"]["example.test"]["version"].as_str()
+                == Some(live.as_str())
+        },
+    );
+    let (head, body) = ask(&state.hosts[0]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
+    assert_eq!(body.trim(), format!("done: {secret}"));
+    // The newcomer serves the version once fetched and compiled, and
+    // opens the value with the entry a node resealed to it.
+    wait_until(
+        Duration::from_secs(400),
+        "the newcomer serves the version",
+        || {
+            c.health(&newcomer.node)["http"]["sites"]["example.test"]["version"].as_str()
+                == Some(live.as_str())
+        },
+    );
+    let mut answer = (String::new(), String::new());
+    wait_until(
+        Duration::from_secs(60),
+        "the newcomer's function sees the value",
+        || {
+            answer = ask(&newcomer);
+            answer.1.trim() == format!("done: {secret}")
+        },
+    );
+    // The log has the reseal, and nowhere the value: not in `maki log
+    // --json`, not in any file of any node (log store, daemon log, blobs,
+    // compiled components).
+    let log = c.ok(&["log", "--json", "--node", &newcomer.node]);
+    assert!(log.contains("\"secret-resealed\""), "{log}");
+    assert!(!log.contains(&secret), "the value is in `maki log --json`");
+    for h in &state.hosts {
+        let found = std::process::Command::new("grep")
+            .args(["-r", "-l", "-a", "-F", &secret])
+            .arg(c.host_dir(&h.node))
+            .output()
+            .unwrap();
+        assert_eq!(
+            found.status.code(),
+            Some(1),
+            "the value is in a file of {}: {}",
+            h.node,
+            String::from_utf8_lossy(&found.stdout)
+        );
+    }
+}

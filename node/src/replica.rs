@@ -416,6 +416,20 @@ impl Replica {
         }
     }
 
+    /// Every applied `secret-resealed` entry, by secret: the extra
+    /// recipients a sealed value may be opened by (`SealedValue::open`).
+    pub fn resealed(&self) -> BTreeMap<makiatto_events::SecretId, Vec<makiatto_events::Recipient>> {
+        let mut out: BTreeMap<_, Vec<_>> = BTreeMap::new();
+        for e in self.engine.ordered() {
+            if let Payload::SecretResealed(r) = e.payload()
+                && self.engine.verdict(&e.id()).is_some_and(|v| v.is_applied())
+            {
+                out.entry(r.secret).or_default().push(r.recipient.clone());
+            }
+        }
+        out
+    }
+
     /// The bytes of every applied configuration change, in canonical order,
     /// for a client to rebuild the configuration document.
     pub fn config_changes(&self) -> Vec<Vec<u8>> {

@@ -160,10 +160,17 @@ impl Http {
     /// configured domains and aliases; versions seen for the first time get
     /// their variants prepared (then the routes are made again).
     fn rebuild(self: Arc<Self>, replica: &Arc<Mutex<Replica>>, content: &Arc<Content>) {
-        let Some((domains, published, settings, configs, peers)) =
+        let Some((domains, published, settings, configs, peers, resealed)) =
             replica.lock().ok().map(|mut r| {
                 let (d, p) = r.domains();
-                (d, p, r.settings(), r.domain_configs(), r.peers())
+                (
+                    d,
+                    p,
+                    r.settings(),
+                    r.domain_configs(),
+                    r.peers(),
+                    r.resealed(),
+                )
             })
         else {
             return;
@@ -182,9 +189,9 @@ impl Http {
                 longitude: n.longitude,
             })
             .unwrap_or_default();
-        let wasm_changed = self
-            .wasm
-            .configure(node, &settings, peers.mesh_range, &configs);
+        let wasm_changed =
+            self.wasm
+                .configure(node, &settings, peers.mesh_range, &configs, &resealed);
         let mut versions = HashMap::new();
         // A version already served, with no variant made or gone since,
         // keeps its snapshot: a rebuild for an event, or for another

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use makiatto_events::{Blake3Hash, SealedValue, SealingSecret};
+use makiatto_events::{Blake3Hash, Recipient, SealingSecret, SecretId};
 use makiatto_projections::config::{DomainConfig, FunctionConfig, Settings, TransformConfig};
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store};
@@ -194,6 +194,9 @@ struct Inputs {
     limits: Limits,
     mesh: Option<makiatto_events::payload::Ipv4Net>,
     domains: BTreeMap<String, (Vec<FunctionConfig>, Vec<TransformConfig>)>,
+    /// The `secret-resealed` entries for this node (a node that joined
+    /// after an env value was sealed opens it with one).
+    resealed: BTreeMap<SecretId, Recipient>,
 }
 
 /// What the service knows of the cluster.
@@ -296,16 +299,25 @@ impl Wasm {
 
     /// Follows the configuration: this node's name and place, the limits,
     /// the mesh range, each domain's functions and transforms (env values
-    /// opened with this node's sealing key, kept in memory only). Says
-    /// whether anything changed.
+    /// opened with this node's sealing key, and its reseal entries, kept
+    /// in memory only). Says whether anything changed.
     pub fn configure(
         &self,
         node: NodeInfo,
         settings: &Settings,
         mesh: Option<makiatto_events::payload::Ipv4Net>,
         domains: &BTreeMap<String, DomainConfig>,
+        resealed: &BTreeMap<SecretId, Vec<Recipient>>,
     ) -> bool {
         let limits = Limits::from_settings(settings);
+        let me = self.secret.as_ref().map(|s| s.public());
+        let resealed = resealed
+            .iter()
+            .filter_map(|(id, entries)| {
+                let mine = entries.iter().find(|r| Some(r.node) == me)?;
+                Some((*id, mine.clone()))
+            })
+            .collect();
         let inputs = Inputs {
             node: node.clone(),
             limits,
@@ -315,6 +327,7 @@ impl Wasm {
                 .filter(|(_, d)| !d.functions.is_empty() || !d.transforms.is_empty())
                 .map(|(n, d)| (n.clone(), (d.functions.clone(), d.transforms.clone())))
                 .collect(),
+            resealed,
         };
         if self.configured.load().inputs.as_ref() == Some(&inputs) {
             return false;
@@ -323,7 +336,7 @@ impl Wasm {
         for (name, (functions, transforms)) in &inputs.domains {
             out.insert(
                 name.clone(),
-                Arc::new(self.domain(name, functions, transforms, &limits)),
+                Arc::new(self.domain(name, functions, transforms, &limits, &inputs.resealed)),
             );
         }
         self.configured.store(Arc::new(Configured {
@@ -342,6 +355,7 @@ impl Wasm {
         functions: &[FunctionConfig],
         transforms: &[TransformConfig],
         limits: &Limits,
+        resealed: &BTreeMap<SecretId, Recipient>,
     ) -> DomainWasm {
         let mut functions: Vec<Function> = functions
             .iter()
@@ -353,7 +367,7 @@ impl Wasm {
                     .iter()
                     .filter_map(|m| HandlerMethod::parse(m))
                     .collect(),
-                env: self.open_env(domain, &f.path, &f.env),
+                env: self.open_env(domain, &f.path, &f.env, resealed),
                 timeout: limits.timeout(f.timeout_ms),
                 memory: limits.memory(f.max_memory_mb),
             })
@@ -369,7 +383,7 @@ impl Wasm {
                         return None;
                     }
                 };
-                let env = self.open_env(domain, &t.path, &t.env);
+                let env = self.open_env(domain, &t.path, &t.env, resealed);
                 let timeout = limits.timeout(t.timeout_ms);
                 let memory = limits.memory(t.max_memory_mb);
                 let mut h = blake3::Hasher::new();
@@ -400,9 +414,16 @@ impl Wasm {
         }
     }
 
-    /// Opens a component's sealed env values; one this node cannot open
-    /// is left out, and logged (by name only).
-    fn open_env(&self, domain: &str, path: &str, env: &BTreeMap<String, String>) -> Env {
+    /// Opens a component's sealed env values (with this node's reseal
+    /// entries); one this node cannot open is left out, and logged (by
+    /// name only).
+    fn open_env(
+        &self,
+        domain: &str,
+        path: &str,
+        env: &BTreeMap<String, String>,
+        resealed: &BTreeMap<SecretId, Recipient>,
+    ) -> Env {
         let mut out = Vec::with_capacity(env.len());
         for (name, sealed) in env {
             let opened = self
@@ -410,12 +431,12 @@ impl Wasm {
                 .as_ref()
                 .ok_or("this node has no sealing key")
                 .and_then(|secret| {
-                    let bytes = hex::decode(sealed).map_err(|_| "not hex")?;
-                    let value: SealedValue =
-                        postcard::from_bytes(&bytes).map_err(|_| "not a sealed value")?;
-                    let plain = value
-                        .open(secret, &[])
-                        .map_err(|_| "not sealed to this node")?;
+                    let value = crate::reseal::env_value(sealed)?;
+                    let extra: &[Recipient] =
+                        resealed.get(&value.id()).map_or(&[], std::slice::from_ref);
+                    let plain = value.open(secret, extra).map_err(
+                        |_| "not sealed to this node (yet: a node that can reseals it to this one)",
+                    )?;
                     String::from_utf8(plain).map_err(|_| "not UTF-8")
                 });
             match opened {
@@ -967,6 +988,7 @@ mod tests {
             &Settings::default(),
             None,
             &domains,
+            &BTreeMap::new(),
         );
         Fixture {
             _dir: dir,

@@ -7,6 +7,7 @@ refused it. Built into `target/components/hostile.wasm` by
     ?read=PATH           read a file
     ?write=PATH          create or overwrite a file
     ?list=PATH           list a directory
+    ?env=NAME            the value of an environment variable
 
 Answers 200 with `done: …` when the operation succeeded, 403 with
 `refused: <exception> errno=<n>: …` when it failed."""
@@ -46,7 +47,11 @@ def listing(path: str) -> str:
     return f"{path}: " + " ".join(sorted(os.listdir(path)))
 
 
-ACTIONS = {"connect": connect, "read": read, "write": write, "list": listing}
+def env(name: str) -> str:
+    return os.environ[name]
+
+
+ACTIONS = {"connect": connect, "read": read, "write": write, "list": listing, "env": env}
 
 
 class Handler(exports.Handler):
