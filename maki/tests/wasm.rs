@@ -4,7 +4,8 @@
 //! returns to; the example's handler answers on every node with that
 //! node's name, and its transform marks every HTML page; hostile
 //! components are refused what the sandbox forbids while static files
-//! are served. Needs root.
+//! are served; a node that joins after a sync reads the env values,
+//! resealed to it. Needs root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
 
