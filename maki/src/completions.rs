@@ -41,7 +41,12 @@ mod tests {
             let mut out = Vec::new();
             completions(shell, &mut crate::Cli::command(), &mut out);
             let text = String::from_utf8(out).unwrap();
-            for word in ["machine", "health", "dashboard", "geoip", "--watch"] {
+            // Fish names a long option `-l watch`.
+            let watch = match shell {
+                clap_complete::Shell::Fish => "-l watch",
+                _ => "--watch",
+            };
+            for word in ["machine", "health", "dashboard", "geoip", watch] {
                 assert!(text.contains(word), "{shell:?} completions lack {word}");
             }
         }

@@ -2,7 +2,8 @@
 //!
 //! Each host is a network namespace with its own mount and UTS namespace (a
 //! private /etc and /var overlaid on the host's, private /usr/local/bin
-//! and /run) and its own OpenSSH server, joined by a veth pair to a bridge the
+//! and /run, and a /dev/net/tun anyone may open, as Debian's udev makes it)
+//! and its own OpenSSH server, joined by a veth pair to a bridge the
 //! host also sits on. Hosts have no route but the bridge, so their traffic
 //! never leaves this machine. The real `maki machine init` then runs against
 //! each host over SSH.
@@ -699,6 +700,7 @@ fn make_host(dir: &Path, slot: u8, i: usize, h: &Host, bridge: &str) -> anyhow::
          mount --bind {root}/usr-local-bin /usr/local/bin; \
          chmod 0700 {root}/root-home; mount --bind {root}/root-home /root; \
          mount -t tmpfs -o mode=0755 tmpfs /run; mkdir -p /run/sshd /run/makiatto; \
+         mount -t tmpfs -o mode=0755 tmpfs /dev/net; mknod -m 0666 /dev/net/tun c 10 200; \
          mount -t overlay overlay -o lowerdir=/etc,upperdir={root}/etc-upper,workdir={root}/etc-work /etc; \
          exec /usr/sbin/sshd -D -e -f {config}",
         node = h.node,

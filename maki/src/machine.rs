@@ -18,7 +18,7 @@ use makiatto_protocol::client::Batch;
 use makiatto_protocol::identity::NodeIdentity;
 use makiatto_protocol::request::{self as op, ShowAs};
 use makiatto_protocol::status::NodeStatus;
-use makiatto_protocol::version::{Features, Version};
+use makiatto_protocol::version::Features;
 use sha2::{Digest, Sha256};
 
 use crate::cluster::{Ctx, append, copy_log, now_millis};
@@ -242,7 +242,9 @@ pub async fn init(ctx: &mut Ctx, args: InitArgs) -> anyhow::Result<()> {
             "{REMOTE_BINARY} service install && {REMOTE_BINARY} run --detach"
         ))
         .await?;
-    let daemon = remote.ask(op::Hello(Version::ours())).await?;
+    // What the daemon speaks (a daemon before the `hello` handshake
+    // answers as protocol 1, without features).
+    let daemon = remote.send(Batch::new()).await?.daemon().clone();
     let geoip_in_log = daemon.features.has(Features::GEOIP_FROM_LOG);
     let local_geoip = match &args.geoip_dir {
         Some(dir) => crate::geoip::Database::find(dir)?,

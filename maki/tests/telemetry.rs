@@ -308,10 +308,24 @@ fn the_o11y_peer_receives_every_nodes_traces_metrics_and_logs_live() {
     );
 
     // Metrics: the guide's, the conventions', DNS, process; never sampled.
-    wait_until(DEADLINE, "the request counts cover the traffic", || {
-        request_count(&receiver, &service_a, 503) >= errors as i64
-            && request_count(&receiver, &service_a, 200) >= 3
-    });
+    // (Each kind of metric arrives with the next export after its first
+    // recording: wait for the DNS queries' too.)
+    let geo_queries = |m: &Value| {
+        m["name"] == "dns.server.queries"
+            && m["service"] == service_a.as_str()
+            && attr(m, "network.transport") == "udp"
+            && attr(m, "dns.response.code") == "NOERROR"
+            && attr(m, "dns.answer.kind") == "geo"
+    };
+    wait_until(
+        DEADLINE,
+        "the request and query counts cover the traffic",
+        || {
+            request_count(&receiver, &service_a, 503) >= errors as i64
+                && request_count(&receiver, &service_a, 200) >= 3
+                && receiver.of("metric").iter().any(geo_queries)
+        },
+    );
     let metrics = receiver.of("metric");
     let named = |name: &str| -> Vec<&Value> {
         metrics
@@ -353,11 +367,7 @@ fn the_o11y_peer_receives_every_nodes_traces_metrics_and_logs_live() {
             .iter()
             .any(|m| attr(m, "cdn.cache.hit") == true && m["value"].as_i64() >= Some(1))
     );
-    assert!(named("dns.server.queries").iter().any(|m| {
-        attr(m, "network.transport") == "udp"
-            && attr(m, "dns.response.code") == "NOERROR"
-            && attr(m, "dns.answer.kind") == "geo"
-    }));
+    assert!(named("dns.server.queries").into_iter().any(geo_queries));
     for name in [
         "process.cpu.time",
         "process.memory.usage",

@@ -163,6 +163,7 @@ fn upgrading_and_restarting_every_node_under_load_drops_nothing() {
     }
 
     // A restart, the same way.
+    let restarted = std::time::Instant::now();
     let (tallies, began, ended) = under_load(&client, &plan, || {
         let out = c.ok(&["machine", "restart"]);
         for n in NODES {
@@ -242,6 +243,24 @@ fn upgrading_and_restarting_every_node_under_load_drops_nothing() {
     let first = daemon(&c, NODES[0]);
     assert_eq!(first["pid"], pids[0], "the same process serves: {first}");
     assert_eq!(first["last_handover"]["outcome"], "done", "{first}");
+    // Every image made its mesh device anew: each node hears every peer,
+    // over a handshake made since the restart.
+    for n in NODES {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{n} hears every peer over the mesh again"),
+            || {
+                let peers = c.health(n)["peers"].as_array().cloned().unwrap_or_default();
+                peers.len() == NODES.len() - 1
+                    && peers.iter().all(|p| {
+                        p["alive"] == true
+                            && p["handshake_age_secs"]
+                                .as_u64()
+                                .is_some_and(|a| a <= restarted.elapsed().as_secs())
+                    })
+            },
+        );
+    }
     // Healthy, but for what depends on this machine rather than on the
     // rollouts (its free disk and memory, the age of its GeoIP copy).
     let health = c.maki(&["health", "--json"]);

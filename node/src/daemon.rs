@@ -391,6 +391,11 @@ async fn begin_handover(s: &Services, binary: Option<String>) -> Answer {
     if let Err(e) = s.handover.claim() {
         return control::reply::<op::Handover>(Err(ControlError::failed(e.to_string())));
     }
+    let meshed = s.mesh.lock().is_ok_and(|m| m.is_some());
+    if meshed && let Err(e) = crate::handover::mesh_device_opens() {
+        s.handover.release();
+        return control::reply::<op::Handover>(Err(ControlError::failed(e.to_string())));
+    }
     let checked = {
         let binary = binary.clone();
         tokio::task::spawn_blocking(move || crate::handover::check(&binary)).await

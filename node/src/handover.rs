@@ -530,6 +530,25 @@ pub enum HandoverError {
     Unable { binary: String, software: String },
     #[error("a handover is already under way")]
     Busy,
+    #[error(
+        "the next image could not open the mesh device: {why}. A handover would leave this node without its mesh; restart it instead (`makiatto stop` and `makiatto run --detach`), or let the service user open the device as Debian's udev does (mode 0666)"
+    )]
+    NoMeshDevice { why: String },
+}
+
+/// Whether the next image, which runs as this process's user, can open
+/// the TUN device that the mesh needs (it makes its device anew; a daemon
+/// that dropped root keeps CAP_NET_ADMIN but not the right to open a
+/// `/dev/net/tun` only root may open).
+pub fn mesh_device_opens() -> Result<(), HandoverError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map(drop)
+        .map_err(|e| HandoverError::NoMeshDevice {
+            why: format!("/dev/net/tun: {e}"),
+        })
 }
 
 /// What `makiatto handover-check` prints: the binary's version.

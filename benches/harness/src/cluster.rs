@@ -246,6 +246,45 @@ impl Cluster {
         state
     }
 
+    /// Whether `maki health` finds the cluster healthy; otherwise what it
+    /// found. Healthy is exit status 0, or warnings that are all the age of
+    /// this machine's GeoIP database (the newest release the registry
+    /// gives may be older than the 60 days after which health warns: that
+    /// is the machine's, not the cluster's).
+    pub fn healthy(&self) -> Result<(), String> {
+        let out = self.maki(&["health", "--json"]);
+        if out.status.success() {
+            return Ok(());
+        }
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "maki health --json: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        let findings = report["findings"].as_array().cloned().unwrap_or_default();
+        let wrong: Vec<&serde_json::Value> = findings
+            .iter()
+            .filter(|f| f["severity"] != "note")
+            .filter(|f| {
+                !(f["check"] == "geoip"
+                    && f["severity"] == "warning"
+                    && f["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("days ago")))
+            })
+            .collect();
+        if wrong.is_empty() && out.status.code() == Some(1) {
+            return Ok(());
+        }
+        Err(format!(
+            "exit {:?}: {}",
+            out.status.code(),
+            serde_json::to_string_pretty(&wrong).unwrap_or_default()
+        ))
+    }
+
     /// What `maki local up` recorded.
     pub fn state(&self) -> State {
         let path = self.cluster_dir().join("state.json");
