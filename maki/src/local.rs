@@ -213,7 +213,6 @@ fn host_v6(slot: u8, i: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, u16::from(slot) + 1, 0, 0, 0, 0, i)
 }
 
-/// `maki local up`.
 /// Builds the WebAssembly components of a project synced by `maki local up
 /// --sync` when it lies in a Makiatto checkout (the example project): the
 /// checkout's `scripts/build-components.sh` builds them from source. Any
@@ -240,6 +239,7 @@ pub fn build_components(project: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `maki local up`.
 pub async fn up(w: &Where, nodes: usize, binary: Option<&Path>, ca: bool) -> anyhow::Result<()> {
     check_prerequisites()?;
     if !(1..=NODES.len()).contains(&nodes) {

@@ -312,7 +312,7 @@ fn hostile_components_are_refused_and_static_files_are_served_meanwhile() {
     let file = copy_examples(&project);
     let toml = std::fs::read_to_string(&file).unwrap();
     std::fs::create_dir_all(project.join("site/api")).unwrap();
-    for name in ["hostile", "loop", "memory"] {
+    for name in ["hostile", "loop", "memory", "recursion", "huge"] {
         std::fs::copy(
             test_component(name),
             project.join(format!("site/api/{name}.wasm")),
@@ -332,10 +332,16 @@ path = \"api/hostile.wasm\"
 
 [[domain.functions]]
 path = \"api/loop.wasm\"
-timeout_ms = 5000
+timeout_ms = 8000
 
 [[domain.functions]]
 path = \"api/memory.wasm\"
+
+[[domain.functions]]
+path = \"api/recursion.wasm\"
+
+[[domain.functions]]
+path = \"api/huge.wasm\"
 
 [[domain]]
 name = \"other.test\"
@@ -502,8 +508,9 @@ path = \"./other\"
     assert!(big.ends_with(" 413"), "{big}");
     assert_eq!(post(100_000), "body of 100000 bytes\n 200");
 
-    // Two loops fill the work pool until their timeout (504), one that
-    // grows its memory gets 500; static files are served meanwhile.
+    // Two loops fill the work pool until their timeout (504); static
+    // files, DNS and replication go on meanwhile. Then a memory bomb, a
+    // deep recursion and a 1 GiB response each get 500.
     let calls = |c: &Cluster| {
         c.health(&me.node)["http"]["wasm"]["calls"]
             .as_u64()
@@ -536,11 +543,40 @@ path = \"./other\"
     wait_until(Duration::from_secs(5), "both loops run", || {
         calls(&c) >= before + 2
     });
+    let started = std::time::Instant::now();
     static_ok();
+    let static_took = started.elapsed();
+    let answer = c.exec(
+        &other.node,
+        &[
+            "dig",
+            "+short",
+            "+time=2",
+            "+tries=1",
+            &format!("@{}", me.ipv4),
+            "example.test",
+            "A",
+        ],
+    );
+    assert!(
+        answer
+            .lines()
+            .any(|l| l.parse::<std::net::Ipv4Addr>().is_ok()),
+        "DNS while the loops run: {answer:?}"
+    );
+    // An event appended on the busy node reaches another.
+    let events = c.events(&other.node);
+    c.ok(&["config", "set", "wasm.outgoing_calls", "17"]);
+    wait_until(
+        Duration::from_secs(5),
+        "the setting replicates while the loops run",
+        || c.events(&other.node) > events && c.events(&me.node) == c.events(&other.node),
+    );
     assert!(
         loops.iter_mut().all(|l| l.try_wait().unwrap().is_none()),
-        "the static file was served while both loops ran"
+        "static files, DNS and replication answered while both loops ran"
     );
+    eprintln!("the static page took {static_took:?} while both loops filled the pool");
     for l in loops {
         let out = l.wait_with_output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "504");
@@ -560,9 +596,31 @@ path = \"./other\"
         "{head}"
     );
     static_ok();
+    for name in ["recursion", "huge"] {
+        let (head, body) = curl(
+            &c,
+            &me.node,
+            &[
+                "-H",
+                "Host: example.test",
+                &format!("http://{}/api/{name}", me.ipv4),
+            ],
+        );
+        assert!(head.starts_with("HTTP/1.1 500"), "{name}: {head}");
+        assert!(body.len() < 1024, "{name}: a body of {} bytes", body.len());
+        static_ok();
+    }
+    let log = c.exec(&me.node, &["cat", "/var/makiatto/daemon.log"]);
+    for name in ["memory", "recursion", "huge"] {
+        assert!(
+            log.lines().any(|l| l.contains("a function call failed")
+                && l.contains(&format!("function=api/{name}.wasm"))),
+            "no log line for {name}"
+        );
+    }
     let wasm = c.health(&me.node)["http"]["wasm"].clone();
     assert!(wasm["timeouts"].as_u64() >= Some(2), "{wasm}");
-    assert!(wasm["failed"].as_u64() >= Some(3), "{wasm}");
+    assert!(wasm["failed"].as_u64() >= Some(5), "{wasm}");
 }
 
 /// The SHA-256 fingerprint of `node`'s SSH host key, as `maki machine
