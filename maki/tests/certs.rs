@@ -9,7 +9,8 @@
 //! served. When the ordering node dies in the middle of an order, the next
 //! node completes it. An order that could not reach the CA is made again
 //! as soon as the route is back. A node that joins after the issue
-//! serves the certificate, its key resealed to it. Needs root.
+//! serves the certificate, its key resealed to it; removing a node has
+//! the certificates it could open ordered again. Needs root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
 
@@ -502,4 +503,40 @@ fn a_node_that_joins_later_serves_the_certificate_issued_before() {
     let log = c.ok(&["log", "--json"]);
     assert!(log.contains("\"secret-resealed\""), "{log}");
     assert!(!log.contains("PRIVATE KEY"));
+}
+
+/// A removed node's access to the certificate keys it could open ends: the
+/// certificates are ordered again, with new keys sealed to the nodes that
+/// remain.
+#[test]
+fn a_removed_nodes_certificate_keys_are_replaced() {
+    require_root();
+    let c = Cluster::new("cr");
+    let project = example_project();
+    c.up(3, &["--sync", project.to_str().unwrap()]);
+    wait_seeing(
+        Duration::from_secs(60),
+        "the site has a pebble certificate",
+        || all_valid(&c, Some("example.test"), ""),
+    );
+    let site_issued = |log: &str, to: usize| {
+        log.lines().any(|l| {
+            l.contains("certificate for example.test,")
+                && l.contains(&format!("key sealed to {to} nodes"))
+        })
+    };
+    assert!(site_issued(&c.ok(&["log", "--json"]), 3));
+    c.ok(&["machine", "remove", "tololo", "--force"]);
+    wait_seeing(
+        Duration::from_secs(60),
+        "a new certificate for the site, its key sealed to the two nodes left",
+        || {
+            let log = c.ok(&["log", "--json"]);
+            if site_issued(&log, 2) {
+                all_valid(&c, Some("example.test"), "")
+            } else {
+                Err(log)
+            }
+        },
+    );
 }

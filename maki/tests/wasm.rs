@@ -751,4 +751,27 @@ fn an_env_value_is_resealed_to_a_node_that_joins_later() {
             String::from_utf8_lossy(&found.stdout)
         );
     }
+    // A removed node's entry ends with the next sync: the value, unchanged
+    // in the file, is sealed anew to the nodes left, which still read it.
+    let removed = &state.hosts[2].node;
+    c.ok(&["machine", "remove", removed, "--force"]);
+    let out = c.ok(&[
+        "sync",
+        "--file",
+        file.to_str().unwrap(),
+        "-m",
+        "after removal",
+    ]);
+    assert!(out.contains("configuration: changed"), "{out}");
+    let log = c.ok(&["log", "--json", "--node", &state.hosts[0].node]);
+    assert!(!log.contains(&secret), "the value is in `maki log --json`");
+    wait_until(
+        Duration::from_secs(60),
+        "the nodes left read the value sealed anew",
+        || {
+            [&state.hosts[0], &newcomer]
+                .iter()
+                .all(|h| ask(h).1.trim() == format!("done: {secret}"))
+        },
+    );
 }

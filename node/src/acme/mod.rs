@@ -20,8 +20,10 @@
 //!   `crate::reseal`) and installs it for HTTPS (and DoT for its own
 //!   nameserver names), without a restart.
 //! - **When**: a name without a certificate, a certificate whose names no
-//!   longer match the configuration, one within 30 days of expiry, or a
-//!   renewal asked with `maki certs renew`. Failures back off (`retry`):
+//!   longer match the configuration, one within 30 days of expiry, one
+//!   whose key a node no longer in the cluster could open (sealed or
+//!   resealed to it: a removed node's access ends), or a renewal asked
+//!   with `maki certs renew`. Failures back off (`retry`):
 //!   an order that never reached the CA is tried again within seconds
 //!   (2 s doubling to 5 min) and at once when the CA answers again or a
 //!   peer comes back; an answer from the CA keeps the slow schedule (5 min
@@ -321,6 +323,23 @@ impl Acme {
         });
         let peers = r.peers();
         let certs = r.certificates();
+        let resealed = r.resealed();
+        drop(r);
+        // A key that a node no longer in the cluster could open (sealed or
+        // resealed to it) is replaced: a new certificate, a new key.
+        let current: BTreeSet<makiatto_events::SealingKey> =
+            peers.nodes.values().map(|n| n.sealing_key).collect();
+        let exposed = |key: &SealedValue| {
+            key.recipients()
+                .chain(
+                    resealed
+                        .get(&key.id())
+                        .into_iter()
+                        .flatten()
+                        .map(|r| &r.node),
+                )
+                .any(|k| !current.contains(k))
+        };
         let now = now_millis();
         let mut wanted = Vec::new();
         let mut add = |domain: &str, names: Vec<String>| {
@@ -329,6 +348,7 @@ impl Acme {
                 None => true,
                 Some(c) => {
                     c.names != names
+                        || exposed(&c.key)
                         || c.not_after_millis < now + RENEW_BEFORE.as_millis() as u64
                         || names
                             .iter()
