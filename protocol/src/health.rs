@@ -251,6 +251,10 @@ pub struct WasmReport {
     /// 503: the work pool's queue or the function's `wasm.concurrency`
     /// was full.
     pub refused: u64,
+    /// Env values this node cannot open (not sealed to it, no reseal
+    /// entry yet): its components run without them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub env_unopened: u64,
 }
 
 /// Images on the fly on one node: what was asked, what the cache and the

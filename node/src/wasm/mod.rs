@@ -203,6 +203,8 @@ struct Inputs {
 #[derive(Debug, Default)]
 struct Configured {
     inputs: Option<Inputs>,
+    /// Env values this node could not open.
+    env_unopened: u64,
     node: NodeInfo,
     limits: Option<Limits>,
     destinations: Destinations,
@@ -333,14 +335,26 @@ impl Wasm {
             return false;
         }
         let mut out = HashMap::new();
+        let mut unopened = 0;
         for (name, (functions, transforms)) in &inputs.domains {
-            out.insert(
-                name.clone(),
-                Arc::new(self.domain(name, functions, transforms, &limits, &inputs.resealed)),
-            );
+            let d = self.domain(name, functions, transforms, &limits, &inputs.resealed);
+            let configured: usize = functions
+                .iter()
+                .map(|f| f.env.len())
+                .chain(transforms.iter().map(|t| t.env.len()))
+                .sum();
+            let opened: usize = d
+                .functions
+                .iter()
+                .map(|f| f.env.0.len())
+                .chain(d.transforms.iter().map(|t| t.env.0.len()))
+                .sum();
+            unopened += configured.saturating_sub(opened) as u64;
+            out.insert(name.clone(), Arc::new(d));
         }
         self.configured.store(Arc::new(Configured {
             inputs: Some(inputs),
+            env_unopened: unopened,
             node,
             limits: Some(limits),
             destinations: Destinations { mesh },
@@ -775,6 +789,7 @@ impl Wasm {
             failed: n(&self.counts.failed),
             timeouts: n(&self.counts.timeouts),
             refused: n(&self.counts.refused),
+            env_unopened: configured.env_unopened,
         }
     }
 
