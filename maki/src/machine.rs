@@ -691,6 +691,13 @@ pub async fn remove(ctx: &mut Ctx, name: &str, force: bool) -> anyhow::Result<()
     }
     ctx.save_profile()?;
     println!("{name}: removed");
+    if !ctx.profile.machines.is_empty() {
+        // Its sealing key opened the cluster's secrets until now.
+        println!(
+            "  certificates whose key {name} could open are ordered again by the nodes; \
+             run `maki sync` to seal env values anew to the nodes left"
+        );
+    }
     Ok(())
 }
 

@@ -28,6 +28,7 @@
 //! - [`sync`]: `maki sync`.
 //! - [`sites`]: `maki sites`, `maki rollback`, `maki diff`.
 //! - [`local`]: `maki local …`.
+//! - [`wit`]: `maki wasm fetch`, the WIT packages embedded in the CLI.
 
 mod certs;
 mod cluster;
@@ -52,6 +53,7 @@ mod sites;
 mod ssh;
 mod sync;
 mod tree;
+mod wit;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -192,6 +194,11 @@ enum Top {
         #[command(subcommand)]
         command: PeerCmd,
     },
+    /// WebAssembly components: the interfaces they are built against.
+    Wasm {
+        #[command(subcommand)]
+        command: WasmCmd,
+    },
     /// A read-only status page of the cluster, served on this machine
     /// (127.0.0.1 by default): nodes on a world map, the last events,
     /// sites, certificates. Prints its URL, with the token it needs.
@@ -306,7 +313,7 @@ enum ConfigCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.*, sites.keep_versions, log.max_clock_skew, images.*, work.queue, geoip.database; `maki config show` lists them).
+    /// Set one cluster-wide setting (dns.geo_ttl, dns.nearest, acme.*, sites.keep_versions, log.max_clock_skew, images.*, work.queue, wasm.*, geoip.database; `maki config show` lists them).
     Set { key: String, value: String },
     /// Validate makiatto.toml (domains, records, functions, transforms,
     /// \[o11y\]) without sending anything.
@@ -339,6 +346,17 @@ enum OperatorCmd {
 enum CertsCmd {
     /// Order a new certificate for NAME now.
     Renew { name: String },
+}
+
+#[derive(Subcommand)]
+enum WasmCmd {
+    /// Write the WIT packages of this maki's version (makiatto:http,
+    /// makiatto:transform) to a directory; nothing is downloaded.
+    Fetch {
+        /// Where to write them.
+        #[arg(long, default_value = "./wit")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -641,6 +659,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             None => certs::list(&ctx(&cli)?, *json).await?,
             Some(CertsCmd::Renew { name }) => certs::renew(&ctx(&cli)?, name).await?,
         },
+        Top::Wasm {
+            command: WasmCmd::Fetch { dir },
+        } => wit::fetch(dir)?,
         Top::Geoip {
             command: GeoipCmd::Update { dir },
         } => geoip::update(&ctx(&cli)?, dir.as_deref()).await?,
@@ -686,6 +707,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } => {
                     local::up(&w, *nodes, binary_path.as_deref(), !*no_ca).await?;
                     if let Some(file) = project {
+                        local::build_components(file)?;
                         let args = sync::SyncArgs {
                             file: file.clone(),
                             domains: Vec::new(),

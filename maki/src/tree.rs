@@ -144,6 +144,39 @@ fn walked(
     }))
 }
 
+/// The components the domain's functions and transforms name, each once,
+/// found in the domain directory (never served; they go into the
+/// manifest's component section). A symbolic link is refused, as the walk
+/// skips one: nothing outside the directory is read.
+pub fn components(domain: &Domain) -> anyhow::Result<Vec<Found>> {
+    let paths: BTreeSet<&str> = domain
+        .functions
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(domain.transforms.iter().map(|t| t.path.as_str()))
+        .collect();
+    paths
+        .into_iter()
+        .map(|path| {
+            let full = domain.dir.join(path);
+            let meta = std::fs::symlink_metadata(&full)
+                .with_context(|| format!("cannot read the component {}", full.display()))?;
+            if !meta.is_file() {
+                bail!(
+                    "{}: a component must be a regular file (not a link or a directory)",
+                    full.display()
+                );
+            }
+            Ok(Found {
+                path: path.to_owned(),
+                full,
+                size: meta.len(),
+                mtime_ns: mtime_ns(meta.modified().ok()),
+            })
+        })
+        .collect()
+}
+
 fn mtime_ns(t: Option<SystemTime>) -> u128 {
     t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos())

@@ -8,7 +8,9 @@
 //! records in our own zones, and any name under the domain is answered and
 //! served. When the ordering node dies in the middle of an order, the next
 //! node completes it. An order that could not reach the CA is made again
-//! as soon as the route is back. Needs root.
+//! as soon as the route is back. A node that joins after the issue
+//! serves the certificate, its key resealed to it; removing a node has
+//! the certificates it could open ordered again. Needs root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
 
@@ -414,4 +416,127 @@ fn retry_within(state: &str, secs: u64) -> bool {
         .and_then(|rest| rest.split('s').next())
         .and_then(|n| n.parse::<u64>().ok())
         .is_some_and(|n| n < secs)
+}
+
+/// The SHA-256 fingerprint of `node`'s SSH host key.
+fn host_fingerprint(c: &Cluster, node: &str) -> String {
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(c.host_dir(node).join("ssh_host_ed25519_key.pub"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+/// A node that joins after a certificate was issued (its key sealed to
+/// the nodes there then) serves it: a node that holds the key reseals it
+/// to the newcomer (`secret-resealed`), with no new order.
+#[test]
+fn a_node_that_joins_later_serves_the_certificate_issued_before() {
+    require_root();
+    let c = Cluster::new("cj");
+    let project = example_project();
+    let state = c.up(4, &[]);
+    let newcomer = state.hosts[3].clone();
+    c.ok(&["machine", "remove", &newcomer.node, "--force"]);
+    c.ok(&["sync", "--file", project.to_str().unwrap(), "-m", "site"]);
+    wait_seeing(
+        Duration::from_secs(60),
+        "the site has a pebble certificate",
+        || all_valid(&c, Some("example.test"), ""),
+    );
+    let issued = not_after(&c);
+    let log = c.ok(&["log", "--json"]);
+    assert!(log.contains("key sealed to 3 nodes"), "{log}");
+    let fp = host_fingerprint(&c, &newcomer.node);
+    let (lat, lon) = (
+        newcomer.latitude.to_string(),
+        newcomer.longitude.to_string(),
+    );
+    c.ok(&[
+        "machine",
+        "init",
+        &newcomer.node,
+        &format!("root@{}", newcomer.ipv4),
+        "--lat",
+        &lat,
+        "--lon",
+        &lon,
+        "--binary-path",
+        c.daemon().to_str().unwrap(),
+        "--accept-host-key",
+        &fp,
+    ]);
+    let ca = c.ok(&["local", "ca"]).trim().to_owned();
+    let index = std::fs::read_to_string(project.parent().unwrap().join("site/index.html")).unwrap();
+    wait_seeing(
+        Duration::from_secs(60),
+        "the newcomer serves the issued certificate",
+        || {
+            // Until then it serves a self-signed certificate, which
+            // curl refuses (its status is not checked here).
+            let out = c.maki(&[
+                "local",
+                "exec",
+                "vector",
+                "--",
+                "curl",
+                "-s",
+                "--max-time",
+                "10",
+                "--cacert",
+                &ca,
+                "--resolve",
+                &format!("example.test:443:{}", newcomer.ipv4),
+                "https://example.test/",
+            ]);
+            the_page(String::from_utf8_lossy(&out.stdout).into_owned(), &index)
+        },
+    );
+    // The same certificate, resealed (not ordered again); its key is in
+    // no event.
+    assert_eq!(not_after(&c), issued);
+    let log = c.ok(&["log", "--json"]);
+    assert!(log.contains("\"secret-resealed\""), "{log}");
+    assert!(!log.contains("PRIVATE KEY"));
+}
+
+/// A removed node's access to the certificate keys it could open ends: the
+/// certificates are ordered again, with new keys sealed to the nodes that
+/// remain.
+#[test]
+fn a_removed_nodes_certificate_keys_are_replaced() {
+    require_root();
+    let c = Cluster::new("cr");
+    let project = example_project();
+    c.up(3, &["--sync", project.to_str().unwrap()]);
+    wait_seeing(
+        Duration::from_secs(60),
+        "the site has a pebble certificate",
+        || all_valid(&c, Some("example.test"), ""),
+    );
+    let site_issued = |log: &str, to: usize| {
+        log.lines().any(|l| {
+            l.contains("certificate for example.test,")
+                && l.contains(&format!("key sealed to {to} nodes"))
+        })
+    };
+    assert!(site_issued(&c.ok(&["log", "--json"]), 3));
+    c.ok(&["machine", "remove", "tololo", "--force"]);
+    wait_seeing(
+        Duration::from_secs(60),
+        "a new certificate for the site, its key sealed to the two nodes left",
+        || {
+            let log = c.ok(&["log", "--json"]);
+            if site_issued(&log, 2) {
+                all_valid(&c, Some("example.test"), "")
+            } else {
+                Err(log)
+            }
+        },
+    );
 }

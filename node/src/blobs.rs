@@ -158,7 +158,7 @@ pub fn put_manifest_delta(
     let mut new_blobs = Vec::with_capacity(new.len());
     if !new.is_empty() {
         let mut seen = foldhash::HashSet::default();
-        for f in rebuilt.manifest.files.values() {
+        for f in rebuilt.manifest.blobs() {
             if new.contains(&f.hash) && seen.insert(f.hash) {
                 new_blobs.push((f.hash, f.size));
             }
@@ -178,7 +178,7 @@ pub fn put_manifest_delta(
 /// The blobs a delta names that its base does not: what a node holding
 /// the base lacks for the target (in the delta's path order, each once).
 pub fn new_blobs(delta: &makiatto_events::ManifestDelta, base: &Manifest) -> Vec<Blake3Hash> {
-    let held: foldhash::HashSet<Blake3Hash> = base.files.values().map(|f| f.hash).collect();
+    let held: foldhash::HashSet<Blake3Hash> = base.blobs().map(|f| f.hash).collect();
     let mut seen = foldhash::HashSet::default();
     delta
         .hashes()

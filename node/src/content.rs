@@ -232,7 +232,7 @@ impl Content {
         }
         let blobs = self.blobs.clone();
         let manifest = tokio::task::block_in_place(|| blobs.manifest(&manifest_hash))?;
-        let hashes: HashSet<Blake3Hash> = manifest.files.values().map(|f| f.hash).collect();
+        let hashes: HashSet<Blake3Hash> = manifest.blobs().map(|f| f.hash).collect();
         let deployed_manifest = self
             .deployed
             .lock()
@@ -342,7 +342,7 @@ impl Content {
                 return Ok(());
             };
             keep.insert(m);
-            keep.extend(manifest.files.values().map(|f| f.hash));
+            keep.extend(manifest.blobs().map(|f| f.hash));
         }
         // The GeoIP database the log names is content too (`dns::geoip`);
         // while its manifest is still being fetched, none of its files is

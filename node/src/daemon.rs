@@ -342,11 +342,26 @@ impl Services {
         )
         .with_context(|| format!("cannot start the HTTP server in {}", data_dir.display()))?;
         // Certificates need the node's keys (a node not yet initialised has none).
+        // And so does resealing secrets to nodes that join later.
         let acme = crate::keys::NodeKeys::load(data_dir).ok().map(|keys| {
+            let signer = Arc::new(crate::signer::Signer::new(
+                replica.clone(),
+                committer.clone(),
+                liveness.clone(),
+                changes.clone(),
+                keys.signing.clone(),
+            ));
+            crate::reseal::Resealer::start(
+                replica.clone(),
+                signer.clone(),
+                liveness.clone(),
+                changes.clone(),
+                keys.sealing.clone(),
+            );
             crate::acme::Acme::start(
                 data_dir.to_owned(),
                 replica.clone(),
-                committer.clone(),
+                signer,
                 liveness.clone(),
                 changes.clone(),
                 keys,

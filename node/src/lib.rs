@@ -40,9 +40,15 @@
 //! - [`http`]: the HTTP and HTTPS edge.
 //! - [`images`]: images on the fly (`?w&h&fit&fmt&q&dpr`): parameters,
 //!   geometry, decoding, encoding, the rendition cache.
-//! - [`work_pool`]: the one bounded pool for CPU-heavy work (images, and
-//!   WebAssembly later), with the queue limit that answers 503.
+//! - [`wasm`]: WebAssembly functions and transforms (wasmtime
+//!   components): compiled once per blob hash, sandboxed, run on the pool.
+//! - [`work_pool`]: the one bounded pool for CPU-heavy work (images,
+//!   WebAssembly), with the queue limit that answers 503.
 //! - [`acme`]: ordering and installing certificates.
+//! - [`signer`]: the events this node writes itself, signed on its own
+//!   feed once it may sign.
+//! - [`reseal`]: secrets resealed to nodes that join after they were
+//!   sealed (`secret-resealed`).
 //! - [`telemetry`]: OpenTelemetry traces, metrics and logs over OTLP to
 //!   the mesh's `o11y` peer; the hooks the request paths call.
 //! - [`probe`]: checking every node from this one (DNS, HTTPS) and this
@@ -73,9 +79,12 @@ mod privileges;
 mod probe;
 mod query;
 mod replica;
+mod reseal;
 mod service;
+mod signer;
 mod telemetry;
 mod topology;
+mod wasm;
 mod work_pool;
 
 pub mod cli;

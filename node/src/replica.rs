@@ -530,6 +530,14 @@ impl Replica {
         (domains, published)
     }
 
+    /// Every configured domain's configuration (functions and transforms,
+    /// for WebAssembly).
+    pub fn domain_configs(
+        &mut self,
+    ) -> BTreeMap<String, makiatto_projections::config::DomainConfig> {
+        self.engine.state().config.domains.clone()
+    }
+
     /// The current certificates projection (for ACME and the servers).
     pub fn certificates(&mut self) -> makiatto_projections::certificates::Certificates {
         self.engine.state().certificates.clone()
@@ -578,6 +586,20 @@ impl Replica {
             Some(id) => Ok(self.store.get(&id)?),
             None => Ok(None),
         }
+    }
+
+    /// Every applied `secret-resealed` entry, by secret: the extra
+    /// recipients a sealed value may be opened by (`SealedValue::open`).
+    pub fn resealed(&self) -> BTreeMap<makiatto_events::SecretId, Vec<makiatto_events::Recipient>> {
+        let mut out: BTreeMap<_, Vec<_>> = BTreeMap::new();
+        for e in self.engine.ordered() {
+            if let Payload::SecretResealed(r) = e.payload()
+                && self.engine.verdict(&e.id()).is_some_and(|v| v.is_applied())
+            {
+                out.entry(r.secret).or_default().push(r.recipient.clone());
+            }
+        }
+        out
     }
 
     /// The bytes of every applied configuration change, in canonical order,

@@ -219,6 +219,32 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[autosurgeon(missing = "Default::default")]
     pub work_queue: Option<u32>,
+    // WebAssembly functions and transforms: left out of the JSON while
+    // unset, as the image settings are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub wasm_timeout_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub wasm_max_timeout_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub wasm_memory_mb: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub wasm_max_memory_mb: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub wasm_concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub wasm_outgoing_calls: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub wasm_max_request_kb: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[autosurgeon(missing = "Default::default")]
+    pub wasm_body_timeout_ms: Option<u32>,
     /// The GeoIP database every node answers with: the blake3 hash of its
     /// manifest blob (`maki geoip update`). Unset, it is left out of the
     /// canonical form, so a log without it keeps its fingerprint.
@@ -275,6 +301,20 @@ const NUMBERS: &[Number] = &[
         100
     ),
     number!("work.queue", work_queue, 1, 100_000, 64),
+    number!("wasm.timeout_ms", wasm_timeout_ms, 1, 600000, 5000),
+    number!("wasm.max_timeout_ms", wasm_max_timeout_ms, 1, 600000, 30000),
+    number!("wasm.memory_mb", wasm_memory_mb, 1, 512, 64),
+    number!("wasm.max_memory_mb", wasm_max_memory_mb, 1, 512, 512),
+    number!("wasm.concurrency", wasm_concurrency, 1, 100000, 16),
+    number!("wasm.outgoing_calls", wasm_outgoing_calls, 0, 10000, 16),
+    number!("wasm.max_request_kb", wasm_max_request_kb, 0, 1048576, 1024),
+    number!(
+        "wasm.body_timeout_ms",
+        wasm_body_timeout_ms,
+        100,
+        600000,
+        10000
+    ),
 ];
 
 /// One setting: its key, its default and what it does.
@@ -354,7 +394,47 @@ pub const SETTINGS: &[SettingSpec] = &[
     SettingSpec {
         key: "work.queue",
         default: "64",
-        doc: "jobs waiting for the CPU pool (image resizing) beyond which requests get 503 (1–100000)",
+        doc: "jobs waiting for the CPU pool (image resizing, WebAssembly) beyond which requests get 503 (1–100000)",
+    },
+    SettingSpec {
+        key: "wasm.timeout_ms",
+        default: "5000",
+        doc: "a function's or transform's default time limit in milliseconds, stopped by epoch interruption (1–600000); a component may set its own timeout_ms",
+    },
+    SettingSpec {
+        key: "wasm.max_timeout_ms",
+        default: "30000",
+        doc: "the cap on any component's timeout_ms (1–600000)",
+    },
+    SettingSpec {
+        key: "wasm.memory_mb",
+        default: "64",
+        doc: "a component's default memory limit in MiB (1–512); a component may set its own max_memory_mb",
+    },
+    SettingSpec {
+        key: "wasm.max_memory_mb",
+        default: "512",
+        doc: "the cap on any component's max_memory_mb, in MiB (1–512; 512 is the pooling allocator's slot size)",
+    },
+    SettingSpec {
+        key: "wasm.concurrency",
+        default: "16",
+        doc: "calls of one function or transform running or queued at once on a node (1–100000); more get 503",
+    },
+    SettingSpec {
+        key: "wasm.outgoing_calls",
+        default: "16",
+        doc: "outgoing HTTP requests and TCP connections one call may make (0–10000)",
+    },
+    SettingSpec {
+        key: "wasm.max_request_kb",
+        default: "1024",
+        doc: "the largest request body a function is given, in KiB (0–1048576); larger gets 413",
+    },
+    SettingSpec {
+        key: "wasm.body_timeout_ms",
+        default: "10000",
+        doc: "how long reading a function's request body may take, in milliseconds (100–600000); longer gets 408",
     },
     SettingSpec {
         key: "geoip.database",
@@ -377,7 +457,7 @@ fn ranged(key: &str, value: &str, lo: u32, hi: u32) -> Result<u32, ConfigError> 
 
 impl Settings {
     /// A whole-number setting's value, or its default.
-    fn number(&self, key: &str) -> u32 {
+    pub fn number(&self, key: &str) -> u32 {
         NUMBERS
             .iter()
             .find(|n| n.key == key)

@@ -227,6 +227,34 @@ pub struct HttpReport {
     /// Images on the fly (absent from daemons before them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<ImagesReport>,
+    /// WebAssembly functions and transforms (absent from daemons before
+    /// them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<WasmReport>,
+}
+
+/// WebAssembly on one node: what is configured and ready, and the calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WasmReport {
+    /// Functions and transforms configured, over every domain.
+    pub functions: u64,
+    pub transforms: u64,
+    /// Components compiled and linked, ready to run.
+    pub components_ready: u64,
+    /// Calls made (each stage of a transform chain is one).
+    pub calls: u64,
+    /// Calls that trapped, timed out or went over their memory.
+    pub failed: u64,
+    /// Of those, the ones stopped at their timeout (504).
+    pub timeouts: u64,
+    /// 503: the work pool's queue or the function's `wasm.concurrency`
+    /// was full.
+    pub refused: u64,
+    /// Env values this node cannot open (not sealed to it, no reseal
+    /// entry yet): its components run without them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub env_unopened: u64,
 }
 
 /// Images on the fly on one node: what was asked, what the cache and the

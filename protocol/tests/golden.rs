@@ -263,6 +263,7 @@ fn health() -> HealthReport {
                 },
             )]),
             images: None,
+            wasm: None,
             responses: StatusCounts {
                 informational: 0,
                 success: 10,

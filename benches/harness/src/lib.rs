@@ -78,6 +78,9 @@ pub use otlp::OtlpReceiver;
 pub use placement::Placement;
 pub use previous::previous_release;
 pub use process::{Process, clock_offset_env, have, json_lines, require_root, stdout, with_input};
-pub use project::{copy_dir, copy_examples, example_project};
+pub use project::{
+    build_components, copy_dir, copy_examples, copy_examples_with_wasm, example_project,
+    example_project_with_wasm, test_component,
+};
 pub use wait::{Wait, eventually, wait_seeing, wait_until};
 pub use wg_peer::WgPeer;

@@ -132,9 +132,28 @@ pub fn settling(nodes: &[Observed]) -> bool {
     let lag = vvs.iter().any(|vv| behind(vv, &best) > 0);
     let fetching = nodes.iter().filter_map(|n| n.health.as_ref()).any(|h| {
         h.sites.values().any(|s| !s.in_sync)
+            || !compiling(h).is_empty()
+            || h.http.wasm.as_ref().is_some_and(|w| w.env_unopened > 0)
             || geoip(h).is_some_and(|g| g.wanted.is_some() && !g.serving_wanted())
     });
     lag || fetching || serials(nodes).values().any(|s| s.len() > 1)
+}
+
+/// The domains whose live version is deployed on the node but not yet
+/// served by its edge (its components are compiling first).
+fn compiling(h: &HealthReport) -> Vec<&str> {
+    h.sites
+        .iter()
+        .filter(|(domain, s)| {
+            s.in_sync
+                && s.live.is_some()
+                && h.http
+                    .sites
+                    .get(*domain)
+                    .is_none_or(|served| served.version != s.live)
+        })
+        .map(|(domain, _)| domain.as_str())
+        .collect()
 }
 
 fn geoip(h: &HealthReport) -> Option<&GeoIpReport> {
@@ -318,6 +337,27 @@ fn node_checks(f: &mut Findings, n: &Observed, best: &BTreeMap<AuthorKey, u64>, 
                 format!("{domain}: the live version is not deployed here yet ({why})"),
             );
         }
+    }
+    for domain in compiling(h) {
+        f.add(
+            name,
+            Warning,
+            "wasm",
+            format!(
+                "{domain}: the live version is deployed but not served yet: its components are compiling (see the daemon's log)"
+            ),
+        );
+    }
+    if let Some(w) = h.http.wasm.as_ref().filter(|w| w.env_unopened > 0) {
+        f.add(
+            name,
+            Warning,
+            "wasm",
+            format!(
+                "{} env value(s) cannot be opened here (not sealed to this node, and no node has resealed them to it yet); its components run without them",
+                w.env_unopened
+            ),
+        );
     }
     if let Some(dns) = &h.dns {
         for t in ["udp", "tcp"] {
@@ -1044,6 +1084,52 @@ mod tests {
         assert!(findings.iter().any(|f| f.check == "geo"), "{findings:#?}");
         // Node c hears only itself: its answer may differ.
         probe_of(&mut nodes[2]).view = vec!["c".into()];
+        assert!(evaluate(&nodes, NOW).is_empty());
+    }
+
+    #[test]
+    fn a_version_compiling_or_env_values_not_resealed_yet_are_warned_and_settle() {
+        use makiatto_protocol::health::{ServedSite, SiteDeployment, WasmReport};
+        let mut nodes = cluster();
+        let live = makiatto_events::EventId([7; 32]);
+        let older = makiatto_events::EventId([6; 32]);
+        let h = nodes[0].health.as_mut().unwrap();
+        h.sites.insert(
+            "a.test".into(),
+            SiteDeployment {
+                live: Some(live),
+                deployed: Some(live),
+                in_sync: true,
+                ..SiteDeployment::default()
+            },
+        );
+        h.http.sites.insert(
+            "a.test".into(),
+            ServedSite {
+                version: Some(older),
+                ..ServedSite::default()
+            },
+        );
+        h.http.wasm = Some(WasmReport {
+            env_unopened: 2,
+            ..WasmReport::default()
+        });
+        assert!(settling(&nodes));
+        let findings = evaluate(&nodes, NOW);
+        assert_eq!(findings.len(), 2, "{findings:#?}");
+        assert!(
+            findings
+                .iter()
+                .all(|f| f.severity == Severity::Warning && f.check == "wasm")
+        );
+        let said = |what: &str| findings.iter().any(|f| f.message.contains(what));
+        assert!(said("components are compiling"), "{findings:#?}");
+        assert!(said("2 env value(s) cannot be opened"), "{findings:#?}");
+        // Served, and opened: nothing to say.
+        let h = nodes[0].health.as_mut().unwrap();
+        h.http.sites.get_mut("a.test").unwrap().version = Some(live);
+        h.http.wasm = Some(WasmReport::default());
+        assert!(!settling(&nodes));
         assert!(evaluate(&nodes, NOW).is_empty());
     }
 

@@ -38,6 +38,9 @@ pub struct NodeRow {
     /// Images on the fly (from daemons that have them).
     #[serde(skip_serializing_if = "Option::is_none")]
     images: Option<makiatto_protocol::health::ImagesReport>,
+    /// WebAssembly functions and transforms (from daemons that have them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wasm: Option<makiatto_protocol::health::WasmReport>,
     /// How many nodes its probe reached over DNS and HTTPS, of how many
     /// checks (none when it was not probed from).
     probed: Option<(usize, usize)>,
@@ -113,6 +116,7 @@ pub fn rows(observed: &[Observed], findings: &[Finding]) -> Vec<NodeRow> {
                     .and_then(|g| g.loaded.clone()),
                 telemetry: h.and_then(|h| h.telemetry.clone()),
                 images: h.and_then(|h| h.http.images.clone()),
+                wasm: h.and_then(|h| h.http.wasm.clone()),
                 probed: match &o.probe {
                     Probed::Report(r) => {
                         let checks = r.targets.iter().map(|t| t.dns.len() + t.https.len()).sum();
@@ -222,6 +226,18 @@ pub fn print(report: &Report) {
                 i.busy,
                 i.timed_out,
                 i.pool_threads
+            );
+        }
+        if let Some(w) = r.wasm.as_ref().filter(|w| w.functions + w.transforms > 0) {
+            println!(
+                "    wasm: {} functions, {} transforms, {} components ready; {} calls, {} failed ({} timed out), {} refused when busy",
+                w.functions,
+                w.transforms,
+                w.components_ready,
+                w.calls,
+                w.failed,
+                w.timeouts,
+                w.refused
             );
         }
         for p in &r.peers {

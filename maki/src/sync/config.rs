@@ -83,7 +83,10 @@ pub fn configure(
 }
 
 /// One env value sealed to `recipients`, or its earlier sealed form when
-/// the value is the one sealed last time.
+/// the value is the one sealed last time, to exactly these nodes. A node
+/// removed since must not keep the value's key, and one added since gets
+/// its own entry (until then a node resealed it to it), so a change of
+/// nodes seals the value anew.
 fn seal(
     base: &DesiredConfig,
     digests: &mut SealedDigests,
@@ -104,8 +107,20 @@ fn seal(
                 .or_else(|| d.transforms.iter().find(|t| t.path == path).map(|t| &t.env))
         })
         .and_then(|env| env.get(var));
+    let same_nodes = |sealed: &String| {
+        let Ok(value) = hex::decode(sealed)
+            .map_err(|_| ())
+            .and_then(|b| postcard::from_bytes::<SealedValue>(&b).map_err(|_| ()))
+        else {
+            return false;
+        };
+        let had: BTreeSet<&SealingKey> = value.recipients().collect();
+        let now: BTreeSet<&SealingKey> = recipients.iter().collect();
+        had == now
+    };
     if let Some(sealed) = previous
         && digests.get(&key) == Some(&digest)
+        && same_nodes(sealed)
     {
         return Ok(sealed.clone());
     }
@@ -232,6 +247,34 @@ pub fn summary(current: &DesiredConfig, wanted: &DesiredConfig) -> String {
 mod tests {
     use super::*;
     use makiatto_projections::config::RecordConfig;
+
+    #[test]
+    fn an_env_value_is_sealed_anew_when_the_nodes_change() {
+        let key = |seed: u8| makiatto_events::SealingSecret::from_bytes([seed; 32]).public();
+        let (a, b, c) = (key(1), key(2), key(3));
+        let mut digests = SealedDigests::new();
+        let at = ["a.com", "api/f.wasm", "TOKEN"];
+        let first = seal(&DesiredConfig::default(), &mut digests, &[a, b], at, "v").unwrap();
+        let mut base = DesiredConfig::default();
+        base.domains
+            .entry("a.com".into())
+            .or_default()
+            .functions
+            .push(makiatto_projections::config::FunctionConfig {
+                path: "api/f.wasm".into(),
+                env: [("TOKEN".to_owned(), first.clone())].into(),
+                ..Default::default()
+            });
+        // The same value to the same nodes keeps its sealed form.
+        assert_eq!(seal(&base, &mut digests, &[a, b], at, "v").unwrap(), first);
+        // A node removed, or one added: sealed anew, to the nodes now.
+        for now in [&[a][..], &[a, b, c][..]] {
+            let again = seal(&base, &mut digests, now, at, "v").unwrap();
+            assert_ne!(again, first);
+            let value: SealedValue = postcard::from_bytes(&hex::decode(&again).unwrap()).unwrap();
+            assert_eq!(value.recipients().count(), now.len());
+        }
+    }
 
     fn with(domain: &str, aliases: &[&str], records: &[(&str, &str)]) -> DesiredConfig {
         let mut c = DesiredConfig::default();

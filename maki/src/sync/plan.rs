@@ -70,16 +70,22 @@ pub fn plan<'a>(
         hash,
     } = tree;
     let summary = manifest.summary_since(before);
-    let known: BTreeSet<Blake3Hash> = before.files.values().map(|f| f.hash).collect();
-    // Only what may be uploaded: the files the live version lacks.
+    let known: BTreeSet<Blake3Hash> = before.blobs().map(|f| f.hash).collect();
+    // Only what may be uploaded: the files and components the live
+    // version lacks.
     let sources = files
         .iter()
-        .filter_map(|f| manifest.files.get(&f.path).map(|e| (e.hash, f)))
+        .filter_map(|f| {
+            let entry = manifest.files.get(&f.path);
+            entry
+                .or_else(|| manifest.components.get(&f.path))
+                .map(|e| (e.hash, f))
+        })
         .filter(|(h, _)| !known.contains(h))
         .map(|(h, f)| (h, f.full.clone(), f.size))
         .collect();
     let delta = live
-        .filter(|_| !before.files.is_empty())
+        .filter(|_| !before.files.is_empty() || !before.components.is_empty())
         .map(|h| (h, manifest.delta_from(before).encode()));
     Planned {
         domain,

@@ -227,8 +227,7 @@ async fn ask_and_upload<'p>(
         wanted_blobs.insert(p.manifest_hash);
         wanted_blobs.extend(
             p.manifest
-                .files
-                .values()
+                .blobs()
                 .map(|f| f.hash)
                 .filter(|h| !p.known.contains(h)),
         );

@@ -1,15 +1,16 @@
 //! The tree of every selected domain, as a manifest: walked and hashed on
 //! a blocking thread (all cores) while the SSH connection is made and the
-//! node answers.
+//! node answers. The components of its functions and transforms go into
+//! the manifest's never-served section.
 
 use indicatif::ProgressBar;
 use makiatto_events::Manifest;
 
 use crate::project::Domain;
 use crate::ssh::FileCount;
-use crate::tree::{Found, HashCache, manifest, walk};
+use crate::tree::{Found, HashCache, components, manifest, walk};
 
-/// One domain's tree: its files and their manifest.
+/// One domain's tree: its files (components included) and their manifest.
 pub struct Walked {
     pub files: Vec<Found>,
     pub manifest: Manifest,
@@ -41,15 +42,25 @@ fn walk_one(d: &Domain, hashing: &ProgressBar, hashed_files: &FileCount) -> anyh
                 .unwrap_or_default()
         },
     );
-    let files = files?;
+    let mut files = files?;
+    let parts = components(d)?;
+    let component_paths: Vec<String> = parts.iter().map(|f| f.path.clone()).collect();
+    files.extend(parts);
+    files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     let total: u64 = files.iter().map(|f| f.size).sum();
     hashing.inc_length(total);
     hashed_files.add_total(files.len() as u64);
     let known = cache.known();
-    let (m, stats) = manifest(&files, &mut cache, &|n| {
+    let (mut m, stats) = manifest(&files, &mut cache, &|n| {
         hashing.inc(n);
         hashed_files.done(1);
     })?;
+    for path in component_paths {
+        if let Some(mut entry) = m.files.remove(&path) {
+            entry.content_type = "application/wasm".into();
+            m.insert_component(path, entry)?;
+        }
+    }
     // Files known by the cache are done without reading them.
     hashing.inc(total.saturating_sub(stats.bytes_hashed));
     hashed_files.done(stats.cached as u64);

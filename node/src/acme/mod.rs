@@ -15,11 +15,15 @@
 //!   until its live peers hold the event before telling the CA to validate.
 //! - **The result** is a `certificate-issued` event: the chain in clear,
 //!   the private key sealed to every node's sealing key.
-//! - **Every node** opens the key of each current certificate and installs
-//!   it for HTTPS (and DoT for its own nameserver names), without a restart.
+//! - **Every node** opens the key of each current certificate (with the
+//!   log's reseal entries: a node that joined after the issue gets one,
+//!   `crate::reseal`) and installs it for HTTPS (and DoT for its own
+//!   nameserver names), without a restart.
 //! - **When**: a name without a certificate, a certificate whose names no
-//!   longer match the configuration, one within 30 days of expiry, or a
-//!   renewal asked with `maki certs renew`. Failures back off (`retry`):
+//!   longer match the configuration, one within 30 days of expiry, one
+//!   whose key a node no longer in the cluster could open (sealed or
+//!   resealed to it: a removed node's access ends), or a renewal asked
+//!   with `maki certs renew`. Failures back off (`retry`):
 //!   an order that never reached the CA is tried again within seconds
 //!   (2 s doubling to 5 min) and at once when the CA answers again or a
 //!   peer comes back; an answer from the CA keeps the slow schedule (5 min
@@ -29,8 +33,8 @@
 //!   once. At 5 certificates for one exact set of names in 7 days (Let's
 //!   Encrypt's duplicate limit), nothing more is ordered for it until the
 //!   oldest ages out, renewals asked included.
-//! - **Signing**: an order signs events, so none starts before a peer
-//!   confirmed this node's own feed since it started
+//! - **Signing**: an order signs events (`crate::signer`), so none starts
+//!   before a peer confirmed this node's own feed since it started
 //!   (`makiatto_core::replication::own_feed`).
 //! - With no `acme.directory` set, nothing is ordered: never a public CA by
 //!   default.
@@ -43,7 +47,6 @@ mod retry;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,21 +55,18 @@ use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
     RetryPolicy,
 };
-use makiatto_core::GroupCommitter;
-use makiatto_core::replication::SignGate;
-use makiatto_core::replication::own_feed::LEARN_WITHIN;
 use makiatto_events::payload::{AcmeChallenge, CertificateIssued};
-use makiatto_events::{DomainName, Event, FeedWriter, Payload, SealedValue};
+use makiatto_events::{DomainName, Payload, SealedValue};
 use makiatto_protocol::health::{AcmeReport, DueCertificate, OrderFailure};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::sign::CertifiedKey;
 
 use crate::changes::Changes;
 use crate::clock::now_millis;
-use crate::control;
 use crate::keys::NodeKeys;
 use crate::liveness::Liveness;
 use crate::replica::Replica;
+use crate::signer::Signer;
 use retry::{Failure, Failures};
 
 /// Renew this long before expiry.
@@ -105,7 +105,8 @@ struct Backoff {
 pub struct Acme {
     data_dir: PathBuf,
     replica: Arc<Mutex<Replica>>,
-    committer: GroupCommitter,
+    /// Signs and appends this node's events.
+    signer: Arc<Signer>,
     /// Who is alive (the orderer is the first), and whether the peers
     /// hold what this node holds.
     liveness: Liveness,
@@ -117,10 +118,11 @@ pub struct Acme {
     backoff: Mutex<HashMap<String, Backoff>>,
     /// Certificate events already installed here.
     installed: Mutex<BTreeSet<makiatto_events::EventId>>,
+    /// Certificate events whose key this node could not open, with how
+    /// many reseal entries there were then (a new one is tried again).
+    unopened: Mutex<HashMap<makiatto_events::EventId, usize>>,
     /// The domain being ordered now, if any.
     ordering: Mutex<Option<String>>,
-    /// Said in the log that it signs without a peer's word.
-    unconfirmed_said: AtomicBool,
 }
 
 /// Where and how to order: the cluster's ACME settings.
@@ -152,7 +154,7 @@ impl Acme {
     pub fn start(
         data_dir: PathBuf,
         replica: Arc<Mutex<Replica>>,
-        committer: GroupCommitter,
+        signer: Arc<Signer>,
         liveness: Liveness,
         log: Changes,
         keys: NodeKeys,
@@ -162,7 +164,7 @@ impl Acme {
         let acme = Arc::new(Acme {
             data_dir,
             replica,
-            committer,
+            signer,
             liveness,
             log,
             keys,
@@ -170,8 +172,8 @@ impl Acme {
             dns,
             backoff: Mutex::new(HashMap::new()),
             installed: Mutex::new(BTreeSet::new()),
+            unopened: Mutex::new(HashMap::new()),
             ordering: Mutex::new(None),
-            unconfirmed_said: AtomicBool::new(false),
         });
         // Installing follows the log on its own: an order in progress (on
         // this node) must not hold back the challenges it opened.
@@ -225,7 +227,12 @@ impl Acme {
     /// Installs every current certificate this node can open, and the open
     /// HTTP-01 challenges.
     fn install(&self) {
-        let Some(certs) = self.replica.lock().ok().map(|mut r| r.certificates()) else {
+        let Some((certs, resealed)) = self
+            .replica
+            .lock()
+            .ok()
+            .map(|mut r| (r.certificates(), r.resealed()))
+        else {
             return;
         };
         let challenges: HashMap<String, String> = certs
@@ -242,7 +249,18 @@ impl Acme {
             {
                 continue;
             }
-            match open(&self.keys, entry) {
+            // A key this node could not open is tried again once a reseal
+            // of it arrives (a node that joined after the issue).
+            let extra: &[makiatto_events::Recipient] =
+                resealed.get(&entry.key.id()).map_or(&[], |r| r.as_slice());
+            if self
+                .unopened
+                .lock()
+                .is_ok_and(|u| u.get(&entry.event) == Some(&extra.len()))
+            {
+                continue;
+            }
+            match open(&self.keys, entry, extra) {
                 Ok(key) => {
                     let key = Arc::new(key);
                     self.http.install_certificate(&entry.names, key.clone());
@@ -255,11 +273,18 @@ impl Acme {
                     tracing::info!(names = %entry.names.join(", "), issuer = %entry.issuer, "certificate installed");
                 }
                 Err(e) => {
-                    tracing::warn!(names = %entry.names.join(", "), error = %format!("{e:#}"), "cannot open a certificate's key")
+                    tracing::warn!(names = %entry.names.join(", "), error = %format!("{e:#}"), "cannot open a certificate's key (yet: a node that can reseals it to this one)");
+                    if let Ok(mut u) = self.unopened.lock() {
+                        u.insert(entry.event, extra.len());
+                    }
+                    continue;
                 }
             }
             if let Ok(mut i) = self.installed.lock() {
                 i.insert(entry.event);
+            }
+            if let Ok(mut u) = self.unopened.lock() {
+                u.remove(&entry.event);
             }
         }
     }
@@ -298,6 +323,23 @@ impl Acme {
         });
         let peers = r.peers();
         let certs = r.certificates();
+        let resealed = r.resealed();
+        drop(r);
+        // A key that a node no longer in the cluster could open (sealed or
+        // resealed to it) is replaced: a new certificate, a new key.
+        let current: BTreeSet<makiatto_events::SealingKey> =
+            peers.nodes.values().map(|n| n.sealing_key).collect();
+        let exposed = |key: &SealedValue| {
+            key.recipients()
+                .chain(
+                    resealed
+                        .get(&key.id())
+                        .into_iter()
+                        .flatten()
+                        .map(|r| &r.node),
+                )
+                .any(|k| !current.contains(k))
+        };
         let now = now_millis();
         let mut wanted = Vec::new();
         let mut add = |domain: &str, names: Vec<String>| {
@@ -306,6 +348,7 @@ impl Acme {
                 None => true,
                 Some(c) => {
                     c.names != names
+                        || exposed(&c.key)
                         || c.not_after_millis < now + RENEW_BEFORE.as_millis() as u64
                         || names
                             .iter()
@@ -660,71 +703,13 @@ impl Acme {
         }
     }
 
-    /// Whether this node may sign now (`makiatto_core::replication::own_feed`):
-    /// once a peer confirmed its feed's tip since it started, or it has no
-    /// peer, or none answered within the wait (said once in the log).
-    fn may_sign(&self) -> bool {
-        match self.liveness.sign_gate() {
-            SignGate::Learnt => true,
-            SignGate::Waiting { .. } => false,
-            SignGate::Unconfirmed => {
-                if !self.unconfirmed_said.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        waited_secs = LEARN_WITHIN.as_secs(),
-                        "no peer confirmed this node's own feed since it started; signing on what it holds \
-                         (if its data directory was restored from an old backup, its feed forks)"
-                    );
-                }
-                true
-            }
-        }
+    /// Signs `payloads` as this node and appends them (`Signer`).
+    async fn append(&self, payloads: Vec<Payload>) -> anyhow::Result<()> {
+        self.signer.append(payloads).await
     }
 
-    /// Signs `payloads` as this node, on top of its own feed, and appends
-    /// them here; the mesh hands them to the others.
-    async fn append(&self, payloads: Vec<Payload>) -> anyhow::Result<()> {
-        if !self.may_sign() {
-            bail!(
-                "this node has not learnt its own feed's tip from a peer since it started; nothing is signed yet"
-            );
-        }
-        let replica = self.replica.clone();
-        let committer = self.committer.clone();
-        let signing = self.keys.signing.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let (last, parents) = {
-                let r = replica
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("replica lock poisoned"))?;
-                (
-                    r.latest_of(&signing.public())?,
-                    r.heads()
-                        .iter()
-                        .map(|h| (h.id, h.hlc()))
-                        .collect::<Vec<_>>(),
-                )
-            };
-            let mut writer = match last {
-                Some(bytes) => FeedWriter::resume(signing, &Event::decode(&bytes)?),
-                None => FeedWriter::new(signing),
-            };
-            let mut parents = parents;
-            let mut raw = Vec::new();
-            for p in payloads {
-                let e = writer.write(p, &parents, now_millis())?;
-                parents = vec![(e.id(), e.hlc())];
-                raw.push(Ok(e.to_bytes().to_vec()));
-            }
-            let ingested = control::ingest(&replica, &committer, raw, control::Arrival::Replicated)
-                .map_err(anyhow::Error::msg)?;
-            if let Some(bad) = ingested.bad.first() {
-                bail!("this node's own event was refused: {bad}");
-            }
-            Ok(())
-        })
-        .await??;
-        self.log.appended();
-        Ok(())
+    fn may_sign(&self) -> bool {
+        self.signer.may_sign()
     }
 
     /// For `makiatto health` and `maki certs`: per domain, what is wanted,
@@ -846,10 +831,11 @@ fn challenge_by_dns(base: &str, wildcard: bool, directory: &Directory) -> anyhow
 fn open(
     keys: &NodeKeys,
     entry: &makiatto_projections::certificates::CertificateEntry,
+    resealed: &[makiatto_events::Recipient],
 ) -> anyhow::Result<CertifiedKey> {
     let pem = entry
         .key
-        .open(&keys.sealing, &[])
+        .open(&keys.sealing, resealed)
         .map_err(|e| anyhow::anyhow!("the key is not sealed to this node: {e}"))?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(entry.chain_pem.as_bytes())

@@ -148,28 +148,17 @@ fn header_host(h: &str) -> Option<&str> {
 }
 
 /// Answers one request.
-pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
+pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let head = req.method() == Method::HEAD;
-    if req.method() != Method::GET && !head {
-        let mut r = if req.method() == Method::OPTIONS {
-            let mut r = Response::new(empty());
-            *r.status_mut() = StatusCode::NO_CONTENT;
-            r
-        } else {
-            text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "only GET and HEAD are served here",
-            )
-        };
-        r.headers_mut().insert(
-            header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, OPTIONS"),
-        );
-        return r;
-    }
+    let static_method = req.method() == Method::GET || head;
     // ACME HTTP-01, for any name the cluster orders (nameserver names too),
     // over plain HTTP only, before any redirect.
     if ctx.tls.is_none()
+        && static_method
         && let Some(token) = req.uri().path().strip_prefix(ACME_PREFIX)
     {
         return match ctx.challenges.get(token) {
@@ -224,6 +213,34 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
             return text(status, format!("no site named {host} is served here"));
         }
     };
+    // A function's route: before the method check (a handler takes any
+    // method of the WIT enum it allows) and before static files.
+    if let Some(wasm) = ctx.http.wasm.domain_of(&site.domain)
+        && let Some(f) = wasm.function(req.uri().path())
+    {
+        return match request::target(req.uri().path()) {
+            Err(BadPath::TooLong) => text(StatusCode::URI_TOO_LONG, "the path is too long"),
+            Err(BadPath::Malformed) => text(StatusCode::BAD_REQUEST, "malformed path"),
+            Ok(_) => super::function::respond(ctx, &site, f, req).await,
+        };
+    }
+    if !static_method {
+        let mut r = if req.method() == Method::OPTIONS {
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        } else {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET and HEAD are served here",
+            )
+        };
+        r.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        return r;
+    }
     // Image parameters: a bad value is 400 whatever the file; none of
     // ours (no query, `?v=3`) is a plain static request.
     let params = match req.uri().query() {
@@ -270,8 +287,24 @@ pub async fn handle<B>(req: Request<B>, ctx: &Ctx) -> Response<Body> {
         Err(BadPath::TooLong) => return text(StatusCode::URI_TOO_LONG, "the path is too long"),
         Err(BadPath::Malformed) => return text(StatusCode::BAD_REQUEST, "malformed path"),
     };
-    match key.and_then(|k| site.manifest.files.get(k.as_ref())) {
-        Some(entry) => {
+    match key.and_then(|k| site.manifest.files.get_key_value(k.as_ref())) {
+        Some((path, entry)) => {
+            // Boxed, as the rendition below: its state stays out of the
+            // static path's future, which every request moves and polls.
+            if let Some(wasm) = ctx.http.wasm.domain_of(&site.domain)
+                && let Some(r) = Box::pin(super::transformed::respond(
+                    ctx,
+                    &site,
+                    &wasm,
+                    path,
+                    entry,
+                    req.headers(),
+                    head,
+                ))
+                .await
+            {
+                return r;
+            }
             // Boxed: its state stays out of the static path's future,
             // which every request moves and polls.
             if let Some(p) = &params
@@ -315,6 +348,18 @@ pub(super) fn cache_control(content_type: &str, status: StatusCode) -> &'static 
     } else {
         "public, max-age=3600"
     }
+}
+
+/// A file of the version as it is (its precompressed variants included).
+pub(super) async fn serve_file(
+    ctx: &Ctx,
+    site: &SiteVersion,
+    entry: &FileEntry,
+    status: StatusCode,
+    headers: &HeaderMap,
+    head: bool,
+) -> Response<Body> {
+    serve(ctx, site, entry, status, headers, head).await
 }
 
 async fn serve(

@@ -9,18 +9,24 @@
 //! - [`handler`]: one request, from the snapshot and the blob store.
 //! - [`rendition`]: a file asked with image parameters (`?w=…`), from
 //!   the image service (`crate::images`).
+//! - [`transformed`]: a file run through its domain's transforms, a
+//!   representation of its own (cached, ETag, 304, Range).
+//! - [`function`]: a request answered by a WebAssembly handler
+//!   (`crate::wasm`): methods, body limits, statuses, request ids.
 //! - [`server`]: sockets, TLS, hyper.
 //! - [`gather`]: an HTTP/2 connection's writes sent together.
 //!
 //! The routes follow the content follower (a version switch) and the log
 //! (aliases); a request holds one snapshot, so it sees one version whole.
 
+pub mod function;
 pub mod gather;
 pub mod handler;
 pub mod rendition;
 pub mod request;
 pub mod routes;
 pub mod server;
+pub mod transformed;
 pub mod variants;
 
 use std::collections::HashMap;
@@ -38,6 +44,7 @@ use crate::content::Content;
 use crate::handover::Handover;
 use crate::images::{self, Images};
 use crate::replica::Replica;
+use crate::wasm::{NodeInfo, Wasm};
 use crate::work_pool::WorkPool;
 
 /// How often unused variants are deleted.
@@ -57,6 +64,17 @@ pub struct Http {
     statuses: [AtomicU64; 5],
     /// Images on the fly: renditions, their cache, the CPU pool.
     pub images: Arc<Images>,
+    /// WebAssembly functions and transforms.
+    pub wasm: Arc<Wasm>,
+    /// Transformed files, by (input, chain, node).
+    transformed: transformed::Cache,
+    /// Versions (by domain and manifest) whose components are being
+    /// compiled (false) or are (true): a version is switched to once they
+    /// are, so that its first request pays no compile.
+    compiled: Mutex<HashMap<(String, Blake3Hash), bool>>,
+    /// This node's signing key (which node of the peers it is), if it has
+    /// keys yet.
+    me: Option<makiatto_events::AuthorKey>,
 }
 
 impl Http {
@@ -71,7 +89,17 @@ impl Http {
         handover: &Handover,
     ) -> anyhow::Result<Arc<Http>> {
         let settings = replica.lock().map(|mut r| r.settings()).unwrap_or_default();
-        let images = Arc::new(Images::new(pool, images::Config::from_settings(&settings)));
+        let images = Arc::new(Images::new(
+            pool.clone(),
+            images::Config::from_settings(&settings),
+        ));
+        let keys = crate::keys::NodeKeys::load(data_dir).ok();
+        let wasm = Wasm::start(
+            data_dir,
+            content.blobs().clone(),
+            pool,
+            keys.as_ref().map(|k| k.sealing.clone()),
+        )?;
         let http = Arc::new(Http {
             routes: ArcSwap::from_pointee(routes::Routes::default()),
             blobs: content.blobs().clone(),
@@ -82,6 +110,10 @@ impl Http {
             prepared: Mutex::new(Default::default()),
             statuses: Default::default(),
             images,
+            wasm,
+            transformed: transformed::Cache::default(),
+            compiled: Mutex::new(HashMap::new()),
+            me: keys.map(|k| k.signing.public()),
         });
         // Subscribed before the first build, so no change falls between.
         let mut deployed = content.changes();
@@ -128,16 +160,38 @@ impl Http {
     /// configured domains and aliases; versions seen for the first time get
     /// their variants prepared (then the routes are made again).
     fn rebuild(self: Arc<Self>, replica: &Arc<Mutex<Replica>>, content: &Arc<Content>) {
-        let Some((domains, published, settings)) = replica.lock().ok().map(|mut r| {
-            let (d, p) = r.domains();
-            (d, p, r.settings())
-        }) else {
+        let Some((domains, published, settings, configs, peers, resealed)) =
+            replica.lock().ok().map(|mut r| {
+                let (d, p) = r.domains();
+                (
+                    d,
+                    p,
+                    r.settings(),
+                    r.domain_configs(),
+                    r.peers(),
+                    r.resealed(),
+                )
+            })
+        else {
             return;
         };
         // The image settings follow the log; the rendition cache is not
         // emptied by a rebuild (its keys are content hashes).
         self.images
             .configure(images::Config::from_settings(&settings));
+        let node = peers
+            .nodes
+            .iter()
+            .find(|(_, n)| Some(n.signing_key) == self.me)
+            .map(|(name, n)| NodeInfo {
+                name: name.to_string(),
+                latitude: n.latitude,
+                longitude: n.longitude,
+            })
+            .unwrap_or_default();
+        let wasm_changed =
+            self.wasm
+                .configure(node, &settings, peers.mesh_range, &configs, &resealed);
         let mut versions = HashMap::new();
         // A version already served, with no variant made or gone since,
         // keeps its snapshot: a rebuild for an event, or for another
@@ -156,12 +210,21 @@ impl Http {
                 tracing::error!(%domain, manifest = %d.manifest, "the deployed manifest cannot be read");
                 continue;
             };
+            // A new version whose components are not compiled yet: the
+            // version served until now stays while they compile (none:
+            // the domain answers 503 as while its files are fetched).
+            if !self.components_compiled(&domain, d.manifest, &manifest, replica, content) {
+                if let Some(old) = current.site(&domain) {
+                    versions.insert(domain, old.clone());
+                }
+                continue;
+            }
             let variants = self.variants.present(&manifest);
             let at = published.get(&d.version).map_or(0, |h| h.millis);
             versions.insert(
                 domain.clone(),
                 Arc::new(routes::SiteVersion::new(
-                    domain, d.version, at, manifest, variants, generation,
+                    domain, d.version, at, manifest, d.manifest, variants, generation,
                 )),
             );
         }
@@ -174,7 +237,19 @@ impl Http {
                 .collect(),
             Err(_) => Vec::new(),
         };
+        self.forget_compiled(&versions);
         let routes = routes::Routes::build(&domains, versions);
+        if wasm_changed {
+            // Functions or transforms configured anew for versions
+            // already served: compiled now, not at their first request.
+            for site in current.sites() {
+                tokio::spawn(self.wasm.clone().prepare_version(
+                    site.manifest_hash,
+                    site.manifest.clone(),
+                    site.domain.clone(),
+                ));
+            }
+        }
         if routes.same_as(&current) {
             // Nothing a visitor sees changed (an event that is no switch
             // and no new name): the small-file cache stays warm.
@@ -204,6 +279,58 @@ impl Http {
         self.cache.clear();
         if !new.is_empty() {
             self.prepare_variants(new, replica.clone(), content.clone());
+        }
+    }
+
+    /// Whether the components `domain`'s version `manifest_hash` runs are
+    /// compiled; if they are not, and are not being, starts compiling
+    /// them on the work pool, and rebuilds the routes when they are.
+    fn components_compiled(
+        self: &Arc<Self>,
+        domain: &str,
+        manifest_hash: Blake3Hash,
+        manifest: &Arc<Manifest>,
+        replica: &Arc<Mutex<Replica>>,
+        content: &Arc<Content>,
+    ) -> bool {
+        let Ok(mut compiled) = self.compiled.lock() else {
+            return true;
+        };
+        let key = (domain.to_owned(), manifest_hash);
+        if let Some(done) = compiled.get(&key) {
+            return *done;
+        }
+        if !self.wasm.runs_components(manifest, domain) {
+            return true;
+        }
+        compiled.insert(key.clone(), false);
+        drop(compiled);
+        tracing::info!(%domain, manifest = %manifest_hash, "compiling the version's components before serving it");
+        let (this, replica, content) = (self.clone(), replica.clone(), content.clone());
+        let prepare =
+            self.wasm
+                .clone()
+                .prepare_version(manifest_hash, manifest.clone(), domain.to_owned());
+        tokio::spawn(async move {
+            prepare.await;
+            if let Ok(mut compiled) = this.compiled.lock() {
+                compiled.insert(key, true);
+            }
+            this.rebuild(&replica, &content);
+        });
+        false
+    }
+
+    /// Forgets the versions compiled that are no longer served (a rollback
+    /// to one looks again: its components may have been collected).
+    fn forget_compiled(&self, served: &HashMap<String, Arc<routes::SiteVersion>>) {
+        if let Ok(mut compiled) = self.compiled.lock() {
+            compiled.retain(|(domain, manifest), done| {
+                !*done
+                    || served
+                        .get(domain)
+                        .is_some_and(|s| s.manifest_hash == *manifest)
+            });
         }
     }
 
@@ -254,6 +381,11 @@ impl Http {
             .flat_map(|s| s.manifest.files.values().map(|f| f.hash))
             .collect();
         let removed = self.variants.collect(&keep);
+        let deployed: Vec<(Blake3Hash, Arc<Manifest>)> = routes
+            .sites()
+            .map(|s| (s.manifest_hash, s.manifest.clone()))
+            .collect();
+        self.wasm.collect(&deployed);
         if removed > 0 {
             tracing::info!(removed, "collected variants no deployed version uses");
         }
@@ -283,6 +415,7 @@ impl Http {
         let n = |i: usize| self.statuses[i].load(Ordering::Relaxed);
         HttpReport {
             images: Some(self.images.report()),
+            wasm: Some(self.wasm.report()),
             hosts,
             sites,
             responses: StatusCounts {

@@ -19,6 +19,8 @@ pub struct SiteVersion {
     /// `published` as a header value, made once.
     pub last_modified: hyper::header::HeaderValue,
     pub manifest: Arc<Manifest>,
+    /// The manifest's blob hash (names the version's tree for components).
+    pub manifest_hash: Blake3Hash,
     /// Prepared encodings per source blob, with their sizes.
     pub variants: Prepared,
     /// [`super::variants::Variants::generation`] when `variants` was read:
@@ -126,6 +128,7 @@ impl SiteVersion {
         version: EventId,
         published_millis: u64,
         manifest: Arc<Manifest>,
+        manifest_hash: Blake3Hash,
         variants: Prepared,
         variants_generation: u64,
     ) -> SiteVersion {
@@ -150,6 +153,7 @@ impl SiteVersion {
             published,
             last_modified,
             manifest,
+            manifest_hash,
             variants,
             variants_generation,
             has_404,
@@ -208,6 +212,7 @@ mod tests {
                 EventId::of(&[n]),
                 0,
                 Arc::new(Manifest::default()),
+                Manifest::default().hash(),
                 Prepared::default(),
                 0,
             ))

@@ -289,6 +289,29 @@ impl Variants {
     }
 }
 
+/// Compresses a response made on demand (a function's answer, a
+/// transformed file): fast levels, since a request waits for it.
+pub fn compress_dynamic(coding: Coding, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len() / 3);
+    match coding {
+        Coding::Br => {
+            let params = brotli::enc::BrotliEncoderParams {
+                quality: 4,
+                lgwin: 20,
+                ..Default::default()
+            };
+            brotli::BrotliCompress(&mut &bytes[..], &mut out, &params)?;
+        }
+        Coding::Zstd => out = zstd::bulk::compress(bytes, 3)?,
+        Coding::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(out, flate2::Compression::new(6));
+            e.write_all(bytes)?;
+            out = e.finish()?;
+        }
+    }
+    Ok(out)
+}
+
 fn compress(coding: Coding, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.len() / 3);
     match coding {

@@ -1,0 +1,186 @@
+//! The wasmtime engine: components compiled once per blob hash and kept on
+//! disk (wasmtime's serialized form, which it checks against this engine's
+//! build and settings when it loads it), instances from the pooling
+//! allocator (a request pays no mmap), and a clock of epochs that stops a
+//! guest in a tight loop (a plain async timeout cannot).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use makiatto_events::Blake3Hash;
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// One epoch: the granularity of timeouts.
+pub const EPOCH: Duration = Duration::from_millis(10);
+/// The largest memory any component may be given (`wasm.max_memory_mb`'s
+/// ceiling): the pooling allocator's slot size.
+pub const MAX_MEMORY_BYTES: usize = 512 << 20;
+/// Instances the pool holds at once (more wait in the work pool's queue).
+const POOL_INSTANCES: u32 = 64;
+
+/// Why a component could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("blob {0} is not stored on this node")]
+    Missing(Blake3Hash),
+    #[error("component {hash} does not compile: {error:#}")]
+    Invalid {
+        hash: Blake3Hash,
+        error: wasmtime::Error,
+    },
+    #[error("the compiled-component cache {}: {error}", path.display())]
+    Cache {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// The engine of this node.
+pub fn engine() -> wasmtime::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(POOL_INSTANCES)
+        .total_core_instances(POOL_INSTANCES * 4)
+        .total_memories(POOL_INSTANCES * 2)
+        .total_tables(POOL_INSTANCES * 4)
+        .max_memory_size(MAX_MEMORY_BYTES)
+        .max_memories_per_component(4)
+        .max_tables_per_component(8)
+        .max_core_instances_per_component(64);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        // A guest that recurses without end traps on this, not the thread.
+        .max_wasm_stack(1 << 20);
+    Engine::new(&config)
+}
+
+/// Advances the engine's epoch every [`EPOCH`] for as long as the daemon
+/// runs (a thread of its own: it must tick while every core is busy).
+pub fn start_clock(engine: &Engine) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("makiatto-wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH);
+            }
+        })?;
+    Ok(())
+}
+
+/// Epochs for a timeout (at least one).
+pub fn ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() / EPOCH.as_millis()).max(1) as u64
+}
+
+/// Compiled components on disk: `<data>/wasm/compiled/<hash>.cwasm`.
+pub struct CompiledCache {
+    dir: PathBuf,
+}
+
+impl CompiledCache {
+    pub fn open(data_dir: &Path) -> std::io::Result<CompiledCache> {
+        let dir = data_dir.join("wasm").join("compiled");
+        std::fs::create_dir_all(&dir)?;
+        Ok(CompiledCache { dir })
+    }
+
+    /// The cache in `dir` (made by [`CompiledCache::open`]).
+    pub fn at(dir: &Path) -> CompiledCache {
+        CompiledCache {
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, hash: &Blake3Hash) -> PathBuf {
+        self.dir.join(format!("{}.cwasm", hash.to_hex()))
+    }
+
+    /// The component of blob `source` (whose hash is `hash`): loaded from
+    /// the cache when wasmtime accepts the file there, else compiled and
+    /// written (atomically). Runs on the work pool: compiling takes
+    /// seconds for a large component.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        hash: Blake3Hash,
+        source: &Path,
+    ) -> Result<Arc<Component>, CompileError> {
+        let cached = self.path(&hash);
+        if cached.exists() {
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine of this daemon into a directory only the daemon's
+            // user writes; wasmtime checks its header (version, target,
+            // engine settings) and refuses one made otherwise.
+            match unsafe { Component::deserialize_file(engine, &cached) } {
+                Ok(c) => return Ok(Arc::new(c)),
+                Err(error) => {
+                    tracing::warn!(component = %hash, error = %error, "a cached compiled component was refused; compiling again");
+                    let _ = std::fs::remove_file(&cached);
+                }
+            }
+        }
+        let bytes = match std::fs::read(source) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CompileError::Missing(hash));
+            }
+            Err(error) => {
+                return Err(CompileError::Cache {
+                    path: source.to_owned(),
+                    error,
+                });
+            }
+        };
+        let started = std::time::Instant::now();
+        let component = Component::new(engine, &bytes)
+            .map_err(|error| CompileError::Invalid { hash, error })?;
+        tracing::info!(
+            component = %hash,
+            bytes = bytes.len(),
+            millis = started.elapsed().as_millis() as u64,
+            "component compiled"
+        );
+        match component.serialize() {
+            Ok(compiled) => {
+                let tmp = cached.with_extension("tmp");
+                let written =
+                    std::fs::write(&tmp, compiled).and_then(|()| std::fs::rename(&tmp, &cached));
+                if let Err(error) = written {
+                    tracing::warn!(component = %hash, %error, "cannot keep the compiled component");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(component = %hash, %error, "cannot serialize the compiled component")
+            }
+        }
+        Ok(Arc::new(component))
+    }
+
+    /// Deletes compiled components no kept hash names.
+    pub fn collect(&self, keep: &std::collections::HashSet<Blake3Hash>) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let hash = name
+                .strip_suffix(".cwasm")
+                .and_then(|h| crate::blobs::parse_hash(h).ok());
+            if hash.is_none_or(|h| !keep.contains(&h)) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+;; world: http
+(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  ;; A bump allocator: enough for one request.
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
+    (global.set $heap (i32.add (local.get $p) (local.get 3)))
+    (block $fits
+      (br_if $fits (i32.le_u (global.get $heap) (i32.shl (memory.size) (i32.const 16))))
+      (br_if $fits (i32.ne (memory.grow
+        (i32.add (i32.shr_u (i32.sub (global.get $heap) (i32.shl (memory.size) (i32.const 16))) (i32.const 16)) (i32.const 1)))
+        (i32.const -1)))
+      unreachable)
+    (local.get $p))
+  ;; Hostile: answers a 1 GiB body it does not have (the response record
+  ;; at 64: status 200, no headers, body = some(ptr 0, len 1 GiB)).
+  (func (export "makiatto:http/handler@0.1.0#handle-request") (param i32 i32 f64 f64 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+    (i32.store16 (i32.const 64) (i32.const 200))
+    (i32.store (i32.const 68) (i32.const 0))
+    (i32.store (i32.const 72) (i32.const 0))
+    (i32.store8 (i32.const 76) (i32.const 1))
+    (i32.store (i32.const 80) (i32.const 0))
+    (i32.store (i32.const 84) (i32.const 0x40000000))
+    (i32.const 64))
+)

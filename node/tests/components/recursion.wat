@@ -1,0 +1,23 @@
+;; world: http
+(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  ;; A bump allocator: enough for one request.
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
+    (global.set $heap (i32.add (local.get $p) (local.get 3)))
+    (block $fits
+      (br_if $fits (i32.le_u (global.get $heap) (i32.shl (memory.size) (i32.const 16))))
+      (br_if $fits (i32.ne (memory.grow
+        (i32.add (i32.shr_u (i32.sub (global.get $heap) (i32.shl (memory.size) (i32.const 16))) (i32.const 16)) (i32.const 1)))
+        (i32.const -1)))
+      unreachable)
+    (local.get $p))
+  (func $down (param i64) (result i64)
+    (i64.add (call $down (i64.add (local.get 0) (i64.const 1))) (i64.const 1)))
+  ;; Hostile: recurses until the stack is exhausted.
+  (func (export "makiatto:http/handler@0.1.0#handle-request") (param i32 i32 f64 f64 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+    (drop (call $down (i64.const 0)))
+    (i32.const 0))
+)
