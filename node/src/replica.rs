@@ -592,12 +592,8 @@ impl Replica {
     /// recipients a sealed value may be opened by (`SealedValue::open`).
     pub fn resealed(&self) -> BTreeMap<makiatto_events::SecretId, Vec<makiatto_events::Recipient>> {
         let mut out: BTreeMap<_, Vec<_>> = BTreeMap::new();
-        for e in self.engine.ordered() {
-            if let Payload::SecretResealed(r) = e.payload()
-                && self.engine.verdict(&e.id()).is_some_and(|v| v.is_applied())
-            {
-                out.entry(r.secret).or_default().push(r.recipient.clone());
-            }
+        for (secret, recipient) in self.engine.resealed() {
+            out.entry(*secret).or_default().push(recipient.clone());
         }
         out
     }

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use makiatto_events::{AuthorKey, EventId, SealedValue, VersionVector};
+use makiatto_events::{AuthorKey, EventId, Recipient, SealedValue, SecretId, VersionVector};
 use serde::{Deserialize, Serialize};
 
 use crate::certificates::Certificates;
@@ -28,7 +28,7 @@ use crate::source::{Position, SourceError};
 
 /// The format of checkpoints and records this build writes; others are
 /// not read (the log is folded from the start instead).
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct SavedFold {
@@ -48,6 +48,7 @@ struct SavedFold {
     folded: u64,
     places: BTreeMap<AuthorKey, Runs>,
     config_events: Vec<EventId>,
+    resealed: Vec<(SecretId, Recipient)>,
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> SourceError {
@@ -76,6 +77,7 @@ impl Fold {
             folded: self.folded,
             places: self.places.clone(),
             config_events: self.config_events.clone(),
+            resealed: self.resealed.clone(),
         };
         serde_json::to_vec(&saved).unwrap_or_default()
     }
@@ -114,6 +116,7 @@ impl Fold {
             folded: saved.folded,
             places: saved.places,
             config_events: saved.config_events,
+            resealed: saved.resealed,
         })
     }
 }

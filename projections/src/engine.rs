@@ -733,6 +733,11 @@ impl<S: Source> Engine<S> {
         self.fold.config_events()
     }
 
+    /// The applied `secret-resealed` entries, in canonical order.
+    pub fn resealed(&self) -> &[(makiatto_events::SecretId, makiatto_events::Recipient)] {
+        self.fold.resealed()
+    }
+
     /// All projections as of every ready event.
     pub fn state(&mut self) -> &State {
         let fold = &self.fold;

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use makiatto_events::{AuthorKey, DomainName, Event, EventId, Payload};
+use makiatto_events::{AuthorKey, DomainName, Event, EventId, Payload, Recipient, SecretId};
 use serde::{Deserialize, Serialize};
 
 use crate::certificates::Certificates;
@@ -115,6 +115,9 @@ pub struct Fold {
     pub(crate) places: BTreeMap<AuthorKey, Runs>,
     /// The applied `config-changed` events, in canonical order.
     pub(crate) config_events: Vec<EventId>,
+    /// The applied `secret-resealed` entries, in canonical order: the
+    /// extra recipients of each sealed value.
+    pub(crate) resealed: Vec<(SecretId, Recipient)>,
 }
 
 impl Fold {
@@ -136,6 +139,11 @@ impl Fold {
     /// The applied `config-changed` events, in canonical order.
     pub fn config_events(&self) -> &[EventId] {
         &self.config_events
+    }
+
+    /// The applied `secret-resealed` entries, in canonical order.
+    pub fn resealed(&self) -> &[(SecretId, Recipient)] {
+        &self.resealed
     }
 
     /// Folds an event not folded before and returns its entry. Events must
@@ -347,6 +355,10 @@ impl Fold {
             Payload::AcmeChallenge(_)
             | Payload::CertificateIssued(_)
             | Payload::CertificateRenewalRequested(_) => self.certificates.apply(event),
+            Payload::SecretResealed(r) => {
+                self.resealed.push((r.secret, r.recipient.clone()));
+                false
+            }
             _ => false,
         };
         if zones_may_change {
