@@ -23,6 +23,12 @@ for tool in "$cpy" "$wt"; do
   fi
 done
 
+# One build at a time: test processes run this at once, and each would
+# otherwise see the other's half-written outputs.
+mkdir -p "$root/target"
+exec 9>"$root/target/.build-components.lock"
+flock 9
+
 # stale OUT SOURCES...: whether OUT is missing or older than a source.
 stale() {
   local out="$1"; shift
@@ -67,10 +73,12 @@ for wat in "$root"/node/tests/components/*.wat; do
   # The first line names the package: ;; world: http | transform
   world="$(sed -n '1s/^;; world: *//p' "$wat")"
   if stale "$out" "$wat" "$root/wit/$world"/*.wit; then
-    "$wt" parse "$wat" -o "$out.core"
-    "$wt" component embed "$root/wit/$world" --world "$world" "$out.core" -o "$out.embedded"
-    "$wt" component new "$out.embedded" -o "$out"
-    rm -f "$out.core" "$out.embedded"
+    tmp="$out.tmp.$$"
+    "$wt" parse "$wat" -o "$tmp.core"
+    "$wt" component embed "$root/wit/$world" --world "$world" "$tmp.core" -o "$tmp.embedded"
+    "$wt" component new "$tmp.embedded" -o "$tmp"
+    rm -f "$tmp.core" "$tmp.embedded"
+    mv "$tmp" "$out"
     echo "built $out"
   fi
 done
