@@ -263,17 +263,9 @@ fn upgrading_and_restarting_every_node_under_load_drops_nothing() {
     }
     // Healthy, but for what depends on this machine rather than on the
     // rollouts (its free disk and memory, the age of its GeoIP copy).
-    let health = c.maki(&["health", "--json"]);
-    let report: Value = serde_json::from_slice(&health.stdout).unwrap();
-    let wrong: Vec<&Value> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["severity"] != "note")
-        .filter(|f| !["disk", "memory"].contains(&f["check"].as_str().unwrap()))
-        .filter(|f| !(f["check"] == "geoip" && f["severity"] == "warning"))
-        .collect();
-    assert!(wrong.is_empty(), "after the rollouts: {wrong:#?}");
+    if let Err(wrong) = c.healthy() {
+        panic!("after the rollouts: {wrong}");
+    }
 }
 
 /// A build that passes `handover-check` (it answers as this build does)
