@@ -418,20 +418,6 @@ fn retry_within(state: &str, secs: u64) -> bool {
         .is_some_and(|n| n < secs)
 }
 
-/// The SHA-256 fingerprint of `node`'s SSH host key.
-fn host_fingerprint(c: &Cluster, node: &str) -> String {
-    let out = std::process::Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(c.host_dir(node).join("ssh_host_ed25519_key.pub"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned()
-}
-
 /// A node that joins after a certificate was issued (its key sealed to
 /// the nodes there then) serves it: a node that holds the key reseals it
 /// to the newcomer (`secret-resealed`), with no new order.
@@ -452,25 +438,7 @@ fn a_node_that_joins_later_serves_the_certificate_issued_before() {
     let issued = not_after(&c);
     let log = c.ok(&["log", "--json"]);
     assert!(log.contains("key sealed to 3 nodes"), "{log}");
-    let fp = host_fingerprint(&c, &newcomer.node);
-    let (lat, lon) = (
-        newcomer.latitude.to_string(),
-        newcomer.longitude.to_string(),
-    );
-    c.ok(&[
-        "machine",
-        "init",
-        &newcomer.node,
-        &format!("root@{}", newcomer.ipv4),
-        "--lat",
-        &lat,
-        "--lon",
-        &lon,
-        "--binary-path",
-        c.daemon().to_str().unwrap(),
-        "--accept-host-key",
-        &fp,
-    ]);
+    c.init_machine(&newcomer);
     let ca = c.ok(&["local", "ca"]).trim().to_owned();
     let index = std::fs::read_to_string(project.parent().unwrap().join("site/index.html")).unwrap();
     wait_seeing(

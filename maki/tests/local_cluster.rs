@@ -8,19 +8,6 @@ use std::time::Duration;
 
 use makiatto_harness::{Cluster, json_lines, require_root, wait_seeing};
 
-fn host_fingerprint(c: &Cluster, node: &str) -> String {
-    let out = Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(c.host_dir(node).join("ssh_host_ed25519_key.pub"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn machines_are_managed_over_ssh_on_local_test_hosts() {
     require_root();
@@ -168,7 +155,7 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
         "test ! -e /var/makiatto && test ! -e /etc/makiatto && test ! -e /usr/local/bin/makiatto && ! id makiatto",
     ]);
     assert!(wiped.status.success(), "tololo was not wiped");
-    let fp = host_fingerprint(&c, "tololo");
+    let fp = c.host_fingerprint("tololo");
     let tololo_ip = status["hosts"][2]["ipv4"].as_str().unwrap().to_owned();
     let target = format!("root@{tololo_ip}");
     let init = [
@@ -277,7 +264,7 @@ fn machines_are_managed_over_ssh_on_local_test_hosts() {
     // A fresh profile learns an existing machine with `machine add`.
     let fresh = c.dir.path().join("fresh.toml");
     let vector_ip = status["hosts"][0]["ipv4"].as_str().unwrap().to_owned();
-    let vector_fp = host_fingerprint(&c, "vector");
+    let vector_fp = c.host_fingerprint("vector");
     let vector_target = format!("root@{vector_ip}");
     let add = [
         "--profile",

@@ -623,21 +623,6 @@ path = \"./other\"
     assert!(wasm["failed"].as_u64() >= Some(5), "{wasm}");
 }
 
-/// The SHA-256 fingerprint of `node`'s SSH host key, as `maki machine
-/// init --accept-host-key` takes it.
-fn host_fingerprint(c: &Cluster, node: &str) -> String {
-    let out = std::process::Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(c.host_dir(node).join("ssh_host_ed25519_key.pub"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn an_env_value_is_resealed_to_a_node_that_joins_later() {
     require_root();
@@ -670,25 +655,7 @@ fn an_env_value_is_resealed_to_a_node_that_joins_later() {
     c.ok(&["machine", "remove", &newcomer.node, "--force"]);
     c.ok(&["sync", "--file", file.to_str().unwrap(), "-m", "env"]);
     let live = live_everywhere(&c, "the version reaches the three nodes");
-    let fp = host_fingerprint(&c, &newcomer.node);
-    let (lat, lon) = (
-        newcomer.latitude.to_string(),
-        newcomer.longitude.to_string(),
-    );
-    c.ok(&[
-        "machine",
-        "init",
-        &newcomer.node,
-        &format!("root@{}", newcomer.ipv4),
-        "--lat",
-        &lat,
-        "--lon",
-        &lon,
-        "--binary-path",
-        c.daemon().to_str().unwrap(),
-        "--accept-host-key",
-        &fp,
-    ]);
+    c.init_machine(&newcomer);
     let ask = |h: &makiatto_harness::Host| {
         curl(
             &c,

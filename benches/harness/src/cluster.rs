@@ -288,6 +288,44 @@ impl Cluster {
         ))
     }
 
+    /// The fingerprint of `node`'s SSH host key, as `maki machine init
+    /// --accept-host-key` takes it (`SHA256:…`).
+    pub fn host_fingerprint(&self, node: &str) -> String {
+        let key = self.host_dir(node).join("ssh_host_ed25519_key.pub");
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&key)
+            .output()
+            .unwrap_or_else(|e| panic!("ssh-keygen -lf {}: {e}", key.display()));
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("no fingerprint of {}", key.display()))
+            .to_owned()
+    }
+
+    /// `maki machine init` of `host` (a test host `up` made, whose node
+    /// was removed or never initialised): at its place, with this build's
+    /// daemon, its host key accepted.
+    pub fn init_machine(&self, host: &crate::Host) {
+        let fp = self.host_fingerprint(&host.node);
+        let (lat, lon) = (host.latitude.to_string(), host.longitude.to_string());
+        self.ok(&[
+            "machine",
+            "init",
+            &host.node,
+            &format!("root@{}", host.ipv4),
+            "--lat",
+            &lat,
+            "--lon",
+            &lon,
+            "--binary-path",
+            self.makiatto.to_str().expect("a UTF-8 path"),
+            "--accept-host-key",
+            &fp,
+        ]);
+    }
+
     /// What `maki local up` recorded.
     pub fn state(&self) -> State {
         let path = self.cluster_dir().join("state.json");
