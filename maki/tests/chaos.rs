@@ -99,12 +99,7 @@ impl Chaos {
         let project = c.dir.path().join("project");
         let file = copy_examples(&project);
         let state = c.up(5, &["--sync", file.to_str().unwrap()]);
-        let client = Namespace::create(
-            &format!("mk-{}-load", c.name),
-            &format!("mk{}ld", state.slot),
-            state.address(12),
-            &state.bridge,
-        );
+        let client = c.load_client(&state);
         Chaos {
             c,
             hosts: state.hosts,

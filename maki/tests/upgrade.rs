@@ -10,7 +10,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use makiatto_harness::traffic::{Kind, Latency, Load, Plan, Tally};
@@ -112,23 +111,8 @@ fn upgrading_and_restarting_every_node_under_load_drops_nothing() {
             },
         );
     }
-    let client = Namespace::create(
-        &format!("mk-{}-load", c.name),
-        &format!("mk{}ld", state.slot),
-        state.address(12),
-        &state.bridge,
-    );
-    let plan = Plan {
-        nodes: state
-            .hosts
-            .iter()
-            .map(|h| (h.node.clone(), h.ipv4.parse::<IpAddr>().unwrap()))
-            .collect(),
-        host: "example.test".into(),
-        path: "/".into(),
-        dns_name: "example.test".into(),
-        pause: Duration::from_millis(2),
-    };
+    let client = c.load_client(&state);
+    let plan = Plan::example_site(&state, Duration::from_millis(2));
     let pids: Vec<Value> = NODES.iter().map(|n| daemon(&c, n)["pid"].clone()).collect();
 
     // A new build: the same program in another file (a few bytes more).

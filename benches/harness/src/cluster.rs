@@ -326,6 +326,17 @@ impl Cluster {
         ]);
     }
 
+    /// A namespace of its own for load clients, at the 12th address of the
+    /// cluster's range, on its bridge (`state`: what `up` returned).
+    pub fn load_client(&self, state: &State) -> crate::Namespace {
+        crate::Namespace::create(
+            &format!("mk-{}-load", self.name),
+            &format!("mk{}ld", state.slot),
+            state.address(12),
+            &state.bridge,
+        )
+    }
+
     /// What `maki local up` recorded.
     pub fn state(&self) -> State {
         let path = self.cluster_dir().join("state.json");

@@ -50,6 +50,30 @@ pub struct Plan {
     pub pause: Duration,
 }
 
+impl Plan {
+    /// The example site's `/` on every node of `state` (and its name over
+    /// DNS), with `pause` between one client's requests.
+    pub fn example_site(state: &crate::State, pause: Duration) -> Plan {
+        Plan {
+            nodes: state
+                .hosts
+                .iter()
+                .map(|h| {
+                    let ip = h
+                        .ipv4
+                        .parse::<IpAddr>()
+                        .unwrap_or_else(|e| panic!("{}: {e}", h.ipv4));
+                    (h.node.clone(), ip)
+                })
+                .collect(),
+            host: "example.test".into(),
+            path: "/".into(),
+            dns_name: "example.test".into(),
+            pause,
+        }
+    }
+}
+
 /// What kind of client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

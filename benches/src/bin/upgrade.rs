@@ -16,34 +16,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use makiatto_harness::traffic::{Kind, Latency, Load, Plan, Tally};
-use makiatto_harness::{Cluster, Namespace, example_project, require_root, wait_until};
+use makiatto_harness::{Cluster, example_project, require_root, wait_until};
 
 fn main() {
     require_root();
     let c = Cluster::new("ug");
     let project = example_project();
     let state = c.up(3, &["--no-ca", "--sync", project.to_str().unwrap()]);
-    let client = Namespace::create(
-        &format!("mk-{}-load", c.name),
-        &format!("mk{}ld", state.slot),
-        state.address(12),
-        &state.bridge,
-    );
-    let plan = Plan {
-        nodes: state
-            .hosts
-            .iter()
-            .map(|h| (h.node.clone(), h.ipv4.parse::<IpAddr>().unwrap()))
-            .collect(),
-        host: "example.test".into(),
-        path: "/".into(),
-        dns_name: "example.test".into(),
-        pause: Duration::ZERO,
-    };
+    let client = c.load_client(&state);
+    let plan = Plan::example_site(&state, Duration::ZERO);
     let binary = c.daemon().to_str().unwrap().to_owned();
     for (what, args) in [
         (
