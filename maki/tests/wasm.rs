@@ -3,27 +3,35 @@
 //! them, and a rollback brings back the components of the version it
 //! returns to; the example's handler answers on every node with that
 //! node's name, and its transform marks every HTML page; hostile
-//! components are refused what the sandbox forbids while static files
-//! are served; a node that joins after a sync reads the env values,
-//! resealed to it. Needs root.
+//! components are refused what the sandbox forbids (TCP sockets to
+//! non-public addresses, files outside their version, endless loops,
+//! memory) while static files are served; a component's wasi:http
+//! requests reach a public address and are refused to non-public ones; a
+//! node that joins after a sync reads the env values, resealed to it.
+//! Needs root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
 
 use std::time::Duration;
 
 use makiatto_harness::{
-    Cluster, copy_examples, copy_examples_with_wasm, require_root, test_component, wait_until,
+    Cluster, Process, copy_examples, copy_examples_with_wasm, require_root, test_component,
+    wait_until,
 };
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["vector", "klukai", "tololo"];
 
-/// The live manifest every node serves once they agree, with its bytes
-/// (fetched from `vector`'s blob store).
+/// The live version every node of the three serves once they agree.
 fn live_everywhere(c: &Cluster, what: &str) -> String {
+    live_on(c, &NODES, what)
+}
+
+/// The live version `nodes` serve once they agree.
+fn live_on(c: &Cluster, nodes: &[&str], what: &str) -> String {
     let mut live = String::new();
     wait_until(Duration::from_secs(30), what, || {
-        let all: Vec<Value> = NODES
+        let all: Vec<Value> = nodes
             .iter()
             .map(|n| c.health(n)["sites"]["example.test"].clone())
             .collect();
@@ -304,6 +312,24 @@ fn live_manifest(c: &Cluster, domain: &str) -> String {
         .to_owned()
 }
 
+/// `node`'s mesh address, as `maki machine list` shows it.
+fn mesh_addr(c: &Cluster, node: &str) -> String {
+    c.ok(&["machine", "list", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|m| m["name"] == node)
+        .and_then(|m| m["mesh_addr"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no mesh address of {node}"))
+}
+
+/// The sandbox on a cluster, with the hostile component (Python, wasi
+/// sockets and files) and hand-written ones: TCP connections reach a
+/// public address and are refused to loopback, private, link-local, the
+/// mesh and a name for loopback; files are its own version's, read-only;
+/// a body too large is refused before the call; endless loops end at
+/// their timeout while static files, DNS and replication go on; memory,
+/// recursion and a huge response fail the call alone. wasi:http requests:
+/// `a_component_fetches_through_wasi_http_from_public_addresses_only`.
 #[test]
 fn hostile_components_are_refused_and_static_files_are_served_meanwhile() {
     require_root();
@@ -362,17 +388,7 @@ path = \"./other\"
                 == Some(live.as_str())
         },
     );
-    let machines: Vec<Value> = c
-        .ok(&["machine", "list", "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let mesh_of_other = machines
-        .iter()
-        .find(|m| m["name"] == other.node.as_str())
-        .and_then(|m| m["mesh_addr"].as_str())
-        .unwrap()
-        .to_owned();
+    let mesh_of_other = mesh_addr(&c, &other.node);
     let page = |path: &str| {
         curl(
             &c,
@@ -392,7 +408,7 @@ path = \"./other\"
         assert_eq!(body, index, "the static file is served unchanged");
     };
 
-    // Outgoing: a public address (another node's HTTP port) is reached,
+    // Outgoing TCP (wasi:sockets): a public address (another node's HTTP port) is reached,
     // which shows the component can connect at all; loopback, private,
     // link-local (cloud metadata), the mesh and a name for loopback are
     // refused by the sandbox's rule, before any packet.
@@ -621,6 +637,204 @@ path = \"./other\"
     let wasm = c.health(&me.node)["http"]["wasm"].clone();
     assert!(wasm["timeouts"].as_u64() >= Some(2), "{wasm}");
     assert!(wasm["failed"].as_u64() >= Some(5), "{wasm}");
+}
+
+/// The fetch component's answer to a GET of `url` on `node` (its own
+/// public address `ip`): status line and body.
+fn fetch(c: &Cluster, node: &str, ip: &str, url: &str) -> (String, String) {
+    let (head, body) = curl(
+        c,
+        node,
+        &[
+            "-G",
+            "--data-urlencode",
+            &format!("url={url}"),
+            "-H",
+            "Host: example.test",
+            &format!("http://{ip}/api/fetch"),
+        ],
+    );
+    (head.lines().next().unwrap_or("").trim().to_owned(), body)
+}
+
+/// wasi:http on a cluster: the fetch component
+/// (`node/tests/components/fetch/`) GETs through wasi:http's outgoing
+/// handler, which the node's own sender carries out
+/// (`node/src/wasm/outgoing.rs`). A server in another test host, at its
+/// public (documentation-range) address, answers; loopback, private,
+/// link-local (cloud metadata), IPv4-mapped IPv6 loopback, the mesh
+/// (where the same server listens too) and a name for loopback (resolved
+/// by the test host's `/etc/hosts`) are refused by the destination rule
+/// with `destination-ip-prohibited`, before any connection, each logged,
+/// and the node serves static files meanwhile. A closed port at a public
+/// address gets `connection-refused`: the network's answer, not the rule's.
+#[test]
+fn a_component_fetches_through_wasi_http_from_public_addresses_only() {
+    require_root();
+    let c = Cluster::new("wf");
+    let project = c.dir.path().join("project");
+    let file = copy_examples(&project);
+    let toml = std::fs::read_to_string(&file).unwrap();
+    std::fs::create_dir_all(project.join("site/api")).unwrap();
+    std::fs::copy(test_component("fetch"), project.join("site/api/fetch.wasm")).unwrap();
+    std::fs::write(
+        &file,
+        format!("{toml}\n[[domain.functions]]\npath = \"api/fetch.wasm\"\n"),
+    )
+    .unwrap();
+    // What the server in the other host serves: this test's own file.
+    let served = c.dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let page = format!("served by the other host, {nonce}\n");
+    std::fs::write(served.join("page.txt"), &page).unwrap();
+
+    let state = c.up(2, &["--no-ca"]);
+    let (me, other) = (&state.hosts[0], &state.hosts[1]);
+    c.ok(&["sync", "--file", file.to_str().unwrap(), "-m", "fetch"]);
+    let live = live_on(
+        &c,
+        &[&me.node, &other.node],
+        "the version reaches both nodes",
+    );
+    // The server listens on every address of the other host, its mesh
+    // address included; it ends with the cluster (`maki local down` ends
+    // every process of a host).
+    let _server = Process::spawn(
+        c.command(&[
+            "local",
+            "exec",
+            &other.node,
+            "--",
+            "/usr/bin/python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+            served.to_str().unwrap(),
+            "8000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null()),
+    );
+    let mesh_of_other = mesh_addr(&c, &other.node);
+    let from_me = |url: &str| {
+        c.maki(&[
+            "local",
+            "exec",
+            &me.node,
+            "--",
+            "curl",
+            "-s",
+            "-f",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .status
+        .success()
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the other host's server answers at its public and mesh addresses",
+        || {
+            from_me(&format!("http://{}:8000/page.txt", other.ipv4))
+                && from_me(&format!("http://{mesh_of_other}:8000/page.txt"))
+        },
+    );
+    wait_until(
+        Duration::from_secs(400),
+        "vector serves the version, its component compiled",
+        || {
+            c.health(&me.node)["http"]["sites"]["example.test"]["version"].as_str()
+                == Some(live.as_str())
+        },
+    );
+    let index = curl(
+        &c,
+        &me.node,
+        &[
+            "-H",
+            "Host: example.test",
+            &format!("http://{}/index.html", me.ipv4),
+        ],
+    )
+    .1;
+    assert!(index.contains("<html"), "{index}");
+    let static_ok = || {
+        let (head, body) = curl(
+            &c,
+            &me.node,
+            &[
+                "-H",
+                "Host: example.test",
+                &format!("http://{}/index.html", me.ipv4),
+            ],
+        );
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, index, "the static file is served unchanged");
+    };
+
+    // A public address: the response and its body.
+    let (status, body) = fetch(
+        &c,
+        &me.node,
+        &me.ipv4,
+        &format!("http://{}:8000/page.txt", other.ipv4),
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert_eq!(body.trim_end(), format!("fetched 200: {page}").trim_end());
+    let (status, body) = fetch(
+        &c,
+        &me.node,
+        &me.ipv4,
+        &format!("http://{}:8000/missing.txt", other.ipv4),
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.starts_with("fetched 404: "), "{body}");
+    // A closed port at a public address: the rule let it through, the
+    // network refused it.
+    let (status, body) = fetch(
+        &c,
+        &me.node,
+        &me.ipv4,
+        &format!("http://{}:8001/page.txt", other.ipv4),
+    );
+    assert!(status.starts_with("HTTP/1.1 403"), "{status} {body}");
+    assert_eq!(body.trim(), "refused: connection-refused");
+
+    // Non-public destinations: refused by the rule, whatever listens.
+    let refused = [
+        ("127.0.0.1", "127.0.0.1"),
+        ("10.0.0.1", "10.0.0.1"),
+        ("169.254.169.254", "169.254.169.254"),
+        ("[::ffff:127.0.0.1]", "::ffff:127.0.0.1"),
+        (mesh_of_other.as_str(), mesh_of_other.as_str()),
+        ("localhost", "localhost"),
+    ];
+    for (host, _) in refused {
+        let url = format!("http://{host}:8000/page.txt");
+        let (status, body) = fetch(&c, &me.node, &me.ipv4, &url);
+        assert!(status.starts_with("HTTP/1.1 403"), "{url}: {status} {body}");
+        assert_eq!(body.trim(), "refused: destination-ip-prohibited", "{url}");
+        static_ok();
+    }
+    let log = c.exec(&me.node, &["cat", "/var/makiatto/daemon.log"]);
+    for (_, logged) in refused {
+        assert!(
+            log.lines().any(|l| l
+                .contains("a component's request to a non-public address was refused")
+                && l.contains("domain=example.test")
+                && l.contains(&format!("host={logged} "))),
+            "no log line for {logged}"
+        );
+    }
+    let wasm = c.health(&me.node)["http"]["wasm"].clone();
+    assert_eq!(wasm["failed"], 0, "every call answered: {wasm}");
 }
 
 #[test]
