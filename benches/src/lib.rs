@@ -9,6 +9,7 @@
 //!   operators, nodes, site versions, configuration edits), optionally
 //!   ending in two concurrent branches, cached under the temp directory.
 //! - [`measure`]: timing, resident memory, and the table + JSON report.
+//! - [`reports`]: h2load's and dnsperf's reports, read.
 //!
 //! The benchmarks that run real nodes stand on the cluster test harness
 //! (`makiatto-harness`, in `harness/`): local clusters, the anchors' and
@@ -17,4 +18,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
 
 pub mod measure;
+pub mod reports;
 pub mod workload;

@@ -6,7 +6,9 @@
 //! `maki peer add o11y …`, and the receiver listens on it at :4317.
 //!
 //! Asserted: every node's spans, metrics and logs arrive as
-//! `makiatto.{node}` with the names and attributes the issue lists; the
+//! `makiatto.{node}` with the names and attributes the issue lists (HTTP,
+//! images, WebAssembly calls inside their requests, DNS, certificate
+//! orders from the local CA, deployments); the
 //! sampling ratio keeps about its share (a binomial bound) and every
 //! error; `sampling_ratio` and `tracing_enabled` apply live through
 //! `maki sync`, without a restart; with the receiver stopped the nodes
@@ -19,7 +21,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use makiatto_harness::{Cluster, OtlpReceiver, WgPeer, copy_examples, require_root, wait_until};
+use makiatto_harness::{
+    Cluster, OtlpReceiver, WgPeer, copy_examples, require_root, test_component, wait_until,
+};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -85,9 +89,31 @@ fn the_o11y_peer_receives_every_nodes_traces_metrics_and_logs_live() {
     for name in ["a.txt", "b.txt", "c.txt", "d.txt", "err.txt"] {
         std::fs::write(project.join("site").join(name), format!("{name}\n")).unwrap();
     }
+    // WebAssembly: a handler that answers, one that runs out of time, and
+    // a transform for one page (tiny hand-written components).
+    std::fs::write(project.join("site/t.html"), "<p>t</p>\n").unwrap();
+    for (name, to) in [
+        ("echo", "api/echo.wasm"),
+        ("loop", "api/loop.wasm"),
+        ("passthrough", "transforms/pass.wasm"),
+    ] {
+        let to = project.join("site").join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(test_component(name), to).unwrap();
+    }
+    let toml = std::fs::read_to_string(&file).unwrap();
+    let wasm = "[[domain.functions]]\npath = \"api/echo.wasm\"\n\n\
+                [[domain.functions]]\npath = \"api/loop.wasm\"\ntimeout_ms = 300\n\n\
+                [[domain.transforms]]\npath = \"transforms/pass.wasm\"\nfiles = \"**/t.html\"\n";
+    std::fs::write(
+        &file,
+        toml.replacen("\n[o11y]", &format!("\n{wasm}\n[o11y]"), 1),
+    )
+    .unwrap();
     // Every trace kept at first; metrics every second (the test's pace).
     set_o11y(&file, "sampling_ratio = 1.0\nmetrics_interval_secs = 1");
-    let state = c.up(2, &["--no-ca", "--sync", file.to_str().unwrap()]);
+    // With the local CA (pebble): certificate orders are spans too.
+    let state = c.up(2, &["--sync", file.to_str().unwrap()]);
     let nodes = state.nodes();
     let services: BTreeSet<String> = nodes.iter().map(|n| format!("makiatto.{n}")).collect();
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -255,6 +281,74 @@ fn the_o11y_peer_receives_every_nodes_traces_metrics_and_logs_live() {
     assert_eq!(render[0]["parent_span_id"], made["span_id"]);
     assert_eq!(attr(&render[0], "makiatto.image.outcome"), "made");
 
+    // WebAssembly calls: spans inside their requests' spans, kept with
+    // them; a call that ran out of time is an error.
+    assert_eq!(requests(&c, b, &addr_a, "/api/echo", 1, ""), [200]);
+    assert_eq!(requests(&c, b, &addr_a, "/api/loop", 1, ""), [504]);
+    assert_eq!(requests(&c, b, &addr_a, "/t.html", 1, ""), [200]);
+    let call_of = |path: &str, name: &str| -> Option<(Value, Value)> {
+        let request = spans_of(&receiver, &service_a, path).into_iter().next()?;
+        let call = receiver
+            .of("span")
+            .into_iter()
+            .find(|s| s["name"] == name && s["trace_id"] == request["trace_id"])?;
+        Some((request, call))
+    };
+    wait_until(DEADLINE, "the WebAssembly spans arrive", || {
+        call_of("/api/echo", "wasm.handler").is_some()
+            && call_of("/api/loop", "wasm.handler").is_some()
+            && call_of("/t.html", "wasm.transform").is_some()
+    });
+    let (request, call) = call_of("/api/echo", "wasm.handler").unwrap();
+    assert_eq!(call["parent_span_id"], request["span_id"]);
+    assert_eq!(attr(&call, "makiatto.wasm.component"), "api/echo.wasm");
+    assert_eq!(attr(&call, "makiatto.wasm.outcome"), "ok");
+    assert_eq!(attr(&call, "http.response.status_code"), 200);
+    assert_eq!(attr(&request, "cdn.cache.hit"), false, "computed");
+    let (request, call) = call_of("/api/loop", "wasm.handler").unwrap();
+    assert_eq!(call["parent_span_id"], request["span_id"]);
+    assert_eq!(call["status"], 2, "an error: {call}");
+    assert_eq!(attr(&call, "makiatto.wasm.outcome"), "timeout");
+    let (request, call) = call_of("/t.html", "wasm.transform").unwrap();
+    assert_eq!(call["parent_span_id"], request["span_id"]);
+    assert_eq!(
+        attr(&call, "makiatto.wasm.component"),
+        "transforms/pass.wasm"
+    );
+    assert_eq!(attr(&call, "makiatto.wasm.outcome"), "ok");
+
+    // A certificate order (a renewal asked for) is a span of the node
+    // that orders it.
+    wait_until(DEADLINE, "the site's certificate is issued", || {
+        let certs: Value = serde_json::from_str(&c.ok(&["certs", "--json"])).unwrap();
+        certs["names"].as_array().is_some_and(|names| {
+            names.iter().any(|n| {
+                n["name"] == "example.test"
+                    && n["state"].as_str().is_some_and(|s| s.starts_with("valid"))
+            })
+        })
+    });
+    c.ok(&["certs", "renew", "example.test"]);
+    wait_until(DEADLINE, "the order's span arrives", || {
+        receiver
+            .of("span")
+            .iter()
+            .any(|s| s["name"] == "acme.order" && attr(s, "acme.renewal") == true)
+    });
+    let order = receiver
+        .of("span")
+        .into_iter()
+        .find(|s| s["name"] == "acme.order" && attr(s, "acme.renewal") == true)
+        .unwrap();
+    assert_eq!(attr(&order, "acme.certificate"), "example.test");
+    assert!(
+        attr(&order, "acme.names")
+            .as_str()
+            .is_some_and(|n| n.contains("www.example.test")),
+        "{order}"
+    );
+    assert_ne!(order["status"], 2, "the order succeeded: {order}");
+
     wait_until(DEADLINE, "DNS spans arrive", || {
         receiver
             .of("span")
@@ -380,6 +474,9 @@ fn the_o11y_peer_receives_every_nodes_traces_metrics_and_logs_live() {
     ] {
         assert!(!named(name).is_empty(), "{name} is exported");
     }
+    assert!(named("makiatto.wasm.duration").iter().any(|m| {
+        attr(m, "makiatto.wasm.kind") == "handler" && attr(m, "makiatto.wasm.outcome") == "timeout"
+    }));
 
     // Live: a quarter of traces, without a restart; every error kept. The
     // same sync uploads a new version: its upload and every node's switch

@@ -106,3 +106,96 @@ pub fn count_syscalls<T>(pid: u32, work: impl FnOnce() -> T) -> (T, u64) {
         .unwrap_or_else(|| panic!("perf counted nothing:\n{text}"));
     (out, calls)
 }
+
+/// A node's daemon, restarted in the foreground under callgrind
+/// (`maki local exec NODE -- valgrind … makiatto run`); ends with it.
+pub struct UnderCallgrind {
+    _daemon: crate::Process,
+    /// valgrind's pid (the daemon's, as callgrind_control names it).
+    pub pid: u32,
+    /// The prefix that runs `callgrind_control` where the daemon runs.
+    pub within: Vec<String>,
+    /// Where its dumps go.
+    pub dumps: std::path::PathBuf,
+}
+
+impl UnderCallgrind {
+    /// Kills `node`'s daemon and starts it again under callgrind, dumping
+    /// into `dumps`; returns once `ready` holds (the daemon serves).
+    pub fn restart(
+        cluster: &crate::Cluster,
+        node: &str,
+        dumps: &Path,
+        ready: impl Fn() -> bool,
+    ) -> UnderCallgrind {
+        std::fs::create_dir_all(dumps).expect("the dump directory");
+        let prefix = callgrind_prefix(dumps);
+        cluster.ok(&["local", "kill", node]);
+        let mut argv: Vec<&str> = vec!["local", "exec", node, "--"];
+        argv.extend(prefix.iter().map(String::as_str));
+        argv.extend(["/usr/local/bin/makiatto", "run"]);
+        let daemon = crate::Process::spawn(
+            cluster
+                .command(&argv)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let ns = cluster
+            .state()
+            .hosts
+            .iter()
+            .find(|h| h.node == node)
+            .expect("the node's host")
+            .netns
+            .clone();
+        let mut pid = None;
+        crate::wait_until(
+            std::time::Duration::from_secs(120),
+            "the daemon serves under callgrind",
+            || {
+                pid = crate::netns::netns_pids(&ns).into_iter().find(|p| {
+                    let args = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                    let args = String::from_utf8_lossy(&args);
+                    args.contains("callgrind") && args.contains("makiatto")
+                });
+                pid.is_some() && ready()
+            },
+        );
+        let pid = pid.expect("the daemon under callgrind");
+        // valgrind made its vgdb FIFOs as root, before the daemon dropped
+        // its privileges; they are the daemon's to open now, or vgdb waits
+        // forever for an answer.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let id = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .unwrap_or("0")
+                .to_owned()
+        };
+        cluster.exec(
+            node,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "chown {}:{} /tmp/vgdb-pipe-*-{pid}-*",
+                    id("Uid:"),
+                    id("Gid:")
+                ),
+            ],
+        );
+        UnderCallgrind {
+            _daemon: daemon,
+            pid,
+            within: cluster.exec_prefix(node),
+            dumps: dumps.to_owned(),
+        }
+    }
+
+    /// Its instructions while `work` runs, and work's result.
+    pub fn count<T>(&self, work: impl FnOnce() -> T) -> (T, u64) {
+        count_instructions(&self.within, self.pid, &self.dumps, work)
+    }
+}

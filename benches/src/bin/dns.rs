@@ -54,6 +54,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use makiatto_benches::measure::{fastest_and_cheapest, print_json, print_table};
+use makiatto_benches::reports;
 use makiatto_harness::cpu::{Sample, proc_kib};
 use makiatto_harness::netns::daemon_pid;
 use makiatto_harness::{Lab, Placement, example_project, have, stdout, wait_until};
@@ -167,18 +168,6 @@ impl Run {
     }
 }
 
-fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
-    out.lines()
-        .find_map(|l| l.trim_start().strip_prefix(key))
-        .map(str::trim)
-}
-
-fn first_number(s: Option<&str>) -> f64 {
-    s.and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.trim_end_matches(',').parse().ok())
-        .unwrap_or(0.0)
-}
-
 struct Target<'a> {
     label: &'a str,
     addr: &'a str,
@@ -208,32 +197,22 @@ fn dnsperf(
     let before = Sample::take(&[t.pid]);
     let out = stdout(&mut cmd);
     let u = Sample::take(&[t.pid]).since(&before);
-    let completed = first_number(field(&out, "Queries completed:")) as u64;
-    assert!(completed > 0, "dnsperf completed no queries:\n{out}");
-    let per_query = |seconds: f64| seconds * 1e6 / completed as f64;
-    let latencies_us = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("> "))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|s| s * 1e6)
-        .collect();
+    let report = reports::Dnsperf::parse(&out);
+    let per_query = |seconds: f64| seconds * 1e6 / report.completed as f64;
     let r = Run {
-        qps: first_number(field(&out, "Queries per second:")),
-        completed,
-        lost: first_number(field(&out, "Queries lost:")) as u64,
-        avg_latency_us: first_number(field(&out, "Average Latency (s):")) * 1e6,
-        rcodes: field(&out, "Response codes:").unwrap_or("").to_owned(),
-        response_bytes: field(&out, "Average packet size:")
-            .and_then(|s| s.split_once("response "))
-            .and_then(|(_, n)| n.trim().parse().ok())
-            .unwrap_or(0.0),
+        qps: report.qps,
+        completed: report.completed,
+        lost: report.lost,
+        avg_latency_us: report.avg_latency_us,
+        rcodes: report.rcodes,
+        response_bytes: report.response_bytes,
         user_us: per_query(u.user_s),
         sys_us: per_query(u.sys_s),
         client_us: per_query(u.client_s),
         machine_busy: u.machine_busy,
         others: u.others,
         threads: u.threads,
-        latencies_us,
+        latencies_us: report.latencies_us,
     };
     eprintln!(
         "{:>5} {:<5}{}: {:>9.0} qps, {:>5.2} µs/query (user {:.2} + sys {:.2}), dnsperf {:.2} µs/query, {} lost, avg latency {:.0} µs, machine busy {:.0}% (others {:.0}%) [{}]",

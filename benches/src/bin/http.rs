@@ -86,7 +86,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use makiatto_benches::measure::{fastest_and_cheapest, print_json, print_table};
+use makiatto_benches::reports;
 use makiatto_harness::cpu::{Sample, Usage, proc_kib};
+use makiatto_harness::instructions::UnderCallgrind;
 use makiatto_harness::netns::{daemon_pid, netns_pids};
 use makiatto_harness::{Lab, Placement, have, stdout, wait_until};
 use rand::{Rng, RngCore, SeedableRng};
@@ -258,20 +260,6 @@ impl Run {
     }
 }
 
-/// The leading count of each comma-separated part ("N total, N started").
-fn counts(text: &str) -> Vec<u64> {
-    text.split(',')
-        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
-fn line_after<'a>(out: &'a str, prefix: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.trim_start().strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{out}"))
-        .trim()
-}
-
 fn h2load(client: &Client, server: &Server, load: Load) -> Run {
     let Load::H2load {
         h1,
@@ -296,50 +284,19 @@ fn h2load(client: &Client, server: &Server, load: Load) -> Run {
     // What the server does as the connections close belongs to this run.
     std::thread::sleep(Duration::from_millis(300));
     let usage = Sample::take(&server.pids).since(&before);
-    // finished in 10.00s, 92712.30 req/s, 95.26MB/s
-    let seconds: f64 = line_after(&out, "finished in")
-        .split('s')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("h2load's duration");
-    // requests: N total, N started, N done, N succeeded, F failed, E errored, T timeout
-    // (the status codes also count responses still arriving at the end)
-    let requests = counts(line_after(&out, "requests:"));
-    // status codes: N 2xx, N 3xx, N 4xx, N 5xx
-    let statuses = counts(line_after(&out, "status codes:"));
-    // traffic: 952.60MB (998870234) total, 12.97MB (13600000) headers (space savings 0.00%), 906.60MB (950650000) data
-    let traffic = line_after(&out, "traffic:");
-    let exact: Vec<u64> = traffic
-        .split('(')
-        .skip(1)
-        .filter_map(|p| p.split(')').next()?.parse().ok())
-        .collect();
-    let succeeded = requests[3];
+    let report = reports::H2load::parse(&out);
     assert!(
-        succeeded > 0
-            && requests[4..].iter().all(|n| *n == 0)
-            && statuses[1..].iter().all(|n| *n == 0),
+        report.all_ok(),
         "{} {path}: requests failed:\n{out}",
         server.label
     );
-    let tls = [
-        "TLS Protocol:",
-        "Cipher:",
-        "Server Temp Key:",
-        "Application protocol:",
-    ]
-    .iter()
-    .filter_map(|p| out.lines().find_map(|l| l.strip_prefix(p)))
-    .map(str::trim)
-    .collect::<Vec<_>>()
-    .join(", ");
     Run {
-        done: succeeded,
-        seconds,
-        data_bytes: exact.get(2).copied().unwrap_or(0),
-        header_bytes: exact.get(1).copied().unwrap_or(0),
+        done: report.succeeded(),
+        seconds: report.seconds,
+        data_bytes: report.data_bytes,
+        header_bytes: report.header_bytes,
         usage,
-        tls,
+        tls: report.tls,
     }
 }
 
@@ -457,9 +414,8 @@ fn fixed_requests(client: &Client, server: &Server, case: &Case, n: u32) {
     }
     cmd.arg(format!("https://{DOMAIN}{path}"));
     let out = stdout(&mut cmd);
-    let requests = counts(line_after(&out, "requests:"));
     assert_eq!(
-        requests[3],
+        reports::H2load::parse(&out).succeeded(),
         u64::from(n),
         "{}: not every counted request succeeded:\n{out}",
         server.label
@@ -514,48 +470,13 @@ fn count_per_request(
         }
     }
     let dumps = lab.cluster.dir.path().join("callgrind");
-    std::fs::create_dir_all(&dumps).expect("the dump directory");
     let prefix = makiatto_harness::instructions::callgrind_prefix(&dumps);
     // Ours: the daemon again, in the foreground under callgrind.
-    lab.cluster.ok(&["local", "kill", node]);
-    let mut argv: Vec<&str> = vec!["local", "exec", node, "--"];
-    argv.extend(prefix.iter().map(String::as_str));
-    argv.extend(["/usr/local/bin/makiatto", "run"]);
-    let _ours = makiatto_harness::Process::spawn(
-        lab.cluster
-            .command(&argv)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    let host = lab.cluster.state();
-    let ns = host
-        .hosts
-        .iter()
-        .find(|h| h.node == node)
-        .expect("the node's host")
-        .netns
-        .clone();
-    let mut valgrind_pid = None;
-    wait_until(
-        Duration::from_secs(120),
-        "our daemon serves under callgrind",
-        || {
-            valgrind_pid = netns_pids(&ns).into_iter().find(|p| {
-                let args = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                let args = String::from_utf8_lossy(&args);
-                args.contains("callgrind") && args.contains("makiatto")
-            });
-            valgrind_pid.is_some()
-                && fetch(&client.ns, &ours.addr, "1k.txt", false, &[]).1.len() == 1024
-        },
-    );
-    let ours_pid = valgrind_pid.expect("the daemon under callgrind");
-    let within = lab.cluster.exec_prefix(node);
+    let daemon = UnderCallgrind::restart(&lab.cluster, node, &dumps, || {
+        fetch(&client.ns, &ours.addr, "1k.txt", false, &[]).1.len() == 1024
+    });
     for case in &counted {
-        let ((), ir) =
-            makiatto_harness::instructions::count_instructions(&within, ours_pid, &dumps, || {
-                fixed_requests(client, ours, case, COUNTED_REQUESTS)
-            });
+        let ((), ir) = daemon.count(|| fixed_requests(client, ours, case, COUNTED_REQUESTS));
         if let Some(c) = out
             .iter_mut()
             .find(|c| c.server == "ours" && c.case == case.key)

@@ -126,10 +126,14 @@ where
     let called = ctx
         .http
         .wasm
-        .call_handler(&site.domain, &site.manifest, site.manifest_hash, f, request)
+        .call_handler(site.deployed(), f, request, &ctx.served)
         .await;
     match called {
-        Ok(response) => build(ctx, response, accept.as_deref(), id, site, f).await,
+        Ok(response) => {
+            // Computed, not from a cache (`cdn.cache.hit = false`).
+            ctx.served.served_from_disk();
+            build(ctx, response, accept.as_deref(), id, site, f).await
+        }
         Err(e) => failed(e, id, site, f),
     }
 }

@@ -123,6 +123,15 @@ impl Routes {
 }
 
 impl SiteVersion {
+    /// The version as the WebAssembly service takes it.
+    pub fn deployed(&self) -> crate::wasm::Deployed<'_> {
+        crate::wasm::Deployed {
+            domain: &self.domain,
+            manifest: &self.manifest,
+            manifest_hash: self.manifest_hash,
+        }
+    }
+
     pub fn new(
         domain: String,
         version: EventId,

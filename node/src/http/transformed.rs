@@ -95,8 +95,12 @@ pub async fn respond(
     }
     let key = Blake3Hash::from(*key.finalize().as_bytes());
     let representation = match ctx.http.transformed.get(&key) {
-        Some(r) => r,
+        Some(r) => {
+            ctx.served.served_from_memory();
+            r
+        }
         None => {
+            ctx.served.served_from_disk();
             let input = tokio::fs::read(ctx.http.blobs.path(&entry.hash))
                 .await
                 .ok()?;
@@ -108,14 +112,7 @@ pub async fn respond(
             let out = ctx
                 .http
                 .wasm
-                .transform(
-                    &site.domain,
-                    &site.manifest,
-                    site.manifest_hash,
-                    &chain,
-                    info,
-                    input,
-                )
+                .transform(site.deployed(), &chain, info, input, &ctx.served)
                 .await;
             let made = match out {
                 Ok(made) => made,

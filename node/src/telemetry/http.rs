@@ -13,8 +13,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -23,6 +23,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Request, Response, Uri, Version};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
+use opentelemetry_sdk::trace::SpanData;
 
 use super::context::{self, SpanId, TraceId};
 use super::metrics::{self, Example, HttpKey};
@@ -30,10 +31,11 @@ use super::sampler::Kept;
 use super::span::{LIVE, SPANS, Started, took};
 
 /// Where the representation served came from: an in-memory cache, or
-/// disk (or computed); and whether a child span needs this request's span
-/// kept. Set by the handler; read when the exchange ends.
+/// disk (or computed); whether a child span needs this request's span
+/// kept; and the child spans that are exported only if it is. Set by the
+/// handler; read when the exchange ends.
 #[derive(Debug, Default)]
-pub struct Served(AtomicU8, AtomicBool);
+pub struct Served(AtomicU8, AtomicBool, Mutex<Vec<SpanData>>);
 
 impl Served {
     /// From an in-memory representation cache (`cdn.cache.hit = true`).
@@ -50,6 +52,27 @@ impl Served {
     /// request's span too.
     pub fn keep(&self) {
         self.1.store(true, Ordering::Relaxed);
+    }
+
+    /// A child span that follows this request's decision (a WebAssembly
+    /// call): exported with the request's span, or not at all.
+    pub fn park(&self, span: SpanData) {
+        if let Ok(mut parked) = self.2.lock() {
+            parked.push(span);
+        }
+    }
+
+    /// Child spans parked so far.
+    #[cfg(test)]
+    pub fn parked(&self) -> usize {
+        self.2.lock().map_or(0, |p| p.len())
+    }
+
+    fn take_parked(&self) -> Vec<SpanData> {
+        self.2
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
     }
 
     /// `None` when no representation was served (a redirect, a 304, an
@@ -152,6 +175,7 @@ impl Exchange {
         let status = response.status().as_u16();
         let cached = served.cache_hit();
         let child_kept = served.1.load(Ordering::Relaxed);
+        let children = served.take_parked();
         response.map(|inner| Measured {
             inner,
             done: Some(Ending {
@@ -159,6 +183,7 @@ impl Exchange {
                 status,
                 cached,
                 child_kept,
+                children,
                 sent: 0,
                 complete: false,
             }),
@@ -173,6 +198,8 @@ struct Ending {
     cached: Option<bool>,
     /// A child span was kept: so is this one.
     child_kept: bool,
+    /// Child spans exported if this one is.
+    children: Vec<SpanData>,
     sent: u64,
     complete: bool,
 }
@@ -237,6 +264,9 @@ impl Ending {
             format!("status {}", self.status)
         });
         SPANS.push(started.finish(x.method, SpanKind::Server, end, attributes, error, kept));
+        for child in self.children {
+            SPANS.push(child);
+        }
     }
 }
 

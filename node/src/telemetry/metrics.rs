@@ -101,6 +101,12 @@ pub const CATALOGUE: &[Spec] = &[
         "time to answer a rendition request, by makiatto.image.outcome (cache, made, unchanged, too_large, busy, timed_out, limited)",
     ),
     spec(
+        "makiatto.wasm.duration",
+        "s",
+        Kind::Histogram,
+        "time of a WebAssembly call, by makiatto.wasm.kind (handler, transform) and makiatto.wasm.outcome (ok, not_deployed, concurrency, busy, unusable, timeout, memory, trap)",
+    ),
+    spec(
         "dns.server.queries",
         "{query}",
         Kind::Counter,
@@ -597,6 +603,7 @@ pub fn collect(
         health_points(&mut c, h, now);
     }
     image_points(&mut c);
+    wasm_points(&mut c);
     process_points(&mut c);
     for (signal, exported, dropped, queued) in [
         (
@@ -713,6 +720,29 @@ fn image_points(c: &mut Collected) {
                 h,
                 None,
             );
+        }
+    }
+}
+
+fn wasm_points(c: &mut Collected) {
+    let durations = super::wasm::DURATIONS
+        .lock()
+        .map(|d| d.clone())
+        .unwrap_or_default();
+    for (kind, by_outcome) in super::wasm::KINDS.iter().zip(&durations) {
+        for (outcome, h) in super::wasm::OUTCOMES.iter().zip(by_outcome) {
+            if let Some(h) = h {
+                c.histogram(
+                    "makiatto.wasm.duration",
+                    vec![
+                        attr("makiatto.wasm.kind", *kind),
+                        attr("makiatto.wasm.outcome", *outcome),
+                    ],
+                    &DURATION_BOUNDS,
+                    h,
+                    None,
+                );
+            }
         }
     }
 }

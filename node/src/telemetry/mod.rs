@@ -21,8 +21,8 @@
 //! - [`logs`]: `tracing` events as OTLP log records.
 //! - [`export`]: the exporter task: gRPC to the collector, backoff, the
 //!   configuration followed live; the report for `makiatto health`.
-//! - [`http`], [`dns`], [`images`]: the hooks on the HTTP, DNS and image
-//!   request paths.
+//! - [`http`], [`dns`], [`images`], [`wasm`]: the hooks on the HTTP, DNS,
+//!   image and WebAssembly request paths.
 
 pub mod context;
 pub mod dns;
@@ -35,6 +35,7 @@ pub mod queue;
 pub mod sampler;
 pub mod settings;
 pub mod span;
+pub mod wasm;
 
 pub use export::{Source, report, spawn};
 pub use span::Operation;

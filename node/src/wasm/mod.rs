@@ -46,6 +46,8 @@ use wasmtime::component::Linker;
 use wasmtime::{Engine, Store};
 
 use crate::blobs::BlobStore;
+use crate::telemetry::http::Served;
+use crate::telemetry::wasm as telemetry;
 use crate::work_pool::WorkPool;
 use destination::Destinations;
 use route::HandlerMethod;
@@ -225,6 +227,14 @@ enum Ready {
 }
 
 type Preparing = Arc<tokio::sync::OnceCell<Result<Ready, Arc<str>>>>;
+
+/// The site version a call runs for: its domain and manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Deployed<'a> {
+    pub domain: &'a str,
+    pub manifest: &'a makiatto_events::Manifest,
+    pub manifest_hash: Blake3Hash,
+}
 
 /// Why a call gave no answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -595,15 +605,37 @@ impl Wasm {
         })
     }
 
-    /// Calls handler `f` of the version whose manifest is `manifest`.
+    /// Calls handler `f` of the version whose manifest is `manifest`,
+    /// timed and traced as a child of the request `served` answers.
     pub async fn call_handler(
         &self,
-        domain: &str,
-        manifest: &makiatto_events::Manifest,
-        manifest_hash: Blake3Hash,
+        site: Deployed<'_>,
+        f: &Function,
+        request: bindings::http::Request,
+        served: &Served,
+    ) -> Result<bindings::http::Response, CallError> {
+        let call = telemetry::begin(telemetry::Kind::Handler);
+        let out = self.run_handler(site, f, request).await;
+        call.end(
+            served,
+            &f.path,
+            out.as_ref().ok().map(|r| r.status),
+            out.as_ref().err(),
+        );
+        out
+    }
+
+    async fn run_handler(
+        &self,
+        site: Deployed<'_>,
         f: &Function,
         request: bindings::http::Request,
     ) -> Result<bindings::http::Response, CallError> {
+        let Deployed {
+            domain,
+            manifest,
+            manifest_hash,
+        } = site;
         let configured = self.configured.load_full();
         let limits = configured.limits.ok_or(CallError::Busy)?;
         let hash = manifest
@@ -662,13 +694,17 @@ impl Wasm {
     /// one passed the file through.
     pub async fn transform(
         &self,
-        domain: &str,
-        manifest: &makiatto_events::Manifest,
-        manifest_hash: Blake3Hash,
+        site: Deployed<'_>,
         chain: &[&Transform],
         info: bindings::transform::FileInfo,
         content: Vec<u8>,
+        served: &Served,
     ) -> Result<Option<Transformed>, CallError> {
+        let Deployed {
+            domain,
+            manifest,
+            manifest_hash,
+        } = site;
         let configured = self.configured.load_full();
         let limits = configured.limits.ok_or(CallError::Busy)?;
         let ctx = bindings::transform::NodeContext {
@@ -689,60 +725,66 @@ impl Wasm {
             {
                 continue;
             }
-            let hash = manifest
-                .components
-                .get(&t.path)
-                .ok_or_else(|| CallError::NotDeployed(t.path.clone()))?
-                .hash;
-            let _running = self
-                .enter(domain, &t.path, limits.concurrency)
-                .ok_or_else(|| self.refuse(CallError::Concurrency))?;
-            let Ready::Transformer(pre) = self.ready(hash, Kind::Transformer).await? else {
-                return Err(CallError::Unusable("linked as another world".into()));
-            };
-            let file = bindings::transform::FileInfo {
-                path: info.path.clone(),
-                mime_type: current.mime_type.clone(),
-                size: current.content.len() as u64,
-            };
-            let input = std::mem::take(&mut current.content);
-            let env = t.env.clone();
-            let (timeout, memory) = (t.timeout, t.memory);
-            let destinations = configured.destinations;
-            let outgoing_calls = limits.outgoing_calls;
-            let engine = self.engine.clone();
-            let root = root.clone();
-            let ctx = ctx.clone();
-            let caller: (Arc<str>, Arc<str>) = (domain.into(), t.path.as_str().into());
-            self.counts.calls.fetch_add(1, Ordering::Relaxed);
-            let job = self
-                .pool
-                .submit(move || {
-                    let deadline = Instant::now() + timeout;
-                    let sandbox = Sandbox::new(Grant {
-                        caller,
-                        root: root.as_deref().map(|p| p.as_path()),
-                        env: &env.0,
-                        max_memory: memory,
-                        destinations,
-                        outgoing_calls,
-                        deadline,
-                    })
-                    .map_err(|e| CallError::Trap(format!("{e:#}")))?;
-                    let mut store = new_store(&engine, sandbox, timeout);
-                    let out = pre
-                        .instantiate(&mut store)
-                        .and_then(|t| {
-                            t.makiatto_transform_transformer()
-                                .call_transform(&mut store, &ctx, &file, &input)
+            let call = telemetry::begin(telemetry::Kind::Transform);
+            let stage = async {
+                let hash = manifest
+                    .components
+                    .get(&t.path)
+                    .ok_or_else(|| CallError::NotDeployed(t.path.clone()))?
+                    .hash;
+                let _running = self
+                    .enter(domain, &t.path, limits.concurrency)
+                    .ok_or_else(|| self.refuse(CallError::Concurrency))?;
+                let Ready::Transformer(pre) = self.ready(hash, Kind::Transformer).await? else {
+                    return Err(CallError::Unusable("linked as another world".into()));
+                };
+                let file = bindings::transform::FileInfo {
+                    path: info.path.clone(),
+                    mime_type: current.mime_type.clone(),
+                    size: current.content.len() as u64,
+                };
+                let input = std::mem::take(&mut current.content);
+                let env = t.env.clone();
+                let (timeout, memory) = (t.timeout, t.memory);
+                let destinations = configured.destinations;
+                let outgoing_calls = limits.outgoing_calls;
+                let engine = self.engine.clone();
+                let root = root.clone();
+                let ctx = ctx.clone();
+                let caller: (Arc<str>, Arc<str>) = (domain.into(), t.path.as_str().into());
+                self.counts.calls.fetch_add(1, Ordering::Relaxed);
+                let job = self
+                    .pool
+                    .submit(move || {
+                        let deadline = Instant::now() + timeout;
+                        let sandbox = Sandbox::new(Grant {
+                            caller,
+                            root: root.as_deref().map(|p| p.as_path()),
+                            env: &env.0,
+                            max_memory: memory,
+                            destinations,
+                            outgoing_calls,
+                            deadline,
                         })
-                        .map_err(|e| classify(e, &store, timeout))?;
-                    Ok((out, input))
-                })
-                .map_err(|_| self.refuse(CallError::Busy))?;
-            let out = rx_within(job, timeout).await;
-            self.count(&out);
-            let (result, input) = out?;
+                        .map_err(|e| CallError::Trap(format!("{e:#}")))?;
+                        let mut store = new_store(&engine, sandbox, timeout);
+                        let out = pre
+                            .instantiate(&mut store)
+                            .and_then(|t| {
+                                t.makiatto_transform_transformer()
+                                    .call_transform(&mut store, &ctx, &file, &input)
+                            })
+                            .map_err(|e| classify(e, &store, timeout))?;
+                        Ok((out, input))
+                    })
+                    .map_err(|_| self.refuse(CallError::Busy))?;
+                let out = rx_within(job, timeout).await;
+                self.count(&out);
+                out
+            }
+            .await;
+            call.end(served, &t.path, None, stage.as_ref().err());
+            let (result, input) = stage?;
             match result {
                 None => current.content = input,
                 Some(r) => {
@@ -1031,11 +1073,14 @@ mod tests {
         let function = d.function(&format!("/api/{name}")).unwrap();
         f.wasm
             .call_handler(
-                "example.test",
-                &f.manifest,
-                f.manifest.hash(),
+                Deployed {
+                    domain: "example.test",
+                    manifest: &f.manifest,
+                    manifest_hash: f.manifest.hash(),
+                },
                 function,
                 request(body),
+                &Served::default(),
             )
             .await
     }
@@ -1081,11 +1126,14 @@ mod tests {
         let out = f
             .wasm
             .call_handler(
-                "example.test",
-                &empty,
-                empty.hash(),
+                Deployed {
+                    domain: "example.test",
+                    manifest: &empty,
+                    manifest_hash: empty.hash(),
+                },
                 function,
                 request(None),
+                &Served::default(),
             )
             .await;
         assert!(matches!(out, Err(CallError::NotDeployed(_))));
