@@ -37,11 +37,17 @@ fn line_after<'a>(out: &'a str, prefix: &str) -> &'a str {
 
 impl H2load {
     pub fn parse(out: &str) -> H2load {
-        // finished in 10.00s, 92712.30 req/s, 95.26MB/s
-        let seconds = line_after(out, "finished in")
-            .split('s')
+        // finished in 10.00s, 92712.30 req/s, 95.26MB/s (or 361.68ms)
+        let duration = line_after(out, "finished in")
+            .split(',')
             .next()
-            .and_then(|s| s.parse().ok())
+            .unwrap_or_default();
+        let seconds = [("ms", 1e-3), ("us", 1e-6), ("s", 1.0)]
+            .iter()
+            .find_map(|(unit, scale)| {
+                let n: f64 = duration.strip_suffix(unit)?.parse().ok()?;
+                Some(n * scale)
+            })
             .unwrap_or_else(|| panic!("h2load's duration in:\n{out}"));
         // traffic: 952.60MB (998870234) total, 12.97MB (13600000) headers (space savings 0.00%), 906.60MB (950650000) data
         let exact: Vec<u64> = line_after(out, "traffic:")
@@ -155,6 +161,8 @@ Cipher: TLS_AES_128_GCM_SHA256
         assert_eq!((r.header_bytes, r.data_bytes), (13_600_000, 950_650_000));
         assert_eq!(r.tls, "TLSv1.3, TLS_AES_128_GCM_SHA256");
         assert!((r.rate() - 92_712.3).abs() < 1.0);
+        let short = out.replace("finished in 10.00s", "finished in 361.68ms");
+        assert!((H2load::parse(&short).seconds - 0.36168).abs() < 1e-9);
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! runs of two builds differ by 9–13% here, so a change of a few percent is
 //! judged by these counts instead.
 //!
-//! The server runs under `valgrind --tool=callgrind --collect-atstart=no`
-//! ([`callgrind_prefix`]); around the work, collection is switched on and
-//! off with `callgrind_control` (through vgdb, run where the server runs:
-//! test hosts have a private `/tmp`), and the dump's total `Ir` is read.
+//! The server runs under `valgrind --tool=callgrind --instr-atstart=no`
+//! ([`callgrind_prefix`]); around the work, instrumentation is switched on
+//! and off with `callgrind_control` (through vgdb, run where the server
+//! runs: test hosts have a private `/tmp`), and the dump's total `Ir` is
+//! read. (`--collect-atstart=no` would be wrong here: `--instr=on` does not
+//! switch collection on, and every count would be 0.)
 //! System calls are counted apart, on the server running normally
 //! ([`count_syscalls`], perf's `raw_syscalls:sys_enter` tracepoint): under
 //! valgrind a server makes system calls of valgrind's own.
@@ -15,13 +17,14 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// The command-line prefix that runs a server under callgrind, collecting
-/// nothing until told to, its dumps written as `DIR/callgrind.out.<pid>`.
+/// The command-line prefix that runs a server under callgrind, counting
+/// nothing until its instrumentation is switched on, its dumps written as
+/// `DIR/callgrind.out.<pid>`.
 pub fn callgrind_prefix(dir: &Path) -> Vec<String> {
     vec![
         "valgrind".into(),
         "--tool=callgrind".into(),
-        "--collect-atstart=no".into(),
+        "--instr-atstart=no".into(),
         "--vgdb=yes".into(),
         format!("--callgrind-out-file={}/callgrind.out.%p", dir.display()),
     ]
@@ -79,12 +82,15 @@ fn latest_total(dir: &Path, pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("{}: no total", newest.path().display()))
 }
 
-/// The system calls the threads of `pid` make while `work` runs, and
-/// work's result (perf's `raw_syscalls:sys_enter`, counted per process).
-pub fn count_syscalls<T>(pid: u32, work: impl FnOnce() -> T) -> (T, u64) {
+/// The system calls the threads of `pids` make while `work` runs, and
+/// work's result (perf's `raw_syscalls:sys_enter`, summed over them: every
+/// process that may serve, since a worker that took no connection is
+/// never scheduled and perf then counts nothing for it).
+pub fn count_syscalls<T>(pids: &[u32], work: impl FnOnce() -> T) -> (T, u64) {
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
     let perf = Command::new("perf")
         .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p"])
-        .arg(pid.to_string())
+        .arg(pids.join(","))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -130,6 +136,30 @@ impl UnderCallgrind {
     ) -> UnderCallgrind {
         std::fs::create_dir_all(dumps).expect("the dump directory");
         let prefix = callgrind_prefix(dumps);
+        // The daemon stays root here: a daemon that dropped to the
+        // `makiatto` user is no longer dumpable, and vgdb, which valgrind
+        // made as root, then never gets its answers (callgrind_control
+        // waits forever). Where no `makiatto` user exists the daemon keeps
+        // running as who started it, so the host's own mount namespace
+        // gets a user database without one. What a request executes is the
+        // same either way.
+        let passwd = dumps.join("passwd-without-makiatto");
+        let users = cluster.exec(node, &["cat", "/etc/passwd"]);
+        let without: String = users
+            .lines()
+            .filter(|l| !l.starts_with("makiatto:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&passwd, without).expect("the user database copy");
+        cluster.exec(
+            node,
+            &[
+                "mount",
+                "--bind",
+                passwd.to_str().expect("a UTF-8 path"),
+                "/etc/passwd",
+            ],
+        );
         cluster.ok(&["local", "kill", node]);
         let mut argv: Vec<&str> = vec!["local", "exec", node, "--"];
         argv.extend(prefix.iter().map(String::as_str));
@@ -162,30 +192,6 @@ impl UnderCallgrind {
             },
         );
         let pid = pid.expect("the daemon under callgrind");
-        // valgrind made its vgdb FIFOs as root, before the daemon dropped
-        // its privileges; they are the daemon's to open now, or vgdb waits
-        // forever for an answer.
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let id = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next())
-                .unwrap_or("0")
-                .to_owned()
-        };
-        cluster.exec(
-            node,
-            &[
-                "sh",
-                "-c",
-                &format!(
-                    "chown {}:{} /tmp/vgdb-pipe-*-{pid}-*",
-                    id("Uid:"),
-                    id("Gid:")
-                ),
-            ],
-        );
         UnderCallgrind {
             _daemon: daemon,
             pid,

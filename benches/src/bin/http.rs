@@ -452,13 +452,9 @@ fn count_per_request(
     let (ours, nginx_server) = (&servers[0], &servers[servers.len() - 1]);
     for s in [ours, nginx_server] {
         for case in &counted {
-            let pid = if s.label == "nginx" {
-                // The master does not serve; the workers do.
-                *s.pids.iter().max().expect("an nginx worker")
-            } else {
-                s.pids[0]
-            };
-            let ((), calls) = makiatto_harness::instructions::count_syscalls(pid, || {
+            // nginx: the master and every worker (whichever took the
+            // connections).
+            let ((), calls) = makiatto_harness::instructions::count_syscalls(&s.pids, || {
                 fixed_requests(client, s, case, COUNTED_REQUESTS)
             });
             out.push(Counted {
