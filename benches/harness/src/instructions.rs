@@ -62,8 +62,8 @@ pub fn count_instructions<T>(
     (out, total)
 }
 
-/// The total `Ir` of the newest dump of `pid` in `dir` (`summary:` or
-/// `totals:` line).
+/// The total `Ir` of the newest dump of `pid` in `dir` (its `totals:`
+/// line).
 fn latest_total(dir: &Path, pid: u32) -> u64 {
     let prefix = format!("callgrind.out.{pid}");
     let newest = std::fs::read_dir(dir)
@@ -73,11 +73,10 @@ fn latest_total(dir: &Path, pid: u32) -> u64 {
         .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
         .unwrap_or_else(|| panic!("no callgrind dump of {pid} in {}", dir.display()));
     let text = std::fs::read_to_string(newest.path()).expect("the dump");
+    // `totals:` is this dump's cost; `summary:` (0 after `--zero` with
+    // the instrumentation switched on later) is not.
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })
+        .find_map(|l| l.strip_prefix("totals:"))
         .and_then(|n| n.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("{}: no total", newest.path().display()))
 }

@@ -131,6 +131,16 @@ impl Bench {
         cmd
     }
 
+    /// The node answers `1k.txt` (never panics: also asked while the
+    /// daemon starts).
+    fn serves_1k(&self) -> bool {
+        self.client(&["curl", "-sk", "--max-time", "5", "--resolve"])
+            .arg(format!("{DOMAIN}:443:{}", self.addr))
+            .arg(format!("https://{DOMAIN}/1k.txt"))
+            .output()
+            .is_ok_and(|out| out.stdout.len() == 1024)
+    }
+
     fn pid(&self) -> u32 {
         daemon_pid(&self.netns).expect("the node's `makiatto run` process")
     }
@@ -325,13 +335,7 @@ fn main() {
         lab,
     };
     wait_until(Duration::from_secs(60), "the node serves 1k.txt", || {
-        let out = bench
-            .client(&["curl", "-sk", "--max-time", "5", "--resolve"])
-            .arg(format!("{DOMAIN}:443:{}", bench.addr))
-            .arg(format!("https://{DOMAIN}/1k.txt"))
-            .output()
-            .expect("curl runs");
-        out.stdout.len() == 1024
+        bench.serves_1k()
     });
 
     // The guide's step 1: the o11y peer and its collector.
@@ -431,8 +435,13 @@ fn main() {
     // Instructions per request, each setting, under callgrind.
     let dumps = bench.lab.cluster.dir.path().join("callgrind");
     let daemon = UnderCallgrind::restart(&bench.lab.cluster, &bench.node, &dumps, || {
-        bench.telemetry()["source"] == "peer o11y"
+        bench.serves_1k()
     });
+    wait_until(
+        Duration::from_secs(120),
+        "the daemon under callgrind finds the o11y peer",
+        || bench.telemetry()["source"] == "peer o11y",
+    );
     let runs_through = COUNTED / MIX.len() as u32;
     let mut instructions = Vec::new();
     for export in [Export::On, Export::Off] {
