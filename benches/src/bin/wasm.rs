@@ -326,9 +326,11 @@ fn main() {
     // Until the new route answers (the sync may return before the node
     // has compiled the component and switched).
     let synced = Instant::now();
-    wait_until(Duration::from_secs(300), "the new component answers", || {
-        b.get("/api/fresh").starts_with(b"hello from node")
-    });
+    wait_until(
+        Duration::from_secs(300),
+        "the new component answers",
+        || b.get("/api/fresh").starts_with(b"hello from node"),
+    );
     let answering = synced.elapsed();
     let first = b.time("/api/fresh");
     let second = b.time("/api/fresh");
