@@ -19,7 +19,6 @@ use super::http::Served;
 use super::metrics::{DURATION_BOUNDS, Hist};
 use super::sampler::Kept;
 use super::span::{LIVE, SPANS, Started, took};
-use crate::wasm::CallError;
 
 /// `makiatto.wasm.kind` values.
 pub const KINDS: [&str; 2] = ["handler", "transform"];
@@ -64,17 +63,13 @@ impl Kind {
     }
 }
 
-fn outcome_index(e: Option<&CallError>) -> usize {
-    match e {
-        None => 0,
-        Some(CallError::NotDeployed(_)) => 1,
-        Some(CallError::Concurrency) => 2,
-        Some(CallError::Busy) => 3,
-        Some(CallError::Unusable(_)) => 4,
-        Some(CallError::Timeout(_)) => 5,
-        Some(CallError::Memory) => 6,
-        Some(CallError::Trap(_)) => 7,
-    }
+/// The index of an outcome's name in [`OUTCOMES`] (an unknown one counts
+/// as a trap).
+fn outcome_index(name: &str) -> usize {
+    OUTCOMES
+        .iter()
+        .position(|o| *o == name)
+        .unwrap_or(OUTCOMES.len() - 1)
 }
 
 /// A call begun.
@@ -97,16 +92,19 @@ pub fn begin(kind: Kind) -> Call {
 
 impl Call {
     /// Records the call's end: `component` is its path in the site,
-    /// `status` the handler's HTTP status when it answered.
+    /// `status` the handler's HTTP status when it answered, `failure` the
+    /// outcome's name (one of [`OUTCOMES`]) and the error when it did not.
+    /// (The WebAssembly service names its errors: telemetry does not
+    /// import it.)
     pub fn end(
         self,
         served: &Served,
         component: &str,
         status: Option<u16>,
-        error: Option<&CallError>,
+        failure: Option<(&'static str, String)>,
     ) {
         let end = SystemTime::now();
-        let outcome = outcome_index(error);
+        let outcome = failure.as_ref().map_or(0, |(name, _)| outcome_index(name));
         if let Ok(mut d) = DURATIONS.lock() {
             d[self.kind.index()][outcome]
                 .get_or_insert_with(Hist::default)
@@ -123,9 +121,9 @@ impl Call {
         if let Some(s) = status {
             attributes.push(KeyValue::new("http.response.status_code", i64::from(s)));
         }
-        let failed = error.map(|e| {
+        let failed = failure.map(|(_, message)| {
             attributes.push(KeyValue::new("error.type", OUTCOMES[outcome]));
-            e.to_string()
+            message
         });
         let name = self.kind.span_name();
         if failed.is_some() {
@@ -169,7 +167,7 @@ mod tests {
             &served,
             "t.wasm",
             None,
-            Some(&CallError::Timeout(Duration::from_secs(5))),
+            Some(("timeout", "the component ran out of time".into())),
         );
         assert!(SPANS.pushed() > before, "a failed call is kept at once");
         let d = DURATIONS.lock().unwrap();

@@ -255,6 +255,23 @@ pub enum CallError {
     Trap(String),
 }
 
+impl CallError {
+    /// Its outcome's name in telemetry (`makiatto.wasm.outcome`), and
+    /// what it says.
+    pub fn failure(&self) -> (&'static str, String) {
+        let name = match self {
+            CallError::NotDeployed(_) => "not_deployed",
+            CallError::Concurrency => "concurrency",
+            CallError::Busy => "busy",
+            CallError::Unusable(_) => "unusable",
+            CallError::Timeout(_) => "timeout",
+            CallError::Memory => "memory",
+            CallError::Trap(_) => "trap",
+        };
+        (name, self.to_string())
+    }
+}
+
 /// Calls answered, by outcome, for `makiatto health`.
 #[derive(Debug, Default)]
 pub struct Counts {
@@ -620,7 +637,7 @@ impl Wasm {
             served,
             &f.path,
             out.as_ref().ok().map(|r| r.status),
-            out.as_ref().err(),
+            out.as_ref().err().map(CallError::failure),
         );
         out
     }
@@ -783,7 +800,12 @@ impl Wasm {
                 out
             }
             .await;
-            call.end(served, &t.path, None, stage.as_ref().err());
+            call.end(
+                served,
+                &t.path,
+                None,
+                stage.as_ref().err().map(CallError::failure),
+            );
             let (result, input) = stage?;
             match result {
                 None => current.content = input,
@@ -1115,6 +1137,26 @@ mod tests {
             .unwrap();
         assert_eq!(ok.body.as_deref(), Some(&b"still here"[..]));
         assert_eq!(f.wasm.counts.timeouts.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn every_call_error_has_a_telemetry_outcome() {
+        let errors = [
+            CallError::NotDeployed("x".into()),
+            CallError::Concurrency,
+            CallError::Busy,
+            CallError::Unusable("x".into()),
+            CallError::Timeout(Duration::from_secs(1)),
+            CallError::Memory,
+            CallError::Trap("x".into()),
+        ];
+        for e in &errors {
+            let (name, _) = e.failure();
+            assert!(
+                crate::telemetry::wasm::OUTCOMES[1..].contains(&name),
+                "{name}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
