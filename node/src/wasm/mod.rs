@@ -228,6 +228,18 @@ enum Ready {
 
 type Preparing = Arc<tokio::sync::OnceCell<Result<Ready, Arc<str>>>>;
 
+/// What one call is granted, owned (the pool's job takes it along).
+struct Granted {
+    /// (domain, component path), for the log.
+    caller: (Arc<str>, Arc<str>),
+    root: Option<Arc<PathBuf>>,
+    env: Env,
+    timeout: Duration,
+    memory: usize,
+    destinations: Destinations,
+    outgoing_calls: u32,
+}
+
 /// The site version a call runs for: its domain and manifest.
 #[derive(Debug, Clone, Copy)]
 pub struct Deployed<'a> {
@@ -648,62 +660,34 @@ impl Wasm {
         f: &Function,
         request: bindings::http::Request,
     ) -> Result<bindings::http::Response, CallError> {
-        let Deployed {
-            domain,
-            manifest,
-            manifest_hash,
-        } = site;
         let configured = self.configured.load_full();
         let limits = configured.limits.ok_or(CallError::Busy)?;
-        let hash = manifest
-            .components
-            .get(&f.path)
-            .ok_or_else(|| CallError::NotDeployed(f.path.clone()))?
-            .hash;
-        let _running = self
-            .enter(domain, &f.path, limits.concurrency)
-            .ok_or_else(|| self.refuse(CallError::Concurrency))?;
-        let Ready::Handler(pre) = self.ready(hash, Kind::Handler).await? else {
+        let (_running, ready) = self
+            .component(site, &f.path, Kind::Handler, limits.concurrency)
+            .await?;
+        let Ready::Handler(pre) = ready else {
             return Err(CallError::Unusable("linked as another world".into()));
         };
-        let root = self.tree(manifest_hash, manifest).await;
         let ctx = bindings::http::NodeContext {
             name: configured.node.name.clone(),
             latitude: configured.node.latitude,
             longitude: configured.node.longitude,
         };
-        let env = f.env.clone();
-        let (timeout, memory) = (f.timeout, f.memory);
-        let destinations = configured.destinations;
-        let outgoing_calls = limits.outgoing_calls;
-        let engine = self.engine.clone();
-        let caller: (Arc<str>, Arc<str>) = (domain.into(), f.path.as_str().into());
-        self.counts.calls.fetch_add(1, Ordering::Relaxed);
-        let job = self
-            .pool
-            .submit(move || {
-                let deadline = Instant::now() + timeout;
-                let sandbox = Sandbox::new(Grant {
-                    caller,
-                    root: root.as_deref().map(|p| p.as_path()),
-                    env: &env.0,
-                    max_memory: memory,
-                    destinations,
-                    outgoing_calls,
-                    deadline,
-                })
-                .map_err(|e| CallError::Trap(format!("{e:#}")))?;
-                let mut store = new_store(&engine, sandbox, timeout);
-                let run = pre.instantiate(&mut store).and_then(|http| {
-                    http.makiatto_http_handler()
-                        .call_handle_request(&mut store, &ctx, &request)
-                });
-                run.map_err(|e| classify(e, &store, timeout))
-            })
-            .map_err(|_| self.refuse(CallError::Busy))?;
-        let out = rx_within(job, timeout).await;
-        self.count(&out);
-        out
+        let grant = Granted {
+            caller: (site.domain.into(), f.path.as_str().into()),
+            root: self.tree(site.manifest_hash, site.manifest).await,
+            env: f.env.clone(),
+            timeout: f.timeout,
+            memory: f.memory,
+            destinations: configured.destinations,
+            outgoing_calls: limits.outgoing_calls,
+        };
+        self.sandboxed(grant, move |store| {
+            pre.instantiate(&mut *store)?
+                .makiatto_http_handler()
+                .call_handle_request(store, &ctx, &request)
+        })
+        .await
     }
 
     /// Runs the chain of transforms on a file: each one given the
@@ -717,11 +701,6 @@ impl Wasm {
         content: Vec<u8>,
         served: &Served,
     ) -> Result<Option<Transformed>, CallError> {
-        let Deployed {
-            domain,
-            manifest,
-            manifest_hash,
-        } = site;
         let configured = self.configured.load_full();
         let limits = configured.limits.ok_or(CallError::Busy)?;
         let ctx = bindings::transform::NodeContext {
@@ -729,7 +708,7 @@ impl Wasm {
             latitude: configured.node.latitude,
             longitude: configured.node.longitude,
         };
-        let root = self.tree(manifest_hash, manifest).await;
+        let root = self.tree(site.manifest_hash, site.manifest).await;
         let mut current = Transformed {
             content,
             mime_type: info.mime_type.clone(),
@@ -744,15 +723,10 @@ impl Wasm {
             }
             let call = telemetry::begin(telemetry::Kind::Transform);
             let stage = async {
-                let hash = manifest
-                    .components
-                    .get(&t.path)
-                    .ok_or_else(|| CallError::NotDeployed(t.path.clone()))?
-                    .hash;
-                let _running = self
-                    .enter(domain, &t.path, limits.concurrency)
-                    .ok_or_else(|| self.refuse(CallError::Concurrency))?;
-                let Ready::Transformer(pre) = self.ready(hash, Kind::Transformer).await? else {
+                let (_running, ready) = self
+                    .component(site, &t.path, Kind::Transformer, limits.concurrency)
+                    .await?;
+                let Ready::Transformer(pre) = ready else {
                     return Err(CallError::Unusable("linked as another world".into()));
                 };
                 let file = bindings::transform::FileInfo {
@@ -761,43 +735,24 @@ impl Wasm {
                     size: current.content.len() as u64,
                 };
                 let input = std::mem::take(&mut current.content);
-                let env = t.env.clone();
-                let (timeout, memory) = (t.timeout, t.memory);
-                let destinations = configured.destinations;
-                let outgoing_calls = limits.outgoing_calls;
-                let engine = self.engine.clone();
-                let root = root.clone();
+                let grant = Granted {
+                    caller: (site.domain.into(), t.path.as_str().into()),
+                    root: root.clone(),
+                    env: t.env.clone(),
+                    timeout: t.timeout,
+                    memory: t.memory,
+                    destinations: configured.destinations,
+                    outgoing_calls: limits.outgoing_calls,
+                };
                 let ctx = ctx.clone();
-                let caller: (Arc<str>, Arc<str>) = (domain.into(), t.path.as_str().into());
-                self.counts.calls.fetch_add(1, Ordering::Relaxed);
-                let job = self
-                    .pool
-                    .submit(move || {
-                        let deadline = Instant::now() + timeout;
-                        let sandbox = Sandbox::new(Grant {
-                            caller,
-                            root: root.as_deref().map(|p| p.as_path()),
-                            env: &env.0,
-                            max_memory: memory,
-                            destinations,
-                            outgoing_calls,
-                            deadline,
-                        })
-                        .map_err(|e| CallError::Trap(format!("{e:#}")))?;
-                        let mut store = new_store(&engine, sandbox, timeout);
-                        let out = pre
-                            .instantiate(&mut store)
-                            .and_then(|t| {
-                                t.makiatto_transform_transformer()
-                                    .call_transform(&mut store, &ctx, &file, &input)
-                            })
-                            .map_err(|e| classify(e, &store, timeout))?;
-                        Ok((out, input))
-                    })
-                    .map_err(|_| self.refuse(CallError::Busy))?;
-                let out = rx_within(job, timeout).await;
-                self.count(&out);
-                out
+                self.sandboxed(grant, move |store| {
+                    let out = pre
+                        .instantiate(&mut *store)?
+                        .makiatto_transform_transformer()
+                        .call_transform(store, &ctx, &file, &input)?;
+                    Ok((out, input))
+                })
+                .await
             }
             .await;
             call.end(
@@ -820,6 +775,60 @@ impl Wasm {
             }
         }
         Ok(changed.then_some(current))
+    }
+
+    /// Component `path` of the version, ready to instantiate as `kind`,
+    /// with a place among its concurrent calls (held while the guard
+    /// lives).
+    async fn component(
+        &self,
+        site: Deployed<'_>,
+        path: &str,
+        kind: Kind,
+        concurrency: u32,
+    ) -> Result<(Running<'_>, Ready), CallError> {
+        let hash = site
+            .manifest
+            .components
+            .get(path)
+            .ok_or_else(|| CallError::NotDeployed(path.to_owned()))?
+            .hash;
+        let running = self
+            .enter(site.domain, path, concurrency)
+            .ok_or_else(|| self.refuse(CallError::Concurrency))?;
+        Ok((running, self.ready(hash, kind).await?))
+    }
+
+    /// Runs `call` on the CPU pool in a fresh sandbox granted `grant`,
+    /// within its time; counted for `makiatto health`.
+    async fn sandboxed<T: Send + 'static>(
+        &self,
+        grant: Granted,
+        call: impl FnOnce(&mut Store<Sandbox>) -> wasmtime::Result<T> + Send + 'static,
+    ) -> Result<T, CallError> {
+        let engine = self.engine.clone();
+        let timeout = grant.timeout;
+        self.counts.calls.fetch_add(1, Ordering::Relaxed);
+        let job = self
+            .pool
+            .submit(move || {
+                let sandbox = Sandbox::new(Grant {
+                    caller: grant.caller,
+                    root: grant.root.as_deref().map(|p| p.as_path()),
+                    env: &grant.env.0,
+                    max_memory: grant.memory,
+                    destinations: grant.destinations,
+                    outgoing_calls: grant.outgoing_calls,
+                    deadline: Instant::now() + timeout,
+                })
+                .map_err(|e| CallError::Trap(format!("{e:#}")))?;
+                let mut store = new_store(&engine, sandbox, timeout);
+                call(&mut store).map_err(|e| classify(e, &store, timeout))
+            })
+            .map_err(|_| self.refuse(CallError::Busy))?;
+        let out = rx_within(job, timeout).await;
+        self.count(&out);
+        out
     }
 
     /// Counts a call refused for want of room (503).
