@@ -280,6 +280,31 @@ fn the_example_handler_answers_on_every_node_and_pages_carry_the_comment() {
 
 /// The hostile component's answer to `query` on `node` (its own public
 /// address): status line and body.
+/// The example's index page as `ip` serves it now (asked from `node`'s
+/// host), and a check that it is still served, unchanged.
+fn static_page<'a>(c: &'a Cluster, node: &'a str, ip: &'a str) -> (String, impl Fn() + 'a) {
+    let page = move || {
+        curl(
+            c,
+            node,
+            &[
+                "-H",
+                "Host: example.test",
+                &format!("http://{ip}/index.html"),
+            ],
+        )
+    };
+    let (_, index) = page();
+    assert!(index.contains("<html"), "{index}");
+    let served = index.clone();
+    let check = move || {
+        let (head, body) = page();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, served, "the static file is served unchanged");
+    };
+    (index, check)
+}
+
 fn hostile(c: &Cluster, node: &str, ip: &str, query: &str) -> (String, String) {
     let (head, body) = curl(
         c,
@@ -389,24 +414,7 @@ path = \"./other\"
         },
     );
     let mesh_of_other = mesh_addr(&c, &other.node);
-    let page = |path: &str| {
-        curl(
-            &c,
-            &me.node,
-            &[
-                "-H",
-                "Host: example.test",
-                &format!("http://{}{path}", me.ipv4),
-            ],
-        )
-    };
-    let (_, index) = page("/index.html");
-    assert!(index.contains("<html"), "{index}");
-    let static_ok = || {
-        let (head, body) = page("/index.html");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert_eq!(body, index, "the static file is served unchanged");
-    };
+    let (index, static_ok) = static_page(&c, &me.node, &me.ipv4);
 
     // Outgoing TCP (wasi:sockets): a public address (another node's HTTP port) is reached,
     // which shows the component can connect at all; loopback, private,
@@ -754,30 +762,7 @@ fn a_component_fetches_through_wasi_http_from_public_addresses_only() {
                 == Some(live.as_str())
         },
     );
-    let index = curl(
-        &c,
-        &me.node,
-        &[
-            "-H",
-            "Host: example.test",
-            &format!("http://{}/index.html", me.ipv4),
-        ],
-    )
-    .1;
-    assert!(index.contains("<html"), "{index}");
-    let static_ok = || {
-        let (head, body) = curl(
-            &c,
-            &me.node,
-            &[
-                "-H",
-                "Host: example.test",
-                &format!("http://{}/index.html", me.ipv4),
-            ],
-        );
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert_eq!(body, index, "the static file is served unchanged");
-    };
+    let (_, static_ok) = static_page(&c, &me.node, &me.ipv4);
 
     // A public address: the response and its body.
     let (status, body) = fetch(
