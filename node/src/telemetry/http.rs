@@ -35,7 +35,7 @@ use super::span::{LIVE, SPANS, Started, took};
 /// kept; and the child spans that are exported only if it is. Set by the
 /// handler; read when the exchange ends.
 #[derive(Debug, Default)]
-pub struct Served(AtomicU8, AtomicBool, Mutex<Vec<SpanData>>);
+pub struct Served(AtomicU8, AtomicBool, Mutex<Vec<SpanData>>, AtomicBool);
 
 impl Served {
     /// From an in-memory representation cache (`cdn.cache.hit = true`).
@@ -59,6 +59,7 @@ impl Served {
     pub fn park(&self, span: SpanData) {
         if let Ok(mut parked) = self.2.lock() {
             parked.push(span);
+            self.3.store(true, Ordering::Relaxed);
         }
     }
 
@@ -68,7 +69,11 @@ impl Served {
         self.2.lock().map_or(0, |p| p.len())
     }
 
+    /// The parked spans (no lock taken on the common path: none parked).
     fn take_parked(&self) -> Vec<SpanData> {
+        if !self.3.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
         self.2
             .lock()
             .map(|mut p| std::mem::take(&mut *p))
