@@ -17,6 +17,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
 
+pub mod launcher;
 pub mod measure;
 pub mod reports;
 pub mod workload;

@@ -70,6 +70,38 @@ pub const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 /// keyspaces.
 pub type Position = (Hlc, EventId);
 
+/// How many events [`Store::read_events`] reads at a time.
+pub const READ_CHUNK: usize = 4_096;
+
+/// [`Store::read_events`]' iterator: the chunk read last, and where the
+/// next one starts (`None` once the range is read or a read failed).
+struct Chunks<'a> {
+    store: &'a Store,
+    from: Option<Bound<Position>>,
+    to: Bound<Position>,
+    read: std::collections::VecDeque<Result<(Position, Vec<u8>), StoreError>>,
+}
+
+impl Iterator for Chunks<'_> {
+    type Item = Result<(Position, Vec<u8>), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.read.is_empty() {
+            let from = self.from.take()?;
+            self.read
+                .extend(self.store.range_events(from, self.to).take(READ_CHUNK));
+            match self.read.back() {
+                Some(Ok((last, _))) if self.read.len() == READ_CHUNK => {
+                    self.from = Some(Bound::Excluded(*last));
+                }
+                // A short chunk is the range's end; a failed read ends it.
+                _ => {}
+            }
+        }
+        self.read.pop_front()
+    }
+}
+
 /// What the fold writes, as one batch: new per-event entries, a checkpoint
 /// of its state, checkpoints it no longer trusts, its record and the
 /// projections' canonical bytes.
@@ -277,10 +309,11 @@ impl Store {
     }
 
     /// Every stored event's position and bytes, in canonical order.
+    /// (Read a chunk at a time, as [`Store::read_events`].)
     pub fn iter_events(
         &self,
-    ) -> impl DoubleEndedIterator<Item = Result<(Position, Vec<u8>), StoreError>> + '_ {
-        self.range_events(Bound::Unbounded, Bound::Unbounded)
+    ) -> impl Iterator<Item = Result<(Position, Vec<u8>), StoreError>> + '_ {
+        self.read_events(Bound::Unbounded, Bound::Unbounded)
     }
 
     /// Stored events between two points, in canonical order (reversible).
@@ -295,6 +328,28 @@ impl Store {
                 let (k, v) = guard.into_inner()?;
                 Ok((position_from(&k)?, v.to_vec()))
             })
+    }
+
+    /// Stored events between two points, in canonical order, read
+    /// [`READ_CHUNK`] at a time, each chunk by a read of its own, so that
+    /// no snapshot of the store stays open between chunks. An iterator
+    /// held open pins the store's state as it began: fjall then keeps
+    /// every memtable sealed since, in every keyspace, in memory — a fold
+    /// of a million events read through one iterator held the whole index
+    /// it wrote (about 200 MiB) until it ended. Stored events are never
+    /// rewritten, so the chunks join up; one stored meanwhile after the
+    /// last read may be included.
+    pub fn read_events(
+        &self,
+        from: Bound<Position>,
+        to: Bound<Position>,
+    ) -> impl Iterator<Item = Result<(Position, Vec<u8>), StoreError>> + '_ {
+        Chunks {
+            store: self,
+            from: Some(from),
+            to,
+            read: std::collections::VecDeque::new(),
+        }
     }
 
     /// Where a stored event is in canonical order.

@@ -71,6 +71,40 @@ fn appended_events_survive_a_reopen() {
 }
 
 #[test]
+fn stored_events_read_a_chunk_at_a_time_come_once_each_in_canonical_order() {
+    use std::ops::Bound;
+
+    use makiatto_core::store::READ_CHUNK;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(2);
+    let g = genesis(&mut w, "c");
+    // Two chunks and a part, and one range that ends exactly on a chunk.
+    let events: Vec<Event> = std::iter::once(g.clone())
+        .chain((1..=(2 * READ_CHUNK as u64 + 7)).map(|n| op(&mut w, &g, n)))
+        .collect();
+    let store = Store::open(dir.path()).unwrap();
+    let mut log = Log::open(store.clone()).unwrap();
+    assert!(
+        log.append(events.clone())
+            .unwrap()
+            .outcomes
+            .iter()
+            .all(stored)
+    );
+    let mut canonical: Vec<_> = events.iter().map(|e| (e.hlc(), e.id())).collect();
+    canonical.sort();
+    let read: Vec<_> = store.iter_events().map(|r| r.unwrap().0).collect();
+    assert_eq!(read, canonical);
+    let last_of_two = canonical[2 * READ_CHUNK];
+    let bounded: Vec<_> = store
+        .read_events(Bound::Excluded(canonical[0]), Bound::Included(last_of_two))
+        .map(|r| r.unwrap().0)
+        .collect();
+    assert_eq!(bounded, canonical[1..=2 * READ_CHUNK]);
+}
+
+#[test]
 fn duplicates_forgeries_and_broken_chains_are_refused_and_counted() {
     let mut log = Log::open(MemoryBackend::default()).unwrap();
     let mut w = writer(1);

@@ -115,7 +115,7 @@ impl Source for StoreSource {
 
     fn forward(&self, from: Bound<Position>, until: Bound<Position>) -> Events<'_> {
         Box::new(Forward {
-            raw: Box::new(self.store.range_events(from, until)),
+            raw: Box::new(self.store.read_events(from, until)),
             decoded: VecDeque::new(),
             failed: false,
         })

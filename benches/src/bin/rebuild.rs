@@ -21,7 +21,8 @@
 //! store through the log (as a node stores it; the store is kept under the
 //! temp directory and reused, its fold forgotten before each run), then the
 //! real daemon binary opened on it, each a process of its own, timed with
-//! its peak resident memory (`ru_maxrss` from `wait4`):
+//! its peak resident memory (`ru_maxrss` from `wait4`, started by a small
+//! launcher process so that this process's memory is not counted in it):
 //! `makiatto status` on a store whose fold was forgotten (a full fold from
 //! the start, read from the store a batch at a time), `makiatto status`
 //! again (start-up from the saved checkpoint), `makiatto log --limit 20`
@@ -32,15 +33,18 @@
 //! Goals at 1M events: full fold ≤ 10 s, start-up from the checkpoint
 //! ≤ 2 s, node RSS ≤ 256 MB.
 //! `cargo run --release -p makiatto-benches --bin rebuild [EVENTS]
-//! [--store-only]` (a release build of `makiatto` beside it; EVENTS
-//! defaults to 1,000,000; `--store-only` skips the in-memory part).
+//! [--store-only | --forget-fold]` (a release build of `makiatto` beside
+//! it; EVENTS defaults to 1,000,000; `--store-only` skips the in-memory
+//! part; `--forget-fold` only appends the store if needed, forgets its
+//! fold and prints its directory, for profiling a full fold by hand).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark support: a failure is a panic that fails the run
 
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use makiatto_benches::launcher::{Launched, Launcher};
 use makiatto_benches::measure::{
     mib, peak_rss_bytes, print_json, print_table, rss_bytes, timed, timed_cpu,
 };
@@ -55,8 +59,11 @@ const START_GOAL_SECONDS: f64 = 2.0;
 const RSS_GOAL_BYTES: u64 = 256 * 1024 * 1024;
 
 fn main() {
+    Launcher::serve_if_asked();
+    let mut launcher = Launcher::start();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let store_only = args.iter().any(|a| a == "--store-only");
+    let forget_only = args.iter().any(|a| a == "--forget-fold");
+    let store_only = forget_only || args.iter().any(|a| a == "--store-only");
     let events: usize = args
         .iter()
         .find(|a| !a.starts_with("--"))
@@ -66,13 +73,14 @@ fn main() {
         events,
         ..Spec::million()
     };
-    let (workload, loaded) =
-        timed(|| Workload::load_or_generate(spec).expect("the history is generated or read"));
+    let load = move || Workload::load_or_generate(spec).expect("the history is generated or read");
     if store_only {
-        let node = node_start_up(spec, workload);
+        // The history is loaded only if the store must be appended.
+        let node = node_start_up(&mut launcher, spec, load, forget_only);
         print_json("rebuild", serde_json::json!({ "node": node }));
         return;
     }
+    let (workload, loaded) = timed(load);
     let bytes_total = workload.bytes();
     let mut stored = workload.events.clone();
     stored.sort_by_cached_key(|bytes| EventId::of(bytes));
@@ -157,7 +165,7 @@ fn main() {
         ],
     );
     drop(engine);
-    let node = node_start_up(spec, workload);
+    let node = node_start_up(&mut launcher, spec, move || workload, forget_only);
     print_json(
         "rebuild",
         serde_json::json!({
@@ -179,56 +187,35 @@ fn main() {
     );
 }
 
-/// One run of the daemon binary: wall time and peak resident memory.
-struct Run {
-    took: Duration,
-    peak_rss: u64,
-    stdout: String,
-}
-
-// The child is reaped by `wait4` (for its rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
-fn run_makiatto(data_dir: &Path, args: &[&str]) -> Run {
+/// One run of the daemon binary from the launcher (so that its peak
+/// resident memory is its own, not this process's): wall time, peak RSS.
+fn run_makiatto(launcher: &mut Launcher, data_dir: &Path, args: &[&str]) -> Launched {
     let makiatto = Binaries::of_this_build().makiatto();
-    let started = Instant::now();
-    let child = Command::new(&makiatto)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--run-dir")
-        .arg(data_dir.join("run"))
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("makiatto starts");
-    let pid = child.id() as libc::pid_t;
-    let mut stdout = String::new();
-    if let Some(mut out) = child.stdout {
-        use std::io::Read;
-        out.read_to_string(&mut stdout)
-            .expect("read makiatto's output");
-    }
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our own child, not yet waited for; both pointers are valid.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let took = started.elapsed();
-    assert_eq!(waited, pid, "wait4 on makiatto");
+    let mut argv: Vec<OsString> = vec![
+        "--data-dir".into(),
+        data_dir.into(),
+        "--run-dir".into(),
+        data_dir.join("run").into(),
+    ];
+    argv.extend(args.iter().map(OsString::from));
+    let run = launcher.run(makiatto, &argv);
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "makiatto {args:?} failed ({status}): {stdout}"
+        run.success,
+        "makiatto {args:?} failed ({}): {}",
+        run.status, run.stdout
     );
-    Run {
-        took,
-        peak_rss: usage.ru_maxrss as u64 * 1024,
-        stdout,
-    }
+    run
 }
 
 /// The history in a store (appended once and reused), then the daemon
 /// binary opened on it: full fold, start-up from the checkpoint, `log`,
 /// `verify`.
-fn node_start_up(spec: Spec, workload: Workload) -> serde_json::Value {
+fn node_start_up(
+    launcher: &mut Launcher,
+    spec: Spec,
+    workload: impl FnOnce() -> Workload,
+    forget_only: bool,
+) -> serde_json::Value {
     let dir = std::env::temp_dir()
         .join("makiatto-benches")
         .join(format!("rebuild-store-{}-{:x}", spec.events, spec.seed));
@@ -237,6 +224,7 @@ fn node_start_up(spec: Spec, workload: Workload) -> serde_json::Value {
     if !dir.join("complete").exists() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the store's directory");
+        let workload = workload();
         let mut events = Event::decode_trusted_all(&workload.events).expect("events decode");
         events.sort_by_key(|e| (e.hlc(), e.id()));
         let store = Store::open(&log_dir).expect("open the store");
@@ -260,17 +248,20 @@ fn node_start_up(spec: Spec, workload: Workload) -> serde_json::Value {
         appended = Some(started.elapsed());
         std::fs::write(dir.join("complete"), b"").expect("mark the store complete");
     }
-    drop(workload);
     let (disk_events, stored) = {
         let store = Store::open(&log_dir).expect("open the store");
         store.clear_fold().expect("forget the fold");
         (store.disk_space(), store.len().expect("count"))
     };
     assert_eq!(stored, spec.events, "the store holds the history");
-    let full = run_makiatto(&dir, &["status"]);
-    let again = run_makiatto(&dir, &["status"]);
-    let listing = run_makiatto(&dir, &["log", "--limit", "20"]);
-    let verify = run_makiatto(&dir, &["verify", "--json"]);
+    if forget_only {
+        println!("{}", dir.display());
+        return serde_json::json!({ "store": dir, "fold": "forgotten" });
+    }
+    let full = run_makiatto(launcher, &dir, &["status"]);
+    let again = run_makiatto(launcher, &dir, &["status"]);
+    let listing = run_makiatto(launcher, &dir, &["log", "--limit", "20"]);
+    let verify = run_makiatto(launcher, &dir, &["verify", "--json"]);
     let report: serde_json::Value =
         serde_json::from_str(&verify.stdout).expect("verify --json is JSON");
     // The store was written by the log alone, not by a daemon, so no copy
@@ -286,7 +277,7 @@ fn node_start_up(spec: Spec, workload: Workload) -> serde_json::Value {
     assert!(problems.is_empty(), "verify finds no problem: {problems:?}");
     let disk_folded = Store::open(&log_dir).expect("open the store").disk_space();
     let per_million = |bytes: u64| bytes as f64 * 1e6 / spec.events as f64;
-    let row = |r: &Run| {
+    let row = |r: &Launched| {
         format!(
             "{:.2} s, peak RSS {:.0} MiB",
             r.took.as_secs_f64(),
@@ -345,7 +336,7 @@ fn node_start_up(spec: Spec, workload: Workload) -> serde_json::Value {
             ),
         ],
     );
-    let json = |r: &Run| {
+    let json = |r: &Launched| {
         serde_json::json!({
             "s": r.took.as_secs_f64(),
             "peak_rss_bytes": r.peak_rss,
