@@ -6,7 +6,9 @@
 //! cut off, a 2|3 partition of the mesh, a flapping link, mesh loss, a
 //! node killed during `maki sync`, during an ACME order and during garbage
 //! collection, a full disk, a clock ten minutes ahead and behind, a node
-//! restored from an old backup, and a rolling restart. For each: requests
+//! restored from an old backup, a rolling restart (`maki machine restart`,
+//! which must cost visitors nothing) and every node killed and started in
+//! turn. For each: requests
 //! and DNS answers that failed or were wrong (at the faulted nodes, and at
 //! the others), events lost (must be 0: every event stored anywhere is on
 //! every node once the fault ends), the time to converge after the fault
