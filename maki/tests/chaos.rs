@@ -3,7 +3,8 @@
 //! HTTPS clients and DNS clients (`makiatto_harness::load`, a fixed rate
 //! with timeouts, in a namespace of their own) run against every node
 //! throughout, while one fault after another is made and ended: a node
-//! cut off, a 2|3 partition of the mesh, a flapping link, mesh loss, a
+//! cut off, a 2|3 partition of the mesh, a flapping link, mesh loss, mesh
+//! packets delayed and reordered (`scripts/mesh-delay.py`), a
 //! node killed during `maki sync`, during an ACME order and during garbage
 //! collection, a full disk, a clock ten minutes ahead and behind, a node
 //! restored from an old backup, a rolling restart (`maki machine restart`,
@@ -488,6 +489,64 @@ fn chaos_on_five_nodes_under_load() {
         assert!(ch.publish(&via));
         ch.hold();
         loss(ch, "-D");
+        Vec::new()
+    });
+
+    // Every node's mesh packets held 20–200 ms each, at random, so they
+    // also leave out of order (`scripts/mesh-delay.py` on an NFQUEUE: no
+    // `tc netem` on this kernel); a change published meanwhile.
+    chaos.scenario("mesh-delay", |ch| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/mesh-delay.py");
+        let rule = |op: &'static str| {
+            [
+                op,
+                "OUTPUT",
+                "-p",
+                "udp",
+                "--dport",
+                "51880",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                "0",
+                "--queue-bypass",
+            ]
+        };
+        let relays: Vec<std::process::Child> = ch
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                std::process::Command::new("ip")
+                    .args(["netns", "exec", &h.netns, "python3"])
+                    .arg(&script)
+                    .args(["0", "20", "200", &(ch.seed + i as u64).to_string()])
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        // The queue is bound before packets are sent to it.
+        std::thread::sleep(Duration::from_millis(500));
+        for n in ch.names() {
+            ch.iptables(&n, &rule("-A"));
+        }
+        let via = ch.pick();
+        assert!(ch.publish(&via));
+        ch.hold();
+        for n in ch.names() {
+            ch.iptables(&n, &rule("-D"));
+        }
+        for relay in relays {
+            // SIGTERM: it lets go of what it holds and reports.
+            let pid = nix::unistd::Pid::from_raw(relay.id() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+            let out = relay.wait_with_output().unwrap();
+            eprintln!(
+                "mesh-delay: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
         Vec::new()
     });
 

@@ -25,6 +25,35 @@ const REPLICATION_PORT: u16 = 51881;
 /// How long the mesh may take to carry a first packet.
 const MESH_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Opens COUNT connections to ADDR:PORT one after another, writes a false
+/// hello (a frame header claiming 64 bytes, then 64 bytes) on each and
+/// reads until the other side closes; prints what it saw as JSON.
+const FLOOD: &str = r#"
+import json, socket, sys, time
+addr, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+connected = failed = answered = 0
+start = time.time()
+for _ in range(count):
+    try:
+        s = socket.create_connection((addr, port), timeout=5)
+    except OSError:
+        failed += 1
+        continue
+    connected += 1
+    try:
+        s.sendall(b"\x00\x00\x00\x40" + b"\x01" * 64)
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            answered += len(d)
+    except OSError:
+        pass
+    s.close()
+print(json.dumps({"connected": connected, "failed": failed, "answered_bytes": answered,
+                  "seconds": round(time.time() - start, 2)}))
+"#;
+
 /// A namespace outside the cluster, on its bridge, with no default route:
 /// the external peer's machine. Removed on drop, with its wireguard-go.
 struct ExtHost {
@@ -233,6 +262,78 @@ fn an_external_peer_reaches_every_node_through_the_printed_wg_config() {
             String::from_utf8_lossy(&connected.stderr)
         );
     }
+
+    // A non-member flooding the replication port (the hostile-input
+    // matrix): connections opened as fast as one process can, each
+    // writing a false hello. Each is dropped before a byte is read or
+    // answered and counted; meanwhile the cluster replicates a change and
+    // serves.
+    let node = state.hosts[0].node.as_str();
+    let target = machines
+        .iter()
+        .find(|m| m["name"] == node)
+        .and_then(|m| m["mesh_addr"].as_str())
+        .unwrap()
+        .to_owned();
+    let refused = |c: &Cluster| {
+        c.health(node)["replication"]["refused_connections"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = refused(&c);
+    let flood = ext
+        .command(&[
+            "python3",
+            "-c",
+            FLOOD,
+            &target,
+            &REPLICATION_PORT.to_string(),
+            "20000",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.ok(&["config", "set", "sites.keep_versions", "7"]);
+    wait_until(
+        Duration::from_secs(60),
+        "both nodes hold the change",
+        || {
+            let digests: Vec<_> = machines
+                .iter()
+                .map(|m| c.health(m["name"].as_str().unwrap())["vv_digest"].clone())
+                .collect();
+            digests.windows(2).all(|w| w[0] == w[1])
+        },
+    );
+    let probe = c.ok(&[
+        "local",
+        "exec",
+        node,
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: example.test",
+        &format!("http://{}/", state.hosts[0].ipv4),
+    ]);
+    // No site is deployed in this test: the node's own 404 is its answer.
+    assert_eq!(probe, "404", "the node answers HTTP during the flood");
+    let out = flood.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "flood of the replication port: {report}, refused before {before}, after {}",
+        refused(&c)
+    );
+    assert_eq!(report["answered_bytes"], 0, "{report}");
+    assert_eq!(report["connected"], 20000, "{report}");
+    assert!(
+        refused(&c) >= before + 20000,
+        "every connection counted: {report}"
+    );
 
     // Listed, with its key and endpoint.
     let peers = json_lines(&c.ok(&["peer", "list", "--json"]));

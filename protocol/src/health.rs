@@ -224,6 +224,11 @@ pub struct HttpReport {
     pub hosts: Vec<String>,
     pub sites: BTreeMap<String, ServedSite>,
     pub responses: StatusCounts,
+    /// Connections the node ended for what the client sent or failed to
+    /// send, answered by the HTTP stack before any handler (absent from
+    /// daemons before them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<ConnectionsEnded>,
     /// Images on the fly (absent from daemons before them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<ImagesReport>,
@@ -294,6 +299,25 @@ pub struct ServedSite {
     pub version: Option<EventId>,
     pub files: usize,
     pub precompressed: usize,
+}
+
+/// HTTP connections ended by the node for what the client sent, since
+/// the daemon started: the answers the HTTP stack makes itself (431, 408,
+/// 400) never reach [`StatusCounts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConnectionsEnded {
+    /// A request head over the 64 KiB limit (HTTP/1.1: 431).
+    pub head_too_large: u64,
+    /// A request head not complete within the head timeout (slowloris).
+    pub head_timeout: u64,
+    /// A request head that does not parse (400), or a body cut short.
+    pub bad_request: u64,
+    /// A TLS handshake that failed or did not end within its timeout.
+    pub tls_failed: u64,
+    /// An HTTP/2 connection ended with an error (flow control, rapid
+    /// reset, an oversized header list …).
+    pub h2_error: u64,
 }
 
 /// Responses by status class.

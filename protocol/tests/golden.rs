@@ -264,6 +264,7 @@ fn health() -> HealthReport {
             )]),
             images: None,
             wasm: None,
+            ended: None,
             responses: StatusCounts {
                 informational: 0,
                 success: 10,

@@ -163,11 +163,14 @@ impl UnderCallgrind {
         let mut argv: Vec<&str> = vec!["local", "exec", node, "--"];
         argv.extend(prefix.iter().map(String::as_str));
         argv.extend(["/usr/local/bin/makiatto", "run"]);
+        // Its output (valgrind's and the daemon's) is kept: a daemon that
+        // cannot start under valgrind says why there.
+        let log = std::fs::File::create(dumps.join("daemon.log")).expect("the daemon's log");
         let daemon = crate::Process::spawn(
             cluster
                 .command(&argv)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
+                .stdout(log.try_clone().expect("the daemon's log"))
+                .stderr(log),
         );
         let ns = cluster
             .state()
@@ -180,7 +183,10 @@ impl UnderCallgrind {
         let mut pid = None;
         crate::wait_until(
             std::time::Duration::from_secs(120),
-            "the daemon serves under callgrind",
+            &format!(
+                "the daemon serves under callgrind (its output: {})",
+                dumps.join("daemon.log").display()
+            ),
             || {
                 pid = crate::netns::netns_pids(&ns).into_iter().find(|p| {
                     let args = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();

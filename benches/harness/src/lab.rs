@@ -13,6 +13,15 @@ use crate::host::Host;
 use crate::netns::Namespace;
 use crate::process::Process;
 
+/// `ip netns exec NS PLACE… ARGV…`: a command run in namespace `ns`,
+/// behind `place` (such as `taskset -c 1`, see
+/// [`crate::placement::Placement::client`]; empty to run it anywhere).
+pub fn in_namespace(ns: &str, place: &[&str], argv: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(place).args(argv);
+    cmd
+}
+
 /// A cluster with an anchor server and a client beside it.
 pub struct Lab {
     // Fields drop in this order.
@@ -70,9 +79,7 @@ impl Lab {
     /// server's and `Drop` ends exactly it. Returns that pid.
     pub fn spawn_anchor(&mut self, ns: &str, argv: &[&str]) -> u32 {
         let anchor = Process::spawn(
-            Command::new("ip")
-                .args(["netns", "exec", ns])
-                .args(argv)
+            in_namespace(ns, &[], argv)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),

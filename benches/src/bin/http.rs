@@ -89,6 +89,7 @@ use makiatto_benches::measure::{fastest_and_cheapest, print_json, print_table};
 use makiatto_benches::reports;
 use makiatto_harness::cpu::{Sample, Usage, proc_kib};
 use makiatto_harness::instructions::UnderCallgrind;
+use makiatto_harness::lab::in_namespace;
 use makiatto_harness::netns::{daemon_pid, netns_pids};
 use makiatto_harness::{Lab, Placement, have, stdout, wait_until};
 use rand::{Rng, RngCore, SeedableRng};
@@ -207,11 +208,7 @@ struct Client {
 impl Client {
     /// `ip netns exec NS [taskset -c 1] ARGV…`.
     fn command(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns])
-            .args(self.placement.client())
-            .args(argv);
-        cmd
+        in_namespace(&self.ns, &self.placement.client(), argv)
     }
 }
 

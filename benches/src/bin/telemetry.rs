@@ -56,6 +56,7 @@ use makiatto_benches::measure::{print_json, print_table};
 use makiatto_benches::reports;
 use makiatto_harness::cpu::{Sample, proc_kib};
 use makiatto_harness::instructions::UnderCallgrind;
+use makiatto_harness::lab::in_namespace;
 use makiatto_harness::load::{Load, Target};
 use makiatto_harness::netns::daemon_pid;
 use makiatto_harness::{
@@ -124,11 +125,7 @@ struct Bench {
 impl Bench {
     /// `ip netns exec CLIENT [taskset -c 1] ARGV…`.
     fn client(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.client_ns])
-            .args(self.placement.client())
-            .args(argv);
-        cmd
+        in_namespace(&self.client_ns, &self.placement.client(), argv)
     }
 
     /// The node answers `1k.txt` (never panics: also asked while the

@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use makiatto_benches::measure::{print_json, print_table};
 use makiatto_benches::reports;
+use makiatto_harness::lab::in_namespace;
 use makiatto_harness::{Lab, copy_examples_with_wasm, have, stdout, test_component, wait_until};
 use serde_json::json;
 
@@ -66,9 +67,7 @@ struct Bench {
 
 impl Bench {
     fn client(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.client_ns]).args(argv);
-        cmd
+        in_namespace(&self.client_ns, &[], argv)
     }
 
     /// The body of `path` over HTTPS.

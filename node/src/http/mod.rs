@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use makiatto_events::{Blake3Hash, Manifest};
-use makiatto_protocol::health::{HttpReport, ServedSite, StatusCounts};
+use makiatto_protocol::health::{ConnectionsEnded, HttpReport, ServedSite, StatusCounts};
 
 use crate::blobs::BlobStore;
 use crate::changes::Changes;
@@ -50,6 +50,32 @@ use crate::work_pool::WorkPool;
 /// How often unused variants are deleted.
 const VARIANT_GC_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// Why the node ended a connection (see [`ConnectionsEnded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    HeadTooLarge,
+    HeadTimeout,
+    BadRequest,
+    TlsFailed,
+    H2Error,
+}
+
+impl Ended {
+    /// Why hyper ended an HTTP/1.1 connection, when it was the client's
+    /// doing (`None` for a client that went away, or an I/O error).
+    pub fn of_h1(e: &hyper::Error) -> Option<Ended> {
+        if e.is_parse_too_large() {
+            Some(Ended::HeadTooLarge)
+        } else if e.is_timeout() {
+            Some(Ended::HeadTimeout)
+        } else if e.is_parse() {
+            Some(Ended::BadRequest)
+        } else {
+            None
+        }
+    }
+}
+
 /// The HTTP service of one node.
 pub struct Http {
     routes: ArcSwap<routes::Routes>,
@@ -62,6 +88,8 @@ pub struct Http {
     prepared: Mutex<std::collections::HashSet<Blake3Hash>>,
     /// Responses by status class (1xx … 5xx).
     statuses: [AtomicU64; 5],
+    /// Connections ended for what the client sent, by [`Ended`].
+    ended: [AtomicU64; 5],
     /// Images on the fly: renditions, their cache, the CPU pool.
     pub images: Arc<Images>,
     /// WebAssembly functions and transforms.
@@ -109,6 +137,7 @@ impl Http {
             challenges: ArcSwap::from_pointee(HashMap::new()),
             prepared: Mutex::new(Default::default()),
             statuses: Default::default(),
+            ended: Default::default(),
             images,
             wasm,
             transformed: transformed::Cache::default(),
@@ -396,6 +425,11 @@ impl Http {
         self.statuses[class].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a connection ended for what its client sent.
+    pub fn ended(&self, why: Ended) {
+        self.ended[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// For `makiatto health`: hosts and responses by status class.
     pub fn report(&self) -> HttpReport {
         let routes = self.routes.load();
@@ -413,7 +447,15 @@ impl Http {
             })
             .collect();
         let n = |i: usize| self.statuses[i].load(Ordering::Relaxed);
+        let e = |why: Ended| self.ended[why as usize].load(Ordering::Relaxed);
         HttpReport {
+            ended: Some(ConnectionsEnded {
+                head_too_large: e(Ended::HeadTooLarge),
+                head_timeout: e(Ended::HeadTimeout),
+                bad_request: e(Ended::BadRequest),
+                tls_failed: e(Ended::TlsFailed),
+                h2_error: e(Ended::H2Error),
+            }),
             images: Some(self.images.report()),
             wasm: Some(self.wasm.report()),
             hosts,

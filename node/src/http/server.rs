@@ -28,8 +28,8 @@ use rustls::sign::CertifiedKey;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::Http;
 use super::handler::{Ctx, handle};
+use super::{Ended, Http};
 use crate::handover::{Drain, Handover, IDLE_CLOSE_AFTER, Role};
 
 /// Where to listen.
@@ -234,8 +234,9 @@ async fn accept(
 
 /// An HTTP/1.1 connection, closed gracefully when a handover drains: its
 /// next response says `Connection: close` (the service adds it), and if
-/// it sends no request within `IDLE_CLOSE_AFTER`, it is closed idle.
-async fn h1<I, S>(io: I, svc: S, drain: &Drain)
+/// it sends no request within `IDLE_CLOSE_AFTER`, it is closed idle. A
+/// connection hyper ended for what the client sent is counted.
+async fn h1<I, S>(io: I, svc: S, drain: &Drain, http: &Http)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<
@@ -251,16 +252,21 @@ where
         .max_header_size(MAX_HEAD)
         .serve_connection(io, svc);
     let mut conn = std::pin::pin!(conn);
+    let count = |r: Result<(), hyper::Error>| {
+        if let Some(why) = r.err().as_ref().and_then(Ended::of_h1) {
+            http.ended(why);
+        }
+    };
     tokio::select! {
-        _ = conn.as_mut() => return,
+        r = conn.as_mut() => return count(r),
         _ = drain.wait() => {}
     }
     tokio::select! {
-        _ = conn.as_mut() => return,
+        r = conn.as_mut() => return count(r),
         _ = tokio::time::sleep(IDLE_CLOSE_AFTER) => {}
     }
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    count(conn.await);
 }
 
 async fn connection(
@@ -270,8 +276,8 @@ async fn connection(
     drain: Drain,
 ) {
     let Some(configs) = tls else {
-        let svc = service(http, None, Some(drain.clone()));
-        h1(TokioIo::new(stream), svc, &drain).await;
+        let svc = service(http.clone(), None, Some(drain.clone()));
+        h1(TokioIo::new(stream), svc, &drain, &http).await;
         return;
     };
     let handshake = async {
@@ -283,7 +289,10 @@ async fn connection(
     };
     let mut stream = match tokio::time::timeout(HANDSHAKE, handshake).await {
         Ok(Ok(s)) => s,
-        _ => return,
+        _ => {
+            http.ended(Ended::TlsFailed);
+            return;
+        }
     };
     // A large file's piece is sealed whole and leaves in one `writev` of
     // 16 records, not four of four (rustls's default limit, 64 KiB).
@@ -294,7 +303,7 @@ async fn connection(
         .server_name()
         .map(|s| Arc::from(s.trim_end_matches('.').to_ascii_lowercase()));
     if h2 {
-        let svc = service(http, Some(sni), None);
+        let svc = service(http.clone(), Some(sni), None);
         // Gathered: a round of responses leaves in one TLS record and one
         // syscall, not one each (see `gather`).
         let (io, sender) = super::gather::gathered(stream);
@@ -309,18 +318,38 @@ async fn connection(
         // the client opens new ones on a new connection.
         let conn = async move {
             let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => return r,
-                _ = drain.wait() => {}
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = drain.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = &r
+                && !from_io(e)
+            {
+                http.ended(Ended::H2Error);
             }
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            r
         };
         super::gather::drive(conn, sender, LINGER).await;
     } else {
-        let svc = service(http, Some(sni), Some(drain.clone()));
-        h1(TokioIo::new(stream), svc, &drain).await;
+        let svc = service(http.clone(), Some(sni), Some(drain.clone()));
+        h1(TokioIo::new(stream), svc, &drain, &http).await;
     }
+}
+
+/// Whether an error comes from the socket (a client that went away)
+/// rather than from what the client sent.
+fn from_io(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The service of a connection; an HTTP/1.1 one (`h1_drain`) answers with

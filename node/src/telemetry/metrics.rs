@@ -137,6 +137,12 @@ pub const CATALOGUE: &[Spec] = &[
         "events refused (bad_event) and connections refused (connection), by reason",
     ),
     spec(
+        "makiatto.http.connections.ended",
+        "{connection}",
+        Kind::Counter,
+        "HTTP connections the node ended for what the client sent, by reason",
+    ),
+    spec(
         "makiatto.blob.fetches",
         "{version}",
         Kind::Counter,
@@ -839,6 +845,21 @@ fn health_points(c: &mut Collected, h: &HealthReport, now: SystemTime) {
                 "makiatto.certificate.time_to_expiry",
                 vec![attr("makiatto.certificate", name.clone())],
                 days,
+            );
+        }
+    }
+    if let Some(e) = &h.http.ended {
+        for (reason, n) in [
+            ("head_too_large", e.head_too_large),
+            ("head_timeout", e.head_timeout),
+            ("bad_request", e.bad_request),
+            ("tls_failed", e.tls_failed),
+            ("h2_error", e.h2_error),
+        ] {
+            c.count(
+                "makiatto.http.connections.ended",
+                vec![attr("reason", reason)],
+                n,
             );
         }
     }

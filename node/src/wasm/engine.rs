@@ -37,7 +37,12 @@ pub enum CompileError {
     },
 }
 
-/// The engine of this node.
+/// The engine of this node: instances from the pooling allocator, or,
+/// where its address space cannot be reserved (about 0.5 TB of virtual
+/// memory, never touched: refused under `ulimit -v`, strict overcommit
+/// or valgrind), from wasmtime's on-demand allocator, with a warning.
+/// Components run the same either way, each under its memory limit
+/// (`StoreLimits`); on demand, an instance pays its own mmap.
 pub fn engine() -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOL_INSTANCES)
@@ -48,14 +53,24 @@ pub fn engine() -> wasmtime::Result<Engine> {
         .max_memories_per_component(4)
         .max_tables_per_component(8)
         .max_core_instances_per_component(64);
+    match Engine::new(&config(InstanceAllocationStrategy::Pooling(pool))) {
+        Ok(engine) => Ok(engine),
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "the WebAssembly instance pool cannot reserve its memory; instances are allocated on demand");
+            Engine::new(&config(InstanceAllocationStrategy::OnDemand))
+        }
+    }
+}
+
+fn config(allocation: InstanceAllocationStrategy) -> Config {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .allocation_strategy(allocation)
         // A guest that recurses without end traps on this, not the thread.
         .max_wasm_stack(1 << 20);
-    Engine::new(&config)
+    config
 }
 
 /// Advances the engine's epoch every [`EPOCH`] for as long as the daemon
