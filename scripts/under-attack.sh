@@ -43,7 +43,14 @@ fi
 read -r victim _ victim_ip _ < <(mk local status --dir "$dir/cluster" --name attack | sed -n 3p)
 read -r attacker _ < <(mk local status --dir "$dir/cluster" --name attack | sed -n 4p)
 on() { mk local exec --dir "$dir/cluster" --name attack "$attacker" -- "$@"; }
-http_counts() { mk local exec --dir "$dir/cluster" --name attack "$victim" -- makiatto health --json | jq -c '.http.responses'; }
+http_counts() { mk local exec --dir "$dir/cluster" --name attack "$victim" -- makiatto health --json | jq -c '{responses: .http.responses, ended: .http.ended}'; }
+# The site is served (its components compiled) before the attack starts.
+for _ in $(seq 1 120); do
+  code=$(on curl -sk -o /dev/null -w '%{http_code}' --max-time 2 --resolve "example.test:443:$victim_ip" https://example.test/ || true)
+  [[ $code == 200 ]] && break
+  sleep 2
+done
+[[ $code == 200 ]] || { echo "the victim does not serve the site (last status $code)" >&2; exit 1; }
 
 echo "attack $attack on $victim ($victim_ip) from $attacker, $seconds s, $conns connections"
 before=$(http_counts)
