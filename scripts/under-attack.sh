@@ -14,7 +14,9 @@
 # target/release/) and the components (scripts/build-components.sh).
 # Prints the attack's JSON line, the probe's counts and the attacked
 # node's HTTP counters before and after. The cluster stays up for the
-# next attack (`maki local down --name attack` ends it).
+# next attack (`MAKIATTO_PROFILE=/tmp/makiatto-attack/profile.toml
+# maki local down --name attack --dir /tmp/makiatto-attack/cluster`
+# ends it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 attack=${1:?usage: scripts/under-attack.sh ATTACK [SECONDS] [CONNECTIONS]}
