@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use makiatto_events::AuthorKey;
 use makiatto_harness::load::{Load, Running, Second, Target};
+use makiatto_harness::netns::in_namespace;
 use makiatto_harness::{
     Cluster, Host, Namespace, clock_offset_env, copy_examples, require_root, wait_seeing,
 };
@@ -517,8 +518,7 @@ fn chaos_on_five_nodes_under_load() {
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                std::process::Command::new("ip")
-                    .args(["netns", "exec", &h.netns, "python3"])
+                in_namespace(&h.netns, &[], &["python3"])
                     .arg(&script)
                     .args(["0", "20", "200", &(ch.seed + i as u64).to_string()])
                     .stdout(Stdio::piped())

@@ -11,6 +11,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use makiatto_harness::netns::in_namespace;
 use makiatto_harness::{
     Cluster, Namespace, Process, copy_examples, have, require_root, wait_seeing, wait_until,
 };
@@ -20,10 +21,8 @@ const LISTEN: &str = "127.0.0.1:7878";
 /// `maki ARGS` run inside namespace `ns`, with the cluster's profile and keys.
 fn maki_in(c: &Cluster, ns: &str, args: &[&str]) -> Command {
     let inner = c.command(args);
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns])
-        .arg(inner.get_program())
-        .args(inner.get_args());
+    let mut cmd = in_namespace(ns, &[], &[]);
+    cmd.arg(inner.get_program()).args(inner.get_args());
     for (k, v) in inner.get_envs() {
         match v {
             Some(v) => cmd.env(k, v),
@@ -35,8 +34,7 @@ fn maki_in(c: &Cluster, ns: &str, args: &[&str]) -> Command {
 
 /// The page as Chromium renders it (scripts run, the state fetched).
 fn dom(ns: &str, url: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "chromium"])
+    let out = in_namespace(ns, &[], &["chromium"])
         .args(CHROMIUM)
         .args(["--dump-dom", "--virtual-time-budget=8000", url])
         .output()
@@ -220,8 +218,7 @@ fn the_dashboard_shows_the_cluster_in_a_browser() {
 
     // A screenshot, kept beside the test's other output.
     let shot = std::env::temp_dir().join(format!("maki-dashboard-{}.png", c.name));
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "chromium"])
+    let out = in_namespace(&ns.name, &[], &["chromium"])
         .args(CHROMIUM)
         .arg(format!("--screenshot={}", shot.display()))
         .args([

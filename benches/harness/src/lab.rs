@@ -6,21 +6,12 @@
 //! the anchor first, then the namespaces (with any process left in them),
 //! then the cluster.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::cluster::Cluster;
 use crate::host::Host;
-use crate::netns::Namespace;
+use crate::netns::{Namespace, in_namespace};
 use crate::process::Process;
-
-/// `ip netns exec NS PLACE… ARGV…`: a command run in namespace `ns`,
-/// behind `place` (such as `taskset -c 1`, see
-/// [`crate::placement::Placement::client`]; empty to run it anywhere).
-pub fn in_namespace(ns: &str, place: &[&str], argv: &[&str]) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]).args(place).args(argv);
-    cmd
-}
 
 /// A cluster with an anchor server and a client beside it.
 pub struct Lab {

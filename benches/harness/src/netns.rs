@@ -8,6 +8,16 @@ use std::process::{Command, Stdio};
 
 use crate::process::stdout;
 
+/// `ip netns exec NS PLACE… ARGV…`: a command run in namespace `ns`,
+/// behind `place` (such as `taskset -c 1`, see
+/// [`crate::placement::Placement::client`]; empty to run it anywhere).
+/// `ip netns exec` execs it: the child's pid is the command's.
+pub fn in_namespace(ns: &str, place: &[&str], argv: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(place).args(argv);
+    cmd
+}
+
 /// A namespace joined to a bridge by a veth pair, its end inside named
 /// `eth0`. Dropped, it ends every process left in it and is deleted with
 /// its veth.
@@ -44,9 +54,7 @@ impl Namespace {
     /// `argv` to be run inside (`ip netns exec` execs it: the child's pid
     /// is the command's).
     pub fn command(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).args(argv);
-        cmd
+        in_namespace(&self.name, &[], argv)
     }
 
     /// Runs `argv` inside; returns its standard output, failing unless it

@@ -50,13 +50,12 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use makiatto_benches::measure::{fastest_and_cheapest, print_json, print_table};
 use makiatto_benches::reports;
 use makiatto_harness::cpu::{Sample, proc_kib};
-use makiatto_harness::netns::daemon_pid;
+use makiatto_harness::netns::{daemon_pid, in_namespace};
 use makiatto_harness::{Lab, Placement, example_project, have, stdout, wait_until};
 use serde_json::json;
 
@@ -98,9 +97,8 @@ struct Answer {
 }
 
 fn dig(client_ns: &str, server: &str, name: &str, rtype: &str, ecs: bool) -> Answer {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", client_ns, "dig", "+norec", "+tries=1"])
-        .args(["+time=2", "+nocmd", "+noquestion"])
+    let mut cmd = in_namespace(client_ns, &[], &["dig", "+norec", "+tries=1"]);
+    cmd.args(["+time=2", "+nocmd", "+noquestion"])
         .arg(format!("@{server}"))
         .args([name, rtype]);
     // As dnsperf asks: no EDNS, or EDNS with only the client subnet.
@@ -181,12 +179,13 @@ fn dnsperf(
     ecs: bool,
     fixed_qps: Option<u32>,
 ) -> Run {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &client.ns])
-        .args(client.placement.client())
-        .args(["dnsperf", "-s", t.addr, "-d"])
-        .arg(queries)
-        .args(["-c", "4", "-T", &client.placement.workers().to_string()]);
+    let mut cmd = in_namespace(&client.ns, &client.placement.client(), &["dnsperf"]);
+    cmd.args(["-s", t.addr, "-d"]).arg(queries).args([
+        "-c",
+        "4",
+        "-T",
+        &client.placement.workers().to_string(),
+    ]);
     if ecs {
         cmd.args(["-E", &format!("8:{ECS_HEX}")]);
     }

@@ -89,8 +89,7 @@ use makiatto_benches::measure::{fastest_and_cheapest, print_json, print_table};
 use makiatto_benches::reports;
 use makiatto_harness::cpu::{Sample, Usage, proc_kib};
 use makiatto_harness::instructions::UnderCallgrind;
-use makiatto_harness::lab::in_namespace;
-use makiatto_harness::netns::{daemon_pid, netns_pids};
+use makiatto_harness::netns::{daemon_pid, in_namespace, netns_pids};
 use makiatto_harness::{Lab, Placement, have, stdout, wait_until};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -300,8 +299,7 @@ fn h2load(client: &Client, server: &Server, load: Load) -> Run {
 /// The cipher suite a full handshake like s_time's (TLS 1.3, no SNI,
 /// OpenSSL's default order) gets from the server at `addr`.
 fn suite(client_ns: &str, addr: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", client_ns, "timeout", "20", "openssl"])
+    let out = in_namespace(client_ns, &[], &["timeout", "20", "openssl"])
         .args(["s_client", "-tls1_3", "-connect"])
         .arg(format!("{addr}:443"))
         .stdin(Stdio::null())
@@ -772,7 +770,11 @@ fn main() {
         "net.ipv4.ip_local_port_range=1024 65535",
         "net.ipv4.tcp_tw_reuse=1",
     ] {
-        stdout(Command::new("ip").args(["netns", "exec", &client_ns, "sysctl", "-qw", setting]));
+        stdout(&mut in_namespace(
+            &client_ns,
+            &[],
+            &["sysctl", "-qw", setting],
+        ));
     }
 
     let source: Vec<(&str, Vec<u8>)> = FILES

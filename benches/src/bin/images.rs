@@ -45,6 +45,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use makiatto_benches::measure::{print_json, print_table};
+use makiatto_harness::netns::in_namespace;
 use makiatto_harness::{Binaries, Lab, have, stdout, wait_until};
 use serde_json::json;
 
@@ -264,8 +265,7 @@ fn cache(makiatto: &Path, dir: &Path, source: &Path) -> serde_json::Value {
     lab.client_namespace(&ns, "bic");
     let url = |path: &str| format!("http://bench.test{path}");
     let curl = |path: &str| -> Vec<u8> {
-        Command::new("ip")
-            .args(["netns", "exec", ns.as_str(), "curl", "-s", "--connect-to"])
+        in_namespace(&ns, &[], &["curl", "-s", "--connect-to"])
             .arg(format!("bench.test:80:{node}:80"))
             .arg(url(path))
             .output()

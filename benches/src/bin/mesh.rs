@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use makiatto_benches::measure::{print_json, print_table};
 use makiatto_events::{FeedWriter, Payload, SigningKey};
+use makiatto_harness::netns::in_namespace;
 use makiatto_harness::{Cluster, Host, State, Wait, have, with_input};
 use serde_json::Value;
 
@@ -185,8 +186,7 @@ fn run() {
     let me = std::env::current_exe().expect("exe");
     let transfer = |to: &str, port: u16| -> f64 {
         let addr = format!("{to}:{port}");
-        let mut server = Command::new("ip")
-            .args(["netns", "exec", b_ns])
+        let mut server = in_namespace(b_ns, &[], &[])
             .arg(&me)
             .args(["receive", &addr])
             .stdout(Stdio::piped())
@@ -199,8 +199,7 @@ fn run() {
             .expect("stdout")
             .read_exact(&mut ready)
             .expect("receiver ready");
-        let out = Command::new("ip")
-            .args(["netns", "exec", a_ns])
+        let out = in_namespace(a_ns, &[], &[])
             .arg(&me)
             .args(["send", &addr, &BULK_BYTES.to_string()])
             .output()
@@ -318,8 +317,7 @@ fn wireguard_go_pair(c: &Cluster, state: &State, a: &Host, b: &Host) -> Option<S
              ip route add {peer_addr}/32 dev {ifname}",
             key = key_file.display()
         );
-        let ok = Command::new("ip")
-            .args(["netns", "exec", ns, "sh", "-c", &script])
+        let ok = in_namespace(ns, &[], &["sh", "-c", &script])
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "wireguard-go setup failed in {ns}");

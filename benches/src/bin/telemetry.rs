@@ -56,9 +56,8 @@ use makiatto_benches::measure::{print_json, print_table};
 use makiatto_benches::reports;
 use makiatto_harness::cpu::{Sample, proc_kib};
 use makiatto_harness::instructions::UnderCallgrind;
-use makiatto_harness::lab::in_namespace;
 use makiatto_harness::load::{Load, Target};
-use makiatto_harness::netns::daemon_pid;
+use makiatto_harness::netns::{daemon_pid, in_namespace};
 use makiatto_harness::{
     Lab, OtlpReceiver, Placement, WgPeer, copy_examples, have, stdout, wait_until,
 };

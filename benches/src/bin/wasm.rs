@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use makiatto_benches::measure::{print_json, print_table};
 use makiatto_benches::reports;
-use makiatto_harness::lab::in_namespace;
+use makiatto_harness::netns::in_namespace;
 use makiatto_harness::{Lab, copy_examples_with_wasm, have, stdout, test_component, wait_until};
 use serde_json::json;
 
