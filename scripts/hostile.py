@@ -256,7 +256,7 @@ def dns_garbage(addr, host, seconds):
     }))
 
 
-def http1(addr, host, seconds, conns, head, feed, pace):
+def http1(addr, seconds, conns, head, feed, pace):
     """CONNECTIONS threads, each opening connections to ADDR:80 until
     SECONDS pass: HEAD is sent, then FEED(n) over and over (pace seconds
     apart) until the server answers or closes."""
@@ -325,14 +325,14 @@ def main():
     path = sys.argv[6] if len(sys.argv) > 6 else "/api/hello"
     if mode == "header-flood":
         head = b"GET / HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
-        totals = http1(addr, host, seconds, conns, head, lambda n: b"x-%08d: %s\r\n" % (n, b"a" * 86), 0)
+        totals = http1(addr, seconds, conns, head, lambda n: b"x-%08d: %s\r\n" % (n, b"a" * 86), 0)
     elif mode == "slow-body":
         head = b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Length: 1000000\r\n\r\n"
-        totals = http1(addr, host, seconds, conns, head, lambda n: b"a", 1.0)
+        totals = http1(addr, seconds, conns, head, lambda n: b"a", 1.0)
     elif mode == "huge-body":
         head = b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
         chunk = b"10000\r\n" + b"a" * 65536 + b"\r\n"
-        totals = http1(addr, host, seconds, conns, head, lambda n: chunk, 0)
+        totals = http1(addr, seconds, conns, head, lambda n: chunk, 0)
     else:
         totals = None
     if totals is not None:

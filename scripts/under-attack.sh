@@ -42,8 +42,9 @@ EOF
     --binary-path "$makiatto" --sync "$dir/project/makiatto.toml" >"$dir/up.log" 2>&1
 fi
 # `maki local status`: a header line, a column line, then NODE CITY IPV4 ….
-read -r victim _ victim_ip _ < <(mk local status --dir "$dir/cluster" --name attack | sed -n 3p)
-read -r attacker _ < <(mk local status --dir "$dir/cluster" --name attack | sed -n 4p)
+status=$(mk local status --dir "$dir/cluster" --name attack)
+read -r victim _ victim_ip _ < <(sed -n 3p <<<"$status")
+read -r attacker _ < <(sed -n 4p <<<"$status")
 on() { mk local exec --dir "$dir/cluster" --name attack "$attacker" -- "$@"; }
 http_counts() { mk local exec --dir "$dir/cluster" --name attack "$victim" -- makiatto health --json | jq -c '{responses: .http.responses, ended: .http.ended}'; }
 # The site is served (its components compiled) before the attack starts.

@@ -44,6 +44,13 @@ fn op(w: &mut FeedWriter, parent: &Event, n: u64) -> Event {
     .unwrap()
 }
 
+/// The genesis `g` and `n` operators added after it.
+fn genesis_and_ops(w: &mut FeedWriter, g: &Event, n: u64) -> Vec<Event> {
+    std::iter::once(g.clone())
+        .chain((1..=n).map(|i| op(w, g, i)))
+        .collect()
+}
+
 fn stored(outcome: &AppendOutcome) -> bool {
     matches!(outcome, AppendOutcome::Stored { fork: false, .. })
 }
@@ -53,9 +60,7 @@ fn appended_events_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = writer(1);
     let g = genesis(&mut w, "c");
-    let events: Vec<Event> = std::iter::once(g.clone())
-        .chain((1..=20).map(|n| op(&mut w, &g, n)))
-        .collect();
+    let events = genesis_and_ops(&mut w, &g, 20);
     {
         let mut log = Log::open(Store::open(dir.path()).unwrap()).unwrap();
         let report = log.append(events.clone()).unwrap();
@@ -80,9 +85,7 @@ fn stored_events_read_a_chunk_at_a_time_come_once_each_in_canonical_order() {
     let mut w = writer(2);
     let g = genesis(&mut w, "c");
     // Two chunks and a part, and one range that ends exactly on a chunk.
-    let events: Vec<Event> = std::iter::once(g.clone())
-        .chain((1..=(2 * READ_CHUNK as u64 + 7)).map(|n| op(&mut w, &g, n)))
-        .collect();
+    let events = genesis_and_ops(&mut w, &g, 2 * READ_CHUNK as u64 + 7);
     let store = Store::open(dir.path()).unwrap();
     let mut log = Log::open(store.clone()).unwrap();
     assert!(
@@ -238,9 +241,7 @@ fn two_events_at_one_place_in_a_feed_are_both_kept_as_a_fork() {
 fn the_missing_suffix_is_all_a_peer_is_sent() {
     let mut w = writer(1);
     let g = genesis(&mut w, "c");
-    let events: Vec<Event> = std::iter::once(g.clone())
-        .chain((1..=10).map(|n| op(&mut w, &g, n)))
-        .collect();
+    let events = genesis_and_ops(&mut w, &g, 10);
     let mut full = Log::open(MemoryBackend::default()).unwrap();
     full.append(events.clone()).unwrap();
     let mut behind = Log::open(MemoryBackend::default()).unwrap();

@@ -305,21 +305,15 @@ fn an_external_peer_reaches_every_node_through_the_printed_wg_config() {
             digests.windows(2).all(|w| w[0] == w[1])
         },
     );
-    let probe = c.ok(&[
-        "local",
-        "exec",
+    let probe = c.curl_writes(
         node,
-        "--",
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
         "%{http_code}",
-        "-H",
-        "Host: example.test",
-        &format!("http://{}/", state.hosts[0].ipv4),
-    ]);
+        &[
+            "-H",
+            "Host: example.test",
+            &format!("http://{}/", state.hosts[0].ipv4),
+        ],
+    );
     // No site is deployed in this test: the node's own 404 is its answer.
     assert_eq!(probe, "404", "the node answers HTTP during the flood");
     let out = flood.wait_with_output().unwrap();
