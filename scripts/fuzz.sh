@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of the daemon's parsers with AFL++ (cargo-afl from
-# crates.io, stable Rust), in persistent mode, from the seed corpora in
-# node/fuzz/corpus/. Usage:
+# Coverage-guided fuzzing of the parsers of the daemon and of `maki` with
+# AFL++ (cargo-afl from crates.io, stable Rust), in persistent mode, from
+# the seed corpora in node/fuzz/corpus/. Usage:
 #
 #   scripts/fuzz.sh [TARGET|all] [SECONDS]     # default: all, 60 s each
 #
-# Targets: dns http event frames session control record image (node/src/fuzz.rs).
+# Targets: dns http event frames session control record image
+# (node/src/fuzz.rs) and project (maki/src/fuzz.rs: makiatto.toml).
 # Prints each target's executions, edges found, crashes and hangs from
 # AFL++'s fuzzer_stats; findings stay in node/fuzz/out/<target>/.
 # CARGO=lcargo runs cargo through the machine's build lock.
@@ -21,7 +22,7 @@ $cargo afl config --build >/dev/null 2>&1 || true
 # libFuzzer, whose coverage hooks collide with AFL++'s. Nothing of ours
 # reads that cfg.
 AFL_NO_CFG_FUZZING=1 $cargo afl build --release --quiet
-targets=(dns http event frames session control record image)
+targets=(dns http event frames session control record image project)
 [[ $target == all ]] || targets=("$target")
 export AFL_SKIP_CPUFREQ=1 AFL_NO_UI=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1
 for t in "${targets[@]}"; do

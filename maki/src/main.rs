@@ -45,15 +45,15 @@ mod mux;
 mod operator;
 mod peer;
 mod profile;
-mod project;
 mod prompt;
 mod prompt_ack;
 mod rollout;
 mod sites;
 mod ssh;
 mod sync;
-mod tree;
 mod wit;
+
+use makiatto_cli::{project, tree};
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -125,11 +125,11 @@ pub struct Domain {
     pub config_files: BTreeSet<String>,
 }
 
-#[cfg(test)]
 impl Domain {
     /// A domain with no records, functions or transforms, served from
     /// `/site` (the sync tests' plans).
-    pub(crate) fn for_test(name: &str) -> Domain {
+    #[doc(hidden)]
+    pub fn for_test(name: &str) -> Domain {
         Domain {
             name: name.to_owned(),
             dir: PathBuf::from("/site"),
@@ -859,7 +859,7 @@ fn check_env(
     let mut out = BTreeMap::new();
     if let Some(file) = env_file {
         let path = root.join(file.get_ref());
-        match std::fs::read_to_string(&path) {
+        match read_env_file(&path) {
             Err(e) => c.problem(
                 file.span(),
                 format!("cannot read {}: {e}", path.display()),
@@ -890,6 +890,31 @@ fn check_env(
         }
     }
     out
+}
+
+/// The largest `env_file` read: far past any real one, and a path such as
+/// `/dev/zero` ends in an error, not in a read that never ends.
+const MAX_ENV_FILE: u64 = 1 << 20;
+
+/// An `env_file`'s text: a regular file (a FIFO or a device is refused
+/// before it is opened), at most [`MAX_ENV_FILE`] bytes, UTF-8.
+fn read_env_file(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, Read};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_ENV_FILE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_ENV_FILE {
+        return Err(Error::other(format!(
+            "larger than {} KiB",
+            MAX_ENV_FILE / 1024
+        )));
+    }
+    Ok(text)
 }
 
 /// `NAME=value` lines; blank lines and `#` comments skipped; a value may
@@ -1258,6 +1283,21 @@ path = "missing"
                 "[[domain]]\nname = \"example.com\"\npath = \"dist\"\n[[domain.functions]]\npath = {path:?}\n"
             ));
             assert_eq!((got[0].0, got[0].1), (5, 8), "{path}: {got:?}");
+            assert!(got[0].2.contains(wanted), "{path}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn an_env_file_that_is_no_regular_file_is_refused_without_reading_it() {
+        // /dev/zero would be read for ever; a directory cannot be read.
+        for (path, wanted) in [
+            ("/dev/zero", "not a regular file"),
+            ("dist", "not a regular file"),
+        ] {
+            let got = problems(&format!(
+                "[[domain]]\nname = \"example.com\"\npath = \"dist\"\n[[domain.functions]]\npath = \"api/hello.wasm\"\nenv_file = {path:?}\n"
+            ));
+            assert_eq!((got[0].0, got[0].1), (6, 12), "{path}: {got:?}");
             assert!(got[0].2.contains(wanted), "{path}: {got:?}");
         }
     }

@@ -29,6 +29,8 @@
 //!   machine over a run; resident memory.
 //! - [`daemon`]: a `makiatto` on a temporary data directory, for the
 //!   daemon's own tests.
+//! - [`fuzz`]: a fuzz target's seed corpus and seeded mutations of it,
+//!   in the suite.
 //! - [`geoip`]: the DB-IP database, and where it places an address (and
 //!   a copy of it with another build date).
 //! - [`traffic`]: keep-alive and new-connection HTTPS clients and DNS
@@ -52,6 +54,7 @@ pub mod binaries;
 pub mod cluster;
 pub mod cpu;
 pub mod daemon;
+pub mod fuzz;
 pub mod geoip;
 pub mod host;
 pub mod instructions;
