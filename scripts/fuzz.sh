@@ -9,7 +9,7 @@
 # (node/src/fuzz.rs) and project (maki/src/fuzz.rs: makiatto.toml).
 # Prints each target's executions, edges found, crashes and hangs from
 # AFL++'s fuzzer_stats; findings stay in node/fuzz/out/<target>/.
-# CARGO=lcargo runs cargo through the machine's build lock.
+# CARGO=lcargo builds through the machine's build lock.
 set -euo pipefail
 target=${1:-all}
 seconds=${2:-60}
@@ -27,7 +27,8 @@ targets=(dns http event frames session control record image project)
 export AFL_SKIP_CPUFREQ=1 AFL_NO_UI=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1
 for t in "${targets[@]}"; do
   mkdir -p out
-  $cargo afl fuzz -V "$seconds" -i "corpus/$t" -o "out/$t" "target/release/$t" >"out/$t.log" 2>&1 || true
+  # The fuzzing itself outside the build lock: it builds nothing.
+  cargo afl fuzz -V "$seconds" -i "corpus/$t" -o "out/$t" "target/release/$t" >"out/$t.log" 2>&1 || true
   stats="out/$t/default/fuzzer_stats"
   if [[ -f $stats ]]; then
     get() { awk -F: -v k="$1" '$1 ~ "^"k" *$" {gsub(/ /,"",$2); print $2}' "$stats"; }

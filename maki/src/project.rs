@@ -96,6 +96,7 @@ struct RawO11y {
     logging_enabled: Option<bool>,
     slow_threshold_ms: Option<Spanned<i64>>,
     metrics_interval_secs: Option<Spanned<i64>>,
+    dns_sampling_ratio: Option<Spanned<f64>>,
 }
 
 /// A valid project.
@@ -1070,15 +1071,28 @@ fn check_o11y(c: &mut Checker, o: RawO11y) -> O11yConfig {
             );
         }
     }
-    if let Some(r) = &o.sampling_ratio
-        && !(0.0..=1.0).contains(r.get_ref())
-    {
-        c.problem(
-            r.span(),
-            "sampling_ratio must be from 0.0 to 1.0",
-            "this ratio",
-            Some("0.1 samples 10% of traces".into()),
-        );
+    for (r, what, hint) in [
+        (
+            &o.sampling_ratio,
+            "sampling_ratio",
+            "0.1 samples 10% of traces",
+        ),
+        (
+            &o.dns_sampling_ratio,
+            "dns_sampling_ratio",
+            "0.001 traces one DNS query in a thousand",
+        ),
+    ] {
+        if let Some(r) = r
+            && !(0.0..=1.0).contains(r.get_ref())
+        {
+            c.problem(
+                r.span(),
+                format!("{what} must be from 0.0 to 1.0"),
+                "this ratio",
+                Some(hint.into()),
+            );
+        }
     }
     let mut ranged = |v: &Option<Spanned<i64>>, lo: i64, hi: i64, what: &str, hint: &str| {
         let value = v.as_ref()?;
@@ -1112,6 +1126,7 @@ fn check_o11y(c: &mut Checker, o: RawO11y) -> O11yConfig {
         metrics_interval_secs,
         otlp_endpoint: o.otlp_endpoint.map(|e| e.into_inner()),
         sampling_ratio: o.sampling_ratio.map(|r| r.into_inner()),
+        dns_sampling_ratio: o.dns_sampling_ratio.map(|r| r.into_inner()),
         tracing_enabled: o.tracing_enabled,
         metrics_enabled: o.metrics_enabled,
         logging_enabled: o.logging_enabled,

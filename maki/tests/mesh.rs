@@ -2,11 +2,14 @@
 //! an append reaches every node; a node cut off from the mesh catches up
 //! after the heal with nothing lost (two operators writing on both sides);
 //! a node SIGKILLed while it catches up resumes and verifies; forged events
-//! sent by a peer are refused and counted; `maki health` tells all of it.
+//! sent by a peer are refused and counted; a member flooding anti-entropy
+//! is bounded while the others replicate and the node serves; `maki
+//! health` tells all of it.
 //! Needs root (as CI has).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failure is a panic
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use makiatto_events::{FeedWriter, Payload, SigningKey};
@@ -261,5 +264,93 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
     assert!(
         report.to_string().contains("failed verification"),
         "{report}"
+    );
+
+    // A member flooding anti-entropy: tololo opens 64 sessions with vector
+    // at once, each asking for the whole log, again as each ends, for
+    // 15 s. Vector runs at most 4 of them (`replication::incoming`) and
+    // closes the rest at once, counted. Meanwhile a change reaches vector
+    // through klukai, and vector answers HTTP.
+    let busy = |c: &Cluster| {
+        c.health("vector")["replication"]["refused_busy"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let busy_before = busy(&c);
+    let vector_ip = c
+        .state()
+        .hosts
+        .iter()
+        .find(|h| h.node == "vector")
+        .unwrap()
+        .ipv4
+        .clone();
+    let mut flood = c
+        .command(&[
+            "local",
+            "exec",
+            "tololo",
+            "--",
+            "makiatto",
+            "debug",
+            "flood-sessions",
+            "--to",
+            &vector_mesh,
+            "--connections",
+            "64",
+            "--seconds",
+            "15",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let klukai_only = profile_with_only(&c, "klukai");
+    let out = c
+        .command(&["config", "set", "dns.geo_ttl", "45"])
+        .env("MAKIATTO_PROFILE", &klukai_only)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "the change reaches vector during the flood",
+        || {
+            c.exec("vector", &["makiatto", "show", "config", "--json"])
+                .contains("\"dns_geo_ttl\":45")
+        },
+    );
+    let (mut ok, mut failed) = (0, 0);
+    while flood.try_wait().unwrap().is_none() {
+        let code = c.curl_writes(
+            "klukai",
+            "%{http_code}",
+            &["--max-time", "2", &format!("http://{vector_ip}/")],
+        );
+        // No site is deployed here: the node's own 404 is its answer.
+        if code == "404" { ok += 1 } else { failed += 1 }
+    }
+    let out = flood.wait_with_output().unwrap();
+    let flood: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let refused = busy(&c) - busy_before;
+    eprintln!(
+        "a member's flood: {flood}; vector refused {refused} as busy; HTTP during it: {ok} ok, {failed} failed"
+    );
+    assert!(flood["answered"].as_u64().unwrap() > 0, "{flood}");
+    assert!(flood["refused"].as_u64().unwrap() > 0, "{flood}");
+    assert!(
+        refused >= flood["refused"].as_u64().unwrap(),
+        "every refusal counted: {flood}"
+    );
+    assert_eq!(failed, 0, "vector answers HTTP during the flood");
+    assert!(ok > 0);
+    converged(
+        &c,
+        Duration::from_secs(30),
+        "the nodes agree after the flood",
     );
 }

@@ -110,8 +110,12 @@ fn the_o11y_peer_receives_every_nodes_traces_metrics_and_logs_live() {
         toml.replacen("\n[o11y]", &format!("\n{wasm}\n[o11y]"), 1),
     )
     .unwrap();
-    // Every trace kept at first; metrics every second (the test's pace).
-    set_o11y(&file, "sampling_ratio = 1.0\nmetrics_interval_secs = 1");
+    // Every trace kept at first, DNS queries' too (their own ratio);
+    // metrics every second (the test's pace).
+    set_o11y(
+        &file,
+        "sampling_ratio = 1.0\ndns_sampling_ratio = 1.0\nmetrics_interval_secs = 1",
+    );
     let state = c.up(2, &["--no-ca", "--sync", file.to_str().unwrap()]);
     let nodes = state.nodes();
     let services: BTreeSet<String> = nodes.iter().map(|n| format!("makiatto.{n}")).collect();
@@ -489,6 +493,8 @@ fn the_o11y_peer_receives_every_nodes_traces_metrics_and_logs_live() {
             let t = telemetry(&c, n);
             t["sampling_ratio"] == 0.25 && t["slow_threshold_ms"] == 600_000
         });
+        // DNS queries' ratio, left out of the file now: its default.
+        assert_eq!(telemetry(&c, n)["dns_sampling_ratio"], 0.001);
     }
     let (n, p) = (400usize, 0.25f64);
     assert_eq!(requests(&c, b, &addr_a, "/c.txt", n, ""), vec![200; n]);

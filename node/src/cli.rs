@@ -180,6 +180,18 @@ enum DebugCommand {
         #[arg(long)]
         to: std::net::Ipv4Addr,
     },
+    /// Flood a peer's replication port as this node: CONNECTIONS sessions
+    /// at once, each asking for the whole log, opened again as each ends,
+    /// for SECONDS; prints what came back as JSON.
+    FloodSessions {
+        /// The peer's mesh address.
+        #[arg(long)]
+        to: std::net::Ipv4Addr,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -499,6 +511,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 to,
                 events,
             ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Debug {
+            command:
+                DebugCommand::FloodSessions {
+                    to,
+                    connections,
+                    seconds,
+                },
+        } => {
+            let keys = keys::NodeKeys::load(&data_dir)?;
+            let cluster = ask(&data_dir, op::GetStatus {})?
+                .cluster
+                .context("the node has no cluster yet")?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let flood = runtime.block_on(gossip::flood_sessions(
+                keys.signing.public(),
+                cluster,
+                to,
+                connections,
+                seconds,
+            ))?;
+            println!("{}", serde_json::to_string(&flood)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Append => {

@@ -156,6 +156,11 @@ pub struct ReplicationTotals {
     /// build before it wrote the totals.
     #[serde(skip_serializing_if = "is_zero")]
     pub blobs_ahead: u64,
+    /// Connections of a node refused because it held as many connections
+    /// or sessions open on this one as a node may (a member flooding
+    /// anti-entropy). Left out while zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused_busy: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -397,6 +402,10 @@ pub struct TelemetryReport {
     pub metrics: bool,
     pub logs: bool,
     pub sampling_ratio: f64,
+    /// The share of DNS queries traced (`[o11y] dns_sampling_ratio`);
+    /// none from a build before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_sampling_ratio: Option<f64>,
     pub slow_threshold_ms: u64,
     pub spans: SignalCounts,
     pub log_records: SignalCounts,

@@ -215,6 +215,7 @@ fn health() -> HealthReport {
             versions_ahead: 10,
             manifests_whole: 11,
             blobs_ahead: 0,
+            refused_busy: 0,
         },
         sites: BTreeMap::from([(
             "example.test".into(),

@@ -19,6 +19,8 @@
 //! - [`liveness`]: heartbeats, who is alive, and when a catch-up starts.
 //! - [`schedule`]: one session per peer at a time (a push meanwhile runs
 //!   one more), one catch-up at a time.
+//! - [`incoming`]: how many connections and sessions one peer may hold
+//!   open on this node (a member flooding anti-entropy is bounded).
 //! - [`anti_entropy`]: the peer of the periodic session.
 //! - [`own_feed`]: after a restart, whether the node has learnt its own
 //!   feed's tip from a peer and may sign.
@@ -36,6 +38,7 @@
 pub mod anti_entropy;
 pub mod fetch;
 pub mod frame;
+pub mod incoming;
 pub mod liveness;
 pub mod own_feed;
 pub mod schedule;
@@ -43,6 +46,7 @@ pub mod session;
 pub mod topology;
 
 pub use frame::{Features, Fetch, FetchVersion, Frame, FrameError, Hello, PROTOCOL, VersionAhead};
+pub use incoming::Incoming;
 pub use liveness::{DEAD_AFTER, HEARTBEAT_EVERY, Hearing, Heartbeat, Liveness, Moment};
 pub use own_feed::{OwnFeed, SignGate};
 pub use schedule::Schedule;

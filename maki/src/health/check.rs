@@ -1265,6 +1265,7 @@ mod tests {
             traces: true,
             metrics: true,
             sampling_ratio: 0.1,
+            dns_sampling_ratio: None,
             ..TelemetryReport::default()
         };
         t.spans.dropped = 7;

@@ -294,7 +294,13 @@ fn telemetry_line(t: &TelemetryReport) -> String {
     format!(
         "telemetry → {endpoint} ({}): {}, {}, {}; spans {} sent, {} dropped; log records {} sent, {} dropped; metric exports {} ok, {} failed",
         t.source.as_deref().unwrap_or("?"),
-        on(t.traces, &format!("traces at {}", t.sampling_ratio)),
+        on(
+            t.traces,
+            &match t.dns_sampling_ratio {
+                Some(dns) => format!("traces at {} (DNS {dns})", t.sampling_ratio),
+                None => format!("traces at {}", t.sampling_ratio),
+            }
+        ),
         on(t.metrics, "metrics"),
         on(t.logs, "logs"),
         t.spans.exported,
@@ -320,11 +326,12 @@ mod tests {
             metrics: true,
             logs: false,
             sampling_ratio: 0.1,
+            dns_sampling_ratio: Some(0.001),
             ..TelemetryReport::default()
         };
         t.spans.dropped = 7;
         let line = telemetry_line(&t);
-        assert!(line.contains("peer o11y") && line.contains("traces at 0.1"));
+        assert!(line.contains("peer o11y") && line.contains("traces at 0.1 (DNS 0.001)"));
         assert!(line.contains("no logs") && line.contains("7 dropped"));
     }
 }

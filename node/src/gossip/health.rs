@@ -42,6 +42,8 @@ pub(super) struct Totals {
     pub(super) events_out: AtomicU64,
     pub(super) bad_events: AtomicU64,
     pub(super) refused_connections: AtomicU64,
+    /// Connections of a peer that held as many open here as it may.
+    pub(super) refused_busy: AtomicU64,
     /// Site versions fetched as a manifest delta, and as a whole manifest.
     pub(super) versions_by_delta: AtomicU64,
     pub(super) manifests_whole: AtomicU64,
@@ -111,6 +113,7 @@ impl Health {
             events_out: n(&t.events_out),
             bad_events: n(&t.bad_events),
             refused_connections: n(&t.refused_connections),
+            refused_busy: n(&t.refused_busy),
             versions_by_delta: n(&t.versions_by_delta),
             versions_ahead: n(&t.versions_ahead),
             blobs_ahead: n(&t.blobs_ahead),

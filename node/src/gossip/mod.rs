@@ -25,6 +25,9 @@
 //!   content follower ([`PeerBlobs`]), and for blobs announced ahead of
 //!   their version while `maki sync` uploads them (`BlobsAhead`).
 //! - **Anti-entropy**: every 15 s, a session with one live peer at random.
+//! - **Bounds**: a peer holds at most 16 connections and 4 sessions open
+//!   on this node at once (`replication::incoming`); past them its new
+//!   connection is closed at once and counted (`refused_busy`).
 //! - **Held events**: events a peer sent stamped further ahead of this
 //!   node's clock than `log.max_clock_skew` wait in the log
 //!   (`makiatto_core::skew`); every second, those the clock has reached
@@ -57,7 +60,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use makiatto_core::GroupCommitter;
-use makiatto_core::replication::{HEARTBEAT_EVERY, Schedule, Topology};
+use makiatto_core::replication::{HEARTBEAT_EVERY, Incoming, Schedule, Topology};
 use makiatto_events::AuthorKey;
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -67,7 +70,7 @@ use crate::liveness::Liveness;
 use crate::replica::Replica;
 use crate::topology::MeshSlot;
 
-pub use session::send_raw;
+pub use session::{flood_sessions, send_raw};
 
 /// TCP (sessions, fetches) and UDP (heartbeats) port on the mesh address.
 pub const PORT: u16 = 51881;
@@ -83,6 +86,8 @@ pub struct Gossip {
     changes: Changes,
     /// Which sessions this node started are running.
     schedule: Mutex<Schedule>,
+    /// The connections and sessions each peer holds open here.
+    incoming: Mutex<Incoming>,
     health: health::Health,
     started: Instant,
     /// The peer that last sent this node new events: asked first for blobs.
@@ -109,6 +114,7 @@ impl Gossip {
             liveness,
             changes,
             schedule: Mutex::new(Schedule::default()),
+            incoming: Mutex::new(Incoming::default()),
             health: health::Health::default(),
             started: Instant::now(),
             last_sender: Mutex::new(None),

@@ -96,6 +96,10 @@ impl Gossip {
             tracing::debug!(%from, "refused a mesh connection from an address that is no node");
             return;
         };
+        let Some(_connection) = Admitted::connection(&self, peer.key) else {
+            self.refuse_busy(&peer, "connections");
+            return;
+        };
         let mut stream = stream;
         let (first, features) = match self.read_frame_with(&mut stream).await {
             Ok(first) => first,
@@ -106,6 +110,10 @@ impl Gossip {
         };
         let result = match fetch::open(first, features, &peer, topology.cluster) {
             Ok(Opening::Session(first, features)) => {
+                let Some(_session) = Admitted::session(&self, peer.key) else {
+                    self.refuse_busy(&peer, "sessions");
+                    return;
+                };
                 let result = self.session(stream, &peer, Some((first, features))).await;
                 self.record(&peer, result);
                 return;
@@ -116,6 +124,16 @@ impl Gossip {
         if let Err(e) = result {
             tracing::info!(peer = %peer.name, error = %format!("{e:#}"), "serving blobs to a peer failed");
         }
+    }
+
+    /// A peer's connection closed unanswered: it holds as many
+    /// `what` open here as a peer may (`replication::incoming`).
+    fn refuse_busy(&self, peer: &Member, what: &str) {
+        self.health
+            .totals
+            .refused_busy
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer = %peer.name, "refused a connection: the peer holds as many {what} open here as it may");
     }
 
     /// One session on an open connection: exchange version vectors, stream
@@ -325,4 +343,132 @@ pub async fn send_raw(
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(FRAME_TIMEOUT, stream.read_to_end(&mut sink)).await;
     Ok(())
+}
+
+/// What [`flood_sessions`] saw.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Flood {
+    /// Connections opened, each with a hello that asked for everything.
+    pub connections: u64,
+    /// Answered: the node sent its log.
+    pub answered: u64,
+    /// Closed by the node before a byte came back.
+    pub refused: u64,
+    /// Failed to connect, or broke off.
+    pub failed: u64,
+    /// Bytes the node sent back.
+    pub bytes: u64,
+}
+
+/// Floods a peer's replication port as this node, a member: `connections`
+/// at once, each a session whose hello claims an empty version vector (so
+/// asks for the peer's whole log) and sends nothing, opened again as soon
+/// as it ends, for `seconds`: `makiatto debug flood-sessions`, for the
+/// hostile-input test of a member flooding anti-entropy.
+pub async fn flood_sessions(
+    me: AuthorKey,
+    cluster: EventId,
+    to: Ipv4Addr,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<Flood> {
+    let mut ask = Vec::new();
+    frame::encode_with(
+        &Frame::Hello(Hello {
+            protocol: PROTOCOL,
+            cluster,
+            node: me,
+            vv: VersionVector::default(),
+        }),
+        Some(Features::OURS),
+        &mut ask,
+    )?;
+    frame::encode(&Frame::Done, &mut ask)?;
+    let ask = Arc::new(ask);
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let ask = ask.clone();
+            tokio::spawn(async move {
+                let mut flood = Flood::default();
+                while tokio::time::Instant::now() < until {
+                    flood.connections += 1;
+                    let Ok(mut stream) = connect(to).await else {
+                        flood.failed += 1;
+                        continue;
+                    };
+                    let mut sink = Vec::new();
+                    let read = async {
+                        stream.write_all(&ask).await?;
+                        stream.read_to_end(&mut sink).await
+                    };
+                    match tokio::time::timeout(FRAME_TIMEOUT, read).await {
+                        Ok(Ok(_)) if sink.is_empty() => flood.refused += 1,
+                        Ok(Ok(_)) => flood.answered += 1,
+                        // A reset before a byte came back is a refusal too.
+                        Ok(Err(_)) if sink.is_empty() => flood.refused += 1,
+                        _ => flood.failed += 1,
+                    }
+                    flood.bytes += sink.len() as u64;
+                }
+                flood
+            })
+        })
+        .collect();
+    let mut total = Flood::default();
+    for w in workers {
+        let f = w.await?;
+        total.connections += f.connections;
+        total.answered += f.answered;
+        total.refused += f.refused;
+        total.failed += f.failed;
+        total.bytes += f.bytes;
+    }
+    Ok(total)
+}
+
+/// A peer's connection, or its session, counted in `Gossip::incoming`
+/// while it lasts.
+struct Admitted<'a> {
+    gossip: &'a Gossip,
+    peer: AuthorKey,
+    session: bool,
+}
+
+impl<'a> Admitted<'a> {
+    fn connection(gossip: &'a Gossip, peer: AuthorKey) -> Option<Admitted<'a>> {
+        Self::admit(gossip, peer, false)
+    }
+
+    fn session(gossip: &'a Gossip, peer: AuthorKey) -> Option<Admitted<'a>> {
+        Self::admit(gossip, peer, true)
+    }
+
+    fn admit(gossip: &'a Gossip, peer: AuthorKey, session: bool) -> Option<Admitted<'a>> {
+        let mut incoming = gossip.incoming.lock().ok()?;
+        let admitted = if session {
+            incoming.session(peer)
+        } else {
+            incoming.opened(peer)
+        };
+        drop(incoming);
+        // Made only when admitted: an `Admitted` dropped gives its place back.
+        admitted.then(|| Admitted {
+            gossip,
+            peer,
+            session,
+        })
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut incoming) = self.gossip.incoming.lock() {
+            if self.session {
+                incoming.session_ended(self.peer);
+            } else {
+                incoming.closed(self.peer);
+            }
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! The DNS server's hook: every response counted by transport, rcode and
 //! answer kind (read from the response's header, never sampled); a span
-//! for the kept ones (SERVFAIL always, slow ones, the sampling ratio's
+//! for the kept ones (SERVFAIL always, slow ones, `dns_sampling_ratio`'s
 //! share), with the question, the rcode, whether EDNS Client Subnet placed
 //! the client, the node chosen and its distance.
 
@@ -79,7 +79,7 @@ pub fn answered<'a>(
     metrics::record_dns(transport as usize, rcode, kind(response, geo));
     let started = started?;
     let end = SystemTime::now();
-    let kept = LIVE.rules().decide(
+    let kept = LIVE.dns_rules().decide(
         started.trace,
         rcode == SERVFAIL,
         took(started.at, end),

@@ -94,6 +94,7 @@ pub fn report() -> TelemetryReport {
         metrics: resolved.metrics_on(),
         logs: resolved.logs_on(),
         sampling_ratio: resolved.ratio,
+        dns_sampling_ratio: Some(resolved.dns_ratio),
         slow_threshold_ms: u64::try_from(resolved.slow.as_millis()).unwrap_or(u64::MAX),
         spans: SignalCounts {
             exported: s.spans_exported.load(Ordering::Relaxed),
@@ -369,6 +370,7 @@ async fn run(source: Source) {
 
 /// Makes the recording paths follow the settings.
 fn apply(r: &Resolved) {
+    LIVE.set_dns(Rules::new(r.dns_ratio, r.slow));
     LIVE.set(r.traces_on(), Rules::new(r.ratio, r.slow));
     LOGS_ON.store(r.logs_on(), Ordering::Relaxed);
     if let Ok(mut s) = STATUS.resolved.lock() {

@@ -823,6 +823,7 @@ fn health_points(c: &mut Collected, h: &HealthReport, now: SystemTime) {
     for (reason, n) in [
         ("bad_event", r.bad_events),
         ("connection", r.refused_connections),
+        ("busy", r.refused_busy),
     ] {
         c.count(
             "makiatto.replication.refused",

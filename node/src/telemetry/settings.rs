@@ -19,6 +19,10 @@ use makiatto_projections::peers::Peers;
 pub const OTLP_PORT: u16 = 4317;
 /// `sampling_ratio` when unset.
 pub const DEFAULT_RATIO: f64 = 0.1;
+/// `dns_sampling_ratio` when unset: a kept DNS span costs about as much
+/// as answering ten queries (docs/benchmarks.md), so one query in a
+/// thousand keeps tracing within a few percent of serving.
+pub const DEFAULT_DNS_RATIO: f64 = 0.001;
 /// `slow_threshold_ms` when unset.
 pub const DEFAULT_SLOW_MS: u64 = 1000;
 /// `metrics_interval_secs` when unset.
@@ -40,6 +44,8 @@ pub struct Resolved {
     pub metrics: bool,
     pub logging: bool,
     pub ratio: f64,
+    /// The share of DNS queries traced (`dns_sampling_ratio`).
+    pub dns_ratio: f64,
     pub slow: Duration,
     pub interval: Duration,
 }
@@ -91,6 +97,10 @@ pub fn resolve(o11y: &O11yConfig, peers: &Peers) -> Resolved {
         metrics: o11y.metrics_enabled.unwrap_or(true),
         logging: o11y.logging_enabled.unwrap_or(true),
         ratio: o11y.sampling_ratio.unwrap_or(DEFAULT_RATIO).clamp(0.0, 1.0),
+        dns_ratio: o11y
+            .dns_sampling_ratio
+            .unwrap_or(DEFAULT_DNS_RATIO)
+            .clamp(0.0, 1.0),
         slow: Duration::from_millis(o11y.slow_threshold_ms.unwrap_or(DEFAULT_SLOW_MS)),
         interval: Duration::from_secs(
             o11y.metrics_interval_secs
@@ -136,6 +146,7 @@ mod tests {
         assert_eq!(e.source, "peer o11y-a");
         assert!(r.traces_on() && r.metrics_on() && r.logs_on());
         assert_eq!(r.ratio, 0.1);
+        assert_eq!(r.dns_ratio, 0.001);
         assert_eq!(r.slow, Duration::from_millis(1000));
     }
 

@@ -38,16 +38,21 @@ pub static SPANS: Bounded<SpanData> = Bounded::new(SPAN_QUEUE);
 pub struct Live {
     traces: AtomicBool,
     threshold: AtomicU64,
+    /// The DNS queries' own ratio, as a threshold (`dns_sampling_ratio`).
+    dns_threshold: AtomicU64,
     slow_ms: AtomicU64,
 }
 
 pub static LIVE: Live = Live {
     traces: AtomicBool::new(false),
     threshold: AtomicU64::new(0),
+    dns_threshold: AtomicU64::new(0),
     slow_ms: AtomicU64::new(1000),
 };
 
 impl Live {
+    /// `rules` for every span; DNS queries' ratio stays as it was (see
+    /// [`Live::set_dns`]).
     pub fn set(&self, traces: bool, rules: Rules) {
         self.threshold.store(rules.threshold(), Ordering::Relaxed);
         self.slow_ms.store(
@@ -65,6 +70,21 @@ impl Live {
     pub fn rules(&self) -> Rules {
         Rules::from_threshold(
             self.threshold.load(Ordering::Relaxed),
+            Duration::from_millis(self.slow_ms.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// The ratio of DNS queries traced: `rules`' threshold, as
+    /// [`Rules::new`] makes it (its slow threshold is [`Live::set`]'s).
+    pub fn set_dns(&self, rules: Rules) {
+        self.dns_threshold
+            .store(rules.threshold(), Ordering::Relaxed);
+    }
+
+    /// The rules of DNS queries: their own ratio, the same slow threshold.
+    pub fn dns_rules(&self) -> Rules {
+        Rules::from_threshold(
+            self.dns_threshold.load(Ordering::Relaxed),
             Duration::from_millis(self.slow_ms.load(Ordering::Relaxed)),
         )
     }
