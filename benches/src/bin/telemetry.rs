@@ -37,6 +37,10 @@
 //! and at most 5% more instructions per request; the queue's memory with
 //! the collector down bounded and reported.
 //!
+//! `MAKIATTO_BENCH_KEEP_DUMPS=DIR`: the callgrind dumps of step 5 copied
+//! to DIR, for `callgrind_annotate` (one per count, in the order on:
+//! HTTPS, DNS; off: HTTPS, DNS).
+//!
 //! `MAKIATTO_BENCH_PINNED=1`: the daemon on CPU 0 (one serving thread,
 //! one DNS thread), h2load and dnsperf on CPU 1.
 //!
@@ -452,6 +456,16 @@ fn main() {
         instructions.push((h, d));
     }
     drop(daemon);
+    // The dumps, to read with callgrind_annotate (the cluster's directory
+    // goes with the cluster).
+    if let Some(keep) = std::env::var_os("MAKIATTO_BENCH_KEEP_DUMPS") {
+        let keep = std::path::PathBuf::from(keep);
+        std::fs::create_dir_all(&keep).unwrap();
+        for dump in std::fs::read_dir(&dumps).unwrap().flatten() {
+            std::fs::copy(dump.path(), keep.join(dump.file_name())).unwrap();
+        }
+        eprintln!("callgrind dumps kept in {}", keep.display());
+    }
 
     let (h_on, h_off) = (best(&https[0]), best(&https[1]));
     let (d_on, d_off) = (best(&dns[0]), best(&dns[1]));
