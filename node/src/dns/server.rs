@@ -299,6 +299,9 @@ fn udp_loop(dns: &Dns, socket: &std::net::UdpSocket, counters: &Counters, stop: 
     // then the replies due, by index, with their destinations.
     let mut got: Vec<(usize, Option<SockaddrStorage>, bool)> = Vec::with_capacity(BATCH);
     let mut due: Vec<(usize, SockaddrStorage)> = Vec::with_capacity(BATCH);
+    // The replies of a batch not kept for telemetry, by index, and whether
+    // each is a geo answer (kept all the same if the batch was slow).
+    let mut unkept: Vec<(usize, bool)> = Vec::with_capacity(BATCH);
     while !stop.started() {
         got.clear();
         {
@@ -321,6 +324,8 @@ fn udp_loop(dns: &Dns, socket: &std::net::UdpSocket, counters: &Counters, stop: 
         let geoip = dns.geoip.load();
         let alive = dns.alive.load(Ordering::Relaxed);
         due.clear();
+        unkept.clear();
+        let mut batch = telemetry::batch();
         for (i, (n, src, truncated)) in got.iter().enumerate() {
             let (Some(src), false) = (src, truncated) else {
                 continue;
@@ -336,17 +341,30 @@ fn udp_loop(dns: &Dns, socket: &std::net::UdpSocket, counters: &Counters, stop: 
                 locate: &mut locate,
                 geo: None,
             };
-            let began = telemetry::begin();
             let replied = respond(&compiled, &bufs[i][..*n], &mut client, &mut outs[i]);
             counters.count(&outs[i], replied);
             let geo = client.geo;
-            if let Some(kept) =
-                telemetry::answered(Transport::Udp, &outs[i], replied, geo.is_some(), began)
-            {
-                kept.record(geo_detail(&compiled, geo));
+            match telemetry::answered(
+                Transport::Udp,
+                &outs[i],
+                replied,
+                geo.is_some(),
+                batch.as_mut(),
+            ) {
+                Some(kept) => kept.record(geo_detail(&compiled, geo)),
+                None if replied && batch.is_some() => unkept.push((i, geo.is_some())),
+                None => {}
             }
             if replied {
                 due.push((i, *src));
+            }
+        }
+        // A batch that took as long as a slow query keeps the rest of it.
+        if let Some(b) = &mut batch
+            && let Some(end) = b.slow_end()
+        {
+            for &(i, geo) in &unkept {
+                b.slow(end, Transport::Udp, &outs[i], geo).record(None);
             }
         }
         // Send every reply; a partial send goes on with the rest, a
@@ -452,12 +470,20 @@ async fn stream_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 locate: &mut locate,
                 geo: None,
             };
-            let began = telemetry::begin();
+            let mut batch = telemetry::batch();
             let replied = respond(&compiled, &buf[..len], &mut client, &mut out);
             let geo = client.geo;
-            if let Some(kept) = telemetry::answered(transport, &out, replied, geo.is_some(), began)
-            {
-                kept.record(geo_detail(&compiled, geo));
+            match telemetry::answered(transport, &out, replied, geo.is_some(), batch.as_mut()) {
+                Some(kept) => kept.record(geo_detail(&compiled, geo)),
+                None if replied => {
+                    if let Some(b) = &mut batch
+                        && let Some(end) = b.slow_end()
+                    {
+                        b.slow(end, transport, &out, geo.is_some())
+                            .record(geo_detail(&compiled, geo));
+                    }
+                }
+                None => {}
             }
             replied
         };

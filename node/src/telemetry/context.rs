@@ -107,7 +107,7 @@ thread_local! {
 
 /// 64 random bits (wyrand: fast, and good enough for ids that must only
 /// be unique and uniform, never secret).
-fn next_u64() -> u64 {
+pub(crate) fn next_u64() -> u64 {
     RNG.with(|s| {
         let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
         s.set(x);

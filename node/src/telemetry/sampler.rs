@@ -72,6 +72,11 @@ impl Rules {
         Rules { threshold, slow }
     }
 
+    /// Whether the ratio keeps a trace with these random bits.
+    pub fn keeps(&self, bits: u64) -> bool {
+        self.threshold == u64::MAX || bits < self.threshold
+    }
+
     /// The decision for a finished request.
     pub fn decide(
         &self,
@@ -86,7 +91,7 @@ impl Rules {
             Some(Kept::Slow)
         } else if parent_sampled {
             Some(Kept::Parent)
-        } else if self.threshold == u64::MAX || trace.random_bits() < self.threshold {
+        } else if self.keeps(trace.random_bits()) {
             Some(Kept::Ratio)
         } else {
             None
