@@ -23,12 +23,14 @@
 //! - [`dns`]: `maki dns nameserver-setup`.
 //! - [`geoip`]: the DB-IP database: where a machine is; `maki geoip
 //!   update`, which hands it to the cluster as content.
-//! - [`project`]: `makiatto.toml`, validated (`maki config check`).
-//! - [`tree`]: a domain's files as a manifest, hashed in parallel and cached.
 //! - [`sync`]: `maki sync`.
 //! - [`sites`]: `maki sites`, `maki rollback`, `maki diff`.
 //! - [`local`]: `maki local …`.
 //! - [`wit`]: `maki wasm fetch`, the WIT packages embedded in the CLI.
+//!
+//! From the crate's library (`lib.rs`), so that they can be fuzzed:
+//! `project` (`makiatto.toml`, validated: `maki config check`) and `tree`
+//! (a domain's files as a manifest, hashed in parallel and cached).
 
 mod certs;
 mod cluster;
