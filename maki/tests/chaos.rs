@@ -673,16 +673,7 @@ fn chaos_on_five_nodes_under_load() {
         let file = ch.project.join("makiatto.toml");
         let via = ch.names().into_iter().find(|n| *n != node).unwrap();
         let profile = ch.profile_first(&via);
-        let out =
-            ch.c.command(&["sync", "--file", file.to_str().unwrap()])
-                .env("MAKIATTO_PROFILE", &profile)
-                .output()
-                .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ch.c.ok_with_profile(&profile, &["sync", "--file", file.to_str().unwrap()]);
         ch.hold();
         ch.exec(&node, &["rm", "-f", "/var/makiatto/fill"]);
         vec![node]

@@ -109,12 +109,7 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
     });
     let alice_side = profile_with_only(&c, "vector");
     let bob_side = profile_with_only(&c, "tololo");
-    let out = c
-        .command(&["config", "set", "dns.nearest", "2"])
-        .env("MAKIATTO_PROFILE", &alice_side)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    c.ok_with_profile(&alice_side, &["config", "set", "dns.nearest", "2"]);
     let out = c
         .command(&["config", "set", "sites.keep_versions", "7"])
         .env("MAKIATTO_PROFILE", &bob_side)
@@ -305,16 +300,7 @@ fn the_mesh_replicates_through_cuts_kills_and_forgeries() {
         .spawn()
         .unwrap();
     let klukai_only = profile_with_only(&c, "klukai");
-    let out = c
-        .command(&["config", "set", "dns.geo_ttl", "45"])
-        .env("MAKIATTO_PROFILE", &klukai_only)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.ok_with_profile(&klukai_only, &["config", "set", "dns.geo_ttl", "45"]);
     wait_until(
         Duration::from_secs(15),
         "the change reaches vector during the flood",

@@ -186,14 +186,17 @@ impl Cluster {
 
     /// What `maki ARGS` did; fails unless it succeeded.
     pub fn ok_output(&self, args: &[&str]) -> Output {
-        let out = self.maki(args);
-        assert!(
-            out.status.success(),
-            "maki {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        succeeded(args, self.maki(args))
+    }
+
+    /// The standard output of `maki ARGS` run with `profile` in place of
+    /// the cluster's (one naming only some of its machines, so that the
+    /// command goes through those); fails unless it succeeded.
+    pub fn ok_with_profile(&self, profile: &Path, args: &[&str]) -> String {
+        let mut cmd = self.command(args);
+        cmd.env("MAKIATTO_PROFILE", profile);
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        String::from_utf8_lossy(&succeeded(args, out).stdout).into_owned()
     }
 
     /// The standard output of `maki ARGS`; fails unless it succeeded.
@@ -503,4 +506,15 @@ impl Drop for Cluster {
         // Never leave namespaces or processes behind, even when a test fails.
         let _ = self.command(&["local", "down"]).output();
     }
+}
+
+/// `out` of `maki ARGS`; fails, showing both streams, unless it succeeded.
+fn succeeded(args: &[&str], out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "maki {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
