@@ -3,7 +3,9 @@
 //! own nameservers, and every node serves the issued chain for the domain,
 //! its alias (HTTPS) and its nameserver name (DNS over TLS), verified
 //! against pebble's root. Plain HTTP redirects. The private key never
-//! appears in the log. A forced renewal gives a new certificate. With
+//! appears in the log. A forced renewal gives a new certificate, and with
+//! an observability peer on the mesh the order arrives there as an
+//! `acme.order` span. With
 //! `acme.challenge = dns-01` and a wildcard alias, names are proved by TXT
 //! records in our own zones, and any name under the domain is answered and
 //! served. When the ordering node dies in the middle of an order, the next
@@ -16,7 +18,10 @@
 
 use std::time::Duration;
 
-use makiatto_harness::{Cluster, copy_examples, example_project, require_root, wait_seeing};
+use makiatto_harness::{
+    Cluster, OtlpReceiver, WgPeer, copy_examples, example_project, require_root, wait_seeing,
+    wait_until,
+};
 use serde_json::Value;
 
 fn certs(c: &Cluster) -> Vec<Value> {
@@ -88,7 +93,11 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
         ]
     );
     let ca = c.ok(&["local", "ca"]).trim().to_owned();
-    let hosts: Vec<(String, String)> = state.hosts.into_iter().map(|h| (h.node, h.ipv4)).collect();
+    let hosts: Vec<(String, String)> = state
+        .hosts
+        .iter()
+        .map(|h| (h.node.clone(), h.ipv4.clone()))
+        .collect();
     let index = std::fs::read_to_string(project.parent().unwrap().join("site/index.html")).unwrap();
 
     // HTTPS verified against pebble's root, on every node, for the domain
@@ -181,13 +190,63 @@ fn certificates_are_issued_by_the_local_ca_and_served_everywhere() {
     }
     assert!(saw_chain, "the chain itself is in the log, in clear");
 
-    // A forced renewal gives a new certificate, served everywhere.
+    // A forced renewal gives a new certificate, served everywhere; with
+    // an observability peer on the mesh (the guide's set-up, a real OTLP
+    // receiver as its collector), the order arrives as an `acme.order`
+    // span.
+    let peer = WgPeer::add(&c, &state, "o11y", 14);
+    let receiver = OtlpReceiver::start(&peer.ns, "0.0.0.0:4317", c.dir.path());
+    let endpoint = format!("http://{}:4317", peer.mesh_addr);
+    for (node, _) in &hosts {
+        wait_until(
+            Duration::from_secs(60),
+            "the nodes find the o11y peer",
+            || c.health(node)["telemetry"]["endpoint"] == endpoint.as_str(),
+        );
+    }
     let first = not_after(&c);
     std::thread::sleep(Duration::from_millis(1100)); // a new expiry second
     c.ok(&["certs", "renew", "www.example.test"]);
     wait_seeing(Duration::from_secs(60), "a renewed certificate", || {
         all_valid(&c, Some("example.test"), &first)
     });
+    wait_seeing(Duration::from_secs(60), "the order's span", || {
+        let spans = receiver.of("span");
+        let orders: Vec<&Value> = spans.iter().filter(|s| s["name"] == "acme.order").collect();
+        if orders.is_empty() {
+            Err(format!("{} spans, no acme.order", spans.len()))
+        } else {
+            Ok(())
+        }
+    });
+    let orders: Vec<Value> = receiver
+        .of("span")
+        .into_iter()
+        .filter(|s| s["name"] == "acme.order")
+        .collect();
+    let order = &orders[0];
+    assert_eq!(
+        order["attributes"]["acme.certificate"], "example.test",
+        "{order}"
+    );
+    assert_eq!(order["attributes"]["acme.renewal"], true, "{order}");
+    assert!(
+        order["attributes"]["acme.names"]
+            .as_str()
+            .is_some_and(|n| n.contains("www.example.test")),
+        "{order}"
+    );
+    assert_ne!(order["status"], 2, "the order succeeded: {order}");
+    assert!(
+        hosts
+            .iter()
+            .any(|(node, _)| order["resource"]["makiatto.node"] == node.as_str()),
+        "{order}"
+    );
+    // The peer leaves the cluster again: the rest of the test is ACME's.
+    drop(receiver);
+    drop(peer);
+    c.ok(&["peer", "remove", "o11y", "--force"]);
 
     // DNS-01 through our own nameservers, and a wildcard alias (only
     // DNS-01 can prove one): the site's certificate gains `*.example.test`,

@@ -525,23 +525,28 @@ fn the_o11y_peer_receives_every_nodes_traces_metrics_and_logs_live() {
             telemetry(&c, n)["traces"] == false
         });
     }
+    // The spans made before have left (they wait up to 5 s for a batch).
+    wait_until(DEADLINE, "the spans queued before have left", || {
+        telemetry(&c, a)["spans"]["queued"] == 0
+    });
+    let spans = telemetry(&c, a)["spans"].clone();
     let before = request_count(&receiver, &service_a, 200);
     assert_eq!(requests(&c, b, &addr_a, "/d.txt", 10, ""), vec![200; 10]);
     wait_until(DEADLINE, "the metrics count the untraced requests", || {
         request_count(&receiver, &service_a, 200) >= before + 10
     });
-    let exported = telemetry(&c, a)["spans"]["exported"].as_u64().unwrap();
-    // Spans leave every half second: two more metric exports (a second
-    // apart) are time enough for any to have come.
+    // Two more metric exports (a second apart): any span of those
+    // requests would have been made by then, and it would be queued,
+    // exported or dropped; none is.
     let exports = telemetry(&c, a)["metric_exports"].as_u64().unwrap();
     wait_until(DEADLINE, "two more metric exports", || {
         telemetry(&c, a)["metric_exports"].as_u64().unwrap() >= exports + 2
     });
     assert!(spans_of(&receiver, &service_a, "/d.txt").is_empty());
-    assert_eq!(
-        telemetry(&c, a)["spans"]["exported"].as_u64().unwrap(),
-        exported
-    );
+    let now = telemetry(&c, a)["spans"].clone();
+    assert_eq!(now["queued"], 0, "{now}");
+    assert_eq!(now["exported"], spans["exported"], "{now}");
+    assert_eq!(now["dropped"], spans["dropped"], "{now}");
 
     // The collector goes away: serving goes on, drops are counted.
     set_o11y(&file, "sampling_ratio = 1.0\nmetrics_interval_secs = 1");

@@ -53,13 +53,47 @@ pub fn count_instructions<T>(
     dir: &Path,
     work: impl FnOnce() -> T,
 ) -> (T, u64) {
+    let (out, total, _) = count_instructions_timed(within, pid, dir, work);
+    (out, total)
+}
+
+/// [`count_instructions`], with the wall-clock time the instrumentation
+/// was on (from switching it on to switching it off): what a server does
+/// per second whatever its load (timers, periodic exports) is counted in
+/// proportion to it, and can be taken out with an idle count
+/// ([`Idle`]).
+pub fn count_instructions_timed<T>(
+    within: &[String],
+    pid: u32,
+    dir: &Path,
+    work: impl FnOnce() -> T,
+) -> (T, u64, std::time::Duration) {
     control(within, &["--zero"], pid);
+    let on = std::time::Instant::now();
     control(within, &["--instr=on"], pid);
     let out = work();
     control(within, &["--instr=off"], pid);
+    let elapsed = on.elapsed();
     control(within, &["--dump=counted"], pid);
     let total = latest_total(dir, pid);
-    (out, total)
+    (out, total, elapsed)
+}
+
+/// What a server under callgrind executes per second with no load: its
+/// periodic work. Under callgrind a fixed batch of requests takes tens of
+/// times longer than at full speed, so periodic work that is negligible
+/// per request at real rates is counted many times over; this takes it
+/// out.
+#[derive(Debug, Clone, Copy)]
+pub struct Idle {
+    pub per_second: f64,
+}
+
+impl Idle {
+    /// Instructions counted over `elapsed` that are not periodic work.
+    pub fn net(self, total: u64, elapsed: std::time::Duration) -> f64 {
+        (total as f64 - self.per_second * elapsed.as_secs_f64()).max(0.0)
+    }
 }
 
 /// The total `Ir` of the newest dump of `pid` in `dir` (its `totals:`
@@ -208,5 +242,19 @@ impl UnderCallgrind {
     /// Its instructions while `work` runs, and work's result.
     pub fn count<T>(&self, work: impl FnOnce() -> T) -> (T, u64) {
         count_instructions(&self.within, self.pid, &self.dumps, work)
+    }
+
+    /// [`UnderCallgrind::count`], with the time the count ran.
+    pub fn count_timed<T>(&self, work: impl FnOnce() -> T) -> (T, u64, std::time::Duration) {
+        count_instructions_timed(&self.within, self.pid, &self.dumps, work)
+    }
+
+    /// Its periodic work: instructions per second over `over` with no
+    /// load.
+    pub fn idle(&self, over: std::time::Duration) -> Idle {
+        let ((), total, elapsed) = self.count_timed(|| std::thread::sleep(over));
+        Idle {
+            per_second: total as f64 / elapsed.as_secs_f64(),
+        }
     }
 }

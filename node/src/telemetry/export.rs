@@ -1,6 +1,10 @@
-//! The exporter: one task that follows the configuration, drains the span
-//! and log queues every half second and sends the metrics every interval,
-//! over one gRPC channel to the collector.
+//! The exporter: one task that follows the configuration, sends the
+//! queued spans and log records in batches, and the metrics every
+//! interval, over one gRPC channel to the collector. A batch leaves as
+//! soon as it is whole (512 items), otherwise when the oldest waiting
+//! item is at most 5 s (spans) or 1 s (log records) old, the delays of
+//! OpenTelemetry's batch processors: a busy node sends full batches, a
+//! quiet one a few calls a minute rather than one per request.
 //!
 //! Spans and log records go through `opentelemetry-otlp`'s tonic
 //! exporters; metrics through the same channel with the OTLP metrics
@@ -28,20 +32,20 @@ use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{LogBatch, LogExporter as _};
-use opentelemetry_sdk::trace::SpanExporter as _;
 
 use super::logs::{LOGS, LOGS_ON, Records};
 use super::metrics::{self, SelfFigures};
+use super::queue::Bounded;
 use super::sampler::Rules;
 use super::settings::{self, Resolved};
 use super::span::{LIVE, SCOPE, SPANS};
 use crate::changes::Changes;
 use crate::replica::Replica;
 
-/// How often the span and log queues are drained.
-const FLUSH_EVERY: Duration = Duration::from_millis(500);
-/// Items per export call.
-const BATCH: usize = 512;
+/// How often the span queue is drained when no whole batch waits.
+const SPAN_DELAY: Duration = Duration::from_secs(5);
+/// How often the log queue is drained when no whole batch waits.
+const LOG_DELAY: Duration = Duration::from_secs(1);
 /// The longest an export call may take (a slow collector is a failed one).
 const DEADLINE: Duration = Duration::from_secs(5);
 const CONNECT_DEADLINE: Duration = Duration::from_secs(3);
@@ -220,7 +224,10 @@ fn view(source: &Source) -> Option<(Resolved, Identity)> {
 struct Pipeline {
     url: String,
     identity: Identity,
-    spans: opentelemetry_otlp::SpanExporter,
+    /// Spans go out encoded by [`super::otlp`], on this channel.
+    channel: tonic::transport::Channel,
+    /// The resource's encoded message, every span request's.
+    resource_bytes: Vec<u8>,
     logs: opentelemetry_otlp::LogExporter,
     metrics: MetricsServiceClient<tonic::transport::Channel>,
     resource: ProtoResource,
@@ -234,13 +241,6 @@ impl Pipeline {
             .timeout(DEADLINE)
             .connect_lazy();
         let resource = identity.sdk();
-        let mut spans = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_channel(channel.clone())
-            .with_timeout(DEADLINE)
-            .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
-            .build()?;
-        spans.set_resource(&resource);
         let mut logs = opentelemetry_otlp::LogExporter::builder()
             .with_tonic()
             .with_channel(channel.clone())
@@ -251,9 +251,10 @@ impl Pipeline {
         Ok(Pipeline {
             url: url.to_owned(),
             identity: identity.clone(),
-            spans,
             logs,
-            metrics: MetricsServiceClient::new(channel),
+            metrics: MetricsServiceClient::new(channel.clone()),
+            channel,
+            resource_bytes: super::otlp::resource_bytes(&identity.proto()),
             resource: identity.proto(),
             records: Records::new(),
         })
@@ -305,8 +306,10 @@ async fn run(source: Source) {
         until: None,
         wait: FIRST_BACKOFF,
     };
-    let mut flush = tokio::time::interval(FLUSH_EVERY);
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut span_timer = tokio::time::interval(SPAN_DELAY);
+    span_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut log_timer = tokio::time::interval(LOG_DELAY);
+    log_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_metrics = tokio::time::Instant::now() + resolved.interval;
     let mut reconfigure = true;
     loop {
@@ -344,16 +347,20 @@ async fn run(source: Source) {
                 }
                 reconfigure = true;
             }
-            _ = flush.tick() => {
+            () = timer_or_batch(&mut span_timer, &SPANS) => {
                 match &pipeline {
-                    Some(p) if backoff.ready() => flush_queues(p, &mut backoff).await,
+                    Some(p) if backoff.ready() => flush_spans(p, &mut backoff).await,
                     Some(_) => {}
-                    None => {
-                        // Nothing to send to: what was queued before the
-                        // change is lost.
-                        SPANS.lost(SPANS.take(usize::MAX).len());
-                        LOGS.lost(LOGS.take(usize::MAX).len());
-                    }
+                    // Nothing to send to: what was queued before the
+                    // change is lost.
+                    None => SPANS.lost(SPANS.take(usize::MAX).len()),
+                }
+            }
+            () = timer_or_batch(&mut log_timer, &LOGS) => {
+                match &pipeline {
+                    Some(p) if backoff.ready() => flush_logs(p, &mut backoff).await,
+                    Some(_) => {}
+                    None => LOGS.lost(LOGS.take(usize::MAX).len()),
                 }
             }
             _ = tokio::time::sleep_until(next_metrics) => {
@@ -378,22 +385,39 @@ fn apply(r: &Resolved) {
     }
 }
 
-async fn flush_queues(p: &Pipeline, backoff: &mut Backoff) {
-    loop {
-        let batch = SPANS.take(BATCH);
+/// The queue's timer ticks, or a whole batch waits in it (the timer then
+/// starts again: the next partial batch waits its full delay).
+async fn timer_or_batch<T>(timer: &mut tokio::time::Interval, queue: &Bounded<T>) {
+    tokio::select! {
+        _ = timer.tick() => {}
+        () = queue.full_batch() => timer.reset(),
+    }
+}
+
+/// Sends the spans queued now, a batch at a time (those queued meanwhile
+/// wait for the next turn: the other queues and the metrics get theirs).
+async fn flush_spans(p: &Pipeline, backoff: &mut Backoff) {
+    for _ in 0..SPANS.len().div_ceil(SPANS.batch()) {
+        let batch = SPANS.take(SPANS.batch());
         if batch.is_empty() {
             break;
         }
         let n = batch.len();
-        match tokio::time::timeout(DEADLINE, p.spans.export(batch)).await {
-            Ok(Ok(())) => {
-                STATUS.spans_exported.fetch_add(n as u64, Ordering::Relaxed);
+        let request = super::otlp::encode_request(&p.resource_bytes, batch);
+        match tokio::time::timeout(DEADLINE, super::otlp::export(&p.channel, request)).await {
+            Ok(Ok(rejected)) => {
+                // What the collector said it could not take is dropped.
+                let rejected = usize::try_from(rejected).unwrap_or(0).min(n);
+                SPANS.lost(rejected);
+                STATUS
+                    .spans_exported
+                    .fetch_add((n - rejected) as u64, Ordering::Relaxed);
                 backoff.ok();
             }
             failed => {
                 SPANS.lost(n);
                 let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => e.message().to_owned(),
                     _ => "no answer within the deadline".into(),
                 };
                 backoff.failed("span", error);
@@ -401,8 +425,12 @@ async fn flush_queues(p: &Pipeline, backoff: &mut Backoff) {
             }
         }
     }
-    loop {
-        let items = LOGS.take(BATCH);
+}
+
+/// Sends the log records queued now, a batch at a time.
+async fn flush_logs(p: &Pipeline, backoff: &mut Backoff) {
+    for _ in 0..LOGS.len().div_ceil(LOGS.batch()) {
+        let items = LOGS.take(LOGS.batch());
         if items.is_empty() {
             break;
         }

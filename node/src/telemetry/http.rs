@@ -147,13 +147,17 @@ fn version_name(v: Version) -> &'static str {
     }
 }
 
+/// The W3C header (a constant name: no parsing per request).
+static TRACEPARENT: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("traceparent");
+
 /// Begins an exchange. `address` is the host when it is a configured
 /// domain or alias (anything else is `other` in telemetry).
 pub fn begin<B>(req: &Request<B>, https: bool, address: Option<&str>) -> Exchange {
     let started = LIVE.traces().then(|| {
         let parent = req
             .headers()
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|v| context::parse_traceparent(v.as_bytes()));
         Started::new(parent)
     });
@@ -241,21 +245,24 @@ impl Ending {
         let Some((started, kept)) = kept else {
             return;
         };
-        let mut attributes = vec![
+        // Room for every attribute a span may get (one allocation).
+        let mut attributes = Vec::with_capacity(12);
+        attributes.extend([
             KeyValue::new("http.request.method", x.method),
             KeyValue::new("http.response.status_code", i64::from(self.status)),
             KeyValue::new("url.scheme", if x.https { "https" } else { "http" }),
             KeyValue::new("url.path", x.uri.path().to_owned()),
-            KeyValue::new(
-                "server.address",
-                x.address.as_deref().unwrap_or("other").to_owned(),
-            ),
+            match x.address {
+                // The interned host, shared rather than copied.
+                Some(address) => KeyValue::new("server.address", address),
+                None => KeyValue::new("server.address", "other"),
+            },
             KeyValue::new("network.protocol.version", x.version),
             KeyValue::new(
                 "http.response.body.size",
                 i64::try_from(self.sent).unwrap_or(i64::MAX),
             ),
-        ];
+        ]);
         if let Some(hit) = self.cached {
             attributes.push(KeyValue::new("cdn.cache.hit", hit));
         }

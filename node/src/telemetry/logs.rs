@@ -23,7 +23,11 @@ use super::queue::Bounded;
 /// Log records waiting for the exporter, at most this many.
 pub const LOG_QUEUE: usize = 4096;
 
-pub static LOGS: Bounded<LogItem> = Bounded::new(LOG_QUEUE);
+/// Log records per export call (OpenTelemetry's batch processor's
+/// default).
+pub const LOG_BATCH: usize = 512;
+
+pub static LOGS: Bounded<LogItem> = Bounded::new(LOG_QUEUE, LOG_BATCH);
 
 /// Log records are exported (an endpoint is known, logging enabled).
 pub static LOGS_ON: AtomicBool = AtomicBool::new(false);

@@ -21,6 +21,8 @@
 //! - [`logs`]: `tracing` events as OTLP log records.
 //! - [`export`]: the exporter task: gRPC to the collector, backoff, the
 //!   configuration followed live; the report for `makiatto health`.
+//! - [`otlp`]: spans written straight into an OTLP export request's
+//!   bytes (no intermediate messages), and the gRPC call that sends it.
 //! - [`http`], [`dns`], [`images`], [`wasm`]: the hooks on the HTTP, DNS,
 //!   image and WebAssembly request paths.
 
@@ -31,6 +33,7 @@ pub mod http;
 pub mod images;
 pub mod logs;
 pub mod metrics;
+pub mod otlp;
 pub mod queue;
 pub mod sampler;
 pub mod settings;

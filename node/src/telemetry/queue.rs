@@ -10,18 +10,27 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::sync::Notify;
+
 pub struct Bounded<T> {
     items: Mutex<VecDeque<T>>,
     capacity: usize,
+    /// Items per export call: [`Bounded::full_batch`] wakes when this
+    /// many wait.
+    batch: usize,
+    batch_waiting: Notify,
     pushed: AtomicU64,
     dropped: AtomicU64,
 }
 
 impl<T> Bounded<T> {
-    pub const fn new(capacity: usize) -> Bounded<T> {
+    /// A queue of at most `capacity` items, exported `batch` at a time.
+    pub const fn new(capacity: usize, batch: usize) -> Bounded<T> {
         Bounded {
             items: Mutex::new(VecDeque::new()),
             capacity,
+            batch,
+            batch_waiting: Notify::const_new(),
             pushed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
@@ -33,11 +42,28 @@ impl<T> Bounded<T> {
             Ok(mut q) if q.len() < self.capacity => {
                 q.push_back(item);
                 self.pushed.fetch_add(1, Ordering::Relaxed);
+                // Once per batch, not per item: the exporter takes them
+                // all when it wakes.
+                if q.len() == self.batch {
+                    drop(q);
+                    self.batch_waiting.notify_one();
+                }
             }
             _ => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Resolves once a whole batch waits (at once if one waited since
+    /// the last call).
+    pub async fn full_batch(&self) {
+        self.batch_waiting.notified().await;
+    }
+
+    /// Items per export call.
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 
     /// Takes up to `max` items, oldest first.
@@ -79,7 +105,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_growing() {
-        let q = Bounded::new(3);
+        let q = Bounded::new(3, 2);
         for i in 0..5 {
             q.push(i);
         }
@@ -91,5 +117,19 @@ mod tests {
         q.lost(4);
         assert_eq!(q.dropped(), 6);
         assert_eq!(q.pushed(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_whole_batch_wakes_the_exporter() {
+        let q = Bounded::new(10, 3);
+        q.push(1);
+        q.push(2);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), q.full_batch());
+        assert!(early.await.is_err(), "woken before a batch waited");
+        q.push(3);
+        // The wake is kept for the next wait, so none is missed while the
+        // exporter is busy sending.
+        q.full_batch().await;
+        assert_eq!(q.take(q.batch()), [1, 2, 3]);
     }
 }

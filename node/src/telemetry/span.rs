@@ -31,7 +31,10 @@ use super::sampler::{Kept, Rules};
 /// Spans waiting for the exporter, at most this many (about 1 KiB each).
 pub const SPAN_QUEUE: usize = 4096;
 
-pub static SPANS: Bounded<SpanData> = Bounded::new(SPAN_QUEUE);
+/// Spans per export call (OpenTelemetry's batch processor's default).
+pub const SPAN_BATCH: usize = 512;
+
+pub static SPANS: Bounded<SpanData> = Bounded::new(SPAN_QUEUE, SPAN_BATCH);
 
 /// The settings the recording paths read, changed live by the exporter
 /// when the configuration changes.
