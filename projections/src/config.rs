@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 
+use automerge::ReadDoc as _;
+use automerge::transaction::Transactable as _;
 use automerge::{AutoCommit, Change, transaction::CommitOptions};
 use autosurgeon::{Hydrate, Reconcile, hydrate, reconcile};
 use makiatto_events::{AuthorKey, Blake3Hash};
@@ -674,7 +676,22 @@ impl ConfigDoc {
     /// second change with an automerge actor's sequence number taken).
     /// How many were refused. `maki` rebuilds the document this way, so it
     /// sees what the nodes see and can still edit on top of it.
+    ///
+    /// The changes are first applied together, as one batch: automerge
+    /// rewrites its columns once per batch, so one at a time costs the
+    /// whole document each (a project of 10,000 domains, split into that
+    /// many changes, took minutes). The result is the same: a batch that
+    /// applies whole applies exactly the changes one at a time would
+    /// (automerge's state is a function of the changes applied). A batch
+    /// the document refuses is undone, and the changes go one at a time.
     pub fn apply_as_folded(&mut self, changes: Vec<Change>) -> usize {
+        if changes.len() > 1 {
+            let before = self.doc.clone();
+            if self.doc.apply_changes(changes.iter().cloned()).is_ok() {
+                return 0;
+            }
+            self.doc = before;
+        }
         changes
             .into_iter()
             .filter(|c| self.doc.apply_changes([c.clone()]).is_err())
@@ -693,6 +710,14 @@ impl ConfigDoc {
     /// two devices) under one actor would both take the next number, and
     /// every document holding both would refuse the second — and every
     /// later edit on top of it.
+    ///
+    /// An edit is one change when it is small. A larger one (more than
+    /// [`SPLIT_ABOVE`] bytes) is one change per domain that differs, then
+    /// one for the rest, so that `maki` can spread them over events of at
+    /// most `MAX_EVENT_BYTES` each (see [`pack_changes`]). A project of
+    /// more than [`LARGE_PROJECT`] domains is always edited that way, the
+    /// document read once and only the domains that differ written: a
+    /// whole-document reconcile of thousands of domains costs seconds.
     pub fn edit(
         &mut self,
         actor: &AuthorKey,
@@ -702,16 +727,146 @@ impl ConfigDoc {
         let before = self.doc.get_heads();
         let mut id = actor.as_bytes().to_vec();
         id.extend_from_slice(&nonce);
-        self.doc.set_actor(automerge::ActorId::from(id));
+        let actor = automerge::ActorId::from(id);
+        if wanted.domains.len().max(self.domain_count()) > LARGE_PROJECT {
+            let current = self.view()?;
+            self.doc.set_actor(actor);
+            self.edit_by_domain(&current, wanted)?;
+            return Ok(self.changes_since(&before));
+        }
+        let unedited = self.doc.clone();
+        self.doc.set_actor(actor.clone());
         reconcile(&mut self.doc, wanted).map_err(|e| ConfigError::Shape(e.to_string()))?;
         self.doc.commit_with(CommitOptions::default().with_time(0));
-        Ok(self
-            .doc
-            .get_changes(&before)
+        let changes = self.changes_since(&before);
+        if changes.iter().map(Vec::len).sum::<usize>() <= SPLIT_ABOVE {
+            return Ok(changes);
+        }
+        // Again, a domain at a time.
+        self.doc = unedited;
+        let current = self.view()?;
+        self.doc.set_actor(actor);
+        self.edit_by_domain(&current, wanted)?;
+        Ok(self.changes_since(&before))
+    }
+
+    /// How many domains the document's map holds (without reading them).
+    fn domain_count(&self) -> usize {
+        match self.doc.get(automerge::ROOT, "domains") {
+            Ok(Some((automerge::Value::Object(_), id))) => self.doc.length(&id),
+            _ => 0,
+        }
+    }
+
+    /// A document holding `wanted` as one change, however large: for a copy
+    /// kept whole (`maki`'s base), never sent as events.
+    pub fn whole(
+        actor: &AuthorKey,
+        nonce: [u8; 16],
+        wanted: &DesiredConfig,
+    ) -> Result<ConfigDoc, ConfigError> {
+        let mut doc = ConfigDoc::default();
+        let mut id = actor.as_bytes().to_vec();
+        id.extend_from_slice(&nonce);
+        doc.doc.set_actor(automerge::ActorId::from(id));
+        reconcile(&mut doc.doc, wanted).map_err(|e| ConfigError::Shape(e.to_string()))?;
+        doc.doc.commit_with(CommitOptions::default().with_time(0));
+        Ok(doc)
+    }
+
+    /// Writes what differs between `current` (this document's view) and
+    /// `wanted`: a change per domain that differs, then one for the rest.
+    fn edit_by_domain(
+        &mut self,
+        current: &DesiredConfig,
+        wanted: &DesiredConfig,
+    ) -> Result<(), ConfigError> {
+        let shape = |e: autosurgeon::ReconcileError| ConfigError::Shape(e.to_string());
+        let domains = match self.doc.get(automerge::ROOT, "domains") {
+            Ok(Some((automerge::Value::Object(automerge::ObjType::Map), id))) => id,
+            _ => self
+                .doc
+                .put_object(automerge::ROOT, "domains", automerge::ObjType::Map)
+                .map_err(|e| ConfigError::Shape(e.to_string()))?,
+        };
+        let names: std::collections::BTreeSet<&String> = wanted
+            .domains
+            .keys()
+            .chain(current.domains.keys())
+            .collect();
+        for name in names {
+            match (wanted.domains.get(name), current.domains.get(name)) {
+                (Some(w), c) if c != Some(w) => {
+                    autosurgeon::reconcile_prop(&mut self.doc, &domains, name.as_str(), w)
+                        .map_err(shape)?;
+                }
+                (None, Some(_)) => {
+                    self.doc
+                        .delete(&domains, name.as_str())
+                        .map_err(|e| ConfigError::Shape(e.to_string()))?;
+                }
+                _ => continue,
+            }
+            self.doc.commit_with(CommitOptions::default().with_time(0));
+        }
+        // The rest: the tables beside the domains, each only if it differs.
+        if current.o11y != wanted.o11y {
+            autosurgeon::reconcile_prop(&mut self.doc, automerge::ROOT, "o11y", &wanted.o11y)
+                .map_err(shape)?;
+        }
+        if current.settings != wanted.settings {
+            autosurgeon::reconcile_prop(
+                &mut self.doc,
+                automerge::ROOT,
+                "settings",
+                &wanted.settings,
+            )
+            .map_err(shape)?;
+        }
+        self.doc.commit_with(CommitOptions::default().with_time(0));
+        Ok(())
+    }
+
+    fn changes_since(&mut self, before: &[automerge::ChangeHash]) -> Vec<Vec<u8>> {
+        self.doc
+            .get_changes(before)
             .iter()
             .map(|c| c.raw_bytes().to_vec())
-            .collect())
+            .collect()
     }
+}
+
+/// An edit whose changes come to more bytes than this is split, a domain
+/// per change ([`ConfigDoc::edit`]).
+pub const SPLIT_ABOVE: usize = 32 * 1024;
+
+/// Above this many domains, [`ConfigDoc::edit`] writes only the domains
+/// that differ, a change each.
+pub const LARGE_PROJECT: usize = 256;
+
+/// Groups `changes`, in order, into as few events' worth as it can, each
+/// at most `budget` bytes of changes; `Err(size)` names a single change
+/// larger than the budget (a domain whose configuration alone does not fit
+/// in an event).
+pub fn pack_changes(changes: &[Vec<u8>], budget: usize) -> Result<Vec<Vec<Vec<u8>>>, usize> {
+    let mut groups: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut size = 0;
+    for c in changes {
+        if c.len() > budget {
+            return Err(c.len());
+        }
+        match groups.last_mut() {
+            Some(group) if size + c.len() <= budget => {
+                size += c.len();
+                group.push(c.clone());
+            }
+            _ => {
+                size = c.len();
+                groups.push(vec![c.clone()]);
+            }
+        }
+    }
+    Ok(groups)
 }
 
 #[cfg(test)]
@@ -757,6 +912,86 @@ mod tests {
             ttl,
             priority: None,
         }
+    }
+
+    /// `n` domains of ten records each, named from `from` on.
+    fn many_domains(n: usize, tag: &str) -> DesiredConfig {
+        let mut cfg = DesiredConfig::default();
+        for i in 0..n {
+            let mut domain = DomainConfig::default();
+            for r in 0..10 {
+                domain.records.insert(
+                    format!("TXT r{r} 0"),
+                    record(&format!("{tag} {i} {r}"), None),
+                );
+            }
+            cfg.domains.insert(format!("d{i:05}.test"), domain);
+        }
+        cfg
+    }
+
+    #[test]
+    fn a_large_edit_is_split_into_changes_that_fit_in_events_and_apply_alike() {
+        let alice = AuthorKey([1; 32]);
+        let mut doc = ConfigDoc::default();
+        // 1,000 domains (10,000 records): far more than one event holds.
+        let mut wanted = many_domains(1000, "v=1");
+        wanted.settings.set("dns.geo_ttl", "42").unwrap();
+        let changes = doc.edit(&alice, [7; 16], &wanted).unwrap();
+        let total: usize = changes.iter().map(Vec::len).sum();
+        assert!(total > 64 * 1024, "{total} bytes");
+        assert!(changes.len() > 1000, "{} changes", changes.len());
+        let largest = changes.iter().map(Vec::len).max().unwrap();
+        assert!(largest < 4096, "a change of {largest} bytes");
+        let groups = pack_changes(&changes, 48 * 1024).unwrap();
+        assert!(groups.len() > 1);
+        assert!(
+            groups
+                .iter()
+                .all(|g| g.iter().map(Vec::len).sum::<usize>() <= 48 * 1024)
+        );
+        assert_eq!(groups.concat(), changes, "packed in order, none lost");
+        // A node folds them, an event at a time.
+        let mut node = ConfigDoc::default();
+        for g in &groups {
+            assert_eq!(node.apply_as_folded(ConfigDoc::decode(g).unwrap()), 0);
+        }
+        assert_eq!(node.view().unwrap(), wanted);
+        assert_eq!(doc.view().unwrap(), wanted);
+
+        // Then one domain changes and one goes: a small edit, one change.
+        let mut next = wanted.clone();
+        next.domains.remove("d00003.test");
+        next.domains
+            .get_mut("d00004.test")
+            .unwrap()
+            .records
+            .insert("TXT r0 0".into(), record("v=2", Some(60)));
+        let small = doc.edit(&alice, [8; 16], &next).unwrap();
+        assert_eq!(small.len(), 1);
+        assert!(small[0].len() < SPLIT_ABOVE);
+        node.apply_as_folded(ConfigDoc::decode(&small).unwrap());
+        assert_eq!(node.view().unwrap(), next);
+
+        // Every domain rewritten and half removed: split again.
+        let mut last = many_domains(600, "v=3");
+        last.settings.set("dns.geo_ttl", "43").unwrap();
+        let big = doc.edit(&alice, [9; 16], &last).unwrap();
+        assert!(big.len() > 1);
+        for g in pack_changes(&big, 48 * 1024).unwrap() {
+            node.apply_as_folded(ConfigDoc::decode(&g).unwrap());
+        }
+        assert_eq!(node.view().unwrap(), last);
+    }
+
+    #[test]
+    fn a_change_larger_than_an_event_is_named() {
+        assert_eq!(pack_changes(&[vec![0; 10], vec![0; 100]], 50), Err(100));
+        assert_eq!(
+            pack_changes(&[vec![1; 10], vec![2; 30], vec![3; 20]], 40),
+            Ok(vec![vec![vec![1; 10], vec![2; 30]], vec![vec![3; 20]]])
+        );
+        assert_eq!(pack_changes(&[], 40), Ok(vec![]));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! project's method), on a real local cluster of three nodes.
 //!
 //! The tree: 10,000 files of 1–10 KB and 100 files of 1 MiB (about 155 MB),
-//! from a fixed seed. Three cases, each timed for both tools in the same
+//! from a fixed seed; `MAKIATTO_BENCH_FILES=100000` makes it 100,000 small
+//! files (about 650 MB: issue 25's scale case, whose goals are no-op
+//! ≤ 0.5 s and one change served by every node ≤ 1 s). Three cases, each timed for both tools in the same
 //! run:
 //! - **initial**: rsync to one test host; `maki sync` until the version is
 //!   deployed on all three nodes (uploaded to one, fetched by the other two
@@ -224,11 +226,14 @@ fn log_time(stamp: &str) -> Option<SystemTime> {
     )
 }
 
-fn make_tree(root: &Path, seed: u64) -> u64 {
+/// `files` small files (1–10 KB, 200 a directory, at least 50
+/// directories) and 100 of 1 MiB; their bytes in all.
+fn make_tree(root: &Path, seed: u64, files: u32) -> u64 {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut total = 0;
-    for i in 0..10_000u32 {
-        let dir = root.join(format!("d{:02}", i % 50));
+    let dirs = (files / 200).max(50);
+    for i in 0..files {
+        let dir = root.join(format!("d{:02}", i % dirs));
         std::fs::create_dir_all(&dir).expect("dir");
         let size = rng.random_range(1024..10 * 1024);
         let mut bytes = vec![0u8; size];
@@ -290,7 +295,14 @@ fn main() {
                 .map_or(2026, |d| d.as_secs())
         });
     eprintln!("tree seed {seed} (MAKIATTO_BENCH_SEED={seed} repeats it)");
-    let bytes = make_tree(&site, seed);
+    // `MAKIATTO_BENCH_FILES=100000`: the site of 100,000 files (issue 25's
+    // scale case; its own goals: no-op ≤ 0.5 s, one change on every node
+    // ≤ 1 s).
+    let files: u32 = std::env::var("MAKIATTO_BENCH_FILES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let bytes = make_tree(&site, seed, files);
     std::fs::write(
         project.join("makiatto.toml"),
         "[[domain]]\nname = \"bench.test\"\npath = \"site\"\n",
@@ -482,84 +494,104 @@ fn main() {
         None => "unshaped".to_owned(),
     };
     let initial_goal = if uplink.is_some() { "0.4" } else { "1.0" };
-    print_table(
-        "sync: 10,000 files of 1–10 KB + 100 of 1 MiB",
-        &[
+    let scale_rows = if files >= 100_000 {
+        vec![
             (
-                "tree",
-                format!("{:.1} MB (seed {seed})", bytes as f64 / 1e6),
-            ),
-            ("network", network),
-            ("initial: maki sync, all 3 nodes serving", ms(maki_initial)),
-            (
-                "  of which maki sync itself (hash, upload to one node)",
-                format!("{initial_upload_ms} ms"),
-            ),
-            ("  last node switched (its log)", ms(initial_switch)),
-            (
-                "initial: rsync to all 3 hosts at once (anchor)",
-                ms(rsync_initial_all),
-            ),
-            ("initial: rsync to one host", ms(rsync_initial)),
-            (
-                "  until the machine was quiet after the initial sync",
-                ms(quiet_after_initial),
+                "no-op, connecting / kept (goal at 100,000 files ≤ 500 ms)",
+                format!("{} / {}", ms(maki_noop[0]), ms(maki_noop[1])),
             ),
             (
-                &format!("initial ratio to rsync reaching all 3 hosts (goal ≤ {initial_goal})"),
-                format!("{:.2}", ratio(maki_initial, rsync_initial_all)),
+                "one change on every node, connecting / kept (goal at 100,000 files ≤ 1 s)",
+                format!("{} / {}", ms(maki_one[0]), ms(maki_one[1])),
             ),
-            (
-                "initial ratio to rsync to one host",
-                format!("{:.2}", ratio(maki_initial, rsync_initial)),
-            ),
-            ("no-op: maki sync, connecting", ms(maki_noop[0])),
-            ("no-op: maki sync, connection kept", ms(maki_noop[1])),
-            ("no-op: rsync to all 3 hosts (anchor)", ms(rsync_noop_all)),
-            ("no-op: rsync to one host", ms(rsync_noop)),
-            (
-                "no-op ratio to all 3, connecting / kept (goal ≤ 0.3)",
-                ratios(maki_noop, rsync_noop_all),
-            ),
-            (
-                "no-op ratio to one host, connecting / kept",
-                ratios(maki_noop, rsync_noop),
-            ),
-            (
-                "one change: maki sync, all 3 nodes serving, connecting",
-                ms(maki_one[0]),
-            ),
-            (
-                "one change: maki sync, all 3 nodes serving, connection kept",
-                ms(maki_one[1]),
-            ),
-            (
-                "  last node switched (its log), connecting / kept",
-                format!("{} / {}", ms(switch_one[0]), ms(switch_one[1])),
-            ),
-            (
-                "one change: rsync to all 3 hosts (anchor)",
-                ms(rsync_one_all),
-            ),
-            ("one change: rsync to one host", ms(rsync_one)),
-            (
-                "one change ratio to all 3, connecting / kept (goal ≤ 0.3)",
-                ratios(maki_one, rsync_one_all),
-            ),
-            (
-                "one change ratio to one host, connecting / kept",
-                ratios(maki_one, rsync_one),
-            ),
-            (
-                "  by the logs' switch times, to all 3, connecting / kept",
-                ratios(switch_one, rsync_one_all),
-            ),
-        ],
+        ]
+    } else {
+        Vec::new()
+    };
+    let title = format!(
+        "sync: {} files of 1–10 KB + 100 of 1 MiB",
+        thousands(u64::from(files))
     );
+    let initial_label =
+        format!("initial ratio to rsync reaching all 3 hosts (goal ≤ {initial_goal})");
+    let mut rows: Vec<(&str, String)> = vec![
+        (
+            "tree",
+            format!("{:.1} MB (seed {seed})", bytes as f64 / 1e6),
+        ),
+        ("network", network),
+        ("initial: maki sync, all 3 nodes serving", ms(maki_initial)),
+        (
+            "  of which maki sync itself (hash, upload to one node)",
+            format!("{initial_upload_ms} ms"),
+        ),
+        ("  last node switched (its log)", ms(initial_switch)),
+        (
+            "initial: rsync to all 3 hosts at once (anchor)",
+            ms(rsync_initial_all),
+        ),
+        ("initial: rsync to one host", ms(rsync_initial)),
+        (
+            "  until the machine was quiet after the initial sync",
+            ms(quiet_after_initial),
+        ),
+        (
+            &initial_label,
+            format!("{:.2}", ratio(maki_initial, rsync_initial_all)),
+        ),
+        (
+            "initial ratio to rsync to one host",
+            format!("{:.2}", ratio(maki_initial, rsync_initial)),
+        ),
+        ("no-op: maki sync, connecting", ms(maki_noop[0])),
+        ("no-op: maki sync, connection kept", ms(maki_noop[1])),
+        ("no-op: rsync to all 3 hosts (anchor)", ms(rsync_noop_all)),
+        ("no-op: rsync to one host", ms(rsync_noop)),
+        (
+            "no-op ratio to all 3, connecting / kept (goal ≤ 0.3)",
+            ratios(maki_noop, rsync_noop_all),
+        ),
+        (
+            "no-op ratio to one host, connecting / kept",
+            ratios(maki_noop, rsync_noop),
+        ),
+        (
+            "one change: maki sync, all 3 nodes serving, connecting",
+            ms(maki_one[0]),
+        ),
+        (
+            "one change: maki sync, all 3 nodes serving, connection kept",
+            ms(maki_one[1]),
+        ),
+        (
+            "  last node switched (its log), connecting / kept",
+            format!("{} / {}", ms(switch_one[0]), ms(switch_one[1])),
+        ),
+        (
+            "one change: rsync to all 3 hosts (anchor)",
+            ms(rsync_one_all),
+        ),
+        ("one change: rsync to one host", ms(rsync_one)),
+        (
+            "one change ratio to all 3, connecting / kept (goal ≤ 0.3)",
+            ratios(maki_one, rsync_one_all),
+        ),
+        (
+            "one change ratio to one host, connecting / kept",
+            ratios(maki_one, rsync_one),
+        ),
+        (
+            "  by the logs' switch times, to all 3, connecting / kept",
+            ratios(switch_one, rsync_one_all),
+        ),
+    ];
+    rows.extend(scale_rows);
+    print_table(&title, &rows);
     print_json(
         "sync",
         serde_json::json!({
             "tree_bytes": bytes,
+            "files": files,
             "initial_ms": maki_initial.as_millis() as u64,
             "rsync_initial_ms": rsync_initial.as_millis() as u64,
             "rsync_initial_all_ms": rsync_initial_all.as_millis() as u64,
@@ -579,6 +611,19 @@ fn main() {
             "seed": seed,
         }),
     );
+}
+
+/// `n` with thousands separated by commas.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use anyhow::Context;
 use makiatto_events::{Blake3Hash, SealedValue, SealingKey};
 use makiatto_projections::config::{ConfigDoc, DesiredConfig, DomainConfig};
-use makiatto_projections::peers::Peers;
 
 use super::kept::{Kept, SealedDigests};
 use crate::operator::Operator;
@@ -35,20 +34,22 @@ pub struct ConfigChange {
     pub others_changed: bool,
 }
 
-/// Merges the file into the cluster's document (`changes`, as the node
-/// sent them), sealing env values to the nodes of `peers`. With
+/// Merges the file into the cluster's document (its changes, as the node
+/// sent them in `state`), sealing env values to the nodes of its peers. With
 /// `only_selected`, only the selected domains' configuration moves.
 pub fn configure(
     project: &Project,
     selected: &[&Domain],
     only_selected: bool,
-    changes: &[String],
-    peers: &Peers,
+    state: &super::ClusterState,
     kept: &Kept,
     operator: &Operator,
+    timing: &super::timing::Timing,
 ) -> anyhow::Result<ConfigChange> {
+    let (changes, peers) = (&state.changes, &state.peers);
     let mut current_doc = decode_doc(changes)?;
     let current = current_doc.view()?;
+    timing.mark("the cluster's configuration read");
     let base = match kept.base()? {
         Some(base) => base,
         // No sync from here yet: the cluster's current state of the
@@ -71,6 +72,7 @@ pub fn configure(
     }
     let others_changed = others_changed(&base, &file_config, &current);
     let wanted = merge(&base, &file_config, &current);
+    timing.mark("the file merged in");
     let changes = current_doc.edit(&operator.key().public(), rand::random(), &wanted)?;
     Ok(ConfigChange {
         current,
@@ -233,6 +235,14 @@ pub fn summary(current: &DesiredConfig, wanted: &DesiredConfig) -> String {
     if current.o11y != wanted.o11y {
         parts.push("o11y changed".into());
     }
+    // One line: the first few, then how many more (a project of thousands
+    // of domains must not fill an event with its summary).
+    const LISTED: usize = 8;
+    let more = parts.len().saturating_sub(LISTED);
+    parts.truncate(LISTED);
+    if more > 0 {
+        parts.push(format!("and {more} more"));
+    }
     format!(
         "sync: {}",
         if parts.is_empty() {
@@ -290,6 +300,23 @@ mod tests {
             );
         }
         c
+    }
+
+    #[test]
+    fn a_summary_of_thousands_of_domains_stays_one_short_line() {
+        let mut wanted = DesiredConfig::default();
+        for i in 0..10_000 {
+            wanted
+                .domains
+                .insert(format!("d{i:05}.test"), Default::default());
+        }
+        let s = summary(&DesiredConfig::default(), &wanted);
+        assert!(s.len() < 300, "{s}");
+        assert!(
+            s.starts_with("sync: d00000.test added, d00001.test added"),
+            "{s}"
+        );
+        assert!(s.ends_with("and 9992 more"), "{s}");
     }
 
     #[test]

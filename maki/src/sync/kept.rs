@@ -79,8 +79,8 @@ impl Kept {
         digests: &SealedDigests,
         operator: &Operator,
     ) -> anyhow::Result<()> {
-        let mut doc = ConfigDoc::default();
-        doc.edit(&operator.key().public(), rand::random(), config)?;
+        // Kept whole here, never sent: one change however large.
+        let doc = ConfigDoc::whole(&operator.key().public(), rand::random(), config)?;
         if let Some(dir) = self.base.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;

@@ -168,12 +168,12 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
         &project,
         &selected,
         !args.domains.is_empty(),
-        &state.changes,
-        &state.peers,
+        &state,
         &kept,
         &operator,
+        &timing,
     )?;
-    timing.mark("configuration merged");
+    timing.mark("configuration edited");
 
     if plans.is_empty() && config.changes.is_empty() {
         println!("everything is up to date on {}", machine.name);
@@ -264,18 +264,37 @@ pub async fn sync(ctx: &Ctx, args: SyncArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The events of a sync: the configuration change (if any), then one
-/// published version per plan.
+/// Bytes of configuration changes in one event (the rest of its
+/// `MAX_EVENT_BYTES` is the summary, the header and the signature).
+const CHANGES_PER_EVENT: usize = makiatto_events::MAX_EVENT_BYTES - 8 * 1024;
+
+/// The events of a sync: the configuration change (if any, in several
+/// events when it is large), then one published version per plan.
 fn payloads(
     plans: &[Planned<'_>],
     config: &config::ConfigChange,
     message: Option<&String>,
 ) -> anyhow::Result<Vec<Payload>> {
     let mut payloads = Vec::new();
-    if !config.changes.is_empty() {
+    // A large edit (thousands of domains) spans several events, each
+    // within the event size limit, in order.
+    let groups = makiatto_projections::config::pack_changes(&config.changes, CHANGES_PER_EVENT)
+        .map_err(|size| {
+            anyhow::anyhow!(
+                "one domain's configuration is {size} bytes once encoded, more than an event \
+                 holds ({CHANGES_PER_EVENT}): split its records across domains"
+            )
+        })?;
+    let summary = config::summary(&config.current, &config.wanted);
+    let parts = groups.len();
+    for (i, changes) in groups.into_iter().enumerate() {
         payloads.push(Payload::ConfigChanged(ConfigChanged {
-            changes: config.changes.clone(),
-            summary: config::summary(&config.current, &config.wanted),
+            changes,
+            summary: if parts == 1 {
+                summary.clone()
+            } else {
+                format!("{summary} (part {} of {parts})", i + 1)
+            },
         }));
     }
     for p in plans {

@@ -133,13 +133,16 @@ impl Dns {
             }
             *source = Some(zones.clone());
         }
+        let started = std::time::Instant::now();
         let compiled = zone::compile(zones);
+        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         for s in &compiled.skipped {
             tracing::warn!(record = %s, "a record is not served");
         }
         tracing::info!(
             zones = compiled.zones.len(),
             serial = compiled.serial,
+            compile_ms = format_args!("{compile_ms:.1}"),
             "DNS zones compiled"
         );
         let names: Vec<String> = compiled.apexes().map(str::to_string).collect();
