@@ -261,10 +261,27 @@ impl Pipeline {
     }
 }
 
+/// Each signal's [`Backoff`].
+#[derive(Default)]
+struct Backoffs {
+    spans: Backoff,
+    logs: Backoff,
+    metrics: Backoff,
+}
+
 /// When the next export may be tried.
 struct Backoff {
     until: Option<Instant>,
     wait: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            until: None,
+            wait: FIRST_BACKOFF,
+        }
+    }
 }
 
 impl Backoff {
@@ -302,10 +319,10 @@ async fn run(source: Source) {
     let mut changes = source.changes.watch();
     let mut pipeline: Option<Pipeline> = None;
     let mut resolved = Resolved::off();
-    let mut backoff = Backoff {
-        until: None,
-        wait: FIRST_BACKOFF,
-    };
+    // Each signal backs off on its own failures: a metrics export failing
+    // every interval must not keep the spans from being tried (and, when
+    // they fail, dropped and counted).
+    let mut backoff = Backoffs::default();
     let mut span_timer = tokio::time::interval(SPAN_DELAY);
     span_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut log_timer = tokio::time::interval(LOG_DELAY);
@@ -328,11 +345,11 @@ async fn run(source: Source) {
                             Some(p)
                         }
                         Err(e) => {
-                            backoff.failed("telemetry", format!("{e:#}"));
+                            backoff.spans.failed("telemetry", format!("{e:#}"));
                             None
                         }
                     });
-                    backoff.until = None;
+                    backoff = Backoffs::default();
                 }
                 if r.interval != resolved.interval {
                     next_metrics = tokio::time::Instant::now() + r.interval;
@@ -349,7 +366,7 @@ async fn run(source: Source) {
             }
             () = timer_or_batch(&mut span_timer, &SPANS) => {
                 match &pipeline {
-                    Some(p) if backoff.ready() => flush_spans(p, &mut backoff).await,
+                    Some(p) if backoff.spans.ready() => flush_spans(p, &mut backoff.spans).await,
                     Some(_) => {}
                     // Nothing to send to: what was queued before the
                     // change is lost.
@@ -358,7 +375,7 @@ async fn run(source: Source) {
             }
             () = timer_or_batch(&mut log_timer, &LOGS) => {
                 match &pipeline {
-                    Some(p) if backoff.ready() => flush_logs(p, &mut backoff).await,
+                    Some(p) if backoff.logs.ready() => flush_logs(p, &mut backoff.logs).await,
                     Some(_) => {}
                     None => LOGS.lost(LOGS.take(usize::MAX).len()),
                 }
@@ -368,7 +385,7 @@ async fn run(source: Source) {
                 if let Some(p) = &mut pipeline
                     && resolved.metrics_on()
                 {
-                    export_metrics(p, &source, start, &mut backoff).await;
+                    export_metrics(p, &source, start, &mut backoff.metrics).await;
                 }
             }
         }
