@@ -82,8 +82,8 @@ pub use placement::Placement;
 pub use previous::previous_release;
 pub use process::{Process, clock_offset_env, have, json_lines, require_root, stdout, with_input};
 pub use project::{
-    build_components, copy_dir, copy_examples, copy_examples_with_wasm, example_project,
-    example_project_with_wasm, test_component,
+    EXAMPLE_DNS_MIX, build_components, copy_dir, copy_examples, copy_examples_with_wasm,
+    example_project, example_project_with_wasm, test_component,
 };
 pub use wait::{Wait, eventually, wait_seeing, wait_until};
 pub use wg_peer::WgPeer;

@@ -103,3 +103,18 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A query mix over the example project's `example.test`: nine names that
+/// exist, one that does not (the DNS benches ask it).
+pub const EXAMPLE_DNS_MIX: [(&str, &str); 10] = [
+    ("example.test", "A"),
+    ("example.test", "AAAA"),
+    ("www.example.test", "A"),
+    ("example.test", "MX"),
+    ("example.test", "TXT"),
+    ("_dmarc.example.test", "TXT"),
+    ("mail.example.test", "A"),
+    ("nope.example.test", "A"),
+    ("example.test", "SOA"),
+    ("example.test", "NS"),
+];

@@ -60,18 +60,7 @@ use makiatto_harness::{Lab, Placement, example_project, have, stdout, wait_until
 use serde_json::json;
 
 /// The query mix: nine names that exist, one that does not.
-const MIX: [(&str, &str); 10] = [
-    ("example.test", "A"),
-    ("example.test", "AAAA"),
-    ("www.example.test", "A"),
-    ("example.test", "MX"),
-    ("example.test", "TXT"),
-    ("_dmarc.example.test", "TXT"),
-    ("mail.example.test", "A"),
-    ("nope.example.test", "A"),
-    ("example.test", "SOA"),
-    ("example.test", "NS"),
-];
+const MIX: [(&str, &str); 10] = makiatto_harness::EXAMPLE_DNS_MIX;
 /// Asked of our node to build Knot's zone, beside the mix.
 const ZONE_EXTRA: [(&str, &str); 2] = [("example.test", "CAA"), ("www.example.test", "AAAA")];
 /// EDNS Client Subnet option for dnsperf `-E 8:…`: family 1, source /24,

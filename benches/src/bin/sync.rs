@@ -41,7 +41,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use makiatto_benches::measure::{print_json, print_table};
-use makiatto_harness::cpu::Machine;
 use makiatto_harness::{Cluster, Wait, have};
 use rand::{Rng, SeedableRng};
 
@@ -259,22 +258,11 @@ fn timed(f: impl FnOnce()) -> Duration {
     start.elapsed()
 }
 
-/// Waits until the machine is at most 10% busy over a quarter second (at
-/// most a minute): what a node still does for the last case (precompressed
-/// variants of 10,000 new files, on idle CPU) is not charged to the next
-/// measurement, of either tool.
+/// Waits until the machine is quiet (at most a minute): what a node still
+/// does for the last case (precompressed variants of 10,000 new files, on
+/// idle CPU) is not charged to the next measurement, of either tool.
 fn settle() -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        let m0 = Machine::now();
-        std::thread::sleep(Duration::from_millis(250));
-        let m1 = Machine::now();
-        let (busy, total) = (m1.busy - m0.busy, m1.total - m0.total);
-        if total > 0 && busy as f64 <= 0.1 * total as f64 {
-            break;
-        }
-    }
-    start.elapsed()
+    makiatto_harness::cpu::settle(Duration::from_secs(60))
 }
 
 fn main() {

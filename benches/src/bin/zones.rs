@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use makiatto_benches::measure::{print_json, print_table};
 use makiatto_benches::reports;
-use makiatto_harness::cpu::{Machine, proc_kib};
+use makiatto_harness::cpu::{proc_kib, settle};
 use makiatto_harness::netns::{daemon_pid, in_namespace};
 use makiatto_harness::{Lab, Wait, copy_examples, have, stdout};
 use serde_json::json;
@@ -41,18 +41,7 @@ const SECONDS: u32 = 10;
 const ROUNDS: usize = 3;
 
 /// The example's mix (as the `dns` bench asks it).
-const EXAMPLE_MIX: [(&str, &str); 10] = [
-    ("example.test", "A"),
-    ("example.test", "AAAA"),
-    ("www.example.test", "A"),
-    ("example.test", "MX"),
-    ("example.test", "TXT"),
-    ("_dmarc.example.test", "TXT"),
-    ("mail.example.test", "A"),
-    ("nope.example.test", "A"),
-    ("example.test", "SOA"),
-    ("example.test", "NS"),
-];
+const EXAMPLE_MIX: [(&str, &str); 10] = makiatto_harness::EXAMPLE_DNS_MIX;
 
 /// One domain's ten records.
 fn records(i: usize, k1: &str) -> String {
@@ -137,22 +126,6 @@ fn sync(lab: &Lab, file: &str) {
     }
 }
 
-/// Waits until the machine is at most 10% busy over a quarter second (at
-/// most two minutes); how long that took.
-fn settle() -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(120) {
-        let m0 = Machine::now();
-        std::thread::sleep(Duration::from_millis(250));
-        let m1 = Machine::now();
-        let (busy, total) = (m1.busy - m0.busy, m1.total - m0.total);
-        if total > 0 && busy as f64 <= 0.1 * total as f64 {
-            break;
-        }
-    }
-    start.elapsed()
-}
-
 fn main() {
     for tool in ["dnsperf", "dig"] {
         assert!(have(tool), "{tool} is missing: run scripts/install-deps.sh");
@@ -232,7 +205,7 @@ fn main() {
     }
     // What the node still does after it answers is not charged to the
     // rates below.
-    let quiet_after = settle();
+    let quiet_after = settle(Duration::from_secs(120));
     let log = lab.cluster.daemon_log(&node.node);
     let compile_all = compile_ms(&log, domains + 1);
     let rss_after = rss();
