@@ -678,7 +678,11 @@ fn every_node_resizes_images_with_http_semantics() {
         assert_eq!((status, body == source), (200, true), "{name}");
     }
 
-    // Coalescing: two identical requests at once make one rendition.
+    // Two identical requests at once make one rendition: the second either
+    // joins the first (coalesced) or, if the first finished before it
+    // arrived, is a cache hit. Which one is timing; the unit test
+    // `concurrent_requests_for_one_rendition_make_it_once` proves the
+    // joining itself, deterministically.
     let before = health_images(&c, &nodes[0].0);
     let url = format!("http://{s}/photos/springfield.jpg?w=1200&fmt=png");
     let out = c.ok(&[
@@ -705,7 +709,7 @@ fn every_node_resizes_images_with_http_semantics() {
     let after = health_images(&c, &nodes[0].0);
     let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
     assert_eq!(delta("made"), 1, "{after}");
-    assert_eq!(delta("coalesced"), 1, "{after}");
+    assert_eq!(delta("coalesced") + delta("cache_hits"), 1, "{after}");
 
     // A changed image, synced: every node serves the new rendition.
     std::fs::write(project.join("site/t/landscape.jpg"), jpeg(&photo(320, 100))).unwrap();
