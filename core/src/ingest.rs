@@ -18,8 +18,14 @@ pub trait Backend {
     fn write(&mut self, events: &[Event]) -> Result<(), StoreError>;
     /// The canonical bytes of a stored event.
     fn get(&self, id: &EventId) -> Result<Option<Vec<u8>>, StoreError>;
-    /// The (seq, id) pairs of an author's feed with seq ≥ `from`, in order.
-    fn feed_from(&self, author: &AuthorKey, from: u64) -> Result<Vec<(u64, EventId)>, StoreError>;
+    /// The (seq, id) pairs of an author's feed with seq ≥ `from`, in order,
+    /// at most `limit` of them.
+    fn feed_from(
+        &self,
+        author: &AuthorKey,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EventId)>, StoreError>;
     /// Visits every stored (author, seq, id), in (author, seq, id) order,
     /// without holding them all at once.
     fn each_feed_entry(

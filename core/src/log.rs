@@ -3,9 +3,10 @@
 //! until the clock reaches their stamp (`skew`), rejection counters, and
 //! the version vector that replication reads.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
-use makiatto_events::{AuthorKey, AuthorVerifier, Event, EventError, EventId};
+use makiatto_events::{AuthorKey, AuthorVerifier, Event, EventError, EventId, Hlc};
 
 use crate::ingest::{Admission, Backend, IngestError, RejectCounts, admit};
 use crate::skew::{Held, SkewBound, Timeliness, judge};
@@ -286,10 +287,17 @@ impl<B: Backend> Log<B> {
         }
     }
 
-    /// The canonical bytes of every event a peer holding `remote` lacks, in
-    /// feed order per author, stopping once `max_bytes` is reached (at least
-    /// one event is always returned when any is missing; a feed resent whole
-    /// is never cut).
+    /// The canonical bytes of every event a peer holding `remote` lacks,
+    /// stopping once `max_bytes` is reached (at least one event is always
+    /// returned when any is missing; a feed resent whole is never cut).
+    ///
+    /// Feeds resent whole come first; the rest are merged in canonical
+    /// order (stamp, then id), which puts every event after its parents
+    /// whichever feed they are in: a peer that takes a batch finds the
+    /// parents of its events folded and holds nothing back waiting for
+    /// them. (Feed after feed, a newcomer held a whole long feed in memory
+    /// until the short feed its first event names arrived last.) Each feed
+    /// is read a page at a time, never its whole suffix.
     pub fn missing_for(
         &self,
         remote: &VersionVector,
@@ -297,6 +305,7 @@ impl<B: Backend> Log<B> {
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
         let mut size = 0;
+        let mut merged = Vec::new();
         for request in self.vv.plan_for(remote) {
             // A feed resent from below the peer's seq (a fork, or feeds that
             // diverged) goes whole: the peer's vector cannot say which of
@@ -305,21 +314,65 @@ impl<B: Backend> Log<B> {
             let whole = remote
                 .get(&request.author)
                 .is_some_and(|theirs| request.from <= theirs.seq);
-            if whole && size >= max_bytes && !out.is_empty() {
+            if !whole {
+                merged.push(FeedCursor::new(request.author, request.from));
+                continue;
+            }
+            if size >= max_bytes && !out.is_empty() {
                 return Ok(out);
             }
-            for (_, id) in self.backend.feed_from(&request.author, request.from)? {
-                if !whole && size >= max_bytes && !out.is_empty() {
-                    return Ok(out);
-                }
-                let bytes = self.backend.get(&id)?.ok_or_else(|| {
-                    StoreError::Corrupt(format!("feed names {id} but the event is missing"))
-                })?;
+            let mut feed = FeedCursor::new(request.author, request.from);
+            while let Some((_, id)) = feed.next_entry(&self.backend)? {
+                let bytes = self.stored(&id)?;
                 size += bytes.len();
                 out.push(bytes);
             }
         }
+        // (stamp, id) and the cursor: the smallest first.
+        let mut next = BinaryHeap::new();
+        let mut heads: Vec<Option<Vec<u8>>> = vec![None; merged.len()];
+        for (i, feed) in merged.iter_mut().enumerate() {
+            if let Some(key) = self.head_of(feed, &mut heads[i])? {
+                next.push(Reverse((key, i)));
+            }
+        }
+        while let Some(Reverse((_, i))) = next.pop() {
+            if size >= max_bytes && !out.is_empty() {
+                break;
+            }
+            let Some(bytes) = heads[i].take() else {
+                continue;
+            };
+            size += bytes.len();
+            out.push(bytes);
+            if let Some(key) = self.head_of(&mut merged[i], &mut heads[i])? {
+                next.push(Reverse((key, i)));
+            }
+        }
         Ok(out)
+    }
+
+    /// Reads `feed`'s next event into `head`; its canonical position.
+    fn head_of(
+        &self,
+        feed: &mut FeedCursor,
+        head: &mut Option<Vec<u8>>,
+    ) -> Result<Option<(Hlc, EventId)>, StoreError> {
+        let Some((_, id)) = feed.next_entry(&self.backend)? else {
+            return Ok(None);
+        };
+        let bytes = self.stored(&id)?;
+        let header = Event::peek_header(&bytes)
+            .ok_or_else(|| StoreError::Corrupt(format!("stored event {id} has no header")))?;
+        *head = Some(bytes);
+        Ok(Some((header.hlc, id)))
+    }
+
+    /// The bytes of an event a feed names.
+    fn stored(&self, id: &EventId) -> Result<Vec<u8>, StoreError> {
+        self.backend
+            .get(id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("feed names {id} but the event is missing")))
     }
 
     /// The canonical bytes of `author`'s events from `from` on, about
@@ -335,13 +388,12 @@ impl<B: Backend> Log<B> {
     ) -> Result<(Vec<Vec<u8>>, Option<u64>), StoreError> {
         let mut out = Vec::new();
         let mut size = 0;
-        for (seq, id) in self.backend.feed_from(author, from)? {
+        let mut feed = FeedCursor::new(*author, from);
+        while let Some((seq, id)) = feed.next_entry(&self.backend)? {
             if size >= max_bytes && out.last().is_some_and(|(s, _)| *s != seq) {
                 return Ok((out.into_iter().map(|(_, b)| b).collect(), Some(seq)));
             }
-            let bytes = self.backend.get(&id)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("feed names {id} but the event is missing"))
-            })?;
+            let bytes = self.stored(&id)?;
             size += bytes.len();
             out.push((seq, bytes));
         }
@@ -389,5 +441,63 @@ impl Waiting {
         }
         self.order.retain(|id| self.ids.contains(id));
         Some(released)
+    }
+}
+
+/// Feed entries read at once: about a batch's worth, never the whole
+/// suffix of a long feed (read again for every batch, that made copying a
+/// feed quadratic).
+const FEED_PAGE: usize = 1024;
+
+/// One author's feed from a seq on, read from the backend a page at a
+/// time.
+struct FeedCursor {
+    author: AuthorKey,
+    from: u64,
+    /// The last entry returned: the next page starts after it.
+    last: Option<(u64, EventId)>,
+    page: VecDeque<(u64, EventId)>,
+    exhausted: bool,
+}
+
+impl FeedCursor {
+    fn new(author: AuthorKey, from: u64) -> FeedCursor {
+        FeedCursor {
+            author,
+            from,
+            last: None,
+            page: VecDeque::new(),
+            exhausted: false,
+        }
+    }
+
+    /// The next (seq, id) of the feed, in (seq, id) order.
+    fn next_entry<B: Backend>(&mut self, backend: &B) -> Result<Option<(u64, EventId)>, StoreError> {
+        if self.page.is_empty() && !self.exhausted {
+            // A page starts at the last seq returned (a forked seq holds
+            // more than one id) and skips what was returned already.
+            let from = self.last.map_or(self.from, |(seq, _)| seq);
+            let mut limit = FEED_PAGE;
+            loop {
+                let page = backend.feed_from(&self.author, from, limit)?;
+                let full = page.len() == limit;
+                let last = self.last;
+                self.page = page
+                    .into_iter()
+                    .filter(|entry| last.is_none_or(|last| *entry > last))
+                    .collect();
+                if !self.page.is_empty() || !full {
+                    self.exhausted = !full;
+                    break;
+                }
+                // A page of one seq's branches, all returned already.
+                limit = limit.saturating_mul(2);
+            }
+        }
+        let entry = self.page.pop_front();
+        if entry.is_some() {
+            self.last = entry;
+        }
+        Ok(entry)
     }
 }

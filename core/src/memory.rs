@@ -67,11 +67,17 @@ impl Backend for MemoryBackend {
         Ok(self.events.get(id).cloned())
     }
 
-    fn feed_from(&self, author: &AuthorKey, from: u64) -> Result<Vec<(u64, EventId)>, StoreError> {
+    fn feed_from(
+        &self,
+        author: &AuthorKey,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EventId)>, StoreError> {
         Ok(self
             .feeds
             .range((*author, from, EventId([0; 32]))..=(*author, u64::MAX, EventId([0xff; 32])))
             .map(|((_, seq, id), _)| (*seq, *id))
+            .take(limit)
             .collect())
     }
 

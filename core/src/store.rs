@@ -514,11 +514,17 @@ impl Backend for Store {
         }
     }
 
-    fn feed_from(&self, author: &AuthorKey, from: u64) -> Result<Vec<(u64, EventId)>, StoreError> {
+    fn feed_from(
+        &self,
+        author: &AuthorKey,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EventId)>, StoreError> {
         let start = feed_key(author, from, &EventId([0; 32]));
         let end = feed_key(author, u64::MAX, &EventId([0xff; 32]));
         self.feeds
             .range(start..=end)
+            .take(limit)
             .map(|g| {
                 let (_, seq, id) = parse_feed_key(&g.key()?)?;
                 Ok((seq, id))

@@ -273,6 +273,54 @@ fn the_missing_suffix_is_all_a_peer_is_sent() {
 }
 
 #[test]
+fn a_peer_is_sent_events_after_their_parents_whichever_feed_they_are_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (writer(5), writer(6));
+    let g = genesis(&mut a, "c");
+    let mut events = vec![g.clone()];
+    let added = |w: &FeedWriter, n: u64| {
+        Payload::OperatorAdded(OperatorAdded {
+            name: format!("op{n}"),
+            key: w.author(),
+        })
+    };
+    // b's feed, longer than a page of the feed index, starts on a's
+    // genesis; a's second event names one in the middle of it. Feed after
+    // feed, one of the two comes before a parent whatever the keys.
+    for n in 0..2_500u64 {
+        let parents = if n == 0 { vec![(g.id(), g.hlc())] } else { vec![] };
+        let e = b.write(added(&b, n), &parents, 2_000 + n).unwrap();
+        events.push(e.clone());
+        if n == 1_200 {
+            events.push(a.write(added(&a, n), &[(e.id(), e.hlc())], 2_000 + n).unwrap());
+        }
+    }
+    let mut full = Log::open(Store::open(dir.path()).unwrap()).unwrap();
+    assert!(full.append(events.clone()).unwrap().outcomes.iter().all(stored));
+
+    let mut peer = Log::open(MemoryBackend::default()).unwrap();
+    let mut sent = Vec::new();
+    loop {
+        let page = full.missing_for(peer.version_vector(), 16 * 1024).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() < events.len(), "the budget cuts");
+        peer.append_bytes(&page).unwrap();
+        sent.extend(page.iter().map(|b| Event::decode(b).unwrap()));
+    }
+    assert_eq!(peer.version_vector(), full.version_vector());
+    assert_eq!(sent.len(), events.len());
+    let at: std::collections::HashMap<_, _> =
+        sent.iter().enumerate().map(|(i, e)| (e.id(), i)).collect();
+    for (i, e) in sent.iter().enumerate() {
+        for p in e.parents() {
+            assert!(at[p] < i, "{} is sent before its parent {p}", e.id());
+        }
+    }
+}
+
+#[test]
 fn concurrent_appenders_share_batches_through_the_group_committer() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(Mutex::new(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use makiatto_events::{Event, EventId, Hlc, Payload};
+use makiatto_events::{Event, EventId, Hlc, Payload, VersionVector};
 use makiatto_protocol::append::{Outcome, hex_events};
 use makiatto_protocol::client::{Answers, Batch, Slot};
 use makiatto_protocol::request as op;
@@ -409,21 +409,47 @@ pub async fn append(remote: &Remote, events: &[Event]) -> anyhow::Result<()> {
 }
 
 /// Copies every event `from` holds that `to` lacks, by version vectors.
+///
+/// Pipelined: while `to` verifies and stores one batch, `from` already
+/// reads the next, asked for with the version vector `to` will have once
+/// the batch is stored (advanced here from the batch's headers). When
+/// `from` has nothing more for that vector, `to`'s own vector is asked
+/// for, so anything it did not store is offered again; a batch of which
+/// nothing is stored ends the copy with the refusals.
 pub async fn copy_log(from: &Remote, to: &Remote) -> anyhow::Result<usize> {
+    let missing = |vv: &VersionVector| op::Missing {
+        vv: vv.clone(),
+        max_bytes: 4 * 1024 * 1024,
+    };
     let mut copied = 0;
+    let mut vv = to.ask(op::GetVersionVector {}).await?;
+    let mut batch = from.ask(missing(&vv)).await?;
+    // Whether `vv` is what `to` should hold (advanced here), not what it
+    // said it holds.
+    let mut advanced = false;
     loop {
-        let vv = to.ask(op::GetVersionVector {}).await?;
-        let batch = from
-            .ask(op::Missing {
-                vv,
-                max_bytes: 4 * 1024 * 1024,
-            })
-            .await?;
         if batch.is_empty() {
-            return Ok(copied);
+            if !advanced {
+                return Ok(copied);
+            }
+            vv = to.ask(op::GetVersionVector {}).await?;
+            advanced = false;
+            batch = from.ask(missing(&vv)).await?;
+            continue;
         }
         copied += batch.len();
-        let results = to.ask(op::Append { events: batch }).await?;
+        let (results, following) = match advance(&vv, &batch) {
+            Some(next) => {
+                let (results, following) = tokio::join!(
+                    to.ask(op::Append { events: batch }),
+                    from.ask(missing(&next)),
+                );
+                vv = next;
+                advanced = true;
+                (results?, Some(following?))
+            }
+            None => (to.ask(op::Append { events: batch }).await?, None),
+        };
         let stored = results
             .iter()
             .filter(|r| r.outcome == Outcome::Stored)
@@ -436,7 +462,28 @@ pub async fn copy_log(from: &Remote, to: &Remote) -> anyhow::Result<usize> {
                 why.join("; ")
             );
         }
+        batch = match following {
+            Some(batch) => batch,
+            None => {
+                vv = to.ask(op::GetVersionVector {}).await?;
+                advanced = false;
+                from.ask(missing(&vv)).await?
+            }
+        };
     }
+}
+
+/// `vv` with the events of `batch` (hex, as `missing` sends them) added,
+/// read from their headers; `None` if one does not decode (then the
+/// receiver is asked what it holds).
+fn advance(vv: &VersionVector, batch: &[String]) -> Option<VersionVector> {
+    let mut vv = vv.clone();
+    for text in batch {
+        let bytes = hex::decode(text).ok()?;
+        let header = Event::peek_header(&bytes)?;
+        vv.observe(header.author, header.seq, &EventId::of(&bytes));
+    }
+    Some(vv)
 }
 
 #[cfg(test)]

@@ -647,7 +647,7 @@ fn catch_up(
     }
     for request in stored.plan_for(engine.known()) {
         let mut events = Vec::new();
-        for (_, id) in store.feed_from(&request.author, request.from)? {
+        for (_, id) in store.feed_from(&request.author, request.from, usize::MAX)? {
             if engine.try_contains(&id)? {
                 continue;
             }

@@ -725,9 +725,7 @@ impl ConfigDoc {
         wanted: &DesiredConfig,
     ) -> Result<Vec<Vec<u8>>, ConfigError> {
         let before = self.doc.get_heads();
-        let mut id = actor.as_bytes().to_vec();
-        id.extend_from_slice(&nonce);
-        let actor = automerge::ActorId::from(id);
+        let actor = actor_id(actor, nonce);
         if wanted.domains.len().max(self.domain_count()) > LARGE_PROJECT {
             let current = self.view()?;
             self.doc.set_actor(actor);
@@ -766,9 +764,7 @@ impl ConfigDoc {
         wanted: &DesiredConfig,
     ) -> Result<ConfigDoc, ConfigError> {
         let mut doc = ConfigDoc::default();
-        let mut id = actor.as_bytes().to_vec();
-        id.extend_from_slice(&nonce);
-        doc.doc.set_actor(automerge::ActorId::from(id));
+        doc.doc.set_actor(actor_id(actor, nonce));
         reconcile(&mut doc.doc, wanted).map_err(|e| ConfigError::Shape(e.to_string()))?;
         doc.doc.commit_with(CommitOptions::default().with_time(0));
         Ok(doc)
@@ -843,6 +839,14 @@ pub const SPLIT_ABOVE: usize = 32 * 1024;
 /// Above this many domains, [`ConfigDoc::edit`] writes only the domains
 /// that differ, a change each.
 pub const LARGE_PROJECT: usize = 256;
+
+/// The automerge actor of one edit: the operator's key, then the edit's
+/// nonce (see [`ConfigDoc::edit`] for why each edit has its own).
+fn actor_id(actor: &AuthorKey, nonce: [u8; 16]) -> automerge::ActorId {
+    let mut id = actor.as_bytes().to_vec();
+    id.extend_from_slice(&nonce);
+    automerge::ActorId::from(id)
+}
 
 /// Groups `changes`, in order, into as few events' worth as it can, each
 /// at most `budget` bytes of changes; `Err(size)` names a single change

@@ -188,16 +188,13 @@ pub fn encode_request(resource: &[u8], spans: Vec<SpanData>) -> Vec<u8> {
         }
         put_bytes(group, 2, &span_buf);
     }
-    for (scope, group) in &scopes {
+    for (scope, mut group) in scopes {
         if let Some(url) = scope.schema_url()
             && !url.is_empty()
         {
-            let mut g = group.clone();
-            put_bytes(&mut g, 3, url.as_bytes());
-            put_bytes(&mut body, 2, &g);
-        } else {
-            put_bytes(&mut body, 2, group);
+            put_bytes(&mut group, 3, url.as_bytes());
         }
+        put_bytes(&mut body, 2, &group);
     }
     // ResourceSpans { resource = 1, scope_spans = 2 }, in the request's
     // field 1.
