@@ -472,7 +472,10 @@ impl FeedCursor {
     }
 
     /// The next (seq, id) of the feed, in (seq, id) order.
-    fn next_entry<B: Backend>(&mut self, backend: &B) -> Result<Option<(u64, EventId)>, StoreError> {
+    fn next_entry<B: Backend>(
+        &mut self,
+        backend: &B,
+    ) -> Result<Option<(u64, EventId)>, StoreError> {
         if self.page.is_empty() && !self.exhausted {
             // A page starts at the last seq returned (a forked seq holds
             // more than one id) and skips what was returned already.

@@ -288,15 +288,28 @@ fn a_peer_is_sent_events_after_their_parents_whichever_feed_they_are_in() {
     // genesis; a's second event names one in the middle of it. Feed after
     // feed, one of the two comes before a parent whatever the keys.
     for n in 0..2_500u64 {
-        let parents = if n == 0 { vec![(g.id(), g.hlc())] } else { vec![] };
+        let parents = if n == 0 {
+            vec![(g.id(), g.hlc())]
+        } else {
+            vec![]
+        };
         let e = b.write(added(&b, n), &parents, 2_000 + n).unwrap();
         events.push(e.clone());
         if n == 1_200 {
-            events.push(a.write(added(&a, n), &[(e.id(), e.hlc())], 2_000 + n).unwrap());
+            events.push(
+                a.write(added(&a, n), &[(e.id(), e.hlc())], 2_000 + n)
+                    .unwrap(),
+            );
         }
     }
     let mut full = Log::open(Store::open(dir.path()).unwrap()).unwrap();
-    assert!(full.append(events.clone()).unwrap().outcomes.iter().all(stored));
+    assert!(
+        full.append(events.clone())
+            .unwrap()
+            .outcomes
+            .iter()
+            .all(stored)
+    );
 
     let mut peer = Log::open(MemoryBackend::default()).unwrap();
     let mut sent = Vec::new();

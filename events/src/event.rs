@@ -324,20 +324,45 @@ impl Event {
     }
 
     /// [`Event::decode`] (full verification, signature included) for a
-    /// batch from outside, spread over the machine's cores; one result per
-    /// input, in order.
+    /// batch from outside; one result per input, in order.
+    ///
+    /// The events are decoded on the calling thread and only their
+    /// signatures checked on the machine's cores, each author's key parsed
+    /// once per core. An event decoded on a short-lived thread lives on
+    /// (folded, cached) after that thread ends, and pins its allocator's
+    /// pages: a newcomer that took a million events that way peaked at
+    /// 2.4 times its heap.
     pub fn decode_all<B: AsRef<[u8]> + Sync>(raw: &[B]) -> Vec<Result<Event, EventError>> {
+        let mut decoded: Vec<Result<Event, EventError>> = raw
+            .iter()
+            .map(|b| Self::decode_trusted(b.as_ref()))
+            .collect();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(8);
-        let chunk = raw.len().div_ceil(threads).max(64);
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = raw
+        let chunk = decoded.len().div_ceil(threads).max(64);
+        let verdicts: Vec<Result<(), EventError>> = std::thread::scope(|scope| {
+            let parts: Vec<_> = decoded
                 .chunks(chunk)
                 .map(|part| {
                     scope.spawn(move || {
+                        let mut verifiers: Vec<AuthorVerifier> = Vec::new();
                         part.iter()
-                            .map(|b| Event::decode(b.as_ref()))
+                            .map(|event| {
+                                let Ok(event) = event else {
+                                    return Ok(());
+                                };
+                                let author = event.header.author;
+                                let known = verifiers.iter().position(|v| v.author == author);
+                                let at = match known {
+                                    Some(at) => at,
+                                    None => {
+                                        verifiers.push(AuthorVerifier::new(author)?);
+                                        verifiers.len() - 1
+                                    }
+                                };
+                                event.verify_signature_with(&verifiers[at])
+                            })
                             .collect::<Vec<_>>()
                     })
                 })
@@ -345,12 +370,20 @@ impl Event {
             let mut all = Vec::with_capacity(raw.len());
             for part in parts {
                 match part.join() {
-                    Ok(results) => all.extend(results),
+                    Ok(verdicts) => all.extend(verdicts),
                     Err(panic) => std::panic::resume_unwind(panic),
                 }
             }
             all
-        })
+        });
+        for (event, verdict) in decoded.iter_mut().zip(verdicts) {
+            if let Err(e) = verdict
+                && event.is_ok()
+            {
+                *event = Err(e);
+            }
+        }
+        decoded
     }
 
     /// Checks the ed25519 signature (strict: rejects malleable encodings).

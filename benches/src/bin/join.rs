@@ -67,11 +67,16 @@ fn main() {
     let public = c.operator_key(&key_file);
     c.ok(&["operator", "add", "bench", &public]);
     let mut seed = [0u8; 32];
-    hex::decode_to_slice(std::fs::read_to_string(&key_file).unwrap().trim(), &mut seed)
-        .expect("an operator key is 64 hex characters");
+    hex::decode_to_slice(
+        std::fs::read_to_string(&key_file).unwrap().trim(),
+        &mut seed,
+    )
+    .expect("an operator key is 64 hex characters");
     let mut writer = FeedWriter::new(SigningKey::from_bytes(&seed));
     let in_sync = || same_log(&c, &members).is_some();
-    Wait::up_to(Duration::from_secs(120)).every(Duration::from_millis(500)).until("the members hold the same log", in_sync);
+    Wait::up_to(Duration::from_secs(120))
+        .every(Duration::from_millis(500))
+        .until("the members hold the same log", in_sync);
 
     let mut session = Session::open(&c, first);
     let published = last_published(&mut session);
@@ -121,12 +126,14 @@ fn main() {
     session.close();
     let total = before + events as u64;
     let t = Instant::now();
-    Wait::up_to(Duration::from_secs(1800)).every(Duration::from_millis(500)).until("every member holds every event", || {
-        members
-            .iter()
-            .all(|m| c.health(m)["events"].as_u64() >= Some(total))
-            && in_sync()
-    });
+    Wait::up_to(Duration::from_secs(1800))
+        .every(Duration::from_millis(500))
+        .until("every member holds every event", || {
+            members
+                .iter()
+                .all(|m| c.health(m)["events"].as_u64() >= Some(total))
+                && in_sync()
+        });
     let replicate = t.elapsed();
     let member_rss: Vec<u64> = members
         .iter()
@@ -148,12 +155,14 @@ fn main() {
         .map(str::to_owned);
     let mut everyone = members.clone();
     everyone.push(newcomer.node.clone());
-    Wait::up_to(Duration::from_secs(1800)).every(Duration::from_millis(500)).until("the newcomer holds the log and serves", || {
-        let served = c.health(&newcomer.node)["sites"]["example.test"]["live"]
-            .as_str()
-            .map(str::to_owned);
-        served.is_some() && served == live && same_log(&c, &everyone).is_some()
-    });
+    Wait::up_to(Duration::from_secs(1800))
+        .every(Duration::from_millis(500))
+        .until("the newcomer holds the log and serves", || {
+            let served = c.health(&newcomer.node)["sites"]["example.test"]["live"]
+                .as_str()
+                .map(str::to_owned);
+            served.is_some() && served == live && same_log(&c, &everyone).is_some()
+        });
     let joined = t.elapsed();
     let rx = rx_bytes(&newcomer) - rx_before;
     // `maki machine init` uploads the daemon binary first.
@@ -206,7 +215,11 @@ fn main() {
             ),
             (
                 "newcomer's daemon RSS, peak / now",
-                format!("{:.0} / {:.0} MiB", peak as f64 / 1024.0, rss as f64 / 1024.0),
+                format!(
+                    "{:.0} / {:.0} MiB",
+                    peak as f64 / 1024.0,
+                    rss as f64 / 1024.0
+                ),
             ),
         ],
     );
@@ -275,7 +288,11 @@ impl Session {
     fn close(mut self) {
         drop(self.stdin.take());
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "makiatto control on {}: {status}", self.node);
+        assert!(
+            status.success(),
+            "makiatto control on {}: {status}",
+            self.node
+        );
     }
 }
 
