@@ -6,11 +6,11 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
-use makiatto_events::{AuthorKey, AuthorVerifier, Event, EventError, EventId, Hlc};
+use makiatto_events::{AuthorKey, AuthorVerifier, Event, EventError, EventId};
 
 use crate::ingest::{Admission, Backend, IngestError, RejectCounts, admit};
 use crate::skew::{Held, SkewBound, Timeliness, judge};
-use crate::store::StoreError;
+use crate::store::{Position, StoreError};
 use makiatto_events::VersionVector;
 
 /// How many events may wait for a predecessor at once. Past it, new waiters
@@ -328,44 +328,35 @@ impl<B: Backend> Log<B> {
                 out.push(bytes);
             }
         }
-        // (stamp, id) and the cursor: the smallest first.
+        // Each feed's next event, by (stamp, id): the smallest first.
         let mut next = BinaryHeap::new();
-        let mut heads: Vec<Option<Vec<u8>>> = vec![None; merged.len()];
         for (i, feed) in merged.iter_mut().enumerate() {
-            if let Some(key) = self.head_of(feed, &mut heads[i])? {
-                next.push(Reverse((key, i)));
+            if let Some((key, bytes)) = self.next_of(feed)? {
+                next.push(Reverse((key, i, bytes)));
             }
         }
-        while let Some(Reverse((_, i))) = next.pop() {
+        while let Some(Reverse((_, i, bytes))) = next.pop() {
             if size >= max_bytes && !out.is_empty() {
                 break;
             }
-            let Some(bytes) = heads[i].take() else {
-                continue;
-            };
             size += bytes.len();
             out.push(bytes);
-            if let Some(key) = self.head_of(&mut merged[i], &mut heads[i])? {
-                next.push(Reverse((key, i)));
+            if let Some((key, bytes)) = self.next_of(&mut merged[i])? {
+                next.push(Reverse((key, i, bytes)));
             }
         }
         Ok(out)
     }
 
-    /// Reads `feed`'s next event into `head`; its canonical position.
-    fn head_of(
-        &self,
-        feed: &mut FeedCursor,
-        head: &mut Option<Vec<u8>>,
-    ) -> Result<Option<(Hlc, EventId)>, StoreError> {
+    /// `feed`'s next event: its canonical position and its bytes.
+    fn next_of(&self, feed: &mut FeedCursor) -> Result<Option<(Position, Vec<u8>)>, StoreError> {
         let Some((_, id)) = feed.next_entry(&self.backend)? else {
             return Ok(None);
         };
         let bytes = self.stored(&id)?;
         let header = Event::peek_header(&bytes)
             .ok_or_else(|| StoreError::Corrupt(format!("stored event {id} has no header")))?;
-        *head = Some(bytes);
-        Ok(Some((header.hlc, id)))
+        Ok(Some(((header.hlc, id), bytes)))
     }
 
     /// The bytes of an event a feed names.

@@ -428,48 +428,45 @@ pub async fn copy_log(from: &Remote, to: &Remote) -> anyhow::Result<usize> {
     // said it holds.
     let mut advanced = false;
     loop {
-        if batch.is_empty() {
-            if !advanced {
-                return Ok(copied);
-            }
-            vv = to.ask(op::GetVersionVector {}).await?;
-            advanced = false;
-            batch = from.ask(missing(&vv)).await?;
-            continue;
+        if batch.is_empty() && !advanced {
+            return Ok(copied);
         }
-        copied += batch.len();
-        let (results, following) = match advance(&vv, &batch) {
-            Some(next) => {
-                let (results, following) = tokio::join!(
-                    to.ask(op::Append { events: batch }),
-                    from.ask(missing(&next)),
+        if !batch.is_empty() {
+            copied += batch.len();
+            let (results, following) = match advance(&vv, &batch) {
+                Some(next) => {
+                    let (results, following) = tokio::join!(
+                        to.ask(op::Append { events: batch }),
+                        from.ask(missing(&next)),
+                    );
+                    vv = next;
+                    advanced = true;
+                    (results?, Some(following?))
+                }
+                None => (to.ask(op::Append { events: batch }).await?, None),
+            };
+            let stored = results
+                .iter()
+                .filter(|r| r.outcome == Outcome::Stored)
+                .count();
+            if stored == 0 {
+                let why: Vec<&str> = results.iter().filter_map(|r| r.error.as_deref()).collect();
+                bail!(
+                    "{}: copying the log made no progress: {}",
+                    to.target(),
+                    why.join("; ")
                 );
-                vv = next;
-                advanced = true;
-                (results?, Some(following?))
             }
-            None => (to.ask(op::Append { events: batch }).await?, None),
-        };
-        let stored = results
-            .iter()
-            .filter(|r| r.outcome == Outcome::Stored)
-            .count();
-        if stored == 0 {
-            let why: Vec<&str> = results.iter().filter_map(|r| r.error.as_deref()).collect();
-            bail!(
-                "{}: copying the log made no progress: {}",
-                to.target(),
-                why.join("; ")
-            );
+            if let Some(following) = following {
+                batch = following;
+                continue;
+            }
         }
-        batch = match following {
-            Some(batch) => batch,
-            None => {
-                vv = to.ask(op::GetVersionVector {}).await?;
-                advanced = false;
-                from.ask(missing(&vv)).await?
-            }
-        };
+        // Nothing more after the vector `to` should hold, or it could not
+        // be advanced: ask what `to` does hold.
+        vv = to.ask(op::GetVersionVector {}).await?;
+        advanced = false;
+        batch = from.ask(missing(&vv)).await?;
     }
 }
 

@@ -37,6 +37,7 @@ use makiatto_benches::measure::{mib, print_json, print_table};
 use makiatto_events::payload::SitePublished;
 use makiatto_events::{Event, FeedWriter, Payload, SigningKey, VersionVector};
 use makiatto_harness::cpu::proc_kib;
+use makiatto_harness::netns::daemon_pid;
 use makiatto_harness::{Cluster, Host, Wait, example_project, require_root};
 use makiatto_protocol::request::{Append, Heads, Missing};
 use makiatto_protocol::{Answer, Operation, Request};
@@ -135,9 +136,9 @@ fn main() {
                 && in_sync()
         });
     let replicate = t.elapsed();
-    let member_rss: Vec<u64> = members
+    let member_rss: Vec<u64> = state.hosts[..4]
         .iter()
-        .map(|m| proc_kib(daemon_pid(&c, m), "status", "VmRSS"))
+        .map(|h| proc_kib(daemon_of(h), "status", "VmRSS"))
         .collect();
     eprintln!(
         "appended in {:.1} s, replicated in {:.1} s",
@@ -167,7 +168,7 @@ fn main() {
     let rx = rx_bytes(&newcomer) - rx_before;
     // `maki machine init` uploads the daemon binary first.
     let binary = std::fs::metadata(c.daemon()).unwrap().len();
-    let pid = daemon_pid(&c, &newcomer.node);
+    let pid = daemon_of(&newcomer);
     let (peak, rss) = (
         proc_kib(pid, "status", "VmHWM"),
         proc_kib(pid, "status", "VmRSS"),
@@ -330,11 +331,9 @@ fn same_log(c: &Cluster, nodes: &[String]) -> Option<String> {
         .then_some(first)
 }
 
-fn daemon_pid(c: &Cluster, node: &str) -> u32 {
-    let health = c.health(node);
-    health["daemon"]["pid"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no daemon pid in {node}'s health")) as u32
+/// The host's serving daemon.
+fn daemon_of(host: &Host) -> u32 {
+    daemon_pid(&host.netns).unwrap_or_else(|| panic!("no daemon runs on {}", host.node))
 }
 
 /// What the host's network interfaces received, in bytes (loopback aside).
