@@ -18,6 +18,13 @@ metric data point or log record, flattened for the tests to read:
    "body": ..., "trace_id": hex, "span_id": hex, "attributes": {...}}
 
 --ready names a file written once the port is bound.
+
+--sink makes it a collector that takes no CPU worth measuring, for the
+telemetry bench (where the collector shares the node's machine, though the
+guide puts it on one of its own): each Export call is answered without
+decoding its message, and one line records it:
+
+  {"signal": "span"|"metric"|"log", "bytes": length of the request}
 """
 
 import argparse
@@ -140,17 +147,46 @@ class Logs(logs_service_pb2_grpc.LogsServiceServicer):
         return logs_service_pb2.ExportLogsServiceResponse()
 
 
+SERVICES = {
+    "span": "opentelemetry.proto.collector.trace.v1.TraceService",
+    "metric": "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    "log": "opentelemetry.proto.collector.logs.v1.LogsService",
+}
+
+
+def add_sinks(server, sink):
+    """The three Export calls, answered with an empty response (the
+    encoding of every Export*ServiceResponse with no partial success)."""
+
+    def export(signal):
+        def handle(request, context):
+            sink.write([{"signal": signal, "bytes": len(request)}])
+            return b""
+
+        # No deserializer and no serializer: the request arrives as bytes.
+        return grpc.unary_unary_rpc_method_handler(handle)
+
+    server.add_generic_rpc_handlers([
+        grpc.method_handlers_generic_handler(service, {"Export": export(signal)})
+        for signal, service in SERVICES.items()
+    ])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--ready", required=True)
+    parser.add_argument("--sink", action="store_true")
     args = parser.parse_args()
     sink = Sink(args.out)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(sink), server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(sink), server)
-    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(sink), server)
+    if args.sink:
+        add_sinks(server, sink)
+    else:
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(sink), server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(sink), server)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(sink), server)
     if server.add_insecure_port(args.listen) == 0:
         raise SystemExit(f"cannot listen on {args.listen}")
     server.start()

@@ -47,13 +47,23 @@ pub struct WorkPool {
 }
 
 struct Shared {
-    queue: Mutex<std::collections::VecDeque<Job>>,
+    queue: Mutex<Queue>,
     ready: Condvar,
     /// Jobs allowed to wait (the running ones not counted).
     limit: AtomicUsize,
     running: AtomicUsize,
     done: AtomicU64,
     refused: AtomicU64,
+}
+
+/// The jobs waiting, and the threads waiting for one.
+#[derive(Default)]
+struct Queue {
+    jobs: std::collections::VecDeque<Job>,
+    /// Threads asleep on `ready`: a job submitted while none is wakes
+    /// nobody (a condition variable's notify is a system call even with
+    /// no waiter, and under load every thread is busy).
+    idle: usize,
 }
 
 /// What the pool is doing, for `makiatto health`.
@@ -111,31 +121,47 @@ impl WorkPool {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
+        self.submit_then_drop(move || (job(), ()))
+    }
+
+    /// Like [`WorkPool::submit`], for a job that leaves something costly
+    /// to drop (a WebAssembly store, whose memory is reset as it goes):
+    /// the result is sent first, then the rest is dropped on the pool's
+    /// thread, after the waiter has its answer.
+    pub fn submit_then_drop<T, L, F>(&self, job: F) -> Result<oneshot::Receiver<T>, Busy>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> (T, L) + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let Ok(mut queue) = self.shared.queue.lock() else {
             return Err(Busy { waiting: 0 });
         };
-        if queue.len() >= self.shared.limit.load(Ordering::Relaxed) {
+        if queue.jobs.len() >= self.shared.limit.load(Ordering::Relaxed) {
             self.shared.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Busy {
-                waiting: queue.len(),
+                waiting: queue.jobs.len(),
             });
         }
         // Counted before the result is sent: a caller that has the result
         // sees the job among the done.
         let shared = self.shared.clone();
-        queue.push_back(Box::new(move || {
-            let out = job();
+        queue.jobs.push_back(Box::new(move || {
+            let (out, rest) = job();
             shared.finished();
             let _ = tx.send(out);
+            drop(rest);
         }));
+        let wake = queue.idle > 0;
         drop(queue);
-        self.shared.ready.notify_one();
+        if wake {
+            self.shared.ready.notify_one();
+        }
         Ok(rx)
     }
 
     pub fn counts(&self) -> PoolCounts {
-        let waiting = self.shared.queue.lock().map_or(0, |q| q.len());
+        let waiting = self.shared.queue.lock().map_or(0, |q| q.jobs.len());
         PoolCounts {
             threads: self.threads,
             queue_limit: self.shared.limit.load(Ordering::Relaxed),
@@ -157,11 +183,18 @@ impl Shared {
                     return;
                 };
                 loop {
-                    if let Some(job) = queue.pop_front() {
+                    if let Some(job) = queue.jobs.pop_front() {
                         break job;
                     }
+                    // Counted under the lock a submitter takes, so it
+                    // sees this thread asleep before it decides whether
+                    // to wake one (no job is left unnoticed).
+                    queue.idle += 1;
                     queue = match self.ready.wait(queue) {
-                        Ok(q) => q,
+                        Ok(mut q) => {
+                            q.idle -= 1;
+                            q
+                        }
                         Err(_) => return,
                     };
                 }

@@ -35,17 +35,33 @@ pub struct OtlpReceiver {
     pub out: PathBuf,
     log: PathBuf,
     listen: String,
+    /// Answers without decoding (`--sink`): records one line per call,
+    /// `{"signal": …, "bytes": …}`.
+    sink: bool,
 }
 
 impl OtlpReceiver {
     /// Starts it in `ns`, listening on `listen` (`ADDR:PORT`), recording
     /// under `dir`; returns once the port is bound.
     pub fn start(ns: &Namespace, listen: &str, dir: &Path) -> OtlpReceiver {
+        Self::started(ns, listen, dir, false)
+    }
+
+    /// Like [`OtlpReceiver::start`], but a collector that takes no CPU
+    /// worth measuring (for benchmarks, where it shares the node's
+    /// machine): each Export call is answered without decoding it, and
+    /// recorded as `{"signal": …, "bytes": …}`.
+    pub fn start_sink(ns: &Namespace, listen: &str, dir: &Path) -> OtlpReceiver {
+        Self::started(ns, listen, dir, true)
+    }
+
+    fn started(ns: &Namespace, listen: &str, dir: &Path, sink: bool) -> OtlpReceiver {
         let mut r = OtlpReceiver {
             process: None,
             out: dir.join("otlp-received.jsonl"),
             log: dir.join("otlp-receiver.log"),
             listen: listen.to_owned(),
+            sink,
         };
         r.resume(ns);
         r
@@ -62,20 +78,24 @@ impl OtlpReceiver {
             .open(&self.log)
             .unwrap();
         let python = python();
+        let mut args = vec![
+            python.to_str().unwrap(),
+            SCRIPT,
+            "--listen",
+            &self.listen,
+            "--out",
+            self.out.to_str().unwrap(),
+            "--ready",
+            ready.to_str().unwrap(),
+        ];
+        if self.sink {
+            args.push("--sink");
+        }
         let process = self.process.insert(Process::spawn(
-            ns.command(&[
-                python.to_str().unwrap(),
-                SCRIPT,
-                "--listen",
-                &self.listen,
-                "--out",
-                self.out.to_str().unwrap(),
-                "--ready",
-                ready.to_str().unwrap(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log),
+            ns.command(&args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
         ));
         Wait::up_to(Duration::from_secs(30)).until_seeing(
             &format!("the OTLP receiver listens on {}", self.listen),

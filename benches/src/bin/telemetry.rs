@@ -8,7 +8,13 @@
 //! 2. The guide's observability set-up: an external peer `o11y` on the
 //!    cluster's bridge (wireguard-go configured from `maki peer wg-config
 //!    o11y` after `maki peer add o11y …`), with a real OTLP/gRPC receiver
-//!    on its mesh address, port 4317.
+//!    on its mesh address, port 4317. The receiver is a sink
+//!    (`otlp_receiver.py --sink`: each Export call answered without
+//!    decoding it): the guide puts the collector on a machine of its own,
+//!    and here it shares the node's two cores, so its own work would be
+//!    counted against the node. `MAKIATTO_BENCH_RECORDING_COLLECTOR=1`
+//!    runs the tests' receiver instead, which decodes every span into a
+//!    JSON line (runs T1–T9).
 //! 3. Two settings, switched live by `maki sync` of the project's `[o11y]`
 //!    table (no restart; each round waits until `makiatto health` shows
 //!    it): **on**, the defaults (`sampling_ratio = 0.1`, traces, metrics
@@ -17,7 +23,7 @@
 //!    cluster with no collector (the per-thread metric shards are kept in
 //!    both, for `maki health`).
 //! 4. Rounds alternate (on, off, then off, on, …); best of three per
-//!    setting: h2load, 1 KiB over HTTP/1.1 keep-alive, 64 connections,
+//!    setting (`MAKIATTO_BENCH_ROUNDS` for more), and their medians: h2load, 1 KiB over HTTP/1.1 keep-alive, 64 connections,
 //!    10 s; dnsperf, a 6-query mix of the zone, `-c 4`, 10 s. Server CPU
 //!    per request from `/proc` (all the daemon's threads: the exporter
 //!    included).
@@ -77,6 +83,7 @@ use serde_json::{Value, json};
 
 const DOMAIN: &str = "example.test";
 const SECONDS: u32 = 10;
+/// Rounds per setting unless `MAKIATTO_BENCH_ROUNDS` says otherwise.
 const ROUNDS: usize = 3;
 /// Requests (and queries) per setting in the instruction counts.
 const COUNTED: u32 = 20_000;
@@ -119,6 +126,23 @@ fn best(runs: &[Run]) -> Run {
     Run {
         rate: runs.iter().map(|r| r.rate).fold(0.0, f64::max),
         cpu_us: runs.iter().map(|r| r.cpu_us).fold(f64::INFINITY, f64::min),
+    }
+}
+
+/// The median rate and, apart, the median CPU per request.
+fn median(runs: &[Run]) -> Run {
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    Run {
+        rate: mid(runs.iter().map(|r| r.rate).collect()),
+        cpu_us: mid(runs.iter().map(|r| r.cpu_us).collect()),
     }
 }
 
@@ -378,7 +402,17 @@ fn main() {
     // The guide's step 1: the o11y peer and its collector.
     let state = bench.lab.cluster.state();
     let peer = WgPeer::add(&bench.lab.cluster, &state, "o11y", 14);
-    let mut receiver = OtlpReceiver::start(&peer.ns, "0.0.0.0:4317", bench.lab.cluster.dir.path());
+    let recording = std::env::var_os("MAKIATTO_BENCH_RECORDING_COLLECTOR").is_some();
+    let collector = if recording {
+        "recording (every span decoded into JSON)"
+    } else {
+        "sink (calls answered undecoded)"
+    };
+    let mut receiver = if recording {
+        OtlpReceiver::start(&peer.ns, "0.0.0.0:4317", bench.lab.cluster.dir.path())
+    } else {
+        OtlpReceiver::start_sink(&peer.ns, "0.0.0.0:4317", bench.lab.cluster.dir.path())
+    };
     // Pinned, the collector's machine (wireguard-go and the receiver) is
     // the load generator's CPU: the guide puts it on a machine of its own,
     // and the server's CPU stays the server's.
@@ -400,7 +434,11 @@ fn main() {
     // Rounds: on and off alternate.
     let mut https: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     let mut dns: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
-    for round in 0..ROUNDS {
+    let rounds: usize = std::env::var("MAKIATTO_BENCH_ROUNDS")
+        .ok()
+        .map(|n| n.parse().expect("MAKIATTO_BENCH_ROUNDS is a whole number"))
+        .unwrap_or(ROUNDS);
+    for round in 0..rounds {
         let order = if round % 2 == 0 {
             [Export::On, Export::Off]
         } else {
@@ -530,13 +568,24 @@ fn main() {
     let mut rows: Vec<(String, String)> = vec![
         ("load average at start".into(), loadavg.trim().to_owned()),
         ("placement".into(), bench.placement.label().to_owned()),
+        ("collector".into(), collector.to_owned()),
         (
             "rounds".into(),
-            format!("best of {ROUNDS} alternating rounds of {SECONDS} s"),
+            format!("best of {rounds} alternating rounds of {SECONDS} s (and their medians)"),
         ),
     ];
     ratio_row(&mut rows, "HTTPS 1 KiB HTTP/1.1", h_on, h_off, "req/s");
     ratio_row(&mut rows, "DNS", d_on, d_off, "q/s");
+    let (hm_on, hm_off) = (median(&https[0]), median(&https[1]));
+    let (dm_on, dm_off) = (median(&dns[0]), median(&dns[1]));
+    ratio_row(
+        &mut rows,
+        "HTTPS 1 KiB HTTP/1.1, medians",
+        hm_on,
+        hm_off,
+        "req/s",
+    );
+    ratio_row(&mut rows, "DNS, medians", dm_on, dm_off, "q/s");
     let [on, off] = [instructions[0], instructions[1]];
     rows.push((
         "instructions per HTTPS request, on / off, periodic work out (goal ≤ 1.05)".into(),
@@ -616,8 +665,11 @@ fn main() {
         "telemetry",
         json!({
             "placement": bench.placement.label(),
-            "https": {"on": {"rate": h_on.rate, "cpu_us": h_on.cpu_us}, "off": {"rate": h_off.rate, "cpu_us": h_off.cpu_us}},
-            "dns": {"on": {"rate": d_on.rate, "cpu_us": d_on.cpu_us}, "off": {"rate": d_off.rate, "cpu_us": d_off.cpu_us}},
+            "collector": collector,
+            "https": {"on": {"rate": h_on.rate, "cpu_us": h_on.cpu_us}, "off": {"rate": h_off.rate, "cpu_us": h_off.cpu_us},
+                      "median": {"on": {"rate": hm_on.rate, "cpu_us": hm_on.cpu_us}, "off": {"rate": hm_off.rate, "cpu_us": hm_off.cpu_us}}},
+            "dns": {"on": {"rate": d_on.rate, "cpu_us": d_on.cpu_us}, "off": {"rate": d_off.rate, "cpu_us": d_off.cpu_us},
+                    "median": {"on": {"rate": dm_on.rate, "cpu_us": dm_on.cpu_us}, "off": {"rate": dm_off.rate, "cpu_us": dm_off.cpu_us}}},
             "instructions": {"on": on.json(), "off": off.json()},
             "down": {"seconds": down_secs, "rss_kib_before": rss_before, "rss_kib_max": rss_max, "rss_kib_end": rss_end,
                      "spans_queued_max": queued_max, "spans": down["spans"], "log_records": down["log_records"],

@@ -33,6 +33,10 @@
 //! and under 50 µs added per call (p50); the chain cached and uncached,
 //! and the first compile, reported.
 //!
+//! `MAKIATTO_BENCH_PERF=FILE`: instead of the rounds, the echo's rate
+//! once with the daemon under `perf record` (call graphs from DWARF),
+//! written to FILE for `perf report`; then the bench stops.
+//!
 //! Needs root, h2load, curl and the component toolchain
 //! (`scripts/install-deps.sh`). Build first:
 //! `cargo build --release -p makiatto -p makiatto-cli -p makiatto-benches --bins`
@@ -46,7 +50,8 @@ use std::time::{Duration, Instant};
 
 use makiatto_benches::measure::{print_json, print_table};
 use makiatto_benches::reports;
-use makiatto_harness::netns::in_namespace;
+use makiatto_harness::cpu::proc_kib;
+use makiatto_harness::netns::{daemon_pid, in_namespace};
 use makiatto_harness::{Lab, copy_examples_with_wasm, have, stdout, test_component, wait_until};
 use serde_json::json;
 
@@ -243,6 +248,7 @@ fn main() {
         addr: host.ipv4.clone(),
         client_ns,
     };
+    let perf = std::env::var_os("MAKIATTO_BENCH_PERF");
     wait_until(
         Duration::from_secs(120),
         "the node answers /api/hello",
@@ -261,6 +267,24 @@ fn main() {
         transformed.len() > page(0).len() && b.get("/plain/page.html") == page(0).as_bytes(),
         "the chain changes the page, its twin is served as it is"
     );
+
+    if let Some(out) = perf {
+        let pid = daemon_pid(&host.netns).expect("the node's `makiatto run` process");
+        b.rate("/api/echo");
+        let mut perf = Command::new("perf")
+            .args(["record", "-F", "1999", "--call-graph", "dwarf,32768", "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&out)
+            .spawn()
+            .expect("perf runs");
+        b.rate("/api/echo");
+        // SAFETY: a signal to a child of this process.
+        unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+        perf.wait().unwrap();
+        eprintln!("profile in {}", Path::new(&out).display());
+        return;
+    }
 
     // Rates, alternating.
     let pairs = [
@@ -282,6 +306,13 @@ fn main() {
             rates[i].1 = rates[i].1.max(y);
         }
     }
+
+    // The daemon's memory after the rounds (what the instance pool keeps
+    // between calls is part of it).
+    let pid = daemon_pid(&host.netns).expect("the node's `makiatto run` process");
+    let rss_mib = proc_kib(pid, "status", "VmRSS") as f64 / 1024.0;
+    let hwm_mib = proc_kib(pid, "status", "VmHWM") as f64 / 1024.0;
+    eprintln!("daemon RSS after the rounds: {rss_mib:.1} MiB (peak {hwm_mib:.1} MiB)");
 
     // Time per call.
     let one = |p: &str| vec![p.to_owned()];
@@ -374,6 +405,10 @@ fn main() {
             ),
         ),
         (
+            "daemon RSS after the rate rounds (peak)".into(),
+            format!("{rss_mib:.1} MiB ({hwm_mib:.1} MiB)"),
+        ),
+        (
             "echo: time added per call, p50".into(),
             format!(
                 "{:.0} µs (p50 {:.0} against {:.0} µs)",
@@ -432,6 +467,8 @@ fn main() {
                        "chain_uncached": p50(&t_chain), "plain_first": p50(&t_plain)},
             "sync_s": {"fresh_component": fresh_sync.as_secs_f64(), "one_file": plain_sync.as_secs_f64()},
             "answering_after_sync_s": answering.as_secs_f64(),
+            "rss_mib": rss_mib,
+            "peak_rss_mib": hwm_mib,
             "first_request_s": first,
             "second_request_s": second,
         }),

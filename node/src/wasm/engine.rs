@@ -19,6 +19,23 @@ pub const EPOCH: Duration = Duration::from_millis(10);
 pub const MAX_MEMORY_BYTES: usize = 512 << 20;
 /// Instances the pool holds at once (more wait in the work pool's queue).
 const POOL_INSTANCES: u32 = 64;
+/// Memory of a linear memory slot kept resident after its instance ends,
+/// and reset in place (only the pages the call wrote, found with
+/// `PAGEMAP_SCAN`, copied back from the component's image or zeroed)
+/// instead of given back with `madvise`. `madvise` on a process whose
+/// threads run on other cores makes the kernel interrupt each of them to
+/// flush its TLB: profiled on the echo handler, that was 15% of the work
+/// threads' time, and every page the next call touched faulted again.
+/// 2 MiB, chosen by what it costs: the daemon's RSS after the wasm
+/// bench's rounds was 310 MiB with it, 293 MiB with none kept and 366 MiB
+/// with 8 MiB (one run each, docs/benchmarks.md).
+const KEEP_RESIDENT: usize = 2 << 20;
+/// Slots that keep their memory with no instance in them, at most (each
+/// up to [`KEEP_RESIDENT`]): bounds what the pool holds between calls.
+/// Memory beyond [`KEEP_RESIDENT`] is given back when its instance ends
+/// (wasmtime's default of one slot per `madvise`: batching would hold a
+/// large component's memory of several calls at once).
+const WARM_SLOTS: u32 = 16;
 
 /// Why a component could not be made ready.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +69,11 @@ pub fn engine() -> wasmtime::Result<Engine> {
         .max_memory_size(MAX_MEMORY_BYTES)
         .max_memories_per_component(4)
         .max_tables_per_component(8)
-        .max_core_instances_per_component(64);
+        .max_core_instances_per_component(64)
+        .pagemap_scan(wasmtime::Enabled::Auto)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(1 << 16)
+        .max_unused_warm_slots(WARM_SLOTS);
     match Engine::new(&config(InstanceAllocationStrategy::Pooling(pool))) {
         Ok(engine) => Ok(engine),
         Err(error) => {

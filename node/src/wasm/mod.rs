@@ -220,8 +220,17 @@ enum Kind {
     Transformer,
 }
 
+/// A component linked, ready to instantiate.
 #[derive(Clone)]
-enum Ready {
+struct Ready {
+    pre: Pre,
+    /// Whether it imports `wasi:filesystem`: one that does not cannot see
+    /// the version's tree, so its calls skip opening it.
+    reads_files: bool,
+}
+
+#[derive(Clone)]
+enum Pre {
     Handler(bindings::http::HttpPre<Sandbox>),
     Transformer(bindings::transform::TransformPre<Sandbox>),
 }
@@ -665,7 +674,7 @@ impl Wasm {
         let (_running, ready) = self
             .component(site, &f.path, Kind::Handler, limits.concurrency)
             .await?;
-        let Ready::Handler(pre) = ready else {
+        let Pre::Handler(pre) = ready.pre else {
             return Err(CallError::Unusable("linked as another world".into()));
         };
         let ctx = bindings::http::NodeContext {
@@ -675,7 +684,11 @@ impl Wasm {
         };
         let grant = Granted {
             caller: (site.domain.into(), f.path.as_str().into()),
-            root: self.tree(site.manifest_hash, site.manifest).await,
+            root: if ready.reads_files {
+                self.tree(site.manifest_hash, site.manifest).await
+            } else {
+                None
+            },
             env: f.env.clone(),
             timeout: f.timeout,
             memory: f.memory,
@@ -708,7 +721,9 @@ impl Wasm {
             latitude: configured.node.latitude,
             longitude: configured.node.longitude,
         };
-        let root = self.tree(site.manifest_hash, site.manifest).await;
+        // The version's tree, made when a stage that reads files first
+        // needs it.
+        let mut root: Option<Option<Arc<PathBuf>>> = None;
         let mut current = Transformed {
             content,
             mime_type: info.mime_type.clone(),
@@ -726,7 +741,7 @@ impl Wasm {
                 let (_running, ready) = self
                     .component(site, &t.path, Kind::Transformer, limits.concurrency)
                     .await?;
-                let Ready::Transformer(pre) = ready else {
+                let Pre::Transformer(pre) = ready.pre else {
                     return Err(CallError::Unusable("linked as another world".into()));
                 };
                 let file = bindings::transform::FileInfo {
@@ -737,7 +752,16 @@ impl Wasm {
                 let input = std::mem::take(&mut current.content);
                 let grant = Granted {
                     caller: (site.domain.into(), t.path.as_str().into()),
-                    root: root.clone(),
+                    root: if ready.reads_files {
+                        match &root {
+                            Some(made) => made.clone(),
+                            None => root
+                                .insert(self.tree(site.manifest_hash, site.manifest).await)
+                                .clone(),
+                        }
+                    } else {
+                        None
+                    },
                     env: t.env.clone(),
                     timeout: t.timeout,
                     memory: t.memory,
@@ -811,7 +835,9 @@ impl Wasm {
         self.counts.calls.fetch_add(1, Ordering::Relaxed);
         let job = self
             .pool
-            .submit(move || {
+            // The store goes after the answer: dropping it resets the
+            // instance's memory, which the request need not wait for.
+            .submit_then_drop(move || {
                 let sandbox = Sandbox::new(Grant {
                     caller: grant.caller,
                     root: grant.root.as_deref().map(|p| p.as_path()),
@@ -820,10 +846,13 @@ impl Wasm {
                     destinations: grant.destinations,
                     outgoing_calls: grant.outgoing_calls,
                     deadline: Instant::now() + timeout,
-                })
-                .map_err(|e| CallError::Trap(format!("{e:#}")))?;
-                let mut store = new_store(&engine, sandbox, timeout);
-                call(&mut store).map_err(|e| classify(e, &store, timeout))
+                });
+                let mut store = match sandbox {
+                    Ok(sandbox) => new_store(&engine, sandbox, timeout),
+                    Err(e) => return (Err(CallError::Trap(format!("{e:#}"))), None),
+                };
+                let out = call(&mut store).map_err(|e| classify(e, &store, timeout));
+                (out, Some(store))
             })
             .map_err(|_| self.refuse(CallError::Busy))?;
         let out = rx_within(job, timeout).await;
@@ -997,19 +1026,22 @@ fn prepare(
     let component = engine::CompiledCache::at(cache)
         .load(engine, hash, source)
         .map_err(|e| Arc::<str>::from(e.to_string()))?;
+    let reads_files = component
+        .component_type()
+        .imports(engine)
+        .any(|(name, _)| name.starts_with("wasi:filesystem/"));
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| Arc::<str>::from(format!("component {hash} cannot be linked: {e:#}")))?;
-    match kind {
+    let pre = match kind {
         Kind::Handler => bindings::http::HttpPre::new(pre)
-            .map(Ready::Handler)
-            .map_err(|e| format!("component {hash} is no makiatto:http handler: {e:#}").into()),
+            .map(Pre::Handler)
+            .map_err(|e| format!("component {hash} is no makiatto:http handler: {e:#}"))?,
         Kind::Transformer => bindings::transform::TransformPre::new(pre)
-            .map(Ready::Transformer)
-            .map_err(|e| {
-                format!("component {hash} is no makiatto:transform transformer: {e:#}").into()
-            }),
-    }
+            .map(Pre::Transformer)
+            .map_err(|e| format!("component {hash} is no makiatto:transform transformer: {e:#}"))?,
+    };
+    Ok(Ready { pre, reads_files })
 }
 
 #[cfg(test)]
@@ -1146,6 +1178,28 @@ mod tests {
             .unwrap();
         assert_eq!(ok.body.as_deref(), Some(&b"still here"[..]));
         assert_eq!(f.wasm.counts.timeouts.load(Ordering::Relaxed), 1);
+    }
+
+    /// Instances reuse the pool's memory slots, reset in place (only the
+    /// pages a call wrote): no call sees what an earlier one wrote, in
+    /// its first page or in one it grew.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_sees_nothing_of_the_calls_before_it() {
+        let f = fixture(&["residue"], None);
+        let mut fresh = 1u32.to_le_bytes().to_vec();
+        fresh.extend([0u8; 8]);
+        for _ in 0..4 {
+            let out = call(&f, "residue", None).await.unwrap();
+            assert_eq!(out.body.as_deref(), Some(&fresh[..]));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_component_without_filesystem_imports_is_not_given_the_tree() {
+        let f = fixture(&["echo"], None);
+        let hash = f.manifest.components["api/echo.wasm"].hash;
+        let ready = f.wasm.ready(hash, Kind::Handler).await.unwrap();
+        assert!(!ready.reads_files);
     }
 
     #[test]
