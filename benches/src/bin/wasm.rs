@@ -9,7 +9,10 @@
 //!    smallest handler there is (`api/echo.wasm`, hand-written WAT: answers
 //!    200 with the request's empty body), and a 2-stage chain on
 //!    `bench/*.html` (10 KiB pages): the comment transform, then a
-//!    hand-written pass-through (`passthrough.wat`).
+//!    hand-written pass-through (`passthrough.wat`). Where the
+//!    wasm32-wasip2 target is installed, also the hello compiled from
+//!    Rust (`examples/components/hello-rs`, built here) at
+//!    `api/hello-rs.wasm`, with its twin `hello-rs.txt`.
 //! 2. Static twins: `hello.txt` holds exactly the hello handler's answer
 //!    on this node, `empty.txt` the echo's, `plain/page.html` the page
 //!    untransformed.
@@ -34,8 +37,9 @@
 //! and the first compile, reported.
 //!
 //! `MAKIATTO_BENCH_PERF=FILE`: instead of the rounds, the echo's rate
-//! once with the daemon under `perf record` (call graphs from DWARF),
-//! written to FILE for `perf report`; then the bench stops.
+//! (or `MAKIATTO_BENCH_PERF_PATH`'s) once with the daemon under
+//! `perf record` (call graphs from DWARF), written to FILE for
+//! `perf report`; then the bench stops.
 //!
 //! Needs root, h2load, curl and the component toolchain
 //! (`scripts/install-deps.sh`). Build first:
@@ -199,7 +203,33 @@ fn with_custom_section(wasm: &[u8], marker: &str) -> Vec<u8> {
     out
 }
 
-fn make_project(dir: &Path) -> PathBuf {
+/// The example hello compiled from Rust (`examples/components/hello-rs`),
+/// built for wasm32-wasip2; none, with the reason, where that target is
+/// not installed or the build fails.
+fn rust_hello() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sysroot = stdout(Command::new("rustc").args(["--print", "sysroot"]));
+    if !Path::new(sysroot.trim())
+        .join("lib/rustlib/wasm32-wasip2")
+        .exists()
+    {
+        return Err("the wasm32-wasip2 target is not installed (rustup target add wasm32-wasip2)".into());
+    }
+    let target_dir = root.join("target/components/hello-rs");
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(root.join("examples/components/hello-rs/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .map_err(|e| format!("cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("its build failed ({status})"));
+    }
+    Ok(target_dir.join("wasm32-wasip2/release/makiatto_example_hello.wasm"))
+}
+
+fn make_project(dir: &Path, rust_hello: Option<&Path>) -> PathBuf {
     let file = copy_examples_with_wasm(dir);
     let site = dir.join("site");
     std::fs::create_dir_all(site.join("bench")).unwrap();
@@ -219,10 +249,15 @@ fn make_project(dir: &Path) -> PathBuf {
     std::fs::write(site.join("empty.txt"), "").unwrap();
     // Until the node's answer is known.
     std::fs::write(site.join("hello.txt"), "").unwrap();
+    let mut functions = "\n[[domain.functions]]\npath = \"api/echo.wasm\"\n".to_owned();
+    if let Some(wasm) = rust_hello {
+        std::fs::copy(wasm, site.join("api/hello-rs.wasm")).unwrap();
+        functions += "\n[[domain.functions]]\npath = \"api/hello-rs.wasm\"\n";
+    }
     let toml = std::fs::read_to_string(&file).unwrap();
     let toml = toml.replace(r#"files = "**/*.html""#, r#"files = "bench/*.html""#)
-        + "\n[[domain.functions]]\npath = \"api/echo.wasm\"\n\n\
-           [[domain.transforms]]\npath = \"transforms/pass.wasm\"\nfiles = \"bench/*.html\"\n";
+        + &functions
+        + "\n[[domain.transforms]]\npath = \"transforms/pass.wasm\"\nfiles = \"bench/*.html\"\n";
     std::fs::write(&file, toml).unwrap();
     file
 }
@@ -237,7 +272,12 @@ fn main() {
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut lab = Lab::new("w");
     let project = lab.cluster.dir.path().join("project");
-    let file = make_project(&project);
+    let rust = rust_hello();
+    if let Err(why) = &rust {
+        eprintln!("the Rust hello is left out: {why}");
+    }
+    let rust = rust.ok();
+    let file = make_project(&project, rust.as_deref());
     eprintln!("bringing up one node ({})", lab.cluster.name);
     let host = lab.up(1, &file, &["--no-ca"]).remove(0);
     let client_ns = format!("mkwasm-{}-client", lab.cluster.name);
@@ -256,11 +296,17 @@ fn main() {
     );
     let hello = b.get("/api/hello");
     std::fs::write(project.join("site/hello.txt"), &hello).unwrap();
+    let hello_rs = rust.as_ref().map(|_| {
+        let answer = b.get("/api/hello-rs");
+        assert_eq!(answer, hello, "the Rust hello answers as the Python one");
+        std::fs::write(project.join("site/hello-rs.txt"), &answer).unwrap();
+        answer
+    });
     b.sync();
     wait_until(
         Duration::from_secs(60),
         "hello.txt is the handler's answer",
-        || b.get("/hello.txt") == hello,
+        || b.get("/hello.txt") == hello && hello_rs.as_ref().is_none_or(|h| b.get("/hello-rs.txt") == *h),
     );
     let transformed = b.get("/bench/page.html");
     assert!(
@@ -270,7 +316,8 @@ fn main() {
 
     if let Some(out) = perf {
         let pid = daemon_pid(&host.netns).expect("the node's `makiatto run` process");
-        b.rate("/api/echo");
+        let path = std::env::var("MAKIATTO_BENCH_PERF_PATH").unwrap_or_else(|_| "/api/echo".into());
+        b.rate(&path);
         let mut perf = Command::new("perf")
             .args(["record", "-F", "1999", "--call-graph", "dwarf,32768", "-p"])
             .arg(pid.to_string())
@@ -278,7 +325,7 @@ fn main() {
             .arg(&out)
             .spawn()
             .expect("perf runs");
-        b.rate("/api/echo");
+        b.rate(&path);
         // SAFETY: a signal to a child of this process.
         unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
         perf.wait().unwrap();
@@ -287,11 +334,14 @@ fn main() {
     }
 
     // Rates, alternating.
-    let pairs = [
+    let mut pairs = vec![
         ("hello", "/api/hello", "/hello.txt"),
         ("echo", "/api/echo", "/empty.txt"),
         ("chain, cached", "/bench/page.html", "/plain/page.html"),
     ];
+    if hello_rs.is_some() {
+        pairs.push(("hello (Rust)", "/api/hello-rs", "/hello-rs.txt"));
+    }
     let mut rates = vec![(0f64, 0f64); pairs.len()];
     for round in 0..ROUNDS {
         for (i, (_, ours, twin)) in pairs.iter().enumerate() {
@@ -320,6 +370,12 @@ fn main() {
     let t_hello_twin = b.times("hello-twin", &one("/hello.txt"));
     let t_echo = b.times("echo", &one("/api/echo"));
     let t_echo_twin = b.times("echo-twin", &one("/empty.txt"));
+    let t_rust = hello_rs.as_ref().map(|_| {
+        (
+            b.times("hello-rs", &one("/api/hello-rs")),
+            b.times("hello-rs-twin", &one("/hello-rs.txt")),
+        )
+    });
 
     // The chain, uncached: every page once.
     let pages: Vec<String> = (1..=PAGES).map(|n| format!("/bench/p{n}.html")).collect();
@@ -373,7 +429,7 @@ fn main() {
         second * 1e3
     );
 
-    let rows: Vec<(String, String)> = vec![
+    let mut rows: Vec<(String, String)> = vec![
         ("load average at start".into(), loadavg.trim().to_owned()),
         (
             "hello (Python) / hello.txt, rate (goal ≥ 0.5)".into(),
@@ -454,6 +510,30 @@ fn main() {
             ),
         ),
     ];
+    if let Some((t, twin)) = &t_rust {
+        let (x, y) = rates[3];
+        rows.insert(
+            1,
+            (
+                "hello (Rust) / hello-rs.txt, rate (goal ≥ 0.5)".into(),
+                format!("{:.3} ({x:.0} against {y:.0} req/s)", x / y),
+            ),
+        );
+        rows.insert(
+            2,
+            (
+                "hello (Rust): time added per call, p50 (goal < 50 µs)".into(),
+                format!(
+                    "{:.0} µs (p50 {:.0} against {:.0} µs; p99 {:.0} against {:.0})",
+                    p50(t) - p50(twin),
+                    p50(t),
+                    p50(twin),
+                    p99(t),
+                    p99(twin)
+                ),
+            ),
+        );
+    }
     let table: Vec<(&str, String)> = rows.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     print_table(
         "wasm: functions and transforms against static files",
@@ -466,6 +546,7 @@ fn main() {
             "p50_us": {"hello": p50(&t_hello), "hello_txt": p50(&t_hello_twin), "echo": p50(&t_echo), "empty_txt": p50(&t_echo_twin),
                        "chain_uncached": p50(&t_chain), "plain_first": p50(&t_plain)},
             "sync_s": {"fresh_component": fresh_sync.as_secs_f64(), "one_file": plain_sync.as_secs_f64()},
+            "hello_rs_p50_us": t_rust.as_ref().map(|(t, twin)| json!({"ours": p50(t), "static": p50(twin)})),
             "answering_after_sync_s": answering.as_secs_f64(),
             "rss_mib": rss_mib,
             "peak_rss_mib": hwm_mib,
