@@ -213,11 +213,20 @@ fn rust_hello() -> Result<PathBuf, String> {
         .join("lib/rustlib/wasm32-wasip2")
         .exists()
     {
-        return Err("the wasm32-wasip2 target is not installed (rustup target add wasm32-wasip2)".into());
+        return Err(
+            "the wasm32-wasip2 target is not installed (rustup target add wasm32-wasip2)".into(),
+        );
     }
     let target_dir = root.join("target/components/hello-rs");
     let status = Command::new("cargo")
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(root.join("examples/components/hello-rs/Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
@@ -306,7 +315,12 @@ fn main() {
     wait_until(
         Duration::from_secs(60),
         "hello.txt is the handler's answer",
-        || b.get("/hello.txt") == hello && hello_rs.as_ref().is_none_or(|h| b.get("/hello-rs.txt") == *h),
+        || {
+            b.get("/hello.txt") == hello
+                && hello_rs
+                    .as_ref()
+                    .is_none_or(|h| b.get("/hello-rs.txt") == *h)
+        },
     );
     let transformed = b.get("/bench/page.html");
     assert!(

@@ -20,9 +20,10 @@ pub const MAX_MEMORY_BYTES: usize = 512 << 20;
 /// Instances the pool holds at once (more wait in the work pool's queue).
 const POOL_INSTANCES: u32 = 64;
 /// Memory of a linear memory slot kept resident after its instance ends,
-/// and reset in place (only the pages the call wrote, found with
-/// `PAGEMAP_SCAN`, copied back from the component's image or zeroed)
-/// instead of given back with `madvise`. `madvise` on a process whose
+/// and reset in place (its resident pages, found with `PAGEMAP_SCAN`:
+/// those this call wrote and those kept from earlier calls, which the
+/// scan cannot tell apart; copied back from the component's image or
+/// zeroed) instead of given back with `madvise`. `madvise` on a process whose
 /// threads run on other cores makes the kernel interrupt each of them to
 /// flush its TLB: profiled on the echo handler, that was 15% of the work
 /// threads' time, and every page the next call touched faulted again.

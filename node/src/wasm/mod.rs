@@ -1180,8 +1180,8 @@ mod tests {
         assert_eq!(f.wasm.counts.timeouts.load(Ordering::Relaxed), 1);
     }
 
-    /// Instances reuse the pool's memory slots, reset in place (only the
-    /// pages a call wrote): no call sees what an earlier one wrote, in
+    /// Instances reuse the pool's memory slots, reset in place (the pages
+    /// kept resident): no call sees what an earlier one wrote, in
     /// its first page or in one it grew.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_call_sees_nothing_of_the_calls_before_it() {
