@@ -68,6 +68,10 @@ pub const DRAIN_WITHIN: Duration = Duration::from_secs(15);
 /// HTTP/1.1 connections get this long to send a request (answered with
 /// `Connection: close`) before the idle ones are closed.
 pub const IDLE_CLOSE_AFTER: Duration = Duration::from_millis(300);
+/// An HTTP/1.1 connection that has sent no request yet when the drain
+/// begins (accepted for a request on its way: its client may not have
+/// been scheduled to send it) gets this long, not [`IDLE_CLOSE_AFTER`].
+pub const FIRST_REQUEST_WITHIN: Duration = Duration::from_secs(5);
 /// A new image not serving within this long gives the sockets back.
 pub const READY_WITHIN: Duration = Duration::from_secs(60);
 
@@ -323,7 +327,7 @@ impl Drain {
         Busy(self.busy.clone())
     }
 
-    fn start(&self) {
+    pub(crate) fn start(&self) {
         self.started.send_replace(true);
     }
 

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::handler::{Ctx, handle};
 use super::{Ended, Http};
-use crate::handover::{Drain, Handover, IDLE_CLOSE_AFTER, Role};
+use crate::handover::{Drain, FIRST_REQUEST_WITHIN, Handover, IDLE_CLOSE_AFTER, Role};
 
 /// Where to listen.
 #[derive(Debug, Clone, Copy)]
@@ -232,18 +233,37 @@ async fn accept(
     }
 }
 
+/// What an HTTP/1.1 connection's service shares with its drain.
+#[derive(Clone)]
+struct H1Drain {
+    drain: Drain,
+    /// Whether the connection has sent a request yet.
+    asked: Arc<AtomicBool>,
+}
+
+impl H1Drain {
+    fn new(drain: &Drain) -> H1Drain {
+        H1Drain {
+            drain: drain.clone(),
+            asked: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
 /// An HTTP/1.1 connection, closed gracefully when a handover drains: its
 /// next response says `Connection: close` (the service adds it), and if
-/// it sends no request within `IDLE_CLOSE_AFTER`, it is closed idle. A
-/// connection hyper ended for what the client sent is counted.
-async fn h1<I, S>(io: I, svc: S, drain: &Drain, http: &Http)
+/// it sends no request within `IDLE_CLOSE_AFTER` (`FIRST_REQUEST_WITHIN`
+/// for one that has asked nothing yet: its request is on its way), it is
+/// closed idle. A connection hyper ended for what the client sent is
+/// counted.
+async fn h1<I, S, B>(io: I, svc: S, h1: &H1Drain, ended: impl Fn(Ended))
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<
-            hyper::body::Incoming,
-            ResBody = crate::telemetry::http::Measured<super::handler::Body>,
-        >,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -254,16 +274,21 @@ where
     let mut conn = std::pin::pin!(conn);
     let count = |r: Result<(), hyper::Error>| {
         if let Some(why) = r.err().as_ref().and_then(Ended::of_h1) {
-            http.ended(why);
+            ended(why);
         }
     };
     tokio::select! {
         r = conn.as_mut() => return count(r),
-        _ = drain.wait() => {}
+        _ = h1.drain.wait() => {}
     }
+    let grace = if h1.asked.load(Ordering::Relaxed) {
+        IDLE_CLOSE_AFTER
+    } else {
+        FIRST_REQUEST_WITHIN
+    };
     tokio::select! {
         r = conn.as_mut() => return count(r),
-        _ = tokio::time::sleep(IDLE_CLOSE_AFTER) => {}
+        _ = tokio::time::sleep(grace) => {}
     }
     conn.as_mut().graceful_shutdown();
     count(conn.await);
@@ -276,8 +301,9 @@ async fn connection(
     drain: Drain,
 ) {
     let Some(configs) = tls else {
-        let svc = service(http.clone(), None, Some(drain.clone()));
-        h1(TokioIo::new(stream), svc, &drain, &http).await;
+        let h = H1Drain::new(&drain);
+        let svc = service(http.clone(), None, Some(h.clone()));
+        h1(TokioIo::new(stream), svc, &h, |why| http.ended(why)).await;
         return;
     };
     let handshake = async {
@@ -334,8 +360,9 @@ async fn connection(
         };
         super::gather::drive(conn, sender, LINGER).await;
     } else {
-        let svc = service(http.clone(), Some(sni), Some(drain.clone()));
-        h1(TokioIo::new(stream), svc, &drain, &http).await;
+        let h = H1Drain::new(&drain);
+        let svc = service(http.clone(), Some(sni), Some(h.clone()));
+        h1(TokioIo::new(stream), svc, &h, |why| http.ended(why)).await;
     }
 }
 
@@ -357,7 +384,7 @@ fn from_io(e: &hyper::Error) -> bool {
 fn service(
     http: Arc<Http>,
     tls: Option<Option<Arc<str>>>,
-    h1_drain: Option<Drain>,
+    h1_drain: Option<H1Drain>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = hyper::Response<crate::telemetry::http::Measured<super::handler::Body>>,
@@ -378,7 +405,10 @@ fn service(
             http: http.clone(),
             served: Default::default(),
         };
-        let closing = h1_drain.as_ref().is_some_and(Drain::started);
+        let closing = h1_drain.as_ref().is_some_and(|h| {
+            h.asked.store(true, Ordering::Relaxed);
+            h.drain.started()
+        });
         async move {
             let handled = Box::pin(handle(req, &ctx));
             let mut r = match exchange.ids() {
@@ -566,5 +596,69 @@ impl ResolvesServerCert for SiteCerts {
             return Some(k.clone());
         }
         self.self_signed(&name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A test connection's service: every request answered 200, marked
+    /// asked, and with `Connection: close` once the drain has begun, as
+    /// the daemon's service does.
+    fn answering(
+        h: H1Drain,
+    ) -> impl hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<http_body_util::Full<bytes::Bytes>>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > {
+        service_fn(move |_req| {
+            h.asked.store(true, Ordering::Relaxed);
+            let mut r = hyper::Response::new(http_body_util::Full::from("ok"));
+            if h.drain.started() {
+                r.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            async { Ok(r) }
+        })
+    }
+
+    /// A connection accepted just before a handover drains, whose client
+    /// had not sent its request yet, is answered when the request comes
+    /// later than the idle grace of a keep-alive connection, and closed
+    /// with the answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_on_its_way_is_answered_through_a_drain() {
+        let drain = Drain::default();
+        let (mut client, server) = tokio::io::duplex(4096);
+        let h = H1Drain::new(&drain);
+        let serving = tokio::spawn({
+            let h = h.clone();
+            async move { h1(TokioIo::new(server), answering(h.clone()), &h, |_| {}).await }
+        });
+        drain.start();
+        // The client is slow: it sends its request later than a
+        // keep-alive connection's grace.
+        tokio::time::sleep(IDLE_CLOSE_AFTER * 3).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 512];
+        let n = client.read(&mut answer).await.unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+        // `Connection: close`: the connection ends with its answer.
+        let started = tokio::time::Instant::now();
+        serving.await.unwrap();
+        assert!(started.elapsed() < IDLE_CLOSE_AFTER);
     }
 }
