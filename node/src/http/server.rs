@@ -405,10 +405,10 @@ fn service(
             http: http.clone(),
             served: Default::default(),
         };
-        let closing = h1_drain.as_ref().is_some_and(|h| {
+        if let Some(h) = &h1_drain {
             h.asked.store(true, Ordering::Relaxed);
-            h.drain.started()
-        });
+        }
+        let closing = h1_drain.as_ref().is_some_and(|h| h.drain.started());
         async move {
             let handled = Box::pin(handle(req, &ctx));
             let mut r = match exchange.ids() {
