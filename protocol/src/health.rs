@@ -265,6 +265,26 @@ pub struct WasmReport {
     /// entry yet): its components run without them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub env_unopened: u64,
+    /// How an instance's memory is made fresh for the next call (absent
+    /// from daemons before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_reset: Option<MemoryReset>,
+}
+
+/// How the WebAssembly engine gives each call a fresh memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryReset {
+    /// A pooled slot, its pages the calls wrote found by `PAGEMAP_SCAN`
+    /// and restored in place.
+    PageScan,
+    /// A pooled slot zeroed whole (up to the 2 MiB kept) after every call:
+    /// `PAGEMAP_SCAN` is unavailable (Linux before 6.7, or
+    /// /proc/self/pagemap unreadable). Slower calls.
+    WholeMemory,
+    /// No pool (its address space could not be reserved): every call
+    /// maps its memory anew. Slower calls.
+    OnDemand,
 }
 
 /// Images on the fly on one node: what was asked, what the cache and the

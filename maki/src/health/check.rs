@@ -359,6 +359,21 @@ fn node_checks(f: &mut Findings, n: &Observed, best: &BTreeMap<AuthorKey, u64>, 
             ),
         );
     }
+    use makiatto_protocol::health::MemoryReset;
+    if let Some(reset) = h.http.wasm.as_ref().and_then(|w| w.memory_reset) {
+        let why = match reset {
+            MemoryReset::PageScan => None,
+            MemoryReset::WholeMemory => Some(
+                "each WebAssembly call's memory is zeroed whole after it ends: PAGEMAP_SCAN is unavailable (Linux before 6.7, or /proc/self/pagemap unreadable); calls are slower",
+            ),
+            MemoryReset::OnDemand => Some(
+                "WebAssembly instances are allocated on demand: the instance pool could not reserve its address space (ulimit -v or strict overcommit); calls are slower",
+            ),
+        };
+        if let Some(why) = why {
+            f.add(name, Warning, "wasm", why.to_owned());
+        }
+    }
     if let Some(dns) = &h.dns {
         for t in ["udp", "tcp"] {
             if !dns.transports.contains_key(t) {
@@ -1131,6 +1146,38 @@ mod tests {
         h.http.wasm = Some(WasmReport::default());
         assert!(!settling(&nodes));
         assert!(evaluate(&nodes, NOW).is_empty());
+    }
+
+    #[test]
+    fn a_node_whose_calls_get_no_pooled_page_scan_reset_is_warned() {
+        use makiatto_protocol::health::{MemoryReset, WasmReport};
+        for (reset, said) in [
+            (Some(MemoryReset::PageScan), None),
+            (None, None),
+            (
+                Some(MemoryReset::WholeMemory),
+                Some("PAGEMAP_SCAN is unavailable"),
+            ),
+            (Some(MemoryReset::OnDemand), Some("allocated on demand")),
+        ] {
+            let mut nodes = cluster();
+            nodes[1].health.as_mut().unwrap().http.wasm = Some(WasmReport {
+                memory_reset: reset,
+                ..WasmReport::default()
+            });
+            let findings = evaluate(&nodes, NOW);
+            match said {
+                None => assert!(findings.is_empty(), "{reset:?}: {findings:#?}"),
+                Some(what) => {
+                    assert_eq!(findings.len(), 1, "{findings:#?}");
+                    assert_eq!(findings[0].severity, Severity::Warning);
+                    assert_eq!(findings[0].check, "wasm");
+                    assert!(findings[0].message.contains(what), "{findings:#?}");
+                }
+            }
+            // A warning, not something a moment's wait settles.
+            assert!(!settling(&nodes));
+        }
     }
 
     #[test]

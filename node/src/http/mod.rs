@@ -105,6 +105,13 @@ pub struct Http {
     me: Option<makiatto_events::AuthorKey>,
 }
 
+/// What runs the work beside serving: the CPU pool (images, components)
+/// and the WebAssembly engine.
+pub struct Work {
+    pub pool: Arc<WorkPool>,
+    pub engine: crate::wasm::engine::NodeEngine,
+}
+
 impl Http {
     /// Builds the routes, binds the ports and follows changes.
     pub fn start(
@@ -113,7 +120,7 @@ impl Http {
         content: Arc<Content>,
         log: Changes,
         ports: server::Ports,
-        pool: Arc<WorkPool>,
+        Work { pool, engine }: Work,
         handover: &Handover,
     ) -> anyhow::Result<Arc<Http>> {
         let settings = replica.lock().map(|mut r| r.settings()).unwrap_or_default();
@@ -123,6 +130,7 @@ impl Http {
         ));
         let keys = crate::keys::NodeKeys::load(data_dir).ok();
         let wasm = Wasm::start(
+            engine,
             data_dir,
             content.blobs().clone(),
             pool,

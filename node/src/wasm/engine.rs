@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use makiatto_events::Blake3Hash;
+pub use makiatto_protocol::health::MemoryReset;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -27,16 +28,30 @@ const POOL_INSTANCES: u32 = 64;
 /// threads run on other cores makes the kernel interrupt each of them to
 /// flush its TLB: profiled on the echo handler, that was 15% of the work
 /// threads' time, and every page the next call touched faulted again.
-/// 2 MiB, chosen by what it costs: the daemon's RSS after the wasm
+/// The scan needs /proc/self/pagemap, which wasmtime opens when the pool
+/// is made: the daemon makes its engine before it drops root (after the
+/// drop the process is not dumpable and the file is root's; without it,
+/// wasmtime zeroes the whole kept memory, up to the memory's size, after
+/// every call). 2 MiB, chosen by what it costs: the daemon's RSS after the wasm
 /// bench's rounds was 310 MiB with it, 293 MiB with none kept and 366 MiB
 /// with 8 MiB (one run each, docs/benchmarks.md).
 const KEEP_RESIDENT: usize = 2 << 20;
 /// Slots that keep their memory with no instance in them, at most (each
-/// up to [`KEEP_RESIDENT`]): bounds what the pool holds between calls.
-/// Memory beyond [`KEEP_RESIDENT`] is given back when its instance ends
-/// (wasmtime's default of one slot per `madvise`: batching would hold a
-/// large component's memory of several calls at once).
-const WARM_SLOTS: u32 = 16;
+/// up to [`KEEP_RESIDENT`]): bounds what the pool holds between calls,
+/// 128 MiB at worst. Memory beyond [`KEEP_RESIDENT`] is given back when
+/// its instance ends (wasmtime's default of one slot per `madvise`:
+/// batching would hold a large component's memory of several calls at
+/// once).
+///
+/// Half the pool's memories, so that a component met for the first time
+/// takes a slot never used before (wasmtime does so while a thread's
+/// share of this budget is not reached) rather than one another
+/// component left warm. A slot keeps the pages its earlier components
+/// wrote, zeroed: wasmtime maps the new image over the old one's range
+/// only, and the `PAGEMAP_SCAN` reset counts every resident page as
+/// written: a small component in a slot a large one left would zero up
+/// to [`KEEP_RESIDENT`] after every call, for as long as it keeps it.
+const WARM_SLOTS: u32 = POOL_INSTANCES;
 
 /// Why a component could not be made ready.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +76,7 @@ pub enum CompileError {
 /// or valgrind), from wasmtime's on-demand allocator, with a warning.
 /// Components run the same either way, each under its memory limit
 /// (`StoreLimits`); on demand, an instance pays its own mmap.
-pub fn engine() -> wasmtime::Result<Engine> {
+pub fn engine() -> wasmtime::Result<NodeEngine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOL_INSTANCES)
         .total_core_instances(POOL_INSTANCES * 4)
@@ -76,12 +91,74 @@ pub fn engine() -> wasmtime::Result<Engine> {
         .table_keep_resident(1 << 16)
         .max_unused_warm_slots(WARM_SLOTS);
     match Engine::new(&config(InstanceAllocationStrategy::Pooling(pool))) {
-        Ok(engine) => Ok(engine),
+        Ok(engine) => {
+            let reset = if page_scan() {
+                MemoryReset::PageScan
+            } else {
+                tracing::warn!(
+                    "PAGEMAP_SCAN is not available (Linux before 6.7, or /proc/self/pagemap unreadable): each WebAssembly call's memory is zeroed whole, up to 2 MiB, after it ends"
+                );
+                MemoryReset::WholeMemory
+            };
+            Ok(NodeEngine { engine, reset })
+        }
         Err(error) => {
             tracing::warn!(error = %format!("{error:#}"), "the WebAssembly instance pool cannot reserve its memory; instances are allocated on demand");
-            Engine::new(&config(InstanceAllocationStrategy::OnDemand))
+            Ok(NodeEngine {
+                engine: Engine::new(&config(InstanceAllocationStrategy::OnDemand))?,
+                reset: MemoryReset::OnDemand,
+            })
         }
     }
+}
+
+/// The engine, and how its instances' memory is made fresh for the next
+/// call (reported by `makiatto health`).
+#[derive(Clone)]
+pub struct NodeEngine {
+    pub engine: Engine,
+    pub reset: MemoryReset,
+}
+
+/// Whether this process can scan its own page table for the pages a call
+/// left resident (`PAGEMAP_SCAN` on /proc/self/pagemap, Linux 6.7+), as
+/// wasmtime's pool does when it is made: the same file and the same
+/// empty-range probe, at the same moment, so the answer is the pool's.
+fn page_scan() -> bool {
+    use std::os::fd::AsRawFd;
+    /// `struct pm_scan_arg` of <linux/fs.h>.
+    #[repr(C)]
+    #[derive(Default)]
+    struct PmScanArg {
+        size: u64,
+        flags: u64,
+        start: u64,
+        end: u64,
+        walk_end: u64,
+        vec: u64,
+        vec_len: u64,
+        max_pages: u64,
+        category_inverted: u64,
+        category_mask: u64,
+        category_anyof_mask: u64,
+        return_mask: u64,
+    }
+    /// `_IOWR('f', 16, struct pm_scan_arg)`.
+    const PAGEMAP_SCAN: libc::c_ulong = 0xc000_0000
+        | ((std::mem::size_of::<PmScanArg>() as libc::c_ulong) << 16)
+        | ((b'f' as libc::c_ulong) << 8)
+        | 16;
+    let Ok(file) = std::fs::File::open("/proc/self/pagemap") else {
+        return false;
+    };
+    let mut arg = PmScanArg {
+        size: std::mem::size_of::<PmScanArg>() as u64,
+        ..PmScanArg::default()
+    };
+    // SAFETY: PAGEMAP_SCAN reads and writes only `arg` (an empty range, no
+    // output vector) on a file this function owns.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+    rc >= 0
 }
 
 fn config(allocation: InstanceAllocationStrategy) -> Config {

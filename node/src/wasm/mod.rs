@@ -305,6 +305,8 @@ pub struct Counts {
 /// The service.
 pub struct Wasm {
     engine: Engine,
+    /// How a call's memory is made fresh (reported).
+    reset: engine::MemoryReset,
     linker: Linker<Sandbox>,
     cache: engine::CompiledCache,
     blobs: Arc<BlobStore>,
@@ -319,13 +321,16 @@ pub struct Wasm {
 }
 
 impl Wasm {
+    /// Starts the service on `engine` ([`engine::engine`], made before the
+    /// daemon drops root: see `daemon::prepare`).
     pub fn start(
+        engine: engine::NodeEngine,
         data_dir: &Path,
         blobs: Arc<BlobStore>,
         pool: Arc<WorkPool>,
         secret: Option<SealingSecret>,
     ) -> anyhow::Result<Arc<Wasm>> {
-        let engine = engine::engine().map_err(|e| anyhow::anyhow!("the wasmtime engine: {e:#}"))?;
+        let engine::NodeEngine { engine, reset } = engine;
         engine::start_clock(&engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
@@ -336,6 +341,7 @@ impl Wasm {
             cache: engine::CompiledCache::open(data_dir)?,
             trees: tree::Trees::open(data_dir)?,
             engine,
+            reset,
             linker,
             blobs,
             pool,
@@ -892,6 +898,7 @@ impl Wasm {
             timeouts: n(&self.counts.timeouts),
             refused: n(&self.counts.refused),
             env_unopened: configured.env_unopened,
+            memory_reset: Some(self.reset),
         }
     }
 
@@ -1089,7 +1096,7 @@ mod tests {
             });
         }
         let pool = Arc::new(WorkPool::with_threads(2, 16).unwrap());
-        let wasm = Wasm::start(dir.path(), blobs, pool, None).unwrap();
+        let wasm = Wasm::start(engine::engine().unwrap(), dir.path(), blobs, pool, None).unwrap();
         let domains = [(
             "example.test".to_owned(),
             DomainConfig {
