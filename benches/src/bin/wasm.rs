@@ -32,6 +32,16 @@
 //!    compile it before switching) against a sync of a one-file change,
 //!    the time until the new route answers, and the next two requests.
 //!
+//! 7. The anchor, for scale, where `wasmtime` 48 is built
+//!    (`scripts/build-wasmtime-anchor.sh`, or `MAKIATTO_BENCH_WASMTIME`)
+//!    and the Rust hello is: `wasmtime serve` in the node's namespace
+//!    (port 8080) with its own hello world
+//!    (`benches/components/hello-wasi-http`, the `wasi:http/proxy` world,
+//!    answering the same bytes), against the node's Rust hello, both over
+//!    plain HTTP/1.1 (wasmtime serves no TLS; the node, with no
+//!    certificate issued, serves port 80 without a redirect): rates as in
+//!    3, then 2,000 requests in a row as in 4.
+//!
 //! Goals (issue 21): the hello handler ≥ 0.5 × the static file's rate,
 //! and under 50 µs added per call (p50); the chain cached and uncached,
 //! and the first compile, reported.
@@ -115,36 +125,49 @@ impl Bench {
 
     /// Requests per second for `path`: 16 connections, [`SECONDS`].
     fn rate(&self, path: &str) -> f64 {
+        self.rate_of(
+            &format!("{}:443", self.addr),
+            &format!("https://{DOMAIN}{path}"),
+        )
+    }
+
+    /// Requests per second for `url`, connecting to `to` (address:port).
+    fn rate_of(&self, to: &str, url: &str) -> f64 {
         let mut cmd = self.client(&["timeout", "120", "h2load", "--h1"]);
-        cmd.arg(format!("--connect-to={}:443", self.addr))
+        cmd.arg(format!("--connect-to={to}"))
             .args(["-t", "2", "-c", "16", "-D", &SECONDS.to_string()])
-            .arg(format!("https://{DOMAIN}{path}"));
+            .arg(url);
         let out = stdout(&mut cmd);
         let r = reports::H2load::parse(&out);
-        assert!(r.all_ok(), "{path}: requests failed:\n{out}");
-        eprintln!("{path:<22} {:>8.0} req/s", r.rate());
+        assert!(r.all_ok(), "{url}: requests failed:\n{out}");
+        eprintln!("{url:<40} {:>8.0} req/s", r.rate());
         r.rate()
     }
 
     /// Each request's time (µs), one connection: `paths` once each, or
     /// the one path [`IN_A_ROW`] times; sorted.
     fn times(&self, name: &str, paths: &[String]) -> Vec<f64> {
+        let urls: Vec<String> = paths
+            .iter()
+            .map(|p| format!("https://{DOMAIN}{p}"))
+            .collect();
+        self.times_of(name, &format!("{}:443", self.addr), &urls)
+    }
+
+    /// As [`Bench::times`], for whole URLs, connecting to `to`.
+    fn times_of(&self, name: &str, to: &str, urls: &[String]) -> Vec<f64> {
         let dir = self.lab.cluster.dir.path();
         let log = dir.join(format!("h2load-{name}.log"));
         let mut cmd = self.client(&["timeout", "600", "h2load", "--h1", "-c", "1", "-t", "1"]);
-        cmd.arg(format!("--connect-to={}:443", self.addr))
+        cmd.arg(format!("--connect-to={to}"))
             .arg(format!("--log-file={}", log.display()));
-        if paths.len() == 1 {
-            cmd.args(["-n", &IN_A_ROW.to_string()])
-                .arg(format!("https://{DOMAIN}{}", paths[0]));
+        if urls.len() == 1 {
+            cmd.args(["-n", &IN_A_ROW.to_string()]).arg(&urls[0]);
         } else {
             let list = dir.join(format!("uris-{name}.txt"));
-            let uris: String = paths
-                .iter()
-                .map(|p| format!("https://{DOMAIN}{p}\n"))
-                .collect();
+            let uris: String = urls.iter().map(|u| format!("{u}\n")).collect();
             std::fs::write(&list, uris).unwrap();
-            cmd.args(["-n", &paths.len().to_string(), "-i"]).arg(&list);
+            cmd.args(["-n", &urls.len().to_string(), "-i"]).arg(&list);
         }
         let out = stdout(&mut cmd);
         assert!(reports::H2load::parse(&out).all_ok(), "{name}:\n{out}");
@@ -238,6 +261,143 @@ fn rust_hello() -> Result<PathBuf, String> {
     Ok(target_dir.join("wasm32-wasip2/release/makiatto_example_hello.wasm"))
 }
 
+/// The Rust hello against `wasmtime serve`'s: rates (ours, theirs) and
+/// each request's time in a row (ours, theirs).
+struct Anchored {
+    rates: (f64, f64),
+    times: (Vec<f64>, Vec<f64>),
+}
+
+/// Runs `wasmtime serve` with its hello in the node's namespace (port
+/// 8080), answering `answer`, and measures it beside the node's Rust hello
+/// over plain HTTP, rounds alternating, best of [`ROUNDS`].
+fn run_anchor(
+    b: &Bench,
+    netns: &str,
+    wasmtime: &Path,
+    component: &Path,
+    answer: &[u8],
+) -> Anchored {
+    let listen = format!("{}:8080", b.addr);
+    let body = format!("HELLO_BODY={}", String::from_utf8_lossy(answer));
+    let log = b.lab.cluster.dir.path().join("wasmtime-serve.log");
+    let mut serve = in_namespace(
+        netns,
+        &[],
+        &[
+            wasmtime.to_str().unwrap(),
+            "serve",
+            "-Scli",
+            "--addr",
+            &listen,
+            "--env",
+            &body,
+            component.to_str().unwrap(),
+        ],
+    )
+    .stdout(std::fs::File::create(&log).unwrap())
+    .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+    .spawn()
+    .expect("wasmtime serve runs");
+    let theirs_url = format!("http://{DOMAIN}:8080/");
+    let ours_url = format!("http://{DOMAIN}/api/hello-rs");
+    let ours_to = format!("{}:80", b.addr);
+    let get = |to: &str, url: &str| {
+        let (host, port) = to.rsplit_once(':').unwrap();
+        b.client(&["curl", "-s", "--max-time", "10", "--connect-to"])
+            .arg(format!("{DOMAIN}:{port}:{host}:{port}"))
+            .arg(url)
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default()
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "wasmtime serve answers with the hello",
+        || get(&listen, &theirs_url) == answer,
+    );
+    assert_eq!(
+        get(&ours_to, &ours_url),
+        answer,
+        "the node answers the Rust hello over plain HTTP (no certificate issued: no redirect)"
+    );
+    let mut rates = (0f64, 0f64);
+    for round in 0..ROUNDS {
+        let (x, y) = if round % 2 == 0 {
+            let x = b.rate_of(&ours_to, &ours_url);
+            (x, b.rate_of(&listen, &theirs_url))
+        } else {
+            let y = b.rate_of(&listen, &theirs_url);
+            (b.rate_of(&ours_to, &ours_url), y)
+        };
+        rates.0 = rates.0.max(x);
+        rates.1 = rates.1.max(y);
+    }
+    let times = (
+        b.times_of("anchor-ours", &ours_to, &[ours_url]),
+        b.times_of("anchor-wasmtime", &listen, &[theirs_url]),
+    );
+    let _ = serve.kill();
+    let _ = serve.wait();
+    eprintln!(
+        "anchor: ours {:.0} req/s, wasmtime serve {:.0} req/s; p50 {:.0} against {:.0} µs",
+        rates.0,
+        rates.1,
+        p50(&times.0),
+        p50(&times.1)
+    );
+    Anchored { rates, times }
+}
+
+/// The anchor: a `wasmtime` 48 CLI (`scripts/build-wasmtime-anchor.sh`)
+/// and its hello world (`benches/components/hello-wasi-http`, built here
+/// for wasm32-wasip2); none, with the reason, where either is missing.
+fn wasmtime_anchor() -> Result<(PathBuf, PathBuf), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasmtime = std::env::var_os("MAKIATTO_BENCH_WASMTIME").map_or_else(
+        || PathBuf::from("/opt/makiatto-bench/wasmtime/bin/wasmtime"),
+        PathBuf::from,
+    );
+    let version = Command::new(&wasmtime)
+        .arg("--version")
+        .output()
+        .map_err(|e| {
+            format!(
+                "no wasmtime at {} ({e}; scripts/build-wasmtime-anchor.sh builds it)",
+                wasmtime.display()
+            )
+        })?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    if !version.starts_with("wasmtime 48.") {
+        return Err(format!(
+            "{} is not wasmtime 48: {version}",
+            wasmtime.display()
+        ));
+    }
+    let target_dir = root.join("target/components/hello-wasi-http");
+    let status = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(root.join("benches/components/hello-wasi-http/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .map_err(|e| format!("cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("its hello's build failed ({status})"));
+    }
+    Ok((
+        wasmtime,
+        target_dir.join("wasm32-wasip2/release/makiatto_bench_hello_wasi_http.wasm"),
+    ))
+}
+
 fn make_project(dir: &Path, rust_hello: Option<&Path>) -> PathBuf {
     let file = copy_examples_with_wasm(dir);
     let site = dir.join("site");
@@ -286,6 +446,19 @@ fn main() {
         eprintln!("the Rust hello is left out: {why}");
     }
     let rust = rust.ok();
+    let anchor = match (&rust, wasmtime_anchor()) {
+        (Some(_), Ok(anchor)) => Some(anchor),
+        (None, _) => {
+            eprintln!(
+                "the wasmtime serve anchor is left out: it is measured beside the Rust hello"
+            );
+            None
+        }
+        (_, Err(why)) => {
+            eprintln!("the wasmtime serve anchor is left out: {why}");
+            None
+        }
+    };
     let file = make_project(&project, rust.as_deref());
     eprintln!("bringing up one node ({})", lab.cluster.name);
     let host = lab.up(1, &file, &["--no-ca"]).remove(0);
@@ -390,6 +563,16 @@ fn main() {
             b.times("hello-rs-twin", &one("/hello-rs.txt")),
         )
     });
+
+    // The anchor, for scale: `wasmtime serve`'s hello world beside the
+    // Rust hello, both over plain HTTP/1.1 (wasmtime serves no TLS), the
+    // same bytes.
+    let anchored = match (&anchor, &hello_rs) {
+        (Some((wasmtime, component)), Some(answer)) => {
+            Some(run_anchor(&b, &host.netns, wasmtime, component, answer))
+        }
+        _ => None,
+    };
 
     // The chain, uncached: every page once.
     let pages: Vec<String> = (1..=PAGES).map(|n| format!("/bench/p{n}.html")).collect();
@@ -548,6 +731,27 @@ fn main() {
             ),
         );
     }
+    if let Some(a) = &anchored {
+        rows.push((
+            "hello (Rust) over HTTP/1.1: ours / `wasmtime serve`, rate (anchor)".into(),
+            format!(
+                "{:.3} ({:.0} against {:.0} req/s)",
+                a.rates.0 / a.rates.1,
+                a.rates.0,
+                a.rates.1
+            ),
+        ));
+        rows.push((
+            "hello (Rust) over HTTP/1.1: ours / `wasmtime serve`, p50".into(),
+            format!(
+                "{:.0} against {:.0} µs (p99 {:.0} against {:.0})",
+                p50(&a.times.0),
+                p50(&a.times.1),
+                p99(&a.times.0),
+                p99(&a.times.1)
+            ),
+        ));
+    }
     let table: Vec<(&str, String)> = rows.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     print_table(
         "wasm: functions and transforms against static files",
@@ -561,6 +765,10 @@ fn main() {
                        "chain_uncached": p50(&t_chain), "plain_first": p50(&t_plain)},
             "sync_s": {"fresh_component": fresh_sync.as_secs_f64(), "one_file": plain_sync.as_secs_f64()},
             "hello_rs_p50_us": t_rust.as_ref().map(|(t, twin)| json!({"ours": p50(t), "static": p50(twin)})),
+            "anchor_wasmtime_serve": anchored.as_ref().map(|a| json!({
+                "rate": {"ours": a.rates.0, "wasmtime_serve": a.rates.1},
+                "p50_us": {"ours": p50(&a.times.0), "wasmtime_serve": p50(&a.times.1)},
+            })),
             "answering_after_sync_s": answering.as_secs_f64(),
             "rss_mib": rss_mib,
             "peak_rss_mib": hwm_mib,
