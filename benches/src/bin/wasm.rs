@@ -230,7 +230,6 @@ fn with_custom_section(wasm: &[u8], marker: &str) -> Vec<u8> {
 /// built for wasm32-wasip2; none, with the reason, where that target is
 /// not installed or the build fails.
 fn rust_hello() -> Result<PathBuf, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let sysroot = stdout(Command::new("rustc").args(["--print", "sysroot"]));
     if !Path::new(sysroot.trim())
         .join("lib/rustlib/wasm32-wasip2")
@@ -240,7 +239,18 @@ fn rust_hello() -> Result<PathBuf, String> {
             "the wasm32-wasip2 target is not installed (rustup target add wasm32-wasip2)".into(),
         );
     }
-    let target_dir = root.join("target/components/hello-rs");
+    wasip2_component("examples/components/hello-rs", "makiatto_example_hello")
+}
+
+/// Builds the crate at `dir` (from the workspace's root, with its own
+/// Cargo.lock) for wasm32-wasip2 into `target/components/`; the path of
+/// its `name.wasm`.
+fn wasip2_component(dir: &str, name: &str) -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let crate_dir = Path::new(dir);
+    let target_dir = root
+        .join("target/components")
+        .join(crate_dir.file_name().unwrap());
     let status = Command::new("cargo")
         .args([
             "build",
@@ -250,15 +260,15 @@ fn rust_hello() -> Result<PathBuf, String> {
             "wasm32-wasip2",
             "--manifest-path",
         ])
-        .arg(root.join("examples/components/hello-rs/Cargo.toml"))
+        .arg(root.join(crate_dir).join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
         .status()
         .map_err(|e| format!("cargo: {e}"))?;
     if !status.success() {
-        return Err(format!("its build failed ({status})"));
+        return Err(format!("the build of {dir} failed ({status})"));
     }
-    Ok(target_dir.join("wasm32-wasip2/release/makiatto_example_hello.wasm"))
+    Ok(target_dir.join(format!("wasm32-wasip2/release/{name}.wasm")))
 }
 
 /// The Rust hello against `wasmtime serve`'s: rates (ours, theirs) and
@@ -353,7 +363,6 @@ fn run_anchor(
 /// and its hello world (`benches/components/hello-wasi-http`, built here
 /// for wasm32-wasip2); none, with the reason, where either is missing.
 fn wasmtime_anchor() -> Result<(PathBuf, PathBuf), String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasmtime = std::env::var_os("MAKIATTO_BENCH_WASMTIME").map_or_else(
         || PathBuf::from("/opt/makiatto-bench/wasmtime/bin/wasmtime"),
         PathBuf::from,
@@ -374,28 +383,11 @@ fn wasmtime_anchor() -> Result<(PathBuf, PathBuf), String> {
             wasmtime.display()
         ));
     }
-    let target_dir = root.join("target/components/hello-wasi-http");
-    let status = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(root.join("benches/components/hello-wasi-http/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .status()
-        .map_err(|e| format!("cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("its hello's build failed ({status})"));
-    }
-    Ok((
-        wasmtime,
-        target_dir.join("wasm32-wasip2/release/makiatto_bench_hello_wasi_http.wasm"),
-    ))
+    let component = wasip2_component(
+        "benches/components/hello-wasi-http",
+        "makiatto_bench_hello_wasi_http",
+    )?;
+    Ok((wasmtime, component))
 }
 
 fn make_project(dir: &Path, rust_hello: Option<&Path>) -> PathBuf {
