@@ -229,8 +229,16 @@ pub fn print(report: &Report) {
             );
         }
         if let Some(w) = r.wasm.as_ref().filter(|w| w.functions + w.transforms > 0) {
+            use makiatto_protocol::health::MemoryReset;
+            let reset = match w.memory_reset {
+                Some(MemoryReset::WholeMemory) => {
+                    "; each call's memory zeroed whole (no PAGEMAP_SCAN)"
+                }
+                Some(MemoryReset::OnDemand) => "; instances allocated on demand (no pool)",
+                Some(MemoryReset::PageScan) | None => "",
+            };
             println!(
-                "    wasm: {} functions, {} transforms, {} components ready; {} calls, {} failed ({} timed out), {} refused when busy",
+                "    wasm: {} functions, {} transforms, {} components ready; {} calls, {} failed ({} timed out), {} refused when busy{reset}",
                 w.functions,
                 w.transforms,
                 w.components_ready,
