@@ -91,10 +91,20 @@ impl Bench {
 
     /// The body of `path` over HTTPS.
     fn get(&self, path: &str) -> Vec<u8> {
+        self.get_of(
+            &format!("{}:443", self.addr),
+            &format!("https://{DOMAIN}{path}"),
+        )
+    }
+
+    /// The body of `url` (its host [`DOMAIN`]), connecting to `to`
+    /// (address:port).
+    fn get_of(&self, to: &str, url: &str) -> Vec<u8> {
+        let (addr, port) = to.rsplit_once(':').expect("address:port");
         let out = self
-            .client(&["curl", "-sk", "--max-time", "60", "--resolve"])
-            .arg(format!("{DOMAIN}:443:{}", self.addr))
-            .arg(format!("https://{DOMAIN}{path}"))
+            .client(&["curl", "-sk", "--max-time", "60", "--connect-to"])
+            .arg(format!("{DOMAIN}:{port}:{addr}:{port}"))
+            .arg(url)
             .output()
             .expect("curl runs");
         out.stdout
@@ -312,22 +322,13 @@ fn run_anchor(
     let theirs_url = format!("http://{DOMAIN}:8080/");
     let ours_url = format!("http://{DOMAIN}/api/hello-rs");
     let ours_to = format!("{}:80", b.addr);
-    let get = |to: &str, url: &str| {
-        let (host, port) = to.rsplit_once(':').unwrap();
-        b.client(&["curl", "-s", "--max-time", "10", "--connect-to"])
-            .arg(format!("{DOMAIN}:{port}:{host}:{port}"))
-            .arg(url)
-            .output()
-            .map(|o| o.stdout)
-            .unwrap_or_default()
-    };
     wait_until(
         Duration::from_secs(120),
         "wasmtime serve answers with the hello",
-        || get(&listen, &theirs_url) == answer,
+        || b.get_of(&listen, &theirs_url) == answer,
     );
     assert_eq!(
-        get(&ours_to, &ours_url),
+        b.get_of(&ours_to, &ours_url),
         answer,
         "the node answers the Rust hello over plain HTTP (no certificate issued: no redirect)"
     );
